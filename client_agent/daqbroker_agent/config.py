@@ -1,0 +1,342 @@
+"""Validation of data-source configurations, shared by the server (at save time) and the agent.
+
+Each kind of source has a small table of options. ``validate_source_config(kind, raw)`` returns the
+configuration with defaults filled in, or raises :class:`ConfigError` naming the offending option
+(``config.baudrate: 12345 is not a standard baud rate``), so a broken configuration is refused when it
+is saved rather than when a worker first tries to use it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; ``field`` is a dotted path such as ``timestamp.format``."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+Validator = Callable[[Any, str], Any]
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Option:
+    validate: Validator
+    default: Any = _MISSING
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+# --- value validators ----------------------------------------------------------------------------
+
+
+def text(*, allow_empty: bool = False, max_length: int = 1000) -> Validator:
+    def check(value: Any, field: str) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(field, f"must be text, not {type(value).__name__}")
+        if not allow_empty and not value.strip():
+            raise ConfigError(field, "must not be empty")
+        if len(value) > max_length:
+            raise ConfigError(field, f"is longer than {max_length} characters")
+        return value
+
+    return check
+
+
+def integer(*, minimum: int | None = None, maximum: int | None = None, allowed: tuple[int, ...] = ()) -> Validator:
+    def check(value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+                value = int(value)
+            else:
+                raise ConfigError(field, f"must be a whole number, not {value!r}")
+        if allowed and value not in allowed:
+            raise ConfigError(field, f"{value} is not one of {', '.join(map(str, allowed))}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(field, f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(field, f"must be at most {maximum}")
+        return value
+
+    return check
+
+
+def number(*, minimum: float | None = None, maximum: float | None = None, allowed: tuple[float, ...] = ()) -> Validator:
+    def check(value: Any, field: str) -> float:
+        if isinstance(value, bool):
+            raise ConfigError(field, f"must be a number, not {value!r}")
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(field, f"must be a number, not {value!r}") from None
+        if result != result or result in (float("inf"), float("-inf")):
+            raise ConfigError(field, "must be a finite number")
+        if allowed and result not in allowed:
+            raise ConfigError(field, f"{value} is not one of {', '.join(map(str, allowed))}")
+        if minimum is not None and result < minimum:
+            raise ConfigError(field, f"must be at least {minimum}")
+        if maximum is not None and result > maximum:
+            raise ConfigError(field, f"must be at most {maximum}")
+        return result
+
+    return check
+
+
+def boolean() -> Validator:
+    def check(value: Any, field: str) -> bool:
+        if not isinstance(value, bool):
+            raise ConfigError(field, f"must be true or false, not {value!r}")
+        return value
+
+    return check
+
+
+def choice(*choices: str) -> Validator:
+    def check(value: Any, field: str) -> str:
+        if value not in choices:
+            raise ConfigError(field, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def regex(*, named_groups: bool = False) -> Validator:
+    def check(value: Any, field: str) -> str:
+        text()(value, field)
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ConfigError(field, f"is not a valid regular expression: {exc}") from None
+        if named_groups and not compiled.groupindex:
+            raise ConfigError(field, "needs at least one named group, e.g. (?P<temperature>[-\\d.]+)")
+        return value
+
+    return check
+
+
+def encoding() -> Validator:
+    def check(value: Any, field: str) -> str:
+        text()(value, field)
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ConfigError(field, f"{value!r} is not a known text encoding") from None
+
+    return check
+
+
+def timezone_name() -> Validator:
+    def check(value: Any, field: str) -> str:
+        text()(value, field)
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                field, f"{value!r} is not a known time zone (use an IANA name such as Europe/Lisbon)"
+            ) from None
+        return value
+
+    return check
+
+
+def column_list() -> Validator:
+    """Column references: names (text) or zero-based positions (whole numbers)."""
+
+    def check(value: Any, field: str) -> list[str | int]:
+        if not isinstance(value, list):
+            raise ConfigError(field, "must be a list of column names or positions")
+        result: list[str | int] = []
+        for index, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise ConfigError(f"{field}[{index}]", "must be a column name or a zero-based position")
+            if isinstance(item, int) and item < 0:
+                raise ConfigError(f"{field}[{index}]", "a column position cannot be negative")
+            if isinstance(item, str) and not item.strip():
+                raise ConfigError(f"{field}[{index}]", "must not be empty")
+            result.append(item)
+        return result
+
+    return check
+
+
+def command_line() -> Validator:
+    def check(value: Any, field: str) -> list[str]:
+        if isinstance(value, str):
+            value = value.split()
+        if not isinstance(value, list) or not value or not all(isinstance(part, str) and part for part in value):
+            raise ConfigError(field, 'must be a command as a list of words, e.g. ["sensors", "-j"]')
+        return value
+
+    return check
+
+
+def section(options: Mapping[str, Option], *, checks: tuple[Callable[[dict, str], None], ...] = ()) -> Validator:
+    def check(value: Any, field: str) -> dict:
+        return validate_options(options, value, field, checks=checks)
+
+    return check
+
+
+def validate_options(
+    options: Mapping[str, Option],
+    raw: Any,
+    prefix: str,
+    *,
+    checks: tuple[Callable[[dict, str], None], ...] = (),
+) -> dict:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix, "must be an object of option names and values")
+    for key in raw:
+        if key not in options:
+            close = difflib.get_close_matches(str(key), list(options), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known options: {', '.join(sorted(options))}"
+            raise ConfigError(_join(prefix, str(key)), f"unknown option{hint}")
+    result: dict[str, Any] = {}
+    for key, option in options.items():
+        field = _join(prefix, key)
+        if key in raw and raw[key] is not None:
+            result[key] = option.validate(raw[key], field)
+        elif option.required:
+            raise ConfigError(field, "is required")
+        else:
+            result[key] = option.default() if callable(option.default) else option.default
+    for extra_check in checks:
+        extra_check(result, prefix)
+    return result
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+# --- the parsing options every line-based source shares -----------------------------------------
+
+TIMESTAMP_FORMATS = ("iso", "epoch", "epoch_ms", "receipt")
+
+TIMESTAMP_OPTIONS = {
+    "columns": Option(column_list(), default=lambda: [0], help="column(s) joined with a space to form the time"),
+    "format": Option(
+        text(),
+        default="iso",
+        help="iso, epoch (seconds), epoch_ms, receipt (time of reading) or a strptime pattern like %Y-%m-%d %H:%M:%S",
+    ),
+    "timezone": Option(timezone_name(), default="UTC", help="zone of naive timestamps"),
+}
+
+
+def _check_timestamp(result: dict, prefix: str) -> None:
+    fmt = result["format"]
+    if fmt not in TIMESTAMP_FORMATS and "%" not in fmt:
+        raise ConfigError(
+            _join(prefix, "format"),
+            f"{fmt!r} is neither one of {', '.join(TIMESTAMP_FORMATS)} nor a strptime pattern containing %",
+        )
+    if fmt != "receipt" and not result["columns"]:
+        raise ConfigError(_join(prefix, "columns"), "name at least one column holding the time")
+
+
+PARSER_OPTIONS = {
+    "format": Option(choice("delimited", "regex"), default="delimited"),
+    "delimiter": Option(text(max_length=8), default=","),
+    "regex": Option(regex(named_groups=True), default=""),
+    "columns": Option(column_list(), default=list, help="names of the fields by position"),
+    "timestamp": Option(
+        section(TIMESTAMP_OPTIONS, checks=(_check_timestamp,)), default=lambda: dict(TIMESTAMP_DEFAULTS)
+    ),
+}
+TIMESTAMP_DEFAULTS = {"columns": [0], "format": "iso", "timezone": "UTC"}
+
+
+def _check_parser(result: dict, prefix: str) -> None:
+    if result["format"] == "regex" and not result["regex"]:
+        raise ConfigError(_join(prefix, "regex"), "is required when format is regex")
+    if result["format"] == "delimited" and result["regex"]:
+        raise ConfigError(_join(prefix, "regex"), "only applies when format is regex")
+
+
+STANDARD_BAUDRATES = (
+    50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200, 38400, 57600, 115200,
+    230400, 460800, 500000, 576000, 921600, 1000000,
+)  # fmt: skip
+
+LINE_OPTIONS = {
+    "request": Option(text(allow_empty=True, max_length=200), default="", help='sent before reading, e.g. "R\\r\\n"'),
+    "line_terminator": Option(choice("\n", "\r\n", "\r"), default="\n"),
+    "timeout": Option(number(minimum=0.01, maximum=600), default=2.0, help="seconds to wait for a line"),
+    "max_lines": Option(integer(minimum=1, maximum=1_000_000), default=1000, help="lines read per collection run"),
+}
+
+SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
+    "file": {
+        "path": Option(text(), help="folder holding the files"),
+        "pattern": Option(text(), default="*", help="glob pattern of the files inside the folder"),
+        "header_lines": Option(integer(minimum=0, maximum=1000), default=0),
+        "encoding": Option(encoding(), default="utf-8"),
+        "archive": Option(boolean(), default=False, help="keep a copy of every raw file read"),
+        **PARSER_OPTIONS,
+    },
+    "serial": {
+        "url": Option(text(), help="device (/dev/ttyUSB0) or pyserial URL (loop://, socket://host:port, rfc2217://)"),
+        "baudrate": Option(integer(allowed=STANDARD_BAUDRATES), default=9600),
+        "bytesize": Option(integer(allowed=(5, 6, 7, 8)), default=8),
+        "parity": Option(choice("N", "E", "O", "M", "S"), default="N"),
+        "stopbits": Option(number(allowed=(1, 1.5, 2)), default=1.0),
+        **LINE_OPTIONS,
+        **PARSER_OPTIONS,
+    },
+    "tcp": {
+        "host": Option(text(max_length=255)),
+        "port": Option(integer(minimum=1, maximum=65535)),
+        **LINE_OPTIONS,
+        **PARSER_OPTIONS,
+    },
+    "command": {
+        "command": Option(command_line()),
+        "timeout": Option(number(minimum=0.1, maximum=3600), default=30.0),
+        **PARSER_OPTIONS,
+    },
+}
+
+AGENT_COLLECTS = ("file", "serial", "tcp", "command")
+
+
+def validate_source_config(kind: str, raw: Any, prefix: str = "") -> dict:
+    """The configuration of a source of ``kind`` with defaults filled in, or ConfigError."""
+    if kind == "agent":
+        return _validate_agent(raw, prefix)
+    if kind not in SOURCE_OPTIONS:
+        raise ConfigError(prefix or "kind", f"unknown source kind {kind!r}")
+    return validate_options(SOURCE_OPTIONS[kind], raw, prefix, checks=(_check_parser,))
+
+
+def _validate_agent(raw: Any, prefix: str) -> dict:
+    """An agent source says what the agent collects on its own machine: ``{"collect": {"kind": ..., ...}}``."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix, "must be an object of option names and values")
+    unknown = set(raw) - {"collect"}
+    if unknown:
+        raise ConfigError(_join(prefix, sorted(unknown)[0]), "unknown option; an agent source has only 'collect'")
+    collect = raw.get("collect")
+    field = _join(prefix, "collect")
+    if not isinstance(collect, Mapping):
+        raise ConfigError(field, 'is required: what the agent reads, e.g. {"kind": "serial", "url": "/dev/ttyUSB0"}')
+    kind = collect.get("kind")
+    if kind not in AGENT_COLLECTS:
+        raise ConfigError(_join(field, "kind"), f"{kind!r} is not one of {', '.join(AGENT_COLLECTS)}")
+    rest = {key: value for key, value in collect.items() if key != "kind"}
+    return {"collect": {"kind": kind, **validate_source_config(kind, rest, field)}}

@@ -1,0 +1,23 @@
+from django.db import models
+
+
+class Quality(models.IntegerChoices):
+    """Stored on every reading. A small integer, not text: it is repeated on every row of the largest tables."""
+
+    OK = 0, "OK"
+    OUT_OF_RANGE = 1, "Out of range"
+    MISSING = 2, "Missing (sentinel)"
+    SUSPECT = 3, "Suspect"
+
+
+class Origin(models.TextChoices):
+    """Which path a batch of readings arrived by."""
+
+    API = "api", "REST API"
+    AGENT = "agent", "Agent"
+    FILE = "file", "File collector"
+    SERIAL = "serial", "Serial collector"
+    TCP = "tcp", "TCP collector"
+    DERIVED = "derived", "Derived channel"
+    DEMO = "demo", "Demo"
+    INTERNAL = "internal", "Internal"

@@ -1,0 +1,87 @@
+"""Readings storage.
+
+Readings live in narrow tables keyed by (channel, ts). Timestamps are stored as whole microseconds since
+the Unix epoch (UTC) in a BIGINT on every engine: it is exact, the same on SQLite, PostgreSQL and
+MariaDB, makes bucket arithmetic for rollups a portable integer division, and is the cheapest form to
+bulk-load (PERFORMANCE.md: BIGINT µs loads ~1.5x faster than DATETIME(6) on MariaDB). The channel key
+has no database-level foreign key constraint and no index of its own (the primary key leads with it):
+``ingest_samples`` checks every channel before writing, and a per-row constraint check would cost on
+every bulk load; deleting a channel deletes its readings through Django's cascade. On SQLite the
+tables are WITHOUT ROWID (migration 0002): the key is the table, ~27 instead of ~48 bytes a reading.
+"""
+
+from django.db import models
+
+from collection.choices import Origin, Quality
+
+
+class Sample(models.Model):
+    pk = models.CompositePrimaryKey("channel_id", "ts")
+    channel = models.ForeignKey(
+        "instruments.Channel", on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="samples"
+    )
+    ts = models.BigIntegerField(help_text="µs since the Unix epoch, UTC")
+    value = models.FloatField()
+    quality = models.PositiveSmallIntegerField(choices=Quality.choices, default=Quality.OK)
+
+    class Meta:
+        verbose_name = "numeric reading"
+
+    def __str__(self) -> str:
+        return f"{self.channel_id}@{self.ts}={self.value}"
+
+
+class TextSample(models.Model):
+    pk = models.CompositePrimaryKey("channel_id", "ts")
+    channel = models.ForeignKey(
+        "instruments.Channel",
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        db_index=False,
+        related_name="text_samples",
+    )
+    ts = models.BigIntegerField(help_text="µs since the Unix epoch, UTC")
+    value = models.TextField()
+    quality = models.PositiveSmallIntegerField(choices=Quality.choices, default=Quality.OK)
+
+    class Meta:
+        verbose_name = "text reading"
+
+    def __str__(self) -> str:
+        return f"{self.channel_id}@{self.ts}={self.value[:40]}"
+
+
+class RejectedSample(models.Model):
+    """A reading that could not be stored, kept with its raw form and the reason, never silently lost."""
+
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    origin = models.CharField(max_length=16, choices=Origin.choices)
+    source = models.ForeignKey(
+        "instruments.DataSource",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_index=False,  # covered by the (source, received_at) index
+        related_name="rejected_samples",
+    )
+    channel = models.ForeignKey(
+        "instruments.Channel",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_index=False,  # covered by the (channel, received_at) index
+        related_name="rejected_samples",
+    )
+    channel_ref = models.CharField(max_length=300, blank=True, help_text="The channel as the sender named it.")
+    raw_time = models.CharField(max_length=100, blank=True)
+    raw_value = models.TextField(blank=True, help_text="The value, or the whole line when the line did not parse.")
+    reason = models.CharField(max_length=300)
+    batch_id = models.CharField(max_length=100, blank=True)
+    context = models.JSONField(default=dict, blank=True, help_text="Where it came from: file and line, index, ...")
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["channel", "-received_at"]), models.Index(fields=["source", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.channel_ref or self.channel_id}: {self.reason}"

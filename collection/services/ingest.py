@@ -1,0 +1,368 @@
+"""``ingest_samples``: the one write path for readings.
+
+The REST API, every collector, the agent uploads, the demo, tests and benchmarks all call it. It checks
+every reading (the channel exists and the caller may write it, the value suits the channel, the time is
+plausible), flags quality (out of range, missing-value sentinel), writes in bulk and idempotently through
+``collection.storage``, keeps every rejected reading in ``RejectedSample`` with its reason, and moves each
+channel's last value forward. All of it happens in one transaction: a caller that wraps the call in its
+own ``transaction.atomic()`` (a collector saving its cursor) commits the cursor with the readings.
+After commit, ``samples_ingested`` is sent with the affected channels and time spans.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+from django.conf import settings
+from django.db import connections, transaction
+from django.dispatch import Signal
+
+from collection import storage
+from collection.choices import Origin, Quality
+from collection.models import RejectedSample
+from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
+from instruments.choices import ChannelKind
+from instruments.models import Channel
+
+# Sent after the ingest transaction commits: kwargs ``spans`` {channel_id: (first_ts, last_ts)} of the
+# readings newly stored, and ``origin``. Rollups and alarm evaluation listen to it.
+samples_ingested = Signal()
+
+MIN_TS_US = datetime_to_us(datetime(1900, 1, 1, tzinfo=UTC))
+MAX_TEXT_LENGTH = 10_000
+
+# Rejection reasons, by code (0 means the reading is fine).
+_OK, _UNKNOWN, _DERIVED, _TIME, _NOT_NUMBER, _NOT_FINITE, _NOT_TEXT, _TOO_LONG, _EMPTY = range(9)
+_REASONS = {
+    _UNKNOWN: "unknown channel, or not one the sender may write to",
+    _DERIVED: "derived channels are computed by the server and cannot be written",
+    _TIME: "timestamp outside the accepted window (after 1900 and at most {future} in the future)",
+    _NOT_NUMBER: "value is not a number, and the channel is numeric",
+    _NOT_FINITE: "value is not a finite number (NaN or infinity)",
+    _NOT_TEXT: "value is not text, and the channel is a text channel",
+    _TOO_LONG: f"text value longer than {MAX_TEXT_LENGTH} characters",
+    _EMPTY: "value is empty",
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reading that was not stored. ``index`` is its position in the sender's batch, when it has one."""
+
+    reason: str
+    index: int | None = None
+    channel_id: int | None = None
+    channel_ref: str = ""
+    raw_time: str = ""
+    raw_value: str = ""
+    context: dict = field(default_factory=dict)
+
+
+@dataclass
+class SampleBatch:
+    """Readings in columns: channel ids, timestamps (µs since the epoch, UTC) and values.
+
+    ``value`` is float64 for an all-numeric batch (the fast path), or an object array holding numbers
+    and strings when text channels or unparsed raw values are mixed in.
+    """
+
+    channel: np.ndarray
+    ts: np.ndarray
+    value: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.channel = np.asarray(self.channel, dtype=np.int64)
+        self.ts = np.asarray(self.ts, dtype=np.int64)
+        value = np.asarray(self.value)
+        if value.dtype.kind not in "fO":
+            value = value.astype(np.float64) if value.dtype.kind in "iub" else value.astype(object)
+        self.value = value
+        if not (len(self.channel) == len(self.ts) == len(self.value)):
+            raise ValueError("channel, ts and value must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.channel)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[int, int | datetime, object]]) -> SampleBatch:
+        channels, stamps, values = [], [], []
+        for channel_id, ts, value in rows:
+            channels.append(channel_id)
+            stamps.append(datetime_to_us(ts) if isinstance(ts, datetime) else ts)
+            values.append(value)
+        numeric = all(isinstance(v, float | int) and not isinstance(v, bool) for v in values)
+        return cls(
+            np.array(channels, dtype=np.int64),
+            np.array(stamps, dtype=np.int64),
+            np.array(values, dtype=np.float64 if numeric else object),
+        )
+
+
+@dataclass
+class IngestResult:
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    flagged: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def rejected_count(self) -> int:
+        return len(self.rejected)
+
+    def as_dict(self) -> dict:
+        return {
+            "received": self.received,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "flagged": self.flagged,
+            "rejected": self.rejected_count,
+        }
+
+
+@dataclass
+class _ChannelTable:
+    """The batch's channels as arrays aligned with the sorted unique ids, for vectorised look-ups."""
+
+    ids: np.ndarray
+    kind: np.ndarray  # 0 numeric, 1 text, 2 derived
+    vmin: np.ndarray
+    vmax: np.ndarray
+    sentinels: dict[int, np.ndarray]
+
+    @classmethod
+    def load(cls, channel_ids: np.ndarray, writable_instruments: set[int] | None, using: str) -> _ChannelTable:
+        wanted = np.unique(channel_ids).tolist()
+        queryset = Channel.objects.using(using).filter(pk__in=wanted)
+        if writable_instruments is not None:
+            queryset = queryset.filter(instrument_id__in=writable_instruments)
+        rows = sorted(queryset.values_list("id", "kind", "valid_min", "valid_max", "missing_values"))
+        kinds = {ChannelKind.NUMERIC: 0, ChannelKind.TEXT: 1, ChannelKind.DERIVED: 2}
+        return cls(
+            ids=np.array([r[0] for r in rows], dtype=np.int64),
+            kind=np.array([kinds[r[1]] for r in rows], dtype=np.int8),
+            vmin=np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64),
+            vmax=np.array([np.nan if r[3] is None else r[3] for r in rows], dtype=np.float64),
+            sentinels={r[0]: np.array(r[4], dtype=np.float64) for r in rows if r[4]},
+        )
+
+    def locate(self, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in this table, found?) for each channel id."""
+        if len(self.ids) == 0:
+            return np.zeros(len(channel), dtype=np.int64), np.zeros(len(channel), dtype=bool)
+        position = np.searchsorted(self.ids, channel)
+        clipped = np.minimum(position, len(self.ids) - 1)
+        return clipped, self.ids[clipped] == channel
+
+
+def ingest_samples(
+    batch: SampleBatch,
+    *,
+    origin: str = Origin.INTERNAL,
+    source_id: int | None = None,
+    writable_instruments: set[int] | None = None,
+    rejections: Sequence[Rejection] = (),
+    batch_id: str = "",
+    allow_derived: bool = False,
+    using: str = "default",
+) -> IngestResult:
+    """Validate, flag and store a batch of readings; see the module docstring.
+
+    ``writable_instruments``: the instruments the sender may write to, or None for trusted server-side
+    callers (collectors). ``rejections``: readings the caller already could not parse, stored alongside.
+    """
+    result = IngestResult(received=len(batch) + len(rejections))
+    result.rejected.extend(rejections)
+    channel, ts = batch.channel, batch.ts
+    table = _ChannelTable.load(channel, writable_instruments, using) if len(batch) else None
+    numeric_value, text_value, code = _validate(batch, table, allow_derived) if table else (None, None, None)
+
+    with transaction.atomic(using=using):
+        if table is not None:
+            result.rejected.extend(_rejections_for(batch, code))
+            keep = np.nonzero(code == _OK)[0]
+            is_text = table.kind[table.locate(channel[keep])[0]] == 1
+            _store_numeric(result, keep[~is_text], channel, ts, numeric_value, table, using)
+            _store_text(result, keep[is_text], channel, ts, text_value, using)
+        _keep_rejected(result.rejected, origin, source_id, batch_id, using)
+        spans = dict(result.spans)
+        if spans:
+            transaction.on_commit(
+                lambda: samples_ingested.send(sender=ingest_samples, spans=spans, origin=origin), using=using
+            )
+    return result
+
+
+def _validate(batch: SampleBatch, table: _ChannelTable, allow_derived: bool):
+    """Per-reading reason codes (0 = fine), plus float values for numeric rows and str for text rows."""
+    n = len(batch)
+    code = np.zeros(n, dtype=np.int8)
+    position, found = table.locate(batch.channel)
+    kind = np.where(found, table.kind[position], -1)
+    code[~found] = _UNKNOWN
+    if not allow_derived:
+        code[(kind == 2) & (code == _OK)] = _DERIVED
+
+    future_us = settings.DAQBROKER_MAX_FUTURE_SECONDS * 1_000_000
+    latest = time.time_ns() // 1000 + future_us
+    code[((batch.ts < MIN_TS_US) | (batch.ts > latest)) & (code == _OK)] = _TIME
+
+    text_value = np.empty(n, dtype=object)
+    if batch.value.dtype == np.float64:
+        numeric_value = batch.value
+        for i in np.nonzero((kind == 1) & (code == _OK))[0]:
+            code[i], text_value[i] = _as_text(float(batch.value[i]))
+    else:
+        numeric_value = np.full(n, np.nan)
+        for i in np.nonzero(code == _OK)[0]:
+            raw = batch.value[i]
+            if kind[i] == 1:
+                code[i], text_value[i] = _as_text(raw)
+            else:
+                code[i], numeric_value[i] = _as_number(raw)
+    numeric_rows = (kind != 1) & (code == _OK)
+    code[numeric_rows & ~np.isfinite(numeric_value)] = _NOT_FINITE
+    return numeric_value, text_value, code
+
+
+def _as_number(raw) -> tuple[int, float]:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return _EMPTY, math.nan
+    if isinstance(raw, bool):
+        return _NOT_NUMBER, math.nan
+    try:
+        return _OK, float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return _NOT_NUMBER, math.nan
+
+
+def _as_text(raw) -> tuple[int, str | None]:
+    if raw is None:
+        return _EMPTY, None
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        return _NOT_TEXT, None
+    text = raw if isinstance(raw, str) else repr(raw)
+    if len(text) > MAX_TEXT_LENGTH:
+        return _TOO_LONG, None
+    return _OK, text
+
+
+def _rejections_for(batch: SampleBatch, code: np.ndarray) -> list[Rejection]:
+    future = f"{settings.DAQBROKER_MAX_FUTURE_SECONDS} s"
+    rejected = []
+    for i in np.nonzero(code != _OK)[0].tolist():
+        ts = int(batch.ts[i])
+        try:
+            raw_time = us_to_datetime(ts).isoformat()
+        except OverflowError:
+            raw_time = str(ts)
+        raw_value = batch.value[i]
+        rejected.append(
+            Rejection(
+                reason=_REASONS[int(code[i])].format(future=future),
+                index=i,
+                channel_id=int(batch.channel[i]) if code[i] != _UNKNOWN else None,
+                channel_ref=str(int(batch.channel[i])),
+                raw_time=raw_time,
+                raw_value=str(raw_value)[:MAX_TEXT_LENGTH],
+            )
+        )
+    return rejected
+
+
+def _sorted_unique(rows: np.ndarray, channel: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rows ordered by (channel, ts) with repeats of a (channel, ts) inside the batch dropped."""
+    order = rows[np.lexsort((ts[rows], channel[rows]))]
+    if len(order) < 2:
+        return order, 0
+    repeat = (channel[order][1:] == channel[order][:-1]) & (ts[order][1:] == ts[order][:-1])
+    return order[np.r_[True, ~repeat]], int(repeat.sum())
+
+
+def _last_rows(channel_sorted: np.ndarray) -> np.ndarray:
+    """Index of the last row of each channel's run in an array sorted by channel."""
+    return np.r_[np.nonzero(np.diff(channel_sorted))[0], len(channel_sorted) - 1]
+
+
+def _store_numeric(result, rows, channel, ts, values, table: _ChannelTable, using: str) -> None:
+    if len(rows) == 0:
+        return
+    rows, repeats = _sorted_unique(rows, channel, ts)
+    ch, t, v = channel[rows], ts[rows], values[rows]
+    position, _ = table.locate(ch)
+    quality = np.zeros(len(rows), dtype=np.int16)
+    with np.errstate(invalid="ignore"):
+        quality[(v < table.vmin[position]) | (v > table.vmax[position])] = Quality.OUT_OF_RANGE
+    for channel_id, sentinels in table.sentinels.items():
+        quality[(ch == channel_id) & np.isin(v, sentinels)] = Quality.MISSING
+    inserted = storage.insert_numeric(ch, t, v, quality, using=using)
+    result.accepted += inserted
+    result.duplicates += repeats + len(rows) - inserted
+    result.flagged += int(np.count_nonzero(quality))
+    last = _last_rows(ch)
+    _record_spans(result, ch, t, last)
+    _advance_last_values(
+        "last_value", [(int(t[i]), float(v[i]), int(quality[i]), int(ch[i]), int(t[i])) for i in last], using
+    )
+
+
+def _store_text(result, rows, channel, ts, values, using: str) -> None:
+    if len(rows) == 0:
+        return
+    rows, repeats = _sorted_unique(rows, channel, ts)
+    ch, t = channel[rows], ts[rows]
+    text = values[rows].tolist()
+    inserted = storage.insert_text(
+        list(zip(ch.tolist(), t.tolist(), text, [Quality.OK] * len(rows), strict=True)), using=using
+    )
+    result.accepted += inserted
+    result.duplicates += repeats + len(rows) - inserted
+    last = _last_rows(ch)
+    _record_spans(result, ch, t, last)
+    _advance_last_values("last_text", [(int(t[i]), text[i], Quality.OK, int(ch[i]), int(t[i])) for i in last], using)
+
+
+def _record_spans(result: IngestResult, ch: np.ndarray, t: np.ndarray, last: np.ndarray) -> None:
+    first = np.r_[0, last[:-1] + 1]
+    for start, end in zip(first.tolist(), last.tolist(), strict=True):
+        result.spans[int(ch[start])] = (int(t[start]), int(t[end]))
+
+
+def _advance_last_values(value_column: str, rows: list[tuple], using: str) -> None:
+    """Move each channel's last reading forward, never backward (late data and concurrent writers)."""
+    connection = connections[using]
+    table = connection.ops.quote_name(Channel._meta.db_table)
+    sql = (
+        f"UPDATE {table} SET last_ts = %s, {value_column} = %s, last_quality = %s "
+        "WHERE id = %s AND (last_ts IS NULL OR last_ts < %s)"
+    )
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def _keep_rejected(rejected: list[Rejection], origin: str, source_id, batch_id: str, using: str) -> None:
+    if not rejected:
+        return
+    RejectedSample.objects.using(using).bulk_create(
+        [
+            RejectedSample(
+                origin=origin,
+                source_id=source_id,
+                channel_id=r.channel_id,
+                channel_ref=r.channel_ref[:300],
+                raw_time=r.raw_time[:100],
+                raw_value=r.raw_value,
+                reason=r.reason[:300],
+                batch_id=batch_id[:100],
+                context={**r.context, **({"index": r.index} if r.index is not None else {})},
+            )
+            for r in rejected
+        ],
+        batch_size=1000,
+    )

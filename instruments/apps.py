@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class InstrumentsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "instruments"
+    verbose_name = "Instrument registry"

@@ -1,0 +1,252 @@
+"""The instrument registry: instruments, their data sources, channels and logbook."""
+
+from __future__ import annotations
+
+import math
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from daqbroker_agent.config import ConfigError, validate_source_config
+from daqbroker_agent.parsing import us_to_datetime
+from instruments.choices import ChannelKind, SourceKind
+from instruments.expressions import ExpressionError, parse_expression
+from instruments.units import check_units
+
+
+class Instrument(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True, help_text="Short name used in URLs and by agents.")
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="owned_instruments",
+        help_text="Has every permission on the instrument.",
+    )
+    contact_email = models.EmailField(blank=True, help_text="Who to tell when something is wrong.")
+    location = models.CharField(max_length=200, blank=True)
+    latitude = models.FloatField(null=True, blank=True, validators=[MinValueValidator(-90), MaxValueValidator(90)])
+    longitude = models.FloatField(null=True, blank=True, validators=[MinValueValidator(-180), MaxValueValidator(180)])
+    active = models.BooleanField(default=True, help_text="Inactive instruments are not collected.")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("collect_instrument", "Can push readings to the instrument"),
+            ("share_instrument", "Can manage who may see the instrument"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(latitude__isnull=True) | models.Q(latitude__gte=-90, latitude__lte=90),
+                name="instrument_latitude_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(longitude__isnull=True) | models.Q(longitude__gte=-180, longitude__lte=180),
+                name="instrument_longitude_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:instruments_instrument_change", args=[self.pk])
+
+
+class LogbookEntry(models.Model):
+    instrument = models.ForeignKey(Instrument, on_delete=models.CASCADE, related_name="logbook")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    occurred_at = models.DateTimeField(default=timezone.now, help_text="When the logged event happened.")
+    text = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-occurred_at"]
+        verbose_name_plural = "logbook entries"
+        indexes = [models.Index(fields=["instrument", "-occurred_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.instrument} {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class DataSource(models.Model):
+    instrument = models.ForeignKey(Instrument, on_delete=models.CASCADE, related_name="sources")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=SourceKind.choices)
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Per-kind settings, checked when saved (see README, 'Data sources').",
+    )
+    interval_seconds = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(1)], help_text="How often the source is collected."
+    )
+    enabled = models.BooleanField(default=True)
+
+    # Collection state, written by the collectors only.
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
+    cursor = models.JSONField(default=dict, blank=True, editable=False, help_text="Where incremental reading resumes.")
+
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["instrument__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["instrument", "name"], name="datasource_unique_name_per_instrument"),
+            models.CheckConstraint(condition=models.Q(interval_seconds__gte=1), name="datasource_interval_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.instrument.slug}/{self.name}"
+
+    def save(self, *args, **kwargs) -> None:
+        # Refuse a broken configuration whatever the path (admin, API, shell, fixtures): at save time.
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or {"config", "kind"} & set(update_fields):
+            self.config = self.validated_config()
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        self.config = self.validated_config()
+
+    def validated_config(self) -> dict:
+        """The configuration with defaults filled in, or ValidationError naming the bad option."""
+        if self.kind not in SourceKind.values:
+            raise ValidationError({"kind": f"{self.kind!r} is not a kind of source"})
+        try:
+            return validate_source_config(self.kind, self.config, prefix="")
+        except ConfigError as exc:
+            raise ValidationError({"config": f"{exc.field}: {exc.message}" if exc.field else exc.message}) from None
+
+
+class Channel(models.Model):
+    instrument = models.ForeignKey(Instrument, on_delete=models.CASCADE, related_name="channels")
+    source = models.ForeignKey(
+        DataSource,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="channels",
+        help_text="Where the readings come from; empty for derived channels.",
+    )
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(
+        max_length=100, help_text="Unique within the instrument; used by agents and in expressions."
+    )
+    kind = models.CharField(max_length=16, choices=ChannelKind.choices, default=ChannelKind.NUMERIC)
+    units = models.CharField(max_length=64, blank=True, help_text='For example "degC", "W/m^2", "V".')
+    description = models.TextField(blank=True)
+    source_field = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="How the channel is found in its source: column name or zero-based index, regex group, register.",
+    )
+    valid_min = models.FloatField(null=True, blank=True, help_text="Readings below are flagged out of range.")
+    valid_max = models.FloatField(null=True, blank=True, help_text="Readings above are flagged out of range.")
+    missing_values = models.JSONField(
+        default=list, blank=True, help_text="Sentinels meaning 'no reading', e.g. [-9999, -7999]."
+    )
+    expression = models.TextField(blank=True, help_text="For derived channels, e.g. (t1 + t2) / 2.")
+    expected_interval_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Time between readings; a channel silent for much longer is stale."
+    )
+    last_ts = models.BigIntegerField(null=True, blank=True, editable=False, help_text="µs since the epoch, UTC.")
+    last_value = models.FloatField(null=True, blank=True, editable=False)
+    last_quality = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
+    last_text = models.TextField(blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["instrument__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["instrument", "slug"], name="channel_unique_slug_per_instrument"),
+            models.UniqueConstraint(fields=["instrument", "name"], name="channel_unique_name_per_instrument"),
+            models.CheckConstraint(
+                condition=models.Q(valid_min__isnull=True)
+                | models.Q(valid_max__isnull=True)
+                | models.Q(valid_min__lte=models.F("valid_max")),
+                name="channel_valid_range_ordered",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.instrument.slug}/{self.slug}"
+
+    @property
+    def last_time(self):
+        return None if self.last_ts is None else us_to_datetime(self.last_ts)
+
+    def clean(self) -> None:
+        super().clean()
+        errors: dict[str, str] = {}
+        if self.units:
+            try:
+                check_units(self.units)
+            except ValueError as exc:
+                errors["units"] = str(exc)
+        if self.valid_min is not None and self.valid_max is not None and self.valid_min > self.valid_max:
+            errors["valid_max"] = f"The valid maximum ({self.valid_max}) is below the valid minimum ({self.valid_min})."
+        for field in ("valid_min", "valid_max"):
+            value = getattr(self, field)
+            if value is not None and not math.isfinite(value):
+                errors[field] = "Must be a finite number."
+        if not isinstance(self.missing_values, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in self.missing_values
+        ):
+            errors["missing_values"] = "Must be a list of numbers, e.g. [-9999, -7999]."
+        if self.kind == ChannelKind.TEXT and (self.units or self.valid_min is not None or self.valid_max is not None):
+            errors["kind"] = "Text channels have no units or valid range."
+        if self.source_id and self.instrument_id and self.source.instrument_id != self.instrument_id:
+            errors["source"] = "The data source belongs to another instrument."
+        if self.kind == ChannelKind.DERIVED:
+            self._clean_expression(errors)
+        elif self.expression:
+            errors["expression"] = "Only derived channels have an expression."
+        if errors:
+            raise ValidationError(errors)
+
+    def _clean_expression(self, errors: dict[str, str]) -> None:
+        if self.source_id:
+            errors["source"] = "Derived channels are computed by the server and have no data source."
+        try:
+            _, names = parse_expression(self.expression)
+        except ExpressionError as exc:
+            errors["expression"] = str(exc)
+            return
+        if not self.instrument_id:
+            return
+        if expression_name(self.slug) in names:
+            errors["expression"] = "A derived channel cannot refer to itself."
+            return
+        known = {
+            expression_name(slug)
+            for slug in Channel.objects.filter(instrument_id=self.instrument_id)
+            .exclude(pk=self.pk)
+            .exclude(kind=ChannelKind.TEXT)
+            .values_list("slug", flat=True)
+        }
+        unknown = sorted(names - known)
+        if unknown:
+            errors["expression"] = (
+                f"Unknown channel(s) {', '.join(unknown)}: an expression refers to this instrument's numeric "
+                "channels by slug, with '-' written as '_'."
+            )
+
+
+def expression_name(slug: str) -> str:
+    """How a channel slug is written inside a derived-channel expression."""
+    return slug.replace("-", "_")
