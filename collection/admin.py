@@ -1,1 +1,24 @@
-# Register your models here.
+from django.contrib import admin
+
+from collection.models import RejectedSample
+
+
+@admin.register(RejectedSample)
+class RejectedSampleAdmin(admin.ModelAdmin):
+    """Quarantine: what could not be stored and why. Read-only: it is evidence, not configuration."""
+
+    list_display = ("received_at", "origin", "channel_ref", "channel", "raw_time", "short_value", "reason")
+    list_filter = ("origin", "reason", "source")
+    search_fields = ("channel_ref", "raw_value", "reason", "batch_id")
+    date_hierarchy = "received_at"
+    list_select_related = ("channel", "channel__instrument", "source")
+
+    @admin.display(description="Raw value")
+    def short_value(self, rejected: RejectedSample) -> str:
+        return rejected.raw_value if len(rejected.raw_value) <= 60 else rejected.raw_value[:57] + "..."
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

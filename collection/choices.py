@@ -21,3 +21,9 @@ class Origin(models.TextChoices):
     DERIVED = "derived", "Derived channel"
     DEMO = "demo", "Demo"
     INTERNAL = "internal", "Internal"
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCESS = "success", "Succeeded"
+    FAILED = "failed", "Failed"

@@ -12,7 +12,7 @@ tables are WITHOUT ROWID (migration 0002): the key is the table, ~27 instead of 
 
 from django.db import models
 
-from collection.choices import Origin, Quality
+from collection.choices import Origin, Quality, RunStatus
 
 
 class Sample(models.Model):
@@ -85,3 +85,24 @@ class RejectedSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel_ref or self.channel_id}: {self.reason}"
+
+
+class CollectionRun(models.Model):
+    """One collection of one data source, shown beside the source in the admin."""
+
+    source = models.ForeignKey("instruments.DataSource", on_delete=models.CASCADE, related_name="runs")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    accepted = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host and process that ran it")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["source", "-started_at"]), models.Index(fields=["started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.started_at:%Y-%m-%d %H:%M:%S} {self.status}"

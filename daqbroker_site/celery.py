@@ -16,7 +16,7 @@ def _prepare_filesystem_broker() -> None:
     """kombu's filesystem transport expects its folders to exist."""
     options = app.conf.broker_transport_options or {}
     if str(app.conf.broker_url).startswith("filesystem://"):
-        for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+        for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
             if options.get(key):
                 Path(options[key]).mkdir(parents=True, exist_ok=True)
 

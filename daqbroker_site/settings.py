@@ -160,6 +160,7 @@ if CELERY_BROKER_URL == "filesystem://":
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
 else:
@@ -183,6 +184,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(DISPATCH_INTERVAL_SECONDS),
         # A dispatch that waited longer than its period is superseded by the next one.
         "options": {"expires": max(1, DISPATCH_INTERVAL_SECONDS - 1)},
+    },
+    "prune-run-history": {
+        "task": "collection.tasks.prune_run_history",
+        "schedule": 3600.0,
+        "options": {"expires": 1800},
     },
 }
 

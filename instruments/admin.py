@@ -1,1 +1,167 @@
-# Register your models here.
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.utils import timezone
+from django.utils.html import format_html
+from guardian.admin import GuardedModelAdmin
+
+from instruments.models import Channel, DataSource, Instrument, LogbookEntry
+
+COLLECTION_STATE = ("last_run_at", "last_success_at", "consecutive_failures", "next_run_at", "last_error", "cursor")
+
+
+class DataSourceInline(admin.StackedInline):
+    model = DataSource
+    extra = 0
+    fields = ("name", "kind", "config", "interval_seconds", "enabled", "last_success_at", "consecutive_failures")
+    readonly_fields = ("last_success_at", "consecutive_failures")
+    show_change_link = True
+
+
+class ChannelInline(admin.TabularInline):
+    model = Channel
+    extra = 0
+    fields = ("name", "slug", "kind", "units", "source", "source_field", "valid_min", "valid_max", "last_reading")
+    readonly_fields = ("last_reading",)
+    prepopulated_fields = {"slug": ("name",)}
+    show_change_link = True
+
+    @admin.display(description="Last reading")
+    def last_reading(self, channel: Channel) -> str:
+        return last_reading_text(channel)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        # Offer only the sources of the instrument being edited.
+        if db_field.name == "source":
+            instrument_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
+            kwargs["queryset"] = DataSource.objects.filter(instrument_id=instrument_id)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class LogbookInline(admin.TabularInline):
+    model = LogbookEntry
+    extra = 0
+    fields = ("occurred_at", "author", "text")
+    ordering = ("-occurred_at",)
+
+
+def last_reading_text(channel: Channel) -> str:
+    if channel.last_ts is None:
+        return "never"
+    value = channel.last_text if channel.kind == "text" else channel.last_value
+    age = timezone.now() - channel.last_time
+    return f"{value} {channel.units} ({int(age.total_seconds())} s ago)".replace("  ", " ")
+
+
+@admin.register(Instrument)
+class InstrumentAdmin(GuardedModelAdmin):
+    list_display = ("name", "slug", "owner", "location", "active", "channel_count", "updated")
+    list_filter = ("active", "owner")
+    search_fields = ("name", "slug", "description", "location", "contact_email")
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("created", "updated")
+    autocomplete_fields = ("owner",)
+    inlines = (DataSourceInline, ChannelInline, LogbookInline)
+    actions = ("enable_collection", "disable_collection")
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "owner", "active", "description")}),
+        ("Where and who", {"fields": ("location", "latitude", "longitude", "contact_email")}),
+        ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("owner").annotate(_channels=Count("channels"))
+
+    @admin.display(description="Channels", ordering="_channels")
+    def channel_count(self, instrument: Instrument) -> int:
+        return instrument._channels
+
+    @admin.action(description="Enable collection of the selected instruments' sources")
+    def enable_collection(self, request, queryset):
+        count = DataSource.objects.filter(instrument__in=queryset).update(enabled=True, next_run_at=None)
+        queryset.update(active=True)
+        self.message_user(request, f"Collection enabled for {count} data source(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable collection of the selected instruments' sources")
+    def disable_collection(self, request, queryset):
+        count = DataSource.objects.filter(instrument__in=queryset).update(enabled=False)
+        self.message_user(request, f"Collection disabled for {count} data source(s).", messages.SUCCESS)
+
+
+@admin.register(DataSource)
+class DataSourceAdmin(admin.ModelAdmin):
+    list_display = ("name", "instrument", "kind", "enabled", "interval_seconds", "health", "last_success_at")
+    list_filter = ("kind", "enabled", "instrument")
+    search_fields = ("name", "instrument__name", "instrument__slug")
+    list_select_related = ("instrument",)
+    readonly_fields = (*COLLECTION_STATE, "created", "updated")
+    autocomplete_fields = ("instrument",)
+    actions = ("enable_collection", "disable_collection")
+    fieldsets = (
+        (None, {"fields": ("instrument", "name", "kind", "config", "interval_seconds", "enabled")}),
+        ("Collection state", {"fields": COLLECTION_STATE}),
+        ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
+    )
+
+    @admin.display(description="Health")
+    def health(self, source: DataSource) -> str:
+        if not source.enabled:
+            return "disabled"
+        if source.consecutive_failures:
+            return format_html(
+                '<span style="color:#b00" title="{}">failing x{}</span>',
+                source.last_error[:500],
+                source.consecutive_failures,
+            )
+        if source.last_success_at is None:
+            return "not collected yet"
+        return "ok"
+
+    @admin.action(description="Enable collection")
+    def enable_collection(self, request, queryset):
+        count = queryset.update(enabled=True, next_run_at=None)
+        self.message_user(request, f"Collection enabled for {count} data source(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable collection")
+    def disable_collection(self, request, queryset):
+        count = queryset.update(enabled=False)
+        self.message_user(request, f"Collection disabled for {count} data source(s).", messages.SUCCESS)
+
+
+@admin.register(Channel)
+class ChannelAdmin(admin.ModelAdmin):
+    list_display = ("name", "instrument", "kind", "units", "source", "last_reading")
+    list_filter = ("kind", "instrument", "units")
+    search_fields = ("name", "slug", "description", "instrument__name", "instrument__slug")
+    list_select_related = ("instrument", "source")
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("last_reading", "created", "updated")
+    autocomplete_fields = ("instrument",)
+    fieldsets = (
+        (None, {"fields": ("instrument", "name", "slug", "kind", "units", "description")}),
+        ("Where it comes from", {"fields": ("source", "source_field", "expression", "expected_interval_seconds")}),
+        ("Validation", {"fields": ("valid_min", "valid_max", "missing_values")}),
+        ("State", {"fields": ("last_reading", "created", "updated")}),
+    )
+
+    @admin.display(description="Last reading")
+    def last_reading(self, channel: Channel) -> str:
+        return last_reading_text(channel)
+
+
+@admin.register(LogbookEntry)
+class LogbookEntryAdmin(admin.ModelAdmin):
+    list_display = ("occurred_at", "instrument", "author", "short_text")
+    list_filter = ("instrument",)
+    search_fields = ("text", "instrument__name")
+    date_hierarchy = "occurred_at"
+    list_select_related = ("instrument", "author")
+    autocomplete_fields = ("instrument",)
+
+    @admin.display(description="Text")
+    def short_text(self, entry: LogbookEntry) -> str:
+        return entry.text if len(entry.text) <= 80 else entry.text[:77] + "..."
+
+    def save_model(self, request, obj, form, change):
+        if not change and obj.author_id is None:
+            obj.author = request.user
+        super().save_model(request, obj, form, change)

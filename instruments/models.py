@@ -97,6 +97,9 @@ class DataSource(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
     cursor = models.JSONField(default=dict, blank=True, editable=False, help_text="Where incremental reading resumes.")
+    # A lease taken by compare-and-set, so one source is never collected by two workers at once.
+    lease_owner = models.CharField(max_length=64, blank=True, editable=False)
+    lease_expires = models.DateTimeField(null=True, blank=True, editable=False)
 
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)

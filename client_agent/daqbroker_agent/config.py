@@ -117,6 +117,8 @@ def choice(*choices: str) -> Validator:
 
 def regex(*, named_groups: bool = False) -> Validator:
     def check(value: Any, field: str) -> str:
+        if value == "":
+            return value  # no expression
         text()(value, field)
         try:
             compiled = re.compile(value)

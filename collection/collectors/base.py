@@ -1,0 +1,75 @@
+"""The small interface every collector implements, and the line-to-readings mapping they share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from collection.services.ingest import Rejection, SampleBatch
+from daqbroker_agent.parsing import LineError, LineParser
+from instruments.models import Channel, DataSource
+
+
+@dataclass
+class Collected:
+    """What one run read: readings, lines that did not parse, and the cursor to commit with them."""
+
+    batch: SampleBatch
+    rejections: list[Rejection] = field(default_factory=list)
+    cursor: dict = field(default_factory=dict)
+    more: bool = False  # more input is waiting: collect again without waiting a full interval
+
+
+class Collector(Protocol):
+    def collect(self, source: DataSource, config: dict, channels: list[Channel]) -> Collected: ...
+
+
+@dataclass(frozen=True)
+class RawLine:
+    text: str
+    context: dict  # where the line came from, kept with any rejection (file and line number, ...)
+    received_us: int | None = None
+
+
+def lines_to_readings(
+    lines: Iterable[RawLine], parser: LineParser, channels: list[Channel]
+) -> tuple[SampleBatch, list[Rejection]]:
+    """Parse lines and pick each channel's field; unparseable lines become rejections with their context.
+
+    Values are passed on raw (text); ``ingest_samples`` converts them per channel kind and rejects what
+    does not fit, so a bad field rejects one reading, not the whole line.
+    """
+    wanted = [(c.id, c.source_field or c.slug) for c in channels]
+    ids: list[int] = []
+    stamps: list[int] = []
+    values: list[object] = []
+    rejections: list[Rejection] = []
+    for line in lines:
+        try:
+            parsed = parser.parse(line.text, line.received_us)
+        except LineError as exc:
+            rejections.append(
+                Rejection(reason=f"line not parsed: {exc}", raw_value=line.text[:2000], context=line.context)
+            )
+            continue
+        for channel_id, key in wanted:
+            value = parsed.fields.get(key)
+            if value is None:
+                rejections.append(
+                    Rejection(
+                        reason=f"field {key!r} is missing from the line",
+                        channel_id=channel_id,
+                        channel_ref=str(channel_id),
+                        raw_value=line.text[:2000],
+                        context=line.context,
+                    )
+                )
+                continue
+            ids.append(channel_id)
+            stamps.append(parsed.ts_us)
+            values.append(value)
+    batch = SampleBatch(np.array(ids, dtype=np.int64), np.array(stamps, dtype=np.int64), np.array(values, dtype=object))
+    return batch, rejections

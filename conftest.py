@@ -1,0 +1,187 @@
+"""Test-suite wiring shared by every app: which database engine runs, real services, personas.
+
+The suite runs once per engine (``scripts/test`` sets DATABASE_URL for PostgreSQL and MariaDB). When an
+engine or Redis cannot be reached, its tests are skipped with the reason on a developer's machine, and
+the run FAILS when CI=true: CI must never pass by skipping the real services.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+REPO = Path(__file__).resolve().parent
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def service_unavailable(reason: str):
+    """Skip with ``reason`` on a laptop; fail the run under CI."""
+    if IN_CI:
+        pytest.fail(f"CI=true and a required service is unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _database_problem() -> str | None:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    vendor = db["ENGINE"].rsplit(".", 1)[-1]
+    if vendor == "sqlite3":
+        return None
+    host, port = db.get("HOST") or "127.0.0.1", int(db.get("PORT") or (5432 if vendor == "postgresql" else 3306))
+    if vendor == "mysql":
+        try:
+            import MySQLdb  # noqa: F401
+        except ImportError:
+            return (
+                "MariaDB tests need mysqlclient "
+                "(apt-get install libmariadb-dev pkg-config; pip install -r requirements-mysql.txt)"
+            )
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            pass
+    except OSError as exc:
+        return f"{vendor} at {host}:{port} is unreachable ({exc})"
+    return None
+
+
+_DB_PROBLEM: str | None = None
+
+
+def pytest_sessionstart(session):
+    global _DB_PROBLEM
+    _DB_PROBLEM = _database_problem()
+    if _DB_PROBLEM and IN_CI:
+        pytest.exit(f"CI=true and the database is unavailable: {_DB_PROBLEM}", returncode=3)
+
+
+def pytest_collection_modifyitems(config, items):
+    if _DB_PROBLEM:
+        marker = pytest.mark.skip(reason=_DB_PROBLEM)
+        for item in items:
+            if "client_agent" not in str(item.path):
+                item.add_marker(marker)
+
+
+def pytest_report_header(config):
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return f"daqbroker: database {db['ENGINE'].rsplit('.', 1)[-1]} {db.get('HOST') or db['NAME']}, CI={IN_CI}"
+
+
+# --- real services ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("DAQBROKER_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        service_unavailable(f"Redis at {url} is unreachable ({exc})")
+    return url
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.1, message: str = "") -> object:
+    """Poll ``condition`` until it returns something truthy; fail with ``message`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message or condition}", pytrace=False)
+        time.sleep(interval)
+
+
+def database_url_for_subprocess() -> str:
+    """A DATABASE_URL that points a child process at the test database this session created."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    vendor = connection.vendor
+    if vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[vendor]
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"{scheme}://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or ''}/{db['NAME']}"
+
+
+class ManagedProcess:
+    """A child process (celery worker, beat, web server) whose output is kept in a log file for failures."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.process.poll() is None:
+            if sig is None:
+                self.process.terminate()
+            else:
+                self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def service_env(tmp_path, redis_url) -> dict[str, str]:
+    """Environment for child processes: the test database, the real Redis broker, a private data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        DATABASE_URL=database_url_for_subprocess(),
+        CELERY_BROKER_URL=redis_url,
+        REDIS_URL=redis_url,
+        DAQBROKER_DATA_DIR=str(tmp_path / "var"),
+        DAQBROKER_DISPATCH_INTERVAL="1",
+        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def start_process(tmp_path):
+    """Start real child processes; all are stopped (and their logs printed on failure) at teardown."""
+    started: list[ManagedProcess] = []
+
+    def start(name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
+        proc = ManagedProcess(name, argv, env, tmp_path)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+        sys.stdout.write(f"\n--- {proc.name} log (tail) ---\n{proc.log()}\n")
+
+
+def celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "daqbroker_site", *args]
+
+
+def redis_db_url(url: str) -> tuple[str, int, int]:
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 6379, int((parsed.path or "/0").strip("/") or 0)
