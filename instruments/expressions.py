@@ -58,6 +58,7 @@ def parse_expression(source: str) -> tuple[ast.Expression, set[str]]:
     except SyntaxError as exc:
         raise ExpressionError(f"not a valid expression: {exc.msg} at character {exc.offset}") from None
     names: set[str] = set()
+    called: set[int] = set()  # ids of the Name nodes in call position (ast.walk visits a Call before them)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Expression, ast.Load)) or type(node) in BINARY or type(node) in UNARY:
             continue
@@ -73,7 +74,16 @@ def parse_expression(source: str) -> tuple[ast.Expression, set[str]]:
                 raise ExpressionError(f"only these functions may be called: {allowed}")
             if node.keywords:
                 raise ExpressionError("functions take positional arguments only")
+            # A surplus argument would be numpy's ``out``: the result written over a channel's data.
+            arity = FUNCTIONS[node.func.id].nin
+            if len(node.args) != arity:
+                raise ExpressionError(
+                    f"{node.func.id}() takes {arity} argument{'s' if arity > 1 else ''}, not {len(node.args)}"
+                )
+            called.add(id(node.func))
         elif isinstance(node, ast.Name):
+            if node.id in FUNCTIONS and id(node) not in called:
+                raise ExpressionError(f"{node.id} is a function and must be called, e.g. {node.id}(x)")
             if node.id not in FUNCTIONS and node.id not in CONSTANTS:
                 names.add(node.id)
         elif isinstance(node, ast.Constant):

@@ -254,17 +254,20 @@ def _check_timestamp(result: dict, prefix: str) -> None:
 
 PARSER_OPTIONS = {
     "format": Option(choice("delimited", "regex"), default="delimited"),
-    "delimiter": Option(text(max_length=8), default=","),
+    "delimiter": Option(text(allow_empty=True, max_length=8), default=",", help='" " splits on runs of blanks'),
     "regex": Option(regex(named_groups=True), default=""),
     "columns": Option(column_list(), default=list, help="names of the fields by position"),
     "timestamp": Option(
-        section(TIMESTAMP_OPTIONS, checks=(_check_timestamp,)), default=lambda: dict(TIMESTAMP_DEFAULTS)
+        section(TIMESTAMP_OPTIONS, checks=(_check_timestamp,)),
+        default=lambda: {**TIMESTAMP_DEFAULTS, "columns": list(TIMESTAMP_DEFAULTS["columns"])},
     ),
 }
 TIMESTAMP_DEFAULTS = {"columns": [0], "format": "iso", "timezone": "UTC"}
 
 
 def _check_parser(result: dict, prefix: str) -> None:
+    if result["delimiter"] == "":
+        raise ConfigError(_join(prefix, "delimiter"), "must not be empty")
     if result["format"] == "regex" and not result["regex"]:
         raise ConfigError(_join(prefix, "regex"), "is required when format is regex")
     if result["format"] == "delimited" and result["regex"]:

@@ -204,7 +204,8 @@ def _validate(batch: SampleBatch, table: _ChannelTable, allow_derived: bool):
     n = len(batch)
     code = np.zeros(n, dtype=np.int8)
     position, found = table.locate(batch.channel)
-    kind = np.where(found, table.kind[position], -1)
+    kind = np.full(n, -1, dtype=np.int8)  # -1: unknown; indexing only found rows works when none is known
+    kind[found] = table.kind[position[found]]
     code[~found] = _UNKNOWN
     if not allow_derived:
         code[(kind == 2) & (code == _OK)] = _DERIVED

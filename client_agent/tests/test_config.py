@@ -1,0 +1,239 @@
+"""Source-configuration validation shared by the agent and the server. No Django here: the agent runs without it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from daqbroker_agent.config import STANDARD_BAUDRATES, ConfigError, validate_source_config
+
+BAUDRATES = ", ".join(map(str, STANDARD_BAUDRATES))
+PARSER_DEFAULTS = {
+    "format": "delimited",
+    "delimiter": ",",
+    "regex": "",
+    "columns": [],
+    "timestamp": {"columns": [0], "format": "iso", "timezone": "UTC"},
+}
+LINE_DEFAULTS = {"request": "", "line_terminator": "\n", "timeout": 2.0, "max_lines": 1000}
+
+
+def refused(kind: str, raw, prefix: str = "") -> ConfigError:
+    with pytest.raises(ConfigError) as excinfo:
+        validate_source_config(kind, raw, prefix)
+    return excinfo.value
+
+
+def test_the_agent_package_does_not_need_django():
+    code = (
+        "import sys, daqbroker_agent.config, daqbroker_agent.parsing; "
+        "sys.exit(1 if any(m == 'django' or m.startswith('django.') for m in sys.modules) else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr or "importing the agent imported Django"
+
+
+# --- defaults --------------------------------------------------------------------------------------
+
+
+def test_file_source_defaults():
+    assert validate_source_config("file", {"path": "/data/logger"}) == {
+        "path": "/data/logger",
+        "pattern": "*",
+        "header_lines": 0,
+        "encoding": "utf-8",
+        "archive": False,
+        **PARSER_DEFAULTS,
+    }
+
+
+def test_serial_source_defaults_and_coercions():
+    config = validate_source_config("serial", {"url": "/dev/ttyUSB0", "baudrate": "115200", "stopbits": 2})
+    assert config == {
+        "url": "/dev/ttyUSB0",
+        "baudrate": 115200,
+        "bytesize": 8,
+        "parity": "N",
+        "stopbits": 2.0,
+        **LINE_DEFAULTS,
+        **PARSER_DEFAULTS,
+    }
+
+
+def test_tcp_source_defaults():
+    assert validate_source_config("tcp", {"host": "10.0.0.5", "port": 4001}) == {
+        "host": "10.0.0.5",
+        "port": 4001,
+        **LINE_DEFAULTS,
+        **PARSER_DEFAULTS,
+    }
+
+
+def test_command_source_splits_a_command_string():
+    config = validate_source_config("command", {"command": "sensors -j"})
+    assert config == {"command": ["sensors", "-j"], "timeout": 30.0, **PARSER_DEFAULTS}
+
+
+def test_agent_source_validates_what_it_collects():
+    config = validate_source_config("agent", {"collect": {"kind": "serial", "url": "/dev/ttyS0"}})
+    assert config == {
+        "collect": {
+            "kind": "serial",
+            "url": "/dev/ttyS0",
+            "baudrate": 9600,
+            "bytesize": 8,
+            "parity": "N",
+            "stopbits": 1.0,
+            **LINE_DEFAULTS,
+            **PARSER_DEFAULTS,
+        }
+    }
+
+
+def test_none_means_use_the_default():
+    assert validate_source_config("file", {"path": "/d", "pattern": None})["pattern"] == "*"
+
+
+def test_timestamp_section_fills_in_its_own_defaults():
+    config = validate_source_config("file", {"path": "/d", "timestamp": {"format": "%d/%m/%Y %H:%M"}})
+    assert config["timestamp"] == {"columns": [0], "format": "%d/%m/%Y %H:%M", "timezone": "UTC"}
+
+
+def test_each_config_gets_its_own_default_lists():
+    first = validate_source_config("file", {"path": "/d"})
+    first["timestamp"]["columns"].append(3)
+    first["columns"].append("extra")
+    second = validate_source_config("file", {"path": "/d"})
+    assert second["timestamp"]["columns"] == [0]
+    assert second["columns"] == []
+
+
+def test_input_is_not_modified():
+    raw = {"path": "/d", "timestamp": {"format": "epoch"}}
+    validate_source_config("file", raw)
+    assert raw == {"path": "/d", "timestamp": {"format": "epoch"}}
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", " ", "||"])
+def test_delimiters_including_whitespace_are_accepted(delimiter):
+    assert validate_source_config("file", {"path": "/d", "delimiter": delimiter})["delimiter"] == delimiter
+
+
+def test_regex_with_named_groups_is_accepted():
+    pattern = r"T=(?P<temperature>[-\d.]+) RH=(?P<humidity>[\d.]+)"
+    config = validate_source_config("tcp", {"host": "h", "port": 1, "format": "regex", "regex": pattern})
+    assert config["regex"] == pattern
+
+
+def test_encoding_is_canonicalised():
+    assert validate_source_config("file", {"path": "/d", "encoding": "Latin-1"})["encoding"] == "iso8859-1"
+
+
+# --- refusals --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "field", "message"),
+    [
+        ("file", {"path": "/d", "patern": "*.csv"}, "patern", "unknown option (did you mean 'pattern'?)"),
+        ("file", {"path": "/d", "delimter": ";"}, "delimter", "unknown option (did you mean 'delimiter'?)"),
+        (
+            "file",
+            {"path": "/d", "qqq": 1},
+            "qqq",
+            "unknown option; known options: archive, columns, delimiter, encoding, format, header_lines, path, "
+            "pattern, regex, timestamp",
+        ),
+        ("file", {}, "path", "is required"),
+        ("file", {"path": ""}, "path", "must not be empty"),
+        ("file", {"path": 5}, "path", "must be text, not int"),
+        ("file", {"path": "/d", "delimiter": ""}, "delimiter", "must not be empty"),
+        ("file", {"path": "/d", "header_lines": -1}, "header_lines", "must be at least 0"),
+        ("file", {"path": "/d", "archive": "yes"}, "archive", "must be true or false, not 'yes'"),
+        ("file", {"path": "/d", "format": "xml"}, "format", "'xml' is not one of delimited, regex"),
+        ("file", {"path": "/d", "columns": "a,b"}, "columns", "must be a list of column names or positions"),
+        ("file", {"path": "/d", "columns": ["a", -1]}, "columns[1]", "a column position cannot be negative"),
+        ("file", {"path": "/d", "regex": "(?P<x>.)"}, "regex", "only applies when format is regex"),
+        ("file", {"path": "/d", "format": "regex"}, "regex", "is required when format is regex"),
+        (
+            "file",
+            {"path": "/d", "format": "regex", "regex": "(?P<x>"},
+            "regex",
+            "is not a valid regular expression: missing ), unterminated subpattern at position 0",
+        ),
+        (
+            "file",
+            {"path": "/d", "format": "regex", "regex": r"(\d+)"},
+            "regex",
+            r"needs at least one named group, e.g. (?P<temperature>[-\d.]+)",
+        ),
+        (
+            "file",
+            {"path": "/d", "timestamp": {"timezone": "Europe/Atlantis"}},
+            "timestamp.timezone",
+            "'Europe/Atlantis' is not a known time zone (use an IANA name such as Europe/Lisbon)",
+        ),
+        (
+            "file",
+            {"path": "/d", "timestamp": {"format": "unix"}},
+            "timestamp.format",
+            "'unix' is neither one of iso, epoch, epoch_ms, receipt nor a strptime pattern containing %",
+        ),
+        (
+            "file",
+            {"path": "/d", "timestamp": {"columns": []}},
+            "timestamp.columns",
+            "name at least one column holding the time",
+        ),
+        (
+            "file",
+            {"path": "/d", "timestamp": {"zone": "UTC"}},
+            "timestamp.zone",
+            "unknown option (did you mean 'timezone'?)",
+        ),
+        ("file", {"path": "/d", "timestamp": "iso"}, "timestamp", "must be an object of option names and values"),
+        ("serial", {"baudrate": 9600}, "url", "is required"),
+        ("serial", {"url": "/dev/ttyS0", "baudrate": 12345}, "baudrate", f"12345 is not one of {BAUDRATES}"),
+        ("serial", {"url": "/dev/ttyS0", "baudrate": 9600.0}, "baudrate", "must be a whole number, not 9600.0"),
+        ("serial", {"url": "/dev/ttyS0", "baudrate": True}, "baudrate", "must be a whole number, not True"),
+        ("serial", {"url": "/dev/ttyS0", "bytesize": 9}, "bytesize", "9 is not one of 5, 6, 7, 8"),
+        ("serial", {"url": "/dev/ttyS0", "stopbits": 3}, "stopbits", "3 is not one of 1, 1.5, 2"),
+        ("serial", {"url": "/dev/ttyS0", "timeout": 0}, "timeout", "must be at least 0.01"),
+        ("serial", {"url": "/dev/ttyS0", "timeout": "nan"}, "timeout", "must be a finite number"),
+        ("serial", {"url": "/dev/ttyS0", "line_terminator": ";"}, "line_terminator", "';' is not one of \n, \r\n, \r"),
+        ("tcp", {"host": "h"}, "port", "is required"),
+        ("tcp", {"host": "h", "port": 0}, "port", "must be at least 1"),
+        ("tcp", {"host": "h", "port": 65536}, "port", "must be at most 65535"),
+        ("tcp", {"host": "h", "port": "http"}, "port", "must be a whole number, not 'http'"),
+        ("command", {"command": []}, "command", 'must be a command as a list of words, e.g. ["sensors", "-j"]'),
+        ("ftp", {}, "kind", "unknown source kind 'ftp'"),
+        ("file", ["path", "/d"], "", "must be an object of option names and values"),
+        (
+            "agent",
+            {},
+            "collect",
+            'is required: what the agent reads, e.g. {"kind": "serial", "url": "/dev/ttyUSB0"}',
+        ),
+        ("agent", {"collect": {"kind": "agent"}}, "collect.kind", "'agent' is not one of file, serial, tcp, command"),
+        ("agent", {"collect": {"url": "/dev/ttyS0"}}, "collect.kind", "None is not one of file, serial, tcp, command"),
+        ("agent", {"collect": {"kind": "serial"}}, "collect.url", "is required"),
+        ("agent", {"collect": {"kind": "tcp", "host": "h", "port": -1}}, "collect.port", "must be at least 1"),
+        (
+            "agent",
+            {"collect": {"kind": "file", "path": "/d"}, "x": 1},
+            "x",
+            "unknown option; an agent source has only 'collect'",
+        ),
+    ],
+)
+def test_bad_configs_are_refused_naming_the_option(kind, raw, field, message):
+    error = refused(kind, raw)
+    assert (error.field, error.message) == (field, message)
+    assert str(error) == (f"{field}: {message}" if field else message)
+
+
+def test_prefix_is_prepended_to_the_field():
+    error = refused("tcp", {"host": "h", "port": 0}, prefix="config")
+    assert str(error) == "config.port: must be at least 1"
