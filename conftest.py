@@ -12,9 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
@@ -79,6 +79,12 @@ def pytest_report_header(config):
     return f"daqbroker: database {db['ENGINE'].rsplit('.', 1)[-1]} {db.get('HOST') or db['NAME']}, CI={IN_CI}"
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Factories give every user a password; PBKDF2 would dominate the suite's run time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 # --- real services ---------------------------------------------------------------------------------
 
 
@@ -129,7 +135,8 @@ class ManagedProcess:
         self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def stop(self, sig: int | None = None) -> None:
@@ -156,6 +163,7 @@ def service_env(tmp_path, redis_url) -> dict[str, str]:
         REDIS_URL=redis_url,
         DAQBROKER_DATA_DIR=str(tmp_path / "var"),
         DAQBROKER_DISPATCH_INTERVAL="1",
+        DAQBROKER_CELERY_QUEUE=f"test-{uuid.uuid4().hex}",
         DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
         PYTHONUNBUFFERED="1",
     )
@@ -180,8 +188,3 @@ def start_process(tmp_path):
 
 def celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "daqbroker_site", *args]
-
-
-def redis_db_url(url: str) -> tuple[str, int, int]:
-    parsed = urlparse(url)
-    return parsed.hostname or "127.0.0.1", parsed.port or 6379, int((parsed.path or "/0").strip("/") or 0)

@@ -165,6 +165,8 @@ if CELERY_BROKER_URL == "filesystem://":
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Several deployments (or test runs) can share one Redis by giving each its own queue name.
+CELERY_TASK_DEFAULT_QUEUE = env_str("DAQBROKER_CELERY_QUEUE", "daqbroker")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"

@@ -107,8 +107,8 @@ class LineParser:
             return {name: value for name, value in match.groupdict().items() if value is not None}
         if self._simple_split and '"' in line:
             parts = next(csv.reader([line], delimiter=self.delimiter))
-        elif self.delimiter.strip() == "" and self.delimiter:
-            parts = line.split()  # whitespace-delimited: runs of blanks are one separator
+        elif self.delimiter == " ":
+            parts = line.split()  # space-aligned columns: runs of blanks are one separator
         else:
             parts = line.split(self.delimiter)
         fields = {str(index): part.strip() for index, part in enumerate(parts)}

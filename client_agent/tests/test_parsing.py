@@ -255,3 +255,9 @@ def test_us_round_trip_many_values():
     for _ in range(10_000):
         ts = rng.randrange(-2_208_988_800_000_000, 7_258_118_400_000_000)  # 1900 .. 2200
         assert datetime_to_us(us_to_datetime(ts)) == ts
+
+
+def test_tab_delimiter_keeps_empty_fields_in_place():
+    parsed = parser(delimiter="\t", columns=["time", "t", "p"]).parse("2024-05-06T07:08:09Z\t\t1013.2")
+    assert parsed.fields["t"] == ""
+    assert parsed.fields["p"] == "1013.2"

@@ -29,8 +29,9 @@ from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel
 
-# Sent after the ingest transaction commits: kwargs ``spans`` {channel_id: (first_ts, last_ts)} of the
-# readings newly stored, and ``origin``. Rollups and alarm evaluation listen to it.
+# Sent after the ingest transaction commits: kwargs ``spans`` {channel_id: (first_ts, last_ts)} covering
+# the batch's valid readings (new or already stored: duplicates cannot be told apart cheaply on every
+# engine, and recomputing an unchanged span is harmless), and ``origin``. Rollups and alarms listen to it.
 samples_ingested = Signal()
 
 MIN_TS_US = datetime_to_us(datetime(1900, 1, 1, tzinfo=UTC))
@@ -108,7 +109,7 @@ class IngestResult:
     received: int = 0
     accepted: int = 0
     duplicates: int = 0
-    flagged: int = 0
+    flagged: int = 0  # valid readings given a quality flag other than OK (stored now or before)
     rejected: list[Rejection] = field(default_factory=list)
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -248,6 +249,8 @@ def _as_text(raw) -> tuple[int, str | None]:
         return _EMPTY, None
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
         return _NOT_TEXT, None
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return _NOT_FINITE, None
     text = raw if isinstance(raw, str) else repr(raw)
     if len(text) > MAX_TEXT_LENGTH:
         return _TOO_LONG, None

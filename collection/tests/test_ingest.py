@@ -35,8 +35,6 @@ REASON_EMPTY = "value is empty"
 @pytest.fixture(autouse=True)
 def fixed_settings(settings):
     settings.DAQBROKER_MAX_FUTURE_SECONDS = 86400
-    # Every factory instrument gets an owner with a password; PBKDF2 would dominate the run time.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

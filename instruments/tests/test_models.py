@@ -13,12 +13,6 @@ from instruments.tests.factories import make_channel, make_instrument, make_sour
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # Every factory instrument gets an owner with a password; PBKDF2 would dominate the run time.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 FUNCTIONS_ALLOWED = (
     "only these functions may be called: abs, arccos, arcsin, arctan, arctan2, cos, degrees, exp, log, log10, "
     "maximum, minimum, radians, sin, sqrt, tan"
