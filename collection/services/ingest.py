@@ -75,6 +75,8 @@ class SampleBatch:
     channel: np.ndarray
     ts: np.ndarray
     value: np.ndarray
+    # Each reading's position in the sender's payload, reported with its rejection (default: 0..n-1).
+    position: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.channel = np.asarray(self.channel, dtype=np.int64)
@@ -85,6 +87,8 @@ class SampleBatch:
         self.value = value
         if not (len(self.channel) == len(self.ts) == len(self.value)):
             raise ValueError("channel, ts and value must have the same length")
+        if self.position is not None and len(self.position) != len(self.channel):
+            raise ValueError("position must have one entry per reading")
 
     def __len__(self) -> int:
         return len(self.channel)
@@ -270,7 +274,7 @@ def _rejections_for(batch: SampleBatch, code: np.ndarray) -> list[Rejection]:
         rejected.append(
             Rejection(
                 reason=_REASONS[int(code[i])].format(future=future),
-                index=i,
+                index=i if batch.position is None else int(batch.position[i]),
                 channel_id=int(batch.channel[i]) if code[i] != _UNKNOWN else None,
                 channel_ref=str(int(batch.channel[i])),
                 raw_time=raw_time,
