@@ -106,3 +106,22 @@ class CollectionRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} {self.started_at:%Y-%m-%d %H:%M:%S} {self.status}"
+
+
+class IngestBatch(models.Model):
+    """A client's ``batch_id``, remembered so that a retried upload is answered, not stored again.
+
+    Storage is idempotent anyway; this lets the sender see that its retry was recognised and returns the
+    original counts without re-validating the readings.
+    """
+
+    sender = models.CharField(max_length=100, help_text="who sent it: agent:<id>, token:<id> or user:<id>")
+    batch_id = models.CharField(max_length=100)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    result = models.JSONField(default=dict, help_text="the response given the first time")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["sender", "batch_id"], name="ingestbatch_unique_per_sender")]
+
+    def __str__(self) -> str:
+        return f"{self.sender} {self.batch_id}"
