@@ -27,3 +27,14 @@ class RunStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCESS = "success", "Succeeded"
     FAILED = "failed", "Failed"
+
+
+class RollupTier(models.IntegerChoices):
+    """The rollup tiers: the value is the bucket width in seconds. Each width divides the next, so a
+    bucket of one tier is made of whole buckets of the tier below (see ``collection.services.rollups``)."""
+
+    S10 = 10, "10s"
+    MIN1 = 60, "1min"
+    MIN10 = 600, "10min"
+    H1 = 3600, "1h"
+    D1 = 86400, "1d"

@@ -12,7 +12,7 @@ tables are WITHOUT ROWID (migration 0002): the key is the table, ~27 instead of 
 
 from django.db import models
 
-from collection.choices import Origin, Quality, RunStatus
+from collection.choices import Origin, Quality, RollupTier, RunStatus
 
 
 class Sample(models.Model):
@@ -125,3 +125,77 @@ class IngestBatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sender} {self.batch_id}"
+
+
+class Rollup(models.Model):
+    """One bucket of one tier of one numeric channel: a summary of its quality-OK readings.
+
+    Keyed like ``Sample`` by a composite primary key that leads with the channel, so a channel's buckets
+    of one tier in a time range are one index range. ``bucket`` is the bucket's start in µs since the
+    epoch (a multiple of the tier width); readings flagged with any quality other than OK are not
+    summarised, only counted in ``flagged``. Written only by ``collection.services.rollups``.
+    """
+
+    pk = models.CompositePrimaryKey("channel_id", "tier", "bucket")
+    channel = models.ForeignKey(
+        "instruments.Channel", on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="rollups"
+    )
+    tier = models.PositiveIntegerField(choices=RollupTier.choices, help_text="bucket width in seconds")
+    bucket = models.BigIntegerField(help_text="bucket start, µs since the Unix epoch, UTC")
+    count = models.BigIntegerField(help_text="quality-OK readings in the bucket")
+    flagged = models.BigIntegerField(default=0, help_text="readings in the bucket flagged with another quality")
+    min_value = models.FloatField(null=True)
+    max_value = models.FloatField(null=True)
+    sum_value = models.FloatField(default=0.0)
+    m2 = models.FloatField(default=0.0, help_text="sum of squared deviations from the bucket mean")
+    first_ts = models.BigIntegerField(null=True)
+    last_ts = models.BigIntegerField(null=True)
+
+    class Meta:
+        verbose_name = "rollup bucket"
+
+    def __str__(self) -> str:
+        return f"{self.channel_id} {self.get_tier_display()}@{self.bucket} n={self.count}"
+
+    @property
+    def mean(self) -> float | None:
+        return self.sum_value / self.count if self.count else None
+
+
+class RollupBacklog(models.Model):
+    """A span of a channel's readings that changed and whose rollup buckets are not recomputed yet.
+
+    Appended after every ingest (and by deletions); consumed by ``refresh_rollups`` in the transaction
+    that writes the recomputed buckets, so a reader sees either stale buckets plus their backlog row or
+    fresh buckets and no row. The query service treats pending spans as holes and reads raw there.
+    """
+
+    channel = models.ForeignKey(
+        "instruments.Channel", on_delete=models.CASCADE, db_constraint=False, related_name="+"
+    )
+    start_ts = models.BigIntegerField(help_text="first changed reading, µs since the epoch")
+    end_ts = models.BigIntegerField(help_text="last changed reading (inclusive), µs since the epoch")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "rollup backlog span"
+
+    def __str__(self) -> str:
+        return f"{self.channel_id} [{self.start_ts}, {self.end_ts}]"
+
+
+class RollupState(models.Model):
+    """Per-channel rollup bookkeeping; its row is also the lock one worker holds while recomputing."""
+
+    channel = models.OneToOneField(
+        "instruments.Channel", on_delete=models.CASCADE, primary_key=True, db_constraint=False, related_name="+"
+    )
+    raw_kept_from = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Retention removed raw readings before this instant (µs): buckets before it are kept as they are.",
+    )
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"rollups of {self.channel_id}"
