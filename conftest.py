@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# The personas (owner, shared viewer, agent, ...) every permission test runs as: accounts/tests/personas.py.
+pytest_plugins = ["accounts.tests.personas"]
+
 REPO = Path(__file__).resolve().parent
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"

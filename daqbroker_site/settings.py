@@ -6,6 +6,7 @@ Configured only through environment variables (see README "Configuration"); ever
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -41,7 +42,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
     "guardian",
+    "axes",
     "instruments",
     "accounts",
     "collection",
@@ -56,9 +61,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "accounts.audit.AuditContextMiddleware",
+    # Last, as django-axes asks: turns a refused login into the lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username+address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -130,8 +140,52 @@ SECURE_HSTS_PRELOAD = env_bool("DAQBROKER_HSTS_PRELOAD", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-if env_bool("DAQBROKER_BEHIND_PROXY", False):
+# Behind one reverse proxy that sets X-Forwarded-Proto and appends the client to X-Forwarded-For.
+DAQBROKER_BEHIND_PROXY = env_bool("DAQBROKER_BEHIND_PROXY", False)
+if DAQBROKER_BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Accounts: login lockout, guardian, API ------------------------------------------------------
+# django-axes: after DAQBROKER_LOGIN_FAILURE_LIMIT failed logins for one username from one address,
+# that pair is refused for DAQBROKER_LOGIN_COOLOFF_MINUTES (each further try restarts the wait).
+AXES_FAILURE_LIMIT = env_int("DAQBROKER_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("DAQBROKER_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "accounts.audit.client_address"
+AXES_HTTP_RESPONSE_CODE = 429
+
+# Object permissions are never given to anonymous visitors: no guardian "AnonymousUser" row.
+ANONYMOUS_USER_NAME = None
+
+REST_FRAMEWORK = {
+    # Bearer first: its WWW-Authenticate header makes DRF answer 401 (not 403) to unauthenticated calls.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "accounts.api.access.TokenScopePermission",
+        "accounts.api.access.ObjectLevelPermission",
+    ],
+    "DEFAULT_FILTER_BACKENDS": [
+        "accounts.api.access.VisibilityFilter",
+        "django_filters.rest_framework.DjangoFilterBackend",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "accounts.api.access.Pagination",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        *(["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "DAQBroker API",
+    "DESCRIPTION": "Instruments, readings and access. Authenticate with 'Authorization: Bearer dbk_...'.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
 
 # --- Email ---------------------------------------------------------------------------------------
 EMAIL_BACKEND = env_str(
@@ -204,5 +258,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("DAQBROKER_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # django-axes logs every successful login at INFO; failures and lockouts are WARNING.
+        "axes": {"level": "WARNING"},
+    },
 }

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 admin.site.site_header = "DAQBroker administration"
@@ -8,5 +8,6 @@ admin.site.index_title = "Instruments, data and people"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/v1/", include(("daqbroker_site.api_urls", "api"), namespace="api")),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]

@@ -4,6 +4,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from guardian.admin import GuardedModelAdmin
 
+from accounts import permissions
+from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
 
 COLLECTION_STATE = ("last_run_at", "last_success_at", "consecutive_failures", "next_run_at", "last_error", "cursor")
@@ -53,9 +55,12 @@ def last_reading_text(channel: Channel) -> str:
 
 
 @admin.register(Instrument)
-class InstrumentAdmin(GuardedModelAdmin):
+class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedModelAdmin):
+    """Operators reach the instruments they may change; "Object permissions" shares through the service."""
+
+    delete_level = permissions.SHARE
     list_display = ("name", "slug", "owner", "location", "active", "channel_count", "updated")
-    list_filter = ("active", "owner")
+    list_filter = ("active", ("owner", RelatedOnly))
     search_fields = ("name", "slug", "description", "location", "contact_email")
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("created", "updated")
@@ -70,6 +75,16 @@ class InstrumentAdmin(GuardedModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("owner").annotate(_channels=Count("channels"))
+
+    def get_readonly_fields(self, request, obj=None):
+        # Only administrators give an instrument to someone else; an Operator's new instrument is theirs.
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if permissions.is_administrator(request.user) else (*readonly, "owner")
+
+    def save_model(self, request, obj, form, change):
+        if not change and not permissions.is_administrator(request.user):
+            obj.owner = request.user
+        super().save_model(request, obj, form, change)
 
     @admin.display(description="Channels", ordering="_channels")
     def channel_count(self, instrument: Instrument) -> int:
@@ -88,9 +103,9 @@ class InstrumentAdmin(GuardedModelAdmin):
 
 
 @admin.register(DataSource)
-class DataSourceAdmin(admin.ModelAdmin):
+class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "instrument", "kind", "enabled", "interval_seconds", "health", "last_success_at")
-    list_filter = ("kind", "enabled", "instrument")
+    list_filter = ("kind", "enabled", ("instrument", RelatedOnly))
     search_fields = ("name", "instrument__name", "instrument__slug")
     list_select_related = ("instrument",)
     readonly_fields = (*COLLECTION_STATE, "created", "updated")
@@ -128,9 +143,9 @@ class DataSourceAdmin(admin.ModelAdmin):
 
 
 @admin.register(Channel)
-class ChannelAdmin(admin.ModelAdmin):
+class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "instrument", "kind", "units", "source", "last_reading")
-    list_filter = ("kind", "instrument", "units")
+    list_filter = ("kind", ("instrument", RelatedOnly), "units")
     search_fields = ("name", "slug", "description", "instrument__name", "instrument__slug")
     list_select_related = ("instrument", "source")
     prepopulated_fields = {"slug": ("name",)}
@@ -149,9 +164,9 @@ class ChannelAdmin(admin.ModelAdmin):
 
 
 @admin.register(LogbookEntry)
-class LogbookEntryAdmin(admin.ModelAdmin):
+class LogbookEntryAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("occurred_at", "instrument", "author", "short_text")
-    list_filter = ("instrument",)
+    list_filter = (("instrument", RelatedOnly),)
     search_fields = ("text", "instrument__name")
     date_hierarchy = "occurred_at"
     list_select_related = ("instrument", "author")

@@ -1,0 +1,131 @@
+"""The admin's side of the permission module: what a staff Operator reaches, and sharing through the
+one sharing service.
+
+``InstrumentScopedAdminMixin`` goes first in the bases of every ModelAdmin over instruments or their
+parts: non-administrators list, open and pick (in foreign keys and autocompletes) only what they may
+change; deleting an instrument takes the ``share`` level. ``SharingAdminMixin`` replaces
+django-guardian's free-form object-permission form by one level choice saved with
+``accounts.services.share``/``unshare``, so admin sharing is checked and audited like the API's.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+
+from accounts import audit, permissions, services
+from accounts.choices import ShareLevel
+
+
+def _is_scoped(model) -> bool:
+    try:
+        permissions.instrument_paths(model)
+    except ImproperlyConfigured:
+        return False
+    return True
+
+
+class InstrumentScopedAdminMixin:
+    admin_level = permissions.CHANGE
+    delete_level = permissions.CHANGE
+
+    def get_queryset(self, request):
+        return permissions.restrict(super().get_queryset(request), request.user, self.admin_level)
+
+    def _may(self, request, obj, level) -> bool:
+        return obj is None or permissions.has_perm(request.user, level, obj)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return super().has_view_permission(request, obj) and self._may(request, obj, self.admin_level)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return super().has_change_permission(request, obj) and self._may(request, obj, self.admin_level)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and self._may(request, obj, self.delete_level)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        related = db_field.related_model
+        if "queryset" not in kwargs and _is_scoped(related):
+            kwargs["queryset"] = permissions.restrict(related._default_manager.all(), request.user, permissions.CHANGE)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+NO_ACCESS = ""
+
+
+def share_level_form(request, kind: str):
+    """A guardian object-permission form class (``form(principal, obj, data)``) that sets one level."""
+
+    class ShareLevelForm(forms.Form):
+        level = forms.ChoiceField(
+            label="Access",
+            choices=[(NO_ACCESS, "No access"), *ShareLevel.choices],
+            required=False,
+            widget=forms.RadioSelect,
+            help_text="Each level includes the ones above it.",
+        )
+
+        def __init__(self, principal, obj, *args, **kwargs):
+            self.principal, self.obj = principal, obj
+            super().__init__(*args, **kwargs)
+            self.fields["level"].initial = services.level_of(obj, principal) or NO_ACCESS
+
+        def clean(self):
+            cleaned = super().clean()
+            if kind == "user" and self.principal.pk == self.obj.owner_id:
+                raise forms.ValidationError("The owner has every level; change the owner instead.")
+            return cleaned
+
+        def save_obj_perms(self) -> None:
+            level = self.cleaned_data["level"]
+            if level:
+                services.share(self.obj, self.principal, level, **audit.origin(request))
+            else:
+                services.unshare(self.obj, self.principal, **audit.origin(request))
+
+    return ShareLevelForm
+
+
+class SharingAdminMixin:
+    """For a GuardedModelAdmin of Instrument: sharing pages need the ``share`` level and use the service."""
+
+    def _instrument_for_sharing(self, request, object_pk):
+        obj = get_object_or_404(self.get_queryset(request), pk=unquote(object_pk))
+        if not permissions.has_instrument_perm(request.user, permissions.SHARE, obj):
+            raise PermissionDenied
+        return obj
+
+    def obj_perms_manage_view(self, request, object_pk):
+        self._instrument_for_sharing(request, object_pk)
+        return super().obj_perms_manage_view(request, object_pk)
+
+    def obj_perms_manage_user_view(self, request, object_pk, user_id):
+        obj = self._instrument_for_sharing(request, object_pk)
+        if str(obj.owner_id) == str(user_id):
+            messages.info(request, f"{obj.owner} owns {obj} and has every level on it.")
+            return redirect(reverse("admin:instruments_instrument_permissions", args=[obj.pk]))
+        get_object_or_404(get_user_model(), pk=user_id)
+        return super().obj_perms_manage_user_view(request, object_pk, user_id)
+
+    def obj_perms_manage_group_view(self, request, object_pk, group_id):
+        self._instrument_for_sharing(request, object_pk)
+        get_object_or_404(Group, pk=group_id)
+        return super().obj_perms_manage_group_view(request, object_pk, group_id)
+
+    def get_obj_perms_manage_user_form(self, request):
+        return share_level_form(request, "user")
+
+    def get_obj_perms_manage_group_form(self, request):
+        return share_level_form(request, "group")
+
+
+# RelatedOnlyFieldListFilter offers only values present in the (restricted) changelist, so the sidebar
+# does not list instruments or owners the staff user may not see.
+RelatedOnly = admin.RelatedOnlyFieldListFilter

@@ -1,0 +1,192 @@
+"""Who may do what: object permissions on instruments, agents and their API tokens, the audit trail."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+from accounts.choices import AuditAction, TokenScope
+
+TOKEN_PREFIX = "dbk_"  # noqa: S105  (a public marker, not a secret)
+
+
+# --- Object permissions -------------------------------------------------------------------------
+# Direct foreign keys to Instrument instead of guardian's generic (content type, text id) tables: the
+# visibility subqueries join on an indexed integer, and deleting an instrument cascades its grants.
+
+
+class InstrumentUserPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey("instruments.Instrument", on_delete=models.CASCADE, related_name="user_grants")
+
+    class Meta(UserObjectPermissionBase.Meta):
+        verbose_name = "instrument permission of a user"
+
+
+class InstrumentGroupPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey("instruments.Instrument", on_delete=models.CASCADE, related_name="group_grants")
+
+    class Meta(GroupObjectPermissionBase.Meta):
+        verbose_name = "instrument permission of a group"
+
+
+# --- Agents and API tokens ----------------------------------------------------------------------
+
+
+class Agent(models.Model):
+    """A remote ``daqbroker-agent`` installation. It authenticates with its own API token and may only
+    push readings to the instruments listed here that its owner may also collect to."""
+
+    name = models.CharField(max_length=100)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agents")
+    instruments = models.ManyToManyField(
+        "instruments.Instrument", blank=True, related_name="agents", help_text="The instruments it may push to."
+    )
+    description = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="agent_unique_name_per_owner")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def _token_attr(self, name: str):
+        token = getattr(self, "token", None) if self.pk else None
+        return getattr(token, name, None)
+
+    @property
+    def expires(self):
+        return self._token_attr("expires")
+
+    @property
+    def revoked_at(self):
+        return self._token_attr("revoked_at")
+
+    @property
+    def last_used(self):
+        return self._token_attr("last_used")
+
+    @property
+    def last_address(self):
+        return self._token_attr("last_address")
+
+    @property
+    def is_active(self) -> bool:
+        token = getattr(self, "token", None) if self.pk else None
+        return bool(token and token.is_usable)
+
+
+class ApiToken(models.Model):
+    """One API token: a personal one (read or read-write) or an agent's.
+
+    The clear token, ``dbk_<key id>_<secret>``, is shown once when created and never stored: the row
+    keeps the key id (to find the row with an indexed look-up) and a SHA-256 digest of the whole token
+    (compared in constant time). A slow password hash would add nothing: the secret is 256 random bits.
+    """
+
+    key_id = models.CharField(max_length=16, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="api_tokens",
+        help_text="Whose access the token carries (for an agent: the agent's owner).",
+    )
+    agent = models.OneToOneField(Agent, on_delete=models.CASCADE, null=True, blank=True, related_name="token")
+    name = models.CharField(max_length=100)
+    scope = models.CharField(max_length=16, choices=TokenScope.choices)
+    created = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Written at most once a minute (accounts.tokens.touch), with the address the request came from.
+    last_used = models.DateTimeField(null=True, blank=True, editable=False)
+    last_address = models.GenericIPAddressField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name = "API token"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(scope=TokenScope.AGENT, agent__isnull=False)
+                | (~models.Q(scope=TokenScope.AGENT) & models.Q(agent__isnull=True)),
+                name="apitoken_agent_scope_iff_agent",
+            )
+        ]
+        indexes = [models.Index(fields=["user", "-created"], name="apitoken_user_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def prefix(self) -> str:
+        """What may be shown of a token: enough to recognise it, useless to use it."""
+        return f"{TOKEN_PREFIX}{self.key_id}"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires is not None and self.expires <= timezone.now()
+
+    @property
+    def is_usable(self) -> bool:
+        return self.revoked_at is None and not self.is_expired
+
+
+# --- Audit trail --------------------------------------------------------------------------------
+
+
+class AuditTrailIsAppendOnly(Exception):
+    """Raised on any attempt to change or delete an audit event."""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AuditTrailIsAppendOnly("audit events cannot be changed")
+
+    def delete(self):
+        raise AuditTrailIsAppendOnly("audit events cannot be deleted")
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object, when and from where. Written only by ``accounts.audit.record``."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+        help_text="The user (for an agent: its owner); empty for the system.",
+    )
+    actor_label = models.CharField(max_length=200, editable=False, help_text="Who, as they were called then.")
+    action = models.CharField(max_length=32, choices=AuditAction.choices, editable=False)
+    object_type = models.CharField(max_length=100, editable=False, help_text='For example "instruments.instrument".')
+    object_id = models.CharField(max_length=64, blank=True, editable=False)
+    object_repr = models.CharField(max_length=200, blank=True, editable=False)
+    changes = models.JSONField(default=dict, blank=True, editable=False)
+    address = models.GenericIPAddressField(null=True, blank=True, editable=False)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["object_type", "object_id", "-at"], name="auditevent_object"),
+            models.Index(fields=["actor", "-at"], name="auditevent_actor"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.object_repr}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise AuditTrailIsAppendOnly("audit events cannot be changed")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AuditTrailIsAppendOnly("audit events cannot be deleted")

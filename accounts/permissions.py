@@ -1,0 +1,280 @@
+"""THE permission module: who may see, collect to, change and share which instruments.
+
+Every surface asks here: the DRF filter backend and base viewset (``accounts.api.base``), the page mixin
+(``accounts.mixins``), the admin (``accounts.admin_mixins``), the sharing and token services, and the
+ingest API (``collectable_instrument_ids``). Nothing else decides visibility.
+
+The rules:
+
+* An instrument's **owner** has every level on it. **Administrators** (superusers and members of the
+  Administrators group) have every level on every instrument.
+* Other users hold levels through guardian object permissions, granted to them or to one of their
+  groups, in the direct tables ``InstrumentUserPermission`` / ``InstrumentGroupPermission``. The levels
+  form a ladder, ``view < collect < change < share``, and a permission on a rung implies every rung
+  below it ("change implies view") *at query time*, so a grant made with guardian's own shortcuts obeys
+  the same rule as one made through ``accounts.services.share``.
+* Global (model) permissions never open an instrument: they only let Operators into the admin.
+* Channels, data sources, logbook entries, readings, quarantine, alarms and exports inherit from their
+  instrument (``restrict`` follows the path to it). Agents and tokens belong to their owner.
+* An **agent** (``AgentPrincipal``) may only ``collect``, only to the instruments it is scoped to, and
+  only while its owner may collect to them too. It sees nothing.
+* A request made with a **read-only token** may only ``view``.
+
+Every function takes ``who``: a user, an ``AgentPrincipal``, or a request (Django's or DRF's, whose
+token scope is then honoured). Querysets cost one query, plus one (cached on the user object) to learn
+whether the user is an Administrator, whatever the number of instruments and grants.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Model, Q, QuerySet
+
+from accounts.choices import ShareLevel, TokenScope
+from accounts.models import ApiToken, InstrumentGroupPermission, InstrumentUserPermission
+from accounts.principals import AgentPrincipal
+from accounts.roles import ADMINISTRATORS
+from instruments.models import Instrument
+
+LEVELS: tuple[str, ...] = tuple(ShareLevel.values)  # lowest first
+VIEW, COLLECT, CHANGE, SHARE = LEVELS
+
+# How a model reaches its instrument. Models with an ``instrument`` foreign key, or a ``channel`` or
+# ``source`` one, are found by ``instrument_paths``; list here only the ones that need more than that.
+EXTRA_INSTRUMENT_PATHS: dict[str, tuple[str, ...]] = {
+    # A quarantined reading may name its channel, its source, or both.
+    "collection.rejectedsample": ("channel__instrument", "source__instrument"),
+}
+# Models that belong to a user rather than to an instrument: model label -> owner field.
+OWNER_FIELDS: dict[str, str] = {"accounts.agent": "owner", "accounts.apitoken": "user"}
+# Models only Administrators may read.
+ADMINISTRATORS_ONLY = {"accounts.auditevent"}
+
+
+def codenames_implying(level: str) -> list[str]:
+    """The permission codenames that grant ``level``: its own and every higher rung's."""
+    _check_level(level)
+    return [f"{rung}_instrument" for rung in LEVELS[LEVELS.index(level) :]]
+
+
+def levels_up_to(level: str) -> list[str]:
+    """The levels ``level`` includes: itself and every lower rung."""
+    _check_level(level)
+    return list(LEVELS[: LEVELS.index(level) + 1])
+
+
+def _check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"{level!r} is not a level; use one of {', '.join(LEVELS)}")
+
+
+# --- who is asking --------------------------------------------------------------------------------
+
+
+def resolve(who) -> tuple[object, ApiToken | None]:
+    """(user or AgentPrincipal or AnonymousUser, the API token of the request if any)."""
+    if hasattr(who, "method") and hasattr(who, "user"):  # a Django HttpRequest or a DRF Request
+        auth = getattr(who, "auth", None)
+        user, token = who.user, auth if isinstance(auth, ApiToken) else None
+    else:
+        user, token = who, None
+    if isinstance(user, AgentPrincipal):
+        token = user.token
+    return user, token
+
+
+def is_authenticated(user) -> bool:
+    return bool(user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_active", False))
+
+
+def is_agent(who) -> bool:
+    return isinstance(resolve(who)[0], AgentPrincipal)
+
+
+def is_administrator(who) -> bool:
+    """Superusers and members of the Administrators group (never an agent, never a read-only request)."""
+    user, _ = resolve(who)
+    if not is_authenticated(user) or isinstance(user, AgentPrincipal):
+        return False
+    if user.is_superuser:
+        return True
+    cached = getattr(user, "_daqbroker_is_administrator", None)
+    if cached is None:
+        cached = user.groups.filter(name=ADMINISTRATORS).exists()
+        user._daqbroker_is_administrator = cached
+    return cached
+
+
+def _token_allows(token: ApiToken | None, level: str) -> bool:
+    return token is None or token.scope != TokenScope.READ or level == VIEW
+
+
+# --- instruments ----------------------------------------------------------------------------------
+
+
+def _grant_filter(user, level: str) -> Q:
+    """Instruments ``user`` owns or holds ``level`` (or higher) on, directly or through a group."""
+    codenames = codenames_implying(level)
+    direct = InstrumentUserPermission.objects.filter(user=user, permission__codename__in=codenames)
+    via_group = InstrumentGroupPermission.objects.filter(group__user=user, permission__codename__in=codenames)
+    return (
+        Q(owner=user) | Q(pk__in=direct.values("content_object_id")) | Q(pk__in=via_group.values("content_object_id"))
+    )
+
+
+def instruments_for(who, level: str = VIEW) -> QuerySet[Instrument]:
+    """The instruments on which ``who`` has ``level``, as a lazy queryset of one query."""
+    _check_level(level)
+    user, token = resolve(who)
+    instruments = Instrument.objects.all()
+    if not is_authenticated(user) or not _token_allows(token, level):
+        return instruments.none()
+    if isinstance(user, AgentPrincipal):
+        if level != COLLECT:
+            return instruments.none()
+        owner_may = instruments_for(user.owner, COLLECT)
+        return instruments.filter(agents=user.agent, pk__in=owner_may.values("pk"))
+    if is_administrator(user):
+        return instruments
+    return instruments.filter(_grant_filter(user, level))
+
+
+def instruments_visible_to(who) -> QuerySet[Instrument]:
+    return instruments_for(who, VIEW)
+
+
+def collectable_instrument_ids(who) -> set[int] | None:
+    """For ``ingest_samples(writable_instruments=...)``: the ids ``who`` may push to; None means all."""
+    user, _ = resolve(who)
+    if not isinstance(user, AgentPrincipal) and is_administrator(who):
+        return None
+    return set(instruments_for(who, COLLECT).values_list("pk", flat=True))
+
+
+def has_instrument_perm(who, level: str, instrument: Instrument) -> bool:
+    _check_level(level)
+    user, token = resolve(who)
+    if not is_authenticated(user) or not _token_allows(token, level):
+        return False
+    if isinstance(user, AgentPrincipal):
+        return level == COLLECT and instruments_for(user, COLLECT).filter(pk=instrument.pk).exists()
+    if is_administrator(user) or instrument.owner_id == user.pk:
+        return True
+    return Instrument.objects.filter(pk=instrument.pk).filter(_grant_filter(user, level)).exists()
+
+
+def level_on(who, instrument: Instrument) -> str | None:
+    """The highest level ``who`` has on ``instrument``, or None."""
+    user, token = resolve(who)
+    if not is_authenticated(user):
+        return None
+    if isinstance(user, AgentPrincipal):
+        return COLLECT if has_instrument_perm(user, COLLECT, instrument) else None
+    if is_administrator(user) or instrument.owner_id == user.pk:
+        level = SHARE
+    else:
+        codenames = set(
+            InstrumentUserPermission.objects.filter(user=user, content_object=instrument).values_list(
+                "permission__codename", flat=True
+            )
+        ) | set(
+            InstrumentGroupPermission.objects.filter(group__user=user, content_object=instrument).values_list(
+                "permission__codename", flat=True
+            )
+        )
+        held = [rung for rung in LEVELS if f"{rung}_instrument" in codenames]
+        if not held:
+            return None
+        level = held[-1]
+    return VIEW if not _token_allows(token, level) else level
+
+
+def can_create_instruments(who) -> bool:
+    user, token = resolve(who)
+    if not is_authenticated(user) or isinstance(user, AgentPrincipal) or not _token_allows(token, CHANGE):
+        return False
+    return is_administrator(user) or user.has_perm("instruments.add_instrument")
+
+
+# --- any model ------------------------------------------------------------------------------------
+
+
+def _label(model) -> str:
+    return model._meta.label_lower
+
+
+def instrument_paths(model) -> tuple[str, ...]:
+    """Lookups from ``model`` to its instrument ("" for Instrument itself)."""
+    if model is Instrument:
+        return ("",)
+    label = _label(model)
+    if label in EXTRA_INSTRUMENT_PATHS:
+        return EXTRA_INSTRUMENT_PATHS[label]
+    names = {f.name: f for f in model._meta.get_fields() if getattr(f, "many_to_one", False)}
+    if "instrument" in names and names["instrument"].related_model is Instrument:
+        return ("instrument",)
+    for name, next_path in (("channel", "instrument"), ("source", "instrument")):
+        if name in names:
+            return (f"{name}__{next_path}",)
+    raise ImproperlyConfigured(
+        f"accounts.permissions does not know how {model._meta.label} relates to an instrument: "
+        "add it to EXTRA_INSTRUMENT_PATHS or OWNER_FIELDS"
+    )
+
+
+def restrict(queryset: QuerySet, who, level: str = VIEW) -> QuerySet:
+    """``queryset`` narrowed to the rows ``who`` has ``level`` on. Unknown models raise (fail closed)."""
+    _check_level(level)
+    model = queryset.model
+    label = _label(model)
+    user, token = resolve(who)
+    if label in ADMINISTRATORS_ONLY:
+        return queryset if is_administrator(who) and _token_allows(token, level) else queryset.none()
+    if label in OWNER_FIELDS:
+        if not is_authenticated(user) or isinstance(user, AgentPrincipal) or not _token_allows(token, level):
+            return queryset.none()
+        return queryset if is_administrator(user) else queryset.filter(**{OWNER_FIELDS[label]: user})
+    paths = instrument_paths(model)
+    if paths == ("",):
+        if not is_authenticated(user) or not _token_allows(token, level):
+            return queryset.none()
+        if isinstance(user, AgentPrincipal):
+            return queryset.filter(pk__in=instruments_for(who, level).values("pk"))
+        if is_administrator(user):
+            return queryset
+        return queryset.filter(_grant_filter(user, level))
+    allowed = instruments_for(who, level)
+    if is_administrator(who) and _token_allows(token, level):
+        return queryset
+    condition = Q()
+    for path in paths:
+        condition |= Q(**{f"{path}__in": allowed.values("pk")})
+    return queryset.filter(condition)
+
+
+def instrument_of(obj: Model) -> list[Instrument]:
+    """The instrument(s) an object belongs to, following ``instrument_paths``."""
+    found = []
+    for path in instrument_paths(type(obj)):
+        target = obj
+        for step in path.split("__") if path else ():
+            target = getattr(target, step, None)
+            if target is None:
+                break
+        if target is not None:
+            found.append(target)
+    return found
+
+
+def has_perm(who, level: str, obj: Model) -> bool:
+    """Whether ``who`` has ``level`` on ``obj`` (an instrument, anything belonging to one, or an owned object)."""
+    _check_level(level)
+    label = _label(type(obj))
+    user, token = resolve(who)
+    if label in ADMINISTRATORS_ONLY:
+        return is_administrator(who) and _token_allows(token, level)
+    if label in OWNER_FIELDS:
+        if not is_authenticated(user) or isinstance(user, AgentPrincipal) or not _token_allows(token, level):
+            return False
+        return is_administrator(user) or getattr(obj, f"{OWNER_FIELDS[label]}_id") == user.pk
+    return any(has_instrument_perm(who, level, instrument) for instrument in instrument_of(obj))

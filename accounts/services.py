@@ -1,0 +1,252 @@
+"""Sharing and API tokens: the one implementation the admin, the pages and the API all call.
+
+Each function takes the acting user (``actor``, None for the system) and the client ``address``, checks
+that the actor may do it (so no surface can forget), does it in one transaction and records it in the
+audit trail. Views pass ``**accounts.audit.origin(request)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts import permissions, tokens
+from accounts.audit import record
+from accounts.choices import AuditAction, TokenScope
+from accounts.models import Agent, ApiToken, InstrumentGroupPermission, InstrumentUserPermission
+from instruments.models import Instrument
+
+
+def _check_actor(actor, level: str, instrument: Instrument) -> None:
+    if actor is not None and not permissions.has_instrument_perm(actor, level, instrument):
+        raise PermissionDenied(f"You may not {level} {instrument.slug}.")
+
+
+# --- sharing --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Share:
+    kind: str  # "user" or "group"
+    principal: object  # User or Group
+    level: str
+
+    @property
+    def name(self) -> str:
+        return self.principal.get_username() if self.kind == "user" else self.principal.name
+
+
+def _grants(instrument: Instrument, principal):
+    if isinstance(principal, Group):
+        return InstrumentGroupPermission.objects.filter(content_object=instrument, group=principal), "group"
+    return InstrumentUserPermission.objects.filter(content_object=instrument, user=principal), "user"
+
+
+def _level_of(codenames: Iterable[str]) -> str | None:
+    held = [level for level in permissions.LEVELS if f"{level}_instrument" in set(codenames)]
+    return held[-1] if held else None
+
+
+def share(instrument: Instrument, principal, level: str, *, actor=None, address: str | None = None) -> bool:
+    """Give ``principal`` (a user or a group) exactly ``level`` on ``instrument``, with every lower level.
+
+    Replaces whatever it had. Returns whether anything changed (sharing again at the same level is a
+    no-op and records nothing).
+    """
+    if level not in permissions.LEVELS:
+        raise ValidationError(f"{level!r} is not a level; use one of {', '.join(permissions.LEVELS)}")
+    if not isinstance(principal, Group) and principal.pk == instrument.owner_id:
+        raise ValidationError(f"{principal.get_username()} owns {instrument.slug} and has every level already.")
+    _check_actor(actor, permissions.SHARE, instrument)
+    wanted = {f"{rung}_instrument" for rung in permissions.levels_up_to(level)}
+    with transaction.atomic():
+        Instrument.objects.select_for_update().filter(pk=instrument.pk).first()  # serialise concurrent shares
+        grants, kind = _grants(instrument, principal)
+        held = set(grants.values_list("permission__codename", flat=True))
+        if held == wanted:
+            return False
+        by_codename = {
+            p.codename: p
+            for p in Permission.objects.filter(
+                content_type__app_label="instruments",
+                content_type__model="instrument",
+                codename__in=permissions.codenames_implying(permissions.VIEW),
+            )
+        }
+        grants.exclude(permission__codename__in=wanted).delete()
+        model = grants.model
+        model.objects.bulk_create(
+            [
+                model(content_object=instrument, permission=by_codename[codename], **{kind: principal})
+                for codename in sorted(wanted - held)
+            ]
+        )
+        record(
+            AuditAction.SHARE_SET,
+            actor=actor,
+            obj=instrument,
+            changes={kind: Share(kind, principal, level).name, "from": _level_of(held), "to": level},
+            address=address,
+        )
+    return True
+
+
+def unshare(instrument: Instrument, principal, *, actor=None, address: str | None = None) -> bool:
+    """Take every level on ``instrument`` away from ``principal``. Returns whether it had any."""
+    _check_actor(actor, permissions.SHARE, instrument)
+    with transaction.atomic():
+        grants, kind = _grants(instrument, principal)
+        held = set(grants.values_list("permission__codename", flat=True))
+        if not held:
+            return False
+        grants.delete()
+        record(
+            AuditAction.SHARE_REMOVED,
+            actor=actor,
+            obj=instrument,
+            changes={kind: Share(kind, principal, "").name, "from": _level_of(held), "to": None},
+            address=address,
+        )
+    return True
+
+
+def level_of(instrument: Instrument, principal) -> str | None:
+    """The level ``principal`` (a user or a group) was given on ``instrument``, not counting ownership."""
+    grants, _ = _grants(instrument, principal)
+    return _level_of(grants.values_list("permission__codename", flat=True))
+
+
+def shares_of(instrument: Instrument) -> list[Share]:
+    """Who else has which level on ``instrument`` (not its owner), users first, by name."""
+    found: list[Share] = []
+    for kind, model, field in (
+        ("user", InstrumentUserPermission, "user"),
+        ("group", InstrumentGroupPermission, "group"),
+    ):
+        held: dict[int, tuple[object, set[str]]] = {}
+        for grant in model.objects.filter(content_object=instrument).select_related(field, "permission"):
+            principal = getattr(grant, field)
+            held.setdefault(principal.pk, (principal, set()))[1].add(grant.permission.codename)
+        shares = [Share(kind, principal, _level_of(codenames)) for principal, codenames in held.values()]
+        found.extend(sorted((s for s in shares if s.level), key=lambda s: s.name.lower()))
+    return found
+
+
+# --- tokens and agents ----------------------------------------------------------------------------
+
+
+def _check_expiry(expires: datetime | None) -> None:
+    if expires is not None and expires <= timezone.now():
+        raise ValidationError("The expiry must be in the future.")
+
+
+def _issue(**fields) -> tuple[ApiToken, str]:
+    """Save a new token row and return it with the clear token, which is not kept anywhere."""
+    for _ in range(5):
+        key_id = tokens.new_key_id()
+        clear = tokens.new_token(key_id)
+        try:
+            with transaction.atomic():
+                token = ApiToken.objects.create(key_id=key_id, digest=tokens.digest(clear), **fields)
+            return token, clear
+        except IntegrityError:
+            if not ApiToken.objects.filter(key_id=key_id).exists():
+                raise
+    raise RuntimeError("could not find a free token key id")  # 36**12 ids: never in practice
+
+
+def _check_owner(actor, owner) -> None:
+    if actor is None:
+        return
+    if permissions.is_agent(actor):
+        raise PermissionDenied("An agent cannot manage tokens.")
+    if not (permissions.is_administrator(actor) or actor.pk == owner.pk):
+        raise PermissionDenied("Only an administrator may act for another user.")
+
+
+@transaction.atomic
+def create_personal_token(
+    *, user, name: str, scope: str = TokenScope.READ, expires: datetime | None = None, actor=None, address=None
+) -> tuple[ApiToken, str]:
+    """A personal token carrying ``user``'s access (read-only or read-write). Returns (row, clear token)."""
+    if scope not in (TokenScope.READ, TokenScope.READ_WRITE):
+        raise ValidationError("A personal token is read-only or read-write.")
+    _check_owner(actor, user)
+    _check_expiry(expires)
+    token, clear = _issue(user=user, name=name, scope=scope, expires=expires)
+    record(
+        AuditAction.TOKEN_CREATED,
+        actor=actor,
+        obj=token,
+        changes={"user": user.get_username(), "scope": scope, "expires": expires, "key_id": token.key_id},
+        address=address,
+    )
+    return token, clear
+
+
+@transaction.atomic
+def create_agent(
+    *,
+    owner,
+    name: str,
+    instruments: Iterable[Instrument] = (),
+    description: str = "",
+    expires: datetime | None = None,
+    actor=None,
+    address=None,
+) -> tuple[Agent, str]:
+    """An agent that may push readings to ``instruments`` (each one ``owner`` may collect to), with its
+    token. Returns (agent, clear token)."""
+    _check_owner(actor, owner)
+    _check_expiry(expires)
+    instruments = list(instruments)
+    allowed = set(permissions.instruments_for(owner, permissions.COLLECT).filter(pk__in=[i.pk for i in instruments]))
+    refused = [i.slug for i in instruments if i not in allowed]
+    if refused:
+        raise ValidationError(f"{owner.get_username()} may not collect to: {', '.join(sorted(refused))}")
+    if Agent.objects.filter(owner=owner, name=name).exists():
+        raise ValidationError(f"{owner.get_username()} already has an agent called {name!r}.")
+    agent = Agent.objects.create(owner=owner, name=name, description=description)
+    agent.instruments.set(instruments)
+    token, clear = _issue(user=owner, agent=agent, name=name, scope=TokenScope.AGENT, expires=expires)
+    record(
+        AuditAction.AGENT_CREATED,
+        actor=actor,
+        obj=agent,
+        changes={
+            "owner": owner.get_username(),
+            "instruments": sorted(i.slug for i in instruments),
+            "expires": expires,
+            "key_id": token.key_id,
+        },
+        address=address,
+    )
+    return agent, clear
+
+
+@transaction.atomic
+def revoke_token(token: ApiToken, *, actor=None, address=None) -> bool:
+    """Revoke a token (an agent's token revokes the agent). Returns False if it was already revoked."""
+    _check_owner(actor, token.user)
+    now = timezone.now()
+    if not ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now):
+        return False
+    token.revoked_at = now
+    if token.agent_id is not None:
+        record(
+            AuditAction.AGENT_REVOKED, actor=actor, obj=token.agent, changes={"key_id": token.key_id}, address=address
+        )
+    else:
+        record(AuditAction.TOKEN_REVOKED, actor=actor, obj=token, changes={"key_id": token.key_id}, address=address)
+    return True
+
+
+def revoke_agent(agent: Agent, *, actor=None, address=None) -> bool:
+    token = ApiToken.objects.filter(agent=agent).first()
+    return revoke_token(token, actor=actor, address=address) if token else False
