@@ -48,6 +48,7 @@ class DecodedPayload:
     rejections: list[Rejection]
     batch_id: str
     received: int
+    refs: list  # each reading's channel as the sender named it
 
 
 # Resolves channel references ("inst/chan") to ids; returns {ref: id} for the ones that exist.
@@ -87,7 +88,7 @@ def decode_ingest_body(
         rejections.append(_rejection(ts_reasons.get(i, "timestamp is not a valid time"), i, refs, times, values))
     keep = np.nonzero(channel_ok & ts_ok)[0]
     batch = SampleBatch(channel_ids[keep], ts[keep], value[keep], position=keep)
-    return DecodedPayload(batch=batch, rejections=rejections, batch_id=batch_id, received=received)
+    return DecodedPayload(batch=batch, rejections=rejections, batch_id=batch_id, received=received, refs=refs)
 
 
 def _rejection(reason: str, i: int, refs, times, values) -> Rejection:

@@ -1,15 +1,27 @@
 """``/api/v1/``: one router; every view derives from ``accounts.api.base`` (see its docstring)."""
 
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
+from collection.api.views import IngestView
+from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
 
 router = DefaultRouter()
 router.register("agents", AgentViewSet, basename="agent")
 router.register("tokens", ApiTokenViewSet, basename="token")
+router.register("instruments", InstrumentViewSet, basename="instrument")
+router.register("sources", DataSourceViewSet, basename="source")
+router.register("channels", ChannelViewSet, basename="channel")
+router.register("logbook", LogbookEntryViewSet, basename="logbook")
 
 urlpatterns = [
+    # The schema and its browser are public: they describe the API, they hold no data.
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[AllowAny]), name="docs"),
+    path("ingest/", IngestView.as_view(), name="ingest"),
     path("whoami/", WhoAmIView.as_view(), name="whoami"),
     path(
         "instruments/<slug:slug>/shares/",

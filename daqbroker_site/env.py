@@ -7,6 +7,7 @@ silently falling back to a default: a typo in a production setting must stop the
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -129,3 +130,18 @@ def sqlite_settings(path: Path) -> dict:
         # Tests that start real worker processes need a file they can share, not ":memory:".
         "TEST": {"NAME": str(path.with_name(f"test_{path.name}"))},
     }
+
+
+_RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def env_rate(name: str, default: str | None, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """A DRF throttle rate such as ``600/minute``; ``none`` turns the throttle off (None)."""
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if value.lower() == "none":
+        return None
+    if not _RATE.match(value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate; use e.g. 600/minute, 20/second or none")
+    return value

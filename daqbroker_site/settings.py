@@ -17,6 +17,7 @@ from daqbroker_site.env import (
     env_int,
     env_list,
     env_path,
+    env_rate,
     env_str,
 )
 
@@ -46,6 +47,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "guardian",
+    "drf_spectacular_sidecar",
     "axes",
     "instruments",
     "accounts",
@@ -185,6 +187,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Instruments, readings and access. Authenticate with 'Authorization: Bearer dbk_...'.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the drf-spectacular-sidecar package: served by the app, no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Email ---------------------------------------------------------------------------------------
@@ -248,9 +255,55 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Collection, validation and alarms -----------------------------------------------------------
+# A collection run holds its source for at most this long (the collection task is stopped before it
+# ends); a worker killed mid-run frees its source after this long.
+DAQBROKER_COLLECT_LEASE_SECONDS = env_int("DAQBROKER_COLLECT_LEASE_SECONDS", 300, minimum=5)
+# Raw copies of the files read by file sources configured with "archive": true.
+DAQBROKER_ARCHIVE_DIR = env_path("DAQBROKER_ARCHIVE_DIR", DATA_DIR / "archive")
+# How often stale channels are looked for (and any alarm evaluation missed after an ingest is caught up).
+DAQBROKER_ALARM_CHECK_SECONDS = env_int("DAQBROKER_ALARM_CHECK_SECONDS", 30, minimum=1)
+# Webhook deliveries: attempts in all, the first retry's delay in seconds (doubling, with jitter), and
+# the timeout of one request.
+DAQBROKER_WEBHOOK_ATTEMPTS = env_int("DAQBROKER_WEBHOOK_ATTEMPTS", 6, minimum=1, maximum=50)
+DAQBROKER_WEBHOOK_RETRY_SECONDS = env_int("DAQBROKER_WEBHOOK_RETRY_SECONDS", 30, minimum=0)
+DAQBROKER_WEBHOOK_TIMEOUT = env_int("DAQBROKER_WEBHOOK_TIMEOUT", 10, minimum=1)
+# This server's public address, for links in alarm emails (e.g. https://daq.example.org).
+DAQBROKER_SITE_URL = env_str("DAQBROKER_SITE_URL", "").rstrip("/")
+# "Validate now" in the admin re-checks this many days of readings.
+DAQBROKER_REVALIDATE_DAYS = env_int("DAQBROKER_REVALIDATE_DAYS", 30, minimum=1)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "check-alarms": {
+            "task": "collection.alarms.tasks.check_alarms",
+            "schedule": float(DAQBROKER_ALARM_CHECK_SECONDS),
+            "options": {"expires": max(1, DAQBROKER_ALARM_CHECK_SECONDS - 1)},
+        },
+        "sweep-notifications": {
+            "task": "collection.alarms.tasks.sweep_notifications",
+            "schedule": 300.0,
+            "options": {"expires": 240},
+        },
+    }
+)
+
 # --- Ingest --------------------------------------------------------------------------------------
 # Readings stamped further than this in the future are rejected (clock errors, unit mix-ups).
 DAQBROKER_MAX_FUTURE_SECONDS = env_int("DAQBROKER_MAX_FUTURE_SECONDS", 86400, minimum=0)
+DAQBROKER_INGEST_MAX_BYTES = env_int("DAQBROKER_INGEST_MAX_BYTES", 64 * 1024 * 1024, minimum=1024)
+DAQBROKER_INGEST_MAX_READINGS = env_int("DAQBROKER_INGEST_MAX_READINGS", 100_000, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, DAQBROKER_INGEST_MAX_BYTES)
+# Requests per token to POST /api/v1/ingest/ ("none" turns throttling off).
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"ingest": env_rate("DAQBROKER_INGEST_THROTTLE", "600/minute")}
+
+# Throttle counters and other shared state: in Redis when there is one, so every web worker agrees.
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
 
 LOGGING = {
     "version": 1,

@@ -35,9 +35,9 @@ class AgentSerializer(_TokenStateMixin, serializers.ModelSerializer):
         help_text="Slugs of the instruments the agent may push to (each one you may collect to).",
     )
     expires = serializers.DateTimeField(required=False, allow_null=True, help_text="Empty: never expires.")
-    revoked_at = serializers.DateTimeField(read_only=True)
-    last_used = serializers.DateTimeField(read_only=True)
-    last_address = serializers.IPAddressField(read_only=True)
+    revoked_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    last_used = serializers.DateTimeField(read_only=True, allow_null=True)
+    last_address = serializers.IPAddressField(read_only=True, allow_null=True)
 
     class Meta:
         model = Agent

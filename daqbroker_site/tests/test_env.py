@@ -228,3 +228,14 @@ def test_a_malformed_setting_refuses_to_start(tmp_path):
     proc = _manage(["check"], tmp_path, DAQBROKER_DEBUG="perhaps")
     assert proc.returncode != 0
     assert "DAQBROKER_DEBUG='perhaps' is not a boolean" in proc.stderr
+
+
+def test_env_rate_reads_drf_rates_and_none():
+    from daqbroker_site.env import env_rate
+
+    assert env_rate("R", "600/minute", environ={}) == "600/minute"
+    assert env_rate("R", "600/minute", environ={"R": "20/second"}) == "20/second"
+    assert env_rate("R", "600/minute", environ={"R": "None"}) is None
+    with pytest.raises(ImproperlyConfigured) as caught:
+        env_rate("R", "600/minute", environ={"R": "lots"})
+    assert str(caught.value) == "R='lots' is not a rate; use e.g. 600/minute, 20/second or none"

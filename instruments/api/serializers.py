@@ -1,0 +1,146 @@
+"""Registry serializers. They run the model's own ``full_clean()``, so the API refuses exactly what the
+admin refuses, with the same messages (``config: baudrate: ...``, ``units: 'bananas' ...``)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from accounts import permissions
+from accounts.api.base import PermittedPrimaryKeyRelatedField, PermittedSlugRelatedField
+from instruments.models import Channel, DataSource, Instrument, LogbookEntry
+
+
+class ModelCleanMixin:
+    """Validate with the model's ``full_clean()`` (field checks, ``clean()``, unique constraints)."""
+
+    # Fields the view sets on save (owner, author); they are filled in before cleaning.
+    implicit_fields: tuple[str, ...] = ()
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        model = self.Meta.model
+        instance = (
+            model(**{f.attname: getattr(self.instance, f.attname) for f in model._meta.concrete_fields})
+            if (self.instance is not None)
+            else model()
+        )
+        instance._state.adding = self.instance is None
+        for name in self.implicit_fields:
+            if self.instance is None:
+                setattr(instance, name, self.implicit_value(name))
+        for name, value in attrs.items():
+            setattr(instance, name, value)
+        try:
+            instance.full_clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        # clean() may normalise values (a source's config gets its defaults filled in).
+        return {name: getattr(instance, name) for name in attrs}
+
+    def implicit_value(self, name):
+        return self.context["request"].user
+
+
+class InstrumentSerializer(ModelCleanMixin, serializers.ModelSerializer):
+    implicit_fields = ("owner",)
+    owner = serializers.CharField(source="owner.get_username", read_only=True)
+
+    class Meta:
+        model = Instrument
+        fields = [
+            "id",
+            "slug",
+            "name",
+            "description",
+            "owner",
+            "contact_email",
+            "location",
+            "latitude",
+            "longitude",
+            "active",
+            "created",
+            "updated",
+        ]
+        read_only_fields = ["id", "owner", "created", "updated"]
+        # full_clean() checks uniqueness, with the admin's messages
+        validators = []
+        extra_kwargs = {"slug": {"validators": []}}
+
+
+class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
+    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
+
+    class Meta:
+        model = DataSource
+        fields = [
+            "id",
+            "instrument",
+            "name",
+            "kind",
+            "config",
+            "interval_seconds",
+            "enabled",
+            "last_run_at",
+            "last_success_at",
+            "last_error",
+            "consecutive_failures",
+            "created",
+            "updated",
+        ]
+        read_only_fields = [
+            "id",
+            "last_run_at",
+            "last_success_at",
+            "last_error",
+            "consecutive_failures",
+            "created",
+            "updated",
+        ]
+        validators = []
+
+
+class ChannelSerializer(ModelCleanMixin, serializers.ModelSerializer):
+    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
+    source = PermittedPrimaryKeyRelatedField(
+        queryset=DataSource.objects.all(), level=permissions.CHANGE, allow_null=True, required=False
+    )
+    last_time = serializers.DateTimeField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Channel
+        fields = [
+            "id",
+            "instrument",
+            "source",
+            "name",
+            "slug",
+            "kind",
+            "units",
+            "description",
+            "source_field",
+            "valid_min",
+            "valid_max",
+            "missing_values",
+            "expression",
+            "expected_interval_seconds",
+            "last_time",
+            "last_value",
+            "last_text",
+            "last_quality",
+            "created",
+            "updated",
+        ]
+        read_only_fields = ["id", "last_value", "last_text", "last_quality", "created", "updated"]
+        validators = []
+
+
+class LogbookEntrySerializer(ModelCleanMixin, serializers.ModelSerializer):
+    implicit_fields = ("author",)
+    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
+    author = serializers.CharField(source="author.get_username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = LogbookEntry
+        fields = ["id", "instrument", "author", "occurred_at", "text", "created"]
+        read_only_fields = ["id", "author", "created"]
