@@ -199,3 +199,14 @@ class RollupState(models.Model):
 
     def __str__(self) -> str:
         return f"rollups of {self.channel_id}"
+
+
+# Spike checks and alarms live in collection.alarms; imported here so that Django registers their models.
+from collection.alarms.models import (  # noqa: E402, F401
+    AlarmEvent,
+    AlarmNotification,
+    AlarmRule,
+    AlarmState,
+    AlarmSubscription,
+    SpikeCheck,
+)
