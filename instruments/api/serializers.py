@@ -10,6 +10,9 @@ from accounts import permissions
 from accounts.api.base import PermittedPrimaryKeyRelatedField, PermittedSlugRelatedField
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
 
+# Never echo the slug back: whether a hidden instrument exists is not revealed.
+NO_SUCH_INSTRUMENT = {"does_not_exist": "No such instrument, or you may not change it."}
+
 
 class ModelCleanMixin:
     """Validate with the model's ``full_clean()`` (field checks, ``clean()``, unique constraints)."""
@@ -69,7 +72,9 @@ class InstrumentSerializer(ModelCleanMixin, serializers.ModelSerializer):
 
 
 class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
-    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
+    instrument = PermittedSlugRelatedField(
+        queryset=Instrument.objects.all(), level=permissions.CHANGE, error_messages=NO_SUCH_INSTRUMENT
+    )
 
     class Meta:
         model = DataSource
@@ -101,9 +106,15 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
 
 
 class ChannelSerializer(ModelCleanMixin, serializers.ModelSerializer):
-    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
+    instrument = PermittedSlugRelatedField(
+        queryset=Instrument.objects.all(), level=permissions.CHANGE, error_messages=NO_SUCH_INSTRUMENT
+    )
     source = PermittedPrimaryKeyRelatedField(
-        queryset=DataSource.objects.all(), level=permissions.CHANGE, allow_null=True, required=False
+        queryset=DataSource.objects.all(),
+        level=permissions.CHANGE,
+        allow_null=True,
+        required=False,
+        error_messages={"does_not_exist": "No such data source, or you may not change it."},
     )
     last_time = serializers.DateTimeField(read_only=True, allow_null=True)
 
@@ -137,7 +148,9 @@ class ChannelSerializer(ModelCleanMixin, serializers.ModelSerializer):
 
 class LogbookEntrySerializer(ModelCleanMixin, serializers.ModelSerializer):
     implicit_fields = ("author",)
-    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
+    instrument = PermittedSlugRelatedField(
+        queryset=Instrument.objects.all(), level=permissions.CHANGE, error_messages=NO_SUCH_INSTRUMENT
+    )
     author = serializers.CharField(source="author.get_username", read_only=True, allow_null=True)
 
     class Meta:
