@@ -59,6 +59,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
     """Operators reach the instruments they may change; "Object permissions" shares through the service."""
 
     delete_level = permissions.SHARE
+    ordering = ("name",)  # the channel count's GROUP BY drops the model's ordering (autocomplete pages)
     list_display = ("name", "slug", "owner", "location", "active", "channel_count", "updated")
     list_filter = ("active", ("owner", RelatedOnly))
     search_fields = ("name", "slug", "description", "location", "contact_email")

@@ -1,0 +1,74 @@
+"""The one mixin for pages (class-based views) over instruments and what belongs to them.
+
+    class ChannelPlotView(InstrumentAccessMixin, DetailView):
+        model = Channel                      # get_queryset() is narrowed to what the user may see
+
+    class InstrumentEditView(InstrumentAccessMixin, AuditedFormMixin, UpdateView):
+        model = Instrument
+        required_level = "change"            # visible but not changeable: 403
+
+    class InstrumentPlotsView(InstrumentAccessMixin, TemplateView):
+        def get_context_data(self, **kwargs):
+            instrument = self.get_instrument()   # from the URL's ``instrument`` (or ``slug``) keyword
+
+Anonymous visitors are sent to the login page. An object the user may not see answers 404 (its
+existence is not revealed), one they see without the required level 403.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.mixins import LoginRequiredMixin
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+
+from accounts import audit, permissions
+from accounts.choices import AuditAction
+from instruments.models import Instrument
+
+
+class InstrumentAccessMixin(LoginRequiredMixin):
+    required_level: str = permissions.VIEW
+    instrument_url_kwarg: str = "instrument"
+
+    def get_queryset(self):
+        return permissions.restrict(super().get_queryset(), self.request.user, permissions.VIEW)
+
+    def get_object(self, queryset=None):
+        obj = super().get_object(queryset)  # 404 unless visible: get_queryset is narrowed
+        self.check_level(obj)
+        return obj
+
+    def check_level(self, obj) -> None:
+        if self.required_level != permissions.VIEW and not permissions.has_perm(
+            self.request.user, self.required_level, obj
+        ):
+            raise PermissionDenied
+
+    def get_instrument(self) -> Instrument:
+        """The instrument named by the URL (slug), 404 if hidden, 403 without ``required_level``."""
+        if not hasattr(self, "_instrument"):
+            slug = self.kwargs.get(self.instrument_url_kwarg) or self.kwargs.get("slug")
+            instrument = permissions.instruments_visible_to(self.request.user).filter(slug=slug).first()
+            if instrument is None:
+                raise Http404("No such instrument.")
+            self.check_level(instrument)
+            self._instrument = instrument
+        return self._instrument
+
+
+class AuditedFormMixin:
+    """For edit pages (ModelForm views): records what changed in the audit trail, like the API does."""
+
+    def form_valid(self, form):
+        creating = form.instance.pk is None
+        before = {name: form.initial.get(name) for name in form.changed_data}
+        response = super().form_valid(form)
+        obj = self.object
+        if creating:
+            changes = {name: form.cleaned_data.get(name) for name in form.fields}
+            audit.record(AuditAction.CONFIG_CREATED, obj=obj, changes=changes, **audit.origin(self.request))
+        elif form.changed_data:
+            after = {name: form.cleaned_data.get(name) for name in form.changed_data}
+            changes = audit.diff(before, after)
+            audit.record(AuditAction.CONFIG_CHANGED, obj=obj, changes=changes, **audit.origin(self.request))
+        return response

@@ -1,0 +1,246 @@
+"""API tokens: they work, they fail closed (401), they are never kept, logged or shown in clear."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts import services, tokens
+from accounts.choices import TokenScope
+from accounts.models import ApiToken, AuditEvent
+from instruments.tests.factories import make_instrument, make_user
+
+pytestmark = pytest.mark.django_db
+WHOAMI = "/api/v1/whoami/"
+
+
+def bearer(token: str, scheme: str = "Bearer") -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"{scheme} {token}")
+    return client
+
+
+@pytest.fixture
+def olivia():
+    return make_user("olivia")
+
+
+@pytest.fixture
+def issued(olivia):
+    return services.create_personal_token(user=olivia, name="script", scope=TokenScope.READ_WRITE)
+
+
+def assert_refused(response, message: str) -> None:
+    assert response.status_code == 401, response.content
+    assert response.json()["detail"] == message
+    assert response["WWW-Authenticate"] == 'Bearer realm="DAQBroker API", error="invalid_token"'
+
+
+def test_a_created_token_works_and_has_the_documented_form(issued, olivia):
+    token, clear = issued
+    assert tokens.TOKEN_PATTERN.match(clear)
+    assert clear.startswith(f"dbk_{token.key_id}_")
+    assert len(clear.split("_", 2)[2]) == 43  # 256 bits of secret
+    response = bearer(clear).get(WHOAMI)
+    assert response.status_code == 200
+    assert response.json() | {"expires": None} == {
+        "username": "olivia",
+        "kind": "user",
+        "authentication": "token",
+        "scope": "read_write",
+        "token_prefix": token.prefix,
+        "expires": None,
+        "administrator": False,
+    }
+
+
+def test_only_the_digest_is_stored(issued):
+    token, clear = issued
+    row = ApiToken.objects.values().get(pk=token.pk)
+    assert row["digest"] == hashlib.sha256(clear.encode()).hexdigest()
+    secret = clear.rsplit("_", 1)[1]
+    assert not any(secret in str(value) for value in row.values())
+
+
+def test_the_bearer_keyword_is_case_insensitive(issued):
+    assert bearer(issued[1], scheme="bearer").get(WHOAMI).status_code == 200
+
+
+def test_a_revoked_token_gets_401(issued, olivia):
+    token, clear = issued
+    assert services.revoke_token(token, actor=olivia)
+    assert_refused(bearer(clear).get(WHOAMI), "Token revoked.")
+    assert not services.revoke_token(token, actor=olivia)  # once only
+    assert list(AuditEvent.objects.values_list("action", flat=True).order_by("id")) == [
+        "token.created",
+        "token.revoked",
+    ]
+
+
+def test_an_expired_token_gets_401(olivia):
+    token, clear = services.create_personal_token(user=olivia, name="short", expires=timezone.now() + timedelta(days=1))
+    assert bearer(clear).get(WHOAMI).status_code == 200
+    ApiToken.objects.filter(pk=token.pk).update(expires=timezone.now() - timedelta(seconds=1))
+    assert_refused(bearer(clear).get(WHOAMI), "Token expired.")
+
+
+def test_a_token_cannot_be_created_already_expired(olivia):
+    with pytest.raises(ValidationError):
+        services.create_personal_token(user=olivia, name="late", expires=timezone.now() - timedelta(seconds=1))
+
+
+def test_a_wrong_secret_of_the_right_form_gets_401(issued):
+    token, clear = issued
+    secret = clear[-43:]
+    wrong = f"dbk_{token.key_id}_" + ("A" if secret[0] != "A" else "B") + secret[1:]  # one character off
+    assert tokens.TOKEN_PATTERN.match(wrong) and wrong != clear
+    assert_refused(bearer(wrong).get(WHOAMI), "Invalid token.")
+
+
+def test_an_unknown_key_id_gets_401(issued):
+    unknown = tokens.new_token("zzzzzzzzzzzz")
+    assert_refused(bearer(unknown).get(WHOAMI), "Invalid token.")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer dbk_short",
+        "Bearer not-a-daqbroker-token",
+        "Bearer dbk_ABCDEFGHIJKL_" + "a" * 43,  # key ids are lower case
+        "Bearer dbk_abcdefghijkl_" + "a" * 42,  # one character short
+    ],
+)
+def test_a_malformed_token_gets_401(header):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    assert_refused(client.get(WHOAMI), "Malformed token: expected dbk_ followed by the key id and the secret.")
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer two parts"])
+def test_a_malformed_header_gets_401(header):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    response = client.get(WHOAMI)
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Malformed Authorization header: use 'Bearer <token>'."
+
+
+def test_no_credentials_get_401_with_a_bearer_challenge():
+    response = APIClient().get(WHOAMI)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="DAQBroker API"'
+
+
+def test_the_token_of_an_inactive_user_gets_401(issued, olivia):
+    olivia.is_active = False
+    olivia.save()
+    assert_refused(bearer(issued[1]).get(WHOAMI), "The token's user is inactive.")
+
+
+def test_last_used_is_written_at_most_once_a_minute(issued):
+    token, clear = issued
+    client = bearer(clear)
+    client.get(WHOAMI, REMOTE_ADDR="203.0.113.9")
+    token.refresh_from_db()
+    first = token.last_used
+    assert first is not None and token.last_address == "203.0.113.9"
+
+    with CaptureQueriesContext(connection) as queries:
+        client.get(WHOAMI, REMOTE_ADDR="203.0.113.10")
+    assert not [q for q in queries if q["sql"].lstrip().upper().startswith("UPDATE")]
+    token.refresh_from_db()
+    assert (token.last_used, token.last_address) == (first, "203.0.113.9")
+
+    # A minute later (moved in the database, not by sleeping) the next use is written again.
+    ApiToken.objects.filter(pk=token.pk).update(last_used=first - timedelta(seconds=61))
+    client.get(WHOAMI, REMOTE_ADDR="203.0.113.10")
+    token.refresh_from_db()
+    assert token.last_used > first and token.last_address == "203.0.113.10"
+
+
+def test_last_used_is_a_compare_and_set_so_concurrent_requests_write_once(issued):
+    token, _ = issued
+    seen_by_one, seen_by_other = ApiToken.objects.get(pk=token.pk), ApiToken.objects.get(pk=token.pk)
+    assert tokens.touch(seen_by_one, "192.0.2.1")
+    assert not tokens.touch(seen_by_other, "192.0.2.2")  # its copy is stale; the row is already fresh
+    assert ApiToken.objects.get(pk=token.pk).last_address == "192.0.2.1"
+
+
+def test_a_read_token_may_read_but_not_write(olivia):
+    _, clear = services.create_personal_token(user=olivia, name="reader", scope=TokenScope.READ)
+    instrument = make_instrument(olivia, slug="alpha")
+    client = bearer(clear)
+    assert client.get("/api/v1/agents/").status_code == 200
+    response = client.post("/api/v1/agents/", {"name": "x", "instruments": [instrument.slug]}, format="json")
+    assert response.status_code == 403 and response.json()["detail"] == "This token is read-only."
+
+
+# --- never in clear: the database, the logs, the admin ---------------------------------------------
+
+
+def dump_database() -> str:
+    """Every row of every table, as text: what a database dump would hold."""
+    parts = []
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names():
+            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")
+            parts.append(f"{table}: {cursor.fetchall()!r}")
+    return "\n".join(parts)
+
+
+def test_tokens_never_appear_in_clear_in_the_database_logs_or_admin(caplog, olivia):
+    admin_user = make_user("ada", is_staff=True, is_superuser=True, password=None)
+    instrument = make_instrument(olivia, slug="alpha")
+    session = APIClient()
+    session.force_login(olivia)
+    admin = APIClient()
+    admin.force_login(admin_user)
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="django.db.backends")  # SQL with its parameters, too
+    clear = []
+    with CaptureQueriesContext(connection) as queries:
+        # created through the service, the API (agent and personal) and the admin (agent and personal)
+        clear.append(services.create_personal_token(user=olivia, name="svc")[1])
+        clear.append(session.post("/api/v1/tokens/", {"name": "api"}, format="json").json()["token"])
+        agent = session.post("/api/v1/agents/", {"name": "logger", "instruments": ["alpha"]}, format="json")
+        clear.append(agent.json()["token"])
+        page = admin.post(
+            reverse("admin:accounts_agent_add"), {"name": "a2", "owner": olivia.pk, "instruments": [instrument.pk]}
+        )
+        clear.append(page.context["token"])
+        page = admin.post(reverse("admin:accounts_apitoken_add"), {"name": "t2", "user": olivia.pk, "scope": "read"})
+        clear.append(page.context["token"])
+        # used, successfully and not
+        for token in clear:
+            assert bearer(token).get(WHOAMI).status_code == 200
+            assert bearer(token[:-1] + ("B" if token[-1] != "B" else "C")).get(WHOAMI).status_code == 401
+        # listed and opened in the admin
+        admin_pages = [
+            admin.get(reverse("admin:accounts_apitoken_changelist")),
+            admin.get(reverse("admin:accounts_agent_changelist")),
+            *(admin.get(reverse("admin:accounts_apitoken_change", args=[t.pk])) for t in ApiToken.objects.all()),
+        ]
+    assert len(clear) == 5 and all(tokens.TOKEN_PATTERN.match(t) for t in clear)
+    assert "INSERT INTO" in caplog.text and "accounts_apitoken" in caplog.text  # the SQL log was captured
+    dump = dump_database()
+    sql = "\n".join(f"{q['sql']}" for q in queries)
+    for token in clear:
+        secret = token.rsplit("_", 1)[1]
+        assert token not in dump and secret not in dump
+        assert secret not in caplog.text
+        assert secret not in sql
+        for response in admin_pages:
+            assert response.status_code == 200
+            assert secret not in response.content.decode()
+    # the admin does show what identifies a token
+    assert ApiToken.objects.first().key_id in admin_pages[0].content.decode()
