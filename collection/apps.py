@@ -5,3 +5,10 @@ class CollectionConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "collection"
     verbose_name = "Data collection"
+
+    def ready(self) -> None:
+        from collection.services.ingest import samples_ingested
+        from collection.services.rollups import on_samples_ingested
+
+        # Rollup tiers follow every ingest (a Celery task per batch, never per reading).
+        samples_ingested.connect(on_samples_ingested, dispatch_uid="collection.rollups")

@@ -26,3 +26,27 @@ def collect_source(source_id: int) -> None:
 @shared_task(ignore_result=True)
 def prune_run_history() -> int:
     return collect.prune_run_history()
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def refresh_rollups_task() -> int:
+    """Bring the rollup tiers up to date with the backlog (woken after each ingest, and swept periodically).
+    Bounded work per run; when work is left it queues itself again."""
+    from collection.services.rollups import refresh_rollups
+
+    result = refresh_rollups()
+    if result.remaining:
+        refresh_rollups_task.apply_async(expires=300)
+    return result.spans
+
+
+@shared_task(ignore_result=True, soft_time_limit=540, time_limit=600)
+def enforce_retention_task() -> int:
+    """Delete raw readings older than each instrument's retention, in bounded batches; queues itself again
+    while more is due."""
+    from collection.services.retention import enforce_retention
+
+    result = enforce_retention()
+    if result.remaining:
+        enforce_retention_task.apply_async(expires=3000)
+    return result.deleted

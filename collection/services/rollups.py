@@ -1,0 +1,557 @@
+"""Rollup tiers: per-channel summaries of readings in fixed time buckets, kept exact as data changes.
+
+Tiers (``collection.choices.RollupTier``) are 10 s, 1 min, 10 min, 1 h and 1 day buckets aligned on the
+Unix epoch (UTC). Each bucket holds the count, minimum, maximum, sum and M2 (sum of squared deviations
+from the bucket mean, for the standard deviation) of its readings, and its first and last timestamp.
+Readings flagged with any quality other than OK are not summarised, only counted (``flagged``): a
+sentinel -9999 or an out-of-range spike would otherwise own every min/max/mean above it. Plots of raw
+readings can still show them (``collection.services.query``).
+
+Maintenance: ``ingest_samples`` sends ``samples_ingested`` on commit; the receiver (``on_samples_ingested``)
+appends the changed spans to ``RollupBacklog`` and asks a Celery worker to run ``refresh_rollups``. A
+refresh locks a channel's ``RollupState`` row (``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite's IMMEDIATE
+transactions serialise writers), recomputes exactly the buckets its backlog spans touch, and deletes
+the backlog rows in the same transaction. The finest tier is computed from raw readings, every other
+tier from the whole buckets of the tier below it (widths divide each other), so a late reading costs
+one 10 s bucket of raw rows plus a few dozen buckets per tier, whatever the tier. Recomputing is
+idempotent; work per transaction is bounded (``max_rows``) and the rest of a span goes back to the
+backlog. A periodic sweep picks up spans whose task was lost.
+
+Retention (``collection.services.retention``) removes old raw readings and sets ``raw_kept_from``:
+buckets before it are never recomputed from the (now missing) raw rows, so the tiers keep the history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+from django.db import connections, transaction
+from django.db.models import Max, Min
+from django.utils import timezone
+
+from collection.choices import Quality, RollupTier
+from collection.models import Rollup, RollupBacklog, RollupState, Sample
+from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
+
+logger = logging.getLogger(__name__)
+
+SECOND = 1_000_000
+TIERS: tuple[int, ...] = tuple(sorted(RollupTier.values))  # bucket widths in seconds, finest first
+WIDTHS: tuple[int, ...] = tuple(t * SECOND for t in TIERS)  # in µs
+TIER_NAMES: dict[int, str] = {t.value: t.label for t in RollupTier}
+FINEST = TIERS[0]
+
+RAW_CHUNK_ROWS = 200_000
+MAX_ROWS_PER_TRANSACTION = 1_000_000
+_I64_MAX = np.iinfo(np.int64).max
+_I64_MIN = np.iinfo(np.int64).min
+
+RAW_COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
+BUCKET_COLUMNS = (
+    ("bucket", I8),
+    ("count", I8),
+    ("flagged", I8),
+    ("min_value", F8),
+    ("max_value", F8),
+    ("sum_value", F8),
+    ("m2", F8),
+    ("first_ts", I8),
+    ("last_ts", I8),
+)
+
+
+def floor_to(ts: int, width: int) -> int:
+    return ts - ts % width  # Python's % floors, so this is right before 1970 too
+
+
+def ceil_to(ts: int, width: int) -> int:
+    return -floor_to(-ts, width)
+
+
+@dataclass
+class Buckets:
+    """Columns of bucket summaries, ordered by ``bucket``. Where ``count`` is 0 (every reading flagged)
+    min/max/mean are NaN and first/last are meaningless (stored as NULL)."""
+
+    bucket: np.ndarray
+    count: np.ndarray
+    flagged: np.ndarray
+    min_value: np.ndarray
+    max_value: np.ndarray
+    sum_value: np.ndarray
+    m2: np.ndarray
+    first_ts: np.ndarray
+    last_ts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.bucket)
+
+    @classmethod
+    def empty(cls) -> Buckets:
+        return cls(**{f.name: np.empty(0, dtype=dict(BUCKET_COLUMNS)[f.name]) for f in fields(cls)})
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, np.ndarray]) -> Buckets:
+        return cls(**{f.name: columns[f.name] for f in fields(cls)})
+
+    @classmethod
+    def concat(cls, parts: Sequence[Buckets]) -> Buckets:
+        if not parts:
+            return cls.empty()
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+    def select(self, mask: np.ndarray) -> Buckets:
+        return Buckets(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
+
+    @property
+    def mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.sum_value / np.maximum(self.count, 1), np.nan)
+
+
+def _group_starts(keys: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.empty(0, dtype=np.int64)
+
+
+def aggregate_raw(ts: np.ndarray, value: np.ndarray, quality: np.ndarray, width: int) -> Buckets:
+    """Buckets of ``width`` µs from raw readings ordered by ``ts``."""
+    if len(ts) == 0:
+        return Buckets.empty()
+    keys = ts - ts % width
+    starts = _group_starts(keys)
+    buckets = keys[starts]
+    total = np.diff(np.r_[starts, len(keys)])
+    n = len(buckets)
+    out = Buckets(
+        bucket=buckets,
+        count=np.zeros(n, dtype=np.int64),
+        flagged=total.astype(np.int64),
+        min_value=np.full(n, np.nan),
+        max_value=np.full(n, np.nan),
+        sum_value=np.zeros(n),
+        m2=np.zeros(n),
+        first_ts=np.zeros(n, dtype=np.int64),
+        last_ts=np.zeros(n, dtype=np.int64),
+    )
+    ok = quality == Quality.OK
+    if not ok.any():
+        return out
+    okeys, ots, ovalues = keys[ok], ts[ok], value[ok]
+    s = _group_starts(okeys)
+    e = np.r_[s[1:], len(okeys)]
+    count = e - s
+    total_sum = np.add.reduceat(ovalues, s)
+    deviation = ovalues - np.repeat(total_sum / count, count)
+    at = np.searchsorted(buckets, okeys[s])
+    out.count[at] = count
+    out.flagged[at] -= count
+    out.min_value[at] = np.minimum.reduceat(ovalues, s)
+    out.max_value[at] = np.maximum.reduceat(ovalues, s)
+    out.sum_value[at] = total_sum
+    out.m2[at] = np.add.reduceat(deviation * deviation, s)
+    out.first_ts[at] = ots[s]
+    out.last_ts[at] = ots[e - 1]
+    return out
+
+
+def combine(children: Buckets, width: int) -> Buckets:
+    """Merge summaries into buckets of ``width`` µs: partial summaries of the same bucket (chunk edges)
+    or whole buckets of a finer tier. Exact for count/min/max/first/last; sum and M2 up to rounding
+    (M2 by Chan et al.'s pairwise formula). ``children`` must be ordered by ``bucket``."""
+    if len(children) == 0:
+        return Buckets.empty()
+    keys = children.bucket - children.bucket % width
+    s = _group_starts(keys)
+    has = children.count > 0
+    count = np.add.reduceat(children.count, s)
+    total_sum = np.add.reduceat(children.sum_value, s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        parent_mean = np.where(count > 0, total_sum / np.maximum(count, 1), 0.0)
+        child_mean = np.where(has, children.sum_value / np.maximum(children.count, 1), 0.0)
+    sizes = np.diff(np.r_[s, len(keys)])
+    spread = child_mean - np.repeat(parent_mean, sizes)
+    m2 = np.add.reduceat(children.m2 + np.where(has, children.count * spread * spread, 0.0), s)
+    first = np.minimum.reduceat(np.where(has, children.first_ts, _I64_MAX), s)
+    last = np.maximum.reduceat(np.where(has, children.last_ts, _I64_MIN), s)
+    empty = count == 0
+    return Buckets(
+        bucket=keys[s],
+        count=count,
+        flagged=np.add.reduceat(children.flagged, s),
+        min_value=np.fmin.reduceat(children.min_value, s),
+        max_value=np.fmax.reduceat(children.max_value, s),
+        sum_value=total_sum,
+        m2=m2,
+        first_ts=np.where(empty, 0, first),
+        last_ts=np.where(empty, 0, last),
+    )
+
+
+# --- reading and writing buckets ------------------------------------------------------------------
+
+
+def _table(model, using: str) -> str:
+    return connections[using].ops.quote_name(model._meta.db_table)
+
+
+def fetch_buckets(
+    channel_id: int, tier: int, lo: int, hi: int, *, using: str = "default", only_counted: bool = False
+) -> Buckets:
+    """A channel's stored buckets of ``tier`` (seconds) starting in [lo, hi) µs."""
+    sql = (
+        "SELECT bucket, count, flagged, min_value, max_value, sum_value, m2, "
+        "COALESCE(first_ts, 0) AS first_ts, COALESCE(last_ts, 0) AS last_ts "
+        f"FROM {_table(Rollup, using)} WHERE channel_id = %s AND tier = %s AND bucket >= %s AND bucket < %s"
+        + (" AND count > 0" if only_counted else "")
+        + " ORDER BY bucket"
+    )
+    return Buckets.from_columns(fetch_columns(sql, [channel_id, tier, lo, hi], BUCKET_COLUMNS, using=using))
+
+
+def _replace_buckets(channel_id: int, tier: int, lo: int, hi: int, buckets: Buckets, using: str) -> None:
+    """Make the stored buckets of ``tier`` in [lo, hi) exactly ``buckets`` (caller holds the channel lock)."""
+    connection = connections[using]
+    table = _table(Rollup, using)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE channel_id = %s AND tier = %s AND bucket >= %s AND bucket < %s",
+            [channel_id, tier, lo, hi],
+        )
+    if len(buckets) == 0:
+        return
+    if connection.vendor == "postgresql":
+        _pg_copy_buckets(connection, table, channel_id, tier, buckets)
+        return
+    counted = buckets.count > 0
+    rows = list(
+        zip(
+            [channel_id] * len(buckets),
+            [tier] * len(buckets),
+            buckets.bucket.tolist(),
+            buckets.count.tolist(),
+            buckets.flagged.tolist(),
+            np.where(counted, buckets.min_value, np.nan).tolist(),
+            np.where(counted, buckets.max_value, np.nan).tolist(),
+            buckets.sum_value.tolist(),
+            buckets.m2.tolist(),
+            buckets.first_ts.tolist(),
+            buckets.last_ts.tolist(),
+            counted.tolist(),
+            strict=True,
+        )
+    )
+    rows = [r[:11] if r[11] else (*r[:5], None, None, r[7], r[8], None, None) for r in rows]
+    columns = "channel_id, tier, bucket, count, flagged, min_value, max_value, sum_value, m2, first_ts, last_ts"
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), 10_000):
+            cursor.executemany(
+                f"INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                rows[start : start + 10_000],
+            )
+
+
+_PG_BUCKET_FULL = np.dtype(
+    [("n", ">i2")]
+    + [
+        item
+        for name, code in (
+            ("channel_id", ">i8"),
+            ("tier", ">i4"),
+            ("bucket", ">i8"),
+            ("count", ">i8"),
+            ("flagged", ">i8"),
+            ("min_value", ">f8"),
+            ("max_value", ">f8"),
+            ("sum_value", ">f8"),
+            ("m2", ">f8"),
+            ("first_ts", ">i8"),
+            ("last_ts", ">i8"),
+        )
+        for item in ((f"{name}_len", ">i4"), (name, code))
+    ]
+)
+# A bucket with only flagged readings: min, max, first and last are NULL (length -1, no data).
+_PG_BUCKET_FLAGGED = np.dtype(
+    [("n", ">i2")]
+    + [
+        item
+        for name, code in (
+            ("channel_id", ">i8"),
+            ("tier", ">i4"),
+            ("bucket", ">i8"),
+            ("count", ">i8"),
+            ("flagged", ">i8"),
+            ("min_value", None),
+            ("max_value", None),
+            ("sum_value", ">f8"),
+            ("m2", ">f8"),
+            ("first_ts", None),
+            ("last_ts", None),
+        )
+        for item in (((f"{name}_len", ">i4"), (name, code)) if code else ((f"{name}_len", ">i4"),))
+    ]
+)
+
+
+def _pg_copy_buckets(connection, table: str, channel_id: int, tier: int, buckets: Buckets) -> None:
+    parts = []
+    for dtype, mask in ((_PG_BUCKET_FULL, buckets.count > 0), (_PG_BUCKET_FLAGGED, buckets.count == 0)):
+        selected = buckets.select(mask)
+        if len(selected) == 0:
+            continue
+        rows = np.empty(len(selected), dtype=dtype)
+        rows["n"] = 11
+        for name in dtype.names:
+            if name.endswith("_len"):
+                column = name[:-4]
+                rows[name] = dtype[column].itemsize if column in dtype.names else -1
+        rows["channel_id"] = channel_id
+        rows["tier"] = tier
+        for f in fields(Buckets):
+            if f.name in dtype.names:
+                rows[f.name] = getattr(selected, f.name)
+        parts.append(rows.tobytes())
+    payload = b"PGCOPY\n\xff\r\n\x00" + bytes(8) + b"".join(parts) + b"\xff\xff"
+    columns = "(channel_id, tier, bucket, count, flagged, min_value, max_value, sum_value, m2, first_ts, last_ts)"
+    with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} {columns} FROM STDIN (FORMAT BINARY)") as cp:
+        cp.write(payload)
+
+
+# --- recomputing a span ---------------------------------------------------------------------------
+
+
+def recompute_span(
+    channel_id: int,
+    first_ts: int,
+    last_ts: int,
+    *,
+    max_rows: int | None = None,
+    raw_kept_from: int | None = None,
+    using: str = "default",
+) -> tuple[int, int]:
+    """Recompute every tier's buckets that contain [first_ts, last_ts] (inclusive) from the stored readings.
+
+    Returns (done_until, raw rows read): the buckets before ``done_until`` are done; when ``max_rows``
+    stopped the work early, ``done_until <= last_ts`` and the caller keeps [done_until, last_ts] for later.
+    The caller holds the channel's lock (``_locked_state``) inside a transaction.
+    """
+    width = WIDTHS[0]
+    lo = floor_to(first_ts, width)
+    hi = floor_to(last_ts, width) + width
+    if raw_kept_from is not None:
+        lo = max(lo, ceil_to(raw_kept_from, width))
+    if lo >= hi:
+        return last_ts + 1, 0
+    parts: list[Buckets] = []
+    rows_read = 0
+    done_until = hi
+    for chunk in iter_chunks(
+        Sample._meta.db_table,
+        RAW_COLUMNS,
+        channel_id=channel_id,
+        start=lo,
+        end=hi,
+        chunk_rows=RAW_CHUNK_ROWS,
+        using=using,
+    ):
+        ts, value, quality = chunk["ts"], chunk["value"], chunk["quality"]
+        rows_read += len(ts)
+        if max_rows is not None and rows_read >= max_rows and len(ts) == RAW_CHUNK_ROWS:
+            cut = floor_to(int(ts[-1]), width)
+            if cut > lo:  # stop at the start of the last (possibly incomplete) bucket
+                keep = ts < cut
+                parts.append(aggregate_raw(ts[keep], value[keep], quality[keep], width))
+                done_until = cut
+                break
+        parts.append(aggregate_raw(ts, value, quality, width))
+    finest = combine(Buckets.concat(parts), width) if len(parts) > 1 else (parts[0] if parts else Buckets.empty())
+    _replace_buckets(channel_id, TIERS[0], lo, done_until, finest, using)
+    below_lo, below_hi = lo, done_until
+    for level in range(1, len(TIERS)):
+        w = WIDTHS[level]
+        tier_lo, tier_hi = floor_to(below_lo, w), ceil_to(below_hi, w)
+        children = fetch_buckets(channel_id, TIERS[level - 1], tier_lo, tier_hi, using=using)
+        _replace_buckets(channel_id, TIERS[level], tier_lo, tier_hi, combine(children, w), using)
+        below_lo, below_hi = tier_lo, tier_hi
+    return (done_until if done_until < hi else last_ts + 1), rows_read
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans (inclusive) merged where they share or touch a finest-tier bucket."""
+    width = WIDTHS[0]
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and floor_to(start, width) <= floor_to(merged[-1][1], width) + width:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+# --- the backlog and its refresh ------------------------------------------------------------------
+
+
+def mark_changed(spans: dict[int, tuple[int, int]], *, using: str = "default") -> int:
+    """Record that readings of these channels changed in these spans (inclusive, µs): their buckets will
+    be recomputed by ``refresh_rollups``. Returns how many backlog rows were written."""
+    rows = [RollupBacklog(channel_id=cid, start_ts=int(a), end_ts=int(b)) for cid, (a, b) in spans.items()]
+    RollupBacklog.objects.using(using).bulk_create(rows)
+    return len(rows)
+
+
+def ensure_state(channel_id: int, using: str = "default") -> None:
+    """Create the channel's state row if missing. Looked up first: on MariaDB an INSERT IGNORE of an
+    existing row waits for the lock a refreshing worker holds on it."""
+    states = RollupState.objects.using(using)
+    if not states.filter(channel_id=channel_id).exists():
+        states.bulk_create([RollupState(channel_id=channel_id)], ignore_conflicts=True)
+
+
+def _locked_state(channel_id: int, using: str, *, wait: bool = False) -> RollupState | None:
+    """The channel's state row, locked for this transaction; None when another worker holds it (unless
+    ``wait``: then wait for it)."""
+    states = RollupState.objects.using(using).select_for_update(skip_locked=not wait)
+    return states.filter(channel_id=channel_id).first()
+
+
+@dataclass
+class RefreshResult:
+    channels: int = 0
+    spans: int = 0
+    raw_rows: int = 0
+    remaining: bool = False
+
+
+def refresh_channel(
+    channel_id: int,
+    *,
+    max_rows: int = MAX_ROWS_PER_TRANSACTION,
+    max_spans: int = 1000,
+    wait: bool = False,
+    using: str = "default",
+) -> RefreshResult | None:
+    """Recompute the buckets of one channel's backlog, in one transaction, reading at most about ``max_rows``
+    raw readings. Returns None when another worker is refreshing the channel right now (unless ``wait``)."""
+    ensure_state(channel_id, using)
+    result = RefreshResult(channels=1)
+    with transaction.atomic(using=using):
+        state = _locked_state(channel_id, using, wait=wait)
+        if state is None:
+            return None
+        backlog = list(
+            RollupBacklog.objects.using(using)
+            .filter(channel_id=channel_id)
+            .order_by("id")
+            .values_list("id", "start_ts", "end_ts")[:max_spans]
+        )
+        if not backlog:
+            return result
+        leftovers: list[tuple[int, int]] = []
+        budget = max_rows
+        for start, end in merge_spans((a, b) for _, a, b in backlog):
+            if budget <= 0:
+                leftovers.append((start, end))
+                continue
+            done_until, rows = recompute_span(
+                channel_id, start, end, max_rows=budget, raw_kept_from=state.raw_kept_from, using=using
+            )
+            budget -= rows
+            result.raw_rows += rows
+            result.spans += 1
+            if done_until <= end:
+                leftovers.append((done_until, end))
+        RollupBacklog.objects.using(using).filter(id__in=[row[0] for row in backlog]).delete()
+        if leftovers:
+            RollupBacklog.objects.using(using).bulk_create(
+                [RollupBacklog(channel_id=channel_id, start_ts=a, end_ts=b) for a, b in leftovers]
+            )
+        state.refreshed_at = timezone.now()
+        state.save(update_fields=["refreshed_at"])
+    result.remaining = bool(leftovers) or len(backlog) == max_spans
+    return result
+
+
+def refresh_rollups(
+    *, max_channels: int = 200, max_rows: int = MAX_ROWS_PER_TRANSACTION, using: str = "default"
+) -> RefreshResult:
+    """Work through the backlog: each channel with pending spans, one bounded transaction each.
+    ``remaining`` says whether work is left (spans cut short, channels locked elsewhere or beyond the limit)."""
+    total = RefreshResult()
+    channel_ids = list(
+        RollupBacklog.objects.using(using)
+        .order_by("channel_id")
+        .values_list("channel_id", flat=True)
+        .distinct()[: max_channels + 1]
+    )
+    if len(channel_ids) > max_channels:
+        total.remaining = True
+        channel_ids = channel_ids[:max_channels]
+    for channel_id in channel_ids:
+        result = refresh_channel(channel_id, max_rows=max_rows, using=using)
+        if result is None:
+            total.remaining = True
+            continue
+        total.channels += 1
+        total.spans += result.spans
+        total.raw_rows += result.raw_rows
+        total.remaining |= result.remaining
+    return total
+
+
+def rebuild_rollups(channel_ids: Iterable[int], *, using: str = "default") -> int:
+    """Recompute every bucket of these channels from scratch (after a bulk load, or to check the tiers).
+    Returns how many raw readings were read."""
+    rows = 0
+    for channel_id in channel_ids:
+        ensure_state(channel_id, using)
+        bounds = Sample.objects.using(using).filter(channel_id=channel_id).aggregate(first=Min("ts"), last=Max("ts"))
+        first, last = bounds["first"], bounds["last"]
+        with transaction.atomic(using=using):
+            RollupState.objects.using(using).select_for_update().get(channel_id=channel_id)
+            Rollup.objects.using(using).filter(channel_id=channel_id).delete()
+        if first is None:
+            continue
+        done_until = first
+        while done_until <= last:
+            with transaction.atomic(using=using):
+                state = RollupState.objects.using(using).select_for_update().get(channel_id=channel_id)
+                done_until, read = recompute_span(
+                    channel_id,
+                    done_until,
+                    last,
+                    max_rows=MAX_ROWS_PER_TRANSACTION,
+                    raw_kept_from=state.raw_kept_from,
+                    using=using,
+                )
+                rows += read
+    return rows
+
+
+def on_samples_ingested(sender, spans: dict[int, tuple[int, int]], **kwargs) -> None:
+    """``samples_ingested`` receiver: note the numeric channels' changed spans, wake a worker."""
+    from instruments.choices import ChannelKind
+    from instruments.models import Channel
+
+    numeric = set(
+        Channel.objects.filter(pk__in=list(spans), kind__in=[ChannelKind.NUMERIC, ChannelKind.DERIVED]).values_list(
+            "pk", flat=True
+        )
+    )
+    if not numeric:
+        return
+    mark_changed({cid: span for cid, span in spans.items() if cid in numeric})
+    request_refresh()
+
+
+def request_refresh() -> None:
+    """Ask a worker to refresh the rollups. The backlog is durable, so a broker failure only delays the
+    work until the periodic sweep: it must not fail the ingest that committed already."""
+    from collection.tasks import refresh_rollups_task
+
+    try:
+        refresh_rollups_task.apply_async(expires=300)
+    except Exception:  # any broker error: logged, and the periodic sweep catches up
+        logger.warning("could not enqueue a rollup refresh; the periodic sweep will do it", exc_info=True)
