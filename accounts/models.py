@@ -79,6 +79,40 @@ class Agent(models.Model):
         return bool(token and token.is_usable)
 
 
+class AgentHealth(models.Model):
+    """What an agent last said about itself in its heartbeat (``POST /api/v1/agent/heartbeat/``).
+
+    Kept apart from :class:`Agent` so that heartbeats every few seconds never write the row the admin
+    edits. ``clock_offset_seconds`` is the agent's clock minus the server's (positive: the agent is ahead).
+    """
+
+    STALE_AFTER_INTERVALS = 3
+
+    agent = models.OneToOneField(Agent, on_delete=models.CASCADE, primary_key=True, related_name="health")
+    last_heartbeat = models.DateTimeField(help_text="When the server received the last heartbeat.")
+    heartbeat_seconds = models.PositiveIntegerField(default=30, help_text="How often the agent says it beats.")
+    version = models.CharField(max_length=40, blank=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    address = models.GenericIPAddressField(null=True, blank=True)
+    spool_depth = models.PositiveBigIntegerField(default=0, help_text="Readings waiting in the agent's spool.")
+    spool_capacity = models.PositiveBigIntegerField(null=True, blank=True)
+    last_upload = models.DateTimeField(null=True, blank=True, help_text="The agent's last acknowledged upload.")
+    last_error = models.TextField(blank=True)
+    clock_offset_seconds = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "agent health"
+        verbose_name_plural = "agent health"
+
+    def __str__(self) -> str:
+        return f"{self.agent} at {self.last_heartbeat:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def is_stale(self) -> bool:
+        limit = max(90, self.STALE_AFTER_INTERVALS * self.heartbeat_seconds)
+        return (timezone.now() - self.last_heartbeat).total_seconds() > limit
+
+
 class ApiToken(models.Model):
     """One API token: a personal one (read or read-write) or an agent's.
 

@@ -95,6 +95,15 @@ class DataSource(models.Model):
         default=60, validators=[MinValueValidator(1)], help_text="How often the source is collected."
     )
     enabled = models.BooleanField(default=True)
+    agent = models.ForeignKey(
+        "accounts.Agent",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="sources",
+        help_text="For a remote-agent source: the agent that collects it (it must be allowed to push to the "
+        "instrument). Empty for every other kind.",
+    )
 
     # Collection state, written by the collectors only.
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -130,6 +139,24 @@ class DataSource(models.Model):
     def clean(self) -> None:
         super().clean()
         self.config = self.validated_config()
+        self._clean_agent()
+
+    def _clean_agent(self) -> None:
+        """Only a remote-agent source has an agent, it must have one, and that agent may push to the instrument.
+
+        Checked in ``clean()`` (admin, API), not in ``save()``: deleting an agent empties the field
+        (SET_NULL), and the source then waits, unserved, for another agent.
+        """
+        if self.kind != SourceKind.AGENT:
+            if self.agent_id is not None:
+                raise ValidationError({"agent": "Only a remote-agent source is collected by an agent."})
+            return
+        if self.agent_id is None:
+            raise ValidationError({"agent": "A remote-agent source needs the agent that collects it."})
+        if self.instrument_id is not None and not self.agent.instruments.filter(pk=self.instrument_id).exists():
+            raise ValidationError(
+                {"agent": f"Agent {self.agent.name!r} may not push to this instrument: add it to the agent's instruments."}
+            )
 
     def validated_config(self) -> dict:
         """The configuration with defaults filled in, or ValidationError naming the bad option."""

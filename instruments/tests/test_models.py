@@ -6,6 +6,7 @@ import pytest
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, transaction
 
+from accounts.services import create_agent
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import Channel, DataSource, Instrument
 from instruments.tests.factories import make_channel, make_instrument, make_source, make_user
@@ -186,10 +187,13 @@ def test_saving_fills_in_the_defaults_of_a_good_config():
 
 
 def test_full_clean_fills_in_the_defaults_of_an_agent_config():
+    instrument = make_instrument()
+    agent, _ = create_agent(owner=instrument.owner, name="remote-logger", instruments=[instrument])
     source = DataSource(
-        instrument=make_instrument(),
+        instrument=instrument,
         name="remote",
         kind=SourceKind.AGENT,
+        agent=agent,
         config={"collect": {"kind": "tcp", "host": "10.0.0.5", "port": 4001}},
     )
     source.full_clean()
