@@ -15,6 +15,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from accounts import audit, permissions, services
+from accounts.admin_health import HEALTH_COLUMNS, HEALTH_DETAILS, AgentHealthAdminMixin
 from accounts.admin_mixins import RelatedOnly
 from accounts.choices import TokenScope
 from accounts.models import Agent, ApiToken, AuditEvent
@@ -119,12 +120,12 @@ def _check_future(form, expires) -> None:
 
 
 @admin.register(Agent)
-class AgentAdmin(TokenStateAdminMixin, admin.ModelAdmin):
+class AgentAdmin(AgentHealthAdminMixin, TokenStateAdminMixin, admin.ModelAdmin):
     form = AgentForm
-    list_display = ("name", "owner", "instrument_list", *TOKEN_STATE, "created")
+    list_display = ("name", "owner", "instrument_list", *HEALTH_COLUMNS, *TOKEN_STATE, "created")
     list_filter = (("owner", RelatedOnly),)
     search_fields = ("name", "description", "owner__username", "token__key_id")
-    list_select_related = ("owner", "token")
+    list_select_related = ("owner", "token", "health")
     actions = ("revoke_selected",)
     filter_horizontal = ("instruments",)
     readonly_fields = (*TOKEN_STATE, "created")
@@ -140,10 +141,10 @@ class AgentAdmin(TokenStateAdminMixin, admin.ModelAdmin):
         if obj is None:
             owner = ["owner"] if permissions.is_administrator(request.user) else []
             return ["name", *owner, "instruments", "description", "expires"]
-        return ["name", "owner", "instruments", "description", *TOKEN_STATE, "created"]
+        return ["name", "owner", "instruments", "description", *HEALTH_DETAILS, *TOKEN_STATE, "created"]
 
     def get_readonly_fields(self, request, obj=None):
-        return (*TOKEN_STATE, "created", "owner") if obj is not None else ()
+        return (*HEALTH_DETAILS, *TOKEN_STATE, "created", "owner") if obj is not None else ()
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
+from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.views import IngestView
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
@@ -23,6 +24,8 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[AllowAny]), name="docs"),
     path("ingest/", IngestView.as_view(), name="ingest"),
     path("whoami/", WhoAmIView.as_view(), name="whoami"),
+    path("agent/config/", AgentConfigView.as_view(), name="agent-config"),
+    path("agent/heartbeat/", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
     path(
         "instruments/<slug:slug>/shares/",
         InstrumentSharesViewSet.as_view({"get": "list", "post": "create"}),

@@ -154,9 +154,8 @@ class DataSource(models.Model):
         if self.agent_id is None:
             raise ValidationError({"agent": "A remote-agent source needs the agent that collects it."})
         if self.instrument_id is not None and not self.agent.instruments.filter(pk=self.instrument_id).exists():
-            raise ValidationError(
-                {"agent": f"Agent {self.agent.name!r} may not push to this instrument: add it to the agent's instruments."}
-            )
+            message = f"Agent {self.agent.name!r} may not push to this instrument: add it to the agent's instruments."
+            raise ValidationError({"agent": message})
 
     def validated_config(self) -> dict:
         """The configuration with defaults filled in, or ValidationError naming the bad option."""

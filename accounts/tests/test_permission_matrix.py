@@ -118,6 +118,15 @@ ROUTES: list[Case] = [
     # --- API ----------------------------------------------------------------------------------------
     Case("api:api-root", "GET", None, API_ANY_USER),
     Case("api:whoami", "GET", None, expect(200, anonymous=401)),
+    # The agent's own configuration and heartbeat: agent tokens only.
+    Case("api:agent-config", "GET", None, expect(403, anonymous=401, **_agents(200))),
+    Case(
+        "api:agent-heartbeat",
+        "POST",
+        None,
+        expect(403, anonymous=401, **_agents(200)),
+        data={"version": "0.1.0", "hostname": "logger-host", "spool_depth": 3},
+    ),
     Case("api:agent-list", "GET", None, API_ANY_USER),
     Case(
         "api:agent-list",

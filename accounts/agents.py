@@ -1,0 +1,118 @@
+"""What the server tells an agent (its central configuration) and what it keeps from an agent (its health).
+
+Both are called by the agent API (``accounts.api.agent_views``) with the ``AgentPrincipal`` of the
+request; neither trusts the agent beyond what ``accounts.permissions`` lets it collect.
+
+The configuration lists the enabled sources of kind ``agent`` assigned to the agent, on active
+instruments it may push to, each with its validated ``collect`` settings and its channels. Its
+``version`` is a digest of exactly that content: the agent polls with ``If-None-Match`` and gets 304
+until something it would act on changes (a channel renamed in the admin, a new source, an interval).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from accounts import permissions
+from accounts.models import Agent, AgentHealth
+from daqbroker_agent.config import ConfigError, validate_source_config
+from instruments.choices import ChannelKind, SourceKind
+from instruments.models import Channel, DataSource
+
+
+@dataclass(frozen=True)
+class AgentConfiguration:
+    body: dict
+    version: str
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.version}"'
+
+
+def agent_configuration(who) -> AgentConfiguration:
+    """The sources ``who`` (an agent principal or its request) collects, with a content version."""
+    user, _ = permissions.resolve(who)
+    agent: Agent = user.agent
+    allowed = permissions.instruments_for(who, permissions.COLLECT).filter(active=True)
+    sources = (
+        DataSource.objects.filter(agent=agent, kind=SourceKind.AGENT, enabled=True, instrument__in=allowed)
+        .select_related("instrument")
+        .order_by("id")
+    )
+    channels: dict[int, list[dict]] = {}
+    for channel in (
+        Channel.objects.filter(source__in=sources)
+        .exclude(kind=ChannelKind.DERIVED)
+        .order_by("id")
+        .values("id", "slug", "source_field", "kind", "source_id")
+    ):
+        source_id = channel.pop("source_id")
+        channels.setdefault(source_id, []).append(channel)
+    listed, skipped = [], []
+    for source in sources:
+        try:
+            collect = validate_source_config(SourceKind.AGENT, source.config)["collect"]
+        except ConfigError as exc:  # saved under older rules: say so rather than send something unusable
+            skipped.append({"id": source.id, "name": source.name, "error": str(exc)})
+            continue
+        listed.append(
+            {
+                "id": source.id,
+                "name": source.name,
+                "instrument": source.instrument.slug,
+                "interval_seconds": source.interval_seconds,
+                "collect": collect,
+                "channels": channels.get(source.id, []),
+            }
+        )
+    content = {"agent": agent.name, "sources": listed, "skipped": skipped}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return AgentConfiguration(body={"version": digest, **content}, version=digest)
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 ``If-None-Match``: ``*`` or a list of (possibly weak) entity tags."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return etag in tags
+
+
+def record_heartbeat(who, data: dict, *, address: str | None = None) -> AgentHealth:
+    """Store an agent's heartbeat and return its health row.
+
+    ``data`` holds what the agent reported (see ``accounts.api.agent_views.HeartbeatSerializer``). The
+    clock offset is the agent's own round-trip estimate from its previous heartbeat when it sends one;
+    otherwise (the first heartbeat) the one-way estimate from ``agent_time``, off by the network delay.
+    """
+    user, _ = permissions.resolve(who)
+    now = timezone.now()
+    offset = data.get("clock_offset")
+    if offset is None and data.get("agent_time") is not None:
+        offset = data["agent_time"] - now.timestamp()
+    if offset is not None and not math.isfinite(offset):
+        offset = None
+    health, _ = AgentHealth.objects.update_or_create(
+        agent=user.agent,
+        defaults={
+            "last_heartbeat": now,
+            "heartbeat_seconds": data.get("heartbeat_seconds") or 30,
+            "version": data.get("version", "")[:40],
+            "hostname": data.get("hostname", "")[:255],
+            "address": address,
+            "spool_depth": data.get("spool_depth") or 0,
+            "spool_capacity": data.get("spool_capacity"),
+            "last_upload": data.get("last_upload"),
+            "last_error": data.get("last_error", "")[:2000],
+            "clock_offset_seconds": offset,
+        },
+    )
+    return health
