@@ -285,3 +285,71 @@ class Channel(models.Model):
 def expression_name(slug: str) -> str:
     """How a channel slug is written inside a derived-channel expression."""
     return slug.replace("-", "_")
+
+
+class PlotRange(models.TextChoices):
+    """The time ranges a plot offers: relative to now (a dashboard panel keeps following the present) or fixed."""
+
+    HOUR = "1h", "Last hour"
+    DAY = "1d", "Last day"
+    WEEK = "7d", "Last week"
+    MONTH = "30d", "Last month"
+    ALL = "all", "Everything"
+    CUSTOM = "custom", "Fixed range"
+
+
+class Dashboard(models.Model):
+    """A saved arrangement of plots, owned by one user.
+
+    Visibility is inherited from the instruments, not granted separately: a dashboard holds no data of
+    its own, only which channels to plot, and every plot reads through the permission gate. So a
+    dashboard is seen by its owner, by administrators and, once its owner marks it shared, by every user
+    who may see *all* the instruments its plots show (``instruments.dashboards.dashboards_visible_to``).
+    Sharing an instrument therefore shares the dashboards built on it, and unsharing hides them again;
+    there is no second access list to keep in step with the instruments'. Only the owner (and
+    administrators) may change or delete it.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dashboards")
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    shared = models.BooleanField(default=False, help_text="Show it to everyone who may see every instrument it plots.")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["title", "id"]
+        indexes = [models.Index(fields=["owner", "title"])]
+
+    def __str__(self) -> str:
+        return self.title
+
+    def get_absolute_url(self) -> str:
+        return reverse("instruments:dashboard", args=[self.pk])
+
+
+class DashboardPanel(models.Model):
+    """One plot of a dashboard: some channels over a time range."""
+
+    dashboard = models.ForeignKey(Dashboard, on_delete=models.CASCADE, related_name="panels")
+    position = models.PositiveIntegerField(default=0)
+    title = models.CharField(max_length=200, blank=True)
+    channels = models.ManyToManyField(Channel, related_name="dashboard_panels")
+    time_range = models.CharField(max_length=16, choices=PlotRange.choices, default=PlotRange.DAY)
+    start = models.DateTimeField(null=True, blank=True, help_text="For a fixed range.")
+    end = models.DateTimeField(null=True, blank=True, help_text="For a fixed range.")
+    include_flagged = models.BooleanField(default=False, help_text="Also plot readings flagged bad.")
+    wide = models.BooleanField(default=False, help_text="Take the whole width of the dashboard.")
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(time_range="custom")
+                | models.Q(start__isnull=False, end__isnull=False, start__lt=models.F("end")),
+                name="dashboardpanel_custom_range_ordered",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.title or f"panel {self.position + 1} of {self.dashboard}"
