@@ -1,22 +1,45 @@
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.html import format_html
 from guardian.admin import GuardedModelAdmin
 
 from accounts import permissions
 from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
+from accounts.models import Agent
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
 
 COLLECTION_STATE = ("last_run_at", "last_success_at", "consecutive_failures", "next_run_at", "last_error", "cursor")
 
 
+def agents_offered_to(user):
+    """Agents a remote-agent source may name: the user's own, and any allowed to push to an instrument the
+    user may change (so a co-editor keeps the owner's agent). ``DataSource.clean`` checks the instrument."""
+    changeable = permissions.instruments_for(user, permissions.CHANGE)
+    own = permissions.restrict(Agent.objects.all(), user, permissions.VIEW)
+    return Agent.objects.filter(Q(pk__in=own.values("pk")) | Q(instruments__in=changeable)).distinct()
+
+
 class DataSourceInline(admin.StackedInline):
     model = DataSource
     extra = 0
-    fields = ("name", "kind", "config", "interval_seconds", "enabled", "last_success_at", "consecutive_failures")
+    fields = (
+        "name",
+        "kind",
+        "agent",
+        "config",
+        "interval_seconds",
+        "enabled",
+        "last_success_at",
+        "consecutive_failures",
+    )
     readonly_fields = ("last_success_at", "consecutive_failures")
     show_change_link = True
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "agent":
+            kwargs["queryset"] = agents_offered_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 class ChannelInline(admin.TabularInline):
@@ -113,7 +136,7 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     autocomplete_fields = ("instrument",)
     actions = ("enable_collection", "disable_collection")
     fieldsets = (
-        (None, {"fields": ("instrument", "name", "kind", "config", "interval_seconds", "enabled")}),
+        (None, {"fields": ("instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled")}),
         ("Collection state", {"fields": COLLECTION_STATE}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
     )
@@ -131,6 +154,11 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
         if source.last_success_at is None:
             return "not collected yet"
         return "ok"
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "agent":
+            kwargs["queryset"] = agents_offered_to(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.action(description="Enable collection")
     def enable_collection(self, request, queryset):

@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts import services
+from accounts import roles, services
 from accounts.models import AgentHealth
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import DataSource
@@ -30,6 +31,7 @@ def bearer(token: str) -> APIClient:
 @pytest.fixture
 def station():
     owner = make_user("olga", is_staff=True)
+    owner.groups.add(Group.objects.get(name=roles.OPERATORS))
     instrument = make_instrument(owner, slug="roof-station")
     agent, token = services.create_agent(owner=owner, name="roof-pc", instruments=[instrument])
     source = DataSource.objects.create(
@@ -239,3 +241,13 @@ def test_agent_list_shows_health(client, station):
     assert silent.name in page
     detail = client.get(f"/admin/accounts/agent/{agent.pk}/change/").content.decode()
     assert "2,500 of 10,000" in detail
+
+
+def test_source_admin_offers_only_agents_the_user_may_use(client, station):
+    owner, _, agent, _, source, _ = station
+    zed = make_user("zed")
+    services.create_agent(owner=zed, name="zeds-secret-pc", instruments=[make_instrument(zed)])
+    client.force_login(owner)
+    page = client.get(f"/admin/instruments/datasource/{source.pk}/change/").content.decode()
+    assert f'<option value="{agent.pk}" selected>roof-pc</option>' in page
+    assert "zeds-secret-pc" not in page
