@@ -176,6 +176,35 @@ def column_list() -> Validator:
     return check
 
 
+def colspec_list() -> Validator:
+    """Fixed-width fields as zero-based ``[start, end]`` character ranges (end excluded)."""
+
+    def check(value: Any, field: str) -> list[list[int]]:
+        if not isinstance(value, list):
+            raise ConfigError(field, "must be a list of [start, end] character ranges, e.g. [[0, 19], [19, 27]]")
+        result: list[list[int]] = []
+        for index, item in enumerate(value):
+            where = f"{field}[{index}]"
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ConfigError(where, "must be a [start, end] pair of character positions")
+            start, end = (integer(minimum=0, maximum=100_000)(part, where) for part in item)
+            if end <= start:
+                raise ConfigError(where, f"the end ({end}) must be after the start ({start})")
+            result.append([start, end])
+        return result
+
+    return check
+
+
+def width_list() -> Validator:
+    def check(value: Any, field: str) -> list[int]:
+        if not isinstance(value, list):
+            raise ConfigError(field, "must be a list of field widths in characters, e.g. [19, 8, 8]")
+        return [integer(minimum=1, maximum=100_000)(item, f"{field}[{index}]") for index, item in enumerate(value)]
+
+    return check
+
+
 def command_line() -> Validator:
     def check(value: Any, field: str) -> list[str]:
         if isinstance(value, str):
@@ -228,14 +257,17 @@ def _join(prefix: str, key: str) -> str:
 
 # --- the parsing options every line-based source shares -----------------------------------------
 
-TIMESTAMP_FORMATS = ("iso", "epoch", "epoch_ms", "receipt")
+TIMESTAMP_FORMATS = ("iso", "epoch", "epoch_ms", "year_doy_hhmm", "receipt")
 
 TIMESTAMP_OPTIONS = {
     "columns": Option(column_list(), default=lambda: [0], help="column(s) joined with a space to form the time"),
     "format": Option(
         text(),
         default="iso",
-        help="iso, epoch (seconds), epoch_ms, receipt (time of reading) or a strptime pattern like %Y-%m-%d %H:%M:%S",
+        help=(
+            "iso, epoch (seconds), epoch_ms, year_doy_hhmm (year, day of year and hhmm columns, optionally "
+            "seconds), receipt (time of reading) or a strptime pattern like %Y-%m-%d %H:%M:%S"
+        ),
     ),
     "timezone": Option(timezone_name(), default="UTC", help="zone of naive timestamps"),
 }
@@ -250,13 +282,27 @@ def _check_timestamp(result: dict, prefix: str) -> None:
         )
     if fmt != "receipt" and not result["columns"]:
         raise ConfigError(_join(prefix, "columns"), "name at least one column holding the time")
+    if fmt == "year_doy_hhmm" and len(result["columns"]) not in (3, 4):
+        raise ConfigError(
+            _join(prefix, "columns"),
+            "year_doy_hhmm needs three columns (year, day of year, hhmm) or four (and seconds)",
+        )
 
 
 PARSER_OPTIONS = {
-    "format": Option(choice("delimited", "regex"), default="delimited"),
+    "format": Option(choice("delimited", "regex", "fixed_width"), default="delimited"),
     "delimiter": Option(text(allow_empty=True, max_length=8), default=",", help='" " splits on runs of blanks'),
+    "quotechar": Option(
+        text(allow_empty=True, max_length=1),
+        default='"',
+        help='delimited: the character quoting fields that hold the delimiter; "" for no quoting',
+    ),
     "regex": Option(regex(named_groups=True), default=""),
     "columns": Option(column_list(), default=list, help="names of the fields by position"),
+    "widths": Option(width_list(), default=list, help="fixed_width: widths of consecutive fields, in characters"),
+    "colspecs": Option(
+        colspec_list(), default=list, help="fixed_width: [start, end] character ranges of the fields (end excluded)"
+    ),
     "timestamp": Option(
         section(TIMESTAMP_OPTIONS, checks=(_check_timestamp,)),
         default=lambda: {**TIMESTAMP_DEFAULTS, "columns": list(TIMESTAMP_DEFAULTS["columns"])},
@@ -272,6 +318,26 @@ def _check_parser(result: dict, prefix: str) -> None:
         raise ConfigError(_join(prefix, "regex"), "is required when format is regex")
     if result["format"] == "delimited" and result["regex"]:
         raise ConfigError(_join(prefix, "regex"), "only applies when format is regex")
+    if result["format"] == "fixed_width":
+        if bool(result["widths"]) == bool(result["colspecs"]):
+            raise ConfigError(
+                _join(prefix, "widths"), "fixed_width needs either widths or colspecs (exactly one of the two)"
+            )
+        if result["regex"]:
+            raise ConfigError(_join(prefix, "regex"), "only applies when format is regex")
+    else:
+        for option in ("widths", "colspecs"):
+            if result[option]:
+                raise ConfigError(_join(prefix, option), "only applies when format is fixed_width")
+    if result["quotechar"] and result["quotechar"] in result["delimiter"]:
+        raise ConfigError(_join(prefix, "quotechar"), "must differ from the delimiter")
+
+
+def _check_file(result: dict, prefix: str) -> None:
+    _check_parser(result, prefix)
+    # Files are read as bytes and cut at b"\n": the encoding must write ASCII as ASCII (not UTF-16).
+    if "\n,; \t".encode(result["encoding"], errors="replace") != b"\n,; \t":
+        raise ConfigError(_join(prefix, "encoding"), f"{result['encoding']} files cannot be read line by line")
 
 
 STANDARD_BAUDRATES = (
@@ -281,8 +347,19 @@ STANDARD_BAUDRATES = (
 
 LINE_OPTIONS = {
     "request": Option(text(allow_empty=True, max_length=200), default="", help='sent before reading, e.g. "R\\r\\n"'),
+    "response_lines": Option(
+        integer(minimum=0, maximum=1_000_000),
+        default=1,
+        help="with a request: lines in the answer (0: read until a pause of `timeout` seconds)",
+    ),
     "line_terminator": Option(choice("\n", "\r\n", "\r"), default="\n"),
+    "encoding": Option(encoding(), default="utf-8"),
     "timeout": Option(number(minimum=0.01, maximum=600), default=2.0, help="seconds to wait for a line"),
+    "listen_seconds": Option(
+        number(minimum=0, maximum=3600),
+        default=0.0,
+        help="streaming instruments: read for this long each run (0: until a pause of `timeout` seconds)",
+    ),
     "max_lines": Option(integer(minimum=1, maximum=1_000_000), default=1000, help="lines read per collection run"),
 }
 
@@ -293,6 +370,9 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
         "header_lines": Option(integer(minimum=0, maximum=1000), default=0),
         "encoding": Option(encoding(), default="utf-8"),
         "archive": Option(boolean(), default=False, help="keep a copy of every raw file read"),
+        "max_lines": Option(
+            integer(minimum=1, maximum=10_000_000), default=200_000, help="lines read per collection run"
+        ),
         **PARSER_OPTIONS,
     },
     "serial": {
@@ -326,7 +406,9 @@ def validate_source_config(kind: str, raw: Any, prefix: str = "") -> dict:
         return _validate_agent(raw, prefix)
     if kind not in SOURCE_OPTIONS:
         raise ConfigError(prefix or "kind", f"unknown source kind {kind!r}")
-    return validate_options(SOURCE_OPTIONS[kind], raw, prefix, checks=(_check_parser,))
+    return validate_options(
+        SOURCE_OPTIONS[kind], raw, prefix, checks=(_check_file if kind == "file" else _check_parser,)
+    )
 
 
 def _validate_agent(raw: Any, prefix: str) -> dict:

@@ -13,11 +13,22 @@ BAUDRATES = ", ".join(map(str, STANDARD_BAUDRATES))
 PARSER_DEFAULTS = {
     "format": "delimited",
     "delimiter": ",",
+    "quotechar": '"',
     "regex": "",
     "columns": [],
+    "widths": [],
+    "colspecs": [],
     "timestamp": {"columns": [0], "format": "iso", "timezone": "UTC"},
 }
-LINE_DEFAULTS = {"request": "", "line_terminator": "\n", "timeout": 2.0, "max_lines": 1000}
+LINE_DEFAULTS = {
+    "request": "",
+    "response_lines": 1,
+    "line_terminator": "\n",
+    "encoding": "utf-8",
+    "timeout": 2.0,
+    "listen_seconds": 0.0,
+    "max_lines": 1000,
+}
 
 
 def refused(kind: str, raw, prefix: str = "") -> ConfigError:
@@ -45,6 +56,7 @@ def test_file_source_defaults():
         "header_lines": 0,
         "encoding": "utf-8",
         "archive": False,
+        "max_lines": 200_000,
         **PARSER_DEFAULTS,
     }
 
@@ -127,6 +139,27 @@ def test_regex_with_named_groups_is_accepted():
     assert config["regex"] == pattern
 
 
+def test_fixed_width_and_year_doy_hhmm_configs_are_accepted():
+    config = validate_source_config(
+        "file",
+        {
+            "path": "/d",
+            "format": "fixed_width",
+            "widths": [4, 4, 5, 8],
+            "columns": ["year", "doy", "hhmm", "temp"],
+            "timestamp": {"format": "year_doy_hhmm", "columns": ["year", "doy", "hhmm"]},
+        },
+    )
+    assert config["widths"] == [4, 4, 5, 8]
+    assert config["colspecs"] == []
+    config = validate_source_config("file", {"path": "/d", "format": "fixed_width", "colspecs": [[0, 10], ["12", 20]]})
+    assert config["colspecs"] == [[0, 10], [12, 20]]
+
+
+def test_no_quoting_is_an_empty_quotechar():
+    assert validate_source_config("file", {"path": "/d", "quotechar": ""})["quotechar"] == ""
+
+
 def test_encoding_is_canonicalised():
     assert validate_source_config("file", {"path": "/d", "encoding": "Latin-1"})["encoding"] == "iso8859-1"
 
@@ -143,8 +176,8 @@ def test_encoding_is_canonicalised():
             "file",
             {"path": "/d", "qqq": 1},
             "qqq",
-            "unknown option; known options: archive, columns, delimiter, encoding, format, header_lines, path, "
-            "pattern, regex, timestamp",
+            "unknown option; known options: archive, colspecs, columns, delimiter, encoding, format, header_lines, "
+            "max_lines, path, pattern, quotechar, regex, timestamp, widths",
         ),
         ("file", {}, "path", "is required"),
         ("file", {"path": ""}, "path", "must not be empty"),
@@ -152,7 +185,7 @@ def test_encoding_is_canonicalised():
         ("file", {"path": "/d", "delimiter": ""}, "delimiter", "must not be empty"),
         ("file", {"path": "/d", "header_lines": -1}, "header_lines", "must be at least 0"),
         ("file", {"path": "/d", "archive": "yes"}, "archive", "must be true or false, not 'yes'"),
-        ("file", {"path": "/d", "format": "xml"}, "format", "'xml' is not one of delimited, regex"),
+        ("file", {"path": "/d", "format": "xml"}, "format", "'xml' is not one of delimited, regex, fixed_width"),
         ("file", {"path": "/d", "columns": "a,b"}, "columns", "must be a list of column names or positions"),
         ("file", {"path": "/d", "columns": ["a", -1]}, "columns[1]", "a column position cannot be negative"),
         ("file", {"path": "/d", "regex": "(?P<x>.)"}, "regex", "only applies when format is regex"),
@@ -179,7 +212,7 @@ def test_encoding_is_canonicalised():
             "file",
             {"path": "/d", "timestamp": {"format": "unix"}},
             "timestamp.format",
-            "'unix' is neither one of iso, epoch, epoch_ms, receipt nor a strptime pattern containing %",
+            "'unix' is neither one of iso, epoch, epoch_ms, year_doy_hhmm, receipt nor a strptime pattern containing %",
         ),
         (
             "file",
@@ -194,6 +227,46 @@ def test_encoding_is_canonicalised():
             "unknown option (did you mean 'timezone'?)",
         ),
         ("file", {"path": "/d", "timestamp": "iso"}, "timestamp", "must be an object of option names and values"),
+        (
+            "file",
+            {"path": "/d", "format": "fixed_width"},
+            "widths",
+            "fixed_width needs either widths or colspecs (exactly one of the two)",
+        ),
+        (
+            "file",
+            {"path": "/d", "format": "fixed_width", "widths": [3], "colspecs": [[0, 3]]},
+            "widths",
+            "fixed_width needs either widths or colspecs (exactly one of the two)",
+        ),
+        ("file", {"path": "/d", "widths": [3, 4]}, "widths", "only applies when format is fixed_width"),
+        ("file", {"path": "/d", "colspecs": [[0, 3]]}, "colspecs", "only applies when format is fixed_width"),
+        ("file", {"path": "/d", "format": "fixed_width", "widths": [3, 0]}, "widths[1]", "must be at least 1"),
+        (
+            "file",
+            {"path": "/d", "format": "fixed_width", "colspecs": [[0, 3], [5, 5]]},
+            "colspecs[1]",
+            "the end (5) must be after the start (5)",
+        ),
+        (
+            "file",
+            {"path": "/d", "format": "fixed_width", "colspecs": [[0, 3], 7]},
+            "colspecs[1]",
+            "must be a [start, end] pair of character positions",
+        ),
+        ("file", {"path": "/d", "delimiter": ";", "quotechar": ";"}, "quotechar", "must differ from the delimiter"),
+        ("file", {"path": "/d", "quotechar": "''"}, "quotechar", "is longer than 1 characters"),
+        ("file", {"path": "/d", "encoding": "utf-16"}, "encoding", "utf-16 files cannot be read line by line"),
+        ("file", {"path": "/d", "max_lines": 0}, "max_lines", "must be at least 1"),
+        (
+            "file",
+            {"path": "/d", "timestamp": {"format": "year_doy_hhmm", "columns": [0, 1]}},
+            "timestamp.columns",
+            "year_doy_hhmm needs three columns (year, day of year, hhmm) or four (and seconds)",
+        ),
+        ("serial", {"url": "/dev/ttyS0", "response_lines": -1}, "response_lines", "must be at least 0"),
+        ("serial", {"url": "/dev/ttyS0", "listen_seconds": 7200}, "listen_seconds", "must be at most 3600"),
+        ("tcp", {"host": "h", "port": 1, "encoding": "klingon"}, "encoding", "'klingon' is not a known text encoding"),
         ("serial", {"baudrate": 9600}, "url", "is required"),
         ("serial", {"url": "/dev/ttyS0", "baudrate": 12345}, "baudrate", f"12345 is not one of {BAUDRATES}"),
         ("serial", {"url": "/dev/ttyS0", "baudrate": 9600.0}, "baudrate", "must be a whole number, not 9600.0"),

@@ -261,3 +261,79 @@ def test_tab_delimiter_keeps_empty_fields_in_place():
     parsed = parser(delimiter="\t", columns=["time", "t", "p"]).parse("2024-05-06T07:08:09Z\t\t1013.2")
     assert parsed.fields["t"] == ""
     assert parsed.fields["p"] == "1013.2"
+
+
+# --- quoting, fixed width, year + day of year + hhmm ----------------------------------------------
+
+
+def test_no_quotechar_keeps_quotes_as_text():
+    parsed = parser(quotechar="", columns=["time", "note"]).parse('2024-05-06T07:08:09Z,"a,b"')
+    assert parsed.fields["note"] == '"a'
+
+
+def test_another_quotechar():
+    parsed = parser(quotechar="'", columns=["time", "note", "v"]).parse("2024-05-06T07:08:09Z,'a,b',3")
+    assert parsed.fields["note"] == "a,b"
+    assert parsed.fields["v"] == "3"
+
+
+def test_fixed_width_fields_by_widths():
+    p = parser(format="fixed_width", widths=[20, 8, 8], columns=["time", "temp", "rh"], timestamp={"columns": ["time"]})
+    parsed = p.parse("2024-05-06T07:08:09Z  21.50   -9999")
+    assert parsed.ts_us == us(2024, 5, 6, 7, 8, 9)
+    assert parsed.fields == {"0": "2024-05-06T07:08:09Z", "1": "21.50", "2": "-9999", "time": "2024-05-06T07:08:09Z",
+                             "temp": "21.50", "rh": "-9999"}  # fmt: skip
+
+
+def test_fixed_width_fields_by_colspecs_with_gaps():
+    p = parser(format="fixed_width", colspecs=[[0, 10], [11, 16], [20, 24]], timestamp={"format": "%Y-%m-%d"})
+    parsed = p.parse("2024-05-06|21.5|xxx 40.1")
+    assert parsed.fields == {"0": "2024-05-06", "1": "21.5|", "2": "40.1"}
+
+
+def test_fixed_width_short_line_lacks_the_fields_it_does_not_reach():
+    p = parser(format="fixed_width", widths=[20, 8, 8])
+    parsed = p.parse("2024-05-06T07:08:09Z   1.5")
+    assert parsed.fields == {"0": "2024-05-06T07:08:09Z", "1": "1.5"}
+    assert parser(format="fixed_width", widths=[20, 8, 8]).parse("2024-05-06T07:08:09Z   ").fields["1"] == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("2024,127,1430,1.5", us(2024, 5, 6, 14, 30)),
+        ("2024,1,0,1.5", us(2024, 1, 1)),
+        ("2024,366,2359,1.5", us(2024, 12, 31, 23, 59)),
+        ("2023,365,2400,1.5", us(2024, 1, 1)),  # 24:00 ends the day
+        ("2024,127,5,1.5", us(2024, 5, 6, 0, 5)),  # hhmm written without leading zeros
+        ("2024.0,127.0,1430.0,1.5", us(2024, 5, 6, 14, 30)),
+    ],
+)
+def test_year_day_of_year_and_hhmm(line, expected):
+    p = parser(timestamp={"format": "year_doy_hhmm", "columns": [0, 1, 2]})
+    assert p.parse(line).ts_us == expected
+
+
+def test_year_day_of_year_hhmm_and_seconds_in_a_zone():
+    p = parser(timestamp={"format": "year_doy_hhmm", "columns": [0, 1, 2, 3], "timezone": "Europe/Lisbon"})
+    assert p.parse("2024,183,1200,30.25,1").ts_us == us(2024, 7, 1, 11, 0, 30, 250000)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["2023,366,0,1", "2024,0,0,1", "2024,10,2401,1", "2024,10,1260,1", "2024,10.5,0,1", "x,1,0,1", "2024,1"],
+)
+def test_impossible_year_day_of_year_hhmm_is_a_line_error(line):
+    p = parser(timestamp={"format": "year_doy_hhmm", "columns": [0, 1, 2]})
+    with pytest.raises(LineError) as excinfo:
+        p.parse(line)
+    assert "is not year, day of year, hhmm[, seconds]" in str(excinfo.value) or "missing" in str(excinfo.value)
+
+
+def test_position_of_names_and_positions():
+    p = parser(columns=["time", "a", "b", "a"])
+    assert p.position_of("time") == 0
+    assert p.position_of("a") == 3  # a repeated name keeps the last position, as split() does
+    assert p.position_of("5") == 5
+    assert p.position_of("nope") is None
+    assert parser(format="regex", regex=r"(?P<x>\d)", timestamp={"format": "receipt"}).position_of("x") is None
