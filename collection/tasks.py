@@ -18,7 +18,12 @@ def dispatch_due_sources() -> int:
     return len(claimed)
 
 
-@shared_task(ignore_result=True)
+# Stopped (softly, then for good) well before its lease on the source runs out: see collect.collect_source.
+@shared_task(
+    ignore_result=True,
+    soft_time_limit=int(settings.DAQBROKER_COLLECT_LEASE_SECONDS * 0.8),
+    time_limit=int(settings.DAQBROKER_COLLECT_LEASE_SECONDS * 0.9),
+)
 def collect_source(source_id: int) -> None:
     collect.collect_source(source_id)
 

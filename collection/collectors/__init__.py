@@ -2,7 +2,9 @@
 
 from collection.collectors.base import Collected, Collector
 from collection.collectors.file import FileCollector
+from collection.collectors.serial import SerialCollector
+from collection.collectors.tcp import TcpCollector
 
-COLLECTORS: dict[str, Collector] = {"file": FileCollector()}
+COLLECTORS: dict[str, Collector] = {"file": FileCollector(), "serial": SerialCollector(), "tcp": TcpCollector()}
 
 __all__ = ["COLLECTORS", "Collected", "Collector"]

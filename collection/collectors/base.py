@@ -10,17 +10,26 @@ import numpy as np
 
 from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.parsing import LineError, LineParser
+from instruments.choices import ChannelKind
 from instruments.models import Channel, DataSource
 
 
 @dataclass
 class Collected:
-    """What one run read: readings, lines that did not parse, and the cursor to commit with them."""
+    """What one run read: readings, lines that did not parse, and the cursor to commit with them.
 
-    batch: SampleBatch
+    Readings come in one or more batches: numeric readings in a float batch (``ingest_samples``' fast
+    path), text readings and raw values still to be checked in an object batch.
+    """
+
+    batches: list[SampleBatch] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     cursor: dict = field(default_factory=dict)
     more: bool = False  # more input is waiting: collect again without waiting a full interval
+
+    @property
+    def readings(self) -> int:
+        return sum(len(batch) for batch in self.batches)
 
 
 class Collector(Protocol):
@@ -34,6 +43,15 @@ class RawLine:
     received_us: int | None = None
 
 
+def channel_key(channel: Channel) -> str:
+    """How a channel is found among its source's fields: its source field, or else its slug."""
+    return channel.source_field or channel.slug
+
+
+def is_text(channel: Channel) -> bool:
+    return channel.kind == ChannelKind.TEXT
+
+
 def lines_to_readings(
     lines: Iterable[RawLine], parser: LineParser, channels: list[Channel]
 ) -> tuple[SampleBatch, list[Rejection]]:
@@ -42,7 +60,7 @@ def lines_to_readings(
     Values are passed on raw (text); ``ingest_samples`` converts them per channel kind and rejects what
     does not fit, so a bad field rejects one reading, not the whole line.
     """
-    wanted = [(c.id, c.source_field or c.slug) for c in channels]
+    wanted = [(c.id, channel_key(c)) for c in channels]
     ids: list[int] = []
     stamps: list[int] = []
     values: list[object] = []
@@ -73,3 +91,16 @@ def lines_to_readings(
             values.append(value)
     batch = SampleBatch(np.array(ids, dtype=np.int64), np.array(stamps, dtype=np.int64), np.array(values, dtype=object))
     return batch, rejections
+
+
+def concat_batches(batches: list[SampleBatch], *, numeric: bool) -> SampleBatch:
+    """One batch of ``batches`` (float values when ``numeric``, objects otherwise)."""
+    batches = [b for b in batches if len(b)]
+    dtype = np.float64 if numeric else object
+    if not batches:
+        return SampleBatch(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, dtype=dtype))
+    return SampleBatch(
+        np.concatenate([b.channel for b in batches]),
+        np.concatenate([b.ts for b in batches]),
+        np.concatenate([b.value.astype(dtype, copy=False) for b in batches]),
+    )

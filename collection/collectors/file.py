@@ -1,20 +1,41 @@
-"""Incremental reading of delimited or regex-described text files that instruments write.
+"""Incremental reading of the delimited or fixed-width text files that instruments and loggers write.
 
-The cursor remembers, per file, its identity (device and inode), the byte offset just after the last
-complete line read, and the number of lines read so far (for line numbers in quarantine). Only whole
-lines are read: a line still being written is left for the next run. A file whose identity changed
-(rotated or replaced) or that shrank (truncated) is read again from its start.
+The cursor remembers, per file, its identity (device and inode), a fingerprint of its first bytes, the
+byte offset just after the last complete line read, and the number of lines read so far (for line numbers
+in quarantine). Only whole lines are read: a line still being written is left for the next run.
+
+* A file **renamed** (rotated, ``weather.csv`` -> ``weather.csv.1``) keeps its identity: its unread tail is
+  still read, even when the new name no longer matches the pattern.
+* A file **replaced** (new identity, or the same inode with different first bytes) or **truncated**
+  (shorter than the offset) is read again from its start. ``ingest_samples`` skips readings already
+  stored, so reading a line twice never stores it twice.
+* Several files matching the pattern are read oldest first, sharing the run's ``max_lines``.
+
+Blocks of lines are parsed with pandas (``daqbroker_agent.parsing.BlockParser``); any line it cannot read
+in bulk goes through the line-by-line parser, which says why it failed, and lands in quarantine with its
+file and line number. With ``archive`` on, every byte read is also copied, at the same offset, into a
+file under ``DAQBROKER_ARCHIVE_DIR`` (idempotent: a retried run rewrites the same bytes).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from collection.collectors.base import Collected, RawLine, lines_to_readings
-from daqbroker_agent.parsing import LineParser
+import numpy as np
+from django.conf import settings
+
+from collection.collectors.base import Collected, RawLine, channel_key, concat_batches, is_text, lines_to_readings
+from collection.services.ingest import Rejection, SampleBatch
+from daqbroker_agent.parsing import NUMBER, TEXT, BlockParser, FieldNotFound, LineParser, now_us
 from instruments.models import Channel, DataSource
 
-MAX_BYTES_PER_RUN = 32 * 1024 * 1024
+MAX_BYTES_PER_RUN = 256 * 1024 * 1024
+READ_SIZE = 16 * 1024 * 1024
+FINGERPRINT_BYTES = 1024
 
 
 class FileCollector:
@@ -22,54 +43,226 @@ class FileCollector:
         folder = Path(config["path"])
         if not folder.is_dir():
             raise FileNotFoundError(f"folder {folder} does not exist or is not a folder")
-        previous = (source.cursor or {}).get("files", {})
-        files = sorted(folder.glob(config["pattern"]), key=lambda p: (p.stat().st_mtime, p.name))
-        parser = LineParser(config)
-        budget = MAX_BYTES_PER_RUN
-        lines: list[RawLine] = []
-        cursor_files: dict[str, dict] = {}
-        more = False
-        for path in files:
-            if not path.is_file():
+        run = _Run(source, config, channels)
+        previous: dict[str, dict] = (source.cursor or {}).get("files", {})
+        cursor: dict[str, dict] = {}
+        for path, name, stat, matches in _candidates(folder, config["pattern"], previous):
+            state = _known_state(name, stat, previous)
+            state = _still_valid(path, stat, state)
+            if not matches and (state is None or state["offset"] >= stat.st_size):
+                # A rotated file no longer matching the pattern: kept while it has an unread tail.
+                if state is not None:
+                    cursor[name] = state
                 continue
-            state, new_lines, exhausted = self._read_new_lines(path, previous.get(path.name), config, budget)
-            cursor_files[path.name] = state
-            lines.extend(new_lines)
-            budget -= sum(len(line.text) + 1 for line in new_lines)
-            more = more or not exhausted
-            if budget <= 0:
-                more = True
-                break
-        # Files that vanished are forgotten; files not reached this run keep their state.
-        for name, state in previous.items():
-            if name not in cursor_files and (folder / name).exists():
-                cursor_files[name] = state
-        batch, rejections = lines_to_readings(lines, parser, channels)
-        return Collected(batch=batch, rejections=rejections, cursor={"files": cursor_files}, more=more)
+            if run.lines_left <= 0 or run.bytes_left <= 0:
+                run.more = run.more or state is None or state["offset"] < stat.st_size
+                if state is not None:
+                    cursor[name] = state
+                continue
+            cursor[name] = run.read_file(path, stat, state)
+        return run.result(cursor)
 
-    def _read_new_lines(self, path: Path, state: dict | None, config: dict, budget: int):
-        stat = path.stat()
-        identity = f"{stat.st_dev}:{stat.st_ino}"
-        offset, line_no = 0, 0
-        if state and state.get("identity") == identity and stat.st_size >= state.get("offset", 0):
-            offset, line_no = state["offset"], state.get("lines", 0)
-        # else: new, rotated, replaced or truncated: from the start
+
+def _candidates(folder: Path, pattern: str, previous: dict[str, dict]):
+    """(path, name relative to the folder, stat, matches the pattern) of the files to look at, oldest first.
+
+    Files matching the pattern, plus files not matching it whose identity the cursor knows (rotated away).
+    """
+    known = {state.get("identity") for state in previous.values()}
+    found: dict[str, tuple[Path, os.stat_result, bool]] = {}
+    for path in folder.glob(pattern):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if path.is_file():
+            found[path.relative_to(folder).as_posix()] = (path, stat, True)
+    if known:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name in found or not entry.is_file():
+                    continue
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue
+                if _identity(stat) in known:
+                    found[entry.name] = (Path(entry.path), stat, fnmatch.fnmatch(entry.name, pattern))
+    ordered = sorted(found.items(), key=lambda item: (item[1][1].st_mtime, item[0]))
+    return [(path, name, stat, matches) for name, (path, stat, matches) in ordered]
+
+
+def _identity(stat: os.stat_result) -> str:
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _known_state(name: str, stat: os.stat_result, previous: dict[str, dict]) -> dict | None:
+    """The cursor state of this file: under its name if the identity agrees, else under any name (renamed)."""
+    identity = _identity(stat)
+    state = previous.get(name)
+    if state and state.get("identity") == identity:
+        return dict(state)
+    for other in previous.values():
+        if other.get("identity") == identity:
+            return dict(other)
+    return None
+
+
+def _still_valid(path: Path, stat: os.stat_result, state: dict | None) -> dict | None:
+    """The state if the file is still the one it describes; None (read from the start) if it was truncated
+    or rewritten in place."""
+    if state is None or stat.st_size < state.get("offset", 0):
+        return None
+    head_len = state.get("head_len", 0)
+    if head_len:
         with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read(max(budget, 0))
-        exhausted = len(data) < budget  # reached the end of the file (a partial last line waits for its end)
-        end = data.rfind(b"\n")
-        if end < 0:
-            return {"identity": identity, "offset": offset, "lines": line_no}, [], exhausted
-        chunk = data[: end + 1]
-        encoding = config.get("encoding", "utf-8")
-        header_lines = config.get("header_lines", 0)
-        lines = []
-        for raw in chunk.split(b"\n")[:-1]:
-            line_no += 1
-            if line_no <= header_lines:
+            if hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest() != state.get("head"):
+                return None
+    return state
+
+
+@dataclass
+class _Run:
+    source: DataSource
+    config: dict
+    channels: list[Channel]
+    more: bool = False
+    numeric: list[SampleBatch] = field(default_factory=list)
+    objects: list[SampleBatch] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lines_left = self.config["max_lines"]
+        self.bytes_left = MAX_BYTES_PER_RUN
+        self.line_parser = LineParser(self.config)
+        self.block_parser = None
+        if BlockParser.supports(self.config) and self.config["timestamp"]["format"] != "receipt":
+            wanted = {channel_key(c): (TEXT if is_text(c) else NUMBER) for c in self.channels}
+            try:
+                self.block_parser = BlockParser(self.config, wanted)
+            except FieldNotFound as exc:
+                bad = next((c for c in self.channels if self.line_parser.position_of(channel_key(c)) is None), None)
+                raise FieldNotFound(f"channel {bad.slug if bad else '?'}: {exc}") from None
+
+    def result(self, cursor: dict) -> Collected:
+        return Collected(
+            batches=[
+                b
+                for b in (concat_batches(self.numeric, numeric=True), concat_batches(self.objects, numeric=False))
+                if len(b)
+            ],
+            rejections=self.rejections,
+            cursor={"files": cursor},
+            more=self.more,
+        )
+
+    def read_file(self, path: Path, stat: os.stat_result, state: dict | None) -> dict:
+        offset, line_no = (state["offset"], state.get("lines", 0)) if state else (0, 0)
+        head, head_len = (state.get("head", ""), state.get("head_len", 0)) if state else ("", 0)
+        with path.open("rb") as handle:
+            data, reached_end = self._read_lines(handle, offset)
+            if head_len < FINGERPRINT_BYTES:
+                handle.seek(0)
+                first = handle.read(min(FINGERPRINT_BYTES, offset + len(data)))
+        n_lines = data.count(b"\n")
+        if n_lines > self.lines_left:
+            cut = int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)[self.lines_left - 1]) + 1
+            data, n_lines, reached_end = data[:cut], self.lines_left, False
+        self.more = self.more or not reached_end
+        self.lines_left -= n_lines
+        self.bytes_left -= len(data)
+        if head_len < FINGERPRINT_BYTES and data:
+            head_len = min(FINGERPRINT_BYTES, offset + len(data))
+            head = hashlib.sha1(first[:head_len], usedforsecurity=False).hexdigest()
+        if data and self.config["archive"]:
+            _archive(self.source, path, stat, offset, data)
+        self._parse(path, data, n_lines, first_line_no=line_no + 1)
+        return {
+            "identity": _identity(stat),
+            "offset": offset + len(data),
+            "lines": line_no + n_lines,
+            "head": head,
+            "head_len": head_len,
+        }
+
+    def _read_lines(self, handle, offset: int) -> tuple[bytes, bool]:
+        """Whole lines from ``offset``, stopping at the end of the file or once the run's budget is read;
+        and whether the end of the file was reached (a partial last line waits for its newline)."""
+        handle.seek(offset)
+        pieces, size, lines = [], 0, 0
+        reached_end = False
+        while lines < self.lines_left and size < self.bytes_left:
+            piece = handle.read(min(READ_SIZE, self.bytes_left - size))
+            if not piece:
+                reached_end = True
+                break
+            pieces.append(piece)
+            size += len(piece)
+            lines += piece.count(b"\n")
+        data = b"".join(pieces)
+        return data[: data.rfind(b"\n") + 1], reached_end
+
+    def _parse(self, path: Path, data: bytes, n_lines: int, first_line_no: int) -> None:
+        skip = max(0, self.config["header_lines"] - (first_line_no - 1))
+        if skip and n_lines:
+            skip = min(skip, n_lines)
+            cut = int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)[skip - 1]) + 1
+            data, n_lines, first_line_no = data[cut:], n_lines - skip, first_line_no + skip
+        if not n_lines:
+            return
+        irregular = np.arange(n_lines)
+        if self.block_parser is not None:
+            block = self.block_parser.parse(data)
+            irregular = block.irregular
+            self._add_block(block)
+        if len(irregular):
+            self._add_lines(path, data, irregular, first_line_no)
+
+    def _add_block(self, block) -> None:
+        numeric = [c for c in self.channels if not is_text(c)]
+        text = [c for c in self.channels if is_text(c)]
+        n = len(block.rows)
+        if not n:
+            return
+        for group, target, dtype in ((numeric, self.numeric, np.float64), (text, self.objects, object)):
+            if not group:
                 continue
-            text = raw.decode(encoding, errors="replace").rstrip("\r")
+            target.append(
+                SampleBatch(
+                    np.repeat(np.array([c.id for c in group], dtype=np.int64), n),
+                    np.tile(block.ts_us, len(group)),
+                    np.concatenate([block.values[channel_key(c)] for c in group]).astype(dtype, copy=False),
+                )
+            )
+
+    def _add_lines(self, path: Path, data: bytes, indices: np.ndarray, first_line_no: int) -> None:
+        encoding = self.config["encoding"]
+        lines = data.split(b"\n")
+        received = now_us()
+        raw_lines = []
+        for i in indices.tolist():
+            text = lines[i].decode(encoding, errors="replace").rstrip("\r")
             if text.strip():
-                lines.append(RawLine(text, {"file": str(path), "line": line_no}))
-        return {"identity": identity, "offset": offset + len(chunk), "lines": line_no}, lines, exhausted
+                raw_lines.append(RawLine(text, {"file": str(path), "line": first_line_no + i}, received))
+        batch, rejections = lines_to_readings(raw_lines, self.line_parser, self.channels)
+        self.objects.append(batch)
+        self.rejections.extend(rejections)
+
+
+def archive_path(source: DataSource, name: str, identity: str) -> Path:
+    """Where the raw copy of a file read by ``source`` is kept: one copy per file identity."""
+    tag = hashlib.sha1(identity.encode(), usedforsecurity=False).hexdigest()[:10]
+    return Path(settings.DAQBROKER_ARCHIVE_DIR) / source.instrument.slug / f"source-{source.pk}" / f"{tag}-{name}"
+
+
+def _archive(source: DataSource, path: Path, stat: os.stat_result, offset: int, data: bytes) -> None:
+    target = archive_path(source, path.name, _identity(stat))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("r+b" if target.exists() else "wb") as copy:
+        size = copy.seek(0, os.SEEK_END)
+        if size < offset:  # archiving was turned on part-way through the file: copy its start too
+            with path.open("rb") as original:
+                original.seek(size)
+                copy.write(original.read(offset - size))
+        copy.seek(offset)
+        copy.write(data)

@@ -5,6 +5,11 @@ compare-and-set on ``next_run_at`` (so it is enqueued once), and a run holds a l
 compare-and-set on ``lease_owner``/``lease_expires`` (so a source is never collected twice at once).
 The readings and the source's new cursor are committed in one transaction, guarded by the lease: a
 worker killed mid-run commits nothing, and the next run starts again from the old cursor.
+
+The lease lasts ``DAQBROKER_COLLECT_LEASE_SECONDS``; the collection task's hard time limit is shorter, so a
+run ends (or is killed) before its lease can pass to another worker, and a lease left by a killed worker
+frees the source within that time. A run found still "running" after its lease ran out is recorded as
+lost.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from django.utils import timezone
 from collection.choices import RunStatus
 from collection.collectors import COLLECTORS
 from collection.models import CollectionRun
-from collection.services.ingest import ingest_samples
+from collection.services.ingest import IngestResult, SampleBatch, ingest_samples
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import DataSource
 
@@ -57,7 +62,7 @@ def claim_due_sources(now=None) -> list[int]:
 
 
 def _take_lease(source_id: int, owner: str, now) -> bool:
-    expires = now + timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+    expires = now + timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS)
     return bool(
         DataSource.objects.filter(pk=source_id)
         .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
@@ -80,6 +85,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
         source = DataSource.objects.select_related("instrument").get(pk=source_id)
     except DataSource.DoesNotExist:
         return None
+    _record_lost_runs(source_id, now)
     run = CollectionRun.objects.create(source=source, started_at=now, worker=f"{socket.gethostname()}:{os.getpid()}")
     try:
         collector = COLLECTORS.get(source.kind)
@@ -89,9 +95,15 @@ def collect_source(source_id: int) -> CollectionRun | None:
         channels = list(source.channels.exclude(kind=ChannelKind.DERIVED))
         collected = collector.collect(source, config, channels)
         with transaction.atomic():
-            result = ingest_samples(
-                collected.batch, origin=source.kind, source_id=source.id, rejections=collected.rejections
-            )
+            result = IngestResult()
+            # Rejected lines go with the first batch; a run that read nothing still records them.
+            for i, batch in enumerate(collected.batches or [SampleBatch([], [], [])]):
+                part = ingest_samples(
+                    batch, origin=source.kind, source_id=source.id, rejections=collected.rejections if i == 0 else ()
+                )
+                result.accepted += part.accepted
+                result.duplicates += part.duplicates
+                result.rejected.extend(part.rejected)
             finished = timezone.now()
             still_ours = DataSource.objects.filter(pk=source.id, lease_owner=owner).update(
                 cursor=collected.cursor,
@@ -118,6 +130,21 @@ def collect_source(source_id: int) -> CollectionRun | None:
 
 class LeaseLost(RuntimeError):
     pass
+
+
+def _record_lost_runs(source_id: int, now) -> None:
+    """Runs of this source still "running" after their lease ran out: their worker died (killed, lost its
+    host). Nothing of them was committed; say so beside the source."""
+    CollectionRun.objects.filter(
+        source_id=source_id,
+        status=RunStatus.RUNNING,
+        started_at__lt=now - timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS),
+    ).update(
+        status=RunStatus.FAILED,
+        finished_at=now,
+        error="the worker stopped during this run (killed, or its host lost); nothing of it was committed, "
+        "and the next run read the same input again",
+    )
 
 
 def _record_failure(source: DataSource, run: CollectionRun, owner: str, now, exc: Exception) -> None:
