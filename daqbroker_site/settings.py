@@ -253,6 +253,18 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 3600.0,
         "options": {"expires": 1800},
     },
+    # Each ingest wakes a rollup refresh; this sweep catches spans whose wake-up was lost.
+    "refresh-rollups": {
+        "task": "collection.tasks.refresh_rollups_task",
+        "schedule": 60.0,
+        "options": {"expires": 50},
+    },
+    # Raw readings past each instrument's raw_retention_days (tiers are kept).
+    "enforce-retention": {
+        "task": "collection.tasks.enforce_retention_task",
+        "schedule": 3600.0,
+        "options": {"expires": 1800},
+    },
 }
 
 # --- Collection, validation and alarms -----------------------------------------------------------

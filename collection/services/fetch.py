@@ -33,10 +33,10 @@ def fetch_columns(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    if not rows:
-        return {name: np.empty(0, dtype=kind) for name, kind in columns}
-    values = list(zip(*rows, strict=True))
-    return {name: np.array(values[i], dtype=kind) for i, (name, kind) in enumerate(columns)}
+    # Tuples straight into a structured array (C loop; None in a float column becomes NaN), then columns.
+    # A list: numpy would read mysqlclient's tuple of rows as one record.
+    table = np.array(rows if isinstance(rows, list) else list(rows), dtype=[(name, kind) for name, kind in columns])
+    return {name: np.ascontiguousarray(table[name]) for name, _ in columns}
 
 
 def _pg_fetch(connection, sql: str, params: Sequence, columns: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:

@@ -68,7 +68,8 @@ def delete_readings(
             deleted[channel.pk] = count
             if model is Sample:
                 changed[channel.pk] = (first, last)
-            if channel.last_ts is not None and start <= channel.last_ts < end:
+            last_ts = Channel.objects.using(using).filter(pk=channel.pk).values_list("last_ts", flat=True).first()
+            if last_ts is not None and start <= last_ts < end:
                 _move_last_value_back(channel, model, using)
             audit.record(
                 AuditAction.SAMPLES_DELETED,

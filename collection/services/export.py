@@ -1,0 +1,469 @@
+"""Exports of stored readings, streamed in constant memory: CSV or Parquet, long or wide.
+
+* **long** (default): one row per reading, ``time, channel, value[, quality]``, ordered by channel then
+  time (the primary key's order, so nothing is sorted). ``channel`` is ``<instrument>/<channel>``.
+* **wide**: one instrument's channels side by side, one row per distinct timestamp, one column per
+  channel headed ``<slug> [<units>]``; a channel without a reading at that instant is empty. Built with
+  pandas in windows: every channel is read in chunks and a window is written once every channel has
+  been read past it, so memory is bounded by chunk size x channels.
+
+Time (``time_format``): ``iso`` is ISO 8601 in the chosen time zone with the offset, microseconds
+trimmed of trailing zeros (``2024-05-06T09:00:00.25+02``: PostgreSQL's own ISO output with a "T");
+``epoch_s`` / ``epoch_ms`` are exact decimals (6 / 3 decimals); ``epoch_us`` is the stored integer.
+Parquet keeps time as a native timestamp (µs, with the time zone) and units in the field metadata.
+Values are written in their shortest exact form, so a CSV parsed back gives the stored floats bit for bit.
+
+Fast path: on PostgreSQL a long CSV is produced by the server itself, ``COPY (SELECT ...) TO STDOUT
+(FORMAT CSV)`` per channel, streamed to the client as it arrives. Elsewhere (and for Parquet and wide
+tables) rows are read by keyset pagination on (channel_id, ts) in chunks and formatted here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zoneinfo
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from django.db import connections, transaction
+
+from collection.models import Sample, TextSample
+from collection.services.fetch import F8, I8, iter_chunks
+from instruments.choices import ChannelKind
+from instruments.models import Channel
+
+FORMATS = ("csv", "parquet")
+LAYOUTS = ("long", "wide")
+TIME_FORMATS = ("iso", "epoch_s", "epoch_ms", "epoch_us")
+MIN_TS = -(2**62)
+MAX_TS = 2**62
+CHUNK_ROWS = 100_000
+FLUSH_BYTES = 256 * 1024
+WRITE_ROWS = 5_000  # rows formatted per piece on the Python paths
+UTC = zoneinfo.ZoneInfo("UTC")
+
+
+@dataclass
+class ExportRequest:
+    channels: Sequence[Channel]  # with .instrument loaded
+    start: int = MIN_TS
+    end: int = MAX_TS
+    format: str = "csv"
+    layout: str = "long"
+    time_format: str = "iso"
+    time_zone: str = "UTC"
+    quality: bool = False  # add a quality column (long) or a "<slug> quality" column per channel (wide)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}")
+        if self.time_format not in TIME_FORMATS:
+            raise ValueError(f"time_format must be one of {', '.join(TIME_FORMATS)}")
+        try:
+            self.zone = zoneinfo.ZoneInfo(self.time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.time_zone!r}; use an IANA name such as Europe/Zurich") from None
+        if self.end <= self.start:
+            raise ValueError("the end of the range must be after its start")
+        if not self.channels:
+            raise ValueError("no channels to export")
+        if self.layout == "wide" and len({c.instrument_id for c in self.channels}) != 1:
+            raise ValueError("a wide table holds the channels of one instrument")
+
+    @property
+    def content_type(self) -> str:
+        return "text/csv; charset=utf-8" if self.format == "csv" else "application/vnd.apache.parquet"
+
+    @property
+    def filename(self) -> str:
+        instruments = sorted({c.instrument.slug for c in self.channels})
+        stem = instruments[0] if len(instruments) == 1 else "readings"
+        return f"{stem}-{self.layout}.{'csv' if self.format == 'csv' else 'parquet'}"
+
+
+def export(request: ExportRequest, *, using: str = "default") -> Iterator[bytes]:
+    """The export as a stream of byte chunks, for ``StreamingHttpResponse`` or a file."""
+    if request.format == "csv" and request.layout == "long":
+        if connections[using].vendor == "postgresql":
+            return _flushed(_pg_long_csv(request, using))
+        return _flushed(_long_csv(request, using))
+    if request.format == "csv":
+        return _flushed(_wide_csv(request, using))
+    if request.layout == "long":
+        return _long_parquet(request, using)
+    return _wide_parquet(request, using)
+
+
+def _flushed(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Pieces regrouped into chunks of about FLUSH_BYTES: fewer, larger writes to the socket."""
+    pending = bytearray()
+    for piece in pieces:
+        pending += piece
+        if len(pending) >= FLUSH_BYTES:
+            yield bytes(pending)
+            pending.clear()
+    if pending:
+        yield bytes(pending)
+
+
+def channel_label(channel: Channel) -> str:
+    return f"{channel.instrument.slug}/{channel.slug}"
+
+
+def wide_header(channel: Channel) -> str:
+    return f"{channel.slug} [{channel.units}]" if channel.units else channel.slug
+
+
+# --- time formatting ------------------------------------------------------------------------------
+
+
+def format_times(ts: np.ndarray, time_format: str, zone: zoneinfo.ZoneInfo) -> list[str]:
+    """Timestamps (µs) as text, identical to what the PostgreSQL path writes."""
+    if time_format == "epoch_us":
+        return [str(t) for t in ts.tolist()]
+    if time_format in ("epoch_s", "epoch_ms"):
+        unit, digits = (1_000_000, 6) if time_format == "epoch_s" else (1_000, 3)
+        out = []
+        for t in ts.tolist():
+            q, r = divmod(abs(t), unit)
+            out.append(f"{'-' if t < 0 else ''}{q}.{r:0{digits}d}")
+        return out
+    return iso_times(ts, zone)
+
+
+def iso_times(ts: np.ndarray, zone: zoneinfo.ZoneInfo) -> list[str]:
+    if len(ts) == 0:
+        return []
+    if zone is UTC or zone.key == "UTC":
+        local = ts
+    else:
+        converted = pd.to_datetime(ts, unit="us", utc=True).tz_convert(zone).tz_localize(None)
+        local = converted.to_numpy().astype("datetime64[us]").astype(np.int64)
+    offsets = (local - ts) // 1_000_000
+    seconds = np.datetime_as_string((local - local % 1_000_000).astype("datetime64[us]"), unit="s")
+    fractions = (local % 1_000_000).tolist()
+    offset_text = {int(o): _offset(int(o)) for o in np.unique(offsets)}
+    return [
+        f"{base}{'.' + f'{frac:06d}'.rstrip('0') if frac else ''}{offset_text[off]}"
+        for base, frac, off in zip(seconds.tolist(), fractions, offsets.tolist(), strict=True)
+    ]
+
+
+def _offset(seconds: int) -> str:
+    sign = "-" if seconds < 0 else "+"
+    hours, rest = divmod(abs(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{sign}{hours:02d}"
+    if minutes or secs:
+        text += f":{minutes:02d}"
+    if secs:
+        text += f":{secs:02d}"
+    return text
+
+
+def _pg_time_sql(time_format: str) -> str:
+    if time_format == "epoch_us":
+        return "ts"
+    if time_format == "epoch_s":
+        return "(ts::numeric / 1000000)::numeric(26, 6)"
+    if time_format == "epoch_ms":
+        return "(ts::numeric / 1000)::numeric(26, 3)"
+    # Exact: whole seconds through to_timestamp, the microseconds as an interval.
+    return "replace((to_timestamp(ts / 1000000) + (ts %% 1000000) * interval '1 microsecond')::text, ' ', 'T')"
+
+
+# --- reading chunks -------------------------------------------------------------------------------
+
+_NUMERIC_COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
+
+
+def _chunks(channel: Channel, start: int, end: int, using: str) -> Iterator[dict[str, np.ndarray]]:
+    """A channel's readings in [start, end) in chunks: numeric ones in numpy, text ones as object arrays."""
+    if channel.kind != ChannelKind.TEXT:
+        yield from iter_chunks(
+            Sample._meta.db_table,
+            _NUMERIC_COLUMNS,
+            channel_id=channel.pk,
+            start=start,
+            end=end,
+            chunk_rows=CHUNK_ROWS,
+            using=using,
+        )
+        return
+    connection = connections[using]
+    table = connection.ops.quote_name(TextSample._meta.db_table)
+    sql = (
+        f"SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s "
+        f"ORDER BY ts LIMIT {CHUNK_ROWS}"
+    )
+    lower = start
+    while lower < end:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [channel.pk, lower, end])
+            rows = cursor.fetchall()
+        if rows:
+            ts, value, quality = zip(*rows, strict=True)
+            yield {
+                "ts": np.array(ts, dtype=np.int64),
+                "value": np.array(value, dtype=object),
+                "quality": np.array(quality, dtype=np.int64),
+            }
+        if len(rows) < CHUNK_ROWS:
+            return
+        lower = rows[-1][0] + 1
+
+
+def _value_text(values: np.ndarray) -> list:
+    """Floats in their shortest exact form (repr), text as is."""
+    if values.dtype == object:
+        return values.tolist()
+    return [repr(v) for v in values.tolist()]
+
+
+# --- long CSV -------------------------------------------------------------------------------------
+
+
+def _csv_header(request: ExportRequest) -> bytes:
+    return ("time,channel,value" + (",quality" if request.quality else "") + "\r\n").encode()
+
+
+def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
+    connection = connections[using]
+    yield _csv_header(request)
+    time_sql = _pg_time_sql(request.time_format)
+    quality = ", quality" if request.quality else ""
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        # Local to this transaction: the ISO text of a timestamptz follows the session's time zone.
+        cursor.execute(
+            "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO', true)", [request.time_zone]
+        )
+        for channel in request.channels:
+            table = connection.ops.quote_name(
+                (TextSample if channel.kind == ChannelKind.TEXT else Sample)._meta.db_table
+            )
+            statement = (
+                f"COPY (SELECT {time_sql}, %s::text, value{quality} FROM {table} "
+                "WHERE channel_id = %s AND ts >= %s AND ts < %s ORDER BY ts) TO STDOUT (FORMAT CSV)"
+            )
+            params = [channel_label(channel), channel.pk, request.start, request.end]
+            with cursor.cursor.copy(statement, params) as copy:
+                for data in copy:
+                    yield bytes(data)
+
+
+def _long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
+    yield _csv_header(request)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for channel in request.channels:
+        label = channel_label(channel)
+        for chunk in _chunks(channel, request.start, request.end, using):
+            times = format_times(chunk["ts"], request.time_format, request.zone)
+            labels = [label] * len(times)
+            columns = [times, labels, _value_text(chunk["value"])]
+            if request.quality:
+                columns.append(chunk["quality"].tolist())
+            rows = list(zip(*columns, strict=True))
+            for start in range(0, len(rows), WRITE_ROWS):
+                writer.writerows(rows[start : start + WRITE_ROWS])
+                yield buffer.getvalue().encode()
+                buffer.seek(0)
+                buffer.truncate()
+
+
+# --- wide tables ----------------------------------------------------------------------------------
+
+
+def _wide_windows(request: ExportRequest, using: str) -> Iterator[pd.DataFrame]:
+    """DataFrames indexed by ts (µs), one column per channel (and "<slug> quality" columns on request),
+    covering consecutive time windows; each window holds every reading of every channel in it."""
+    channels = list(request.channels)
+    sources = {c.pk: _chunks(c, request.start, request.end, using) for c in channels}
+    pending: dict[int, dict[str, np.ndarray] | None] = {c.pk: None for c in channels}
+    exhausted: set[int] = set()
+    while True:
+        for cid in sources:
+            if cid not in exhausted and (pending[cid] is None or len(pending[cid]["ts"]) == 0):
+                chunk = next(sources[cid], None)
+                if chunk is None:
+                    exhausted.add(cid)
+                    pending[cid] = None
+                else:
+                    pending[cid] = chunk
+        live = [cid for cid in sources if cid not in exhausted]
+        if not live and all(p is None or len(p["ts"]) == 0 for p in pending.values()):
+            return
+        # Every channel still being read has been read up to at least this instant.
+        horizon = min(int(pending[cid]["ts"][-1]) for cid in live) if live else MAX_TS
+        columns: dict[str, pd.Series] = {}
+        for channel in channels:
+            chunk = pending[channel.pk]
+            if chunk is None or len(chunk["ts"]) == 0:
+                columns[wide_header(channel)] = pd.Series(
+                    [], dtype=_wide_dtype(channel), index=pd.Index([], dtype=np.int64)
+                )
+                if request.quality:
+                    columns[f"{channel.slug} quality"] = pd.Series(
+                        [], dtype="Int16", index=pd.Index([], dtype=np.int64)
+                    )
+                continue
+            cut = int(np.searchsorted(chunk["ts"], horizon, side="right"))
+            index = pd.Index(chunk["ts"][:cut])
+            columns[wide_header(channel)] = pd.Series(chunk["value"][:cut], index=index, dtype=_wide_dtype(channel))
+            if request.quality:
+                columns[f"{channel.slug} quality"] = pd.Series(chunk["quality"][:cut], index=index, dtype="Int16")
+            pending[channel.pk] = {name: column[cut:] for name, column in chunk.items()}
+        frame = pd.concat(columns, axis=1, sort=True)
+        if len(frame):
+            yield frame
+
+
+def _wide_dtype(channel: Channel):
+    return object if channel.kind == ChannelKind.TEXT else np.float64
+
+
+def _wide_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
+    names = []
+    for channel in request.channels:
+        names.append(wide_header(channel))
+        if request.quality:
+            names.append(f"{channel.slug} quality")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["time", *names])
+    yield buffer.getvalue().encode()
+    for frame in _wide_windows(request, using):
+        buffer.seek(0)
+        buffer.truncate()
+        times = format_times(frame.index.to_numpy(dtype=np.int64), request.time_format, request.zone)
+        cells = [times]
+        for name in names:
+            column = frame[name]
+            if name.endswith(" quality"):
+                cells.append(["" if pd.isna(q) else int(q) for q in column.tolist()])
+            elif column.dtype == object:
+                cells.append(
+                    ["" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v for v in column]
+                )
+            else:
+                cells.append(["" if v != v else repr(v) for v in column.tolist()])
+        writer.writerows(zip(*cells, strict=True))
+        yield buffer.getvalue().encode()
+
+
+# --- Parquet --------------------------------------------------------------------------------------
+
+
+class _Drain(io.RawIOBase):
+    """A write-only file that hands what was written to the caller between row groups."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        self.position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+def _time_type(request: ExportRequest) -> pa.DataType:
+    return pa.timestamp("us", tz=request.time_zone)
+
+
+def _units_metadata(channels: Sequence[Channel]) -> dict[bytes, bytes]:
+    return {
+        b"daqbroker.units": json.dumps({channel_label(c): c.units for c in channels}).encode(),
+    }
+
+
+def _long_parquet(request: ExportRequest, using: str) -> Iterator[bytes]:
+    has_text = any(c.kind == ChannelKind.TEXT for c in request.channels)
+    fields = [
+        pa.field("time", _time_type(request), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+    ]
+    if has_text:
+        fields.append(pa.field("text", pa.string()))
+    if request.quality:
+        fields.append(pa.field("quality", pa.int16(), nullable=False))
+    schema = pa.schema(fields, metadata=_units_metadata(request.channels))
+    sink = _Drain()
+    with pq.ParquetWriter(sink, schema) as writer:
+        for channel in request.channels:
+            label = channel_label(channel)
+            for chunk in _chunks(channel, request.start, request.end, using):
+                n = len(chunk["ts"])
+                is_text = channel.kind == ChannelKind.TEXT
+                columns = {
+                    "time": pa.array(chunk["ts"], type=pa.int64()).cast(_time_type(request)),
+                    "channel": pa.array([label] * n, type=pa.string()),
+                    "value": pa.nulls(n, pa.float64()) if is_text else pa.array(chunk["value"], type=pa.float64()),
+                }
+                if has_text:
+                    columns["text"] = (
+                        pa.array(chunk["value"].tolist(), type=pa.string()) if is_text else pa.nulls(n, pa.string())
+                    )
+                if request.quality:
+                    columns["quality"] = pa.array(chunk["quality"], type=pa.int16())
+                writer.write_table(pa.table(columns, schema=schema))
+                yield sink.take()
+    yield sink.take()
+
+
+def _wide_parquet(request: ExportRequest, using: str) -> Iterator[bytes]:
+    fields = [pa.field("time", _time_type(request), nullable=False)]
+    for channel in request.channels:
+        kind = pa.string() if channel.kind == ChannelKind.TEXT else pa.float64()
+        metadata = {b"units": channel.units.encode(), b"channel": channel_label(channel).encode()}
+        fields.append(pa.field(channel.slug, kind, metadata=metadata))
+        if request.quality:
+            fields.append(pa.field(f"{channel.slug} quality", pa.int16()))
+    schema = pa.schema(fields, metadata=_units_metadata(request.channels))
+    sink = _Drain()
+    with pq.ParquetWriter(sink, schema) as writer:
+        for frame in _wide_windows(request, using):
+            columns = {
+                "time": pa.array(frame.index.to_numpy(dtype=np.int64), type=pa.int64()).cast(_time_type(request))
+            }
+            for channel in request.channels:
+                column = frame[wide_header(channel)]
+                if channel.kind == ChannelKind.TEXT:
+                    columns[channel.slug] = pa.array(
+                        [None if v is None or (isinstance(v, float) and v != v) else v for v in column.tolist()],
+                        type=pa.string(),
+                    )
+                else:
+                    values = column.to_numpy(dtype=np.float64)
+                    columns[channel.slug] = pa.array(values, mask=np.isnan(values), type=pa.float64())
+                if request.quality:
+                    q = frame[f"{channel.slug} quality"]
+                    columns[f"{channel.slug} quality"] = pa.array(
+                        [None if pd.isna(v) else int(v) for v in q.tolist()], type=pa.int16()
+                    )
+            writer.write_table(pa.table(columns, schema=schema))
+            yield sink.take()
+    yield sink.take()
+
+
+__all__ = ["ExportRequest", "export", "format_times"]

@@ -1,0 +1,231 @@
+"""Exports read back equal the stored rows exactly, in every format, layout, time format and time zone."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from django.db import connection
+
+from collection.models import Sample, TextSample
+from collection.services import SampleBatch, ingest_samples
+from collection.services.export import FLUSH_BYTES, ExportRequest, _long_csv, export, format_times
+from daqbroker_agent.parsing import datetime_to_us
+from instruments.choices import ChannelKind
+from instruments.tests.factories import make_channel, make_instrument
+
+pytestmark = pytest.mark.django_db
+
+SECOND = 1_000_000
+# Across the spring-forward change in Europe (2024-03-31 01:00 UTC) and before 1970 for one reading.
+START = datetime_to_us(datetime(2024, 3, 30, 22, 0, tzinfo=UTC))
+ODD_VALUES = [0.1 + 0.2, 1e-300, -1e300, 1.0, -0.0, 123456789.123456789, 5e-324, 1e15, 1e16, 2.5]
+TEXTS = ["plain", "with, comma", 'with "quotes"', "two\nlines", "ünïcødé ✓", ""]
+
+
+@pytest.fixture
+def station(django_capture_on_commit_callbacks):
+    instrument = make_instrument(slug="station")
+    temp = make_channel(instrument, slug="temp", units="degC", valid_min=-1e301, valid_max=1e301)
+    wind = make_channel(instrument, slug="wind", units="m/s")
+    status = make_channel(instrument, slug="status", kind=ChannelKind.TEXT)
+    rng = np.random.default_rng(11)
+    ts = np.unique(START + rng.integers(0, 6 * 3600 * SECOND, size=700))
+    values = rng.normal(10, 5, size=len(ts))
+    values[: len(ODD_VALUES)] = ODD_VALUES
+    values[20] = 5e301  # out of range: flagged
+    wind_ts = np.r_[ts[::3], ts[-1] + 17, -123_456_789]  # shares some instants with temp, plus its own
+    rows = (
+        [(temp.pk, int(t), float(v)) for t, v in zip(ts, values, strict=True)]
+        + [(wind.pk, int(t), float(i)) for i, t in enumerate(wind_ts)]
+        + [(status.pk, int(t), TEXTS[i % len(TEXTS)]) for i, t in enumerate(ts[::5])]
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_samples(SampleBatch.from_rows(rows))
+    for channel in (temp, wind, status):
+        channel.refresh_from_db()
+    return instrument, [temp, wind, status]
+
+
+def stored_rows(channels) -> list[tuple[str, int, object, int]]:
+    rows = []
+    for channel in channels:
+        model = TextSample if channel.kind == ChannelKind.TEXT else Sample
+        for ts, value, quality in (
+            model.objects.filter(channel=channel).order_by("ts").values_list("ts", "value", "quality")
+        ):
+            rows.append((f"station/{channel.slug}", ts, value, quality))
+    return rows
+
+
+def body(request: ExportRequest) -> bytes:
+    return b"".join(export(request))
+
+
+def parse_time(text: str, time_format: str) -> int:
+    if time_format == "iso":
+        return datetime_to_us(datetime.fromisoformat(text))
+    scale = {"epoch_s": 1_000_000, "epoch_ms": 1_000, "epoch_us": 1}[time_format]
+    return int(Decimal(text) * scale)
+
+
+def parse_value(text: str, channel: str) -> object:
+    return text if channel == "station/status" else float(text)
+
+
+def same(a, b) -> bool:
+    """Equal, and for floats equal bit for bit (so -0.0 is not 0.0)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return np.float64(a).tobytes() == np.float64(b).tobytes()
+    return a == b
+
+
+@pytest.mark.parametrize(
+    ("time_format", "zone"),
+    [
+        ("iso", "UTC"),
+        ("iso", "Europe/Zurich"),
+        ("iso", "Asia/Kolkata"),
+        ("epoch_s", "UTC"),
+        ("epoch_ms", "UTC"),
+        ("epoch_us", "UTC"),
+    ],
+)
+def test_long_csv_read_back_equals_the_stored_rows(station, time_format, zone):
+    _, channels = station
+    data = body(ExportRequest(channels=channels, time_format=time_format, time_zone=zone, quality=True))
+    reader = csv.reader(io.StringIO(data.decode(), newline=""))
+    assert next(reader) == ["time", "channel", "value", "quality"]
+    got = [(row[1], parse_time(row[0], time_format), parse_value(row[2], row[1]), int(row[3])) for row in reader]
+    want = stored_rows(channels)
+    assert len(got) == len(want) == 700 + 236 + 140
+    assert all(
+        len(g) == len(w) and all(same(x, y) for x, y in zip(g, w, strict=True)) for g, w in zip(got, want, strict=True)
+    )
+
+
+def test_iso_times_carry_the_zone_offset(station):
+    _, channels = station
+    data = body(ExportRequest(channels=channels[:1], time_zone="Europe/Zurich")).decode()
+    offsets = {line.split(",")[0][-3:] for line in data.splitlines()[1:]}
+    assert offsets == {"+01", "+02"}  # winter and summer time
+    assert data.splitlines()[0] == "time,channel,value"
+
+
+def test_a_time_range_selects_readings(station):
+    _, channels = station
+    start, end = START + 3600 * SECOND, START + 7200 * SECOND
+    data = body(ExportRequest(channels=channels[:1], start=start, end=end, time_format="epoch_us"))
+    times = [int(line.split(",")[0]) for line in data.decode().splitlines()[1:]]
+    stored = list(Sample.objects.filter(channel=channels[0], ts__gte=start, ts__lt=end).values_list("ts", flat=True))
+    assert times == sorted(stored) and times
+
+
+def test_long_parquet_read_back_equals_the_stored_rows(station):
+    _, channels = station
+    table = pq.read_table(io.BytesIO(body(ExportRequest(channels=channels, format="parquet", quality=True))))
+    assert table.schema.field("time").type.tz == "UTC"
+    columns = {name: table.column(name).to_pylist() for name in ("channel", "value", "text", "quality")}
+    times = table.column("time").cast("int64").to_pylist()
+    got = [
+        (c, t, x if c == "station/status" else v, q)
+        for c, t, v, x, q in zip(
+            columns["channel"], times, columns["value"], columns["text"], columns["quality"], strict=True
+        )
+    ]
+    want = stored_rows(channels)
+    assert len(got) == len(want)
+    assert all(all(same(x, y) for x, y in zip(g, w, strict=True)) for g, w in zip(got, want, strict=True))
+    assert b"degC" in table.schema.metadata[b"daqbroker.units"]
+
+
+def wide_expected(channels) -> pd.DataFrame:
+    columns = {}
+    for channel in channels:
+        model = TextSample if channel.kind == ChannelKind.TEXT else Sample
+        pairs = list(model.objects.filter(channel=channel).order_by("ts").values_list("ts", "value"))
+        columns[channel.slug] = pd.Series([v for _, v in pairs], index=[t for t, _ in pairs], dtype=object)
+    return pd.concat(columns, axis=1, sort=True)
+
+
+def test_wide_csv_has_one_column_per_channel_with_units(station):
+    _, channels = station
+    data = body(ExportRequest(channels=channels, layout="wide", time_format="epoch_us"))
+    reader = csv.reader(io.StringIO(data.decode(), newline=""))
+    assert next(reader) == ["time", "temp [degC]", "wind [m/s]", "status"]
+    expected = wide_expected(channels)
+    rows = list(reader)
+    assert [int(r[0]) for r in rows] == expected.index.tolist()
+    for row, (_, want) in zip(rows, expected.iterrows(), strict=True):
+        for cell, slug in zip(row[1:], ["temp", "wind", "status"], strict=True):
+            value = want[slug]
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                assert cell == ""
+            elif slug == "status":
+                assert cell == value
+            else:
+                assert same(float(cell), value)
+
+
+def test_wide_parquet_read_back_equals_the_stored_rows(station):
+    _, channels = station
+    table = pq.read_table(
+        io.BytesIO(body(ExportRequest(channels=channels, layout="wide", format="parquet", quality=True)))
+    )
+    assert table.schema.field("temp").metadata[b"units"] == b"degC"
+    assert table.column_names == ["time", "temp", "temp quality", "wind", "wind quality", "status", "status quality"]
+    expected = wide_expected(channels)
+    times = table.column("time").cast("int64").to_pylist()
+    assert times == expected.index.tolist()
+    for slug in ("temp", "wind", "status"):
+        got = table.column(slug).to_pylist()
+        want = [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in expected[slug]]
+        assert all(same(g, w) for g, w in zip(got, want, strict=True)), slug
+    assert table.column("temp quality").to_pylist().count(1) == 1  # the out-of-range reading
+
+
+def test_a_large_export_is_streamed_in_pieces(django_capture_on_commit_callbacks):
+    channel = make_channel(make_instrument(slug="station"), slug="fast")
+    ts = START + np.arange(60_000) * SECOND
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_samples(SampleBatch(np.full(len(ts), channel.pk), ts, np.arange(60_000) / 7))
+    pieces = list(export(ExportRequest(channels=[channel])))
+    assert len(pieces) > 3 and max(len(p) for p in pieces) < 3 * FLUSH_BYTES
+    assert b"".join(pieces).count(b"\n") == 60_001
+
+
+def test_time_formatting_matches_on_every_path(station):
+    """The database-side (PostgreSQL COPY) and Python-side formatters write the same time text."""
+    _, channels = station
+    for zone in ("UTC", "Europe/Zurich", "America/St_Johns"):
+        for time_format in ("iso", "epoch_s", "epoch_ms", "epoch_us"):
+            request = ExportRequest(channels=channels[1:2], time_format=time_format, time_zone=zone)
+            python_side = [line.split(",")[0] for line in b"".join(_long_csv(request, "default")).decode().splitlines()]
+            if connection.vendor == "postgresql":
+                database_side = [line.split(",")[0] for line in body(request).decode().splitlines()]
+                assert database_side == python_side, (zone, time_format)
+            ts = np.array(sorted(Sample.objects.filter(channel=channels[1]).values_list("ts", flat=True)))
+            assert python_side[1:] == format_times(ts, time_format, request.zone)
+            assert [parse_time(t, time_format) for t in python_side[1:]] == ts.tolist()
+
+
+def test_bad_requests_are_refused(station):
+    _, channels = station
+    other = make_channel(make_instrument())
+    for kwargs in (
+        {"format": "xlsx"},
+        {"layout": "tall"},
+        {"time_format": "excel"},
+        {"time_zone": "Mars/Olympus"},
+        {"start": 10, "end": 5},
+    ):
+        with pytest.raises(ValueError):
+            ExportRequest(channels=channels, **kwargs)
+    with pytest.raises(ValueError, match="one instrument"):
+        ExportRequest(channels=[channels[0], other], layout="wide")
