@@ -1,0 +1,294 @@
+"""``daqbroker-agent run``: the sources, the uploaders, the configuration poll and the heartbeat, as threads.
+
+Startup never needs the server: the central configuration last received is kept in the spool, so an
+agent restarted while the server is down collects what it collected before. Sources of the server's
+configuration are started, stopped and restarted as the configuration changes (polled every
+``config_poll_seconds`` with ``If-None-Match``); sources of the local file run for the agent's lifetime.
+
+SIGTERM or SIGINT stops collection, lets uploads in flight finish (or be abandoned, to be re-sent with
+the same batch id next time) and exits. SIGKILL loses nothing either: see ``daqbroker_agent.spool``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+
+from daqbroker_agent import __version__
+from daqbroker_agent.auth import AuthWatch
+from daqbroker_agent.client import ApiClient, ServerUnreachable
+from daqbroker_agent.settings import Settings
+from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
+from daqbroker_agent.spool import Spool
+from daqbroker_agent.state import AgentState, RateLimitedLog
+from daqbroker_agent.uploader import Backoff, Uploader
+
+log = logging.getLogger("daqbroker_agent")
+CONFIG_PATH = "/api/v1/agent/config/"
+HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
+WHOAMI_PATH = "/api/v1/whoami/"
+CENTRAL_CONFIG_KEY = "central_config"
+CLOCK_WARNING_SECONDS = 2.0
+LOCK_FILE = "agent.lock"
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class SpoolLock:
+    """One ``run`` per spool: two would read the same files into it twice (harmless, but wasteful)."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_FILE
+        self.handle = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        self.handle = self.path.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "?"
+            self.handle.close()
+            raise AlreadyRunning(
+                f"another daqbroker-agent (pid {holder}) is running on the spool {self.path.parent}"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def open_spool(settings: Settings) -> Spool:
+    return Spool(settings.spool, max_readings=settings.max_spool_readings, synchronous=settings.spool_sync)
+
+
+def make_client(settings: Settings) -> ApiClient:
+    settings.require_server()
+    return ApiClient(settings.url, settings.current_token, timeout=settings.request_timeout, ca_file=settings.ca_file)
+
+
+class AgentRuntime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.spool = open_spool(settings)
+        self.lock = SpoolLock(self.spool.directory)
+        self.state = AgentState(self.spool)
+        self.client = make_client(settings)
+        self.auth = AuthWatch(self.client, self.state)
+        self.stop = threading.Event()
+        self.uploader = Uploader(
+            self.spool,
+            self.client,
+            self.state,
+            batch_size=settings.batch_size,
+            backoff=lambda: Backoff(settings.retry_initial_seconds, settings.retry_max_seconds),
+            auth=self.auth,
+        )
+        self.sources: dict[str, SourceRunner] = {}
+        self.noisy = RateLimitedLog(log, every=300.0)
+        self.hostname = socket.gethostname()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.lock.acquire()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        counters = self.spool.counters()
+        log.info(
+            "daqbroker-agent %s starting: server %s, spool %s (%s readings waiting, room for %s)",
+            __version__,
+            self.settings.url,
+            self.spool.path,
+            f"{counters['depth']:,}",
+            f"{self.spool.room():,}",
+        )
+        self.state.update(pid=os.getpid(), started=time.time(), alive_at=time.time())
+        for source in self.settings.sources:
+            self._start(spec_from_local(source))
+        cached = self.spool.get(CENTRAL_CONFIG_KEY)
+        if cached:
+            log.info("starting with the server's configuration received before (version %s)", cached.get("version"))
+            self.apply_central(cached)
+        threads = [
+            threading.Thread(target=self.uploader.run, args=(self.stop,), name=f"uploader {i + 1}", daemon=True)
+            for i in range(self.settings.uploaders)
+        ]
+        threads.append(threading.Thread(target=self.poll_config, name="config", daemon=True))
+        threads.append(threading.Thread(target=self.beat, name="heartbeat", daemon=True))
+        for thread in threads:
+            thread.start()
+        try:
+            while not self.stop.wait(1.0):
+                self.state.update(alive_at=time.time())
+        finally:
+            log.info("stopping: collection first, then uploads in flight")
+            for runner in self.sources.values():
+                runner.stop()
+            for runner in self.sources.values():
+                runner.join(timeout=10)
+            for thread in threads:
+                thread.join(timeout=self.settings.request_timeout + 5)
+            self.uploader.progress.report(self.spool, force=True)
+            self.state.update(pid=None)
+            self.state.flush()
+            log.info("stopped; %s readings wait in the spool", f"{self.spool.depth():,}")
+            self.spool.close()
+            self.lock.release()
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.stop.set()
+
+    # -- sources ---------------------------------------------------------------------------------------
+
+    def _start(self, spec: SourceSpec) -> None:
+        self.sources[spec.key] = start_source(spec, self.spool, self.state)
+
+    def apply_central(self, config: dict) -> None:
+        """Start, stop and restart the server's sources to match ``config``."""
+        wanted: dict[str, SourceSpec] = {}
+        for source in config.get("sources", []):
+            try:
+                spec = spec_from_server(source)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("cannot use source %s of the server's configuration: %s", source.get("name"), exc)
+                continue
+            wanted[spec.key] = spec
+        for key, runner in list(self.sources.items()):
+            if not key.startswith("server:"):
+                continue
+            spec = wanted.get(key)
+            if spec is None or spec.fingerprint != runner.spec.fingerprint:
+                runner.stop()
+                runner.join(timeout=10)
+                del self.sources[key]
+                log.info(
+                    "stopped %s: %s in the server's configuration", runner.spec.name, "changed" if spec else "removed"
+                )
+        for key, spec in wanted.items():
+            if key not in self.sources:
+                self._start(spec)
+        for skipped in config.get("skipped", []):
+            self.noisy.log(
+                logging.ERROR,
+                f"skipped-{skipped.get('id')}",
+                "the server cannot send source %s: its settings no longer validate (%s); fix it in the admin",
+                skipped.get("name"),
+                skipped.get("error"),
+            )
+
+    # -- the server's configuration --------------------------------------------------------------------
+
+    def poll_config(self) -> None:
+        cached = self.spool.get(CENTRAL_CONFIG_KEY) or {}
+        etag = f'"{cached["version"]}"' if cached.get("version") else ""
+        try:
+            while not self.stop.is_set():
+                etag = self.fetch_config(etag)
+                self.stop.wait(self.settings.config_poll_seconds)
+        finally:
+            self.client.close()
+            self.spool.close()
+
+    def fetch_config(self, etag: str) -> str:
+        try:
+            reply = self.client.get_json(CONFIG_PATH, headers={"If-None-Match": etag} if etag else None)
+        except ServerUnreachable as exc:
+            self.noisy.log(logging.INFO, "config-unreachable", "cannot fetch the configuration: %s", exc)
+            return etag
+        if reply.status == 304:
+            self.auth.accepted()
+            return etag
+        if reply.status == 200:
+            self.auth.accepted()
+            self.state.resolved("config")
+            config = reply.json()
+            self.spool.put(CENTRAL_CONFIG_KEY, config)
+            log.info(
+                "configuration from the server (version %s): %s source(s)%s",
+                config.get("version"),
+                len(config.get("sources", [])),
+                "".join(f"\n  {spec_from_server(s).describe()}" for s in config.get("sources", [])),
+            )
+            self.apply_central(config)
+            return reply.headers.get("etag", "")
+        if reply.status in (401, 403):
+            if self.auth.refused(reply, self.spool.depth()):
+                return self.fetch_config(etag)
+            return etag
+        message = f"the server answered {reply.status} to {CONFIG_PATH}: {reply.detail()}"
+        if reply.status == 404:
+            message += " (is the server older than the agent, or the url wrong?)"
+        self.state.problem("config", message)
+        self.noisy.log(logging.WARNING, f"config-{reply.status}", "%s", message)
+        return etag
+
+    # -- heartbeat -------------------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.send_heartbeat()
+                self.stop.wait(self.settings.heartbeat_seconds)
+        finally:
+            self.client.close()
+            self.spool.close()
+
+    def send_heartbeat(self) -> None:
+        last_upload = self.state.get("last_upload")
+        payload = {
+            "version": __version__,
+            "hostname": self.hostname,
+            "spool_depth": self.spool.depth(),
+            "spool_capacity": self.settings.max_spool_readings,
+            "last_error": self.state.get("last_error") if self.state.current_problems() else "",
+            "last_upload": datetime.fromtimestamp(last_upload, UTC).isoformat() if last_upload else None,
+            "clock_offset": self.state.get("clock_offset"),
+            "heartbeat_seconds": max(1, round(self.settings.heartbeat_seconds)),
+        }
+        sent = time.time()
+        payload["agent_time"] = sent
+        try:
+            reply = self.client.post_json(HEARTBEAT_PATH, payload)
+        except ServerUnreachable as exc:
+            self.noisy.log(logging.INFO, "beat-unreachable", "heartbeat not delivered: %s", exc)
+            return
+        received = time.time()
+        if reply.status in (401, 403):
+            self.auth.refused(reply, payload["spool_depth"])
+            return
+        if reply.status != 200:
+            self.noisy.log(logging.WARNING, f"beat-{reply.status}", "heartbeat: the server answered %s", reply.status)
+            return
+        self.auth.accepted()
+        with suppress(KeyError, TypeError, ValueError):
+            offset = (sent + received) / 2 - float(reply.json()["server_time"])
+            self.state.update(clock_offset=offset, last_heartbeat=received)
+            if abs(offset) > CLOCK_WARNING_SECONDS:
+                self.noisy.log(
+                    logging.WARNING,
+                    "clock",
+                    "this machine's clock is %.1f s %s the server's: readings timestamped here (receipt times, and "
+                    "instruments set from it) are off by as much; synchronise it (NTP, chrony)",
+                    abs(offset),
+                    "ahead of" if offset > 0 else "behind",
+                )

@@ -1,0 +1,417 @@
+"""What the agent reads beside the instruments: files, serial ports, TCP line streams, commands.
+
+Every source turns lines into readings with the shared parser (:class:`daqbroker_agent.parsing.LineParser`,
+the one the server's collectors use) and puts them in the spool before anything else happens. Each runs
+in its own thread until stopped; a failure (port gone, folder missing, command failing) is logged and
+retried, never fatal to the agent.
+
+* **file**: every ``interval`` seconds, the new complete lines of the folder's files (``daqbroker_agent.tail``);
+  the file offsets are committed in the same spool transaction as the readings.
+* **serial** / **tcp**: a connection kept open. With a ``request``, it is sent every ``interval`` seconds
+  and ``response_lines`` lines are read back; without one the instrument streams and every line is read
+  as it comes (spooled at least every half second).
+* **command**: run every ``interval`` seconds; its standard output is parsed line by line.
+
+A channel is found among a line's fields by its ``source_field`` (else its slug), as on the server.
+Numeric channels' values are sent as numbers when they read as one, else as the text found, so that the
+server refuses the reading with its reason and keeps it in quarantine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import select
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daqbroker_agent.parsing import LineError, LineParser, now_us
+from daqbroker_agent.spool import Reading, Spool, SpoolFull
+from daqbroker_agent.state import AgentState, RateLimitedLog
+from daqbroker_agent.tail import read_new_lines
+
+log = logging.getLogger("daqbroker_agent.sources")
+STREAM_FLUSH_SECONDS = 0.5
+STREAM_FLUSH_LINES = 5000
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    ref: str  # as the server is told: a channel id ("17") or "instrument-slug/channel-slug"
+    field: str
+    text: bool = False
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    key: str  # "server:12" or "local:rooftop-logger": names the source's cursor in the spool
+    name: str
+    interval: float
+    collect: dict
+    channels: tuple[ChannelSpec, ...]
+
+    @property
+    def kind(self) -> str:
+        return self.collect["kind"]
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when anything that matters to reading the source changes (a restart is then needed)."""
+        content = json.dumps(
+            [self.name, self.interval, self.collect, [c.__dict__ for c in self.channels]], sort_keys=True
+        )
+        return hashlib.sha256(content.encode()).hexdigest()
+
+    def describe(self) -> str:
+        c = self.collect
+        where = {
+            "file": lambda: f"files {c['pattern']} in {c['path']}",
+            "serial": lambda: f"serial {c['url']} at {c['baudrate']} baud",
+            "tcp": lambda: f"tcp {c['host']}:{c['port']}",
+            "command": lambda: "command " + " ".join(c["command"]),
+        }[self.kind]()
+        fields = ", ".join(f"{ch.field}->{ch.ref}" for ch in self.channels) or "no channels"
+        return f"{self.name} ({where}, every {self.interval:g} s; {fields})"
+
+
+def spec_from_server(source: dict) -> SourceSpec:
+    """A source of the server's central configuration (``GET /api/v1/agent/config/``)."""
+    channels = tuple(
+        ChannelSpec(str(ch["id"]), ch.get("source_field") or ch["slug"], ch.get("kind") == "text")
+        for ch in source.get("channels", [])
+    )
+    name = f"{source['instrument']}/{source['name']}"
+    return SourceSpec(f"server:{source['id']}", name, float(source["interval_seconds"]), source["collect"], channels)
+
+
+def spec_from_local(source) -> SourceSpec:
+    """A source defined in the agent's own configuration file (``settings.LocalSource``)."""
+    channels = tuple(ChannelSpec(ch.channel, ch.field, ch.kind == "text") for ch in source.channels)
+    return SourceSpec(f"local:{source.name}", source.name, source.interval_seconds, source.collect, channels)
+
+
+class LineMapper:
+    """Lines to readings for one source; counts and logs lines that do not parse."""
+
+    def __init__(self, spec: SourceSpec, state: AgentState | None = None):
+        self.spec = spec
+        self.parser = LineParser(spec.collect)
+        self.state = state
+        self.noisy = RateLimitedLog(log, every=60.0)
+        self.problems = 0
+
+    def readings(self, lines: Iterable[tuple[str, int]], where: str = "") -> list[Reading]:
+        """Readings of ``lines``; a line that does not parse is logged and reported until a later call
+        parses cleanly."""
+        out: list[Reading] = []
+        self.problems = 0
+        for text, received_us in lines:
+            if not text.strip():
+                continue
+            try:
+                parsed = self.parser.parse(text, received_us)
+            except LineError as exc:
+                self._problem(f"line not parsed ({exc}){where}: {text[:200]!r}")
+                continue
+            for channel in self.spec.channels:
+                raw = parsed.fields.get(channel.field)
+                if raw is None:
+                    self._problem(f"field {channel.field!r} is missing from the line{where}: {text[:200]!r}")
+                    continue
+                out.append((channel.ref, parsed.ts_us, raw if channel.text else as_number(raw)))
+        if not self.problems and self.state is not None:
+            self.state.resolved(f"lines {self.spec.name}")
+        return out
+
+    def _problem(self, message: str) -> None:
+        self.problems += 1
+        self.noisy.log(logging.WARNING, "parse", "%s: %s", self.spec.name, message)
+        if self.state is not None and self.problems == 1:
+            self.state.problem(f"lines {self.spec.name}", message)
+
+
+def as_number(raw: str) -> float | str:
+    try:
+        value = float(raw)
+    except ValueError:
+        return raw  # the server says why it is not a number, and keeps it
+    return value if math.isfinite(value) else raw
+
+
+class SourceRunner(threading.Thread):
+    """The thread reading one source; ``stop()`` ends it within about a second."""
+
+    def __init__(self, spec: SourceSpec, spool: Spool, state: AgentState):
+        super().__init__(name=f"source {spec.name}", daemon=True)
+        self.spec, self.spool, self.state = spec, spool, state
+        self.mapper = LineMapper(spec, state)
+        self.stopping = threading.Event()
+        self.noisy = RateLimitedLog(log, every=60.0)
+        self.cursor_key = f"cursor:{spec.key}"
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        log.info("collecting %s", self.spec.describe())
+        failures = 0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.collect_forever()
+                    failures = 0
+                except Exception as exc:  # a source failing must never stop the agent
+                    failures += 1
+                    message = f"{type(exc).__name__}: {exc}"
+                    self.state.problem(f"source {self.spec.name}", message)
+                    self.noisy.log(logging.WARNING, "fail", "%s failed: %s (retrying)", self.spec.name, message)
+                    self.stopping.wait(min(60.0, max(self.spec.interval, 1.0) * min(failures, 10)))
+        finally:
+            self.spool.close()
+
+    def collect_forever(self) -> None:
+        raise NotImplementedError
+
+    def spool_readings(self, readings: list[Reading], cursor: Any = None, *, all_or_nothing: bool = False) -> bool:
+        """Put readings (and the cursor) in the spool. When it is full: False if ``all_or_nothing``
+        (the caller keeps its position and tries again later), else store what fits and count the rest."""
+        try:
+            self.spool.add(readings, cursor=(self.cursor_key, cursor) if cursor is not None else None)
+        except SpoolFull as full:
+            self._full(full)
+            if all_or_nothing:
+                return False
+            kept = readings[: full.room]
+            self.spool.add(kept, cursor=(self.cursor_key, cursor) if cursor is not None else None)
+            self.spool.add_to_counter("dropped", len(readings) - len(kept))
+            return True
+        if self.state.resolved("spool"):
+            log.warning("the spool has room again: %s collects normally", self.spec.name)
+        return True
+
+    def _full(self, full: SpoolFull) -> None:
+        what = "waits (nothing is lost)" if self.spec.kind == "file" else "loses new readings"
+        message = (
+            f"the spool is full ({full.capacity:,} readings, max_spool_readings): {self.spec.name} {what} "
+            "until uploads catch up. Is the server reachable, and the token valid?"
+        )
+        self.state.problem("spool", message)
+        self.noisy.log(logging.WARNING, "full", "%s", message)
+
+
+class FileSource(SourceRunner):
+    def collect_forever(self) -> None:
+        config = self.spec.collect
+        folder = Path(config["path"])
+        header = config["header_lines"]
+        encoding = config["encoding"]
+        while not self.stopping.is_set():
+            room = self.spool.room()
+            channels = max(1, len(self.spec.channels))
+            budget = min(config["max_lines"], room // channels)
+            if budget <= 0:
+                self._full(SpoolFull(channels, room, self.spool.max_readings))
+                self.stopping.wait(self.spec.interval)
+                continue
+            read = read_new_lines(folder, config["pattern"], self.spool.get(self.cursor_key), max_lines=budget)
+            readings: list[Reading] = []
+            received = now_us()
+            for chunk in read.chunks:
+                lines = chunk.lines()
+                skip = max(0, header - (chunk.first_line - 1))
+                numbered = [(line.decode(encoding, errors="replace").rstrip("\r"), received) for line in lines[skip:]]
+                readings.extend(self.mapper.readings(numbered, f" ({chunk.path.name})"))
+            if not self.spool_readings(readings, read.cursor, all_or_nothing=True):
+                self.stopping.wait(self.spec.interval)
+                continue
+            if read.chunks:
+                log.debug("%s: %s lines, %s readings spooled", self.spec.name, read.n_lines, len(readings))
+                self.state.resolved(f"source {self.spec.name}")
+            if not read.more:
+                self.stopping.wait(self.spec.interval)
+
+
+class Transport:
+    def write(self, data: bytes) -> None: ...
+
+    def read_some(self, timeout: float) -> bytes | None:
+        """Bytes that arrived within ``timeout`` s: b"" if none did, None when the other end closed."""
+
+    def close(self) -> None: ...
+
+
+class SerialTransport(Transport):
+    def __init__(self, config: dict):
+        import serial  # pyserial: only needed for serial sources
+
+        self.port = serial.serial_for_url(
+            config["url"],
+            baudrate=config["baudrate"],
+            bytesize=config["bytesize"],
+            parity=config["parity"],
+            stopbits=config["stopbits"],
+            timeout=0,
+        )
+
+    def write(self, data: bytes) -> None:
+        self.port.write(data)
+        self.port.flush()
+
+    def read_some(self, timeout: float) -> bytes | None:
+        if self.port.timeout != timeout:
+            self.port.timeout = timeout
+        first = self.port.read(1)
+        if not first:
+            return b""
+        waiting = self.port.in_waiting
+        return first + (self.port.read(waiting) if waiting else b"")
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class TcpTransport(Transport):
+    def __init__(self, config: dict):
+        self.sock = socket.create_connection((config["host"], config["port"]), timeout=config["timeout"])
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_some(self, timeout: float) -> bytes | None:
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return b""
+        data = self.sock.recv(65536)
+        return data if data else None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class StreamSource(SourceRunner):
+    """Serial and TCP: lines from a connection kept open (reopened after a failure)."""
+
+    def open(self) -> Transport:
+        return SerialTransport(self.spec.collect) if self.spec.kind == "serial" else TcpTransport(self.spec.collect)
+
+    def collect_forever(self) -> None:
+        config = self.spec.collect
+        transport = self.open()
+        log.info("%s: connected", self.spec.name)
+        self.state.resolved(f"source {self.spec.name}")
+        self.buffer = bytearray()
+        self.pending: list[tuple[str, int]] = []
+        try:
+            if config["request"]:
+                self._poll(transport, config)
+            else:
+                self._stream(transport, config)
+        finally:
+            transport.close()
+
+    def _lines_from(self, chunk: bytes, config: dict) -> None:
+        self.buffer += chunk
+        terminator = config["line_terminator"].encode()
+        received = now_us()
+        while True:
+            end = self.buffer.find(terminator)
+            if end < 0:
+                break
+            raw = bytes(self.buffer[:end])
+            del self.buffer[: end + len(terminator)]
+            text = raw.decode(config["encoding"], errors="replace").strip("\r\n")
+            if text.strip():
+                self.pending.append((text, received))
+
+    def _flush(self) -> None:
+        if self.pending:
+            lines, self.pending = self.pending, []
+            self.spool_readings(self.mapper.readings(lines))
+
+    def _stream(self, transport: Transport, config: dict) -> None:
+        last_flush = time.monotonic()
+        while not self.stopping.is_set():
+            chunk = transport.read_some(min(config["timeout"], STREAM_FLUSH_SECONDS))
+            if chunk is None:
+                self._flush()  # what arrived before the instrument hung up
+                raise ConnectionError("the instrument closed the connection")
+            if chunk:
+                self._lines_from(chunk, config)
+            if len(self.pending) >= STREAM_FLUSH_LINES or time.monotonic() - last_flush >= STREAM_FLUSH_SECONDS:
+                self._flush()
+                last_flush = time.monotonic()
+        self._flush()
+
+    def _poll(self, transport: Transport, config: dict) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            transport.write(config["request"].encode(config["encoding"]))
+            wanted = config["response_lines"] or config["max_lines"]
+            deadline = started + config["timeout"]
+            while len(self.pending) < wanted and not self.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                chunk = transport.read_some(min(left, 0.5))
+                if chunk is None:
+                    self._flush()
+                    raise ConnectionError("the instrument closed the connection")
+                if chunk:
+                    self._lines_from(chunk, config)
+                    deadline = time.monotonic() + config["timeout"]  # a pause of `timeout` ends the answer
+            if not self.pending:
+                self.noisy.log(
+                    logging.WARNING,
+                    "silent",
+                    "%s: no answer to the request within %s s",
+                    self.spec.name,
+                    config["timeout"],
+                )
+            self._flush()
+            self.stopping.wait(max(0.0, self.spec.interval - (time.monotonic() - started)))
+
+
+class CommandSource(SourceRunner):
+    def collect_forever(self) -> None:
+        config = self.spec.collect
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                done = subprocess.run(  # noqa: S603 (the command is the operator's configuration)
+                    config["command"], capture_output=True, timeout=config["timeout"], check=False
+                )
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(f"the command did not finish within {config['timeout']} s") from None
+            received = now_us()
+            if done.returncode != 0:
+                stderr = done.stderr.decode(errors="replace").strip()[-300:]
+                self.noisy.log(
+                    logging.WARNING,
+                    "exit",
+                    "%s: the command exited with %s: %s",
+                    self.spec.name,
+                    done.returncode,
+                    stderr,
+                )
+            text = done.stdout.decode(config.get("encoding", "utf-8"), errors="replace")
+            lines = [(line.rstrip("\r"), received) for line in text.split("\n") if line.strip()]
+            if self.spool_readings(self.mapper.readings(lines)) and done.returncode == 0:
+                self.state.resolved(f"source {self.spec.name}")
+            self.stopping.wait(max(0.0, self.spec.interval - (time.monotonic() - started)))
+
+
+RUNNERS = {"file": FileSource, "serial": StreamSource, "tcp": StreamSource, "command": CommandSource}
+
+
+def start_source(spec: SourceSpec, spool: Spool, state: AgentState) -> SourceRunner:
+    runner = RUNNERS[spec.kind](spec, spool, state)
+    runner.start()
+    return runner

@@ -1,0 +1,309 @@
+"""The agent's durable queue: every reading is committed to a local SQLite file (WAL) before anything else.
+
+Tables::
+
+    readings  (id, channel, ts, value)       id grows; channel is what the server is told ("17" or "inst/chan")
+    batches   (id, first_id, last_id, ...)   claimed id ranges, each with the batch id sent to the server
+    counters  (name, value)                  depth, claimed_to (high-water mark), totals for ``status``
+    meta      (key, value)                   JSON: cached central configuration, sources' cursors, state
+    dead_letters                             readings the server refused as a body (never as readings)
+
+How a reading travels:
+
+1. ``add`` inserts readings (and, in the same transaction, the source's cursor, e.g. a file offset),
+   so a crash either keeps both or neither.
+2. ``claim`` hands an uploader a batch: first any batch claimed earlier and not acknowledged (after a
+   crash or a restart: same readings, same batch id, so the server recognises the retry), otherwise the
+   next ``size`` readings above the high-water mark, recorded as a new batch with a new id.
+3. ``ack`` deletes the batch's readings and the batch in one transaction, once the server has answered
+   that it stored (or recognised) the batch.
+
+At-least-once delivery from here, plus the server's idempotent ingest (readings already stored are
+skipped, a known batch id is answered from memory), is exactly-once storage.
+
+The spool is bounded (``max_readings``): ``room()`` says how many more fit, and ``add`` refuses what
+does not fit (raising :class:`SpoolFull`), so the sources decide what to do (a file tail waits; a
+stream drops and counts).
+
+Every thread uses its own connection (``sqlite3`` connections are not shared across threads); several
+processes may open the same spool (``run`` and ``status``), SQLite's locking keeps them consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SPOOL_FILE = "spool.sqlite3"
+Reading = tuple[str, int, Any]  # (channel reference, µs since 1970 UTC, float or str)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never re-used: batches are ranges above a high-water mark
+    channel TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    value
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    value,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value) VALUES
+    ('depth', 0), ('claimed_to', 0), ('spooled', 0), ('uploaded', 0), ('rejected', 0), ('dropped', 0),
+    ('dead', 0);
+"""
+
+
+class SpoolFull(Exception):
+    """There is no room for these readings; ``room`` says how many would have fitted."""
+
+    def __init__(self, wanted: int, room: int, capacity: int):
+        self.wanted, self.room, self.capacity = wanted, room, capacity
+        super().__init__(f"the spool is full: {wanted:,} readings do not fit ({room:,} of {capacity:,} free)")
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    first_id: int
+    last_id: int
+    attempts: int
+    readings: list[tuple[int, str, int, Any]]  # (spool id, channel, ts, value)
+
+    def __len__(self) -> int:
+        return len(self.readings)
+
+
+def storable(value: Any) -> Any:
+    """A value as the spool keeps it: finite floats as REAL, everything else as text.
+
+    SQLite stores NaN as NULL, so non-finite numbers become text ("nan", "inf"): the server then refuses
+    that one reading with its reason and keeps it in quarantine, rather than the agent losing it.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value) if abs(value) < 2**53 else str(value)
+    return value if isinstance(value, str) else str(value)
+
+
+class Spool:
+    def __init__(self, directory: Path | str, *, max_readings: int = 5_000_000, synchronous: str = "FULL"):
+        self.directory = Path(directory)
+        self.path = self.directory / SPOOL_FILE
+        self.max_readings = max_readings
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
+        self._local = threading.local()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.connection().executescript(SCHEMA)
+
+    # -- connections ----------------------------------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=True)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA busy_timeout=60000")
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    @contextmanager
+    def _write(self):
+        db = self.connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- counters and metadata ------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.connection().execute("SELECT name, value FROM counters").fetchall())
+
+    def depth(self) -> int:
+        return self.connection().execute("SELECT value FROM counters WHERE name = 'depth'").fetchone()[0]
+
+    def room(self) -> int:
+        return max(0, self.max_readings - self.depth())
+
+    def count(self, db: sqlite3.Connection, name: str, delta: int) -> None:
+        db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (delta, name))
+
+    def add_to_counter(self, name: str, delta: int) -> None:
+        with self._write() as db:
+            self.count(db, name, delta)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def put(self, key: str, value: Any, db: sqlite3.Connection | None = None) -> None:
+        sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        if db is not None:
+            db.execute(sql, (key, json.dumps(value)))
+            return
+        with self._write() as own:
+            own.execute(sql, (key, json.dumps(value)))
+
+    # -- readings in ----------------------------------------------------------------------------------
+
+    def add(self, readings: Sequence[Reading], *, cursor: tuple[str, Any] | None = None) -> int:
+        """Store ``readings`` (and a source's cursor) in one transaction; SpoolFull if they do not fit.
+
+        ``cursor`` is ``(meta key, value)``: the position the source has read up to, committed with the
+        readings it produced so that a crash never loses readings nor reads them twice into the spool.
+        """
+        n = len(readings)
+        with self._write() as db:
+            depth = db.execute("SELECT value FROM counters WHERE name = 'depth'").fetchone()[0]
+            if n and depth + n > self.max_readings:
+                raise SpoolFull(n, max(0, self.max_readings - depth), self.max_readings)
+            if n:
+                db.executemany(
+                    "INSERT INTO readings (channel, ts, value) VALUES (?, ?, ?)",
+                    ((channel, int(ts), storable(value)) for channel, ts, value in readings),
+                )
+                self.count(db, "depth", n)
+                self.count(db, "spooled", n)
+            if cursor is not None:
+                self.put(cursor[0], cursor[1], db)
+        return n
+
+    # -- batches out ----------------------------------------------------------------------------------
+
+    def claim(self, size: int, *, exclude: Iterable[str] = ()) -> Batch | None:
+        """The next batch to upload, or None when there is nothing to send.
+
+        A batch claimed before and not acknowledged comes first, with its readings and id unchanged;
+        ``exclude`` names the batches other threads of this process are sending right now.
+        """
+        excluded = list(exclude)
+        with self._write() as db:
+            placeholders = ",".join("?" * len(excluded))
+            where = f"WHERE id NOT IN ({placeholders})" if excluded else ""
+            row = db.execute(
+                f"SELECT id, first_id, last_id, attempts FROM batches {where} ORDER BY first_id LIMIT 1", excluded
+            ).fetchone()
+            if row is None:
+                claimed_to = db.execute("SELECT value FROM counters WHERE name = 'claimed_to'").fetchone()[0]
+                ids = db.execute(
+                    "SELECT id FROM readings WHERE id > ? ORDER BY id LIMIT ?", (claimed_to, size)
+                ).fetchall()
+                if not ids:
+                    return None
+                first, last = ids[0][0], ids[-1][0]
+                row = (new_batch_id(), first, last, 0)
+                db.execute(
+                    "INSERT INTO batches (id, first_id, last_id, size, created) VALUES (?, ?, ?, ?, ?)",
+                    (row[0], first, last, len(ids), time.time()),
+                )
+                db.execute("UPDATE counters SET value = ? WHERE name = 'claimed_to'", (last,))
+            batch_id, first, last, attempts = row
+            readings = db.execute(
+                "SELECT id, channel, ts, value FROM readings WHERE id BETWEEN ? AND ? ORDER BY id", (first, last)
+            ).fetchall()
+        return Batch(batch_id, first, last, attempts, readings)
+
+    def note_attempt(self, batch_id: str, error: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error[:1000], batch_id)
+            )
+
+    def ack(self, batch: Batch, *, uploaded: int | None = None, rejected: int = 0) -> int:
+        """The server has the batch: forget its readings. Returns how many readings were removed."""
+        with self._write() as db:
+            removed = db.execute(
+                "DELETE FROM readings WHERE id BETWEEN ? AND ?", (batch.first_id, batch.last_id)
+            ).rowcount
+            db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
+            self.count(db, "depth", -removed)
+            self.count(db, "uploaded", removed - rejected if uploaded is None else uploaded)
+            self.count(db, "rejected", rejected)
+        return removed
+
+    def split(self, batch: Batch) -> None:
+        """Cut a batch the server refused as a whole (too large, unreadable) into two halves with new ids.
+
+        Neither half was stored (the server refused the body before storing anything), so new ids are safe.
+        """
+        if len(batch.readings) < 2:
+            raise ValueError("a batch of one reading cannot be split")
+        middle = batch.readings[len(batch.readings) // 2 - 1][0]
+        after = batch.readings[len(batch.readings) // 2][0]
+        now = time.time()
+        with self._write() as db:
+            db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
+            for first, last, size in (
+                (batch.first_id, middle, len(batch.readings) // 2),
+                (after, batch.last_id, len(batch.readings) - len(batch.readings) // 2),
+            ):
+                db.execute(
+                    "INSERT INTO batches (id, first_id, last_id, size, created) VALUES (?, ?, ?, ?, ?)",
+                    (new_batch_id(), first, last, size, now),
+                )
+
+    def bury(self, batch: Batch, reason: str) -> None:
+        """Move a batch the server refuses whatever is done (a single unreadable reading) to dead letters."""
+        now = time.time()
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO dead_letters (channel, ts, value, reason, at) VALUES (?, ?, ?, ?, ?)",
+                [(channel, ts, value, reason[:1000], now) for _, channel, ts, value in batch.readings],
+            )
+            removed = db.execute(
+                "DELETE FROM readings WHERE id BETWEEN ? AND ?", (batch.first_id, batch.last_id)
+            ).rowcount
+            db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
+            self.count(db, "depth", -removed)
+            self.count(db, "dead", removed)
+
+    def pending_batches(self) -> int:
+        return self.connection().execute("SELECT count(*) FROM batches").fetchone()[0]
+
+    def first_waiting(self) -> int | None:
+        """The time (µs) of the reading spooled first among those still waiting."""
+        row = self.connection().execute("SELECT ts FROM readings ORDER BY id LIMIT 1").fetchone()
+        return row[0] if row else None
+
+
+def new_batch_id() -> str:
+    """Unique across restarts and spools: the server remembers batch ids per token."""
+    return f"agent-{uuid.uuid4().hex}"

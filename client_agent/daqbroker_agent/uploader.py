@@ -1,0 +1,289 @@
+"""Uploading the spool to ``POST /api/v1/ingest/``: batches with ids, backoff with jitter, clear failures.
+
+What each answer means for a batch:
+
+==========================  ====================================================================
+200                         stored (or recognised: ``"replayed": true``): acknowledged and deleted
+                            from the spool; readings the server refused are listed with their
+                            reason, logged, and not sent again (the server keeps them in quarantine)
+401 / 403                   the token is refused (revoked, expired, wrong): nothing is lost, the
+                            spool keeps filling; the token is read again (token file or
+                            configuration file) and the batch retried as soon as it changes
+429 / 503                   busy: wait ``Retry-After`` seconds (or back off) and send it again
+400 / 413 / 415             the body as a whole is refused: the batch is split in two and each half
+                            sent on its own, down to single readings; a single reading still
+                            refused is moved to the spool's dead letters and logged as an error
+no answer, 5xx, other       back off (exponential, with jitter, up to ``retry_max_seconds``) and
+                            send the same batch, with the same id, again
+==========================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from daqbroker_agent.auth import AuthWatch
+from daqbroker_agent.client import ApiClient, Reply, ServerUnreachable
+from daqbroker_agent.parsing import us_to_datetime
+from daqbroker_agent.spool import Batch, Spool
+from daqbroker_agent.state import AgentState, RateLimitedLog
+
+log = logging.getLogger("daqbroker_agent.upload")
+INGEST_PATH = "/api/v1/ingest/"
+LISTED_REJECTIONS = 5
+PROGRESS_EVERY = 10.0
+AUTH_RETRY_SECONDS = 15.0  # how often the token (file) is read again while the server refuses it
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": the n-th wait is between half and all of
+    ``min(maximum, initial * 2**n)``, so agents that failed together do not retry together.
+    A server's ``Retry-After`` is honoured as given, plus up to 10% (at most one second) of jitter."""
+
+    def __init__(self, initial: float, maximum: float, rng: Callable[[], float] = random.random):
+        self.initial, self.maximum, self.rng = initial, maximum, rng
+        self.failures = 0
+
+    def next(self, retry_after: float | None = None) -> float:
+        self.failures += 1
+        if retry_after is not None:
+            return retry_after + self.rng() * min(1.0, 0.1 * retry_after)
+        ceiling = min(self.maximum, self.initial * 2 ** min(self.failures - 1, 60))
+        return ceiling / 2 + self.rng() * ceiling / 2
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def ingest_payload(batch: Batch) -> tuple[dict, list[tuple[str, int, object]]]:
+    """The JSON-columns body for ``batch`` and its readings in the body's order (for rejection indices).
+
+    Times are sent as integer microseconds (``time_unit: us``), exact; values as the spool holds them.
+    """
+    groups: dict[str, tuple[list, list]] = {}
+    for _, channel, ts, value in batch.readings:
+        group = groups.get(channel)
+        if group is None:
+            group = groups[channel] = ([], [])
+        group[0].append(ts)
+        group[1].append(value)
+    order = [
+        (channel, ts, value)
+        for channel, (times, values) in groups.items()
+        for ts, value in zip(times, values, strict=True)
+    ]
+    body = {
+        "batch_id": batch.id,
+        "time_unit": "us",
+        "channels": {channel: {"t": times, "v": values} for channel, (times, values) in groups.items()},
+    }
+    return body, order
+
+
+@dataclass
+class Progress:
+    """Readings uploaded since the last progress line, for the operator's log."""
+
+    readings: int = 0
+    batches: int = 0
+    rejected: int = 0
+    replayed: int = 0
+    since: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, readings: int, rejected: int, replayed: bool) -> None:
+        with self.lock:
+            self.readings += readings
+            self.rejected += rejected
+            self.batches += 1
+            self.replayed += int(replayed)
+
+    def report(self, spool: Spool, force: bool = False) -> None:
+        with self.lock:
+            elapsed = time.monotonic() - self.since
+            if not self.batches or (elapsed < PROGRESS_EVERY and not force):
+                return
+            readings, batches, rejected, replayed = self.readings, self.batches, self.rejected, self.replayed
+            self.readings = self.batches = self.rejected = self.replayed = 0
+            self.since = time.monotonic()
+        extra = f", {rejected:,} refused by the server" if rejected else ""
+        extra += f", {replayed} already stored (retries)" if replayed else ""
+        log.info(
+            "uploaded %s readings in %s batches over %.0f s (%s/s)%s; %s waiting in the spool",
+            f"{readings:,}",
+            batches,
+            elapsed,
+            f"{readings / max(elapsed, 1e-9):,.0f}",
+            extra,
+            f"{spool.depth():,}",
+        )
+
+
+class Uploader:
+    """Sends the spool's batches; ``run`` is the body of each uploader thread (several may share one)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        client: ApiClient,
+        state: AgentState,
+        *,
+        batch_size: int,
+        backoff: Callable[[], Backoff],
+        auth: AuthWatch | None = None,
+    ):
+        self.spool, self.client, self.state = spool, client, state
+        self.auth = auth or AuthWatch(client, state)
+        self.batch_size = batch_size
+        self.make_backoff = backoff
+        self.progress = Progress()
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._noisy = RateLimitedLog(log, every=60.0)
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
+        try:
+            while not stop.is_set():
+                batch = self.next_batch()
+                if batch is None:
+                    self.progress.report(self.spool)
+                    stop.wait(idle_wait)
+                    continue
+                try:
+                    self.deliver(batch, stop)
+                finally:
+                    with self._lock:
+                        self._in_flight.discard(batch.id)
+                self.progress.report(self.spool)
+        finally:
+            self.client.close()
+            self.spool.close()
+
+    def next_batch(self) -> Batch | None:
+        if not self.spool.depth():
+            return None
+        with self._lock:
+            batch = self.spool.claim(self.batch_size, exclude=self._in_flight)
+            if batch is not None:
+                self._in_flight.add(batch.id)
+            return batch
+
+    def deliver(self, batch: Batch, stop: threading.Event) -> bool:
+        """Send ``batch`` until the server has it (True), or ``stop`` is set, or it was split or buried."""
+        payload, order = ingest_payload(batch)
+        backoff = self.make_backoff()
+        if batch.attempts:
+            log.info("sending batch %s again (%s readings; it was not acknowledged before)", batch.id, len(batch))
+        while not stop.is_set():
+            wait = self._attempt(batch, payload, order, backoff)
+            if wait is None:
+                return True
+            if wait < 0:
+                return False  # split or buried: the batch as such is gone
+            stop.wait(wait)
+        return False
+
+    # -- one attempt ----------------------------------------------------------------------------------
+
+    def _attempt(self, batch: Batch, payload: dict, order: list, backoff: Backoff) -> float | None:
+        """Send once. None: done; a negative number: the batch was split or buried; else seconds to wait."""
+        try:
+            reply = self.client.post_json(INGEST_PATH, payload)
+        except ServerUnreachable as exc:
+            message = f"cannot reach {self.client.url}: {exc}"
+            self.state.problem("upload", message)
+            self._noisy.log(
+                logging.WARNING,
+                "unreachable",
+                "%s; %s readings wait in the spool, retrying",
+                message,
+                f"{self.spool.depth():,}",
+            )
+            self.spool.note_attempt(batch.id, message)
+            return backoff.next()
+        if reply.status == 200:
+            self._delivered(batch, reply, order)
+            return None
+        if reply.status in (401, 403):
+            return self._refused_token(batch, reply, backoff)
+        self.auth.accepted()
+        if reply.status in (429, 503):
+            wait = backoff.next(reply.retry_after)
+            message = f"the server is busy ({reply.status}); sending again in {wait:.1f} s"
+            self.state.problem("upload", message)
+            self._noisy.log(logging.INFO, f"busy-{reply.status}", "%s", message)
+            return wait
+        if reply.status in (400, 413, 415):
+            return self._refused_body(batch, reply)
+        message = f"the server answered {reply.status} to an upload: {reply.detail()}"
+        if reply.status == 404:
+            message += f" (is the url right? it is {self.client.url})"
+        self.state.problem("upload", message)
+        self._noisy.log(logging.WARNING, f"status-{reply.status}", "%s; retrying", message)
+        self.spool.note_attempt(batch.id, message)
+        return backoff.next()
+
+    def _delivered(self, batch: Batch, reply: Reply, order: list) -> None:
+        result = reply.json() or {}
+        rejected = int(result.get("rejected", 0))
+        replayed = bool(result.get("replayed"))
+        removed = self.spool.ack(batch, rejected=rejected)
+        if rejected:
+            self._log_rejections(batch, result, order)
+        if replayed:
+            log.info("the server already had batch %s (%s readings): it answered from its memory", batch.id, removed)
+        self.progress.add(removed, rejected, replayed)
+        self.state.update(last_upload=time.time())
+        self.auth.accepted()
+        if self.state.resolved("upload"):
+            log.info("uploads work again")
+
+    def _log_rejections(self, batch: Batch, result: dict, order: list) -> None:
+        listed = result.get("rejections") or []
+        for rejection in listed[:LISTED_REJECTIONS]:
+            index = rejection.get("index")
+            if isinstance(index, int) and 0 <= index < len(order):
+                channel, ts, value = order[index]
+                what = f"channel {channel} at {us_to_datetime(ts).isoformat()} (value {value!r})"
+            else:
+                what = f"channel {rejection.get('channel')}"
+            log.warning(
+                "the server refused a reading of %s: %s. It keeps it in its quarantine (Rejected samples); "
+                "the agent does not send it again",
+                what,
+                rejection.get("reason", "no reason given"),
+            )
+        more = int(result.get("rejected", 0)) - min(len(listed), LISTED_REJECTIONS)
+        if more > 0:
+            log.warning(
+                "... and %s more readings of batch %s refused (see Rejected samples on the server)", more, batch.id
+            )
+
+    def _refused_token(self, batch: Batch, reply: Reply, backoff: Backoff) -> float:
+        self.spool.note_attempt(batch.id, f"{reply.status}: {reply.detail()}")
+        if self.auth.refused(reply, self.spool.depth()):
+            return 0.0
+        return min(backoff.next(), AUTH_RETRY_SECONDS)
+
+    def _refused_body(self, batch: Batch, reply: Reply) -> float:
+        reason = f"{reply.status}: {reply.detail()}"
+        if len(batch) > 1:
+            log.warning("the server refused a batch of %s readings as a whole (%s); splitting it", len(batch), reason)
+            self.spool.split(batch)
+            return -1.0
+        self.spool.bury(batch, reason)
+        _, channel, ts, value = batch.readings[0]
+        message = (
+            f"the server refuses a reading of channel {channel} at {us_to_datetime(ts).isoformat()} "
+            f"(value {value!r}) whatever is done ({reason}); it was moved to the spool's dead letters"
+        )
+        self.state.problem("upload", message)
+        log.error("%s", message)
+        return -1.0
