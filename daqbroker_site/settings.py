@@ -87,6 +87,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "collection.context_processors.navigation",
             ],
         },
     },
@@ -128,8 +129,19 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = DEBUG
+# The pages' own CSS and JavaScript, and the plotting library from its PyPI package (no CDN, no build).
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "daqbroker_site.static_vendor.VendorFinder",
+]
 
+# The admin keeps its own login page; collaborators' pages send anonymous visitors to /login/ (their
+# views set login_url), and land on the instrument list after logging in.
 LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "instruments:home"
+LOGOUT_REDIRECT_URL = "login"
 
 # --- Security (all on when debug is off; `manage.py check --deploy` is clean then) -----------------
 SECURE_SSL_REDIRECT = env_bool("DAQBROKER_SECURE_SSL_REDIRECT", not DEBUG)
@@ -156,6 +168,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "accounts.audit.client_address"
 AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 
 # Object permissions are never given to anonymous visitors: no guardian "AnonymousUser" row.
 ANONYMOUS_USER_NAME = None

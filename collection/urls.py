@@ -1,0 +1,11 @@
+from django.urls import path
+
+from collection import views
+
+app_name = "collection"
+
+urlpatterns = [
+    path("plot/", views.PlotView.as_view(), name="plot"),
+    path("alarms/", views.AlarmListView.as_view(), name="alarms"),
+    path("alarms/<int:pk>/acknowledge/", views.AlarmAcknowledgeView.as_view(), name="alarm-acknowledge"),
+]

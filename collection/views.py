@@ -1,0 +1,150 @@
+"""The collaborators' pages over readings and alarms: the plot page, the alarms list and acknowledging.
+
+The plot page is a shell: its script reads the readings from ``/api/v1/samples/`` (the query service,
+behind the API's permission gate) and exports through ``/api/v1/export/``. Access checks are the page
+mixin's (``accounts.mixins.InstrumentAccessMixin``): a channel the user may not see answers 404.
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+from django.contrib import messages
+from django.http import Http404
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.generic import ListView, TemplateView, View
+from django.views.generic.detail import SingleObjectMixin
+
+from accounts import permissions
+from collection.alarms.models import AlarmEvent
+from collection.pages import channel_facts, first_reading_times
+from instruments.models import PlotRange
+from instruments.views import PageMixin, visible_channels
+
+MAX_PLOT_CHANNELS = 12
+
+
+def parse_channel_refs(request) -> list[str]:
+    """``?c=3,4&c=demo-weather/pressure`` -> ["3", "4", "demo-weather/pressure"] (order kept, no repeats).
+
+    A channel is its id (what the page writes) or ``instrument-slug/channel-slug`` (what people type).
+    """
+    refs: list[str] = []
+    for part in request.GET.getlist("c"):
+        for piece in part.split(","):
+            piece = piece.strip()
+            if piece and piece not in refs:
+                refs.append(piece)
+    return refs[:MAX_PLOT_CHANNELS]
+
+
+def resolve_channels(refs: list[str], channels) -> list:
+    """The channels ``refs`` name among ``channels`` (those the user may see); any other is a 404."""
+    by_id = {str(c.pk): c for c in channels}
+    by_ref = {f"{c.instrument.slug}/{c.slug}": c for c in channels}
+    found = []
+    for ref in refs:
+        channel = by_id.get(ref) or by_ref.get(ref)
+        if channel is None:
+            raise Http404("No such channel.")  # hidden and missing channels look the same
+        if channel not in found:
+            found.append(channel)
+    return found
+
+
+class PlotView(PageMixin, TemplateView):
+    """Pick channels and a range; zoom, pan, live mode and exports happen in the page's script."""
+
+    template_name = "collection/plot.html"
+
+    def get_context_data(self, **kwargs):
+        from instruments import dashboards
+
+        context = super().get_context_data(**kwargs)
+        user = self.request.user
+        channels = list(visible_channels(user))
+        selected = resolve_channels(parse_channel_refs(self.request), channels)
+        first = first_reading_times([c.pk for c in selected])
+        groups = [(instrument, list(items)) for instrument, items in groupby(channels, key=lambda c: c.instrument)]
+        context.update(
+            groups=groups,
+            selected_ids={c.pk for c in selected},
+            plot_config={
+                "channels": [channel_facts(c, first.get(c.pk)) for c in selected],
+                "samplesUrl": reverse("api:samples"),
+                "exportUrl": reverse("api:export"),
+                "ranges": [[value, label] for value, label in PlotRange.choices if value != PlotRange.CUSTOM],
+            },
+            my_dashboards=dashboards.dashboards_visible_to(user).filter(owner=user),
+            range_choices=[(v, label) for v, label in PlotRange.choices],
+        )
+        return context
+
+
+class AlarmListView(PageMixin, ListView):
+    """Active and past alarm events of the instruments the user may see, filterable by instrument."""
+
+    model = AlarmEvent
+    template_name = "collection/alarms.html"
+    paginate_by = 50
+    STATES = (("active", "Active"), ("past", "Cleared"), ("all", "All"))
+
+    def get_queryset(self):
+        queryset = super().get_queryset().select_related("channel__instrument", "rule", "acknowledged_by")
+        self.state = self.request.GET.get("state", "active")
+        if self.state not in dict(self.STATES):
+            self.state = "active"
+        if self.state == "active":
+            queryset = queryset.filter(cleared_at__isnull=True)
+        elif self.state == "past":
+            queryset = queryset.filter(cleared_at__isnull=False)
+        self.instrument_slug = self.request.GET.get("instrument", "")
+        if self.instrument_slug:
+            queryset = queryset.filter(channel__instrument__slug=self.instrument_slug)
+        return queryset.order_by("-raised_at", "-id")
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        user = self.request.user
+        events = context["object_list"]
+        instrument_ids = {e.channel.instrument_id for e in events}
+        changeable = set(
+            permissions.instruments_for(user, permissions.CHANGE)
+            .filter(pk__in=instrument_ids)
+            .values_list("pk", flat=True)
+        )
+        counts = super().get_queryset()
+        if self.instrument_slug:
+            counts = counts.filter(channel__instrument__slug=self.instrument_slug)
+        context.update(
+            states=self.STATES,
+            state=self.state,
+            instrument_slug=self.instrument_slug,
+            instruments=permissions.instruments_visible_to(user).order_by("name"),
+            changeable=changeable,
+            active_count=counts.filter(cleared_at__isnull=True).count(),
+            query=self.request.GET.urlencode(),
+        )
+        return context
+
+
+class AlarmAcknowledgeView(PageMixin, SingleObjectMixin, View):
+    """Acknowledge one event: needs the change level on its instrument (a viewer may only look)."""
+
+    model = AlarmEvent
+    required_level = permissions.CHANGE
+
+    def post(self, request, pk):
+        from collection.alarms.evaluate import acknowledge
+
+        event = self.get_object()  # 404 if hidden, 403 without change
+        if acknowledge([event], request.user):
+            messages.success(request, f"Acknowledged: {event.message}")
+        else:
+            messages.info(request, "That alarm was already acknowledged.")
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+            back = ""
+        return redirect(back or reverse("collection:alarms"))

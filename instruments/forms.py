@@ -1,0 +1,82 @@
+"""Forms of the collaborators' pages (instrument logbook, sharing, dashboards)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from accounts import permissions
+from instruments.models import Dashboard, LogbookEntry, PlotRange
+
+
+class DateTimeLocalInput(forms.DateTimeInput):
+    input_type = "datetime-local"
+
+    def __init__(self, attrs=None):
+        super().__init__(attrs, format="%Y-%m-%dT%H:%M")
+
+
+class LogbookEntryForm(forms.ModelForm):
+    class Meta:
+        model = LogbookEntry
+        fields = ["occurred_at", "text"]
+        labels = {"occurred_at": "When", "text": "What happened"}
+        widgets = {
+            "occurred_at": DateTimeLocalInput(),
+            "text": forms.Textarea(attrs={"rows": 3, "placeholder": "Cleaned the rain gauge; sensor swapped; ..."}),
+        }
+
+
+LEVEL_CHOICES = [
+    (permissions.VIEW, "View: see and plot, export"),
+    (permissions.COLLECT, "Collect: also push readings"),
+    (permissions.CHANGE, "Change: also edit, logbook, acknowledge alarms"),
+    (permissions.SHARE, "Share: also decide who has access"),
+]
+
+
+class ShareForm(forms.Form):
+    kind = forms.ChoiceField(choices=[("user", "User"), ("group", "Group")], initial="user", label="Share with a")
+    name = forms.CharField(max_length=150, label="User name or group name")
+    level = forms.ChoiceField(choices=LEVEL_CHOICES, initial=permissions.VIEW, label="Access")
+
+    def clean(self):
+        data = super().clean()
+        kind, name = data.get("kind"), (data.get("name") or "").strip()
+        if not kind or not name:
+            return data
+        if kind == "user":
+            principal = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: name}).first()
+        else:
+            principal = Group.objects.filter(name=name).first()
+        if principal is None:
+            raise forms.ValidationError({"name": f"There is no {kind} called {name!r}."})
+        data["principal"] = principal
+        return data
+
+
+class DashboardForm(forms.ModelForm):
+    class Meta:
+        model = Dashboard
+        fields = ["title", "description", "shared"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 2})}
+        labels = {"shared": "Shared with everyone who may see its instruments"}
+
+
+class PanelForm(forms.Form):
+    """A plot to add to a dashboard: the channels must be ones the user may see (checked by the service)."""
+
+    title = forms.CharField(max_length=200, required=False)
+    channels = forms.TypedMultipleChoiceField(coerce=int, choices=[], widget=forms.SelectMultiple(attrs={"size": 8}))
+    time_range = forms.ChoiceField(choices=PlotRange.choices, initial=PlotRange.DAY, label="Time range")
+    start = forms.DateTimeField(required=False, widget=DateTimeLocalInput())
+    end = forms.DateTimeField(required=False, widget=DateTimeLocalInput())
+    include_flagged = forms.BooleanField(required=False, label="Include flagged readings")
+    wide = forms.BooleanField(required=False, label="Full width")
+
+    def __init__(self, *args, channels=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["channels"].choices = [
+            (c.pk, f"{c.instrument.name} · {c.name}" + (f" ({c.units})" if c.units else "")) for c in channels
+        ]

@@ -1,0 +1,20 @@
+from django.urls import path
+
+from instruments import views
+
+app_name = "instruments"
+
+urlpatterns = [
+    path("", views.HomeView.as_view(), name="home"),
+    path("instruments/<slug:slug>/", views.InstrumentDetailView.as_view(), name="detail"),
+    path("instruments/<slug:slug>/logbook/", views.LogbookAddView.as_view(), name="logbook-add"),
+    path("instruments/<slug:slug>/sharing/", views.SharingView.as_view(), name="sharing"),
+    path("instruments/<slug:slug>/sharing/remove/", views.SharingRemoveView.as_view(), name="sharing-remove"),
+    path("dashboards/", views.DashboardListView.as_view(), name="dashboards"),
+    path("dashboards/new/", views.DashboardCreateView.as_view(), name="dashboard-create"),
+    path("dashboards/<int:pk>/", views.DashboardDetailView.as_view(), name="dashboard"),
+    path("dashboards/<int:pk>/edit/", views.DashboardEditView.as_view(), name="dashboard-edit"),
+    path("dashboards/<int:pk>/delete/", views.DashboardDeleteView.as_view(), name="dashboard-delete"),
+    path("dashboards/<int:pk>/panels/", views.DashboardPanelAddView.as_view(), name="dashboard-panel-add"),
+    path("dashboards/<int:pk>/panels/<int:panel>/", views.DashboardPanelView.as_view(), name="dashboard-panel"),
+]

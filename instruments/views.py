@@ -1,0 +1,376 @@
+"""The collaborators' pages over instruments: the list, an instrument, its logbook, sharing, dashboards.
+
+Every view goes through ``accounts.mixins.InstrumentAccessMixin`` (login, 404 for what the user may not
+see, 403 without the level an action needs) and calls the services; none decides access itself.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Q
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse, reverse_lazy
+from django.views.generic import CreateView, DetailView, FormView, ListView, View
+
+from accounts import audit, permissions, services
+from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin
+from accounts.models import Agent
+from instruments import dashboards
+from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
+from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
+from instruments.status import instrument_statuses
+
+
+class PageMixin(InstrumentAccessMixin):
+    """The page mixin, sending anonymous visitors to the collaborators' login page (not the admin's)."""
+
+    login_url = reverse_lazy("login")
+
+
+def visible_channels(user):
+    return (
+        permissions.restrict(Channel.objects.all(), user)
+        .select_related("instrument")
+        .order_by("instrument__name", "name")
+    )
+
+
+# --- instruments ----------------------------------------------------------------------------------
+
+
+class HomeView(PageMixin, ListView):
+    """The instruments the user may see, each with its status at a glance."""
+
+    model = Instrument
+    template_name = "instruments/home.html"
+
+    def get_queryset(self):
+        queryset = super().get_queryset().select_related("owner")
+        query = self.request.GET.get("q", "").strip()
+        if query:
+            queryset = queryset.filter(
+                Q(name__icontains=query) | Q(location__icontains=query) | Q(description__icontains=query)
+            )
+        return queryset.order_by("name")
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["statuses"] = instrument_statuses(context["object_list"])
+        context["query"] = self.request.GET.get("q", "").strip()
+        return context
+
+
+class InstrumentDetailView(PageMixin, DetailView):
+    model = Instrument
+    template_name = "instruments/detail.html"
+    context_object_name = "instrument"
+
+    def get_context_data(self, **kwargs):
+        from collection.alarms.models import AlarmEvent
+        from collection.pages import sparklines
+
+        context = super().get_context_data(**kwargs)
+        instrument, user = self.object, self.request.user
+        status = instrument_statuses([instrument])[0]
+        agents = {s.source.agent_id for s in status.sources if s.source.agent_id}
+        may_see_agents = set(
+            permissions.restrict(Agent.objects.filter(pk__in=agents), user).values_list("pk", flat=True)
+        )
+        context.update(
+            status=status,
+            level=permissions.level_on(user, instrument),
+            can_change=permissions.has_instrument_perm(user, permissions.CHANGE, instrument),
+            can_share=permissions.has_instrument_perm(user, permissions.SHARE, instrument),
+            sparklines=sparklines(status.channels),
+            may_see_agents=may_see_agents,
+            logbook=instrument.logbook.select_related("author")[:50],
+            active_alarms=AlarmEvent.objects.filter(channel__instrument=instrument, cleared_at__isnull=True)
+            .select_related("channel", "rule")
+            .order_by("-raised_at")[:5],
+        )
+        if context["can_change"]:
+            context["logbook_form"] = LogbookEntryForm()
+        return context
+
+
+class LogbookAddView(PageMixin, AuditedFormMixin, CreateView):
+    """Adds a logbook entry (change level): the form sits on the instrument page."""
+
+    http_method_names = ["post"]
+    required_level = permissions.CHANGE
+    form_class = LogbookEntryForm
+
+    def post(self, request, *args, **kwargs):
+        self.get_instrument()  # 404 / 403 before anything else
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        form.instance.instrument = self.get_instrument()
+        form.instance.author = self.request.user
+        response = super().form_valid(form)
+        messages.success(self.request, "Logbook entry added.")
+        return response
+
+    def form_invalid(self, form):
+        errors = "; ".join(
+            f"{form.fields[f].label if f in form.fields else ''} {' '.join(e)}" for f, e in form.errors.items()
+        )
+        messages.error(self.request, f"The entry was not added: {errors.strip()}")
+        return redirect(self.get_success_url())
+
+    def get_success_url(self):
+        return reverse("instruments:detail", args=[self.get_instrument().slug]) + "#logbook"
+
+
+# --- sharing --------------------------------------------------------------------------------------
+
+
+class SharingView(PageMixin, FormView):
+    """Who has access at which level; add a user or group (share level)."""
+
+    required_level = permissions.SHARE
+    template_name = "instruments/sharing.html"
+    form_class = ShareForm
+
+    def get_context_data(self, **kwargs):
+        instrument = self.get_instrument()
+        context = super().get_context_data(**kwargs)
+        context.update(instrument=instrument, shares=services.shares_of(instrument))
+        return context
+
+    def form_valid(self, form):
+        instrument = self.get_instrument()
+        principal, level = form.cleaned_data["principal"], form.cleaned_data["level"]
+        try:
+            changed = services.share(instrument, principal, level, **audit.origin(self.request))
+        except ValidationError as exc:
+            form.add_error("name", exc.messages)
+            return self.form_invalid(form)
+        name = services.Share(form.cleaned_data["kind"], principal, level).name
+        if changed:
+            messages.success(self.request, f"{name} now has {level} access to {instrument.name}.")
+        else:
+            messages.info(self.request, f"{name} already had {level} access.")
+        return HttpResponseRedirect(self.request.path)
+
+    def get(self, request, *args, **kwargs):
+        self.get_instrument()
+        return super().get(request, *args, **kwargs)
+
+    def post(self, request, *args, **kwargs):
+        self.get_instrument()
+        return super().post(request, *args, **kwargs)
+
+
+class SharingRemoveView(PageMixin, View):
+    required_level = permissions.SHARE
+
+    def post(self, request, slug):
+        instrument = self.get_instrument()
+        kind, name = request.POST.get("kind"), request.POST.get("name", "")
+        if kind == "user":
+            model = get_user_model()
+            principal = model.objects.filter(**{model.USERNAME_FIELD: name}).first()
+        elif kind == "group":
+            principal = Group.objects.filter(name=name).first()
+        else:
+            principal = None
+        if principal is not None and services.unshare(instrument, principal, **audit.origin(request)):
+            messages.success(request, f"{name} no longer has access to {instrument.name}.")
+        else:
+            messages.info(request, f"{name or 'That'} had no access to remove.")
+        return redirect("instruments:sharing", slug=instrument.slug)
+
+
+# --- dashboards -----------------------------------------------------------------------------------
+
+
+class DashboardAccessMixin(PageMixin):
+    """The page mixin for dashboards: hidden ones answer 404; changing needs ownership (else 403)."""
+
+    model = Dashboard
+
+    def get_queryset(self):
+        return dashboards.dashboards_visible_to(self.request.user).select_related("owner")
+
+    def check_level(self, obj) -> None:
+        if self.required_level != permissions.VIEW and not dashboards.may_change(self.request.user, obj):
+            raise PermissionDenied
+
+
+class DashboardListView(DashboardAccessMixin, ListView):
+    template_name = "instruments/dashboards.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        user = self.request.user
+        mine = [d for d in context["object_list"] if d.owner_id == user.pk]
+        context.update(
+            mine=mine,
+            others=[d for d in context["object_list"] if d.owner_id != user.pk],
+            form=DashboardForm(),
+        )
+        return context
+
+
+class DashboardCreateView(PageMixin, View):
+    """Creates a dashboard (any user); with ``channels`` in the body, its first panel too (from the plot page)."""
+
+    def post(self, request):
+        form = DashboardForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "A dashboard needs a title.")
+            return redirect("instruments:dashboards")
+        dashboard = dashboards.create_dashboard(request.user, **form.cleaned_data)
+        if request.POST.getlist("channels"):  # from the plot page: the plot's own title is "panel_title"
+            panel = request.POST.copy()
+            panel["title"] = panel.get("panel_title", "")
+            _add_panel_from_post(request, dashboard, panel)
+        messages.success(request, f"Dashboard {dashboard.title!r} created.")
+        return redirect("instruments:dashboard", pk=dashboard.pk)
+
+
+def _add_panel_from_post(request, dashboard: Dashboard, data=None) -> bool:
+    form = PanelForm(data if data is not None else request.POST, channels=visible_channels(request.user))
+    if not form.is_valid():
+        messages.error(request, "The plot was not added: " + "; ".join(" ".join(e) for e in form.errors.values()))
+        return False
+    data = form.cleaned_data
+    try:
+        dashboards.add_panel(
+            request.user,
+            dashboard,
+            data["channels"],
+            title=data["title"],
+            time_range=data["time_range"],
+            start=data["start"],
+            end=data["end"],
+            include_flagged=data["include_flagged"],
+            wide=data["wide"],
+        )
+    except ValidationError as exc:
+        messages.error(request, "The plot was not added: " + " ".join(exc.messages))
+        return False
+    return True
+
+
+class DashboardDetailView(DashboardAccessMixin, DetailView):
+    template_name = "instruments/dashboard.html"
+    context_object_name = "dashboard"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        user = self.request.user
+        panels = []
+        for panel in self.object.panels.all():
+            channels = dashboards.panel_channels(user, panel)
+            panels.append(
+                {
+                    "panel": panel,
+                    "channels": channels,
+                    "state": panel_state(panel, channels),
+                    "element_id": f"panel-state-{panel.pk}",
+                }
+            )
+        context.update(panels=panels, can_change=dashboards.may_change(user, self.object))
+        return context
+
+
+def panel_state(panel: DashboardPanel, channels) -> dict:
+    """What the plot script needs to draw a panel: the same state the plot page keeps in its URL."""
+    from collection.pages import channel_facts, first_reading_times
+
+    first = first_reading_times([c.pk for c in channels]) if panel.time_range == PlotRange.ALL else {}
+    state = {
+        "channels": [channel_facts(c, first.get(c.pk)) for c in channels],
+        "range": panel.time_range,
+        "flagged": panel.include_flagged,
+    }
+    if panel.time_range == PlotRange.CUSTOM:
+        state.update(start=panel.start.isoformat(), end=panel.end.isoformat())
+    return state
+
+
+class DashboardEditView(DashboardAccessMixin, FormView):
+    required_level = permissions.CHANGE
+    template_name = "instruments/dashboard_edit.html"
+    form_class = DashboardForm
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.user.is_authenticated:
+            self.object = self.get_object()
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_object(self, queryset=None):
+        obj = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        self.check_level(obj)
+        return obj
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "instance": self.object}
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        user = self.request.user
+        panels = [
+            {"panel": panel, "channels": dashboards.panel_channels(user, panel)} for panel in self.object.panels.all()
+        ]
+        context.update(
+            dashboard=self.object,
+            panels=panels,
+            panel_form=PanelForm(channels=visible_channels(user)),
+        )
+        return context
+
+    def form_valid(self, form):
+        form.save()
+        messages.success(self.request, "Dashboard saved.")
+        return redirect("instruments:dashboard-edit", pk=self.object.pk)
+
+
+class DashboardPanelAddView(DashboardAccessMixin, View):
+    required_level = permissions.CHANGE
+
+    def post(self, request, pk):
+        dashboard = get_object_or_404(self.get_queryset(), pk=pk)
+        self.check_level(dashboard)
+        if _add_panel_from_post(request, dashboard):
+            messages.success(request, f"Plot added to {dashboard.title!r}.")
+        return redirect(request.POST.get("next") or reverse("instruments:dashboard", args=[dashboard.pk]))
+
+
+class DashboardPanelView(DashboardAccessMixin, View):
+    """Move a panel up or down, or remove it (``action`` in the body)."""
+
+    required_level = permissions.CHANGE
+
+    def post(self, request, pk, panel):
+        dashboard = get_object_or_404(self.get_queryset(), pk=pk)
+        self.check_level(dashboard)
+        panel = get_object_or_404(dashboard.panels, pk=panel)
+        action = request.POST.get("action")
+        if action == "up":
+            dashboards.move_panel(request.user, panel, -1)
+        elif action == "down":
+            dashboards.move_panel(request.user, panel, +1)
+        elif action == "remove":
+            dashboards.remove_panel(request.user, panel)
+            messages.success(request, "Plot removed.")
+        else:
+            messages.error(request, "Choose to move the plot up or down, or to remove it.")
+        return redirect("instruments:dashboard-edit", pk=dashboard.pk)
+
+
+class DashboardDeleteView(DashboardAccessMixin, View):
+    required_level = permissions.CHANGE
+
+    def post(self, request, pk):
+        dashboard = get_object_or_404(self.get_queryset(), pk=pk)
+        self.check_level(dashboard)
+        dashboards.delete_dashboard(request.user, dashboard)
+        messages.success(request, f"Dashboard {dashboard.title!r} deleted.")
+        return redirect("instruments:dashboards")

@@ -1,0 +1,638 @@
+/* DAQBroker plots: the plot page and dashboard panels.
+ *
+ * Readings come from /api/v1/samples/ (the query service): for the visible time range at about one
+ * point per screen pixel, raw readings when few, otherwise downsampled buckets carrying the min/max
+ * envelope (drawn as a band, so a one-reading spike still shows) and the mean. Zooming or panning asks
+ * the server again for the new range; live mode appends the readings that arrived since the last
+ * answer. Times on the axis are UTC. No framework, no build step: plotly.js is served by the app.
+ */
+(function () {
+  "use strict";
+
+  var RANGE_MS = { "1h": 3600e3, "1d": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+  var COLORS = ["#1d4ed8", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4d7c0f",
+    "#9333ea", "#ea580c", "#0f766e", "#be123c"];
+  var LIVE_SECONDS = 3;
+  var MIN_POINTS = 100, MAX_POINTS = 4000;
+
+  function rgba(hex, alpha) {
+    var n = parseInt(hex.slice(1), 16);
+    return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + alpha + ")";
+  }
+
+  function parseAxisTime(value) {
+    // plotly gives "2026-11-27 10:00:00.1234" (UTC here, since the data are epoch milliseconds)
+    if (typeof value === "number") return value;
+    var s = String(value).trim().replace(" ", "T");
+    if (s.length === 10) s += "T00:00";
+    s = s.replace(/(\.\d{3})\d+/, "$1");
+    return Date.parse(s + "Z");
+  }
+
+  function isoUtc(ms) { return new Date(ms).toISOString().replace(".000Z", "Z"); }
+  function localInput(ms) { return new Date(ms).toISOString().slice(0, 19); }
+  function fromLocalInput(value) { return value ? Date.parse(value + (value.length === 16 ? ":00" : "") + "Z") : NaN; }
+
+  function fmtCount(n) { return n.toLocaleString("en-US"); }
+
+  function fmtSpan(ms) {
+    var s = ms / 1000;
+    if (s < 120) return Math.round(s) + " s";
+    if (s < 7200) return Math.round(s / 60) + " min";
+    if (s < 172800) return Math.round(s / 3600) + " h";
+    if (s < 86400 * 730) return Math.round(s / 86400) + " days";
+    return (s / 86400 / 365.25).toFixed(1) + " years";
+  }
+
+  // --- the API ------------------------------------------------------------------------------------
+
+  function samplesUrl(base, channels, startMs, endMs, points, flagged) {
+    var q = new URLSearchParams();
+    q.set("channels", channels.map(function (c) { return c.id; }).join(","));
+    q.set("start", String(Math.floor(startMs * 1000)));
+    q.set("end", String(Math.ceil(endMs * 1000)));
+    q.set("max_points", String(points));
+    if (flagged) q.set("include_flagged", "true");
+    return base + "?" + q.toString();
+  }
+
+  function exportUrl(base, channels, startMs, endMs, format, flagged) {
+    var q = new URLSearchParams();
+    q.set("channels", channels.map(function (c) { return c.id; }).join(","));
+    q.set("start", String(Math.floor(startMs * 1000)));
+    q.set("end", String(Math.ceil(endMs * 1000)));
+    q.set("format", format);
+    if (flagged) q.set("quality", "true");
+    return base + "?" + q.toString();
+  }
+
+  // One series of the answer, as arrays the plot draws (times in ms).
+  function normalize(item) {
+    var t = (item.t || []).map(function (us) { return us / 1000; });
+    var out = { channel: item.channel, source: item.source, t: t, tier: item.tier || null,
+      bucketMs: item.bucket_us ? item.bucket_us / 1000 : null };
+    if (item.source === "tier") {
+      out.y = item.mean; out.min = item.min; out.max = item.max; out.count = item.count;
+    } else {
+      out.y = item.value; out.quality = item.quality || null;
+    }
+    return out;
+  }
+
+  function answerSeries(body) {
+    var list = Array.isArray(body) ? body : (body.series || body.results || []);
+    return list.map(normalize);
+  }
+
+  // Break the line where readings stop for a while (rather than drawing a straight line over a gap).
+  function withGaps(s) {
+    var n = s.t.length;
+    if (n < 3) return s;
+    var limit;
+    if (s.bucketMs) {
+      limit = s.bucketMs * 2.5;
+    } else {
+      var steps = [];
+      for (var i = 1; i < n; i++) steps.push(s.t[i] - s.t[i - 1]);
+      steps.sort(function (a, b) { return a - b; });
+      limit = Math.max(steps[Math.floor(steps.length / 2)] * 10, 1);
+    }
+    var out = { t: [], y: [], min: s.min ? [] : null, max: s.max ? [] : null };
+    for (var k = 0; k < n; k++) {
+      if (k > 0 && s.t[k] - s.t[k - 1] > limit) {
+        out.t.push(s.t[k - 1] + 1); out.y.push(null);
+        if (out.min) { out.min.push(null); out.max.push(null); }
+      }
+      out.t.push(s.t[k]); out.y.push(s.y[k]);
+      if (out.min) { out.min.push(s.min[k]); out.max.push(s.max[k]); }
+    }
+    return Object.assign({}, s, out);
+  }
+
+  // --- one plot -------------------------------------------------------------------------------------
+
+  function Plot(root, options) {
+    this.root = root;
+    this.gd = root.querySelector(".plot");
+    this.overlay = root.querySelector(".plot-overlay");
+    this.statusEl = root.querySelector(".plot-status");
+    this.opts = options;
+    this.state = options.state;
+    this.seq = 0;
+    this.drawCount = 0;
+    this.series = [];
+    this.view = null; // [startMs, endMs] on screen
+    this.quiet = false;
+    this.liveTimer = null;
+    this.relayoutTimer = null;
+    this.requests = [];
+    root.dataset.drawCount = "0";
+    Plot.instances.push(this);
+  }
+  Plot.instances = [];
+
+  Plot.prototype.points = function () {
+    var width = this.gd.clientWidth || 800;
+    return Math.max(MIN_POINTS, Math.min(MAX_POINTS, Math.round(width)));
+  };
+
+  Plot.prototype.extentStart = function () {
+    var firsts = this.state.channels.map(function (c) { return c.firstTs; }).filter(function (v) { return v != null; });
+    return firsts.length ? Math.min.apply(null, firsts) / 1000 : null;
+  };
+
+  Plot.prototype.latest = function () {
+    var lasts = this.state.channels.map(function (c) { return c.lastTs; }).filter(function (v) { return v != null; });
+    return lasts.length ? Math.max.apply(null, lasts) / 1000 : null;
+  };
+
+  // The window the state asks for, in ms.
+  Plot.prototype.window = function () {
+    var now = Date.now();
+    var st = this.state;
+    if (st.range === "custom" && st.start != null && st.end != null) return [st.start, st.end];
+    if (st.range === "all") {
+      var first = this.extentStart();
+      var last = Math.max(this.latest() || now, now);
+      if (first == null) return [now - RANGE_MS["1d"], now];
+      var pad = Math.max((last - first) * 0.01, 1000);
+      return [first - pad, last + pad];
+    }
+    return [now - (RANGE_MS[st.range] || RANGE_MS["1d"]), now];
+  };
+
+  Plot.prototype.setOverlay = function (text) {
+    this.overlay.textContent = text || "";
+    this.overlay.style.display = text ? "flex" : "none";
+  };
+
+  Plot.prototype.load = function (reason) {
+    var self = this;
+    var range = this.view && reason !== "state" ? this.view : this.window();
+    if (!this.state.channels.length) {
+      this.series = [];
+      this.draw(range);
+      this.setOverlay("Choose one or more channels to plot.");
+      return Promise.resolve();
+    }
+    var seq = ++this.seq;
+    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, range[0], range[1], this.points(), this.state.flagged);
+    var started = performance.now();
+    this.root.dataset.loading = "1";
+    this.requests.push({ url: url, reason: reason, at: Date.now() });
+    return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        if (!response.ok) throw new Error("The server answered " + response.status + ".");
+        return response.json();
+      })
+      .then(function (body) {
+        if (seq !== self.seq) return; // a newer request superseded this one
+        self.fetchMs = performance.now() - started;
+        self.serverMs = body.elapsed_ms != null ? body.elapsed_ms : null;
+        self.series = answerSeries(body);
+        self.draw(range);
+        return new Promise(function (resolve) {
+          requestAnimationFrame(function () {
+            self.drawnMs = performance.now() - started;
+            self.drawCount += 1;
+            self.root.dataset.drawCount = String(self.drawCount);
+            self.root.dataset.loading = "";
+            self.root.dataset.lastReason = reason;
+            self.renderStatus();
+            resolve();
+          });
+        });
+      })
+      .catch(function (error) {
+        if (seq !== self.seq) return;
+        self.root.dataset.loading = "";
+        self.setOverlay("Could not load the readings: " + error.message);
+      });
+  };
+
+  Plot.prototype.byChannel = function () {
+    var map = {};
+    this.state.channels.forEach(function (c, i) { map[c.id] = { facts: c, color: COLORS[i % COLORS.length] }; });
+    return map;
+  };
+
+  Plot.prototype.axes = function () {
+    // One y-axis per unit, in the order the channels were chosen.
+    var units = [];
+    this.state.channels.forEach(function (c) { if (units.indexOf(c.units || "") < 0) units.push(c.units || ""); });
+    return units;
+  };
+
+  Plot.prototype.traces = function () {
+    var info = this.byChannel(), units = this.axes(), traces = [];
+    this.traceIndex = {};
+    var self = this;
+    this.series.forEach(function (raw) {
+      var meta = info[raw.channel];
+      if (!meta) return;
+      var s = withGaps(raw);
+      var c = meta.facts, color = meta.color;
+      var axis = units.indexOf(c.units || "");
+      var yaxis = axis === 0 ? "y" : "y" + (axis + 1);
+      var name = c.name + (c.units ? " (" + c.units + ")" : "");
+      var group = "ch" + c.id;
+      var hoverUnits = c.units ? " " + c.units : "";
+      var index = { };
+      if (s.source === "tier") {
+        index.min = traces.length;
+        traces.push({ x: s.t, y: s.min, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, legendgroup: group,
+          showlegend: false, hoverinfo: "skip", type: "scatter", connectgaps: false });
+        index.max = traces.length;
+        traces.push({ x: s.t, y: s.max, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, fill: "tonexty",
+          fillcolor: rgba(color, 0.18), legendgroup: group, showlegend: false, hoverinfo: "skip", type: "scatter",
+          connectgaps: false });
+      }
+      index.line = traces.length;
+      var few = s.t.length < 150;
+      traces.push({
+        x: s.t, y: s.y, yaxis: yaxis, name: name, legendgroup: group, type: "scatter", connectgaps: false,
+        mode: few ? "lines+markers" : "lines", marker: { size: 5, color: color }, line: { width: 1.6, color: color },
+        hovertemplate: (s.source === "tier" ? "mean " : "") + "%{y:.6g}" + hoverUnits + "<extra></extra>"
+      });
+      if (s.quality) {
+        var fx = [], fy = [];
+        for (var i = 0; i < raw.t.length; i++) {
+          if (s.quality[i]) { fx.push(raw.t[i]); fy.push(raw.y[i]); }
+        }
+        if (fx.length) {
+          traces.push({ x: fx, y: fy, yaxis: yaxis, name: c.name + " flagged", legendgroup: group, type: "scatter",
+            mode: "markers", marker: { symbol: "x", size: 8, color: "#b91c1c" },
+            hovertemplate: "%{y:.6g}" + hoverUnits + " (flagged)<extra></extra>" });
+        }
+      }
+      self.traceIndex[c.id] = index;
+    });
+    return traces;
+  };
+
+  Plot.prototype.layout = function (range) {
+    var units = this.axes(), info = this.byChannel(), channels = this.state.channels;
+    var compact = this.root.clientWidth < 640;
+    var layout = {
+      margin: { l: 60, r: units.length > 1 ? 60 : 20, t: 10, b: compact ? 90 : 40 },
+      font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#1e293b" },
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff",
+      hovermode: "x unified", dragmode: "zoom", uirevision: "keep",
+      showlegend: true,
+      legend: compact ? { orientation: "h", x: 0, y: -0.25 } : { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
+      xaxis: { type: "date", range: [range[0], range[1]], autorange: false, showgrid: true, gridcolor: "#eef2f7",
+        linecolor: "#cbd5e1", title: { text: compact ? "" : "UTC", font: { size: 11, color: "#64748b" } }, automargin: true },
+      annotations: []
+    };
+    if (!compact) layout.margin.t = 30;
+    units.forEach(function (unit, i) {
+      var first = channels.filter(function (c) { return (c.units || "") === unit; })[0];
+      var color = info[first.id].color;
+      var axis = { title: { text: unit || "value", font: { color: color } }, tickfont: { color: color }, automargin: true,
+        showgrid: i === 0, gridcolor: "#eef2f7", zeroline: false, linecolor: "#cbd5e1" };
+      if (i > 0) {
+        axis.overlaying = "y";
+        axis.side = i % 2 ? "right" : "left";
+        if (i > 1) { axis.anchor = "free"; axis.autoshift = true; }
+      }
+      layout[i === 0 ? "yaxis" : "yaxis" + (i + 1)] = axis;
+    });
+    return layout;
+  };
+
+  Plot.prototype.draw = function (range) {
+    var self = this;
+    this.view = range;
+    var traces = this.traces();
+    var empty = !traces.some(function (t) { return t.x && t.x.length; });
+    this.setOverlay(this.state.channels.length && empty ? "No readings in this range." : "");
+    this.quiet = true;
+    var result = Plotly.react(this.gd, traces, this.layout(range), {
+      responsive: true, displaylogo: false, scrollZoom: true, showTips: false,
+      modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toImage"]
+    });
+    return Promise.resolve(result).then(function () {
+      self.quiet = false;
+      if (!self.listening) {
+        self.listening = true;
+        self.gd.on("plotly_relayout", function (ev) { self.onRelayout(ev); });
+      }
+    });
+  };
+
+  Plot.prototype.onRelayout = function (ev) {
+    if (this.quiet) return;
+    var start, end;
+    if (ev["xaxis.range[0]"] !== undefined) {
+      start = parseAxisTime(ev["xaxis.range[0]"]); end = parseAxisTime(ev["xaxis.range[1]"]);
+    } else if (ev["xaxis.range"]) {
+      start = parseAxisTime(ev["xaxis.range"][0]); end = parseAxisTime(ev["xaxis.range"][1]);
+    } else if (ev["xaxis.autorange"]) {
+      // double-click: back to the range the state asks for
+      this.view = null;
+      this.schedule("reset");
+      return;
+    } else {
+      return; // a y-only zoom needs no new readings
+    }
+    if (!(end > start)) return;
+    this.view = [start, end];
+    if (this.opts.onZoom) this.opts.onZoom(start, end);
+    this.schedule("zoom");
+  };
+
+  Plot.prototype.schedule = function (reason) {
+    var self = this;
+    clearTimeout(this.relayoutTimer);
+    this.relayoutTimer = setTimeout(function () { self.load(reason); }, 120);
+  };
+
+  // --- live mode: append what arrived since the last answer ---------------------------------------
+
+  Plot.prototype.lastTime = function () {
+    var last = null;
+    this.series.forEach(function (s) { if (s.t.length && (last === null || s.t[s.t.length - 1] > last)) last = s.t[s.t.length - 1]; });
+    return last;
+  };
+
+  Plot.prototype.setLive = function (on) {
+    var self = this;
+    clearInterval(this.liveTimer);
+    this.liveTimer = null;
+    this.root.dataset.live = on ? "1" : "";
+    if (on) this.liveTimer = setInterval(function () { self.tick(); }, (this.opts.liveSeconds || LIVE_SECONDS) * 1000);
+    this.renderStatus();
+  };
+
+  Plot.prototype.tick = function () {
+    var self = this;
+    if (!this.state.channels.length || this.ticking) return;
+    var now = Date.now();
+    var since = this.lastTime();
+    var from = since === null ? (this.view ? this.view[0] : now - 3600e3) : since + 0.001;
+    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, from, now + 1000, 2000, this.state.flagged);
+    this.ticking = true;
+    fetch(url, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; }).then(function (body) {
+      self.ticking = false;
+      if (!body) return;
+      var fresh = answerSeries(body), added = 0;
+      var x = [], y = [], which = [];
+      fresh.forEach(function (s) {
+        var index = self.traceIndex && self.traceIndex[s.channel];
+        var target = self.series.filter(function (o) { return o.channel === s.channel; })[0];
+        if (!s.t.length) return;
+        added += s.t.length;
+        if (target) {
+          target.t = target.t.concat(s.t); target.y = target.y.concat(s.y);
+          if (target.min) { target.min = target.min.concat(s.min || s.y); target.max = target.max.concat(s.max || s.y); }
+        } else {
+          self.series.push(s);
+        }
+        if (!index) return;
+        ["min", "max", "line"].forEach(function (key) {
+          if (index[key] === undefined) return;
+          x.push(s.t);
+          y.push(key === "line" ? s.y : (s[key] || s.y));
+          which.push(index[key]);
+        });
+      });
+      if (!added) return;
+      var span = self.view ? self.view[1] - self.view[0] : RANGE_MS["1h"];
+      var end = Math.max(now, self.lastTime());
+      self.view = [end - span, end];
+      self.quiet = true;
+      var done = which.length ? Plotly.extendTraces(self.gd, { x: x, y: y }, which) : Promise.resolve(self.draw(self.view));
+      Promise.resolve(done).then(function () { return Plotly.relayout(self.gd, { "xaxis.range": [self.view[0], self.view[1]] }); })
+        .then(function () {
+          self.quiet = false;
+          self.liveAppended = (self.liveAppended || 0) + added;
+          self.root.dataset.liveAppended = String(self.liveAppended);
+          self.setOverlay("");
+          if (self.opts.onLive) self.opts.onLive(self.view);
+          self.renderStatus();
+        });
+    }).catch(function () { self.ticking = false; });
+  };
+
+  Plot.prototype.renderStatus = function () {
+    if (!this.statusEl) return;
+    var parts = [];
+    var total = 0, sources = {};
+    this.series.forEach(function (s) {
+      total += s.t.length;
+      var word = s.source === "tier" ? "buckets of " + fmtSpan(s.bucketMs) + " (min/max band)" :
+        s.source === "lttb" ? "downsampled readings (MinMax-LTTB)" : "every reading";
+      sources[word] = true;
+    });
+    if (this.view) parts.push(fmtSpan(this.view[1] - this.view[0]) + " shown");
+    if (this.series.length) parts.push(fmtCount(total) + " points: " + Object.keys(sources).join(", "));
+    if (this.drawnMs != null) parts.push("drawn in " + Math.round(this.drawnMs) + " ms" +
+      (this.serverMs != null ? " (server " + Math.round(this.serverMs) + " ms)" : ""));
+    var html = parts.map(function (p) { return "<span>" + p.replace(/</g, "&lt;") + "</span>"; }).join("");
+    if (this.liveTimer) html += '<span class="live-on">● live</span>';
+    this.statusEl.innerHTML = html;
+  };
+
+  Plot.prototype.download = function (format) {
+    var c = this.state.channels.map(function (ch) { return ch.slug; }).join("-") || "plot";
+    Plotly.downloadImage(this.gd, { format: format, filename: "daqbroker-" + c, width: this.gd.clientWidth,
+      height: this.gd.clientHeight });
+  };
+
+  // --- the plot page ------------------------------------------------------------------------------
+
+  function readState(config) {
+    var q = new URLSearchParams(location.search);
+    var state = { channels: config.channels.slice(), range: q.get("range") || "1d", start: null, end: null,
+      flagged: q.get("flagged") === "1", live: q.get("live") === "1" };
+    if (state.range === "custom") {
+      state.start = Date.parse(q.get("start") || "");
+      state.end = Date.parse(q.get("end") || "");
+      if (!(state.end > state.start)) { state.range = "1d"; state.start = state.end = null; }
+    } else if (!RANGE_MS[state.range] && state.range !== "all") {
+      state.range = "1d";
+    }
+    return state;
+  }
+
+  function writeState(state, push) {
+    var q = new URLSearchParams();
+    if (state.channels.length) q.set("c", state.channels.map(function (c) { return c.id; }).join(","));
+    q.set("range", state.range);
+    if (state.range === "custom") { q.set("start", isoUtc(state.start)); q.set("end", isoUtc(state.end)); }
+    if (state.flagged) q.set("flagged", "1");
+    if (state.live) q.set("live", "1");
+    var url = location.pathname + "?" + q.toString().replace(/%2C/g, ",");
+    if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
+  }
+
+  function page(config) {
+    var state = readState(config);
+    var root = document.getElementById("main-plot");
+    var plot = new Plot(root, {
+      state: state, samplesUrl: config.samplesUrl,
+      onZoom: function (start, end) {
+        state.range = "custom"; state.start = start; state.end = end; writeState(state); syncControls();
+      },
+      onLive: function (view) {
+        if (state.range === "custom") { state.start = view[0]; state.end = view[1]; writeState(state); }
+      }
+    });
+    window.DAQPlot.main = plot;
+
+    var rangeButtons = document.querySelectorAll("#range-buttons [data-range]");
+    var customForm = document.getElementById("custom-range");
+    var startInput = document.getElementById("range-start"), endInput = document.getElementById("range-end");
+    var flaggedToggle = document.getElementById("flagged-toggle"), liveToggle = document.getElementById("live-toggle");
+
+    function syncControls() {
+      rangeButtons.forEach(function (b) { b.setAttribute("aria-pressed", String(b.dataset.range === state.range)); });
+      flaggedToggle.checked = state.flagged;
+      liveToggle.checked = state.live;
+      var view = plot.view || plot.window();
+      startInput.value = localInput(view[0]);
+      endInput.value = localInput(view[1]);
+      var exports = [["export-csv", "csv"], ["export-parquet", "parquet"]];
+      exports.forEach(function (pair) {
+        var link = document.getElementById(pair[0]);
+        if (!state.channels.length) { link.removeAttribute("href"); return; }
+        link.href = exportUrl(config.exportUrl, state.channels, view[0], view[1], pair[1], state.flagged);
+      });
+      document.getElementById("picked-count").textContent = state.channels.length + " selected";
+    }
+
+    function reload(push) {
+      plot.view = null;
+      writeState(state, push);
+      plot.load("state").then(syncControls);
+      syncControls();
+    }
+
+    rangeButtons.forEach(function (button) {
+      button.addEventListener("click", function () {
+        if (button.dataset.range === "custom") {
+          customForm.classList.toggle("open");
+          startInput.focus();
+          return;
+        }
+        customForm.classList.remove("open");
+        state.range = button.dataset.range; state.start = state.end = null;
+        reload(true);
+      });
+    });
+    customForm.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var start = fromLocalInput(startInput.value), end = fromLocalInput(endInput.value);
+      if (!(end > start)) { endInput.setCustomValidity("The end must be after the start."); endInput.reportValidity(); return; }
+      endInput.setCustomValidity("");
+      state.range = "custom"; state.start = start; state.end = end;
+      reload(true);
+    });
+    flaggedToggle.addEventListener("change", function () { state.flagged = flaggedToggle.checked; plot.state = state; writeState(state); plot.load("flagged").then(syncControls); });
+    liveToggle.addEventListener("change", function () {
+      state.live = liveToggle.checked;
+      writeState(state);
+      plot.setLive(state.live);
+    });
+    document.getElementById("image-png").addEventListener("click", function () { plot.download("png"); });
+    document.getElementById("image-svg").addEventListener("click", function () { plot.download("svg"); });
+    document.getElementById("copy-link").addEventListener("click", function (ev) {
+      var button = ev.currentTarget;
+      var done = function () { button.textContent = "Link copied"; setTimeout(function () { button.textContent = "Copy link"; }, 2000); };
+      if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(location.href).then(done, done);
+      else { window.prompt("Copy this link:", location.href); }
+    });
+
+    // channel picker: changes apply at once
+    var form = document.getElementById("channel-form");
+    form.addEventListener("change", function (ev) {
+      var box = ev.target;
+      if (box.name !== "c") return;
+      var id = Number(box.value);
+      if (box.checked) {
+        state.channels.push({ id: id, name: box.dataset.name, units: box.dataset.units, instrument: box.dataset.instrument,
+          instrumentSlug: box.dataset.instrumentSlug, slug: box.dataset.name, lastTs: box.dataset.lastTs ? Number(box.dataset.lastTs) : null,
+          firstTs: null });
+      } else {
+        state.channels = state.channels.filter(function (c) { return c.id !== id; });
+      }
+      if (state.range === "all") {
+        // the extent of the new set is known by the server: reload the page for it
+        writeState(state, true);
+        location.reload();
+        return;
+      }
+      plot.state = state;
+      reload(true);
+    });
+    form.addEventListener("submit", function (ev) { ev.preventDefault(); });
+    var filter = document.getElementById("channel-filter");
+    filter.addEventListener("input", function () {
+      var term = filter.value.trim().toLowerCase();
+      form.querySelectorAll("fieldset").forEach(function (fs) {
+        var any = false;
+        fs.querySelectorAll("label").forEach(function (label) {
+          var show = !term || label.dataset.name.indexOf(term) >= 0 || fs.dataset.instrument.indexOf(term) >= 0;
+          label.style.display = show ? "" : "none";
+          any = any || show;
+        });
+        fs.style.display = any ? "" : "none";
+      });
+    });
+    if (window.matchMedia("(max-width: 960px)").matches && state.channels.length) {
+      document.getElementById("channel-picker").open = false;
+    }
+
+    // save to dashboard: post the current view
+    var saveForm = document.getElementById("save-form"), target = document.getElementById("save-target");
+    var newTitle = document.getElementById("save-new-title");
+    function syncTarget() {
+      var creating = target.value.indexOf("/new/") >= 0;
+      newTitle.style.display = creating ? "" : "none";
+      document.getElementById("save-title").required = creating;
+    }
+    target.addEventListener("change", syncTarget);
+    syncTarget();
+    saveForm.addEventListener("submit", function (ev) {
+      if (!state.channels.length) { ev.preventDefault(); alert("Choose channels to plot first."); return; }
+      saveForm.action = target.value;
+      var hidden = document.getElementById("save-hidden");
+      hidden.innerHTML = "";
+      function add(name, value) {
+        var input = document.createElement("input");
+        input.type = "hidden"; input.name = name; input.value = value; hidden.appendChild(input);
+      }
+      state.channels.forEach(function (c) { add("channels", c.id); });
+      add("time_range", state.range);
+      if (state.range === "custom") { add("start", localInput(state.start)); add("end", localInput(state.end)); }
+      if (state.flagged) add("include_flagged", "on");
+      var panelTitle = document.getElementById("save-panel-title").value;
+      if (target.value.indexOf("/new/") >= 0) {
+        add("panel_title", panelTitle);
+      } else {
+        add("title", panelTitle);
+      }
+    });
+
+    window.addEventListener("popstate", function () { location.reload(); });
+    syncControls();
+    plot.load("state").then(function () {
+      syncControls();
+      if (state.live) plot.setLive(true);
+    });
+  }
+
+  // --- dashboards ---------------------------------------------------------------------------------
+
+  function dashboard(config) {
+    document.querySelectorAll(".daq-panel[data-state]").forEach(function (root) {
+      var state = JSON.parse(document.getElementById(root.dataset.state).textContent);
+      if (state.range === "custom") { state.start = Date.parse(state.start); state.end = Date.parse(state.end); }
+      var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, liveSeconds: 15 });
+      plot.load("state");
+      if (state.range !== "custom") plot.setLive(true);
+    });
+  }
+
+  window.DAQPlot = { page: page, dashboard: dashboard, Plot: Plot, instances: Plot.instances };
+})();
