@@ -21,6 +21,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from accounts.models import AuditEvent
 from accounts.tests.personas import PERSONAS
+from instruments.tests.page_world import alpha_alarm, alpha_dashboard, alpha_panel, zulu_alarm, zulu_dashboard
 
 AGENTS = ("agent_scoped", "agent_unscoped")
 TOKENS = ("personal_read_token", "personal_write_token")
@@ -68,6 +69,20 @@ STAFF = expect(302, owner=200, administrator=200)
 ADMINISTRATORS_ONLY = expect(302, owner=403, administrator=200)
 NOBODY = expect(302, owner=403, administrator=403)  # e.g. deleting an audit event
 HIDDEN_IN_ADMIN = expect(302, administrator=200)  # olivia is sent back to the index: "does not exist"
+
+
+# Pages: for people with a session; tokens and agents are nobody there (302 to the login page).
+_NO_SESSION = {"anonymous": 302, **_agents(302), **dict.fromkeys(TOKENS, 302)}
+_NO_SESSION_200 = {**_agents(200), **dict.fromkeys(TOKENS, 200)}
+PAGE_ANY_USER = expect(200, **_NO_SESSION)
+PAGE_ALPHA = expect(200, stranger=404, **_NO_SESSION)  # alpha's viewers, editor, owner, administrator
+PAGE_ALPHA_CHANGE_POST = expect(302, stranger=404, shared_viewer=403, group_member=403)  # done: back to the page
+PAGE_ALPHA_SHARE = expect(403, stranger=404, owner=200, administrator=200, **_NO_SESSION)
+PAGE_ALPHA_SHARE_POST = expect(403, stranger=404, owner=302, administrator=302, **_NO_SESSION)
+PAGE_ALPHA_OWNER = PAGE_ALPHA_SHARE  # olivia's dashboard: seen through alpha, changed by olivia (or ada)
+PAGE_ALPHA_OWNER_POST = PAGE_ALPHA_SHARE_POST
+PAGE_ZULU = expect(404, administrator=200, **_NO_SESSION)
+PAGE_ZULU_POST = expect(404, administrator=302, **_NO_SESSION)
 
 
 @dataclass(frozen=True)
@@ -284,6 +299,46 @@ ROUTES: list[Case] = [
         delete=ADMINISTRATORS_ONLY,
         history=ADMINISTRATORS_ONLY,
     ),
+    # --- pages (web pages issue) --------------------------------------------------------------------
+    # POSTs here send JSON, which a page's form does not read: the statuses are the access decisions
+    # (an invalid form answers 200 with its errors, or 302 back to its page with a message).
+    Case("login", "GET", None, expect(302, anonymous=200, **_NO_SESSION_200)),
+    Case("logout", "POST", None, expect(302)),
+    Case("password_change", "GET", None, PAGE_ANY_USER),
+    Case("password_change_done", "GET", None, PAGE_ANY_USER),
+    Case("instruments:home", "GET", None, PAGE_ANY_USER),
+    Case("instruments:detail", "GET", lambda w: ALPHA, PAGE_ALPHA),
+    Case("instruments:detail", "GET", lambda w: ZULU, PAGE_ZULU),
+    Case("instruments:logbook-add", "POST", lambda w: ALPHA, PAGE_ALPHA_CHANGE_POST, data={"text": "new"}),
+    Case("instruments:logbook-add", "POST", lambda w: ZULU, PAGE_ZULU_POST, data={"text": "new"}),
+    Case("instruments:sharing", "GET", lambda w: ALPHA, PAGE_ALPHA_SHARE),
+    Case("instruments:sharing", "GET", lambda w: ZULU, PAGE_ZULU),
+    Case("instruments:sharing", "POST", lambda w: ALPHA, PAGE_ALPHA_SHARE, data=SHARE_WITH_STAN),
+    Case("instruments:sharing", "POST", lambda w: ZULU, PAGE_ZULU, data=SHARE_WITH_STAN),
+    Case("instruments:sharing-remove", "POST", lambda w: ALPHA, PAGE_ALPHA_SHARE_POST, data={"kind": "user"}),
+    Case("instruments:sharing-remove", "POST", lambda w: ZULU, PAGE_ZULU_POST, data={"kind": "user"}),
+    Case("instruments:dashboards", "GET", None, PAGE_ANY_USER),
+    Case("instruments:dashboard-create", "POST", None, expect(302), data={"title": "new board"}),
+    Case("instruments:dashboard", "GET", lambda w: {"pk": alpha_dashboard(w).pk}, PAGE_ALPHA),
+    Case("instruments:dashboard", "GET", lambda w: {"pk": zulu_dashboard(w).pk}, PAGE_ZULU),
+    Case("instruments:dashboard-edit", "GET", lambda w: {"pk": alpha_dashboard(w).pk}, PAGE_ALPHA_OWNER),
+    Case("instruments:dashboard-edit", "POST", lambda w: {"pk": alpha_dashboard(w).pk}, PAGE_ALPHA_OWNER, data={}),
+    Case("instruments:dashboard-delete", "POST", lambda w: {"pk": alpha_dashboard(w).pk}, PAGE_ALPHA_OWNER_POST),
+    Case("instruments:dashboard-delete", "POST", lambda w: {"pk": zulu_dashboard(w).pk}, PAGE_ZULU_POST),
+    Case("instruments:dashboard-panel-add", "POST", lambda w: {"pk": alpha_dashboard(w).pk}, PAGE_ALPHA_OWNER_POST),
+    Case(
+        "instruments:dashboard-panel",
+        "POST",
+        lambda w: {"pk": alpha_dashboard(w).pk, "panel": alpha_panel(w).pk},
+        PAGE_ALPHA_OWNER_POST,
+        data={"action": "up"},
+    ),
+    Case("collection:plot", "GET", None, PAGE_ANY_USER),
+    Case("collection:plot", "GET", None, PAGE_ALPHA, query={"c": "alpha-station/alpha-station-temp"}),
+    Case("collection:plot", "GET", None, PAGE_ZULU, query={"c": "zulu-hidden/zulu-hidden-temp", "range": "7d"}),
+    Case("collection:alarms", "GET", None, PAGE_ANY_USER),
+    Case("collection:alarm-acknowledge", "POST", lambda w: {"pk": alpha_alarm(w).pk}, PAGE_ALPHA_CHANGE_POST),
+    Case("collection:alarm-acknowledge", "POST", lambda w: {"pk": zulu_alarm(w).pk}, PAGE_ZULU_POST),
 ]
 
 
@@ -299,8 +354,10 @@ def test_matrix(case: Case, persona, world):
     assert persona.foreign_in(body) == [], f"{persona} {case.method} {url} shows foreign objects"
     if response.status_code == 401:
         assert response["WWW-Authenticate"].startswith("Bearer")
-    if response.status_code == 302:
+    if response.status_code == 302 and case.route.startswith(("api:", "admin:")):
         assert "/admin/" in response["Location"]
+    elif response.status_code == 302 and persona.user is None:  # a page, without a session
+        assert response["Location"].startswith(reverse("login"))
 
 
 # --- completeness -----------------------------------------------------------------------------------

@@ -1,0 +1,324 @@
+"""End to end, in a real headless Chromium (Debian's, driven by Playwright) against a live server.
+
+What a collaborator does: log in, open an instrument, plot it (real points from the database), zoom
+(a new downsampled request for the zoomed range), live mode (a reading ingested during the test shows
+up without a reload), save the plot to a dashboard, share the instrument with a second user who then
+sees it while a third still gets 404, acknowledge an alarm, change a password, and get locked out
+kindly. Every page is photographed at desktop (1280 px) and phone (390 px) width into
+``test-artifacts/screenshots/`` (see the README).
+
+One browser for the whole session (the machine is small); pages are reused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+
+from accounts.tests.personas import build_world
+from collection.alarms.models import AlarmEvent
+from collection.services import SampleBatch, ingest_samples
+from conftest import REPO, service_unavailable
+from instruments.status import now_us
+from instruments.tests.page_world import alpha_alarm
+
+CHROMIUM = os.environ.get("DAQBROKER_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
+PASSWORD = "a sensible passphrase 42"
+MINUTE_US = 60_000_000
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        service_unavailable("the browser tests need Playwright's Python package (pip install -r requirements-dev.txt)")
+    if not (shutil.which(CHROMIUM) or Path(CHROMIUM).exists()):
+        service_unavailable(f"the browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    # Playwright's sync API keeps an event loop running in this thread; the ORM calls the tests make
+    # in between are ordinary synchronous calls, so Django's async-safety guard does not apply.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+class Visitor:
+    """One logged-in person with a desktop tab and a phone tab (for the phone-width screenshots)."""
+
+    def __init__(self, browser, base_url: str, username: str):
+        self.base = base_url
+        self.username = username
+        self.errors: list[str] = []
+        self.desktop = self._context(browser, DESKTOP)
+        self.phone = self._context(browser, PHONE)
+
+    def _context(self, browser, viewport):
+        context = browser.new_context(viewport=viewport, base_url=self.base)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        return page
+
+    def log_in(self, password: str = PASSWORD) -> None:
+        for page in (self.desktop, self.phone):
+            page.goto("/login/")
+            page.fill("#id_username", self.username)
+            page.fill("#id_password", password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/login/" not in url)
+
+    def open(self, path: str, page=None):
+        page = page or self.desktop
+        response = page.goto(path)
+        wait_until_drawn(page)
+        return response
+
+    def shoot(self, name: str, path: str | None = None) -> None:
+        """Desktop and phone screenshots of ``path`` (default: where the desktop tab is)."""
+        path = path or self.desktop.url.removeprefix(self.base)
+        wait_until_drawn(self.desktop)
+        self.desktop.screenshot(path=str(SCREENSHOTS / f"{name}-desktop.png"), full_page=True)
+        self.open(path, self.phone)
+        self.phone.screenshot(path=str(SCREENSHOTS / f"{name}-phone.png"), full_page=True)
+
+    def close(self) -> None:
+        self.desktop.context.close()
+        self.phone.context.close()
+
+
+def wait_until_drawn(page) -> None:
+    """Every plot on the page has drawn at least once (pages without plots are ready at load)."""
+    page.wait_for_load_state("load")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.daq-panel')).every(p => Number(p.dataset.drawCount || 0) > 0)"
+    )
+
+
+def ingest(channel, stamps, values) -> None:
+    ingest_samples(SampleBatch(channel=[channel.pk] * len(stamps), ts=stamps, value=values))
+
+
+@pytest.fixture
+def site(live_server):
+    """The personas' world with passwords, three days of minute readings on alpha with one spike."""
+    world = build_world()
+    for name in ("olivia", "vera", "stan", "zed"):
+        user = world.users[name]
+        user.set_password(PASSWORD)
+        user.save()
+    channel = world.alpha_channel
+    channel.expected_interval_seconds = 60
+    channel.save()
+    end = now_us() - 5_000_000
+    stamps = [end - (3 * 1440 - 1 - i) * MINUTE_US for i in range(3 * 1440)]
+    values = [20.0 + 5.0 * ((i % 720) / 720.0) for i in range(len(stamps))]
+    values[2000] = 95.0  # a one-reading spike: the envelope must keep it at every zoom level
+    ingest(channel, stamps, values)
+    world.readings = len(stamps)
+    world.spike_ts = stamps[2000]
+    return world
+
+
+@pytest.fixture
+def visitors(browser, live_server):
+    opened: list[Visitor] = []
+
+    def visit(username: str) -> Visitor:
+        visitor = Visitor(browser, live_server.url, username)
+        opened.append(visitor)
+        return visitor
+
+    yield visit
+    for visitor in opened:
+        visitor.close()
+    errors = [e for v in opened for e in v.errors]
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+def plot_state(page) -> dict:
+    return page.evaluate(
+        """() => {
+          const plot = DAQPlot.main;
+          return {
+            draws: plot.drawCount,
+            requests: plot.requests.map(r => r.url),
+            series: plot.series.map(s => ({channel: s.channel, source: s.source, n: s.t.length,
+                                            max: Math.max(...(s.max || s.y).filter(v => v !== null))})),
+            view: plot.view,
+            live: Number(document.getElementById('main-plot').dataset.liveAppended || 0),
+          };
+        }"""
+    )
+
+
+def test_a_collaborator_plots_zooms_watches_live_and_saves_a_dashboard(site, visitors):
+    world = site
+    olivia = visitors("olivia")
+    login = olivia.desktop
+    login.goto("/login/")
+    login.screenshot(path=str(SCREENSHOTS / "login-desktop.png"), full_page=True)
+    olivia.phone.goto("/login/")
+    olivia.phone.screenshot(path=str(SCREENSHOTS / "login-phone.png"), full_page=True)
+    olivia.log_in()
+
+    # Home: alpha and its status.
+    olivia.open("/")
+    card = olivia.desktop.locator('[data-instrument="alpha-station"]')
+    assert card.locator(".dot-ok").count() == 1
+    assert "Last reading" in card.inner_text()
+    olivia.shoot("home")
+
+    # The instrument page, reached by clicking.
+    card.get_by_role("link", name="Alpha-Station instrument").click()
+    olivia.desktop.wait_for_url("**/instruments/alpha-station/")
+    assert olivia.desktop.locator("svg.sparkline").count() == 1
+    assert olivia.desktop.get_by_role("button", name="Add entry").is_visible()
+    olivia.shoot("instrument")
+
+    # Plot the last week: real points from the database, downsampled with the spike kept.
+    olivia.desktop.get_by_role("link", name="Plot channels").click()
+    olivia.desktop.wait_for_url("**/plot/**")
+    olivia.desktop.get_by_role("button", name="Week").click()
+    olivia.desktop.wait_for_function("() => DAQPlot.main.drawCount >= 2")
+    state = plot_state(olivia.desktop)
+    assert state["series"][0]["channel"] == world.alpha_channel.pk
+    assert 0 < state["series"][0]["n"] <= 4000
+    assert state["series"][0]["max"] == pytest.approx(95.0)
+    assert "range=7d" in olivia.desktop.url
+    assert olivia.desktop.locator(".plot .main-svg path.js-line").count() >= 1
+    olivia.shoot("plot")
+
+    # Zoom by dragging across an hour or so of the plot: a new request for the zoomed range.
+    box = olivia.desktop.locator(".plot .nsewdrag").first.bounding_box()
+    y = box["y"] + box["height"] / 2
+    x0 = box["x"] + box["width"] * 0.90
+    olivia.desktop.mouse.move(x0, y)
+    olivia.desktop.mouse.down()
+    olivia.desktop.mouse.move(x0 + 20, y, steps=5)
+    olivia.desktop.mouse.move(x0 + 40, y, steps=5)
+    olivia.desktop.mouse.up()
+    olivia.desktop.wait_for_function(f"() => DAQPlot.main.drawCount >= {state['draws'] + 1}")
+    zoomed = plot_state(olivia.desktop)
+    assert len(zoomed["requests"]) > len(state["requests"])
+    last = zoomed["requests"][-1]
+    assert "max_points=" in last and last != state["requests"][-1]
+    assert zoomed["view"][1] - zoomed["view"][0] < (state["view"][1] - state["view"][0]) / 10
+    assert zoomed["series"][0]["source"] in ("raw", "lttb")  # an hour or so holds few readings: every one
+    assert "range=custom" in olivia.desktop.url and "start=" in olivia.desktop.url
+    olivia.desktop.screenshot(path=str(SCREENSHOTS / "plot-zoomed-desktop.png"), full_page=True)
+
+    # Live: a reading ingested now appears without a reload.
+    olivia.desktop.get_by_role("button", name="Hour").click()
+    olivia.desktop.wait_for_function(f"() => DAQPlot.main.drawCount >= {zoomed['draws'] + 1}")
+    olivia.desktop.get_by_label("Live").check()
+    assert "live=1" in olivia.desktop.url
+    ingest(world.alpha_channel, [now_us()], [42.5])
+    olivia.desktop.wait_for_function("() => Number(document.getElementById('main-plot').dataset.liveAppended) >= 1")
+    live = plot_state(olivia.desktop)
+    assert live["live"] >= 1 and live["series"][0]["max"] >= 42.5
+    assert olivia.desktop.locator(".live-on").is_visible()
+
+    # Save this view to a new dashboard, and look at it.
+    olivia.desktop.get_by_label("Live").uncheck()
+    olivia.desktop.locator("#save-menu summary").click()
+    olivia.desktop.fill("#save-title", "Alpha overview")
+    olivia.desktop.fill("#save-panel-title", "Temperature, last hour")
+    olivia.desktop.locator("#save-form button[type=submit]").click()
+    olivia.desktop.wait_for_url("**/dashboards/*/")
+    wait_until_drawn(olivia.desktop)
+    assert olivia.desktop.get_by_role("heading", name="Temperature, last hour").is_visible()
+    olivia.shoot("dashboard")
+    olivia.open(olivia.desktop.url + "edit/")
+    olivia.shoot("dashboard-edit")
+    olivia.open("/dashboards/")
+    olivia.shoot("dashboards")
+
+
+def test_sharing_alarms_and_accounts(site, visitors):
+    world = site
+    olivia, stan, zed = visitors("olivia"), visitors("stan"), visitors("zed")
+    for visitor in (olivia, stan, zed):
+        visitor.log_in()
+    alpha_url = reverse("instruments:detail", args=["alpha-station"])
+
+    # Before: stan gets 404 on alpha (the friendly page), and sees no instrument.
+    assert stan.open(alpha_url).status == 404
+    assert "not been shared with you" in stan.desktop.inner_text("main")
+    stan.shoot("not-found")
+    stan.open("/")
+    assert stan.desktop.locator("[data-instrument]").count() == 0
+
+    # Olivia shares alpha with stan through the sharing page.
+    olivia.open(reverse("instruments:sharing", args=["alpha-station"]))
+    olivia.desktop.fill("#id_name", "stan")
+    olivia.desktop.select_option("#id_level", "view")
+    olivia.desktop.get_by_role("button", name="Share", exact=True).click()
+    olivia.desktop.wait_for_selector(".message-success")
+    assert "stan now has view access" in olivia.desktop.inner_text(".messages")
+    olivia.shoot("sharing")
+
+    # After: stan sees it (without edit controls); zed still gets 404.
+    stan.open("/")
+    assert stan.desktop.locator('[data-instrument="alpha-station"]').count() == 1
+    assert stan.open(alpha_url).status == 200
+    assert stan.desktop.get_by_role("button", name="Add entry").count() == 0
+    assert stan.desktop.get_by_role("link", name="Sharing").count() == 0
+    assert zed.open(alpha_url).status == 404
+
+    # An alarm: olivia acknowledges it from the alarms page.
+    event = alpha_alarm(world)
+    olivia.open("/alarms/")
+    row = olivia.desktop.locator("tr", has_text="alpha-too-hot")
+    assert row.locator(".dot-bad").count() == 1
+    olivia.shoot("alarms")
+    row.get_by_role("button", name="Acknowledge").click()
+    olivia.desktop.wait_for_selector(".message-success")
+    assert "acknowledged by olivia" in olivia.desktop.locator("tr", has_text="alpha-too-hot").inner_text()
+    event.refresh_from_db()
+    assert AlarmEvent.objects.get(pk=event.pk).acknowledged_by == world.users["olivia"]
+    # Stan (view only) sees the alarm but no button.
+    stan.open("/alarms/")
+    assert stan.desktop.get_by_role("button", name="Acknowledge").count() == 0
+
+    # Accounts: the password page, and the lockout page after too many wrong passwords.
+    olivia.open(reverse("password_change"))
+    olivia.shoot("password-change")
+    stranger = visitors("nobody")
+    for _ in range(6):
+        stranger.desktop.goto("/login/")
+        stranger.desktop.fill("#id_username", "zed")
+        stranger.desktop.fill("#id_password", "not the password")
+        stranger.desktop.click("button[type=submit]")
+    assert "too many login attempts" in stranger.desktop.inner_text("main")
+    stranger.desktop.screenshot(path=str(SCREENSHOTS / "locked-out-desktop.png"), full_page=True)
+    stranger.phone.goto("/login/")
+    stranger.phone.fill("#id_username", "zed")
+    stranger.phone.fill("#id_password", "still not the password")
+    stranger.phone.click("button[type=submit]")
+    stranger.phone.screenshot(path=str(SCREENSHOTS / "locked-out-phone.png"), full_page=True)

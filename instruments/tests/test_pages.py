@@ -1,0 +1,428 @@
+"""The collaborators' pages, as the personas (``accounts.tests.personas``), with Django's test client.
+
+The permission matrix (``accounts/tests/test_permission_matrix.py``) checks every page's status for
+every persona; here: what each page shows and hides, that a viewer has no edit controls and cannot post
+to them, and that each action does what it says.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.contrib.staticfiles import finders
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import AuditEvent
+from accounts.services import level_of, share
+from collection.alarms.models import AlarmEvent
+from collection.services import SampleBatch, ingest_samples
+from instruments import status
+from instruments.models import Dashboard, DashboardPanel, LogbookEntry
+from instruments.tests.factories import make_user
+from instruments.tests.page_world import alpha_alarm, alpha_dashboard, zulu_alarm, zulu_dashboard
+
+pytestmark = pytest.mark.django_db
+
+# What an unfinished page leaks: tracebacks, Python or JSON structures, "None" where a value belongs.
+DEBUG_TEXT = re.compile(r"""Traceback|\{['"]|\[\{|>\s*None\s*<|Exception|object at 0x""")
+SCRIPTS = re.compile(r"<script\b.*?</script>", re.S)
+
+
+def ingest(channel, stamps, values) -> None:
+    ingest_samples(SampleBatch(channel=[channel.pk] * len(stamps), ts=stamps, value=values))
+
+
+def page(persona, url, expected=200, **params):
+    response = persona.client.get(url, params)
+    assert response.status_code == expected, f"{persona} {url}: {response.status_code}"
+    body = response.content.decode()
+    if expected == 200:
+        shown = SCRIPTS.sub("", body)
+        assert not DEBUG_TEXT.search(shown), f"{url} shows debug text: {DEBUG_TEXT.search(shown).group(0)}"
+        assert persona.foreign_in(body) == []
+    return body
+
+
+def detail(world):
+    return reverse("instruments:detail", args=[world.alpha.slug])
+
+
+def sharing(world):
+    return reverse("instruments:sharing", args=[world.alpha.slug])
+
+
+# --- strangers and viewers --------------------------------------------------------------------------
+
+
+def test_a_stranger_gets_404_on_every_page_of_alpha(stranger, world):
+    dashboard, event = alpha_dashboard(world), alpha_alarm(world)
+    for url in (
+        detail(world),
+        sharing(world),
+        reverse("instruments:dashboard", args=[dashboard.pk]),
+        reverse("instruments:dashboard-edit", args=[dashboard.pk]),
+        reverse("collection:plot") + f"?c={world.alpha_channel.pk}",
+        reverse("collection:plot") + "?c=alpha-station/alpha-station-temp",
+    ):
+        body = page(stranger, url, 404)
+        assert "alpha" not in body.lower(), url
+    for url, data in (
+        (reverse("instruments:logbook-add", args=[world.alpha.slug]), {"text": "hello"}),
+        (sharing(world), {"kind": "user", "name": "stan", "level": "share"}),
+        (reverse("instruments:sharing-remove", args=[world.alpha.slug]), {"kind": "user", "name": "vera"}),
+        (reverse("collection:alarm-acknowledge", args=[event.pk]), {}),
+        (reverse("instruments:dashboard-delete", args=[dashboard.pk]), {}),
+    ):
+        assert stranger.client.post(url, data).status_code == 404, url
+    assert level_of(world.alpha, world.users["stan"]) is None
+    assert LogbookEntry.objects.filter(text="hello").count() == 0
+    assert Dashboard.objects.filter(pk=dashboard.pk).exists()
+    assert AlarmEvent.objects.get(pk=event.pk).acknowledged_at is None
+
+
+def test_a_stranger_sees_an_empty_home_and_no_foreign_alarms(stranger, world):
+    alpha_alarm(world)
+    zulu_alarm(world)
+    body = page(stranger, reverse("instruments:home"))
+    assert "No instruments have been shared with you yet" in body
+    body = page(stranger, reverse("collection:alarms"), state="all")
+    assert "too-hot" not in body
+    assert "All quiet" not in body  # state=all: "No alarms"
+    assert "No alarms" in body
+
+
+def test_a_viewer_sees_the_instrument_without_edit_controls(shared_viewer, world):
+    body = page(shared_viewer, detail(world))
+    assert world.alpha.name in body and world.alpha_channel.name in body
+    assert world.alpha_entry.text in body  # the logbook is readable
+    assert reverse("instruments:logbook-add", args=[world.alpha.slug]) not in body
+    assert sharing(world) not in body
+    assert "Add entry" not in body
+    assert 'your access: <span class="badge badge-info">view</span>' in body
+
+
+def test_a_viewer_cannot_post_to_edit_controls(shared_viewer, group_member, world):
+    event = alpha_alarm(world)
+    for persona in (shared_viewer, group_member):
+        client = persona.client
+        assert (
+            client.post(reverse("instruments:logbook-add", args=[world.alpha.slug]), {"text": "x"}).status_code == 403
+        )
+        assert client.get(sharing(world)).status_code == 403
+        assert client.post(sharing(world), {"kind": "user", "name": "stan", "level": "view"}).status_code == 403
+        remove = reverse("instruments:sharing-remove", args=[world.alpha.slug])
+        assert client.post(remove, {"kind": "user", "name": "vera"}).status_code == 403
+        assert client.post(reverse("collection:alarm-acknowledge", args=[event.pk])).status_code == 403
+    assert not LogbookEntry.objects.filter(text="x").exists()
+    assert level_of(world.alpha, world.users["stan"]) is None
+    assert level_of(world.alpha, world.users["vera"]) == "view"
+    assert AlarmEvent.objects.get(pk=event.pk).acknowledged_at is None
+    body = page(shared_viewer, reverse("collection:alarms"))
+    assert event.rule.name in body and "Acknowledge</button>" not in body
+
+
+def test_the_403_page_says_why_without_details(shared_viewer, world):
+    response = shared_viewer.client.get(sharing(world))
+    body = response.content.decode()
+    assert response.status_code == 403
+    assert "needs a higher level of access" in body
+    assert world.alpha.slug not in body
+
+
+# --- instrument page and logbook --------------------------------------------------------------------
+
+
+def test_the_instrument_page_shows_latest_values_sparklines_and_sources(owner, world):
+    now = status.now_us()
+    ingest(world.alpha_channel, [now - (30 - i) * 60_000_000 for i in range(30)], [20.0 + i * 0.1 for i in range(30)])
+    body = page(owner, detail(world))
+    assert '<svg class="sparkline"' in body
+    assert "22.9" in body  # the latest value, six significant digits
+    assert "degC" in body
+    assert world.alpha_source.name in body
+    assert "Add entry" in body and sharing(world) in body
+
+
+def test_an_editor_adds_a_logbook_entry(shared_editor, world):
+    url = reverse("instruments:logbook-add", args=[world.alpha.slug])
+    response = shared_editor.client.post(url, {"text": "Swapped the sensor", "occurred_at": "2026-11-20T09:30"})
+    assert response.status_code == 302 and response["Location"].endswith("#logbook")
+    entry = LogbookEntry.objects.get(text="Swapped the sensor")
+    assert entry.author == world.users["eddie"] and entry.instrument == world.alpha
+    assert entry.occurred_at.year == 2026 and entry.occurred_at.hour == 9
+    assert AuditEvent.objects.filter(action="config.created", object_id=str(entry.pk)).exists()
+    assert "Swapped the sensor" in page(shared_editor, detail(world))
+
+
+def test_an_empty_logbook_entry_is_refused_with_a_message(shared_editor, world):
+    url = reverse("instruments:logbook-add", args=[world.alpha.slug])
+    response = shared_editor.client.post(url, {"text": ""}, follow=True)
+    assert "The entry was not added" in response.content.decode()
+    assert LogbookEntry.objects.filter(instrument=world.alpha).count() == 1
+
+
+# --- home -------------------------------------------------------------------------------------------
+
+
+def test_home_lists_visible_instruments_with_their_status(group_member, world):
+    world.alpha_channel.expected_interval_seconds = 60
+    world.alpha_channel.save()
+    ingest(world.alpha_channel, [status.now_us() - 10_000_000], [1.0])
+    alpha_alarm(world)
+    body = page(group_member, reverse("instruments:home"))
+    assert world.alpha.name in body and world.zulu.name not in body
+    card = body[body.index('data-instrument="alpha-station"') :]
+    assert "dot-ok" in card[:2000]
+    assert "1 active alarm" in card[:3000]
+    assert "s ago" in card[:2000]
+
+
+def test_home_search(owner, world):
+    assert world.alpha.name in page(owner, reverse("instruments:home"), q="alpha")
+    assert "No instrument matches" in page(owner, reverse("instruments:home"), q="nothing-like-this")
+
+
+@pytest.mark.parametrize(
+    ("age_s", "expected"),
+    [(30, status.OK), (120, status.OK), (121, status.LATE), (300, status.LATE), (301, status.STALE)],
+)
+def test_freshness_against_the_expected_interval(age_s, expected):
+    now = 10_000_000_000_000
+    assert status.freshness(now - age_s * 1_000_000, 60, now) == expected
+
+
+def test_freshness_without_readings_or_interval():
+    assert status.freshness(None, 60) == status.STALE
+    assert status.freshness(None, None) == status.UNKNOWN
+    assert status.freshness(123, None) == status.UNKNOWN
+
+
+def test_source_health_from_failures(world):
+    source = world.alpha_source
+    source.consecutive_failures = 4
+    assert status.source_health(source, []).state == status.STALE
+    source.consecutive_failures = 1
+    assert status.source_health(source, []).state == status.LATE
+    source.consecutive_failures, source.last_success_at = 0, timezone.now()
+    assert status.source_health(source, []).state == status.OK
+    source.enabled = False
+    assert status.source_health(source, []).words == "disabled"
+
+
+# --- sharing ----------------------------------------------------------------------------------------
+
+
+def test_the_owner_shares_and_unshares_through_the_page(owner, stranger, world):
+    body = page(owner, sharing(world))
+    assert "vera" in body and "alpha-team" in body and "eddie" in body
+    response = owner.client.post(sharing(world), {"kind": "user", "name": "stan", "level": "change"})
+    assert response.status_code == 302
+    assert level_of(world.alpha, world.users["stan"]) == "change"
+    assert AuditEvent.objects.filter(action="share.set").exists()
+    assert stranger.client.get(detail(world)).status_code == 200
+    remove = reverse("instruments:sharing-remove", args=[world.alpha.slug])
+    assert owner.client.post(remove, {"kind": "user", "name": "stan"}).status_code == 302
+    assert level_of(world.alpha, world.users["stan"]) is None
+    assert stranger.client.get(detail(world)).status_code == 404
+
+
+def test_sharing_with_a_group_and_form_errors(owner, world):
+    owner.client.post(sharing(world), {"kind": "group", "name": "alpha-team", "level": "change"})
+    assert level_of(world.alpha, world.group) == "change"
+    body = owner.client.post(sharing(world), {"kind": "user", "name": "nobody-at-all", "level": "view"}).content
+    assert "There is no user called" in body.decode()
+    body = owner.client.post(sharing(world), {"kind": "user", "name": "olivia", "level": "view"}).content.decode()
+    assert "owns alpha-station" in body
+
+
+# --- alarms -----------------------------------------------------------------------------------------
+
+
+def test_alarms_page_filters_and_an_editor_acknowledges(shared_editor, world):
+    event = alpha_alarm(world)
+    cleared = AlarmEvent.objects.create(
+        rule=event.rule,
+        channel=world.alpha_channel,
+        kind="above",
+        severity="critical",
+        message="old",
+        raised_at=timezone.now() - timedelta(days=2),
+        cleared_at=timezone.now() - timedelta(days=1),
+    )
+    body = page(shared_editor, reverse("collection:alarms"))
+    assert "1 active alarm" in body and "Acknowledge" in body
+    assert body.count('class="dot dot-bad"') == 1
+    past = page(shared_editor, reverse("collection:alarms"), state="past")
+    assert "cleared" in past and reverse("collection:alarm-acknowledge", args=[event.pk]) not in past
+    assert reverse("collection:alarm-acknowledge", args=[cleared.pk]) in past
+    assert "All quiet" in page(shared_editor, reverse("collection:alarms"), instrument="zulu-hidden")
+    back = reverse("collection:alarms") + "?state=all"
+    response = shared_editor.client.post(reverse("collection:alarm-acknowledge", args=[event.pk]), {"next": back})
+    assert response.status_code == 302 and response["Location"] == back
+    event.refresh_from_db()
+    assert event.acknowledged_by == world.users["eddie"] and event.acknowledged_at is not None
+    assert "acknowledged by eddie" in page(shared_editor, back)
+
+
+def test_acknowledging_never_redirects_elsewhere(owner, world):
+    event = alpha_alarm(world)
+    url = reverse("collection:alarm-acknowledge", args=[event.pk])
+    response = owner.client.post(url, {"next": "https://evil.example/"})
+    assert response["Location"] == reverse("collection:alarms")
+
+
+def test_the_navigation_counts_visible_active_alarms(shared_viewer, administrator, world):
+    alpha_alarm(world)
+    zulu_alarm(world)
+    assert 'title="Active alarms">1<' in page(shared_viewer, reverse("instruments:home"))
+    assert 'title="Active alarms">2<' in page(administrator, reverse("instruments:home"))
+
+
+# --- plot page --------------------------------------------------------------------------------------
+
+
+def test_the_plot_page_names_channels_by_id_or_by_reference(group_member, world):
+    by_ref = page(group_member, reverse("collection:plot"), c="alpha-station/alpha-station-temp", range="7d")
+    by_id = page(group_member, reverse("collection:plot"), c=str(world.alpha_channel.pk))
+    for body in (by_ref, by_id):
+        assert f'"id": {world.alpha_channel.pk}' in body  # in the plot's configuration
+        assert 'src="/static/vendor/plotly/plotly.min.js"' in body
+        assert "/api/v1/samples/" in body
+    assert page(group_member, reverse("collection:plot"), c="999999", expected=404)
+    assert page(group_member, reverse("collection:plot"), c="not-a-channel", expected=404)
+
+
+def test_the_plot_page_lists_only_visible_channels(shared_viewer, administrator, world):
+    assert world.zulu_channel.name not in page(shared_viewer, reverse("collection:plot"))
+    assert world.zulu_channel.name in page(administrator, reverse("collection:plot"))
+
+
+def test_plotly_is_served_by_the_app():
+    found = finders.find("vendor/plotly/plotly.min.js")
+    assert found and found.endswith("plotly.min.js")
+
+
+# --- dashboards -------------------------------------------------------------------------------------
+
+
+def test_dashboard_visibility_follows_the_instruments(shared_viewer, stranger, owner, world):
+    board = alpha_dashboard(world)
+    url = reverse("instruments:dashboard", args=[board.pk])
+    body = page(shared_viewer, url)
+    assert "alpha-board" in body and "Edit dashboard" not in body
+    assert shared_viewer.client.get(reverse("instruments:dashboard-edit", args=[board.pk])).status_code == 403
+    assert "alpha-board" in page(shared_viewer, reverse("instruments:dashboards"))
+    assert stranger.client.get(url).status_code == 404
+    assert "alpha-board" not in page(stranger, reverse("instruments:dashboards"))
+    # Sharing the instrument shares the dashboard; a private one stays the owner's.
+    share(world.alpha, world.users["stan"], "view")
+    assert stranger.client.get(url).status_code == 200
+    Dashboard.objects.filter(pk=board.pk).update(shared=False)
+    assert shared_viewer.client.get(url).status_code == 404
+    assert "Edit dashboard" in page(owner, url)
+
+
+def test_a_dashboard_plotting_a_hidden_instrument_is_hidden(shared_viewer, world):
+    board = alpha_dashboard(world)
+    panel = DashboardPanel.objects.create(dashboard=board, title="with zulu")
+    panel.channels.set([world.zulu_channel])
+    assert shared_viewer.client.get(reverse("instruments:dashboard", args=[board.pk])).status_code == 404
+    assert "zulu-board" not in page(shared_viewer, reverse("instruments:dashboards"))
+    zulu_dashboard(world)
+
+
+def test_dashboards_are_built_from_the_plot_page_and_edited(shared_viewer, world):
+    channel = world.alpha_channel
+    response = shared_viewer.client.post(
+        reverse("instruments:dashboard-create"),
+        {"title": "Vera's view", "channels": [channel.pk], "time_range": "7d", "panel_title": "Temperature"},
+    )
+    board = Dashboard.objects.get(title="Vera's view")
+    assert response["Location"] == reverse("instruments:dashboard", args=[board.pk])
+    assert board.owner == world.users["vera"] and not board.shared
+    first = board.panels.get()
+    assert first.title == "Temperature" and first.time_range == "7d" and list(first.channels.all()) == [channel]
+    body = page(shared_viewer, reverse("instruments:dashboard", args=[board.pk]))
+    assert "Temperature" in body and f"panel-state-{first.pk}" in body
+
+    add = reverse("instruments:dashboard-panel-add", args=[board.pk])
+    shared_viewer.client.post(add, {"channels": [channel.pk], "time_range": "1h", "title": "Hour", "wide": "on"})
+    second = board.panels.get(title="Hour")
+    assert second.position == 1 and second.wide
+    # A channel the owner may not see is refused.
+    shared_viewer.client.post(add, {"channels": [world.zulu_channel.pk], "time_range": "1h", "title": "Zulu"})
+    assert not board.panels.filter(title="Zulu").exists()
+    # A fixed range needs its two ends.
+    shared_viewer.client.post(add, {"channels": [channel.pk], "time_range": "custom", "title": "Fixed"})
+    assert not board.panels.filter(title="Fixed").exists()
+
+    panel_url = reverse("instruments:dashboard-panel", args=[board.pk, second.pk])
+    shared_viewer.client.post(panel_url, {"action": "up"})
+    assert [p.title for p in board.panels.all()] == ["Hour", "Temperature"]
+    edit = reverse("instruments:dashboard-edit", args=[board.pk])
+    assert "Hour" in page(shared_viewer, edit)
+    shared_viewer.client.post(edit, {"title": "Renamed", "description": "", "shared": "on"})
+    board.refresh_from_db()
+    assert board.title == "Renamed" and board.shared
+    shared_viewer.client.post(panel_url, {"action": "remove"})
+    assert [p.title for p in board.panels.all()] == ["Temperature"]
+    shared_viewer.client.post(reverse("instruments:dashboard-delete", args=[board.pk]))
+    assert not Dashboard.objects.filter(pk=board.pk).exists()
+
+
+def test_only_the_owner_changes_a_shared_dashboard(shared_editor, world):
+    board = alpha_dashboard(world)
+    panel = board.panels.get()
+    assert shared_editor.client.post(reverse("instruments:dashboard-delete", args=[board.pk])).status_code == 403
+    url = reverse("instruments:dashboard-panel", args=[board.pk, panel.pk])
+    assert shared_editor.client.post(url, {"action": "remove"}).status_code == 403
+    add = reverse("instruments:dashboard-panel-add", args=[board.pk])
+    assert shared_editor.client.post(add, {"channels": [world.alpha_channel.pk]}).status_code == 403
+    assert board.panels.count() == 1
+
+
+# --- login, lockout, password ------------------------------------------------------------------------
+
+
+def test_login_logout_and_the_friendly_lockout(settings):
+    settings.AXES_FAILURE_LIMIT = 2
+    make_user("paula", password="a long enough password")
+    client = Client(REMOTE_ADDR="198.51.100.7")
+    assert client.get(reverse("instruments:home"))["Location"].startswith("/login/?next=/")
+    response = client.post("/login/", {"username": "paula", "password": "a long enough password"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert client.get("/").status_code == 200
+    assert client.post(reverse("logout")).status_code == 302
+    assert client.get("/").status_code == 302
+    wrong = client.post("/login/", {"username": "paula", "password": "wrong"})
+    assert wrong.status_code == 200 and "Please enter a correct username and password" in wrong.content.decode()
+    locked = client.post("/login/", {"username": "paula", "password": "wrong"})
+    body = locked.content.decode()
+    assert locked.status_code == 429
+    assert "too many login attempts" in body and "paula" in body and "Back to the login page" in body
+    assert "DAQBroker" in body and "Traceback" not in body
+    # Even the right password is refused while locked out.
+    assert client.post("/login/", {"username": "paula", "password": "a long enough password"}).status_code == 429
+
+
+def test_password_change(owner, world):
+    user = world.users["olivia"]
+    user.set_password("old password 123")
+    user.save()
+    owner.client.force_login(user)
+    response = owner.client.post(
+        reverse("password_change"),
+        {
+            "old_password": "old password 123",
+            "new_password1": "Brand new p4ssword!",
+            "new_password2": "Brand new p4ssword!",
+        },
+    )
+    assert response.status_code == 302 and response["Location"] == reverse("password_change_done")
+    user.refresh_from_db()
+    assert user.check_password("Brand new p4ssword!")
+    assert "Password changed" in page(owner, reverse("password_change_done"))
