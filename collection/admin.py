@@ -22,3 +22,7 @@ class RejectedSampleAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+# Alarm rules and events, spike checks, subscriptions, the notification outbox and collection runs.
+from collection.alarms import admin as alarms_admin  # noqa: E402, F401

@@ -12,3 +12,8 @@ class CollectionConfig(AppConfig):
 
         # Rollup tiers follow every ingest (a Celery task per batch, never per reading).
         samples_ingested.connect(on_samples_ingested, dispatch_uid="collection.rollups")
+
+        from collection.alarms.tasks import on_samples_ingested as evaluate_after_ingest
+
+        # Spike checks, derived channels and alarm rules follow every ingest (a Celery task per batch).
+        samples_ingested.connect(evaluate_after_ingest, dispatch_uid="collection.alarms")

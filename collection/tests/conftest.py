@@ -39,7 +39,12 @@ class Recorder:
                 with recorder.lock:
                     status = recorder.statuses.pop(0) if recorder.statuses else 200
                     recorder.requests.append(
-                        {"path": self.path, "headers": dict(self.headers), "body": body, "status": status}
+                        {
+                            "path": self.path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "body": body,
+                            "status": status,
+                        }
                     )
                 self.send_response(status)
                 self.send_header("Content-Length", "2")

@@ -1,0 +1,96 @@
+"""Celery tasks for what follows an ingest (spike checks, derived channels, alarms), the periodic alarm
+check, "validate now", and notification delivery. They take ids, return quietly when rows are gone, and
+are safe to run twice (see ``evaluate`` and ``notify``)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from collection.alarms import evaluate, notify
+from collection.choices import Origin
+from collection.services import derived, validation
+from daqbroker_agent.parsing import now_us
+from instruments.choices import ChannelKind
+from instruments.models import Channel, DataSource
+
+logger = logging.getLogger(__name__)
+
+
+def on_samples_ingested(sender, spans: dict, origin: str, **kwargs) -> None:
+    """``samples_ingested`` receiver: one task per ingested batch (never one per reading)."""
+    payload = {str(channel_id): [int(first), int(last)] for channel_id, (first, last) in spans.items()}
+    try:
+        process_new_readings.apply_async(args=[payload, origin])
+    except Exception:  # a broker outage must not fail the ingest that already committed
+        logger.exception("could not queue the evaluation of %d channel(s); the periodic check catches up", len(spans))
+
+
+def process(spans: dict[int, tuple[int, int]], origin: str) -> dict:
+    """Spike checks, then derived channels (unless these readings are derived ones: derived channels are
+    computed in dependency order in one go), then alarm rules, for readings just stored."""
+    spikes = validation.flag_spikes(spans)
+    computed = derived.compute_derived(spans) if origin != Origin.DERIVED else 0
+    outcome = evaluate.evaluate_after_ingest(spans)
+    return {"spikes": spikes, "derived": computed, "raised": outcome.raised, "cleared": outcome.cleared}
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def process_new_readings(spans: dict, origin: str) -> dict:
+    return process({int(k): (int(v[0]), int(v[1])) for k, v in spans.items()}, origin)
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def check_alarms() -> dict:
+    outcome = evaluate.check_periodic()
+    return {"raised": outcome.raised, "cleared": outcome.cleared}
+
+
+def validate_channels(channel_ids: list[int]) -> dict:
+    """ "Validate now": flag the last DAQBROKER_REVALIDATE_DAYS of readings again, recompute the derived
+    channels that read them over that time, and evaluate the alarm rules."""
+    since = now_us() - settings.DAQBROKER_REVALIDATE_DAYS * 86_400_000_000
+    checked = validation.revalidate(channel_ids, since)
+    channels = Channel.objects.filter(pk__in=channel_ids)
+    spans = {c.pk: (since, c.last_ts) for c in channels if c.last_ts is not None and c.kind != ChannelKind.TEXT}
+    computed = derived.compute_derived(spans)
+    derived_ids = Channel.objects.filter(
+        instrument__in={c.instrument_id for c in channels}, kind=ChannelKind.DERIVED
+    ).values_list("pk", flat=True)
+    outcome = evaluate.evaluate_channels([*channel_ids, *derived_ids])
+    return {
+        "readings": checked.readings,
+        "flagged": checked.flagged,
+        "spikes": checked.spikes,
+        "derived": computed,
+        "raised": outcome.raised,
+        "cleared": outcome.cleared,
+    }
+
+
+@shared_task(ignore_result=True, soft_time_limit=540, time_limit=600)
+def validate_source(source_id: int) -> dict | None:
+    channel_ids = list(DataSource.objects.filter(pk=source_id).values_list("channels__pk", flat=True))
+    channel_ids = [pk for pk in channel_ids if pk is not None]
+    if not channel_ids:
+        return None
+    return validate_channels(channel_ids)
+
+
+@shared_task(ignore_result=True, soft_time_limit=540, time_limit=600)
+def validate_channels_task(channel_ids: list[int]) -> dict:
+    return validate_channels([int(pk) for pk in channel_ids])
+
+
+@shared_task(bind=True, ignore_result=True, max_retries=None, soft_time_limit=60, time_limit=90)
+def deliver_notification(self, notification_id: int) -> None:
+    outcome = notify.deliver(notification_id)
+    if isinstance(outcome, notify.RetryLater):
+        raise self.retry(countdown=outcome.delay)
+
+
+@shared_task(ignore_result=True)
+def sweep_notifications() -> dict:
+    return notify.sweep()

@@ -1,0 +1,119 @@
+"""Derived channels: readings computed from other channels of the same instrument by an expression.
+
+After readings arrive, every derived channel that reads an affected channel (directly or through other
+derived channels) is computed over the time span of the new readings, in dependency order. Inputs are
+aligned on timestamps: a derived reading exists at each time where every input has a reading that is not
+a missing-value sentinel. The expression is evaluated with ``instruments.expressions`` (a whitelisted
+syntax tree, never ``eval``), element-wise over numpy arrays. Results that are not finite (``sqrt(-1)``,
+``log(0)``) are not stored. Readings go through ``ingest_samples`` like any other, so a computation run
+twice stores nothing twice, and the new derived readings are validated and evaluated for alarms in turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from collection.choices import Origin, Quality
+from collection.services.ingest import SampleBatch, ingest_samples
+from collection.services.series import read_series
+from instruments.choices import ChannelKind
+from instruments.expressions import ExpressionError, evaluate, parse_expression
+from instruments.models import Channel, expression_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Formula:
+    channel: Channel
+    tree: object
+    inputs: dict[str, int]  # name in the expression -> channel id
+
+
+def formulas_of(instrument_ids: Iterable[int]) -> list[Formula]:
+    """The instruments' derived channels that can be computed, inputs before the channels reading them.
+
+    A channel whose expression does not parse, names an unknown channel, or sits in a cycle is skipped
+    with a warning (the registry refuses such expressions when saved; this guards the rest).
+    """
+    channels = list(Channel.objects.filter(instrument_id__in=set(instrument_ids)).exclude(kind=ChannelKind.TEXT))
+    by_name = {(c.instrument_id, expression_name(c.slug)): c.pk for c in channels}
+    pending: dict[int, Formula] = {}
+    for channel in channels:
+        if channel.kind != ChannelKind.DERIVED:
+            continue
+        try:
+            tree, names = parse_expression(channel.expression)
+            inputs = {name: by_name[(channel.instrument_id, name)] for name in names}
+        except (ExpressionError, KeyError) as exc:
+            logger.warning("derived channel %s cannot be computed: %s", channel, exc)
+            continue
+        pending[channel.pk] = Formula(channel, tree, inputs)
+    ordered: list[Formula] = []
+    done: set[int] = set()
+    while pending:
+        ready = [f for f in pending.values() if all(i not in pending or i in done for i in f.inputs.values())]
+        if not ready:
+            logger.warning("derived channels %s refer to each other in a cycle", sorted(pending))
+            break
+        for formula in ready:
+            ordered.append(formula)
+            done.add(formula.channel.pk)
+            del pending[formula.channel.pk]
+    return ordered
+
+
+def compute_derived(spans: dict[int, tuple[int, int]]) -> int:
+    """Compute the derived channels depending on the channels in ``spans`` {channel id: (first, last) µs};
+    returns the number of readings stored."""
+    if not spans:
+        return 0
+    instruments = set(Channel.objects.filter(pk__in=list(spans)).values_list("instrument_id", flat=True))
+    windows = dict(spans)
+    stored = 0
+    for formula in formulas_of(instruments):
+        touched = [windows[i] for i in formula.inputs.values() if i in windows]
+        if not touched:
+            continue
+        start, end = min(w[0] for w in touched), max(w[1] for w in touched)
+        count, computed = compute_formula(formula, start, end)
+        stored += count
+        if computed is not None:
+            windows[formula.channel.pk] = computed
+    return stored
+
+
+def compute_formula(formula: Formula, start: int, end: int) -> tuple[int, tuple[int, int] | None]:
+    """Compute one derived channel over [start, end]; (readings stored, span of the computed readings)."""
+    ts = None
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, channel_id in formula.inputs.items():
+        t, v, q = read_series(channel_id, start=start, end=end)
+        keep = q != Quality.MISSING
+        series[name] = (t[keep], v[keep])
+        ts = series[name][0] if ts is None else np.intersect1d(ts, series[name][0], assume_unique=True)
+    if ts is None:  # an expression without channels (a constant): nothing to align on
+        return 0, None
+    if len(ts) == 0:
+        return 0, None
+    aligned = {name: v[np.searchsorted(t, ts)] for name, (t, v) in series.items()}
+    values = evaluate(formula.tree, aligned)
+    values = np.broadcast_to(values, ts.shape).astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        logger.info(
+            "derived channel %s: %d of %d values are not finite and were not stored",
+            formula.channel,
+            int((~finite).sum()),
+            len(values),
+        )
+    ts, values = ts[finite], values[finite]
+    if len(ts) == 0:
+        return 0, None
+    batch = SampleBatch(np.full(len(ts), formula.channel.pk, dtype=np.int64), ts, values)
+    result = ingest_samples(batch, origin=Origin.DERIVED, allow_derived=True)
+    return result.accepted, (int(ts[0]), int(ts[-1]))

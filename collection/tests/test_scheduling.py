@@ -1,0 +1,112 @@
+"""Scheduling: which sources are due, claiming them once, leases, backoff, and runs left by dead workers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from collection.choices import RunStatus
+from collection.models import CollectionRun
+from collection.services import collect
+from instruments.choices import SourceKind
+from instruments.models import DataSource
+from instruments.tests.factories import make_instrument, make_source
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def folder(tmp_path):
+    path = tmp_path / "logger"
+    path.mkdir()
+    return path
+
+
+def test_a_due_source_is_claimed_once(folder):
+    source = make_source(config={"path": str(folder)})
+    now = timezone.now()
+    assert collect.claim_due_sources(now) == [source.pk]
+    assert collect.claim_due_sources(now) == []  # its next run is now an interval away
+    source.refresh_from_db()
+    assert source.next_run_at == now + timedelta(seconds=source.interval_seconds)
+
+
+def test_two_dispatchers_that_saw_the_same_due_source_claim_it_once(folder):
+    source = make_source(config={"path": str(folder)})
+    now = timezone.now()
+    seen_by_second = list(collect.due_sources(now).values_list("id", "next_run_at"))  # read before the first claims
+    assert collect.claim_due_sources(now) == [source.pk]
+    ((source_id, previous),) = seen_by_second
+    # The second dispatcher's compare-and-set finds next_run_at changed: it claims nothing.
+    assert DataSource.objects.filter(pk=source_id, next_run_at=previous).update(next_run_at=now) == 0
+
+
+def test_disabled_inactive_and_agent_sources_are_never_due(folder):
+    make_source(config={"path": str(folder)}, enabled=False)
+    make_source(make_instrument(active=False), config={"path": str(folder)})
+    make_source(kind=SourceKind.AGENT, config={"collect": {"kind": "serial", "url": "/dev/ttyS0"}})
+    assert collect.claim_due_sources() == []
+
+
+def test_a_source_leased_by_another_worker_is_not_collected(folder):
+    source = make_source(config={"path": str(folder)})
+    DataSource.objects.filter(pk=source.pk).update(
+        lease_owner="another-worker", lease_expires=timezone.now() + timedelta(seconds=60)
+    )
+    assert collect.collect_source(source.pk) is None
+    assert not CollectionRun.objects.exists()
+
+
+def test_an_expired_lease_is_taken_over_and_the_dead_run_is_recorded_as_lost(folder, settings):
+    source = make_source(config={"path": str(folder)})
+    long_ago = timezone.now() - timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS + 5)
+    lost = CollectionRun.objects.create(source=source, started_at=long_ago, worker="deadhost:123")
+    DataSource.objects.filter(pk=source.pk).update(lease_owner="deadhost", lease_expires=timezone.now())
+    run = collect.collect_source(source.pk)
+    assert run.status == RunStatus.SUCCESS
+    lost.refresh_from_db()
+    assert lost.status == RunStatus.FAILED
+    assert lost.error.startswith("the worker stopped during this run")
+    source.refresh_from_db()
+    assert source.lease_owner == "" and source.lease_expires is None
+
+
+def test_a_run_is_recorded_with_its_counts_and_worker(folder):
+    (folder / "a.csv").write_text("2024-05-06T07:08:09Z,1\n")
+    source = make_source(config={"path": str(folder)})
+    run = collect.collect_source(source.pk)
+    assert run.status == RunStatus.SUCCESS
+    assert run.finished_at >= run.started_at
+    assert ":" in run.worker
+    assert (run.accepted, run.duplicates, run.rejected) == (0, 0, 0)  # no channels yet
+    source.refresh_from_db()
+    assert source.last_success_at == run.finished_at
+    assert source.consecutive_failures == 0
+
+
+def test_failures_back_off_exponentially_up_to_an_hour_and_success_resets_them(folder):
+    source = make_source(config={"path": str(folder / "missing")}, interval_seconds=60)
+    delays = []
+    for _ in range(8):
+        run = collect.collect_source(source.pk)
+        source.refresh_from_db()
+        delays.append((source.next_run_at - run.finished_at).total_seconds())
+    assert source.consecutive_failures == 8
+    assert delays[0] == pytest.approx(120, abs=2)
+    assert delays[1] == pytest.approx(240, abs=2)
+    assert delays[-1] == pytest.approx(3600, abs=2)
+    assert source.last_error.startswith("FileNotFoundError")
+    (folder / "missing").mkdir()
+    collect.collect_source(source.pk)
+    source.refresh_from_db()
+    assert (source.consecutive_failures, source.last_error) == (0, "")
+
+
+def test_old_runs_are_pruned(folder):
+    source = make_source(config={"path": str(folder)})
+    CollectionRun.objects.create(source=source, started_at=timezone.now() - timedelta(days=8))
+    recent = CollectionRun.objects.create(source=source, started_at=timezone.now())
+    assert collect.prune_run_history() == 1
+    assert list(CollectionRun.objects.all()) == [recent]
