@@ -8,6 +8,7 @@ from rest_framework.filters import OrderingFilter, SearchFilter
 
 from accounts import permissions
 from accounts.api.base import ScopedModelViewSet
+from instruments.api.filters import UtcIsoDateTimeFilter
 from instruments.api.serializers import (
     ChannelSerializer,
     DataSourceSerializer,
@@ -92,8 +93,8 @@ class ChannelViewSet(ScopedModelViewSet):
 
 class LogbookEntryFilter(django_filters.FilterSet):
     instrument = django_filters.CharFilter(field_name="instrument__slug")
-    after = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    before = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    after = UtcIsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    before = UtcIsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = LogbookEntry

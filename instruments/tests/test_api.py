@@ -130,3 +130,21 @@ def test_schema_and_docs_are_served_without_a_cdn(anonymous):
     assert docs.status_code == 200
     html = docs.content.decode()
     assert "swagger-ui" in html and "cdn" not in html.lower() and "//unpkg" not in html
+
+
+@pytest.mark.parametrize(
+    ("query", "count"),
+    [
+        ("before=2999-01-01T00:00:00%2B23:59", 1),  # a legal ISO offset PostgreSQL would refuse as such
+        ("after=2999-01-01T00:00:00-18:23", 0),
+        ("before=9999-12-31T23:00:00-23:00", None),  # beyond what can be stored: 400, not 500
+        ("before=yesterday", None),
+    ],
+)
+def test_logbook_time_filters_take_any_iso_offset(world, owner, query, count):
+    response = owner.client.get(f"/api/v1/logbook/?{query}")
+    if count is None:
+        assert response.status_code == 400
+    else:
+        assert response.status_code == 200, response.content
+        assert response.json()["count"] == count
