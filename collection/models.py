@@ -170,9 +170,7 @@ class RollupBacklog(models.Model):
     fresh buckets and no row. The query service treats pending spans as holes and reads raw there.
     """
 
-    channel = models.ForeignKey(
-        "instruments.Channel", on_delete=models.CASCADE, db_constraint=False, related_name="+"
-    )
+    channel = models.ForeignKey("instruments.Channel", on_delete=models.CASCADE, db_constraint=False, related_name="+")
     start_ts = models.BigIntegerField(help_text="first changed reading, µs since the epoch")
     end_ts = models.BigIntegerField(help_text="last changed reading (inclusive), µs since the epoch")
     created = models.DateTimeField(auto_now_add=True)
