@@ -7,6 +7,7 @@ from rest_framework.routers import DefaultRouter
 
 from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
+from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
 from collection.api.views import IngestView
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
 
@@ -23,6 +24,10 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[AllowAny]), name="docs"),
     path("ingest/", IngestView.as_view(), name="ingest"),
+    path("samples/", SamplesViewSet.as_view({"get": "read"}), name="samples"),
+    path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),
+    path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),
+    path("instruments/<slug:slug>/latest/", LatestViewSet.as_view({"get": "read"}), name="instrument-latest"),
     path("whoami/", WhoAmIView.as_view(), name="whoami"),
     path("agent/config/", AgentConfigView.as_view(), name="agent-config"),
     path("agent/heartbeat/", AgentHeartbeatView.as_view(), name="agent-heartbeat"),

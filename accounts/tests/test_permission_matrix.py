@@ -241,6 +241,17 @@ ROUTES: list[Case] = [
     Case("api:logbook-list", "POST", None, API_ALPHA_CREATE, data={"instrument": "alpha-station", "text": "new"}),
     Case("api:logbook-detail", "GET", lambda w: {"pk": w.alpha_entry.pk}, API_ALPHA_READ),
     Case("api:logbook-detail", "GET", lambda w: {"pk": w.zulu_entry.pk}, API_ZEDS),
+    # --- reading data back: plots, statistics, exports, latest values (query issue) -----------------
+    Case("api:samples", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp"}),
+    Case("api:samples", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp"}),
+    Case("api:samples", "GET", None, API_ZEDS, query={"channels": "alpha-station/alpha-station-temp,zulu-hidden/zulu-hidden-temp"}),
+    Case("api:statistics", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp", "percentiles": "50"}),
+    Case("api:statistics", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "percentiles": "50"}),
+    Case("api:export", "GET", None, API_ALPHA_READ, query={"instrument": "alpha-station", "layout": "wide"}),
+    Case("api:export", "GET", None, API_ZEDS, query={"instrument": "zulu-hidden", "layout": "wide"}),
+    Case("api:export", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "format": "parquet"}),
+    Case("api:instrument-latest", "GET", lambda w: ALPHA, API_ALPHA_READ),
+    Case("api:instrument-latest", "GET", lambda w: ZULU, API_ZEDS),
     # --- admin --------------------------------------------------------------------------------------
     Case("admin:index", "GET", None, STAFF),
     Case(
@@ -347,7 +358,8 @@ def test_matrix(case: Case, persona, world):
     url = case.url(world)
     send = getattr(persona.client, case.method.lower())
     response = send(url, case.data, format="json") if case.data is not None else send(url)
-    body = response.content.decode(errors="replace")
+    content = b"".join(response.streaming_content) if response.streaming else response.content  # exports stream
+    body = content.decode(errors="replace")
     assert response.status_code == case.expected[persona.name], (
         f"{persona} {case.method} {url}: {response.status_code}, expected {case.expected[persona.name]}\n{body[:500]}"
     )

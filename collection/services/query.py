@@ -284,3 +284,30 @@ def iter_raw(
         extra_where="" if include_flagged else f"quality = {int(Quality.OK)}",
         using=using,
     )
+
+
+def latest_values(instrument_id: int, *, using: str = "default") -> list[dict]:
+    """The latest reading of each of an instrument's channels, in one query: ``ingest_samples`` keeps it
+    on the channel row (moved forward only; moved back by ``delete_readings``)."""
+    from instruments.choices import ChannelKind
+    from instruments.models import Channel
+
+    rows = (
+        Channel.objects.using(using)
+        .filter(instrument_id=instrument_id)
+        .order_by("slug")
+        .values_list("id", "slug", "name", "kind", "units", "last_ts", "last_value", "last_text", "last_quality")
+    )
+    return [
+        {
+            "id": pk,
+            "slug": slug,
+            "name": name,
+            "kind": kind,
+            "units": units,
+            "ts": last_ts,
+            "value": (text if kind == ChannelKind.TEXT else value) if last_ts is not None else None,
+            "quality": quality,
+        }
+        for pk, slug, name, kind, units, last_ts, value, text, quality in rows
+    ]

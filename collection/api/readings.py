@@ -1,0 +1,378 @@
+"""Reading data back over the API: plots (``samples``), statistics, exports and latest values.
+
+Thin views over the query service (``collection.services.query``, ``statistics``, ``export``). Every
+view derives from the accounts base viewset: channels are looked up among the ones the requester may
+see (a hidden or unknown channel answers 404), agent tokens are refused (403), read-only tokens may read.
+Plot and statistics answers are rendered with orjson, numpy arrays and all.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+import orjson
+from django.db.models import Q
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.negotiation import BaseContentNegotiation
+
+from accounts import permissions
+from accounts.api.base import ScopedGenericViewSet, instrument_or_404
+from collection.api.schema import ErrorDetail
+from collection.services import export as export_service
+from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_series
+from collection.services.statistics import range_statistics
+from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
+from instruments.models import Channel
+
+MAX_CHANNELS = 100
+DEFAULT_MAX_POINTS = 1000
+DEFAULT_SPAN = 86_400 * 1_000_000
+_INTEGER = re.compile(r"^-?\d{1,19}$")
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def parse_instant(text: str) -> int:
+    """µs since the epoch from ISO 8601 (naive means UTC) or an integer number of µs (as in answers)."""
+    text = text.strip()
+    if _INTEGER.match(text):
+        value = int(text)
+        if abs(value) >= 2**62:
+            raise ValueError("out of range")
+        return value
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return datetime_to_us(parsed)
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class InstantField(serializers.Field):
+    default_error_messages = {
+        "invalid": "Expected an ISO 8601 time (e.g. 2024-05-06T07:00:00Z; naive means UTC) or µs since 1970."
+    }
+
+    def to_internal_value(self, data) -> int:
+        try:
+            return parse_instant(str(data))
+        except (ValueError, OverflowError):
+            self.fail("invalid")
+
+    def to_representation(self, value):
+        return value
+
+
+class ChannelRefsField(serializers.CharField):
+    """Comma-separated channel ids or ``instrument-slug/channel-slug`` references."""
+
+    def to_internal_value(self, data) -> list[str]:
+        refs = [ref.strip() for ref in super().to_internal_value(data).split(",") if ref.strip()]
+        if not refs:
+            raise ValidationError("Name at least one channel.")
+        if len(refs) > MAX_CHANNELS:
+            raise ValidationError(f"At most {MAX_CHANNELS} channels per request.")
+        for ref in refs:
+            if not (ref.isdigit() or ref.count("/") == 1):
+                raise ValidationError(f"{ref!r} is neither a channel id nor instrument-slug/channel-slug.")
+        return list(dict.fromkeys(refs))
+
+
+class RangeParams(serializers.Serializer):
+    channels = ChannelRefsField(help_text="channel ids or instrument-slug/channel-slug, comma-separated")
+    start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: a day before end)")
+    end = InstantField(required=False, help_text="ISO 8601 or µs since 1970, excluded (default: now)")
+
+    def validate(self, attrs):
+        end = attrs.get("end", time.time_ns() // 1000)
+        start = attrs.get("start", end - DEFAULT_SPAN)
+        if end <= start:
+            raise ValidationError({"end": "The end must be after the start."})
+        return {**attrs, "start": start, "end": end}
+
+
+class SamplesParams(RangeParams):
+    max_points = serializers.IntegerField(
+        required=False, default=DEFAULT_MAX_POINTS, min_value=2, max_value=MAX_POINTS_LIMIT
+    )
+    include_flagged = serializers.BooleanField(
+        required=False, default=False, help_text="raw and lttb answers also hold flagged readings, with quality"
+    )
+
+
+class StatisticsParams(RangeParams):
+    percentiles = serializers.CharField(required=False, default="", help_text="e.g. 5,50,95")
+
+    def validate_percentiles(self, value: str) -> list[float]:
+        try:
+            found = [float(p) for p in value.split(",") if p.strip()]
+        except ValueError:
+            raise ValidationError("Percentiles are numbers between 0 and 100, comma-separated.") from None
+        if any(not 0 <= p <= 100 for p in found) or len(found) > 20:
+            raise ValidationError("At most 20 percentiles, each between 0 and 100.")
+        return found
+
+
+class ExportParams(serializers.Serializer):
+    channels = ChannelRefsField(required=False, help_text="channels to export (or instrument)")
+    instrument = serializers.SlugField(required=False, help_text="export every channel of this instrument")
+    start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: the first reading)")
+    end = InstantField(required=False, help_text="ISO 8601 or µs since 1970, excluded (default: after the last)")
+    format = serializers.ChoiceField(choices=export_service.FORMATS, default="csv")
+    layout = serializers.ChoiceField(
+        choices=export_service.LAYOUTS, default="long", help_text="wide: one column per channel of one instrument"
+    )
+    time_format = serializers.ChoiceField(choices=export_service.TIME_FORMATS, default="iso")
+    tz = serializers.CharField(default="UTC", max_length=64, help_text="IANA time zone for ISO times")
+    quality = serializers.BooleanField(default=False, help_text="add the quality flags")
+
+    def validate(self, attrs):
+        if bool(attrs.get("channels")) == bool(attrs.get("instrument")):
+            raise ValidationError("Give either channels or instrument.")
+        return attrs
+
+
+# --- response documentation -----------------------------------------------------------------------
+
+
+class SeriesSchema(serializers.Serializer):
+    channel = serializers.IntegerField()
+    source = serializers.ChoiceField(choices=["raw", "lttb", "tier"])
+    t = serializers.ListField(child=serializers.IntegerField(), help_text="µs since 1970 (bucket starts for tiers)")
+    value = serializers.ListField(child=serializers.FloatField(), required=False, help_text="raw and lttb")
+    quality = serializers.ListField(child=serializers.IntegerField(), required=False)
+    tier = serializers.CharField(required=False, help_text="tier answers: the tier read (10s, 1min, ...)")
+    bucket_us = serializers.IntegerField(required=False, help_text="width of each returned bucket")
+    mean = serializers.ListField(child=serializers.FloatField(), required=False)
+    min = serializers.ListField(child=serializers.FloatField(), required=False)
+    max = serializers.ListField(child=serializers.FloatField(), required=False)
+    count = serializers.ListField(child=serializers.IntegerField(), required=False)
+    stale = serializers.BooleanField(required=False)
+
+
+class SamplesSchema(serializers.Serializer):
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    max_points = serializers.IntegerField()
+    series = SeriesSchema(many=True)
+
+
+class StatisticsSchema(serializers.Serializer):
+    channel = serializers.IntegerField()
+    count = serializers.IntegerField()
+    flagged = serializers.IntegerField()
+    min = serializers.FloatField(allow_null=True)
+    max = serializers.FloatField(allow_null=True)
+    mean = serializers.FloatField(allow_null=True)
+    std = serializers.FloatField(allow_null=True, help_text="sample standard deviation (ddof=1)")
+    percentiles = serializers.DictField(child=serializers.FloatField(allow_null=True))
+    raw_readings_read = serializers.IntegerField()
+    buckets_read = serializers.IntegerField()
+    raw_available_from = serializers.IntegerField(allow_null=True)
+
+
+class StatisticsListSchema(serializers.Serializer):
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    statistics = StatisticsSchema(many=True)
+
+
+class LatestSchema(serializers.Serializer):
+    id = serializers.IntegerField()
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    units = serializers.CharField()
+    ts = serializers.IntegerField(allow_null=True, help_text="µs since 1970")
+    time = serializers.CharField(allow_null=True, help_text="ISO 8601, UTC")
+    value = serializers.JSONField(allow_null=True, help_text="a number, or text for text channels")
+    quality = serializers.IntegerField(allow_null=True)
+
+
+class LatestListSchema(serializers.Serializer):
+    instrument = serializers.CharField()
+    channels = LatestSchema(many=True)
+
+
+ERRORS = {
+    400: OpenApiResponse(OpenApiTypes.OBJECT, description="a parameter is missing or malformed"),
+    401: OpenApiResponse(ErrorDetail, description="not authenticated"),
+    403: OpenApiResponse(ErrorDetail, description="an agent token"),
+    404: OpenApiResponse(ErrorDetail, description="a channel or instrument you may not see, or none such"),
+}
+
+
+# --- views ----------------------------------------------------------------------------------------
+
+
+def json_response(payload: dict) -> HttpResponse:
+    return HttpResponse(orjson.dumps(payload, option=JSON_OPTIONS), content_type="application/json")
+
+
+class ReadingsViewSet(ScopedGenericViewSet):
+    """Base: the channels named in the request, among those the requester may see (one query)."""
+
+    queryset = Channel.objects.select_related("instrument")
+    filter_backends: list = []
+    pagination_class = None
+    params_class: type[serializers.Serializer] = RangeParams
+
+    def get_serializer_class(self):
+        return self.params_class
+
+    def params(self) -> dict:
+        serializer = self.params_class(data=self.request.query_params)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def visible_channels(self, refs: list[str]) -> list[Channel]:
+        ids = [int(ref) for ref in refs if ref.isdigit()]
+        pairs = [ref.split("/", 1) for ref in refs if not ref.isdigit()]
+        wanted = Q(pk__in=ids)
+        for instrument, channel in pairs:
+            wanted |= Q(instrument__slug=instrument, slug=channel)
+        found = list(self.filter_queryset(self.get_queryset()).filter(wanted))
+        by_ref = {str(c.pk): c for c in found} | {f"{c.instrument.slug}/{c.slug}": c for c in found}
+        missing = [ref for ref in refs if ref not in by_ref]
+        if missing:
+            # The same answer for a channel that does not exist and one the requester may not see.
+            raise Http404(f"No such channel ({len(missing)} of the {len(refs)} named), or not one you may see.")
+        return list(dict.fromkeys(by_ref[ref] for ref in refs))
+
+
+class SamplesViewSet(ReadingsViewSet):
+    params_class = SamplesParams
+
+    @extend_schema(
+        operation_id="query_samples",
+        summary="Readings of channels over a time range, at screen resolution",
+        description=(
+            "For each channel: raw readings when the range holds at most max_points of them; otherwise "
+            "MinMax-LTTB over raw readings (short ranges) or buckets of a rollup tier with min/max envelope, "
+            "mean and count. Readings flagged bad are left out unless include_flagged (raw and lttb answers)."
+        ),
+        parameters=[SamplesParams],
+        responses={200: SamplesSchema, **ERRORS},
+    )
+    def read(self, request):
+        params = self.params()
+        channels = self.visible_channels(params["channels"])
+        series = query_series(
+            [c.pk for c in channels],
+            params["start"],
+            params["end"],
+            params["max_points"],
+            include_flagged=params["include_flagged"],
+        )
+        return json_response(
+            {
+                "start": params["start"],
+                "end": params["end"],
+                "max_points": params["max_points"],
+                "series": [s.as_dict() for s in series],
+            }
+        )
+
+
+class StatisticsViewSet(ReadingsViewSet):
+    params_class = StatisticsParams
+
+    @extend_schema(
+        operation_id="range_statistics",
+        summary="Count, min, max, mean, std and percentiles of channels over a time range",
+        description="From the rollup tiers where whole buckets fit, raw readings for the rest and for percentiles.",
+        parameters=[StatisticsParams],
+        responses={200: StatisticsListSchema, **ERRORS},
+    )
+    def read(self, request):
+        params = self.params()
+        channels = self.visible_channels(params["channels"])
+        try:
+            results = range_statistics(
+                [c.pk for c in channels], params["start"], params["end"], percentiles=params["percentiles"]
+            )
+        except ValueError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return json_response(
+            {"start": params["start"], "end": params["end"], "statistics": [r.as_dict() for r in results]}
+        )
+
+
+class _JsonErrorsNegotiation(BaseContentNegotiation):
+    """Exports are CSV or Parquet whatever the Accept header; errors are JSON."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class ExportViewSet(ReadingsViewSet):
+    params_class = ExportParams
+    content_negotiation_class = _JsonErrorsNegotiation
+
+    @extend_schema(
+        operation_id="export_readings",
+        summary="Export readings as CSV or Parquet, streamed",
+        description=(
+            "long: one row per reading (time, channel, value[, quality]), by channel then time. wide: one "
+            "instrument's channels side by side, one row per timestamp, headers with units. Time as ISO 8601 "
+            "in the chosen zone, or epoch seconds/milliseconds (exact decimals) or microseconds."
+        ),
+        parameters=[ExportParams],
+        responses={
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY,
+            **ERRORS,
+        },
+    )
+    def read(self, request):
+        params = self.params()
+        if params.get("instrument"):
+            instrument = instrument_or_404(request, params["instrument"], permissions.VIEW)
+            channels = list(instrument.channels.select_related("instrument").order_by("slug"))
+        else:
+            channels = self.visible_channels(params["channels"])
+        try:
+            export_request = export_service.ExportRequest(
+                channels=channels,
+                start=params.get("start", export_service.MIN_TS),
+                end=params.get("end", export_service.MAX_TS),
+                format=params["format"],
+                layout=params["layout"],
+                time_format=params["time_format"],
+                time_zone=params["tz"],
+                quality=params["quality"],
+            )
+        except ValueError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        response = StreamingHttpResponse(
+            export_service.export(export_request), content_type=export_request.content_type
+        )
+        response["Content-Disposition"] = f'attachment; filename="{export_request.filename}"'
+        return response
+
+
+class LatestViewSet(ReadingsViewSet):
+    @extend_schema(
+        operation_id="instrument_latest",
+        summary="The latest reading of every channel of an instrument",
+        parameters=[OpenApiParameter("slug", str, OpenApiParameter.PATH)],
+        responses={200: LatestListSchema, **ERRORS},
+    )
+    def read(self, request, slug: str):
+        instrument = instrument_or_404(request, slug, permissions.VIEW)
+        return json_response(
+            {
+                "instrument": instrument.slug,
+                "channels": [
+                    {**row, "time": None if row["ts"] is None else us_to_datetime(row["ts"]).isoformat()}
+                    for row in latest_values(instrument.pk)
+                ],
+            }
+        )
