@@ -244,9 +244,23 @@ ROUTES: list[Case] = [
     # --- reading data back: plots, statistics, exports, latest values (query issue) -----------------
     Case("api:samples", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp"}),
     Case("api:samples", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp"}),
-    Case("api:samples", "GET", None, API_ZEDS, query={"channels": "alpha-station/alpha-station-temp,zulu-hidden/zulu-hidden-temp"}),
-    Case("api:statistics", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp", "percentiles": "50"}),
-    Case("api:statistics", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "percentiles": "50"}),
+    Case(
+        "api:samples",
+        "GET",
+        None,
+        API_ZEDS,
+        query={"channels": "alpha-station/alpha-station-temp,zulu-hidden/zulu-hidden-temp"},
+    ),
+    Case(
+        "api:statistics",
+        "GET",
+        None,
+        API_ALPHA_READ,
+        query={"channels": "alpha-station/alpha-station-temp", "percentiles": "50"},
+    ),
+    Case(
+        "api:statistics", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "percentiles": "50"}
+    ),
     Case("api:export", "GET", None, API_ALPHA_READ, query={"instrument": "alpha-station", "layout": "wide"}),
     Case("api:export", "GET", None, API_ZEDS, query={"instrument": "zulu-hidden", "layout": "wide"}),
     Case("api:export", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "format": "parquet"}),
