@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import Http404
 
 from accounts import audit, permissions
@@ -59,6 +60,7 @@ class InstrumentAccessMixin(LoginRequiredMixin):
 class AuditedFormMixin:
     """For edit pages (ModelForm views): records what changed in the audit trail, like the API does."""
 
+    @transaction.atomic  # the change and its audit event stand or fall together
     def form_valid(self, form):
         creating = form.instance.pk is None
         before = {name: form.initial.get(name) for name in form.changed_data}

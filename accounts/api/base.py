@@ -25,6 +25,7 @@ objects the requester has the level on (anything else reads "does not exist").
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.http import Http404
 from rest_framework import exceptions, mixins, serializers, viewsets
 
@@ -70,35 +71,41 @@ class ScopedGenericViewSet(ScopedViewMixin, viewsets.GenericViewSet):
     # --- audit of configuration edits made through the API ---------------------------------------
 
     def perform_create(self, serializer) -> None:
-        try:
-            instance = serializer.save()
-        except DjangoValidationError as exc:
-            raise exceptions.ValidationError(as_drf_detail(exc)) from None
-        if self.audited:
-            audit.record(
-                AuditAction.CONFIG_CREATED, obj=instance, changes=serializer.data, **audit.origin(self.request)
-            )
+        with transaction.atomic():  # the change and its audit event stand or fall together
+            instance = self._save(serializer)
+            if self.audited:
+                audit.record(
+                    AuditAction.CONFIG_CREATED, obj=instance, changes=serializer.data, **audit.origin(self.request)
+                )
 
     def perform_update(self, serializer) -> None:
         before = serializer.to_representation(serializer.instance) if self.audited else {}
-        try:
-            instance = serializer.save()
-        except DjangoValidationError as exc:
-            raise exceptions.ValidationError(as_drf_detail(exc)) from None
-        if self.audited:
-            changes = audit.diff(before, serializer.to_representation(instance))
-            if changes:
-                audit.record(AuditAction.CONFIG_CHANGED, obj=instance, changes=changes, **audit.origin(self.request))
+        with transaction.atomic():
+            instance = self._save(serializer)
+            if self.audited:
+                changes = audit.diff(before, serializer.to_representation(instance))
+                if changes:
+                    audit.record(
+                        AuditAction.CONFIG_CHANGED, obj=instance, changes=changes, **audit.origin(self.request)
+                    )
 
     def perform_destroy(self, instance) -> None:
-        if self.audited:
-            audit.record(
-                AuditAction.CONFIG_DELETED,
-                obj=instance,
-                changes=self.get_serializer(instance).data,
-                **audit.origin(self.request),
-            )
-        instance.delete()
+        with transaction.atomic():
+            if self.audited:
+                audit.record(
+                    AuditAction.CONFIG_DELETED,
+                    obj=instance,
+                    changes=self.get_serializer(instance).data,
+                    **audit.origin(self.request),
+                )
+            instance.delete()
+
+    @staticmethod
+    def _save(serializer):
+        try:
+            return serializer.save()
+        except DjangoValidationError as exc:
+            raise exceptions.ValidationError(as_drf_detail(exc)) from None
 
 
 # ScopedGenericViewSet comes first so that its audited perform_create/update/destroy are not shadowed by

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db import transaction
 from rest_framework.test import APIClient
 
 from accounts import roles, services
@@ -182,6 +183,30 @@ def build_world() -> World:
 @pytest.fixture
 def world(db) -> World:
     return build_world()
+
+
+@pytest.fixture(scope="module")
+def module_world(django_db_setup, django_db_blocker):
+    """One world for a whole module, for read-mostly suites such as the permission matrix.
+
+    Built inside a transaction that stays open for the module and is rolled back at its end; each test
+    (through ``db``) runs in a savepoint inside it, as Django's ``TestCase.setUpTestData`` does, so
+    what a test writes is undone before the next. Use it by overriding ``world`` in the module::
+
+        @pytest.fixture
+        def world(module_world, db):
+            return module_world
+
+    Tests must not change the world's Python objects (the database is rolled back, they are not).
+    """
+    with django_db_blocker.unblock():
+        outer = transaction.atomic()
+        outer.__enter__()
+        try:
+            yield build_world()
+        finally:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
 
 
 def _persona(world: World, name: str, *, user=None, token: str | None = None) -> Persona:

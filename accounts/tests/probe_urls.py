@@ -5,7 +5,6 @@ for hidden objects, levels, audit of edits, query counts) without depending on o
 """
 
 from django import forms
-from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import include, path
 from django.views.generic import DetailView, ListView, UpdateView, View
@@ -15,6 +14,7 @@ from rest_framework.routers import SimpleRouter
 from accounts import permissions
 from accounts.api.base import PermittedSlugRelatedField, ScopedModelViewSet, ScopedReadOnlyModelViewSet
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin
+from daqbroker_site.urls import urlpatterns as site_urlpatterns
 from instruments.models import Channel, Instrument
 
 # --- API -------------------------------------------------------------------------------------------
@@ -99,5 +99,6 @@ urlpatterns = [
     path("pages/instruments/<slug:slug>/edit/", InstrumentEditPage.as_view()),
     path("pages/channels/", ChannelListPage.as_view()),
     path("pages/instruments/<slug:instrument>/sharing/", InstrumentSharingPage.as_view()),
-    path("admin/", admin.site.urls),  # LOGIN_URL is the admin's login page
+    # and the whole site, whose templates (403 and 404 pages, the login) name its routes
+    *site_urlpatterns,
 ]

@@ -34,7 +34,7 @@ def test_creating_an_agent_shows_its_token_once(owner, world):
     assert AuditEvent.objects.filter(action="agent.created", object_id=str(agent.pk)).exists()
     for url in (reverse("admin:accounts_agent_changelist"), reverse("admin:accounts_agent_change", args=[agent.pk])):
         page = owner.client.get(url).content.decode()
-        assert token not in page and token.rsplit("_", 1)[1] not in page
+        assert token not in page and token[-43:] not in page
         assert agent.token.prefix in page
 
 
@@ -64,7 +64,7 @@ def test_creating_a_personal_token_shows_it_once(owner, world):
     created = ApiToken.objects.get(name="laptop")
     assert (created.user, created.scope, created.agent) == (world.users["olivia"], "read", None)
     page = owner.client.get(reverse("admin:accounts_apitoken_change", args=[created.pk])).content.decode()
-    assert token.rsplit("_", 1)[1] not in page and 'name="_save"' not in page  # read-only
+    assert token[-43:] not in page and 'name="_save"' not in page  # read-only
 
 
 def test_the_revoke_action_revokes(owner, world):

@@ -367,6 +367,12 @@ ROUTES: list[Case] = [
 ]
 
 
+@pytest.fixture
+def world(module_world, db):
+    """The personas' world, built once for this module; each case's writes are rolled back."""
+    return module_world
+
+
 @pytest.mark.parametrize("case", ROUTES, ids=lambda case: case.id)
 def test_matrix(case: Case, persona, world):
     url = case.url(world)
