@@ -36,6 +36,7 @@ HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
 WHOAMI_PATH = "/api/v1/whoami/"
 CENTRAL_CONFIG_KEY = "central_config"
 CLOCK_WARNING_SECONDS = 2.0
+MAX_CLOCK_ROUND_TRIP = 1.0  # seconds: heartbeats answered slower do not update the clock offset
 LOCK_FILE = "agent.lock"
 
 
@@ -280,10 +281,15 @@ class AgentRuntime:
             self.noisy.log(logging.WARNING, f"beat-{reply.status}", "heartbeat: the server answered %s", reply.status)
             return
         self.auth.accepted()
+        self.state.update(last_heartbeat=received)
+        round_trip = received - sent
+        if round_trip > MAX_CLOCK_ROUND_TRIP:
+            return  # a slow answer (a server starting, a queue) says little about the clocks
         with suppress(KeyError, TypeError, ValueError):
+            # As NTP does: the server read its clock halfway through the round trip, give or take half of it.
             offset = (sent + received) / 2 - float(reply.json()["server_time"])
-            self.state.update(clock_offset=offset, last_heartbeat=received)
-            if abs(offset) > CLOCK_WARNING_SECONDS:
+            self.state.update(clock_offset=offset)
+            if abs(offset) - round_trip / 2 > CLOCK_WARNING_SECONDS:
                 self.noisy.log(
                     logging.WARNING,
                     "clock",

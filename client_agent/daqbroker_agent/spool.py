@@ -93,6 +93,7 @@ class Batch:
     last_id: int
     attempts: int
     readings: list[tuple[int, str, int, Any]]  # (spool id, channel, ts, value)
+    resent: bool = False  # claimed before (by a process that stopped, or split) and not acknowledged
 
     def __len__(self) -> int:
         return len(self.readings)
@@ -221,6 +222,7 @@ class Spool:
             row = db.execute(
                 f"SELECT id, first_id, last_id, attempts FROM batches {where} ORDER BY first_id LIMIT 1", excluded
             ).fetchone()
+            resent = row is not None
             if row is None:
                 claimed_to = db.execute("SELECT value FROM counters WHERE name = 'claimed_to'").fetchone()[0]
                 ids = db.execute(
@@ -239,7 +241,7 @@ class Spool:
             readings = db.execute(
                 "SELECT id, channel, ts, value FROM readings WHERE id BETWEEN ? AND ? ORDER BY id", (first, last)
             ).fetchall()
-        return Batch(batch_id, first, last, attempts, readings)
+        return Batch(batch_id, first, last, attempts, readings, resent)
 
     def note_attempt(self, batch_id: str, error: str) -> None:
         with self._write() as db:

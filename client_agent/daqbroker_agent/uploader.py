@@ -179,8 +179,8 @@ class Uploader:
         """Send ``batch`` until the server has it (True), or ``stop`` is set, or it was split or buried."""
         payload, order = ingest_payload(batch)
         backoff = self.make_backoff()
-        if batch.attempts:
-            log.info("sending batch %s again (%s readings; it was not acknowledged before)", batch.id, len(batch))
+        if batch.resent:
+            log.info("sending batch %s again (%s readings, claimed before and not acknowledged)", batch.id, len(batch))
         while not stop.is_set():
             wait = self._attempt(batch, payload, order, backoff)
             if wait is None:

@@ -45,6 +45,7 @@ def test_an_unacknowledged_batch_comes_back_unchanged_after_a_restart(tmp_path):
     again = Spool(tmp_path)  # the agent restarted without an answer for `first`
     retried = again.claim(6)
     assert (retried.id, retried.readings) == (first.id, first.readings)
+    assert retried.resent and not first.resent
     rest = again.claim(6, exclude=[retried.id])
     assert [r[3] for r in rest.readings] == [6.0, 7.0, 8.0, 9.0]
     assert rest.id != retried.id

@@ -1,0 +1,412 @@
+"""The client agent end to end: a real ``daqbroker-agent run`` process, a real gunicorn server on the test
+database, real HTTP, and SIGKILLs of either. The test only writes what an instrument would write (a file,
+a serial line) and watches the database.
+
+"Exactly once" is checked on what is stored: every reading present, with its value, and no more rows
+than readings (the readings tables are keyed by channel and time, so a reading stored twice would
+need a second row; storage is idempotent, so delivery may repeat).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from accounts import services
+from accounts.models import AgentHealth
+from collection.models import Sample, TextSample
+from conftest import REPO, database_url_for_subprocess, service_unavailable, wait_for
+from daqbroker_agent.spool import Spool
+from instruments.choices import ChannelKind, SourceKind
+from instruments.models import DataSource
+from instruments.tests.factories import make_channel, make_instrument, make_user
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+T0 = 1_700_000_000  # s since 1970: the first line's time
+AGENT_PATH = str(REPO / "client_agent")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A child in its own process group, so that SIGKILL takes it whole (gunicorn's master and workers)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log_dir: Path):
+        self.name, self.argv, self.env = name, argv, env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> Process:
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"\n=== start {self.starts}\n".encode())
+            self.proc = subprocess.Popen(
+                self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class WebServer(Process):
+    def __init__(self, env: dict, log_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "gunicorn", "daqbroker_site.wsgi", "--workers", "2", "--bind",
+                f"127.0.0.1:{self.port}", "--timeout", "120", "--log-level", "warning"]  # fmt: skip
+        super().__init__("web", argv, env, log_dir)
+
+    def answers(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.url}/api/v1/whoami/", timeout=2)  # noqa: S310 (our own test server)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401
+        except OSError:
+            return False
+        return False
+
+    def start(self) -> WebServer:
+        super().start()
+        wait_for(lambda: self.answers() or not self.running, timeout=60, message="gunicorn answering")
+        assert self.running, self.log()[-3000:]
+        return self
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started: list[Process] = []
+    yield started
+    for process in started:
+        process.stop()
+    for process in started:
+        sys.stdout.write(f"\n--- {process.name} log (tail) ---\n{process.log()[-4000:]}\n")
+
+
+@pytest.fixture
+def web(processes, service_env, tmp_path) -> WebServer:
+    env = {
+        **service_env,
+        "DATABASE_URL": database_url_for_subprocess(),
+        "DAQBROKER_DEBUG": "true",
+        "DAQBROKER_INGEST_THROTTLE": "none",
+        "PYTHONPATH": AGENT_PATH,  # the parser and validation of this tree
+    }
+    server = WebServer(env, tmp_path)
+    processes.append(server)
+    return server.start()
+
+
+class Station:
+    """An instrument with two numeric channels, served by an agent that tails its logger's files."""
+
+    def __init__(self, tmp_path: Path, collect: dict | None = None):
+        self.owner = make_user("field-operator", password=None)
+        self.instrument = make_instrument(self.owner, slug="remote-station")
+        self.agent, token = services.create_agent(owner=self.owner, name="station-pc", instruments=[self.instrument])
+        self.folder = tmp_path / "logger"
+        self.folder.mkdir()
+        self.token_file = tmp_path / "token"
+        self.token_file.write_text(token)
+        self.spool_dir = tmp_path / "spool"
+        collect = collect or {
+            "kind": "file",
+            "path": str(self.folder),
+            "pattern": "*.csv",
+            "columns": ["time", "temp", "rh"],
+            "timestamp": {"columns": ["time"], "format": "epoch"},
+        }
+        self.source = DataSource.objects.create(
+            instrument=self.instrument,
+            name="logger",
+            kind=SourceKind.AGENT,
+            agent=self.agent,
+            interval_seconds=1,
+            config={"collect": collect},
+        )
+        self.temp = make_channel(self.instrument, slug="temp", source=self.source, source_field="temp")
+        self.rh = make_channel(self.instrument, slug="rh", source=self.source, source_field="rh")
+        self.lines_written = 0
+        self._spool: Spool | None = None
+
+    def write_lines(self, n: int, name: str = "data.csv") -> None:
+        """``n`` lines, two readings each: temp = i / 10, rh = i % 100 for line i."""
+        start = self.lines_written
+        with (self.folder / name).open("a") as handle:
+            handle.write("".join(f"{T0 + i},{i / 10},{i % 100}\n" for i in range(start, start + n)))
+        self.lines_written += n
+
+    def stored(self) -> int:
+        return Sample.objects.filter(channel__in=[self.temp, self.rh]).count()
+
+    def assert_exactly_once(self) -> None:
+        n = self.lines_written
+        assert self.stored() == 2 * n
+        temps = dict(Sample.objects.filter(channel=self.temp).values_list("ts", "value"))
+        assert len(temps) == n
+        assert all(temps[(T0 + i) * 1_000_000] == i / 10 for i in range(0, n, max(1, n // 1000)))
+        assert sorted(temps) == [(T0 + i) * 1_000_000 for i in range(n)]
+        rh_sum = sum(Sample.objects.filter(channel=self.rh).values_list("value", flat=True))
+        assert rh_sum == sum(i % 100 for i in range(n))
+
+    def agent_process(self, server: WebServer, log_dir: Path, **settings: str) -> Process:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO", "DATABASE"))}
+        env.update(
+            PYTHONPATH=AGENT_PATH,
+            DAQBROKER_AGENT_URL=server.url,
+            DAQBROKER_AGENT_TOKEN_FILE=str(self.token_file),
+            DAQBROKER_AGENT_SPOOL=str(self.spool_dir),
+            DAQBROKER_AGENT_RETRY_INITIAL_SECONDS="0.1",
+            DAQBROKER_AGENT_RETRY_MAX_SECONDS="1",
+            DAQBROKER_AGENT_CONFIG_POLL_SECONDS="1",
+            DAQBROKER_AGENT_HEARTBEAT_SECONDS="1",
+            **{f"DAQBROKER_AGENT_{k.upper()}": v for k, v in settings.items()},
+        )
+        return Process("agent", [sys.executable, "-m", "daqbroker_agent", "run"], env, log_dir)
+
+    def spool(self) -> Spool:
+        if self._spool is None:
+            self._spool = Spool(self.spool_dir)
+        return self._spool
+
+    def agent_state(self) -> dict:
+        return self.spool().get("state", {}) or {}
+
+
+@pytest.fixture
+def station(tmp_path) -> Station:
+    return Station(tmp_path)
+
+
+def start_agent(station: Station, web: WebServer, processes, tmp_path, **settings) -> Process:
+    agent = station.agent_process(web, tmp_path, **settings)
+    processes.insert(0, agent)  # stopped before the server
+    agent.start()
+    wait_for(
+        lambda: AgentHealth.objects.filter(agent=station.agent).exists() and station.spool().get("central_config"),
+        timeout=30,
+        message="the agent's first heartbeat and configuration",
+    )
+    return agent
+
+
+# --- the issue's scenarios ------------------------------------------------------------------------------
+
+
+def test_100k_readings_made_while_the_server_is_down_all_arrive_once(station, web, processes, tmp_path):
+    agent = start_agent(station, web, processes, tmp_path)
+    web.stop()
+    station.write_lines(50_000)  # 100,000 readings
+    wait_for(lambda: station.spool().depth() == 100_000, timeout=60, message="100,000 readings spooled")
+    assert station.stored() == 0
+    web.start()
+    wait_for(lambda: station.stored() == 100_000, timeout=120, message="100,000 readings stored")
+    wait_for(lambda: station.spool().depth() == 0, timeout=30, message="the spool emptied")
+    station.assert_exactly_once()
+    assert station.spool().counters()["uploaded"] == 100_000
+    assert agent.running
+
+
+def test_server_killed_mid_upload_loses_and_doubles_nothing(station, web, processes, tmp_path):
+    start_agent(station, web, processes, tmp_path, batch_size="2000")
+    station.write_lines(100_000)
+    wait_for(lambda: station.stored() >= 20_000, timeout=60, message="uploads under way")
+    web.kill()
+    stored_at_kill = station.stored()
+    assert stored_at_kill < 200_000, "the uploads finished before the kill: make the test bigger"
+    time.sleep(0.5)  # let the agent meet the dead server (any delay works; this one makes it likely)
+    web.start()
+    wait_for(lambda: station.stored() == 200_000, timeout=120, message="every reading stored")
+    wait_for(lambda: station.spool().depth() == 0, timeout=30, message="the spool emptied")
+    station.assert_exactly_once()
+
+
+def test_agent_killed_mid_batch_and_restarted_loses_and_doubles_nothing(station, web, processes, tmp_path):
+    agent = start_agent(station, web, processes, tmp_path, batch_size="5000")
+    station.write_lines(100_000)
+    wait_for(lambda: station.stored() >= 20_000, timeout=60, message="uploads under way")
+    agent.kill()
+    stored_at_kill = station.stored()
+    assert stored_at_kill < 200_000, "the uploads finished before the kill: make the test bigger"
+    pending = station.spool().pending_batches()
+    station.write_lines(1000)  # written while the agent was down
+    agent.start()
+    wait_for(lambda: station.stored() == 202_000, timeout=120, message="every reading stored")
+    wait_for(lambda: station.spool().depth() == 0, timeout=30, message="the spool emptied")
+    station.assert_exactly_once()
+    if pending:  # batches claimed when it died were sent again with their ids
+        assert "sending batch" in agent.log() and "again" in agent.log()
+
+
+def test_a_revoked_token_keeps_spooling_reports_401_and_delivers_after_a_new_token(station, web, processes, tmp_path):
+    agent = start_agent(station, web, processes, tmp_path)
+    station.write_lines(100)
+    wait_for(lambda: station.stored() == 200, timeout=30, message="the first readings")
+
+    services.revoke_agent(station.agent)
+    station.write_lines(400)
+    wait_for(lambda: station.spool().depth() == 800, timeout=30, message="readings kept in the spool")
+    wait_for(
+        lambda: "auth" in station.agent_state().get("problems", {}),
+        timeout=30,
+        message="the agent reporting the refused token",
+    )
+    assert "the server refuses the agent's token (401" in agent.log()
+    assert "will be sent once a valid token is in place" in agent.log()
+    assert station.stored() == 200
+
+    # The administrator creates a new agent for the station and gives it the source; the operator puts
+    # the new token in the token file. No restart.
+    new_agent, token = services.create_agent(owner=station.owner, name="station-pc-2", instruments=[station.instrument])
+    station.source.agent = new_agent
+    station.source.full_clean()
+    station.source.save()
+    station.token_file.write_text(token + "\n")
+    wait_for(lambda: station.stored() == 1000, timeout=60, message="the spooled readings delivered")
+    station.write_lines(50)
+    wait_for(lambda: station.stored() == 1100, timeout=30, message="collection going on with the new token")
+    station.assert_exactly_once()
+    assert "the server accepts the agent's token" in agent.log()
+    wait_for(lambda: AgentHealth.objects.filter(agent=new_agent).exists(), timeout=30, message="new agent's heartbeat")
+
+
+def test_a_reading_from_a_serial_instrument_reaches_the_database(tmp_path, web, processes):
+    """The instrument answers "R" on the controller side of a pseudo-terminal; the agent opens the other
+    side as a serial port with pyserial, configured centrally as a data source."""
+    import tty
+
+    controller, device = os.openpty()
+    tty.setraw(controller)
+    station = Station(
+        tmp_path,
+        collect={
+            "kind": "serial",
+            "url": os.ttyname(device),
+            "baudrate": 9600,
+            "request": "R\r\n",
+            "line_terminator": "\r\n",
+            "delimiter": " ",
+            "columns": ["time", "temp", "rh"],
+            "timestamp": {"columns": ["time"], "format": "epoch"},
+            "timeout": 1,
+        },
+    )
+    status = make_channel(station.instrument, slug="status", kind=ChannelKind.TEXT, source=station.source)
+    status.source_field = "3"
+    status.save()
+    stop = threading.Event()
+
+    def instrument() -> None:
+        buffer, count = b"", 0
+        while not stop.is_set():
+            try:
+                buffer += os.read(controller, 100)
+            except OSError:
+                return
+            while b"R\r\n" in buffer:
+                buffer = buffer.split(b"R\r\n", 1)[1]
+                os.write(controller, f"{T0 + count} 21.5 {40 + count} OK\r\n".encode())
+                count += 1
+
+    threading.Thread(target=instrument, daemon=True).start()
+    try:
+        start_agent(station, web, processes, tmp_path)
+        wait_for(lambda: TextSample.objects.filter(channel=status).exists(), timeout=30, message="a serial reading")
+    finally:
+        stop.set()
+    first = Sample.objects.get(channel=station.temp, ts=T0 * 1_000_000)
+    assert first.value == 21.5
+    assert Sample.objects.get(channel=station.rh, ts=T0 * 1_000_000).value == 40
+    assert TextSample.objects.get(channel=status, ts=T0 * 1_000_000).value == "OK"
+    for fd in (controller, device):
+        os.close(fd)
+
+
+def test_central_configuration_changes_reach_a_running_agent(station, web, processes, tmp_path):
+    agent = start_agent(station, web, processes, tmp_path)
+    station.write_lines(10)
+    wait_for(lambda: station.stored() == 20, timeout=30, message="the first readings")
+    # In the admin: the source now reads "*.log" files, and rh is no longer collected.
+    station.source.config["collect"]["pattern"] = "*.log"
+    station.source.save()
+    station.rh.source = None
+    station.rh.save()
+    wait_for(
+        lambda: "stopped remote-station/logger: changed in the server's configuration" in agent.log(),
+        timeout=30,
+        message="the agent restarting the changed source",
+    )
+    (station.folder / "new.log").write_text(f"{T0 + 1000},99.5,1\n")
+    wait_for(
+        lambda: Sample.objects.filter(channel=station.temp, ts=(T0 + 1000) * 1_000_000).exists(),
+        timeout=30,
+        message="the reading of the new file",
+    )
+    assert not Sample.objects.filter(channel=station.rh, ts=(T0 + 1000) * 1_000_000).exists()
+
+
+# --- the package on its own ----------------------------------------------------------------------------
+
+
+def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    install = [str(venv / "bin/python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    pip = subprocess.run(
+        [*install, str(REPO / "client_agent")], capture_output=True, text=True, timeout=600, check=False
+    )
+    if pip.returncode != 0:
+        offline = any(w in pip.stderr for w in ("No matching distribution", "Could not find a version", "connection"))
+        if offline:
+            service_unavailable(
+                f"pip cannot reach an index or a wheel cache for the agent's dependencies: {pip.stderr[-500:]}"
+            )
+        pytest.fail(pip.stderr[-3000:])
+    helped = subprocess.run([str(venv / "bin/daqbroker-agent"), "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    assert "flush" in helped.stdout
+    no_django = subprocess.run([str(venv / "bin/python"), "-c", "import django"], capture_output=True, timeout=60)
+    assert no_django.returncode != 0, "Django must not come with the agent"
+    status = subprocess.run(
+        [str(venv / "bin/daqbroker-agent"), "status", "--spool", str(tmp_path / "spool")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert status.returncode == 1 and "has not run" in status.stderr
+    import_all = "import daqbroker_agent.cli, daqbroker_agent.runtime, daqbroker_agent.sources, serial; print('ok')"
+    imported = subprocess.run([str(venv / "bin/python"), "-c", import_all], capture_output=True, text=True, timeout=60)
+    assert imported.stdout.strip() == "ok", imported.stderr
