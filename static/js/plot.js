@@ -15,6 +15,15 @@
   var LIVE_SECONDS = 3;
   var MIN_POINTS = 100, MAX_POINTS = 4000;
 
+  // plotly.js (4.6 MB) is loaded with "defer": the first readings are asked for while it is still being
+  // parsed, and drawing waits for it.
+  var plotlyReady = new Promise(function (resolve) {
+    if (window.Plotly) { resolve(); return; }
+    // deferred scripts run before DOMContentLoaded
+    document.addEventListener("DOMContentLoaded", function () { resolve(); });
+    window.addEventListener("load", function () { resolve(); });
+  });
+
   function rgba(hex, alpha) {
     var n = parseInt(hex.slice(1), 16);
     return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + alpha + ")";
@@ -171,9 +180,12 @@
     var range = this.view && reason !== "state" ? this.view : this.window();
     if (!this.state.channels.length) {
       this.series = [];
-      this.draw(range);
-      this.setOverlay("Choose one or more channels to plot.");
-      return Promise.resolve();
+      return plotlyReady.then(function () {
+        return self.draw(range);
+      }).then(function () {
+        self.setOverlay("Choose one or more channels to plot.");
+        self.root.dataset.drawCount = String(++self.drawCount);
+      });
     }
     var seq = ++this.seq;
     var url = samplesUrl(this.opts.samplesUrl, this.state.channels, range[0], range[1], this.points(), this.state.flagged);
@@ -190,10 +202,18 @@
         self.fetchMs = performance.now() - started;
         self.serverMs = body.elapsed_ms != null ? body.elapsed_ms : null;
         self.series = answerSeries(body);
-        self.draw(range);
+        return plotlyReady;
+      })
+      .then(function () {
+        if (seq !== self.seq) return;
+        return self.draw(range);
+      })
+      .then(function () {
+        if (seq !== self.seq) return;
         return new Promise(function (resolve) {
           requestAnimationFrame(function () {
             self.drawnMs = performance.now() - started;
+            self.root.dataset.drawnAt = String(performance.now()); // ms since navigation began
             self.drawCount += 1;
             self.root.dataset.drawCount = String(self.drawCount);
             self.root.dataset.loading = "";
@@ -344,7 +364,8 @@
   Plot.prototype.schedule = function (reason) {
     var self = this;
     clearTimeout(this.relayoutTimer);
-    this.relayoutTimer = setTimeout(function () { self.load(reason); }, 120);
+    // A wheel zoom fires many events: ask once it settles (answers to superseded requests are dropped).
+    this.relayoutTimer = setTimeout(function () { self.load(reason); }, 50);
   };
 
   // --- live mode: append what arrived since the last answer ---------------------------------------
