@@ -50,8 +50,8 @@ def test_exactly_max_points_readings_are_still_raw(two_days):
 
 def test_between_raw_and_the_finest_tier_minmax_lttb_picks_raw_readings(two_days):
     channel, ts, values = two_days
-    # 1,500 readings over 50 min: more than 500 points, but 10 s buckets would give only 300.
-    series = one(channel, T0, T0 + 3000 * SECOND, 500)
+    # 1,200 readings over 40 min: more than 500 points, but 10 s buckets would give only 240 (< 500 / 2).
+    series = one(channel, T0, T0 + 2400 * SECOND, 500)
     assert series.source == LTTB
     assert len(series) == 500
     picked = np.searchsorted(ts, series.t)

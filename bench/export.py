@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""CSV export of 10 M readings over real HTTP, beside PostgreSQL's own ``COPY ... TO STDOUT CSV``.
+
+Loads N readings of one channel (1 Hz) into a PostgreSQL bench database through ``ingest_samples``,
+then for each case starts gunicorn (1 worker, gthread) in a subprocess against that database, downloads
+``GET /api/v1/export/`` with a Bearer token (a plain http.client reader, 1 MiB reads), and reads the
+worker's peak resident memory (VmHWM in /proc) when the download ends. The baseline, in the same run,
+is ``COPY (SELECT ts, value FROM collection_sample WHERE channel_id = .. ORDER BY ts) TO STDOUT (FORMAT
+CSV)`` read by psycopg in this process: the database writing CSV itself, with no HTTP and no formatting.
+
+    .venv/bin/python bench/export.py                   # 10 M readings
+    .venv/bin/python bench/export.py --readings 1000000
+
+The database (default postgres://postgres@127.0.0.1:5432/daqbroker_bench_x, or BENCH_POSTGRESQL_URL)
+is dropped and created again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/daqbroker_bench_x"
+SECOND = 1_000_000
+T0 = 1_704_067_200 * SECOND
+CASES = (
+    ("CSV, ISO times (default)", {"format": "csv"}),
+    ("CSV, epoch µs", {"format": "csv", "time_format": "epoch_us"}),
+    ("CSV, ISO + quality", {"format": "csv", "quality": "true"}),
+    ("Parquet", {"format": "parquet"}),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=1, help="downloads per case (median)")
+    parser.add_argument("--setup", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    env = dict(os.environ, DAQBROKER_DEBUG="false", DAQBROKER_SECRET_KEY="bench-" + "x" * 60)
+    env.update(
+        DAQBROKER_ALLOWED_HOSTS="127.0.0.1",
+        DAQBROKER_SECURE_SSL_REDIRECT="false",
+        DATABASE_URL=os.environ.get("BENCH_POSTGRESQL_URL", DEFAULT_URL),
+        PYTHONPATH=os.pathsep.join([str(REPO / "client_agent"), str(REPO), env.get("PYTHONPATH", "")]),
+        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
+    )
+    if args.setup:
+        print(json.dumps(setup(args.readings)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        env["DAQBROKER_DATA_DIR"] = tmp
+        out = subprocess.run(
+            [sys.executable, __file__, "--setup", "--readings", str(args.readings)],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            sys.exit(out.stderr)
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"Export of {args.readings:,} readings (one channel) over HTTP: gunicorn, 1 worker (gthread), PostgreSQL; "
+            f"loaded by ingest_samples at {info['ingest_per_s']:,.0f}/s"
+        )
+        baseline = statistics.median(copy_csv_rate(env["DATABASE_URL"], info["channel"]) for _ in range(args.repeat))
+        print(f"{'case':<26} {'rows/s':>11} {'vs COPY CSV':>11} {'MB/s':>7} {'peak RSS MB':>12}")
+        print(f"{'COPY ... TO STDOUT CSV':<26} {baseline:>11,.0f} {'100%':>11} {'':>7} {'(database)':>12}")
+        for name, query in CASES:
+            runs = [download(env, tmp, info, query, args.readings) for _ in range(args.repeat)]
+            rate = statistics.median(r["rows_per_s"] for r in runs)
+            mb_per_s = statistics.median(r["mb_per_s"] for r in runs)
+            peak = max(r["peak_rss_mb"] for r in runs)
+            print(f"{name:<26} {rate:>11,.0f} {rate / baseline:>10.0%} {mb_per_s:>7.1f} {peak:>12.0f}")
+
+
+def setup(readings: int) -> dict:
+    sys.path.insert(0, str(REPO / "bench"))
+    from ingest_service import recreate_database
+
+    recreate_database(os.environ["DATABASE_URL"])
+    import django
+
+    django.setup()
+    import logging
+
+    import numpy as np
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.db import connection
+
+    from accounts.choices import TokenScope
+    from accounts.services import create_personal_token
+    from collection.services import SampleBatch, ingest_samples
+    from instruments.models import Channel, Instrument
+
+    logging.disable(logging.WARNING)  # no worker runs: the queued rollup refreshes are not needed here
+    call_command("migrate", verbosity=0)
+    owner = User.objects.create_user("bench")
+    instrument = Instrument.objects.create(name="Bench", slug="bench", owner=owner)
+    channel = Channel.objects.create(instrument=instrument, name="signal", slug="signal", units="degC")
+    rng = np.random.default_rng(1)
+    started = time.perf_counter()
+    for offset in range(0, readings, 1_000_000):
+        n = min(1_000_000, readings - offset)
+        ts = T0 + (offset + np.arange(n, dtype=np.int64)) * SECOND + rng.integers(0, 1000, n)
+        ingest_samples(SampleBatch(np.full(n, channel.pk, dtype=np.int64), ts, rng.normal(20, 5, n)))
+    elapsed = time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+    _, token = create_personal_token(user=owner, name="bench", scope=TokenScope.READ)
+    return {"channel": channel.pk, "token": token, "ingest_per_s": readings / elapsed}
+
+
+def copy_csv_rate(url: str, channel_id: int) -> float:
+    import dj_database_url
+    import psycopg
+
+    cfg = dj_database_url.parse(url)
+    with psycopg.connect(
+        host=cfg["HOST"], port=cfg["PORT"] or 5432, user=cfg["USER"], dbname=cfg["NAME"], autocommit=True
+    ) as conn:
+        started = time.perf_counter()
+        lines = 0
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(
+                "COPY (SELECT ts, value FROM collection_sample WHERE channel_id = %s ORDER BY ts) "
+                "TO STDOUT (FORMAT CSV)",
+                [channel_id],
+            ) as copy,
+        ):
+            for chunk in copy:
+                lines += bytes(chunk).count(b"\n")
+        return lines / (time.perf_counter() - started)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_pids(master: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{master}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return children
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def download(env: dict, tmp: str, info: dict, query: dict, readings: int) -> dict:
+    from urllib.parse import urlencode
+
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "daqbroker_site.wsgi", "--bind", f"127.0.0.1:{port}"]
+    argv += ["--workers", "1", "--worker-class", "gthread", "--threads", "2", "--timeout", "600"]
+    log = open(Path(tmp) / "gunicorn.log", "ab")  # noqa: SIM115 - closed below, after the server
+    server = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError((Path(tmp) / "gunicorn.log").read_text()[-2000:]) from None
+                time.sleep(0.1)
+        (worker,) = worker_pids(server.pid)
+        path = "/api/v1/export/?" + urlencode({"channels": info["channel"], **query})
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        started = time.perf_counter()
+        connection.request("GET", path, headers={"Authorization": f"Bearer {info['token']}"})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status}: {response.read()[:500]!r}")
+        size = lines = 0
+        while chunk := response.read(1 << 20):
+            size += len(chunk)
+            lines += chunk.count(b"\n")
+        elapsed = time.perf_counter() - started
+        peak = peak_rss_mb(worker)
+        connection.close()
+        if query["format"] == "csv":
+            assert lines == readings + 1, (lines, readings)
+        return {"rows_per_s": readings / elapsed, "mb_per_s": size / elapsed / 1e6, "peak_rss_mb": peak}
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+if __name__ == "__main__":
+    main()
