@@ -2,9 +2,9 @@
 one sharing service.
 
 ``InstrumentScopedAdminMixin`` goes first in the bases of every ModelAdmin over instruments or their
-parts: non-administrators list, open and pick (in foreign keys and autocompletes) only what they may
-change; deleting an instrument takes the ``share`` level. ``SharingAdminMixin`` replaces
-django-guardian's free-form object-permission form by one level choice saved with
+parts: non-administrators list, open and pick (in foreign keys, many-to-many fields, autocompletes and
+list filters) only what they may change; deleting an instrument takes the ``share`` level.
+``SharingAdminMixin`` replaces django-guardian's free-form object-permission form by one level choice saved with
 ``accounts.services.share``/``unshare``, so admin sharing is checked and audited like the API's.
 """
 
@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.utils import unquote
+from django.contrib.admin.utils import NotRelationField, get_fields_from_path, unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, PermissionDenied
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 
 from accounts import audit, permissions, services
 from accounts.choices import ShareLevel
+from instruments.models import Instrument
 
 
 def _is_scoped(model) -> bool:
@@ -54,7 +55,34 @@ class InstrumentScopedAdminMixin:
         related = db_field.related_model
         if "queryset" not in kwargs and _is_scoped(related):
             kwargs["queryset"] = permissions.restrict(related._default_manager.all(), request.user, permissions.CHANGE)
+            if related is Instrument and db_field.null and not permissions.is_administrator(request.user):
+                # "Any instrument" (an empty instrument) is for administrators: others could not see what
+                # they made, and it would reach other people's instruments.
+                kwargs["required"] = True
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        related = db_field.related_model
+        if "queryset" not in kwargs and _is_scoped(related):
+            kwargs["queryset"] = permissions.restrict(related._default_manager.all(), request.user, permissions.CHANGE)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    def get_list_filter(self, request):
+        # A plain related filter lists every instrument (or channel, source, rule) in the database, so
+        # each one over an instrument-bound model offers only the values in the visible rows.
+        return [_only_visible_values(self.model, entry) for entry in super().get_list_filter(request)]
+
+
+def _only_visible_values(model, entry):
+    if not isinstance(entry, str):
+        return entry
+    try:
+        field = get_fields_from_path(model, entry)[-1]
+    except (FieldDoesNotExist, NotRelationField):
+        return entry
+    if field.is_relation and _is_scoped(field.related_model):
+        return (entry, admin.RelatedOnlyFieldListFilter)
+    return entry
 
 
 NO_ACCESS = ""

@@ -6,7 +6,8 @@ or change of each instrument is decided per object by ``accounts.permissions``; 
 
 * **Administrators**: every permission, and every instrument (``permissions.is_administrator``).
 * **Operators**: may create instruments and agents; in the admin they manage the instruments they own
-  or were given ``change`` on, with their sources, channels and logbook, and their own agents.
+  or were given ``change`` on, with their sources, channels, logbook, alarm rules and spike checks,
+  see their alarms and collection runs, and manage their own agents.
 * **Viewers**: no model permissions; they see what is shared with them, on the pages and the API.
 
 The groups are created by the data migration ``accounts.0002_roles`` and kept at least this complete
@@ -38,6 +39,13 @@ ROLE_PERMISSIONS: dict[str, str | list[str]] = {
         *_crud("instruments", "logbookentry"),
         *_crud("accounts", "agent", ("add", "change", "view")),
         *_crud("accounts", "apitoken", ("add", "view")),
+        # Alarms and checks of their instruments; the notification outbox and quarantine are not
+        # split per instrument in the admin, so they stay with Administrators.
+        *_crud("collection", "alarmrule"),
+        *_crud("collection", "spikecheck"),
+        *_crud("collection", "alarmsubscription"),
+        *_crud("collection", "alarmevent", ("view",)),
+        *_crud("collection", "collectionrun", ("view",)),
     ],
     VIEWERS: [],
 }

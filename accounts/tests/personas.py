@@ -3,7 +3,8 @@
 One small world, built per test by the ``world`` fixture::
 
     olivia (staff, Operators) owns instrument "alpha-station" (a source, a channel, a logbook entry,
-        a quarantined reading), two agents (alpha-logger scoped to alpha, spare-logger scoped to
+        a quarantined reading, an alarm rule with an event and its notification, a spike check, her
+        alarm subscription, a collection run), two agents (alpha-logger scoped to alpha, spare-logger scoped to
         nothing) and two personal tokens (olivia-read, olivia-write)
     alpha is shared: view with vera, change with eddie, view with the group alpha-team (gina)
     zed owns instrument "zulu-hidden" (the same parts), agent zulu-logger and token zed-script, and
@@ -26,12 +27,15 @@ from dataclasses import dataclass, field
 import pytest
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import roles, services
 from accounts.choices import ShareLevel, TokenScope
+from collection.alarms.choices import Medium, RuleKind, Severity, Transition
+from collection.alarms.models import AlarmEvent, AlarmNotification, AlarmRule, AlarmSubscription, SpikeCheck
 from collection.choices import Origin
-from collection.models import RejectedSample
+from collection.models import CollectionRun, RejectedSample
 from instruments.models import LogbookEntry
 from instruments.tests.factories import make_channel, make_instrument, make_source, make_user
 
@@ -93,8 +97,47 @@ def _instrument_with_parts(owner, prefix: str) -> tuple[object, dict, set[str]]:
     rejected = RejectedSample.objects.create(
         origin=Origin.AGENT, channel=channel, source=source, channel_ref=f"{prefix}-quarantine", reason="test"
     )
-    parts = {"instrument": instrument, "source": source, "channel": channel, "entry": entry, "rejected": rejected}
-    markers = {instrument.slug, source.name, channel.slug, entry.text, rejected.channel_ref}
+    rule = AlarmRule.objects.create(instrument=instrument, name=f"{prefix}-rule", threshold=30.0)
+    spike = SpikeCheck.objects.create(instrument=instrument, name=f"{prefix}-spike", threshold=5.0)
+    event = AlarmEvent.objects.create(
+        rule=rule,
+        channel=channel,
+        kind=RuleKind.ABOVE,
+        severity=Severity.WARNING,
+        message=f"{prefix}-alarm-event",
+        raised_at=timezone.now(),
+    )
+    notification = AlarmNotification.objects.create(
+        event=event, transition=Transition.RAISED, medium=Medium.EMAIL, recipients=[f"{prefix}@example.org"]
+    )
+    subscription = AlarmSubscription.objects.create(user=owner, instrument=instrument)
+    run = CollectionRun.objects.create(source=source, started_at=timezone.now(), worker=f"{prefix}-worker")
+    parts = {
+        "instrument": instrument,
+        "source": source,
+        "channel": channel,
+        "entry": entry,
+        "rejected": rejected,
+        "rule": rule,
+        "spike": spike,
+        "event": event,
+        "notification": notification,
+        "subscription": subscription,
+        "run": run,
+    }
+    markers = {
+        instrument.slug,
+        instrument.name,
+        source.name,
+        channel.slug,
+        entry.text,
+        rejected.channel_ref,
+        rule.name,
+        spike.name,
+        event.message,
+        notification.recipients[0],
+        run.worker,
+    }
     return instrument, parts, markers
 
 

@@ -324,6 +324,28 @@ ROUTES: list[Case] = [
         delete=ADMINISTRATORS_ONLY,
         history=ADMINISTRATORS_ONLY,
     ),
+    # Alarms and checks: Operators manage those of the instruments they may change.
+    *_admin_model("collection", "alarmrule", _pk("alpha_rule")),
+    Case(_a("collection", "alarmrule", "change"), "GET", _pk("zulu_rule"), HIDDEN_IN_ADMIN),
+    *_admin_model("collection", "spikecheck", _pk("alpha_spike")),
+    Case(_a("collection", "spikecheck", "change"), "GET", _pk("zulu_spike"), HIDDEN_IN_ADMIN),
+    *_admin_model("collection", "alarmevent", _pk("alpha_event"), add=NOBODY, delete=ADMINISTRATORS_ONLY),
+    Case(_a("collection", "alarmevent", "change"), "GET", _pk("zulu_event"), HIDDEN_IN_ADMIN),
+    *_admin_model("collection", "alarmsubscription", _pk("alpha_subscription")),
+    Case(_a("collection", "alarmsubscription", "change"), "GET", _pk("zulu_subscription"), HIDDEN_IN_ADMIN),
+    *_admin_model("collection", "collectionrun", _pk("alpha_run"), add=NOBODY, delete=ADMINISTRATORS_ONLY),
+    Case(_a("collection", "collectionrun", "change"), "GET", _pk("zulu_run"), HIDDEN_IN_ADMIN),
+    # The notification outbox (recipients of every instrument's alarms): Administrators only.
+    *_admin_model(
+        "collection",
+        "alarmnotification",
+        _pk("zulu_notification"),
+        changelist=ADMINISTRATORS_ONLY,
+        add=NOBODY,
+        change=ADMINISTRATORS_ONLY,
+        delete=ADMINISTRATORS_ONLY,
+        history=ADMINISTRATORS_ONLY,
+    ),
     # --- pages (web pages issue) --------------------------------------------------------------------
     # POSTs here send JSON, which a page's form does not read: the statuses are the access decisions
     # (an invalid form answers 200 with its errors, or 302 back to its page with a message).

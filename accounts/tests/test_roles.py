@@ -59,6 +59,9 @@ def test_operators_may_create_instruments_and_agents_but_not_read_the_audit_trai
         "accounts.add_agent",
         "accounts.add_apitoken",
     } <= held
+    assert {"collection.add_alarmrule", "collection.view_alarmevent", "collection.view_collectionrun"} <= held
+    # not split per instrument in the admin: Administrators only
+    assert not held & {"collection.view_alarmnotification", "collection.view_rejectedsample"}
     assert "accounts.view_auditevent" not in held
     assert not any(name.startswith("auth.") for name in held)
 
