@@ -21,6 +21,7 @@ from django.db import connections, transaction
 from collection.alarms.models import SpikeCheck
 from collection.choices import Quality
 from collection.models import Sample
+from collection.services import rollups
 from collection.services.series import read_series
 from instruments.choices import ChannelKind
 from instruments.models import Channel
@@ -80,6 +81,9 @@ def _set_quality(channel_id: int, stamps: np.ndarray, quality: int, *, only_from
             changed += Sample.objects.filter(channel_id=channel_id, ts__in=chunk, quality=only_from).update(
                 quality=quality
             )
+        if changed:  # flagged readings leave the rollup tiers: recompute their buckets
+            rollups.mark_changed({channel_id: (int(stamps.min()), int(stamps.max()))})
+            transaction.on_commit(rollups.request_refresh)
     return changed
 
 
@@ -112,6 +116,9 @@ def revalidate(channel_ids: Iterable[int], since_us: int) -> Revalidated:
                 [Quality.OK, channel.pk, since_us],
             )
             first, last, flagged = cursor.fetchone()
+            if first is not None:  # the flags changed: so do the rollup tiers over these readings
+                rollups.mark_changed({channel.pk: (int(first), int(last))})
+                transaction.on_commit(rollups.request_refresh)
         result.flagged += flagged or 0
         result.channels += 1
         if first is not None:

@@ -289,3 +289,45 @@ def test_a_real_worker_brings_the_tiers_up_to_date(service_env, start_process):
     t, value, quality = stored_raw(channel.pk)
     assert len(t) == len(ts)
     assert_tiers_equal(stored_tiers(channel.pk), reference_tiers(t, value, quality))
+
+
+def test_the_rollups_command_refreshes_and_rebuilds(django_capture_on_commit_callbacks):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    channel = make_channel()
+    ingest(django_capture_on_commit_callbacks, channel.pk, [T0, T0 + 11 * SECOND], [1.0, 2.0])
+    out = StringIO()
+    call_command("rollups", "refresh", stdout=out)
+    assert "Refreshed 1 span(s)" in out.getvalue() and not RollupBacklog.objects.exists()
+    before = stored_tiers(channel.pk)
+    Rollup.objects.filter(channel=channel, tier=RollupTier.D1).delete()
+    call_command("rollups", "rebuild", "--instrument", channel.instrument.slug, stdout=out)
+    assert stored_tiers(channel.pk) == before
+    assert "Rebuilt the tiers of 1 channel(s) from 2 raw readings." in out.getvalue()
+
+
+def test_readings_flagged_after_they_arrived_leave_the_tiers(django_capture_on_commit_callbacks):
+    """Spike checks and "validate now" change quality flags after ingest: the tiers follow."""
+    from collection.alarms.models import SpikeCheck
+    from collection.services.validation import flag_spikes, revalidate
+
+    channel = make_channel(units="degC")
+    ts = [T0 + i * SECOND for i in range(6)]
+    ingest(django_capture_on_commit_callbacks, channel.pk, ts, [10, 10.2, 25, 10.1, 10.3, 80])
+    refresh_all()
+    assert Rollup.objects.get(channel=channel, tier=RollupTier.S10, bucket=T0).max_value == 80
+    SpikeCheck.objects.create(name="temperature spikes", units="degC", threshold=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert flag_spikes({channel.pk: (ts[0], ts[-1])}) == 1  # 25 (80 awaits a successor)
+    channel.valid_max = 50
+    channel.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        revalidate([channel.pk], since_us=T0)
+    refresh_all()
+    t, value, quality = stored_raw(channel.pk)
+    assert quality.tolist() == [0, 0, Quality.SUSPECT, 0, 0, Quality.OUT_OF_RANGE]
+    assert_tiers_equal(stored_tiers(channel.pk), reference_tiers(t, value, quality))
+    bucket = Rollup.objects.get(channel=channel, tier=RollupTier.S10, bucket=T0)
+    assert (bucket.count, bucket.flagged, bucket.max_value) == (4, 2, 10.3)
