@@ -18,6 +18,9 @@ How a reading travels:
 3. ``ack`` deletes the batch's readings and the batch in one transaction, once the server has answered
    that it stored (or recognised) the batch.
 
+New readings are committed with ``synchronous=FULL`` (``spool_sync``): once ``add`` returns they survive
+a power cut. Claims and acknowledgements need not (see ``relax_durability``).
+
 At-least-once delivery from here, plus the server's idempotent ingest (readings already stored are
 skipped, a known batch id is answered from memory), is exactly-once storage.
 
@@ -136,6 +139,15 @@ class Spool:
             self._local.db = db
         return db
 
+    def relax_durability(self) -> None:
+        """For this thread's connection (an uploader's): commit without waiting for the disk.
+
+        Claims and acknowledgements need no fsync: one lost to a power cut only means readings are sent
+        again, which the server's idempotent ingest absorbs; and a later durable commit (new readings)
+        syncs the write-ahead log up to it anyway. New readings always wait for the disk (``spool_sync``).
+        """
+        self.connection().execute("PRAGMA synchronous=NORMAL")
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
@@ -223,24 +235,24 @@ class Spool:
                 f"SELECT id, first_id, last_id, attempts FROM batches {where} ORDER BY first_id LIMIT 1", excluded
             ).fetchone()
             resent = row is not None
-            if row is None:
-                claimed_to = db.execute("SELECT value FROM counters WHERE name = 'claimed_to'").fetchone()[0]
-                ids = db.execute(
-                    "SELECT id FROM readings WHERE id > ? ORDER BY id LIMIT ?", (claimed_to, size)
+            if resent:
+                batch_id, first, last, attempts = row
+                readings = db.execute(
+                    "SELECT id, channel, ts, value FROM readings WHERE id BETWEEN ? AND ? ORDER BY id", (first, last)
                 ).fetchall()
-                if not ids:
+            else:
+                claimed_to = db.execute("SELECT value FROM counters WHERE name = 'claimed_to'").fetchone()[0]
+                readings = db.execute(
+                    "SELECT id, channel, ts, value FROM readings WHERE id > ? ORDER BY id LIMIT ?", (claimed_to, size)
+                ).fetchall()
+                if not readings:
                     return None
-                first, last = ids[0][0], ids[-1][0]
-                row = (new_batch_id(), first, last, 0)
+                batch_id, first, last, attempts = new_batch_id(), readings[0][0], readings[-1][0], 0
                 db.execute(
                     "INSERT INTO batches (id, first_id, last_id, size, created) VALUES (?, ?, ?, ?, ?)",
-                    (row[0], first, last, len(ids), time.time()),
+                    (batch_id, first, last, len(readings), time.time()),
                 )
                 db.execute("UPDATE counters SET value = ? WHERE name = 'claimed_to'", (last,))
-            batch_id, first, last, attempts = row
-            readings = db.execute(
-                "SELECT id, channel, ts, value FROM readings WHERE id BETWEEN ? AND ? ORDER BY id", (first, last)
-            ).fetchall()
         return Batch(batch_id, first, last, attempts, readings, resent)
 
     def note_attempt(self, batch_id: str, error: str) -> None:

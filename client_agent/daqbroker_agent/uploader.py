@@ -149,6 +149,7 @@ class Uploader:
     # -- the loop -------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
+        self.spool.relax_durability()
         try:
             while not stop.is_set():
                 batch = self.next_batch()
