@@ -122,7 +122,7 @@ def _locked_state(rule: AlarmRule, channel: Channel, initial: int) -> AlarmState
     """
     state, _ = AlarmState.objects.get_or_create(rule=rule, channel=channel, defaults={"evaluated_until": initial})
     AlarmState.objects.filter(pk=state.pk).update(evaluated_until=F("evaluated_until"))
-    return AlarmState.objects.select_for_update().select_related("active_event").get(pk=state.pk)
+    return AlarmState.objects.select_for_update().get(pk=state.pk)
 
 
 def evaluate_values(rule: AlarmRule, channel: Channel, first_ts: int | None = None) -> Outcome:

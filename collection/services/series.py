@@ -38,7 +38,7 @@ def read_series(
         sql += f" LIMIT {int(limit)}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
+        rows = list(cursor.fetchall())  # a tuple on MariaDB
     if last:
         rows.reverse()
     if not rows:
