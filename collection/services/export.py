@@ -185,7 +185,9 @@ def _pg_time_sql(time_format: str) -> str:
 _NUMERIC_COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
 
 
-def _chunks(channel: Channel, start: int, end: int, using: str) -> Iterator[dict[str, np.ndarray]]:
+def _chunks(
+    channel: Channel, start: int, end: int, using: str, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[dict[str, np.ndarray]]:
     """A channel's readings in [start, end) in chunks: numeric ones in numpy, text ones as object arrays."""
     if channel.kind != ChannelKind.TEXT:
         yield from iter_chunks(
@@ -194,7 +196,7 @@ def _chunks(channel: Channel, start: int, end: int, using: str) -> Iterator[dict
             channel_id=channel.pk,
             start=start,
             end=end,
-            chunk_rows=CHUNK_ROWS,
+            chunk_rows=chunk_rows,
             using=using,
         )
         return
@@ -202,7 +204,7 @@ def _chunks(channel: Channel, start: int, end: int, using: str) -> Iterator[dict
     table = connection.ops.quote_name(TextSample._meta.db_table)
     sql = (
         f"SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s "
-        f"ORDER BY ts LIMIT {CHUNK_ROWS}"
+        f"ORDER BY ts LIMIT {int(chunk_rows)}"
     )
     lower = start
     while lower < end:
@@ -216,7 +218,7 @@ def _chunks(channel: Channel, start: int, end: int, using: str) -> Iterator[dict
                 "value": np.array(value, dtype=object),
                 "quality": np.array(quality, dtype=np.int64),
             }
-        if len(rows) < CHUNK_ROWS:
+        if len(rows) < chunk_rows:
             return
         lower = rows[-1][0] + 1
 
@@ -286,16 +288,22 @@ def _wide_windows(request: ExportRequest, using: str) -> Iterator[pd.DataFrame]:
     """DataFrames indexed by ts (µs), one column per channel (and "<slug> quality" columns on request),
     covering consecutive time windows; each window holds every reading of every channel in it."""
     channels = list(request.channels)
-    sources = {c.pk: _chunks(c, request.start, request.end, using) for c in channels}
+    # Every channel holds a chunk in memory at once: share CHUNK_ROWS among them.
+    chunk_rows = max(1_000, CHUNK_ROWS // len(channels))
+    sources = {c.pk: _chunks(c, request.start, request.end, using, chunk_rows) for c in channels}
     pending: dict[int, dict[str, np.ndarray] | None] = {c.pk: None for c in channels}
     exhausted: set[int] = set()
     while True:
+        # Keep every buffer at least half a chunk deep, so that each window spans about a chunk of the
+        # fastest channel instead of the sliver between two channels' chunk ends.
         for cid in sources:
-            if cid not in exhausted and (pending[cid] is None or len(pending[cid]["ts"]) == 0):
+            held = 0 if pending[cid] is None else len(pending[cid]["ts"])
+            if cid not in exhausted and held < max(1, chunk_rows // 2):
                 chunk = next(sources[cid], None)
                 if chunk is None:
                     exhausted.add(cid)
-                    pending[cid] = None
+                elif held:
+                    pending[cid] = {name: np.concatenate([pending[cid][name], chunk[name]]) for name in chunk}
                 else:
                     pending[cid] = chunk
         live = [cid for cid in sources if cid not in exhausted]

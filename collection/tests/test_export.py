@@ -229,3 +229,38 @@ def test_bad_requests_are_refused(station):
             ExportRequest(channels=channels, **kwargs)
     with pytest.raises(ValueError, match="one instrument"):
         ExportRequest(channels=[channels[0], other], layout="wide")
+
+
+def test_an_abandoned_download_leaves_the_connection_usable(django_capture_on_commit_callbacks):
+    """A client that hangs up mid-export closes the stream: the database connection must still work."""
+    channel = make_channel(make_instrument(slug="station"), slug="fast")
+    ts = START + np.arange(200_000) * SECOND
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_samples(SampleBatch(np.full(len(ts), channel.pk), ts, np.arange(200_000) / 3))
+    for fmt, layout in (("csv", "long"), ("parquet", "long"), ("csv", "wide")):
+        stream = export(ExportRequest(channels=[channel], format=fmt, layout=layout))
+        next(stream)
+        stream.close()
+        assert Sample.objects.filter(channel=channel).count() == 200_000, (fmt, layout)
+
+
+def test_a_wide_table_of_many_channels_is_read_in_windows(django_capture_on_commit_callbacks):
+    """Each channel's share of the chunk is small here (1,000 rows): windows must still line up exactly."""
+    instrument = make_instrument(slug="station")
+    channels = [make_channel(instrument, slug=f"c{i:03d}") for i in range(120)]
+    rng = np.random.default_rng(5)
+    rows = []
+    for i, channel in enumerate(channels):
+        step = 1 + i % 7  # each channel its own rate: windows end at different instants
+        ts = START + np.arange(0, 3000 * step, step)[: 1500 + 10 * i] * SECOND
+        rows += [(channel.pk, int(t), float(v)) for t, v in zip(ts, rng.normal(size=len(ts)), strict=True)]
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_samples(SampleBatch.from_rows(rows))
+    table = pq.read_table(io.BytesIO(body(ExportRequest(channels=channels, layout="wide", format="parquet"))))
+    times = table.column("time").cast("int64").to_pylist()
+    assert times == sorted(set(times))
+    for channel in channels[::17]:
+        pairs = list(Sample.objects.filter(channel=channel).order_by("ts").values_list("ts", "value"))
+        column = dict(zip(times, table.column(channel.slug).to_pylist(), strict=True))
+        assert [(t, column[t]) for t, _ in pairs] == pairs
+        assert sum(v is not None for v in column.values()) == len(pairs)
