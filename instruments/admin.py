@@ -95,6 +95,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
     fieldsets = (
         (None, {"fields": ("name", "slug", "owner", "active", "description")}),
         ("Where and who", {"fields": ("location", "latitude", "longitude", "contact_email")}),
+        ("Data", {"fields": ("raw_retention_days",)}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
     )
 

@@ -62,6 +62,7 @@ class InstrumentSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "latitude",
             "longitude",
             "active",
+            "raw_retention_days",
             "created",
             "updated",
         ]
