@@ -104,6 +104,7 @@ class AgentRuntime:
             auth=self.auth,
         )
         self.sources: dict[str, SourceRunner] = {}
+        self._sources_lock = threading.Lock()  # the configuration thread and shutdown both change them
         self.noisy = RateLimitedLog(log, every=300.0)
         self.hostname = socket.gethostname()
 
@@ -142,9 +143,12 @@ class AgentRuntime:
                 self.state.update(alive_at=time.time())
         finally:
             log.info("stopping: collection first, then uploads in flight")
-            for runner in self.sources.values():
+            with self._sources_lock:
+                runners = list(self.sources.values())
+                self.sources.clear()
+            for runner in runners:
                 runner.stop()
-            for runner in self.sources.values():
+            for runner in runners:
                 runner.join(timeout=10)
             for thread in threads:
                 thread.join(timeout=self.settings.request_timeout + 5)
@@ -166,6 +170,11 @@ class AgentRuntime:
 
     def apply_central(self, config: dict) -> None:
         """Start, stop and restart the server's sources to match ``config``."""
+        with self._sources_lock:
+            if not self.stop.is_set():
+                self._apply_central(config)
+
+    def _apply_central(self, config: dict) -> None:
         wanted: dict[str, SourceSpec] = {}
         for source in config.get("sources", []):
             try:
