@@ -23,6 +23,7 @@ Log personas in with ``force_login``: ``Client.login()`` cannot pass the request
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
@@ -105,7 +106,9 @@ def _instrument_with_parts(owner, prefix: str) -> tuple[object, dict, set[str]]:
         kind=RuleKind.ABOVE,
         severity=Severity.WARNING,
         message=f"{prefix}-alarm-event",
-        raised_at=timezone.now(),
+        # long cleared, so the pages' counts of active alarms are the tests' own
+        raised_at=timezone.now() - timedelta(days=3),
+        cleared_at=timezone.now() - timedelta(days=2),
     )
     notification = AlarmNotification.objects.create(
         event=event, transition=Transition.RAISED, medium=Medium.EMAIL, recipients=[f"{prefix}@example.org"]
