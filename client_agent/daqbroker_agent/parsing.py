@@ -204,6 +204,12 @@ class LineParser:
 
 # --- many lines at once ----------------------------------------------------------------------------
 
+
+def _take(series, rows):
+    """``series`` at positions ``rows``, without a copy when that is all of it."""
+    return series if len(rows) == len(series) else series.iloc[rows]
+
+
 NUMBER, TEXT = "number", "text"
 _EXACT_US = 2**53  # float64 holds every integer below this exactly
 
@@ -271,10 +277,10 @@ class BlockParser:
 
     # -- reading the columns ---------------------------------------------------------------------------
 
-    def parse(self, data: bytes, received_us: int | None = None) -> ParsedBlock:
-        """Parse ``data``: complete lines, each ending with a newline."""
+    def parse(self, data: bytes, received_us: int | None = None, n_lines: int | None = None) -> ParsedBlock:
+        """Parse ``data``: complete lines, each ending with a newline (``n_lines`` of them, if known)."""
         np = self.np
-        n_lines = data.count(b"\n")
+        n_lines = data.count(b"\n") if n_lines is None else n_lines
         everything = np.arange(n_lines, dtype=np.int64)
         empty = ParsedBlock(n_lines, np.empty(0, np.int64), np.empty(0, np.int64), {}, everything)
         if n_lines == 0:
@@ -303,12 +309,11 @@ class BlockParser:
             if self.wanted[key] == NUMBER:
                 picked[key] = column[rows]
             else:
-                picked[key] = column.iloc[rows].to_numpy(dtype=object)
+                picked[key] = _take(column, rows).to_numpy(dtype=object)
         return ParsedBlock(n_lines, rows, ts, picked, np.flatnonzero(bad))
 
     def _read_delimited(self, data: bytes, n_lines: int):
         import csv
-        import io
 
         pd = self.pd
         if self._odd_whitespace(data):
@@ -324,9 +329,7 @@ class BlockParser:
             "skip_blank_lines": False,
             "keep_default_na": False,
             "na_values": [""],
-            "dtype": {p: "str" for p in positions if p in self._text_positions},
             "encoding": self.encoding,
-            "encoding_errors": "replace",
             "engine": "c",
         }
         if self.lines.delimiter == " ":
@@ -338,7 +341,14 @@ class BlockParser:
         else:
             options["quoting"] = csv.QUOTE_NONE
         try:
-            frame = pd.read_csv(io.BytesIO(data), **options)
+            frame = self._read_csv(data, options)
+            # Text fields (and times) must stay exactly as written: a column pandas read as numbers (status
+            # codes "01", "02") is read again as text. Forcing text up front costs ~3x, so only when needed.
+            as_text = [
+                p for p in positions if p in self._text_positions and not isinstance(frame[p].dtype, pd.StringDtype)
+            ]
+            if as_text:
+                frame = self._read_csv(data, {**options, "dtype": {p: "str" for p in as_text}})
         except (pd.errors.ParserError, ValueError):
             return None  # e.g. no line reaches the last wanted column: every line is irregular
         if len(frame) != n_lines:
@@ -354,6 +364,16 @@ class BlockParser:
         if self.lines.delimiter == " " and not data.isascii():
             return re.search(r"[^\S \t\r\n]", data.decode(self.encoding, errors="replace")) is not None
         return False
+
+    def _read_csv(self, data: bytes, options: dict):
+        import io
+
+        try:
+            return self.pd.read_csv(io.BytesIO(data), **options)
+        except UnicodeDecodeError:
+            # Bytes the encoding cannot decode become U+FFFD, as LineParser's decoding does. Not asked for
+            # up front: pandas' error-tolerant decoding is ~3x slower.
+            return self.pd.read_csv(io.BytesIO(data), **{**options, "encoding_errors": "replace"})
 
     def _read_fixed_width(self, data: bytes, n_lines: int):
         pd = self.pd
@@ -393,9 +413,12 @@ class BlockParser:
             return self._epoch(columns[0], rows, 1_000 if fmt == "epoch_ms" else 1_000_000)
         if fmt == "year_doy_hhmm":
             return self._year_doy_hhmm(columns, rows)
-        raw = columns[0].iloc[rows].str.strip()
-        for more in columns[1:]:
-            raw = raw + " " + more.iloc[rows].str.strip()
+        if len(columns) == 1:
+            raw = _take(columns[0], rows)  # stripped only if it must be (see _strings_to_us)
+        else:
+            raw = _take(columns[0], rows).str.strip()
+            for more in columns[1:]:
+                raw = raw + " " + _take(more, rows).str.strip()
         raw = raw.reset_index(drop=True)
         missing = raw.isna().to_numpy()
         if missing.any():  # a time column the line does not reach: LineParser says so
@@ -405,15 +428,20 @@ class BlockParser:
             return ts, bad
         return self._strings_to_us(raw, fmt)
 
-    def _strings_to_us(self, raw, fmt: str):
+    def _strings_to_us(self, raw, fmt: str, stripped: bool = False):
         if fmt == "iso":
-            return self._iso(raw)
-        parsed = self.pd.to_datetime(raw, format=fmt, errors="coerce", utc="%z" in fmt)
-        if parsed.dt.tz is not None:
-            return self._as_us(parsed), parsed.isna().to_numpy()
-        return self._localize(self._as_us(parsed), parsed.isna().to_numpy())
+            ts, bad = self._iso(raw, one_by_one=stripped)
+        else:
+            parsed = self.pd.to_datetime(raw, format=fmt, errors="coerce", utc="%z" in fmt)
+            if parsed.dt.tz is not None:
+                ts, bad = self._as_us(parsed), parsed.isna().to_numpy()
+            else:
+                ts, bad = self._localize(self._as_us(parsed), parsed.isna().to_numpy())
+        if bad.any() and not stripped:  # blanks around a time, as LineParser strips them: try once more
+            return self._strings_to_us(raw.str.strip(), fmt, stripped=True)
+        return ts, bad
 
-    def _iso(self, raw):
+    def _iso(self, raw, one_by_one: bool = True):
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -428,6 +456,8 @@ class BlockParser:
             return self._localize(wall, np.zeros(len(raw), bool))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
+        if not one_by_one:
+            return np.zeros(len(raw), dtype=np.int64), np.ones(len(raw), dtype=bool)
         # Mixed, or some unreadable: one at a time, with exactly LineParser's reading.
         ts = np.zeros(len(raw), dtype=np.int64)
         bad = np.zeros(len(raw), dtype=bool)

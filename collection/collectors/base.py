@@ -97,6 +97,8 @@ def concat_batches(batches: list[SampleBatch], *, numeric: bool) -> SampleBatch:
     """One batch of ``batches`` (float values when ``numeric``, objects otherwise)."""
     batches = [b for b in batches if len(b)]
     dtype = np.float64 if numeric else object
+    if len(batches) == 1 and batches[0].value.dtype == dtype:
+        return batches[0]
     if not batches:
         return SampleBatch(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, dtype=dtype))
     return SampleBatch(

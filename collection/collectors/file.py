@@ -160,59 +160,76 @@ class _Run:
         offset, line_no = (state["offset"], state.get("lines", 0)) if state else (0, 0)
         head, head_len = (state.get("head", ""), state.get("head_len", 0)) if state else ("", 0)
         with path.open("rb") as handle:
-            data, reached_end = self._read_lines(handle, offset)
+            handle.seek(offset)
+            header = self._read_header(handle, line_no)
+            header_lines = header.count(b"\n")
+            per_line = offset / line_no if line_no else None
+            data, n_lines, reached_end = self._read_lines(handle, offset + len(header), per_line)
             if head_len < FINGERPRINT_BYTES:
                 handle.seek(0)
-                first = handle.read(min(FINGERPRINT_BYTES, offset + len(data)))
-        n_lines = data.count(b"\n")
+                first = handle.read(min(FINGERPRINT_BYTES, offset + len(header) + len(data)))
         if n_lines > self.lines_left:
             cut = int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)[self.lines_left - 1]) + 1
             data, n_lines, reached_end = data[:cut], self.lines_left, False
         self.more = self.more or not reached_end
         self.lines_left -= n_lines
-        self.bytes_left -= len(data)
-        if head_len < FINGERPRINT_BYTES and data:
-            head_len = min(FINGERPRINT_BYTES, offset + len(data))
+        self.bytes_left -= len(header) + len(data)
+        consumed = len(header) + len(data)
+        if head_len < FINGERPRINT_BYTES and consumed:
+            head_len = min(FINGERPRINT_BYTES, offset + consumed)
             head = hashlib.sha1(first[:head_len], usedforsecurity=False).hexdigest()
-        if data and self.config["archive"]:
-            _archive(self.source, path, stat, offset, data)
-        self._parse(path, data, n_lines, first_line_no=line_no + 1)
+        if consumed and self.config["archive"]:
+            _archive(self.source, path, stat, offset, header + data if header else data)
+        if n_lines:
+            self._parse(path, data, n_lines, first_line_no=line_no + header_lines + 1)
         return {
             "identity": _identity(stat),
-            "offset": offset + len(data),
-            "lines": line_no + n_lines,
+            "offset": offset + consumed,
+            "lines": line_no + header_lines + n_lines,
             "head": head,
             "head_len": head_len,
         }
 
-    def _read_lines(self, handle, offset: int) -> tuple[bytes, bool]:
-        """Whole lines from ``offset``, stopping at the end of the file or once the run's budget is read;
-        and whether the end of the file was reached (a partial last line waits for its newline)."""
-        handle.seek(offset)
-        pieces, size, lines = [], 0, 0
-        reached_end = False
-        while lines < self.lines_left and size < self.bytes_left:
+    def _read_header(self, handle, line_no: int) -> bytes:
+        """The header lines still to skip at the start of a file (only whole ones)."""
+        header = b""
+        for _ in range(max(0, self.config["header_lines"] - line_no)):
+            line = handle.readline()
+            if not line.endswith(b"\n"):
+                handle.seek(-len(line), os.SEEK_CUR)  # unfinished: read it again next time
+                break
+            header += line
+        return header
+
+    def _read_lines(self, handle, offset: int, per_line: float | None) -> tuple[bytes, int, bool]:
+        """Whole lines from ``offset`` (the handle is there), as many as the run's budget allows and a few
+        more; their count; and whether the end of the file was reached (a partial last line waits for its
+        newline). One read in the usual case, sized from the file's bytes per line so far."""
+        remaining = max(os.fstat(handle.fileno()).st_size - offset, 0)
+        want = min(remaining, self.bytes_left)
+        if want and per_line is None:
+            probe = os.pread(handle.fileno(), min(want, 65536), offset)
+            per_line = len(probe) / max(probe.count(b"\n"), 1)
+        if per_line:
+            want = min(want, int(self.lines_left * per_line * 1.25) + 65536)
+        pieces = [handle.read(want)] if want else []
+        lines = pieces[0].count(b"\n") if pieces else 0
+        size = len(pieces[0]) if pieces else 0
+        while lines < self.lines_left and size < min(remaining, self.bytes_left):  # the estimate fell short
             piece = handle.read(min(READ_SIZE, self.bytes_left - size))
             if not piece:
-                reached_end = True
                 break
             pieces.append(piece)
             size += len(piece)
             lines += piece.count(b"\n")
-        data = b"".join(pieces)
-        return data[: data.rfind(b"\n") + 1], reached_end
+        reached_end = size >= remaining
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return data[: data.rfind(b"\n") + 1], lines, reached_end
 
     def _parse(self, path: Path, data: bytes, n_lines: int, first_line_no: int) -> None:
-        skip = max(0, self.config["header_lines"] - (first_line_no - 1))
-        if skip and n_lines:
-            skip = min(skip, n_lines)
-            cut = int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)[skip - 1]) + 1
-            data, n_lines, first_line_no = data[cut:], n_lines - skip, first_line_no + skip
-        if not n_lines:
-            return
         irregular = np.arange(n_lines)
         if self.block_parser is not None:
-            block = self.block_parser.parse(data)
+            block = self.block_parser.parse(data, n_lines=n_lines)
             irregular = block.irregular
             self._add_block(block)
         if len(irregular):
@@ -227,13 +244,15 @@ class _Run:
         for group, target, dtype in ((numeric, self.numeric, np.float64), (text, self.objects, object)):
             if not group:
                 continue
-            target.append(
-                SampleBatch(
-                    np.repeat(np.array([c.id for c in group], dtype=np.int64), n),
-                    np.tile(block.ts_us, len(group)),
-                    np.concatenate([block.values[channel_key(c)] for c in group]).astype(dtype, copy=False),
-                )
-            )
+            # Channel by channel: each channel's readings for every row, written straight into place.
+            channel = np.empty((len(group), n), dtype=np.int64)
+            ts = np.empty((len(group), n), dtype=np.int64)
+            value = np.empty((len(group), n), dtype=dtype)
+            for i, c in enumerate(group):
+                channel[i] = c.id
+                ts[i] = block.ts_us
+                value[i] = block.values[channel_key(c)]
+            target.append(SampleBatch(channel.reshape(-1), ts.reshape(-1), value.reshape(-1)))
 
     def _add_lines(self, path: Path, data: bytes, indices: np.ndarray, first_line_no: int) -> None:
         encoding = self.config["encoding"]
