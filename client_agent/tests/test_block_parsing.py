@@ -167,6 +167,28 @@ def test_a_quoted_field_spanning_lines_sends_the_block_line_by_line():
     assert block.irregular.tolist() == [0, 1, 2]
 
 
+def test_text_that_looks_like_numbers_stays_text():
+    cfg = config(columns=["time", "code", "t"], timestamp={"columns": ["time"]})
+    lines = ["2024-05-06T07:08:09Z,01,1.50", "2024-05-06T07:08:10Z,002,2.50", "2024-05-06T07:08:11Z,1e3,3"]
+    block = check_agreement(cfg, {"code": TEXT, "t": NUMBER}, lines, expect_all_regular=True)
+    assert block.values["code"].tolist() == ["01", "002", "1e3"]
+
+
+def test_bytes_the_encoding_cannot_decode_become_replacement_characters_as_line_by_line():
+    cfg = config(columns=["time", "note", "t"], timestamp={"columns": ["time"]})
+    data = b"2024-05-06T07:08:09Z,caf\xe9,1\n2024-05-06T07:08:10Z,ok,2\n"
+    block = BlockParser(cfg, {"note": TEXT, "t": NUMBER}).parse(data)
+    expected = LineParser(cfg).parse(data.split(b"\n")[0].decode("utf-8", errors="replace"))
+    assert block.rows.tolist() == [0, 1]
+    assert block.values["note"][0] == expected.fields["note"] == "caf\ufffd"
+
+
+def test_latin_1_files():
+    cfg = config(encoding="latin-1", columns=["time", "note", "t"], timestamp={"columns": ["time"]})
+    block = BlockParser(cfg, {"note": TEXT}).parse("2024-05-06T07:08:09Z,café,1\n".encode("latin-1"))
+    assert block.values["note"].tolist() == ["café"]
+
+
 def test_unknown_field_names_the_columns():
     with pytest.raises(FieldNotFound) as excinfo:
         BlockParser(config(columns=["time", "t"]), {"temperature": NUMBER})
