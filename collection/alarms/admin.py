@@ -4,16 +4,34 @@ change (``accounts.admin_mixins``)."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from accounts import permissions
 from accounts.admin_mixins import InstrumentScopedAdminMixin
 from collection.alarms.evaluate import acknowledge
-from collection.alarms.models import AlarmEvent, AlarmNotification, AlarmRule, AlarmSubscription, SpikeCheck
+from collection.alarms.models import (
+    AlarmEvent,
+    AlarmNotification,
+    AlarmRule,
+    AlarmSubscription,
+    ChannelSelection,
+    SpikeCheck,
+)
 from collection.models import CollectionRun
 
 SELECTION = ("instrument", "channel_pattern", "units", "channels")
+
+
+class SelectionForm(forms.ModelForm):
+    """Refuses a rule that selects no channel (the channels list is only known here, before it is saved)."""
+
+    def clean(self):
+        cleaned = super().clean()
+        if not any(cleaned.get(name) for name in SELECTION):
+            raise forms.ValidationError(ChannelSelection.NO_SELECTOR)
+        return cleaned
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -26,6 +44,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(AlarmRule)
 class AlarmRuleAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
+    form = SelectionForm
     list_display = ("name", "kind", "severity", "condition", "selection", "enabled", "active_events")
     list_filter = ("enabled", "kind", "severity", "instrument")
     search_fields = ("name", "channel_pattern", "units", "instrument__name")
@@ -70,6 +89,7 @@ class AlarmRuleAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
 
 @admin.register(SpikeCheck)
 class SpikeCheckAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
+    form = SelectionForm
     list_display = ("name", "threshold", "selection", "enabled")
     list_filter = ("enabled", "instrument")
     autocomplete_fields = ("instrument",)

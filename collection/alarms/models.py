@@ -44,15 +44,16 @@ class ChannelSelection(models.Model):
     class Meta:
         abstract = True
 
-    def clean(self) -> None:
-        super().clean()
-        if not (self.instrument_id or self.channel_pattern or self.units or (self.pk and self.channels.exists())):
-            raise ValidationError(
-                "Choose which channels this applies to: an instrument, a channel pattern, units, or channels."
-            )
+    NO_SELECTOR = "Choose which channels this applies to: an instrument, a channel pattern, units, or channels."
+
+    def has_selector(self, explicit: set[int]) -> bool:
+        """A rule with no selector at all applies to nothing (the admin refuses to save one)."""
+        return bool(self.instrument_id or self.channel_pattern or self.units or explicit)
 
     def matches(self, channel, explicit: set[int]) -> bool:
         """Whether ``channel`` is selected; ``explicit`` is the ids of ``channels`` (empty: no such selector)."""
+        if not self.has_selector(explicit):
+            return False
         if self.instrument_id and channel.instrument_id != self.instrument_id:
             return False
         if self.units and channel.units != self.units:
@@ -75,6 +76,8 @@ class ChannelSelection(models.Model):
         if self.units:
             queryset = queryset.filter(units=self.units)
         explicit = set(self.channels.values_list("pk", flat=True))
+        if not self.has_selector(explicit):
+            return []
         if explicit:
             queryset = queryset.filter(pk__in=explicit)
         return [channel for channel in queryset if self.matches(channel, explicit)]
@@ -158,11 +161,8 @@ class AlarmRule(ChannelSelection):
         return self.name
 
     def clean(self) -> None:
+        super().clean()
         errors = {}
-        try:
-            super().clean()
-        except ValidationError as exc:
-            errors["channel_pattern"] = exc.messages
         if self.kind != RuleKind.STALE and self.threshold is None:
             errors["threshold"] = "Threshold and rate rules need a threshold."
         if self.kind == RuleKind.RATE and self.threshold is not None and self.threshold <= 0:

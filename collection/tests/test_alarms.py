@@ -181,13 +181,22 @@ def test_a_channel_that_never_spoke_is_stale_after_its_grace_period(t0):
     assert evaluate.check_periodic(created + 121 * S).raised == 1
 
 
-def test_rules_refuse_missing_thresholds_and_selectors():
+def test_rules_refuse_missing_thresholds():
     from django.core.exceptions import ValidationError
 
     with pytest.raises(ValidationError) as excinfo:
-        AlarmRule(name="x", kind=RuleKind.ABOVE).full_clean()
-    assert set(excinfo.value.message_dict) >= {"threshold", "channel_pattern"}
+        AlarmRule(name="x", kind=RuleKind.ABOVE, units="V").full_clean()
+    assert set(excinfo.value.message_dict) == {"threshold"}
+    with pytest.raises(ValidationError):
+        AlarmRule(name="x", kind=RuleKind.RATE, threshold=-1, units="V").full_clean()
     AlarmRule(name="x", kind=RuleKind.STALE, units="V").full_clean()
+
+
+def test_a_rule_without_any_selector_applies_to_nothing(temp, t0):
+    rule = AlarmRule.objects.create(name="everything?", threshold=30)
+    feed(temp, t0, [(0, 31)])
+    assert AlarmEvent.objects.count() == 0
+    assert rule.selected_channels() == []
 
 
 def test_acknowledge(temp, t0):

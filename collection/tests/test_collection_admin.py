@@ -113,3 +113,15 @@ def test_an_operator_sees_and_acknowledges_only_the_alarms_of_instruments_they_r
     their_event.refresh_from_db()
     assert my_event.acknowledged_by == operator
     assert their_event.acknowledged_at is None
+
+
+def test_a_rule_must_select_some_channels_and_a_list_of_channels_is_enough(admin_client, source):
+    channel = make_channel(source.instrument, slug="temp")
+    form = {"name": "hot", "enabled": "on", "kind": "above", "severity": "warning", "threshold": "30",
+            "hysteresis": "0", "min_duration_seconds": "0", "stale_factor": "3", "notify_contacts": "on"}  # fmt: skip
+    refused = admin_client.post(reverse("admin:collection_alarmrule_add"), form)
+    assert refused.status_code == 200
+    assert "Choose which channels this applies to" in refused.content.decode()
+    saved = admin_client.post(reverse("admin:collection_alarmrule_add"), {**form, "channels": [channel.pk]})
+    assert saved.status_code == 302
+    assert list(AlarmRule.objects.get(name="hot").selected_channels()) == [channel]
