@@ -79,7 +79,7 @@ def test_file_sources_follow_growth_rotation_and_truncation_through_the_worker(t
         interval_seconds=1,
         config={
             "path": str(dat_dir),
-            "pattern": "*.dat",
+            "pattern": "gauge*.dat",
             "format": "fixed_width",
             "widths": [20, 10],
             "columns": ["time", "level"],
@@ -91,30 +91,50 @@ def test_file_sources_follow_growth_rotation_and_truncation_through_the_worker(t
     start_process("worker", worker_argv(), service_env)
     start_process("beat", celery_argv("beat", "--loglevel", "INFO"), service_env)
 
-    csv = csv_dir / "weather.csv"
-    append(csv, ["time,temp,status", *(f"{stamp(i)},{i}.5,OK{i}" for i in range(100))])
-    append(dat_dir / "gauge.dat", [f"{stamp(i)}{(-9999 if i % 10 == 0 else i * 2):>10}" for i in range(50)])
-    wait_for(lambda: count(temp) == 100, timeout=60, message="the first 100 lines of the growing CSV")
-    wait_for(lambda: count(level) == 50, timeout=60, message="the fixed-width file")
+    csv, dat = csv_dir / "weather.csv", dat_dir / "gauge.dat"
 
-    append(csv, [f"{stamp(i)},{i}.5,OK{i}" for i in range(100, 150)])  # grows ...
-    csv.rename(csv_dir / "weather.csv.1")  # ... is rotated away before being read ...
-    append(csv, ["time,temp,status", *(f"{stamp(i)},{i}.5,OK{i}" for i in range(150, 200))])  # ... a new file
-    wait_for(lambda: count(temp) == 200, timeout=60, message="the rotated file's tail and the new file")
+    def csv_lines(numbers, header=False):
+        return ["time,temp,status"] * header + [f"{stamp(i)},{i}.5,OK{i}" for i in numbers]
 
-    append(csv, ["time,temp,status", *(f"{stamp(i)},{i}.5,OK{i}" for i in range(200, 210))], mode="w")  # truncated
-    wait_for(lambda: count(temp) == 210, timeout=60, message="the truncated file, read again from its start")
+    def dat_lines(numbers):  # fixed width; every tenth reading is the -9999 sentinel
+        return [f"{stamp(i)}{(-9999 if i % 10 == 0 else i * 2):>10}" for i in numbers]
+
+    def stored_once(csv_count, dat_count, what):
+        wait_for(lambda: count(temp) == csv_count and count(level) == dat_count, timeout=60, message=what)
+
+    append(csv, csv_lines(range(100), header=True))
+    append(dat, dat_lines(range(50)))
+    stored_once(100, 50, "the first lines of the growing files")
+
+    append(csv, csv_lines(range(100, 150)))  # the files grow ...
+    append(dat, dat_lines(range(50, 75)))
+    csv.rename(csv_dir / "weather.csv.1")  # ... are rotated away before being read again ...
+    dat.rename(dat_dir / "gauge.dat.1")
+    append(csv, csv_lines(range(150, 200), header=True))  # ... and new files start
+    append(dat, dat_lines(range(75, 100)))
+    stored_once(200, 100, "the rotated files' tails and the new files")
+
+    append(csv, csv_lines(range(200, 210), header=True), mode="w")  # truncated, and rewritten shorter
+    append(dat, dat_lines(range(100, 105)), mode="w")
+    stored_once(210, 105, "the truncated files, read again from their start")
 
     assert list(Sample.objects.filter(channel=temp).order_by("ts").values_list("ts", "value")) == [
         (datetime_to_us(T0 + timedelta(seconds=i)), i + 0.5) for i in range(210)
     ]
     assert TextSample.objects.filter(channel=status).count() == 210
+    levels = list(Sample.objects.filter(channel=level).order_by("ts").values_list("ts", "value", "quality"))
+    assert levels == [
+        (datetime_to_us(T0 + timedelta(seconds=i)), *((-9999.0, Quality.MISSING) if i % 10 == 0 else (i * 2.0, 0)))
+        for i in range(105)
+    ]
     # Every line was read exactly once: no run met a reading already stored.
-    wait_for(lambda: runs_total(csv_source)["accepted"] == 420, timeout=30, message="run records")
+    wait_for(
+        lambda: runs_total(csv_source)["accepted"] == 420 and runs_total(dat_source)["accepted"] == 105,
+        timeout=30,
+        message="the runs' records",
+    )
     assert runs_total(csv_source) == {"accepted": 420, "duplicates": 0}
-    levels = list(Sample.objects.filter(channel=level).order_by("ts").values_list("value", "quality"))
-    assert levels == [(-9999.0, Quality.MISSING) if i % 10 == 0 else (i * 2.0, Quality.OK) for i in range(50)]
-    assert runs_total(dat_source) == {"accepted": 50, "duplicates": 0}
+    assert runs_total(dat_source) == {"accepted": 105, "duplicates": 0}
 
 
 def test_serial_and_tcp_instruments_through_the_worker(service_env, start_process, pty_instrument, tcp_instrument):
