@@ -40,8 +40,8 @@ BAD_SOURCE_CONFIGS = [
     pytest.param(
         SourceKind.FILE,
         {"path": "/data", "zzz": 1},
-        "zzz: unknown option; known options: archive, columns, delimiter, encoding, format, header_lines, path, "
-        "pattern, regex, timestamp",
+        "zzz: unknown option; known options: archive, colspecs, columns, delimiter, encoding, format, header_lines, "
+        "max_lines, path, pattern, quotechar, regex, timestamp, widths",
         id="file-unknown-option",
     ),
     pytest.param(SourceKind.FILE, {"pattern": "*.csv"}, "path: is required", id="file-missing-path"),
@@ -78,8 +78,8 @@ BAD_SOURCE_CONFIGS = [
     pytest.param(
         SourceKind.FILE,
         {"path": "/data", "timestamp": {"format": "yyyy-mm-dd"}},
-        "timestamp.format: 'yyyy-mm-dd' is neither one of iso, epoch, epoch_ms, receipt nor a strptime pattern "
-        "containing %",
+        "timestamp.format: 'yyyy-mm-dd' is neither one of iso, epoch, epoch_ms, year_doy_hhmm, receipt nor a "
+        "strptime pattern containing %",
         id="file-bad-timestamp-format",
     ),
     pytest.param(SourceKind.SERIAL, {"baudrate": 9600}, "url: is required", id="serial-missing-url"),
@@ -178,10 +178,16 @@ def test_saving_fills_in_the_defaults_of_a_good_config():
         "line_terminator": "\n",
         "timeout": 2.0,
         "max_lines": 1000,
+        "response_lines": 1,
+        "listen_seconds": 0.0,
+        "encoding": "utf-8",
         "format": "delimited",
         "delimiter": ",",
+        "quotechar": '"',
         "regex": "",
         "columns": [],
+        "widths": [],
+        "colspecs": [],
         "timestamp": {"columns": [0], "format": "iso", "timezone": "UTC"},
     }
 
