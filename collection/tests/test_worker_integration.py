@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 def test_demo_readings_arrive_through_the_worker(settings, tmp_path, service_env, start_process):
     settings.DATA_DIR = tmp_path / "var"
+    settings.DATA_DIR.mkdir(exist_ok=True)  # beat keeps its schedule there: it must exist before beat starts
     instrument, source = demo.register(make_user("operator"))
     source.interval_seconds = 1
     source.save()
