@@ -307,7 +307,7 @@ class BlockParser:
         picked = {}
         for key, column in values.items():
             if self.wanted[key] == NUMBER:
-                picked[key] = column[rows]
+                picked[key] = column if len(rows) == n_lines else column[rows]
             else:
                 picked[key] = _take(column, rows).to_numpy(dtype=object)
         return ParsedBlock(n_lines, rows, ts, picked, np.flatnonzero(bad))
@@ -393,6 +393,8 @@ class BlockParser:
 
     def _numbers(self, column):
         np, pd = self.np, self.pd
+        if column.dtype == np.float64:
+            return column.to_numpy()  # NaN already marks the empty and missing fields; no copy
         if column.dtype.kind in "fi":
             return column.to_numpy(dtype=np.float64, na_value=np.nan)
         # Text in a numeric field (or "nan", "inf", "1_000"): pandas' reading when it has one, and the
