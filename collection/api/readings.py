@@ -34,6 +34,7 @@ MAX_CHANNELS = 100
 DEFAULT_MAX_POINTS = 1000
 DEFAULT_SPAN = 86_400 * 1_000_000
 _INTEGER = re.compile(r"^-?\d{1,19}$")
+_CHANNEL_REF = re.compile(r"^(?:[0-9]{1,18}|[-a-zA-Z0-9_]+/[-a-zA-Z0-9_]+)$")  # an id, or two slugs
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -77,7 +78,7 @@ class ChannelRefsField(serializers.CharField):
         if len(refs) > MAX_CHANNELS:
             raise ValidationError(f"At most {MAX_CHANNELS} channels per request.")
         for ref in refs:
-            if not (ref.isdigit() or ref.count("/") == 1):
+            if not _CHANNEL_REF.match(ref):
                 raise ValidationError(f"{ref!r} is neither a channel id nor instrument-slug/channel-slug.")
         return list(dict.fromkeys(refs))
 
@@ -349,11 +350,10 @@ class ExportViewSet(ReadingsViewSet):
                 time_zone=params["tz"],
                 quality=params["quality"],
             )
+            stream = export_service.export(export_request)
         except ValueError as exc:
             raise ValidationError({"detail": str(exc)}) from None
-        response = StreamingHttpResponse(
-            export_service.export(export_request), content_type=export_request.content_type
-        )
+        response = StreamingHttpResponse(stream, content_type=export_request.content_type)
         response["Content-Disposition"] = f'attachment; filename="{export_request.filename}"'
         return response
 

@@ -93,6 +93,7 @@ def export(request: ExportRequest, *, using: str = "default") -> Iterator[bytes]
     """The export as a stream of byte chunks, for ``StreamingHttpResponse`` or a file."""
     if request.format == "csv" and request.layout == "long":
         if connections[using].vendor == "postgresql":
+            _pg_check_time_zone(request.time_zone, using)  # now, not halfway through the download
             return _flushed(_pg_long_csv(request, using))
         return _flushed(_long_csv(request, using))
     if request.format == "csv":
@@ -235,6 +236,17 @@ def _value_text(values: np.ndarray) -> list:
 
 def _csv_header(request: ExportRequest) -> bytes:
     return ("time,channel,value" + (",quality" if request.quality else "") + "\r\n").encode()
+
+
+def _pg_check_time_zone(name: str, using: str) -> None:
+    """PostgreSQL's time zone database may lack a zone Python's has: refuse it before streaming."""
+    from django.db import DatabaseError
+
+    try:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute("SELECT timezone(%s, now())", [name])
+    except DatabaseError:
+        raise ValueError(f"the database does not know the time zone {name!r}") from None
 
 
 def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:

@@ -264,3 +264,13 @@ def test_a_wide_table_of_many_channels_is_read_in_windows(django_capture_on_comm
         column = dict(zip(times, table.column(channel.slug).to_pylist(), strict=True))
         assert [(t, column[t]) for t, _ in pairs] == pairs
         assert sum(v is not None for v in column.values()) == len(pairs)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL formats the times itself")
+def test_a_zone_the_database_does_not_know_is_refused_before_streaming(station):
+    from collection.services.export import _pg_check_time_zone
+
+    _pg_check_time_zone("Europe/Zurich", "default")
+    with pytest.raises(ValueError, match="does not know"):
+        _pg_check_time_zone("Mars/Olympus_Mons", "default")
+    assert Sample.objects.exists()  # the connection is still usable after the refusal

@@ -81,6 +81,8 @@ def test_channels_can_be_named_by_id_and_default_to_the_last_day(owner, world, r
         {"channels": ALPHA_TEMP, "start": "yesterday"},
         {"channels": ALPHA_TEMP, "max_points": 1},
         {"channels": "not a reference"},
+        {"channels": "nul\x00/in-a-slug"},
+        {"channels": "99999999999999999999999"},
         {"channels": ","},
         {},
     ],
