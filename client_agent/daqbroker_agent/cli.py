@@ -256,15 +256,10 @@ def flush(settings: Settings, args) -> int:
         backoff=lambda: Backoff(settings.retry_initial_seconds, settings.retry_max_seconds),
     )
     stop = threading.Event()
-    threads = [
-        threading.Thread(target=uploader.run, args=(stop,), kwargs={"idle_wait": 0.05}, daemon=True)
-        for _ in range(settings.uploaders)
-    ]
     start_depth = spool.depth()
     log = logging.getLogger("daqbroker_agent")
     log.info("flushing %s readings to %s", f"{start_depth:,}", settings.url)
-    for thread in threads:
-        thread.start()
+    threads = uploader.start(stop, senders=settings.uploaders, idle_wait=0.05)
     deadline = time.monotonic() + args.timeout
     try:
         while time.monotonic() < deadline and (spool.depth() or spool.pending_batches()):

@@ -130,14 +130,10 @@ class AgentRuntime:
         if cached:
             log.info("starting with the server's configuration received before (version %s)", cached.get("version"))
             self.apply_central(cached)
-        threads = [
-            threading.Thread(target=self.uploader.run, args=(self.stop,), name=f"uploader {i + 1}", daemon=True)
-            for i in range(self.settings.uploaders)
-        ]
-        threads.append(threading.Thread(target=self.poll_config, name="config", daemon=True))
-        threads.append(threading.Thread(target=self.beat, name="heartbeat", daemon=True))
-        for thread in threads:
-            thread.start()
+        threads = self.uploader.start(self.stop, senders=self.settings.uploaders)
+        for target, name in ((self.poll_config, "config"), (self.beat, "heartbeat")):
+            threads.append(threading.Thread(target=target, name=name, daemon=True))
+            threads[-1].start()
         try:
             while not self.stop.wait(1.0):
                 self.state.update(alive_at=time.time())

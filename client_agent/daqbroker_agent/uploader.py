@@ -20,7 +20,9 @@ no answer, 5xx, other       back off (exponential, with jitter, up to ``retry_ma
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import random
 import threading
 import time
@@ -85,6 +87,20 @@ def ingest_payload(batch: Batch) -> tuple[dict, list[tuple[str, int, object]]]:
     return body, order
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A claimed batch, encoded once for every attempt."""
+
+    batch: Batch
+    body: bytes
+    order: list  # the readings in the body's order, to name the ones the server refuses
+
+
+def prepare(batch: Batch) -> Prepared:
+    payload, order = ingest_payload(batch)
+    return Prepared(batch, json.dumps(payload, separators=(",", ":"), allow_nan=False).encode(), order)
+
+
 @dataclass
 class Progress:
     """Readings uploaded since the last progress line, for the operator's log."""
@@ -125,7 +141,7 @@ class Progress:
 
 
 class Uploader:
-    """Sends the spool's batches; ``run`` is the body of each uploader thread (several may share one)."""
+    """Sends the spool's batches, from the threads ``start`` starts."""
 
     def __init__(
         self,
@@ -146,9 +162,23 @@ class Uploader:
         self._lock = threading.Lock()
         self._noisy = RateLimitedLog(log, every=60.0)
 
-    # -- the loop -------------------------------------------------------------------------------------
+    # -- the threads ----------------------------------------------------------------------------------
+    # One thread claims and encodes batches ahead (up to one per sender), ``senders`` threads send them:
+    # the spool's reading and writing stays off the path between one request and the next.
 
-    def run(self, stop: threading.Event, *, idle_wait: float = 0.2) -> None:
+    def start(self, stop: threading.Event, *, senders: int, idle_wait: float = 0.2) -> list[threading.Thread]:
+        """Start the preparing thread and ``senders`` sending threads; they end soon after ``stop`` is set."""
+        self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=senders)
+        threads = [threading.Thread(target=self._prepare, args=(stop, idle_wait), name="upload-prepare", daemon=True)]
+        threads += [
+            threading.Thread(target=self._send, args=(stop,), name=f"upload-{i + 1}", daemon=True)
+            for i in range(senders)
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def _prepare(self, stop: threading.Event, idle_wait: float) -> None:
         self.spool.relax_durability()
         try:
             while not stop.is_set():
@@ -157,11 +187,29 @@ class Uploader:
                     self.progress.report(self.spool)
                     stop.wait(idle_wait)
                     continue
+                prepared = prepare(batch)
+                while not stop.is_set():
+                    try:
+                        self._ready.put(prepared, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            self.spool.close()
+
+    def _send(self, stop: threading.Event) -> None:
+        self.spool.relax_durability()
+        try:
+            while not stop.is_set():
                 try:
-                    self.deliver(batch, stop)
+                    prepared = self._ready.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                try:
+                    self.deliver(prepared, stop)
                 finally:
                     with self._lock:
-                        self._in_flight.discard(batch.id)
+                        self._in_flight.discard(prepared.batch.id)
                 self.progress.report(self.spool)
         finally:
             self.client.close()
@@ -176,14 +224,14 @@ class Uploader:
                 self._in_flight.add(batch.id)
             return batch
 
-    def deliver(self, batch: Batch, stop: threading.Event) -> bool:
-        """Send ``batch`` until the server has it (True), or ``stop`` is set, or it was split or buried."""
-        payload, order = ingest_payload(batch)
+    def deliver(self, prepared: Prepared, stop: threading.Event) -> bool:
+        """Send a batch until the server has it (True), or ``stop`` is set, or it was split or buried."""
+        batch = prepared.batch
         backoff = self.make_backoff()
         if batch.resent:
             log.info("sending batch %s again (%s readings, claimed before and not acknowledged)", batch.id, len(batch))
         while not stop.is_set():
-            wait = self._attempt(batch, payload, order, backoff)
+            wait = self._attempt(prepared, backoff)
             if wait is None:
                 return True
             if wait < 0:
@@ -193,10 +241,11 @@ class Uploader:
 
     # -- one attempt ----------------------------------------------------------------------------------
 
-    def _attempt(self, batch: Batch, payload: dict, order: list, backoff: Backoff) -> float | None:
+    def _attempt(self, prepared: Prepared, backoff: Backoff) -> float | None:
         """Send once. None: done; a negative number: the batch was split or buried; else seconds to wait."""
+        batch = prepared.batch
         try:
-            reply = self.client.post_json(INGEST_PATH, payload)
+            reply = self.client.request("POST", INGEST_PATH, body=prepared.body)
         except ServerUnreachable as exc:
             message = f"cannot reach {self.client.url}: {exc}"
             self.state.problem("upload", message)
@@ -210,7 +259,7 @@ class Uploader:
             self.spool.note_attempt(batch.id, message)
             return backoff.next()
         if reply.status == 200:
-            self._delivered(batch, reply, order)
+            self._delivered(batch, reply, prepared.order)
             return None
         if reply.status in (401, 403):
             return self._refused_token(batch, reply, backoff)

@@ -24,6 +24,8 @@ class FakeServer:
         self.script: dict[str, deque] = defaultdict(deque)
         self.config = {"version": "v1", "agent": "test-agent", "sources": [], "skipped": []}
         self.reject_values: set = set()  # values refused per reading, like a non-number in a numeric channel
+        self.poison: set = set()  # values that make the whole body refused (400), like unreadable JSON
+        self.max_readings = 100_000  # more in one body: 413
         self.heartbeats: list[dict] = []
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -92,6 +94,11 @@ class FakeServer:
             batch_id = payload.get("batch_id")
             if batch_id in self.batches:
                 return 200, {**self.batches[batch_id], "replayed": True}, {}
+            values = [v for series in payload["channels"].values() for v in series["v"]]
+            if len(values) > self.max_readings:
+                return 413, {"detail": f"the batch holds {len(values)} readings; the limit is {self.max_readings}"}, {}
+            if self.poison & set(values):
+                return 400, {"detail": "the body cannot be read"}, {}
             index, accepted, duplicates, rejections = 0, 0, 0, []
             for channel, series in payload["channels"].items():
                 for t, v in zip(series["t"], series["v"], strict=True):

@@ -30,9 +30,7 @@ def make_uploader(spool, url, token_source=lambda: "dbk_good", batch_size=100, i
 
 def run_until(uploader: Uploader, condition, timeout: float = 15.0, threads: int = 1) -> None:
     stop = threading.Event()
-    workers = [threading.Thread(target=uploader.run, args=(stop,), kwargs={"idle_wait": 0.01}) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
+    workers = uploader.start(stop, senders=threads, idle_wait=0.01)
     try:
         deadline = time.monotonic() + timeout
         while not condition():
@@ -115,9 +113,8 @@ def test_a_refused_token_keeps_everything_until_the_token_file_changes(tmp_path,
     with FakeServer(tokens={"dbk_new"}) as server:
         uploader, state = make_uploader(spool, server.url, token_source=lambda: token_file.read_text().strip())
         stop = threading.Event()
-        worker = threading.Thread(target=uploader.run, args=(stop,), kwargs={"idle_wait": 0.01})
         with caplog.at_level(logging.INFO):
-            worker.start()
+            workers = uploader.start(stop, senders=1, idle_wait=0.01)
             server.wait_for(lambda: len(server.requests) >= 2)
             assert spool.depth() == 30
             assert "auth" in state.current_problems()
@@ -127,7 +124,8 @@ def test_a_refused_token_keeps_everything_until_the_token_file_changes(tmp_path,
             while spool.depth() and time.monotonic() < deadline:
                 time.sleep(0.02)
             stop.set()
-            worker.join(timeout=10)
+            for worker in workers:
+                worker.join(timeout=10)
     assert spool.depth() == 0 and len(server.stored) == 35
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and "the server refuses the agent's token (401: Invalid token.)" in errors[0].getMessage()
@@ -153,16 +151,20 @@ def test_a_body_refused_whole_is_split_down_to_the_bad_reading(tmp_path, caplog)
     spool = Spool(tmp_path)
     fill(spool, 8)
     with FakeServer() as server:
-        server.answer(INGEST_PATH, 413, {"detail": "too large"})  # the 8
-        server.answer(INGEST_PATH, 400, {"detail": "unreadable"})  # the first 4
-        server.answer(INGEST_PATH, 400, {"detail": "unreadable"})  # its first 2
-        server.answer(INGEST_PATH, 400, {"detail": "unreadable"})  # its first 1
+        server.max_readings = 5  # the batch of 8 is too large (413)
+        server.poison = {3.0}  # and any body holding this reading is unreadable (400)
         uploader, _ = make_uploader(spool, server.url)
         with caplog.at_level(logging.WARNING):
             run_until(uploader, lambda: spool.depth() == 0)
-    assert len(server.stored) == 7
+    assert sorted(v for (_, _), v in server.stored.items()) == [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0]
     assert spool.counters()["dead"] == 1
-    assert "moved to the spool's dead letters" in caplog.text
+    assert "(413: the batch holds 8 readings; the limit is 5); splitting it" in caplog.text
+    assert (
+        "value 3.0) whatever is done (400: the body cannot be read); it was moved to the spool's dead letters"
+        in caplog.text
+    )
+    dead = spool.connection().execute("SELECT channel, value FROM dead_letters").fetchall()
+    assert dead == [("7", 3.0)]
 
 
 def test_an_unreachable_server_is_waited_for(tmp_path):
@@ -173,15 +175,15 @@ def test_an_unreachable_server_is_waited_for(tmp_path):
     server.httpd.server_close()  # nothing listens there any more
     uploader, state = make_uploader(spool, url)
     stop = threading.Event()
-    worker = threading.Thread(target=uploader.run, args=(stop,), kwargs={"idle_wait": 0.01})
-    worker.start()
+    workers = uploader.start(stop, senders=1, idle_wait=0.01)
     deadline = time.monotonic() + 10
     while "upload" not in state.current_problems():
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert "connection refused" in state.current_problems()["upload"]
     stop.set()
-    worker.join(timeout=10)
+    for worker in workers:
+        worker.join(timeout=10)
     assert spool.depth() == 20
 
 
