@@ -156,6 +156,11 @@ class _Permitted:
         self.error_messages["does_not_exist"] = "Unknown, or not one you may use."
         self.error_messages["invalid"] = "Unknown, or not one you may use."
 
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("does_not_exist")  # a database cannot even look a NUL byte up
+        return super().to_internal_value(data)
+
     def get_queryset(self):
         queryset = super().get_queryset()
         request = self.context.get("request")

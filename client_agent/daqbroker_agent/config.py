@@ -402,6 +402,7 @@ AGENT_COLLECTS = ("file", "serial", "tcp", "command")
 
 def validate_source_config(kind: str, raw: Any, prefix: str = "") -> dict:
     """The configuration of a source of ``kind`` with defaults filled in, or ConfigError."""
+    _refuse_nul(raw, prefix)
     if kind == "agent":
         return _validate_agent(raw, prefix)
     if kind not in SOURCE_OPTIONS:
@@ -409,6 +410,20 @@ def validate_source_config(kind: str, raw: Any, prefix: str = "") -> dict:
     return validate_options(
         SOURCE_OPTIONS[kind], raw, prefix, checks=(_check_file if kind == "file" else _check_parser,)
     )
+
+
+def _refuse_nul(value: Any, field: str) -> None:
+    """No NUL character anywhere: databases cannot store one in text (PostgreSQL refuses it in JSON)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ConfigError(field, "must not contain a NUL character")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_nul(key, field)
+            _refuse_nul(item, _join(field, str(key)))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_nul(item, f"{field}[{index}]")
 
 
 def _validate_agent(raw: Any, prefix: str) -> dict:

@@ -310,3 +310,9 @@ def test_bad_configs_are_refused_naming_the_option(kind, raw, field, message):
 def test_prefix_is_prepended_to_the_field():
     error = refused("tcp", {"host": "h", "port": 0}, prefix="config")
     assert str(error) == "config.port: must be at least 1"
+
+
+def test_a_nul_character_anywhere_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        validate_source_config("file", {"path": "/d", "columns": ["a", "b\x00"]})
+    assert str(caught.value) == "columns[1]: must not contain a NUL character"

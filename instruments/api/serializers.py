@@ -8,10 +8,8 @@ from rest_framework import serializers
 
 from accounts import permissions
 from accounts.api.base import PermittedPrimaryKeyRelatedField, PermittedSlugRelatedField
+from accounts.models import Agent
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
-
-# Never echo the slug back: whether a hidden instrument exists is not revealed.
-NO_SUCH_INSTRUMENT = {"does_not_exist": "No such instrument, or you may not change it."}
 
 
 class ModelCleanMixin:
@@ -73,8 +71,13 @@ class InstrumentSerializer(ModelCleanMixin, serializers.ModelSerializer):
 
 
 class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
-    instrument = PermittedSlugRelatedField(
-        queryset=Instrument.objects.all(), level=permissions.CHANGE, error_messages=NO_SUCH_INSTRUMENT
+    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
+    agent = PermittedPrimaryKeyRelatedField(
+        queryset=Agent.objects.all(),
+        level=permissions.CHANGE,
+        allow_null=True,
+        required=False,
+        help_text="For sources of kind agent: the id of the agent that collects it (one of yours).",
     )
 
     class Meta:
@@ -84,6 +87,7 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "instrument",
             "name",
             "kind",
+            "agent",
             "config",
             "interval_seconds",
             "enabled",
@@ -107,15 +111,12 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
 
 
 class ChannelSerializer(ModelCleanMixin, serializers.ModelSerializer):
-    instrument = PermittedSlugRelatedField(
-        queryset=Instrument.objects.all(), level=permissions.CHANGE, error_messages=NO_SUCH_INSTRUMENT
-    )
+    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
     source = PermittedPrimaryKeyRelatedField(
         queryset=DataSource.objects.all(),
         level=permissions.CHANGE,
         allow_null=True,
         required=False,
-        error_messages={"does_not_exist": "No such data source, or you may not change it."},
     )
     last_time = serializers.DateTimeField(read_only=True, allow_null=True)
 
@@ -149,9 +150,7 @@ class ChannelSerializer(ModelCleanMixin, serializers.ModelSerializer):
 
 class LogbookEntrySerializer(ModelCleanMixin, serializers.ModelSerializer):
     implicit_fields = ("author",)
-    instrument = PermittedSlugRelatedField(
-        queryset=Instrument.objects.all(), level=permissions.CHANGE, error_messages=NO_SUCH_INSTRUMENT
-    )
+    instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
     author = serializers.CharField(source="author.get_username", read_only=True, allow_null=True)
 
     class Meta:

@@ -148,3 +148,36 @@ def test_logbook_time_filters_take_any_iso_offset(world, owner, query, count):
     else:
         assert response.status_code == 200, response.content
         assert response.json()["count"] == count
+
+
+def test_an_agent_source_is_created_with_one_of_ones_agents(world, owner, shared_editor):
+    agent = world.agents["alpha-logger"]
+    body = {
+        "instrument": "alpha-station",
+        "name": "remote port",
+        "kind": "agent",
+        "agent": agent.pk,
+        "config": {"collect": {"kind": "serial", "url": "/dev/ttyUSB0"}},
+    }
+    response = owner.client.post("/api/v1/sources/", body, format="json")
+    assert response.status_code == 201, response.content
+    assert DataSource.objects.get(name="remote port").agent == agent
+    # eddie may change alpha, but the agent is olivia's
+    response = shared_editor.client.post("/api/v1/sources/", {**body, "name": "other"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"agent": ["Unknown, or not one you may use."]}
+    without = owner.client.post("/api/v1/sources/", {**body, "name": "no agent", "agent": None}, format="json")
+    assert without.status_code == 400
+    assert "agent" in without.json()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instrument": "alpha\x00station", "name": "x", "kind": "file", "config": {"path": "/d"}},
+        {"instrument": "alpha-station", "name": "x", "kind": "file", "config": {"path": "/d\x00"}},
+    ],
+)
+def test_nul_characters_are_a_400_on_every_engine(world, owner, body):
+    response = owner.client.post("/api/v1/sources/", body, format="json")
+    assert response.status_code == 400, response.content
