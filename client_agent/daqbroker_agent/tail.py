@@ -63,8 +63,8 @@ def read_new_lines(
     result = TailRead()
     files: dict[str, dict] = {}
     lines_left, bytes_left = max_lines, max_bytes
-    for path, name, stat, matches in _candidates(folder, pattern, previous):
-        state = _still_valid(path, stat, _known_state(name, stat, previous))
+    for path, name, stat, matches in candidate_files(folder, pattern, previous):
+        state = still_valid(path, stat, known_state(name, stat, previous))
         if not matches and (state is None or state["offset"] >= stat.st_size):
             if state is not None:
                 files[name] = state  # rotated away and fully read: remembered while it is there
@@ -85,11 +85,11 @@ def read_new_lines(
     return result
 
 
-def _identity(stat: os.stat_result) -> str:
+def file_identity(stat: os.stat_result) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def _candidates(folder: Path, pattern: str, previous: dict[str, dict]):
+def candidate_files(folder: Path, pattern: str, previous: dict[str, dict]):
     known = {state.get("identity") for state in previous.values()}
     found: dict[str, tuple[Path, os.stat_result, bool]] = {}
     for path in folder.glob(pattern):
@@ -108,14 +108,14 @@ def _candidates(folder: Path, pattern: str, previous: dict[str, dict]):
                     stat = entry.stat()
                 except FileNotFoundError:
                     continue
-                if _identity(stat) in known:
+                if file_identity(stat) in known:
                     found[entry.name] = (Path(entry.path), stat, fnmatch.fnmatch(entry.name, pattern))
     ordered = sorted(found.items(), key=lambda item: (item[1][1].st_mtime, item[0]))
     return [(path, name, stat, matches) for name, (path, stat, matches) in ordered]
 
 
-def _known_state(name: str, stat: os.stat_result, previous: dict[str, dict]) -> dict | None:
-    identity = _identity(stat)
+def known_state(name: str, stat: os.stat_result, previous: dict[str, dict]) -> dict | None:
+    identity = file_identity(stat)
     state = previous.get(name)
     if state and state.get("identity") == identity:
         return dict(state)
@@ -125,7 +125,7 @@ def _known_state(name: str, stat: os.stat_result, previous: dict[str, dict]) -> 
     return None
 
 
-def _still_valid(path: Path, stat: os.stat_result, state: dict | None) -> dict | None:
+def still_valid(path: Path, stat: os.stat_result, state: dict | None) -> dict | None:
     if state is None or stat.st_size < state.get("offset", 0):
         return None
     head_len = state.get("head_len", 0)
@@ -163,7 +163,7 @@ def _read_file(path: Path, stat: os.stat_result, state: dict | None, lines_left:
             head = hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest()
     n_lines = data.count(b"\n")
     new_state = {
-        "identity": _identity(stat),
+        "identity": file_identity(stat),
         "offset": offset + len(data),
         "lines": line_no + n_lines,
         "head": head,

@@ -19,7 +19,6 @@ file under ``DAQBROKER_ARCHIVE_DIR`` (idempotent: a retried run rewrites the sam
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -31,6 +30,9 @@ from django.conf import settings
 from collection.collectors.base import Collected, RawLine, channel_key, concat_batches, is_text, lines_to_readings
 from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.parsing import NUMBER, TEXT, BlockParser, FieldNotFound, LineParser, now_us
+
+# Following files through rotation and truncation: the same code, and cursor format, as the agent's tail.
+from daqbroker_agent.tail import candidate_files, file_identity, known_state, still_valid
 from instruments.models import Channel, DataSource
 
 MAX_BYTES_PER_RUN = 256 * 1024 * 1024
@@ -46,9 +48,9 @@ class FileCollector:
         run = _Run(source, config, channels)
         previous: dict[str, dict] = (source.cursor or {}).get("files", {})
         cursor: dict[str, dict] = {}
-        for path, name, stat, matches in _candidates(folder, config["pattern"], previous):
-            state = _known_state(name, stat, previous)
-            state = _still_valid(path, stat, state)
+        for path, name, stat, matches in candidate_files(folder, config["pattern"], previous):
+            state = known_state(name, stat, previous)
+            state = still_valid(path, stat, state)
             if not matches and (state is None or state["offset"] >= stat.st_size):
                 # A rotated file no longer matching the pattern: kept while it has an unread tail.
                 if state is not None:
@@ -61,64 +63,6 @@ class FileCollector:
                 continue
             cursor[name] = run.read_file(path, stat, state)
         return run.result(cursor)
-
-
-def _candidates(folder: Path, pattern: str, previous: dict[str, dict]):
-    """(path, name relative to the folder, stat, matches the pattern) of the files to look at, oldest first.
-
-    Files matching the pattern, plus files not matching it whose identity the cursor knows (rotated away).
-    """
-    known = {state.get("identity") for state in previous.values()}
-    found: dict[str, tuple[Path, os.stat_result, bool]] = {}
-    for path in folder.glob(pattern):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        if path.is_file():
-            found[path.relative_to(folder).as_posix()] = (path, stat, True)
-    if known:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name in found or not entry.is_file():
-                    continue
-                try:
-                    stat = entry.stat()
-                except FileNotFoundError:
-                    continue
-                if _identity(stat) in known:
-                    found[entry.name] = (Path(entry.path), stat, fnmatch.fnmatch(entry.name, pattern))
-    ordered = sorted(found.items(), key=lambda item: (item[1][1].st_mtime, item[0]))
-    return [(path, name, stat, matches) for name, (path, stat, matches) in ordered]
-
-
-def _identity(stat: os.stat_result) -> str:
-    return f"{stat.st_dev}:{stat.st_ino}"
-
-
-def _known_state(name: str, stat: os.stat_result, previous: dict[str, dict]) -> dict | None:
-    """The cursor state of this file: under its name if the identity agrees, else under any name (renamed)."""
-    identity = _identity(stat)
-    state = previous.get(name)
-    if state and state.get("identity") == identity:
-        return dict(state)
-    for other in previous.values():
-        if other.get("identity") == identity:
-            return dict(other)
-    return None
-
-
-def _still_valid(path: Path, stat: os.stat_result, state: dict | None) -> dict | None:
-    """The state if the file is still the one it describes; None (read from the start) if it was truncated
-    or rewritten in place."""
-    if state is None or stat.st_size < state.get("offset", 0):
-        return None
-    head_len = state.get("head_len", 0)
-    if head_len:
-        with path.open("rb") as handle:
-            if hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest() != state.get("head"):
-                return None
-    return state
 
 
 @dataclass
@@ -183,7 +127,7 @@ class _Run:
         if n_lines:
             self._parse(path, data, n_lines, first_line_no=line_no + header_lines + 1)
         return {
-            "identity": _identity(stat),
+            "identity": file_identity(stat),
             "offset": offset + consumed,
             "lines": line_no + header_lines + n_lines,
             "head": head,
@@ -275,7 +219,7 @@ def archive_path(source: DataSource, name: str, identity: str) -> Path:
 
 
 def _archive(source: DataSource, path: Path, stat: os.stat_result, offset: int, data: bytes) -> None:
-    target = archive_path(source, path.name, _identity(stat))
+    target = archive_path(source, path.name, file_identity(stat))
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("r+b" if target.exists() else "wb") as copy:
         size = copy.seek(0, os.SEEK_END)
