@@ -12,6 +12,7 @@ One browser for the whole session (the machine is small); pages are reused.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from django.urls import reverse
 
 from accounts.tests.personas import build_world
 from collection.alarms.models import AlarmEvent
+from collection.models import Sample
 from collection.services import SampleBatch, ingest_samples
 from conftest import REPO, service_unavailable
 from instruments.status import now_us
@@ -232,6 +234,22 @@ def test_a_collaborator_plots_zooms_watches_live_and_saves_a_dashboard(site, vis
     assert zoomed["series"][0]["source"] in ("raw", "lttb")  # an hour or so holds few readings: every one
     assert "range=custom" in olivia.desktop.url and "start=" in olivia.desktop.url
     olivia.desktop.screenshot(path=str(SCREENSHOTS / "plot-zoomed-desktop.png"), full_page=True)
+
+    # Export the zoomed view: its readings as CSV (every stored one in view), the plot as PNG and SVG.
+    page = olivia.desktop
+    start_us, end_us = math.floor(zoomed["view"][0] * 1000), math.ceil(zoomed["view"][1] * 1000)
+    in_view = Sample.objects.filter(channel=world.alpha_channel, ts__gte=start_us, ts__lt=end_us).count()
+    page.locator("summary", has_text="Export").click()
+    with page.expect_download() as csv_download:
+        page.locator("#export-csv").click()
+    rows = Path(csv_download.value.path()).read_text().splitlines()
+    assert rows[0] == "time,channel,value" and len(rows) - 1 == in_view > 0
+    for button, magic in (("#image-png", b"\x89PNG"), ("#image-svg", b"<svg")):
+        if not page.locator(button).is_visible():  # the menu closes after a download
+            page.locator("summary", has_text="Export").click()
+        with page.expect_download() as image:
+            page.locator(button).click()
+        assert Path(image.value.path()).read_bytes().lstrip()[: len(magic)] == magic, button
 
     # Live: a reading ingested now appears without a reload.
     olivia.desktop.get_by_role("button", name="Hour").click()

@@ -290,7 +290,7 @@ def test_the_plot_page_names_channels_by_id_or_by_reference(group_member, world)
     by_id = page(group_member, reverse("collection:plot"), c=str(world.alpha_channel.pk))
     for body in (by_ref, by_id):
         assert f'"id": {world.alpha_channel.pk}' in body  # in the plot's configuration
-        assert 'src="/static/vendor/plotly/plotly.min.js"' in body
+        assert 'src="/static/vendor/plotly/plotly-basic.min.js"' in body
         assert "/api/v1/samples/" in body
     assert page(group_member, reverse("collection:plot"), c="999999", expected=404)
     assert page(group_member, reverse("collection:plot"), c="not-a-channel", expected=404)
@@ -302,8 +302,8 @@ def test_the_plot_page_lists_only_visible_channels(shared_viewer, administrator,
 
 
 def test_plotly_is_served_by_the_app():
-    found = finders.find("vendor/plotly/plotly.min.js")
-    assert found and found.endswith("plotly.min.js")
+    found = finders.find("vendor/plotly/plotly-basic.min.js")
+    assert found and found.endswith("node_modules/plotly.js-basic-dist-min/plotly-basic.min.js")
 
 
 # --- dashboards -------------------------------------------------------------------------------------
@@ -372,6 +372,58 @@ def test_dashboards_are_built_from_the_plot_page_and_edited(shared_viewer, world
     assert [p.title for p in board.panels.all()] == ["Temperature"]
     shared_viewer.client.post(reverse("instruments:dashboard-delete", args=[board.pk]))
     assert not Dashboard.objects.filter(pk=board.pk).exists()
+
+
+def test_every_dashboard_change_is_in_the_audit_trail(shared_viewer, world):
+    vera, channel = world.users["vera"], world.alpha_channel
+    client = shared_viewer.client
+    client.post(reverse("instruments:dashboard-create"), {"title": "Audited"}, REMOTE_ADDR="192.0.2.9")
+    board = Dashboard.objects.get(title="Audited")
+    add = reverse("instruments:dashboard-panel-add", args=[board.pk])
+    client.post(add, {"channels": [channel.pk], "time_range": "1h", "title": "One"})
+    client.post(add, {"channels": [channel.pk], "time_range": "1d", "title": "Two"})
+    two = board.panels.get(title="Two")
+    panel_url = reverse("instruments:dashboard-panel", args=[board.pk, two.pk])
+    client.post(panel_url, {"action": "up"})
+    edit = reverse("instruments:dashboard-edit", args=[board.pk])
+    client.post(edit, {"title": "Audited", "description": "", "shared": "on"})
+    client.post(edit, {"title": "Audited", "description": "", "shared": "on"})  # no change: no event
+    client.post(panel_url, {"action": "remove"})
+    client.post(reverse("instruments:dashboard-delete", args=[board.pk]))
+
+    events = list(
+        AuditEvent.objects.filter(object_type="instruments.dashboard", object_id=str(board.pk)).order_by("pk")
+    )
+    assert all(e.actor == vera for e in events)
+    assert events[0].address == "192.0.2.9"
+    summary = [(e.action, sorted(e.changes)) for e in events]
+    assert summary == [
+        ("config.created", ["description", "shared", "title"]),
+        ("config.changed", ["panel added"]),
+        ("config.changed", ["panel added"]),
+        ("config.changed", ["panel moved"]),
+        ("config.changed", ["shared"]),
+        ("config.changed", ["panel removed"]),
+        ("config.deleted", ["description", "panels", "shared", "title"]),
+    ]
+    assert events[1].changes["panel added"]["channels"] == [f"{world.alpha.slug}/{channel.slug}"]
+    assert events[3].changes["panel moved"] == {"panel": two.pk, "position": [1, 0]}
+    assert events[4].changes["shared"] == [False, True]
+    assert events[5].changes["panel removed"]["title"] == "Two"
+    assert events[6].changes["panels"] == 1
+
+
+def test_a_posted_next_address_never_leaves_the_site(shared_viewer, shared_editor, world):
+    board = Dashboard.objects.create(owner=world.users["vera"], title="Mine")
+    add = reverse("instruments:dashboard-panel-add", args=[board.pk])
+    for evil in ("https://evil.example/", "//evil.example/x", "javascript:alert(1)"):
+        response = shared_viewer.client.post(add, {"channels": [world.alpha_channel.pk], "next": evil})
+        assert response["Location"] == reverse("instruments:dashboard", args=[board.pk]), evil
+    response = shared_viewer.client.post(add, {"channels": [world.alpha_channel.pk], "next": "/plot/?range=1d"})
+    assert response["Location"] == "/plot/?range=1d"
+    event = alpha_alarm(world)
+    ack = reverse("collection:alarm-acknowledge", args=[event.pk])
+    assert shared_editor.client.post(ack, {"next": "https://evil.example/"})["Location"] == reverse("collection:alarms")
 
 
 def test_only_the_owner_changes_a_shared_dashboard(shared_editor, world):

@@ -15,7 +15,7 @@
   var LIVE_SECONDS = 3;
   var MIN_POINTS = 100, MAX_POINTS = 4000;
 
-  // plotly.js (4.6 MB) is loaded with "defer": the first readings are asked for while it is still being
+  // plotly.js (the 1.2 MB basic bundle) is loaded with "defer": the first readings are asked for while it is still being
   // parsed, and drawing waits for it.
   var plotlyReady = new Promise(function (resolve) {
     if (window.Plotly) { resolve(); return; }
