@@ -13,11 +13,11 @@ from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.generic import ListView, TemplateView, View
 from django.views.generic.detail import SingleObjectMixin
 
 from accounts import permissions
+from accounts.mixins import local_next
 from collection.alarms.models import AlarmEvent
 from collection.pages import channel_facts, first_reading_times
 from instruments.models import PlotRange
@@ -144,7 +144,4 @@ class AlarmAcknowledgeView(PageMixin, SingleObjectMixin, View):
             messages.success(request, f"Acknowledged: {event.message}")
         else:
             messages.info(request, "That alarm was already acknowledged.")
-        back = request.POST.get("next", "")
-        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
-            back = ""
-        return redirect(back or reverse("collection:alarms"))
+        return redirect(local_next(request, reverse("collection:alarms")))

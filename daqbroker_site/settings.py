@@ -139,7 +139,7 @@ STATICFILES_FINDERS = [
 
 # The admin keeps its own login page; collaborators' pages send anonymous visitors to /login/ (their
 # views set login_url), and land on the instrument list after logging in.
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"  # the collaborators' login page; the admin keeps its own
 LOGIN_REDIRECT_URL = "instruments:home"
 LOGOUT_REDIRECT_URL = "login"
 

@@ -1,7 +1,8 @@
 """Dashboards: who may see and change them, and the changes themselves (called by the pages).
 
 Visibility follows the instruments (see ``instruments.models.Dashboard``): everything here asks
-``accounts.permissions`` which instruments a user may see; nothing else decides it.
+``accounts.permissions`` which instruments a user may see; nothing else decides it. Every change is
+recorded in the audit trail, in the same transaction, with the acting user and their address.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from django.db import transaction
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
-from accounts import permissions
+from accounts import audit, permissions
+from accounts.choices import AuditAction
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
 
 
@@ -53,11 +55,52 @@ def panel_channels(user, panel: DashboardPanel) -> list[Channel]:
     return list(permissions.restrict(panel.channels.all(), user).select_related("instrument").order_by("name"))
 
 
+EDITABLE_FIELDS = ("title", "description", "shared")
+
+
+def _panel_facts(panel: DashboardPanel, channels: Iterable[Channel]) -> dict:
+    facts = {"panel": panel.pk, "channels": [f"{c.instrument.slug}/{c.slug}" for c in channels]}
+    if panel.title:
+        facts["title"] = panel.title
+    return facts
+
+
+def _touch(dashboard: Dashboard) -> None:
+    Dashboard.objects.filter(pk=dashboard.pk).update(updated=timezone.now())
+
+
 @transaction.atomic
-def create_dashboard(owner, title: str, *, description: str = "", shared: bool = False) -> Dashboard:
+def create_dashboard(
+    owner, title: str, *, description: str = "", shared: bool = False, address: str | None = None
+) -> Dashboard:
     if not title.strip():
         raise ValidationError({"title": "A dashboard needs a title."})
-    return Dashboard.objects.create(owner=owner, title=title.strip(), description=description, shared=shared)
+    dashboard = Dashboard.objects.create(owner=owner, title=title.strip(), description=description, shared=shared)
+    changes = {name: getattr(dashboard, name) for name in EDITABLE_FIELDS}
+    audit.record(AuditAction.CONFIG_CREATED, actor=owner, obj=dashboard, changes=changes, address=address)
+    return dashboard
+
+
+@transaction.atomic
+def update_dashboard(user, dashboard: Dashboard, *, address: str | None = None, **values) -> Dashboard:
+    """Change the title, description or ``shared`` of ``dashboard`` (its owner or an administrator)."""
+    _check_change(user, dashboard)
+    unknown = set(values) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise TypeError(f"not editable: {sorted(unknown)}")
+    if "title" in values:
+        values["title"] = values["title"].strip()
+        if not values["title"]:
+            raise ValidationError({"title": "A dashboard needs a title."})
+    # From the database: a bound ModelForm has already copied the new values onto ``dashboard``.
+    before = Dashboard.objects.select_for_update().values(*values).get(pk=dashboard.pk)
+    for name, value in values.items():
+        setattr(dashboard, name, value)
+    changes = audit.diff(before, values)
+    if changes:
+        dashboard.save(update_fields=[*values, "updated"])
+        audit.record(AuditAction.CONFIG_CHANGED, actor=user, obj=dashboard, changes=changes, address=address)
+    return dashboard
 
 
 @transaction.atomic
@@ -72,6 +115,7 @@ def add_panel(
     end=None,
     include_flagged: bool = False,
     wide: bool = False,
+    address: str | None = None,
 ) -> DashboardPanel:
     """A new panel at the end of ``dashboard``, over the channels of ``channel_ids`` ``user`` may see."""
     _check_change(user, dashboard)
@@ -96,12 +140,14 @@ def add_panel(
         wide=wide,
     )
     panel.channels.set(channels)
-    Dashboard.objects.filter(pk=dashboard.pk).update(updated=timezone.now())
+    _touch(dashboard)
+    facts = {**_panel_facts(panel, channels), "time_range": time_range}
+    audit.record(AuditAction.CONFIG_CHANGED, actor=user, obj=dashboard, changes={"panel added": facts}, address=address)
     return panel
 
 
 @transaction.atomic
-def move_panel(user, panel: DashboardPanel, offset: int) -> None:
+def move_panel(user, panel: DashboardPanel, offset: int, *, address: str | None = None) -> None:
     """Move ``panel`` up (-1) or down (+1) among its dashboard's panels."""
     _check_change(user, panel.dashboard)
     panels = list(panel.dashboard.panels.select_for_update().order_by("position", "id"))
@@ -113,15 +159,34 @@ def move_panel(user, panel: DashboardPanel, offset: int) -> None:
     for position, each in enumerate(panels):
         if each.position != position:
             DashboardPanel.objects.filter(pk=each.pk).update(position=position)
+    _touch(panel.dashboard)
+    moved = {"panel": panel.pk, "position": [index, target]}
+    audit.record(
+        AuditAction.CONFIG_CHANGED, actor=user, obj=panel.dashboard, changes={"panel moved": moved}, address=address
+    )
 
 
 @transaction.atomic
-def remove_panel(user, panel: DashboardPanel) -> None:
-    _check_change(user, panel.dashboard)
-    panel.delete()
-
-
-@transaction.atomic
-def delete_dashboard(user, dashboard: Dashboard) -> None:
+def remove_panel(user, panel: DashboardPanel, *, address: str | None = None) -> None:
+    dashboard = panel.dashboard
     _check_change(user, dashboard)
+    facts = _panel_facts(panel, panel.channels.select_related("instrument").order_by("name"))
+    panel.delete()
+    _touch(dashboard)
+    audit.record(
+        AuditAction.CONFIG_CHANGED, actor=user, obj=dashboard, changes={"panel removed": facts}, address=address
+    )
+
+
+@transaction.atomic
+def delete_dashboard(user, dashboard: Dashboard, *, address: str | None = None) -> None:
+    _check_change(user, dashboard)
+    facts = {name: getattr(dashboard, name) for name in EDITABLE_FIELDS}
+    audit.record(
+        AuditAction.CONFIG_DELETED,
+        actor=user,
+        obj=dashboard,
+        changes={**facts, "panels": dashboard.panels.count()},
+        address=address,
+    )
     dashboard.delete()

@@ -17,7 +17,7 @@ from django.urls import reverse, reverse_lazy
 from django.views.generic import CreateView, DetailView, FormView, ListView, View
 
 from accounts import audit, permissions, services
-from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin
+from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
 from accounts.models import Agent
 from instruments import dashboards
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
@@ -225,7 +225,8 @@ class DashboardCreateView(PageMixin, View):
         if not form.is_valid():
             messages.error(request, "A dashboard needs a title.")
             return redirect("instruments:dashboards")
-        dashboard = dashboards.create_dashboard(request.user, **form.cleaned_data)
+        address = audit.client_address(request)
+        dashboard = dashboards.create_dashboard(request.user, **form.cleaned_data, address=address)
         if request.POST.getlist("channels"):  # from the plot page: the plot's own title is "panel_title"
             panel = request.POST.copy()
             panel["title"] = panel.get("panel_title", "")
@@ -251,6 +252,7 @@ def _add_panel_from_post(request, dashboard: Dashboard, data=None) -> bool:
             end=data["end"],
             include_flagged=data["include_flagged"],
             wide=data["wide"],
+            address=audit.client_address(request),
         )
     except ValidationError as exc:
         messages.error(request, "The plot was not added: " + " ".join(exc.messages))
@@ -327,7 +329,10 @@ class DashboardEditView(DashboardAccessMixin, FormView):
         return context
 
     def form_valid(self, form):
-        form.save()
+        values = {name: form.cleaned_data[name] for name in dashboards.EDITABLE_FIELDS}
+        dashboards.update_dashboard(
+            self.request.user, self.object, address=audit.client_address(self.request), **values
+        )
         messages.success(self.request, "Dashboard saved.")
         return redirect("instruments:dashboard-edit", pk=self.object.pk)
 
@@ -340,7 +345,7 @@ class DashboardPanelAddView(DashboardAccessMixin, View):
         self.check_level(dashboard)
         if _add_panel_from_post(request, dashboard):
             messages.success(request, f"Plot added to {dashboard.title!r}.")
-        return redirect(request.POST.get("next") or reverse("instruments:dashboard", args=[dashboard.pk]))
+        return redirect(local_next(request, reverse("instruments:dashboard", args=[dashboard.pk])))
 
 
 class DashboardPanelView(DashboardAccessMixin, View):
@@ -352,13 +357,13 @@ class DashboardPanelView(DashboardAccessMixin, View):
         dashboard = get_object_or_404(self.get_queryset(), pk=pk)
         self.check_level(dashboard)
         panel = get_object_or_404(dashboard.panels, pk=panel)
-        action = request.POST.get("action")
+        action, address = request.POST.get("action"), audit.client_address(request)
         if action == "up":
-            dashboards.move_panel(request.user, panel, -1)
+            dashboards.move_panel(request.user, panel, -1, address=address)
         elif action == "down":
-            dashboards.move_panel(request.user, panel, +1)
+            dashboards.move_panel(request.user, panel, +1, address=address)
         elif action == "remove":
-            dashboards.remove_panel(request.user, panel)
+            dashboards.remove_panel(request.user, panel, address=address)
             messages.success(request, "Plot removed.")
         else:
             messages.error(request, "Choose to move the plot up or down, or to remove it.")
@@ -371,6 +376,6 @@ class DashboardDeleteView(DashboardAccessMixin, View):
     def post(self, request, pk):
         dashboard = get_object_or_404(self.get_queryset(), pk=pk)
         self.check_level(dashboard)
-        dashboards.delete_dashboard(request.user, dashboard)
+        dashboards.delete_dashboard(request.user, dashboard, address=audit.client_address(request))
         messages.success(request, f"Dashboard {dashboard.title!r} deleted.")
         return redirect("instruments:dashboards")

@@ -109,7 +109,7 @@ def test_pages_answer_by_persona(persona, world):
         response = persona.client.get(url)
         assert response.status_code == status, url
         if status == 302:
-            assert response["Location"].startswith("/admin/login/")
+            assert response["Location"].startswith("/login/?next=")
     hidden = persona.client.get("/pages/instruments/zulu-hidden/")
     assert hidden.status_code == (200 if persona.name == "administrator" else 302 if detail == 302 else 404)
     listing = persona.client.get("/pages/channels/").content.decode()
