@@ -202,7 +202,7 @@ def _resolve_channels(refs: list, resolve: Resolver) -> tuple[np.ndarray, np.nda
         elif isinstance(ref, str):
             if ref.isdigit():
                 by_ref[ref] = int(ref)
-            elif ref.count("/") == 1:
+            elif ref.count("/") == 1 and "\x00" not in ref:  # a NUL can name no channel (nor go in a query)
                 slug_refs.add(ref)
     if slug_refs:
         by_ref.update(resolve(slug_refs))

@@ -38,7 +38,7 @@ MIN_TS_US = datetime_to_us(datetime(1900, 1, 1, tzinfo=UTC))
 MAX_TEXT_LENGTH = 10_000
 
 # Rejection reasons, by code (0 means the reading is fine).
-_OK, _UNKNOWN, _DERIVED, _TIME, _NOT_NUMBER, _NOT_FINITE, _NOT_TEXT, _TOO_LONG, _EMPTY = range(9)
+_OK, _UNKNOWN, _DERIVED, _TIME, _NOT_NUMBER, _NOT_FINITE, _NOT_TEXT, _TOO_LONG, _EMPTY, _NUL = range(10)
 _REASONS = {
     _UNKNOWN: "unknown channel, or not one the sender may write to",
     _DERIVED: "derived channels are computed by the server and cannot be written",
@@ -48,6 +48,8 @@ _REASONS = {
     _NOT_TEXT: "value is not text, and the channel is a text channel",
     _TOO_LONG: f"text value longer than {MAX_TEXT_LENGTH} characters",
     _EMPTY: "value is empty",
+    # PostgreSQL cannot store it, and on a serial line it is noise: refused on every engine alike.
+    _NUL: "text value contains a NUL character (shown as \\x00)",
 }
 
 
@@ -258,6 +260,8 @@ def _as_text(raw) -> tuple[int, str | None]:
     text = raw if isinstance(raw, str) else repr(raw)
     if len(text) > MAX_TEXT_LENGTH:
         return _TOO_LONG, None
+    if "\x00" in text:
+        return _NUL, None
     return _OK, text
 
 
@@ -354,6 +358,17 @@ def _advance_last_values(value_column: str, rows: list[tuple], using: str) -> No
         cursor.executemany(sql, rows)
 
 
+def _storable(value):
+    """Strings as every engine can keep them: a NUL character (PostgreSQL refuses it) written as ``\\x00``."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
 def _keep_rejected(rejected: list[Rejection], origin: str, source_id, batch_id: str, using: str) -> None:
     if not rejected:
         return
@@ -363,12 +378,12 @@ def _keep_rejected(rejected: list[Rejection], origin: str, source_id, batch_id: 
                 origin=origin,
                 source_id=source_id,
                 channel_id=r.channel_id,
-                channel_ref=r.channel_ref[:300],
-                raw_time=r.raw_time[:100],
-                raw_value=r.raw_value,
-                reason=r.reason[:300],
-                batch_id=batch_id[:100],
-                context={**r.context, **({"index": r.index} if r.index is not None else {})},
+                channel_ref=_storable(r.channel_ref)[:300],
+                raw_time=_storable(r.raw_time)[:100],
+                raw_value=_storable(r.raw_value),
+                reason=_storable(r.reason)[:300],
+                batch_id=_storable(batch_id)[:100],
+                context=_storable({**r.context, **({"index": r.index} if r.index is not None else {})}),
             )
             for r in rejected
         ],

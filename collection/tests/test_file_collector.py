@@ -209,6 +209,26 @@ def test_lines_that_do_not_parse_are_quarantined_with_file_and_line_and_the_rest
     assert Sample.objects.filter(channel=ch["rh"], ts=us(1), value=41).exists()
 
 
+def test_nul_bytes_in_a_file_are_quarantined_and_the_run_goes_on(station):
+    """Line noise with NUL bytes (which PostgreSQL cannot store) must not stall the source."""
+    source, ch = station()
+    path = station.folder / "weather.csv"
+    write(path, [HEADER, line(0), "\x00\x00\x00", f"{stamp(1)},21.0,41,ST\x00UCK", line(2)])
+    run = collect(source)
+    assert temps(ch["temp"]) == sorted([*expected_temps([0, 2]), (us(1), 21.0)])
+    assert run.rejected == 2
+    assert source.cursor["files"]["weather.csv"]["lines"] == 5  # read past the noise: nothing to retry
+    kept = {r.raw_value: r.reason for r in RejectedSample.objects.filter(source=source)}
+    assert kept["\\x00\\x00\\x00"].startswith("line not parsed")
+    assert kept["ST\\x00UCK"] == "text value contains a NUL character (shown as \\x00)"
+    assert [
+        t for _, t in TextSample.objects.filter(channel=ch["status"]).order_by("ts").values_list("ts", "value")
+    ] == [
+        "OK0",
+        "OK2",
+    ]
+
+
 def test_sentinels_and_valid_ranges_flag_readings(station):
     source, ch = station()
     ch["temp"].valid_max = 20.05

@@ -463,3 +463,16 @@ def test_long_and_unicode_text_round_trips(status):
     text = "température élevée ✓ " * 400
     ingest_samples(SampleBatch.from_rows([(status.pk, T0, text)]))
     assert stored_text(status) == [(T0, text)]
+
+
+def test_nul_characters_never_break_a_batch(temp, status):
+    """PostgreSQL refuses NUL in text: a text value with one is rejected, and quarantine escapes it."""
+    batch = SampleBatch.from_rows([(status.pk, T0, "a\x00b"), (status.pk, T0 + SECOND, "ok"), (temp.pk, T0, 1.0)])
+    line = Rejection(reason="line not parsed: noise", raw_value="\x00\x00garbled", context={"file": "x\x00.csv"})
+    result = ingest_samples(batch, rejections=[line])
+    assert (result.accepted, result.rejected_count) == (2, 2)
+    assert stored_text(status) == [(T0 + SECOND, "ok")]
+    assert [(r.reason, r.raw_value, r.context) for r in RejectedSample.objects.order_by("id")] == [
+        ("line not parsed: noise", "\\x00\\x00garbled", {"file": "x\\x00.csv"}),
+        ("text value contains a NUL character (shown as \\x00)", "a\\x00b", {"index": 0}),
+    ]

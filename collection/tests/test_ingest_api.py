@@ -220,3 +220,37 @@ def test_ingest_is_throttled_per_token(world, agent_scoped, personal_write_token
     limited = post(agent_scoped, body)
     assert int(limited["Retry-After"]) > 0
     assert post(personal_write_token, body).status_code == 200, "another token has its own allowance"
+
+
+def test_nul_characters_are_refused_per_reading_and_kept_visible(world, owner):
+    """A NUL (serial-line noise; PostgreSQL cannot store it) rejects its reading, never the request."""
+    text = make_channel(world.alpha_instrument, kind=ChannelKind.TEXT, slug="status", name="status")
+    before = RejectedSample.objects.count()
+    body = [
+        {"channel": ref(text), "t": T0, "v": "door\u0000open"},  # 0 NUL in a text value
+        {"channel": "alpha-station/te\u0000mp", "t": T0, "v": 1.0},  # 1 NUL in a channel reference
+        {"channel": ref(world.alpha_channel), "t": "2026-01-02\u0000", "v": 1.0},  # 2 NUL in a time
+        {"channel": ref(world.alpha_channel), "t": T0, "v": "1\u00002"},  # 3 NUL in a number
+        {"channel": ref(text), "t": T0 + 1, "v": "closed"},  # 4 fine
+    ]
+    response = post(owner, body)
+    assert response.status_code == 200, response.content
+    nul_value = "text value contains a NUL character (shown as \\x00)"
+    reasons = {r["index"]: r["reason"] for r in response.json()["rejections"]}
+    assert set(reasons) == {0, 1, 2, 3}
+    assert (reasons[0], reasons[1], reasons[3]) == (
+        nul_value,
+        UNKNOWN_CHANNEL,
+        "value is not a number, and the channel is numeric",
+    )
+    csv = "\n".join(["channel,t,v", f"{ref(text)},{T0 + 5},a\x00b", f"{ref(text)},{T0 + 6},fine"])
+    response = post(owner, csv.encode(), "text/csv")
+    assert response.status_code == 200, response.content
+    assert [r["reason"] for r in response.json()["rejections"]] == [nul_value]
+
+    kept = {(r.channel_ref, r.raw_value): r.reason for r in list(RejectedSample.objects.order_by("id"))[before:]}
+    assert len(kept) == 5
+    assert kept[(str(text.pk), "door\\x00open")] == nul_value
+    assert kept[("alpha-station/te\\x00mp", "1.0")] == UNKNOWN_CHANNEL
+    assert kept[(str(text.pk), "a\\x00b")] == nul_value
+    assert sorted(TextSample.objects.filter(channel=text).values_list("value", flat=True)) == ["closed", "fine"]
