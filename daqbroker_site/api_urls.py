@@ -8,7 +8,7 @@ from rest_framework.routers import DefaultRouter
 from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
-from collection.api.views import IngestView
+from collection.api.views import AgentUnparsedView, IngestView
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
 
 router = DefaultRouter()
@@ -31,6 +31,7 @@ urlpatterns = [
     path("whoami/", WhoAmIView.as_view(), name="whoami"),
     path("agent/config/", AgentConfigView.as_view(), name="agent-config"),
     path("agent/heartbeat/", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agent/unparsed/", AgentUnparsedView.as_view(), name="agent-unparsed"),
     path(
         "instruments/<slug:slug>/shares/",
         InstrumentSharesViewSet.as_view({"get": "list", "post": "create"}),

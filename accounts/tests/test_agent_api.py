@@ -13,6 +13,8 @@ from rest_framework.test import APIClient
 
 from accounts import roles, services
 from accounts.models import AgentHealth
+from collection.choices import Origin
+from collection.models import RejectedSample
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import DataSource
 from instruments.tests.factories import make_channel, make_instrument, make_user
@@ -251,3 +253,87 @@ def test_source_admin_offers_only_agents_the_user_may_use(client, station):
     page = client.get(f"/admin/instruments/datasource/{source.pk}/change/").content.decode()
     assert f'<option value="{agent.pk}" selected>roof-pc</option>' in page
     assert "zeds-secret-pc" not in page
+
+
+# --- lines the agent could not parse -------------------------------------------------------------
+
+UNPARSED = "/api/v1/agent/unparsed/"
+
+
+def test_unparsed_lines_are_kept_in_quarantine_with_their_source_file_and_line(station):
+    owner, _, _, token, source, _ = station
+    elsewhere = DataSource.objects.create(
+        instrument=make_instrument(owner, slug="cellar"), name="cellar", kind=SourceKind.AGENT, config=SERIAL
+    )
+    body = {
+        "batch_id": "lines-0001",
+        "lines": [
+            {
+                "text": "ERR bus\x00timeout",
+                "reason": "line not parsed: no time",
+                "source": source.pk,
+                "source_name": "logger",
+                "file": "/data/log.csv",
+                "line": 17,
+                "received": "2026-11-27T10:00:00Z",
+            },
+            {
+                "text": "x" * 5000,
+                "reason": "field 'temp' is missing from the line",
+                "source": elsewhere.pk,
+                "source_name": "cellar",
+            },
+            {"text": "#junk", "reason": "line not parsed: no time", "source_name": "local:bench"},
+        ],
+    }
+    response = bearer(token).post(UNPARSED, body, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json() == {"batch_id": "lines-0001", "stored": 3, "without_source": 2, "replayed": False}
+    kept = list(RejectedSample.objects.filter(batch_id="lines-0001").order_by("id"))
+    assert [(r.origin, r.source_id) for r in kept] == [
+        (Origin.AGENT, source.pk),
+        (Origin.AGENT, None),
+        (Origin.AGENT, None),
+    ]
+    first = kept[0]
+    assert (first.raw_value, first.reason) == ("ERR bus\\x00timeout", "line not parsed: no time")
+    assert first.context == {
+        "file": "/data/log.csv",
+        "line": 17,
+        "received": "2026-11-27T10:00:00+00:00",
+        "agent_source": "logger",
+    }
+    # Another agent's source is not linked (nor revealed); the line is kept all the same, cut to 2,000 characters.
+    assert kept[1].context == {"agent_source": "cellar", "unknown_source_id": elsewhere.pk, "line_length": 5000}
+    assert len(kept[1].raw_value) == 2000
+    # A retry of the same batch stores nothing twice.
+    again = bearer(token).post(UNPARSED, body, format="json")
+    assert again.json() == {"batch_id": "lines-0001", "stored": 3, "without_source": 2, "replayed": True}
+    assert RejectedSample.objects.filter(batch_id="lines-0001").count() == 3
+
+
+@pytest.mark.parametrize(
+    "body, complaint",
+    [
+        ({"lines": [{"text": "x", "reason": "r"}]}, "batch_id"),
+        ({"batch_id": "has space", "lines": [{"text": "x", "reason": "r"}]}, "batch_id"),
+        ({"batch_id": "b1", "lines": []}, "lines"),
+        ({"batch_id": "b1", "lines": [{"text": "x"}]}, "lines"),
+        ({"batch_id": "b1", "lines": [{"text": "x", "reason": "r", "line": 0}]}, "lines"),
+        ({"batch_id": "b1", "lines": [{"text": "x", "reason": "r"}] * 1001}, "lines"),
+        ({"batch_id": "b1", "lines": "not a list"}, "lines"),
+    ],
+)
+def test_a_malformed_report_is_a_400_that_names_the_field(station, body, complaint):
+    response = bearer(station[3]).post(UNPARSED, body, format="json")
+    assert response.status_code == 400
+    assert complaint in response.json()
+    assert not RejectedSample.objects.exists()
+
+
+def test_only_agents_report_unparsed_lines(station):
+    owner = station[0]
+    _, personal = services.create_personal_token(user=owner, name="script", scope="read_write")
+    body = {"batch_id": "b1", "lines": [{"text": "x", "reason": "r"}]}
+    assert bearer(personal).post(UNPARSED, body, format="json").status_code == 403
+    assert APIClient().post(UNPARSED, body, format="json").status_code == 401

@@ -142,6 +142,13 @@ ROUTES: list[Case] = [
         expect(403, anonymous=401, **_agents(200)),
         data={"version": "0.1.0", "hostname": "logger-host", "spool_depth": 3},
     ),
+    Case(
+        "api:agent-unparsed",
+        "POST",
+        None,
+        expect(403, anonymous=401, **_agents(200)),
+        data={"batch_id": "lines-1", "lines": [{"text": "ERR bus timeout", "reason": "line not parsed"}]},
+    ),
     Case("api:agent-list", "GET", None, API_ANY_USER),
     Case(
         "api:agent-list",

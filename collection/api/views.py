@@ -1,11 +1,17 @@
-"""The ingest endpoint. DRF routes, authenticates, checks token scope and throttles; the body is decoded
-with orjson/pandas and numpy (``collection.ingest_formats``) and stored by ``ingest_samples``."""
+"""The ingest endpoints. DRF routes, authenticates, checks token scope and throttles.
+
+Readings (``/api/v1/ingest/``): the body is decoded with orjson/pandas and numpy
+(``collection.ingest_formats``), not DRF serializers, and stored by ``ingest_samples``. Lines an agent
+could not parse (``/api/v1/agent/unparsed/``, at most a thousand per request, rare): checked by a DRF
+serializer and kept in quarantine through the same ``ingest_samples``."""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
@@ -17,7 +23,10 @@ from accounts.models import ApiToken
 from collection.api.schema import ErrorDetail, IngestBody, IngestResult
 from collection.choices import Origin
 from collection.ingest_formats import PayloadError
-from collection.services.uploads import ingest_upload
+from collection.services.uploads import UnparsedLine, ingest_upload, quarantine_lines
+from instruments.models import DataSource
+
+MAX_UNPARSED_LINES = 1000
 
 
 def sender_key(request) -> str:
@@ -96,3 +105,92 @@ class IngestView(ScopedViewMixin, APIView):
         except PayloadError as exc:
             return Response({"detail": exc.message}, status=exc.status)
         return Response({**result.body, "replayed": result.replayed})
+
+
+class RawLineField(serializers.CharField):
+    """Text kept as received, NUL characters included (line noise; quarantine shows them as \\x00)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(trim_whitespace=False, **kwargs)
+        self.validators = [v for v in self.validators if not isinstance(v, ProhibitNullCharactersValidator)]
+
+
+class UnparsedLineSerializer(serializers.Serializer):
+    text = RawLineField(max_length=100_000, help_text="the line as read")
+    reason = serializers.CharField(max_length=300, help_text="why it did not parse, as the agent's parser said")
+    source = serializers.IntegerField(
+        required=False, allow_null=True, default=None, help_text="the server's data source id (central sources)"
+    )
+    source_name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+    file = serializers.CharField(max_length=1000, required=False, allow_blank=True, help_text="for file sources")
+    line = serializers.IntegerField(required=False, min_value=1, help_text="its line number in that file")
+    received = serializers.DateTimeField(required=False, help_text="when the agent read it")
+
+
+class UnparsedBodySerializer(serializers.Serializer):
+    batch_id = serializers.RegexField(
+        r"^[\x21-\x7e]{1,100}$", help_text="the agent's id for this upload: a retry with the same id is recognised"
+    )
+    lines = UnparsedLineSerializer(many=True, min_length=1, max_length=MAX_UNPARSED_LINES)
+
+
+class UnparsedResultSerializer(serializers.Serializer):
+    batch_id = serializers.CharField()
+    stored = serializers.IntegerField(help_text="lines kept in quarantine")
+    without_source = serializers.IntegerField(help_text="of which naming no data source of this agent")
+    replayed = serializers.BooleanField()
+
+
+class AgentUnparsedView(ScopedViewMixin, APIView):
+    """Lines an agent read but could not parse: kept in quarantine (Rejected samples) with their reason."""
+
+    agent_access = True
+    throttle_classes = [IngestRateThrottle]
+
+    @extend_schema(
+        operation_id="agent_unparsed_lines",
+        summary="Report lines the agent could not parse",
+        description=(
+            "An agent never drops a line it cannot parse: it sends it here, and the server keeps it in "
+            "quarantine with its reason, source, file and line number, like the server's own collectors do. "
+            f"At most {MAX_UNPARSED_LINES} lines per request; a retried batch_id is answered with "
+            '`"replayed": true` and stores nothing twice.'
+        ),
+        request=UnparsedBodySerializer,
+        responses={
+            200: UnparsedResultSerializer,
+            400: _error(400, "the body is not a list of lines with their reasons"),
+            401: _error(401, "no, wrong, expired or revoked token"),
+            403: _error(403, "not an agent token"),
+            429: _error(429, "too many requests: retry after the Retry-After header"),
+        },
+    )
+    def post(self, request):
+        if not permissions.is_agent(request):
+            raise exceptions.PermissionDenied("Only an agent token reports unparsed lines.")
+        body = UnparsedBodySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        agent = permissions.resolve(request)[0].agent
+        sources = set(
+            DataSource.objects.filter(
+                agent=agent, instrument_id__in=permissions.collectable_instrument_ids(request)
+            ).values_list("pk", flat=True)
+        )
+        lines = [_unparsed(item) for item in body.validated_data["lines"]]
+        result = quarantine_lines(
+            lines, sender=sender_key(request), batch_id=body.validated_data["batch_id"], sources=sources
+        )
+        return Response({**result.body, "replayed": result.replayed})
+
+
+def _unparsed(item: dict) -> UnparsedLine:
+    context = {key: item[key] for key in ("file", "line") if item.get(key) not in (None, "")}
+    if item.get("received"):
+        context["received"] = item["received"].isoformat()
+    return UnparsedLine(
+        text=item["text"],
+        reason=item["reason"],
+        source_id=item["source"],
+        source_name=item["source_name"],
+        context=context,
+    )

@@ -1,18 +1,25 @@
-"""Uploads through the ingest API: decode the body, recognise a retried batch, call ``ingest_samples``."""
+"""Uploads through the API: decode the body, recognise a retried batch, call ``ingest_samples``.
+
+Two kinds: readings (``ingest_upload``, the ingest endpoint) and the lines an agent read but could not
+parse (``quarantine_lines``), which are kept in quarantine like the server's own collectors keep theirs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from django.db import IntegrityError, transaction
 
 from collection.choices import Origin
 from collection.ingest_formats import decode_ingest_body, iter_slug_pairs
 from collection.models import IngestBatch
-from collection.services.ingest import ingest_samples
+from collection.services.ingest import Rejection, SampleBatch, ingest_samples
 from instruments.models import Channel
 
 MAX_LISTED_REJECTIONS = 1000
+MAX_LINE_CHARS = 2000  # as the server's collectors keep an unparsed line
 
 
 @dataclass
@@ -55,39 +62,90 @@ def ingest_upload(
         batch_id=batch_id,
         time_unit=time_unit,
     )
-    if payload.batch_id:
-        previous = IngestBatch.objects.filter(sender=sender, batch_id=payload.batch_id).first()
+
+    def store() -> dict:
+        result = ingest_samples(
+            payload.batch,
+            origin=origin,
+            writable_instruments=writable_instruments,
+            rejections=payload.rejections,
+            batch_id=payload.batch_id,
+        )
+        return {
+            "batch_id": payload.batch_id or None,
+            **result.as_dict(),
+            "rejections": [
+                {"index": r.index, "channel": _as_sent(payload.refs, r), "reason": r.reason}
+                for r in sorted(result.rejected, key=lambda r: -1 if r.index is None else r.index)[
+                    :MAX_LISTED_REJECTIONS
+                ]
+            ],
+            "rejections_truncated": result.rejected_count > MAX_LISTED_REJECTIONS,
+        }
+
+    return _once(sender, payload.batch_id, store)
+
+
+def _once(sender: str, batch_id: str, store: Callable[[], dict]) -> UploadResult:
+    """``store()`` in a transaction, unless ``sender`` sent ``batch_id`` before: then its first answer."""
+    if batch_id:
+        previous = IngestBatch.objects.filter(sender=sender, batch_id=batch_id).first()
         if previous is not None:
             return UploadResult(previous.result, replayed=True)
     try:
         with transaction.atomic():
-            result = ingest_samples(
-                payload.batch,
-                origin=origin,
-                writable_instruments=writable_instruments,
-                rejections=payload.rejections,
-                batch_id=payload.batch_id,
-            )
-            response = {
-                "batch_id": payload.batch_id or None,
-                **result.as_dict(),
-                "rejections": [
-                    {"index": r.index, "channel": _as_sent(payload.refs, r), "reason": r.reason}
-                    for r in sorted(result.rejected, key=lambda r: -1 if r.index is None else r.index)[
-                        :MAX_LISTED_REJECTIONS
-                    ]
-                ],
-                "rejections_truncated": result.rejected_count > MAX_LISTED_REJECTIONS,
-            }
-            if payload.batch_id:
-                IngestBatch.objects.create(sender=sender, batch_id=payload.batch_id, result=response)
+            response = store()
+            if batch_id:
+                IngestBatch.objects.create(sender=sender, batch_id=batch_id, result=response)
     except IntegrityError:
         # The same batch arrived concurrently and the other request stored it first.
-        previous = IngestBatch.objects.filter(sender=sender, batch_id=payload.batch_id).first()
+        previous = IngestBatch.objects.filter(sender=sender, batch_id=batch_id).first() if batch_id else None
         if previous is None:
             raise
         return UploadResult(previous.result, replayed=True)
     return UploadResult(response, replayed=False)
+
+
+@dataclass(frozen=True)
+class UnparsedLine:
+    """A line an agent read from one of its sources and could not turn into readings."""
+
+    text: str
+    reason: str
+    source_id: int | None = None  # the server's data source, for sources configured centrally
+    source_name: str = ""  # as the agent names it (also for sources in its own configuration file)
+    context: dict = field(default_factory=dict)  # where: {"file": ..., "line": ...}, receipt time
+
+
+def quarantine_lines(
+    lines: Sequence[UnparsedLine], *, sender: str, batch_id: str, sources: set[int], origin: str = Origin.AGENT
+) -> UploadResult:
+    """Keep ``lines`` in quarantine (``RejectedSample``) through ``ingest_samples``, once per ``batch_id``.
+
+    A line is tied to its data source when ``source_id`` is one of ``sources`` (the sender's); otherwise
+    it is kept all the same, without the link, with the id and name the agent gave in its context.
+    """
+
+    def store() -> dict:
+        by_source: dict[int | None, list[Rejection]] = defaultdict(list)
+        for line in lines:
+            known = line.source_id if line.source_id in sources else None
+            context = {**line.context, "agent_source": line.source_name}
+            if line.source_id is not None and known is None:
+                context["unknown_source_id"] = line.source_id
+            if len(line.text) > MAX_LINE_CHARS:
+                context["line_length"] = len(line.text)
+            by_source[known].append(
+                Rejection(reason=line.reason, raw_value=line.text[:MAX_LINE_CHARS], context=context)
+            )
+        for source_id, rejections in by_source.items():
+            ingest_samples(
+                SampleBatch.from_rows([]), origin=origin, source_id=source_id, rejections=rejections, batch_id=batch_id
+            )
+        unlinked = len(by_source.get(None, ()))
+        return {"batch_id": batch_id, "stored": len(lines), "without_source": unlinked}
+
+    return _once(sender, batch_id, store)
 
 
 def _as_sent(refs: list, rejection) -> object:
