@@ -31,7 +31,7 @@ from daqbroker_agent.settings import ENV_PREFIX, Settings, SettingsError, load_s
 from daqbroker_agent.sources import spec_from_local, spec_from_server
 from daqbroker_agent.spool import SPOOL_FILE
 from daqbroker_agent.state import STATE_KEY, AgentState
-from daqbroker_agent.uploader import Backoff, Uploader
+from daqbroker_agent.uploader import Backoff, Uploader, report_unparsed
 
 EXIT_OK, EXIT_FAILED, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
 ALIVE_SECONDS = 10.0
@@ -138,6 +138,7 @@ def collect_status(settings: Settings) -> dict:
     state = spool.get(STATE_KEY, {}) or {}
     central = spool.get(CENTRAL_CONFIG_KEY) or {}
     first = spool.first_waiting()
+    unparsed_waiting, unparsed_refused = spool.unparsed_waiting()
     alive_at = state.get("alive_at") or 0
     running = bool(state.get("pid")) and time.time() - alive_at < ALIVE_SECONDS
     status = {
@@ -154,6 +155,11 @@ def collect_status(settings: Settings) -> dict:
         "refused_by_server_total": counters["rejected"],
         "dropped_spool_full_total": counters["dropped"],
         "dead_letters": counters["dead"],
+        "unparsed_total": counters["unparsed"],
+        "unparsed_reported_total": counters["unparsed_sent"],
+        "unparsed_waiting": unparsed_waiting,
+        "unparsed_refused": unparsed_refused,
+        "unparsed_dropped_total": counters["unparsed_dropped"],
         "last_upload": state.get("last_upload"),
         "last_heartbeat": state.get("last_heartbeat"),
         "clock_offset": state.get("clock_offset"),
@@ -185,6 +191,9 @@ def status(settings: Settings, args) -> int:
         + (f", the first from {info['first_waiting']}" if info["first_waiting"] else ""),
         f"uploaded:       {info['uploaded_total']:,} readings; {info['refused_by_server_total']:,} refused by the "
         f"server; {info['dropped_spool_full_total']:,} lost to a full spool; {info['dead_letters']:,} dead letters",
+        f"unparsed lines: {info['unparsed_total']:,}; {info['unparsed_reported_total']:,} reported to the server's "
+        f"quarantine, {info['unparsed_waiting']:,} waiting, {info['unparsed_refused']:,} refused by the server "
+        f"(kept here), {info['unparsed_dropped_total']:,} not kept (too many waiting)",
         f"last upload:    {_when(info['last_upload'])}",
         f"last heartbeat: {_when(info['last_heartbeat'])}"
         + (f"; clock offset {info['clock_offset']:+.3f} s" if info["clock_offset"] is not None else ""),
@@ -270,9 +279,16 @@ def flush(settings: Settings, args) -> int:
     for thread in threads:
         thread.join(timeout=settings.request_timeout + 5)
     uploader.progress.report(spool, force=True)
+    why_unparsed = report_unparsed(spool, client, uploader.auth) if not spool.depth() else ""
     state.flush()
     left = spool.depth()
+    lines_left, _ = spool.unparsed_waiting()
     spool.close()
+    if lines_left and not left:
+        print(
+            f"daqbroker-agent: {lines_left:,} unparsed lines still wait to be reported: {why_unparsed}", file=sys.stderr
+        )
+        return EXIT_FAILED
     if left:
         problems = state.current_problems()
         print(

@@ -28,7 +28,7 @@ from daqbroker_agent.settings import Settings
 from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
 from daqbroker_agent.spool import Spool
 from daqbroker_agent.state import AgentState, RateLimitedLog
-from daqbroker_agent.uploader import Backoff, Uploader
+from daqbroker_agent.uploader import Backoff, Uploader, report_unparsed
 
 log = logging.getLogger("daqbroker_agent")
 CONFIG_PATH = "/api/v1/agent/config/"
@@ -254,6 +254,9 @@ class AgentRuntime:
         try:
             while not self.stop.is_set():
                 self.send_heartbeat()
+                why = report_unparsed(self.spool, self.client, self.auth, self.stop)
+                if why:
+                    self.noisy.log(logging.INFO, "unparsed", "%s (tried again after the next heartbeat)", why)
                 self.stop.wait(self.settings.heartbeat_seconds)
         finally:
             self.client.close()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from daqbroker_agent.parsing import LineError, LineParser, now_us
-from daqbroker_agent.spool import Reading, Spool, SpoolFull
+from daqbroker_agent.spool import Reading, Spool, SpoolFull, Unparsed
 from daqbroker_agent.state import AgentState, RateLimitedLog
 from daqbroker_agent.tail import read_new_lines
 
@@ -99,7 +99,8 @@ def spec_from_local(source) -> SourceSpec:
 
 
 class LineMapper:
-    """Lines to readings for one source; counts and logs lines that do not parse."""
+    """Lines to readings for one source. A line that does not parse is logged, and kept in ``unparsed``
+    (taken with ``take_unparsed``, spooled with the readings) so the server can keep it in quarantine."""
 
     def __init__(self, spec: SourceSpec, state: AgentState | None = None):
         self.spec = spec
@@ -107,35 +108,51 @@ class LineMapper:
         self.state = state
         self.noisy = RateLimitedLog(log, every=60.0)
         self.problems = 0
+        self.unparsed: list[Unparsed] = []
 
-    def readings(self, lines: Iterable[tuple[str, int]], where: str = "") -> list[Reading]:
+    def readings(
+        self, lines: Iterable[tuple[str, int]], where: str = "", *, file: str = "", first_line: int | None = None
+    ) -> list[Reading]:
         """Readings of ``lines``; a line that does not parse is logged and reported until a later call
-        parses cleanly."""
+        parses cleanly. ``file`` and ``first_line`` (the number of the first of ``lines``) say where the
+        lines came from, for the quarantine."""
         out: list[Reading] = []
         self.problems = 0
-        for text, received_us in lines:
+        for number, (text, received_us) in enumerate(lines):
             if not text.strip():
                 continue
             try:
                 parsed = self.parser.parse(text, received_us)
             except LineError as exc:
-                self._problem(f"line not parsed ({exc}){where}: {text[:200]!r}")
+                self._problem(f"line not parsed: {exc}", where, text, received_us, file, first_line, number)
                 continue
             for channel in self.spec.channels:
                 raw = parsed.fields.get(channel.field)
                 if raw is None:
-                    self._problem(f"field {channel.field!r} is missing from the line{where}: {text[:200]!r}")
+                    reason = f"field {channel.field!r} is missing from the line"
+                    self._problem(reason, where, text, received_us, file, first_line, number)
                     continue
                 out.append((channel.ref, parsed.ts_us, raw if channel.text else as_number(raw)))
         if not self.problems and self.state is not None:
             self.state.resolved(f"lines {self.spec.name}")
         return out
 
-    def _problem(self, message: str) -> None:
+    def take_unparsed(self) -> list[Unparsed]:
+        taken, self.unparsed = self.unparsed, []
+        return taken
+
+    def _problem(self, reason, where, text, received_us, file, first_line, number) -> None:
         self.problems += 1
-        self.noisy.log(logging.WARNING, "parse", "%s: %s", self.spec.name, message)
+        message = f"{reason}{where}: {text[:200]!r}"
+        self.noisy.log(logging.WARNING, "parse", "%s: %s (kept for the server's quarantine)", self.spec.name, message)
         if self.state is not None and self.problems == 1:
             self.state.problem(f"lines {self.spec.name}", message)
+        context: dict = {"received": received_us}
+        if file:
+            context["file"] = file
+        if first_line is not None:
+            context["line"] = first_line + number
+        self.unparsed.append(Unparsed(self.spec.key, self.spec.name, text, reason, context))
 
 
 def as_number(raw: str) -> float | str:
@@ -182,15 +199,18 @@ class SourceRunner(threading.Thread):
 
     def spool_readings(self, readings: list[Reading], cursor: Any = None, *, all_or_nothing: bool = False) -> bool:
         """Put readings (and the cursor) in the spool. When it is full: False if ``all_or_nothing``
-        (the caller keeps its position and tries again later), else store what fits and count the rest."""
+        (the caller keeps its position and tries again later), else store what fits and count the rest.
+        The lines that did not parse go with them, in the same transaction."""
+        unparsed = self.mapper.take_unparsed()  # when all_or_nothing fails, reading again makes them again
+        position = (self.cursor_key, cursor) if cursor is not None else None
         try:
-            self.spool.add(readings, cursor=(self.cursor_key, cursor) if cursor is not None else None)
+            self.spool.add(readings, cursor=position, unparsed=unparsed)
         except SpoolFull as full:
             self._full(full)
             if all_or_nothing:
                 return False
             kept = readings[: full.room]
-            self.spool.add(kept, cursor=(self.cursor_key, cursor) if cursor is not None else None)
+            self.spool.add(kept, cursor=position, unparsed=unparsed)
             self.spool.add_to_counter("dropped", len(readings) - len(kept))
             return True
         if self.state.resolved("spool"):
@@ -228,7 +248,11 @@ class FileSource(SourceRunner):
                 lines = chunk.lines()
                 skip = max(0, header - (chunk.first_line - 1))
                 numbered = [(line.decode(encoding, errors="replace").rstrip("\r"), received) for line in lines[skip:]]
-                readings.extend(self.mapper.readings(numbered, f" ({chunk.path.name})"))
+                readings.extend(
+                    self.mapper.readings(
+                        numbered, f" ({chunk.path.name})", file=str(chunk.path), first_line=chunk.first_line + skip
+                    )
+                )
             if not self.spool_readings(readings, read.cursor, all_or_nothing=True):
                 self.stopping.wait(self.spec.interval)
                 continue

@@ -7,6 +7,8 @@ Tables::
     counters  (name, value)                  depth, claimed_to (high-water mark), totals for ``status``
     meta      (key, value)                   JSON: cached central configuration, sources' cursors, state
     dead_letters                             readings the server refused as a body (never as readings)
+    unparsed  (id, source_key, text, ...)    lines that did not parse, until the server keeps them in its
+                                             quarantine (``claim_unparsed``/``ack_unparsed``); bounded
 
 How a reading travels:
 
@@ -75,10 +77,22 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS unparsed (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_key TEXT NOT NULL,   -- "server:12" or "local:<name>", as SourceSpec.key
+    source_name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    context TEXT NOT NULL,      -- JSON: file, line, received
+    refused TEXT NOT NULL DEFAULT ''  -- why the server refused them (kept here, never sent again)
+);
 INSERT OR IGNORE INTO counters (name, value) VALUES
     ('depth', 0), ('claimed_to', 0), ('spooled', 0), ('uploaded', 0), ('rejected', 0), ('dropped', 0),
-    ('dead', 0);
+    ('dead', 0), ('unparsed', 0), ('unparsed_sent', 0), ('unparsed_dropped', 0);
 """
+MAX_UNPARSED_LINES = 20_000  # lines waiting to be reported (at most 2,000 characters each)
+MAX_LINE_CHARS = 2_000
+UNPARSED_BATCH_KEY = "unparsed_batch"
 
 
 class SpoolFull(Exception):
@@ -87,6 +101,24 @@ class SpoolFull(Exception):
     def __init__(self, wanted: int, room: int, capacity: int):
         self.wanted, self.room, self.capacity = wanted, room, capacity
         super().__init__(f"the spool is full: {wanted:,} readings do not fit ({room:,} of {capacity:,} free)")
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """A line a source read and could not turn into readings."""
+
+    source_key: str
+    source_name: str
+    text: str
+    reason: str
+    context: dict  # {"file": ..., "line": ...} where known, and "received" (µs since 1970)
+
+
+@dataclass(frozen=True)
+class UnparsedBatch:
+    id: str
+    last_id: int
+    lines: list[Unparsed]
 
 
 @dataclass(frozen=True)
@@ -197,14 +229,18 @@ class Spool:
 
     # -- readings in ----------------------------------------------------------------------------------
 
-    def add(self, readings: Sequence[Reading], *, cursor: tuple[str, Any] | None = None) -> int:
-        """Store ``readings`` (and a source's cursor) in one transaction; SpoolFull if they do not fit.
+    def add(
+        self, readings: Sequence[Reading], *, cursor: tuple[str, Any] | None = None, unparsed: Sequence[Unparsed] = ()
+    ) -> int:
+        """Store ``readings`` (and a source's cursor, and the lines that did not parse) in one transaction;
+        SpoolFull if the readings do not fit (then nothing is stored).
 
         ``cursor`` is ``(meta key, value)``: the position the source has read up to, committed with the
         readings it produced so that a crash never loses readings nor reads them twice into the spool.
         """
         n = len(readings)
         with self._write() as db:
+            self._add_unparsed(db, unparsed)
             depth = db.execute("SELECT value FROM counters WHERE name = 'depth'").fetchone()[0]
             if n and depth + n > self.max_readings:
                 raise SpoolFull(n, max(0, self.max_readings - depth), self.max_readings)
@@ -218,6 +254,74 @@ class Spool:
             if cursor is not None:
                 self.put(cursor[0], cursor[1], db)
         return n
+
+    def _add_unparsed(self, db: sqlite3.Connection, lines: Sequence[Unparsed]) -> None:
+        if not lines:
+            return
+        waiting = db.execute("SELECT count(*) FROM unparsed WHERE refused = ''").fetchone()[0]
+        kept = list(lines[: max(0, MAX_UNPARSED_LINES - waiting)])
+        db.executemany(
+            "INSERT INTO unparsed (source_key, source_name, text, reason, context) VALUES (?, ?, ?, ?, ?)",
+            [
+                (u.source_key, u.source_name, u.text[:MAX_LINE_CHARS], u.reason[:300], json.dumps(u.context))
+                for u in kept
+            ],
+        )
+        self.count(db, "unparsed", len(kept))
+        self.count(db, "unparsed_dropped", len(lines) - len(kept))
+
+    def claim_unparsed(self, size: int = 1000) -> UnparsedBatch | None:
+        """The next lines to report, with their batch id; the same ones and id again until acknowledged."""
+        with self._write() as db:
+            claimed = db.execute("SELECT value FROM meta WHERE key = ?", (UNPARSED_BATCH_KEY,)).fetchone()
+            if claimed is not None:
+                batch_id, last = json.loads(claimed[0])
+                rows = db.execute(
+                    "SELECT source_key, source_name, text, reason, context FROM unparsed "
+                    "WHERE id <= ? AND refused = '' ORDER BY id",
+                    (last,),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT id, source_key, source_name, text, reason, context FROM unparsed "
+                    "WHERE refused = '' ORDER BY id LIMIT ?",
+                    (size,),
+                ).fetchall()
+                if not rows:
+                    return None
+                batch_id, last = f"lines-{uuid.uuid4().hex}", rows[-1][0]
+                rows = [row[1:] for row in rows]
+                self.put(UNPARSED_BATCH_KEY, [batch_id, last], db)
+        if not rows:
+            self.ack_unparsed(UnparsedBatch(batch_id, last, []))
+            return None
+        lines = [Unparsed(key, name, text, reason, json.loads(context)) for key, name, text, reason, context in rows]
+        return UnparsedBatch(batch_id, last, lines)
+
+    def ack_unparsed(self, batch: UnparsedBatch) -> None:
+        """The server keeps these lines now: forget them."""
+        with self._write() as db:
+            db.execute("DELETE FROM unparsed WHERE id <= ? AND refused = ''", (batch.last_id,))
+            db.execute("DELETE FROM meta WHERE key = ?", (UNPARSED_BATCH_KEY,))
+            self.count(db, "unparsed_sent", len(batch.lines))
+
+    def refuse_unparsed(self, batch: UnparsedBatch, reason: str) -> None:
+        """The server refuses these lines whatever is done: keep them here, marked, and never send them again."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE unparsed SET refused = ? WHERE id <= ? AND refused = ''",
+                (reason[:1000] or "refused", batch.last_id),
+            )
+            db.execute("DELETE FROM meta WHERE key = ?", (UNPARSED_BATCH_KEY,))
+
+    def unparsed_waiting(self) -> tuple[int, int]:
+        """(lines waiting to be reported, lines the server refused and kept here)."""
+        row = (
+            self.connection()
+            .execute("SELECT coalesce(sum(refused = ''), 0), coalesce(sum(refused != ''), 0) FROM unparsed")
+            .fetchone()
+        )
+        return row[0], row[1]
 
     # -- batches out ----------------------------------------------------------------------------------
 

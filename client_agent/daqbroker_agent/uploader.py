@@ -16,6 +16,11 @@ What each answer means for a batch:
 no answer, 5xx, other       back off (exponential, with jitter, up to ``retry_max_seconds``) and
                             send the same batch, with the same id, again
 ==========================  ====================================================================
+
+Lines that did not parse are reported to ``POST /api/v1/agent/unparsed/`` by ``report_unparsed`` (after
+each heartbeat, and by ``flush``), a thousand at a time with a batch id, and deleted from the spool once
+the server keeps them in its quarantine. A 400 marks them refused (kept in the spool, shown by
+``status``); anything else leaves them for the next try.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ from dataclasses import dataclass, field
 from daqbroker_agent.auth import AuthWatch
 from daqbroker_agent.client import ApiClient, Reply, ServerUnreachable
 from daqbroker_agent.parsing import us_to_datetime
-from daqbroker_agent.spool import Batch, Spool
+from daqbroker_agent.spool import Batch, Spool, Unparsed
 from daqbroker_agent.state import AgentState, RateLimitedLog
 
 log = logging.getLogger("daqbroker_agent.upload")
 INGEST_PATH = "/api/v1/ingest/"
+UNPARSED_PATH = "/api/v1/agent/unparsed/"
+UNPARSED_BATCH_LINES = 1000
 LISTED_REJECTIONS = 5
 PROGRESS_EVERY = 10.0
 AUTH_RETRY_SECONDS = 15.0  # how often the token (file) is read again while the server refuses it
@@ -337,3 +344,55 @@ class Uploader:
         self.state.problem("upload", message)
         log.error("%s", message)
         return -1.0
+
+
+# --- lines that did not parse ---------------------------------------------------------------------
+
+
+def unparsed_item(line: Unparsed) -> dict:
+    """One line as ``POST /api/v1/agent/unparsed/`` takes it."""
+    kind, _, key = line.source_key.partition(":")
+    item = {
+        "text": line.text,
+        "reason": line.reason,
+        "source": int(key) if kind == "server" and key.isdigit() else None,
+        "source_name": line.source_name,
+    }
+    if line.context.get("file"):
+        item["file"] = line.context["file"]
+    if line.context.get("line"):
+        item["line"] = line.context["line"]
+    if line.context.get("received"):
+        item["received"] = us_to_datetime(line.context["received"]).isoformat()
+    return item
+
+
+def report_unparsed(
+    spool: Spool, client: ApiClient, auth: AuthWatch | None = None, stop: threading.Event | None = None
+) -> str:
+    """Send the spool's unparsed lines until none wait; '' when all were delivered, else why not (yet)."""
+    while stop is None or not stop.is_set():
+        batch = spool.claim_unparsed(UNPARSED_BATCH_LINES)
+        if batch is None:
+            return ""
+        try:
+            reply = client.post_json(
+                UNPARSED_PATH, {"batch_id": batch.id, "lines": [unparsed_item(u) for u in batch.lines]}
+            )
+        except ServerUnreachable as exc:
+            return f"unparsed lines not reported: {exc}"
+        if reply.status == 200:
+            spool.ack_unparsed(batch)
+            log.info("%s lines that did not parse reported to the server's quarantine", len(batch.lines))
+            continue
+        reason = f"the server answered {reply.status} to {UNPARSED_PATH}: {reply.detail()}"
+        if reply.status in (401, 403):
+            if auth is not None:
+                auth.refused(reply, spool.depth())
+            return reason
+        if reply.status == 400:
+            spool.refuse_unparsed(batch, reason)
+            log.error("%s; %s lines kept in the spool, not sent again", reason, len(batch.lines))
+            continue
+        return reason  # 404 (a server without the endpoint), 429, 5xx: the next time
+    return "stopping"

@@ -27,6 +27,7 @@ class FakeServer:
         self.poison: set = set()  # values that make the whole body refused (400), like unreadable JSON
         self.max_readings = 100_000  # more in one body: 413
         self.heartbeats: list[dict] = []
+        self.unparsed: dict[str, list[dict]] = {}  # batch id -> lines, as the server's quarantine keeps them
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -84,6 +85,13 @@ class FakeServer:
             with self.lock:
                 self.heartbeats.append(json.loads(body))
             return 200, {"server_time": time.time(), "clock_offset": None}, {}
+        if path == "/api/v1/agent/unparsed/" and method == "POST":
+            payload = json.loads(body)
+            with self.lock:
+                replayed = payload["batch_id"] in self.unparsed
+                self.unparsed.setdefault(payload["batch_id"], payload["lines"])
+            n = len(payload["lines"])
+            return 200, {"batch_id": payload["batch_id"], "stored": n, "without_source": 0, "replayed": replayed}, {}
         if path == "/api/v1/whoami/":
             return 200, {"username": "agent:test-agent", "kind": "agent", "agent": "test-agent",
                          "token_prefix": token[:8], "expires": None, "instruments": ["station"]}, {}  # fmt: skip

@@ -193,3 +193,59 @@ def test_a_killed_sender_loses_nothing_and_resends_the_same_batch(tmp_path):
     ids = [int(i) for batch in delivered.values() for i in batch]
     assert sorted(ids) == list(range(1, 30_001))  # every reading exactly once, counting by batch id
     assert Spool(tmp_path).depth() == 0
+
+
+def unparsed(n: int, start: int = 0):
+    from daqbroker_agent.spool import Unparsed
+
+    return [
+        Unparsed(
+            "server:12", "roof/logger", f"garbage {start + i}", "line not parsed: no time", {"line": start + i + 1}
+        )
+        for i in range(n)
+    ]
+
+
+def test_unparsed_lines_are_kept_with_their_readings_or_not_at_all(tmp_path):
+    spool = Spool(tmp_path, max_readings=10)
+    spool.add(readings(5), cursor=("cursor:x", 1), unparsed=unparsed(2))
+    assert spool.unparsed_waiting() == (2, 0)
+    with pytest.raises(SpoolFull):
+        spool.add(readings(6, start=5), cursor=("cursor:x", 2), unparsed=unparsed(3, start=2))
+    assert spool.unparsed_waiting() == (2, 0)  # the refused transaction kept none of its lines
+    assert spool.get("cursor:x") == 1
+
+
+def test_unparsed_lines_are_reported_in_batches_that_come_back_unchanged_until_acknowledged(tmp_path):
+    spool = Spool(tmp_path)
+    spool.add([], unparsed=unparsed(5))
+    first = spool.claim_unparsed(3)
+    assert [u.text for u in first.lines] == ["garbage 0", "garbage 1", "garbage 2"]
+    assert first.lines[0].context == {"line": 1} and first.lines[0].source_key == "server:12"
+    spool.add([], unparsed=unparsed(1, start=5))  # arrives while the batch is in flight
+    again = Spool(tmp_path).claim_unparsed(3)  # another process (a restart) gets the same batch
+    assert (again.id, [u.text for u in again.lines]) == (first.id, [u.text for u in first.lines])
+    spool.ack_unparsed(first)
+    rest = spool.claim_unparsed(100)
+    assert rest.id != first.id and [u.text for u in rest.lines] == ["garbage 3", "garbage 4", "garbage 5"]
+    spool.refuse_unparsed(rest, "400: the server refuses them")
+    assert spool.claim_unparsed(100) is None
+    assert spool.unparsed_waiting() == (0, 3)  # refused lines stay here, never sent again
+    counters = spool.counters()
+    assert (counters["unparsed"], counters["unparsed_sent"], counters["unparsed_dropped"]) == (6, 3, 0)
+
+
+def test_unparsed_lines_are_bounded_and_long_ones_cut(tmp_path, monkeypatch):
+    from daqbroker_agent import spool as spool_module
+    from daqbroker_agent.spool import Unparsed
+
+    monkeypatch.setattr(spool_module, "MAX_UNPARSED_LINES", 4)
+    spool = Spool(tmp_path)
+    spool.add([], unparsed=unparsed(3))
+    spool.add([], unparsed=[*unparsed(2, start=3), Unparsed("local:x", "x", "y" * 5000, "r", {})])
+    assert spool.unparsed_waiting() == (4, 0)
+    assert spool.counters()["unparsed_dropped"] == 2
+    spool.add([], unparsed=[])
+    long = Spool(tmp_path / "other")
+    long.add([], unparsed=[Unparsed("local:x", "x", "y" * 5000, "r", {})])
+    assert len(long.claim_unparsed().lines[0].text) == 2000

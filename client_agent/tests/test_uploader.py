@@ -209,3 +209,46 @@ def test_unreachable_is_an_exception_not_an_answer():
     client = ApiClient("http://127.0.0.1:9", lambda: "dbk_x", timeout=2)
     with pytest.raises(ServerUnreachable, match="connection refused"):
         client.get_json("/api/v1/whoami/")
+
+
+# --- lines that did not parse --------------------------------------------------------------------
+
+
+def test_unparsed_lines_are_reported_once_and_what_each_answer_does(tmp_path):
+    from daqbroker_agent.spool import Unparsed
+    from daqbroker_agent.uploader import UNPARSED_PATH, report_unparsed
+
+    spool = Spool(tmp_path)
+    lines = [
+        Unparsed("server:12", "roof/logger", "ERR bus", "line not parsed: no time", {"file": "/d/a.csv", "line": 4}),
+        Unparsed("local:bench", "bench", "#", "line not parsed: no time", {"received": T0}),
+    ]
+    spool.add([], unparsed=lines)
+    with FakeServer() as server:
+        client = ApiClient(server.url, lambda: "dbk_good", timeout=5)
+        server.answer(UNPARSED_PATH, 503, {"detail": "busy"})
+        assert "503" in report_unparsed(spool, client)
+        assert spool.unparsed_waiting() == (2, 0)
+        assert report_unparsed(spool, client) == ""  # the same batch again, now stored
+        first_id = json.loads(server.requests_to(UNPARSED_PATH)[0][3])["batch_id"]
+        assert list(server.unparsed) == [first_id]
+        assert server.unparsed[first_id] == [
+            {"text": "ERR bus", "reason": "line not parsed: no time", "source": 12, "source_name": "roof/logger",
+             "file": "/d/a.csv", "line": 4},
+            {"text": "#", "reason": "line not parsed: no time", "source": None, "source_name": "bench",
+             "received": "2025-11-27T10:00:00+00:00"},
+        ]  # fmt: skip
+        assert spool.unparsed_waiting() == (0, 0) and spool.counters()["unparsed_sent"] == 2
+
+        spool.add([], unparsed=lines[:1])
+        server.answer(UNPARSED_PATH, 400, {"lines": ["bad"]})
+        assert report_unparsed(spool, client) == ""
+        assert spool.unparsed_waiting() == (0, 1)  # refused: kept here, not sent again
+
+        spool.add([], unparsed=lines[:1])
+        assert "401" in report_unparsed(spool, ApiClient(server.url, lambda: "dbk_revoked", timeout=5))
+        assert spool.unparsed_waiting() == (1, 1)
+        url = server.url
+    why = report_unparsed(spool, ApiClient(url, lambda: "dbk_good", timeout=5))  # nobody listens there now
+    assert why.startswith("unparsed lines not reported:")
+    assert spool.unparsed_waiting() == (1, 1)

@@ -24,7 +24,8 @@ import pytest
 
 from accounts import services
 from accounts.models import AgentHealth
-from collection.models import Sample, TextSample
+from collection.choices import Origin
+from collection.models import RejectedSample, Sample, TextSample
 from conftest import REPO, database_url_for_subprocess, service_unavailable, wait_for
 from daqbroker_agent.spool import Spool
 from instruments.choices import ChannelKind, SourceKind
@@ -254,6 +255,50 @@ def test_server_killed_mid_upload_loses_and_doubles_nothing(station, web, proces
     wait_for(lambda: station.stored() == 200_000, timeout=120, message="every reading stored")
     wait_for(lambda: station.spool().depth() == 0, timeout=30, message="the spool emptied")
     station.assert_exactly_once()
+
+
+def test_lines_the_agent_cannot_parse_reach_the_server_quarantine_once(station, web, processes, tmp_path):
+    """Nothing read is lost: a malformed line lands in the server's Rejected samples with file and line,
+    also when it was read while the server was down (and the agent restarted in between)."""
+    agent = start_agent(station, web, processes, tmp_path)
+    station.write_lines(3)
+    path = station.folder / "data.csv"
+    with path.open("a") as handle:
+        handle.write("ERR sensor bus timeout\n")  # line 4
+    station.write_lines(2)  # lines 5 and 6
+    wait_for(lambda: station.stored() == 10, timeout=30, message="the good lines stored")
+    wait_for(lambda: RejectedSample.objects.filter(origin=Origin.AGENT).exists(), timeout=30, message="quarantine")
+    first = RejectedSample.objects.get(origin=Origin.AGENT)
+    assert (first.source_id, first.raw_value) == (station.source.pk, "ERR sensor bus timeout")
+    assert first.reason.startswith("line not parsed") and "ERR" in first.reason
+    assert (first.context["file"], first.context["line"]) == (str(path), 4)
+    assert first.context["agent_source"] == "remote-station/logger"
+
+    web.stop()
+    with path.open("a") as handle:
+        handle.write("\x00\x00 line noise\n" + f"{T0 + 99},1.0\n")  # 7: noise; 8: no rh field
+    wait_for(lambda: station.spool().unparsed_waiting()[0] == 2, timeout=30, message="both lines kept in the spool")
+    agent.signal(signal.SIGKILL)
+    agent.start()
+    web.start()
+    wait_for(
+        lambda: RejectedSample.objects.filter(origin=Origin.AGENT).count() == 3, timeout=60, message="all reported"
+    )
+    wait_for(lambda: station.spool().unparsed_waiting() == (0, 0), timeout=30, message="the spool forgot them")
+    rows = {r.context["line"]: r for r in RejectedSample.objects.filter(origin=Origin.AGENT)}
+    assert sorted(rows) == [4, 7, 8]
+    assert rows[7].raw_value == "\\x00\\x00 line noise"
+    assert rows[8].reason == "field 'rh' is missing from the line"
+    assert Sample.objects.filter(channel=station.temp, ts=(T0 + 99) * 1_000_000).exists()  # its good field
+    # Two more heartbeats (each followed by a report of what waits): nothing is reported twice.
+    beat = AgentHealth.objects.get(agent=station.agent).last_heartbeat
+    for _ in range(2):
+        wait_for(
+            lambda b=beat: AgentHealth.objects.get(agent=station.agent).last_heartbeat > b, timeout=30, message="beat"
+        )
+        beat = AgentHealth.objects.get(agent=station.agent).last_heartbeat
+    assert RejectedSample.objects.filter(origin=Origin.AGENT).count() == 3
+    assert station.spool().counters()["unparsed_sent"] == 3
 
 
 def test_agent_killed_mid_batch_and_restarted_loses_and_doubles_nothing(station, web, processes, tmp_path):
