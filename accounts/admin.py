@@ -11,6 +11,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
@@ -74,13 +75,14 @@ class TokenStateAdminMixin:
             help_text="Whose access the token carries.",
         )
 
-    def _shown_once(self, request, obj, clear: str) -> TemplateResponse:
+    def _shown_once(self, request, obj, clear: str, *, replaced: bool = False) -> TemplateResponse:
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "Copy the token now",
             "object": obj,
             "token": clear,
+            "replaced": replaced,
             "changelist_url": f"admin:{self.model._meta.app_label}_{self.model._meta.model_name}_changelist",
         }
         response = TemplateResponse(request, "admin/accounts/token_created.html", context)
@@ -126,7 +128,7 @@ class AgentAdmin(AgentHealthAdminMixin, TokenStateAdminMixin, admin.ModelAdmin):
     list_filter = (("owner", RelatedOnly),)
     search_fields = ("name", "description", "owner__username", "token__key_id")
     list_select_related = ("owner", "token", "health")
-    actions = ("revoke_selected",)
+    actions = ("revoke_selected", "new_token")
     filter_horizontal = ("instruments",)
     readonly_fields = (*TOKEN_STATE, "created")
 
@@ -180,6 +182,19 @@ class AgentAdmin(AgentHealthAdminMixin, TokenStateAdminMixin, admin.ModelAdmin):
     def revoke_selected(self, request, queryset):
         count = sum(services.revoke_agent(agent, **audit.origin(request)) for agent in queryset)
         self.message_user(request, f"{count} agent(s) revoked.", messages.SUCCESS)
+
+    @admin.action(description="Give the selected agent a new token (its current token stops working)")
+    def new_token(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one agent to give a new token.", messages.ERROR)
+            return None
+        agent = queryset.get()
+        try:
+            clear = services.replace_agent_token(agent, **audit.origin(request))
+        except PermissionDenied as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        return self._shown_once(request, agent, clear, replaced=True)
 
 
 class ApiTokenForm(forms.ModelForm):

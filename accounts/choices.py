@@ -30,6 +30,7 @@ class AuditAction(models.TextChoices):
     TOKEN_REVOKED = "token.revoked", "API token revoked"
     AGENT_CREATED = "agent.created", "Agent created"
     AGENT_REVOKED = "agent.revoked", "Agent revoked"
+    AGENT_TOKEN_REPLACED = "agent.token_replaced", "Agent given a new token"
     CONFIG_CREATED = "config.created", "Configuration created"
     CONFIG_CHANGED = "config.changed", "Configuration changed"
     CONFIG_DELETED = "config.deleted", "Configuration deleted"

@@ -7,7 +7,7 @@ audit trail. Views pass ``**accounts.audit.origin(request)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -146,19 +146,31 @@ def _check_expiry(expires: datetime | None) -> None:
         raise ValidationError("The expiry must be in the future.")
 
 
-def _issue(**fields) -> tuple[ApiToken, str]:
-    """Save a new token row and return it with the clear token, which is not kept anywhere."""
+def _with_new_key(save: Callable[[str, str], None]) -> tuple[str, str]:
+    """``save(key_id, clear token)`` with a fresh key id, again if that id is taken; (key id, clear token).
+    The clear token is returned to be shown once, and kept nowhere."""
     for _ in range(5):
         key_id = tokens.new_key_id()
         clear = tokens.new_token(key_id)
         try:
             with transaction.atomic():
-                token = ApiToken.objects.create(key_id=key_id, digest=tokens.digest(clear), **fields)
-            return token, clear
+                save(key_id, clear)
+            return key_id, clear
         except IntegrityError:
             if not ApiToken.objects.filter(key_id=key_id).exists():
                 raise
     raise RuntimeError("could not find a free token key id")  # 36**12 ids: never in practice
+
+
+def _issue(**fields) -> tuple[ApiToken, str]:
+    """Save a new token row and return it with the clear token."""
+    created: list[ApiToken] = []
+    _, clear = _with_new_key(
+        lambda key_id, clear: created.append(
+            ApiToken.objects.create(key_id=key_id, digest=tokens.digest(clear), **fields)
+        )
+    )
+    return created[0], clear
 
 
 def _check_owner(actor, owner) -> None:
@@ -245,6 +257,44 @@ def revoke_token(token: ApiToken, *, actor=None, address=None) -> bool:
     else:
         record(AuditAction.TOKEN_REVOKED, actor=actor, obj=token, changes={"key_id": token.key_id}, address=address)
     return True
+
+
+_KEEP = object()
+
+
+@transaction.atomic
+def replace_agent_token(agent: Agent, *, expires=_KEEP, actor=None, address=None) -> str:
+    """Give ``agent`` a new token and return it (clear, once). The old one stops working at once.
+
+    For a token that leaked, expired or was revoked: the agent keeps its name, sources, instruments and
+    health; only the secret changes (the agent reads it again from its token file, no restart).
+    ``expires`` replaces the expiry (None: never); by default an expiry still in the future is kept.
+    """
+    token = ApiToken.objects.select_for_update().get(agent=agent)
+    _check_owner(actor, token.user)
+    if expires is _KEEP:
+        expires = token.expires if token.expires and not token.is_expired else None
+    else:
+        _check_expiry(expires)
+    old_key_id, was_revoked = token.key_id, token.revoked_at is not None
+    key_id, clear = _with_new_key(
+        lambda key_id, clear: ApiToken.objects.filter(pk=token.pk).update(
+            key_id=key_id,
+            digest=tokens.digest(clear),
+            expires=expires,
+            revoked_at=None,
+            last_used=None,
+            last_address=None,
+        )
+    )
+    record(
+        AuditAction.AGENT_TOKEN_REPLACED,
+        actor=actor,
+        obj=agent,
+        changes={"old_key_id": old_key_id, "key_id": key_id, "was_revoked": was_revoked, "expires": expires},
+        address=address,
+    )
+    return clear
 
 
 def revoke_agent(agent: Agent, *, actor=None, address=None) -> bool:

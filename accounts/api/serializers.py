@@ -94,6 +94,14 @@ class CreatedAgentSerializer(CreatedTokenMixin, AgentSerializer):
         fields = [*AgentSerializer.Meta.fields, "token"]
 
 
+class NewAgentTokenSerializer(serializers.Serializer):
+    expires = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="The new token's expiry (null: never). Left out: the current expiry, if still in the future.",
+    )
+
+
 class CreatedApiTokenSerializer(CreatedTokenMixin, ApiTokenSerializer):
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]

@@ -21,6 +21,7 @@ from accounts.api.serializers import (
     ApiTokenSerializer,
     CreatedAgentSerializer,
     CreatedApiTokenSerializer,
+    NewAgentTokenSerializer,
     ShareSerializer,
     WhoAmISerializer,
 )
@@ -72,10 +73,23 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedGener
     @extend_schema(request=None, responses={200: AgentSerializer})
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
-        """Revoke the agent's token: it is refused from now on. Cannot be undone; create a new agent."""
+        """Revoke the agent's token: it is refused from now on, until the agent is given a new token."""
         agent = self.get_object()
         _call(services.revoke_agent, agent, **audit.origin(request))
         return Response(self.get_serializer(self.get_queryset().get(pk=agent.pk)).data)
+
+    @extend_schema(request=NewAgentTokenSerializer, responses={200: CreatedAgentSerializer})
+    @action(detail=True, methods=["post"], url_path="new-token", url_name="new-token")
+    def new_token(self, request, pk=None):
+        """A new token for the agent, returned once; the current one (revoked or not) stops working at once.
+        The agent keeps its name, instruments, sources and health."""
+        agent = self.get_object()
+        body = NewAgentTokenSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        clear = _call(services.replace_agent_token, agent, **body.validated_data, **audit.origin(request))
+        data = CreatedAgentSerializer(self.get_queryset().get(pk=agent.pk), context=self.get_serializer_context()).data
+        data["token"] = clear
+        return Response(data, headers=NO_STORE)
 
 
 class ApiTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedGenericViewSet):

@@ -82,6 +82,24 @@ def test_the_revoke_action_revokes(owner, world):
     assert set(AuditEvent.objects.values_list("action", flat=True)) >= {"token.revoked", "agent.revoked"}
 
 
+def test_the_new_token_action_gives_a_revoked_agent_a_working_token_once(owner, world):
+    agent = world.agents["alpha-logger"]
+    changelist = reverse("admin:accounts_agent_changelist")
+    owner.client.post(changelist, {"action": "revoke_selected", "_selected_action": [agent.pk]})
+    assert whoami(world.tokens["agent_scoped"]) == 401
+    two = owner.client.post(
+        changelist, {"action": "new_token", "_selected_action": [agent.pk, world.agents["spare-logger"].pk]}
+    )
+    assert two.status_code == 302  # one agent at a time
+    response = owner.client.post(changelist, {"action": "new_token", "_selected_action": [agent.pk]})
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    token = response.context["token"]
+    assert "previous token no longer works" in response.content.decode()
+    assert whoami(token) == 200 and whoami(world.tokens["agent_scoped"]) == 401
+    assert AuditEvent.objects.filter(action="agent.token_replaced", object_id=str(agent.pk)).exists()
+    assert token not in owner.client.get(changelist).content.decode()
+
+
 def test_an_operator_cannot_revoke_someone_elses_token_through_the_admin(owner, world):
     owner.client.post(
         reverse("admin:accounts_apitoken_changelist"),

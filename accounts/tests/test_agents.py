@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import permissions, services
+from accounts.choices import AuditAction
+from accounts.models import ApiToken, AuditEvent
 from accounts.principals import AgentPrincipal
 from accounts.tokens import find_token
 from collection.choices import Origin
@@ -103,6 +107,55 @@ def test_a_revoked_agent_gets_401_and_shows_revoked(world, owner):
     assert client.get("/api/v1/whoami/").status_code == 401
     agent.refresh_from_db()
     assert not agent.is_active and agent.revoked_at is not None
+
+
+def test_a_revoked_agent_is_given_a_new_token_and_keeps_everything_else(world, owner):
+    agent = world.agents["alpha-logger"]
+    old = world.tokens["agent_scoped"]
+    old_key_id = find_token(old).key_id
+    instruments = set(agent.instruments.values_list("slug", flat=True))
+    services.revoke_agent(agent, actor=world.users["olivia"])
+
+    response = owner.client.post(f"/api/v1/agents/{agent.pk}/new-token/", {}, format="json")
+    assert response.status_code == 200, response.content
+    assert response["Cache-Control"] == "no-store"
+    body = response.json()
+    new = body["token"]
+    assert new.startswith("dbk_") and new != old and body["active"] is True and body["revoked_at"] is None
+    assert (body["name"], set(body["instruments"])) == ("alpha-logger", instruments)
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {old}")
+    assert client.get("/api/v1/whoami/").status_code == 401
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {new}")
+    assert client.get("/api/v1/whoami/").json()["agent"] == "alpha-logger"
+    assert find_token(new).agent == agent  # the same agent: its sources and health stay
+
+    event = AuditEvent.objects.filter(action=AuditAction.AGENT_TOKEN_REPLACED).get()
+    assert event.actor == world.users["olivia"] and event.object_id == str(agent.pk)
+    assert event.changes["old_key_id"] == old_key_id and event.changes["was_revoked"] is True
+    assert new.split("_")[-1] not in str(event.changes)  # the secret is never recorded
+
+
+def test_a_new_agent_token_keeps_or_replaces_the_expiry(world):
+    agent = world.agents["alpha-logger"]
+    soon = timezone.now() + timedelta(days=3)
+    services.replace_agent_token(agent, expires=soon)
+    agent.token.refresh_from_db()
+    assert agent.token.expires == soon
+    services.replace_agent_token(agent)  # kept while still in the future
+    agent.token.refresh_from_db()
+    assert agent.token.expires == soon
+    with pytest.raises(ValidationError):
+        services.replace_agent_token(agent, expires=timezone.now() - timedelta(seconds=1))
+    ApiToken.objects.filter(pk=agent.token.pk).update(expires=timezone.now() - timedelta(days=1))
+    services.replace_agent_token(agent)  # an expired expiry is not carried over
+    agent.token.refresh_from_db()
+    assert agent.token.expires is None and agent.token.is_usable
+    with pytest.raises(PermissionDenied):
+        services.replace_agent_token(agent, actor=world.users["zed"])
+    with pytest.raises(PermissionDenied):
+        services.replace_agent_token(agent, actor=AgentPrincipal(agent=agent, token=agent.token))  # not itself
 
 
 def test_agent_names_are_unique_per_owner(world):

@@ -175,6 +175,13 @@ ROUTES: list[Case] = [
         lambda w: {"pk": w.agents["zulu-logger"].pk},
         {**API_ZEDS, "personal_read_token": 403},
     ),
+    Case("api:agent-new-token", "POST", lambda w: {"pk": w.agents["alpha-logger"].pk}, API_OLIVIAS_WRITE),
+    Case(
+        "api:agent-new-token",
+        "POST",
+        lambda w: {"pk": w.agents["zulu-logger"].pk},
+        {**API_ZEDS, "personal_read_token": 403},
+    ),
     Case("api:token-list", "GET", None, API_ANY_USER),
     Case(
         "api:token-list",

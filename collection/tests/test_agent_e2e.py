@@ -335,19 +335,21 @@ def test_a_revoked_token_keeps_spooling_reports_401_and_delivers_after_a_new_tok
     assert "will be sent once a valid token is in place" in agent.log()
     assert station.stored() == 200
 
-    # The administrator creates a new agent for the station and gives it the source; the operator puts
-    # the new token in the token file. No restart.
-    new_agent, token = services.create_agent(owner=station.owner, name="station-pc-2", instruments=[station.instrument])
-    station.source.agent = new_agent
-    station.source.full_clean()
-    station.source.save()
+    # The owner gives the same agent a new token; the operator puts it in the token file. No restart, and
+    # the agent keeps its source, instruments and health.
+    token = services.replace_agent_token(station.agent, actor=station.owner)
     station.token_file.write_text(token + "\n")
     wait_for(lambda: station.stored() == 1000, timeout=60, message="the spooled readings delivered")
     station.write_lines(50)
     wait_for(lambda: station.stored() == 1100, timeout=30, message="collection going on with the new token")
     station.assert_exactly_once()
     assert "the server accepts the agent's token" in agent.log()
-    wait_for(lambda: AgentHealth.objects.filter(agent=new_agent).exists(), timeout=30, message="new agent's heartbeat")
+    recovered = AgentHealth.objects.get(agent=station.agent).last_heartbeat
+    wait_for(
+        lambda: AgentHealth.objects.get(agent=station.agent).last_heartbeat > recovered,
+        timeout=30,
+        message="heartbeats with the new token",
+    )
 
 
 def test_a_reading_from_a_serial_instrument_reaches_the_database(tmp_path, web, processes):
