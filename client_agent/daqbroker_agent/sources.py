@@ -23,8 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import select
-import socket
 import subprocess
 import threading
 import time
@@ -37,6 +35,7 @@ from daqbroker_agent.parsing import LineError, LineParser, now_us
 from daqbroker_agent.spool import Reading, Spool, SpoolFull, Unparsed
 from daqbroker_agent.state import AgentState, RateLimitedLog
 from daqbroker_agent.tail import read_new_lines
+from daqbroker_agent.transports import LineSplitter, Transport, open_transport
 
 log = logging.getLogger("daqbroker_agent.sources")
 STREAM_FLUSH_SECONDS = 0.5
@@ -263,75 +262,15 @@ class FileSource(SourceRunner):
                 self.stopping.wait(self.spec.interval)
 
 
-class Transport:
-    def write(self, data: bytes) -> None: ...
-
-    def read_some(self, timeout: float) -> bytes | None:
-        """Bytes that arrived within ``timeout`` s: b"" if none did, None when the other end closed."""
-
-    def close(self) -> None: ...
-
-
-class SerialTransport(Transport):
-    def __init__(self, config: dict):
-        import serial  # pyserial: only needed for serial sources
-
-        self.port = serial.serial_for_url(
-            config["url"],
-            baudrate=config["baudrate"],
-            bytesize=config["bytesize"],
-            parity=config["parity"],
-            stopbits=config["stopbits"],
-            timeout=0,
-        )
-
-    def write(self, data: bytes) -> None:
-        self.port.write(data)
-        self.port.flush()
-
-    def read_some(self, timeout: float) -> bytes | None:
-        if self.port.timeout != timeout:
-            self.port.timeout = timeout
-        first = self.port.read(1)
-        if not first:
-            return b""
-        waiting = self.port.in_waiting
-        return first + (self.port.read(waiting) if waiting else b"")
-
-    def close(self) -> None:
-        self.port.close()
-
-
-class TcpTransport(Transport):
-    def __init__(self, config: dict):
-        self.sock = socket.create_connection((config["host"], config["port"]), timeout=config["timeout"])
-
-    def write(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_some(self, timeout: float) -> bytes | None:
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
-            return b""
-        data = self.sock.recv(65536)
-        return data if data else None
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class StreamSource(SourceRunner):
     """Serial and TCP: lines from a connection kept open (reopened after a failure)."""
 
-    def open(self) -> Transport:
-        return SerialTransport(self.spec.collect) if self.spec.kind == "serial" else TcpTransport(self.spec.collect)
-
     def collect_forever(self) -> None:
         config = self.spec.collect
-        transport = self.open()
+        transport = open_transport(config)
         log.info("%s: connected", self.spec.name)
         self.state.resolved(f"source {self.spec.name}")
-        self.buffer = bytearray()
+        self.splitter = LineSplitter(config["line_terminator"], config["encoding"])
         self.pending: list[tuple[str, int]] = []
         try:
             if config["request"]:
@@ -341,19 +280,9 @@ class StreamSource(SourceRunner):
         finally:
             transport.close()
 
-    def _lines_from(self, chunk: bytes, config: dict) -> None:
-        self.buffer += chunk
-        terminator = config["line_terminator"].encode()
+    def _lines_from(self, chunk: bytes) -> None:
         received = now_us()
-        while True:
-            end = self.buffer.find(terminator)
-            if end < 0:
-                break
-            raw = bytes(self.buffer[:end])
-            del self.buffer[: end + len(terminator)]
-            text = raw.decode(config["encoding"], errors="replace").strip("\r\n")
-            if text.strip():
-                self.pending.append((text, received))
+        self.pending.extend((text, received) for text in self.splitter.feed(chunk))
 
     def _flush(self) -> None:
         if self.pending:
@@ -368,7 +297,7 @@ class StreamSource(SourceRunner):
                 self._flush()  # what arrived before the instrument hung up
                 raise ConnectionError("the instrument closed the connection")
             if chunk:
-                self._lines_from(chunk, config)
+                self._lines_from(chunk)
             if len(self.pending) >= STREAM_FLUSH_LINES or time.monotonic() - last_flush >= STREAM_FLUSH_SECONDS:
                 self._flush()
                 last_flush = time.monotonic()
@@ -389,7 +318,7 @@ class StreamSource(SourceRunner):
                     self._flush()
                     raise ConnectionError("the instrument closed the connection")
                 if chunk:
-                    self._lines_from(chunk, config)
+                    self._lines_from(chunk)
                     deadline = time.monotonic() + config["timeout"]  # a pause of `timeout` ends the answer
             if not self.pending:
                 self.noisy.log(

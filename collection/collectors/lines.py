@@ -15,20 +15,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 from collection.collectors.base import Collected, RawLine, concat_batches, lines_to_readings
 from daqbroker_agent.parsing import LineParser, now_us
+from daqbroker_agent.transports import LineSplitter, Transport
 from instruments.models import Channel, DataSource
-
-
-class Transport(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    def read_some(self, timeout: float) -> bytes | None:
-        """Bytes that arrived within ``timeout`` seconds: b"" if none did, None at the end of the stream."""
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -38,17 +29,15 @@ class ReceivedLine:
 
 
 def read_lines(transport: Transport, config: dict) -> list[ReceivedLine]:
-    terminator = config["line_terminator"].encode()
-    encoding = config["encoding"]
     timeout = float(config["timeout"])
     listen = float(config.get("listen_seconds") or 0)
     limit = config["max_lines"]
     if config["request"]:
         if config["response_lines"]:
             limit = min(limit, config["response_lines"])
-        transport.write(config["request"].encode(encoding))
+        transport.write(config["request"].encode(config["encoding"]))
     deadline = time.monotonic() + listen if listen else None
-    buffer = bytearray()
+    splitter = LineSplitter(config["line_terminator"], config["encoding"])
     lines: list[ReceivedLine] = []
     while len(lines) < limit:
         wait = timeout if deadline is None else min(timeout, deadline - time.monotonic())
@@ -61,18 +50,9 @@ def read_lines(transport: Transport, config: dict) -> list[ReceivedLine]:
             if deadline is None:
                 break  # a pause: the instrument has said all it had to say
             continue
-        buffer += chunk
         received = now_us()
-        while len(lines) < limit:
-            end = buffer.find(terminator)
-            if end < 0:
-                break
-            raw = bytes(buffer[:end])
-            del buffer[: end + len(terminator)]
-            text = raw.decode(encoding, errors="replace").strip("\r\n")
-            if text.strip():
-                lines.append(ReceivedLine(text, received))
-    return lines
+        lines.extend(ReceivedLine(text, received) for text in splitter.feed(chunk))
+    return lines[:limit]
 
 
 class LineCollector:

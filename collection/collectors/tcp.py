@@ -1,32 +1,10 @@
-"""TCP instruments: a connection to ``host:port`` that streams lines, or answers a request with them."""
+"""TCP instruments: a connection to ``host:port`` that streams lines, or answers a request with them.
+The connection itself is the agent's (``daqbroker_agent.transports``), so both read TCP instruments alike."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-
-from collection.collectors.lines import LineCollector, Transport
-
-
-class TcpTransport(Transport):
-    def __init__(self, config: dict):
-        self.sock = socket.create_connection((config["host"], config["port"]), timeout=config["timeout"])
-
-    def write(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_some(self, timeout: float) -> bytes | None:
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return b""
-        return data or None  # b"" from recv: the instrument closed the connection
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+from collection.collectors.lines import LineCollector
+from daqbroker_agent.transports import TcpTransport, Transport
 
 
 class TcpCollector(LineCollector):
