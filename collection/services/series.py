@@ -1,6 +1,6 @@
 """Small reads of one channel's stored numeric readings into numpy, for validation, derived channels and
 alarms (which look at a batch's time span, at a reading's neighbours, or at what arrived since they last
-looked)."""
+looked). A thin layer over ``collection.services.fetch``, the one read path for readings."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import numpy as np
 from django.db import connections
 
 from collection.models import Sample
+from collection.services.fetch import F8, I8, fetch_columns
+
+_COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
 
 
 def read_series(
@@ -26,22 +29,18 @@ def read_series(
     ``start``/``end`` bound ts inclusively, ``after``/``before`` exclusively. ``limit`` keeps the first
     readings, or with ``last`` the latest ones (a reading's previous neighbours).
     """
-    connection = connections[using]
-    table = connection.ops.quote_name(Sample._meta.db_table)
+    table = connections[using].ops.quote_name(Sample._meta.db_table)
     where, params = ["channel_id = %s"], [int(channel_id)]
     for op, bound in ((">=", start), ("<=", end), (">", after), ("<", before)):
         if bound is not None:
             where.append(f"ts {op} %s")
             params.append(int(bound))
-    sql = f"SELECT ts, value, quality FROM {table} WHERE {' AND '.join(where)} ORDER BY ts {'DESC' if last else 'ASC'}"
+    sql = f"SELECT ts, value, quality FROM {table} WHERE {' AND '.join(where)} ORDER BY ts"
+    if last:
+        sql += " DESC"
     if limit:
         sql += f" LIMIT {int(limit)}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = list(cursor.fetchall())  # a tuple on MariaDB
-    if last:
-        rows.reverse()
-    if not rows:
-        return np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int16)
-    ts, value, quality = zip(*rows, strict=True)
-    return np.array(ts, np.int64), np.array(value, np.float64), np.array(quality, np.int16)
+    if last:  # the latest ones, handed back oldest first like every read
+        sql = f"SELECT ts, value, quality FROM ({sql}) AS latest ORDER BY ts"
+    columns = fetch_columns(sql, params, _COLUMNS, using=using)
+    return columns["ts"], columns["value"], columns["quality"].astype(np.int16)
