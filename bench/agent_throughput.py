@@ -25,7 +25,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _common import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_PATH = REPO / "client_agent"
@@ -136,23 +137,6 @@ def stored_count(env: dict[str, str]) -> int:
     code = "import django; django.setup(); from collection.models import Sample; print(Sample.objects.count())"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit("gunicorn did not start")
 
 
 # --- the two measurements -------------------------------------------------------------------------------

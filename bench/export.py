@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/daqbroker_bench_x"
 SECOND = 1_000_000
@@ -144,12 +146,6 @@ def copy_csv_rate(url: str, channel_id: int) -> float:
             for chunk in copy:
                 lines += bytes(chunk).count(b"\n")
         return lines / (time.perf_counter() - started)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_pids(master: int) -> list[int]:

@@ -16,13 +16,14 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _common import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -112,12 +113,6 @@ def setup_database(channels: int) -> dict:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_engine(engine: str, args, tmp: Path) -> tuple[float, float, str]:
     import numpy as np
     import orjson
@@ -199,17 +194,6 @@ def post(port, headers, body, conn=None):
     if own:
         conn.close()
     return response.status, data
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit("gunicorn did not start")
 
 
 def raw_copy_two_streams(db: str, channel, ts, value) -> float:

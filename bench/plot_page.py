@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/daqbroker_plot_bench"
 CHROMIUM = os.environ.get("DAQBROKER_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -153,12 +155,6 @@ def server_times(channel_id: int, ranges: dict[str, tuple[int, int]], points: in
             times.append((time.perf_counter() - started) * 1000)
         out[name] = (statistics.median(times), series.source, len(series))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(port: int, workers: int, data_dir: Path) -> subprocess.Popen:
