@@ -7,7 +7,9 @@ the run FAILS when CI=true: CI must never pass by skipping the real services.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -129,30 +131,45 @@ def database_url_for_subprocess() -> str:
 
 
 class ManagedProcess:
-    """A child process (celery worker, beat, web server) whose output is kept in a log file for failures."""
+    """A child process (celery worker, beat, web server) whose output is kept in a log file for failures.
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
-        self.name = name
+    With ``group=True`` it leads its own process group (a Celery worker and its pool): ``kill`` then
+    SIGKILLs the whole group, like a crash, and ``stop`` leaves no pool child behind."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, *, group: bool = False):
+        self.name, self.group = name, group
         self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=group
+        )
 
     def log(self) -> str:
         if not self._log.closed:
             self._log.flush()
-        return self.log_path.read_text(errors="replace")[-5000:]
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.group:
+                os.killpg(self.process.pid, sig)
+            else:
+                self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no acknowledgement, no cleanup, like a crash."""
+        self._signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
 
     def stop(self, sig: int | None = None) -> None:
         if self.process.poll() is None:
-            if sig is None:
-                self.process.terminate()
-            else:
-                self.process.send_signal(sig)
+            self._signal(signal.SIGTERM if sig is None else sig)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+                self.kill()
+        elif self.group:  # the leader is gone; make sure no pool child outlives it
+            self._signal(signal.SIGKILL)
         self._log.close()
 
 
@@ -178,8 +195,8 @@ def start_process(tmp_path):
     """Start real child processes; all are stopped (and their logs printed on failure) at teardown."""
     started: list[ManagedProcess] = []
 
-    def start(name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
-        proc = ManagedProcess(name, argv, env, tmp_path)
+    def start(name: str, argv: list[str], env: dict[str, str], *, group: bool = False) -> ManagedProcess:
+        proc = ManagedProcess(name, argv, env, tmp_path, group=group)
         started.append(proc)
         return proc
 

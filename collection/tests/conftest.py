@@ -7,19 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-
-from conftest import REPO
 
 # --- a webhook receiver -------------------------------------------------------------------------------
 
@@ -210,61 +203,3 @@ def pty_instrument():
 
 
 # --- workers that can be killed --------------------------------------------------------------------------
-
-
-class ProcessGroup:
-    """A child process leading its own process group (a Celery worker and its pool), logging to a file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: no shutdown, no acknowledgement, no cleanup, like a crash."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                self.kill()
-        else:  # the leader is gone; make sure no pool child outlives it
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-
-@pytest.fixture
-def start_group(tmp_path):
-    started: list[ProcessGroup] = []
-
-    def start(name: str, argv: list[str], env: dict[str, str]) -> ProcessGroup:
-        group = ProcessGroup(name, argv, env, tmp_path)
-        started.append(group)
-        return group
-
-    yield start
-    for group in started:
-        group.stop()
-        sys.stdout.write(f"\n--- {group.name} log (tail) ---\n{group.log()}\n")
-
-
-def wait_until(condition, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return condition()

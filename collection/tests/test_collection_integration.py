@@ -193,7 +193,7 @@ def test_serial_and_tcp_instruments_through_the_worker(service_env, start_proces
     assert int(run.worker.rsplit(":", 1)[1]) != os.getpid()
 
 
-def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(tmp_path, service_env, start_process, start_group):
+def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(tmp_path, service_env, start_process):
     lines = 200_000
     folder = tmp_path / "big"
     folder.mkdir()
@@ -209,7 +209,7 @@ def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(tmp_path, service
     env = {**service_env, "DAQBROKER_COLLECT_LEASE_SECONDS": "6"}
 
     start_process("beat", celery_argv("beat", "--loglevel", "INFO"), env)
-    worker = start_group("worker-1", worker_argv(concurrency=1), env)
+    worker = start_process("worker-1", worker_argv(concurrency=1), env, group=True)
     wait_for(
         lambda: count(a) >= 20_000 and CollectionRun.objects.filter(source=source, status=RunStatus.RUNNING).exists(),
         timeout=90,
@@ -222,7 +222,7 @@ def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(tmp_path, service
     # rest of the test still checks that every line is stored exactly once.)
     killed_mid_run = CollectionRun.objects.filter(source=source, status=RunStatus.RUNNING).exists()
 
-    start_group("worker-2", worker_argv(concurrency=1), env)
+    start_process("worker-2", worker_argv(concurrency=1), env, group=True)
     wait_for(lambda: count(a) == lines and count(b) == lines, timeout=120, message="every line after the restart")
 
     assert Sample.objects.filter(channel__in=[a, b]).aggregate(n=Count("ts"), total=Sum("value")) == {
