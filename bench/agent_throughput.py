@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import free_port, wait_for_port
+from _common import gunicorn, recreate_database, server_env
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_PATH = REPO / "client_agent"
@@ -75,47 +75,10 @@ def main() -> None:
 # --- the server ----------------------------------------------------------------------------------------
 
 
-def environment(engine: str, tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(
-        DAQBROKER_DEBUG="false",
-        DAQBROKER_SECRET_KEY="bench-" + "k" * 60,
-        DAQBROKER_ALLOWED_HOSTS="127.0.0.1,localhost",
-        DAQBROKER_SECURE_SSL_REDIRECT="false",
-        DAQBROKER_INGEST_THROTTLE="none",
-        DAQBROKER_DB_CONN_MAX_AGE="600",
-        DAQBROKER_DATA_DIR=str(tmp),
-        DAQBROKER_LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
-        PYTHONPATH=str(AGENT_PATH),
-    )
-    (tmp / "static").mkdir(exist_ok=True)
-    if DEFAULT_URLS[engine]:
-        env["DATABASE_URL"] = DEFAULT_URLS[engine]
-    return env
-
-
 def setup_database(channels: int) -> dict:
     """(In a child process with the engine's environment.) Fresh schema, an owner, channels, an agent."""
-    url = os.environ.get("DATABASE_URL", "")
-    if url:
-        import dj_database_url
-
-        cfg = dj_database_url.parse(url)
-        if url.startswith("postgres"):
-            import psycopg
-
-            with psycopg.connect(host=cfg["HOST"], port=cfg["PORT"] or 5432, user=cfg["USER"], dbname="postgres") as c:
-                c.autocommit = True
-                c.execute(f'DROP DATABASE IF EXISTS "{cfg["NAME"]}"')
-                c.execute(f'CREATE DATABASE "{cfg["NAME"]}"')
-        else:
-            import MySQLdb
-
-            conn = MySQLdb.connect(host=cfg["HOST"], port=int(cfg["PORT"] or 3306), user=cfg["USER"])
-            conn.cursor().execute(f"DROP DATABASE IF EXISTS `{cfg['NAME']}`")
-            conn.cursor().execute(f"CREATE DATABASE `{cfg['NAME']}` CHARACTER SET utf8mb4")
-            conn.close()
+    if os.environ.get("DATABASE_URL"):
+        recreate_database(os.environ["DATABASE_URL"])
     import django
 
     django.setup()
@@ -209,7 +172,7 @@ def agent_run(spool_dir: Path, readings: list) -> tuple[float, float]:
 
 
 def run_engine(engine: str, args, tmp: Path) -> tuple[float, float, float]:
-    env = environment(engine, tmp)
+    env = server_env(tmp, DEFAULT_URLS[engine])
     setup = subprocess.run(
         [sys.executable, __file__, "--setup", "1", "--channels", str(args.channels)],
         env=env, cwd=REPO, capture_output=True, text=True, check=False,
@@ -219,17 +182,10 @@ def run_engine(engine: str, args, tmp: Path) -> tuple[float, float, float]:
     info = json.loads(setup.stdout.strip().splitlines()[-1])
     token_file = tmp / "token"
     token_file.write_text(info["token"])
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "daqbroker_site.wsgi", "--workers", str(args.workers),
-         "--bind", f"127.0.0.1:{port}", "--timeout", "300", "--log-level", "warning"],
-        env=env, cwd=REPO,
-    )  # fmt: skip
     spool_dir = tmp / "spool"
     agent_env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "DATABASE", "DAQBROKER_"))}
     agent_env.update(
         PYTHONPATH=str(AGENT_PATH),
-        DAQBROKER_AGENT_URL=f"http://127.0.0.1:{port}",
         DAQBROKER_AGENT_TOKEN_FILE=str(token_file),
         DAQBROKER_AGENT_SPOOL=str(spool_dir),
         DAQBROKER_AGENT_BATCH_SIZE=str(args.batch),
@@ -237,32 +193,32 @@ def run_engine(engine: str, args, tmp: Path) -> tuple[float, float, float]:
         DAQBROKER_AGENT_MAX_SPOOL_READINGS=str(max(5_000_000, args.readings * 2)),
         DAQBROKER_AGENT_LOG_LEVEL="WARNING",
     )
-    agent = None
-    try:
-        wait_for_port(port)
+    with gunicorn(env, workers=args.workers) as server:
+        port = server.port
+        agent_env["DAQBROKER_AGENT_URL"] = server.url
         warm = readings_for(0, args.channels * 100, info["channel_ids"])
         direct_api(port, info["token"], warm, args.batch, args.uploaders)  # imports, connections
         agent = subprocess.Popen([sys.executable, "-m", "daqbroker_agent", "run"], env=agent_env, cwd=tmp)
-        agent_run(spool_dir, readings_for(1, args.channels * 100, info["channel_ids"]))  # the agent is up
-        direct_rates, agent_rates, spool_rates = [], [], []
-        for run in range(args.repeat):
-            direct_rates.append(
-                direct_api(port, info["token"], readings_for(2 * run + 2, args.readings, info["channel_ids"]),
-                           args.batch, args.uploaders)
-            )  # fmt: skip
-            agent_rate, spool_rate = agent_run(spool_dir, readings_for(2 * run + 3, args.readings, info["channel_ids"]))
-            agent_rates.append(agent_rate)
-            spool_rates.append(spool_rate)
+        try:
+            agent_run(spool_dir, readings_for(1, args.channels * 100, info["channel_ids"]))  # the agent is up
+            direct_rates, agent_rates, spool_rates = [], [], []
+            for run in range(args.repeat):
+                direct_rates.append(
+                    direct_api(port, info["token"], readings_for(2 * run + 2, args.readings, info["channel_ids"]),
+                               args.batch, args.uploaders)
+                )  # fmt: skip
+                agent_rate, spool_rate = agent_run(
+                    spool_dir, readings_for(2 * run + 3, args.readings, info["channel_ids"])
+                )
+                agent_rates.append(agent_rate)
+                spool_rates.append(spool_rate)
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=60)
         expected = 2 * args.repeat * (args.readings // args.channels * args.channels) + 2 * args.channels * 100
         found = stored_count(env)
         if found != expected:
             sys.exit(f"{engine}: {found:,} readings stored, expected {expected:,}")
-    finally:
-        if agent is not None:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=60)
-        server.terminate()
-        server.wait(timeout=60)
     return statistics.median(direct_rates), statistics.median(agent_rates), statistics.median(spool_rates)
 
 

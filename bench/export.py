@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import free_port
+from _common import gunicorn
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/daqbroker_bench_x"
@@ -80,7 +79,7 @@ def main() -> None:
         print(f"{'case':<26} {'rows/s':>11} {'vs COPY CSV':>11} {'MB/s':>7} {'peak RSS MB':>12}")
         print(f"{'COPY ... TO STDOUT CSV':<26} {baseline:>11,.0f} {'100%':>11} {'':>7} {'(database)':>12}")
         for name, query in CASES:
-            runs = [download(env, tmp, info, query, args.readings) for _ in range(args.repeat)]
+            runs = [download(env, info, query, args.readings) for _ in range(args.repeat)]
             rate = statistics.median(r["rows_per_s"] for r in runs)
             mb_per_s = statistics.median(r["mb_per_s"] for r in runs)
             peak = max(r["peak_rss_mb"] for r in runs)
@@ -162,27 +161,14 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def download(env: dict, tmp: str, info: dict, query: dict, readings: int) -> dict:
+def download(env: dict, info: dict, query: dict, readings: int) -> dict:
     from urllib.parse import urlencode
 
-    port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "daqbroker_site.wsgi", "--bind", f"127.0.0.1:{port}"]
-    argv += ["--workers", "1", "--worker-class", "gthread", "--threads", "2", "--timeout", "600"]
-    log = open(Path(tmp) / "gunicorn.log", "ab")  # noqa: SIM115 - closed below, after the server
-    server = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError((Path(tmp) / "gunicorn.log").read_text()[-2000:]) from None
-                time.sleep(0.1)
-        (worker,) = worker_pids(server.pid)
+    options = ["--worker-class", "gthread", "--threads", "2"]
+    with gunicorn(env, workers=1, timeout=600, options=options) as server:
+        (worker,) = worker_pids(server.process.pid)
         path = "/api/v1/export/?" + urlencode({"channels": info["channel"], **query})
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
         started = time.perf_counter()
         connection.request("GET", path, headers={"Authorization": f"Bearer {info['token']}"})
         response = connection.getresponse()
@@ -198,10 +184,6 @@ def download(env: dict, tmp: str, info: dict, query: dict, readings: int) -> dic
         if query["format"] == "csv":
             assert lines == readings + 1, (lines, readings)
         return {"rows_per_s": readings / elapsed, "mb_per_s": size / elapsed / 1e6, "peak_rss_mb": peak}
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import free_port, wait_for_port
+from _common import gunicorn, recreate_database, server_env
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -58,37 +58,10 @@ def main() -> None:
         print(f"{engine:<11} {ours:>14,.0f} {raw:>12,.0f} {ours / raw:>6.0%}  {what}")
 
 
-def environment(engine: str, tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DAQBROKER_DEBUG="false",
-        DAQBROKER_SECRET_KEY="bench-" + "k" * 60,
-        DAQBROKER_ALLOWED_HOSTS="127.0.0.1,localhost",
-        DAQBROKER_SECURE_SSL_REDIRECT="false",
-        DAQBROKER_INGEST_THROTTLE="none",
-        DAQBROKER_DB_CONN_MAX_AGE="600",
-        DAQBROKER_DATA_DIR=str(tmp),  # (static/ is created below so WhiteNoise has its folder)
-        DAQBROKER_LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
-    )
-    env.pop("DATABASE_URL", None)
-    (tmp / "static").mkdir(exist_ok=True)
-    if engine == "postgresql":
-        env["DATABASE_URL"] = PG_URL
-    return env
-
-
 def setup_database(channels: int) -> dict:
     """(In a child process with the engine's environment.) Fresh schema, a user, channels and a token."""
     if os.environ.get("DATABASE_URL"):
-        import dj_database_url
-        import psycopg
-
-        cfg = dj_database_url.parse(os.environ["DATABASE_URL"])
-        with psycopg.connect(host=cfg["HOST"], port=cfg["PORT"] or 5432, user=cfg["USER"], dbname="postgres") as c:
-            c.autocommit = True
-            c.execute(f'DROP DATABASE IF EXISTS "{cfg["NAME"]}"')
-            c.execute(f'CREATE DATABASE "{cfg["NAME"]}"')
+        recreate_database(os.environ["DATABASE_URL"])
     import django
 
     django.setup()
@@ -117,7 +90,7 @@ def run_engine(engine: str, args, tmp: Path) -> tuple[float, float, str]:
     import numpy as np
     import orjson
 
-    env = environment(engine, tmp)
+    env = server_env(tmp, PG_URL if engine == "postgresql" else None)
     setup = subprocess.run(
         [sys.executable, __file__, "--setup", "1", "--channels", str(args.channels)],
         env=env, cwd=REPO, capture_output=True, text=True, check=False,
@@ -136,14 +109,8 @@ def run_engine(engine: str, args, tmp: Path) -> tuple[float, float, str]:
         bodies.append(orjson.dumps({"batch_id": f"b{b}", "time_unit": "us", "channels": channels}))
     total = batches * per_channel * args.channels
 
-    port = free_port()
-    server = subprocess.Popen(
-        [str(REPO / ".venv/bin/gunicorn"), "daqbroker_site.wsgi", "--workers", str(args.workers),
-         "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--log-level", "warning"],
-        env=env, cwd=REPO,
-    )  # fmt: skip
-    try:
-        wait_for_port(port)
+    with gunicorn(env, workers=args.workers, timeout=120) as server:
+        port = server.port
         headers = {"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"}
         post(port, headers, bodies[0])  # warm-up: imports, connections
         queue = list(range(1, len(bodies)))
@@ -172,9 +139,6 @@ def run_engine(engine: str, args, tmp: Path) -> tuple[float, float, str]:
         if errors:
             sys.exit(f"{len(errors)} uploads failed, first: {errors[0]}")
         ours = (total - per_channel * args.channels) / elapsed
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     channel_ids = np.array(info["channel_ids"], dtype=np.int64)
     channel = np.repeat(channel_ids, total // len(channel_ids))

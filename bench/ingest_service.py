@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import recreate_database
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URLS = {
     "sqlite": None,
@@ -112,28 +114,6 @@ def run_engine(engine: str, args) -> dict:
         figures[case] = statistics.median(ours(preload) for _ in range(args.repeat))
         figures[f"raw_{case}"] = statistics.median(raw_insert(preload) for _ in range(args.repeat))
     return figures
-
-
-def recreate_database(url: str) -> None:
-    import dj_database_url
-
-    cfg = dj_database_url.parse(url)
-    name = cfg["NAME"]
-    if cfg["ENGINE"].endswith("postgresql"):
-        import psycopg
-
-        with psycopg.connect(
-            host=cfg["HOST"], port=cfg["PORT"] or 5432, user=cfg["USER"], dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            conn.execute(f'CREATE DATABASE "{name}"')
-    else:
-        import MySQLdb
-
-        conn = MySQLdb.connect(host=cfg["HOST"], port=int(cfg["PORT"] or 3306), user=cfg["USER"])
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-        conn.close()
 
 
 def raw_sqlite(connection, channel, ts, value):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import free_port
+from _common import gunicorn
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/daqbroker_plot_bench"
@@ -157,28 +156,12 @@ def server_times(channel_id: int, ranges: dict[str, tuple[int, int]], points: in
     return out
 
 
-def start_server(port: int, workers: int, data_dir: Path) -> subprocess.Popen:
+def server_env(data_dir: Path) -> dict[str, str]:
+    """This process's environment (its DATABASE_URL, DEBUG as set) with static files collected for WhiteNoise."""
     env = dict(os.environ, DAQBROKER_ALLOWED_HOSTS="127.0.0.1", DAQBROKER_SECURE_SSL_REDIRECT="false")
     env["DAQBROKER_DATA_DIR"] = str(data_dir)
     subprocess.run([sys.executable, "manage.py", "collectstatic", "--no-input", "-v0"], cwd=REPO, env=env, check=True)
-    log = (data_dir / "gunicorn.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "daqbroker_site.wsgi", "--workers", str(workers), "--bind",
-         f"127.0.0.1:{port}"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-        except OSError:
-            time.sleep(0.2)
-    server.terminate()
-    sys.exit(f"gunicorn did not start: {(data_dir / 'gunicorn.log').read_text()[-2000:]}")
+    return env
 
 
 def session_cookie(user) -> str:
@@ -250,13 +233,8 @@ def run(args, data_dir: Path) -> None:
         "a day": (end - 200 * DAY_US, end - 199 * DAY_US),
         "an hour": (end - 400 * DAY_US, end - 400 * DAY_US + HOUR_US),
     }
-    port = free_port()
-    server = start_server(port, args.workers, data_dir)
-    try:
-        page = measure_page(f"http://127.0.0.1:{port}", session_cookie(owner), channel.pk, zooms, args.repeat)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with gunicorn(server_env(data_dir), workers=args.workers) as server:
+        page = measure_page(server.url, session_cookie(owner), channel.pk, zooms, args.repeat)
     points = page["max_points"]
     span = (end - first) / DAY_US / 365.25
     pad = max((end - first) // 100, 1_000_000)  # the page pads "All" by 1% each side
