@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,12 +61,14 @@ def lines_to_readings(
     Values are passed on raw (text); ``ingest_samples`` converts them per channel kind and rejects what
     does not fit, so a bad field rejects one reading, not the whole line.
     """
+    lines = list(lines)
     wanted = [(c.id, channel_key(c)) for c in channels]
     ids: list[int] = []
     stamps: list[int] = []
     values: list[object] = []
+    origin: list[int] = []  # the line each reading came from
     rejections: list[Rejection] = []
-    for line in lines:
+    for n, line in enumerate(lines):
         try:
             parsed = parser.parse(line.text, line.received_us)
         except LineError as exc:
@@ -89,7 +92,13 @@ def lines_to_readings(
             ids.append(channel_id)
             stamps.append(parsed.ts_us)
             values.append(value)
-    batch = SampleBatch(np.array(ids, dtype=np.int64), np.array(stamps, dtype=np.int64), np.array(values, dtype=object))
+            origin.append(n)
+    batch = SampleBatch(
+        np.array(ids, dtype=np.int64),
+        np.array(stamps, dtype=np.int64),
+        np.array(values, dtype=object),
+        where=lambda i: lines[origin[i]].context,  # a reading ingest refuses keeps its line's context
+    )
     return batch, rejections
 
 
@@ -105,4 +114,19 @@ def concat_batches(batches: list[SampleBatch], *, numeric: bool) -> SampleBatch:
         np.concatenate([b.channel for b in batches]),
         np.concatenate([b.ts for b in batches]),
         np.concatenate([b.value.astype(dtype, copy=False) for b in batches]),
+        where=_joined_where(batches),
     )
+
+
+def _joined_where(batches: list[SampleBatch]) -> Callable[[int], dict] | None:
+    """``where`` of batches laid end to end: each part answers for its own readings."""
+    if all(b.where is None for b in batches):
+        return None
+    starts = np.cumsum([0] + [len(b) for b in batches[:-1]]).tolist()
+
+    def where(i: int) -> dict:
+        part = bisect.bisect_right(starts, i) - 1
+        found = batches[part].where
+        return found(i - starts[part]) if found is not None else {}
+
+    return where

@@ -175,11 +175,11 @@ class _Run:
         if self.block_parser is not None:
             block = self.block_parser.parse(data, n_lines=n_lines)
             irregular = block.irregular
-            self._add_block(block)
+            self._add_block(block, str(path), first_line_no)
         if len(irregular):
             self._add_lines(path, data, irregular, first_line_no)
 
-    def _add_block(self, block) -> None:
+    def _add_block(self, block, path: str, first_line_no: int) -> None:
         numeric = [c for c in self.channels if not is_text(c)]
         text = [c for c in self.channels if is_text(c)]
         n = len(block.rows)
@@ -196,7 +196,12 @@ class _Run:
                 channel[i] = c.id
                 ts[i] = block.ts_us
                 value[i] = block.values[channel_key(c)]
-            target.append(SampleBatch(channel.reshape(-1), ts.reshape(-1), value.reshape(-1)))
+            rows = block.rows  # reading i is row i % n of the block: nothing to store per reading
+
+            def where(i: int, rows=rows, n=n) -> dict:
+                return {"file": path, "line": first_line_no + int(rows[i % n])}
+
+            target.append(SampleBatch(channel.reshape(-1), ts.reshape(-1), value.reshape(-1), where=where))
 
     def _add_lines(self, path: Path, data: bytes, indices: np.ndarray, first_line_no: int) -> None:
         encoding = self.config["encoding"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -79,6 +79,8 @@ class SampleBatch:
     value: np.ndarray
     # Each reading's position in the sender's payload, reported with its rejection (default: 0..n-1).
     position: np.ndarray | None = None
+    # For collectors: where reading i came from (its file and line, say), kept with its rejection.
+    where: Callable[[int], dict] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.channel = np.asarray(self.channel, dtype=np.int64)
@@ -278,7 +280,9 @@ def _rejections_for(batch: SampleBatch, code: np.ndarray) -> list[Rejection]:
         rejected.append(
             Rejection(
                 reason=_REASONS[int(code[i])].format(future=future),
-                index=i if batch.position is None else int(batch.position[i]),
+                # A sender's batch: the reading's index in it. A collector's: where it came from instead.
+                index=None if batch.where is not None else i if batch.position is None else int(batch.position[i]),
+                context=batch.where(i) if batch.where is not None else {},
                 channel_id=int(batch.channel[i]) if code[i] != _UNKNOWN else None,
                 channel_ref=str(int(batch.channel[i])),
                 raw_time=raw_time,

@@ -202,9 +202,10 @@ def test_lines_that_do_not_parse_are_quarantined_with_file_and_line_and_the_rest
     assert rejected == {
         (3, "line not parsed: timestamp 'ERR sensor bus timeout' is not an ISO 8601 time"),
         (7, "line not parsed: timestamp 'garbage' is not an ISO 8601 time"),
-        (None, "value is not a number, and the channel is numeric"),
+        (5, "value is not a number, and the channel is numeric"),  # found by ingest, with its line too
     }
     assert RejectedSample.objects.filter(context__line=3, context__file=str(path)).exists()
+    assert RejectedSample.objects.get(context__line=5, context__file=str(path)).raw_value == "abc"
     # The good fields of the line with a bad temperature are kept.
     assert Sample.objects.filter(channel=ch["rh"], ts=us(1), value=41).exists()
 
@@ -221,6 +222,8 @@ def test_nul_bytes_in_a_file_are_quarantined_and_the_run_goes_on(station):
     kept = {r.raw_value: r.reason for r in RejectedSample.objects.filter(source=source)}
     assert kept["\\x00\\x00\\x00"].startswith("line not parsed")
     assert kept["ST\\x00UCK"] == "text value contains a NUL character (shown as \\x00)"
+    stuck = RejectedSample.objects.get(raw_value="ST\\x00UCK")
+    assert stuck.context == {"file": str(path), "line": 4}
     assert [
         t for _, t in TextSample.objects.filter(channel=ch["status"]).order_by("ts").values_list("ts", "value")
     ] == [

@@ -95,17 +95,22 @@ def test_pty_serial_device_with_regex_lines_and_received_time(pty_instrument):
 
 
 def test_tcp_streaming_instrument_until_it_pauses(tcp_instrument):
-    lines = [f"{stamp(i)},{i}.5" for i in range(5)] + ["garbled", ""]
+    lines = [f"{stamp(i)},{i}.5" for i in range(5)] + ["garbled", f"{stamp(9)},hot", ""]
     instrument = tcp_instrument(lambda request: lines, stream=True)
     source, temp = make_line_source(SourceKind.TCP, host="127.0.0.1", port=instrument.port, timeout=1)
     run = collect_ok(source)
     assert values(temp) == [(datetime_to_us(T0 + timedelta(seconds=i)), i + 0.5) for i in range(5)]
-    assert run.rejected == 1
-    rejected = RejectedSample.objects.get(source=source)
-    assert rejected.raw_value == "garbled"
-    assert rejected.context == {"connection": f"127.0.0.1:{instrument.port}", "line": 6}
+    assert run.rejected == 2
+    connection = f"127.0.0.1:{instrument.port}"
+    garbled = RejectedSample.objects.get(source=source, raw_value="garbled")
+    assert garbled.context == {"connection": connection, "line": 6}
+    hot = RejectedSample.objects.get(source=source, raw_value="hot")  # refused by ingest: its line is known too
+    assert (hot.reason, hot.context) == (
+        "value is not a number, and the channel is numeric",
+        {"connection": connection, "line": 7},
+    )
     source.refresh_from_db()
-    assert source.cursor["lines"] == 6
+    assert source.cursor["lines"] == 7
 
 
 def test_tcp_request_with_several_answer_lines_and_max_lines(tcp_instrument):
