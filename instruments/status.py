@@ -104,6 +104,37 @@ def source_health(source: DataSource, channels: Iterable[Channel], now: int | No
 
 
 @dataclass
+class AgentStatus:
+    """An agent that pushes to an instrument through the API, judged by its token and its heartbeats."""
+
+    agent: object  # accounts.models.Agent, with token and health select_related
+    state: str
+    words: str
+    last_heartbeat: object = None
+
+    @property
+    def css(self) -> str:
+        return STATE_CLASS.get(self.state, "idle")
+
+
+def agent_status(agent) -> AgentStatus:
+    token = getattr(agent, "token", None)
+    health = getattr(agent, "health", None)
+    seen = health.last_heartbeat if health is not None else None
+    if token is None or token.revoked_at is not None:
+        return AgentStatus(agent, STALE, "token revoked", seen)
+    if token.is_expired:
+        return AgentStatus(agent, STALE, "token expired", seen)
+    if health is None:
+        return AgentStatus(agent, UNKNOWN, "no heartbeat yet", seen)
+    if health.is_stale:
+        return AgentStatus(agent, STALE, "silent", seen)
+    if health.last_error:
+        return AgentStatus(agent, LATE, "reports an error", seen)
+    return AgentStatus(agent, OK, "alive", seen)
+
+
+@dataclass
 class InstrumentStatus:
     instrument: Instrument
     channels: list[Channel] = field(default_factory=list)

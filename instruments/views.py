@@ -22,7 +22,7 @@ from accounts.models import Agent
 from instruments import dashboards
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
-from instruments.status import instrument_statuses
+from instruments.status import agent_status, instrument_statuses
 
 
 class PageMixin(InstrumentAccessMixin):
@@ -77,6 +77,15 @@ class InstrumentDetailView(PageMixin, DetailView):
         instrument, user = self.object, self.request.user
         status = instrument_statuses([instrument])[0]
         agents = {s.source.agent_id for s in status.sources if s.source.agent_id}
+        # Agents pushing to the instrument through the API without one of its data sources: shown too.
+        pushing = (
+            Agent.objects.filter(instruments=instrument)
+            .exclude(pk__in=agents)
+            .select_related("token", "health", "owner")
+            .order_by("name")
+        )
+        agent_rows = [agent_status(agent) for agent in pushing]
+        agents |= {row.agent.pk for row in agent_rows}
         may_see_agents = set(
             permissions.restrict(Agent.objects.filter(pk__in=agents), user).values_list("pk", flat=True)
         )
@@ -87,6 +96,7 @@ class InstrumentDetailView(PageMixin, DetailView):
             can_share=permissions.has_instrument_perm(user, permissions.SHARE, instrument),
             sparklines=sparklines(status.channels),
             may_see_agents=may_see_agents,
+            agent_rows=agent_rows,
             logbook=instrument.logbook.select_related("author")[:50],
             active_alarms=AlarmEvent.objects.filter(channel__instrument=instrument, cleared_at__isnull=True)
             .select_related("channel", "rule")

@@ -147,6 +147,23 @@ def test_the_instrument_page_shows_latest_values_sparklines_and_sources(owner, w
     assert "Add entry" in body and sharing(world) in body
 
 
+def test_agents_pushing_to_an_instrument_are_listed_with_their_health(owner, shared_viewer, world):
+    from accounts import services
+    from accounts.models import AgentHealth
+
+    logger = world.agents["alpha-logger"]  # scoped to alpha, with no data source of its own
+    body = page(owner, detail(world))
+    assert "alpha-logger" in body and "no heartbeat yet" in body
+    AgentHealth.objects.create(agent=logger, last_heartbeat=timezone.now(), heartbeat_seconds=30)
+    assert "alive" in page(owner, detail(world))
+    AgentHealth.objects.filter(agent=logger).update(last_error="spool full")
+    assert "reports an error" in page(owner, detail(world))
+    services.revoke_agent(logger)
+    assert "token revoked" in page(owner, detail(world))
+    viewer = page(shared_viewer, detail(world))  # a viewer learns an agent exists, not its name
+    assert "An agent of olivia" in viewer and "alpha-logger" not in viewer
+
+
 def test_an_editor_adds_a_logbook_entry(shared_editor, world):
     url = reverse("instruments:logbook-add", args=[world.alpha.slug])
     response = shared_editor.client.post(url, {"text": "Swapped the sensor", "occurred_at": "2026-11-20T09:30"})
