@@ -14,6 +14,8 @@ Each writer inserts rows that are already validated and free of in-batch duplica
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 from django.db import connections, transaction
 
@@ -48,8 +50,22 @@ def insert_numeric(
     if vendor == "postgresql":
         return _pg_insert_numeric(connection, channel, ts, value, quality, using)
     table = connection.ops.quote_name(Sample._meta.db_table)
-    rows = list(zip(channel.tolist(), ts.tolist(), value.tolist(), quality.tolist(), strict=True))
-    return _insert_ignore(connection, table, rows)
+    return _insert_ignore(
+        connection, table, row_tuples(channel.tolist(), ts.tolist(), value.tolist(), quality.tolist())
+    )
+
+
+def row_tuples(*columns: list) -> list[tuple]:
+    """Rows for ``executemany`` from equal-length columns. Python's cyclic garbage collector is paused
+    meanwhile: a million new tuples would set off its full passes, which then take most of the time
+    (0.57 s instead of 0.10 s for a million rows here), and tuples of numbers and strings hold no cycles."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return list(zip(*columns, strict=True))
+    finally:
+        if paused:
+            gc.enable()
 
 
 def insert_text(rows: list[tuple[int, int, str, int]], *, using: str = "default") -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 from django.conf import settings
 from django.db import connections, transaction
 from django.dispatch import Signal
@@ -224,21 +225,57 @@ def _validate(batch: SampleBatch, table: _ChannelTable, allow_derived: bool):
     code[((batch.ts < MIN_TS_US) | (batch.ts > latest)) & (code == _OK)] = _TIME
 
     text_value = np.empty(n, dtype=object)
+    text_rows = np.nonzero((kind == 1) & (code == _OK))[0]
     if batch.value.dtype == np.float64:
         numeric_value = batch.value
-        for i in np.nonzero((kind == 1) & (code == _OK))[0]:
+        for i in text_rows:
             code[i], text_value[i] = _as_text(float(batch.value[i]))
     else:
         numeric_value = np.full(n, np.nan)
-        for i in np.nonzero(code == _OK)[0]:
-            raw = batch.value[i]
-            if kind[i] == 1:
-                code[i], text_value[i] = _as_text(raw)
-            else:
-                code[i], numeric_value[i] = _as_number(raw)
+        code[text_rows], text_value[text_rows] = _as_texts(batch.value[text_rows])
+        number_rows = np.nonzero((kind != 1) & (code == _OK))[0]
+        code[number_rows], numeric_value[number_rows] = _as_numbers(batch.value[number_rows])
     numeric_rows = (kind != 1) & (code == _OK)
     code[numeric_rows & ~np.isfinite(numeric_value)] = _NOT_FINITE
     return numeric_value, text_value, code
+
+
+def _as_texts(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_as_text`` of each value: in bulk when all are short strings without NUL (the usual case)."""
+    codes = np.zeros(len(raw), dtype=np.int8)
+    if len(raw) == 0:
+        return codes, raw
+    values = raw.tolist()
+    if (
+        pd.api.types.infer_dtype(raw, skipna=False) == "string"
+        and max(map(len, values)) <= MAX_TEXT_LENGTH
+        and "\x00" not in "".join(values)
+    ):
+        return codes, raw
+    texts = np.empty(len(raw), dtype=object)
+    for i, value in enumerate(values):
+        codes[i], texts[i] = _as_text(value)
+    return codes, texts
+
+
+def _as_numbers(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_as_number`` of each value: in bulk for real numbers and for strings that read as numbers."""
+    codes = np.zeros(len(raw), dtype=np.int8)
+    if len(raw) == 0:
+        return codes, np.empty(0)
+    kind = pd.api.types.infer_dtype(raw, skipna=False)
+    if kind in ("floating", "integer", "mixed-integer-float"):
+        try:
+            return codes, raw.astype(np.float64)  # NaN and infinities are refused by the caller
+        except (OverflowError, TypeError, ValueError):
+            pass  # an integer too large for a float: one by one below
+    numbers = np.full(len(raw), np.nan)
+    if kind == "string":
+        numbers = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    # What did not come out as a number (and "nan" text) is looked at one by one, for its reason.
+    for i in np.flatnonzero(np.isnan(numbers)).tolist():
+        codes[i], numbers[i] = _as_number(raw[i])
+    return codes, numbers
 
 
 def _as_number(raw) -> tuple[int, float]:
@@ -335,7 +372,7 @@ def _store_text(result, rows, channel, ts, values, using: str) -> None:
     ch, t = channel[rows], ts[rows]
     text = values[rows].tolist()
     inserted = storage.insert_text(
-        list(zip(ch.tolist(), t.tolist(), text, [Quality.OK] * len(rows), strict=True)), using=using
+        storage.row_tuples(ch.tolist(), t.tolist(), text, [int(Quality.OK)] * len(rows)), using=using
     )
     result.accepted += inserted
     result.duplicates += repeats + len(rows) - inserted

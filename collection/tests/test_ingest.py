@@ -476,3 +476,29 @@ def test_nul_characters_never_break_a_batch(temp, status):
         ("line not parsed: noise", "\\x00\\x00garbled", {"file": "x\\x00.csv"}),
         ("text value contains a NUL character (shown as \\x00)", "a\\x00b", {"index": 0}),
     ]
+
+
+def test_values_checked_in_bulk_get_the_same_reasons_as_one_by_one(temp, status):
+    """The bulk paths (all strings, all numbers) and the one-by-one path agree on every odd value."""
+    odd = [True, 10**400, "1_000", " 12.5 ", "", "  ", "nan", "inf", "0x10", "7", 3, 2.5, None]
+    rows = [(temp.pk, T0 + i * SECOND, v) for i, v in enumerate(odd)]
+    rows += [(status.pk, T0 + i * SECOND, v) for i, v in enumerate(["ok", "a" * 10_001, "x\x00y", 5, 1.5])]
+    result = ingest_samples(SampleBatch.from_rows(rows))
+    reasons = {(r.channel_id, r.index): r.reason for r in result.rejected}
+    assert reasons == {
+        (temp.pk, 0): REASON_NOT_NUMBER,  # a boolean is not a number
+        (temp.pk, 1): REASON_NOT_NUMBER,  # too large for a float
+        (temp.pk, 4): REASON_EMPTY,
+        (temp.pk, 5): REASON_EMPTY,
+        (temp.pk, 6): REASON_NOT_FINITE,
+        (temp.pk, 7): REASON_NOT_FINITE,
+        (temp.pk, 8): REASON_NOT_NUMBER,
+        (temp.pk, 12): REASON_EMPTY,
+        (status.pk, 14): "text value longer than 10000 characters",
+        (status.pk, 15): "text value contains a NUL character (shown as \\x00)",
+    }
+    assert [v for _, v, _ in stored(temp)] == [1000.0, 12.5, 7.0, 3.0, 2.5]
+    assert [v for _, v in stored_text(status)] == ["ok", "5", "1.5"]
+    # All strings (the bulk path for numbers read from text), one of them not a number.
+    more = SampleBatch.from_rows([(temp.pk, T0 + (100 + i) * SECOND, v) for i, v in enumerate(["1", "2.5", "x"])])
+    assert [r.reason for r in ingest_samples(more).rejected] == [REASON_NOT_NUMBER]
