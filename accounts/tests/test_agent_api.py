@@ -283,7 +283,7 @@ def test_unparsed_lines_are_kept_in_quarantine_with_their_source_file_and_line(s
                 "source": elsewhere.pk,
                 "source_name": "cellar",
             },
-            {"text": "#junk", "reason": "line not parsed: no time", "source_name": "local:bench"},
+            {"text": "#junk", "reason": "line not parsed: no time in '\x00'", "source_name": "local:bench"},
         ],
     }
     response = bearer(token).post(UNPARSED, body, format="json")
@@ -306,6 +306,7 @@ def test_unparsed_lines_are_kept_in_quarantine_with_their_source_file_and_line(s
     # Another agent's source is not linked (nor revealed); the line is kept all the same, cut to 2,000 characters.
     assert kept[1].context == {"agent_source": "cellar", "unknown_source_id": elsewhere.pk, "line_length": 5000}
     assert len(kept[1].raw_value) == 2000
+    assert kept[2].reason == "line not parsed: no time in '\\x00'"  # a NUL in the reason never refuses the report
     # A retry of the same batch stores nothing twice.
     again = bearer(token).post(UNPARSED, body, format="json")
     assert again.json() == {"batch_id": "lines-0001", "stored": 3, "without_source": 2, "replayed": True}

@@ -107,7 +107,7 @@ class IngestView(ScopedViewMixin, APIView):
         return Response({**result.body, "replayed": result.replayed})
 
 
-class RawLineField(serializers.CharField):
+class RawTextField(serializers.CharField):
     """Text kept as received, NUL characters included (line noise; quarantine shows them as \\x00)."""
 
     def __init__(self, **kwargs):
@@ -116,13 +116,13 @@ class RawLineField(serializers.CharField):
 
 
 class UnparsedLineSerializer(serializers.Serializer):
-    text = RawLineField(max_length=100_000, help_text="the line as read")
-    reason = serializers.CharField(max_length=300, help_text="why it did not parse, as the agent's parser said")
+    text = RawTextField(max_length=100_000, help_text="the line as read")
+    reason = RawTextField(max_length=300, help_text="why it did not parse, as the agent's parser said")
     source = serializers.IntegerField(
         required=False, allow_null=True, default=None, help_text="the server's data source id (central sources)"
     )
     source_name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
-    file = serializers.CharField(max_length=1000, required=False, allow_blank=True, help_text="for file sources")
+    file = RawTextField(max_length=1000, required=False, allow_blank=True, help_text="for file sources")
     line = serializers.IntegerField(required=False, min_value=1, help_text="its line number in that file")
     received = serializers.DateTimeField(required=False, help_text="when the agent read it")
 
