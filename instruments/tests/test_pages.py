@@ -313,6 +313,13 @@ def test_the_plot_page_names_channels_by_id_or_by_reference(group_member, world)
     assert page(group_member, reverse("collection:plot"), c="not-a-channel", expected=404)
 
 
+def test_the_plot_says_its_times_are_utc_whatever_the_site_time_zone(group_member, settings):
+    settings.TIME_ZONE = "Europe/Lisbon"
+    body = page(group_member, reverse("collection:plot"))
+    assert "From (UTC)" in body and "To (UTC)" in body  # the custom range is read, and the axis drawn, in UTC
+    assert "times are Europe/Lisbon" in body  # the server-rendered times follow the site's zone
+
+
 def test_the_plot_page_lists_only_visible_channels(shared_viewer, administrator, world):
     assert world.zulu_channel.name not in page(shared_viewer, reverse("collection:plot"))
     assert world.zulu_channel.name in page(administrator, reverse("collection:plot"))
