@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect
@@ -76,6 +77,7 @@ class PlotView(PageMixin, TemplateView):
                 "samplesUrl": reverse("api:samples"),
                 "exportUrl": reverse("api:export"),
                 "ranges": [[value, label] for value, label in PlotRange.choices if value != PlotRange.CUSTOM],
+                "timeZone": settings.TIME_ZONE,
             },
             my_dashboards=dashboards.dashboards_visible_to(user).filter(owner=user),
             range_choices=[(v, label) for v, label in PlotRange.choices],

@@ -340,3 +340,47 @@ def test_sharing_alarms_and_accounts(site, visitors):
     stranger.phone.fill("#id_password", "still not the password")
     stranger.phone.click("button[type=submit]")
     stranger.phone.screenshot(path=str(SCREENSHOTS / "locked-out-phone.png"), full_page=True)
+
+
+def test_plots_follow_the_site_time_zone(site, visitors, settings):
+    """Instants stay UTC inside; the axis, the custom range and saved panels are in the site's zone."""
+    settings.TIME_ZONE = "Asia/Kolkata"  # UTC+05:30 all year
+    world = site
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    olivia.open(f"/plot/?c={world.alpha_channel.pk}&range=7d")
+    assert page.evaluate("DAQPlot.zone()") == "Asia/Kolkata"
+    assert page.locator("label[for=range-start]").inner_text() == "From (Asia/Kolkata)"
+    shift = page.evaluate(
+        """() => {
+          const start = document.querySelector('#main-plot .plot')._fullLayout.xaxis.range[0];
+          const shown = typeof start === 'number' ? start : Date.parse(start.replace(' ', 'T') + 'Z');
+          return shown - DAQPlot.main.view[0];
+        }"""
+    )
+    assert shift == 5.5 * 3600 * 1000  # the axis starts at the view's start, as a clock in Kolkata reads it
+
+    # A custom range typed in Kolkata time is that instant.
+    draws = page.evaluate("DAQPlot.main.drawCount")
+    page.get_by_role("button", name="Custom…").click()
+    page.fill("#range-start", "2026-11-25T10:00")
+    page.fill("#range-end", "2026-11-25T12:00")
+    page.locator("#custom-range button[type=submit]").click()
+    page.wait_for_function(f"() => DAQPlot.main.drawCount > {draws}")
+    view = page.evaluate("DAQPlot.main.view")
+    assert view == [
+        page.evaluate("Date.UTC(2026, 10, 25, 4, 30)"),
+        page.evaluate("Date.UTC(2026, 10, 25, 6, 30)"),
+    ]
+    assert "start=2026-11-25T04%3A30%3A00Z" in page.url or "start=2026-11-25T04:30:00Z" in page.url
+
+    # A zone with summer time: the offset follows the date, and shifting there and back is exact.
+    settings.TIME_ZONE = "Europe/Lisbon"
+    olivia.open(f"/plot/?c={world.alpha_channel.pk}&range=1d")
+    offsets = page.evaluate(
+        """() => [Date.UTC(2026, 0, 15, 12), Date.UTC(2026, 6, 15, 12), Date.UTC(2026, 2, 29, 0, 59, 59),
+                  Date.UTC(2026, 2, 29, 1, 0, 0)]
+                 .map(t => [DAQPlot.wall(t) - t, DAQPlot.unwall(DAQPlot.wall(t)) - t])"""
+    )
+    assert offsets == [[0, 0], [3_600_000, 0], [0, 0], [3_600_000, 0]]  # summer time from 01:00 UTC on 29 March

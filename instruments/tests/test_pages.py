@@ -313,11 +313,11 @@ def test_the_plot_page_names_channels_by_id_or_by_reference(group_member, world)
     assert page(group_member, reverse("collection:plot"), c="not-a-channel", expected=404)
 
 
-def test_the_plot_says_its_times_are_utc_whatever_the_site_time_zone(group_member, settings):
+def test_the_plot_page_tells_its_script_the_site_time_zone(group_member, settings):
     settings.TIME_ZONE = "Europe/Lisbon"
     body = page(group_member, reverse("collection:plot"))
-    assert "From (UTC)" in body and "To (UTC)" in body  # the custom range is read, and the axis drawn, in UTC
-    assert "times are Europe/Lisbon" in body  # the server-rendered times follow the site's zone
+    assert "From (Europe/Lisbon)" in body and "To (Europe/Lisbon)" in body
+    assert '"timeZone": "Europe/Lisbon"' in body  # the axis and the custom range follow it (browser test)
 
 
 def test_the_plot_page_lists_only_visible_channels(shared_viewer, administrator, world):

@@ -4,7 +4,8 @@
  * point per screen pixel, raw readings when few, otherwise downsampled buckets carrying the min/max
  * envelope (drawn as a band, so a one-reading spike still shows) and the mean. Zooming or panning asks
  * the server again for the new range; live mode appends the readings that arrived since the last
- * answer. Times on the axis are UTC. No framework, no build step: plotly.js is served by the app.
+ * answer. Times are shown in the site's time zone (DAQBROKER_TIME_ZONE; kept in UTC milliseconds inside,
+ * shifted only on the way to plotly and back). No framework, no build step: plotly.js is served by the app.
  */
 (function () {
   "use strict";
@@ -30,17 +31,52 @@
   }
 
   function parseAxisTime(value) {
-    // plotly gives "2026-11-27 10:00:00.1234" (UTC here, since the data are epoch milliseconds)
-    if (typeof value === "number") return value;
+    // plotly gives "2026-11-27 10:00:00.1234": a wall time of the site's zone (see below)
+    if (typeof value === "number") return unwall(value);
     var s = String(value).trim().replace(" ", "T");
     if (s.length === 10) s += "T00:00";
     s = s.replace(/(\.\d{3})\d+/, "$1");
-    return Date.parse(s + "Z");
+    return unwall(Date.parse(s + "Z"));
   }
 
+  // --- the site's time zone ------------------------------------------------------------------------
+  // plotly draws a date axis as given (no time zones), so an instant is shifted by the zone's offset at
+  // that instant ("wall" time, written as if UTC) on its way to the plot, and shifted back when read off
+  // the axis. Offsets are looked up once per hour of time (Intl), so a zone's summer time is followed.
+  var zone = { name: "UTC", format: null, offsets: {} };
+
+  function setZone(name) {
+    zone = { name: name || "UTC", format: null, offsets: {} };
+    if (zone.name === "UTC") return;
+    try {
+      zone.format = new Intl.DateTimeFormat("en-US", { timeZone: zone.name, hourCycle: "h23", year: "numeric",
+        month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    } catch (e) {
+      zone.name = "UTC"; // a zone this browser does not know: stay in UTC, and say so on the axis
+    }
+  }
+
+  function zoneOffset(ms) {
+    if (!zone.format) return 0;
+    var hour = Math.floor(ms / 3600e3);
+    if (zone.offsets[hour] === undefined) {
+      var f = {};
+      zone.format.formatToParts(new Date(hour * 3600e3)).forEach(function (p) { f[p.type] = p.value; });
+      zone.offsets[hour] = Date.UTC(+f.year, +f.month - 1, +f.day, +f.hour, +f.minute, +f.second) - hour * 3600e3;
+    }
+    return zone.offsets[hour];
+  }
+
+  function wall(ms) { return ms + zoneOffset(ms); }
+  function unwall(w) { return w - zoneOffset(w - zoneOffset(w)); }
+  function walls(list) { return zone.format ? list.map(wall) : list; }
+
   function isoUtc(ms) { return new Date(ms).toISOString().replace(".000Z", "Z"); }
-  function localInput(ms) { return new Date(ms).toISOString().slice(0, 19); }
-  function fromLocalInput(value) { return value ? Date.parse(value + (value.length === 16 ? ":00" : "") + "Z") : NaN; }
+  // <input type="datetime-local"> and the dashboard form hold wall times of the site's zone.
+  function localInput(ms) { return new Date(wall(ms)).toISOString().slice(0, 19); }
+  function fromLocalInput(value) {
+    return value ? unwall(Date.parse(value + (value.length === 16 ? ":00" : "") + "Z")) : NaN;
+  }
 
   function fmtCount(n) { return n.toLocaleString("en-US"); }
 
@@ -260,17 +296,17 @@
       var index = { };
       if (s.source === "tier") {
         index.min = traces.length;
-        traces.push({ x: s.t, y: s.min, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, legendgroup: group,
+        traces.push({ x: walls(s.t), y: s.min, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, legendgroup: group,
           showlegend: false, hoverinfo: "skip", type: "scatter", connectgaps: false });
         index.max = traces.length;
-        traces.push({ x: s.t, y: s.max, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, fill: "tonexty",
+        traces.push({ x: walls(s.t), y: s.max, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, fill: "tonexty",
           fillcolor: rgba(color, 0.18), legendgroup: group, showlegend: false, hoverinfo: "skip", type: "scatter",
           connectgaps: false });
       }
       index.line = traces.length;
       var few = s.t.length < 150;
       traces.push({
-        x: s.t, y: s.y, yaxis: yaxis, name: name, legendgroup: group, type: "scatter", connectgaps: false,
+        x: walls(s.t), y: s.y, yaxis: yaxis, name: name, legendgroup: group, type: "scatter", connectgaps: false,
         mode: few ? "lines+markers" : "lines", marker: { size: 5, color: color }, line: { width: 1.6, color: color },
         hovertemplate: (s.source === "tier" ? "mean " : "") + "%{y:.6g}" + hoverUnits + "<extra></extra>"
       });
@@ -280,7 +316,7 @@
           if (s.quality[i]) { fx.push(raw.t[i]); fy.push(raw.y[i]); }
         }
         if (fx.length) {
-          traces.push({ x: fx, y: fy, yaxis: yaxis, name: c.name + " flagged", legendgroup: group, type: "scatter",
+          traces.push({ x: walls(fx), y: fy, yaxis: yaxis, name: c.name + " flagged", legendgroup: group, type: "scatter",
             mode: "markers", marker: { symbol: "x", size: 8, color: "#b91c1c" },
             hovertemplate: "%{y:.6g}" + hoverUnits + " (flagged)<extra></extra>" });
         }
@@ -300,8 +336,9 @@
       hovermode: "x unified", dragmode: "zoom", uirevision: "keep",
       showlegend: true,
       legend: compact ? { orientation: "h", x: 0, y: -0.25 } : { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
-      xaxis: { type: "date", range: [range[0], range[1]], autorange: false, showgrid: true, gridcolor: "#eef2f7",
-        linecolor: "#cbd5e1", title: { text: compact ? "" : "UTC", font: { size: 11, color: "#64748b" } }, automargin: true },
+      xaxis: { type: "date", range: [wall(range[0]), wall(range[1])], autorange: false, showgrid: true,
+        gridcolor: "#eef2f7", linecolor: "#cbd5e1", title: { text: compact ? "" : zone.name.replace(/_/g, " "),
+          font: { size: 11, color: "#64748b" } }, automargin: true },
       annotations: []
     };
     if (!compact) layout.margin.t = 30;
@@ -412,7 +449,7 @@
         if (!index) return;
         ["min", "max", "line"].forEach(function (key) {
           if (index[key] === undefined) return;
-          x.push(s.t);
+          x.push(walls(s.t));
           y.push(key === "line" ? s.y : (s[key] || s.y));
           which.push(index[key]);
         });
@@ -423,7 +460,7 @@
       self.view = [end - span, end];
       self.quiet = true;
       var done = which.length ? Plotly.extendTraces(self.gd, { x: x, y: y }, which) : Promise.resolve(self.draw(self.view));
-      Promise.resolve(done).then(function () { return Plotly.relayout(self.gd, { "xaxis.range": [self.view[0], self.view[1]] }); })
+      Promise.resolve(done).then(function () { return Plotly.relayout(self.gd, { "xaxis.range": [wall(self.view[0]), wall(self.view[1])] }); })
         .then(function () {
           self.quiet = false;
           self.liveAppended = (self.liveAppended || 0) + added;
@@ -488,6 +525,7 @@
   }
 
   function page(config) {
+    setZone(config.timeZone);
     var state = readState(config);
     var root = document.getElementById("main-plot");
     var plot = new Plot(root, {
@@ -646,6 +684,7 @@
   // --- dashboards ---------------------------------------------------------------------------------
 
   function dashboard(config) {
+    setZone(config.timeZone);
     document.querySelectorAll(".daq-panel[data-state]").forEach(function (root) {
       var state = JSON.parse(document.getElementById(root.dataset.state).textContent);
       if (state.range === "custom") { state.start = Date.parse(state.start); state.end = Date.parse(state.end); }
@@ -655,5 +694,6 @@
     });
   }
 
-  window.DAQPlot = { page: page, dashboard: dashboard, Plot: Plot, instances: Plot.instances };
+  window.DAQPlot = { page: page, dashboard: dashboard, Plot: Plot, instances: Plot.instances,
+    zone: function () { return zone.name; }, wall: wall, unwall: unwall };
 })();
