@@ -77,12 +77,26 @@ def check_integrity(data: bytes, integrity: str, url: str) -> None:
     raise FetchError(f"{url}: the download does not match package-lock.json's integrity {integrity[:30]}...; refused")
 
 
-def installed(folder: Path, version: str, integrity: str) -> bool:
+def installed(folder: Path, version: str, integrity: str, root: Path) -> bool:
+    """Already there at that version, unpacked from that digest: by this script (its marker) or by
+    ``npm ci``, which records what it installed in ``node_modules/.package-lock.json``."""
     try:
         manifest = json.loads((folder / "package.json").read_text(encoding="utf-8"))
-        return manifest.get("version") == version and (folder / MARKER).read_text().strip() == integrity
     except (OSError, ValueError):
         return False
+    if manifest.get("version") != version:
+        return False
+    try:
+        if (folder / MARKER).read_text().strip() == integrity:
+            return True
+    except OSError:
+        pass
+    try:
+        npm = json.loads((root / "node_modules" / ".package-lock.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    entry = npm.get("packages", {}).get(folder.relative_to(root).as_posix(), {})
+    return entry.get("version") == version and entry.get("integrity") == integrity
 
 
 def unpack(data: bytes, folder: Path, integrity: str) -> None:
@@ -118,7 +132,7 @@ def install(root: Path, registry: str) -> list[str]:
     """Install what ``root/package-lock.json`` pins into ``root/node_modules``; the ``name@version``s installed."""
     done = []
     for folder, name, version, integrity in locked_packages(root):
-        if installed(folder, version, integrity):
+        if installed(folder, version, integrity, root):
             continue
         url = tarball_url(name, version, registry)
         print(f"Installing {name}@{version} from {url}")

@@ -142,3 +142,19 @@ def test_the_project_lockfile_pins_what_the_pages_serve():
 
     locked = {name for _, name, _, _ in fetch_js.locked_packages(SCRIPT.parent.parent)}
     assert {package for package, _ in VENDOR_FILES.values()} <= locked
+
+
+def test_what_npm_ci_installed_is_taken_as_it_is_offline(tmp_path):
+    """A node_modules made by ``npm ci`` (on an air-gapped machine, copied in) is used without a download."""
+    data = package("plotlike", "1.0.0")
+    write_lock(tmp_path, {"plotlike": ("1.0.0", sri(data))})
+    folder = tmp_path / "node_modules" / "plotlike"
+    folder.mkdir(parents=True)
+    (folder / "package.json").write_text(json.dumps({"name": "plotlike", "version": "1.0.0"}))
+    npm_record = {"packages": {"node_modules/plotlike": {"version": "1.0.0", "integrity": sri(data)}}}
+    (tmp_path / "node_modules" / ".package-lock.json").write_text(json.dumps(npm_record))
+    assert fetch_js.install(tmp_path, "http://127.0.0.1:9/") == []  # nothing listens there: no download tried
+    npm_record["packages"]["node_modules/plotlike"]["integrity"] = "sha512-other"
+    (tmp_path / "node_modules" / ".package-lock.json").write_text(json.dumps(npm_record))
+    with pytest.raises(fetch_js.FetchError, match="cannot download"):
+        fetch_js.install(tmp_path, "http://127.0.0.1:9/")  # npm installed another build: fetched again
