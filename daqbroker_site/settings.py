@@ -1,6 +1,6 @@
 """DAQBroker settings.
 
-Configured only through environment variables (see README "Configuration"); every reader in
+Configured only through environment variables (every variable: docs/configuration.md); every reader in
 ``daqbroker_site.env`` refuses a malformed value at start-up.
 """
 

@@ -89,7 +89,7 @@ class DataSource(models.Model):
     config = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Per-kind settings, checked when saved (see README, 'Data sources').",
+        help_text="Per-kind settings, checked when saved (see docs/data-sources.md).",
     )
     interval_seconds = models.PositiveIntegerField(
         default=60, validators=[MinValueValidator(1)], help_text="How often the source is collected."

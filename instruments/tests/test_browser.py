@@ -5,7 +5,7 @@ What a collaborator does: log in, open an instrument, plot it (real points from 
 up without a reload), save the plot to a dashboard, share the instrument with a second user who then
 sees it while a third still gets 404, acknowledge an alarm, change a password, and get locked out
 kindly. Every page is photographed at desktop (1280 px) and phone (390 px) width into
-``test-artifacts/screenshots/`` (see the README).
+``test-artifacts/screenshots/`` (see docs/development.md).
 
 One browser for the whole session (the machine is small); pages are reused.
 """
