@@ -284,6 +284,10 @@ CELERY_BEAT_SCHEDULE = {
 # A collection run holds its source for at most this long (the collection task is stopped before it
 # ends); a worker killed mid-run frees its source after this long.
 DAQBROKER_COLLECT_LEASE_SECONDS = env_int("DAQBROKER_COLLECT_LEASE_SECONDS", 300, minimum=5)
+# Seconds one collection run may spend parsing lines one by one (regular expressions above all; each line's
+# match is also limited, see daqbroker_agent.patterns). Lines left when it is spent are quarantined with
+# that reason, so one slow source cannot hold a worker that dispatch and alarm tasks are waiting for.
+DAQBROKER_PARSE_BUDGET_SECONDS = env_int("DAQBROKER_PARSE_BUDGET_SECONDS", 30, minimum=1, maximum=3600)
 # Raw copies of the files read by file sources configured with "archive": true.
 DAQBROKER_ARCHIVE_DIR = env_path("DAQBROKER_ARCHIVE_DIR", DATA_DIR / "archive")
 # How often stale channels are looked for (and any alarm evaluation missed after an ingest is caught up).
