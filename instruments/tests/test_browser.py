@@ -77,6 +77,7 @@ class Visitor:
         self.base = base_url
         self.username = username
         self.errors: list[str] = []
+        self.csp_violations: list[str] = []
         self.desktop = self._context(browser, DESKTOP)
         self.phone = self._context(browser, PHONE)
 
@@ -85,6 +86,7 @@ class Visitor:
         page = context.new_page()
         page.set_default_timeout(15_000)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+        watch_csp(context, page, self.csp_violations)
         return page
 
     def log_in(self, password: str = PASSWORD) -> None:
@@ -112,6 +114,26 @@ class Visitor:
     def close(self) -> None:
         self.desktop.context.close()
         self.phone.context.close()
+
+
+# Every page the browser tests open runs under the site's Content-Security-Policy; any violation (an inline
+# script or handler, eval, a style or image from elsewhere) fails the test that opened it.
+CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"} on ${location.pathname}`);
+});
+"""
+
+
+def watch_csp(context, page, violations: list[str]) -> None:
+    context.add_init_script(CSP_LISTENER)
+
+    def on_console(message) -> None:
+        text = message.text
+        if "CSP violation" in text or "Content Security Policy" in text:
+            violations.append(text)
+
+    page.on("console", on_console)
 
 
 def wait_until_drawn(page) -> None:
@@ -161,6 +183,8 @@ def visitors(browser, live_server):
         visitor.close()
     errors = [e for v in opened for e in v.errors]
     assert errors == [], f"JavaScript errors: {errors}"
+    violations = [e for v in opened for e in v.csp_violations]
+    assert violations == [], f"Content-Security-Policy violations: {violations}"
 
 
 def plot_state(page) -> dict:
