@@ -98,7 +98,7 @@ class InstrumentDetailView(PageMixin, DetailView):
             sparklines=sparklines(status.channels),
             may_see_agents=may_see_agents,
             agent_rows=agent_rows,
-            logbook=instrument.logbook.select_related("author")[:50],
+            logbook=instrument.logbook.select_related("author", "edited_by")[:50],
             active_alarms=AlarmEvent.objects.filter(channel__instrument=instrument, cleared_at__isnull=True)
             .select_related("channel", "rule")
             .order_by("-raised_at")[:5],

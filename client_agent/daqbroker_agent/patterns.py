@@ -17,6 +17,8 @@ Shared by the server and the agent; no Django here.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import regex
 
 #: The longest one match of a configured pattern on one line may take, in seconds (save-time probes and
@@ -66,7 +68,15 @@ def probe_lines() -> list[str]:
 
 
 def check_pattern_speed(compiled: regex.Pattern, timeout: float = REGEX_TIMEOUT_SECONDS) -> str | None:
-    """None when ``compiled`` matches every probe line within ``timeout``; else why it is refused."""
+    """None when ``compiled`` matches every probe line within ``timeout``; else why it is refused.
+
+    Remembered per pattern: the server checks a source's configuration again at every collection run."""
+    return _verdict(compiled.pattern, compiled.flags, timeout)
+
+
+@lru_cache(maxsize=512)
+def _verdict(pattern: str, flags: int, timeout: float) -> str | None:
+    compiled = regex.compile(pattern, flags)
     for line in probe_lines():
         try:
             compiled.search(line, timeout=timeout)
