@@ -31,12 +31,7 @@ from collection.models import RejectedSample, Sample
 from collection.services.collect import collect_source
 from conftest import wait_for
 from instruments.models import SLUG_TAKEN, DataSource, Instrument
-from instruments.tests import test_browser as browser_tests
 from instruments.tests.factories import make_channel, make_source
-
-# The browser tests' Chromium, live site and visitors (CSP violations and JavaScript errors fail a test),
-# registered in this module too.
-browser, site, visitors = browser_tests.browser, browser_tests.site, browser_tests.visitors
 
 pytestmark = pytest.mark.django_db
 
