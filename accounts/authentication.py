@@ -11,7 +11,8 @@ wrong secret, revoked, expired, or belonging to an inactive user. The token is n
 from __future__ import annotations
 
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
+from rest_framework.request import Request
 
 from accounts.audit import client_address
 from accounts.choices import TokenScope
@@ -48,3 +49,22 @@ class BearerTokenAuthentication(BaseAuthentication):
         header = get_authorization_header(request).split()
         presented = bool(header) and header[0].lower() == self.keyword
         return f'Bearer realm="{REALM}"' + (', error="invalid_token"' if presented else "")
+
+
+class RawBodySessionAuthentication(SessionAuthentication):
+    """Session authentication for views that read their body raw (ingest): CSRF checked on the request.
+
+    DRF's check hands its own request to Django's CSRF check, which reads ``request.POST`` looking for a
+    form token; on a view without parsers that ends in 415 before the view runs, so a logged-in browser
+    could never ingest. Checked on the underlying request instead, the token comes from the
+    ``X-CSRFToken`` header (JSON and CSV bodies are not forms) and the body is left for the view. Form
+    bodies are not ingest formats: refused as such, without reading them.
+    """
+
+    FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+    def enforce_csrf(self, request: Request) -> None:
+        raw = request._request
+        if raw.content_type in self.FORM_TYPES:
+            raise exceptions.UnsupportedMediaType(raw.content_type)
+        super().enforce_csrf(raw)

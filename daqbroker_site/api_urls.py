@@ -1,7 +1,7 @@
 """``/api/v1/``: one router; every view derives from ``accounts.api.base`` (see its docstring)."""
 
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
@@ -22,7 +22,9 @@ router.register("logbook", LogbookEntryViewSet, basename="logbook")
 urlpatterns = [
     # The schema and its browser are public: they describe the API, they hold no data.
     path("schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema", permission_classes=[AllowAny]), name="docs"),
+    path(
+        "docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema", permission_classes=[AllowAny]), name="docs"
+    ),
     path("ingest/", IngestView.as_view(), name="ingest"),
     path("samples/", SamplesViewSet.as_view({"get": "read"}), name="samples"),
     path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),

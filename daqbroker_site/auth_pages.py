@@ -2,16 +2,15 @@
 
 Logging in goes through Django's authentication form, which hands the request to the backends, so the
 django-axes lockout (accounts) applies here exactly as in the admin; the locked-out page is
-``templates/registration/locked_out.html`` (``AXES_LOCKOUT_TEMPLATE``).
+``templates/registration/locked_out.html`` (``AXES_LOCKOUT_TEMPLATE``). Wrong old passwords on the
+password page count the same way (``accounts.passwords``).
 """
 
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.urls import path, reverse_lazy
 
-
-class PasswordChangeView(LoginRequiredMixin, auth_views.PasswordChangeView):
-    login_url = reverse_lazy("login")
+from accounts.passwords import PasswordChangeView
 
 
 class PasswordChangeDoneView(LoginRequiredMixin, auth_views.PasswordChangeDoneView):

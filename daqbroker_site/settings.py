@@ -9,6 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from csp.constants import NONE as CSP_NONE
+from csp.constants import SELF as CSP_SELF
+from csp.constants import UNSAFE_INLINE as CSP_UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from daqbroker_site.env import (
@@ -63,6 +66,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "accounts.audit.AuditContextMiddleware",
     # Last, as django-axes asks: turns a refused login into the lockout response.
     "axes.middleware.AxesMiddleware",
@@ -153,6 +157,23 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = env_bool("DAQBROKER_HSTS_PRELOAD", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy (django-csp): scripts only from this site's static files, never inline (pages
+# start from json_script data and data-* attributes). Styles allow inline because plotly writes <style>
+# elements and style attributes as it draws; plots exported as images are data: and blob: URLs.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [CSP_SELF],
+        "script-src": [CSP_SELF],
+        "style-src": [CSP_SELF, CSP_UNSAFE_INLINE],
+        "img-src": [CSP_SELF, "data:", "blob:"],
+        "font-src": [CSP_SELF, "data:"],
+        "connect-src": [CSP_SELF],
+        "object-src": [CSP_NONE],
+        "base-uri": [CSP_SELF],
+        "form-action": [CSP_SELF],
+        "frame-ancestors": [CSP_NONE],
+    }
+}
 X_FRAME_OPTIONS = "DENY"
 # Behind one reverse proxy that sets X-Forwarded-Proto and appends the client to X-Forwarded-For.
 DAQBROKER_BEHIND_PROXY = env_bool("DAQBROKER_BEHIND_PROXY", False)
@@ -284,6 +305,10 @@ CELERY_BEAT_SCHEDULE = {
 # A collection run holds its source for at most this long (the collection task is stopped before it
 # ends); a worker killed mid-run frees its source after this long.
 DAQBROKER_COLLECT_LEASE_SECONDS = env_int("DAQBROKER_COLLECT_LEASE_SECONDS", 300, minimum=5)
+# Seconds one collection run may spend parsing lines one by one (regular expressions above all; each line's
+# match is also limited, see daqbroker_agent.patterns). Lines left when it is spent are quarantined with
+# that reason, so one slow source cannot hold a worker that dispatch and alarm tasks are waiting for.
+DAQBROKER_PARSE_BUDGET_SECONDS = env_int("DAQBROKER_PARSE_BUDGET_SECONDS", 30, minimum=1, maximum=3600)
 # Raw copies of the files read by file sources configured with "archive": true.
 DAQBROKER_ARCHIVE_DIR = env_path("DAQBROKER_ARCHIVE_DIR", DATA_DIR / "archive")
 # How often stale channels are looked for (and any alarm evaluation missed after an ingest is caught up).

@@ -1,11 +1,13 @@
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.html import format_html
 from guardian.admin import GuardedModelAdmin
 
-from accounts import permissions
+from accounts import audit, permissions
 from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
+from accounts.choices import AuditAction
 from accounts.models import Agent
 from collection.admin_actions import collect_now, recent_runs_html, validate_channels_now, validate_sources_now
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
@@ -213,7 +215,21 @@ class LogbookEntryAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     def short_text(self, entry: LogbookEntry) -> str:
         return entry.text if len(entry.text) <= 80 else entry.text[:77] + "..."
 
+    readonly_fields = ("edited_by", "edited_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        # Who wrote an entry is not for an editor to change.
+        return (*self.readonly_fields, "author") if obj is not None else self.readonly_fields
+
     def save_model(self, request, obj, form, change):
         if not change and obj.author_id is None:
             obj.author = request.user
-        super().save_model(request, obj, form, change)
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        before = {name: form.initial.get(name) for name in form.changed_data}
+        obj.edited_by, obj.edited_at = request.user, timezone.now()
+        with transaction.atomic():  # the change and its audit event stand or fall together
+            super().save_model(request, obj, form, change)
+            changes = audit.diff(before, {name: form.cleaned_data.get(name) for name in form.changed_data})
+            audit.record(AuditAction.CONFIG_CHANGED, obj=obj, changes=changes, **audit.origin(request))

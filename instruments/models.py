@@ -17,10 +17,23 @@ from instruments.choices import ChannelKind, SourceKind
 from instruments.expressions import ExpressionError, parse_expression
 from instruments.units import check_units
 
+SLUG_TAKEN = (
+    "This slug is already in use on this site (instrument slugs are unique across all instruments, "
+    "including ones you cannot see). Choose another."
+)
+
 
 class Instrument(models.Model):
     name = models.CharField(max_length=200)
-    slug = models.SlugField(max_length=100, unique=True, help_text="Short name used in URLs and by agents.")
+    # One namespace for the whole site (URLs, agents' "instrument/channel" references): a taken slug is
+    # refused with the same words whether or not the instrument is visible to the person asking, so the
+    # answer says only that the slug is in use (docs/security.md, "What names reveal").
+    slug = models.SlugField(
+        max_length=100,
+        unique=True,
+        help_text="Short name used in URLs and by agents; unique across the whole site.",
+        error_messages={"unique": SLUG_TAKEN},
+    )
     description = models.TextField(blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -72,6 +85,12 @@ class LogbookEntry(models.Model):
     occurred_at = models.DateTimeField(default=timezone.now, help_text="When the logged event happened.")
     text = models.TextField()
     created = models.DateTimeField(auto_now_add=True)
+    # The author stays who wrote the entry; the last person who changed it is kept here (and each change
+    # is in the audit trail with its diff).
+    edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    edited_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-occurred_at"]

@@ -6,6 +6,7 @@ see, 403 without the level an action needs) and calls the services; none decides
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -97,7 +98,7 @@ class InstrumentDetailView(PageMixin, DetailView):
             sparklines=sparklines(status.channels),
             may_see_agents=may_see_agents,
             agent_rows=agent_rows,
-            logbook=instrument.logbook.select_related("author")[:50],
+            logbook=instrument.logbook.select_related("author", "edited_by")[:50],
             active_alarms=AlarmEvent.objects.filter(channel__instrument=instrument, cleared_at__isnull=True)
             .select_related("channel", "rule")
             .order_by("-raised_at")[:5],
@@ -288,7 +289,11 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
                     "element_id": f"panel-state-{panel.pk}",
                 }
             )
-        context.update(panels=panels, can_change=dashboards.may_change(user, self.object))
+        context.update(
+            panels=panels,
+            can_change=dashboards.may_change(user, self.object),
+            dashboard_config={"samplesUrl": reverse("api:samples"), "timeZone": settings.TIME_ZONE},
+        )
         return context
 
 

@@ -1,3 +1,4 @@
+from drf_spectacular.authentication import SessionScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
@@ -12,3 +13,10 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
             "bearerFormat": "dbk_<key id>_<secret>",
             "description": "A personal or agent API token, created in the admin or with POST /api/v1/agents/.",
         }
+
+
+class RawBodySessionScheme(SessionScheme):
+    """The ingest endpoint's session authentication is the ordinary session cookie (with X-CSRFToken)."""
+
+    target_class = "accounts.authentication.RawBodySessionAuthentication"
+    name = "cookieAuthWithCsrfHeader"

@@ -282,6 +282,7 @@ ROUTES: list[Case] = [
     Case("api:instrument-latest", "GET", lambda w: ZULU, API_ZEDS),
     # --- admin --------------------------------------------------------------------------------------
     Case("admin:index", "GET", None, STAFF),
+    Case("admin-password-change", "GET", None, STAFF),  # the admin's own, with the old-password lockout
     Case(
         "admin:autocomplete",
         "GET",
@@ -422,7 +423,7 @@ def test_matrix(case: Case, persona, world):
     assert persona.foreign_in(body) == [], f"{persona} {case.method} {url} shows foreign objects"
     if response.status_code == 401:
         assert response["WWW-Authenticate"].startswith("Bearer")
-    if response.status_code == 302 and case.route.startswith(("api:", "admin:")):
+    if response.status_code == 302 and case.route.startswith(("api:", "admin:", "admin-")):
         assert "/admin/" in response["Location"]
     elif response.status_code == 302 and persona.user is None:  # a page, without a session
         assert response["Location"].startswith(reverse("login"))

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from regex import error as regex_error
+
+from daqbroker_agent.patterns import check_pattern_speed, compile_pattern
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; ``field`` is a dotted path such as ``timestamp.format``."""
@@ -121,11 +125,14 @@ def regex(*, named_groups: bool = False) -> Validator:
             return value  # no expression
         text()(value, field)
         try:
-            compiled = re.compile(value)
-        except re.error as exc:
+            compiled = compile_pattern(value)
+        except regex_error as exc:
             raise ConfigError(field, f"is not a valid regular expression: {exc}") from None
         if named_groups and not compiled.groupindex:
             raise ConfigError(field, "needs at least one named group, e.g. (?P<temperature>[-\\d.]+)")
+        too_slow = check_pattern_speed(compiled)
+        if too_slow:
+            raise ConfigError(field, too_slow)
         return value
 
     return check

@@ -27,6 +27,8 @@ from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from daqbroker_agent.patterns import PatternTimeout, compile_pattern, search
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -146,7 +148,7 @@ class LineParser:
         self.ts_format = ts.get("format", "iso")
         self.timezone = ts.get("timezone", "UTC")
         self.parse_time = TimestampParser(self.ts_format if self.ts_format != "receipt" else "iso", self.timezone)
-        self.pattern = re.compile(config["regex"]) if self.format == "regex" else None
+        self.pattern = compile_pattern(config["regex"]) if self.format == "regex" else None
 
     @cached_property
     def _simple_split(self) -> bool:
@@ -155,7 +157,10 @@ class LineParser:
     def split(self, line: str) -> dict[str, str]:
         """The line's fields keyed by position ("0", "1", ...) and, when columns are named, by name."""
         if self.pattern is not None:
-            match = self.pattern.search(line)
+            try:
+                match = search(self.pattern, line)
+            except PatternTimeout as exc:
+                raise LineError(str(exc)) from None
             if match is None:
                 raise LineError("line does not match the configured regular expression")
             return {name: value for name, value in match.groupdict().items() if value is not None}

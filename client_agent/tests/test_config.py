@@ -194,7 +194,7 @@ def test_encoding_is_canonicalised():
             "file",
             {"path": "/d", "format": "regex", "regex": "(?P<x>"},
             "regex",
-            "is not a valid regular expression: missing ), unterminated subpattern at position 0",
+            "is not a valid regular expression: missing ) at position 6",
         ),
         (
             "file",
@@ -316,3 +316,17 @@ def test_a_nul_character_anywhere_is_refused():
     with pytest.raises(ConfigError) as caught:
         validate_source_config("file", {"path": "/d", "columns": ["a", "b\x00"]})
     assert str(caught.value) == "columns[1]: must not contain a NUL character"
+
+
+def test_a_pattern_that_backtracks_exponentially_is_refused_at_save():
+    with pytest.raises(ConfigError) as refused:
+        validate_source_config("tcp", {"host": "h", "port": 1, "format": "regex", "regex": r"^(?P<x>(a|aa)+)+$"})
+    assert refused.value.field == "regex"
+    assert str(refused.value).startswith("regex: this pattern takes too long")
+
+
+def test_the_finding_pattern_is_fast_under_the_regex_package_and_accepted():
+    # Python's re backtracks for minutes on /etc/passwd lines with it; regex checks the literal "!" first.
+    pattern = r"^(?P<x>([a-z:/0-9])+)+!$"
+    config = validate_source_config("tcp", {"host": "h", "port": 1, "format": "regex", "regex": pattern})
+    assert config["regex"] == pattern

@@ -89,6 +89,14 @@ def test_regex_mismatch_is_a_line_error():
     assert str(excinfo.value) == "line does not match the configured regular expression"
 
 
+def test_a_regex_that_times_out_on_a_line_is_a_line_error_not_a_hang():
+    # A pattern saved before the save-time check existed (built here without validation).
+    p = LineParser({"format": "regex", "regex": r"^(?P<x>(a|aa)+)+$", "timestamp": {"format": "receipt"}})
+    with pytest.raises(LineError) as excinfo:
+        p.parse("a" * 60 + "!", received_us=1)
+    assert "the regular expression took longer than 100 ms on this line" in str(excinfo.value)
+
+
 # --- timestamps ------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from accounts import permissions
 from accounts.api.base import ScopedViewMixin
+from accounts.authentication import BearerTokenAuthentication, RawBodySessionAuthentication
 from accounts.models import ApiToken
 from collection.api.schema import ErrorDetail, IngestBody, IngestResult
 from collection.choices import Origin
@@ -57,6 +58,8 @@ class IngestView(ScopedViewMixin, APIView):
     agent_access = True  # agent tokens may call this endpoint (and only this one)
     throttle_classes = [IngestRateThrottle]
     parser_classes = []  # the body is read raw and decoded by collection.ingest_formats
+    # A logged-in browser may ingest too, with the CSRF token in the X-CSRFToken header.
+    authentication_classes = [BearerTokenAuthentication, RawBodySessionAuthentication]
 
     @extend_schema(
         operation_id="ingest_readings",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from django.conf import settings
 
 from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.parsing import LineError, LineParser
@@ -53,14 +55,22 @@ def is_text(channel: Channel) -> bool:
     return channel.kind == ChannelKind.TEXT
 
 
+def parse_deadline() -> float:
+    """When a collection run starting now must stop parsing (``time.monotonic()`` seconds)."""
+    return time.monotonic() + settings.DAQBROKER_PARSE_BUDGET_SECONDS
+
+
 def lines_to_readings(
-    lines: Iterable[RawLine], parser: LineParser, channels: list[Channel]
+    lines: Iterable[RawLine], parser: LineParser, channels: list[Channel], deadline: float | None = None
 ) -> tuple[SampleBatch, list[Rejection]]:
     """Parse lines and pick each channel's field; unparseable lines become rejections with their context.
 
     Values are passed on raw (text); ``ingest_samples`` converts them per channel kind and rejects what
-    does not fit, so a bad field rejects one reading, not the whole line.
+    does not fit, so a bad field rejects one reading, not the whole line. Past ``deadline`` (the run's
+    parse budget, :func:`parse_deadline` when not given) the lines left are quarantined unparsed, with
+    that reason: kept for a replay, never dropped, and the worker is free for other tasks.
     """
+    deadline = parse_deadline() if deadline is None else deadline
     lines = list(lines)
     wanted = [(c.id, channel_key(c)) for c in channels]
     ids: list[int] = []
@@ -69,6 +79,15 @@ def lines_to_readings(
     origin: list[int] = []  # the line each reading came from
     rejections: list[Rejection] = []
     for n, line in enumerate(lines):
+        if n % 16 == 0 and time.monotonic() > deadline:
+            reason = (
+                f"line not parsed: the collection run's parse budget "
+                f"(DAQBROKER_PARSE_BUDGET_SECONDS={settings.DAQBROKER_PARSE_BUDGET_SECONDS}) was spent"
+            )
+            rejections.extend(
+                Rejection(reason=reason, raw_value=rest.text[:2000], context=rest.context) for rest in lines[n:]
+            )
+            break
         try:
             parsed = parser.parse(line.text, line.received_us)
         except LineError as exc:

@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
-from collection.collectors.base import Collected, RawLine, channel_key, concat_batches, is_text, lines_to_readings
+from collection.collectors.base import (
+    Collected,
+    RawLine,
+    channel_key,
+    concat_batches,
+    is_text,
+    lines_to_readings,
+    parse_deadline,
+)
 from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.parsing import NUMBER, TEXT, BlockParser, FieldNotFound, LineParser, now_us
 
@@ -79,6 +87,7 @@ class _Run:
         self.lines_left = self.config["max_lines"]
         self.bytes_left = MAX_BYTES_PER_RUN
         self.line_parser = LineParser(self.config)
+        self.deadline = parse_deadline()
         self.block_parser = None
         if BlockParser.supports(self.config) and self.config["timestamp"]["format"] != "receipt":
             wanted = {channel_key(c): (TEXT if is_text(c) else NUMBER) for c in self.channels}
@@ -214,7 +223,7 @@ class _Run:
             text = data[start : ends[i]].decode(encoding, errors="replace").rstrip("\r")
             if text.strip():
                 raw_lines.append(RawLine(text, {"file": str(path), "line": first_line_no + i}, received))
-        batch, rejections = lines_to_readings(raw_lines, self.line_parser, self.channels)
+        batch, rejections = lines_to_readings(raw_lines, self.line_parser, self.channels, self.deadline)
         self.objects.append(batch)
         self.rejections.extend(rejections)
 

@@ -239,3 +239,12 @@ def test_env_rate_reads_drf_rates_and_none():
     with pytest.raises(ImproperlyConfigured) as caught:
         env_rate("R", "600/minute", environ={"R": "lots"})
     assert str(caught.value) == "R='lots' is not a rate; use e.g. 600/minute, 20/second or none"
+
+
+def test_the_parse_budget_is_read_from_the_environment_and_bounded(tmp_path):
+    shown = ["shell", "-c", "from django.conf import settings; print(settings.DAQBROKER_PARSE_BUDGET_SECONDS)"]
+    assert _manage(shown, tmp_path).stdout.split()[-1] == "30"
+    assert _manage(shown, tmp_path, DAQBROKER_PARSE_BUDGET_SECONDS="5").stdout.split()[-1] == "5"
+    refused = _manage(["check"], tmp_path, DAQBROKER_PARSE_BUDGET_SECONDS="0")
+    assert refused.returncode != 0
+    assert "DAQBROKER_PARSE_BUDGET_SECONDS=0 is below the minimum of 1" in refused.stderr

@@ -152,8 +152,9 @@ class LogbookEntrySerializer(ModelCleanMixin, serializers.ModelSerializer):
     implicit_fields = ("author",)
     instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
     author = serializers.CharField(source="author.get_username", read_only=True, allow_null=True)
+    edited_by = serializers.CharField(source="edited_by.get_username", read_only=True, allow_null=True)
 
     class Meta:
         model = LogbookEntry
-        fields = ["id", "instrument", "author", "occurred_at", "text", "created"]
-        read_only_fields = ["id", "author", "created"]
+        fields = ["id", "instrument", "author", "occurred_at", "text", "created", "edited_by", "edited_at"]
+        read_only_fields = ["id", "author", "created", "edited_by", "edited_at"]

@@ -4,10 +4,13 @@ accounts base viewset: a hidden object answers 404, a visible one you may not ch
 from __future__ import annotations
 
 import django_filters
+from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
 from rest_framework.filters import OrderingFilter, SearchFilter
 
 from accounts import permissions
 from accounts.api.base import ScopedModelViewSet
+from accounts.principals import AgentPrincipal
 from instruments.api.filters import UtcIsoDateTimeFilter
 from instruments.api.serializers import (
     ChannelSerializer,
@@ -101,6 +104,11 @@ class LogbookEntryFilter(django_filters.FilterSet):
         fields = ["instrument", "after", "before"]
 
 
+def person_of(principal: AbstractBaseUser | AgentPrincipal) -> AbstractBaseUser:
+    """The user acting: an agent acts for its owner."""
+    return principal.owner if isinstance(principal, AgentPrincipal) else principal
+
+
 class LogbookEntryViewSet(ScopedModelViewSet):
     """Logbook entries of the instruments you may see; writing one needs the change level."""
 
@@ -115,3 +123,9 @@ class LogbookEntryViewSet(ScopedModelViewSet):
     def perform_create(self, serializer):
         serializer.validated_data["author"] = self.request.user
         super().perform_create(serializer)
+
+    def perform_update(self, serializer):
+        # The author is kept; the editor and when are recorded (and the diff audited by the base class).
+        serializer.validated_data["edited_by"] = person_of(self.request.user)
+        serializer.validated_data["edited_at"] = timezone.now()
+        super().perform_update(serializer)

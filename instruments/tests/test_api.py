@@ -6,7 +6,7 @@ import pytest
 
 from accounts.choices import AuditAction
 from accounts.models import AuditEvent
-from instruments.models import Channel, DataSource, Instrument
+from instruments.models import SLUG_TAKEN, Channel, DataSource, Instrument
 
 
 def test_lists_show_only_what_the_persona_may_see(world, owner, shared_viewer, stranger):
@@ -41,7 +41,7 @@ def test_viewer_may_not_create_instruments(shared_viewer):
 def test_duplicate_slug_has_the_admin_message(world, owner):
     response = owner.client.post("/api/v1/instruments/", {"name": "Again", "slug": "zulu-hidden"}, format="json")
     assert response.status_code == 400
-    assert response.json() == {"slug": ["Instrument with this Slug already exists."]}
+    assert response.json() == {"slug": [SLUG_TAKEN]}
 
 
 @pytest.mark.parametrize(

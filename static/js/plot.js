@@ -25,6 +25,14 @@
     window.addEventListener("load", function () { resolve(); });
   });
 
+  // Every user-written text handed to plotly (trace names, hover labels, axis titles, annotations) goes
+  // through this: plotly renders a subset of HTML in them (<a href>, <span style>, <br>...), substitutes
+  // %{...} in hover templates and treats $...$ as LaTeX. Entities are shown as the literal characters.
+  function plotlyText(value) {
+    return String(value == null ? "" : value).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+      .replace(/%/g, "&#37;").replace(/\$/g, "&#36;");
+  }
+
   function rgba(hex, alpha) {
     var n = parseInt(hex.slice(1), 16);
     return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + alpha + ")";
@@ -290,9 +298,9 @@
       var c = meta.facts, color = meta.color;
       var axis = units.indexOf(c.units || "");
       var yaxis = axis === 0 ? "y" : "y" + (axis + 1);
-      var name = c.name + (c.units ? " (" + c.units + ")" : "");
+      var name = plotlyText(c.name + (c.units ? " (" + c.units + ")" : ""));
       var group = "ch" + c.id;
-      var hoverUnits = c.units ? " " + c.units : "";
+      var hoverUnits = c.units ? " " + plotlyText(c.units) : "";
       var index = { };
       if (s.source === "tier") {
         index.min = traces.length;
@@ -316,7 +324,7 @@
           if (s.quality[i]) { fx.push(raw.t[i]); fy.push(raw.y[i]); }
         }
         if (fx.length) {
-          traces.push({ x: walls(fx), y: fy, yaxis: yaxis, name: c.name + " flagged", legendgroup: group, type: "scatter",
+          traces.push({ x: walls(fx), y: fy, yaxis: yaxis, name: plotlyText(c.name + " flagged"), legendgroup: group, type: "scatter",
             mode: "markers", marker: { symbol: "x", size: 8, color: "#b91c1c" },
             hovertemplate: "%{y:.6g}" + hoverUnits + " (flagged)<extra></extra>" });
         }
@@ -337,7 +345,7 @@
       showlegend: true,
       legend: compact ? { orientation: "h", x: 0, y: -0.25 } : { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
       xaxis: { type: "date", range: [wall(range[0]), wall(range[1])], autorange: false, showgrid: true,
-        gridcolor: "#eef2f7", linecolor: "#cbd5e1", title: { text: compact ? "" : zone.name.replace(/_/g, " "),
+        gridcolor: "#eef2f7", linecolor: "#cbd5e1", title: { text: compact ? "" : plotlyText(zone.name.replace(/_/g, " ")),
           font: { size: 11, color: "#64748b" } }, automargin: true },
       annotations: []
     };
@@ -345,7 +353,7 @@
     units.forEach(function (unit, i) {
       var first = channels.filter(function (c) { return (c.units || "") === unit; })[0];
       var color = info[first.id].color;
-      var axis = { title: { text: unit || "value", font: { color: color } }, tickfont: { color: color }, automargin: true,
+      var axis = { title: { text: plotlyText(unit || "value"), font: { color: color } }, tickfont: { color: color }, automargin: true,
         showgrid: i === 0, gridcolor: "#eef2f7", zeroline: false, linecolor: "#cbd5e1" };
       if (i > 0) {
         axis.overlaying = "y";
@@ -696,4 +704,13 @@
 
   window.DAQPlot = { page: page, dashboard: dashboard, Plot: Plot, instances: Plot.instances,
     zone: function () { return zone.name; }, wall: wall, unwall: unwall };
+
+  // Started from the page's JSON configuration (json_script), not an inline script: see docs/security.md.
+  function configOf(id) {
+    var element = document.getElementById(id);
+    return element ? JSON.parse(element.textContent) : null;
+  }
+  var pageConfig = configOf("plot-config"), dashboardConfig = configOf("dashboard-config");
+  if (pageConfig) page(pageConfig);
+  if (dashboardConfig) dashboard(dashboardConfig);
 })();
