@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('instruments', '0004_dashboards'),
+        ('instruments', '0005_datasource_config_help_links_the_docs'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
