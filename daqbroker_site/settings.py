@@ -284,6 +284,11 @@ CELERY_BEAT_SCHEDULE = {
 # A collection run holds its source for at most this long (the collection task is stopped before it
 # ends); a worker killed mid-run frees its source after this long.
 DAQBROKER_COLLECT_LEASE_SECONDS = env_int("DAQBROKER_COLLECT_LEASE_SECONDS", 300, minimum=5)
+# Collection transactions (claims, leases, a run's commit) wait at most this many seconds for a row lock
+# another worker holds, and the database ends one left idle longer than the second figure (a frozen
+# worker's transaction, whose locks then go with it). PostgreSQL and MariaDB; see docs/operations.md.
+DAQBROKER_DB_LOCK_TIMEOUT = env_int("DAQBROKER_DB_LOCK_TIMEOUT", 10, minimum=1, maximum=3600)
+DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT = env_int("DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT", 60, minimum=1, maximum=86400)
 # Raw copies of the files read by file sources configured with "archive": true.
 DAQBROKER_ARCHIVE_DIR = env_path("DAQBROKER_ARCHIVE_DIR", DATA_DIR / "archive")
 # How often stale channels are looked for (and any alarm evaluation missed after an ingest is caught up).
