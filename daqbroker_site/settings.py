@@ -309,6 +309,12 @@ CELERY_BEAT_SCHEDULE.update(
             "schedule": float(DAQBROKER_ALARM_CHECK_SECONDS),
             "options": {"expires": max(1, DAQBROKER_ALARM_CHECK_SECONDS - 1)},
         },
+        # After-ingest work whose task could not be queued (the broker was down), kept in the database.
+        "replay-follow-ups": {
+            "task": "collection.alarms.tasks.replay_follow_ups_task",
+            "schedule": 60.0,
+            "options": {"expires": 50},
+        },
         "sweep-notifications": {
             "task": "collection.alarms.tasks.sweep_notifications",
             "schedule": 300.0,
@@ -329,7 +335,12 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"ingest": env_rate("DAQBROKER_INGEST
 # Throttle counters and other shared state: in Redis when there is one, so every web worker agrees.
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # A Redis that hangs must not hang requests: the ingest throttle then counts locally.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
