@@ -333,7 +333,7 @@ def _lease() -> timedelta:
 
 
 def _retrying_database(work, *, source_id: int | None = None, lease_until: datetime | None = None):
-    """``work()``, tried again with backoff (0.5 s doubling to 5 s) while the database cannot be reached,
+    """``work()``, tried again with backoff (0.5 s doubling to 2 s) while the database cannot be reached,
     until the lease would run out anyway (then the lease frees the source by itself)."""
     until = lease_until or timezone.now() + _lease()
     delay = 0.5
@@ -355,7 +355,7 @@ def _retrying_database(work, *, source_id: int | None = None, lease_until: datet
             with contextlib.suppress(Exception):
                 connection.close()  # a broken connection is not reused; the next attempt connects afresh
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 2.0)
             continue
         if attempt:
             logger.warning(

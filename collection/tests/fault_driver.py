@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import django
 
@@ -124,6 +125,7 @@ def main(argv: list[str]) -> None:
     django.setup()
     from collection.services import collect
 
+    started = time.perf_counter()
     if args.command == "setup":
         result = _setup(args.arg, args.sources)
     elif args.command == "collect":
@@ -132,6 +134,8 @@ def main(argv: list[str]) -> None:
         result = {"claimed": collect.claim_due_sources()}
     else:
         result = _state(int(args.arg))
+    if args.command in ("collect", "claim"):
+        result["seconds"] = round(time.perf_counter() - started, 4)  # the service call alone (for bench/faults.py)
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 

@@ -117,9 +117,11 @@ def test_a_frozen_peer_stops_neither_the_dispatcher_nor_other_sources_and_its_so
             "writers fail after the busy timeout (30 s) until it is gone (see docs/operations.md)"
         )
     (frozen, frozen_channels), (other, other_channels), (third, _) = sources
-    # The database ends the frozen transaction after 15 s idle; its lease lasts 20 s.
-    env = driver_env(tmp_path, DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT="15", DAQBROKER_COLLECT_LEASE_SECONDS="20")
-    peer = FrozenPeer(env, frozen.pk, tmp_path / "peer.log")
+    env = driver_env(tmp_path)
+    # The peer's own settings: the database ends its transaction after 25 s idle (time enough for the checks
+    # below on a loaded machine); its lease lasts 30 s.
+    peer_env = {**env, "DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT": "25", "DAQBROKER_COLLECT_LEASE_SECONDS": "30"}
+    peer = FrozenPeer(peer_env, frozen.pk, tmp_path / "peer.log")
     try:
         # The dispatcher claims every due source but the frozen one's, without waiting on its locks.
         claimed = run_driver(env, "claim", timeout=60)["claimed"]
@@ -132,7 +134,7 @@ def test_a_frozen_peer_stops_neither_the_dispatcher_nor_other_sources_and_its_so
         skipped = subprocess.run(
             driver_argv("collect", str(frozen.pk)), cwd=REPO, env=env, capture_output=True, text=True, timeout=60
         )
-        assert parse_result(skipped.stdout, skipped.stderr) == {"run": None}
+        assert parse_result(skipped.stdout, skipped.stderr)["run"] is None
         assert "locked by another worker's unfinished transaction" in skipped.stderr
         assert process_state(peer.process.pid) == "T"
 
