@@ -239,3 +239,21 @@ def test_env_rate_reads_drf_rates_and_none():
     with pytest.raises(ImproperlyConfigured) as caught:
         env_rate("R", "600/minute", environ={"R": "lots"})
     assert str(caught.value) == "R='lots' is not a rate; use e.g. 600/minute, 20/second or none"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("DAQBROKER_DB_LOCK_TIMEOUT", "0", "DAQBROKER_DB_LOCK_TIMEOUT=0 is below the minimum of 1"),
+        ("DAQBROKER_DB_LOCK_TIMEOUT", "ten", "DAQBROKER_DB_LOCK_TIMEOUT='ten' is not a whole number"),
+        (
+            "DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT",
+            "0",
+            "DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT=0 is below the minimum of 1",
+        ),
+    ],
+)
+def test_collection_transaction_timeouts_refuse_bad_values(tmp_path, name, raw, message):
+    proc = _manage(["check"], tmp_path, **{name: raw})
+    assert proc.returncode != 0
+    assert message in proc.stderr
