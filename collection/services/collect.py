@@ -29,6 +29,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -85,6 +86,23 @@ def bound_lock_waits() -> None:
             )
 
 
+@contextlib.contextmanager
+def collection_transaction() -> Iterator[None]:
+    """``transaction.atomic()`` with the waits bounded (``bound_lock_waits``). On MariaDB, where the bounds
+    are session variables, the connection gets the server's defaults back afterwards, so that other work
+    sharing it (another task in the same worker) is not cut short by them."""
+    try:
+        with transaction.atomic():
+            bound_lock_waits()
+            yield
+    finally:
+        if connection.vendor == "mysql" and connection.connection is not None:
+            with contextlib.suppress(Exception), connection.cursor() as cursor:
+                cursor.execute(
+                    "SET SESSION innodb_lock_wait_timeout = DEFAULT, SESSION idle_transaction_timeout = DEFAULT"
+                )
+
+
 def _locking(queryset):
     """``queryset`` locking its rows for this transaction, skipping rows a peer holds (never waiting)."""
     if not connection.features.has_select_for_update_skip_locked:
@@ -100,8 +118,7 @@ def claim_due_sources(now=None) -> list[int]:
     are claimed by a later dispatch once free."""
     now = now or timezone.now()
     claimed = []
-    with transaction.atomic():
-        bound_lock_waits()
+    with collection_transaction():
         due = list(_locking(due_sources(now)).values_list("id", "interval_seconds", "next_run_at"))
         for source_id, interval, previous in due:
             # Compare-and-set as well: SQLite has no row locks (two dispatchers may read the same row).
@@ -148,8 +165,7 @@ class Lease:
 
 def _take_lease(source_id: int, owner: str, now: datetime) -> Lease:
     expires = now + timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS)
-    with transaction.atomic():
-        bound_lock_waits()
+    with collection_transaction():
         row = _locking(DataSource.objects.filter(pk=source_id)).values_list("lease_owner", "lease_expires").first()
         if row is None:
             if DataSource.objects.filter(pk=source_id).exists():
@@ -207,8 +223,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
         config = source.validated_config()
         channels = list(source.channels.exclude(kind=ChannelKind.DERIVED))
         collected = collector.collect(source, config, channels)
-        with transaction.atomic():
-            bound_lock_waits()
+        with collection_transaction():
             result = IngestResult()
             # Rejected lines go with the first batch; a run that read nothing still records them.
             for i, batch in enumerate(collected.batches or [SampleBatch([], [], [])]):
@@ -294,8 +309,7 @@ def _record_failure(
     message = _failure_message(exc)
 
     def record() -> CollectionRun | None:
-        with transaction.atomic():
-            bound_lock_waits()
+        with collection_transaction():
             source = DataSource.objects.filter(pk=source_id, lease_owner=owner).first()
             if source is not None:
                 failures = source.consecutive_failures + 1
