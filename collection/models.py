@@ -182,6 +182,21 @@ class RollupBacklog(models.Model):
         return f"{self.channel_id} [{self.start_ts}, {self.end_ts}]"
 
 
+class FollowUpBacklog(models.Model):
+    """After-ingest work (spike checks, derived channels, alarm rules) whose task could not be queued (the
+    broker was down): kept here, and done by the periodic ``replay_follow_ups`` task once a worker runs."""
+
+    spans = models.JSONField(help_text='{"channel id": [first µs, last µs]} of the readings just stored')
+    origin = models.CharField(max_length=20)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "pending follow-up"
+
+    def __str__(self) -> str:
+        return f"{len(self.spans)} channel(s) from {self.origin} at {self.created:%Y-%m-%d %H:%M:%S}"
+
+
 class RollupState(models.Model):
     """Per-channel rollup bookkeeping; its row is also the lock one worker holds while recomputing."""
 

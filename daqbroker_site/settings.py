@@ -309,6 +309,11 @@ DAQBROKER_COLLECT_LEASE_SECONDS = env_int("DAQBROKER_COLLECT_LEASE_SECONDS", 300
 # match is also limited, see daqbroker_agent.patterns). Lines left when it is spent are quarantined with
 # that reason, so one slow source cannot hold a worker that dispatch and alarm tasks are waiting for.
 DAQBROKER_PARSE_BUDGET_SECONDS = env_int("DAQBROKER_PARSE_BUDGET_SECONDS", 30, minimum=1, maximum=3600)
+# Collection transactions (claims, leases, a run's commit) wait at most this many seconds for a row lock
+# another worker holds, and the database ends one left idle longer than the second figure (a frozen
+# worker's transaction, whose locks then go with it). PostgreSQL and MariaDB; see docs/operations.md.
+DAQBROKER_DB_LOCK_TIMEOUT = env_int("DAQBROKER_DB_LOCK_TIMEOUT", 10, minimum=1, maximum=3600)
+DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT = env_int("DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT", 60, minimum=1, maximum=86400)
 # Raw copies of the files read by file sources configured with "archive": true.
 DAQBROKER_ARCHIVE_DIR = env_path("DAQBROKER_ARCHIVE_DIR", DATA_DIR / "archive")
 # How often stale channels are looked for (and any alarm evaluation missed after an ingest is caught up).
@@ -328,6 +333,12 @@ CELERY_BEAT_SCHEDULE.update(
             "task": "collection.alarms.tasks.check_alarms",
             "schedule": float(DAQBROKER_ALARM_CHECK_SECONDS),
             "options": {"expires": max(1, DAQBROKER_ALARM_CHECK_SECONDS - 1)},
+        },
+        # After-ingest work whose task could not be queued (the broker was down), kept in the database.
+        "replay-follow-ups": {
+            "task": "collection.alarms.tasks.replay_follow_ups_task",
+            "schedule": 60.0,
+            "options": {"expires": 50},
         },
         "sweep-notifications": {
             "task": "collection.alarms.tasks.sweep_notifications",
@@ -349,7 +360,12 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"ingest": env_rate("DAQBROKER_INGEST
 # Throttle counters and other shared state: in Redis when there is one, so every web worker agrees.
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # A Redis that hangs must not hang requests: the ingest throttle then counts locally.
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )

@@ -8,10 +8,13 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
 
 from collection.alarms import evaluate, notify
 from collection.choices import Origin
+from collection.models import FollowUpBacklog
 from collection.services import derived, validation
+from collection.services.enqueue import try_enqueue
 from daqbroker_agent.parsing import now_us
 from instruments.choices import ChannelKind
 from instruments.models import Channel, DataSource
@@ -20,12 +23,11 @@ logger = logging.getLogger(__name__)
 
 
 def on_samples_ingested(sender, spans: dict, origin: str, **kwargs) -> None:
-    """``samples_ingested`` receiver: one task per ingested batch (never one per reading)."""
+    """``samples_ingested`` receiver: one task per ingested batch (never one per reading). When the broker
+    cannot take it, the work is kept in the database and ``replay_follow_ups`` does it later."""
     payload = {str(channel_id): [int(first), int(last)] for channel_id, (first, last) in spans.items()}
-    try:
-        process_new_readings.apply_async(args=[payload, origin])
-    except Exception:  # a broker outage must not fail the ingest that already committed
-        logger.exception("could not queue the evaluation of %d channel(s); the periodic check catches up", len(spans))
+    if not try_enqueue(process_new_readings, args=[payload, origin], what="spike checks, derived channels and alarms"):
+        FollowUpBacklog.objects.create(spans=payload, origin=origin)
 
 
 def process(spans: dict[int, tuple[int, int]], origin: str) -> dict:
@@ -40,6 +42,38 @@ def process(spans: dict[int, tuple[int, int]], origin: str) -> dict:
 @shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
 def process_new_readings(spans: dict, origin: str) -> dict:
     return process({int(k): (int(v[0]), int(v[1])) for k, v in spans.items()}, origin)
+
+
+def replay_follow_ups(limit: int = 500) -> int:
+    """Do the after-ingest work whose task could not be queued (``FollowUpBacklog``), oldest first, spans
+    merged per channel; the rows go in the transaction that did their work (a worker killed meanwhile leaves
+    them for the next pass; rows another worker is doing are skipped). Returns how many rows were done."""
+    with transaction.atomic():
+        rows = list(
+            FollowUpBacklog.objects.select_for_update(skip_locked=True)
+            .order_by("id")
+            .values_list("id", "spans", "origin")[:limit]
+        )
+        merged: dict[str, dict[int, tuple[int, int]]] = {}
+        for _, spans, origin in rows:
+            into = merged.setdefault(origin, {})
+            for key, (first, last) in spans.items():
+                seen = into.get(int(key))
+                into[int(key)] = (min(first, seen[0]), max(last, seen[1])) if seen else (int(first), int(last))
+        for origin, spans in merged.items():
+            process(spans, origin)
+        FollowUpBacklog.objects.filter(id__in=[row[0] for row in rows]).delete()
+    if rows:
+        logger.info("did the follow-up work of %d ingest(s) that could not be queued", len(rows))
+    return len(rows)
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def replay_follow_ups_task() -> int:
+    done = replay_follow_ups()
+    if done == 500:  # more may be waiting
+        try_enqueue(replay_follow_ups_task, what="the rest of the pending follow-ups", expires=300)
+    return done
 
 
 @shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)

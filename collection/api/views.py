@@ -7,7 +7,13 @@ serializer and kept in quarantine through the same ``ingest_samples``."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
+import redis
 from django.conf import settings
+from django.core.cache.backends.locmem import LocMemCache
 from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -27,6 +33,8 @@ from collection.ingest_formats import PayloadError
 from collection.services.uploads import UnparsedLine, ingest_upload, quarantine_lines
 from instruments.models import DataSource
 
+logger = logging.getLogger(__name__)
+
 MAX_UNPARSED_LINES = 1000
 
 
@@ -37,8 +45,19 @@ def sender_key(request) -> str:
     return f"user:{request.user.pk}"
 
 
+# When the shared cache (Redis) cannot be reached, the throttle counts in this process instead: each web
+# worker then allows the rate on its own (a looser limit, never a refused upload). Redis is tried again
+# CACHE_RETRY_SECONDS after a failure; the switch is logged once each way.
+CACHE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+CACHE_RETRY_SECONDS = 5.0
+_local_counts = LocMemCache("daqbroker-ingest-throttle", {"MAX_ENTRIES": 10_000})
+_shared_cache_down_until = 0.0
+_fallback_lock = threading.Lock()
+
+
 class IngestRateThrottle(SimpleRateThrottle):
-    """Requests per token (or user) to the ingest endpoint; rate from DAQBROKER_INGEST_THROTTLE."""
+    """Requests per token (or user) to the ingest endpoint; rate from DAQBROKER_INGEST_THROTTLE. Counted
+    in the shared cache, or in this process while that cannot be reached (see CACHE_RETRY_SECONDS)."""
 
     scope = "ingest"
 
@@ -48,6 +67,31 @@ class IngestRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request, view):
         return self.cache_format % {"scope": self.scope, "ident": sender_key(request)}
+
+    def allow_request(self, request, view) -> bool:
+        global _shared_cache_down_until
+        if time.monotonic() >= _shared_cache_down_until:
+            try:
+                allowed = super().allow_request(request, view)
+            except CACHE_ERRORS as exc:
+                with _fallback_lock:
+                    first = _shared_cache_down_until == 0.0
+                    _shared_cache_down_until = time.monotonic() + CACHE_RETRY_SECONDS
+                if first:
+                    logger.warning(
+                        "the shared cache is unreachable (%s: %s); the ingest throttle counts per process until it "
+                        "answers again",
+                        type(exc).__name__,
+                        exc,
+                    )
+            else:
+                if _shared_cache_down_until:
+                    with _fallback_lock:
+                        _shared_cache_down_until = 0.0
+                    logger.warning("the shared cache answers again; the ingest throttle counts there again")
+                return allowed
+        self.cache = _local_counts
+        return super().allow_request(request, view)
 
 
 def _error(status: int, description: str) -> OpenApiResponse:

@@ -10,19 +10,32 @@ The lease lasts ``DAQBROKER_COLLECT_LEASE_SECONDS``; the collection task's hard 
 run ends (or is killed) before its lease can pass to another worker, and a lease left by a killed worker
 frees the source within that time. A run found still "running" after its lease ran out is recorded as
 lost.
+
+Faults (docs/operations.md):
+- the database goes away during a run: the run's failure is recorded and its lease released as soon as the
+  database answers again (retried with backoff within the task, until the lease would run out anyway);
+- a lease whose holder provably stopped (same host, process gone) is taken over at once, not after the lease;
+- a frozen peer (stopped process, hung host) never makes anyone wait: claims and leases skip rows another
+  transaction holds, collection transactions carry a lock timeout, and the database ends a transaction left
+  idle longer than ``DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT`` (its locks go with it);
+- a run whose readings and cursor committed stays recorded as committed, whatever is raised afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
-from datetime import timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -48,26 +61,134 @@ def due_sources(now=None):
     )
 
 
+def bound_lock_waits() -> None:
+    """Inside a collection transaction: never wait on a peer's row lock for long, and let the database end
+    this transaction (and free its locks) if it is left idle, e.g. by a frozen worker.
+
+    PostgreSQL: ``SET LOCAL lock_timeout`` and ``idle_in_transaction_session_timeout`` (this transaction
+    only). MariaDB: ``innodb_lock_wait_timeout`` and ``idle_transaction_timeout`` for the session (they only
+    ever apply inside transactions). SQLite has one writer and no row locks: its busy timeout bounds the wait.
+    """
+    lock_timeout = settings.DAQBROKER_DB_LOCK_TIMEOUT
+    idle_timeout = settings.DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true), "
+                "set_config('idle_in_transaction_session_timeout', %s, true)",
+                [f"{lock_timeout}s", f"{idle_timeout}s"],
+            )
+    elif connection.vendor == "mysql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SET SESSION innodb_lock_wait_timeout = %s, SESSION idle_transaction_timeout = %s",
+                [lock_timeout, idle_timeout],
+            )
+
+
+@contextlib.contextmanager
+def collection_transaction() -> Iterator[None]:
+    """``transaction.atomic()`` with the waits bounded (``bound_lock_waits``). On MariaDB, where the bounds
+    are session variables, the connection gets the server's defaults back afterwards, so that other work
+    sharing it (another task in the same worker) is not cut short by them."""
+    try:
+        with transaction.atomic():
+            bound_lock_waits()
+            yield
+    finally:
+        if connection.vendor == "mysql" and connection.connection is not None:
+            with contextlib.suppress(Exception), connection.cursor() as cursor:
+                cursor.execute(
+                    "SET SESSION innodb_lock_wait_timeout = DEFAULT, SESSION idle_transaction_timeout = DEFAULT"
+                )
+
+
+def _locking(queryset):
+    """``queryset`` locking its rows for this transaction, skipping rows a peer holds (never waiting)."""
+    if not connection.features.has_select_for_update_skip_locked:
+        return queryset  # SQLite: one writer at a time, nothing to skip
+    of = ("self",) if connection.features.has_select_for_update_of else ()
+    return queryset.select_for_update(skip_locked=True, of=of)
+
+
 def claim_due_sources(now=None) -> list[int]:
-    """Ids of the due sources this caller claimed; each is claimed by exactly one concurrent caller."""
+    """Ids of the due sources this caller claimed; each is claimed by exactly one concurrent caller.
+
+    Rows another transaction holds (a run committing, or a frozen worker) are skipped, not waited for: they
+    are claimed by a later dispatch once free."""
     now = now or timezone.now()
     claimed = []
-    for source_id, interval, previous in due_sources(now).values_list("id", "interval_seconds", "next_run_at"):
-        won = DataSource.objects.filter(pk=source_id, next_run_at=previous).update(
-            next_run_at=now + timedelta(seconds=interval)
-        )
-        if won:
-            claimed.append(source_id)
+    with collection_transaction():
+        due = list(_locking(due_sources(now)).values_list("id", "interval_seconds", "next_run_at"))
+        for source_id, interval, previous in due:
+            # Compare-and-set as well: SQLite has no row locks (two dispatchers may read the same row).
+            won = DataSource.objects.filter(pk=source_id, next_run_at=previous).update(
+                next_run_at=now + timedelta(seconds=interval)
+            )
+            if won:
+                claimed.append(source_id)
     return claimed
 
 
-def _take_lease(source_id: int, owner: str, now) -> bool:
+def worker_name() -> str:
+    """This process, as runs record it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _new_owner() -> str:
+    # host:pid:nonce (at most 64 characters): lets a peer on the same host see that the holder is gone.
+    return f"{socket.gethostname()[:38]}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
+
+
+def holder_is_gone(owner: str) -> bool:
+    """True only when the lease holder provably stopped: it ran on this host and its process is gone.
+    A holder on another host, or a stopped (frozen) process, is never assumed gone."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname()[:38] or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+@dataclass
+class Lease:
+    taken: bool
+    why_not: str = ""
+    taken_from: str = ""  # the previous holder, when its lease was taken over because it is gone
+
+
+def _take_lease(source_id: int, owner: str, now: datetime) -> Lease:
     expires = now + timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS)
-    return bool(
-        DataSource.objects.filter(pk=source_id)
-        .filter(Q(lease_expires__isnull=True) | Q(lease_expires__lt=now))
-        .update(lease_owner=owner, lease_expires=expires)
-    )
+    with collection_transaction():
+        row = _locking(DataSource.objects.filter(pk=source_id)).values_list("lease_owner", "lease_expires").first()
+        if row is None:
+            if DataSource.objects.filter(pk=source_id).exists():
+                return Lease(
+                    False,
+                    "its row is locked by another worker's unfinished transaction (a run committing, or a frozen "
+                    "worker); not waiting, the next dispatch tries again",
+                )
+            return Lease(False, "it no longer exists")
+        holder, until = row
+        taken_from = ""
+        if until is not None and until >= now:
+            if not (holder and holder_is_gone(holder)):
+                return Lease(
+                    False, f"it is being collected by worker {holder or '?'} (lease until {until:%H:%M:%S} UTC)"
+                )
+            taken_from = holder
+        won = DataSource.objects.filter(pk=source_id, lease_owner=holder, lease_expires=until).update(
+            lease_owner=owner, lease_expires=expires
+        )
+        if not won:
+            return Lease(False, "another worker took its lease a moment ago")
+        return Lease(True, taken_from=taken_from)
 
 
 def _release_lease(source_id: int, owner: str) -> None:
@@ -77,24 +198,32 @@ def _release_lease(source_id: int, owner: str) -> None:
 def collect_source(source_id: int) -> CollectionRun | None:
     """Collect one source once. Returns the recorded run, or None when the source is gone or busy."""
     now = timezone.now()
-    owner = uuid.uuid4().hex
-    if not _take_lease(source_id, owner, now):
-        logger.info("source %s is gone, or being collected by another worker", source_id)
+    owner = _new_owner()
+    lease = _take_lease(source_id, owner, now)
+    if not lease.taken:
+        logger.info("source %s not collected now: %s", source_id, lease.why_not)
         return None
+    if lease.taken_from:
+        logger.warning(
+            "source %s: its lease holder %s is gone (its process no longer exists); lease taken over",
+            source_id,
+            lease.taken_from,
+        )
+    run: CollectionRun | None = None
     try:
-        source = DataSource.objects.select_related("instrument").get(pk=source_id)
-    except DataSource.DoesNotExist:
-        return None
-    _record_lost_runs(source_id, now)
-    run = CollectionRun.objects.create(source=source, started_at=now, worker=f"{socket.gethostname()}:{os.getpid()}")
-    try:
+        try:
+            source = DataSource.objects.select_related("instrument").get(pk=source_id)
+        except DataSource.DoesNotExist:
+            return None
+        _record_lost_runs(source_id, now, lease.taken_from)
+        run = CollectionRun.objects.create(source=source, started_at=now, worker=worker_name())
         collector = COLLECTORS.get(source.kind)
         if collector is None:
             raise NotImplementedError(f"no collector for {source.get_kind_display()} sources yet")
         config = source.validated_config()
         channels = list(source.channels.exclude(kind=ChannelKind.DERIVED))
         collected = collector.collect(source, config, channels)
-        with transaction.atomic():
+        with collection_transaction():
             result = IngestResult()
             # Rejected lines go with the first batch; a run that read nothing still records them.
             for i, batch in enumerate(collected.batches or [SampleBatch([], [], [])]):
@@ -123,43 +252,130 @@ def collect_source(source_id: int) -> CollectionRun | None:
             run.save()
         return run
     except Exception as exc:
+        if run is not None and _committed(run):
+            # Raised after the commit (a soft time limit, a follow-up hook): the readings, the cursor and the
+            # run's success are stored; recording a failure now would be a lie and push the next run back.
+            logger.warning(
+                "source %s: %s raised after its run committed; the run stays recorded as committed",
+                source_id,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            run.refresh_from_db()
+            return run
         logger.warning("collection of source %s failed: %s", source_id, exc, exc_info=not isinstance(exc, OSError))
-        _record_failure(source, run, owner, now, exc)
-        return run
+        return _record_failure(source_id, run, owner, now, exc)
 
 
 class LeaseLost(RuntimeError):
     pass
 
 
-def _record_lost_runs(source_id: int, now) -> None:
-    """Runs of this source still "running" after their lease ran out: their worker died (killed, lost its
-    host). Nothing of them was committed; say so beside the source."""
-    CollectionRun.objects.filter(
-        source_id=source_id,
-        status=RunStatus.RUNNING,
-        started_at__lt=now - timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS),
-    ).update(
-        status=RunStatus.FAILED,
-        finished_at=now,
-        error="the worker stopped during this run (killed, or its host lost); nothing of it was committed, "
-        "and the next run read the same input again",
+LOST_RUN = (
+    "the worker stopped during this run (killed, or its host lost); nothing of it was committed, "
+    "and the next run read the same input again"
+)
+
+
+def _record_lost_runs(source_id: int, now: datetime, gone_holder: str = "") -> None:
+    """Runs of this source still "running" after their lease ran out, or whose worker is provably gone:
+    their worker died (killed, lost its host). Nothing of them was committed; say so beside the source."""
+    stale = Q(started_at__lt=now - timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS))
+    if gone_holder:
+        stale |= Q(worker=":".join(gone_holder.split(":")[:2]))
+    CollectionRun.objects.filter(stale, source_id=source_id, status=RunStatus.RUNNING).update(
+        status=RunStatus.FAILED, finished_at=now, error=LOST_RUN
     )
 
 
-def _record_failure(source: DataSource, run: CollectionRun, owner: str, now, exc: Exception) -> None:
-    failures = source.consecutive_failures + 1
-    backoff = min(timedelta(seconds=source.interval_seconds * 2 ** min(failures, 12)), MAX_BACKOFF)
+def _committed(run: CollectionRun) -> bool:
+    """Whether this run's transaction committed (its row says success), asked of the database itself so
+    that an exception raised at any instant after the commit is told apart from one before it."""
+    return bool(_retrying_database(lambda: CollectionRun.objects.filter(pk=run.pk, status=RunStatus.SUCCESS).exists()))
+
+
+def _failure_message(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        message = "configuration: " + "; ".join(exc.messages)
-    else:
-        message = f"{type(exc).__name__}: {exc}"[:2000]
-    DataSource.objects.filter(pk=source.id).update(
-        last_run_at=now, last_error=message, consecutive_failures=failures, next_run_at=timezone.now() + backoff
-    )
-    _release_lease(source.id, owner)
-    run.status, run.error, run.finished_at = RunStatus.FAILED, message, timezone.now()
-    run.save()
+        return "configuration: " + "; ".join(exc.messages)
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _record_failure(
+    source_id: int, run: CollectionRun | None, owner: str, now: datetime, exc: Exception
+) -> CollectionRun | None:
+    """Record the failed run, count the failure, back the source off and release the lease, in one
+    transaction, retried until the database answers (a failure caused by a database outage is recorded
+    as soon as it is over). Only the lease holder touches the source's state."""
+    message = _failure_message(exc)
+
+    def record() -> CollectionRun | None:
+        with collection_transaction():
+            source = DataSource.objects.filter(pk=source_id, lease_owner=owner).first()
+            if source is not None:
+                failures = source.consecutive_failures + 1
+                backoff = min(timedelta(seconds=source.interval_seconds * 2 ** min(failures, 12)), MAX_BACKOFF)
+                DataSource.objects.filter(pk=source_id, lease_owner=owner).update(
+                    last_run_at=now,
+                    last_error=message,
+                    consecutive_failures=failures,
+                    next_run_at=timezone.now() + backoff,
+                    lease_owner="",
+                    lease_expires=None,
+                )
+            if run is None:
+                if not DataSource.objects.filter(pk=source_id).exists():
+                    return None
+                return CollectionRun.objects.create(
+                    source_id=source_id,
+                    started_at=now,
+                    worker=worker_name(),
+                    status=RunStatus.FAILED,
+                    error=message,
+                    finished_at=timezone.now(),
+                )
+            run.status, run.error, run.finished_at = RunStatus.FAILED, message, timezone.now()
+            CollectionRun.objects.filter(pk=run.pk).update(
+                status=run.status, error=run.error, finished_at=run.finished_at
+            )
+            return run
+
+    return _retrying_database(record, source_id=source_id, lease_until=now + _lease())
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS)
+
+
+def _retrying_database(work, *, source_id: int | None = None, lease_until: datetime | None = None):
+    """``work()``, tried again with backoff (0.5 s doubling to 2 s) while the database cannot be reached,
+    until the lease would run out anyway (then the lease frees the source by itself)."""
+    until = lease_until or timezone.now() + _lease()
+    delay = 0.5
+    attempt = 0
+    while True:
+        try:
+            result = work()
+        except (OperationalError, InterfaceError) as exc:
+            attempt += 1
+            if timezone.now() + timedelta(seconds=delay) >= until:
+                logger.error("the database is still unreachable (%s); giving up, the lease ends at %s", exc, until)
+                raise
+            if attempt == 1:
+                logger.warning(
+                    "the database is unreachable (%s); the bookkeeping of source %s is retried until it answers",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    source_id,
+                )
+            with contextlib.suppress(Exception):
+                connection.close()  # a broken connection is not reused; the next attempt connects afresh
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        if attempt:
+            logger.warning(
+                "the database answers again after %d attempt(s); source %s's run recorded", attempt, source_id
+            )
+        return result
 
 
 def prune_run_history(keep: timedelta = RUN_HISTORY, batch: int = 5000) -> int:

@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from collection.choices import Quality, RollupTier
 from collection.models import Rollup, RollupBacklog, RollupState, Sample
+from collection.services.enqueue import try_enqueue
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
 
 logger = logging.getLogger(__name__)
@@ -551,7 +552,4 @@ def request_refresh() -> None:
     work until the periodic sweep: it must not fail the ingest that committed already."""
     from collection.tasks import refresh_rollups_task
 
-    try:
-        refresh_rollups_task.apply_async(expires=300)
-    except Exception:  # any broker error: logged, and the periodic sweep catches up
-        logger.warning("could not enqueue a rollup refresh; the periodic sweep will do it", exc_info=True)
+    try_enqueue(refresh_rollups_task, what="rollup refreshes", expires=300)

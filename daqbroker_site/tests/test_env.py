@@ -248,3 +248,21 @@ def test_the_parse_budget_is_read_from_the_environment_and_bounded(tmp_path):
     refused = _manage(["check"], tmp_path, DAQBROKER_PARSE_BUDGET_SECONDS="0")
     assert refused.returncode != 0
     assert "DAQBROKER_PARSE_BUDGET_SECONDS=0 is below the minimum of 1" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("DAQBROKER_DB_LOCK_TIMEOUT", "0", "DAQBROKER_DB_LOCK_TIMEOUT=0 is below the minimum of 1"),
+        ("DAQBROKER_DB_LOCK_TIMEOUT", "ten", "DAQBROKER_DB_LOCK_TIMEOUT='ten' is not a whole number"),
+        (
+            "DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT",
+            "0",
+            "DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT=0 is below the minimum of 1",
+        ),
+    ],
+)
+def test_collection_transaction_timeouts_refuse_bad_values(tmp_path, name, raw, message):
+    proc = _manage(["check"], tmp_path, **{name: raw})
+    assert proc.returncode != 0
+    assert message in proc.stderr
