@@ -223,7 +223,7 @@ def check(settings: Settings, args) -> int:
         print(f"FAILED: the server refuses the token ({who.status}: {who.detail()})", file=sys.stderr)
         return EXIT_AUTH
     if who.status != 200:
-        print(f"FAILED: {WHOAMI_PATH} answered {who.status}: {who.detail()}", file=sys.stderr)
+        print(f"FAILED: {WHOAMI_PATH} answered {who.explain()}", file=sys.stderr)
         return EXIT_FAILED
     me = who.json()
     if me.get("kind") != "agent":
@@ -233,7 +233,7 @@ def check(settings: Settings, args) -> int:
     print(f"may push to: {', '.join(me.get('instruments') or []) or 'no instrument yet'}")
     reply = client.get_json(CONFIG_PATH)
     if reply.status != 200:
-        print(f"FAILED: {CONFIG_PATH} answered {reply.status}: {reply.detail()}", file=sys.stderr)
+        print(f"FAILED: {CONFIG_PATH} answered {reply.explain()}", file=sys.stderr)
         return EXIT_FAILED
     config = reply.json()
     print(f"sources from the server (version {config['version']}): {len(config['sources'])}")

@@ -241,7 +241,7 @@ class AgentRuntime:
             if self.auth.refused(reply, self.spool.depth()):
                 return self.fetch_config(etag)
             return etag
-        message = f"the server answered {reply.status} to {CONFIG_PATH}: {reply.detail()}"
+        message = f"the server answered {CONFIG_PATH} with {reply.explain()}"
         if reply.status == 404:
             message += " (is the server older than the agent, or the url wrong?)"
         self.state.problem("config", message)
@@ -286,7 +286,7 @@ class AgentRuntime:
             self.auth.refused(reply, payload["spool_depth"])
             return
         if reply.status != 200:
-            self.noisy.log(logging.WARNING, f"beat-{reply.status}", "heartbeat: the server answered %s", reply.status)
+            self.noisy.log(logging.WARNING, f"beat-{reply.status}", "heartbeat answered %s", reply.explain())
             return
         self.auth.accepted()
         self.state.update(last_heartbeat=received)

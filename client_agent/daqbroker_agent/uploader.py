@@ -273,13 +273,13 @@ class Uploader:
         self.auth.accepted()
         if reply.status in (429, 503):
             wait = backoff.next(reply.retry_after)
-            message = f"the server is busy ({reply.status}); sending again in {wait:.1f} s"
+            message = f"the server is busy ({reply.explain()}); sending again in {wait:.1f} s"
             self.state.problem("upload", message)
             self._noisy.log(logging.INFO, f"busy-{reply.status}", "%s", message)
             return wait
         if reply.status in (400, 413, 415):
             return self._refused_body(batch, reply)
-        message = f"the server answered {reply.status} to an upload: {reply.detail()}"
+        message = f"the server answered an upload with {reply.explain()}"
         if reply.status == 404:
             message += f" (is the url right? it is {self.client.url})"
         self.state.problem("upload", message)
@@ -385,7 +385,7 @@ def report_unparsed(
             spool.ack_unparsed(batch)
             log.info("%s lines that did not parse reported to the server's quarantine", len(batch.lines))
             continue
-        reason = f"the server answered {reply.status} to {UNPARSED_PATH}: {reply.detail()}"
+        reason = f"the server answered {UNPARSED_PATH} with {reply.explain()}"
         if reply.status in (401, 403):
             if auth is not None:
                 auth.refused(reply, spool.depth())
