@@ -225,8 +225,27 @@ def archive_path(source: DataSource, name: str, identity: str) -> Path:
     return Path(settings.DAQBROKER_ARCHIVE_DIR) / source.instrument.slug / f"source-{source.pk}" / f"{tag}-{name}"
 
 
+class ArchiveWriteFailed(OSError):
+    """The raw copy could not be written (disk full, I/O error): the run fails and commits nothing."""
+
+
 def _archive(source: DataSource, path: Path, stat: os.stat_result, offset: int, data: bytes) -> None:
+    """Copy ``data`` (read at ``offset`` of ``path``) into the archive; a disk error there fails the run
+    with a plain message, before anything is stored, so its cursor never moves past uncopied lines."""
     target = archive_path(source, path.name, file_identity(stat))
+    try:
+        _write_archive(target, path, offset, data)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        failed = ArchiveWriteFailed(
+            f"cannot keep the raw copy of {path.name} in {target.parent}: {why.lower()}; nothing of this run was "
+            "stored and its cursor did not move: the next run reads these lines again"
+        )
+        failed.errno = exc.errno
+        raise failed from exc
+
+
+def _write_archive(target: Path, path: Path, offset: int, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("r+b" if target.exists() else "wb") as copy:
         size = copy.seek(0, os.SEEK_END)
