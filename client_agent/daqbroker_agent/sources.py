@@ -277,7 +277,16 @@ class FileSource(SourceRunner):
                 self._full(SpoolFull(channels, room, self.spool.max_readings))
                 self.stopping.wait(self.spec.interval)
                 continue
-            read = read_new_lines(folder, config["pattern"], self.spool.get(self.cursor_key), max_lines=budget)
+            read = read_new_lines(
+                folder,
+                config["pattern"],
+                self.spool.get(self.cursor_key),
+                max_lines=budget,
+                rotated_pattern=config.get("rotated_pattern", ""),
+            )
+            for warning in read.warnings:  # once each: the file leaves the cursor with these readings
+                log.warning("%s: %s", self.spec.name, warning)
+                self.state.problem(f"lost {self.spec.name}", warning)
             readings: list[Reading] = []
             received = now_us()
             for chunk in read.chunks:
