@@ -153,12 +153,14 @@ def plan_files(folder: Path, pattern: str, cursor: dict | None, rotated_pattern:
     seen: set[str] = set()
     compressed: list[str] = []
     for path, name, stat, matches in candidate_files(folder, pattern, previous, rotated):
-        seen.add(file_identity(stat))
+        known = known_state(name, stat, previous)
+        if known is not None and same_start(path, known):
+            seen.add(known["identity"])  # the file read before (an inode re-used by a new file is not)
         if is_compressed(name):
-            if not matches and known_state(name, stat, previous) is None:
+            if not matches and known is None:
                 compressed.append(name)
             continue
-        state = still_valid(path, stat, known_state(name, stat, previous))
+        state = still_valid(path, stat, known)
         candidate = Candidate(path, name, stat, state, matches)
         if matches:
             plan.to_read.append(candidate)
@@ -260,14 +262,21 @@ def known_state(name: str, stat: os.stat_result, previous: dict[str, dict]) -> d
     return None
 
 
-def still_valid(path: Path, stat: os.stat_result, state: dict | None) -> dict | None:
-    if state is None or stat.st_size < state.get("offset", 0):
-        return None
+def same_start(path: Path, state: dict) -> bool:
+    """The file still begins with the bytes fingerprinted in ``state`` (its identity alone may be a re-used inode)."""
     head_len = state.get("head_len", 0)
-    if head_len:
+    if not head_len:
+        return True
+    try:
         with path.open("rb") as handle:
-            if hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest() != state.get("head"):
-                return None
+            return hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest() == state.get("head")
+    except FileNotFoundError:
+        return False
+
+
+def still_valid(path: Path, stat: os.stat_result, state: dict | None) -> dict | None:
+    if state is None or stat.st_size < state.get("offset", 0) or not same_start(path, state):
+        return None
     return state
 
 
