@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from agent_fakes import FakeServer
 from daqbroker_agent.client import ApiClient
 from daqbroker_agent.config import validate_source_config
 from daqbroker_agent.runtime import CannotRecover, Supervisor
+from daqbroker_agent.sources import ChannelSpec, SourceSpec, start_source
 from daqbroker_agent.spool import Spool, SpoolUnavailable
 from daqbroker_agent.state import AgentState
 from daqbroker_agent.uploader import INGEST_PATH, SPOOL_AREA, Backoff, Uploader
@@ -243,3 +245,46 @@ def test_an_agent_whose_spool_is_broken_beyond_repair_exits_non_zero(tmp_path):
     assert proc.returncode == 1, stderr[-3000:]
     assert "the agent cannot recover by itself and exits for its service manager to restart it" in stderr
     assert "started again" in stderr
+
+
+def test_a_streaming_instrument_read_while_the_disk_is_full_is_held_and_spooled_once_space_returns(small_disk):
+    """A TCP instrument streaming one line per request of the test: lines read while the spool cannot be
+    written are held in memory and spooled, each once, when space comes back."""
+    disk = small_disk("spooldisk", 8 << 20)
+    spool = Spool(disk.path / "spool")
+    state = AgentState(spool)
+    listener = socket.create_server(("127.0.0.1", 0))
+    collect = {"kind": "tcp", **validate_source_config("tcp", {"host": "127.0.0.1", "port": listener.getsockname()[1],
+               "columns": ["time", "temp"], "timestamp": {"columns": ["time"], "format": "epoch"}})}  # fmt: skip
+    runner = start_source(SourceSpec("local:tcp", "tcp", 0.1, collect, (ChannelSpec("7", "temp"),)), spool, state)
+    conn, _ = listener.accept()
+    sent = 0
+
+    def send(n: int) -> None:
+        nonlocal sent
+        conn.sendall("".join(f"{T0 // 1_000_000 + i},{i}\n" for i in range(sent, sent + n)).encode())
+        sent += n
+
+    try:
+        send(100)
+        until(lambda: spool.depth() == 100, what="the first lines spooled")
+        disk.fill(leave=0)
+        fill_until_full(spool, start=1_000_000)  # what space was left: taken by other readings
+        stored_before = spool.depth()
+        send(500)
+        until(lambda: SPOOL_AREA in state.current_problems(), what="the spool's problem reported")
+        assert state.current_problems()[SPOOL_AREA].startswith("spool disk full: ")
+        send(500)  # more while full
+        until(lambda: len(runner.held) == 1000, what="the lines held in memory")
+        disk.release()
+        until(lambda: spool.depth() == stored_before + 1000, what="the held lines spooled")
+        until(lambda: SPOOL_AREA not in state.current_problems(), what="the problem cleared")
+    finally:
+        runner.stop()
+        runner.join(timeout=10)
+        conn.close()
+        listener.close()
+    rows = spool.connection().execute("SELECT ts, value FROM readings WHERE channel = '7' ORDER BY id").fetchall()
+    from_stream = [(ts, value) for ts, value in rows if ts < T0 + 1_000_000 * 1_000_000 and value < 1_000_000]
+    assert from_stream == [(T0 + i * 1_000_000, float(i)) for i in range(1100)]
+    assert spool.counters()["dropped"] == 0
