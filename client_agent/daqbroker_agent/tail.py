@@ -28,6 +28,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,16 +152,22 @@ def plan_files(folder: Path, pattern: str, cursor: dict | None, rotated_pattern:
     rotated = rotated_patterns(pattern, rotated_pattern)
     plan = FilePlan([], {}, [])
     seen: set[str] = set()
+    rewritten: set[str] = set()  # identities now holding other content (truncated and rewritten, or re-used)
+    copied = False  # a rotated file new to us is read from its start (where a copytruncate's copy goes)
     compressed: list[str] = []
     for path, name, stat, matches in candidate_files(folder, pattern, previous, rotated):
         known = known_state(name, stat, previous)
         if known is not None and same_start(path, known):
             seen.add(known["identity"])  # the file read before (an inode re-used by a new file is not)
-        if is_compressed(name):
-            if not matches and known is None:
+            state = known if stat.st_size >= known.get("offset", 0) else None  # else truncated: from the start
+        else:
+            state = None
+            if known is not None:
+                rewritten.add(known["identity"])
+        if is_compressed(name) and not matches:  # a rotation compressed: cannot be followed byte by byte
+            if known is None:
                 compressed.append(name)
             continue
-        state = still_valid(path, stat, known)
         candidate = Candidate(path, name, stat, state, matches)
         if matches:
             plan.to_read.append(candidate)
@@ -171,11 +178,15 @@ def plan_files(folder: Path, pattern: str, cursor: dict | None, rotated_pattern:
                 plan.kept[name] = remembered(state, candidate)  # fully read: remembered while it is there
         elif knows_rotations:
             plan.to_read.append(candidate)  # appeared and was rotated since the last read: all of it
+            copied = True
         else:
             plan.kept[name] = remembered(baseline(path, stat), candidate)
     for name, state in previous.items():
         if state.get("identity") in seen:
             continue
+        unread = state.get("size", 0) > state.get("offset", 0)
+        if state.get("identity") in rewritten and copied and not unread:
+            continue  # copytruncate: what it held is in the copy, read above
         lost = vanished(name, state, compressed)
         if lost:
             plan.warnings.append(lost)
@@ -207,10 +218,10 @@ def vanished(name: str, state: dict, compressed: list[str]) -> str:
         where += " (it was the live file when last read)"
     hint = ""
     stem = name.rsplit("/", 1)[-1]
-    gz = [c for c in compressed if c.split("/")[-1].startswith(stem)]
-    if gz or compressed:
+    packed = [c for c in compressed if c.rsplit("/", 1)[-1].startswith(stem)]
+    if packed:
         hint = (
-            f"; it was probably compressed into {', '.join((gz or compressed)[:3])}, which cannot be followed "
+            f"; it was probably compressed into {', '.join(packed[:3])}, which cannot be followed "
             "byte by byte: read it by hand, or rotate with delaycompress"
         )
     return f"{name} vanished before it was read to its end: {where} never read{hint}"
@@ -220,7 +231,7 @@ def file_identity(stat: os.stat_result) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def candidate_files(folder: Path, pattern: str, previous: dict[str, dict], rotated: list[str] = ()):
+def candidate_files(folder: Path, pattern: str, previous: dict[str, dict], rotated: Sequence[str] = ()):
     """Files matching ``pattern`` or one of the ``rotated`` globs, and files of known identity whatever
     their name now; as (path, name, stat, matches the pattern), oldest first."""
     known = {state.get("identity") for state in previous.values()}
@@ -272,12 +283,6 @@ def same_start(path: Path, state: dict) -> bool:
             return hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest() == state.get("head")
     except FileNotFoundError:
         return False
-
-
-def still_valid(path: Path, stat: os.stat_result, state: dict | None) -> dict | None:
-    if state is None or stat.st_size < state.get("offset", 0) or not same_start(path, state):
-        return None
-    return state
 
 
 def _read_file(path: Path, stat: os.stat_result, state: dict | None, lines_left: int, bytes_left: int):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from agent_fakes import FakeServer
 from test_faults_spool import agent_env, status, until
 
 from daqbroker_agent.config import validate_source_config
+from daqbroker_agent.tail import read_new_lines
 
 T0 = 1_700_000_000
 
@@ -125,3 +127,39 @@ def test_a_file_compressed_away_with_unread_bytes_is_reported_in_status(tmp_path
     assert "compressed into rot.csv.1.gz, which cannot be followed byte by byte" in problems
     assert "rot.csv vanished before it was read to its end" in stderr
     assert_exactly_once(server, [*range(50), *range(1000, 1005)])
+
+
+# --- the shared plan, file by file (no process) ---------------------------------------------------------
+
+
+def lines_read(read) -> list[str]:
+    return [line.decode() for chunk in read.chunks for line in chunk.lines()]
+
+
+def test_copytruncate_reads_the_copy_from_its_start_and_warns_of_nothing(tmp_path):
+    logger = Logger(tmp_path)
+    logger.write(100)
+    first = read_new_lines(tmp_path, "rot.csv", None, max_lines=10_000)
+    logger.write(50)  # not read before the rotation
+    shutil.copyfile(tmp_path / "rot.csv", tmp_path / "rot.csv.1")
+    with (tmp_path / "rot.csv").open("r+") as handle:
+        handle.truncate(0)
+    logger.write(10)
+    read = read_new_lines(tmp_path, "rot.csv", first.cursor, max_lines=10_000)
+    assert read.warnings == []
+    # The copy whole (its first 100 lines again: the server skips readings it already stored), then the rest.
+    assert sorted(set(lines_read(read))) == sorted(f"{T0 + i},{i / 10}" for i in range(160))
+    again = read_new_lines(tmp_path, "rot.csv", read.cursor, max_lines=10_000)
+    assert lines_read(again) == [] and again.warnings == []
+
+
+def test_a_rotated_file_already_read_and_then_deleted_is_routine(tmp_path):
+    logger = Logger(tmp_path)
+    logger.write(10)
+    cursor = read_new_lines(tmp_path, "rot.csv", None, max_lines=100).cursor
+    logger.rotate("rot.csv.1")
+    logger.write(10)
+    cursor = read_new_lines(tmp_path, "rot.csv", cursor, max_lines=100).cursor
+    (tmp_path / "rot.csv.1").unlink()  # retention of old rotations
+    read = read_new_lines(tmp_path, "rot.csv", cursor, max_lines=100)
+    assert read.warnings == [] and lines_read(read) == []
