@@ -89,3 +89,15 @@ def test_a_long_plain_body_is_cut_to_200_characters_with_whitespace_collapsed():
     assert len(reply.detail()) == 200
     assert not reply.blames_database()
     assert Reply(500, {}, b"").detail() == "(no explanation in the answer)"
+
+
+def test_the_servers_own_production_error_page_is_one_line_without_guessing_the_cause():
+    """What the server answers today on a database outage with DAQBROKER_DEBUG=false (measured against a
+    gunicorn whose DATABASE_URL points nowhere): a bare page that does not name the database."""
+    page = (
+        b'\n<!doctype html>\n<html lang="en">\n<head>\n  <title>Server Error (500)</title>\n</head>\n<body>\n'
+        b"  <h1>Server Error (500)</h1><p></p>\n</body>\n</html>\n"
+    )
+    reply = Reply(500, {"content-type": "text/html; charset=utf-8"}, page)
+    assert reply.explain() == "500 (the server failed on its side): Server Error (500) Server Error (500)"
+    assert not reply.blames_database()
