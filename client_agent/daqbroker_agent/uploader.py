@@ -221,13 +221,18 @@ class Uploader:
                 if batch is None:
                     stop.wait(idle_wait)
                     continue
-                prepared = prepare(batch)
-                while not stop.is_set():
-                    try:
-                        self._ready.put(prepared, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                try:
+                    prepared = prepare(batch)
+                    while not stop.is_set():
+                        try:
+                            self._ready.put(prepared, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                except BaseException:  # this thread dies (and is started again): the batch is free to claim
+                    with self._lock:
+                        self._in_flight.discard(batch.id)
+                    raise
         finally:
             self.spool.close()
 
