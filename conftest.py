@@ -208,3 +208,53 @@ def start_process(tmp_path):
 
 def celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "daqbroker_site", *args]
+
+
+class SmallDisk:
+    """A real small file system (tmpfs) at ``path``, to fill up: ``fill`` leaves ``free`` bytes, ``release``
+    deletes the ballast (space freed, as an operator would)."""
+
+    def __init__(self, path: Path, size: int):
+        self.path, self.size = path, size
+        self.ballast = path / "ballast"
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.path)
+        return stats.f_bavail * stats.f_frsize
+
+    def fill(self, leave: int) -> None:
+        """Write a ballast file so that about ``leave`` bytes stay free."""
+        with self.ballast.open("ab") as handle:
+            handle.write(b"\0" * max(0, self.free_bytes() - leave))
+
+    def release(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount tmpfs file systems of a given size (``small_disk(name, size)``); unmounted at teardown.
+
+    Needs root (``mount``): skipped with the reason otherwise, and the run FAILS under CI=true as root
+    when the mount is refused."""
+    mounted: list[Path] = []
+
+    def make(name: str, size: int) -> SmallDisk:
+        path = tmp_path / name
+        path.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("a small disk needs root (mount -t tmpfs): not root here")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            reason = f"mount -t tmpfs refused as root: {done.stderr.strip()}"
+            if IN_CI:
+                pytest.fail(f"CI=true: {reason}", pytrace=False)
+            pytest.skip(reason)
+        mounted.append(path)
+        return SmallDisk(path, size)
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -1,7 +1,7 @@
 """``daqbroker-agent``: run, status, check, flush.
 
-Exit codes: 0 fine; 1 the command failed (server unreachable, spool not empty after ``flush``); 2 bad
-settings; 3 the server refuses the token.
+Exit codes: 0 fine; 1 the command failed (server unreachable, spool not empty after ``flush``, ``run`` cannot
+recover from dying threads); 2 bad settings; 3 the server refuses the token.
 """
 
 from __future__ import annotations
@@ -24,17 +24,20 @@ from daqbroker_agent.runtime import (
     WHOAMI_PATH,
     AgentRuntime,
     AlreadyRunning,
+    CannotRecover,
     make_client,
     open_spool,
 )
 from daqbroker_agent.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from daqbroker_agent.sources import spec_from_local, spec_from_server
 from daqbroker_agent.spool import SPOOL_FILE
-from daqbroker_agent.state import STATE_KEY, AgentState
+from daqbroker_agent.state import AgentState, read_state
 from daqbroker_agent.uploader import Backoff, Uploader, report_unparsed
 
 EXIT_OK, EXIT_FAILED, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
 ALIVE_SECONDS = 10.0
+LOW_DISK_BYTES = 64 << 20  # less free beside the spool: ``status`` says so
+FULL_DISK_BYTES = 1 << 20
 
 DESCRIPTION = """\
 The DAQBroker client agent: reads instruments on this machine, keeps every reading in a local spool
@@ -104,7 +107,7 @@ def run(settings: Settings, args) -> int:
     runtime = AgentRuntime(settings)
     try:
         runtime.run()
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, CannotRecover) as exc:
         print(f"daqbroker-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
@@ -135,7 +138,7 @@ def _duration(seconds: float) -> str:
 def collect_status(settings: Settings) -> dict:
     spool = open_spool(settings)
     counters = spool.counters()
-    state = spool.get(STATE_KEY, {}) or {}
+    state = read_state(spool)  # the status file when the spool's database could not be written
     central = spool.get(CENTRAL_CONFIG_KEY) or {}
     first = spool.first_waiting()
     unparsed_waiting, unparsed_refused = spool.unparsed_waiting()
@@ -166,6 +169,7 @@ def collect_status(settings: Settings) -> dict:
         "last_error": state.get("last_error", ""),
         "last_error_at": state.get("last_error_at"),
         "problems": state.get("problems", {}) if running else {},
+        "spool_free_bytes": spool.free_bytes(),
         "server_config_version": central.get("version"),
         "sources": [spec_from_server(s).describe() for s in central.get("sources", [])]
         + [spec_from_local(s).describe() + " [local]" for s in settings.sources],
@@ -202,6 +206,10 @@ def status(settings: Settings, args) -> int:
     ]
     for area, message in info["problems"].items():
         lines.append(f"problem now:    {area}: {message}")
+    free = info["spool_free_bytes"]
+    if free is not None and free < LOW_DISK_BYTES:
+        lines.append(f"spool disk:     {'full' if free < FULL_DISK_BYTES else 'nearly full'}: {free:,} bytes free on "
+                     f"{Path(info['spool']).parent}")  # fmt: skip
     lines.append(f"sources:        {len(info['sources'])}")
     lines.extend(f"  {source}" for source in info["sources"])
     print("\n".join(lines))
@@ -223,7 +231,7 @@ def check(settings: Settings, args) -> int:
         print(f"FAILED: the server refuses the token ({who.status}: {who.detail()})", file=sys.stderr)
         return EXIT_AUTH
     if who.status != 200:
-        print(f"FAILED: {WHOAMI_PATH} answered {who.status}: {who.detail()}", file=sys.stderr)
+        print(f"FAILED: {WHOAMI_PATH} answered {who.explain()}", file=sys.stderr)
         return EXIT_FAILED
     me = who.json()
     if me.get("kind") != "agent":
@@ -233,7 +241,7 @@ def check(settings: Settings, args) -> int:
     print(f"may push to: {', '.join(me.get('instruments') or []) or 'no instrument yet'}")
     reply = client.get_json(CONFIG_PATH)
     if reply.status != 200:
-        print(f"FAILED: {CONFIG_PATH} answered {reply.status}: {reply.detail()}", file=sys.stderr)
+        print(f"FAILED: {CONFIG_PATH} answered {reply.explain()}", file=sys.stderr)
         return EXIT_FAILED
     config = reply.json()
     print(f"sources from the server (version {config['version']}): {len(config['sources'])}")

@@ -9,8 +9,10 @@ that is not an HTTP answer raises :class:`ServerUnreachable`.
 from __future__ import annotations
 
 import email.utils
+import html
 import http.client
 import json
+import re
 import ssl
 import threading
 import time
@@ -23,6 +25,18 @@ from daqbroker_agent import __version__
 
 USER_AGENT = f"daqbroker-agent/{__version__}"
 MAX_RETRY_AFTER = 3600.0
+REASON_CHARS = 200  # the most of a body a log line quotes
+_SCRIPTS = re.compile(rb"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(rb"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+# Words by which a server's answer blames its database (DRF's detail, or Django's debug page title).
+_DATABASE_WORDS = re.compile(r"database|OperationalError|InterfaceError|connection to server|could not connect", re.I)
+STATUS_MEANING = {
+    500: "the server failed on its side",
+    502: "a proxy in front of the server got no valid answer from it (is the DAQBroker server down?)",
+    503: "the server is unavailable for now",
+    504: "a proxy in front of the server gave up waiting for it (is it overloaded, or its database slow?)",
+}
 
 
 class ServerUnreachable(Exception):
@@ -39,16 +53,40 @@ class Reply:
         return json.loads(self.body) if self.body else None
 
     def detail(self) -> str:
-        """The server's explanation (DRF's ``detail``), or the start of the body."""
+        """The server's explanation on one line: DRF's ``detail`` when there is one, else the start of the
+        body (an HTML page's text without its markup), whitespace collapsed, at most 200 characters."""
         try:
             data = self.json()
         except ValueError:
             data = None
         if isinstance(data, dict) and "detail" in data:
-            return str(data["detail"])
-        if isinstance(data, dict):
-            return "; ".join(f"{k}: {v}" for k, v in data.items())[:500]
-        return self.body[:300].decode(errors="replace")
+            text = str(data["detail"])
+        elif isinstance(data, dict):
+            text = "; ".join(f"{k}: {v}" for k, v in data.items())
+        else:
+            body = self.body[:65536]
+            if b"<" in body[:1024]:  # an error page (a proxy's, or Django's): its text, not its markup
+                body = _TAGS.sub(b" ", _SCRIPTS.sub(b" ", body))
+                text = html.unescape(body.decode(errors="replace"))
+            else:
+                text = body.decode(errors="replace")
+        text = _SPACE.sub(" ", text).strip()
+        if len(text) > REASON_CHARS:
+            text = text[: REASON_CHARS - 1] + "…"
+        return text or "(no explanation in the answer)"
+
+    def blames_database(self) -> bool:
+        """The server's answer says its database is the cause (a 5xx whose detail or page names it)."""
+        return self.status >= 500 and bool(_DATABASE_WORDS.search(self.detail()))
+
+    def explain(self) -> str:
+        """One line for the log: the status, what it means, the server's reason, and the database when the
+        server blames it. Never a whole page."""
+        meaning = STATUS_MEANING.get(self.status, "")
+        text = f"{self.status}" + (f" ({meaning})" if meaning else "") + f": {self.detail()}"
+        if self.blames_database():
+            text += " — the server's database is the cause: readings wait here until it answers again"
+        return text
 
     @property
     def retry_after(self) -> float | None:

@@ -212,6 +212,20 @@ def width_list() -> Validator:
     return check
 
 
+def file_globs() -> Validator:
+    """Comma-separated glob patterns of file names inside the source's folder (no folders, no ``..``)."""
+    check_text = text(allow_empty=True, max_length=300)
+
+    def check(value: Any, field: str) -> str:
+        value = check_text(value, field)
+        for glob in (part.strip() for part in value.split(",")):
+            if "/" in glob or "\\" in glob or glob.startswith(".."):
+                raise ConfigError(field, f"{glob!r} must name files inside the folder, not another folder")
+        return value
+
+    return check
+
+
 def command_line() -> Validator:
     def check(value: Any, field: str) -> list[str]:
         if isinstance(value, str):
@@ -374,6 +388,13 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
     "file": {
         "path": Option(text(), help="folder holding the files"),
         "pattern": Option(text(), default="*", help="glob pattern of the files inside the folder"),
+        "rotated_pattern": Option(
+            file_globs(),
+            default="",
+            help="glob(s), comma-separated, of the names files are rotated to (default: the pattern followed by "
+            ".1, .2… or -20260101…); files that appeared and were rotated while collection was stopped are found "
+            "there. Compressed rotations (.gz…) cannot be followed byte by byte",
+        ),
         "header_lines": Option(integer(minimum=0, maximum=1000), default=0),
         "encoding": Option(encoding(), default="utf-8"),
         "archive": Option(boolean(), default=False, help="keep a copy of every raw file read"),

@@ -5,6 +5,12 @@ agent restarted while the server is down collects what it collected before. Sour
 configuration are started, stopped and restarted as the configuration changes (polled every
 ``config_poll_seconds`` with ``If-None-Match``); sources of the local file run for the agent's lifetime.
 
+No thread dies silently: each spool operation that fails (disk full, locked, I/O error) is waited out and
+tried again, every second or so, with the reason in ``status`` and the heartbeat; and a supervisor (the
+main thread, every second) starts again any thread that died anyway, logging why. A thread dying more
+than ``MAX_RESTARTS`` times within ``RESTART_WINDOW`` seconds means the agent cannot recover by itself:
+it stops and exits non-zero (1), so that systemd (``Restart=always``/``on-failure``) starts it afresh.
+
 SIGTERM or SIGINT stops collection, lets uploads in flight finish (or be abandoned, to be re-sent with
 the same batch id next time) and exits. SIGKILL loses nothing either: see ``daqbroker_agent.spool``.
 """
@@ -17,6 +23,8 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +34,9 @@ from daqbroker_agent.auth import AuthWatch
 from daqbroker_agent.client import ApiClient, ServerUnreachable
 from daqbroker_agent.settings import Settings
 from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
-from daqbroker_agent.spool import Spool
+from daqbroker_agent.spool import Spool, SpoolUnavailable
 from daqbroker_agent.state import AgentState, RateLimitedLog
-from daqbroker_agent.uploader import Backoff, Uploader, report_unparsed
+from daqbroker_agent.uploader import SPOOL_AREA, Backoff, Uploader, report_unparsed
 
 log = logging.getLogger("daqbroker_agent")
 CONFIG_PATH = "/api/v1/agent/config/"
@@ -38,10 +46,70 @@ CENTRAL_CONFIG_KEY = "central_config"
 CLOCK_WARNING_SECONDS = 2.0
 MAX_CLOCK_ROUND_TRIP = 1.0  # seconds: heartbeats answered slower do not update the clock offset
 LOCK_FILE = "agent.lock"
+MAX_RESTARTS = 5  # thread deaths within RESTART_WINDOW seconds before the agent gives up and exits 1
+RESTART_WINDOW = 300.0
 
 
 class AlreadyRunning(Exception):
     pass
+
+
+class CannotRecover(Exception):
+    """Threads keep dying: the process exits non-zero, for its service manager to start it again."""
+
+
+class Supervisor:
+    """Runs named threads and starts again any that ended while the agent was not stopping.
+
+    ``check`` (called every second by the main thread) logs each death with its error, restarts the
+    thread, and raises :class:`CannotRecover` when more than ``max_restarts`` happened within ``window``.
+    """
+
+    def __init__(self, stop: threading.Event, *, max_restarts: int = MAX_RESTARTS, window: float = RESTART_WINDOW):
+        self.stop = stop
+        self.max_restarts, self.window = max_restarts, window
+        self.threads: dict[str, tuple[Callable[[], None], threading.Thread]] = {}
+        self.errors: dict[str, str] = {}
+        self.deaths: deque[float] = deque()
+        self.restarts = 0
+
+    def start(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=self._guard, args=(name, target), name=name, daemon=True)
+        self.threads[name] = (target, thread)
+        thread.start()
+        return thread
+
+    def _guard(self, name: str, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # logged here, and the thread started again by ``check``
+            self.errors[name] = f"{type(exc).__name__}: {exc}"
+            log.exception("thread %s died", name)
+
+    def died(self, what: str, why: str) -> None:
+        """Count a death (of a thread, or of a source's runner); CannotRecover when there were too many."""
+        now = time.monotonic()
+        self.deaths.append(now)
+        while self.deaths and self.deaths[0] < now - self.window:
+            self.deaths.popleft()
+        if len(self.deaths) > self.max_restarts:
+            raise CannotRecover(
+                f"{len(self.deaths)} threads died within {self.window:.0f} s, the last {what} ({why}): "
+                "the agent cannot recover by itself and exits for its service manager to restart it"
+            )
+        self.restarts += 1
+        log.error("%s stopped (%s): started again", what, why)
+
+    def check(self) -> None:
+        for name, (target, thread) in list(self.threads.items()):
+            if thread.is_alive() or self.stop.is_set():
+                continue
+            self.died(f"thread {name}", self.errors.pop(name, "it returned"))
+            self.start(name, target)
+
+    def join(self, timeout: float) -> None:
+        for _, thread in self.threads.values():
+            thread.join(timeout=timeout)
 
 
 class SpoolLock:
@@ -107,6 +175,8 @@ class AgentRuntime:
         self._sources_lock = threading.Lock()  # the configuration thread and shutdown both change them
         self.noisy = RateLimitedLog(log, every=300.0)
         self.hostname = socket.gethostname()
+        self.supervisor = Supervisor(self.stop)
+        self._depth = 0  # the spool's depth when last read (sent in heartbeats if it cannot be read now)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -123,6 +193,7 @@ class AgentRuntime:
             f"{counters['depth']:,}",
             f"{self.spool.room():,}",
         )
+        self.state.mirror_to_file()
         self.state.update(pid=os.getpid(), started=time.time(), alive_at=time.time())
         for source in self.settings.sources:
             self._start(spec_from_local(source))
@@ -130,13 +201,21 @@ class AgentRuntime:
         if cached:
             log.info("starting with the server's configuration received before (version %s)", cached.get("version"))
             self.apply_central(cached)
-        threads = self.uploader.start(self.stop, senders=self.settings.uploaders)
-        for target, name in ((self.poll_config, "config"), (self.beat, "heartbeat")):
-            threads.append(threading.Thread(target=target, name=name, daemon=True))
-            threads[-1].start()
+        supervisor = self.supervisor
+        for name, target in self.uploader.targets(self.stop, senders=self.settings.uploaders):
+            supervisor.start(name, target)
+        supervisor.start("config", self.poll_config)
+        supervisor.start("heartbeat", self.beat)
         try:
             while not self.stop.wait(1.0):
                 self.state.update(alive_at=time.time())
+                supervisor.check()
+                self._check_sources()
+        except CannotRecover as exc:
+            log.critical("%s", exc)
+            self.state.problem("agent", str(exc))
+            self.stop.set()
+            raise
         finally:
             log.info("stopping: collection first, then uploads in flight")
             with self._sources_lock:
@@ -146,12 +225,14 @@ class AgentRuntime:
                 runner.stop()
             for runner in runners:
                 runner.join(timeout=10)
-            for thread in threads:
-                thread.join(timeout=self.settings.request_timeout + 5)
-            self.uploader.progress.report(self.spool, force=True)
+            supervisor.join(timeout=self.settings.request_timeout + 5)
+            with suppress(Exception):  # informative only; a broken spool must not hide why we stop
+                self.uploader.progress.report(self.spool, force=True)
             self.state.update(pid=None)
             self.state.flush()
-            log.info("stopped; %s readings wait in the spool", f"{self.spool.depth():,}")
+            self.state.close()
+            with suppress(Exception):
+                log.info("stopped; %s readings wait in the spool", f"{self.spool.depth():,}")
             self.spool.close()
             self.lock.release()
 
@@ -163,6 +244,16 @@ class AgentRuntime:
 
     def _start(self, spec: SourceSpec) -> None:
         self.sources[spec.key] = start_source(spec, self.spool, self.state)
+
+    def _check_sources(self) -> None:
+        """Start again a source whose thread ended without being stopped (its own loop retries failures,
+        so this is the second line)."""
+        with self._sources_lock:
+            for runner in list(self.sources.values()):
+                if runner.is_alive() or runner.stopping.is_set() or self.stop.is_set():
+                    continue
+                self.supervisor.died(f"source {runner.spec.name}", runner.error or "it returned")
+                self._start(runner.spec)
 
     def apply_central(self, config: dict) -> None:
         """Start, stop and restart the server's sources to match ``config``."""
@@ -209,7 +300,11 @@ class AgentRuntime:
         etag = f'"{cached["version"]}"' if cached.get("version") else ""
         try:
             while not self.stop.is_set():
-                etag = self.fetch_config(etag)
+                try:
+                    etag = self.fetch_config(etag)
+                except SpoolUnavailable as exc:  # the configuration is applied; it is kept when the spool works
+                    self.uploader.spool_trouble(exc)
+                    etag = ""
                 self.stop.wait(self.settings.config_poll_seconds)
         finally:
             self.client.close()
@@ -228,7 +323,11 @@ class AgentRuntime:
             self.auth.accepted()
             self.state.resolved("config")
             config = reply.json()
-            self.spool.put(CENTRAL_CONFIG_KEY, config)
+            try:
+                self.spool.put(CENTRAL_CONFIG_KEY, config)
+            except SpoolUnavailable:
+                self.apply_central(config)  # in use now; kept for the next start once the spool can be written
+                raise
             log.info(
                 "configuration from the server (version %s): %s source(s)%s",
                 config.get("version"),
@@ -241,7 +340,7 @@ class AgentRuntime:
             if self.auth.refused(reply, self.spool.depth()):
                 return self.fetch_config(etag)
             return etag
-        message = f"the server answered {reply.status} to {CONFIG_PATH}: {reply.detail()}"
+        message = f"the server answered {CONFIG_PATH} with {reply.explain()}"
         if reply.status == 404:
             message += " (is the server older than the agent, or the url wrong?)"
         self.state.problem("config", message)
@@ -254,7 +353,11 @@ class AgentRuntime:
         try:
             while not self.stop.is_set():
                 self.send_heartbeat()
-                why = report_unparsed(self.spool, self.client, self.auth, self.stop)
+                try:
+                    why = report_unparsed(self.spool, self.client, self.auth, self.stop)
+                except SpoolUnavailable as exc:
+                    self.uploader.spool_trouble(exc)
+                    why = ""
                 if why:
                     self.noisy.log(logging.INFO, "unparsed", "%s (tried again after the next heartbeat)", why)
                 self.stop.wait(self.settings.heartbeat_seconds)
@@ -262,14 +365,28 @@ class AgentRuntime:
             self.client.close()
             self.spool.close()
 
+    def problems_now(self) -> str:
+        """Every current problem on one line, the spool's first (it explains the others)."""
+        problems = self.state.current_problems()
+        first = [SPOOL_AREA] if SPOOL_AREA in problems else []
+        return "; ".join(f"{area}: {problems[area]}" for area in first + [a for a in problems if a not in first])
+
+    def spool_depth(self) -> int:
+        """Readings waiting in the spool; the last known count when the spool cannot be read now."""
+        try:
+            self._depth = self.spool.depth()
+        except SpoolUnavailable as exc:
+            self.uploader.spool_trouble(exc)
+        return self._depth
+
     def send_heartbeat(self) -> None:
         last_upload = self.state.get("last_upload")
         payload = {
             "version": __version__,
             "hostname": self.hostname,
-            "spool_depth": self.spool.depth(),
+            "spool_depth": self.spool_depth(),
             "spool_capacity": self.settings.max_spool_readings,
-            "last_error": self.state.get("last_error") if self.state.current_problems() else "",
+            "last_error": self.problems_now()[:2000],
             "last_upload": datetime.fromtimestamp(last_upload, UTC).isoformat() if last_upload else None,
             "clock_offset": self.state.get("clock_offset"),
             "heartbeat_seconds": max(1, round(self.settings.heartbeat_seconds)),
@@ -286,7 +403,7 @@ class AgentRuntime:
             self.auth.refused(reply, payload["spool_depth"])
             return
         if reply.status != 200:
-            self.noisy.log(logging.WARNING, f"beat-{reply.status}", "heartbeat: the server answered %s", reply.status)
+            self.noisy.log(logging.WARNING, f"beat-{reply.status}", "heartbeat answered %s", reply.explain())
             return
         self.auth.accepted()
         self.state.update(last_heartbeat=received)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from daqbroker_agent.parsing import LineError, LineParser, now_us
-from daqbroker_agent.spool import Reading, Spool, SpoolFull, Unparsed
+from daqbroker_agent.spool import Reading, Spool, SpoolFull, SpoolUnavailable, Unparsed
 from daqbroker_agent.state import AgentState, RateLimitedLog
 from daqbroker_agent.tail import read_new_lines
 from daqbroker_agent.transports import LineSplitter, Transport, open_transport
@@ -40,6 +40,9 @@ from daqbroker_agent.transports import LineSplitter, Transport, open_transport
 log = logging.getLogger("daqbroker_agent.sources")
 STREAM_FLUSH_SECONDS = 0.5
 STREAM_FLUSH_LINES = 5000
+SPOOL_RETRY_SECONDS = 1.0  # a spool that cannot be written (disk full, locked) is tried again this often
+SPOOL_AREA = "spool storage"  # as ``daqbroker_agent.uploader.SPOOL_AREA``
+HELD_LINES = 100_000  # lines a stream or command source keeps in memory while the spool cannot be written
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,9 @@ class SourceRunner(threading.Thread):
         self.stopping = threading.Event()
         self.noisy = RateLimitedLog(log, every=60.0)
         self.cursor_key = f"cursor:{spec.key}"
+        self.error = ""  # why the thread ended, if it did without being stopped
+        self.held: list[tuple[str, int]] = []  # lines read and not yet spooled (the spool could not be written)
+        self.lost = 0  # lines of ``held`` given up (more than HELD_LINES), counted in the spool when it works
 
     def stop(self) -> None:
         self.stopping.set()
@@ -184,17 +190,46 @@ class SourceRunner(threading.Thread):
                 try:
                     self.collect_forever()
                     failures = 0
+                except SpoolUnavailable as exc:  # not the source's fault: try again soon, without backing off
+                    self.spool_trouble(exc)
+                    self.stopping.wait(min(max(self.spec.interval, 0.1), SPOOL_RETRY_SECONDS))
                 except Exception as exc:  # a source failing must never stop the agent
                     failures += 1
                     message = f"{type(exc).__name__}: {exc}"
                     self.state.problem(f"source {self.spec.name}", message)
                     self.noisy.log(logging.WARNING, "fail", "%s failed: %s (retrying)", self.spec.name, message)
                     self.stopping.wait(min(60.0, max(self.spec.interval, 1.0) * min(failures, 10)))
+        except BaseException as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("%s: the source's thread died", self.spec.name)
         finally:
             self.spool.close()
 
     def collect_forever(self) -> None:
         raise NotImplementedError
+
+    def spool_trouble(self, exc: SpoolUnavailable) -> None:
+        what = "waits (nothing is lost)" if self.spec.kind == "file" else "keeps what it reads in memory"
+        self.state.problem(SPOOL_AREA, str(exc))
+        message = f"{exc}; {self.spec.name} {what} until it can be written"
+        self.noisy.log(logging.ERROR, f"spool-{exc.kind}", "%s", message)
+
+    def spool_lines(self, lines: list[tuple[str, int]]) -> bool:
+        """Readings of ``lines``, and of any held back before, into the spool. When the spool cannot be
+        written they are held in memory (at most HELD_LINES, the oldest given up and counted) for next time."""
+        lines = self.held + lines
+        self.held = []
+        try:
+            stored = self.spool_readings(self.mapper.readings(lines))
+            if self.lost:
+                self.spool.add_to_counter("dropped", self.lost)
+                self.lost = 0
+        except SpoolUnavailable as exc:
+            self.spool_trouble(exc)
+            self.lost += max(0, len(lines) - HELD_LINES)
+            self.held = lines[-HELD_LINES:]
+            return False
+        return stored
 
     def spool_readings(self, readings: list[Reading], cursor: Any = None, *, all_or_nothing: bool = False) -> bool:
         """Put readings (and the cursor) in the spool. When it is full: False if ``all_or_nothing``
@@ -214,6 +249,8 @@ class SourceRunner(threading.Thread):
             return True
         if self.state.resolved("spool"):
             log.warning("the spool has room again: %s collects normally", self.spec.name)
+        if self.state.resolved(SPOOL_AREA):
+            log.warning("the spool can be written again: %s collects normally", self.spec.name)
         return True
 
     def _full(self, full: SpoolFull) -> None:
@@ -240,7 +277,16 @@ class FileSource(SourceRunner):
                 self._full(SpoolFull(channels, room, self.spool.max_readings))
                 self.stopping.wait(self.spec.interval)
                 continue
-            read = read_new_lines(folder, config["pattern"], self.spool.get(self.cursor_key), max_lines=budget)
+            read = read_new_lines(
+                folder,
+                config["pattern"],
+                self.spool.get(self.cursor_key),
+                max_lines=budget,
+                rotated_pattern=config.get("rotated_pattern", ""),
+            )
+            for warning in read.warnings:  # once each: the file leaves the cursor with these readings
+                log.warning("%s: %s", self.spec.name, warning)
+                self.state.problem(f"lost {self.spec.name}", warning)
             readings: list[Reading] = []
             received = now_us()
             for chunk in read.chunks:
@@ -285,9 +331,9 @@ class StreamSource(SourceRunner):
         self.pending.extend((text, received) for text in self.splitter.feed(chunk))
 
     def _flush(self) -> None:
-        if self.pending:
+        if self.pending or self.held:
             lines, self.pending = self.pending, []
-            self.spool_readings(self.mapper.readings(lines))
+            self.spool_lines(lines)
 
     def _stream(self, transport: Transport, config: dict) -> None:
         last_flush = time.monotonic()
@@ -356,7 +402,7 @@ class CommandSource(SourceRunner):
                 )
             text = done.stdout.decode(config.get("encoding", "utf-8"), errors="replace")
             lines = [(line.rstrip("\r"), received) for line in text.split("\n") if line.strip()]
-            if self.spool_readings(self.mapper.readings(lines)) and done.returncode == 0:
+            if self.spool_lines(lines) and done.returncode == 0:
                 self.state.resolved(f"source {self.spec.name}")
             self.stopping.wait(max(0.0, self.spec.interval - (time.monotonic() - started)))
 

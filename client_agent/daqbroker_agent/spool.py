@@ -30,23 +30,31 @@ The spool is bounded (``max_readings``): ``room()`` says how many more fit, and 
 does not fit (raising :class:`SpoolFull`), so the sources decide what to do (a file tail waits; a
 stream drops and counts).
 
+A spool that cannot be written (disk full, locked past the busy timeout, I/O error) raises
+:class:`SpoolUnavailable` from every operation, with a message that says which and where ("spool disk
+full: 0 bytes free on /var/lib/…"); the transaction is rolled back whole, so nothing is half-stored and
+no cursor moves. The agent's threads wait and try again; see ``daqbroker_agent.runtime``.
+
 Every thread uses its own connection (``sqlite3`` connections are not shared across threads); several
 processes may open the same spool (``run`` and ``status``), SQLite's locking keeps them consistent.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import math
+import shutil
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 SPOOL_FILE = "spool.sqlite3"
 Reading = tuple[str, int, Any]  # (channel reference, µs since 1970 UTC, float or str)
@@ -103,6 +111,57 @@ class SpoolFull(Exception):
         super().__init__(f"the spool is full: {wanted:,} readings do not fit ({room:,} of {capacity:,} free)")
 
 
+class SpoolUnavailable(Exception):
+    """The spool's database cannot be used right now (disk full, locked, I/O error): nothing was changed.
+
+    ``kind`` is "disk full", "locked" or "I/O error" (else "error"); the message names the spool's folder
+    and, for a full disk, the bytes free there.
+    """
+
+    def __init__(self, message: str, kind: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+def free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def spool_error(exc: BaseException, directory: Path) -> SpoolUnavailable:
+    """``exc`` (sqlite3's or the file system's) as the operator should read it."""
+    text = str(exc)
+    lowered = text.lower()
+    if "disk is full" in lowered or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        free = free_bytes(directory)
+        where = f"{free:,} bytes free on {directory}" if free is not None else f"on {directory}"
+        return SpoolUnavailable(f"spool disk full: {where} ({text})", "disk full")
+    if "locked" in lowered or "busy" in lowered:
+        return SpoolUnavailable(f"spool locked: {directory / SPOOL_FILE} is held by another process ({text})", "locked")
+    if "i/o" in lowered or isinstance(exc, OSError):
+        return SpoolUnavailable(f"spool I/O error on {directory}: {text}", "I/O error")
+    return SpoolUnavailable(f"spool error on {directory / SPOOL_FILE}: {text}", "error")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn sqlite3's ``OperationalError`` (and file system errors) of a spool method into SpoolUnavailable."""
+
+    @functools.wraps(method)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise spool_error(exc, args[0].directory) from exc  # type: ignore[attr-defined]
+
+    return guarded
+
+
 @dataclass(frozen=True)
 class Unparsed:
     """A line a source read and could not turn into readings."""
@@ -156,6 +215,10 @@ class Spool:
         if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self._local = threading.local()
+        self._create()
+
+    @_guarded
+    def _create(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.connection().executescript(SCHEMA)
 
@@ -165,12 +228,17 @@ class Spool:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=True)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.synchronous}")
-            db.execute("PRAGMA busy_timeout=60000")
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={self.synchronous}")
+                db.execute("PRAGMA busy_timeout=60000")
+            except sqlite3.Error:
+                db.close()  # opened on a full disk, say: try again from scratch next time
+                raise
             self._local.db = db
         return db
 
+    @_guarded
     def relax_durability(self) -> None:
         """For this thread's connection (an uploader's): commit without waiting for the disk.
 
@@ -188,37 +256,55 @@ class Spool:
 
     @contextmanager
     def _write(self):
-        db = self.connection()
-        db.execute("BEGIN IMMEDIATE")
+        """One write transaction. On any error it is rolled back whole (SQLite may have rolled it back
+        already, on a full disk: then there is nothing to roll back) and sqlite3's error is re-raised as
+        SpoolUnavailable."""
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db = self.connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise spool_error(exc, self.directory) from exc
+
+    def free_bytes(self) -> int | None:
+        """Bytes free on the spool's file system (None if it cannot be asked)."""
+        return free_bytes(self.directory)
 
     # -- counters and metadata ------------------------------------------------------------------------
 
+    @_guarded
     def counters(self) -> dict[str, int]:
         return dict(self.connection().execute("SELECT name, value FROM counters").fetchall())
 
+    @_guarded
     def depth(self) -> int:
         return self.connection().execute("SELECT value FROM counters WHERE name = 'depth'").fetchone()[0]
 
+    @_guarded
     def room(self) -> int:
         return max(0, self.max_readings - self.depth())
 
     def count(self, db: sqlite3.Connection, name: str, delta: int) -> None:
         db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (delta, name))
 
+    @_guarded
     def add_to_counter(self, name: str, delta: int) -> None:
         with self._write() as db:
             self.count(db, name, delta)
 
+    @_guarded
     def get(self, key: str, default: Any = None) -> Any:
         row = self.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
+    @_guarded
     def put(self, key: str, value: Any, db: sqlite3.Connection | None = None) -> None:
         sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         if db is not None:
@@ -229,6 +315,7 @@ class Spool:
 
     # -- readings in ----------------------------------------------------------------------------------
 
+    @_guarded
     def add(
         self, readings: Sequence[Reading], *, cursor: tuple[str, Any] | None = None, unparsed: Sequence[Unparsed] = ()
     ) -> int:
@@ -270,6 +357,7 @@ class Spool:
         self.count(db, "unparsed", len(kept))
         self.count(db, "unparsed_dropped", len(lines) - len(kept))
 
+    @_guarded
     def claim_unparsed(self, size: int = 1000) -> UnparsedBatch | None:
         """The next lines to report, with their batch id; the same ones and id again until acknowledged."""
         with self._write() as db:
@@ -298,6 +386,7 @@ class Spool:
         lines = [Unparsed(key, name, text, reason, json.loads(context)) for key, name, text, reason, context in rows]
         return UnparsedBatch(batch_id, last, lines)
 
+    @_guarded
     def ack_unparsed(self, batch: UnparsedBatch) -> None:
         """The server keeps these lines now: forget them."""
         with self._write() as db:
@@ -305,6 +394,7 @@ class Spool:
             db.execute("DELETE FROM meta WHERE key = ?", (UNPARSED_BATCH_KEY,))
             self.count(db, "unparsed_sent", len(batch.lines))
 
+    @_guarded
     def refuse_unparsed(self, batch: UnparsedBatch, reason: str) -> None:
         """The server refuses these lines whatever is done: keep them here, marked, and never send them again."""
         with self._write() as db:
@@ -314,6 +404,7 @@ class Spool:
             )
             db.execute("DELETE FROM meta WHERE key = ?", (UNPARSED_BATCH_KEY,))
 
+    @_guarded
     def unparsed_waiting(self) -> tuple[int, int]:
         """(lines waiting to be reported, lines the server refused and kept here)."""
         row = (
@@ -325,6 +416,7 @@ class Spool:
 
     # -- batches out ----------------------------------------------------------------------------------
 
+    @_guarded
     def claim(self, size: int, *, exclude: Iterable[str] = ()) -> Batch | None:
         """The next batch to upload, or None when there is nothing to send.
 
@@ -359,12 +451,14 @@ class Spool:
                 db.execute("UPDATE counters SET value = ? WHERE name = 'claimed_to'", (last,))
         return Batch(batch_id, first, last, attempts, readings, resent)
 
+    @_guarded
     def note_attempt(self, batch_id: str, error: str) -> None:
         with self._write() as db:
             db.execute(
                 "UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error[:1000], batch_id)
             )
 
+    @_guarded
     def ack(self, batch: Batch, *, uploaded: int | None = None, rejected: int = 0) -> int:
         """The server has the batch: forget its readings. Returns how many readings were removed."""
         with self._write() as db:
@@ -377,6 +471,7 @@ class Spool:
             self.count(db, "rejected", rejected)
         return removed
 
+    @_guarded
     def split(self, batch: Batch) -> None:
         """Cut a batch the server refused as a whole (too large, unreadable) into two halves with new ids.
 
@@ -398,6 +493,7 @@ class Spool:
                     (new_batch_id(), first, last, size, now),
                 )
 
+    @_guarded
     def bury(self, batch: Batch, reason: str) -> None:
         """Move a batch the server refuses whatever is done (a single unreadable reading) to dead letters."""
         now = time.time()
@@ -413,9 +509,11 @@ class Spool:
             self.count(db, "depth", -removed)
             self.count(db, "dead", removed)
 
+    @_guarded
     def pending_batches(self) -> int:
         return self.connection().execute("SELECT count(*) FROM batches").fetchone()[0]
 
+    @_guarded
     def first_waiting(self) -> int | None:
         """The time (µs) of the reading spooled first among those still waiting."""
         row = self.connection().execute("SELECT ts FROM readings ORDER BY id LIMIT 1").fetchone()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 from daqbroker_agent.spool import Spool
 
 STATE_KEY = "state"
+STATUS_FILE = "agent-status.json"
+STATUS_FILE_BYTES = 16384  # written in place, padded with spaces: a full disk never refuses it
 
 
 class AgentState:
@@ -23,6 +29,7 @@ class AgentState:
         self.spool = spool
         self._lock = threading.Lock()
         self._saved_at = -1e18
+        self._mirror: int | None = None  # the status file's descriptor, once ``mirror_to_file`` made it
         saved = spool.get(STATE_KEY, {}) or {}
         self.data: dict[str, Any] = {
             "last_upload": saved.get("last_upload"),
@@ -37,12 +44,40 @@ class AgentState:
 
     SAVE_EVERY = 1.0  # seconds: routine updates (each upload) are written at most this often
 
+    def mirror_to_file(self) -> None:
+        """Also write the state to ``agent-status.json`` beside the spool, a file of fixed size made now and
+        rewritten in place: when the spool's disk is full and its database refuses every write, ``status``
+        still reads the truth there (the agent alive, and why it cannot spool)."""
+        path = self.spool.directory / STATUS_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            if os.fstat(fd).st_size < STATUS_FILE_BYTES:
+                os.pwrite(fd, b" " * STATUS_FILE_BYTES, 0)  # allocated now, while there is room
+        except OSError:
+            os.close(fd)
+            return
+        self._mirror = fd
+
+    def close(self) -> None:
+        if self._mirror is not None:
+            os.close(self._mirror)
+            self._mirror = None
+
     def _save(self) -> None:
         self._saved_at = time.monotonic()
+        self.data["saved_at"] = time.time()
         try:
             self.spool.put(STATE_KEY, self.data)
         except Exception:  # the state is informative: never let saving it stop an upload
             logging.getLogger("daqbroker_agent").debug("could not save the agent state", exc_info=True)
+        if self._mirror is not None:
+            payload = json.dumps(self.data, default=str).encode()
+            if len(payload) <= STATUS_FILE_BYTES:
+                with suppress(OSError):
+                    os.pwrite(self._mirror, payload.ljust(STATUS_FILE_BYTES), 0)
 
     def update(self, **values: Any) -> None:
         with self._lock:
@@ -78,6 +113,22 @@ class AgentState:
     def get(self, key: str) -> Any:
         with self._lock:
             return self.data.get(key)
+
+
+def read_state(spool: Spool) -> dict:
+    """The agent's state as last saved: from the spool, or from the status file when that is newer (the
+    spool's database could not be written)."""
+    try:
+        saved = spool.get(STATE_KEY, {}) or {}
+    except Exception:
+        saved = {}
+    try:
+        mirrored = json.loads(Path(spool.directory, STATUS_FILE).read_bytes() or b"{}")
+    except (OSError, ValueError):
+        mirrored = {}
+    if isinstance(mirrored, dict) and (mirrored.get("saved_at") or 0) > (saved.get("saved_at") or 0):
+        return mirrored
+    return saved
 
 
 class RateLimitedLog:

@@ -9,7 +9,16 @@ The cursor has the same shape and meaning as the server's file collector's (``co
   name no longer matches the pattern;
 * a file **replaced** (new identity, or the same inode with different first bytes) or **truncated** is
   read again from its start (the server skips readings it already stored);
-* several files are read oldest first, sharing the ``max_lines`` budget of one read.
+* several files are read oldest first, sharing the ``max_lines`` budget of one read;
+* a file that appeared **and** was renamed while nobody was reading (``rot.csv`` -> ``rot.csv.2``, both
+  while the collector was down) is found among the rotated names (``rotated_pattern``; by default the
+  pattern followed by ``.1``, ``.2``… or ``-20260101``…) by its unknown identity, and read from its start;
+  rotated files already there when following began are remembered as they were (not read);
+* a file with unread bytes that vanished (deleted, or compressed: a ``.gz`` cannot be followed byte by
+  byte) is reported in ``warnings``, with the byte range lost.
+
+:func:`plan_files` decides which files to read, in which order and from where: the agent (here) and the
+server's file collector (``collection.collectors.file``) both follow files through it.
 
 Nothing here imports Django or numpy: the agent uses it, with :class:`daqbroker_agent.parsing.LineParser`.
 """
@@ -19,11 +28,15 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 FINGERPRINT_BYTES = 1024
 READ_SIZE = 4 * 1024 * 1024
+ROTATION_SUFFIXES = (".[0-9]*", "-[0-9]*")  # logrotate's numbered and dated names (rot.csv.1, rot.csv-20260101)
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".z", ".zip", ".lz4")
+CURSOR_VERSION = 2  # cursors of this version know every rotated file that was there when last read
 
 
 @dataclass
@@ -43,6 +56,7 @@ class TailRead:
     chunks: list[FileLines] = field(default_factory=list)
     cursor: dict = field(default_factory=dict)
     more: bool = False  # lines were left for the next read (the budget ran out)
+    warnings: list[str] = field(default_factory=list)  # files that vanished with bytes never read
 
     @property
     def n_lines(self) -> int:
@@ -50,55 +64,189 @@ class TailRead:
 
 
 def read_new_lines(
-    folder: Path, pattern: str, cursor: dict | None, *, max_lines: int, max_bytes: int = 256 << 20
+    folder: Path,
+    pattern: str,
+    cursor: dict | None,
+    *,
+    max_lines: int,
+    max_bytes: int = 256 << 20,
+    rotated_pattern: str = "",
 ) -> TailRead:
     """The lines written since ``cursor`` in the files of ``folder`` matching ``pattern``, and the new cursor.
 
     The caller commits the new cursor together with what it made of the lines (the agent: in the same
     spool transaction as the readings), so a crash never skips nor repeats a line.
     """
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder {folder} does not exist or is not a folder")
-    previous: dict[str, dict] = (cursor or {}).get("files", {})
-    result = TailRead()
-    files: dict[str, dict] = {}
+    plan = plan_files(folder, pattern, cursor, rotated_pattern)
+    result = TailRead(warnings=plan.warnings)
+    files: dict[str, dict] = dict(plan.kept)
     lines_left, bytes_left = max_lines, max_bytes
-    for path, name, stat, matches in candidate_files(folder, pattern, previous):
-        state = still_valid(path, stat, known_state(name, stat, previous))
-        if not matches and (state is None or state["offset"] >= stat.st_size):
-            if state is not None:
-                files[name] = state  # rotated away and fully read: remembered while it is there
-            continue
+    for c in plan.to_read:
         if lines_left <= 0 or bytes_left <= 0:
-            result.more = result.more or state is None or state["offset"] < stat.st_size
-            if state is not None:
-                files[name] = state
+            result.more = result.more or c.state is None or c.state["offset"] < c.stat.st_size
+            if c.state is not None:
+                files[c.name] = remembered(c.state, c)
             continue
-        chunk, new_state, reached_end = _read_file(path, stat, state, lines_left, bytes_left)
-        files[name] = new_state
+        chunk, new_state, reached_end = _read_file(c.path, c.stat, c.state, lines_left, bytes_left)
+        files[c.name] = remembered(new_state, c)
         result.more = result.more or not reached_end
         if chunk.data:
             result.chunks.append(chunk)
             lines_left -= chunk.data.count(b"\n")
             bytes_left -= len(chunk.data)
-    result.cursor = {"files": files}
+    result.cursor = new_cursor(files)
     return result
+
+
+# --- which files to read: shared with the server's file collector -------------------------------------
+
+
+@dataclass
+class Candidate:
+    """A file to read now: from ``state``'s offset, or from its start when ``state`` is None."""
+
+    path: Path
+    name: str  # relative to the folder, as the cursor names it
+    stat: os.stat_result
+    state: dict | None
+    matches: bool  # matches the pattern (else: a rotated name)
+
+
+@dataclass
+class FilePlan:
+    to_read: list[Candidate]  # oldest first
+    kept: dict[str, dict]  # cursor entries of files with nothing to read now (fully read, or there before)
+    warnings: list[str]  # files that vanished with bytes never read, or that cannot be followed
+
+
+def rotated_patterns(pattern: str, rotated_pattern: str = "") -> list[str]:
+    """The globs of rotated names: ``rotated_pattern`` (comma-separated), or the pattern plus
+    ``.[0-9]*`` and ``-[0-9]*``."""
+    if rotated_pattern.strip():
+        return [p.strip() for p in rotated_pattern.split(",") if p.strip()]
+    return [pattern + suffix for suffix in ROTATION_SUFFIXES]
+
+
+def is_compressed(name: str) -> bool:
+    return name.lower().endswith(COMPRESSED_SUFFIXES)
+
+
+def new_cursor(files: dict[str, dict]) -> dict:
+    return {"files": files, "version": CURSOR_VERSION}
+
+
+def remembered(state: dict, candidate: Candidate) -> dict:
+    """A file's cursor entry with what ``plan_files`` needs next time: its size when read, and whether it
+    was the live file (matching the pattern), to tell a rotation from a loss."""
+    return {**state, "size": candidate.stat.st_size, "live": candidate.matches}
+
+
+def plan_files(folder: Path, pattern: str, cursor: dict | None, rotated_pattern: str = "") -> FilePlan:
+    """Which files of ``folder`` to read now, oldest first, and from where (see the module's docstring)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder {folder} does not exist or is not a folder")
+    cursor = cursor or {}
+    previous: dict[str, dict] = cursor.get("files", {})
+    # A cursor written before rotated names were tracked (or none): rotated files there now predate it.
+    knows_rotations = cursor.get("version", 1) >= CURSOR_VERSION
+    rotated = rotated_patterns(pattern, rotated_pattern)
+    plan = FilePlan([], {}, [])
+    seen: set[str] = set()
+    rewritten: set[str] = set()  # identities now holding other content (truncated and rewritten, or re-used)
+    copied = False  # a rotated file new to us is read from its start (where a copytruncate's copy goes)
+    compressed: list[str] = []
+    for path, name, stat, matches in candidate_files(folder, pattern, previous, rotated):
+        known = known_state(name, stat, previous)
+        if known is not None and same_start(path, known):
+            seen.add(known["identity"])  # the file read before (an inode re-used by a new file is not)
+            state = known if stat.st_size >= known.get("offset", 0) else None  # else truncated: from the start
+        else:
+            state = None
+            if known is not None:
+                rewritten.add(known["identity"])
+        if is_compressed(name) and not matches:  # a rotation compressed: cannot be followed byte by byte
+            if known is None:
+                compressed.append(name)
+            continue
+        candidate = Candidate(path, name, stat, state, matches)
+        if matches:
+            plan.to_read.append(candidate)
+        elif state is not None:
+            if state["offset"] < stat.st_size:
+                plan.to_read.append(candidate)  # rotated away with an unread tail
+            else:
+                plan.kept[name] = remembered(state, candidate)  # fully read: remembered while it is there
+        elif knows_rotations:
+            plan.to_read.append(candidate)  # appeared and was rotated since the last read: all of it
+            copied = True
+        else:
+            plan.kept[name] = remembered(baseline(path, stat), candidate)
+    for name, state in previous.items():
+        if state.get("identity") in seen:
+            continue
+        unread = state.get("size", 0) > state.get("offset", 0)
+        if state.get("identity") in rewritten and copied and not unread:
+            continue  # copytruncate: what it held is in the copy, read above
+        lost = vanished(name, state, compressed)
+        if lost:
+            plan.warnings.append(lost)
+    return plan
+
+
+def baseline(path: Path, stat: os.stat_result) -> dict:
+    """The cursor entry of a rotated file that was there before following began: read up to its end."""
+    lines = 0
+    with path.open("rb") as handle:
+        for piece in iter(lambda: handle.read(READ_SIZE), b""):
+            lines += piece.count(b"\n")
+        handle.seek(0)
+        head_len = min(FINGERPRINT_BYTES, stat.st_size)
+        head = hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest()
+    return {"identity": file_identity(stat), "offset": stat.st_size, "lines": lines, "head": head,
+            "head_len": head_len}  # fmt: skip
+
+
+def vanished(name: str, state: dict, compressed: list[str]) -> str:
+    """Why a file of the cursor that is gone may have taken bytes with it ('' when nothing was lost: a
+    rotated file read to its end, then deleted or compressed, is routine)."""
+    offset, size = state.get("offset", 0), state.get("size")
+    unread = size is not None and size > offset
+    if not unread and not state.get("live"):
+        return ""
+    where = f"bytes {offset:,} to {size:,}" if unread else f"anything written after byte {offset:,}"
+    if not unread:
+        where += " (it was the live file when last read)"
+    hint = ""
+    stem = name.rsplit("/", 1)[-1]
+    packed = [c for c in compressed if c.rsplit("/", 1)[-1].startswith(stem)]
+    if packed:
+        hint = (
+            f"; it was probably compressed into {', '.join(packed[:3])}, which cannot be followed "
+            "byte by byte: read it by hand, or rotate with delaycompress"
+        )
+    return f"{name} vanished before it was read to its end: {where} never read{hint}"
 
 
 def file_identity(stat: os.stat_result) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def candidate_files(folder: Path, pattern: str, previous: dict[str, dict]):
+def candidate_files(folder: Path, pattern: str, previous: dict[str, dict], rotated: Sequence[str] = ()):
+    """Files matching ``pattern`` or one of the ``rotated`` globs, and files of known identity whatever
+    their name now; as (path, name, stat, matches the pattern), oldest first."""
     known = {state.get("identity") for state in previous.values()}
     found: dict[str, tuple[Path, os.stat_result, bool]] = {}
-    for path in folder.glob(pattern):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        if path.is_file():
-            found[path.relative_to(folder).as_posix()] = (path, stat, True)
+    for glob, matching in [(pattern, True)] + [(r, False) for r in rotated]:
+        for path in folder.glob(glob):
+            name = path.relative_to(folder).as_posix()
+            if name in found:
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if path.is_file():
+                found[name] = (path, stat, matching or fnmatch.fnmatch(name, pattern))
     if known:
         with os.scandir(folder) as entries:
             for entry in entries:
@@ -125,15 +273,16 @@ def known_state(name: str, stat: os.stat_result, previous: dict[str, dict]) -> d
     return None
 
 
-def still_valid(path: Path, stat: os.stat_result, state: dict | None) -> dict | None:
-    if state is None or stat.st_size < state.get("offset", 0):
-        return None
+def same_start(path: Path, state: dict) -> bool:
+    """The file still begins with the bytes fingerprinted in ``state`` (its identity alone may be a re-used inode)."""
     head_len = state.get("head_len", 0)
-    if head_len:
+    if not head_len:
+        return True
+    try:
         with path.open("rb") as handle:
-            if hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest() != state.get("head"):
-                return None
-    return state
+            return hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest() == state.get("head")
+    except FileNotFoundError:
+        return False
 
 
 def _read_file(path: Path, stat: os.stat_result, state: dict | None, lines_left: int, bytes_left: int):

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from daqbroker_agent.auth import AuthWatch
 from daqbroker_agent.client import ApiClient, Reply, ServerUnreachable
 from daqbroker_agent.parsing import us_to_datetime
-from daqbroker_agent.spool import Batch, Spool, Unparsed
+from daqbroker_agent.spool import Batch, Spool, SpoolUnavailable, Unparsed
 from daqbroker_agent.state import AgentState, RateLimitedLog
 
 log = logging.getLogger("daqbroker_agent.upload")
@@ -47,6 +47,8 @@ UNPARSED_BATCH_LINES = 1000
 LISTED_REJECTIONS = 5
 PROGRESS_EVERY = 10.0
 AUTH_RETRY_SECONDS = 15.0  # how often the token (file) is read again while the server refuses it
+SPOOL_RETRY_SECONDS = 1.0  # how often a spool that cannot be written (disk full, locked) is tried again
+SPOOL_AREA = "spool storage"  # the agent state's problem area for a spool that cannot be written
 
 
 class Backoff:
@@ -168,45 +170,75 @@ class Uploader:
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._noisy = RateLimitedLog(log, every=60.0)
+        self._stop: threading.Event | None = None
 
     # -- the threads ----------------------------------------------------------------------------------
     # One thread claims and encodes batches ahead (up to one per sender), ``senders`` threads send them:
     # the spool's reading and writing stays off the path between one request and the next.
 
+    def targets(
+        self, stop: threading.Event, *, senders: int, idle_wait: float = 0.2
+    ) -> list[tuple[str, Callable[[], None]]]:
+        """The preparing thread's and the ``senders`` sending threads' functions, by thread name (for a
+        supervisor that starts them, and starts again one that died); they return soon after ``stop``."""
+        self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=senders)
+        self._stop = stop
+        found: list[tuple[str, Callable[[], None]]] = [("upload-prepare", lambda: self._prepare(stop, idle_wait))]
+        found += [(f"upload-{i + 1}", lambda: self._send(stop)) for i in range(senders)]
+        return found
+
     def start(self, stop: threading.Event, *, senders: int, idle_wait: float = 0.2) -> list[threading.Thread]:
         """Start the preparing thread and ``senders`` sending threads; they end soon after ``stop`` is set."""
-        self._ready: queue.Queue[Prepared] = queue.Queue(maxsize=senders)
-        threads = [threading.Thread(target=self._prepare, args=(stop, idle_wait), name="upload-prepare", daemon=True)]
-        threads += [
-            threading.Thread(target=self._send, args=(stop,), name=f"upload-{i + 1}", daemon=True)
-            for i in range(senders)
+        threads = [
+            threading.Thread(target=target, name=name, daemon=True)
+            for name, target in self.targets(stop, senders=senders, idle_wait=idle_wait)
         ]
         for thread in threads:
             thread.start()
         return threads
 
+    def spool_trouble(self, exc: SpoolUnavailable) -> None:
+        """The spool cannot be written: say so (status, heartbeat, log) and let the caller wait and retry."""
+        self.state.problem(SPOOL_AREA, str(exc))
+        self._noisy.log(logging.ERROR, f"spool-{exc.kind}", "%s; uploading waits until it can be written", exc)
+
+    def spool_works(self) -> None:
+        if self.state.resolved(SPOOL_AREA):
+            log.warning("the spool can be written again: uploading goes on")
+
     def _prepare(self, stop: threading.Event, idle_wait: float) -> None:
-        self.spool.relax_durability()
         try:
+            self.spool.relax_durability()
             while not stop.is_set():
-                batch = self.next_batch()
+                try:
+                    batch = self.next_batch()
+                    if batch is None:
+                        self.progress.report(self.spool)
+                except SpoolUnavailable as exc:
+                    self.spool_trouble(exc)
+                    stop.wait(SPOOL_RETRY_SECONDS)
+                    continue
                 if batch is None:
-                    self.progress.report(self.spool)
                     stop.wait(idle_wait)
                     continue
-                prepared = prepare(batch)
-                while not stop.is_set():
-                    try:
-                        self._ready.put(prepared, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+                try:
+                    prepared = prepare(batch)
+                    while not stop.is_set():
+                        try:
+                            self._ready.put(prepared, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                except BaseException:  # this thread dies (and is started again): the batch is free to claim
+                    with self._lock:
+                        self._in_flight.discard(batch.id)
+                    raise
         finally:
             self.spool.close()
 
     def _send(self, stop: threading.Event) -> None:
-        self.spool.relax_durability()
         try:
+            self.spool.relax_durability()
             while not stop.is_set():
                 try:
                     prepared = self._ready.get(timeout=0.2)
@@ -217,7 +249,10 @@ class Uploader:
                 finally:
                     with self._lock:
                         self._in_flight.discard(prepared.batch.id)
-                self.progress.report(self.spool)
+                try:
+                    self.progress.report(self.spool)
+                except SpoolUnavailable as exc:
+                    self.spool_trouble(exc)
         finally:
             self.client.close()
             self.spool.close()
@@ -238,7 +273,11 @@ class Uploader:
         if batch.resent:
             log.info("sending batch %s again (%s readings, claimed before and not acknowledged)", batch.id, len(batch))
         while not stop.is_set():
-            wait = self._attempt(prepared, backoff)
+            try:
+                wait = self._attempt(prepared, backoff)
+            except SpoolUnavailable as exc:  # splitting or burying it: the same batch again, later
+                self.spool_trouble(exc)
+                wait = SPOOL_RETRY_SECONDS
             if wait is None:
                 return True
             if wait < 0:
@@ -263,7 +302,7 @@ class Uploader:
                 message,
                 f"{self.spool.depth():,}",
             )
-            self.spool.note_attempt(batch.id, message)
+            self._note_attempt(batch.id, message)
             return backoff.next()
         if reply.status == 200:
             self._delivered(batch, reply, prepared.order)
@@ -273,25 +312,44 @@ class Uploader:
         self.auth.accepted()
         if reply.status in (429, 503):
             wait = backoff.next(reply.retry_after)
-            message = f"the server is busy ({reply.status}); sending again in {wait:.1f} s"
+            message = f"the server is busy ({reply.explain()}); sending again in {wait:.1f} s"
             self.state.problem("upload", message)
             self._noisy.log(logging.INFO, f"busy-{reply.status}", "%s", message)
             return wait
         if reply.status in (400, 413, 415):
             return self._refused_body(batch, reply)
-        message = f"the server answered {reply.status} to an upload: {reply.detail()}"
+        message = f"the server answered an upload with {reply.explain()}"
         if reply.status == 404:
             message += f" (is the url right? it is {self.client.url})"
         self.state.problem("upload", message)
         self._noisy.log(logging.WARNING, f"status-{reply.status}", "%s; retrying", message)
-        self.spool.note_attempt(batch.id, message)
+        self._note_attempt(batch.id, message)
         return backoff.next()
+
+    def _note_attempt(self, batch_id: str, message: str) -> None:
+        """Count the attempt in the spool, for ``status``; a spool that cannot be written only loses the count."""
+        try:
+            self.spool.note_attempt(batch_id, message)
+        except SpoolUnavailable as exc:
+            self.spool_trouble(exc)
 
     def _delivered(self, batch: Batch, reply: Reply, order: list) -> None:
         result = reply.json() or {}
         rejected = int(result.get("rejected", 0))
         replayed = bool(result.get("replayed"))
-        removed = self.spool.ack(batch, rejected=rejected)
+        while True:
+            try:
+                removed = self.spool.ack(batch, rejected=rejected)
+                break
+            except SpoolUnavailable as exc:
+                # The server has the batch; the spool cannot forget it yet. Try again (not the upload): if
+                # the agent stops first, the batch is sent again with its id, and the server recognises it.
+                self.spool_trouble(exc)
+                if self._stop is None:
+                    raise
+                if self._stop.wait(SPOOL_RETRY_SECONDS):
+                    return
+        self.spool_works()
         if rejected:
             self._log_rejections(batch, result, order)
         if replayed:
@@ -324,7 +382,7 @@ class Uploader:
             )
 
     def _refused_token(self, batch: Batch, reply: Reply, backoff: Backoff) -> float:
-        self.spool.note_attempt(batch.id, f"{reply.status}: {reply.detail()}")
+        self._note_attempt(batch.id, f"{reply.status}: {reply.detail()}")
         if self.auth.refused(reply, self.spool.depth()):
             return 0.0
         return min(backoff.next(), AUTH_RETRY_SECONDS)
@@ -385,7 +443,7 @@ def report_unparsed(
             spool.ack_unparsed(batch)
             log.info("%s lines that did not parse reported to the server's quarantine", len(batch.lines))
             continue
-        reason = f"the server answered {reply.status} to {UNPARSED_PATH}: {reply.detail()}"
+        reason = f"the server answered {UNPARSED_PATH} with {reply.explain()}"
         if reply.status in (401, 403):
             if auth is not None:
                 auth.refused(reply, spool.depth())

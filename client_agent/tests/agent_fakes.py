@@ -142,11 +142,12 @@ class FakeServer:
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, data, extra = server.handle(method, self.path, headers, body)
-                payload = b"" if data is None else json.dumps(data).encode()
+                raw = isinstance(data, bytes)  # a scripted page as a proxy or Django's error view sends it
+                payload = data if raw else b"" if data is None else json.dumps(data).encode()
                 self.send_response(status)
                 for name, value in extra.items():
                     self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html; charset=utf-8" if raw else "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

@@ -53,6 +53,7 @@ def test_file_source_defaults():
     assert validate_source_config("file", {"path": "/data/logger"}) == {
         "path": "/data/logger",
         "pattern": "*",
+        "rotated_pattern": "",
         "header_lines": 0,
         "encoding": "utf-8",
         "archive": False,
@@ -177,7 +178,7 @@ def test_encoding_is_canonicalised():
             {"path": "/d", "qqq": 1},
             "qqq",
             "unknown option; known options: archive, colspecs, columns, delimiter, encoding, format, header_lines, "
-            "max_lines, path, pattern, quotechar, regex, timestamp, widths",
+            "max_lines, path, pattern, quotechar, regex, rotated_pattern, timestamp, widths",
         ),
         ("file", {}, "path", "is required"),
         ("file", {"path": ""}, "path", "must not be empty"),

@@ -29,6 +29,7 @@ class Collected:
     rejections: list[Rejection] = field(default_factory=list)
     cursor: dict = field(default_factory=dict)
     more: bool = False  # more input is waiting: collect again without waiting a full interval
+    warnings: list[str] = field(default_factory=list)  # input lost before it could be read (files that vanished)
 
     @property
     def readings(self) -> int:

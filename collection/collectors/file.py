@@ -40,7 +40,7 @@ from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.parsing import NUMBER, TEXT, BlockParser, FieldNotFound, LineParser, now_us
 
 # Following files through rotation and truncation: the same code, and cursor format, as the agent's tail.
-from daqbroker_agent.tail import candidate_files, file_identity, known_state, still_valid
+from daqbroker_agent.tail import file_identity, new_cursor, plan_files, remembered
 from instruments.models import Channel, DataSource
 
 MAX_BYTES_PER_RUN = 256 * 1024 * 1024
@@ -51,26 +51,18 @@ FINGERPRINT_BYTES = 1024
 class FileCollector:
     def collect(self, source: DataSource, config: dict, channels: list[Channel]) -> Collected:
         folder = Path(config["path"])
-        if not folder.is_dir():
-            raise FileNotFoundError(f"folder {folder} does not exist or is not a folder")
         run = _Run(source, config, channels)
-        previous: dict[str, dict] = (source.cursor or {}).get("files", {})
-        cursor: dict[str, dict] = {}
-        for path, name, stat, matches in candidate_files(folder, config["pattern"], previous):
-            state = known_state(name, stat, previous)
-            state = still_valid(path, stat, state)
-            if not matches and (state is None or state["offset"] >= stat.st_size):
-                # A rotated file no longer matching the pattern: kept while it has an unread tail.
-                if state is not None:
-                    cursor[name] = state
-                continue
+        # Which files, in which order, from where: the agent's own plan (one implementation for both).
+        plan = plan_files(folder, config["pattern"], source.cursor, config.get("rotated_pattern", ""))
+        cursor: dict[str, dict] = dict(plan.kept)
+        for c in plan.to_read:
             if run.lines_left <= 0 or run.bytes_left <= 0:
-                run.more = run.more or state is None or state["offset"] < stat.st_size
-                if state is not None:
-                    cursor[name] = state
+                run.more = run.more or c.state is None or c.state["offset"] < c.stat.st_size
+                if c.state is not None:
+                    cursor[c.name] = remembered(c.state, c)
                 continue
-            cursor[name] = run.read_file(path, stat, state)
-        return run.result(cursor)
+            cursor[c.name] = remembered(run.read_file(c.path, c.stat, c.state), c)
+        return run.result(cursor, plan.warnings)
 
 
 @dataclass
@@ -97,15 +89,16 @@ class _Run:
                 bad = next((c for c in self.channels if self.line_parser.position_of(channel_key(c)) is None), None)
                 raise FieldNotFound(f"channel {bad.slug if bad else '?'}: {exc}") from None
 
-    def result(self, cursor: dict) -> Collected:
+    def result(self, cursor: dict, warnings: list[str]) -> Collected:
         return Collected(
+            warnings=warnings,
             batches=[
                 b
                 for b in (concat_batches(self.numeric, numeric=True), concat_batches(self.objects, numeric=False))
                 if len(b)
             ],
             rejections=self.rejections,
-            cursor={"files": cursor},
+            cursor=new_cursor(cursor),
             more=self.more,
         )
 
@@ -234,8 +227,27 @@ def archive_path(source: DataSource, name: str, identity: str) -> Path:
     return Path(settings.DAQBROKER_ARCHIVE_DIR) / source.instrument.slug / f"source-{source.pk}" / f"{tag}-{name}"
 
 
+class ArchiveWriteFailed(OSError):
+    """The raw copy could not be written (disk full, I/O error): the run fails and commits nothing."""
+
+
 def _archive(source: DataSource, path: Path, stat: os.stat_result, offset: int, data: bytes) -> None:
+    """Copy ``data`` (read at ``offset`` of ``path``) into the archive; a disk error there fails the run
+    with a plain message, before anything is stored, so its cursor never moves past uncopied lines."""
     target = archive_path(source, path.name, file_identity(stat))
+    try:
+        _write_archive(target, path, offset, data)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        failed = ArchiveWriteFailed(
+            f"cannot keep the raw copy of {path.name} in {target.parent}: {why.lower()}; nothing of this run was "
+            "stored and its cursor did not move: the next run reads these lines again"
+        )
+        failed.errno = exc.errno
+        raise failed from exc
+
+
+def _write_archive(target: Path, path: Path, offset: int, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("r+b" if target.exists() else "wb") as copy:
         size = copy.seek(0, os.SEEK_END)

@@ -247,6 +247,10 @@ def collect_source(source_id: int) -> CollectionRun | None:
             if not still_ours:
                 raise LeaseLost(f"the lease on source {source.id} expired during the run; nothing was committed")
             run.status = RunStatus.SUCCESS
+            if collected.warnings:  # input lost before it could be read (a file that vanished): said on the run
+                run.error = "warning: " + "; ".join(collected.warnings)[:1990]
+                for warning in collected.warnings:
+                    logger.warning("source %s: %s", source.id, warning)
             run.accepted, run.duplicates, run.rejected = result.accepted, result.duplicates, result.rejected_count
             run.finished_at = finished
             run.save()
