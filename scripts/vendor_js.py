@@ -46,7 +46,7 @@ def packed(package: str, version: str, integrity: str, folder: Path) -> tarfile.
     npm = shutil.which("npm")
     if npm is None:
         sys.exit("scripts/vendor_js.py needs npm (apt-get install npm)")
-    out = subprocess.run(  # noqa: S603 - npm with the package and version package-lock.json names
+    out = subprocess.run(
         [npm, "pack", f"{package}@{version}", "--json", "--pack-destination", str(folder)],
         check=True,
         capture_output=True,
