@@ -49,7 +49,7 @@ def _database_problem() -> str | None:
         except ImportError:
             return (
                 "MariaDB tests need mysqlclient "
-                "(apt-get install libmariadb-dev pkg-config; pip install -r requirements-mysql.txt)"
+                "(apt-get install libmariadb-dev pkg-config; scripts/bootstrap requirements-mysql.txt)"
             )
     try:
         with socket.create_connection((host, port), timeout=3):

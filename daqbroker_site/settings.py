@@ -135,13 +135,9 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = DEBUG
-# The pages' own CSS and JavaScript, and the plotting library from its PyPI package (no CDN, no build).
+# The pages' own CSS and JavaScript, and the browser libraries committed under static/vendor/ (no CDN, no
+# build step, nothing to fetch: docs/dependencies.md), found by Django's default finders.
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATICFILES_FINDERS = [
-    "django.contrib.staticfiles.finders.FileSystemFinder",
-    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
-    "daqbroker_site.static_vendor.VendorFinder",
-]
 
 # The admin keeps its own login page; collaborators' pages send anonymous visitors to /login/ (their
 # views set login_url), and land on the instrument list after logging in.

@@ -327,7 +327,7 @@ def test_the_plot_page_lists_only_visible_channels(shared_viewer, administrator,
 
 def test_plotly_is_served_by_the_app():
     found = finders.find("vendor/plotly/plotly-basic.min.js")
-    assert found and found.endswith("node_modules/plotly.js-basic-dist-min/plotly-basic.min.js")
+    assert found and found.endswith("static/vendor/plotly/plotly-basic.min.js")
 
 
 # --- dashboards -------------------------------------------------------------------------------------
