@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "instruments",
     "accounts",
     "collection",
+    "pages",
 ]
 
 MIDDLEWARE = [
@@ -87,7 +88,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "collection.context_processors.navigation",
+                "pages.context_processors.navigation",
             ],
         },
     },

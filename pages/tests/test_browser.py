@@ -25,8 +25,8 @@ from collection.alarms.models import AlarmEvent
 from collection.models import Sample
 from collection.services import SampleBatch, ingest_samples
 from conftest import REPO, service_unavailable
-from instruments.status import now_us
 from instruments.tests.page_world import alpha_alarm
+from pages.status import now_us
 
 CHROMIUM = os.environ.get("DAQBROKER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
