@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 # The personas (owner, shared viewer, agent, ...) every permission test runs as: accounts/tests/personas.py.
-pytest_plugins = ["accounts.tests.personas", "instruments.tests.browser"]
+pytest_plugins = ["accounts.tests.personas", "pages.tests.browser"]
 
 REPO = Path(__file__).resolve().parent
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}

@@ -8,6 +8,7 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts and access"
 
     def ready(self) -> None:
+        # Imported here, not at the top: these modules import models, which Django loads only once every app is.
         from accounts import api, signals  # noqa: F401  (receivers; the OpenAPI description of Bearer tokens)
         from accounts.roles import sync_roles_after_migrate
 

@@ -1,6 +1,9 @@
 from django.contrib import admin
 
+from collection.admin_actions import collect_now, recent_runs_html, validate_channels_now, validate_sources_now
 from collection.models import RejectedSample
+from instruments.admin import ChannelAdmin, DataSourceAdmin
+from instruments.models import Channel, DataSource
 
 
 @admin.register(RejectedSample)
@@ -22,6 +25,32 @@ class RejectedSampleAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+# The registry's source and channel admin pages, with what collection adds to them: "collect now", "validate now" and
+# the recent collection runs. Registered here, not in instruments.admin, because the registry never imports collection.
+admin.site.unregister(DataSource)
+admin.site.unregister(Channel)
+
+
+@admin.register(DataSource)
+class CollectedDataSourceAdmin(DataSourceAdmin):
+    readonly_fields = (*DataSourceAdmin.readonly_fields, "recent_runs")
+    actions = (*DataSourceAdmin.actions, collect_now, validate_sources_now)
+    fieldsets = (
+        *DataSourceAdmin.fieldsets[:-1],
+        ("Recent collection runs", {"fields": ("recent_runs",)}),
+        DataSourceAdmin.fieldsets[-1],
+    )
+
+    @admin.display(description="Runs")
+    def recent_runs(self, source: DataSource) -> str:
+        return recent_runs_html(source)
+
+
+@admin.register(Channel)
+class CollectedChannelAdmin(ChannelAdmin):
+    actions = (*ChannelAdmin.actions, validate_channels_now)
 
 
 # Alarm rules and events, spike checks, subscriptions, the notification outbox and collection runs.

@@ -1,5 +1,5 @@
 """What the data source and channel admin pages gain from collection: "collect now", "validate now", and
-the recent collection runs shown beside each source (``instruments.admin`` uses these)."""
+the recent collection runs shown beside each source (``collection.admin`` adds them to the registry's admin)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from collection.alarms.tasks import validate_channels_task, validate_source
 from collection.choices import RunStatus
 from collection.models import CollectionRun
+from collection.tasks import collect_source
 from instruments.choices import SourceKind
 
 RECENT_RUNS = 10
@@ -25,8 +27,6 @@ def _queue(task, args) -> bool:
 @admin.action(description="Collect now")
 def collect_now(modeladmin, request, queryset):
     """Queue a collection of each selected source at once (a source being collected is left to finish)."""
-    from collection.tasks import collect_source
-
     sources = list(queryset.exclude(kind=SourceKind.AGENT).values_list("pk", flat=True))
     queued = sum(_queue(collect_source, [pk]) for pk in sources)
     skipped = queryset.count() - len(sources)
@@ -40,8 +40,6 @@ def collect_now(modeladmin, request, queryset):
 
 @admin.action(description="Validate now (flags, spike checks, derived channels, alarms)")
 def validate_sources_now(modeladmin, request, queryset):
-    from collection.alarms.tasks import validate_source
-
     sources = list(queryset.values_list("pk", flat=True))
     queued = sum(_queue(validate_source, [pk]) for pk in sources)
     modeladmin.message_user(
@@ -53,8 +51,6 @@ def validate_sources_now(modeladmin, request, queryset):
 
 @admin.action(description="Validate now (flags, spike checks, derived channels, alarms)")
 def validate_channels_now(modeladmin, request, queryset):
-    from collection.alarms.tasks import validate_channels_task
-
     channels = list(queryset.values_list("pk", flat=True))
     ok = _queue(validate_channels_task, [channels]) if channels else True
     modeladmin.message_user(

@@ -7,6 +7,7 @@ class CollectionConfig(AppConfig):
     verbose_name = "Data collection"
 
     def ready(self) -> None:
+        # Imported here, not at the top: these modules import models, which Django loads only once every app is.
         from collection.services.ingest import samples_ingested
         from collection.services.rollups import on_samples_ingested
 

@@ -6,6 +6,8 @@ from celery import shared_task
 from django.conf import settings
 
 from collection.services import collect
+from collection.services.retention import enforce_retention
+from collection.services.rollups import refresh_rollups
 
 
 @shared_task(ignore_result=True)
@@ -37,8 +39,6 @@ def prune_run_history() -> int:
 def refresh_rollups_task() -> int:
     """Bring the rollup tiers up to date with the backlog (woken after each ingest, and swept periodically).
     Bounded work per run; when work is left it queues itself again."""
-    from collection.services.rollups import refresh_rollups
-
     result = refresh_rollups()
     if result.remaining:
         refresh_rollups_task.apply_async(expires=300)
@@ -49,8 +49,6 @@ def refresh_rollups_task() -> int:
 def enforce_retention_task() -> int:
     """Delete raw readings older than each instrument's retention, in bounded batches; queues itself again
     while more is due."""
-    from collection.services.retention import enforce_retention
-
     result = enforce_retention()
     if result.remaining:
         enforce_retention_task.apply_async(expires=3000)

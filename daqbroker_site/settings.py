@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "instruments",
     "accounts",
     "collection",
+    "pages",
 ]
 
 MIDDLEWARE = [
@@ -93,7 +94,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "collection.context_processors.navigation",
+                "pages.context_processors.navigation",
             ],
         },
     },

@@ -14,6 +14,6 @@ urlpatterns = [
     path("api/v1/", include(("daqbroker_site.api_urls", "api"), namespace="api")),
     # The collaborators' pages (the root is their instrument list).
     path("", include("daqbroker_site.auth_pages")),
-    path("", include("instruments.urls")),
-    path("", include("collection.urls")),
+    path("", include("pages.urls")),
+    path("", include("pages.reading_urls")),
 ]

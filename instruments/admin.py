@@ -9,7 +9,6 @@ from accounts import audit, permissions
 from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
 from accounts.choices import AuditAction
 from accounts.models import Agent
-from collection.admin_actions import collect_now, recent_runs_html, validate_channels_now, validate_sources_now
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
 
 COLLECTION_STATE = ("last_run_at", "last_success_at", "consecutive_failures", "next_run_at", "last_error", "cursor")
@@ -136,19 +135,14 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_filter = ("kind", "enabled", ("instrument", RelatedOnly))
     search_fields = ("name", "instrument__name", "instrument__slug")
     list_select_related = ("instrument",)
-    readonly_fields = (*COLLECTION_STATE, "recent_runs", "created", "updated")
+    readonly_fields = (*COLLECTION_STATE, "created", "updated")
     autocomplete_fields = ("instrument",)
-    actions = ("enable_collection", "disable_collection", collect_now, validate_sources_now)
+    actions = ("enable_collection", "disable_collection")
     fieldsets = (
         (None, {"fields": ("instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled")}),
         ("Collection state", {"fields": COLLECTION_STATE}),
-        ("Recent collection runs", {"fields": ("recent_runs",)}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
     )
-
-    @admin.display(description="Runs")
-    def recent_runs(self, source: DataSource) -> str:
-        return recent_runs_html(source)
 
     @admin.display(description="Health")
     def health(self, source: DataSource) -> str:
@@ -189,7 +183,6 @@ class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("last_reading", "created", "updated")
     autocomplete_fields = ("instrument",)
-    actions = (validate_channels_now,)
     fieldsets = (
         (None, {"fields": ("instrument", "name", "slug", "kind", "units", "description")}),
         ("Where it comes from", {"fields": ("source", "source_field", "expression", "expected_interval_seconds")}),

@@ -17,6 +17,7 @@ from django.db import models
 from collection.alarms.choices import DeliveryStatus, Medium, RuleKind, Severity, Transition
 from daqbroker_agent.parsing import us_to_datetime
 from instruments.choices import ChannelKind
+from instruments.models import Channel
 
 
 class ChannelSelection(models.Model):
@@ -68,8 +69,6 @@ class ChannelSelection(models.Model):
         return True
 
     def selected_channels(self) -> list:
-        from instruments.models import Channel
-
         queryset = Channel.objects.select_related("instrument", "source")
         if self.instrument_id:
             queryset = queryset.filter(instrument_id=self.instrument_id)

@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import transaction
@@ -33,18 +34,19 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.permissions import VIEW, has_instrument_perm
 from collection.alarms.choices import DeliveryStatus, Medium, Transition
 from collection.alarms.models import AlarmEvent, AlarmNotification, AlarmSubscription
 
 logger = logging.getLogger(__name__)
 
 SENDING_GIVE_UP = timedelta(minutes=30)
+# Queued by name: collection.alarms.tasks imports this module, so importing the task here would be a cycle.
+DELIVER_NOTIFICATION_TASK = "collection.alarms.tasks.deliver_notification"
 PENDING_REQUEUE = timedelta(minutes=2)
 
 
 def can_view(user, instrument) -> bool:
-    from accounts.permissions import VIEW, has_instrument_perm
-
     return has_instrument_perm(user, VIEW, instrument)
 
 
@@ -94,11 +96,9 @@ def queue(event: AlarmEvent, transition: str) -> list[AlarmNotification]:
 
 
 def enqueue(notification_ids: list[int]) -> None:
-    from collection.alarms.tasks import deliver_notification
-
     for notification_id in notification_ids:
         try:
-            deliver_notification.apply_async(args=[notification_id])
+            current_app.send_task(DELIVER_NOTIFICATION_TASK, args=[notification_id])
         except Exception:  # the broker is down: the periodic sweep sends it later
             logger.exception("could not queue delivery of alarm notification %s", notification_id)
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from celery import Task
+from celery import Task, current_app
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +25,17 @@ _down_until = 0.0  # monotonic time before which this process does not try the b
 _outage_logged = False
 
 
-def try_enqueue(task: Task, *, what: str, args: list | None = None, **options) -> bool:
-    """Queue ``task``; False when the broker cannot be reached now (nothing raised)."""
+def try_enqueue(task: Task | str, *, what: str, args: list | None = None, **options) -> bool:
+    """Queue ``task`` (a task, or a registered task's name where importing it would be a cycle); False when
+    the broker cannot be reached now (nothing raised)."""
     global _down_until, _outage_logged
     if time.monotonic() < _down_until:
         return False
     try:
-        task.apply_async(args=args or [], **options)
+        if isinstance(task, str):
+            current_app.send_task(task, args=args or [], **options)
+        else:
+            task.apply_async(args=args or [], **options)
     except Exception as exc:  # any broker or transport error (kombu wraps most in OperationalError)
         with _lock:
             _down_until = time.monotonic() + BROKER_RETRY_SECONDS

@@ -47,6 +47,8 @@ from collection.services.rollups import (
     floor_to,
     merge_spans,
 )
+from instruments.choices import ChannelKind
+from instruments.models import Channel
 
 LTTB_MAX_ROWS = 200_000
 MAX_POINTS_LIMIT = 100_000
@@ -300,9 +302,6 @@ def iter_raw(
 def latest_values(instrument_id: int, *, using: str = "default") -> list[dict]:
     """The latest reading of each of an instrument's channels, in one query: ``ingest_samples`` keeps it
     on the channel row (moved forward only; moved back by ``delete_readings``)."""
-    from instruments.choices import ChannelKind
-    from instruments.models import Channel
-
     rows = (
         Channel.objects.using(using)
         .filter(instrument_id=instrument_id)

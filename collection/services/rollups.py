@@ -36,8 +36,12 @@ from collection.choices import Quality, RollupTier
 from collection.models import Rollup, RollupBacklog, RollupState, Sample
 from collection.services.enqueue import try_enqueue
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
+from instruments.choices import ChannelKind
+from instruments.models import Channel
 
 logger = logging.getLogger(__name__)
+# Queued by name: collection.tasks imports this module, so importing the task here would be a cycle.
+REFRESH_ROLLUPS_TASK = "collection.tasks.refresh_rollups_task"
 
 SECOND = 1_000_000
 TIERS: tuple[int, ...] = tuple(sorted(RollupTier.values))  # bucket widths in seconds, finest first
@@ -533,9 +537,6 @@ def rebuild_rollups(channel_ids: Iterable[int], *, using: str = "default") -> in
 
 def on_samples_ingested(sender, spans: dict[int, tuple[int, int]], **kwargs) -> None:
     """``samples_ingested`` receiver: note the numeric channels' changed spans, wake a worker."""
-    from instruments.choices import ChannelKind
-    from instruments.models import Channel
-
     numeric = set(
         Channel.objects.filter(pk__in=list(spans), kind__in=[ChannelKind.NUMERIC, ChannelKind.DERIVED]).values_list(
             "pk", flat=True
@@ -550,6 +551,4 @@ def on_samples_ingested(sender, spans: dict[int, tuple[int, int]], **kwargs) -> 
 def request_refresh() -> None:
     """Ask a worker to refresh the rollups. The backlog is durable, so a broker failure only delays the
     work until the periodic sweep: it must not fail the ingest that committed already."""
-    from collection.tasks import refresh_rollups_task
-
-    try_enqueue(refresh_rollups_task, what="rollup refreshes", expires=300)
+    try_enqueue(REFRESH_ROLLUPS_TASK, what="rollup refreshes", expires=300)

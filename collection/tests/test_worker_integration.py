@@ -8,7 +8,7 @@ import pytest
 
 from collection import demo
 from collection.choices import RunStatus
-from collection.models import CollectionRun, Sample
+from collection.models import CollectionRun, Rollup, Sample
 from conftest import celery_argv, wait_for
 from instruments.tests.factories import make_user
 
@@ -46,3 +46,9 @@ def test_demo_readings_arrive_through_the_worker(settings, tmp_path, service_env
     source.refresh_from_db()
     assert source.cursor["files"]["weather.csv"]["offset"] > 0
     assert source.consecutive_failures == 0, source.last_error
+    # A rollup refresh, queued by the task's name (by the ingest's wake-up or beat's sweep), ran in the worker.
+    wait_for(
+        lambda: Rollup.objects.filter(channel=air).exists(),
+        timeout=90,
+        message="the air temperature's rollups refreshed by the worker",
+    )

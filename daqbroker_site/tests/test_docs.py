@@ -50,7 +50,7 @@ def variables_read_by_the_code() -> set[str]:
         if path.is_file():
             names |= set(SHELL_NAME.findall(path.read_text()))
     # The browser tests read one more (they are tests, but the variable is a setting of the test run).
-    names |= set(PYTHON_NAME.findall((REPO / "instruments" / "tests" / "test_browser.py").read_text()))
+    names |= set(PYTHON_NAME.findall((REPO / "pages" / "tests" / "test_browser.py").read_text()))
     # The agent reads DAQBROKER_AGENT_<OPTION> for each of its options, and a few names it builds.
     names |= {ENV_PREFIX + option.upper() for option in OPTIONS}
     for path in REPO.glob("client_agent/daqbroker_agent/*.py"):

@@ -20,13 +20,13 @@ from django.urls import reverse
 
 from collection.alarms.models import AlarmEvent
 from collection.models import Sample
-from instruments.status import now_us
-from instruments.tests.browser import (
+from instruments.tests.page_world import alpha_alarm
+from pages.status import now_us
+from pages.tests.browser import (
     SCREENSHOTS,
     ingest,
     wait_until_drawn,
 )
-from instruments.tests.page_world import alpha_alarm
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

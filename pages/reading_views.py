@@ -19,10 +19,12 @@ from django.views.generic.detail import SingleObjectMixin
 
 from accounts import permissions
 from accounts.mixins import local_next
+from collection.alarms.evaluate import acknowledge
 from collection.alarms.models import AlarmEvent
-from collection.pages import channel_facts, first_reading_times
+from instruments import dashboards
 from instruments.models import PlotRange
-from instruments.views import PageMixin, visible_channels
+from pages.readings import channel_facts, first_reading_times
+from pages.views import PageMixin, visible_channels
 
 MAX_PLOT_CHANNELS = 12
 
@@ -61,8 +63,6 @@ class PlotView(PageMixin, TemplateView):
     template_name = "collection/plot.html"
 
     def get_context_data(self, **kwargs):
-        from instruments import dashboards
-
         context = super().get_context_data(**kwargs)
         user = self.request.user
         channels = list(visible_channels(user))
@@ -139,8 +139,6 @@ class AlarmAcknowledgeView(PageMixin, SingleObjectMixin, View):
     required_level = permissions.CHANGE
 
     def post(self, request, pk):
-        from collection.alarms.evaluate import acknowledge
-
         event = self.get_object()  # 404 if hidden, 403 without change
         if acknowledge([event], request.user):
             messages.success(request, f"Acknowledged: {event.message}")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from collection import views
+from pages import reading_views as views
 
 app_name = "collection"
 

@@ -20,10 +20,12 @@ from django.views.generic import CreateView, DetailView, FormView, ListView, Vie
 from accounts import audit, permissions, services
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
 from accounts.models import Agent
+from collection.alarms.models import AlarmEvent
 from instruments import dashboards
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
-from instruments.status import agent_status, instrument_statuses
+from pages.readings import channel_facts, first_reading_times, sparklines
+from pages.status import agent_status, instrument_statuses
 
 
 class PageMixin(InstrumentAccessMixin):
@@ -71,9 +73,6 @@ class InstrumentDetailView(PageMixin, DetailView):
     context_object_name = "instrument"
 
     def get_context_data(self, **kwargs):
-        from collection.alarms.models import AlarmEvent
-        from collection.pages import sparklines
-
         context = super().get_context_data(**kwargs)
         instrument, user = self.object, self.request.user
         status = instrument_statuses([instrument])[0]
@@ -299,8 +298,6 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
 
 def panel_state(panel: DashboardPanel, channels) -> dict:
     """What the plot script needs to draw a panel: the same state the plot page keeps in its URL."""
-    from collection.pages import channel_facts, first_reading_times
-
     first = first_reading_times([c.pk for c in channels]) if panel.time_range == PlotRange.ALL else {}
     state = {
         "channels": [channel_facts(c, first.get(c.pk)) for c in channels],

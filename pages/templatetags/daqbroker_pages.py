@@ -10,7 +10,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from collection.choices import Quality
-from instruments.status import STATE_CLASS, now_us
+from pages.status import STATE_CLASS, now_us
 
 register = template.Library()
 

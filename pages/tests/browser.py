@@ -17,7 +17,7 @@ import pytest
 from accounts.tests.personas import build_world
 from collection.services import SampleBatch, ingest_samples
 from conftest import REPO, service_unavailable
-from instruments.status import now_us
+from pages.status import now_us
 
 CHROMIUM = os.environ.get("DAQBROKER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

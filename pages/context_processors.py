@@ -9,12 +9,12 @@ from __future__ import annotations
 from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
+from accounts import permissions
+from collection.alarms.models import AlarmEvent
+
 
 def navigation(request) -> dict:
     def active_alarms() -> int:
-        from accounts import permissions
-        from collection.alarms.models import AlarmEvent
-
         user = getattr(request, "user", None)
         if user is None or not user.is_authenticated:
             return 0

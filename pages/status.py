@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count
 
+from collection.alarms.models import AlarmEvent
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import Channel, DataSource, Instrument
 
@@ -163,8 +164,6 @@ class InstrumentStatus:
 
 
 def active_alarm_counts(instrument_ids: Iterable[int]) -> dict[int, int]:
-    from collection.alarms.models import AlarmEvent
-
     rows = (
         AlarmEvent.objects.filter(cleared_at__isnull=True, channel__instrument_id__in=list(instrument_ids))
         .values("channel__instrument_id")

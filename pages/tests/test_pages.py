@@ -20,10 +20,10 @@ from accounts.models import AuditEvent
 from accounts.services import level_of, share
 from collection.alarms.models import AlarmEvent
 from collection.services import SampleBatch, ingest_samples
-from instruments import status
 from instruments.models import Dashboard, DashboardPanel, LogbookEntry
 from instruments.tests.factories import make_user
 from instruments.tests.page_world import alpha_alarm, alpha_dashboard, zulu_alarm, zulu_dashboard
+from pages import status
 
 pytestmark = pytest.mark.django_db
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from instruments import views
+from pages import views
 
 app_name = "instruments"
 

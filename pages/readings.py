@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 from django.utils.html import format_html
 
+from collection.models import RollupState
+from collection.services.query import fetch_raw, query_series
+from collection.services.rollups import TIERS, fetch_buckets
 from instruments.choices import ChannelKind
 
 SPARK_WIDTH, SPARK_HEIGHT, SPARK_POINTS = 120, 28, 60
@@ -51,10 +54,6 @@ def sparkline_svg(
 def first_reading_times(channel_ids: Sequence[int]) -> dict[int, int]:
     """When each channel's readings begin (µs), for the plot's "All" range: one index seek per channel
     through the query service; where retention removed the oldest raw readings, the first day bucket."""
-    from collection.models import RollupState
-    from collection.services.query import fetch_raw
-    from collection.services.rollups import TIERS, fetch_buckets
-
     kept_from = dict(
         RollupState.objects.filter(channel_id__in=channel_ids, raw_kept_from__isnull=False).values_list(
             "channel_id", "raw_kept_from"
@@ -90,8 +89,6 @@ def channel_facts(channel, first_ts: int | None = None) -> dict:
 
 def sparklines(channels: Sequence) -> dict[int, str]:
     """channel id -> an SVG trend of the day up to the instrument's latest reading (one query service call)."""
-    from collection.services.query import query_series
-
     numeric = [c for c in channels if c.kind != ChannelKind.TEXT and c.last_ts is not None]
     if not numeric:
         return {}
