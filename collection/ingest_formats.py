@@ -28,9 +28,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from collection.services.ingest import Rejection, SampleBatch
+from collection.services.ingest import UNKNOWN_CHANNEL, Rejection, SampleBatch, raw_text
 
-UNKNOWN_CHANNEL = "unknown channel, or not one the sender may write to"
+__all__ = ["UNKNOWN_CHANNEL", "DecodedPayload", "PayloadError", "decode_ingest_body", "iter_slug_pairs"]
 TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 MAX_BATCH_ID = 100
 
@@ -63,12 +63,14 @@ def decode_ingest_body(
     resolve: Resolver,
     batch_id: str = "",
     time_unit: str = "",
+    csv_max_header_bytes: int = 1024,
+    csv_max_columns: int = 16,
 ) -> DecodedPayload:
     media_type = (content_type or "").split(";")[0].strip().lower()
     if media_type in ("application/json", ""):
         refs, times, values, body_batch_id, body_unit = _columns_from_json(body, max_readings)
     elif media_type in ("text/csv", "application/csv"):
-        refs, times, values = _columns_from_csv(body, max_readings)
+        refs, times, values = _columns_from_csv(body, max_readings, csv_max_header_bytes, csv_max_columns)
         body_batch_id, body_unit = "", ""
     else:
         raise PayloadError(f"unsupported content type {media_type!r}; send application/json or text/csv", status=415)
@@ -83,7 +85,7 @@ def decode_ingest_body(
     ts, ts_ok, ts_reasons = _parse_times(times, unit)
     value = _value_array(values)
     for i in np.nonzero(~channel_ok)[0].tolist():
-        rejections.append(_rejection(UNKNOWN_CHANNEL, i, refs, times, values))
+        rejections.append(_rejection(UNKNOWN_CHANNEL, i, refs, times, values, unwritable=True))
     for i in np.nonzero(channel_ok & ~ts_ok)[0].tolist():
         rejections.append(_rejection(ts_reasons.get(i, "timestamp is not a valid time"), i, refs, times, values))
     keep = np.nonzero(channel_ok & ts_ok)[0]
@@ -91,9 +93,14 @@ def decode_ingest_body(
     return DecodedPayload(batch=batch, rejections=rejections, batch_id=batch_id, received=received, refs=refs)
 
 
-def _rejection(reason: str, i: int, refs, times, values) -> Rejection:
+def _rejection(reason: str, i: int, refs, times, values, *, unwritable: bool = False) -> Rejection:
     return Rejection(
-        reason=reason, index=i, channel_ref=str(refs[i])[:300], raw_time=str(times[i])[:100], raw_value=str(values[i])
+        reason=reason,
+        index=i,
+        channel_ref=raw_text(refs[i], 300),
+        raw_time=raw_text(times[i], 100),
+        raw_value=raw_text(values[i]),
+        unwritable=unwritable,
     )
 
 
@@ -173,7 +180,29 @@ def _columns_from_channel_map(channels, max_readings: int):
     return refs, times, values
 
 
-def _columns_from_csv(body: bytes, max_readings: int):
+def _check_csv_header(body: bytes, max_header_bytes: int, max_columns: int) -> None:
+    """Refuse a CSV whose header line is too long or too wide, before pandas sees it.
+
+    pandas builds a column per header field: a 1,000,000-column header in 8 MB costs gigabytes and a
+    minute and a half of CPU. A data row wider than the header is refused by the parser itself.
+    """
+    end = body.find(b"\n", 0, max_header_bytes + 1)
+    header = body if end < 0 and len(body) <= max_header_bytes else body[: max(end, 0)]
+    if end < 0 and len(body) > max_header_bytes:
+        raise PayloadError(
+            f"the CSV header line is longer than {max_header_bytes:,} bytes "
+            "(DAQBROKER_INGEST_CSV_MAX_HEADER_BYTES); expected channel,t,v"
+        )
+    columns = header.count(b",") + 1
+    if columns > max_columns:
+        raise PayloadError(
+            f"the CSV header has {columns:,} columns; the limit is {max_columns:,} "
+            "(DAQBROKER_INGEST_CSV_MAX_COLUMNS); expected channel,t,v"
+        )
+
+
+def _columns_from_csv(body: bytes, max_readings: int, max_header_bytes: int, max_columns: int):
+    _check_csv_header(body, max_header_bytes, max_columns)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -211,7 +240,7 @@ def _resolve_channels(refs: list, resolve: Resolver) -> tuple[np.ndarray, np.nda
 
 
 def _hashable(ref):
-    return ref if isinstance(ref, str | int) else repr(ref)
+    return ref if isinstance(ref, str | int) else raw_text(ref, 300)
 
 
 def _parse_times(times: list, unit: str) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
