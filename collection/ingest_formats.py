@@ -180,35 +180,77 @@ def _columns_from_channel_map(channels, max_readings: int):
     return refs, times, values
 
 
-def _check_csv_header(body: bytes, max_header_bytes: int, max_columns: int) -> None:
-    """Refuse a CSV whose header line is too long or too wide, before pandas sees it.
+def _check_csv_header(body: bytes, max_header_bytes: int, max_columns: int) -> int:
+    """Refuse a CSV whose header line is too long or too wide, before pandas sees it; its width.
 
     pandas builds a column per header field: a 1,000,000-column header in 8 MB costs gigabytes and a
-    minute and a half of CPU. A data row wider than the header is refused by the parser itself.
+    minute and a half of CPU.
     """
     end = body.find(b"\n", 0, max_header_bytes + 1)
-    header = body if end < 0 and len(body) <= max_header_bytes else body[: max(end, 0)]
     if end < 0 and len(body) > max_header_bytes:
         raise PayloadError(
             f"the CSV header line is longer than {max_header_bytes:,} bytes "
             "(DAQBROKER_INGEST_CSV_MAX_HEADER_BYTES); expected channel,t,v"
         )
-    columns = header.count(b",") + 1
+    columns = _widest_csv_row(body if end < 0 else body[:end])
     if columns > max_columns:
         raise PayloadError(
             f"the CSV header has {columns:,} columns; the limit is {max_columns:,} "
             "(DAQBROKER_INGEST_CSV_MAX_COLUMNS); expected channel,t,v"
         )
+    return columns
+
+
+def _widest_csv_row(body: bytes, piece_bytes: int = 1 << 20) -> int:
+    """Fields in the widest row of a CSV body (RFC 4180 quotes), in linear time and bounded memory.
+
+    pandas' parser is quadratic in the width of a row that is wider than its header (200,000 trailing
+    commas on one row took minutes): every row is measured first. Delimiters and line ends inside
+    quotes do not count; the quote state and the open row are carried from piece to piece.
+    """
+    data = np.frombuffer(body, dtype=np.uint8)
+    has_quotes = b'"' in body
+    quoted = 0  # quotes seen so far, modulo 2
+    open_row = 0  # unquoted commas of the row still open at the start of the piece
+    widest = 0
+    for start in range(0, len(data), piece_bytes):
+        part = data[start : start + piece_bytes]
+        commas = np.flatnonzero(part == 44)
+        ends = np.flatnonzero((part == 10) | (part == 13))
+        if has_quotes:
+            is_quote = part == 34
+            inside = ((np.cumsum(is_quote, dtype=np.int32) + quoted) & 1).astype(bool)
+            commas, ends = commas[~inside[commas]], ends[~inside[ends]]
+            quoted = (quoted + int(np.count_nonzero(is_quote))) & 1
+        per_row = np.bincount(np.searchsorted(ends, commas), minlength=len(ends) + 1)
+        per_row[0] += open_row
+        widest = max(widest, int(per_row.max()))
+        open_row = int(per_row[len(ends)])
+    return widest + 1
 
 
 def _columns_from_csv(body: bytes, max_readings: int, max_header_bytes: int, max_columns: int):
-    _check_csv_header(body, max_header_bytes, max_columns)
+    columns = _check_csv_header(body, max_header_bytes, max_columns)
+    fields = _widest_csv_row(body)
+    if fields > columns:
+        raise PayloadError(
+            f"a CSV row has {fields:,} fields but the header has {columns}: every row must have at most the "
+            f"header's fields (and at most {max_columns:,}, DAQBROKER_INGEST_CSV_MAX_COLUMNS)"
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError(f"the body is not UTF-8 text (byte {exc.start})") from None
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        # Only the three columns are built (pandas is slow per extra field), and never an implicit index.
+        frame = pd.read_csv(
+            io.StringIO(text),
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            usecols=lambda column: column in ("channel", "t", "v"),
+            index_col=False,
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise PayloadError(f"the body is not CSV with a header channel,t,v: {exc}") from None
     missing = [column for column in ("channel", "t", "v") if column not in frame.columns]
@@ -252,7 +294,7 @@ def _parse_times(times: list, unit: str) -> tuple[np.ndarray, np.ndarray, dict[i
     numeric = [i for i, t in enumerate(times) if isinstance(t, int | float) and not isinstance(t, bool)]
     text = [i for i, t in enumerate(times) if isinstance(t, str)]
     for i in set(range(n)) - set(numeric) - set(text):
-        reasons[i] = f"timestamp {times[i]!r} is neither ISO 8601 text nor a number"
+        reasons[i] = f"timestamp {raw_text(times[i], 100)} is neither ISO 8601 text nor a number"
     if numeric:
         _numeric_times(np.array(numeric), [times[i] for i in numeric], unit, ts, ok, reasons)
     if text:
