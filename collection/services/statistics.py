@@ -248,28 +248,27 @@ def exact_quantiles(
 
     Memory is bounded by one chunk plus a 64 Ki-bin histogram or 128 Ki gathered keys per sought rank,
     whatever the number of values: the data is read again for each narrowing pass instead (floats map to
-    ordered 64-bit keys; each pass divides a rank's key span by 65,536, so at most five passes after the
-    first, usually two).
+    ordered 64-bit keys; the first pass histograms the whole key space, each further pass divides a rank's
+    key span by 65,536 or gathers its few candidates: at most five passes, usually two).
     """
-    n, lo, hi = 0, 0, 0
+    # The first pass counts, keeps the keys while they are few, and histograms the whole key space.
+    whole = _Span(-(2**63), 2**63 - 1, 0, SELECT_COLLECT + 1, [])
+    n = 0
     first: list[np.ndarray] = []
     for chunk in read_chunks():
-        if len(chunk) == 0:
-            continue
         keys = _keys(chunk)
-        lo, hi = (int(keys.min()), int(keys.max())) if n == 0 else (min(lo, int(keys.min())), max(hi, int(keys.max())))
         n += len(keys)
         if n <= SELECT_COLLECT:
             first.append(keys)
+        whole.take(keys)
     if n == 0:
         return [None] * len(probabilities), 0
     points = [(n - 1) * p for p in probabilities]
-    ranks = sorted({r for h in points for r in (int(np.floor(h)), min(int(np.floor(h)) + 1, n - 1))})
+    whole.ranks = sorted({r for h in points for r in (int(np.floor(h)), min(int(np.floor(h)) + 1, n - 1))})
+    if n <= SELECT_COLLECT:  # small: every key is at hand
+        whole.count, whole.gathered = n, first
     found: dict[int, int] = {}
-    spans = [_Span(lo, hi, 0, n, ranks)]
-    if n <= SELECT_COLLECT:  # small: the first pass kept every key
-        spans[0].gathered = first
-        spans = _narrow(spans, found)
+    spans = _narrow([whole], found)
     while spans:
         for chunk in read_chunks():
             keys = _keys(chunk)
