@@ -7,7 +7,9 @@ not take every thread. See docs/security.md, "Bounded work per request".
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -26,7 +28,7 @@ from collection.ingest_formats import UNKNOWN_CHANNEL
 from collection.models import RejectedSample, Sample
 from collection.services import statistics
 from collection.services.ingest import SampleBatch, ingest_samples
-from conftest import database_url_for_subprocess, wait_for
+from conftest import REPO, database_url_for_subprocess, wait_for
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.tests.factories import make_channel, make_instrument, make_user
 
@@ -486,3 +488,28 @@ def test_stalled_downloads_do_not_starve_other_requests(start_process, service_e
     with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 (our own test server)
         assert response.status == 200  # not 429: the dropped downloads gave their slots back
         assert response.read().count(b"\n") == 200_001
+
+
+# --- the settings refuse bad values at start-up -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DAQBROKER_SEND_TIMEOUT_SECONDS", "0", "DAQBROKER_SEND_TIMEOUT_SECONDS=0 is below the minimum of 1"),
+        ("DAQBROKER_HEAVY_REQUESTS_PER_USER", "two", "DAQBROKER_HEAVY_REQUESTS_PER_USER='two' is not a whole number"),
+        ("DAQBROKER_INGEST_CSV_MAX_COLUMNS", "2", "DAQBROKER_INGEST_CSV_MAX_COLUMNS=2 is below the minimum of 3"),
+        ("DAQBROKER_INGEST_CSV_MAX_HEADER_BYTES", "8", "is below the minimum of 16"),
+        ("DAQBROKER_QUARANTINE_PER_REQUEST", "-1", "DAQBROKER_QUARANTINE_PER_REQUEST=-1 is below the minimum of 0"),
+        ("DAQBROKER_QUARANTINE_PER_SENDER_HOUR", "1e4", "is not a whole number"),
+    ],
+)
+def test_a_bad_limit_setting_stops_the_process_at_start(tmp_path, name, value, message):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAQBROKER_", "PYTEST", "DJANGO_"))}
+    env.pop("DATABASE_URL", None)
+    env.update(DAQBROKER_DATA_DIR=str(tmp_path / "var"), **{name: value})
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
