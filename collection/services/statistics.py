@@ -33,7 +33,7 @@ from collection.services.rollups import (
 )
 
 PERCENTILE_MAX_ROWS = 50_000_000
-PERCENTILE_CHUNK_ROWS = 250_000  # readings held at once while percentiles are computed
+PERCENTILE_CHUNK_ROWS = 500_000  # readings held at once while percentiles are computed
 SELECT_BINS = 1 << 16  # histogram bins per narrowing pass: each pass divides a rank's key span by this
 SELECT_COLLECT = 1 << 17  # a rank's candidates are gathered and sorted once at most this many remain
 
@@ -175,7 +175,9 @@ def _statistics_one(
     if percentiles:
         lo = max(start, kept) if kept is not None else start
         quantiles, n = exact_quantiles(
-            lambda: _raw_value_chunks(channel_id, lo, end, using), [p / 100 for p in percentiles]
+            lambda: _raw_value_chunks(channel_id, lo, end, using),
+            [p / 100 for p in percentiles],
+            bounds=None if result.min is None or result.max is None else (result.min, result.max),
         )
         result.raw_readings_read += n
         result.percentiles = {_percentile_name(p): quantiles[i] for i, p in enumerate(percentiles)}
@@ -242,7 +244,10 @@ class _Span:
 
 
 def exact_quantiles(
-    read_chunks: Callable[[], Iterable[np.ndarray]], probabilities: Sequence[float]
+    read_chunks: Callable[[], Iterable[np.ndarray]],
+    probabilities: Sequence[float],
+    *,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[list[float | None], int]:
     """Exact quantiles (numpy's "linear" method) of the values ``read_chunks()`` yields, and their count.
 
@@ -250,17 +255,27 @@ def exact_quantiles(
     whatever the number of values: the data is read again for each narrowing pass instead (floats map to
     ordered 64-bit keys; the first pass histograms the whole key space, each further pass divides a rank's
     key span by 65,536 or gathers its few candidates: at most five passes, usually two).
+
+    ``bounds``: the values' min and max when known (from the rollup tiers): the first pass then
+    histograms only that span, which leaves few candidates per bin. A value outside them (the tiers
+    were behind) costs one more pass over the whole key space, never a wrong answer.
     """
-    # The first pass counts, keeps the keys while they are few, and histograms the whole key space.
-    whole = _Span(-(2**63), 2**63 - 1, 0, SELECT_COLLECT + 1, [])
-    n = 0
+    # The first pass counts, keeps the keys while they are few, and histograms the key space.
+    lo, hi = -(2**63), 2**63 - 1
+    if bounds is not None and bounds[0] <= bounds[1]:
+        lo, hi = (int(k) for k in _keys(np.array(bounds, dtype=np.float64)))
+    whole = _Span(lo, hi, 0, SELECT_COLLECT + 1, [])
+    n = outside = 0
     first: list[np.ndarray] = []
     for chunk in read_chunks():
         keys = _keys(chunk)
         n += len(keys)
+        outside += int(np.count_nonzero((keys < lo) | (keys > hi)))
         if n <= SELECT_COLLECT:
             first.append(keys)
         whole.take(keys)
+    if outside:
+        return exact_quantiles(read_chunks, probabilities)
     if n == 0:
         return [None] * len(probabilities), 0
     points = [(n - 1) * p for p in probabilities]

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 import pytest
+import redis
 from django.core.cache import cache
 from django.test import override_settings
 
@@ -463,7 +464,7 @@ def test_stalled_downloads_do_not_starve_other_requests(start_process, service_e
         user.pk: services.create_personal_token(user=user, name="exports", scope=TokenScope.READ)[1]
         for user in (owner, other)
     }
-    server = Gunicorn(start_process, service_env, DAQBROKER_SEND_TIMEOUT_SECONDS="2")
+    server = Gunicorn(start_process, service_env, DAQBROKER_SEND_TIMEOUT_SECONDS="5")
     export = "/api/v1/export/?instrument=big-station&time_format=epoch_us"
 
     stalled = []
@@ -473,10 +474,20 @@ def test_stalled_downloads_do_not_starve_other_requests(start_process, service_e
         stalled.append(sock)
     first_bytes = [sock.recv(20) for sock in stalled]  # then nothing more is read from them
     assert all(piece.startswith(b"HTTP/1.1 200") for piece in first_bytes), first_bytes
+    slots = redis.Redis.from_url(service_env["REDIS_URL"])
+
+    def held() -> list:
+        return [key for user in (owner, other) for key in slots.scan_iter(match=f"*daqbroker:heavy:user:{user.pk}:*")]
+
+    seen_held = held()  # the last two served, at least, still hold theirs (for DAQBROKER_SEND_TIMEOUT_SECONDS)
 
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/login/", timeout=60) as login:
         assert login.status == 200
 
+    # Each stalled download holds an export slot (in Redis, as the server is configured) until its
+    # response ends; as nothing more is read from them, they end only by being dropped.
+    wait_for(lambda: not held(), timeout=120, message="the stalled downloads to be dropped")
+    assert seen_held, "the stalled downloads held no export slot in Redis"
     for sock in stalled:
         received = read_until_closed(sock)
         sock.close()
