@@ -8,8 +8,8 @@ fresh process so that its peak RSS is its own:
 * **baseline**: the former way, every value of the range fetched into one array (chunks concatenated)
   and ``pandas.Series.quantile``, as ``range_statistics`` did before the bounded version;
 * **bounded**: ``range_statistics(..., percentiles=...)`` as it is now (exact selection in passes over
-  chunks of 250,000 readings);
-* **fetch only**: the chunks read once and dropped, for the cost of one pass.
+  chunks of 500,000 readings);
+* **fetch only**: the same chunks read once and dropped, for the cost of one pass.
 
 Printed per case: the peak RSS above the process's RSS just before the call (VmHWM delta, from
 /proc/self/status), the wall time, and whether the bounded answers equal the baseline's bit for bit.
@@ -143,7 +143,10 @@ def child(args) -> None:
         n = stats.count
         answers = [stats.percentiles[f"p{p}"] for p in PERCENTILES]
     else:
-        n = sum(len(c["value"]) for c in iter_raw(channel.pk, T0, end, include_flagged=False, chunk_rows=250_000))
+        from collection.services.statistics import PERCENTILE_CHUNK_ROWS
+
+        chunks = iter_raw(channel.pk, T0, end, include_flagged=False, chunk_rows=PERCENTILE_CHUNK_ROWS)
+        n = sum(len(c["value"]) for c in chunks)
     seconds = time.perf_counter() - started
     peak = vm("VmHWM") - start_rss
     print(json.dumps({"peak_mb": peak, "seconds": seconds, "readings": n, "percentiles": answers}))
