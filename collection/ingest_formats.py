@@ -28,9 +28,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from collection.services.ingest import Rejection, SampleBatch
+from collection.services.ingest import UNKNOWN_CHANNEL, Rejection, SampleBatch, raw_text
 
-UNKNOWN_CHANNEL = "unknown channel, or not one the sender may write to"
+__all__ = ["UNKNOWN_CHANNEL", "DecodedPayload", "PayloadError", "decode_ingest_body", "iter_slug_pairs"]
 TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 MAX_BATCH_ID = 100
 
@@ -63,12 +63,14 @@ def decode_ingest_body(
     resolve: Resolver,
     batch_id: str = "",
     time_unit: str = "",
+    csv_max_header_bytes: int = 1024,
+    csv_max_columns: int = 16,
 ) -> DecodedPayload:
     media_type = (content_type or "").split(";")[0].strip().lower()
     if media_type in ("application/json", ""):
         refs, times, values, body_batch_id, body_unit = _columns_from_json(body, max_readings)
     elif media_type in ("text/csv", "application/csv"):
-        refs, times, values = _columns_from_csv(body, max_readings)
+        refs, times, values = _columns_from_csv(body, max_readings, csv_max_header_bytes, csv_max_columns)
         body_batch_id, body_unit = "", ""
     else:
         raise PayloadError(f"unsupported content type {media_type!r}; send application/json or text/csv", status=415)
@@ -83,7 +85,7 @@ def decode_ingest_body(
     ts, ts_ok, ts_reasons = _parse_times(times, unit)
     value = _value_array(values)
     for i in np.nonzero(~channel_ok)[0].tolist():
-        rejections.append(_rejection(UNKNOWN_CHANNEL, i, refs, times, values))
+        rejections.append(_rejection(UNKNOWN_CHANNEL, i, refs, times, values, unwritable=True))
     for i in np.nonzero(channel_ok & ~ts_ok)[0].tolist():
         rejections.append(_rejection(ts_reasons.get(i, "timestamp is not a valid time"), i, refs, times, values))
     keep = np.nonzero(channel_ok & ts_ok)[0]
@@ -91,9 +93,14 @@ def decode_ingest_body(
     return DecodedPayload(batch=batch, rejections=rejections, batch_id=batch_id, received=received, refs=refs)
 
 
-def _rejection(reason: str, i: int, refs, times, values) -> Rejection:
+def _rejection(reason: str, i: int, refs, times, values, *, unwritable: bool = False) -> Rejection:
     return Rejection(
-        reason=reason, index=i, channel_ref=str(refs[i])[:300], raw_time=str(times[i])[:100], raw_value=str(values[i])
+        reason=reason,
+        index=i,
+        channel_ref=raw_text(refs[i], 300),
+        raw_time=raw_text(times[i], 100),
+        raw_value=raw_text(values[i]),
+        unwritable=unwritable,
     )
 
 
@@ -173,13 +180,77 @@ def _columns_from_channel_map(channels, max_readings: int):
     return refs, times, values
 
 
-def _columns_from_csv(body: bytes, max_readings: int):
+def _check_csv_header(body: bytes, max_header_bytes: int, max_columns: int) -> int:
+    """Refuse a CSV whose header line is too long or too wide, before pandas sees it; its width.
+
+    pandas builds a column per header field: a 1,000,000-column header in 8 MB costs gigabytes and a
+    minute and a half of CPU.
+    """
+    end = body.find(b"\n", 0, max_header_bytes + 1)
+    if end < 0 and len(body) > max_header_bytes:
+        raise PayloadError(
+            f"the CSV header line is longer than {max_header_bytes:,} bytes "
+            "(DAQBROKER_INGEST_CSV_MAX_HEADER_BYTES); expected channel,t,v"
+        )
+    columns = _widest_csv_row(body if end < 0 else body[:end])
+    if columns > max_columns:
+        raise PayloadError(
+            f"the CSV header has {columns:,} columns; the limit is {max_columns:,} "
+            "(DAQBROKER_INGEST_CSV_MAX_COLUMNS); expected channel,t,v"
+        )
+    return columns
+
+
+def _widest_csv_row(body: bytes, piece_bytes: int = 1 << 20) -> int:
+    """Fields in the widest row of a CSV body (RFC 4180 quotes), in linear time and bounded memory.
+
+    pandas' parser is quadratic in the width of a row that is wider than its header (200,000 trailing
+    commas on one row took minutes): every row is measured first. Delimiters and line ends inside
+    quotes do not count; the quote state and the open row are carried from piece to piece.
+    """
+    data = np.frombuffer(body, dtype=np.uint8)
+    has_quotes = b'"' in body
+    quoted = 0  # quotes seen so far, modulo 2
+    open_row = 0  # unquoted commas of the row still open at the start of the piece
+    widest = 0
+    for start in range(0, len(data), piece_bytes):
+        part = data[start : start + piece_bytes]
+        commas = np.flatnonzero(part == 44)
+        ends = np.flatnonzero((part == 10) | (part == 13))
+        if has_quotes:
+            is_quote = part == 34
+            inside = ((np.cumsum(is_quote, dtype=np.int32) + quoted) & 1).astype(bool)
+            commas, ends = commas[~inside[commas]], ends[~inside[ends]]
+            quoted = (quoted + int(np.count_nonzero(is_quote))) & 1
+        per_row = np.bincount(np.searchsorted(ends, commas), minlength=len(ends) + 1)
+        per_row[0] += open_row
+        widest = max(widest, int(per_row.max()))
+        open_row = int(per_row[len(ends)])
+    return widest + 1
+
+
+def _columns_from_csv(body: bytes, max_readings: int, max_header_bytes: int, max_columns: int):
+    columns = _check_csv_header(body, max_header_bytes, max_columns)
+    fields = _widest_csv_row(body)
+    if fields > columns:
+        raise PayloadError(
+            f"a CSV row has {fields:,} fields but the header has {columns}: every row must have at most the "
+            f"header's fields (and at most {max_columns:,}, DAQBROKER_INGEST_CSV_MAX_COLUMNS)"
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError(f"the body is not UTF-8 text (byte {exc.start})") from None
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        # Only the three columns are built (pandas is slow per extra field), and never an implicit index.
+        frame = pd.read_csv(
+            io.StringIO(text),
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            usecols=lambda column: column in ("channel", "t", "v"),
+            index_col=False,
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise PayloadError(f"the body is not CSV with a header channel,t,v: {exc}") from None
     missing = [column for column in ("channel", "t", "v") if column not in frame.columns]
@@ -211,7 +282,7 @@ def _resolve_channels(refs: list, resolve: Resolver) -> tuple[np.ndarray, np.nda
 
 
 def _hashable(ref):
-    return ref if isinstance(ref, str | int) else repr(ref)
+    return ref if isinstance(ref, str | int) else raw_text(ref, 300)
 
 
 def _parse_times(times: list, unit: str) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
@@ -223,7 +294,7 @@ def _parse_times(times: list, unit: str) -> tuple[np.ndarray, np.ndarray, dict[i
     numeric = [i for i, t in enumerate(times) if isinstance(t, int | float) and not isinstance(t, bool)]
     text = [i for i, t in enumerate(times) if isinstance(t, str)]
     for i in set(range(n)) - set(numeric) - set(text):
-        reasons[i] = f"timestamp {times[i]!r} is neither ISO 8601 text nor a number"
+        reasons[i] = f"timestamp {raw_text(times[i], 100)} is neither ISO 8601 text nor a number"
     if numeric:
         _numeric_times(np.array(numeric), [times[i] for i in numeric], unit, ts, ok, reasons)
     if text:

@@ -10,6 +10,7 @@ every bulk load; deleting a channel deletes its readings through Django's cascad
 tables are WITHOUT ROWID (migration 0002): the key is the table, ~27 instead of ~48 bytes a reading.
 """
 
+from django.conf import settings
 from django.db import models
 
 from collection.choices import Origin, Quality, RollupTier, RunStatus
@@ -78,10 +79,40 @@ class RejectedSample(models.Model):
     reason = models.CharField(max_length=300)
     batch_id = models.CharField(max_length=100, blank=True)
     context = models.JSONField(default=dict, blank=True, help_text="Where it came from: file and line, index, ...")
+    # Who sent it, for uploads through the API: a user (personal token or session) or an agent. Server
+    # collectors leave both empty: their data source (``source``) is the sender.
+    sender_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_index=False,  # covered by the (sender_user, received_at) index
+        related_name="+",
+        help_text="The user who sent it (API uploads).",
+    )
+    sender_agent = models.ForeignKey(
+        "accounts.Agent",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_index=False,  # covered by the (sender_agent, received_at) index
+        related_name="+",
+        help_text="The agent that sent it.",
+    )
+    count = models.PositiveIntegerField(
+        default=1,
+        help_text="Readings this record stands for: more than one for an aggregate record (channels the sender "
+        "may not write, or past the quarantine limits), whose context lists the first few.",
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]
-        indexes = [models.Index(fields=["channel", "-received_at"]), models.Index(fields=["source", "-received_at"])]
+        indexes = [
+            models.Index(fields=["channel", "-received_at"]),
+            models.Index(fields=["source", "-received_at"]),
+            models.Index(fields=["sender_user", "-received_at"], name="rejected_sender_user_time"),
+            models.Index(fields=["sender_agent", "-received_at"], name="rejected_sender_agent_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.channel_ref or self.channel_id}: {self.reason}"

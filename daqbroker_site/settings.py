@@ -62,6 +62,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # A database that cannot be reached answers 503 + Retry-After (JSON for the API), not a bare 500.
     "daqbroker_site.middleware.DatabaseUnavailableMiddleware",
+    # Before anything reads a query parameter: NUL in the path or the query string answers 400.
+    "daqbroker_site.middleware.RefuseNulCharactersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -352,7 +354,22 @@ CELERY_BEAT_SCHEDULE.update(
 DAQBROKER_MAX_FUTURE_SECONDS = env_int("DAQBROKER_MAX_FUTURE_SECONDS", 86400, minimum=0)
 DAQBROKER_INGEST_MAX_BYTES = env_int("DAQBROKER_INGEST_MAX_BYTES", 64 * 1024 * 1024, minimum=1024)
 DAQBROKER_INGEST_MAX_READINGS = env_int("DAQBROKER_INGEST_MAX_READINGS", 100_000, minimum=1)
-DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, DAQBROKER_INGEST_MAX_BYTES)
+# Every other route keeps Django's own limits (DATA_UPLOAD_MAX_MEMORY_SIZE 2.5 MB, 1,000 form fields):
+# only the ingest endpoint reads a larger body, itself, up to DAQBROKER_INGEST_MAX_BYTES (docs/security.md).
+# A CSV body's header line: at most this many bytes and columns, checked before the CSV is parsed.
+DAQBROKER_INGEST_CSV_MAX_HEADER_BYTES = env_int("DAQBROKER_INGEST_CSV_MAX_HEADER_BYTES", 1024, minimum=16)
+DAQBROKER_INGEST_CSV_MAX_COLUMNS = env_int("DAQBROKER_INGEST_CSV_MAX_COLUMNS", 16, minimum=3)
+# Quarantine of what API and agent senders send: rejected readings kept one by one per request and per
+# sender per hour; beyond, and for channels the sender may not write, one record counts the rest.
+DAQBROKER_QUARANTINE_PER_REQUEST = env_int("DAQBROKER_QUARANTINE_PER_REQUEST", 1000, minimum=0)
+DAQBROKER_QUARANTINE_PER_SENDER_HOUR = env_int("DAQBROKER_QUARANTINE_PER_SENDER_HOUR", 10_000, minimum=0)
+
+# --- Bounded work per request (docs/security.md) -------------------------------------------------
+# A response that makes no progress for this long (the client reads nothing) is dropped, freeing the
+# worker thread: the socket's send timeout under gunicorn, with writes of at most 64 KiB.
+DAQBROKER_SEND_TIMEOUT_SECONDS = env_int("DAQBROKER_SEND_TIMEOUT_SECONDS", 30, minimum=1)
+# Exports and percentile statistics at once per user (or agent token): one more answers 429.
+DAQBROKER_HEAVY_REQUESTS_PER_USER = env_int("DAQBROKER_HEAVY_REQUESTS_PER_USER", 2, minimum=1)
 # Requests per token to POST /api/v1/ingest/ ("none" turns throttling off).
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"ingest": env_rate("DAQBROKER_INGEST_THROTTLE", "600/minute")}
 

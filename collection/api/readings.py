@@ -13,18 +13,20 @@ import time
 from datetime import UTC, datetime
 
 import orjson
+from django.conf import settings
 from django.db.models import Q
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.negotiation import BaseContentNegotiation
 
 from accounts import permissions
 from accounts.api.base import ScopedGenericViewSet, instrument_or_404
 from collection.api.schema import ErrorDetail
 from collection.services import export as export_service
+from collection.services import slots
 from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_series
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
@@ -206,8 +208,28 @@ ERRORS = {
     404: OpenApiResponse(ErrorDetail, description="a channel or instrument you may not see, or none such"),
 }
 
+TOO_BUSY = {
+    429: OpenApiResponse(
+        ErrorDetail, description="too many exports or percentile requests of yours at once: retry after Retry-After"
+    )
+}
 
 # --- views ----------------------------------------------------------------------------------------
+
+
+def heavy_slot(request) -> slots.Slot:
+    """One of the requester's DAQBROKER_HEAVY_REQUESTS_PER_USER slots for an export or percentiles; 429
+    with Retry-After when all are taken (docs/security.md, "Bounded work per request")."""
+    slot = slots.acquire(f"user:{request.user.pk}")
+    if slot is None:
+        raise Throttled(
+            wait=slots.RETRY_AFTER_SECONDS,
+            detail=(
+                f"at most {settings.DAQBROKER_HEAVY_REQUESTS_PER_USER} exports or percentile requests at once "
+                "per user; retry when one of yours has finished"
+            ),
+        )
+    return slot
 
 
 def json_response(payload: dict) -> HttpResponse:
@@ -287,17 +309,21 @@ class StatisticsViewSet(ReadingsViewSet):
         summary="Count, min, max, mean, std and percentiles of channels over a time range",
         description="From the rollup tiers where whole buckets fit, raw readings for the rest and for percentiles.",
         parameters=[StatisticsParams],
-        responses={200: StatisticsListSchema, **ERRORS},
+        responses={200: StatisticsListSchema, **ERRORS, **TOO_BUSY},
     )
     def read(self, request):
         params = self.params()
         channels = self.visible_channels(params["channels"])
+        slot = heavy_slot(request) if params["percentiles"] else None
         try:
             results = range_statistics(
                 [c.pk for c in channels], params["start"], params["end"], percentiles=params["percentiles"]
             )
         except ValueError as exc:
             raise ValidationError({"detail": str(exc)}) from None
+        finally:
+            if slot is not None:
+                slot.release()
         return json_response(
             {"start": params["start"], "end": params["end"], "statistics": [r.as_dict() for r in results]}
         )
@@ -330,6 +356,7 @@ class ExportViewSet(ReadingsViewSet):
             (200, "text/csv"): OpenApiTypes.STR,
             (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY,
             **ERRORS,
+            **TOO_BUSY,
         },
     )
     def read(self, request):
@@ -339,6 +366,7 @@ class ExportViewSet(ReadingsViewSet):
             channels = list(instrument.channels.select_related("instrument").order_by("slug"))
         else:
             channels = self.visible_channels(params["channels"])
+        slot = heavy_slot(request)
         try:
             export_request = export_service.ExportRequest(
                 channels=channels,
@@ -352,8 +380,13 @@ class ExportViewSet(ReadingsViewSet):
             )
             stream = export_service.export(export_request)
         except ValueError as exc:
+            slot.release()
             raise ValidationError({"detail": str(exc)}) from None
-        response = StreamingHttpResponse(stream, content_type=export_request.content_type)
+        except BaseException:
+            slot.release()
+            raise
+        # The slot is held until the download ends or is dropped (Django closes the stream either way).
+        response = StreamingHttpResponse(slots.HeldStream(iter(stream), slot), content_type=export_request.content_type)
         response["Content-Disposition"] = f'attachment; filename="{export_request.filename}"'
         return response
 

@@ -42,6 +42,11 @@ class IngestResult(serializers.Serializer):
     rejected = serializers.IntegerField(help_text="readings refused; each is kept server-side with its reason")
     rejections = Rejected(many=True, help_text="the refused readings (at most 1,000 listed)")
     rejections_truncated = serializers.BooleanField()
+    rejections_aggregated = serializers.IntegerField(
+        help_text="of the refused readings, those counted in one aggregate quarantine record instead of kept one "
+        "by one: readings for channels you may not write (or that do not exist), and those past the quarantine "
+        "limits per request and per sender and hour"
+    )
     replayed = serializers.BooleanField(help_text="true when batch_id was seen before: nothing was stored again")
 
 

@@ -15,6 +15,7 @@ import redis
 from django.conf import settings
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.validators import ProhibitNullCharactersValidator
+from django.http import HttpRequest
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
@@ -94,6 +95,32 @@ class IngestRateThrottle(SimpleRateThrottle):
         return super().allow_request(request, view)
 
 
+READ_PIECE_BYTES = 64 * 1024
+
+
+def read_body_within(request: HttpRequest, limit: int) -> bytes:
+    """The request body, read from the socket in pieces and refused (413) past ``limit`` bytes.
+
+    Django's ``request.body`` would refuse anything above DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB, kept for
+    every other route); this endpoint has its own limit, DAQBROKER_INGEST_MAX_BYTES. A declared length
+    above it is refused before a byte is read; a body longer than it declared is never read past it.
+    """
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise PayloadError("the Content-Length header is not a number") from None
+    if declared > limit:
+        raise PayloadError(f"the body is {declared:,} bytes; the limit is {limit:,} (DAQBROKER_INGEST_MAX_BYTES)", 413)
+    body = bytearray()
+    while True:
+        piece = request.read(min(READ_PIECE_BYTES, limit + 1 - len(body)))
+        if not piece:
+            return bytes(body)
+        body += piece
+        if len(body) > limit:
+            raise PayloadError(f"the body is over the limit of {limit:,} bytes (DAQBROKER_INGEST_MAX_BYTES)", 413)
+
+
 def _error(status: int, description: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorDetail, description=description)
 
@@ -131,16 +158,10 @@ class IngestView(ScopedViewMixin, APIView):
         },
     )
     def post(self, request):
-        limit = settings.DAQBROKER_INGEST_MAX_BYTES
         try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > limit:
-            return Response({"detail": f"the body is {length:,} bytes; the limit is {limit:,}"}, status=413)
-        try:
+            body = read_body_within(request._request, settings.DAQBROKER_INGEST_MAX_BYTES)
             result = ingest_upload(
-                request.body,
+                body,
                 request.content_type,
                 sender=sender_key(request),
                 writable_instruments=permissions.collectable_instrument_ids(request),
@@ -148,6 +169,7 @@ class IngestView(ScopedViewMixin, APIView):
                 origin=Origin.AGENT if permissions.is_agent(request) else Origin.API,
                 batch_id=request.query_params.get("batch_id", ""),
                 time_unit=request.query_params.get("time_unit", ""),
+                sender_principal=permissions.resolve(request)[0],
             )
         except PayloadError as exc:
             return Response({"detail": exc.message}, status=exc.status)
@@ -184,6 +206,9 @@ class UnparsedBodySerializer(serializers.Serializer):
 class UnparsedResultSerializer(serializers.Serializer):
     batch_id = serializers.CharField()
     stored = serializers.IntegerField(help_text="lines kept in quarantine")
+    aggregated = serializers.IntegerField(
+        help_text="of which counted in one aggregate record, past the quarantine limits, not kept one by one"
+    )
     without_source = serializers.IntegerField(help_text="of which naming no data source of this agent")
     replayed = serializers.BooleanField()
 
@@ -225,7 +250,11 @@ class AgentUnparsedView(ScopedViewMixin, APIView):
         )
         lines = [_unparsed(item) for item in body.validated_data["lines"]]
         result = quarantine_lines(
-            lines, sender=sender_key(request), batch_id=body.validated_data["batch_id"], sources=sources
+            lines,
+            sender=sender_key(request),
+            batch_id=body.validated_data["batch_id"],
+            sources=sources,
+            sender_principal=permissions.resolve(request)[0],
         )
         return Response({**result.body, "replayed": result.replayed})
 

@@ -15,20 +15,28 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
+import orjson
 import pandas as pd
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.models import Q
 from django.dispatch import Signal
+from django.utils import timezone
 
+from accounts.principals import AgentPrincipal
 from collection import storage
 from collection.choices import Origin, Quality
 from collection.models import RejectedSample
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 # Sent after the ingest transaction commits: kwargs ``spans`` {channel_id: (first_ts, last_ts)} covering
 # the batch's valid readings (new or already stored: duplicates cannot be told apart cheaply on every
@@ -37,11 +45,15 @@ samples_ingested = Signal()
 
 MIN_TS_US = datetime_to_us(datetime(1900, 1, 1, tzinfo=UTC))
 MAX_TEXT_LENGTH = 10_000
+UNKNOWN_CHANNEL = "unknown channel, or not one the sender may write to"
+# An aggregate quarantine record lists this many of the readings it counts (references and indexes).
+AGGREGATE_EXAMPLES = 10
+AGGREGATE_VALUE_CHARS = 200
 
 # Rejection reasons, by code (0 means the reading is fine).
 _OK, _UNKNOWN, _DERIVED, _TIME, _NOT_NUMBER, _NOT_FINITE, _NOT_TEXT, _TOO_LONG, _EMPTY, _NUL = range(10)
 _REASONS = {
-    _UNKNOWN: "unknown channel, or not one the sender may write to",
+    _UNKNOWN: UNKNOWN_CHANNEL,
     _DERIVED: "derived channels are computed by the server and cannot be written",
     _TIME: "timestamp outside the accepted window (after 1900 and at most {future} in the future)",
     _NOT_NUMBER: "value is not a number, and the channel is numeric",
@@ -65,6 +77,30 @@ class Rejection:
     raw_time: str = ""
     raw_value: str = ""
     context: dict = field(default_factory=dict)
+    # For a channel that does not exist or that the sender may not write: quarantined in one aggregate
+    # record per request when the sender is an API user or agent (nothing to fix on our side, and a
+    # stranger must not fill the quarantine by naming channels at random).
+    unwritable: bool = False
+
+
+def raw_text(value: object, limit: int = MAX_TEXT_LENGTH) -> str:
+    """A sender's raw value (or channel reference, or time) as bounded text for quarantine and reports.
+
+    Never ``str()`` of a structure: a JSON value nested 1,000 deep would exceed Python's recursion limit.
+    """
+    if isinstance(value, str):
+        return value[:limit]
+    if value is None or isinstance(value, bool | float):
+        return str(value)[:limit]
+    if isinstance(value, int):
+        try:
+            return str(value)[:limit]
+        except ValueError:  # more digits than Python converts to text
+            return f"<an integer of about {value.bit_length() * 3 // 10:,} digits>"
+    try:
+        return orjson.dumps(value).decode()[:limit]
+    except (orjson.JSONEncodeError, TypeError):
+        return f"<a {type(value).__name__} nested too deeply (or holding values) JSON cannot show>"[:limit]
 
 
 @dataclass
@@ -121,6 +157,8 @@ class IngestResult:
     flagged: int = 0  # valid readings given a quality flag other than OK (stored now or before)
     rejected: list[Rejection] = field(default_factory=list)
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Rejected readings counted in an aggregate quarantine record rather than kept one by one.
+    aggregated: int = 0
 
     @property
     def rejected_count(self) -> int:
@@ -180,12 +218,15 @@ def ingest_samples(
     rejections: Sequence[Rejection] = (),
     batch_id: str = "",
     allow_derived: bool = False,
+    sender: User | AgentPrincipal | AnonymousUser | None = None,
     using: str = "default",
 ) -> IngestResult:
     """Validate, flag and store a batch of readings; see the module docstring.
 
     ``writable_instruments``: the instruments the sender may write to, or None for trusted server-side
     callers (collectors). ``rejections``: readings the caller already could not parse, stored alongside.
+    ``sender``: the user or agent who sent the batch (API uploads): named on every quarantine record,
+    whose quarantine is then bounded (``_keep_rejected``).
     """
     result = IngestResult(received=len(batch) + len(rejections))
     result.rejected.extend(rejections)
@@ -200,7 +241,7 @@ def ingest_samples(
             is_text = table.kind[table.locate(channel[keep])[0]] == 1
             _store_numeric(result, keep[~is_text], channel, ts, numeric_value, table, using)
             _store_text(result, keep[is_text], channel, ts, text_value, using)
-        _keep_rejected(result.rejected, origin, source_id, batch_id, using)
+        _keep_rejected(result, origin, source_id, batch_id, sender, using)
         spans = dict(result.spans)
         if spans:
             transaction.on_commit(
@@ -323,7 +364,8 @@ def _rejections_for(batch: SampleBatch, code: np.ndarray) -> list[Rejection]:
                 channel_id=int(batch.channel[i]) if code[i] != _UNKNOWN else None,
                 channel_ref=str(int(batch.channel[i])),
                 raw_time=raw_time,
-                raw_value=str(raw_value)[:MAX_TEXT_LENGTH],
+                raw_value=raw_text(raw_value),
+                unwritable=bool(code[i] == _UNKNOWN),
             )
         )
     return rejected
@@ -410,23 +452,104 @@ def _storable(value):
     return value
 
 
-def _keep_rejected(rejected: list[Rejection], origin: str, source_id, batch_id: str, using: str) -> None:
+@dataclass(frozen=True)
+class _Sender:
+    user_id: int | None
+    agent_id: int | None
+
+    @classmethod
+    def of(cls, principal: User | AgentPrincipal | AnonymousUser | None) -> _Sender | None:
+        if principal is None:
+            return None
+        if isinstance(principal, AgentPrincipal):
+            return cls(user_id=None, agent_id=principal.agent.pk)
+        return cls(user_id=principal.pk, agent_id=None)  # an anonymous sender (pk None) is capped alike
+
+    def recent_records(self, using: str) -> int:
+        since = timezone.now() - timedelta(hours=1)
+        who = Q(sender_agent_id=self.agent_id) if self.agent_id is not None else Q(sender_user_id=self.user_id)
+        return RejectedSample.objects.using(using).filter(who, received_at__gte=since).count()
+
+
+def _keep_rejected(
+    result: IngestResult,
+    origin: str,
+    source_id: int | None,
+    batch_id: str,
+    principal: User | AgentPrincipal | AnonymousUser | None,
+    using: str,
+) -> None:
+    """Quarantine the rejected readings: one ``RejectedSample`` each, within bounds for API senders.
+
+    For a named sender (an API user or agent), readings for channels it may not write (or that do not
+    exist) are counted in ONE aggregate record per request, and the others are kept one by one up to
+    DAQBROKER_QUARANTINE_PER_REQUEST per request and DAQBROKER_QUARANTINE_PER_SENDER_HOUR per sender
+    and hour; the rest are counted in one more aggregate record. Nothing is dropped unseen: aggregate
+    records carry their count and first references, and the response says how many were aggregated.
+    Server-side callers (collectors, no sender) keep every rejected reading.
+    """
+    rejected = result.rejected
     if not rejected:
         return
-    RejectedSample.objects.using(using).bulk_create(
-        [
-            RejectedSample(
-                origin=origin,
-                source_id=source_id,
-                channel_id=r.channel_id,
-                channel_ref=_storable(r.channel_ref)[:300],
-                raw_time=_storable(r.raw_time)[:100],
-                raw_value=_storable(r.raw_value),
-                reason=_storable(r.reason)[:300],
-                batch_id=_storable(batch_id)[:100],
-                context=_storable({**r.context, **({"index": r.index} if r.index is not None else {})}),
+    sender = _Sender.of(principal)
+    rows: list[RejectedSample]
+    if sender is None:
+        rows = [_record(r) for r in rejected]
+    else:
+        unwritable = [r for r in rejected if r.unwritable]
+        others = [r for r in rejected if not r.unwritable]
+        allowance = min(settings.DAQBROKER_QUARANTINE_PER_REQUEST, len(others))
+        if allowance:
+            left = settings.DAQBROKER_QUARANTINE_PER_SENDER_HOUR - sender.recent_records(using)
+            allowance = max(0, min(allowance, left))
+        rows = [_record(r) for r in others[:allowance]]
+        if unwritable:
+            rows.append(_aggregate(unwritable, UNKNOWN_CHANNEL))
+        overflow = others[allowance:]
+        if overflow:
+            rows.append(
+                _aggregate(
+                    overflow,
+                    f"{len(overflow):,} rejected readings past the quarantine limits (per request "
+                    f"{settings.DAQBROKER_QUARANTINE_PER_REQUEST:,}, per sender and hour "
+                    f"{settings.DAQBROKER_QUARANTINE_PER_SENDER_HOUR:,}): counted here, not kept one by one",
+                )
             )
-            for r in rejected
-        ],
-        batch_size=1000,
+        result.aggregated = len(unwritable) + len(overflow)
+    for row in rows:
+        row.origin, row.source_id, row.batch_id = origin, source_id, _storable(batch_id)[:100]
+        if sender is not None:
+            row.sender_user_id, row.sender_agent_id = sender.user_id, sender.agent_id
+    RejectedSample.objects.using(using).bulk_create(rows, batch_size=1000)
+
+
+def _record(r: Rejection) -> RejectedSample:
+    return RejectedSample(
+        channel_id=r.channel_id,
+        channel_ref=_storable(r.channel_ref)[:300],
+        raw_time=_storable(r.raw_time)[:100],
+        raw_value=_storable(r.raw_value),
+        reason=_storable(r.reason)[:300],
+        context=_storable({**r.context, **({"index": r.index} if r.index is not None else {})}),
     )
+
+
+def _aggregate(rejections: list[Rejection], reason: str) -> RejectedSample:
+    """One record standing for ``rejections``: the first one's fields, the count and a few references."""
+    first = rejections[0]
+    references = list(dict.fromkeys(r.channel_ref for r in rejections[: AGGREGATE_EXAMPLES * 10]))
+    record = _record(first)
+    record.channel_id = first.channel_id if all(r.channel_id == first.channel_id for r in rejections) else None
+    record.raw_value = record.raw_value[:AGGREGATE_VALUE_CHARS]
+    record.reason = _storable(reason)[:300]
+    record.count = len(rejections)
+    record.context = _storable(
+        {
+            "aggregate": True,
+            "count": len(rejections),
+            "references": references[:AGGREGATE_EXAMPLES],
+            "indexes": [r.index for r in rejections[:AGGREGATE_EXAMPLES] if r.index is not None],
+            "reasons": sorted({r.reason for r in rejections[: AGGREGATE_EXAMPLES * 10]})[:AGGREGATE_EXAMPLES],
+        }
+    )
+    return record

@@ -5,8 +5,9 @@ inside the range: the range is covered by the coarsest whole buckets that fit (a
 buckets at its core, then hours, minutes, 10 s at its edges) and only the few seconds at each end are
 read raw. Spans whose buckets are still in the rollup backlog are read raw too, so the answer is exact
 right after an ingest. Summaries merge exactly (count, min, max) or up to rounding (mean, and the
-variance by Chan et al.'s pairwise update of M2). Percentiles need every value: they are computed with
-pandas over the raw readings of the range (fetched in binary on PostgreSQL).
+variance by Chan et al.'s pairwise update of M2). Percentiles need every value: they are exact (numpy's
+and pandas' default "linear" interpolation between the two closest ranks), found by selection over the
+raw readings read in chunks, in bounded memory whatever the range holds (``exact_quantiles``).
 
 Like the tiers, statistics describe the quality-OK readings; ``flagged`` counts the others.
 ``std`` is the sample standard deviation (ddof=1, pandas' default).
@@ -14,11 +15,10 @@ Like the tiers, statistics describe the quality-OK readings; ``flagged`` counts 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from collection.services.query import _ChannelContext, _contexts, fetch_raw, iter_raw
 from collection.services.rollups import (
@@ -33,6 +33,9 @@ from collection.services.rollups import (
 )
 
 PERCENTILE_MAX_ROWS = 50_000_000
+PERCENTILE_CHUNK_ROWS = 500_000  # readings held at once while percentiles are computed
+SELECT_BINS = 1 << 16  # histogram bins per narrowing pass: each pass divides a rank's key span by this
+SELECT_COLLECT = 1 << 17  # a rank's candidates are gathered and sorted once at most this many remain
 
 
 @dataclass
@@ -170,14 +173,14 @@ def _statistics_one(
         result.mean = float(summary.sum_value[0] / count)
         result.std = float(np.sqrt(max(summary.m2[0], 0.0) / (count - 1))) if count > 1 else None
     if percentiles:
-        values = _raw_values(channel_id, max(start, kept) if kept is not None else start, end, using)
-        result.raw_readings_read += len(values)
-        series = pd.Series(values)
-        quantiles = series.quantile([p / 100 for p in percentiles]) if len(series) else None
-        result.percentiles = {
-            _percentile_name(p): (None if quantiles is None else float(quantiles.iloc[i]))
-            for i, p in enumerate(percentiles)
-        }
+        lo = max(start, kept) if kept is not None else start
+        quantiles, n = exact_quantiles(
+            lambda: _raw_value_chunks(channel_id, lo, end, using),
+            [p / 100 for p in percentiles],
+            bounds=None if result.min is None or result.max is None else (result.min, result.max),
+        )
+        result.raw_readings_read += n
+        result.percentiles = {_percentile_name(p): quantiles[i] for i, p in enumerate(percentiles)}
     return result
 
 
@@ -185,13 +188,143 @@ def _percentile_name(p: float) -> str:
     return f"p{p:g}"
 
 
-def _raw_values(channel_id: int, start: int, end: int, using: str) -> np.ndarray:
-    chunks, n = [], 0
-    for chunk in iter_raw(channel_id, start, end, include_flagged=False, chunk_rows=1_000_000, using=using):
+def _raw_value_chunks(channel_id: int, start: int, end: int, using: str) -> Iterator[np.ndarray]:
+    n = 0
+    chunks = iter_raw(channel_id, start, end, include_flagged=False, chunk_rows=PERCENTILE_CHUNK_ROWS, using=using)
+    for chunk in chunks:
         n += len(chunk["value"])
         if n > PERCENTILE_MAX_ROWS:
             raise ValueError(
                 f"percentiles are computed over at most {PERCENTILE_MAX_ROWS:,} readings; shorten the range"
             )
-        chunks.append(chunk["value"])
-    return np.concatenate(chunks) if chunks else np.empty(0)
+        yield chunk["value"]
+
+
+# --- exact quantiles in bounded memory -------------------------------------------------------------
+
+_LOW_BITS = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _keys(values: np.ndarray) -> np.ndarray:
+    """float64 -> int64 keys in the same order (negative floats have their magnitude bits flipped)."""
+    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.int64)
+    return np.where(bits < 0, bits ^ _LOW_BITS, bits)
+
+
+def _value_of(key: int) -> float:
+    bits = key if key >= 0 else key ^ int(_LOW_BITS)
+    return float(np.array([bits], dtype=np.int64).view(np.float64)[0])
+
+
+@dataclass
+class _Span:
+    """Where the sorted key of some ranks lies: keys in [lo, hi], ``below`` keys smaller than lo."""
+
+    lo: int
+    hi: int
+    below: int
+    count: int  # keys in [lo, hi]
+    ranks: list[int]
+    gathered: list[np.ndarray] = field(default_factory=list)
+    histogram: np.ndarray | None = None
+
+    @property
+    def width(self) -> int:
+        return -(-(self.hi - self.lo + 1) // SELECT_BINS)
+
+    def take(self, keys: np.ndarray) -> None:
+        inside = keys[(keys >= self.lo) & (keys <= self.hi)]
+        if self.count <= SELECT_COLLECT:
+            self.gathered.append(inside)
+            return
+        offset = inside.view(np.uint64) - np.uint64(self.lo % 2**64)  # exact in uint64 arithmetic
+        bins = (offset // np.uint64(self.width)).astype(np.int64)
+        counts = np.bincount(bins, minlength=SELECT_BINS)
+        self.histogram = counts if self.histogram is None else self.histogram + counts
+
+
+def exact_quantiles(
+    read_chunks: Callable[[], Iterable[np.ndarray]],
+    probabilities: Sequence[float],
+    *,
+    bounds: tuple[float, float] | None = None,
+) -> tuple[list[float | None], int]:
+    """Exact quantiles (numpy's "linear" method) of the values ``read_chunks()`` yields, and their count.
+
+    Memory is bounded by one chunk plus a 64 Ki-bin histogram or 128 Ki gathered keys per sought rank,
+    whatever the number of values: the data is read again for each narrowing pass instead (floats map to
+    ordered 64-bit keys; the first pass histograms the whole key space, each further pass divides a rank's
+    key span by 65,536 or gathers its few candidates: at most five passes, usually two).
+
+    ``bounds``: the values' min and max when known (from the rollup tiers): the first pass then
+    histograms only that span, which leaves few candidates per bin. A value outside them (the tiers
+    were behind) costs one more pass over the whole key space, never a wrong answer.
+    """
+    # The first pass counts, keeps the keys while they are few, and histograms the key space.
+    lo, hi = -(2**63), 2**63 - 1
+    if bounds is not None and bounds[0] <= bounds[1]:
+        lo, hi = (int(k) for k in _keys(np.array(bounds, dtype=np.float64)))
+    whole = _Span(lo, hi, 0, SELECT_COLLECT + 1, [])
+    n = outside = 0
+    first: list[np.ndarray] = []
+    for chunk in read_chunks():
+        keys = _keys(chunk)
+        n += len(keys)
+        outside += int(np.count_nonzero((keys < lo) | (keys > hi)))
+        if n <= SELECT_COLLECT:
+            first.append(keys)
+        whole.take(keys)
+    if outside:
+        return exact_quantiles(read_chunks, probabilities)
+    if n == 0:
+        return [None] * len(probabilities), 0
+    points = [(n - 1) * p for p in probabilities]
+    whole.ranks = sorted({r for h in points for r in (int(np.floor(h)), min(int(np.floor(h)) + 1, n - 1))})
+    if n <= SELECT_COLLECT:  # small: every key is at hand
+        whole.count, whole.gathered = n, first
+    found: dict[int, int] = {}
+    spans = _narrow([whole], found)
+    while spans:
+        for chunk in read_chunks():
+            keys = _keys(chunk)
+            for span in spans:
+                span.take(keys)
+        spans = _narrow(spans, found)
+    values = {rank: _value_of(key) for rank, key in found.items()}
+    return [_interpolate(values, h) for h in points], n
+
+
+def _narrow(spans: list[_Span], found: dict[int, int]) -> list[_Span]:
+    """After a pass: ranks whose keys are known go to ``found``; the others get a narrower span each."""
+    narrower: dict[tuple[int, int], _Span] = {}
+    for span in spans:
+        if span.count <= SELECT_COLLECT:
+            ordered = np.sort(np.concatenate(span.gathered)) if span.gathered else np.empty(0, np.int64)
+            for rank in span.ranks:
+                found[rank] = int(ordered[rank - span.below])
+            continue
+        assert span.histogram is not None
+        cumulative = np.cumsum(span.histogram)
+        for rank in span.ranks:
+            b = int(np.searchsorted(cumulative, rank - span.below, side="right"))
+            before = span.below + (int(cumulative[b - 1]) if b else 0)
+            lo = span.lo + b * span.width
+            hi = min(span.hi, lo + span.width - 1)
+            if lo == hi:
+                found[rank] = lo
+                continue
+            key = (lo, hi)
+            if key not in narrower:
+                narrower[key] = _Span(lo, hi, before, int(span.histogram[b]), [])
+            narrower[key].ranks.append(rank)
+    return list(narrower.values())
+
+
+def _interpolate(values: dict[int, float], h: float) -> float:
+    """numpy's linear interpolation between ranks floor(h) and floor(h) + 1, written as numpy writes it."""
+    k = int(np.floor(h))
+    a = values[k]
+    b = values.get(k + 1, a)
+    t = h - k
+    diff = b - a
+    return float(b - diff * (1 - t)) if t >= 0.5 else float(a + diff * t)

@@ -9,14 +9,21 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from collection.choices import Origin
 from collection.ingest_formats import decode_ingest_body, iter_slug_pairs
 from collection.models import IngestBatch
-from collection.services.ingest import Rejection, SampleBatch, ingest_samples
+from collection.services.ingest import Rejection, SampleBatch, ingest_samples, raw_text
 from instruments.models import Channel
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+
+    from accounts.principals import AgentPrincipal
 
 MAX_LISTED_REJECTIONS = 1000
 MAX_LINE_CHARS = 2000  # as the server's collectors keep an unparsed line
@@ -52,8 +59,12 @@ def ingest_upload(
     origin: str = Origin.API,
     batch_id: str = "",
     time_unit: str = "",
+    sender_principal: User | AgentPrincipal | AnonymousUser | None = None,
 ) -> UploadResult:
-    """Store an uploaded batch; raises ``PayloadError`` for a body that cannot be read at all."""
+    """Store an uploaded batch; raises ``PayloadError`` for a body that cannot be read at all.
+
+    ``sender_principal`` (the user or agent) is named on its quarantine records, which it bounds.
+    """
     payload = decode_ingest_body(
         body,
         content_type,
@@ -61,6 +72,8 @@ def ingest_upload(
         resolve=channel_resolver(writable_instruments),
         batch_id=batch_id,
         time_unit=time_unit,
+        csv_max_header_bytes=settings.DAQBROKER_INGEST_CSV_MAX_HEADER_BYTES,
+        csv_max_columns=settings.DAQBROKER_INGEST_CSV_MAX_COLUMNS,
     )
 
     def store() -> dict:
@@ -70,6 +83,7 @@ def ingest_upload(
             writable_instruments=writable_instruments,
             rejections=payload.rejections,
             batch_id=payload.batch_id,
+            sender=sender_principal,
         )
         return {
             "batch_id": payload.batch_id or None,
@@ -81,6 +95,8 @@ def ingest_upload(
                 ]
             ],
             "rejections_truncated": result.rejected_count > MAX_LISTED_REJECTIONS,
+            # Rejected readings counted in an aggregate quarantine record, not kept one by one.
+            "rejections_aggregated": result.aggregated,
         }
 
     return _once(sender, payload.batch_id, store)
@@ -118,7 +134,13 @@ class UnparsedLine:
 
 
 def quarantine_lines(
-    lines: Sequence[UnparsedLine], *, sender: str, batch_id: str, sources: set[int], origin: str = Origin.AGENT
+    lines: Sequence[UnparsedLine],
+    *,
+    sender: str,
+    batch_id: str,
+    sources: set[int],
+    origin: str = Origin.AGENT,
+    sender_principal: User | AgentPrincipal | AnonymousUser | None = None,
 ) -> UploadResult:
     """Keep ``lines`` in quarantine (``RejectedSample``) through ``ingest_samples``, once per ``batch_id``.
 
@@ -138,12 +160,18 @@ def quarantine_lines(
             by_source[known].append(
                 Rejection(reason=line.reason, raw_value=line.text[:MAX_LINE_CHARS], context=context)
             )
+        aggregated = 0
         for source_id, rejections in by_source.items():
-            ingest_samples(
-                SampleBatch.from_rows([]), origin=origin, source_id=source_id, rejections=rejections, batch_id=batch_id
-            )
+            aggregated += ingest_samples(
+                SampleBatch.from_rows([]),
+                origin=origin,
+                source_id=source_id,
+                rejections=rejections,
+                batch_id=batch_id,
+                sender=sender_principal,
+            ).aggregated
         unlinked = len(by_source.get(None, ()))
-        return {"batch_id": batch_id, "stored": len(lines), "without_source": unlinked}
+        return {"batch_id": batch_id, "stored": len(lines), "without_source": unlinked, "aggregated": aggregated}
 
     return _once(sender, batch_id, store)
 
@@ -151,5 +179,5 @@ def quarantine_lines(
 def _as_sent(refs: list, rejection) -> object:
     if rejection.index is not None and 0 <= rejection.index < len(refs):
         ref = refs[rejection.index]
-        return ref if isinstance(ref, str | int) else repr(ref)
+        return ref if isinstance(ref, str | int) else raw_text(ref, 300)
     return rejection.channel_ref

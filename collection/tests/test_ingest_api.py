@@ -50,6 +50,7 @@ def test_agent_pushes_to_its_instrument(world, agent_scoped):
         "rejected": 0,
         "rejections": None,
         "rejections_truncated": False,
+        "rejections_aggregated": 0,
         "replayed": False,
     }
     stored = list(Sample.objects.filter(channel=channel).order_by("ts").values_list("ts", "value"))
@@ -210,7 +211,8 @@ def test_body_over_the_limit_is_413_before_it_is_read(world, owner, settings):
     body = orjson.dumps(rows(ref(world.alpha_channel), n=100))
     response = post(owner, body)
     assert response.status_code == 413
-    assert response.json()["detail"] == f"the body is {len(body):,} bytes; the limit is 2,048"
+    detail = f"the body is {len(body):,} bytes; the limit is 2,048 (DAQBROKER_INGEST_MAX_BYTES)"
+    assert response.json()["detail"] == detail
 
 
 def test_ingest_is_throttled_per_token(world, agent_scoped, personal_write_token, settings):
