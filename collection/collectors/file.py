@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
+from accounts import targets
 from collection.collectors.base import Collected, RawLine, channel_key, concat_batches, is_text, lines_to_readings
 from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.parsing import NUMBER, TEXT, BlockParser, FieldNotFound, LineParser, now_us
@@ -49,6 +50,8 @@ class FileCollector:
         previous: dict[str, dict] = (source.cursor or {}).get("files", {})
         cursor: dict[str, dict] = {}
         for path, name, stat, matches in candidate_files(folder, config["pattern"], previous):
+            # A symlink in the folder may lead anywhere: each file is checked where it really is.
+            targets.check_file_at_run(source, path)
             state = known_state(name, stat, previous)
             state = still_valid(path, stat, state)
             if not matches and (state is None or state["offset"] >= stat.st_size):

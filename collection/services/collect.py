@@ -26,6 +26,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts import targets
 from collection.choices import RunStatus
 from collection.collectors import COLLECTORS
 from collection.models import CollectionRun
@@ -82,7 +83,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
         logger.info("source %s is gone, or being collected by another worker", source_id)
         return None
     try:
-        source = DataSource.objects.select_related("instrument").get(pk=source_id)
+        source = DataSource.objects.select_related("instrument", "target_set_by").get(pk=source_id)
     except DataSource.DoesNotExist:
         return None
     _record_lost_runs(source_id, now)
@@ -91,7 +92,8 @@ def collect_source(source_id: int) -> CollectionRun | None:
         collector = COLLECTORS.get(source.kind)
         if collector is None:
             raise NotImplementedError(f"no collector for {source.get_kind_display()} sources yet")
-        config = source.validated_config()
+        # The rules may have changed since the source was saved: the one target check again, at run time.
+        config = targets.check_at_run(source, source.validated_config())
         channels = list(source.channels.exclude(kind=ChannelKind.DERIVED))
         collected = collector.collect(source, config, channels)
         with transaction.atomic():
@@ -123,7 +125,12 @@ def collect_source(source_id: int) -> CollectionRun | None:
             run.save()
         return run
     except Exception as exc:
-        logger.warning("collection of source %s failed: %s", source_id, exc, exc_info=not isinstance(exc, OSError))
+        logger.warning(
+            "collection of source %s failed: %s",
+            source_id,
+            exc,
+            exc_info=not isinstance(exc, OSError | targets.TargetRefused),
+        )
         _record_failure(source, run, owner, now, exc)
         return run
 
@@ -152,6 +159,8 @@ def _record_failure(source: DataSource, run: CollectionRun, owner: str, now, exc
     backoff = min(timedelta(seconds=source.interval_seconds * 2 ** min(failures, 12)), MAX_BACKOFF)
     if isinstance(exc, ValidationError):
         message = "configuration: " + "; ".join(exc.messages)
+    elif isinstance(exc, targets.TargetRefused):
+        message = f"refused by the target rules ({exc.field}): {exc.reason}"[:2000]
     else:
         message = f"{type(exc).__name__}: {exc}"[:2000]
     DataSource.objects.filter(pk=source.id).update(
