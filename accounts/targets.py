@@ -383,7 +383,7 @@ def check_source(principal: Principal, source: DataSource, *, previous: DataSour
         if agent is not None and not administrator and agent.owner_id != user.pk:
             raise ValidationError(
                 {
-                    "agent": f"Only the owner of agent {agent.name!r} or an administrator may set what it "
+                    "agent": "Only the owner of this source's agent or an administrator may set what the agent "
                     "collects: it runs on their machine."
                 }
             )

@@ -355,7 +355,7 @@ def test_a_co_editor_cannot_make_the_owners_agent_run_a_command(world, shared_ed
     url = f"{SOURCES}{source.pk}/"
     response = shared_editor.client.patch(url, {"config": COMMAND}, format="json")
     assert response.status_code == 400
-    assert "Only the owner of agent 'alpha-logger' or an administrator" in refusal(response)
+    assert "Only the owner of this source's agent or an administrator" in refusal(response)
     source.refresh_from_db()
     assert source.config["collect"]["kind"] == "file"
     # Changing what it reads in any other way is refused too; renaming it is not.
@@ -384,7 +384,7 @@ def test_an_operator_co_editor_cannot_give_the_owners_agent_a_command_in_the_adm
     url = reverse("admin:instruments_datasource_change", args=[source.pk])
     response = shared_editor.client.post(url, admin_form(source, config=json.dumps(COMMAND)))
     assert response.status_code == 200
-    assert "Only the owner of agent" in response.content.decode()
+    assert "Only the owner of this source&#x27;s agent" in response.content.decode()
     source.refresh_from_db()
     assert source.config["collect"]["kind"] == "file"
 
@@ -538,7 +538,7 @@ def test_agent_end_to_end_co_editor_refused_and_agent_refuses_commands(tmp_path,
 
     status, body = api(web, dave_token, "PATCH", path, {"config": command})
     assert status == 400, body
-    assert "Only the owner of agent 'station-pc'" in body
+    assert "Only the owner of this source's agent" in body
     station.source.refresh_from_db()
     assert station.source.config["collect"]["kind"] == "file"
 
