@@ -82,7 +82,7 @@ OPTIONS: dict[str, Option] = {
     # configuration may make this agent do on this machine (daqbroker_agent.guard).
     "allow_commands": Option(boolean(), default=False, help="the server may assign command sources"),
     "allowed_paths": Option(
-        path_list(), default=list, help="folders (and serial devices) the server's sources may read"
+        path_list(), default=tuple, help="folders (and serial devices) the server's sources may read"
     ),
 }
 # Options only the configuration file sets: the machine's owner decides them, not an environment variable

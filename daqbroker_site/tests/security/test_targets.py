@@ -564,3 +564,25 @@ def test_agent_end_to_end_co_editor_refused_and_agent_refuses_commands(tmp_path,
     client.force_login(admin)
     page = client.get(reverse("admin:accounts_agent_change", args=[station.agent.pk])).content.decode()
     assert f"refused by the agent: {reason}" in page
+
+
+def test_an_agent_reports_refusals_only_for_its_own_sources(world, agent_scoped, rules):
+    own = agent_source(world)
+    foreign = world.zulu_source
+    body = {
+        "refused_sources": [
+            {"id": own.pk, "name": "remote", "reason": "commands are not enabled on this host"},
+            {"id": foreign.pk, "name": "x", "reason": "planted"},
+        ]
+    }
+    assert agent_scoped.client.post("/api/v1/agent/heartbeat/", body, format="json").status_code == 200
+    health = AgentHealth.objects.get(agent=world.agents["alpha-logger"])
+    assert [item["id"] for item in health.refused_sources] == [own.pk]
+    own.refresh_from_db()
+    foreign.refresh_from_db()
+    assert own.last_error == "refused by the agent: commands are not enabled on this host"
+    assert "planted" not in foreign.last_error
+    # Once the agent no longer refuses it, the source's note goes.
+    assert agent_scoped.client.post("/api/v1/agent/heartbeat/", {}, format="json").status_code == 200
+    own.refresh_from_db()
+    assert own.last_error == ""
