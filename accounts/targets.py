@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -356,7 +357,8 @@ def target_of(kind: str, config: dict, agent_id: int | None = None) -> object:
         return (kind, config.get("host"), config.get("port"))
     if kind == SourceKind.SERIAL:
         return (kind, config.get("url"))
-    return (kind, agent_id, repr(sorted((config.get("collect") or {}).items())))
+    # Canonical JSON: PostgreSQL's jsonb hands keys back in its own order.
+    return (kind, agent_id, json.dumps(config.get("collect") or {}, sort_keys=True, default=str))
 
 
 def _user(principal: Principal) -> Principal:
