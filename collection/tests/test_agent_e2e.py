@@ -303,7 +303,12 @@ def test_lines_the_agent_cannot_parse_reach_the_server_quarantine_once(station, 
     assert sorted(rows) == [4, 7, 8]
     assert rows[7].raw_value == "\\x00\\x00 line noise"
     assert rows[8].reason == "field 'rh' is missing from the line"
-    assert Sample.objects.filter(channel=station.temp, ts=(T0 + 99) * 1_000_000).exists()  # its good field
+    # Its good field travels with the readings, uploaded by another thread than the report: wait for it.
+    wait_for(
+        lambda: Sample.objects.filter(channel=station.temp, ts=(T0 + 99) * 1_000_000).exists(),
+        timeout=30,
+        message="line 8's good field stored",
+    )
     # Two more heartbeats (each followed by a report of what waits): nothing is reported twice.
     beat = AgentHealth.objects.get(agent=station.agent).last_heartbeat
     for _ in range(2):
