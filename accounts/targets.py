@@ -325,7 +325,12 @@ def check_serial(url: str) -> Verdict:
     for location, what in protected_locations():
         if location != Path("/dev") and _within(device, location):
             return Verdict("url", protected=f"{device} is inside {what}, which no data source may read")
-    if any(fnmatch.fnmatch(url, pattern) or fnmatch.fnmatch(str(device), pattern) for pattern in serial_devices()):
+    # Matched as named (a /dev/serial/by-id/... link) or where it leads, but only a real device under
+    # /dev, and never a name climbing out with ".." (fnmatch's * also matches "/").
+    names = [str(device)] + ([url] if ".." not in Path(url).parts else [])
+    if _within(device, Path("/dev")) and any(
+        fnmatch.fnmatch(name, pattern) for name in names for pattern in serial_devices()
+    ):
         return Verdict("url")
     return Verdict("url", outside=f"the serial device {url} is not listed in DAQBROKER_SERIAL_DEVICES")
 

@@ -11,6 +11,7 @@ Finding 2 end to end (a real gunicorn server and a real agent process) is at the
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import urllib.error
@@ -153,6 +154,18 @@ def test_a_collaborator_cannot_reach_the_network_or_devices_without_the_rules(sh
 
 def test_loop_serial_urls_are_harmless(shared_editor, rules):
     assert post(shared_editor, new_source("serial", {"url": "loop://"})).status_code == 201
+
+
+def test_listed_serial_devices_are_open_but_not_a_dotdot_out_of_them(shared_editor, settings, rules):
+    settings.DAQBROKER_SERIAL_DEVICES = ["/dev/pts/*"]
+    controller, device = os.openpty()
+    try:
+        assert post(shared_editor, new_source("serial", {"url": os.ttyname(device)}, "pty")).status_code == 201
+        escape = post(shared_editor, new_source("serial", {"url": "/dev/pts/../../etc/passwd"}))
+        assert escape.status_code == 400
+    finally:
+        os.close(controller)
+        os.close(device)
 
 
 def test_the_allow_list_opens_networks_but_never_loopback_through_a_catch_all(shared_editor, settings, rules):
