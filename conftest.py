@@ -90,6 +90,19 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def test_source_targets(settings, tmp_path_factory):
+    """Tests point sources at their own temporary folders, instruments on loopback and pseudo-terminals:
+    the target rules (``accounts.targets``) are opened to exactly those. Tests of the rules set their own."""
+    settings.DAQBROKER_FILE_ROOTS = [tmp_path_factory.getbasetemp()]
+    settings.DAQBROKER_NETWORK_ALLOW = TEST_NETWORK_ALLOW.split(",")
+    settings.DAQBROKER_SERIAL_DEVICES = [TEST_SERIAL_DEVICES]
+
+
+TEST_NETWORK_ALLOW = "127.0.0.1,::1"
+TEST_SERIAL_DEVICES = "/dev/pts/*"
+
+
 # --- real services ---------------------------------------------------------------------------------
 
 
@@ -182,6 +195,9 @@ def service_env(tmp_path, redis_url) -> dict[str, str]:
         CELERY_BROKER_URL=redis_url,
         REDIS_URL=redis_url,
         DAQBROKER_DATA_DIR=str(tmp_path / "var"),
+        DAQBROKER_FILE_ROOTS=str(tmp_path),
+        DAQBROKER_NETWORK_ALLOW=TEST_NETWORK_ALLOW,
+        DAQBROKER_SERIAL_DEVICES=TEST_SERIAL_DEVICES,
         DAQBROKER_DISPATCH_INTERVAL="1",
         DAQBROKER_CELERY_QUEUE=f"test-{uuid.uuid4().hex}",
         DJANGO_SETTINGS_MODULE="daqbroker_site.settings",

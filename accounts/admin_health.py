@@ -10,7 +10,7 @@ from django.utils.timesince import timesince
 from accounts.models import Agent, AgentHealth
 
 HEALTH_COLUMNS = ("health_state", "last_heartbeat", "spool_depth", "clock_offset", "agent_last_error")
-HEALTH_DETAILS = (*HEALTH_COLUMNS, "agent_version", "agent_host")
+HEALTH_DETAILS = (*HEALTH_COLUMNS, "refused_sources", "agent_version", "agent_host")
 CLOCK_WARNING_SECONDS = 5.0
 
 
@@ -30,6 +30,13 @@ class AgentHealthAdminMixin:
         if health.is_stale:
             return format_html(
                 '<span style="color:#b60">silent for {}</span>', timesince(health.last_heartbeat, timezone.now())
+            )
+        if health.refused_sources:
+            reasons = "; ".join(f"{item.get('name')}: {item.get('reason')}" for item in health.refused_sources)
+            return format_html(
+                '<span style="color:#b00" title="{}">refused {} source(s)</span>',
+                reasons[:1000],
+                len(health.refused_sources),
             )
         if health.last_error:
             return format_html('<span style="color:#b00" title="{}">error</span>', health.last_error[:500])
@@ -63,6 +70,16 @@ class AgentHealthAdminMixin:
     def agent_last_error(self, agent: Agent) -> str:
         health = _health(agent)
         return (health.last_error[:200] or "-") if health else "-"
+
+    @admin.display(description="Sources refused by the agent")
+    def refused_sources(self, agent: Agent) -> str:
+        health = _health(agent)
+        if health is None or not health.refused_sources:
+            return "-"
+        return "; ".join(
+            f"{item.get('name') or item.get('id')}: refused by the agent: {item.get('reason')}"
+            for item in health.refused_sources
+        )
 
     @admin.display(description="Agent version")
     def agent_version(self, agent: Agent) -> str:

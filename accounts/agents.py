@@ -96,6 +96,13 @@ def record_heartbeat(who, data: dict, *, address: str | None = None) -> AgentHea
     user, _ = permissions.resolve(who)
     now = timezone.now()
     offset = data.get("clock_offset")
+    reported = {item["id"]: item for item in data.get("refused_sources") or []}
+    # Kept only for the agent's own sources, whatever ids it sends.
+    own = DataSource.objects.filter(agent=user.agent, kind=SourceKind.AGENT, pk__in=list(reported))
+    refused = [
+        {"id": pk, "name": reported[pk].get("name", ""), "reason": reported[pk]["reason"]}
+        for pk in sorted(own.values_list("pk", flat=True))
+    ]
     if offset is None and data.get("agent_time") is not None:
         offset = data["agent_time"] - now.timestamp()
     if offset is not None and not math.isfinite(offset):
@@ -113,6 +120,22 @@ def record_heartbeat(who, data: dict, *, address: str | None = None) -> AgentHea
             "last_upload": data.get("last_upload"),
             "last_error": data.get("last_error", "")[:2000],
             "clock_offset_seconds": offset,
+            "refused_sources": refused,
         },
     )
+    _mark_refused_sources(user.agent, refused)
     return health
+
+
+REFUSED_PREFIX = "refused by the agent: "
+
+
+def _mark_refused_sources(agent: Agent, refused: list[dict]) -> None:
+    """Say beside each of the agent's sources that it refused it (and clear that once it no longer does)."""
+    reasons = {item["id"]: item["reason"] for item in refused}
+    mine = DataSource.objects.filter(agent=agent, kind=SourceKind.AGENT)
+    for source_id, reason in reasons.items():
+        mine.filter(pk=source_id).exclude(last_error=REFUSED_PREFIX + reason).update(
+            last_error=(REFUSED_PREFIX + reason)[:2000]
+        )
+    mine.filter(last_error__startswith=REFUSED_PREFIX).exclude(pk__in=list(reasons)).update(last_error="")

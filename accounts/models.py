@@ -99,6 +99,11 @@ class AgentHealth(models.Model):
     last_upload = models.DateTimeField(null=True, blank=True, help_text="The agent's last acknowledged upload.")
     last_error = models.TextField(blank=True)
     clock_offset_seconds = models.FloatField(null=True, blank=True)
+    refused_sources = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Sources the agent will not run, as it said: [{"id": ..., "name": ..., "reason": ...}].',
+    )
 
     class Meta:
         verbose_name = "agent health"

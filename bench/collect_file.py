@@ -68,8 +68,9 @@ def main() -> None:
         import django
 
         django.setup()
-        folder = Path(tmp) / "logger"
-        folder.mkdir()
+        # Under <data dir>/files, a default file root (accounts.targets checks every collection run).
+        folder = Path(tmp) / "files" / "logger"
+        folder.mkdir(parents=True)
         path = folder / "weather.csv"
         write_csv(path, args.lines, args.bad_every)
         size_mb = path.stat().st_size / 1e6

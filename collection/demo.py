@@ -92,6 +92,9 @@ def register(owner) -> tuple[Instrument, DataSource]:
         defaults={
             "kind": SourceKind.FILE,
             "interval_seconds": 5,
+            # Set by the seeding command: the demo's folder is a default file root, and an administrator
+            # owner also keeps it collected if DAQBROKER_FILE_ROOTS is set to other folders.
+            "target_set_by": owner,
             "config": {
                 "path": str(demo_dir()),
                 "pattern": "weather*.csv",

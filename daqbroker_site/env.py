@@ -6,9 +6,11 @@ silently falling back to a default: a typo in a production setting must stop the
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import dj_database_url
@@ -145,3 +147,85 @@ def env_rate(name: str, default: str | None, *, environ: Mapping[str, str] | Non
     if not _RATE.match(value):
         raise ImproperlyConfigured(f"{name}={value!r} is not a rate; use e.g. 600/minute, 20/second or none")
     return value
+
+
+def env_paths(name: str, default: list[Path], *, environ: Mapping[str, str] | None = None) -> list[Path]:
+    """A comma-separated list of absolute folders, each resolved (symlinks and ``..`` followed)."""
+    value = _raw(name, environ)
+    if value is None:
+        return [Path(p).resolve() for p in default]
+    paths = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        path = Path(item).expanduser()
+        if not path.is_absolute():
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an absolute path")
+        paths.append(path.resolve())
+    return paths
+
+
+@dataclass(frozen=True)
+class NetworkRule:
+    """One entry of ``DAQBROKER_NETWORK_ALLOW``: an address or network (CIDR), or a host name, and
+    optionally one port. ``text`` is the entry as written, for messages."""
+
+    text: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    host: str | None = None
+    port: int | None = None
+
+    def matches(self, name: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if self.network is not None:
+            return address.version == self.network.version and address in self.network
+        return self.host == name.lower().rstrip(".")
+
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
+)
+
+
+def parse_network_rule(item: str) -> NetworkRule:
+    """``10.0.0.0/8``, ``192.168.1.20:502``, ``[fd00::/8]:4001``, ``::1``, ``plc.lab.example:502``."""
+    text = item.strip()
+    where, port = text, None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError("an IPv6 entry in brackets needs its closing ]")
+        where, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("after [address] only :port may follow")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        where, port = text.split(":")
+    number = None
+    if port is not None:
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{port!r} is not a port (1-65535)")
+        number = int(port)
+    try:
+        network = ipaddress.ip_network(where, strict=False)
+    except ValueError:
+        network = None
+    if network is not None:
+        return NetworkRule(text, network=network, port=number)
+    host = where.lower().rstrip(".")
+    if "/" in host or not _HOST_NAME.match(host):
+        raise ValueError("is neither an address, a network (CIDR) nor a host name")
+    return NetworkRule(text, host=host, port=number)
+
+
+def env_network_rules(name: str, default: list[str], *, environ: Mapping[str, str] | None = None) -> list[NetworkRule]:
+    """A comma-separated list of network rules (see ``parse_network_rule``); a bad entry stops start-up."""
+    rules = []
+    for item in env_list(name, default, environ=environ):
+        try:
+            rules.append(parse_network_rule(item))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {item!r} {exc}") from None
+    return rules

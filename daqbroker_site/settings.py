@@ -19,7 +19,9 @@ from daqbroker_site.env import (
     env_bool,
     env_int,
     env_list,
+    env_network_rules,
     env_path,
+    env_paths,
     env_rate,
     env_str,
 )
@@ -317,6 +319,19 @@ DAQBROKER_DB_LOCK_TIMEOUT = env_int("DAQBROKER_DB_LOCK_TIMEOUT", 10, minimum=1, 
 DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT = env_int("DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT", 60, minimum=1, maximum=86400)
 # Raw copies of the files read by file sources configured with "archive": true.
 DAQBROKER_ARCHIVE_DIR = env_path("DAQBROKER_ARCHIVE_DIR", DATA_DIR / "archive")
+# --- Source targets: who may point a source where (docs/security.md, "Who may point a source where") ---
+# Folders server file sources may read (resolved; the data dir, database, archive and program folder stay
+# unreadable even under a root). Default: the data dir's files/ folder and the demo's folder.
+DAQBROKER_FILE_ROOTS = env_paths("DAQBROKER_FILE_ROOTS", [DATA_DIR / "files", DATA_DIR / "demo"])
+# Hosts, addresses and networks (CIDR), each optionally with :port, that TCP sources, socket:// and
+# rfc2217:// serial URLs and alarm webhooks may reach. Default: none (administrators may still set
+# out-of-rule sources; webhooks need an entry).
+DAQBROKER_NETWORK_ALLOW = env_network_rules("DAQBROKER_NETWORK_ALLOW", [])
+# Serial devices (glob patterns such as /dev/ttyUSB*) that non-administrators may name. Default: none.
+DAQBROKER_SERIAL_DEVICES = env_list("DAQBROKER_SERIAL_DEVICES", [])
+for _pattern in DAQBROKER_SERIAL_DEVICES:
+    if not _pattern.startswith("/"):
+        raise ImproperlyConfigured(f"DAQBROKER_SERIAL_DEVICES: {_pattern!r} is not an absolute device path or pattern")
 # How often stale channels are looked for (and any alarm evaluation missed after an ingest is caught up).
 DAQBROKER_ALARM_CHECK_SECONDS = env_int("DAQBROKER_ALARM_CHECK_SECONDS", 30, minimum=1)
 # Webhook deliveries: attempts in all, the first retry's delay in seconds (doubling, with jitter), and

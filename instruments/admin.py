@@ -9,6 +9,7 @@ from accounts import audit, permissions
 from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
 from accounts.choices import AuditAction
 from accounts.models import Agent
+from instruments.forms import DataSourceForm
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
 
 COLLECTION_STATE = ("last_run_at", "last_success_at", "consecutive_failures", "next_run_at", "last_error", "cursor")
@@ -37,6 +38,12 @@ class DataSourceInline(admin.StackedInline):
     )
     readonly_fields = ("last_success_at", "consecutive_failures")
     show_change_link = True
+    form = DataSourceForm
+
+    def get_formset(self, request, obj=None, **kwargs):
+        # Each source is checked by the one target check, for the person editing (accounts.targets).
+        kwargs["form"] = DataSourceForm.for_principal(request.user, kwargs.get("form", self.form))
+        return super().get_formset(request, obj, **kwargs)
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "agent":
@@ -137,12 +144,18 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_select_related = ("instrument",)
     readonly_fields = (*COLLECTION_STATE, "created", "updated")
     autocomplete_fields = ("instrument",)
+    form = DataSourceForm
     actions = ("enable_collection", "disable_collection")
     fieldsets = (
         (None, {"fields": ("instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled")}),
         ("Collection state", {"fields": COLLECTION_STATE}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
     )
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        # Checked by the one target check, for the person editing (accounts.targets).
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return DataSourceForm.for_principal(request.user, form)
 
     @admin.display(description="Health")
     def health(self, source: DataSource) -> str:

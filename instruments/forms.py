@@ -1,13 +1,55 @@
-"""Forms of the collaborators' pages (instrument logbook, sharing, dashboards)."""
+"""Forms of the collaborators' pages (instrument logbook, sharing, dashboards), and the data-source form
+every surface that edits sources uses (the admin's source page and inline)."""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 
-from accounts import permissions
-from instruments.models import Dashboard, LogbookEntry, PlotRange
+from accounts import permissions, targets
+from accounts.targets import Principal
+from instruments.models import Dashboard, DataSource, LogbookEntry, PlotRange
+
+
+class DataSourceForm(forms.ModelForm):
+    """A data source, checked by the one target check (``accounts.targets``) for ``principal``.
+
+    Use ``DataSourceForm.for_principal(user)`` to get the class bound to the person editing."""
+
+    principal: Principal | None = None
+
+    class Meta:
+        model = DataSource
+        fields = ["instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled"]
+
+    @classmethod
+    def for_principal(cls, principal: Principal, base: type[forms.ModelForm] | None = None) -> type[DataSourceForm]:
+        parent = base if base is not None and issubclass(base, DataSourceForm) else cls
+        return type(parent.__name__, (parent,), {"principal": principal, "__module__": parent.__module__})
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        pk = self.instance.pk
+        self._stored = DataSource.objects.filter(pk=pk).first() if pk else None
+
+    def _post_clean(self) -> None:
+        super()._post_clean()  # the model's own checks: the configuration is validated and normalised
+        if self.errors:
+            return
+        if self.principal is None:
+            self.add_error(None, "This form needs the person editing (DataSourceForm.for_principal).")
+            return
+        try:
+            changed = targets.check_source(self.principal, self.instance, previous=self._stored)
+        except ValidationError as exc:
+            if hasattr(exc, "error_dict") and set(exc.error_dict) - set(self.fields):
+                exc = ValidationError(exc.messages)
+            self.add_error(None, exc)
+            return
+        if changed:
+            self.instance.target_set_by = permissions.resolve(self.principal)[0]
 
 
 class DateTimeLocalInput(forms.DateTimeInput):

@@ -124,6 +124,18 @@ class DataSource(models.Model):
         "instrument). Empty for every other kind.",
     )
 
+    # Who last set where the source reads (accounts.targets): an administrator's out-of-rule target runs
+    # only while they are still one; a non-administrator's change of the target must pass the rules.
+    target_set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+        help_text="Who last set the source's path, address or device.",
+    )
+
     # Collection state, written by the collectors only.
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_success_at = models.DateTimeField(null=True, blank=True, editable=False)

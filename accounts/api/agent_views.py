@@ -48,6 +48,12 @@ class AgentConfigSerializer(serializers.Serializer):
     skipped = SkippedSourceSerializer(many=True, help_text="Sources whose saved settings no longer validate.")
 
 
+class RefusedSourceSerializer(serializers.Serializer):
+    id = serializers.IntegerField(min_value=1, max_value=2**62)
+    name = serializers.CharField(max_length=400, allow_blank=True, required=False, default="")
+    reason = serializers.CharField(max_length=1000)
+
+
 class HeartbeatSerializer(serializers.Serializer):
     version = serializers.CharField(max_length=40, allow_blank=True, required=False, default="")
     hostname = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
@@ -68,6 +74,13 @@ class HeartbeatSerializer(serializers.Serializer):
         help_text="The agent's round-trip estimate of its clock minus the server's, in seconds.",
     )
     heartbeat_seconds = serializers.IntegerField(min_value=1, max_value=86_400, required=False, default=30)
+    refused_sources = RefusedSourceSerializer(
+        many=True,
+        required=False,
+        default=list,
+        max_length=1000,
+        help_text="Sources of the agent's configuration it will not run on its machine, and why.",
+    )
 
 
 class HeartbeatResultSerializer(serializers.Serializer):

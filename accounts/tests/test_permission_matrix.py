@@ -63,6 +63,36 @@ API_ALPHA_CREATE = expect(
 # Creating instruments: Operators (olivia) and administrators.
 API_CREATE_INSTRUMENT = expect(403, anonymous=401, owner=201, administrator=201, personal_write_token=201)
 NEW_SOURCE = {"instrument": "alpha-station", "name": "new-source", "kind": "file", "config": {"path": "/srv/data"}}
+# Source targets (accounts.targets; the matrix's rules: files under /srv, nothing on the network allow-list).
+# Outside the rules: administrators only. Protected (the server's own files): nobody.
+API_ALPHA_CREATE_OUT_OF_RULES = {
+    **API_ALPHA_CREATE, "shared_editor": 400, "owner": 400, "personal_write_token": 400,
+}  # fmt: skip
+API_ALPHA_CREATE_PROTECTED = {**API_ALPHA_CREATE_OUT_OF_RULES, "administrator": 400}
+API_ALPHA_RETARGET = {**API_ALPHA_CHANGE, "shared_editor": 400, "owner": 400, "personal_write_token": 400}
+# What olivia's agent collects: she (and her write token) and administrators only; eddie, a co-editor, not.
+API_ALPHA_AGENT_COLLECTS = {**API_ALPHA_CHANGE, "shared_editor": 400}
+ETC_SOURCE = {**NEW_SOURCE, "config": {"path": "/etc", "pattern": "passwd"}}
+REDIS_SOURCE = {**NEW_SOURCE, "kind": "tcp", "config": {"host": "127.0.0.1", "port": 6379}}
+PROC_SOURCE = {**NEW_SOURCE, "config": {"path": "/proc/self", "pattern": "environ"}}
+COMMAND = {"collect": {"kind": "command", "command": ["id"], "columns": ["x"]}}
+
+
+def alpha_agent_source(world):
+    from instruments.models import DataSource
+
+    source, _ = DataSource.objects.get_or_create(
+        instrument=world.alpha,
+        name="alpha-remote",
+        defaults={
+            "kind": "agent",
+            "agent": world.agents["alpha-logger"],
+            "config": {"collect": {"kind": "file", "path": "/data", "columns": ["t"]}},
+        },
+    )
+    return source
+
+
 NEW_CHANNEL = {"instrument": "alpha-station", "name": "New channel", "slug": "new-channel"}
 # Admin: non-staff (and every token or agent: no session) are sent to the login page.
 STAFF = expect(302, owner=200, administrator=200)
@@ -245,6 +275,24 @@ ROUTES: list[Case] = [
     Case("api:source-detail", "GET", lambda w: {"pk": w.zulu_source.pk}, API_ZEDS),
     Case("api:source-detail", "PATCH", lambda w: {"pk": w.alpha_source.pk}, API_ALPHA_CHANGE, data={"enabled": False}),
     Case("api:source-detail", "DELETE", lambda w: {"pk": w.zulu_source.pk}, {**API_ZULU_WRITE, "administrator": 204}),
+    # --- source targets: who may point a source where (issue 12) ---------------------------------------
+    Case("api:source-list", "POST", None, API_ALPHA_CREATE_OUT_OF_RULES, data=ETC_SOURCE),
+    Case("api:source-list", "POST", None, API_ALPHA_CREATE_OUT_OF_RULES, data=REDIS_SOURCE),
+    Case("api:source-list", "POST", None, API_ALPHA_CREATE_PROTECTED, data=PROC_SOURCE),
+    Case(
+        "api:source-detail",
+        "PATCH",
+        lambda w: {"pk": w.alpha_source.pk},
+        API_ALPHA_RETARGET,
+        data={"config": ETC_SOURCE["config"]},
+    ),
+    Case(
+        "api:source-detail",
+        "PATCH",
+        lambda w: {"pk": alpha_agent_source(w).pk},
+        API_ALPHA_AGENT_COLLECTS,
+        data={"config": COMMAND},
+    ),
     Case("api:channel-list", "GET", None, API_ANY_USER),
     Case("api:channel-list", "POST", None, API_ALPHA_CREATE, data=NEW_CHANNEL),
     Case("api:channel-detail", "GET", lambda w: {"pk": w.alpha_channel.pk}, API_ALPHA_READ),
@@ -402,6 +450,14 @@ ROUTES: list[Case] = [
     Case("collection:alarm-acknowledge", "POST", lambda w: {"pk": alpha_alarm(w).pk}, PAGE_ALPHA_CHANGE_POST),
     Case("collection:alarm-acknowledge", "POST", lambda w: {"pk": zulu_alarm(w).pk}, PAGE_ZULU_POST),
 ]
+
+
+@pytest.fixture(autouse=True)
+def matrix_target_rules(settings):
+    """The rules the source-target rows assume: server file sources under /srv, no network allowed."""
+    settings.DAQBROKER_FILE_ROOTS = ["/srv"]
+    settings.DAQBROKER_NETWORK_ALLOW = []
+    settings.DAQBROKER_SERIAL_DEVICES = []
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from pathlib import Path
 from daqbroker_agent import __version__
 from daqbroker_agent.auth import AuthWatch
 from daqbroker_agent.client import ApiClient, ServerUnreachable
+from daqbroker_agent.guard import refusal
 from daqbroker_agent.settings import Settings
 from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
 from daqbroker_agent.spool import Spool, SpoolUnavailable
@@ -174,6 +175,9 @@ class AgentRuntime:
         self.sources: dict[str, SourceRunner] = {}
         self._sources_lock = threading.Lock()  # the configuration thread and shutdown both change them
         self.noisy = RateLimitedLog(log, every=300.0)
+        # Sources of the server's configuration this agent will not run (daqbroker_agent.guard), by id,
+        # with the reason: sent in every heartbeat.
+        self.refused: dict[int, dict] = {}
         self.hostname = socket.gethostname()
         self.supervisor = Supervisor(self.stop)
         self._depth = 0  # the spool's depth when last read (sent in heartbeats if it cannot be read now)
@@ -263,13 +267,24 @@ class AgentRuntime:
 
     def _apply_central(self, config: dict) -> None:
         wanted: dict[str, SourceSpec] = {}
+        refused: dict[int, dict] = {}
         for source in config.get("sources", []):
             try:
                 spec = spec_from_server(source)
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("cannot use source %s of the server's configuration: %s", source.get("name"), exc)
                 continue
+            why = refusal(
+                spec.collect,
+                allow_commands=self.settings.allow_commands,
+                allowed_paths=self.settings.allowed_paths,
+            )
+            if why:
+                refused[source["id"]] = {"id": source["id"], "name": spec.name, "reason": why}
+                log.error("refused source %s of the server's configuration: %s", spec.name, why)
+                continue
             wanted[spec.key] = spec
+        self.refused = refused
         for key, runner in list(self.sources.items()):
             if not key.startswith("server:"):
                 continue
@@ -390,6 +405,7 @@ class AgentRuntime:
             "last_upload": datetime.fromtimestamp(last_upload, UTC).isoformat() if last_upload else None,
             "clock_offset": self.state.get("clock_offset"),
             "heartbeat_seconds": max(1, round(self.settings.heartbeat_seconds)),
+            "refused_sources": list(self.refused.values()),
         }
         sent = time.time()
         payload["agent_time"] = sent

@@ -11,6 +11,10 @@ optionally ``[[sources]]`` the agent collects on its own, in addition to the one
     token_file = "/etc/daqbroker-agent/token"
     spool = "/var/lib/daqbroker-agent"
 
+    # What the server may ask this agent to collect (sources of this file are not limited by these):
+    allow_commands = false                      # true: the server may assign "command" sources
+    allowed_paths = ["/data/logger", "/dev/ttyUSB0"]   # folders for file sources, serial devices
+
     [[sources]]
     name = "rooftop-logger"
     interval_seconds = 10
@@ -30,6 +34,7 @@ from typing import Any
 from daqbroker_agent.config import (
     ConfigError,
     Option,
+    boolean,
     choice,
     integer,
     number,
@@ -39,6 +44,18 @@ from daqbroker_agent.config import (
 )
 
 ENV_PREFIX = "DAQBROKER_AGENT_"
+
+
+def path_list():
+    def check(value: Any, field: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+            raise ConfigError(field, 'must be a list of absolute paths, e.g. ["/data/logger", "/dev/ttyUSB0"]')
+        for item in value:
+            if not os.path.isabs(item):
+                raise ConfigError(field, f"{item!r} is not an absolute path")
+        return tuple(value)
+
+    return check
 
 
 class SettingsError(ValueError):
@@ -61,7 +78,16 @@ OPTIONS: dict[str, Option] = {
     "config_poll_seconds": Option(number(minimum=1, maximum=86_400), default=30.0),
     "ca_file": Option(text(max_length=4000), default="", help="CA bundle for a server with a private certificate"),
     "log_level": Option(choice("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"),
+    # Set only in the configuration file (never from the environment or the server): what the server's
+    # configuration may make this agent do on this machine (daqbroker_agent.guard).
+    "allow_commands": Option(boolean(), default=False, help="the server may assign command sources"),
+    "allowed_paths": Option(
+        path_list(), default=tuple, help="folders (and serial devices) the server's sources may read"
+    ),
 }
+# Options only the configuration file sets: the machine's owner decides them, not an environment variable
+# a service manager or a shared shell might carry.
+FILE_ONLY_OPTIONS = {"allow_commands", "allowed_paths"}
 INTEGER_OPTIONS = {"max_spool_readings", "batch_size", "uploaders"}
 
 
@@ -97,6 +123,8 @@ class Settings:
     config_poll_seconds: float
     ca_file: str
     log_level: str
+    allow_commands: bool = False
+    allowed_paths: tuple[str, ...] = ()
     config_file: str = ""
     sources: tuple[LocalSource, ...] = field(default=())
 
@@ -141,6 +169,8 @@ def load_settings(
         raise SettingsError(f"{path}: {exc}") from None
     for name, option in OPTIONS.items():
         env_name = ENV_PREFIX + name.upper()
+        if name in FILE_ONLY_OPTIONS:
+            continue
         if environ.get(env_name, "").strip():  # set and not empty
             value = environ[env_name].strip()
             value = value.upper() if name == "log_level" else value.lower() if name == "spool_sync" else value
@@ -149,7 +179,7 @@ def load_settings(
             except ConfigError as exc:
                 raise SettingsError(str(exc)) from None
     for name, value in (overrides or {}).items():
-        if value is not None:
+        if value is not None and name not in FILE_ONLY_OPTIONS:
             try:
                 values[name] = OPTIONS[name].validate(value, f"--{name.replace('_', '-')}")
             except ConfigError as exc:

@@ -33,7 +33,8 @@ class SerialTransport:
 
         self._serial = serial
         self.port = serial.serial_for_url(
-            config["url"],
+            # connect_url: the same URL with the address the server's target check approved (no DNS again)
+            config.get("connect_url") or config["url"],
             baudrate=config["baudrate"],
             bytesize=config["bytesize"],
             parity=config["parity"],
@@ -71,7 +72,9 @@ class TcpTransport:
     """A TCP connection to ``host:port``."""
 
     def __init__(self, config: dict):
-        self.sock = socket.create_connection((config["host"], config["port"]), timeout=config["timeout"])
+        # connect_address: the address the server's target check approved (so DNS is not asked again)
+        host = config.get("connect_address") or config["host"]
+        self.sock = socket.create_connection((host, config["port"]), timeout=config["timeout"])
 
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -123,7 +123,9 @@ def test_run_collects_uploads_beats_follows_the_server_and_stops_cleanly(tmp_pat
     (folder / "a.csv").write_text(f"{T},1.5\n")
     local = tmp_path / "agent.toml"
     local.write_text(
-        f'spool = "{tmp_path / "spool"}"\n[[sources]]\nname = "local-file"\ninterval_seconds = 0.2\n'
+        # The server's configuration assigns a command source: this machine's file lets it run.
+        f'spool = "{tmp_path / "spool"}"\nallow_commands = true\n'
+        '[[sources]]\nname = "local-file"\ninterval_seconds = 0.2\n'
         f'collect = {{ kind = "file", path = "{folder}", columns = ["time", "temp"] }}\n'
         'channels = [{ channel = "station/file-temp", field = "temp" }]\n'
     )

@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from accounts import targets
 from collection.alarms.choices import DeliveryStatus, Medium, RuleKind, Severity, Transition
 from daqbroker_agent.parsing import us_to_datetime
 from instruments.choices import ChannelKind
@@ -166,6 +167,13 @@ class AlarmRule(ChannelSelection):
             errors["threshold"] = "Threshold and rate rules need a threshold."
         if self.kind == RuleKind.RATE and self.threshold is not None and self.threshold <= 0:
             errors["threshold"] = "A rate threshold is a positive change per second."
+        if self.webhook_url:
+            # The one target check: webhooks reach only what DAQBROKER_NETWORK_ALLOW permits (checked again
+            # at each delivery).
+            try:
+                targets.check_webhook_url(self.webhook_url)
+            except targets.TargetRefused as exc:
+                errors["webhook_url"] = exc.reason
         if errors:
             raise ValidationError(errors)
 

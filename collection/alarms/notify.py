@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import random
 import smtplib
-import urllib.error
-import urllib.request
+import socket
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from celery import current_app
 from django.conf import settings
@@ -34,6 +36,7 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts import targets
 from accounts.permissions import VIEW, has_instrument_perm
 from collection.alarms.choices import DeliveryStatus, Medium, Transition
 from collection.alarms.models import AlarmEvent, AlarmNotification, AlarmSubscription
@@ -228,18 +231,58 @@ def send_webhook(notification: AlarmNotification) -> None:
     secret = notification.event.rule.webhook_secret
     if secret:
         headers["X-DAQBroker-Signature"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not url.lower().startswith(("http://", "https://")):
-        raise ValueError(f"webhook URL {url!r} is not http(s)")
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 (scheme checked)
     try:
-        with urllib.request.urlopen(request, timeout=settings.DAQBROKER_WEBHOOK_TIMEOUT) as response:  # noqa: S310
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 429 or exc.code >= 500:
-            raise TransientError(f"HTTP {exc.code} from {url}") from exc
-        raise ValueError(f"HTTP {exc.code} from {url}: the receiver refused the notification") from exc
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        raise TransientError(f"{url}: {getattr(exc, 'reason', exc)}") from exc
+        # The one target check at send time: the rules may have changed since the rule was saved.
+        host, address = targets.check_webhook_url(url)
+    except targets.TargetRefused as exc:
+        raise ValueError(exc.reason) from None
+    try:
+        status, location = _post_pinned(url, host, address, body, headers)
+    except (OSError, http.client.HTTPException) as exc:  # refused, unreachable, timed out, cut off
+        raise TransientError(f"{url}: {exc}") from exc
+    if 300 <= status < 400:
+        raise ValueError(f"HTTP {status} from {url} (to {location or '?'}): webhooks never follow redirects")
+    if status == 429 or status >= 500:
+        raise TransientError(f"HTTP {status} from {url}")
+    if status >= 400:
+        raise ValueError(f"HTTP {status} from {url}: the receiver refused the notification")
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to the checked address, with the certificate checked against the URL's host name."""
+
+    def __init__(self, host: str, port: int | None, address: str, **kwargs):
+        super().__init__(host, port, context=ssl.create_default_context(), **kwargs)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int | None, address: str, **kwargs):
+        super().__init__(host, port, **kwargs)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+def _post_pinned(url: str, host: str, address, body: bytes, headers: dict) -> tuple[int, str]:
+    """POST ``body`` to ``url`` over a connection to ``address`` (the one the target check approved, so a
+    name re-pointed in DNS meanwhile is not followed). http.client never follows redirects."""
+    parts = urlsplit(url)
+    cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+    connection = cls(host, parts.port, str(address), timeout=settings.DAQBROKER_WEBHOOK_TIMEOUT)
+    try:
+        path = parts.path or "/"
+        connection.request("POST", f"{path}?{parts.query}" if parts.query else path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read(1024)
+        return response.status, response.getheader("Location", "")
+    finally:
+        connection.close()
 
 
 def sweep() -> dict[str, int]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
+from accounts import targets
 from collection.collectors.base import (
     Collected,
     RawLine,
@@ -56,6 +57,8 @@ class FileCollector:
         plan = plan_files(folder, config["pattern"], source.cursor, config.get("rotated_pattern", ""))
         cursor: dict[str, dict] = dict(plan.kept)
         for c in plan.to_read:
+            # A symlink in the folder may lead anywhere: each file is checked where it really is.
+            targets.check_file_at_run(source, c.path)
             if run.lines_left <= 0 or run.bytes_left <= 0:
                 run.more = run.more or c.state is None or c.state["offset"] < c.stat.st_size
                 if c.state is not None:

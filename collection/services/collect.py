@@ -39,6 +39,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts import targets
 from collection.choices import RunStatus
 from collection.collectors import COLLECTORS
 from collection.models import CollectionRun
@@ -212,7 +213,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
     run: CollectionRun | None = None
     try:
         try:
-            source = DataSource.objects.select_related("instrument").get(pk=source_id)
+            source = DataSource.objects.select_related("instrument", "target_set_by").get(pk=source_id)
         except DataSource.DoesNotExist:
             return None
         _record_lost_runs(source_id, now, lease.taken_from)
@@ -220,7 +221,8 @@ def collect_source(source_id: int) -> CollectionRun | None:
         collector = COLLECTORS.get(source.kind)
         if collector is None:
             raise NotImplementedError(f"no collector for {source.get_kind_display()} sources yet")
-        config = source.validated_config()
+        # The rules may have changed since the source was saved: the one target check again, at run time.
+        config = targets.check_at_run(source, source.validated_config())
         channels = list(source.channels.exclude(kind=ChannelKind.DERIVED))
         collected = collector.collect(source, config, channels)
         with collection_transaction():
@@ -267,7 +269,8 @@ def collect_source(source_id: int) -> CollectionRun | None:
             )
             run.refresh_from_db()
             return run
-        logger.warning("collection of source %s failed: %s", source_id, exc, exc_info=not isinstance(exc, OSError))
+        quiet = isinstance(exc, OSError | targets.TargetRefused)  # the reason says it all: no traceback
+        logger.warning("collection of source %s failed: %s", source_id, exc, exc_info=not quiet)
         return _record_failure(source_id, run, owner, now, exc)
 
 
@@ -301,6 +304,8 @@ def _committed(run: CollectionRun) -> bool:
 def _failure_message(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "configuration: " + "; ".join(exc.messages)
+    if isinstance(exc, targets.TargetRefused):
+        return f"refused by the target rules ({exc.field}): {exc.reason}"[:2000]
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 

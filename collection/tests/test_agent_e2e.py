@@ -164,6 +164,18 @@ class Station:
         self.rh = make_channel(self.instrument, slug="rh", source=self.source, source_field="rh")
         self.lines_written = 0
         self._spool: Spool | None = None
+        # The agent's own configuration file: what this machine lets the server's sources do here.
+        self.allowed_paths = [str(self.folder)]
+        if "://" not in collect.get("url", "://"):
+            self.allowed_paths.append(collect["url"])
+        self.allow_commands = False
+        self.config_file = tmp_path / "agent.toml"
+
+    def write_agent_config(self) -> None:
+        paths = ", ".join(f'"{path}"' for path in self.allowed_paths)
+        self.config_file.write_text(
+            f"allow_commands = {'true' if self.allow_commands else 'false'}\nallowed_paths = [{paths}]\n"
+        )
 
     def write_lines(self, n: int, name: str = "data.csv") -> None:
         """``n`` lines, two readings each: temp = i / 10, rh = i % 100 for line i."""
@@ -186,6 +198,7 @@ class Station:
         assert rh_sum == sum(i % 100 for i in range(n))
 
     def agent_process(self, server: WebServer, log_dir: Path, **settings: str) -> Process:
+        self.write_agent_config()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO", "DATABASE"))}
         env.update(
             PYTHONPATH=AGENT_PATH,
@@ -196,6 +209,7 @@ class Station:
             DAQBROKER_AGENT_RETRY_MAX_SECONDS="1",
             DAQBROKER_AGENT_CONFIG_POLL_SECONDS="1",
             DAQBROKER_AGENT_HEARTBEAT_SECONDS="1",
+            DAQBROKER_AGENT_CONFIG=str(self.config_file),
             **{f"DAQBROKER_AGENT_{k.upper()}": v for k, v in settings.items()},
         )
         return Process("agent", [sys.executable, "-m", "daqbroker_agent", "run"], env, log_dir)
@@ -289,7 +303,12 @@ def test_lines_the_agent_cannot_parse_reach_the_server_quarantine_once(station, 
     assert sorted(rows) == [4, 7, 8]
     assert rows[7].raw_value == "\\x00\\x00 line noise"
     assert rows[8].reason == "field 'rh' is missing from the line"
-    assert Sample.objects.filter(channel=station.temp, ts=(T0 + 99) * 1_000_000).exists()  # its good field
+    # Its good field travels with the readings, uploaded by another thread than the report: wait for it.
+    wait_for(
+        lambda: Sample.objects.filter(channel=station.temp, ts=(T0 + 99) * 1_000_000).exists(),
+        timeout=30,
+        message="line 8's good field stored",
+    )
     # Two more heartbeats (each followed by a report of what waits): nothing is reported twice.
     beat = AgentHealth.objects.get(agent=station.agent).last_heartbeat
     for _ in range(2):

@@ -327,8 +327,9 @@ def test_a_channel_naming_an_unknown_column_fails_the_run_and_backs_off(station)
     assert source.next_run_at - run.finished_at > first_delay
 
 
-def test_a_missing_folder_fails_the_run_with_a_message(station):
-    source, _ = station(path="/nonexistent/logger")
+def test_a_missing_folder_fails_the_run_with_a_message(station, tmp_path):
+    missing = tmp_path / "nonexistent" / "logger"
+    source, _ = station(path=str(missing))
     run = collect_source(source.pk)
     assert run.status == RunStatus.FAILED
-    assert run.error == "FileNotFoundError: folder /nonexistent/logger does not exist or is not a folder"
+    assert run.error == f"FileNotFoundError: folder {missing} does not exist or is not a folder"

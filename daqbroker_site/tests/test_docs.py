@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.apps import apps
 
-from daqbroker_agent.settings import ENV_PREFIX, OPTIONS
+from daqbroker_agent.settings import ENV_PREFIX, FILE_ONLY_OPTIONS, OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGURATION_PAGE = REPO / "docs" / "configuration.md"
@@ -51,8 +51,9 @@ def variables_read_by_the_code() -> set[str]:
             names |= set(SHELL_NAME.findall(path.read_text()))
     # The browser tests read one more (they are tests, but the variable is a setting of the test run).
     names |= set(PYTHON_NAME.findall((REPO / "pages" / "tests" / "test_browser.py").read_text()))
-    # The agent reads DAQBROKER_AGENT_<OPTION> for each of its options, and a few names it builds.
-    names |= {ENV_PREFIX + option.upper() for option in OPTIONS}
+    # The agent reads DAQBROKER_AGENT_<OPTION> for each of its options (but those only its file sets), and a
+    # few names it builds.
+    names |= {ENV_PREFIX + option.upper() for option in OPTIONS if option not in FILE_ONLY_OPTIONS}
     for path in REPO.glob("client_agent/daqbroker_agent/*.py"):
         names |= {ENV_PREFIX + "".join(groups) for groups in AGENT_BUILT_NAME.findall(path.read_text())}
     return names

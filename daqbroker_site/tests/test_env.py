@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from daqbroker_site.env import database_settings, env_bool, env_int, env_list, env_path, env_str
+from daqbroker_site.env import (
+    database_settings,
+    env_bool,
+    env_int,
+    env_list,
+    env_network_rules,
+    env_path,
+    env_paths,
+    env_str,
+    parse_network_rule,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -266,3 +276,98 @@ def test_collection_transaction_timeouts_refuse_bad_values(tmp_path, name, raw, 
     proc = _manage(["check"], tmp_path, **{name: raw})
     assert proc.returncode != 0
     assert message in proc.stderr
+
+
+# --- source targets: env_paths, env_network_rules ---------------------------------------------------
+
+
+def test_env_paths_reads_absolute_folders_resolved(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    value = f"{tmp_path}/link, {tmp_path}/real/../real,,"
+    assert env_paths("ROOTS", [], environ={"ROOTS": value}) == [tmp_path / "real", tmp_path / "real"]
+
+
+def test_env_paths_unset_gives_the_default_resolved(tmp_path):
+    assert env_paths("ROOTS", [tmp_path / "a" / ".." / "b"], environ={}) == [tmp_path / "b"]
+
+
+def test_env_paths_refuses_a_relative_path():
+    with pytest.raises(ImproperlyConfigured, match=r"DAQBROKER_FILE_ROOTS: 'data/files' is not an absolute path"):
+        env_paths("DAQBROKER_FILE_ROOTS", [], environ={"DAQBROKER_FILE_ROOTS": "/srv/ok,data/files"})
+
+
+def test_env_network_rules_reads_addresses_networks_hosts_and_ports():
+    raw = "10.0.0.0/8, 192.168.1.20:502, [fd00::/8]:4001, ::1, PLC.lab.example:502, 127.0.0.1"
+    rules = env_network_rules("ALLOW", [], environ={"ALLOW": raw})
+    assert [(str(r.network) if r.network else r.host, r.port) for r in rules] == [
+        ("10.0.0.0/8", None),
+        ("192.168.1.20/32", 502),
+        ("fd00::/8", 4001),
+        ("::1/128", None),
+        ("plc.lab.example", 502),
+        ("127.0.0.1/32", None),
+    ]
+
+
+def test_network_rules_match_address_port_and_name():
+    import ipaddress
+
+    lan = parse_network_rule("10.0.0.0/8:502")
+    assert lan.matches("plc", ipaddress.ip_address("10.1.2.3"), 502)
+    assert not lan.matches("plc", ipaddress.ip_address("10.1.2.3"), 503)
+    assert not lan.matches("plc", ipaddress.ip_address("11.1.2.3"), 502)
+    named = parse_network_rule("plc.lab.example")
+    assert named.matches("PLC.lab.example.", ipaddress.ip_address("192.0.2.1"), 1)
+    assert not named.matches("other.example", ipaddress.ip_address("192.0.2.1"), 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("10.0.0.0/33", "neither an address"),
+        ("host:99999", "'99999' is not a port"),
+        ("host:port", "'port' is not a port"),
+        ("[::1", "closing ]"),
+        ("[::1]x", "only :port"),
+        ("bad host!", "neither an address"),
+    ],
+)
+def test_env_network_rules_refuses_a_bad_entry(raw, why):
+    with pytest.raises(ImproperlyConfigured, match="DAQBROKER_NETWORK_ALLOW: ") as excinfo:
+        env_network_rules("DAQBROKER_NETWORK_ALLOW", [], environ={"DAQBROKER_NETWORK_ALLOW": f"10.0.0.1,{raw}"})
+    assert why in str(excinfo.value)
+
+
+def test_the_default_rules_open_the_data_dirs_files_and_demo_folders_and_no_network(tmp_path):
+    script = (
+        "from django.conf import settings; "
+        "print([str(p) for p in settings.DAQBROKER_FILE_ROOTS], settings.DAQBROKER_NETWORK_ALLOW, "
+        "settings.DAQBROKER_SERIAL_DEVICES)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAQBROKER_", "PYTEST"))}
+    env.update(DAQBROKER_DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="daqbroker_site.settings")
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {script}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{[str(tmp_path / 'files'), str(tmp_path / 'demo')]} [] []"
+
+
+def test_a_relative_serial_device_pattern_refuses_to_start(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAQBROKER_", "PYTEST"))}
+    env.update(
+        DAQBROKER_DATA_DIR=str(tmp_path),
+        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
+        DAQBROKER_SERIAL_DEVICES="ttyUSB*",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "DAQBROKER_SERIAL_DEVICES: 'ttyUSB*' is not an absolute device path" in result.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from accounts import permissions
+from accounts import permissions, targets
 from accounts.api.base import PermittedPrimaryKeyRelatedField, PermittedSlugRelatedField
 from accounts.models import Agent
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
@@ -34,10 +34,17 @@ class ModelCleanMixin:
             setattr(instance, name, value)
         try:
             instance.full_clean()
+            extra = self.validate_instance(instance)
         except DjangoValidationError as exc:
-            raise serializers.ValidationError(exc.message_dict) from None
+            raise serializers.ValidationError(
+                exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+            ) from None
         # clean() may normalise values (a source's config gets its defaults filled in).
-        return {name: getattr(instance, name) for name in attrs}
+        return {**{name: getattr(instance, name) for name in attrs}, **extra}
+
+    def validate_instance(self, instance) -> dict:
+        """Checks beyond the model's own, on the cleaned instance; returns more fields to save."""
+        return {}
 
     def implicit_value(self, name):
         return self.context["request"].user
@@ -108,6 +115,13 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "updated",
         ]
         validators = []
+
+    def validate_instance(self, instance: DataSource) -> dict:
+        # The one target check (accounts.targets): where the source reads, given who is asking.
+        principal = self.context["request"].user
+        if targets.check_source(principal, instance, previous=self.instance):
+            return {"target_set_by": principal}
+        return {}
 
 
 class ChannelSerializer(ModelCleanMixin, serializers.ModelSerializer):
