@@ -1,8 +1,11 @@
 """Test-suite wiring shared by every app: which database engine runs, real services, personas.
 
-The suite runs once per engine (``scripts/test`` sets DATABASE_URL for PostgreSQL and MariaDB). When an
-engine or Redis cannot be reached, its tests are skipped with the reason on a developer's machine, and
-the run FAILS when CI=true: CI must never pass by skipping the real services.
+``scripts/test`` runs the whole suite on SQLite, then the engine-dependent tests again on PostgreSQL and
+MariaDB (it sets DATABASE_URL and passes ``--engine-dependent-only``). Which test is which, and the
+``browser``/``server``/``worker`` markers behind ``--fast``, are decided in ONE place below
+(``pytest_collection_modifyitems``); docs/testing.md explains the rules. When an engine or Redis cannot
+be reached, its tests are skipped with the reason on a developer's machine, and the run FAILS when
+CI=true: CI must never pass by skipping the real services.
 """
 
 from __future__ import annotations
@@ -69,11 +72,75 @@ def pytest_sessionstart(session):
         pytest.exit(f"CI=true and the database is unavailable: {_DB_PROBLEM}", returncode=3)
 
 
+# --- where each test runs (the one place that decides) -------------------------------------------------
+
+# A test that requests one of these (directly or through its fixtures), or carries @pytest.mark.django_db,
+# talks to the database. Without them pytest-django refuses any database access, so the rest cannot.
+DATABASE_FIXTURES = frozenset(
+    {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"}
+)
+# Heavy real parts, recognised by the fixture that brings them; ``--fast`` leaves these (and ``slow``) out.
+MARKERS_BY_FIXTURE = {
+    "browser": "browser",  # headless Chromium driven by Playwright
+    "live_server": "server",  # Django's live server thread on the test database
+    "service_env": "server",  # child processes on the test database: gunicorn, Celery worker/beat, manage.py
+    "start_process": "worker",  # real Celery worker (and beat) processes
+}
+FAST_EXCLUDES = ("slow", "browser", "server", "worker")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("daqbroker")
+    group.addoption(
+        "--fast",
+        action="store_true",
+        help="leave out the slow, browser, server and worker tests (the quick local loop)",
+    )
+    group.addoption(
+        "--engine-dependent-only",
+        action="store_true",
+        help="leave out the engine_independent tests (the PostgreSQL and MariaDB passes of scripts/test)",
+    )
+
+
+def uses_database(item: pytest.Item) -> bool:
+    return item.get_closest_marker("django_db") is not None or not DATABASE_FIXTURES.isdisjoint(
+        getattr(item, "fixturenames", ())
+    )
+
+
+def is_engine_independent(item: pytest.Item) -> bool:
+    """Engine-dependent by default: only a test that cannot reach the database, a browser test (its subject
+    is the page; every page's queries run on every engine through the test client), or one marked
+    ``engine_independent`` by hand runs in the SQLite pass alone."""
+    if item.get_closest_marker("engine_independent") or item.get_closest_marker("browser"):
+        return True
+    return not uses_database(item)
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, name in MARKERS_BY_FIXTURE.items():
+            if fixture in fixtures and item.get_closest_marker(name) is None:
+                item.add_marker(name)
+        if is_engine_independent(item) and item.get_closest_marker("engine_independent") is None:
+            item.add_marker("engine_independent")
+
+    keep, drop = [], []
+    for item in items:
+        left_out = (config.getoption("fast") and any(item.get_closest_marker(m) for m in FAST_EXCLUDES)) or (
+            config.getoption("engine_dependent_only") and item.get_closest_marker("engine_independent")
+        )
+        (drop if left_out else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
     if _DB_PROBLEM:
         marker = pytest.mark.skip(reason=_DB_PROBLEM)
         for item in items:
-            if "client_agent" not in str(item.path):
+            if uses_database(item):
                 item.add_marker(marker)
 
 

@@ -239,21 +239,37 @@ def iso_lines(draw, delimiter: str):
     return delimiter.join(parts)
 
 
-REGULAR_SEEN: list[int] = []
+@st.composite
+def delimited_blocks(draw) -> tuple[str, list[str]]:
+    delimiter = draw(st.sampled_from([",", ";", "\t", " "]))
+    return delimiter, draw(st.lists(iso_lines(delimiter), max_size=25))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.sampled_from([",", ";", "\t", " "]).flatmap(
-        lambda d: st.tuples(st.just(d), st.lists(iso_lines(d), max_size=25))
-    ),
-    st.sampled_from(["UTC", "Europe/Lisbon", "Asia/Kathmandu"]),
-)
-def test_generated_delimited_lines_agree(generated, zone):
-    delimiter, lines = generated
-    cfg = config(delimiter=delimiter, timestamp={"timezone": zone})
-    block = check_agreement(cfg, {"1": NUMBER, "2": TEXT, "3": NUMBER}, lines)
-    REGULAR_SEEN.append(len(block.rows))
+def test_generated_delimited_lines_agree_and_many_take_the_bulk_path():
+    """The property, and a check that it was not vacuous: the generated lines must often be read in bulk,
+    or every example could fall back to LineParser and the comparison would prove nothing. The count lives
+    in this test, so the check holds in any order and on its own (it once sat in a second test that read a
+    module global this one filled, and skipped or passed by luck of the order)."""
+    lines_seen: list[int] = []
+    rows_in_bulk: list[int] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(delimited_blocks(), st.sampled_from(["UTC", "Europe/Lisbon", "Asia/Kathmandu"]))
+    def agree(generated, zone):
+        delimiter, lines = generated
+        cfg = config(delimiter=delimiter, timestamp={"timezone": zone})
+        block = check_agreement(cfg, {"1": NUMBER, "2": TEXT, "3": NUMBER}, lines)
+        lines_seen.append(len(lines))
+        rows_in_bulk.append(len(block.rows))
+
+    agree()
+    # About 40% of the examples read some row in bulk (38-84 of 150 over 40 runs); 10% leaves a wide margin
+    # and still fails if the generator stops making lines the fast path takes.
+    with_bulk_rows = sum(1 for rows in rows_in_bulk if rows)
+    assert with_bulk_rows >= len(rows_in_bulk) // 10, (
+        f"only {with_bulk_rows} of {len(rows_in_bulk)} examples read any line in bulk "
+        f"({sum(rows_in_bulk)} of {sum(lines_seen)} lines)"
+    )
 
 
 @st.composite
@@ -288,9 +304,3 @@ def test_generated_fixed_width_lines_agree(lines, zone):
         format="fixed_width", colspecs=[[0, 19], [19, 30]], timestamp={"format": "%Y-%m-%d %H:%M:%S", "timezone": zone}
     )
     check_agreement(cfg, {"1": NUMBER}, lines)
-
-
-def test_the_generated_lines_did_exercise_the_bulk_path():
-    if not REGULAR_SEEN:
-        pytest.skip("runs after test_generated_delimited_lines_agree")
-    assert sum(REGULAR_SEEN) > 50

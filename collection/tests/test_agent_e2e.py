@@ -449,6 +449,7 @@ def test_central_configuration_changes_reach_a_running_agent(station, web, proce
 # --- the package on its own ----------------------------------------------------------------------------
 
 
+@pytest.mark.engine_independent  # pip and a fresh venv: no database involved, whatever the module's mark says
 def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)

@@ -77,8 +77,9 @@ def test_validate_now_on_channels(admin_client, source):
 
 def test_alarm_events_are_listed_and_acknowledged(admin_client, admin_user, source):
     event = raise_alarm(make_channel(source.instrument, slug="temp", units="degC"))
-    listing = admin_client.get(reverse("admin:collection_alarmevent_changelist"), {"state": "active"})
-    assert "Roof station" in listing.content.decode() or "temp" in listing.content.decode()
+    listing = admin_client.get(reverse("admin:collection_alarmevent_changelist"), {"state": "active"}).content.decode()
+    assert f"/admin/collection/alarmevent/{event.pk}/change/" in listing
+    assert f">{event.channel}</td>" in listing  # the channel column: "<instrument slug>/temp"
     assert admin_client.get(reverse("admin:collection_alarmevent_change", args=[event.pk])).status_code == 200
     response = admin_client.post(
         reverse("admin:collection_alarmevent_changelist"),
