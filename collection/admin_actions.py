@@ -10,6 +10,7 @@ from django.utils.html import format_html, format_html_join
 from collection.choices import RunStatus
 from collection.models import CollectionRun
 from instruments.choices import SourceKind
+from instruments.models import with_channel_counts
 
 RECENT_RUNS = 10
 
@@ -27,12 +28,19 @@ def collect_now(modeladmin, request, queryset):
     """Queue a collection of each selected source at once (a source being collected is left to finish)."""
     from collection.tasks import collect_source
 
-    sources = list(queryset.exclude(kind=SourceKind.AGENT).values_list("pk", flat=True))
+    collected = list(with_channel_counts(queryset.exclude(kind=SourceKind.AGENT)))
+    waiting = [source.name for source in collected if source.waiting_for_channels]
+    sources = [source.pk for source in collected if not source.waiting_for_channels]
     queued = sum(_queue(collect_source, [pk]) for pk in sources)
-    skipped = queryset.count() - len(sources)
+    skipped = queryset.count() - len(sources) - len(waiting)
     message = f"Collection queued for {queued} data source(s)."
     if skipped:
         message += f" {skipped} agent source(s) skipped: agents push their readings."
+    if waiting:
+        message += (
+            f" {len(waiting)} source(s) not collected, waiting for channels (no channel takes a field from them, "
+            f"so their files are left where they are): {', '.join(waiting[:10])}."
+        )
     if queued < len(sources):
         modeladmin.message_user(request, "The task queue is unreachable: is Redis running?", messages.ERROR)
     modeladmin.message_user(request, message, messages.SUCCESS if queued else messages.WARNING)

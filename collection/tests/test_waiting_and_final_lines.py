@@ -132,6 +132,20 @@ def test_the_waiting_state_is_in_the_admin(folder, admin_client):
     assert "waiting for channels" not in listing
 
 
+def test_collect_now_says_a_waiting_source_is_not_collected(folder, admin_client):
+    source = file_source(folder)
+    response = admin_client.post(
+        reverse("admin:instruments_datasource_changelist"),
+        {"action": "collect_now", "_selected_action": [source.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "Collection queued for 0 data source(s)." in page
+    assert "1 source(s) not collected, waiting for channels" in page and source.name in page
+    source.refresh_from_db()
+    assert source.cursor == {} and source.next_run_at is None
+
+
 def test_the_waiting_state_is_on_the_instrument_page(folder, client):
     source = file_source(folder)
     client.force_login(source.instrument.owner)
