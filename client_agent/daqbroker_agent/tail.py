@@ -373,4 +373,4 @@ def _read_file(
             head = hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest()
     new_state.update(head=head, head_len=head_len)
     # The final line is handed on terminated, like every other line.
-    return FileLines(path, whole + final + b"\n" if final else whole, line_no + 1), new_state, reached_end
+    return FileLines(path, whole + final + b"\n" if final.strip() else whole, line_no + 1), new_state, reached_end

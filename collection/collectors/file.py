@@ -145,7 +145,7 @@ class _Run:
             head = hashlib.sha1(first[:head_len], usedforsecurity=False).hexdigest()
         if consumed and self.config["archive"]:
             _archive(self.source, path, stat, offset, header + data + final)
-        if final:
+        if final.strip():  # (a final "line" of blanks is passed over: nothing to read in it)
             data, n_lines = data + final + b"\n", n_lines + 1
         self.lines_read += n_lines
         if n_lines:

@@ -274,6 +274,19 @@ def test_a_file_growing_again_without_a_newline_waits_for_its_line(folder):
     assert stored(temp)[-1] == (us(1), 2.0)
 
 
+def test_a_final_line_of_blanks_is_passed_over_without_a_warning(folder):
+    path = folder / "a.csv"
+    path.write_text(f"{stamp(0)},1.0\n  ")
+    source = file_source(folder, final_line_after=60)
+    temp = add_temp(source)
+    run_once(source)
+    quiet(path, 61)
+    run = run_once(source)
+    assert (run.status, run.error, run.rejected) == (RunStatus.SUCCESS, "", 0)
+    assert stored(temp) == [(us(0), 1.0)]
+    assert source.cursor["files"]["a.csv"]["offset"] == path.stat().st_size
+
+
 def test_final_line_after_zero_never_reads_an_unterminated_line(folder):
     path = folder / "a.csv"
     path.write_text(f"{stamp(0)},1.0\n{stamp(1)},2.0")
