@@ -12,6 +12,7 @@ from collection.choices import RunStatus
 from collection.models import CollectionRun
 from collection.tasks import collect_source
 from instruments.choices import SourceKind
+from instruments.models import with_channel_counts
 
 RECENT_RUNS = 10
 
@@ -27,12 +28,19 @@ def _queue(task, args) -> bool:
 @admin.action(description="Collect now")
 def collect_now(modeladmin, request, queryset):
     """Queue a collection of each selected source at once (a source being collected is left to finish)."""
-    sources = list(queryset.exclude(kind=SourceKind.AGENT).values_list("pk", flat=True))
+    collected = list(with_channel_counts(queryset.exclude(kind=SourceKind.AGENT)))
+    waiting = [source.name for source in collected if source.waiting_for_channels]
+    sources = [source.pk for source in collected if not source.waiting_for_channels]
     queued = sum(_queue(collect_source, [pk]) for pk in sources)
-    skipped = queryset.count() - len(sources)
+    skipped = queryset.count() - len(sources) - len(waiting)
     message = f"Collection queued for {queued} data source(s)."
     if skipped:
         message += f" {skipped} agent source(s) skipped: agents push their readings."
+    if waiting:
+        message += (
+            f" {len(waiting)} source(s) not collected, waiting for channels (no channel takes a field from them, "
+            f"so their files are left where they are): {', '.join(waiting[:10])}."
+        )
     if queued < len(sources):
         modeladmin.message_user(request, "The task queue is unreachable: is Redis running?", messages.ERROR)
     modeladmin.message_user(request, message, messages.SUCCESS if queued else messages.WARNING)
@@ -67,7 +75,7 @@ def recent_runs_html(source) -> str:
     runs = list(CollectionRun.objects.filter(source=source)[:RECENT_RUNS])
     if not runs:
         return "no runs yet"
-    colour = {RunStatus.SUCCESS: "#070", RunStatus.FAILED: "#b00", RunStatus.RUNNING: "#555"}
+    colour = {RunStatus.SUCCESS: "#070", RunStatus.WARNING: "#a60", RunStatus.FAILED: "#b00", RunStatus.RUNNING: "#555"}
     rows = format_html_join(
         "",
         '<tr><td>{}</td><td>{}</td><td style="color:{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',

@@ -26,6 +26,8 @@ class Origin(models.TextChoices):
 class RunStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCESS = "success", "Succeeded"
+    # Committed, but a person should look: lines were read and nothing was stored (see the run's error).
+    WARNING = "warning", "Warning"
     FAILED = "failed", "Failed"
 
 

@@ -10,7 +10,7 @@ from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, Shari
 from accounts.choices import AuditAction
 from accounts.models import Agent
 from instruments.forms import DataSourceForm
-from instruments.models import Channel, DataSource, Instrument, LogbookEntry
+from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource, Instrument, LogbookEntry, with_channel_counts
 
 COLLECTION_STATE = ("last_run_at", "last_success_at", "consecutive_failures", "next_run_at", "last_error", "cursor")
 
@@ -142,13 +142,13 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_filter = ("kind", "enabled", ("instrument", RelatedOnly))
     search_fields = ("name", "instrument__name", "instrument__slug")
     list_select_related = ("instrument",)
-    readonly_fields = (*COLLECTION_STATE, "created", "updated")
+    readonly_fields = ("collection_state", *COLLECTION_STATE, "created", "updated")
     autocomplete_fields = ("instrument",)
     form = DataSourceForm
     actions = ("enable_collection", "disable_collection")
     fieldsets = (
         (None, {"fields": ("instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled")}),
-        ("Collection state", {"fields": COLLECTION_STATE}),
+        ("Collection state", {"fields": ("collection_state", *COLLECTION_STATE)}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
     )
 
@@ -157,10 +157,28 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
         form = super().get_form(request, obj, change=change, **kwargs)
         return DataSourceForm.for_principal(request.user, form)
 
+    def get_queryset(self, request):
+        return with_channel_counts(super().get_queryset(request))
+
+    @admin.display(description="State")
+    def collection_state(self, source: DataSource) -> str:
+        if source.pk is None:
+            return "-"
+        if source.waiting_for_channels:
+            return format_html(
+                '<span style="color:#a60">{}</span>: no channel takes a field from this source yet, so it is not '
+                "read and its cursor does not move. Add its channels (Channel: source = this source); the next "
+                "run reads the files from where they were.",
+                WAITING_FOR_CHANNELS,
+            )
+        return source.collection_state
+
     @admin.display(description="Health")
     def health(self, source: DataSource) -> str:
         if not source.enabled:
             return "disabled"
+        if source.waiting_for_channels:
+            return format_html('<span style="color:#a60">{}</span>', WAITING_FOR_CHANNELS)
         if source.consecutive_failures:
             return format_html(
                 '<span style="color:#b00" title="{}">failing x{}</span>',

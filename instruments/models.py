@@ -101,6 +101,16 @@ class LogbookEntry(models.Model):
         return f"{self.instrument} {self.occurred_at:%Y-%m-%d %H:%M}"
 
 
+WAITING_FOR_CHANNELS = "waiting for channels"
+
+
+def with_channel_counts(queryset: models.QuerySet[DataSource]) -> models.QuerySet[DataSource]:
+    """``queryset`` annotated for :attr:`DataSource.waiting_for_channels` (no query per source)."""
+    return queryset.annotate(
+        _collected_channels=models.Count("channels", filter=~models.Q(channels__kind=ChannelKind.DERIVED))
+    )
+
+
 class DataSource(models.Model):
     instrument = models.ForeignKey(Instrument, on_delete=models.CASCADE, related_name="sources")
     name = models.CharField(max_length=200)
@@ -187,6 +197,33 @@ class DataSource(models.Model):
         if self.instrument_id is not None and not self.agent.instruments.filter(pk=self.instrument_id).exists():
             message = f"Agent {self.agent.name!r} may not push to this instrument: add it to the agent's instruments."
             raise ValidationError({"agent": message})
+
+    def collected_channels(self) -> models.QuerySet[Channel]:
+        """The channels that take this source's fields (derived channels compute theirs)."""
+        return self.channels.exclude(kind=ChannelKind.DERIVED)
+
+    @property
+    def waiting_for_channels(self) -> bool:
+        """No channel maps any of this source's fields: reading it would store nothing, so it is not read
+        (and its cursor does not move) until a channel is added. Uses the ``_collected_channels`` count when
+        the queryset was annotated with it (:func:`with_channel_counts`)."""
+        count = getattr(self, "_collected_channels", None)
+        if count is None:
+            return not self.collected_channels().exists()
+        return count == 0
+
+    @property
+    def collection_state(self) -> str:
+        """In words, as the admin, the API and the pages show it."""
+        if not self.enabled:
+            return "disabled"
+        if self.waiting_for_channels:
+            return WAITING_FOR_CHANNELS
+        if self.kind == SourceKind.AGENT:
+            return "pushed by its agent"
+        if self.consecutive_failures:
+            return "failing"
+        return "collecting" if self.last_success_at else "not collected yet"
 
     def validated_config(self) -> dict:
         """The configuration with defaults filled in, or ValidationError naming the bad option."""

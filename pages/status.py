@@ -22,12 +22,12 @@ from django.db.models import Count
 
 from collection.alarms.models import AlarmEvent
 from instruments.choices import ChannelKind, SourceKind
-from instruments.models import Channel, DataSource, Instrument
+from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource, Instrument
 
-OK, LATE, STALE, UNKNOWN = "ok", "late", "stale", "unknown"
+OK, LATE, STALE, UNKNOWN, WAITING = "ok", "late", "stale", "unknown", "waiting"
 LATE_FACTOR, STALE_FACTOR = 2, 5
 # CSS class and words for each state.
-STATE_CLASS = {OK: "ok", LATE: "warn", STALE: "bad", UNKNOWN: "idle"}
+STATE_CLASS = {OK: "ok", LATE: "warn", STALE: "bad", UNKNOWN: "idle", WAITING: "warn"}
 
 
 def now_us() -> int:
@@ -74,6 +74,9 @@ def source_health(source: DataSource, channels: Iterable[Channel], now: int | No
     latest = max((c.last_ts for c in channels if c.last_ts is not None), default=None)
     if not source.enabled:
         return SourceHealth(source, "disabled", "disabled", latest)
+    if not any(c.kind != ChannelKind.DERIVED for c in channels):
+        # Nothing it reads could be stored: it is not read until a channel takes one of its fields.
+        return SourceHealth(source, WAITING, WAITING_FOR_CHANNELS, latest)
     if source.kind == SourceKind.AGENT:
         if source.agent_id is None:
             return SourceHealth(source, STALE, "no agent assigned", latest)
@@ -151,7 +154,7 @@ class InstrumentStatus:
 
     @property
     def failing_sources(self) -> list[SourceHealth]:
-        return [s for s in self.sources if s.state in (LATE, STALE)]
+        return [s for s in self.sources if s.state in (LATE, STALE, WAITING)]
 
     @property
     def plottable(self) -> list[Channel]:

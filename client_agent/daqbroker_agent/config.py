@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from regex import error as regex_error
 
 from daqbroker_agent.patterns import check_pattern_speed, compile_pattern
+from daqbroker_agent.tail import DEFAULT_FINAL_LINE_AFTER
 
 
 class ConfigError(ValueError):
@@ -396,6 +397,12 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
             "there. Compressed rotations (.gz…) cannot be followed byte by byte",
         ),
         "header_lines": Option(integer(minimum=0, maximum=1000), default=0),
+        "final_line_after": Option(
+            number(minimum=0, maximum=30 * 86400),
+            default=DEFAULT_FINAL_LINE_AFTER,
+            help="seconds a file must stay unchanged before its last line is read without a newline (once); "
+            "0: never (only lines ending with a newline are read)",
+        ),
         "encoding": Option(encoding(), default="utf-8"),
         "archive": Option(boolean(), default=False, help="keep a copy of every raw file read"),
         "max_lines": Option(

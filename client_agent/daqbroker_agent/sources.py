@@ -34,7 +34,7 @@ from typing import Any
 from daqbroker_agent.parsing import LineError, LineParser, now_us
 from daqbroker_agent.spool import Reading, Spool, SpoolFull, SpoolUnavailable, Unparsed
 from daqbroker_agent.state import AgentState, RateLimitedLog
-from daqbroker_agent.tail import read_new_lines
+from daqbroker_agent.tail import DEFAULT_FINAL_LINE_AFTER, read_new_lines
 from daqbroker_agent.transports import LineSplitter, Transport, open_transport
 
 log = logging.getLogger("daqbroker_agent.sources")
@@ -269,6 +269,15 @@ class FileSource(SourceRunner):
         folder = Path(config["path"])
         header = config["header_lines"]
         encoding = config["encoding"]
+        if not self.spec.channels:
+            # Nothing read could be stored: the files are not read (the cursor stays) until the server's
+            # configuration gives this source a channel, which restarts it.
+            self.state.problem(
+                f"waiting {self.spec.name}", "waiting for channels: no channel takes a field from it, nothing is read"
+            )
+            self.stopping.wait()
+            return
+        self.state.resolved(f"waiting {self.spec.name}")
         while not self.stopping.is_set():
             room = self.spool.room()
             channels = max(1, len(self.spec.channels))
@@ -283,6 +292,7 @@ class FileSource(SourceRunner):
                 self.spool.get(self.cursor_key),
                 max_lines=budget,
                 rotated_pattern=config.get("rotated_pattern", ""),
+                final_line_after=config.get("final_line_after", DEFAULT_FINAL_LINE_AFTER),
             )
             for warning in read.warnings:  # once each: the file leaves the cursor with these readings
                 log.warning("%s: %s", self.spec.name, warning)

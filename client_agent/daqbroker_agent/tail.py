@@ -4,7 +4,12 @@ The cursor has the same shape and meaning as the server's file collector's (``co
 
     {"files": {"weather.csv": {"identity": "dev:inode", "offset": 1234, "lines": 56, "head": sha1, "head_len": n}}}
 
-* only complete lines are read: a line still being written waits for its newline;
+* only complete lines are read: a line still being written waits for its newline, except the **final
+  line** of a finished file (see :func:`final_line_allowed`): a file that has not changed for
+  ``final_line_after`` seconds, or that was rotated away (and has not changed for ``ROTATED_QUIET_SECONDS``),
+  has its last unterminated line read once. The cursor remembers where that line began (``final_from``):
+  should the file grow again, reading resumes from the start of that line, so a line that was completed
+  later is read whole (the server counts an unchanged line as a duplicate) and never as a broken fragment;
 * a file **renamed** (rotated) keeps its identity, and its unread tail is still read, even when the new
   name no longer matches the pattern;
 * a file **replaced** (new identity, or the same inode with different first bytes) or **truncated** is
@@ -28,6 +33,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,8 @@ READ_SIZE = 4 * 1024 * 1024
 ROTATION_SUFFIXES = (".[0-9]*", "-[0-9]*")  # logrotate's numbered and dated names (rot.csv.1, rot.csv-20260101)
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".z", ".zip", ".lz4")
 CURSOR_VERSION = 2  # cursors of this version know every rotated file that was there when last read
+DEFAULT_FINAL_LINE_AFTER = 300.0  # seconds a file must stay unchanged before its unterminated last line is read
+ROTATED_QUIET_SECONDS = 10.0  # a rotated file may still be written by a writer that has not reopened yet
 
 
 @dataclass
@@ -71,6 +79,8 @@ def read_new_lines(
     max_lines: int,
     max_bytes: int = 256 << 20,
     rotated_pattern: str = "",
+    final_line_after: float = DEFAULT_FINAL_LINE_AFTER,
+    now: float | None = None,
 ) -> TailRead:
     """The lines written since ``cursor`` in the files of ``folder`` matching ``pattern``, and the new cursor.
 
@@ -87,7 +97,8 @@ def read_new_lines(
             if c.state is not None:
                 files[c.name] = remembered(c.state, c)
             continue
-        chunk, new_state, reached_end = _read_file(c.path, c.stat, c.state, lines_left, bytes_left)
+        final_ok = final_line_allowed(c, final_line_after, now)
+        chunk, new_state, reached_end = _read_file(c.path, c.stat, c.state, lines_left, bytes_left, final_ok)
         files[c.name] = remembered(new_state, c)
         result.more = result.more or not reached_end
         if chunk.data:
@@ -125,6 +136,51 @@ def rotated_patterns(pattern: str, rotated_pattern: str = "") -> list[str]:
     if rotated_pattern.strip():
         return [p.strip() for p in rotated_pattern.split(",") if p.strip()]
     return [pattern + suffix for suffix in ROTATION_SUFFIXES]
+
+
+def final_line_allowed(candidate: Candidate, final_line_after: float, now: float | None = None) -> bool:
+    """Whether the last line of ``candidate`` may be read although it has no newline: the file has not
+    changed for ``final_line_after`` seconds, or it was rotated away (no longer matches the pattern) and has
+    not changed for ``ROTATED_QUIET_SECONDS`` (a writer may not have reopened its file yet). Never for a file
+    still being written. ``final_line_after`` 0 turns final lines off."""
+    if not final_line_after:
+        return False
+    quiet_for = (time.time() if now is None else now) - candidate.stat.st_mtime
+    needed = final_line_after if candidate.matches else min(final_line_after, ROTATED_QUIET_SECONDS)
+    return quiet_for >= needed
+
+
+def resume_point(state: dict | None, size: int) -> tuple[int, int]:
+    """Where to read ``state``'s file from, as (byte offset, lines before it): where the last read ended or,
+    when that read took a final line without its newline and the file has grown since, the start of that
+    line, read again whole (an unchanged line is then an exact duplicate)."""
+    if state is None:
+        return 0, 0
+    offset, lines = state["offset"], state.get("lines", 0)
+    if "final_from" in state and size > offset:
+        return state["final_from"], lines
+    return offset, lines
+
+
+def final_part(whole: bytes, tail: bytes, start: int, size: int, allowed: bool, lines_left: int) -> bytes:
+    """The unterminated last line to read with ``whole`` (the complete lines read from ``start``), or b"":
+    only when allowed (:func:`final_line_allowed`), when ``tail`` runs to the size the file had when judged
+    quiet (not a byte more, in case a writer just woke up), and when the line budget has room for it."""
+    if not allowed or not tail or start + len(whole) + len(tail) != size:
+        return b""
+    return tail if whole.count(b"\n") < lines_left else b""
+
+
+def after_read(state: dict | None, start: int, line_no: int, whole: bytes, final: bytes) -> dict:
+    """The cursor fields after reading ``whole`` (complete lines) and ``final`` (a last line without its
+    newline, or b"") from ``start``; ``lines`` counts complete lines only. Nothing read: ``state``'s own
+    (a final line read before stays remembered, to be read again whole once it is completed)."""
+    if state is not None and not whole and not final:
+        return {key: state[key] for key in ("offset", "lines", "final_from") if key in state}
+    state = {"offset": start + len(whole) + len(final), "lines": line_no + whole.count(b"\n")}
+    if final:
+        state["final_from"] = start + len(whole)
+    return state
 
 
 def is_compressed(name: str) -> bool:
@@ -285,8 +341,10 @@ def same_start(path: Path, state: dict) -> bool:
         return False
 
 
-def _read_file(path: Path, stat: os.stat_result, state: dict | None, lines_left: int, bytes_left: int):
-    offset, line_no = (state["offset"], state.get("lines", 0)) if state else (0, 0)
+def _read_file(
+    path: Path, stat: os.stat_result, state: dict | None, lines_left: int, bytes_left: int, final_ok: bool = False
+):
+    offset, line_no = resume_point(state, stat.st_size)
     head, head_len = (state.get("head", ""), state.get("head_len", 0)) if state else ("", 0)
     with path.open("rb") as handle:
         handle.seek(offset)
@@ -300,22 +358,19 @@ def _read_file(path: Path, stat: os.stat_result, state: dict | None, lines_left:
             size += len(piece)
             lines += piece.count(b"\n")
         data = b"".join(pieces)
-        data = data[: data.rfind(b"\n") + 1]
-        if data.count(b"\n") > lines_left:
+        whole = data[: data.rfind(b"\n") + 1]
+        tail = data[len(whole) :] if reached_end else b""
+        if whole.count(b"\n") > lines_left:
             cut = -1
             for _ in range(lines_left):
-                cut = data.index(b"\n", cut + 1)
-            data, reached_end = data[: cut + 1], False
-        if head_len < FINGERPRINT_BYTES and data:
+                cut = whole.index(b"\n", cut + 1)
+            whole, reached_end, tail = whole[: cut + 1], False, b""
+        final = final_part(whole, tail, offset, stat.st_size, final_ok, lines_left)
+        new_state = {"identity": file_identity(stat), **after_read(state, offset, line_no, whole, final)}
+        if head_len < FINGERPRINT_BYTES and (whole or final):
             handle.seek(0)
-            head_len = min(FINGERPRINT_BYTES, offset + len(data))
+            head_len = min(FINGERPRINT_BYTES, new_state["offset"])
             head = hashlib.sha1(handle.read(head_len), usedforsecurity=False).hexdigest()
-    n_lines = data.count(b"\n")
-    new_state = {
-        "identity": file_identity(stat),
-        "offset": offset + len(data),
-        "lines": line_no + n_lines,
-        "head": head,
-        "head_len": head_len,
-    }
-    return FileLines(path, data, line_no + 1), new_state, reached_end
+    new_state.update(head=head, head_len=head_len)
+    # The final line is handed on terminated, like every other line.
+    return FileLines(path, whole + final + b"\n" if final.strip() else whole, line_no + 1), new_state, reached_end

@@ -55,6 +55,7 @@ def test_file_source_defaults():
         "pattern": "*",
         "rotated_pattern": "",
         "header_lines": 0,
+        "final_line_after": 300.0,
         "encoding": "utf-8",
         "archive": False,
         "max_lines": 200_000,
@@ -177,8 +178,8 @@ def test_encoding_is_canonicalised():
             "file",
             {"path": "/d", "qqq": 1},
             "qqq",
-            "unknown option; known options: archive, colspecs, columns, delimiter, encoding, format, header_lines, "
-            "max_lines, path, pattern, quotechar, regex, rotated_pattern, timestamp, widths",
+            "unknown option; known options: archive, colspecs, columns, delimiter, encoding, final_line_after, "
+            "format, header_lines, max_lines, path, pattern, quotechar, regex, rotated_pattern, timestamp, widths",
         ),
         ("file", {}, "path", "is required"),
         ("file", {"path": ""}, "path", "must not be empty"),

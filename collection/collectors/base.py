@@ -30,6 +30,7 @@ class Collected:
     cursor: dict = field(default_factory=dict)
     more: bool = False  # more input is waiting: collect again without waiting a full interval
     warnings: list[str] = field(default_factory=list)  # input lost before it could be read (files that vanished)
+    lines_read: int = 0  # lines taken from the input (a run that read some and stored nothing is a warning)
 
     @property
     def readings(self) -> int:

@@ -2,7 +2,9 @@
 
 The cursor remembers, per file, its identity (device and inode), a fingerprint of its first bytes, the
 byte offset just after the last complete line read, and the number of lines read so far (for line numbers
-in quarantine). Only whole lines are read: a line still being written is left for the next run.
+in quarantine). Only whole lines are read: a line still being written is left for the next run; the
+last line of a finished file (unchanged for ``final_line_after`` seconds, or rotated away) is read once
+without its newline, and read again whole should the file grow after all (see ``daqbroker_agent.tail``).
 
 * A file **renamed** (rotated, ``weather.csv`` -> ``weather.csv.1``) keeps its identity: its unread tail is
   still read, even when the new name no longer matches the pattern.
@@ -41,7 +43,17 @@ from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.parsing import NUMBER, TEXT, BlockParser, FieldNotFound, LineParser, now_us
 
 # Following files through rotation and truncation: the same code, and cursor format, as the agent's tail.
-from daqbroker_agent.tail import file_identity, new_cursor, plan_files, remembered
+from daqbroker_agent.tail import (
+    DEFAULT_FINAL_LINE_AFTER,
+    after_read,
+    file_identity,
+    final_line_allowed,
+    final_part,
+    new_cursor,
+    plan_files,
+    remembered,
+    resume_point,
+)
 from instruments.models import Channel, DataSource
 
 MAX_BYTES_PER_RUN = 256 * 1024 * 1024
@@ -64,7 +76,8 @@ class FileCollector:
                 if c.state is not None:
                     cursor[c.name] = remembered(c.state, c)
                 continue
-            cursor[c.name] = remembered(run.read_file(c.path, c.stat, c.state), c)
+            final_ok = final_line_allowed(c, config.get("final_line_after", DEFAULT_FINAL_LINE_AFTER))
+            cursor[c.name] = remembered(run.read_file(c.path, c.stat, c.state, final_ok), c)
         return run.result(cursor, plan.warnings)
 
 
@@ -74,6 +87,7 @@ class _Run:
     config: dict
     channels: list[Channel]
     more: bool = False
+    lines_read: int = 0
     numeric: list[SampleBatch] = field(default_factory=list)
     objects: list[SampleBatch] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
@@ -103,38 +117,45 @@ class _Run:
             rejections=self.rejections,
             cursor=new_cursor(cursor),
             more=self.more,
+            lines_read=self.lines_read,
         )
 
-    def read_file(self, path: Path, stat: os.stat_result, state: dict | None) -> dict:
-        offset, line_no = (state["offset"], state.get("lines", 0)) if state else (0, 0)
+    def read_file(self, path: Path, stat: os.stat_result, state: dict | None, final_ok: bool = False) -> dict:
+        offset, line_no = resume_point(state, stat.st_size)
         head, head_len = (state.get("head", ""), state.get("head_len", 0)) if state else ("", 0)
         with path.open("rb") as handle:
             handle.seek(offset)
             header = self._read_header(handle, line_no)
             header_lines = header.count(b"\n")
+            header_done = line_no + header_lines >= self.config["header_lines"]
             per_line = offset / line_no if line_no else None
-            data, n_lines, reached_end = self._read_lines(handle, offset + len(header), per_line)
+            data, n_lines, reached_end, tail = self._read_lines(handle, offset + len(header), per_line)
             if head_len < FINGERPRINT_BYTES:
                 handle.seek(0)
-                first = handle.read(min(FINGERPRINT_BYTES, offset + len(header) + len(data)))
+                first = handle.read(min(FINGERPRINT_BYTES, offset + len(header) + len(data) + len(tail)))
         if n_lines > self.lines_left:
             cut = int(np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)[self.lines_left - 1]) + 1
-            data, n_lines, reached_end = data[:cut], self.lines_left, False
+            data, n_lines, reached_end, tail = data[:cut], self.lines_left, False, b""
+        # A finished file's last line, read without its newline (once: the cursor remembers where it began).
+        final = final_part(header + data, tail, offset, stat.st_size, final_ok and header_done, self.lines_left)
+        position = after_read(state, offset, line_no, header + data, final)
         self.more = self.more or not reached_end
-        self.lines_left -= n_lines
-        self.bytes_left -= len(header) + len(data)
-        consumed = len(header) + len(data)
+        self.lines_left -= n_lines + (1 if final else 0)
+        self.bytes_left -= len(header) + len(data) + len(final)
+        consumed = len(header) + len(data) + len(final)
         if head_len < FINGERPRINT_BYTES and consumed:
             head_len = min(FINGERPRINT_BYTES, offset + consumed)
             head = hashlib.sha1(first[:head_len], usedforsecurity=False).hexdigest()
         if consumed and self.config["archive"]:
-            _archive(self.source, path, stat, offset, header + data if header else data)
+            _archive(self.source, path, stat, offset, header + data + final)
+        if final.strip():  # (a final "line" of blanks is passed over: nothing to read in it)
+            data, n_lines = data + final + b"\n", n_lines + 1
+        self.lines_read += n_lines
         if n_lines:
             self._parse(path, data, n_lines, first_line_no=line_no + header_lines + 1)
         return {
             "identity": file_identity(stat),
-            "offset": offset + consumed,
-            "lines": line_no + header_lines + n_lines,
+            **position,
             "head": head,
             "head_len": head_len,
         }
@@ -150,10 +171,11 @@ class _Run:
             header += line
         return header
 
-    def _read_lines(self, handle, offset: int, per_line: float | None) -> tuple[bytes, int, bool]:
+    def _read_lines(self, handle, offset: int, per_line: float | None) -> tuple[bytes, int, bool, bytes]:
         """Whole lines from ``offset`` (the handle is there), as many as the run's budget allows and a few
-        more; their count; and whether the end of the file was reached (a partial last line waits for its
-        newline). One read in the usual case, sized from the file's bytes per line so far."""
+        more; their count; whether the end of the file was reached; and, when it was, the bytes after the
+        last newline (a partial last line, which waits for its newline unless the file is finished). One
+        read in the usual case, sized from the file's bytes per line so far."""
         remaining = max(os.fstat(handle.fileno()).st_size - offset, 0)
         want = min(remaining, self.bytes_left)
         if want and per_line is None:
@@ -173,7 +195,8 @@ class _Run:
             lines += piece.count(b"\n")
         reached_end = size >= remaining
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        return data[: data.rfind(b"\n") + 1], lines, reached_end
+        whole = data[: data.rfind(b"\n") + 1]
+        return whole, lines, reached_end, (data[len(whole) :] if reached_end else b"")
 
     def _parse(self, path: Path, data: bytes, n_lines: int, first_line_no: int) -> None:
         irregular = np.arange(n_lines)

@@ -84,4 +84,5 @@ class LineCollector:
             batches=[concat_batches([batch], numeric=False)] if len(batch) else [],
             rejections=rejections,
             cursor=cursor,
+            lines_read=len(raw),
         )

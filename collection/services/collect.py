@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from accounts import targets
@@ -45,11 +45,12 @@ from collection.collectors import COLLECTORS
 from collection.models import CollectionRun
 from collection.services.ingest import IngestResult, SampleBatch, ingest_samples
 from instruments.choices import ChannelKind, SourceKind
-from instruments.models import DataSource
+from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=1)
+COMMITTED = (RunStatus.SUCCESS, RunStatus.WARNING)
 RUN_HISTORY = timedelta(days=7)
 
 
@@ -58,6 +59,8 @@ def due_sources(now=None):
     return (
         DataSource.objects.filter(enabled=True, instrument__active=True)
         .exclude(kind=SourceKind.AGENT)  # agents push; the server does not poll them
+        # A source no channel takes a field from waits (and stays due): see collect_source.
+        .filter(Exists(Channel.objects.filter(source=OuterRef("pk")).exclude(kind=ChannelKind.DERIVED)))
         .filter(Q(next_run_at__isnull=True) | Q(next_run_at__lte=now))
     )
 
@@ -216,6 +219,12 @@ def collect_source(source_id: int) -> CollectionRun | None:
             source = DataSource.objects.select_related("instrument", "target_set_by").get(pk=source_id)
         except DataSource.DoesNotExist:
             return None
+        if source.waiting_for_channels:
+            # Nothing could be stored: the source is not read at all, so its cursor stays where it is and
+            # every line is there for the first run once a channel maps one of its fields.
+            logger.debug("source %s not collected: %s", source_id, WAITING_FOR_CHANNELS)
+            _release_lease(source_id, owner)
+            return None
         _record_lost_runs(source_id, now, lease.taken_from)
         run = CollectionRun.objects.create(source=source, started_at=now, worker=worker_name())
         collector = COLLECTORS.get(source.kind)
@@ -249,10 +258,16 @@ def collect_source(source_id: int) -> CollectionRun | None:
             if not still_ours:
                 raise LeaseLost(f"the lease on source {source.id} expired during the run; nothing was committed")
             run.status = RunStatus.SUCCESS
-            if collected.warnings:  # input lost before it could be read (a file that vanished): said on the run
-                run.error = "warning: " + "; ".join(collected.warnings)[:1990]
-                for warning in collected.warnings:
-                    logger.warning("source %s: %s", source.id, warning)
+            notes = list(collected.warnings)  # input lost before it could be read (a file that vanished)
+            for warning in collected.warnings:
+                logger.warning("source %s: %s", source.id, warning)
+            stored_nothing = nothing_stored(collected.lines_read, result)
+            if stored_nothing:
+                run.status = RunStatus.WARNING
+                notes.insert(0, stored_nothing)
+                logger.warning("source %s: %s", source.id, stored_nothing)
+            if notes:  # said on the run, where the admin sees it
+                run.error = "warning: " + "; ".join(notes)[:1990]
             run.accepted, run.duplicates, run.rejected = result.accepted, result.duplicates, result.rejected_count
             run.finished_at = finished
             run.save()
@@ -272,6 +287,16 @@ def collect_source(source_id: int) -> CollectionRun | None:
         quiet = isinstance(exc, OSError | targets.TargetRefused)  # the reason says it all: no traceback
         logger.warning("collection of source %s failed: %s", source_id, exc, exc_info=not quiet)
         return _record_failure(source_id, run, owner, now, exc)
+
+
+def nothing_stored(lines_read: int, result: IngestResult) -> str:
+    """Why a run that read lines stored nothing ('' when it stored something, or read nothing)."""
+    if not lines_read or result.accepted or result.duplicates:
+        return ""
+    read = f"{lines_read:,} line{'s' if lines_read != 1 else ''} read and nothing stored"
+    if result.rejected_count:
+        return f"{read}: {result.rejected_count:,} reading(s) or line(s) were quarantined, see the quarantine for why"
+    return f"{read}: no field of these lines maps to a channel of this source (check the channels' source fields)"
 
 
 class LeaseLost(RuntimeError):
@@ -298,7 +323,7 @@ def _record_lost_runs(source_id: int, now: datetime, gone_holder: str = "") -> N
 def _committed(run: CollectionRun) -> bool:
     """Whether this run's transaction committed (its row says success), asked of the database itself so
     that an exception raised at any instant after the commit is told apart from one before it."""
-    return bool(_retrying_database(lambda: CollectionRun.objects.filter(pk=run.pk, status=RunStatus.SUCCESS).exists()))
+    return bool(_retrying_database(lambda: CollectionRun.objects.filter(pk=run.pk, status__in=COMMITTED).exists()))
 
 
 def _failure_message(exc: Exception) -> str:

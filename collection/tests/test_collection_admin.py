@@ -56,6 +56,7 @@ def test_source_page_shows_its_recent_runs(admin_client, source):
     [("collect_now", "Collection queued for 1 data source(s)."), ("validate_sources_now", "Validation queued")],
 )
 def test_collect_now_and_validate_now_queue_tasks(admin_client, source, action, message):
+    make_channel(source.instrument, source=source)  # a source without channels is not collected: it waits
     response = admin_client.post(
         reverse("admin:instruments_datasource_changelist"),
         {"action": action, "_selected_action": [source.pk]},

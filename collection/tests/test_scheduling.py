@@ -12,7 +12,7 @@ from collection.models import CollectionRun
 from collection.services import collect
 from instruments.choices import SourceKind
 from instruments.models import DataSource
-from instruments.tests.factories import make_instrument, make_source
+from instruments.tests.factories import make_channel, make_instrument, make_source
 
 pytestmark = pytest.mark.django_db
 
@@ -24,8 +24,15 @@ def folder(tmp_path):
     return path
 
 
+def collected(folder, **extra) -> DataSource:
+    """A file source with a channel taking its second column (a source without channels waits)."""
+    source = make_source(config={"path": str(folder), "columns": ["time", "value"], **extra.pop("config", {})}, **extra)
+    make_channel(source.instrument, source=source, source_field="value")
+    return source
+
+
 def test_a_due_source_is_claimed_once(folder):
-    source = make_source(config={"path": str(folder)})
+    source = collected(folder)
     now = timezone.now()
     assert collect.claim_due_sources(now) == [source.pk]
     assert collect.claim_due_sources(now) == []  # its next run is now an interval away
@@ -34,7 +41,7 @@ def test_a_due_source_is_claimed_once(folder):
 
 
 def test_two_dispatchers_that_saw_the_same_due_source_claim_it_once(folder):
-    source = make_source(config={"path": str(folder)})
+    source = collected(folder)
     now = timezone.now()
     seen_by_second = list(collect.due_sources(now).values_list("id", "next_run_at"))  # read before the first claims
     assert collect.claim_due_sources(now) == [source.pk]
@@ -51,7 +58,7 @@ def test_disabled_inactive_and_agent_sources_are_never_due(folder):
 
 
 def test_a_source_leased_by_another_worker_is_not_collected(folder):
-    source = make_source(config={"path": str(folder)})
+    source = collected(folder)
     DataSource.objects.filter(pk=source.pk).update(
         lease_owner="another-worker", lease_expires=timezone.now() + timedelta(seconds=60)
     )
@@ -60,7 +67,7 @@ def test_a_source_leased_by_another_worker_is_not_collected(folder):
 
 
 def test_an_expired_lease_is_taken_over_and_the_dead_run_is_recorded_as_lost(folder, settings):
-    source = make_source(config={"path": str(folder)})
+    source = collected(folder)
     long_ago = timezone.now() - timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS + 5)
     lost = CollectionRun.objects.create(source=source, started_at=long_ago, worker="deadhost:123")
     DataSource.objects.filter(pk=source.pk).update(lease_owner="deadhost", lease_expires=timezone.now())
@@ -75,19 +82,19 @@ def test_an_expired_lease_is_taken_over_and_the_dead_run_is_recorded_as_lost(fol
 
 def test_a_run_is_recorded_with_its_counts_and_worker(folder):
     (folder / "a.csv").write_text("2024-05-06T07:08:09Z,1\n")
-    source = make_source(config={"path": str(folder)})
+    source = collected(folder)
     run = collect.collect_source(source.pk)
     assert run.status == RunStatus.SUCCESS
     assert run.finished_at >= run.started_at
     assert ":" in run.worker
-    assert (run.accepted, run.duplicates, run.rejected) == (0, 0, 0)  # no channels yet
+    assert (run.accepted, run.duplicates, run.rejected) == (1, 0, 0)
     source.refresh_from_db()
     assert source.last_success_at == run.finished_at
     assert source.consecutive_failures == 0
 
 
 def test_failures_back_off_exponentially_up_to_an_hour_and_success_resets_them(folder):
-    source = make_source(config={"path": str(folder / "missing")}, interval_seconds=60)
+    source = collected(folder, config={"path": str(folder / "missing")}, interval_seconds=60)
     delays = []
     for _ in range(8):
         run = collect.collect_source(source.pk)

@@ -86,6 +86,13 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
         required=False,
         help_text="For sources of kind agent: the id of the agent that collects it (one of yours).",
     )
+    state = serializers.CharField(
+        source="collection_state",
+        read_only=True,
+        help_text='In words: "waiting for channels" (no channel takes a field from it: not read, its cursor '
+        'does not move), "disabled", "not collected yet", "collecting", "failing" or "pushed by its agent".',
+    )
+    waiting_for_channels = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = DataSource
@@ -102,6 +109,8 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "last_success_at",
             "last_error",
             "consecutive_failures",
+            "state",
+            "waiting_for_channels",
             "created",
             "updated",
         ]
@@ -111,6 +120,8 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "last_success_at",
             "last_error",
             "consecutive_failures",
+            "state",
+            "waiting_for_channels",
             "created",
             "updated",
         ]

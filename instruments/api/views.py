@@ -19,7 +19,7 @@ from instruments.api.serializers import (
     LogbookEntrySerializer,
 )
 from instruments.choices import ChannelKind, SourceKind
-from instruments.models import Channel, DataSource, Instrument, LogbookEntry
+from instruments.models import Channel, DataSource, Instrument, LogbookEntry, with_channel_counts
 
 FILTERS = [django_filters.rest_framework.DjangoFilterBackend, SearchFilter, OrderingFilter]
 
@@ -64,7 +64,7 @@ class DataSourceFilter(django_filters.FilterSet):
 class DataSourceViewSet(ScopedModelViewSet):
     """Data sources of the instruments you may see; the configuration is checked when saved."""
 
-    queryset = DataSource.objects.select_related("instrument")
+    queryset = with_channel_counts(DataSource.objects.select_related("instrument"))
     serializer_class = DataSourceSerializer
     filter_backends = FILTERS
     filterset_class = DataSourceFilter

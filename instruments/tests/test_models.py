@@ -40,8 +40,8 @@ BAD_SOURCE_CONFIGS = [
     pytest.param(
         SourceKind.FILE,
         {"path": "/data", "zzz": 1},
-        "zzz: unknown option; known options: archive, colspecs, columns, delimiter, encoding, format, header_lines, "
-        "max_lines, path, pattern, quotechar, regex, rotated_pattern, timestamp, widths",
+        "zzz: unknown option; known options: archive, colspecs, columns, delimiter, encoding, final_line_after, "
+        "format, header_lines, max_lines, path, pattern, quotechar, regex, rotated_pattern, timestamp, widths",
         id="file-unknown-option",
     ),
     pytest.param(SourceKind.FILE, {"pattern": "*.csv"}, "path: is required", id="file-missing-path"),

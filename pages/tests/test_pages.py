@@ -220,14 +220,22 @@ def test_freshness_without_readings_or_interval():
 
 def test_source_health_from_failures(world):
     source = world.alpha_source
+    channels = list(source.channels.all())
+    assert channels
     source.consecutive_failures = 4
-    assert status.source_health(source, []).state == status.STALE
+    assert status.source_health(source, channels).state == status.STALE
     source.consecutive_failures = 1
-    assert status.source_health(source, []).state == status.LATE
+    assert status.source_health(source, channels).state == status.LATE
     source.consecutive_failures, source.last_success_at = 0, timezone.now()
-    assert status.source_health(source, []).state == status.OK
+    assert status.source_health(source, channels).state == status.OK
     source.enabled = False
-    assert status.source_health(source, []).words == "disabled"
+    assert status.source_health(source, channels).words == "disabled"
+
+
+def test_a_source_without_channels_is_waiting_for_channels(world):
+    source = world.alpha_source
+    health = status.source_health(source, [])
+    assert (health.state, health.words, health.css) == (status.WAITING, "waiting for channels", "warn")
 
 
 # --- sharing ----------------------------------------------------------------------------------------
