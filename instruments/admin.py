@@ -60,7 +60,7 @@ class ChannelInline(admin.TabularInline):
         # Offer only the sources of the instrument being edited.
         if db_field.name == "source":
             instrument_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
-            kwargs["queryset"] = DataSource.objects.filter(instrument_id=instrument_id)
+            kwargs["queryset"] = DataSource.objects.filter(instrument=instrument_id)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
@@ -80,7 +80,8 @@ def last_reading_text(channel: Channel) -> str:
 
 
 @admin.register(Instrument)
-class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedModelAdmin):
+# The ignore: django-stubs and guardian type change_form_template differently (str, str or list).
+class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedModelAdmin):  # type: ignore[misc]
     """Operators reach the instruments they may change; "Object permissions" shares through the service."""
 
     delete_level = permissions.SHARE
@@ -115,7 +116,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
 
     @admin.display(description="Channels", ordering="_channels")
     def channel_count(self, instrument: Instrument) -> int:
-        return instrument._channels
+        return instrument._channels  # type: ignore[attr-defined]  # annotated by get_queryset (Count)
 
     @admin.action(description="Enable collection of the selected instruments' sources")
     def enable_collection(self, request, queryset):

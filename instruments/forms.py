@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db.models import Model
 
 from accounts import permissions
 from instruments.models import Dashboard, LogbookEntry, PlotRange
@@ -43,9 +46,11 @@ class ShareForm(forms.Form):
 
     def clean(self):
         data = super().clean()
+        assert data is not None  # Form.clean() returns cleaned_data
         kind, name = data.get("kind"), (data.get("name") or "").strip()
         if not kind or not name:
             return data
+        principal: Model | None
         if kind == "user":
             principal = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: name}).first()
         else:
@@ -77,6 +82,6 @@ class PanelForm(forms.Form):
 
     def __init__(self, *args, channels=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["channels"].choices = [
+        cast(forms.TypedMultipleChoiceField, self.fields["channels"]).choices = [
             (c.pk, f"{c.instrument.name} · {c.name}" + (f" ({c.units})" if c.units else "")) for c in channels
         ]
