@@ -31,15 +31,22 @@ from instruments.models import Instrument
 
 if TYPE_CHECKING:
     # What the mixins extend, for the type checker only: at run time they are plain mixins.
-    from django.db.models import Model
+    # They go with detail, list, template and edit views, so they name only what they use.
+    from typing import Any
+
+    from django.db.models import QuerySet
+    from django.forms import BaseForm
+    from django.http import HttpResponse
     from django.views.generic import View
-    from django.views.generic.detail import SingleObjectMixin
-    from django.views.generic.edit import ModelFormMixin
 
-    class _AccessBase(SingleObjectMixin, View): ...
+    class _AccessBase(View):
+        def get_queryset(self) -> QuerySet[Any]: ...
+        def get_object(self, queryset: QuerySet[Any] | None = None) -> Any: ...
 
-    class _FormBase(ModelFormMixin, View):
-        object: Model
+    class _FormBase(View):
+        object: Any
+
+        def form_valid(self, form: BaseForm) -> HttpResponse: ...
 else:
     _AccessBase = _FormBase = object
 
