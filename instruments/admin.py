@@ -1,3 +1,5 @@
+from typing import Any, ClassVar
+
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, Q
@@ -136,10 +138,11 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_filter = ("kind", "enabled", ("instrument", RelatedOnly))
     search_fields = ("name", "instrument__name", "instrument__slug")
     list_select_related = ("instrument",)
-    readonly_fields = (*COLLECTION_STATE, "created", "updated")
+    # Typed as open tuples: collection.admin extends them.
+    readonly_fields: ClassVar[tuple[str, ...]] = (*COLLECTION_STATE, "created", "updated")
     autocomplete_fields = ("instrument",)
-    actions = ("enable_collection", "disable_collection")
-    fieldsets = (
+    actions: tuple[Any, ...] = ("enable_collection", "disable_collection")
+    fieldsets: ClassVar[tuple[Any, ...]] = (
         (None, {"fields": ("instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled")}),
         ("Collection state", {"fields": COLLECTION_STATE}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
@@ -184,6 +187,7 @@ class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("last_reading", "created", "updated")
     autocomplete_fields = ("instrument",)
+    actions: tuple[Any, ...] = ()  # ModelAdmin's default; collection.admin extends it
     fieldsets = (
         (None, {"fields": ("instrument", "name", "slug", "kind", "units", "description")}),
         ("Where it comes from", {"fields": ("source", "source_field", "expression", "expected_interval_seconds")}),

@@ -69,7 +69,7 @@ class ScopedViewMixin(_ViewBase):
 class ScopedGenericViewSet(ScopedViewMixin, viewsets.GenericViewSet):
     """A generic viewset whose every queryset is narrowed to what the requester may see."""
 
-    pagination_class = Pagination
+    pagination_class: type[Pagination] | None = Pagination
     audited = True  # record create/update/delete in the audit trail
 
     def filter_queryset(self, queryset):
