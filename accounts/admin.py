@@ -8,6 +8,8 @@ who could do what stays.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
@@ -21,10 +23,15 @@ from accounts.admin_mixins import RelatedOnly
 from accounts.choices import TokenScope
 from accounts.models import Agent, ApiToken, AuditEvent
 
+if TYPE_CHECKING:
+    _AdminBase = admin.ModelAdmin  # what the mixin extends, for the type checker only
+else:
+    _AdminBase = object
+
 TOKEN_STATE = ("token_prefix", "active", "expires_at", "last_used_at", "last_seen_from", "revoked")
 
 
-class TokenStateAdminMixin:
+class TokenStateAdminMixin(_AdminBase):
     """Columns and actions shared by agents and tokens."""
 
     def _token(self, obj) -> ApiToken | None:
@@ -108,6 +115,7 @@ class AgentForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        assert cleaned is not None  # a ModelForm's clean() returns its cleaned_data
         if self.instance.pk is None:
             owner = cleaned.get("owner") or self.default_owner
             if Agent.objects.filter(owner=owner, name=cleaned.get("name")).exists():
@@ -149,12 +157,16 @@ class AgentAdmin(AgentHealthAdminMixin, TokenStateAdminMixin, admin.ModelAdmin):
         return (*HEALTH_DETAILS, *TOKEN_STATE, "created", "owner") if obj is not None else ()
 
     def get_form(self, request, obj=None, change=False, **kwargs):
-        form = super().get_form(request, obj, change=change, **kwargs)
+        # The form class is a subclass of AgentForm (ModelAdmin.get_form builds it from self.form).
+        form = cast(type[AgentForm], super().get_form(request, obj, change=change, **kwargs))
         owner = obj.owner if obj is not None else request.user
         if "instruments" in form.base_fields:
-            form.base_fields["instruments"].queryset = permissions.instruments_for(owner, permissions.COLLECT)
+            instruments = cast(forms.ModelMultipleChoiceField, form.base_fields["instruments"])
+            instruments.queryset = permissions.instruments_for(owner, permissions.COLLECT)
         if obj is None and "owner" in form.base_fields:
-            form.base_fields["owner"] = self._owner_field(request)
+            owner_field = self._owner_field(request)
+            assert owner_field is not None  # only administrators have the owner field (get_fields)
+            form.base_fields["owner"] = owner_field
         form.default_owner = request.user
         return form
 
@@ -208,6 +220,7 @@ class ApiTokenForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        assert cleaned is not None  # a ModelForm's clean() returns its cleaned_data
         _check_future(self, cleaned.get("expires"))
         return cleaned
 
@@ -235,7 +248,9 @@ class ApiTokenAdmin(TokenStateAdminMixin, admin.ModelAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)
         if obj is None and "user" in form.base_fields:
-            form.base_fields["user"] = self._owner_field(request)
+            owner_field = self._owner_field(request)
+            assert owner_field is not None  # only administrators have the user field (get_fields)
+            form.base_fields["user"] = owner_field
         return form
 
     def has_change_permission(self, request, obj=None) -> bool:

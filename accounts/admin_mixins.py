@@ -10,6 +10,8 @@ list filters) only what they may change; deleting an instrument takes the ``shar
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import NotRelationField, get_fields_from_path, unquote
@@ -23,6 +25,17 @@ from accounts import audit, permissions, services
 from accounts.choices import ShareLevel
 from instruments.models import Instrument
 
+if TYPE_CHECKING:
+    # What the mixins extend, for the type checker only: at run time they are plain mixins.
+    from guardian.admin import GuardedModelAdminMixin
+
+    _ScopedBase = admin.ModelAdmin
+
+    # The two stubs type change_form_template differently (a str, a str or list); guardian's wins at run time.
+    class _SharingBase(GuardedModelAdminMixin, admin.ModelAdmin): ...  # type: ignore[misc]
+else:
+    _ScopedBase = _SharingBase = object
+
 
 def _is_scoped(model) -> bool:
     try:
@@ -32,7 +45,7 @@ def _is_scoped(model) -> bool:
     return True
 
 
-class InstrumentScopedAdminMixin:
+class InstrumentScopedAdminMixin(_ScopedBase):
     admin_level = permissions.CHANGE
     delete_level = permissions.CHANGE
 
@@ -121,7 +134,7 @@ def share_level_form(request, kind: str):
     return ShareLevelForm
 
 
-class SharingAdminMixin:
+class SharingAdminMixin(_SharingBase):
     """For a GuardedModelAdmin of Instrument: sharing pages need the ``share`` level and use the service."""
 
     def _instrument_for_sharing(self, request, object_pk):

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from accounts import permissions
 from accounts.models import Agent, AgentHealth
+from accounts.principals import AgentPrincipal
 from daqbroker_agent.config import ConfigError, validate_source_config
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import Channel, DataSource
@@ -38,6 +39,7 @@ class AgentConfiguration:
 def agent_configuration(who) -> AgentConfiguration:
     """The sources ``who`` (an agent principal or its request) collects, with a content version."""
     user, _ = permissions.resolve(who)
+    assert isinstance(user, AgentPrincipal)  # only agents reach here (the view's agent_access)
     agent: Agent = user.agent
     allowed = permissions.instruments_for(who, permissions.COLLECT).filter(active=True)
     sources = (
@@ -52,8 +54,7 @@ def agent_configuration(who) -> AgentConfiguration:
         .order_by("id")
         .values("id", "slug", "source_field", "kind", "source_id")
     ):
-        source_id = channel.pop("source_id")
-        channels.setdefault(source_id, []).append(channel)
+        channels.setdefault(channel["source_id"], []).append({k: v for k, v in channel.items() if k != "source_id"})
     listed, skipped = [], []
     for source in sources:
         try:
@@ -94,6 +95,7 @@ def record_heartbeat(who, data: dict, *, address: str | None = None) -> AgentHea
     otherwise (the first heartbeat) the one-way estimate from ``agent_time``, off by the network delay.
     """
     user, _ = permissions.resolve(who)
+    assert isinstance(user, AgentPrincipal)  # only agents reach here (the view's agent_access)
     now = timezone.now()
     offset = data.get("clock_offset")
     reported = {item["id"]: item for item in data.get("refused_sources") or []}

@@ -17,6 +17,8 @@ existence is not revealed), one they see without the required level 403.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -27,8 +29,29 @@ from accounts import audit, permissions
 from accounts.choices import AuditAction
 from instruments.models import Instrument
 
+if TYPE_CHECKING:
+    # What the mixins extend, for the type checker only: at run time they are plain mixins.
+    # They go with detail, list, template and edit views, so they name only what they use.
+    from typing import Any
 
-class InstrumentAccessMixin(LoginRequiredMixin):
+    from django.db.models import QuerySet
+    from django.forms import BaseForm
+    from django.http import HttpResponse
+    from django.views.generic import View
+
+    class _AccessBase(View):
+        def get_queryset(self) -> QuerySet[Any]: ...
+        def get_object(self, queryset: QuerySet[Any] | None = None) -> Any: ...
+
+    class _FormBase(View):
+        object: Any
+
+        def form_valid(self, form: BaseForm) -> HttpResponse: ...
+else:
+    _AccessBase = _FormBase = object
+
+
+class InstrumentAccessMixin(LoginRequiredMixin, _AccessBase):
     required_level: str = permissions.VIEW
     instrument_url_kwarg: str = "instrument"
 
@@ -58,7 +81,7 @@ class InstrumentAccessMixin(LoginRequiredMixin):
         return self._instrument
 
 
-class AuditedFormMixin:
+class AuditedFormMixin(_FormBase):
     """For edit pages (ModelForm views): records what changed in the audit trail, like the API does."""
 
     @transaction.atomic  # the change and its audit event stand or fall together

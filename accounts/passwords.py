@@ -19,7 +19,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import PasswordChangeForm
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.urls import reverse, reverse_lazy
 from django.views.decorators.debug import sensitive_variables
 
@@ -76,7 +76,7 @@ class PasswordChangeView(LoginRequiredMixin, GuardedPasswordChangeView):
     login_url = reverse_lazy("login")
 
 
-def admin_password_change(request: HttpRequest) -> HttpResponse:
+def admin_password_change(request: HttpRequest) -> HttpResponseBase:
     """The admin's own "Change password" (``AdminSite.password_change``) with the guarded form."""
     request.current_app = admin.site.name
     options: dict[str, Any] = {

@@ -27,14 +27,21 @@ whether the user is an Administrator, whatever the number of instruments and gra
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, TypeGuard
+
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Model, Q, QuerySet
+from django.http import HttpRequest
+from rest_framework.request import Request
 
 from accounts.choices import ShareLevel, TokenScope
 from accounts.models import ApiToken, InstrumentGroupPermission, InstrumentUserPermission
-from accounts.principals import AgentPrincipal
+from accounts.principals import AgentPrincipal, Principal, Who
 from accounts.roles import ADMINISTRATORS
 from instruments.models import Instrument
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 LEVELS: tuple[str, ...] = tuple(ShareLevel.values)  # lowest first
 VIEW, COLLECT, CHANGE, SHARE = LEVELS
@@ -71,9 +78,10 @@ def _check_level(level: str) -> None:
 # --- who is asking --------------------------------------------------------------------------------
 
 
-def resolve(who) -> tuple[object, ApiToken | None]:
+def resolve(who: Who) -> tuple[Principal | AnonymousUser, ApiToken | None]:
     """(user or AgentPrincipal or AnonymousUser, the API token of the request if any)."""
-    if hasattr(who, "method") and hasattr(who, "user"):  # a Django HttpRequest or a DRF Request
+    user: Principal | AnonymousUser
+    if isinstance(who, HttpRequest | Request):  # a Django HttpRequest or a DRF Request
         auth = getattr(who, "auth", None)
         user, token = who.user, auth if isinstance(auth, ApiToken) else None
     else:
@@ -83,15 +91,15 @@ def resolve(who) -> tuple[object, ApiToken | None]:
     return user, token
 
 
-def is_authenticated(user) -> bool:
+def is_authenticated(user: Principal | AnonymousUser | None) -> TypeGuard[Principal]:
     return bool(user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_active", False))
 
 
-def is_agent(who) -> bool:
+def is_agent(who: Who) -> bool:
     return isinstance(resolve(who)[0], AgentPrincipal)
 
 
-def is_administrator(who) -> bool:
+def is_administrator(who: Who) -> bool:
     """Superusers and members of the Administrators group (never an agent, never a read-only request)."""
     user, _ = resolve(who)
     if not is_authenticated(user) or isinstance(user, AgentPrincipal):
@@ -101,7 +109,7 @@ def is_administrator(who) -> bool:
     cached = getattr(user, "_daqbroker_is_administrator", None)
     if cached is None:
         cached = user.groups.filter(name=ADMINISTRATORS).exists()
-        user._daqbroker_is_administrator = cached
+        setattr(user, "_daqbroker_is_administrator", cached)  # noqa: B010 -- a cache the User type does not declare
     return cached
 
 
@@ -112,7 +120,7 @@ def _token_allows(token: ApiToken | None, level: str) -> bool:
 # --- instruments ----------------------------------------------------------------------------------
 
 
-def _grant_filter(user, level: str) -> Q:
+def _grant_filter(user: User, level: str) -> Q:
     """Instruments ``user`` owns or holds ``level`` (or higher) on, directly or through a group."""
     codenames = codenames_implying(level)
     direct = InstrumentUserPermission.objects.filter(user=user, permission__codename__in=codenames)
@@ -122,7 +130,7 @@ def _grant_filter(user, level: str) -> Q:
     )
 
 
-def instruments_for(who, level: str = VIEW) -> QuerySet[Instrument]:
+def instruments_for(who: Who, level: str = VIEW) -> QuerySet[Instrument]:
     """The instruments on which ``who`` has ``level``, as a lazy queryset of one query."""
     _check_level(level)
     user, token = resolve(who)
@@ -139,11 +147,11 @@ def instruments_for(who, level: str = VIEW) -> QuerySet[Instrument]:
     return instruments.filter(_grant_filter(user, level))
 
 
-def instruments_visible_to(who) -> QuerySet[Instrument]:
+def instruments_visible_to(who: Who) -> QuerySet[Instrument]:
     return instruments_for(who, VIEW)
 
 
-def collectable_instrument_ids(who) -> set[int] | None:
+def collectable_instrument_ids(who: Who) -> set[int] | None:
     """For ``ingest_samples(writable_instruments=...)``: the ids ``who`` may push to; None means all."""
     user, _ = resolve(who)
     if not isinstance(user, AgentPrincipal) and is_administrator(who):
@@ -151,7 +159,7 @@ def collectable_instrument_ids(who) -> set[int] | None:
     return set(instruments_for(who, COLLECT).values_list("pk", flat=True))
 
 
-def has_instrument_perm(who, level: str, instrument: Instrument) -> bool:
+def has_instrument_perm(who: Who, level: str, instrument: Instrument) -> bool:
     _check_level(level)
     user, token = resolve(who)
     if not is_authenticated(user) or not _token_allows(token, level):
@@ -163,7 +171,7 @@ def has_instrument_perm(who, level: str, instrument: Instrument) -> bool:
     return Instrument.objects.filter(pk=instrument.pk).filter(_grant_filter(user, level)).exists()
 
 
-def level_on(who, instrument: Instrument) -> str | None:
+def level_on(who: Who, instrument: Instrument) -> str | None:
     """The highest level ``who`` has on ``instrument``, or None."""
     user, token = resolve(who)
     if not is_authenticated(user):
@@ -189,7 +197,7 @@ def level_on(who, instrument: Instrument) -> str | None:
     return VIEW if not _token_allows(token, level) else level
 
 
-def can_create_instruments(who) -> bool:
+def can_create_instruments(who: Who) -> bool:
     user, token = resolve(who)
     if not is_authenticated(user) or isinstance(user, AgentPrincipal) or not _token_allows(token, CHANGE):
         return False
@@ -222,7 +230,7 @@ def instrument_paths(model) -> tuple[str, ...]:
     )
 
 
-def restrict(queryset: QuerySet, who, level: str = VIEW) -> QuerySet:
+def restrict(queryset: QuerySet, who: Who, level: str = VIEW) -> QuerySet:
     """``queryset`` narrowed to the rows ``who`` has ``level`` on. Unknown models raise (fail closed)."""
     _check_level(level)
     model = queryset.model
@@ -254,9 +262,9 @@ def restrict(queryset: QuerySet, who, level: str = VIEW) -> QuerySet:
 
 def instrument_of(obj: Model) -> list[Instrument]:
     """The instrument(s) an object belongs to, following ``instrument_paths``."""
-    found = []
+    found: list[Instrument] = []
     for path in instrument_paths(type(obj)):
-        target = obj
+        target: Any = obj  # an Instrument at the end of the path
         for step in path.split("__") if path else ():
             target = getattr(target, step, None)
             if target is None:
@@ -266,7 +274,7 @@ def instrument_of(obj: Model) -> list[Instrument]:
     return found
 
 
-def has_perm(who, level: str, obj: Model) -> bool:
+def has_perm(who: Who, level: str, obj: Model) -> bool:
     """Whether ``who`` has ``level`` on ``obj`` (an instrument, anything belonging to one, or an owned object)."""
     _check_level(level)
     label = _label(type(obj))

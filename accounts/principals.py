@@ -8,13 +8,26 @@ user foreign key fails loudly. Its owner's rights still bound what it may do (se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
+    from django.http import HttpRequest
+    from rest_framework.request import Request
+
+    from accounts.models import Agent, ApiToken
+
+# Who acts: a signed-in user or an agent. Type hints use this, never ``object``.
+Principal: TypeAlias = "User | AgentPrincipal"
+# What ``accounts.permissions`` accepts as ``who``: a principal, the anonymous user, or a request carrying one.
+Who: TypeAlias = "User | AgentPrincipal | AnonymousUser | HttpRequest | Request"
 
 
 @dataclass(eq=False)
 class AgentPrincipal:
-    agent: object  # accounts.models.Agent
-    token: object  # accounts.models.ApiToken
-    owner: object = field(init=False)
+    agent: Agent
+    token: ApiToken
+    owner: User = field(init=False)
 
     # What Django and DRF ask of a user.
     pk = None

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group, Permission, User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -34,12 +34,12 @@ def _check_actor(actor, level: str, instrument: Instrument) -> None:
 @dataclass(frozen=True)
 class Share:
     kind: str  # "user" or "group"
-    principal: object  # User or Group
-    level: str
+    principal: User | Group
+    level: str | None
 
     @property
     def name(self) -> str:
-        return self.principal.get_username() if self.kind == "user" else self.principal.name
+        return self.principal.name if isinstance(self.principal, Group) else self.principal.get_username()
 
 
 def _grants(instrument: Instrument, principal):
@@ -129,7 +129,7 @@ def shares_of(instrument: Instrument) -> list[Share]:
         ("user", InstrumentUserPermission, "user"),
         ("group", InstrumentGroupPermission, "group"),
     ):
-        held: dict[int, tuple[object, set[str]]] = {}
+        held: dict[int, tuple[User | Group, set[str]]] = {}
         for grant in model.objects.filter(content_object=instrument).select_related(field, "permission"):
             principal = getattr(grant, field)
             held.setdefault(principal.pk, (principal, set()))[1].add(grant.permission.codename)
@@ -146,7 +146,7 @@ def _check_expiry(expires: datetime | None) -> None:
         raise ValidationError("The expiry must be in the future.")
 
 
-def _with_new_key(save: Callable[[str, str], None]) -> tuple[str, str]:
+def _with_new_key(save: Callable[[str, str], object]) -> tuple[str, str]:
     """``save(key_id, clear token)`` with a fresh key id, again if that id is taken; (key id, clear token).
     The clear token is returned to be shown once, and kept nowhere."""
     for _ in range(5):

@@ -221,7 +221,7 @@ def resolve(host: str, port: int) -> list[Address]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses: list[Address] = []
     for info in infos:
-        address = _normalise(ipaddress.ip_address(info[4][0].split("%", 1)[0]))
+        address = _normalise(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
         if address not in addresses:
             addresses.append(address)
     return addresses

@@ -75,7 +75,12 @@ def recent_runs_html(source) -> str:
     runs = list(CollectionRun.objects.filter(source=source)[:RECENT_RUNS])
     if not runs:
         return "no runs yet"
-    colour = {RunStatus.SUCCESS: "#070", RunStatus.WARNING: "#a60", RunStatus.FAILED: "#b00", RunStatus.RUNNING: "#555"}
+    colour: dict[str, str] = {
+        RunStatus.SUCCESS: "#070",
+        RunStatus.WARNING: "#a60",
+        RunStatus.FAILED: "#b00",
+        RunStatus.RUNNING: "#555",
+    }
     rows = format_html_join(
         "",
         '<tr><td>{}</td><td>{}</td><td style="color:{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',

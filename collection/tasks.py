@@ -16,7 +16,7 @@ def dispatch_due_sources() -> int:
     claimed = collect.claim_due_sources()
     for source_id in claimed:
         # A collection that waited longer than a few dispatch periods is stale: the next claim supersedes it.
-        collect_source.apply_async(args=[source_id], expires=max(30, settings.DISPATCH_INTERVAL_SECONDS * 6))
+        collect_source.apply_async(args=(source_id,), expires=max(30, settings.DISPATCH_INTERVAL_SECONDS * 6))
     return len(claimed)
 
 

@@ -28,7 +28,7 @@ class BoundedWrites:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.settimeout(self.send_timeout())
-        result = self.app(environ, start_response)
+        result: Iterable[bytes] = self.app(environ, start_response)
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
             return result  # static files: sendfile, bounded by the same socket timeout

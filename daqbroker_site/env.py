@@ -117,7 +117,7 @@ def database_settings(url: str | None, data_dir: Path, *, conn_max_age: int = 0)
     if engine == "django.db.backends.postgresql":
         # Server-side cursors break behind transaction-pooling proxies; exports opt in explicitly.
         config.setdefault("DISABLE_SERVER_SIDE_CURSORS", False)
-    return config
+    return dict(config)  # a plain dict (dj_database_url types it as its DBConfig TypedDict)
 
 
 def sqlite_settings(path: Path) -> dict:

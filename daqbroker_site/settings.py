@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from csp.constants import NONE as CSP_NONE
 from csp.constants import SELF as CSP_SELF
@@ -197,7 +198,7 @@ AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # Object permissions are never given to anonymous visitors: no guardian "AnonymousUser" row.
 ANONYMOUS_USER_NAME = None
 
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, Any] = {
     # Bearer first: its WWW-Authenticate header makes DRF answer 401 (not 403) to unauthenticated calls.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.authentication.BearerTokenAuthentication",

@@ -1,3 +1,5 @@
+from typing import Any, ClassVar
+
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, Q
@@ -67,7 +69,7 @@ class ChannelInline(admin.TabularInline):
         # Offer only the sources of the instrument being edited.
         if db_field.name == "source":
             instrument_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
-            kwargs["queryset"] = DataSource.objects.filter(instrument_id=instrument_id)
+            kwargs["queryset"] = DataSource.objects.filter(instrument=instrument_id)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
@@ -87,7 +89,8 @@ def last_reading_text(channel: Channel) -> str:
 
 
 @admin.register(Instrument)
-class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedModelAdmin):
+# The ignore: django-stubs and guardian type change_form_template differently (str, str or list).
+class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedModelAdmin):  # type: ignore[misc]
     """Operators reach the instruments they may change; "Object permissions" shares through the service."""
 
     delete_level = permissions.SHARE
@@ -122,7 +125,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
 
     @admin.display(description="Channels", ordering="_channels")
     def channel_count(self, instrument: Instrument) -> int:
-        return instrument._channels
+        return instrument._channels  # type: ignore[attr-defined]  # annotated by get_queryset (Count)
 
     @admin.action(description="Enable collection of the selected instruments' sources")
     def enable_collection(self, request, queryset):
@@ -142,11 +145,12 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_filter = ("kind", "enabled", ("instrument", RelatedOnly))
     search_fields = ("name", "instrument__name", "instrument__slug")
     list_select_related = ("instrument",)
-    readonly_fields = ("collection_state", *COLLECTION_STATE, "created", "updated")
+    # Typed as open tuples: collection.admin extends them.
+    readonly_fields: ClassVar[tuple[str, ...]] = ("collection_state", *COLLECTION_STATE, "created", "updated")
     autocomplete_fields = ("instrument",)
     form = DataSourceForm
-    actions = ("enable_collection", "disable_collection")
-    fieldsets = (
+    actions: tuple[Any, ...] = ("enable_collection", "disable_collection")
+    fieldsets: ClassVar[tuple[Any, ...]] = (
         (None, {"fields": ("instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled")}),
         ("Collection state", {"fields": ("collection_state", *COLLECTION_STATE)}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
@@ -214,6 +218,7 @@ class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("last_reading", "created", "updated")
     autocomplete_fields = ("instrument",)
+    actions: tuple[Any, ...] = ()  # ModelAdmin's default; collection.admin extends it
     fieldsets = (
         (None, {"fields": ("instrument", "name", "slug", "kind", "units", "description")}),
         ("Where it comes from", {"fields": ("source", "source_field", "expression", "expected_interval_seconds")}),

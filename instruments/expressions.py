@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-FUNCTIONS = {
+FUNCTIONS: dict[str, np.ufunc] = {
     "abs": np.abs,
     "sqrt": np.sqrt,
     "exp": np.exp,
@@ -31,7 +32,7 @@ FUNCTIONS = {
     "maximum": np.maximum,
 }
 CONSTANTS = {"pi": np.pi, "e": np.e}
-BINARY = {
+BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -39,7 +40,7 @@ BINARY = {
     ast.Pow: operator.pow,
     ast.Mod: operator.mod,
 }
-UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 MAX_LENGTH = 500
 
 
@@ -105,12 +106,14 @@ def evaluate(tree: ast.Expression, variables: Mapping[str, np.ndarray]) -> np.nd
         if isinstance(node, ast.UnaryOp):
             return UNARY[type(node.op)](visit(node.operand))
         if isinstance(node, ast.Call):
+            assert isinstance(node.func, ast.Name)  # parse_expression allows calls of named functions only
             return FUNCTIONS[node.func.id](*(visit(arg) for arg in node.args))
         if isinstance(node, ast.Name):
             if node.id in CONSTANTS:
                 return CONSTANTS[node.id]
             return np.asarray(variables[node.id], dtype=np.float64)
         if isinstance(node, ast.Constant):
+            assert isinstance(node.value, int | float)  # parse_expression allows numbers only
             return float(node.value)
         raise ExpressionError(f"{type(node).__name__} is not allowed")  # parse_expression rules this out
 

@@ -3,10 +3,13 @@ every surface that edits sources uses (the admin's source page and inline)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
+from django.db.models import Model
 
 from accounts import permissions, targets
 from accounts.targets import Principal
@@ -35,7 +38,9 @@ class DataSourceForm(forms.ModelForm):
         self._stored = DataSource.objects.filter(pk=pk).first() if pk else None
 
     def _post_clean(self) -> None:
-        super()._post_clean()  # the model's own checks: the configuration is validated and normalised
+        # The model's own checks: the configuration is validated and normalised. (_post_clean is Django's
+        # private hook after the fields are cleaned; django-stubs leaves it out.)
+        super()._post_clean()  # type: ignore[misc]
         if self.errors:
             return
         if self.principal is None:
@@ -85,9 +90,11 @@ class ShareForm(forms.Form):
 
     def clean(self):
         data = super().clean()
+        assert data is not None  # Form.clean() returns cleaned_data
         kind, name = data.get("kind"), (data.get("name") or "").strip()
         if not kind or not name:
             return data
+        principal: Model | None
         if kind == "user":
             principal = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: name}).first()
         else:
@@ -119,6 +126,6 @@ class PanelForm(forms.Form):
 
     def __init__(self, *args, channels=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["channels"].choices = [
+        cast(forms.TypedMultipleChoiceField, self.fields["channels"]).choices = [
             (c.pk, f"{c.instrument.name} · {c.name}" + (f" ({c.units})" if c.units else "")) for c in channels
         ]

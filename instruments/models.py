@@ -194,7 +194,11 @@ class DataSource(models.Model):
             return
         if self.agent_id is None:
             raise ValidationError({"agent": "A remote-agent source needs the agent that collects it."})
-        if self.instrument_id is not None and not self.agent.instruments.filter(pk=self.instrument_id).exists():
+        if (
+            self.instrument_id is not None
+            and self.agent is not None
+            and not self.agent.instruments.filter(pk=self.instrument_id).exists()
+        ):
             message = f"Agent {self.agent.name!r} may not push to this instrument: add it to the agent's instruments."
             raise ValidationError({"agent": message})
 
@@ -313,7 +317,12 @@ class Channel(models.Model):
             errors["missing_values"] = "Must be a list of numbers, e.g. [-9999, -7999]."
         if self.kind == ChannelKind.TEXT and (self.units or self.valid_min is not None or self.valid_max is not None):
             errors["kind"] = "Text channels have no units or valid range."
-        if self.source_id and self.instrument_id and self.source.instrument_id != self.instrument_id:
+        if (
+            self.source_id
+            and self.instrument_id
+            and self.source is not None
+            and self.source.instrument_id != self.instrument_id
+        ):
             errors["source"] = "The data source belongs to another instrument."
         if self.kind == ChannelKind.DERIVED:
             self._clean_expression(errors)

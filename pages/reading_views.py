@@ -79,7 +79,7 @@ class PlotView(PageMixin, TemplateView):
                 "ranges": [[value, label] for value, label in PlotRange.choices if value != PlotRange.CUSTOM],
                 "timeZone": settings.TIME_ZONE,
             },
-            my_dashboards=dashboards.dashboards_visible_to(user).filter(owner=user),
+            my_dashboards=dashboards.dashboards_visible_to(user).filter(owner=user.pk),  # signed in (PageMixin)
             range_choices=[(v, label) for v, label in PlotRange.choices],
         )
         return context

@@ -61,8 +61,9 @@ def first_reading_times(channel_ids: Sequence[int]) -> dict[int, int]:
     )
     first = {}
     for channel_id in channel_ids:
-        if channel_id in kept_from:
-            buckets = fetch_buckets(channel_id, TIERS[-1], EARLIEST_US, kept_from[channel_id])
+        kept = kept_from.get(channel_id)  # never None: raw_kept_from__isnull=False
+        if kept is not None:
+            buckets = fetch_buckets(channel_id, TIERS[-1], EARLIEST_US, kept)
             if len(buckets.bucket):
                 first[channel_id] = int(buckets.bucket[0])
                 continue
@@ -99,5 +100,6 @@ def sparklines(channels: Sequence) -> dict[int, str]:
         if series.mean is not None:
             out[series.channel_id] = sparkline_svg(series.t, series.mean, series.min, series.max, start, end)
         else:
+            assert series.value is not None  # a raw series (no buckets) has values
             out[series.channel_id] = sparkline_svg(series.t, series.value, None, None, start, end)
     return out

@@ -17,12 +17,16 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.db.models import Count
 
 from collection.alarms.models import AlarmEvent
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource, Instrument
+
+if TYPE_CHECKING:
+    from accounts.models import Agent
 
 OK, LATE, STALE, UNKNOWN, WAITING = "ok", "late", "stale", "unknown", "waiting"
 LATE_FACTOR, STALE_FACTOR = 2, 5
@@ -111,7 +115,7 @@ def source_health(source: DataSource, channels: Iterable[Channel], now: int | No
 class AgentStatus:
     """An agent that pushes to an instrument through the API, judged by its token and its heartbeats."""
 
-    agent: object  # accounts.models.Agent, with token and health select_related
+    agent: Agent  # with token and health select_related
     state: str
     words: str
     last_heartbeat: object = None

@@ -6,12 +6,14 @@ see, 403 without the level an action needs) and calls the services; none decides
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Q
+from django.db.models import Model, Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse, reverse_lazy
@@ -182,6 +184,7 @@ class SharingRemoveView(PageMixin, View):
     def post(self, request, slug):
         instrument = self.get_instrument()
         kind, name = request.POST.get("kind"), request.POST.get("name", "")
+        principal: Model | None
         if kind == "user":
             model = get_user_model()
             principal = model.objects.filter(**{model.USERNAME_FIELD: name}).first()
@@ -202,7 +205,8 @@ class SharingRemoveView(PageMixin, View):
 class DashboardAccessMixin(PageMixin):
     """The page mixin for dashboards: hidden ones answer 404; changing needs ownership (else 403)."""
 
-    model = Dashboard
+    # Any: list views type model as type[M] | None, detail and edit views as type[M].
+    model: Any = Dashboard
 
     def get_queryset(self):
         return dashboards.dashboards_visible_to(self.request.user).select_related("owner")
@@ -248,7 +252,9 @@ class DashboardCreateView(PageMixin, View):
 def _add_panel_from_post(request, dashboard: Dashboard, data=None) -> bool:
     form = PanelForm(data if data is not None else request.POST, channels=visible_channels(request.user))
     if not form.is_valid():
-        messages.error(request, "The plot was not added: " + "; ".join(" ".join(e) for e in form.errors.values()))
+        messages.error(
+            request, "The plot was not added: " + "; ".join(" ".join(str(m) for m in e) for e in form.errors.values())
+        )
         return False
     data = form.cleaned_data
     try:
@@ -305,6 +311,7 @@ def panel_state(panel: DashboardPanel, channels) -> dict:
         "flagged": panel.include_flagged,
     }
     if panel.time_range == PlotRange.CUSTOM:
+        assert panel.start is not None and panel.end is not None  # a custom range has both ends (a check constraint)
         state.update(start=panel.start.isoformat(), end=panel.end.isoformat())
     return state
 

@@ -74,7 +74,8 @@ class HeartbeatSerializer(serializers.Serializer):
         help_text="The agent's round-trip estimate of its clock minus the server's, in seconds.",
     )
     heartbeat_seconds = serializers.IntegerField(min_value=1, max_value=86_400, required=False, default=30)
-    refused_sources = RefusedSourceSerializer(
+    # The ignore: DRF passes max_length to the ListSerializer (many=True); the stub does not list it.
+    refused_sources = RefusedSourceSerializer(  # type: ignore[call-arg]
         many=True,
         required=False,
         default=list,

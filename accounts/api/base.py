@@ -24,6 +24,8 @@ objects the requester has the level on (anything else reads "does not exist").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.http import Http404
@@ -42,8 +44,17 @@ from accounts.api.access import (
 from accounts.choices import AuditAction
 from instruments.models import Instrument
 
+if TYPE_CHECKING:
+    # What the mixins extend, for the type checker only: at run time they are plain mixins.
+    from rest_framework.generics import GenericAPIView
 
-class ScopedViewMixin:
+    _ViewBase = GenericAPIView
+    _FieldBase = serializers.RelatedField
+else:
+    _ViewBase = _FieldBase = object
+
+
+class ScopedViewMixin(_ViewBase):
     """For any API view: the base permissions always apply, whatever ``permission_classes`` says."""
 
     agent_access = False
@@ -58,7 +69,7 @@ class ScopedViewMixin:
 class ScopedGenericViewSet(ScopedViewMixin, viewsets.GenericViewSet):
     """A generic viewset whose every queryset is narrowed to what the requester may see."""
 
-    pagination_class = Pagination
+    pagination_class: type[Pagination] | None = Pagination
     audited = True  # record create/update/delete in the audit trail
 
     def filter_queryset(self, queryset):
@@ -144,7 +155,7 @@ def instrument_or_404(request, slug: str, level: str = permissions.VIEW) -> Inst
     return instrument
 
 
-class _Permitted:
+class _Permitted(_FieldBase):
     """Mixin for related fields: only objects the requester has ``level`` on can be chosen.
 
     The error never echoes the value: "hidden" and "does not exist" must read the same.
@@ -163,6 +174,7 @@ class _Permitted:
 
     def get_queryset(self):
         queryset = super().get_queryset()
+        assert queryset is not None  # a writable related field always has one (DRF asserts it at construction)
         request = self.context.get("request")
         return permissions.restrict(queryset, request, self.level) if request is not None else queryset.none()
 

@@ -57,7 +57,7 @@ class AgentSerializer(_TokenStateMixin, serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "created"]
         # Uniqueness per owner is checked by the service (the owner is not a field of the request).
-        validators = []
+        validators: list[object] = []
 
 
 class ApiTokenSerializer(_TokenStateMixin, serializers.ModelSerializer):

@@ -27,6 +27,7 @@ from accounts.api.serializers import (
 )
 from accounts.choices import TokenScope
 from accounts.models import Agent, ApiToken
+from accounts.principals import AgentPrincipal
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -185,7 +186,7 @@ class WhoAmIView(ScopedViewMixin, APIView):
     @extend_schema(responses={200: WhoAmISerializer})
     def get(self, request):
         user, token = permissions.resolve(request)
-        data = {
+        data: dict[str, object] = {
             "username": user.get_username(),
             "kind": "agent" if permissions.is_agent(request) else "user",
             "authentication": "token" if token else "session",
@@ -194,7 +195,7 @@ class WhoAmIView(ScopedViewMixin, APIView):
             "expires": token.expires if token else None,
             "administrator": permissions.is_administrator(request),
         }
-        if permissions.is_agent(request):
+        if isinstance(user, AgentPrincipal):  # permissions.is_agent(request)
             data["agent"] = user.agent.name
             data["instruments"] = sorted(
                 permissions.instruments_for(request, permissions.COLLECT).values_list("slug", flat=True)

@@ -330,7 +330,7 @@ PARSER_OPTIONS = {
         default=lambda: {**TIMESTAMP_DEFAULTS, "columns": list(TIMESTAMP_DEFAULTS["columns"])},
     ),
 }
-TIMESTAMP_DEFAULTS = {"columns": [0], "format": "iso", "timezone": "UTC"}
+TIMESTAMP_DEFAULTS: dict[str, Any] = {"columns": [0], "format": "iso", "timezone": "UTC"}
 
 
 def _check_parser(result: dict, prefix: str) -> None:

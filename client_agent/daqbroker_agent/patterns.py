@@ -59,7 +59,7 @@ def search(compiled: regex.Pattern, line: str, timeout: float = REGEX_TIMEOUT_SE
 
 def probe_lines() -> list[str]:
     """The pathological lines a pattern is tried on before it is accepted."""
-    lines = []
+    lines: list[str] = []
     for unit in _UNITS:
         for length in _LENGTHS:
             body = unit * max(1, length // len(unit))

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from daqbroker_agent import __version__
 from daqbroker_agent.auth import AuthWatch
@@ -118,27 +119,27 @@ class SpoolLock:
 
     def __init__(self, directory: Path):
         self.path = directory / LOCK_FILE
-        self.handle = None
+        self.handle: TextIO | None = None
 
     def acquire(self) -> None:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return
-        self.handle = self.path.open("a+")
+        handle = self.handle = self.path.open("a+")
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "?"
-            self.handle.close()
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
             raise AlreadyRunning(
                 f"another daqbroker-agent (pid {holder}) is running on the spool {self.path.parent}"
             ) from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
 
     def release(self) -> None:
         if self.handle is not None:
@@ -288,13 +289,15 @@ class AgentRuntime:
         for key, runner in list(self.sources.items()):
             if not key.startswith("server:"):
                 continue
-            spec = wanted.get(key)
-            if spec is None or spec.fingerprint != runner.spec.fingerprint:
+            wanted_spec = wanted.get(key)
+            if wanted_spec is None or wanted_spec.fingerprint != runner.spec.fingerprint:
                 runner.stop()
                 runner.join(timeout=10)
                 del self.sources[key]
                 log.info(
-                    "stopped %s: %s in the server's configuration", runner.spec.name, "changed" if spec else "removed"
+                    "stopped %s: %s in the server's configuration",
+                    runner.spec.name,
+                    "changed" if wanted_spec else "removed",
                 )
         for key, spec in wanted.items():
             if key not in self.sources:

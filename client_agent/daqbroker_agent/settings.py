@@ -207,7 +207,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"{path} is not valid TOML: {exc}") from None
 
 
-def _local_sources(raw: Any, path: str) -> list[LocalSource]:
+def _local_sources(raw: Any, path: str | os.PathLike) -> list[LocalSource]:
     if not isinstance(raw, list):
         raise SettingsError(f"{path}: sources must be an array of tables ([[sources]])")
     sources, names = [], set()

@@ -116,7 +116,7 @@ class LineSplitter:
 
     def feed(self, chunk: bytes) -> list[str]:
         self.buffer += chunk
-        lines = []
+        lines: list[str] = []
         while True:
             end = self.buffer.find(self.terminator)
             if end < 0:

@@ -29,6 +29,7 @@ class SelectionForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        assert cleaned is not None  # a ModelForm's clean() returns its cleaned_data
         if not any(cleaned.get(name) for name in SELECTION):
             raise forms.ValidationError(ChannelSelection.NO_SELECTOR)
         return cleaned

@@ -145,6 +145,7 @@ def evaluate_values(rule: AlarmRule, channel: Channel, first_ts: int | None = No
 
 def _conditions(rule: AlarmRule, state: AlarmState, ts: np.ndarray, value: np.ndarray):
     """(observed quantity, raise condition, clear condition) per reading."""
+    assert rule.threshold is not None  # only staleness rules have none (AlarmRule.clean); they are not evaluated here
     threshold, hysteresis = float(rule.threshold), float(rule.hysteresis)
     if rule.kind == RuleKind.RATE:
         prev_ts = np.r_[state.previous_ts if state.previous_ts is not None else -1, ts[:-1]]
@@ -229,6 +230,7 @@ def _raise(
 
 def _clear(state: AlarmState, at_us: int, value: float | None) -> None:
     event = state.active_event
+    assert event is not None  # callers clear an active alarm only
     event.cleared_at = us_to_datetime(at_us)
     event.cleared_value = value
     event.save(update_fields=["cleared_at", "cleared_value"])
@@ -252,7 +254,7 @@ def _message(rule: AlarmRule, channel: Channel, observed: float | None, value: f
 def expected_interval(channel: Channel) -> int | None:
     if channel.expected_interval_seconds:
         return channel.expected_interval_seconds
-    if channel.source_id:
+    if channel.source_id and channel.source is not None:
         return channel.source.interval_seconds
     return None
 
@@ -275,7 +277,7 @@ def evaluate_stale(rule: AlarmRule, channel: Channel, now: int) -> Outcome:
             _raise(rule, channel, state, last + limit, None, None)
             outcome.raised += 1
         elif not stale and state.active_event is not None:
-            _clear(state, channel.last_ts, channel.last_value)
+            _clear(state, last, channel.last_value)  # last: channel.last_ts, or its creation before any reading
             outcome.cleared += 1
         state.evaluated_until = max(state.evaluated_until, now)
         state.save()

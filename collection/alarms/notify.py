@@ -252,12 +252,13 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """HTTPS to the checked address, with the certificate checked against the URL's host name."""
 
     def __init__(self, host: str, port: int | None, address: str, **kwargs):
-        super().__init__(host, port, context=ssl.create_default_context(), **kwargs)
+        self.tls = ssl.create_default_context()
+        super().__init__(host, port, context=self.tls, **kwargs)
         self.address = address
 
     def connect(self) -> None:
         sock = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):

@@ -73,7 +73,7 @@ class InstantField(serializers.Field):
 class ChannelRefsField(serializers.CharField):
     """Comma-separated channel ids or ``instrument-slug/channel-slug`` references."""
 
-    def to_internal_value(self, data) -> list[str]:
+    def to_internal_value(self, data) -> list[str]:  # type: ignore[override]  # a CharField parsed into a list
         refs = [ref.strip() for ref in super().to_internal_value(data).split(",") if ref.strip()]
         if not refs:
             raise ValidationError("Name at least one channel.")
@@ -144,7 +144,8 @@ class ExportParams(serializers.Serializer):
 
 class SeriesSchema(serializers.Serializer):
     channel = serializers.IntegerField()
-    source = serializers.ChoiceField(choices=["raw", "lttb", "tier"])
+    # The serializer's metaclass moves declared fields out of the class: Field.source is not shadowed.
+    source = serializers.ChoiceField(choices=["raw", "lttb", "tier"])  # type: ignore[assignment]
     t = serializers.ListField(child=serializers.IntegerField(), help_text="µs since 1970 (bucket starts for tiers)")
     value = serializers.ListField(child=serializers.FloatField(), required=False, help_text="raw and lttb")
     quality = serializers.ListField(child=serializers.IntegerField(), required=False)

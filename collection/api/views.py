@@ -28,6 +28,7 @@ from accounts import permissions
 from accounts.api.base import ScopedViewMixin
 from accounts.authentication import BearerTokenAuthentication, RawBodySessionAuthentication
 from accounts.models import ApiToken
+from accounts.principals import AgentPrincipal
 from collection.api.schema import ErrorDetail, IngestBody, IngestResult
 from collection.choices import Origin
 from collection.ingest_formats import PayloadError
@@ -187,7 +188,8 @@ class RawTextField(serializers.CharField):
 class UnparsedLineSerializer(serializers.Serializer):
     text = RawTextField(max_length=100_000, help_text="the line as read")
     reason = RawTextField(max_length=300, help_text="why it did not parse, as the agent's parser said")
-    source = serializers.IntegerField(
+    # The serializer's metaclass moves declared fields out of the class: Field.source is not shadowed.
+    source = serializers.IntegerField(  # type: ignore[assignment]
         required=False, allow_null=True, default=None, help_text="the server's data source id (central sources)"
     )
     source_name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
@@ -200,7 +202,8 @@ class UnparsedBodySerializer(serializers.Serializer):
     batch_id = serializers.RegexField(
         r"^[\x21-\x7e]{1,100}$", help_text="the agent's id for this upload: a retry with the same id is recognised"
     )
-    lines = UnparsedLineSerializer(many=True, min_length=1, max_length=MAX_UNPARSED_LINES)
+    # The ignore: DRF passes min_length and max_length to the ListSerializer (many=True); the stub does not list them.
+    lines = UnparsedLineSerializer(many=True, min_length=1, max_length=MAX_UNPARSED_LINES)  # type: ignore[call-arg]
 
 
 class UnparsedResultSerializer(serializers.Serializer):
@@ -242,11 +245,13 @@ class AgentUnparsedView(ScopedViewMixin, APIView):
             raise exceptions.PermissionDenied("Only an agent token reports unparsed lines.")
         body = UnparsedBodySerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        agent = permissions.resolve(request)[0].agent
+        principal = permissions.resolve(request)[0]
+        assert isinstance(principal, AgentPrincipal)  # checked above (is_agent)
+        agent = principal.agent
+        collectable = permissions.collectable_instrument_ids(request)
+        assert collectable is not None  # None means "all", for administrators; an agent never is one
         sources = set(
-            DataSource.objects.filter(
-                agent=agent, instrument_id__in=permissions.collectable_instrument_ids(request)
-            ).values_list("pk", flat=True)
+            DataSource.objects.filter(agent=agent, instrument_id__in=collectable).values_list("pk", flat=True)
         )
         lines = [_unparsed(item) for item in body.validated_data["lines"]]
         result = quarantine_lines(

@@ -77,7 +77,7 @@ class LineCollector:
             for i, line in enumerate(received)
         ]
         batch, rejections = lines_to_readings(raw, LineParser(config), channels)
-        cursor = {"lines": seen + len(raw)}
+        cursor: dict[str, int | None] = {"lines": seen + len(raw)}
         if len(raw):
             cursor["last_line_at_us"] = raw[-1].received_us
         return Collected(

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -237,7 +238,9 @@ def collect_source(source_id: int) -> CollectionRun | None:
         with collection_transaction():
             result = IngestResult()
             # Rejected lines go with the first batch; a run that read nothing still records them.
-            for i, batch in enumerate(collected.batches or [SampleBatch([], [], [])]):
+            for i, batch in enumerate(
+                collected.batches or [SampleBatch(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))]
+            ):
                 part = ingest_samples(
                     batch, origin=source.kind, source_id=source.id, rejections=collected.rejections if i == 0 else ()
                 )

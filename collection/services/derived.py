@@ -11,6 +11,7 @@ twice stores nothing twice, and the new derived readings are validated and evalu
 
 from __future__ import annotations
 
+import ast
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Formula:
     channel: Channel
-    tree: object
+    tree: ast.Expression
     inputs: dict[str, int]  # name in the expression -> channel id
 
 

@@ -35,7 +35,7 @@ def try_enqueue(task: Task | str, *, what: str, args: list | None = None, **opti
         if isinstance(task, str):
             current_app.send_task(task, args=args or [], **options)
         else:
-            task.apply_async(args=args or [], **options)
+            task.apply_async(args=tuple(args or ()), **options)
     except Exception as exc:  # any broker or transport error (kombu wraps most in OperationalError)
         with _lock:
             _down_until = time.monotonic() + BROKER_RETRY_SECONDS

@@ -191,7 +191,7 @@ class _ChannelTable:
         if writable_instruments is not None:
             queryset = queryset.filter(instrument_id__in=writable_instruments)
         rows = sorted(queryset.values_list("id", "kind", "valid_min", "valid_max", "missing_values"))
-        kinds = {ChannelKind.NUMERIC: 0, ChannelKind.TEXT: 1, ChannelKind.DERIVED: 2}
+        kinds: dict[str, int] = {ChannelKind.NUMERIC: 0, ChannelKind.TEXT: 1, ChannelKind.DERIVED: 2}
         return cls(
             ids=np.array([r[0] for r in rows], dtype=np.int64),
             kind=np.array([kinds[r[1]] for r in rows], dtype=np.int8),
@@ -236,6 +236,7 @@ def ingest_samples(
 
     with transaction.atomic(using=using):
         if table is not None:
+            assert code is not None  # _validate ran: there is a table
             result.rejected.extend(_rejections_for(batch, code))
             keep = np.nonzero(code == _OK)[0]
             is_text = table.kind[table.locate(channel[keep])[0]] == 1

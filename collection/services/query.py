@@ -79,6 +79,7 @@ class Series:
     def as_dict(self) -> dict:
         out: dict = {"channel": self.channel_id, "source": self.source}
         if self.source == TIER:
+            assert self.tier is not None  # a tier series names its tier
             out.update(
                 tier=TIER_NAMES[self.tier],
                 bucket_us=self.bucket_us,

@@ -64,6 +64,7 @@ def delete_readings(
                 deleted[channel.pk] = 0
                 continue
             last = rows.order_by("-ts").values_list("ts", flat=True).first()
+            assert last is not None  # the rows have a first reading, so a last one
             count = _delete_where(model, "channel_id = %s AND ts >= %s AND ts < %s", [channel.pk, start, end], using)
             deleted[channel.pk] = count
             if model is Sample:
@@ -136,6 +137,7 @@ def enforce_retention(
     result = RetentionResult()
     instruments = Instrument.objects.using(using).filter(raw_retention_days__isnull=False).order_by("pk")
     for instrument in instruments:
+        assert instrument.raw_retention_days is not None  # filtered above
         cutoff = retention_cutoff(instrument.raw_retention_days, now_us)
         for channel in instrument.channels.using(using).order_by("pk"):
             if result.batches >= max_batches:
@@ -197,7 +199,7 @@ def _expire_channel(
 
 def _move_watermark(channel_id: int, cutoff: int, using: str) -> None:
     """Bring the tiers up to date, then stop recomputing buckets before ``cutoff`` from raw readings."""
-    while rollups.refresh_channel(channel_id, wait=True, using=using).remaining:
+    while rollups.refresh_channel(channel_id, wait=True, using=using).remaining:  # type: ignore[union-attr]  # never None with wait=True
         pass
     with transaction.atomic(using=using):
         state = RollupState.objects.using(using).select_for_update().get(channel_id=channel_id)

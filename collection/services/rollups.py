@@ -309,6 +309,7 @@ def _pg_copy_buckets(connection, table: str, channel_id: int, tier: int, buckets
             continue
         rows = np.empty(len(selected), dtype=dtype)
         rows["n"] = 11
+        assert dtype.names is not None  # a structured dtype
         for name in dtype.names:
             if name.endswith("_len"):
                 column = name[:-4]

@@ -3,7 +3,10 @@ admin refuses, with the same messages (``config: baudrate: ...``, ``units: 'bana
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Model
 from rest_framework import serializers
 
 from accounts import permissions, targets
@@ -11,8 +14,13 @@ from accounts.api.base import PermittedPrimaryKeyRelatedField, PermittedSlugRela
 from accounts.models import Agent
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry
 
+if TYPE_CHECKING:
+    _SerializerBase = serializers.ModelSerializer  # what the mixin extends, for the type checker only
+else:
+    _SerializerBase = object
 
-class ModelCleanMixin:
+
+class ModelCleanMixin(_SerializerBase):
     """Validate with the model's ``full_clean()`` (field checks, ``clean()``, unique constraints)."""
 
     # Fields the view sets on save (owner, author); they are filled in before cleaning.
@@ -20,7 +28,7 @@ class ModelCleanMixin:
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
-        model = self.Meta.model
+        model: type[Model] = self.Meta.model
         instance = (
             model(**{f.attname: getattr(self.instance, f.attname) for f in model._meta.concrete_fields})
             if (self.instance is not None)
@@ -73,8 +81,8 @@ class InstrumentSerializer(ModelCleanMixin, serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "owner", "created", "updated"]
         # full_clean() checks uniqueness, with the admin's messages
-        validators = []
-        extra_kwargs = {"slug": {"validators": []}}
+        validators: list[Any] = []
+        extra_kwargs: dict[str, dict[str, Any]] = {"slug": {"validators": []}}
 
 
 class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
@@ -125,7 +133,7 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "created",
             "updated",
         ]
-        validators = []
+        validators: list[Any] = []
 
     def validate_instance(self, instance: DataSource) -> dict:
         # The one target check (accounts.targets): where the source reads, given who is asking.
@@ -137,7 +145,8 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
 
 class ChannelSerializer(ModelCleanMixin, serializers.ModelSerializer):
     instrument = PermittedSlugRelatedField(queryset=Instrument.objects.all(), level=permissions.CHANGE)
-    source = PermittedPrimaryKeyRelatedField(
+    # The serializer's metaclass moves declared fields out of the class: Field.source is not shadowed.
+    source = PermittedPrimaryKeyRelatedField(  # type: ignore[assignment]
         queryset=DataSource.objects.all(),
         level=permissions.CHANGE,
         allow_null=True,
@@ -170,7 +179,7 @@ class ChannelSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "updated",
         ]
         read_only_fields = ["id", "last_value", "last_text", "last_quality", "created", "updated"]
-        validators = []
+        validators: list[Any] = []
 
 
 class LogbookEntrySerializer(ModelCleanMixin, serializers.ModelSerializer):

@@ -3,10 +3,13 @@ accounts base viewset: a hidden object answers 404, a visible one you may not ch
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import django_filters
-from django.contrib.auth.models import AbstractBaseUser
+import django_filters.rest_framework
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.utils import timezone
-from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.filters import BaseFilterBackend, OrderingFilter, SearchFilter
 
 from accounts import permissions
 from accounts.api.base import ScopedModelViewSet
@@ -21,7 +24,14 @@ from instruments.api.serializers import (
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import Channel, DataSource, Instrument, LogbookEntry, with_channel_counts
 
-FILTERS = [django_filters.rest_framework.DjangoFilterBackend, SearchFilter, OrderingFilter]
+if TYPE_CHECKING:
+    from rest_framework.generics import BaseFilterProtocol  # in the stubs only
+
+FILTERS: list[type[BaseFilterBackend] | type[BaseFilterProtocol[Any]]] = [
+    django_filters.rest_framework.DjangoFilterBackend,
+    SearchFilter,
+    OrderingFilter,
+]
 
 
 class InstrumentFilter(django_filters.FilterSet):
@@ -104,7 +114,9 @@ class LogbookEntryFilter(django_filters.FilterSet):
         fields = ["instrument", "after", "before"]
 
 
-def person_of(principal: AbstractBaseUser | AgentPrincipal) -> AbstractBaseUser:
+def person_of(
+    principal: AbstractBaseUser | AnonymousUser | AgentPrincipal,
+) -> AbstractBaseUser | AnonymousUser:
     """The user acting: an agent acts for its owner."""
     return principal.owner if isinstance(principal, AgentPrincipal) else principal
 
