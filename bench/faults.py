@@ -53,6 +53,7 @@ def driver_env(url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         DATABASE_URL=url,
         DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
         DAQBROKER_DATA_DIR=str(data_dir),
+        DAQBROKER_FILE_ROOTS=str(data_dir.parent),  # the benchmark's sources read files under it
         DAQBROKER_LOG_LEVEL="WARNING",
         CELERY_BROKER_URL="memory://",
         PYTHONUNBUFFERED="1",

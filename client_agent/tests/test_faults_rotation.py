@@ -74,7 +74,7 @@ def test_files_rotated_twice_while_the_agent_was_stopped_are_all_delivered_once(
     logger.write(500)
     with FakeServer() as server:
         server.config["sources"] = [rotating_source(folder)]
-        env = agent_env(server, tmp_path / "spool")
+        env = agent_env(server, tmp_path / "spool", allowed_paths=[folder])
         proc = start(env)
         try:
             until(lambda: delivered(server, range(500)), proc=proc, what="the first 500 lines")
@@ -101,7 +101,7 @@ def test_a_file_compressed_away_with_unread_bytes_is_reported_in_status(tmp_path
     logger.write(50)
     with FakeServer() as server:
         server.config["sources"] = [rotating_source(folder)]
-        env = agent_env(server, tmp_path / "spool")
+        env = agent_env(server, tmp_path / "spool", allowed_paths=[folder])
         proc = start(env)
         try:
             until(lambda: delivered(server, range(50)), proc=proc, what="the first lines")

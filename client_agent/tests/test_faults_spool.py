@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from agent_fakes import FakeServer
@@ -143,9 +144,14 @@ def sqlite_like_error() -> Exception:
 # --- the agent as systemd runs it -----------------------------------------------------------------------
 
 
-def agent_env(server: FakeServer, spool, **extra: str) -> dict:
+def agent_env(server: FakeServer, spool, allowed_paths=(), **extra: str) -> dict:
+    """The agent's environment; ``allowed_paths`` go in its local file (the only place they may be set)."""
+    local = Path(spool).parent / "agent-local.toml"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_text("allowed_paths = [" + ", ".join(f'"{path}"' for path in allowed_paths) + "]\n")
     return {
         **os.environ,
+        "DAQBROKER_AGENT_CONFIG": str(local),
         "PYTHONPATH": os.pathsep.join(sys.path),
         "DAQBROKER_AGENT_URL": server.url,
         "DAQBROKER_AGENT_TOKEN": "dbk_good",
@@ -188,7 +194,7 @@ def test_a_running_agent_on_a_full_disk_tells_the_truth_and_delivers_everything_
     with FakeServer() as server:
         server.config["sources"] = [file_source(folder)]
         server.answer(INGEST_PATH, 503, {"detail": "maintenance"}, times=100_000)  # "down" for uploads
-        env = agent_env(server, disk.path / "spool")
+        env = agent_env(server, disk.path / "spool", allowed_paths=[folder])
         proc = subprocess.Popen([sys.executable, "-m", "daqbroker_agent", "run"], env=env,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
         try:

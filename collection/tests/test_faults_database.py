@@ -47,6 +47,7 @@ def outage_env(own_postgres, tmp_path) -> dict[str, str]:
         DATABASE_URL=own_postgres.create_database(f"faults_{uuid.uuid4().hex[:8]}"),
         DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
         DAQBROKER_DATA_DIR=str(tmp_path / "var"),
+        DAQBROKER_FILE_ROOTS=str(tmp_path),  # the sources read files under it (the one target check)
         CELERY_BROKER_URL="memory://",
         PYTHONUNBUFFERED="1",
     )

@@ -63,6 +63,7 @@ def driver_env(tmp_path, **settings: str) -> dict[str, str]:
         DATABASE_URL=database_url_for_subprocess(),
         DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
         DAQBROKER_DATA_DIR=str(tmp_path / "var"),
+        DAQBROKER_FILE_ROOTS=str(tmp_path),  # the sources read files under it (the one target check)
         CELERY_BROKER_URL="memory://",
         PYTHONUNBUFFERED="1",
         **settings,
