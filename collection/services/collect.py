@@ -232,6 +232,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
                 )
                 result.accepted += part.accepted
                 result.duplicates += part.duplicates
+                result.conflicted.extend(part.conflicted)
                 result.rejected.extend(part.rejected)
             finished = timezone.now()
             still_ours = DataSource.objects.filter(pk=source.id, lease_owner=owner).update(
@@ -252,6 +253,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
                 for warning in collected.warnings:
                     logger.warning("source %s: %s", source.id, warning)
             run.accepted, run.duplicates, run.rejected = result.accepted, result.duplicates, result.rejected_count
+            run.conflicts = result.conflicts
             run.finished_at = finished
             run.save()
         return run
