@@ -222,7 +222,9 @@ def test_the_api_answers_conflicts_apart_from_duplicates_json_and_csv(world, age
 
     values = dict(Sample.objects.filter(channel=channel).values_list("ts", "value"))
     assert values == {(T_API + i) * SECOND: v for i, v in enumerate([1.5, 2.5, 3.5, 4.5, 8.0])}
-    kept = RejectedSample.objects.filter(channel=channel, reason__startswith="conflict:").order_by("raw_time", "raw_value")
+    kept = RejectedSample.objects.filter(channel=channel, reason__startswith="conflict:").order_by(
+        "raw_time", "raw_value"
+    )
     assert [(r.raw_value, r.context["stored_value"]) for r in kept] == [("9.0", 2.5), ("7", 3.5), ("4.75", 4.5)]
     when = us_to_datetime((T_API + 1) * SECOND).isoformat()
     assert kept[0].reason == f"conflict: 9.0 differs from the stored 2.5 at {when}"
