@@ -156,6 +156,7 @@ def collect_status(settings: Settings) -> dict:
         "spooled_total": counters["spooled"],
         "uploaded_total": counters["uploaded"],
         "refused_by_server_total": counters["rejected"],
+        "conflicts_total": counters.get("conflicts", 0),
         "dropped_spool_full_total": counters["dropped"],
         "dead_letters": counters["dead"],
         "unparsed_total": counters["unparsed"],
