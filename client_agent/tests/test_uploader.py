@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -162,6 +165,17 @@ def test_conflicts_the_server_reports_are_counted_and_logged(tmp_path, caplog):
     assert (counters["conflicts"], counters["rejected"], counters["uploaded"]) == (1, 0, 2)
     assert "1 readings of batch" in caplog.text and "another value than the server already stores" in caplog.text
     assert "1 in conflict with other values stored at their times" in caplog.text
+    # ``daqbroker-agent status`` tells them apart from refused readings.
+    status = subprocess.run(
+        [sys.executable, "-m", "daqbroker_agent", "status", "--json", "--spool", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    info = json.loads(status.stdout)
+    assert (info["conflicts_total"], info["refused_by_server_total"], info["uploaded_total"]) == (1, 0, 2)
 
 
 def test_a_body_refused_whole_is_split_down_to_the_bad_reading(tmp_path, caplog):
