@@ -6,7 +6,7 @@ inserted, and which of the skipped rows found *another* value stored at their ti
 stored value. The other skipped rows are exact duplicates. Telling the two apart costs only when the bulk
 insert reports fewer rows inserted than offered: on SQLite and MariaDB the rows go in chunks, and only the
 keys of a chunk that came up short are looked up (one indexed query per channel and chunk); on PostgreSQL
-the staged rows are joined to the stored ones. Values are compared as stored: float8/DOUBLE/REAL keep a
+each staged row is looked up in the index. Values are compared as stored: float8/DOUBLE/REAL keep a
 float64 exactly, so equality is exact; text compares as text. Paths, measured in
 ``bench/ingest_service.py`` and shared/PERFORMANCE.md:
 
@@ -200,9 +200,13 @@ def _pg_insert_numeric(connection, channel, ts, value, quality, using: str) -> W
         written = Written(offered=len(channel), inserted=cursor.rowcount)
         if written.inserted < len(channel):
             # Every staged row is stored now: those whose stored value differs from theirs are conflicts.
+            # A scalar subquery per staged row: one index probe each, never a plan that scans the readings
+            # table (a plain join is planned as a hash join over the whole table, temp tables having no
+            # statistics).
             cursor.execute(
-                f"SELECT s.channel_id, s.ts, r.value FROM {_STAGE} s JOIN {table} r "
-                "ON r.channel_id = s.channel_id AND r.ts = s.ts WHERE r.value <> s.value"
+                "SELECT channel_id, ts, old FROM (SELECT s.channel_id, s.ts, s.value, "
+                f"(SELECT r.value FROM {table} r WHERE r.channel_id = s.channel_id AND r.ts = s.ts) AS old "
+                f"FROM {_STAGE} s) staged WHERE old <> value"
             )
             conflicts = cursor.fetchall()
         else:
