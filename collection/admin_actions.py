@@ -83,7 +83,8 @@ def recent_runs_html(source) -> str:
     }
     rows = format_html_join(
         "",
-        '<tr><td>{}</td><td>{}</td><td style="color:{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+        '<tr><td>{}</td><td>{}</td><td style="color:{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+        "<td>{}</td></tr>",
         (
             (
                 f"{run.started_at:%Y-%m-%d %H:%M:%S}",
@@ -92,6 +93,7 @@ def recent_runs_html(source) -> str:
                 run.get_status_display(),
                 run.accepted,
                 run.duplicates,
+                run.conflicts,
                 run.rejected,
                 run.error[:300],
             )
@@ -101,7 +103,7 @@ def recent_runs_html(source) -> str:
     link = reverse("admin:collection_collectionrun_changelist") + f"?source__id__exact={source.pk}"
     return format_html(
         "<table><thead><tr><th>Started (UTC)</th><th>Took</th><th>Status</th><th>Accepted</th><th>Duplicates</th>"
-        "<th>Rejected</th><th>Error</th></tr></thead><tbody>{}</tbody></table>"
+        "<th>Conflicts</th><th>Rejected</th><th>Error</th></tr></thead><tbody>{}</tbody></table>"
         '<p><a href="{}">All runs of this source</a></p>',
         rows,
         link,

@@ -126,7 +126,10 @@ class CollectionRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
     accepted = models.PositiveIntegerField(default=0)
-    duplicates = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0, help_text="readings whose very value was already stored")
+    conflicts = models.PositiveIntegerField(
+        default=0, help_text="readings whose time already held another value: that one stays, these are quarantined"
+    )
     rejected = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=200, blank=True, help_text="host and process that ran it")

@@ -1,7 +1,13 @@
 """Engine-specific bulk writers for readings: the only code that knows how each database loads fast.
 
-Each writer inserts rows that are already validated and free of in-batch duplicates, skips rows whose
-(channel, ts) is already stored, and returns how many it inserted. Paths, measured in
+Each writer inserts rows that are already validated, ordered by (channel, ts) and free of in-batch
+repeats, skips rows whose (channel, ts) is already stored, and returns a ``Written``: how many it
+inserted, and which of the skipped rows found *another* value stored at their time (conflicts) with that
+stored value. The other skipped rows are exact duplicates. Telling the two apart costs only when the bulk
+insert reports fewer rows inserted than offered: on SQLite and MariaDB the rows go in chunks, and only the
+keys of a chunk that came up short are looked up (one indexed query per channel and chunk); on PostgreSQL
+each staged row is looked up in the index. Values are compared as stored: float8/DOUBLE/REAL keep a
+float64 exactly, so equality is exact; text compares as text. Paths, measured in
 ``bench/ingest_service.py`` and shared/PERFORMANCE.md:
 
 * SQLite: ``executemany`` of ``INSERT OR IGNORE``.
@@ -15,13 +21,14 @@ Each writer inserts rows that are already validated and free of in-batch duplica
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass, field
 
 import numpy as np
 from django.db import connections, transaction
 
 from collection.models import Sample, TextSample
 
-MYSQL_CHUNK = 10_000
+CHUNK = 10_000  # rows per executemany: MariaDB folds them into multi-row statements; a short chunk is checked
 _PG_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _PG_TRAILER = b"\xff\xff"
 _PG_ROW = np.dtype(
@@ -38,21 +45,42 @@ _PG_ROW = np.dtype(
     ]
 )
 _STAGE = "daqbroker_ingest_stage"
+_IN_LIST = 1000  # timestamps per look-up query of a short chunk
+
+
+@dataclass
+class Written:
+    """What a bulk write did with the rows offered to it."""
+
+    offered: int = 0
+    inserted: int = 0
+    # Positions (in the offered rows) of those whose (channel, ts) already holds another value ...
+    conflict_rows: list[int] = field(default_factory=list)
+    # ... and that stored value, one per conflict row.
+    stored: list = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        """Rows skipped because the very same value is stored at their time."""
+        return max(self.offered - self.inserted - len(self.conflict_rows), 0)
 
 
 def insert_numeric(
     channel: np.ndarray, ts: np.ndarray, value: np.ndarray, quality: np.ndarray, *, using: str = "default"
-) -> int:
+) -> Written:
     if len(channel) == 0:
-        return 0
+        return Written()
     connection = connections[using]
     vendor = connection.vendor
     if vendor == "postgresql":
         return _pg_insert_numeric(connection, channel, ts, value, quality, using)
     table = connection.ops.quote_name(Sample._meta.db_table)
-    return _insert_ignore(
-        connection, table, row_tuples(channel.tolist(), ts.tolist(), value.tolist(), quality.tolist())
-    )
+    values = value.tolist()
+    rows = row_tuples(channel.tolist(), ts.tolist(), values, quality.tolist())
+    written, short = _insert_ignore(connection, table, rows)
+    if short:
+        _find_conflicts(connection, table, written, channel, ts, values, short)
+    return written
 
 
 def row_tuples(*columns: list) -> list[tuple]:
@@ -68,15 +96,22 @@ def row_tuples(*columns: list) -> list[tuple]:
             gc.enable()
 
 
-def insert_text(rows: list[tuple[int, int, str, int]], *, using: str = "default") -> int:
+def insert_text(rows: list[tuple[int, int, str, int]], *, using: str = "default") -> Written:
     if not rows:
-        return 0
+        return Written()
     connection = connections[using]
     table = connection.ops.quote_name(TextSample._meta.db_table)
-    return _insert_ignore(connection, table, rows)
+    written, short = _insert_ignore(connection, table, rows)
+    if short:
+        channel = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        ts = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        _find_conflicts(connection, table, written, channel, ts, [r[2] for r in rows], short)
+    return written
 
 
-def _insert_ignore(connection, table: str, rows: list[tuple]) -> int:
+def _insert_ignore(connection, table: str, rows: list[tuple]) -> tuple[Written, list[tuple[int, int]]]:
+    """Inserts ``rows`` in chunks; returns what was written and the (start, end) of each chunk that
+    inserted fewer rows than it offered (where the duplicates and conflicts are)."""
     columns = "(channel_id, ts, value, quality) VALUES (%s, %s, %s, %s)"
     if connection.vendor == "sqlite":
         sql = f"INSERT OR IGNORE INTO {table} {columns}"
@@ -84,13 +119,40 @@ def _insert_ignore(connection, table: str, rows: list[tuple]) -> int:
         sql = f"INSERT IGNORE INTO {table} {columns}"
     else:
         sql = f"INSERT INTO {table} {columns} ON CONFLICT DO NOTHING"
-    chunk = MYSQL_CHUNK if connection.vendor == "mysql" else len(rows)
-    inserted = 0
+    written = Written(offered=len(rows))
+    short = []
     with connection.cursor() as cursor:
-        for start in range(0, len(rows), chunk):
-            cursor.executemany(sql, rows[start : start + chunk])
-            inserted += max(cursor.rowcount, 0)
-    return inserted
+        for start in range(0, len(rows), CHUNK):
+            part = rows[start : start + CHUNK]
+            cursor.executemany(sql, part)
+            inserted = max(cursor.rowcount, 0)
+            written.inserted += inserted
+            if inserted < len(part):
+                short.append((start, start + len(part)))
+    return written, short
+
+
+def _find_conflicts(
+    connection, table: str, written: Written, channel: np.ndarray, ts: np.ndarray, values: list, short: list
+) -> None:
+    """Looks up the stored values at the keys of the short chunks; the rows whose stored value differs
+    from theirs are conflicts (a row inserted now reads back its own value, a duplicate the same one)."""
+    with connection.cursor() as cursor:
+        for start, end in short:
+            for channel_id in np.unique(channel[start:end]).tolist():
+                rows = start + np.flatnonzero(channel[start:end] == channel_id)
+                stored = {}
+                for i in range(0, len(rows), _IN_LIST):
+                    stamps = ts[rows[i : i + _IN_LIST]].tolist()
+                    marks = ", ".join(["%s"] * len(stamps))
+                    sql = f"SELECT ts, value FROM {table} WHERE channel_id = %s AND ts IN ({marks})"
+                    cursor.execute(sql, [channel_id, *stamps])
+                    stored.update(cursor.fetchall())
+                for row in rows.tolist():
+                    old = stored.get(int(ts[row]))
+                    if old is not None and old != values[row]:
+                        written.conflict_rows.append(row)
+                        written.stored.append(old)
 
 
 def pg_binary_copy_payload(channel: np.ndarray, ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> bytes:
@@ -108,7 +170,7 @@ def pg_binary_copy_payload(channel: np.ndarray, ts: np.ndarray, value: np.ndarra
     return _PG_HEADER + rows.tobytes() + _PG_TRAILER
 
 
-def _pg_insert_numeric(connection, channel, ts, value, quality, using: str) -> int:
+def _pg_insert_numeric(connection, channel, ts, value, quality, using: str) -> Written:
     from psycopg import errors
 
     table = connection.ops.quote_name(Sample._meta.db_table)
@@ -121,7 +183,7 @@ def _pg_insert_numeric(connection, channel, ts, value, quality, using: str) -> i
             cursor.cursor.copy(f"COPY {table} {columns} FROM STDIN (FORMAT BINARY)") as copy,
         ):
             copy.write(payload)
-        return len(channel)
+        return Written(offered=len(channel), inserted=len(channel))
     except errors.UniqueViolation:
         pass  # some rows are already stored: the savepoint is rolled back, take the staged path
     with connection.cursor() as cursor:
@@ -135,6 +197,23 @@ def _pg_insert_numeric(connection, channel, ts, value, quality, using: str) -> i
         cursor.execute(
             f"INSERT INTO {table} {columns} SELECT channel_id, ts, value, quality FROM {_STAGE} ON CONFLICT DO NOTHING"
         )
-        inserted = cursor.rowcount
+        written = Written(offered=len(channel), inserted=cursor.rowcount)
+        if written.inserted < len(channel):
+            # Every staged row is stored now: those whose stored value differs from theirs are conflicts.
+            # A scalar subquery per staged row: one index probe each, never a plan that scans the readings
+            # table (a plain join is planned as a hash join over the whole table, temp tables having no
+            # statistics).
+            cursor.execute(
+                "SELECT channel_id, ts, old FROM (SELECT s.channel_id, s.ts, s.value, "
+                f"(SELECT r.value FROM {table} r WHERE r.channel_id = s.channel_id AND r.ts = s.ts) AS old "
+                f"FROM {_STAGE} s) staged WHERE old <> value"
+            )
+            conflicts = cursor.fetchall()
+        else:
+            conflicts = []
         cursor.execute(f"TRUNCATE {_STAGE}")
-    return inserted
+    for channel_id, stamp, old in conflicts:
+        lo, hi = np.searchsorted(channel, channel_id, "left"), np.searchsorted(channel, channel_id, "right")
+        written.conflict_rows.append(int(lo + np.searchsorted(ts[lo:hi], stamp)))
+        written.stored.append(old)
+    return written

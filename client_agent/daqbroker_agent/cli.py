@@ -156,6 +156,7 @@ def collect_status(settings: Settings) -> dict:
         "spooled_total": counters["spooled"],
         "uploaded_total": counters["uploaded"],
         "refused_by_server_total": counters["rejected"],
+        "conflicts_total": counters.get("conflicts", 0),
         "dropped_spool_full_total": counters["dropped"],
         "dead_letters": counters["dead"],
         "unparsed_total": counters["unparsed"],
@@ -194,7 +195,8 @@ def status(settings: Settings, args) -> int:
         f"waiting:        {info['depth']:,} readings ({share:.0%} of {info['capacity']:,})"
         + (f", the first from {info['first_waiting']}" if info["first_waiting"] else ""),
         f"uploaded:       {info['uploaded_total']:,} readings; {info['refused_by_server_total']:,} refused by the "
-        f"server; {info['dropped_spool_full_total']:,} lost to a full spool; {info['dead_letters']:,} dead letters",
+        f"server; {info['conflicts_total']:,} in conflict with other values stored at their times; "
+        f"{info['dropped_spool_full_total']:,} lost to a full spool; {info['dead_letters']:,} dead letters",
         f"unparsed lines: {info['unparsed_total']:,}; {info['unparsed_reported_total']:,} reported to the server's "
         f"quarantine, {info['unparsed_waiting']:,} waiting, {info['unparsed_refused']:,} refused by the server "
         f"(kept here), {info['unparsed_dropped_total']:,} not kept (too many waiting)",

@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS unparsed (
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES
     ('depth', 0), ('claimed_to', 0), ('spooled', 0), ('uploaded', 0), ('rejected', 0), ('dropped', 0),
-    ('dead', 0), ('unparsed', 0), ('unparsed_sent', 0), ('unparsed_dropped', 0);
+    ('dead', 0), ('unparsed', 0), ('unparsed_sent', 0), ('unparsed_dropped', 0), ('conflicts', 0);
 """
 MAX_UNPARSED_LINES = 20_000  # lines waiting to be reported (at most 2,000 characters each)
 MAX_LINE_CHARS = 2_000
@@ -459,16 +459,20 @@ class Spool:
             )
 
     @_guarded
-    def ack(self, batch: Batch, *, uploaded: int | None = None, rejected: int = 0) -> int:
-        """The server has the batch: forget its readings. Returns how many readings were removed."""
+    def ack(self, batch: Batch, *, uploaded: int | None = None, rejected: int = 0, conflicts: int = 0) -> int:
+        """The server has the batch: forget its readings. Returns how many readings were removed.
+
+        ``rejected``: readings the server refused; ``conflicts``: readings whose time already held another
+        value there (it kept its value and quarantined these). Both are kept by the server, not stored."""
         with self._write() as db:
             removed = db.execute(
                 "DELETE FROM readings WHERE id BETWEEN ? AND ?", (batch.first_id, batch.last_id)
             ).rowcount
             db.execute("DELETE FROM batches WHERE id = ?", (batch.id,))
             self.count(db, "depth", -removed)
-            self.count(db, "uploaded", removed - rejected if uploaded is None else uploaded)
+            self.count(db, "uploaded", removed - rejected - conflicts if uploaded is None else uploaded)
             self.count(db, "rejected", rejected)
+            self.count(db, "conflicts", conflicts)
         return removed
 
     @_guarded

@@ -118,13 +118,15 @@ class Progress:
     batches: int = 0
     rejected: int = 0
     replayed: int = 0
+    conflicts: int = 0
     since: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, readings: int, rejected: int, replayed: bool) -> None:
+    def add(self, readings: int, rejected: int, replayed: bool, conflicts: int = 0) -> None:
         with self.lock:
             self.readings += readings
             self.rejected += rejected
+            self.conflicts += conflicts
             self.batches += 1
             self.replayed += int(replayed)
 
@@ -134,10 +136,12 @@ class Progress:
             if not self.batches or (elapsed < PROGRESS_EVERY and not force):
                 return
             readings, batches, rejected, replayed = self.readings, self.batches, self.rejected, self.replayed
-            self.readings = self.batches = self.rejected = self.replayed = 0
+            conflicts = self.conflicts
+            self.readings = self.batches = self.rejected = self.replayed = self.conflicts = 0
             self.since = time.monotonic()
         extra = f", {rejected:,} refused by the server" if rejected else ""
         extra += f", {replayed} already stored (retries)" if replayed else ""
+        extra += f", {conflicts:,} in conflict with other values stored at their times" if conflicts else ""
         log.info(
             "uploaded %s readings in %s batches over %.0f s (%s/s)%s; %s waiting in the spool",
             f"{readings:,}",
@@ -336,10 +340,11 @@ class Uploader:
     def _delivered(self, batch: Batch, reply: Reply, order: list) -> None:
         result = reply.json() or {}
         rejected = int(result.get("rejected", 0))
+        conflicts = int(result.get("conflicts", 0))  # absent from older servers' answers
         replayed = bool(result.get("replayed"))
         while True:
             try:
-                removed = self.spool.ack(batch, rejected=rejected)
+                removed = self.spool.ack(batch, rejected=rejected, conflicts=conflicts)
                 break
             except SpoolUnavailable as exc:
                 # The server has the batch; the spool cannot forget it yet. Try again (not the upload): if
@@ -352,9 +357,16 @@ class Uploader:
         self.spool_works()
         if rejected:
             self._log_rejections(batch, result, order)
+        if conflicts and not replayed:
+            log.warning(
+                "%s readings of batch %s came with another value than the server already stores at their times: "
+                'it keeps its values and quarantines these (Rejected samples, reason "conflict: ...")',
+                conflicts,
+                batch.id,
+            )
         if replayed:
             log.info("the server already had batch %s (%s readings): it answered from its memory", batch.id, removed)
-        self.progress.add(removed, rejected, replayed)
+        self.progress.add(removed, rejected, replayed, conflicts)
         self.state.update(last_upload=time.time())
         self.auth.accepted()
         if self.state.resolved("upload"):

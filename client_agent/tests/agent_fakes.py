@@ -107,11 +107,13 @@ class FakeServer:
                 return 413, {"detail": f"the batch holds {len(values)} readings; the limit is {self.max_readings}"}, {}
             if self.poison & set(values):
                 return 400, {"detail": "the body cannot be read"}, {}
-            index, accepted, duplicates, rejections = 0, 0, 0, []
+            index, accepted, duplicates, conflicts, rejections = 0, 0, 0, 0, []
             for channel, series in payload["channels"].items():
                 for t, v in zip(series["t"], series["v"], strict=True):
                     if v in self.reject_values:
                         rejections.append({"index": index, "channel": channel, "reason": "value is not a number"})
+                    elif (channel, t) in self.stored and self.stored[(channel, t)] != v:
+                        conflicts += 1  # as the server: its value stays, this one goes to quarantine
                     elif (channel, t) in self.stored:
                         duplicates += 1
                     else:
@@ -123,6 +125,7 @@ class FakeServer:
                 "received": index,
                 "accepted": accepted,
                 "duplicates": duplicates,
+                "conflicts": conflicts,
                 "flagged": 0,
                 "rejected": len(rejections),
                 "rejections": rejections,

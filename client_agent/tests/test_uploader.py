@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -145,6 +148,34 @@ def test_refused_readings_are_logged_and_not_sent_again(tmp_path, caplog):
     assert "the server refused a reading of channel 7 at 2025-11-27T10:00:00.000001+00:00 (value 'n/a')" in caplog.text
     assert spool.counters()["rejected"] == 1
     assert spool.counters()["uploaded"] == 2
+
+
+def test_conflicts_the_server_reports_are_counted_and_logged(tmp_path, caplog):
+    spool = Spool(tmp_path)
+    spool.add([("7", T0, 1.0), ("7", T0 + 1, 2.0), ("7", T0 + 2, 3.0)])
+    with FakeServer() as server:
+        server.stored[("7", T0)] = 1.0  # the same value: a duplicate
+        server.stored[("7", T0 + 1)] = 2.5  # another value: a conflict
+        uploader, _ = make_uploader(spool, server.url)
+        with caplog.at_level(logging.INFO):
+            run_until(uploader, lambda: spool.depth() == 0)
+            uploader.progress.report(spool, force=True)
+        assert server.stored[("7", T0 + 1)] == 2.5
+    counters = spool.counters()
+    assert (counters["conflicts"], counters["rejected"], counters["uploaded"]) == (1, 0, 2)
+    assert "1 readings of batch" in caplog.text and "another value than the server already stores" in caplog.text
+    assert "1 in conflict with other values stored at their times" in caplog.text
+    # ``daqbroker-agent status`` tells them apart from refused readings.
+    status = subprocess.run(
+        [sys.executable, "-m", "daqbroker_agent", "status", "--json", "--spool", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    info = json.loads(status.stdout)
+    assert (info["conflicts_total"], info["refused_by_server_total"], info["uploaded_total"]) == (1, 0, 2)
 
 
 def test_a_body_refused_whole_is_split_down_to_the_bad_reading(tmp_path, caplog):

@@ -217,7 +217,17 @@ class CollectionRunAdmin(InstrumentScopedAdminMixin, ReadOnlyAdmin):
     """Every collection run: when, how long, what it stored, and why it failed."""
 
     admin_level = permissions.VIEW
-    list_display = ("started_at", "source", "status", "took", "accepted", "duplicates", "rejected", "short_error")
+    list_display = (
+        "started_at",
+        "source",
+        "status",
+        "took",
+        "accepted",
+        "duplicates",
+        "conflicts",
+        "rejected",
+        "short_error",
+    )
     list_filter = ("status", "source__kind", "source")
     search_fields = ("source__name", "source__instrument__name", "error", "worker")
     date_hierarchy = "started_at"
@@ -229,6 +239,7 @@ class CollectionRunAdmin(InstrumentScopedAdminMixin, ReadOnlyAdmin):
         "status",
         "accepted",
         "duplicates",
+        "conflicts",
         "rejected",
         "worker",
         "error",

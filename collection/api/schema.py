@@ -37,7 +37,13 @@ class IngestResult(serializers.Serializer):
     batch_id = serializers.CharField(allow_null=True)
     received = serializers.IntegerField(help_text="readings in the body")
     accepted = serializers.IntegerField(help_text="readings newly stored")
-    duplicates = serializers.IntegerField(help_text="readings already stored (or repeated in the body)")
+    duplicates = serializers.IntegerField(
+        help_text="readings whose very value is already stored (or repeated in the body)"
+    )
+    conflicts = serializers.IntegerField(
+        help_text="readings whose time already holds another value (stored, or earlier in the body): the stored value "
+        "stays; these are kept server-side in quarantine with both values"
+    )
     flagged = serializers.IntegerField(help_text="valid readings flagged out of range or missing")
     rejected = serializers.IntegerField(help_text="readings refused; each is kept server-side with its reason")
     rejections = Rejected(many=True, help_text="the refused readings (at most 1,000 listed)")

@@ -246,6 +246,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
                 )
                 result.accepted += part.accepted
                 result.duplicates += part.duplicates
+                result.conflicted.extend(part.conflicted)
                 result.rejected.extend(part.rejected)
             finished = timezone.now()
             still_ours = DataSource.objects.filter(pk=source.id, lease_owner=owner).update(
@@ -272,6 +273,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
             if notes:  # said on the run, where the admin sees it
                 run.error = "warning: " + "; ".join(notes)[:1990]
             run.accepted, run.duplicates, run.rejected = result.accepted, result.duplicates, result.rejected_count
+            run.conflicts = result.conflicts
             run.finished_at = finished
             run.save()
         return run

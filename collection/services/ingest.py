@@ -3,9 +3,12 @@
 The REST API, every collector, the agent uploads, the demo, tests and benchmarks all call it. It checks
 every reading (the channel exists and the caller may write it, the value suits the channel, the time is
 plausible), flags quality (out of range, missing-value sentinel), writes in bulk and idempotently through
-``collection.storage``, keeps every rejected reading in ``RejectedSample`` with its reason, and moves each
-channel's last value forward. All of it happens in one transaction: a caller that wraps the call in its
-own ``transaction.atomic()`` (a collector saving its cursor) commits the cursor with the readings.
+``collection.storage``, tells exact duplicates (the same value already stored at that time: counted, not
+stored again) from conflicts (another value already stored, or two values for one time in the batch: the
+stored or first value stays, the other is quarantined with both values), keeps every rejected reading
+in ``RejectedSample`` with its reason, and moves each channel's last value forward. All of it happens in
+one transaction: a caller that wraps the call in its own ``transaction.atomic()`` (a collector saving its
+cursor) commits the cursor with the readings.
 After commit, ``samples_ingested`` is sent with the affected channels and time spans.
 """
 
@@ -153,7 +156,9 @@ class SampleBatch:
 class IngestResult:
     received: int = 0
     accepted: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # the same value already stored at that time (or repeated in the batch)
+    # Readings whose time already holds another value (stored before, or earlier in the batch): quarantined.
+    conflicted: list[Rejection] = field(default_factory=list)
     flagged: int = 0  # valid readings given a quality flag other than OK (stored now or before)
     rejected: list[Rejection] = field(default_factory=list)
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -164,11 +169,16 @@ class IngestResult:
     def rejected_count(self) -> int:
         return len(self.rejected)
 
+    @property
+    def conflicts(self) -> int:
+        return len(self.conflicted)
+
     def as_dict(self) -> dict:
         return {
             "received": self.received,
             "accepted": self.accepted,
             "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
             "flagged": self.flagged,
             "rejected": self.rejected_count,
         }
@@ -230,7 +240,7 @@ def ingest_samples(
     """
     result = IngestResult(received=len(batch) + len(rejections))
     result.rejected.extend(rejections)
-    channel, ts = batch.channel, batch.ts
+    channel = batch.channel
     table = _ChannelTable.load(channel, writable_instruments, using) if len(batch) else None
     numeric_value, text_value, code = _validate(batch, table, allow_derived) if table else (None, None, None)
 
@@ -240,8 +250,8 @@ def ingest_samples(
             result.rejected.extend(_rejections_for(batch, code))
             keep = np.nonzero(code == _OK)[0]
             is_text = table.kind[table.locate(channel[keep])[0]] == 1
-            _store_numeric(result, keep[~is_text], channel, ts, numeric_value, table, using)
-            _store_text(result, keep[is_text], channel, ts, text_value, using)
+            _store_numeric(result, batch, keep[~is_text], numeric_value, table, using)
+            _store_text(result, batch, keep[is_text], text_value, using)
         _keep_rejected(result, origin, source_id, batch_id, sender, using)
         spans = dict(result.spans)
         if spans:
@@ -348,37 +358,94 @@ def _as_text(raw) -> tuple[int, str | None]:
 
 def _rejections_for(batch: SampleBatch, code: np.ndarray) -> list[Rejection]:
     future = f"{settings.DAQBROKER_MAX_FUTURE_SECONDS} s"
-    rejected = []
-    for i in np.nonzero(code != _OK)[0].tolist():
-        ts = int(batch.ts[i])
-        try:
-            raw_time = us_to_datetime(ts).isoformat()
-        except OverflowError:
-            raw_time = str(ts)
-        raw_value = batch.value[i]
-        rejected.append(
-            Rejection(
-                reason=_REASONS[int(code[i])].format(future=future),
-                # A sender's batch: the reading's index in it. A collector's: where it came from instead.
-                index=None if batch.where is not None else i if batch.position is None else int(batch.position[i]),
-                context=batch.where(i) if batch.where is not None else {},
-                channel_id=int(batch.channel[i]) if code[i] != _UNKNOWN else None,
-                channel_ref=str(int(batch.channel[i])),
-                raw_time=raw_time,
-                raw_value=raw_text(raw_value),
-                unwritable=bool(code[i] == _UNKNOWN),
+    return [
+        _rejection(batch, i, _REASONS[int(code[i])].format(future=future), known=code[i] != _UNKNOWN)
+        for i in np.nonzero(code != _OK)[0].tolist()
+    ]
+
+
+def _rejection(batch: SampleBatch, i: int, reason: str, *, known: bool = True, context: dict | None = None):
+    """Reading ``i`` of the batch as a ``Rejection`` with ``reason``."""
+    ts = int(batch.ts[i])
+    try:
+        raw_time = us_to_datetime(ts).isoformat()
+    except OverflowError:
+        raw_time = str(ts)
+    return Rejection(
+        reason=reason,
+        # A sender's batch: the reading's index in it. A collector's: where it came from instead.
+        index=None if batch.where is not None else i if batch.position is None else int(batch.position[i]),
+        context={**(batch.where(i) if batch.where is not None else {}), **(context or {})},
+        channel_id=int(batch.channel[i]) if known else None,
+        channel_ref=str(int(batch.channel[i])),
+        raw_time=raw_time,
+        raw_value=raw_text(batch.value[i]),
+        unwritable=not known,
+    )
+
+
+def _shown(value) -> str:
+    """A value as a conflict's reason shows it: numbers as Python writes them, text quoted and cut short."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return repr(float(value))
+
+
+def _conflicts(
+    result: IngestResult, batch: SampleBatch, rows: np.ndarray, values: np.ndarray, stored: np.ndarray
+) -> None:
+    """Quarantines readings ``rows`` of the batch (their values ``values``), each in conflict with the
+    value ``stored`` at its time."""
+    for i, new, old in zip(rows.tolist(), values.tolist(), stored.tolist(), strict=True):
+        when = us_to_datetime(int(batch.ts[i])).isoformat()
+        result.conflicted.append(
+            _rejection(
+                batch,
+                i,
+                f"conflict: {_shown(new)} differs from the stored {_shown(old)} at {when}",
+                context={"conflict": True, "stored_value": old},
             )
         )
-    return rejected
 
 
-def _sorted_unique(rows: np.ndarray, channel: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, int]:
-    """Rows ordered by (channel, ts) with repeats of a (channel, ts) inside the batch dropped."""
-    order = rows[np.lexsort((ts[rows], channel[rows]))]
+def _sorted_unique(rows: np.ndarray, channel: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ordered by (channel, ts) with repeats of a (channel, ts) inside the batch set apart: (the first
+    row of each time, the repeats, and for each repeat the position of its first row in the former)."""
+    order = rows[np.lexsort((ts[rows], channel[rows]))]  # stable: the first sent of a time comes first
     if len(order) < 2:
-        return order, 0
-    repeat = (channel[order][1:] == channel[order][:-1]) & (ts[order][1:] == ts[order][:-1])
-    return order[np.r_[True, ~repeat]], int(repeat.sum())
+        return order, order[:0], order[:0]
+    first = np.r_[True, (channel[order][1:] != channel[order][:-1]) | (ts[order][1:] != ts[order][:-1])]
+    if first.all():
+        return order, order[:0], order[:0]
+    return order[first], order[~first], (np.cumsum(first) - 1)[~first]
+
+
+def _sort_out(
+    result: IngestResult,
+    batch: SampleBatch,
+    rows: np.ndarray,
+    repeats: np.ndarray,
+    first_of: np.ndarray,
+    values: np.ndarray,
+    written: storage.Written,
+) -> np.ndarray:
+    """Counts what ``written`` did with ``rows`` (duplicates, conflicts) and sorts the batch's repeats of a
+    time against the value stored at it. Returns a mask of ``rows`` that conflict."""
+    result.accepted += written.inserted
+    result.duplicates += written.duplicates
+    conflict = np.zeros(len(rows), dtype=bool)
+    stored = values[rows]
+    if written.conflict_rows:
+        at = np.array(written.conflict_rows, dtype=np.int64)
+        conflict[at] = True
+        stored = stored.copy()
+        stored[at] = np.array(written.stored, dtype=stored.dtype)
+        _conflicts(result, batch, rows[at], values[rows[at]], stored[at])
+    if len(repeats):
+        differs = values[repeats] != stored[first_of]
+        result.duplicates += int(np.count_nonzero(~differs))
+        _conflicts(result, batch, repeats[differs], values[repeats[differs]], stored[first_of[differs]])
+    return conflict
 
 
 def _last_rows(channel_sorted: np.ndarray) -> np.ndarray:
@@ -386,10 +453,11 @@ def _last_rows(channel_sorted: np.ndarray) -> np.ndarray:
     return np.r_[np.nonzero(np.diff(channel_sorted))[0], len(channel_sorted) - 1]
 
 
-def _store_numeric(result, rows, channel, ts, values, table: _ChannelTable, using: str) -> None:
+def _store_numeric(result, batch: SampleBatch, rows, values, table: _ChannelTable, using: str) -> None:
     if len(rows) == 0:
         return
-    rows, repeats = _sorted_unique(rows, channel, ts)
+    channel, ts = batch.channel, batch.ts
+    rows, repeats, first_of = _sorted_unique(rows, channel, ts)
     ch, t, v = channel[rows], ts[rows], values[rows]
     position, _ = table.locate(ch)
     quality = np.zeros(len(rows), dtype=np.int16)
@@ -397,10 +465,9 @@ def _store_numeric(result, rows, channel, ts, values, table: _ChannelTable, usin
         quality[(v < table.vmin[position]) | (v > table.vmax[position])] = Quality.OUT_OF_RANGE
     for channel_id, sentinels in table.sentinels.items():
         quality[(ch == channel_id) & np.isin(v, sentinels)] = Quality.MISSING
-    inserted = storage.insert_numeric(ch, t, v, quality, using=using)
-    result.accepted += inserted
-    result.duplicates += repeats + len(rows) - inserted
-    result.flagged += int(np.count_nonzero(quality))
+    written = storage.insert_numeric(ch, t, v, quality, using=using)
+    conflict = _sort_out(result, batch, rows, repeats, first_of, values, written)
+    result.flagged += int(np.count_nonzero(quality[~conflict]))
     last = _last_rows(ch)
     _record_spans(result, ch, t, last)
     _advance_last_values(
@@ -408,17 +475,17 @@ def _store_numeric(result, rows, channel, ts, values, table: _ChannelTable, usin
     )
 
 
-def _store_text(result, rows, channel, ts, values, using: str) -> None:
+def _store_text(result, batch: SampleBatch, rows, values, using: str) -> None:
     if len(rows) == 0:
         return
-    rows, repeats = _sorted_unique(rows, channel, ts)
+    channel, ts = batch.channel, batch.ts
+    rows, repeats, first_of = _sorted_unique(rows, channel, ts)
     ch, t = channel[rows], ts[rows]
     text = values[rows].tolist()
-    inserted = storage.insert_text(
+    written = storage.insert_text(
         storage.row_tuples(ch.tolist(), t.tolist(), text, [int(Quality.OK)] * len(rows)), using=using
     )
-    result.accepted += inserted
-    result.duplicates += repeats + len(rows) - inserted
+    _sort_out(result, batch, rows, repeats, first_of, values, written)
     last = _last_rows(ch)
     _record_spans(result, ch, t, last)
     _advance_last_values("last_text", [(int(t[i]), text[i], Quality.OK, int(ch[i]), int(t[i])) for i in last], using)
@@ -489,7 +556,7 @@ def _keep_rejected(
     records carry their count and first references, and the response says how many were aggregated.
     Server-side callers (collectors, no sender) keep every rejected reading.
     """
-    rejected = result.rejected
+    rejected = [*result.rejected, *result.conflicted]  # a conflict is kept with both values, like a rejection
     if not rejected:
         return
     sender = _Sender.of(principal)

@@ -271,6 +271,26 @@ def test_server_killed_mid_upload_loses_and_doubles_nothing(station, web, proces
     station.assert_exactly_once()
 
 
+def test_corrected_values_read_by_the_agent_are_reported_as_conflicts(station, web, processes, tmp_path):
+    """A second file repeats the first one's times with the temperature corrected: the server keeps its
+    values, quarantines the corrected ones as conflicts, and the agent counts them as conflicts."""
+    start_agent(station, web, processes, tmp_path)
+    station.write_lines(50)
+    wait_for(lambda: station.stored() == 100, timeout=60, message="the first file stored")
+    with (station.folder / "corrected.csv").open("w") as handle:
+        handle.write("".join(f"{T0 + i},{i / 10 + 5},{i % 100}\n" for i in range(50)))
+    wait_for(lambda: station.spool().counters()["conflicts"] == 50, timeout=60, message="50 conflicts acknowledged")
+    wait_for(lambda: station.spool().depth() == 0, timeout=30, message="the spool emptied")
+    station.assert_exactly_once()  # the stored values are the first file's
+    kept = RejectedSample.objects.filter(channel=station.temp, reason__startswith="conflict:")
+    assert kept.count() == 50
+    assert not RejectedSample.objects.filter(channel=station.rh).exists(), "rh was resent unchanged: duplicates"
+    first = kept.order_by("raw_time").first()
+    assert (float(first.raw_value), first.context["stored_value"]) == (5.0, 0.0)
+    counters = station.spool().counters()
+    assert (counters["uploaded"], counters["rejected"]) == (150, 0)
+
+
 def test_lines_the_agent_cannot_parse_reach_the_server_quarantine_once(station, web, processes, tmp_path):
     """Nothing read is lost: a malformed line lands in the server's Rejected samples with file and line,
     also when it was read while the server was down (and the agent restarted in between)."""

@@ -177,6 +177,30 @@ def test_a_replaced_file_is_read_from_its_start_and_known_lines_are_not_stored_t
     assert temps(ch["temp"]) == expected_temps(range(3))
 
 
+def test_a_file_rewritten_with_a_corrected_column_reports_the_corrections_as_conflicts(station):
+    """A logger file whose temperature column was wrong is rewritten corrected and read again: the
+    corrected values are conflicts (quarantined with the stored value), not swallowed as duplicates."""
+    source, ch = station()
+    path = station.folder / "weather.csv"
+    write(path, [HEADER, line(0), line(1), line(2)])
+    collect(source)
+    corrected = [f"{stamp(i)},{30 + i / 10:.1f},{40 + i},OK{i}" for i in range(3)]  # temp fixed; rh, status same
+    replacement = station.folder / "incoming.tmp"
+    write(replacement, [HEADER, *corrected, line(3)])
+    os.replace(replacement, path)  # a new file under the old name: read from its start
+    run = collect(source)
+    assert (run.accepted, run.duplicates, run.conflicts, run.rejected) == (3, 6, 3, 0)
+    assert temps(ch["temp"]) == expected_temps(range(4)), "the stored values stay until corrected on purpose"
+    kept = RejectedSample.objects.filter(source=source, channel=ch["temp"]).order_by("raw_time")
+    assert [(r.raw_value, r.context["stored_value"], r.context["line"]) for r in kept] == [
+        ("30.0", 20.0, 2),
+        ("30.1", 20.1, 3),
+        ("30.2", 20.2, 4),
+    ]
+    assert kept[0].reason == f"conflict: 30.0 differs from the stored 20.0 at {T0.isoformat()}"
+    assert kept[0].context["file"] == str(path)
+
+
 def test_several_files_share_the_run_budget_and_the_rest_waits_for_the_next_run(station):
     source, ch = station(max_lines=5)
     older, newer = station.folder / "weather-1.csv", station.folder / "weather-2.csv"

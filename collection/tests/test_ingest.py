@@ -72,7 +72,14 @@ def rejected_rows() -> list[tuple]:
 def test_accepted_readings_are_stored(temp):
     batch = SampleBatch.from_rows([(temp.pk, T0, 20.5), (temp.pk, T0 + SECOND, 21), (temp.pk, T0 + 2 * SECOND, -3.25)])
     result = ingest_samples(batch)
-    assert result.as_dict() == {"received": 3, "accepted": 3, "duplicates": 0, "flagged": 0, "rejected": 0}
+    assert result.as_dict() == {
+        "received": 3,
+        "accepted": 3,
+        "duplicates": 0,
+        "conflicts": 0,
+        "flagged": 0,
+        "rejected": 0,
+    }
     assert stored(temp) == [(T0, 20.5, Quality.OK), (T0 + SECOND, 21.0, Quality.OK), (T0 + 2 * SECOND, -3.25, 0)]
     assert RejectedSample.objects.count() == 0
 
@@ -90,15 +97,16 @@ def test_reingesting_the_same_batch_stores_nothing_twice(temp, status):
 def test_partly_new_batch_stores_only_the_new_readings(temp):
     ingest_samples(SampleBatch.from_rows([(temp.pk, T0 + i * SECOND, float(i)) for i in range(10)]))
     result = ingest_samples(SampleBatch.from_rows([(temp.pk, T0 + i * SECOND, 100.0 + i) for i in range(5, 15)]))
-    assert (result.accepted, result.duplicates) == (5, 5)
+    # Times 5..9 hold other values already: conflicts (quarantined), not duplicates.
+    assert (result.accepted, result.duplicates, result.conflicts) == (5, 0, 5)
     values = stored(temp)
     assert len(values) == 15
-    # The first reading stored at a time wins; a resent one does not overwrite it.
+    # The first reading stored at a time wins; a different one sent later does not overwrite it.
     assert values[5] == (T0 + 5 * SECOND, 5.0, Quality.OK)
     assert values[14] == (T0 + 14 * SECOND, 114.0, Quality.OK)
 
 
-def test_duplicates_inside_one_batch(temp, status):
+def test_repeats_inside_one_batch_are_duplicates_or_conflicts(temp, status):
     batch = SampleBatch.from_rows(
         [
             (temp.pk, T0, 1.0),
@@ -107,10 +115,12 @@ def test_duplicates_inside_one_batch(temp, status):
             (temp.pk, T0, 4.0),
             (status.pk, T0, "a"),
             (status.pk, T0, "b"),
+            (status.pk, T0, "a"),
         ]
     )
     result = ingest_samples(batch)
-    assert (result.accepted, result.duplicates, result.rejected_count) == (3, 3, 0)
+    # The first value of a time is stored; a later different one conflicts, the same one is a duplicate.
+    assert (result.accepted, result.duplicates, result.conflicts, result.rejected_count) == (3, 1, 3, 0)
     assert len(stored(temp)) == 2
     assert len(stored_text(status)) == 1
 
@@ -406,8 +416,8 @@ def test_a_large_batch_is_written_with_a_bounded_number_of_queries(instrument):
         result = ingest_samples(batch)
 
     # One channel look-up, savepoints, the bulk insert and one batched last-value update, whatever the size.
-    # MariaDB's INSERT IGNORE goes in chunks of MYSQL_CHUNK rows; PostgreSQL's COPY is not a captured query.
-    chunks = -(-n // storage.MYSQL_CHUNK) if connection.vendor == "mysql" else 1
+    # INSERT OR IGNORE / INSERT IGNORE go in chunks of CHUNK rows; PostgreSQL's COPY is not a captured query.
+    chunks = -(-n // storage.CHUNK) if connection.vendor != "postgresql" else 1
     assert len(queries) <= 5 + chunks, "\n".join(q["sql"][:120] for q in queries.captured_queries)
     assert (result.accepted, result.duplicates, result.rejected_count) == (n, 0, 0)
     assert result.flagged == n - 10_001

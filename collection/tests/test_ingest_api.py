@@ -46,6 +46,7 @@ def test_agent_pushes_to_its_instrument(world, agent_scoped):
         "received": 3,
         "accepted": 3,
         "duplicates": 0,
+        "conflicts": 0,
         "flagged": 0,
         "rejected": 0,
         "rejections": None,

@@ -268,9 +268,10 @@ def test_a_file_growing_again_without_a_newline_waits_for_its_line(folder):
     with path.open("a") as handle:
         handle.write(f"\n{stamp(1)},2.0\n")
     run = run_once(source)
-    # The line, read again whole, now says 1.05: another value at a stored time (issue 15 point 3, not a
-    # second reading): what matters here is that nothing is read broken or twice, and the next line is.
-    assert run.accepted == 1 and run.accepted + run.duplicates + run.rejected == 2
+    # The line, read again whole, now says 1.05: another value at a stored time, so a conflict (kept in
+    # quarantine with both values, the stored 1.0 stays); nothing is read broken or twice, and the next line is.
+    assert (run.accepted, run.duplicates, run.conflicts, run.rejected) == (1, 0, 1, 0)
+    assert stored(temp)[0] == (us(0), 1.0)
     assert stored(temp)[-1] == (us(1), 2.0)
 
 
