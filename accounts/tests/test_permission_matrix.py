@@ -416,6 +416,7 @@ ROUTES: list[Case] = [
     # --- pages (web pages issue) --------------------------------------------------------------------
     # POSTs here send JSON, which a page's form does not read: the statuses are the access decisions
     # (an invalid form answers 200 with its errors, or 302 back to its page with a message).
+    Case("favicon", "GET", None, expect(200)),
     Case("login", "GET", None, expect(302, anonymous=200, **_NO_SESSION_200)),
     Case("logout", "POST", None, expect(302)),
     Case("password_change", "GET", None, PAGE_ANY_USER),
