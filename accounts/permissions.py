@@ -15,7 +15,8 @@ The rules:
   the same rule as one made through ``accounts.services.share``.
 * Global (model) permissions never open an instrument: they only let Operators into the admin.
 * Channels, data sources, logbook entries, readings, quarantine, alarms and exports inherit from their
-  instrument (``restrict`` follows the path to it). Agents and tokens belong to their owner.
+  instrument (``restrict`` follows the path to it). Agents and tokens belong to their owner. A row
+  bound to no instrument at all (an alarm rule for "any instrument") is for Administrators only.
 * An **agent** (``AgentPrincipal``) may only ``collect``, only to the instruments it is scoped to, and
   only while its owner may collect to them too. It sees nothing.
 * A request made with a **read-only token** may only ``view``.
@@ -285,4 +286,10 @@ def has_perm(who: Who, level: str, obj: Model) -> bool:
         if not is_authenticated(user) or isinstance(user, AgentPrincipal) or not _token_allows(token, level):
             return False
         return is_administrator(user) or getattr(obj, f"{OWNER_FIELDS[label]}_id") == user.pk
-    return any(has_instrument_perm(who, level, instrument) for instrument in instrument_of(obj))
+    instruments = instrument_of(obj)
+    if not instruments:
+        # Bound to no instrument: an alarm rule or spike check for "any instrument" reaches every
+        # instrument's channels, so only Administrators hold it (``restrict`` leaves such rows out for
+        # everyone else, since their empty instrument is in nobody's set).
+        return is_administrator(who) and _token_allows(token, level)
+    return any(has_instrument_perm(who, level, instrument) for instrument in instruments)

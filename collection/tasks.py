@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
+from collection.choices import RunStatus
 from collection.services import collect
 from collection.services.retention import enforce_retention
 from collection.services.rollups import refresh_rollups
@@ -26,8 +27,15 @@ def dispatch_due_sources() -> int:
     soft_time_limit=int(settings.DAQBROKER_COLLECT_LEASE_SECONDS * 0.8),
     time_limit=int(settings.DAQBROKER_COLLECT_LEASE_SECONDS * 0.9),
 )
-def collect_source(source_id: int) -> None:
-    collect.collect_source(source_id)
+def collect_source(source_id: int) -> str:
+    """Collect one source once. Returns what happened in words (Celery logs it at DEBUG): a failed run is
+    not a failed task, since its failure is recorded on the run and the source."""
+    run = collect.collect_source(source_id)
+    if run is None:
+        return f"source {source_id}: not collected (busy or gone)"
+    if run.status != RunStatus.SUCCESS:
+        return f"source {source_id}: run {run.pk} {run.status}: {run.error}"
+    return f"source {source_id}: run {run.pk} {run.status}: {run.accepted} stored, {run.rejected} quarantined"
 
 
 @shared_task(ignore_result=True)

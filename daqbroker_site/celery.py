@@ -1,9 +1,12 @@
 """The Celery application shared by every worker and the beat scheduler."""
 
 import os
+from logging.config import dictConfig
 from pathlib import Path
 
 from celery import Celery
+from celery.signals import setup_logging
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "daqbroker_site.settings")
 
@@ -22,3 +25,10 @@ def _prepare_filesystem_broker() -> None:
 
 
 _prepare_filesystem_broker()
+
+
+@setup_logging.connect
+def use_the_logging_setting(**kwargs) -> None:
+    """Worker and beat log as the web process does, through Django's LOGGING (DAQBROKER_LOG_LEVEL), instead
+    of Celery's own set-up (``--loglevel``): one format, one level, and Celery's per-task lines at DEBUG."""
+    dictConfig(settings.LOGGING)

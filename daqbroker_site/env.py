@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +132,17 @@ def sqlite_settings(path: Path) -> dict:
         # Tests that start real worker processes need a file they can share, not ":memory:".
         "TEST": {"NAME": str(path.with_name(f"test_{path.name}"))},
     }
+
+
+def env_choice(name: str, default: str, choices: Iterable[str], *, environ: Mapping[str, str] | None = None) -> str:
+    """One of ``choices`` (matched without regard to case; returned as spelt in ``choices``)."""
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    by_folded = {choice.casefold(): choice for choice in choices}
+    if value.casefold() not in by_folded:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(by_folded.values())}")
+    return by_folded[value.casefold()]
 
 
 _RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")

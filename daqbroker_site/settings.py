@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from daqbroker_site.env import (
     database_settings,
     env_bool,
+    env_choice,
     env_int,
     env_list,
     env_network_rules,
@@ -253,8 +254,10 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # data dir: a real broker that needs no server and works across processes on one host.
 REDIS_URL = env_str("REDIS_URL", "")
 BROKER_DIR = DATA_DIR / "broker"
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
-if CELERY_BROKER_URL == "filesystem://":
+# (The filesystem transport ignores the host; naming one spares a "No hostname was supplied" warning
+# at each connection.)
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://localhost/")
+if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
@@ -403,15 +406,28 @@ CACHES = {
     )
 }
 
+# One logging configuration for the web process, the worker and beat (daqbroker_site/celery.py hands
+# Celery's logging to it). INFO is what a person wants to know (an alarm raised, a source failing or
+# working again, readings quarantined); each routine run, task and schedule tick is DEBUG.
+_LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVEL = env_choice("DAQBROKER_LOG_LEVEL", "INFO", _LOG_LEVELS)
+# Loggers whose INFO is per-task chatter (Celery's "Task ... received", "... succeeded in 0.01s: ...",
+# "Discarding revoked task" for an expired tick, beat's "Sending due task ..."): shown only at DEBUG; their
+# warnings and errors always.
+_CHATTER_LEVEL = "DEBUG" if LOG_LEVEL == "DEBUG" else max(LOG_LEVEL, "WARNING", key=_LOG_LEVELS.index)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("DAQBROKER_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # django-axes logs every successful login at INFO; failures and lockouts are WARNING.
         "axes": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": _CHATTER_LEVEL},
+        "celery.worker.request": {"level": _CHATTER_LEVEL},
+        "celery.app.trace": {"level": _CHATTER_LEVEL},
+        "celery.beat": {"level": _CHATTER_LEVEL},
     },
 }

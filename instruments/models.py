@@ -254,7 +254,11 @@ class Channel(models.Model):
         max_length=100, help_text="Unique within the instrument; used by agents and in expressions."
     )
     kind = models.CharField(max_length=16, choices=ChannelKind.choices, default=ChannelKind.NUMERIC)
-    units = models.CharField(max_length=64, blank=True, help_text='For example "degC", "W/m^2", "V".')
+    units = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text='For example "degC", "W/m^2", "V"; stored in one spelling ("deg C" and "°C" become "degC").',
+    )
     description = models.TextField(blank=True)
     source_field = models.CharField(
         max_length=200,
@@ -302,7 +306,8 @@ class Channel(models.Model):
         errors: dict[str, str] = {}
         if self.units:
             try:
-                check_units(self.units)
+                # Stored in one spelling, so that one quantity is one axis ("deg C" and "°C" are "degC").
+                self.units = check_units(self.units)
             except ValueError as exc:
                 errors["units"] = str(exc)
         if self.valid_min is not None and self.valid_max is not None and self.valid_min > self.valid_max:

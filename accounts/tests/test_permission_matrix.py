@@ -21,7 +21,14 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from accounts.models import AuditEvent
 from accounts.tests.personas import PERSONAS
-from instruments.tests.page_world import alpha_alarm, alpha_dashboard, alpha_panel, zulu_alarm, zulu_dashboard
+from instruments.tests.page_world import (
+    alpha_alarm,
+    alpha_dashboard,
+    alpha_panel,
+    any_instrument_rule,
+    zulu_alarm,
+    zulu_dashboard,
+)
 
 AGENTS = ("agent_scoped", "agent_unscoped")
 TOKENS = ("personal_read_token", "personal_write_token")
@@ -121,8 +128,9 @@ class Case:
     method: str
     kwargs: Callable[[object], dict] | None
     expected: dict[str, int]
-    data: dict | None = None
+    data: dict | Callable[[object], dict] | None = None
     query: dict = field(default_factory=dict)
+    encoding: str = "json"  # "multipart" for an admin form's POST
 
     def url(self, world) -> str:
         url = reverse(self.route, kwargs=self.kwargs(world) if self.kwargs else None)
@@ -155,6 +163,29 @@ def _admin_model(
 
 
 NEW_AGENT = {"name": "new-logger", "instruments": ["alpha-station"]}
+# The admin's add form of an alarm rule, with no instrument ("any instrument").
+NEW_RULE = {
+    "name": "new-rule",
+    "enabled": "on",
+    "kind": "above",
+    "severity": "warning",
+    "threshold": "35",
+    "hysteresis": "0",
+    "min_duration_seconds": "0",
+    "stale_factor": "3",
+    "instrument": "",
+    "channel_pattern": "*temp*",
+    "units": "",
+    "extra_emails": "",
+    "webhook_url": "",
+    "webhook_secret": "",
+}
+
+
+def _rule_without_instrument(world) -> dict:
+    return {"object_id": any_instrument_rule(world).pk}
+
+
 SHARE_WITH_STAN = {"kind": "user", "name": "stan", "level": "view"}
 ALPHA = {"slug": "alpha-station"}
 ZULU = {"slug": "zulu-hidden"}
@@ -390,6 +421,27 @@ ROUTES: list[Case] = [
     # Alarms and checks: Operators manage those of the instruments they may change.
     *_admin_model("collection", "alarmrule", _pk("alpha_rule")),
     Case(_a("collection", "alarmrule", "change"), "GET", _pk("zulu_rule"), HIDDEN_IN_ADMIN),
+    # A rule for "any instrument" reaches every instrument's channels: Administrators only (olivia is
+    # sent back to the index, "does not exist"; she may not save one either: the instrument is required).
+    Case(_a("collection", "alarmrule", "change"), "GET", _rule_without_instrument, HIDDEN_IN_ADMIN),
+    Case(_a("collection", "alarmrule", "delete"), "GET", _rule_without_instrument, HIDDEN_IN_ADMIN),
+    Case(_a("collection", "alarmrule", "history"), "GET", _rule_without_instrument, HIDDEN_IN_ADMIN),
+    Case(
+        _a("collection", "alarmrule", "add"),
+        "POST",
+        None,
+        expect(302, owner=200),  # olivia: the form again, "This field is required"; ada: saved
+        data=NEW_RULE,
+        encoding="multipart",
+    ),
+    Case(
+        _a("collection", "alarmrule", "add"),
+        "POST",
+        None,
+        expect(302),  # olivia and ada: saved, back to the list
+        data=lambda w: {**NEW_RULE, "instrument": w.alpha.pk},
+        encoding="multipart",
+    ),
     *_admin_model("collection", "spikecheck", _pk("alpha_spike")),
     Case(_a("collection", "spikecheck", "change"), "GET", _pk("zulu_spike"), HIDDEN_IN_ADMIN),
     *_admin_model("collection", "alarmevent", _pk("alpha_event"), add=NOBODY, delete=ADMINISTRATORS_ONLY),
@@ -412,6 +464,7 @@ ROUTES: list[Case] = [
     # --- pages (web pages issue) --------------------------------------------------------------------
     # POSTs here send JSON, which a page's form does not read: the statuses are the access decisions
     # (an invalid form answers 200 with its errors, or 302 back to its page with a message).
+    Case("favicon", "GET", None, expect(200)),
     Case("login", "GET", None, expect(302, anonymous=200, **_NO_SESSION_200)),
     Case("logout", "POST", None, expect(302)),
     Case("password_change", "GET", None, PAGE_ANY_USER),
@@ -470,7 +523,8 @@ def world(module_world, db):
 def test_matrix(case: Case, persona, world):
     url = case.url(world)
     send = getattr(persona.client, case.method.lower())
-    response = send(url, case.data, format="json") if case.data is not None else send(url)
+    data = case.data(world) if callable(case.data) else case.data
+    response = send(url, data, format=case.encoding) if data is not None else send(url)
     content = b"".join(response.streaming_content) if response.streaming else response.content  # exports stream
     body = content.decode(errors="replace")
     assert response.status_code == case.expected[persona.name], (

@@ -19,6 +19,7 @@ from collection.alarms.choices import DeliveryStatus, Medium, RuleKind, Severity
 from daqbroker_agent.parsing import us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel
+from instruments.units import check_units
 
 
 class ChannelSelection(models.Model):
@@ -47,6 +48,15 @@ class ChannelSelection(models.Model):
         abstract = True
 
     NO_SELECTOR = "Choose which channels this applies to: an instrument, a channel pattern, units, or channels."
+
+    def clean(self) -> None:
+        super().clean()
+        if self.units:
+            # In the channels' own canonical spelling, so "deg C" here selects the channels stored as "degC".
+            try:
+                self.units = check_units(self.units)
+            except ValueError as exc:
+                raise ValidationError({"units": str(exc)}) from None
 
     def has_selector(self, explicit: set[int]) -> bool:
         """A rule with no selector at all applies to nothing (the admin refuses to save one)."""

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
@@ -45,6 +46,8 @@ from collection.choices import RunStatus
 from collection.collectors import COLLECTORS
 from collection.models import CollectionRun
 from collection.services.ingest import IngestResult, SampleBatch, ingest_samples
+from daqbroker_agent.config import ConfigError
+from daqbroker_agent.parsing import FieldNotFound
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource
 
@@ -52,6 +55,19 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=1)
 COMMITTED = (RunStatus.SUCCESS, RunStatus.WARNING)
+# Failures whose message says all there is to say (a configuration mistake, a file or port that cannot be
+# opened, a refused target, a run that ran out of time): logged as one line. Anything else is a bug or a
+# surprise, and its traceback is logged with it.
+EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
+    ValidationError,
+    ConfigError,
+    FieldNotFound,
+    PermissionDenied,
+    NotImplementedError,
+    OSError,
+    SoftTimeLimitExceeded,
+    targets.TargetRefused,
+)
 RUN_HISTORY = timedelta(days=7)
 
 
@@ -206,7 +222,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
     owner = _new_owner()
     lease = _take_lease(source_id, owner, now)
     if not lease.taken:
-        logger.info("source %s not collected now: %s", source_id, lease.why_not)
+        logger.debug("source %s not collected now: %s", source_id, lease.why_not)
         return None
     if lease.taken_from:
         logger.warning(
@@ -276,6 +292,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
             run.conflicts = result.conflicts
             run.finished_at = finished
             run.save()
+        _log_success(source, run, source.consecutive_failures)
         return run
     except Exception as exc:
         if run is not None and _committed(run):
@@ -289,8 +306,13 @@ def collect_source(source_id: int) -> CollectionRun | None:
             )
             run.refresh_from_db()
             return run
-        quiet = isinstance(exc, OSError | targets.TargetRefused)  # the reason says it all: no traceback
-        logger.warning("collection of source %s failed: %s", source_id, exc, exc_info=not quiet)
+        # One line per failed run, with its reason; a traceback only for what nobody expected.
+        logger.warning(
+            "collection of source %s failed: %s",
+            source_id,
+            _failure_message(exc),
+            exc_info=not isinstance(exc, (*EXPECTED_FAILURES, LeaseLost)),
+        )
         return _record_failure(source_id, run, owner, now, exc)
 
 
@@ -306,6 +328,18 @@ def nothing_stored(lines_read: int, result: IngestResult) -> str:
 
 class LeaseLost(RuntimeError):
     pass
+
+
+def _log_success(source: DataSource, run: CollectionRun, failures_before: int) -> None:
+    """A run that went as expected is chatter (DEBUG); what a person wants to know is INFO: a source that
+    works again after failing, and readings sent to quarantine."""
+    summary = f"{run.accepted} stored, {run.duplicates} duplicate(s), {run.rejected} quarantined"
+    if failures_before:
+        logger.info("source %s collected again after %d failed run(s): %s", source.id, failures_before, summary)
+    elif run.rejected:
+        logger.info("source %s: %s (see Rejected samples)", source.id, summary)
+    else:
+        logger.debug("source %s collected: %s", source.id, summary)
 
 
 LOST_RUN = (

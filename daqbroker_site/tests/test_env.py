@@ -371,3 +371,29 @@ def test_a_relative_serial_device_pattern_refuses_to_start(tmp_path):
     )
     assert result.returncode != 0
     assert "DAQBROKER_SERIAL_DEVICES: 'ttyUSB*' is not an absolute device path" in result.stderr
+
+
+def test_env_choice_reads_one_of_its_choices_in_any_case():
+    from daqbroker_site.env import env_choice
+
+    levels = ["DEBUG", "INFO", "WARNING"]
+    assert env_choice("L", "INFO", levels, environ={}) == "INFO"
+    assert env_choice("L", "INFO", levels, environ={"L": "debug"}) == "DEBUG"
+    with pytest.raises(ImproperlyConfigured) as caught:
+        env_choice("L", "INFO", levels, environ={"L": "loud"})
+    assert str(caught.value) == "L='loud' is not one of DEBUG, INFO, WARNING"
+
+
+def test_the_log_level_quiets_celery_chatter_but_debug_shows_it(tmp_path):
+    shown = [
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.LOGGING['root']['level'], "
+        "settings.LOGGING['loggers']['celery.app.trace']['level'])",
+    ]
+    assert _manage(shown, tmp_path).stdout.split()[-2:] == ["INFO", "WARNING"]
+    assert _manage(shown, tmp_path, DAQBROKER_LOG_LEVEL="debug").stdout.split()[-2:] == ["DEBUG", "DEBUG"]
+    assert _manage(shown, tmp_path, DAQBROKER_LOG_LEVEL="error").stdout.split()[-2:] == ["ERROR", "ERROR"]
+    refused = _manage(["check"], tmp_path, DAQBROKER_LOG_LEVEL="loud")
+    assert refused.returncode != 0
+    assert "DAQBROKER_LOG_LEVEL='loud' is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL" in refused.stderr

@@ -60,3 +60,12 @@ def alpha_alarm(world) -> AlarmEvent:
 
 def zulu_alarm(world) -> AlarmEvent:
     return _alarm(world.zulu, world.zulu_channel, "zulu-too-hot")
+
+
+def any_instrument_rule(world) -> AlarmRule:
+    """An alarm rule bound to no instrument ("any instrument": it selects channels by units everywhere).
+    Administrators only: it reaches olivia's and zed's channels alike."""
+    rule, _ = AlarmRule.objects.get_or_create(
+        name="everywhere-too-hot", defaults={"instrument": None, "units": "degC", "kind": "above", "threshold": 40.0}
+    )
+    return rule
