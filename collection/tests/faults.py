@@ -104,6 +104,23 @@ class OwnPostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def fault_env(tmp_path: Path, database_url: str, **settings: str) -> dict[str, str]:
+    """Environment for a child process of a fault test (the driver, a web server): ``database_url``, a
+    private data dir whose files the sources may read (the one target check), and no shared broker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        DATABASE_URL=database_url,
+        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
+        DAQBROKER_DATA_DIR=str(tmp_path / "var"),
+        DAQBROKER_FILE_ROOTS=str(tmp_path),
+        CELERY_BROKER_URL="memory://",
+        PYTHONUNBUFFERED="1",
+        **settings,
+    )
+    env.pop("REDIS_URL", None)
+    return env
+
+
 # --- a Redis of our own -------------------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ cluster cannot be made here (no server binaries, not root); under CI=true it mus
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 
@@ -22,6 +21,7 @@ from collection.tests.faults import (
     OwnPostgres,
     driver_argv,
     expected_readings,
+    fault_env,
     own_postgres_problem,
     parse_result,
     run_driver,
@@ -42,17 +42,7 @@ def own_postgres():
 
 @pytest.fixture
 def outage_env(own_postgres, tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(
-        DATABASE_URL=own_postgres.create_database(f"faults_{uuid.uuid4().hex[:8]}"),
-        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
-        DAQBROKER_DATA_DIR=str(tmp_path / "var"),
-        DAQBROKER_FILE_ROOTS=str(tmp_path),  # the sources read files under it (the one target check)
-        CELERY_BROKER_URL="memory://",
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("REDIS_URL", None)
-    return env
+    return fault_env(tmp_path, own_postgres.create_database(f"faults_{uuid.uuid4().hex[:8]}"))
 
 
 def test_a_run_cut_by_a_database_outage_records_its_failure_and_frees_its_source_once_the_database_is_back(

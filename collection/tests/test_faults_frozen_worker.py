@@ -13,7 +13,6 @@ timeout and fail; only the "peer killed" case is meaningful there, and it runs o
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 
@@ -24,6 +23,7 @@ from collection.tests.faults import (
     REPO,
     driver_argv,
     expected_readings,
+    fault_env,
     parse_result,
     process_state,
     run_driver,
@@ -58,18 +58,7 @@ def sources(tmp_path) -> list[tuple[DataSource, list]]:
 
 
 def driver_env(tmp_path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(
-        DATABASE_URL=database_url_for_subprocess(),
-        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
-        DAQBROKER_DATA_DIR=str(tmp_path / "var"),
-        DAQBROKER_FILE_ROOTS=str(tmp_path),  # the sources read files under it (the one target check)
-        CELERY_BROKER_URL="memory://",
-        PYTHONUNBUFFERED="1",
-        **settings,
-    )
-    env.pop("REDIS_URL", None)
-    return env
+    return fault_env(tmp_path, database_url_for_subprocess(), **settings)
 
 
 class FrozenPeer:

@@ -8,7 +8,6 @@ PostgreSQL is never touched). The test needs no test database of the session's e
 from __future__ import annotations
 
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ import pytest
 
 from accounts.models import TOKEN_PREFIX
 from accounts.tokens import KEY_ID_LENGTH
-from collection.tests.faults import OwnPostgres, free_port, own_postgres_problem
+from collection.tests.faults import OwnPostgres, fault_env, free_port, own_postgres_problem
 from conftest import service_unavailable, wait_for
 
 
@@ -56,16 +55,7 @@ def ingest(base: str) -> tuple[int, bytes, dict]:
 def test_the_api_and_the_pages_answer_503_while_the_database_is_down_and_recover_by_themselves(
     own_postgres, tmp_path, start_process
 ):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(
-        DATABASE_URL=own_postgres.create_database(f"web_{uuid.uuid4().hex[:8]}"),
-        DJANGO_SETTINGS_MODULE="daqbroker_site.settings",
-        DAQBROKER_DATA_DIR=str(tmp_path / "var"),
-        DAQBROKER_DEBUG="true",
-        CELERY_BROKER_URL="memory://",
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("REDIS_URL", None)
+    env = fault_env(tmp_path, own_postgres.create_database(f"web_{uuid.uuid4().hex[:8]}"), DAQBROKER_DEBUG="true")
     port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "daqbroker_site.wsgi", "--workers", "1", "--bind", f"127.0.0.1:{port}"]
     web = start_process("web", argv, env)
