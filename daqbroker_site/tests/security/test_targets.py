@@ -328,6 +328,7 @@ def test_a_file_source_whose_root_was_removed_fails_its_run(world, settings, rul
         config={"path": str(folder), "columns": ["time", "t"]},
         target_set_by=world.users["eddie"],
     )
+    make_channel(world.alpha, slug="root-t", source=source, source_field="t")  # a source without one waits
     assert collect_source(source.pk).status == RunStatus.SUCCESS
     settings.DAQBROKER_FILE_ROOTS = []
     run = collect_source(source.pk)
