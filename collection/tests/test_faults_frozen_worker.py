@@ -107,7 +107,7 @@ def test_a_frozen_peer_stops_neither_the_dispatcher_nor_other_sources_and_its_so
             "writers fail after the busy timeout (30 s) until it is gone (see docs/operations.md)"
         )
     (frozen, frozen_channels), (other, other_channels), (third, _) = sources
-    env = driver_env(tmp_path)
+    env = driver_env(tmp_path, DAQBROKER_LOG_LEVEL="DEBUG")  # "not collected now: …" is logged at DEBUG
     # The peer's own settings: the database ends its transaction after 25 s idle (time enough for the checks
     # below on a loaded machine); its lease lasts 30 s.
     peer_env = {**env, "DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT": "25", "DAQBROKER_COLLECT_LEASE_SECONDS": "30"}
