@@ -173,9 +173,27 @@ TEST_SERIAL_DEVICES = "/dev/pts/*"
 # --- real services ---------------------------------------------------------------------------------
 
 
+def xdist_worker_index() -> int:
+    """0 in a plain pytest run; N in pytest-xdist's worker ``gwN`` (``scripts/test`` spreads tests over the cores)."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
+def redis_url_for_worker(url: str, worker: int) -> str:
+    """Each xdist worker gets a Redis database of its own, the base number minus its index: the worker and
+    beat processes its tests start then never share a cache key (the dispatcher's lock, say) with another
+    worker's. pytest-django gives each worker its own test database the same way (a ``_gwN`` suffix)."""
+    base, _, number = url.rpartition("/")
+    if worker == 0 or not number.isdigit():
+        return url
+    if int(number) < worker:
+        raise pytest.UsageError(f"DAQBROKER_TEST_REDIS_URL={url}: too low a database number for {worker + 1} workers")
+    return f"{base}/{int(number) - worker}"
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    url = os.environ.get("DAQBROKER_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    url = redis_url_for_worker(os.environ.get("DAQBROKER_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL), xdist_worker_index())
     import redis
 
     try:
