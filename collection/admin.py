@@ -1,6 +1,15 @@
 from django.contrib import admin
 
-from collection.admin_actions import collect_now, recent_runs_html, validate_channels_now, validate_sources_now
+from collection.admin_actions import (
+    collect_now,
+    delete_readings_in_range,
+    recent_runs_html,
+    reread_from_start,
+    reread_from_time,
+    reread_offer_html,
+    validate_channels_now,
+    validate_sources_now,
+)
 from collection.models import RejectedSample
 from instruments.admin import ChannelAdmin, DataSourceAdmin
 from instruments.models import Channel, DataSource
@@ -54,11 +63,12 @@ admin.site.unregister(Channel)
 
 @admin.register(DataSource)
 class CollectedDataSourceAdmin(DataSourceAdmin):
-    readonly_fields = (*DataSourceAdmin.readonly_fields, "recent_runs")
-    actions = (*DataSourceAdmin.actions, collect_now, validate_sources_now)
+    readonly_fields = (*DataSourceAdmin.readonly_fields, "recent_runs", "reread")
+    actions = (*DataSourceAdmin.actions, collect_now, validate_sources_now, reread_from_start, reread_from_time)
     fieldsets = (
         *DataSourceAdmin.fieldsets[:-1],
         ("Recent collection runs", {"fields": ("recent_runs",)}),
+        ("Re-read", {"fields": ("reread",)}),
         DataSourceAdmin.fieldsets[-1],
     )
 
@@ -66,10 +76,14 @@ class CollectedDataSourceAdmin(DataSourceAdmin):
     def recent_runs(self, source: DataSource) -> str:
         return recent_runs_html(source)
 
+    @admin.display(description="Re-read")
+    def reread(self, source: DataSource) -> str:
+        return reread_offer_html(source)
+
 
 @admin.register(Channel)
 class CollectedChannelAdmin(ChannelAdmin):
-    actions = (*ChannelAdmin.actions, validate_channels_now)
+    actions = (*ChannelAdmin.actions, validate_channels_now, delete_readings_in_range)
 
 
 # Alarm rules and events, spike checks, subscriptions, the notification outbox and collection runs.
