@@ -1,4 +1,6 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+
+from accounts import audit
 
 from collection.admin_actions import (
     collect_now,
@@ -11,6 +13,7 @@ from collection.admin_actions import (
     validate_sources_now,
 )
 from collection.models import RejectedSample
+from collection.services import corrections
 from instruments.admin import ChannelAdmin, DataSourceAdmin
 from instruments.models import Channel, DataSource
 
@@ -53,6 +56,18 @@ class RejectedSampleAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    actions = ("accept_conflicts",)
+
+    @admin.action(description="Accept the new value of selected conflicts (it replaces the stored one)")
+    def accept_conflicts(self, request, queryset):
+        """A quarantined conflict's value replaces the stored one (audited with the value it replaces), and
+        the record leaves the quarantine. Records that are not conflicts are left alone."""
+        accepted, skipped = corrections.accept_conflicts(queryset, **audit.origin(request))
+        message = f"{accepted} conflict(s) accepted: their values replace the stored ones."
+        if skipped:
+            message += f" {skipped} record(s) left alone (not a conflict, or their channel is gone)."
+        self.message_user(request, message, messages.SUCCESS if accepted else messages.WARNING)
 
 
 # The registry's source and channel admin pages, with what collection adds to them: "collect now", "validate now" and
