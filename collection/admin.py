@@ -1,7 +1,6 @@
 from django.contrib import admin, messages
 
 from accounts import audit
-
 from collection.admin_actions import (
     collect_now,
     delete_readings_in_range,

@@ -356,11 +356,17 @@ def _reread_start(note: dict) -> str:
 
 def nothing_stored(lines_read: int, result: IngestResult) -> str:
     """Why a run that read lines stored nothing ('' when it stored something, or read nothing)."""
-    if not lines_read or result.accepted or result.duplicates:
+    if not lines_read or result.accepted or result.duplicates or result.replaced:
         return ""
     read = f"{lines_read:,} line{'s' if lines_read != 1 else ''} read and nothing stored"
-    if result.rejected_count:
-        return f"{read}: {result.rejected_count:,} reading(s) or line(s) were quarantined, see the quarantine for why"
+    if result.conflicts and not result.rejected_count:
+        return (
+            f"{read}: {result.conflicts:,} reading(s) differ from the values already stored at their times "
+            "(conflicts, kept in quarantine with both values; a re-read with replace stores them)"
+        )
+    if result.rejected_count or result.conflicts:
+        quarantined = result.rejected_count + result.conflicts
+        return f"{read}: {quarantined:,} reading(s) or line(s) were quarantined, see the quarantine for why"
     return f"{read}: no field of these lines maps to a channel of this source (check the channels' source fields)"
 
 
