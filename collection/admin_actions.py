@@ -201,7 +201,7 @@ class DeleteReadingsForm(forms.Form):
     reason = forms.CharField(required=False, max_length=300, help_text="Kept in the audit trail.")
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("start") and data.get("end") and data["end"] <= data["start"]:
             raise forms.ValidationError("The end of the range must be after its start.")
         return data

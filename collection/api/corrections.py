@@ -44,7 +44,8 @@ class RereadRequestSerializer(serializers.Serializer):
 
 
 class RereadAnswerSerializer(serializers.Serializer):
-    source = serializers.IntegerField()
+    # The serializer's metaclass moves declared fields out of the class: Field.source is not shadowed.
+    source = serializers.IntegerField()  # type: ignore[assignment]
     start = serializers.DateTimeField(allow_null=True)
     on_conflict = serializers.CharField()
     requested_at = serializers.DateTimeField()

@@ -269,15 +269,9 @@ def collect_source(source_id: int) -> CollectionRun | None:
                     source_id=source.id,
                     rejections=collected.rejections if i == 0 else (),
                     # A re-read: old data. Alarm rules leave it alone; with "replace", differing values replace.
-                    **(
-                        {
-                            "on_conflict": REPLACE if rereading.get("replace") else KEEP,
-                            "old_until": rereading.get("requested"),
-                            "reason": f"re-read of source {source} with replace",
-                        }
-                        if rereading
-                        else {}
-                    ),
+                    on_conflict=REPLACE if rereading and rereading.get("replace") else KEEP,
+                    old_until=rereading.get("requested") if rereading else None,
+                    reason=f"re-read of source {source} with replace",
                 )
                 result.accepted += part.accepted
                 result.duplicates += part.duplicates
