@@ -61,6 +61,7 @@ KEEP, REPLACE = "keep", "replace"  # on_conflict: quarantine a different value a
 ON_CONFLICT = (KEEP, REPLACE)
 # Old values listed per ``samples.replaced`` audit event (a larger replacement writes several events).
 REPLACED_PER_EVENT = 5000
+REPLACED_TEXTS_PER_EVENT = 100
 
 MIN_TS_US = datetime_to_us(datetime(1900, 1, 1, tzinfo=UTC))
 MAX_TEXT_LENGTH = 10_000
@@ -330,8 +331,10 @@ def _audit_replaced(
         channel = channels.get(channel_id)
         if channel is None:
             continue
-        for start in range(0, len(rows), REPLACED_PER_EVENT):
-            part = rows[start : start + REPLACED_PER_EVENT]
+        # Text values may be long (up to MAX_TEXT_LENGTH): fewer of them per event keeps each event small.
+        per_event = REPLACED_PER_EVENT if channel.kind != ChannelKind.TEXT else REPLACED_TEXTS_PER_EVENT
+        for start in range(0, len(rows), per_event):
+            part = rows[start : start + per_event]
             audit.record(
                 AuditAction.SAMPLES_REPLACED,
                 obj=channel,
@@ -342,7 +345,7 @@ def _audit_replaced(
                     "channel": channel.slug,
                     "range": [us_to_datetime(part[0][0]).isoformat(), us_to_datetime(part[-1][0]).isoformat()],
                     "replaced": len(part),
-                    **({"of": len(rows), "part": start // REPLACED_PER_EVENT + 1} if len(rows) > len(part) else {}),
+                    **({"of": len(rows), "part": start // per_event + 1} if len(rows) > len(part) else {}),
                     "readings": [[us_to_datetime(ts).isoformat(), old, new] for ts, old, new in part],
                 },
                 **audit_origin,
