@@ -28,7 +28,7 @@ from collection.alarms import tasks as follow_ups
 from collection.alarms.choices import RuleKind
 from collection.alarms.models import AlarmEvent, AlarmRule
 from collection.choices import Origin, RunStatus
-from collection.models import CollectionRun, RejectedSample, Rollup, Sample, TextSample
+from collection.models import CollectionRun, FollowUpBacklog, RejectedSample, Rollup, Sample, TextSample
 from collection.services import SampleBatch, collect, corrections, ingest_samples, rollups
 from collection.services.ingest import REPLACE, samples_ingested
 from collection.services.retention import AFTER_DELETION
@@ -255,6 +255,20 @@ def test_a_reread_raises_no_alarm_for_old_readings(folder, django_capture_on_com
     assert not AlarmEvent.objects.filter(channel=rh).exists()
     follow_ups.process(spans, Origin.FILE)  # the same readings as new ones would have raised it
     assert AlarmEvent.objects.filter(channel=rh).exists()
+
+
+def test_follow_ups_kept_while_the_broker_is_down_still_leave_old_data_alone():
+    channel = make_channel(slug="humidity")
+    AlarmRule.objects.create(instrument=channel.instrument, name="humid", kind=RuleKind.ABOVE, threshold=90.0)
+    spans = ingest_samples(numeric_batch(channel, range(5), [99.0] * 5)).spans
+    # What the receiver keeps in the database when no broker answers, for a re-read's readings ...
+    FollowUpBacklog.objects.create(spans=follow_ups.follow_up_payload(spans, {}), origin=Origin.FILE)
+    assert follow_ups.replay_follow_ups() == 1
+    assert not AlarmEvent.objects.exists()
+    # ... and for the same readings arriving new.
+    FollowUpBacklog.objects.create(spans=follow_ups.follow_up_payload(spans, None), origin=Origin.FILE)
+    assert follow_ups.replay_follow_ups() == 1
+    assert AlarmEvent.objects.filter(channel=channel).exists()
 
 
 # --- replacing and deleting -------------------------------------------------------------------------
