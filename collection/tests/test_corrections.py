@@ -407,6 +407,8 @@ def test_the_reread_api_asks_for_a_reread_from_a_time(people):
     source.refresh_from_db()
     assert (source.reread_from, source.reread_replace) == (us(2), True)
     assert events(AuditAction.SOURCE_REREAD)[-1].actor == people["eddie"]
+    shown = client_for(people["eddie"]).get(reverse("api:source-detail", args=[source.pk])).json()
+    assert shown["rereadable"] is True and shown["reread_requested_at"] is not None
     refused = client_for(people["vera"]).post(reverse("api:source-reread", args=[source.pk]), {}, format="json")
     assert refused.status_code == 403
 
