@@ -35,5 +35,8 @@ class AuditAction(models.TextChoices):
     CONFIG_CHANGED = "config.changed", "Configuration changed"
     CONFIG_DELETED = "config.deleted", "Configuration deleted"
     SAMPLES_DELETED = "samples.deleted", "Readings deleted"
+    SAMPLES_REPLACED = "samples.replaced", "Readings replaced (corrected)"
+    SOURCE_REREAD = "source.reread", "Source re-read requested"
+    CONFLICT_ACCEPTED = "conflict.accepted", "Quarantined conflict's value accepted"
     PASSWORD_CHANGED = "password.changed", "Password changed"
     PASSWORD_LOCKED_OUT = "password.locked_out", "Password change locked out (wrong old passwords)"

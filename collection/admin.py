@@ -1,7 +1,18 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from collection.admin_actions import collect_now, recent_runs_html, validate_channels_now, validate_sources_now
+from accounts import audit
+from collection.admin_actions import (
+    collect_now,
+    delete_readings_in_range,
+    recent_runs_html,
+    reread_from_start,
+    reread_from_time,
+    reread_offer_html,
+    validate_channels_now,
+    validate_sources_now,
+)
 from collection.models import RejectedSample
+from collection.services import corrections
 from instruments.admin import ChannelAdmin, DataSourceAdmin
 from instruments.models import Channel, DataSource
 
@@ -45,6 +56,18 @@ class RejectedSampleAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    actions = ("accept_conflicts",)
+
+    @admin.action(description="Accept the new value of selected conflicts (it replaces the stored one)")
+    def accept_conflicts(self, request, queryset):
+        """A quarantined conflict's value replaces the stored one (audited with the value it replaces), and
+        the record leaves the quarantine. Records that are not conflicts are left alone."""
+        accepted, skipped = corrections.accept_conflicts(queryset, **audit.origin(request))
+        message = f"{accepted} conflict(s) accepted: their values replace the stored ones."
+        if skipped:
+            message += f" {skipped} record(s) left alone (not a conflict, or their channel is gone)."
+        self.message_user(request, message, messages.SUCCESS if accepted else messages.WARNING)
+
 
 # The registry's source and channel admin pages, with what collection adds to them: "collect now", "validate now" and
 # the recent collection runs. Registered here, not in instruments.admin, because the registry never imports collection.
@@ -54,11 +77,12 @@ admin.site.unregister(Channel)
 
 @admin.register(DataSource)
 class CollectedDataSourceAdmin(DataSourceAdmin):
-    readonly_fields = (*DataSourceAdmin.readonly_fields, "recent_runs")
-    actions = (*DataSourceAdmin.actions, collect_now, validate_sources_now)
+    readonly_fields = (*DataSourceAdmin.readonly_fields, "recent_runs", "reread")
+    actions = (*DataSourceAdmin.actions, collect_now, validate_sources_now, reread_from_start, reread_from_time)
     fieldsets = (
         *DataSourceAdmin.fieldsets[:-1],
         ("Recent collection runs", {"fields": ("recent_runs",)}),
+        ("Re-read", {"fields": ("reread",)}),
         DataSourceAdmin.fieldsets[-1],
     )
 
@@ -66,10 +90,14 @@ class CollectedDataSourceAdmin(DataSourceAdmin):
     def recent_runs(self, source: DataSource) -> str:
         return recent_runs_html(source)
 
+    @admin.display(description="Re-read")
+    def reread(self, source: DataSource) -> str:
+        return reread_offer_html(source)
+
 
 @admin.register(Channel)
 class CollectedChannelAdmin(ChannelAdmin):
-    actions = (*ChannelAdmin.actions, validate_channels_now)
+    actions = (*ChannelAdmin.actions, validate_channels_now, delete_readings_in_range)
 
 
 # Alarm rules and events, spike checks, subscriptions, the notification outbox and collection runs.

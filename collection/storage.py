@@ -217,3 +217,19 @@ def _pg_insert_numeric(connection, channel, ts, value, quality, using: str) -> W
         written.conflict_rows.append(int(lo + np.searchsorted(ts[lo:hi], stamp)))
         written.stored.append(old)
     return written
+
+
+def replace_values(text: bool, rows: list[tuple], *, using: str = "default") -> None:
+    """Overwrite stored readings on purpose (``ingest_samples(..., on_conflict="replace")``): ``rows`` are
+    (value, quality, channel_id, ts) of readings known to be stored. One keyed UPDATE each, through the
+    primary key; the caller bounds how many (one batch)."""
+    if not rows:
+        return
+    connection = connections[using]
+    table = connection.ops.quote_name((TextSample if text else Sample)._meta.db_table)
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), CHUNK):
+            cursor.executemany(
+                f"UPDATE {table} SET value = %s, quality = %s WHERE channel_id = %s AND ts = %s",
+                rows[start : start + CHUNK],
+            )

@@ -7,6 +7,7 @@ from rest_framework.routers import DefaultRouter
 
 from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
+from collection.api.corrections import ChannelReadingsDeletionViewSet, SourceRereadViewSet
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
@@ -26,6 +27,12 @@ urlpatterns = [
         "docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema", permission_classes=[AllowAny]), name="docs"
     ),
     path("ingest/", IngestView.as_view(), name="ingest"),
+    path("sources/<int:pk>/reread/", SourceRereadViewSet.as_view({"post": "reread"}), name="source-reread"),
+    path(
+        "channels/<int:pk>/delete-readings/",
+        ChannelReadingsDeletionViewSet.as_view({"post": "delete_readings"}),
+        name="channel-delete-readings",
+    ),
     path("samples/", SamplesViewSet.as_view({"get": "read"}), name="samples"),
     path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),
     path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),

@@ -373,6 +373,8 @@ CELERY_BEAT_SCHEDULE.update(
 DAQBROKER_MAX_FUTURE_SECONDS = env_int("DAQBROKER_MAX_FUTURE_SECONDS", 86400, minimum=0)
 DAQBROKER_INGEST_MAX_BYTES = env_int("DAQBROKER_INGEST_MAX_BYTES", 64 * 1024 * 1024, minimum=1024)
 DAQBROKER_INGEST_MAX_READINGS = env_int("DAQBROKER_INGEST_MAX_READINGS", 100_000, minimum=1)
+# Readings one correction may delete or replace (docs/reading-data.md): a larger range is refused with its size.
+DAQBROKER_CORRECTION_MAX_READINGS = env_int("DAQBROKER_CORRECTION_MAX_READINGS", 1_000_000, minimum=1)
 # Every other route keeps Django's own limits (DATA_UPLOAD_MAX_MEMORY_SIZE 2.5 MB, 1,000 form fields):
 # only the ingest endpoint reads a larger body, itself, up to DAQBROKER_INGEST_MAX_BYTES (docs/security.md).
 # A CSV body's header line: at most this many bytes and columns, checked before the CSV is parsed.

@@ -156,6 +156,18 @@ class DataSource(models.Model):
     # A lease taken by compare-and-set, so one source is never collected by two workers at once.
     lease_owner = models.CharField(max_length=64, blank=True, editable=False)
     lease_expires = models.DateTimeField(null=True, blank=True, editable=False)
+    # A re-read asked for (collection.services.corrections.request_reread), done by the next run: from the
+    # start of the files, or from the first line at or after ``reread_from``; replacing differing values.
+    reread_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    reread_from = models.BigIntegerField(null=True, blank=True, editable=False, help_text="µs since the epoch, UTC")
+    reread_replace = models.BooleanField(default=False, editable=False)
+    cursor_started_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When reading from the current position began (first run, or the last re-read): channels "
+        "added after it have not had the lines read before.",
+    )
 
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
@@ -215,6 +227,19 @@ class DataSource(models.Model):
         if count is None:
             return not self.collected_channels().exists()
         return count == 0
+
+    @property
+    def rereadable(self) -> bool:
+        """Whether a re-read means something here: only files can be read again (a serial line or a TCP
+        stream is gone once read, and an agent's files are read on its own machine)."""
+        return self.kind == SourceKind.FILE
+
+    def channels_added_since_read(self) -> list[Channel]:
+        """Channels taking this source's fields that were added after it started reading from where it is
+        (they missed the lines read before): the admin and the pages offer a re-read for them."""
+        if not self.rereadable or self.cursor_started_at is None or self.reread_requested_at is not None:
+            return []
+        return list(self.collected_channels().filter(created__gt=self.cursor_started_at))
 
     @property
     def collection_state(self) -> str:

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.HomeView.as_view(), name="home"),
     path("instruments/<slug:slug>/", views.InstrumentDetailView.as_view(), name="detail"),
     path("instruments/<slug:slug>/logbook/", views.LogbookAddView.as_view(), name="logbook-add"),
+    path("instruments/<slug:slug>/sources/<int:pk>/reread/", views.SourceRereadView.as_view(), name="source-reread"),
     path("instruments/<slug:slug>/sharing/", views.SharingView.as_view(), name="sharing"),
     path("instruments/<slug:slug>/sharing/remove/", views.SharingRemoveView.as_view(), name="sharing-remove"),
     path("dashboards/", views.DashboardListView.as_view(), name="dashboards"),

@@ -23,6 +23,7 @@ from accounts import audit, permissions, services
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
 from accounts.models import Agent
 from collection.alarms.models import AlarmEvent
+from collection.services import corrections
 from instruments import dashboards
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
@@ -106,7 +107,34 @@ class InstrumentDetailView(PageMixin, DetailView):
         )
         if context["can_change"]:
             context["logbook_form"] = LogbookEntryForm()
+            # Sources whose channels were added after they started reading: a re-read in one click.
+            context["reread_offers"] = {
+                h.source.pk: added for h in status.sources if (added := h.source.channels_added_since_read())
+            }
         return context
+
+
+class SourceRereadView(PageMixin, View):
+    """Re-read a file source from the start (change level): offered on the instrument page when channels
+    were added after the source started reading."""
+
+    http_method_names = ["post"]
+    required_level = permissions.CHANGE
+
+    def post(self, request, *args, **kwargs):
+        instrument = self.get_instrument()  # 404 / 403 before anything else
+        source = get_object_or_404(instrument.sources, pk=kwargs["pk"])
+        try:
+            corrections.request_reread(source, **audit.origin(request))
+        except corrections.CorrectionRefused as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(
+                request,
+                f"{source.name} will be read again from the start by its next run; readings already stored count "
+                "as duplicates.",
+            )
+        return redirect(reverse("instruments:detail", args=[instrument.slug]) + "#sources-title")
 
 
 class LogbookAddView(PageMixin, AuditedFormMixin, CreateView):

@@ -101,11 +101,18 @@ def alpha_agent_source(world):
 
 
 NEW_CHANNEL = {"instrument": "alpha-station", "name": "New channel", "slug": "new-channel"}
+API_ALPHA_ACCEPTED = {  # a change answered 202 (queued for the next run)
+    **API_ALPHA_CHANGE, **dict.fromkeys(("shared_editor", "owner", "administrator", "personal_write_token"), 202),
+}  # fmt: skip
+API_ZULU_ACCEPTED = {**API_ZULU_WRITE, "administrator": 202}
+RANGE = {"start": "2020-01-01T00:00:00Z", "end": "2030-01-01T00:00:00Z", "reason": "matrix"}
 # Admin: non-staff (and every token or agent: no session) are sent to the login page.
 STAFF = expect(302, owner=200, administrator=200)
 ADMINISTRATORS_ONLY = expect(302, owner=403, administrator=200)
 NOBODY = expect(302, owner=403, administrator=403)  # e.g. deleting an audit event
 HIDDEN_IN_ADMIN = expect(302, administrator=200)  # olivia is sent back to the index: "does not exist"
+STAFF_ACTION = expect(302)  # an admin action: done, back to the list (non-staff: to the login page)
+STAFF_ACTION_PAGE = expect(302, owner=200, administrator=200)  # an action showing its page (the count)
 
 
 # Pages: for people with a session; tokens and agents are nobody there (302 to the login page).
@@ -292,6 +299,16 @@ ROUTES: list[Case] = [
         expect(200, anonymous=401, personal_read_token=403),
         data={"readings": [{"channel": "nowhere/nothing", "t": 1767323045, "v": 1.0}]},
     ),
+    # Replacing stored readings: people who may change (readings of others' instruments are refused in the
+    # answer, 200); agents may only add readings.
+    Case(
+        "api:ingest",
+        "POST",
+        None,
+        expect(200, anonymous=401, personal_read_token=403, **_agents(403)),
+        data={"readings": [{"channel": "nowhere/nothing", "t": 1767323045, "v": 1.0}]},
+        query={"on_conflict": "replace"},
+    ),
     Case("api:instrument-list", "GET", None, API_ANY_USER),
     Case("api:instrument-list", "POST", None, API_CREATE_INSTRUMENT, data={"name": "New one", "slug": "new-one"}),
     Case("api:instrument-detail", "GET", lambda w: ALPHA, API_ALPHA_READ),
@@ -324,6 +341,19 @@ ROUTES: list[Case] = [
         API_ALPHA_AGENT_COLLECTS,
         data={"config": COMMAND},
     ),
+    # --- undoing mistakes (issue 15 point 4): re-read a source, delete a channel's readings ---------------
+    Case("api:source-reread", "POST", lambda w: {"pk": w.alpha_source.pk}, API_ALPHA_ACCEPTED, data={}),
+    Case("api:source-reread", "POST", lambda w: {"pk": w.zulu_source.pk}, API_ZULU_ACCEPTED, data={}),
+    # An agent's source is read on the agent's machine: 400 with the reason, for those who may change it.
+    Case(
+        "api:source-reread",
+        "POST",
+        lambda w: {"pk": alpha_agent_source(w).pk},
+        {**API_ALPHA_CHANGE, **dict.fromkeys(("shared_editor", "owner", "administrator", "personal_write_token"), 400)},
+        data={},
+    ),
+    Case("api:channel-delete-readings", "POST", lambda w: {"pk": w.alpha_channel.pk}, API_ALPHA_CHANGE, data=RANGE),
+    Case("api:channel-delete-readings", "POST", lambda w: {"pk": w.zulu_channel.pk}, API_ZULU_WRITE, data=RANGE),
     Case("api:channel-list", "GET", None, API_ANY_USER),
     Case("api:channel-list", "POST", None, API_ALPHA_CREATE, data=NEW_CHANNEL),
     Case("api:channel-detail", "GET", lambda w: {"pk": w.alpha_channel.pk}, API_ALPHA_READ),
@@ -392,6 +422,30 @@ ROUTES: list[Case] = [
         STAFF,
     ),
     *_admin_model("instruments", "datasource", _pk("alpha_source")),
+    # The re-read and delete-readings admin actions (effects per persona: collection/tests/test_corrections.py).
+    Case(
+        _a("instruments", "datasource", "changelist"),
+        "POST",
+        None,
+        STAFF_ACTION,
+        data=lambda w: {"action": "reread_from_start", "index": "0", "_selected_action": w.alpha_source.pk},
+        encoding="multipart",
+    ),
+    Case(
+        _a("instruments", "channel", "changelist"),
+        "POST",
+        None,
+        STAFF_ACTION_PAGE,
+        data=lambda w: {
+            "action": "delete_readings_in_range",
+            "index": "0",
+            "_selected_action": w.alpha_channel.pk,
+            "range": "1",
+            "start": "2020-01-01 00:00:00",
+            "end": "2030-01-01 00:00:00",
+        },
+        encoding="multipart",
+    ),
     *_admin_model("instruments", "channel", _pk("alpha_channel")),
     Case(_a("instruments", "channel", "change"), "GET", _pk("zulu_channel"), HIDDEN_IN_ADMIN),
     *_admin_model("instruments", "logbookentry", _pk("alpha_entry")),
@@ -474,6 +528,8 @@ ROUTES: list[Case] = [
     Case("instruments:detail", "GET", lambda w: ZULU, PAGE_ZULU),
     Case("instruments:logbook-add", "POST", lambda w: ALPHA, PAGE_ALPHA_CHANGE_POST, data={"text": "new"}),
     Case("instruments:logbook-add", "POST", lambda w: ZULU, PAGE_ZULU_POST, data={"text": "new"}),
+    Case("instruments:source-reread", "POST", lambda w: {**ALPHA, "pk": w.alpha_source.pk}, PAGE_ALPHA_CHANGE_POST),
+    Case("instruments:source-reread", "POST", lambda w: {**ZULU, "pk": w.zulu_source.pk}, PAGE_ZULU_POST),
     Case("instruments:sharing", "GET", lambda w: ALPHA, PAGE_ALPHA_SHARE),
     Case("instruments:sharing", "GET", lambda w: ZULU, PAGE_ZULU),
     Case("instruments:sharing", "POST", lambda w: ALPHA, PAGE_ALPHA_SHARE, data=SHARE_WITH_STAN),

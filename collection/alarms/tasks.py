@@ -15,6 +15,7 @@ from collection.choices import Origin
 from collection.models import FollowUpBacklog
 from collection.services import derived, validation
 from collection.services.enqueue import try_enqueue
+from collection.services.retention import AFTER_DELETION
 from daqbroker_agent.parsing import now_us
 from instruments.choices import ChannelKind
 from instruments.models import Channel, DataSource
@@ -22,26 +23,57 @@ from instruments.models import Channel, DataSource
 logger = logging.getLogger(__name__)
 
 
-def on_samples_ingested(sender, spans: dict, origin: str, **kwargs) -> None:
+def on_samples_ingested(sender, spans: dict, origin: str, alarm_spans: dict | None = None, **kwargs) -> None:
     """``samples_ingested`` receiver: one task per ingested batch (never one per reading). When the broker
     cannot take it, the work is kept in the database and ``replay_follow_ups`` does it later."""
-    payload = {str(channel_id): [int(first), int(last)] for channel_id, (first, last) in spans.items()}
+    payload = follow_up_payload(spans, alarm_spans)
     if not try_enqueue(process_new_readings, args=[payload, origin], what="spike checks, derived channels and alarms"):
         FollowUpBacklog.objects.create(spans=payload, origin=origin)
 
 
-def process(spans: dict[int, tuple[int, int]], origin: str) -> dict:
+def follow_up_payload(spans: dict, alarm_spans: dict | None) -> dict:
+    """``{"channel id": [first, last]}``, with a third item where alarm rules look at less than the span
+    (old data corrected or re-read): the first µs they evaluate, or None for none of it."""
+    payload: dict[str, list] = {}
+    for channel_id, (first, last) in spans.items():
+        payload[str(channel_id)] = [int(first), int(last)]
+        if alarm_spans is not None and alarm_spans.get(channel_id) != (first, last):
+            found = alarm_spans.get(channel_id)
+            payload[str(channel_id)].append(None if found is None else int(found[0]))
+    return payload
+
+
+def _parse_payload(payload: dict) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    spans, alarm_spans = {}, {}
+    for key, value in payload.items():
+        spans[int(key)] = (int(value[0]), int(value[1]))
+        if len(value) < 3:
+            alarm_spans[int(key)] = spans[int(key)]
+        elif value[2] is not None:
+            alarm_spans[int(key)] = (int(value[2]), int(value[1]))
+    return spans, alarm_spans
+
+
+def process(
+    spans: dict[int, tuple[int, int]], origin: str, alarm_spans: dict[int, tuple[int, int]] | None = None
+) -> dict:
     """Spike checks, then derived channels (unless these readings are derived ones: derived channels are
-    computed in dependency order in one go), then alarm rules, for readings just stored."""
+    computed in dependency order in one go), then alarm rules, for readings just stored; alarm rules only
+    over ``alarm_spans`` (default: all of ``spans``), never over old data being corrected or re-read.
+    After a deletion (origin ``AFTER_DELETION``): only the derived channels reading the deleted readings,
+    recomputed over the deleted spans (their readings that can no longer be computed go too)."""
+    if origin == AFTER_DELETION:
+        return {"spikes": 0, "derived": derived.recompute_after_deletion(spans), "raised": 0, "cleared": 0}
     spikes = validation.flag_spikes(spans)
     computed = derived.compute_derived(spans) if origin != Origin.DERIVED else 0
-    outcome = evaluate.evaluate_after_ingest(spans)
+    outcome = evaluate.evaluate_after_ingest(spans if alarm_spans is None else alarm_spans)
     return {"spikes": spikes, "derived": computed, "raised": outcome.raised, "cleared": outcome.cleared}
 
 
 @shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
 def process_new_readings(spans: dict, origin: str) -> dict:
-    return process({int(k): (int(v[0]), int(v[1])) for k, v in spans.items()}, origin)
+    parsed, alarm_spans = _parse_payload(spans)
+    return process(parsed, origin, alarm_spans)
 
 
 def replay_follow_ups(limit: int = 500) -> int:
@@ -55,13 +87,16 @@ def replay_follow_ups(limit: int = 500) -> int:
             .values_list("id", "spans", "origin")[:limit]
         )
         merged: dict[str, dict[int, tuple[int, int]]] = {}
-        for _, spans, origin in rows:
-            into = merged.setdefault(origin, {})
-            for key, (first, last) in spans.items():
-                seen = into.get(int(key))
-                into[int(key)] = (min(first, seen[0]), max(last, seen[1])) if seen else (int(first), int(last))
+        alarms: dict[str, dict[int, tuple[int, int]]] = {}
+        for _, payload, origin in rows:
+            into, alarms_into = merged.setdefault(origin, {}), alarms.setdefault(origin, {})
+            spans, alarm_spans = _parse_payload(payload)
+            for target, source in ((into, spans), (alarms_into, alarm_spans)):
+                for key, (first, last) in source.items():
+                    seen = target.get(key)
+                    target[key] = (min(first, seen[0]), max(last, seen[1])) if seen else (first, last)
         for origin, spans in merged.items():
-            process(spans, origin)
+            process(spans, origin, alarms[origin])
         FollowUpBacklog.objects.filter(id__in=[row[0] for row in rows]).delete()
     if rows:
         logger.info("did the follow-up work of %d ingest(s) that could not be queued", len(rows))

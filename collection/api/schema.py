@@ -44,6 +44,11 @@ class IngestResult(serializers.Serializer):
         help_text="readings whose time already holds another value (stored, or earlier in the body): the stored value "
         "stays; these are kept server-side in quarantine with both values"
     )
+    replaced = serializers.IntegerField(
+        required=False,
+        help_text="with on_conflict=replace only: stored readings whose value was replaced (audited with the old "
+        "value)",
+    )
     flagged = serializers.IntegerField(help_text="valid readings flagged out of range or missing")
     rejected = serializers.IntegerField(help_text="readings refused; each is kept server-side with its reason")
     rejections = Rejected(many=True, help_text="the refused readings (at most 1,000 listed)")

@@ -24,7 +24,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
-from accounts import permissions
+from accounts import audit, permissions
 from accounts.api.base import ScopedViewMixin
 from accounts.authentication import BearerTokenAuthentication, RawBodySessionAuthentication
 from accounts.models import ApiToken
@@ -32,6 +32,7 @@ from accounts.principals import AgentPrincipal
 from collection.api.schema import ErrorDetail, IngestBody, IngestResult
 from collection.choices import Origin
 from collection.ingest_formats import PayloadError
+from collection.services.ingest import KEEP, ON_CONFLICT, REPLACE
 from collection.services.uploads import UnparsedLine, ingest_upload, quarantine_lines
 from instruments.models import DataSource
 
@@ -147,6 +148,15 @@ class IngestView(ScopedViewMixin, APIView):
         parameters=[
             OpenApiParameter("batch_id", str, description="for CSV bodies: your id for this upload"),
             OpenApiParameter("time_unit", str, enum=["s", "ms", "us"], description="unit of numeric times"),
+            OpenApiParameter(
+                "on_conflict",
+                str,
+                enum=list(ON_CONFLICT),
+                description="keep (default): a value differing from the one stored at its time is quarantined as a "
+                "conflict; replace: it replaces the stored one, audited with the old value. Replacing needs the "
+                "change level on the instruments (readings for others are refused as not writable); agent tokens "
+                "may not replace",
+            ),
         ],
         responses={
             200: IngestResult,
@@ -159,13 +169,25 @@ class IngestView(ScopedViewMixin, APIView):
         },
     )
     def post(self, request):
+        on_conflict = request.query_params.get("on_conflict", KEEP)
+        if on_conflict not in ON_CONFLICT:
+            return Response({"detail": f"on_conflict must be one of: {', '.join(ON_CONFLICT)}"}, status=400)
+        writable = permissions.collectable_instrument_ids(request)
+        if on_conflict == REPLACE:
+            # Replacing stored readings is a correction: the change level, never an agent's push.
+            if permissions.is_agent(request):
+                return Response({"detail": "an agent may add readings, not replace stored ones"}, status=403)
+            if writable is not None:
+                writable = set(permissions.instruments_for(request, permissions.CHANGE).values_list("pk", flat=True))
         try:
             body = read_body_within(request._request, settings.DAQBROKER_INGEST_MAX_BYTES)
             result = ingest_upload(
                 body,
                 request.content_type,
                 sender=sender_key(request),
-                writable_instruments=permissions.collectable_instrument_ids(request),
+                writable_instruments=writable,
+                on_conflict=on_conflict,
+                address=audit.client_address(request),
                 max_readings=settings.DAQBROKER_INGEST_MAX_READINGS,
                 origin=Origin.AGENT if permissions.is_agent(request) else Origin.API,
                 batch_id=request.query_params.get("batch_id", ""),

@@ -39,6 +39,7 @@ from collection.collectors.base import (
     lines_to_readings,
     parse_deadline,
 )
+from collection.services.corrections import REREAD_KEY, reread_in_progress
 from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.parsing import NUMBER, TEXT, BlockParser, FieldNotFound, LineParser, now_us
 
@@ -64,7 +65,8 @@ FINGERPRINT_BYTES = 1024
 class FileCollector:
     def collect(self, source: DataSource, config: dict, channels: list[Channel]) -> Collected:
         folder = Path(config["path"])
-        run = _Run(source, config, channels)
+        rereading = reread_in_progress(source.cursor)  # a re-read asked for: files from their start
+        run = _Run(source, config, channels, reread_from=rereading.get("from") if rereading else None)
         # Which files, in which order, from where: the agent's own plan (one implementation for both).
         plan = plan_files(folder, config["pattern"], source.cursor, config.get("rotated_pattern", ""))
         cursor: dict[str, dict] = dict(plan.kept)
@@ -78,7 +80,10 @@ class FileCollector:
                 continue
             final_ok = final_line_allowed(c, config.get("final_line_after", DEFAULT_FINAL_LINE_AFTER))
             cursor[c.name] = remembered(run.read_file(c.path, c.stat, c.state, final_ok), c)
-        return run.result(cursor, plan.warnings)
+        collected = run.result(cursor, plan.warnings)
+        if rereading and collected.more:  # the re-read goes on next run (files not started yet among them)
+            collected.cursor[REREAD_KEY] = rereading
+        return collected
 
 
 @dataclass
@@ -91,6 +96,7 @@ class _Run:
     numeric: list[SampleBatch] = field(default_factory=list)
     objects: list[SampleBatch] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    reread_from: int | None = None  # a re-read from a time: files read from their start skip lines before it
 
     def __post_init__(self) -> None:
         self.lines_left = self.config["max_lines"]
@@ -151,14 +157,37 @@ class _Run:
         if final.strip():  # (a final "line" of blanks is passed over: nothing to read in it)
             data, n_lines = data + final + b"\n", n_lines + 1
         self.lines_read += n_lines
+        # A re-read from a time: this file's lines before its first line stamped at or after it are passed
+        # over (remembered in the file's cursor entry until that line is found).
+        skip_before = state.get("skip_before") if state is not None else self.reread_from
         if n_lines:
+            marks = (len(self.numeric), len(self.objects), len(self.rejections))
             self._parse(path, data, n_lines, first_line_no=line_no + header_lines + 1)
+            if skip_before is not None and self._skip_before(marks, skip_before, line_no + header_lines + 1, n_lines):
+                skip_before = None
         return {
             "identity": file_identity(stat),
             **position,
             "head": head,
             "head_len": head_len,
+            **({"skip_before": skip_before} if skip_before is not None else {}),
         }
+
+    def _skip_before(self, marks: tuple[int, int, int], start: int, first_line_no: int, n_lines: int) -> bool:
+        """Drop what the lines just parsed gave before the first line holding a reading stamped at or after
+        ``start`` (µs); True when that line was among them (reading goes on normally from it)."""
+        parts = [(self.numeric, marks[0]), (self.objects, marks[1])]
+        lines = {id(b): _line_numbers(b) for target, mark in parts for b in target[mark:]}
+        found = [int(lines[id(b)][b.ts >= start].min()) for t, m in parts for b in t[m:] if (b.ts >= start).any()]
+        first = min(found) if found else None
+        for target, mark in parts:
+            kept = [] if first is None else [_subset(b, np.flatnonzero(lines[id(b)] >= first)) for b in target[mark:]]
+            target[mark:] = [b for b in kept if len(b)]
+        self.rejections[marks[2] :] = [
+            r for r in self.rejections[marks[2] :] if first is not None and r.context.get("line", first) >= first
+        ]
+        self.lines_read -= n_lines if first is None else first - first_line_no
+        return first is not None
 
     def _read_header(self, handle, line_no: int) -> bytes:
         """The header lines still to skip at the start of a file (only whole ones)."""
@@ -245,6 +274,24 @@ class _Run:
         batch, rejections = lines_to_readings(raw_lines, self.line_parser, self.channels, self.deadline)
         self.objects.append(batch)
         self.rejections.extend(rejections)
+
+
+def _line_numbers(batch: SampleBatch) -> np.ndarray:
+    """The file line each reading of a collector's batch came from."""
+    where = batch.where
+    if where is None:
+        return np.zeros(len(batch), dtype=np.int64)
+    return np.fromiter((where(i).get("line", 0) for i in range(len(batch))), dtype=np.int64, count=len(batch))
+
+
+def _subset(batch: SampleBatch, keep: np.ndarray) -> SampleBatch:
+    where = batch.where
+    return SampleBatch(
+        batch.channel[keep],
+        batch.ts[keep],
+        batch.value[keep],
+        where=None if where is None else (lambda j: where(int(keep[j]))),
+    )
 
 
 def archive_path(source: DataSource, name: str, identity: str) -> Path:

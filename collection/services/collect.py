@@ -38,16 +38,18 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts import targets
 from collection.choices import RunStatus
 from collection.collectors import COLLECTORS
 from collection.models import CollectionRun
-from collection.services.ingest import IngestResult, SampleBatch, ingest_samples
+from collection.services import corrections
+from collection.services.ingest import KEEP, REPLACE, IngestResult, SampleBatch, ingest_samples
 from daqbroker_agent.config import ConfigError
-from daqbroker_agent.parsing import FieldNotFound
+from daqbroker_agent.parsing import FieldNotFound, us_to_datetime
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource
 
@@ -244,6 +246,9 @@ def collect_source(source_id: int) -> CollectionRun | None:
             return None
         _record_lost_runs(source_id, now, lease.taken_from)
         run = CollectionRun.objects.create(source=source, started_at=now, worker=worker_name())
+        reread_asked = source.reread_requested_at if source.rereadable else None
+        if reread_asked is not None:  # a re-read was asked for: start over from a fresh cursor
+            source.cursor = corrections.reread_cursor(source)
         collector = COLLECTORS.get(source.kind)
         if collector is None:
             raise NotImplementedError(f"no collector for {source.get_kind_display()} sources yet")
@@ -251,6 +256,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
         config = targets.check_at_run(source, source.validated_config())
         channels = list(source.channels.exclude(kind=ChannelKind.DERIVED))
         collected = collector.collect(source, config, channels)
+        rereading = corrections.reread_in_progress(source.cursor)
         with collection_transaction():
             result = IngestResult()
             # Rejected lines go with the first batch; a run that read nothing still records them.
@@ -258,10 +264,18 @@ def collect_source(source_id: int) -> CollectionRun | None:
                 collected.batches or [SampleBatch(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))]
             ):
                 part = ingest_samples(
-                    batch, origin=source.kind, source_id=source.id, rejections=collected.rejections if i == 0 else ()
+                    batch,
+                    origin=source.kind,
+                    source_id=source.id,
+                    rejections=collected.rejections if i == 0 else (),
+                    # A re-read: old data. Alarm rules leave it alone; with "replace", differing values replace.
+                    on_conflict=REPLACE if rereading and rereading.get("replace") else KEEP,
+                    old_until=rereading.get("requested") if rereading else None,
+                    reason=f"re-read of source {source} with replace",
                 )
                 result.accepted += part.accepted
                 result.duplicates += part.duplicates
+                result.replaced.extend(part.replaced)
                 result.conflicted.extend(part.conflicted)
                 result.rejected.extend(part.rejected)
             finished = timezone.now()
@@ -274,9 +288,15 @@ def collect_source(source_id: int) -> CollectionRun | None:
                 lease_owner="",
                 lease_expires=None,
                 **({"next_run_at": finished} if collected.more else {}),
+                # When reading from this position began: channels added later missed the lines before it.
+                cursor_started_at=now if reread_asked is not None else Coalesce(F("cursor_started_at"), Value(now)),
             )
             if not still_ours:
                 raise LeaseLost(f"the lease on source {source.id} expired during the run; nothing was committed")
+            if reread_asked is not None:  # done (unless asked again meanwhile: then the next run starts over)
+                DataSource.objects.filter(pk=source.id, reread_requested_at=reread_asked).update(
+                    reread_requested_at=None, reread_from=None, reread_replace=False
+                )
             run.status = RunStatus.SUCCESS
             notes = list(collected.warnings)  # input lost before it could be read (a file that vanished)
             for warning in collected.warnings:
@@ -288,6 +308,13 @@ def collect_source(source_id: int) -> CollectionRun | None:
                 logger.warning("source %s: %s", source.id, stored_nothing)
             if notes:  # said on the run, where the admin sees it
                 run.error = "warning: " + "; ".join(notes)[:1990]
+            if rereading:
+                said = f"re-read from {_reread_start(rereading)}"
+                if rereading.get("replace"):
+                    said += f", {len(result.replaced):,} stored value(s) replaced"
+                if collected.more:
+                    said += "; continues next run"
+                run.error = f"{run.error}; {said}" if run.error else said
             run.accepted, run.duplicates, run.rejected = result.accepted, result.duplicates, result.rejected_count
             run.conflicts = result.conflicts
             run.finished_at = finished
@@ -316,13 +343,24 @@ def collect_source(source_id: int) -> CollectionRun | None:
         return _record_failure(source_id, run, owner, now, exc)
 
 
+def _reread_start(note: dict) -> str:
+    start = note.get("from")
+    return "the start" if start is None else us_to_datetime(int(start)).isoformat()
+
+
 def nothing_stored(lines_read: int, result: IngestResult) -> str:
     """Why a run that read lines stored nothing ('' when it stored something, or read nothing)."""
-    if not lines_read or result.accepted or result.duplicates:
+    if not lines_read or result.accepted or result.duplicates or result.replaced:
         return ""
     read = f"{lines_read:,} line{'s' if lines_read != 1 else ''} read and nothing stored"
-    if result.rejected_count:
-        return f"{read}: {result.rejected_count:,} reading(s) or line(s) were quarantined, see the quarantine for why"
+    if result.conflicts and not result.rejected_count:
+        return (
+            f"{read}: {result.conflicts:,} reading(s) differ from the values already stored at their times "
+            "(conflicts, kept in quarantine with both values; a re-read with replace stores them)"
+        )
+    if result.rejected_count or result.conflicts:
+        quarantined = result.rejected_count + result.conflicts
+        return f"{read}: {quarantined:,} reading(s) or line(s) were quarantined, see the quarantine for why"
     return f"{read}: no field of these lines maps to a channel of this source (check the channels' source fields)"
 
 

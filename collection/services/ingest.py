@@ -9,7 +9,15 @@ stored or first value stays, the other is quarantined with both values), keeps e
 in ``RejectedSample`` with its reason, and moves each channel's last value forward. All of it happens in
 one transaction: a caller that wraps the call in its own ``transaction.atomic()`` (a collector saving its
 cursor) commits the cursor with the readings.
-After commit, ``samples_ingested`` is sent with the affected channels and time spans.
+
+With ``on_conflict="replace"`` (a correction made on purpose, by someone with the change level) a reading
+whose time already holds another value overwrites it instead of going to quarantine; each replacement is
+in the audit trail (``samples.replaced``) with the value it replaced. Two values for one time inside the
+batch stay a conflict either way.
+
+After commit, ``samples_ingested`` is sent with the affected channels and time spans, and the spans alarm
+rules should look at: old data being corrected or re-read (replaced readings, readings stamped up to
+``old_until``) is left out of those, so a correction never raises an alarm for the past.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
 
+from accounts import audit
+from accounts.choices import AuditAction
 from accounts.principals import AgentPrincipal
 from collection import storage
 from collection.choices import Origin, Quality
@@ -43,8 +53,15 @@ if TYPE_CHECKING:
 
 # Sent after the ingest transaction commits: kwargs ``spans`` {channel_id: (first_ts, last_ts)} covering
 # the batch's valid readings (new or already stored: duplicates cannot be told apart cheaply on every
-# engine, and recomputing an unchanged span is harmless), and ``origin``. Rollups and alarms listen to it.
+# engine, and recomputing an unchanged span is harmless), ``origin``, and ``alarm_spans``: the part of
+# ``spans`` alarm rules evaluate (old data being corrected or re-read left out). Rollups and alarms listen.
 samples_ingested = Signal()
+
+KEEP, REPLACE = "keep", "replace"  # on_conflict: quarantine a different value at a stored time, or replace
+ON_CONFLICT = (KEEP, REPLACE)
+# Old values listed per ``samples.replaced`` audit event (a larger replacement writes several events).
+REPLACED_PER_EVENT = 5000
+REPLACED_TEXTS_PER_EVENT = 100
 
 MIN_TS_US = datetime_to_us(datetime(1900, 1, 1, tzinfo=UTC))
 MAX_TEXT_LENGTH = 10_000
@@ -164,6 +181,9 @@ class IngestResult:
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Rejected readings counted in an aggregate quarantine record rather than kept one by one.
     aggregated: int = 0
+    # on_conflict="replace": stored readings overwritten, as (channel id, ts, old value, new value).
+    replaced: list[tuple[int, int, object, object]] = field(default_factory=list)
+    replacing: bool = False  # on_conflict was "replace": the answer says how many were replaced
 
     @property
     def rejected_count(self) -> int:
@@ -174,7 +194,7 @@ class IngestResult:
         return len(self.conflicted)
 
     def as_dict(self) -> dict:
-        return {
+        answer = {
             "received": self.received,
             "accepted": self.accepted,
             "duplicates": self.duplicates,
@@ -182,6 +202,9 @@ class IngestResult:
             "flagged": self.flagged,
             "rejected": self.rejected_count,
         }
+        if self.replacing:
+            answer["replaced"] = len(self.replaced)
+        return answer
 
 
 @dataclass
@@ -229,6 +252,10 @@ def ingest_samples(
     batch_id: str = "",
     allow_derived: bool = False,
     sender: User | AgentPrincipal | AnonymousUser | None = None,
+    on_conflict: str = KEEP,
+    old_until: int | None = None,
+    audit_origin: dict | None = None,
+    reason: str = "",
     using: str = "default",
 ) -> IngestResult:
     """Validate, flag and store a batch of readings; see the module docstring.
@@ -236,9 +263,16 @@ def ingest_samples(
     ``writable_instruments``: the instruments the sender may write to, or None for trusted server-side
     callers (collectors). ``rejections``: readings the caller already could not parse, stored alongside.
     ``sender``: the user or agent who sent the batch (API uploads): named on every quarantine record,
-    whose quarantine is then bounded (``_keep_rejected``).
+    whose quarantine is then bounded (``_keep_rejected``). ``on_conflict``: ``"keep"`` (the stored value
+    stays, the new one is quarantined as a conflict) or ``"replace"`` (the new value replaces it, audited
+    with ``audit_origin`` {actor, address} and ``reason``; the caller checks the sender may change the
+    instruments). ``old_until``: readings stamped up to this µs are old data (a re-read): alarm rules do not
+    evaluate them.
     """
-    result = IngestResult(received=len(batch) + len(rejections))
+    if on_conflict not in ON_CONFLICT:
+        raise ValueError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}")
+    replace = on_conflict == REPLACE
+    result = IngestResult(received=len(batch) + len(rejections), replacing=replace)
     result.rejected.extend(rejections)
     channel = batch.channel
     table = _ChannelTable.load(channel, writable_instruments, using) if len(batch) else None
@@ -250,15 +284,72 @@ def ingest_samples(
             result.rejected.extend(_rejections_for(batch, code))
             keep = np.nonzero(code == _OK)[0]
             is_text = table.kind[table.locate(channel[keep])[0]] == 1
-            _store_numeric(result, batch, keep[~is_text], numeric_value, table, using)
-            _store_text(result, batch, keep[is_text], text_value, using)
+            _store_numeric(result, batch, keep[~is_text], numeric_value, table, using, replace)
+            _store_text(result, batch, keep[is_text], text_value, using, replace)
         _keep_rejected(result, origin, source_id, batch_id, sender, using)
+        if result.replaced:
+            _audit_replaced(result.replaced, audit_origin or {}, reason, origin, using)
         spans = dict(result.spans)
+        alarm_spans = _alarm_spans(spans, result.replaced, old_until)
         if spans:
             transaction.on_commit(
-                lambda: samples_ingested.send(sender=ingest_samples, spans=spans, origin=origin), using=using
+                lambda: samples_ingested.send(
+                    sender=ingest_samples, spans=spans, origin=origin, alarm_spans=alarm_spans
+                ),
+                using=using,
             )
     return result
+
+
+def _alarm_spans(
+    spans: dict[int, tuple[int, int]], replaced: list[tuple[int, int, object, object]], old_until: int | None
+) -> dict[int, tuple[int, int]]:
+    """``spans`` without old data: readings up to ``old_until``, and up to each channel's last replaced one."""
+    cut: dict[int, int] = {}
+    for channel_id, ts, _old, _new in replaced:
+        cut[channel_id] = max(ts, cut.get(channel_id, ts))
+    alarm_spans = {}
+    for channel_id, (first, last) in spans.items():
+        until = max([c for c in (old_until, cut.get(channel_id)) if c is not None], default=None)
+        if until is None:
+            alarm_spans[channel_id] = (first, last)
+        elif last > until:
+            alarm_spans[channel_id] = (max(first, until + 1), last)
+    return alarm_spans
+
+
+def _audit_replaced(
+    replaced: list[tuple[int, int, object, object]], audit_origin: dict, reason: str, origin: str, using: str
+) -> None:
+    """One ``samples.replaced`` event per channel (and per REPLACED_PER_EVENT readings): how many, the
+    range, and every replaced reading's time with its old and new value."""
+    by_channel: dict[int, list[tuple[int, object, object]]] = {}
+    for channel_id, ts, old, new in sorted(replaced, key=lambda r: (r[0], r[1])):
+        by_channel.setdefault(channel_id, []).append((ts, old, new))
+    channels = Channel.objects.using(using).select_related("instrument").in_bulk(list(by_channel))
+    for channel_id, rows in by_channel.items():
+        channel = channels.get(channel_id)
+        if channel is None:
+            continue
+        # Text values may be long (up to MAX_TEXT_LENGTH): fewer of them per event keeps each event small.
+        per_event = REPLACED_PER_EVENT if channel.kind != ChannelKind.TEXT else REPLACED_TEXTS_PER_EVENT
+        for start in range(0, len(rows), per_event):
+            part = rows[start : start + per_event]
+            audit.record(
+                AuditAction.SAMPLES_REPLACED,
+                obj=channel,
+                changes={
+                    "reason": reason or ("recomputed" if origin == Origin.DERIVED else "replaced on request"),
+                    "origin": origin,
+                    "instrument": channel.instrument.slug,
+                    "channel": channel.slug,
+                    "range": [us_to_datetime(part[0][0]).isoformat(), us_to_datetime(part[-1][0]).isoformat()],
+                    "replaced": len(part),
+                    **({"of": len(rows), "part": start // per_event + 1} if len(rows) > len(part) else {}),
+                    "readings": [[us_to_datetime(ts).isoformat(), old, new] for ts, old, new in part],
+                },
+                **audit_origin,
+            )
 
 
 def _validate(batch: SampleBatch, table: _ChannelTable, allow_derived: bool):
@@ -428,9 +519,11 @@ def _sort_out(
     first_of: np.ndarray,
     values: np.ndarray,
     written: storage.Written,
+    replace: bool = False,
 ) -> np.ndarray:
     """Counts what ``written`` did with ``rows`` (duplicates, conflicts) and sorts the batch's repeats of a
-    time against the value stored at it. Returns a mask of ``rows`` that conflict."""
+    time against the value stored at it. Returns a mask of ``rows`` that conflict (when ``replace``: that
+    are to replace the stored value, which ``result.replaced`` lists)."""
     result.accepted += written.inserted
     result.duplicates += written.duplicates
     conflict = np.zeros(len(rows), dtype=bool)
@@ -438,9 +531,14 @@ def _sort_out(
     if written.conflict_rows:
         at = np.array(written.conflict_rows, dtype=np.int64)
         conflict[at] = True
-        stored = stored.copy()
-        stored[at] = np.array(written.stored, dtype=stored.dtype)
-        _conflicts(result, batch, rows[at], values[rows[at]], stored[at])
+        if replace:  # the batch's value goes in: repeats in the batch are judged against it
+            for i, old in zip(rows[at].tolist(), written.stored, strict=True):
+                new = values[i]
+                result.replaced.append((int(batch.channel[i]), int(batch.ts[i]), _plain(old), _plain(new)))
+        else:
+            stored = stored.copy()
+            stored[at] = np.array(written.stored, dtype=stored.dtype)
+            _conflicts(result, batch, rows[at], values[rows[at]], stored[at])
     if len(repeats):
         differs = values[repeats] != stored[first_of]
         result.duplicates += int(np.count_nonzero(~differs))
@@ -448,12 +546,19 @@ def _sort_out(
     return conflict
 
 
+def _plain(value):
+    """A numpy scalar as the Python value the audit trail can hold."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _last_rows(channel_sorted: np.ndarray) -> np.ndarray:
     """Index of the last row of each channel's run in an array sorted by channel."""
     return np.r_[np.nonzero(np.diff(channel_sorted))[0], len(channel_sorted) - 1]
 
 
-def _store_numeric(result, batch: SampleBatch, rows, values, table: _ChannelTable, using: str) -> None:
+def _store_numeric(
+    result, batch: SampleBatch, rows, values, table: _ChannelTable, using: str, replace: bool = False
+) -> None:
     if len(rows) == 0:
         return
     channel, ts = batch.channel, batch.ts
@@ -466,8 +571,13 @@ def _store_numeric(result, batch: SampleBatch, rows, values, table: _ChannelTabl
     for channel_id, sentinels in table.sentinels.items():
         quality[(ch == channel_id) & np.isin(v, sentinels)] = Quality.MISSING
     written = storage.insert_numeric(ch, t, v, quality, using=using)
-    conflict = _sort_out(result, batch, rows, repeats, first_of, values, written)
-    result.flagged += int(np.count_nonzero(quality[~conflict]))
+    conflict = _sort_out(result, batch, rows, repeats, first_of, values, written, replace)
+    if replace and written.conflict_rows:
+        at = np.array(written.conflict_rows, dtype=np.int64)
+        _replace(False, [(float(v[i]), int(quality[i]), int(ch[i]), int(t[i])) for i in at.tolist()], using)
+        result.flagged += int(np.count_nonzero(quality))
+    else:
+        result.flagged += int(np.count_nonzero(quality[~conflict]))
     last = _last_rows(ch)
     _record_spans(result, ch, t, last)
     _advance_last_values(
@@ -475,7 +585,7 @@ def _store_numeric(result, batch: SampleBatch, rows, values, table: _ChannelTabl
     )
 
 
-def _store_text(result, batch: SampleBatch, rows, values, using: str) -> None:
+def _store_text(result, batch: SampleBatch, rows, values, using: str, replace: bool = False) -> None:
     if len(rows) == 0:
         return
     channel, ts = batch.channel, batch.ts
@@ -485,7 +595,9 @@ def _store_text(result, batch: SampleBatch, rows, values, using: str) -> None:
     written = storage.insert_text(
         storage.row_tuples(ch.tolist(), t.tolist(), text, [int(Quality.OK)] * len(rows)), using=using
     )
-    _sort_out(result, batch, rows, repeats, first_of, values, written)
+    _sort_out(result, batch, rows, repeats, first_of, values, written, replace)
+    if replace and written.conflict_rows:
+        _replace(True, [(text[i], int(Quality.OK), int(ch[i]), int(t[i])) for i in written.conflict_rows], using)
     last = _last_rows(ch)
     _record_spans(result, ch, t, last)
     _advance_last_values("last_text", [(int(t[i]), text[i], Quality.OK, int(ch[i]), int(t[i])) for i in last], using)
@@ -495,6 +607,17 @@ def _record_spans(result: IngestResult, ch: np.ndarray, t: np.ndarray, last: np.
     first = np.r_[0, last[:-1] + 1]
     for start, end in zip(first.tolist(), last.tolist(), strict=True):
         result.spans[int(ch[start])] = (int(t[start]), int(t[end]))
+
+
+def _replace(text: bool, rows: list[tuple], using: str) -> None:
+    """Overwrite the stored readings ``rows`` (value, quality, channel, ts), and the channels' last value
+    where the replaced reading is their latest."""
+    storage.replace_values(text, rows, using=using)
+    connection = connections[using]
+    table = connection.ops.quote_name(Channel._meta.db_table)
+    column = "last_text" if text else "last_value"
+    with connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {table} SET {column} = %s, last_quality = %s WHERE id = %s AND last_ts = %s", rows)
 
 
 def _advance_last_values(value_column: str, rows: list[tuple], using: str) -> None:

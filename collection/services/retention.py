@@ -22,14 +22,19 @@ from django.db import connections, transaction
 
 from accounts import audit
 from accounts.choices import AuditAction
-from collection.models import RollupState, Sample, TextSample
+from collection.models import FollowUpBacklog, RollupState, Sample, TextSample
 from collection.services import rollups
+from collection.services.enqueue import try_enqueue
 from collection.services.rollups import floor_to
 from daqbroker_agent.parsing import us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel, Instrument
 
 DAY = 86_400 * 1_000_000
+# After a deletion, the derived channels reading the deleted readings are recomputed by the follow-up task
+# (queued by name: collection.alarms.tasks imports this module), or by the periodic replay of the backlog.
+FOLLOW_UP_TASK = "collection.alarms.tasks.process_new_readings"
+AFTER_DELETION = "deleted"  # the follow-up's origin: recompute derived channels only, never alarms
 RETENTION_BATCH_ROWS = 50_000
 RETENTION_MAX_BATCHES = 40
 
@@ -88,7 +93,19 @@ def delete_readings(
         if changed:
             rollups.mark_changed(changed, using=using)
             transaction.on_commit(rollups.request_refresh, using=using)
+            transaction.on_commit(lambda: _recompute_derived(changed, using), using=using)
     return deleted
+
+
+def _recompute_derived(changed: dict[int, tuple[int, int]], using: str) -> None:
+    """Queue the recomputation of the derived channels reading these channels over the deleted spans (kept
+    in ``FollowUpBacklog`` when the broker cannot take it)."""
+    derived = Channel.objects.using(using).filter(kind=ChannelKind.DERIVED, instrument__channels__in=list(changed))
+    if not derived.exists():
+        return
+    payload = {str(cid): [int(a), int(b), None] for cid, (a, b) in changed.items()}
+    if not try_enqueue(FOLLOW_UP_TASK, args=[payload, AFTER_DELETION], what="derived channels after a deletion"):
+        FollowUpBacklog.objects.using(using).create(spans=payload, origin=AFTER_DELETION)
 
 
 def _delete_where(model, where: str, params: list, using: str) -> int:

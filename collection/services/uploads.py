@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from accounts import permissions
 from collection.choices import Origin
 from collection.ingest_formats import decode_ingest_body, iter_slug_pairs
 from collection.models import IngestBatch
-from collection.services.ingest import Rejection, SampleBatch, ingest_samples, raw_text
+from collection.services.ingest import KEEP, Rejection, SampleBatch, ingest_samples, raw_text
 from instruments.models import Channel
 
 if TYPE_CHECKING:
@@ -60,10 +61,14 @@ def ingest_upload(
     batch_id: str = "",
     time_unit: str = "",
     sender_principal: User | AgentPrincipal | AnonymousUser | None = None,
+    on_conflict: str = KEEP,
+    address: str | None = None,
 ) -> UploadResult:
     """Store an uploaded batch; raises ``PayloadError`` for a body that cannot be read at all.
 
     ``sender_principal`` (the user or agent) is named on its quarantine records, which it bounds.
+    ``on_conflict="replace"``: differing values replace the stored ones (the caller passes the instruments
+    the sender may *change* as ``writable_instruments``), audited as done by the sender from ``address``.
     """
     payload = decode_ingest_body(
         body,
@@ -84,6 +89,12 @@ def ingest_upload(
             rejections=payload.rejections,
             batch_id=payload.batch_id,
             sender=sender_principal,
+            on_conflict=on_conflict,
+            audit_origin={
+                "actor": sender_principal if permissions.is_authenticated(sender_principal) else None,
+                "address": address,
+            },
+            reason="replaced by an upload with on_conflict=replace",
         )
         return {
             "batch_id": payload.batch_id or None,

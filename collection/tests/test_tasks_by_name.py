@@ -4,7 +4,7 @@ be a cycle): the names must be the registered tasks' names, or the messages woul
 from collection import tasks
 from collection.alarms import notify
 from collection.alarms import tasks as alarm_tasks
-from collection.services import rollups
+from collection.services import retention, rollups
 from daqbroker_site.celery import app
 
 
@@ -16,3 +16,8 @@ def test_the_rollup_refresh_is_queued_under_its_tasks_registered_name():
 def test_alarm_notifications_are_queued_under_the_delivery_tasks_registered_name():
     assert alarm_tasks.deliver_notification.name == notify.DELIVER_NOTIFICATION_TASK
     assert notify.DELIVER_NOTIFICATION_TASK in app.tasks
+
+
+def test_the_follow_up_after_a_deletion_is_queued_under_its_tasks_registered_name():
+    assert alarm_tasks.process_new_readings.name == retention.FOLLOW_UP_TASK
+    assert retention.FOLLOW_UP_TASK in app.tasks

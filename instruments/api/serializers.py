@@ -101,6 +101,9 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
         'does not move), "disabled", "not collected yet", "collecting", "failing" or "pushed by its agent".',
     )
     waiting_for_channels = serializers.BooleanField(read_only=True)
+    rereadable = serializers.BooleanField(
+        read_only=True, help_text="Whether POST /api/v1/sources/<id>/reread/ applies (file sources only)."
+    )
 
     class Meta:
         model = DataSource
@@ -119,6 +122,8 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "consecutive_failures",
             "state",
             "waiting_for_channels",
+            "rereadable",
+            "reread_requested_at",
             "created",
             "updated",
         ]
@@ -130,6 +135,8 @@ class DataSourceSerializer(ModelCleanMixin, serializers.ModelSerializer):
             "consecutive_failures",
             "state",
             "waiting_for_channels",
+            "rereadable",
+            "reread_requested_at",
             "created",
             "updated",
         ]
