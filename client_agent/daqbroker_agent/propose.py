@@ -504,8 +504,7 @@ def _propose_timestamp(
         if doy and hhmm and _is_doy(doy) and _is_hhmm(hhmm) and max(doy) > 24 and _named_doy(headers, index):
             if accepts_year_options():
                 section: dict[str, Any] = {"format": "doy_hhmm"}
-                year = re.search(YEAR_IN_HEADER, "\n".join(header_lines))
-                if year:
+                if re.search(YEAR_IN_HEADER, "\n".join(header_lines)):
                     section["year_pattern"] = YEAR_IN_HEADER
                 else:
                     questions["timestamp.year"] = "The lines carry no year: which year do they belong to?"
@@ -517,10 +516,11 @@ def _propose_timestamp(
             return None, [index, index + 1]
     # Epoch seconds or milliseconds.
     for index, values in enumerate(columns):
-        parsed = [_number(value) for value in values[:500] if value]
-        if not parsed or any(number is None for number in parsed):
+        maybe = [_number(value) for value in values[:500] if value]
+        parsed = [number for number in maybe if number is not None]
+        if not parsed or len(parsed) != len(maybe):
             continue
-        low, high = min(parsed), max(parsed)  # type: ignore[type-var]
+        low, high = min(parsed), max(parsed)
         if low >= 9e8 and high <= 4.2e9:  # 1998 to 2103, in seconds
             return {"format": "epoch"}, [index]
         if low >= 9e11 and high <= 4.2e12:
