@@ -95,7 +95,7 @@
         input.checked = getOption(option.name) === undefined ? option.default : !!getOption(option.name);
         input.addEventListener("change", () => { setOption(option.name, input.checked); schedule(); });
       } else {
-        input = el("input", { id, name: `option-${option.name}`, placeholder: shown(option.default) });
+        input = el("input", { type: "text", id, name: `option-${option.name}`, placeholder: shown(option.default) });
         input.value = shown(getOption(option.name));
         input.addEventListener("input", () => {
           const example = option.default !== undefined && option.default !== null ? option.default : (option.name === "port" ? 0 : "");
@@ -132,7 +132,7 @@
           ["numeric", "text"].forEach((k) => input.appendChild(el("option", { value: k }, k)));
           input.value = channel.kind || "numeric";
         } else {
-          input = el("input", { "aria-label": `${field} of channel ${index + 1}`, size: field === "name" ? 18 : 9, name: `channel-${index}-${field}` });
+          input = el("input", { type: "text", "aria-label": `${field} of channel ${index + 1}`, size: field === "name" ? 18 : 9, name: `channel-${index}-${field}` });
           input.value = field === "missing_values" ? (channel.missing_values || []).join(", ") : shown(channel[field]);
         }
         input.addEventListener("change", () => {
