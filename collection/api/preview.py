@@ -14,7 +14,7 @@ from io import BytesIO
 
 from django.core.files.uploadedfile import InMemoryUploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from accounts import permissions
 from accounts.api.base import PermittedSlugRelatedField, ScopedViewMixin
+from accounts.models import Agent, AgentHealth
 from collection.services.preview import (
     MAX_UPLOAD_BYTES,
     PREVIEW_KINDS,
@@ -168,8 +169,30 @@ class PayloadTooLarge(exceptions.APIException):
 class SerialPortsView(ScopedViewMixin, APIView):
     @extend_schema(
         operation_id="list_serial_ports",
-        summary="This server's serial ports you may point a source at",
-        responses={200: OpenApiResponse(description='{"ports": [{"device", "description", "hwid"}]}')},
+        summary="The serial ports you may point a source at: this server's, or an agent's",
+        description=(
+            "Without `agent`: this server's serial ports that the rules let you use. With `agent` (an id): "
+            "the ports that agent's machine reported in its last heartbeat, for its owner and administrators "
+            "(who may set what it collects)."
+        ),
+        parameters=[OpenApiParameter("agent", int, description="an agent's id")],
+        responses={200: OpenApiResponse(description='{"ports": [{"device", "description", ...}]}'), 404: None},
     )
     def get(self, request):
-        return Response({"ports": serial_ports(request.user)})
+        agent_id = request.query_params.get("agent")
+        if agent_id is None:
+            return Response({"ports": serial_ports(request.user)})
+        agents = Agent.objects.all()
+        if not permissions.is_administrator(request.user):
+            agents = agents.filter(owner=request.user)
+        agent = agents.filter(pk=agent_id).first() if agent_id.isdigit() else None
+        if agent is None:
+            raise exceptions.NotFound("No such agent among those whose sources you may set.")
+        health = AgentHealth.objects.filter(agent=agent).first()
+        return Response(
+            {
+                "agent": agent.name,
+                "reported_at": health.last_heartbeat if health else None,
+                "ports": health.serial_ports if health else [],
+            }
+        )

@@ -236,3 +236,23 @@ def test_the_serial_ports_listed_are_those_the_person_may_use(client, settings):
     settings.DAQBROKER_SERIAL_DEVICES = []
     ports = client.get(reverse("api:serial-ports")).json()["ports"]
     assert ports == []  # none listed in DAQBROKER_SERIAL_DEVICES, and olga is no administrator
+
+
+def test_an_agents_reported_serial_ports_are_listed_for_its_owner_only(owner):
+    from accounts.services import create_agent
+
+    agent, token = create_agent(owner=owner, name="field-pc", actor=owner)
+    ports = [{"device": "/dev/ttyUSB0", "description": "FT232R USB UART"}]
+    beat = APIClient()
+    beat.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert beat.post(reverse("api:agent-heartbeat"), {"serial_ports": ports}, format="json").status_code == 200
+    mine = APIClient()
+    mine.force_authenticate(owner)
+    url = reverse("api:serial-ports")
+    body = mine.get(url, {"agent": agent.pk}).json()
+    assert body["agent"] == "field-pc" and body["ports"] == ports
+    other = APIClient()
+    other.force_authenticate(make_user("eddie"))
+    assert other.get(url, {"agent": agent.pk}).status_code == 404
+    assert mine.get(url, {"agent": "x"}).status_code == 404
+    assert beat.get(url).status_code == 403  # an agent token lists nothing
