@@ -283,7 +283,10 @@ class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     def _apply_bulk(self, request, queryset, changes: dict) -> list[str]:
         errors: list[str] = []
         with transaction.atomic():
-            for channel in queryset.select_for_update():
+            # Locked without the changelist's joins (PostgreSQL refuses FOR UPDATE on an outer join's side).
+            for channel in Channel.objects.filter(
+                pk__in=list(queryset.values_list("pk", flat=True))
+            ).select_for_update():
                 before = {name: getattr(channel, name) for name in changes}
                 for name, value in changes.items():
                     setattr(channel, name, value)
