@@ -21,7 +21,7 @@ from django.views.generic import TemplateView
 
 from accounts import audit, permissions
 from collection.services.preview import MAX_UPLOAD_BYTES, PREVIEW_KINDS
-from daqbroker_agent.config import SOURCE_OPTIONS
+from daqbroker_agent.config import option_schema as config_options
 from instruments.choices import SourceKind
 from instruments.models import DataSource
 from instruments.source_setup import CHANNEL_FIELDS, save_source_with_channels
@@ -29,15 +29,8 @@ from pages.views import PageMixin
 
 
 def option_schema() -> dict[str, list[dict[str, Any]]]:
-    """Each previewable kind's options (name, default, help) for the page's form (from the option tables)."""
-    schema: dict[str, list[dict[str, Any]]] = {}
-    for kind in PREVIEW_KINDS:
-        rows = []
-        for name, option in SOURCE_OPTIONS[kind].items():
-            default = None if option.required else (option.default() if callable(option.default) else option.default)
-            rows.append({"name": name, "required": option.required, "default": default, "help": option.help})
-        schema[kind] = rows
-    return schema
+    """Each previewable kind's options (name, default, help) for the page's form."""
+    return {kind: config_options(kind) for kind in PREVIEW_KINDS}
 
 
 class SourceSetupView(PageMixin, TemplateView):

@@ -81,3 +81,32 @@ def test_a_new_administrator_sets_up_a_source_from_a_sample_without_json(site, v
     assert TextSample.objects.filter(channel=channels["status"]).count() == lines
     assert Sample.objects.filter(channel=channels["rel-humidity"], quality=2).count() == 2  # the sentinels
     assert not RejectedSample.objects.filter(source=source).exists()
+
+
+def test_the_admins_configuration_field_is_a_form_of_the_options(site, visitors, tmp_path):
+    source = site.alpha_source
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    page.goto(f"/admin/instruments/datasource/{source.pk}/change/")
+    assert not page.is_visible("#id_config")  # the JSON is behind "Edit as JSON"
+    assert "glob pattern of the files" in page.inner_text(".config-form")  # each option with its help
+
+    page.fill("#id_config-path", "")  # an error is shown beside the option it names
+    page.click("input[name=_continue]")
+    page.wait_for_load_state("load")
+    assert "path: is required" in page.inner_text("#id_config-path >> xpath=..")
+
+    page.fill("#id_config-path", str(tmp_path))
+    page.fill("#id_config-pattern", "*.dat")
+    page.fill("#id_config-header_lines", "4")
+    page.check(".config-raw-toggle")
+    assert '"header_lines": 4' in page.input_value("#id_config")
+    page.click("input[name=_continue]")
+    page.wait_for_load_state("load")
+    source.refresh_from_db()
+    assert (source.config["path"], source.config["pattern"], source.config["header_lines"]) == (
+        str(tmp_path),
+        "*.dat",
+        4,
+    )

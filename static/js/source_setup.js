@@ -38,18 +38,7 @@
 
   // --- the options, generated from the option tables -------------------------------------------------
   function fieldsFor(kind) {
-    const rows = [];
-    state.schema[kind].forEach((option) => {
-      if (option.name === "timestamp") {
-        ["format", "columns", "timezone"].forEach((sub) => {
-          const fallback = (option.default || {})[sub];
-          rows.push({ name: `timestamp.${sub}`, default: fallback, help: sub === "timezone" ? "zone of the logger's clock (an IANA name)" : sub === "format" ? "iso, epoch, epoch_ms, year_doy_hhmm, receipt, or a strptime pattern" : "column(s) holding the time", required: false });
-        });
-      } else {
-        rows.push(option);
-      }
-    });
-    return rows;
+    return state.schema[kind];
   }
 
   function getOption(name) {
