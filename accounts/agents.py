@@ -123,6 +123,7 @@ def record_heartbeat(who, data: dict, *, address: str | None = None) -> AgentHea
             "last_error": data.get("last_error", "")[:2000],
             "clock_offset_seconds": offset,
             "refused_sources": refused,
+            **({"serial_ports": data["serial_ports"]} if data.get("serial_ports") is not None else {}),
         },
     )
     _mark_refused_sources(user.agent, refused)

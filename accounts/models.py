@@ -104,6 +104,11 @@ class AgentHealth(models.Model):
         blank=True,
         help_text='Sources the agent will not run, as it said: [{"id": ..., "name": ..., "reason": ...}].',
     )
+    serial_ports = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='The agent machine\'s serial ports, as it said: [{"device": ..., "description": ...}].',
+    )
 
     class Meta:
         verbose_name = "agent health"

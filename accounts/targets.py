@@ -2,7 +2,8 @@
 
 A source names a door into a machine: a folder of files, a network address, a serial device, or, for
 agents, a command. One check, given the acting principal, decides for every surface that saves a source
-(the API serializer, the admin's forms, pages, and any future preview or "test connection"), and the
+(the API serializer, the admin's forms, pages, and the source preview and its "test connection",
+``collection.services.preview``), and the
 collectors ask again when they run, because settings change after a source is saved. See
 ``docs/security.md``, "Who may point a source where".
 
@@ -418,10 +419,15 @@ def check_at_run(source: DataSource, config: dict) -> dict:
         raise TargetRefused(verdict.field, verdict.protected)
     if verdict.outside and not may_run_outside_rules(source):
         raise TargetRefused(verdict.field, f"{verdict.outside} (and it was not set by a current administrator)")
+    return pinned(source.kind, config, verdict)
+
+
+def pinned(kind: str, config: dict, verdict: Verdict) -> dict:
+    """``config`` connecting to the address ``verdict`` checked (``connect_address`` / ``connect_url``)."""
     if not verdict.addresses:
         return config
     address = str(verdict.addresses[0])
-    if source.kind == SourceKind.TCP:
+    if kind == SourceKind.TCP:
         return {**config, "connect_address": address}
     parts = urlsplit(config["url"])
     host = f"[{address}]" if ":" in address else address

@@ -8,6 +8,7 @@ from rest_framework.routers import DefaultRouter
 from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.corrections import ChannelReadingsDeletionViewSet, SourceRereadViewSet
+from collection.api.preview import SerialPortsView, SourcePreviewView
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
@@ -38,6 +39,9 @@ urlpatterns = [
     path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),
     path("instruments/<slug:slug>/latest/", LatestViewSet.as_view({"get": "read"}), name="instrument-latest"),
     path("whoami/", WhoAmIView.as_view(), name="whoami"),
+    # Before the router's sources/<pk>/: "preview" is not a source's id.
+    path("sources/preview/", SourcePreviewView.as_view(), name="source-preview"),
+    path("sources/serial-ports/", SerialPortsView.as_view(), name="serial-ports"),
     path("agent/config/", AgentConfigView.as_view(), name="agent-config"),
     path("agent/heartbeat/", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
     path("agent/unparsed/", AgentUnparsedView.as_view(), name="agent-unparsed"),

@@ -1,8 +1,13 @@
 from typing import Any, ClassVar
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, Q
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from guardian.admin import GuardedModelAdmin
@@ -146,11 +151,18 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     search_fields = ("name", "instrument__name", "instrument__slug")
     list_select_related = ("instrument",)
     # Typed as open tuples: collection.admin extends them.
-    readonly_fields: ClassVar[tuple[str, ...]] = ("collection_state", *COLLECTION_STATE, "created", "updated")
+    readonly_fields: ClassVar[tuple[str, ...]] = (
+        "guided_setup",
+        "collection_state",
+        *COLLECTION_STATE,
+        "created",
+        "updated",
+    )
     autocomplete_fields = ("instrument",)
     form = DataSourceForm
     actions: tuple[Any, ...] = ("enable_collection", "disable_collection")
     fieldsets: ClassVar[tuple[Any, ...]] = (
+        (None, {"fields": ("guided_setup",)}),
         (None, {"fields": ("instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled")}),
         ("Collection state", {"fields": ("collection_state", *COLLECTION_STATE)}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
@@ -163,6 +175,17 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return with_channel_counts(super().get_queryset(request))
+
+    @admin.display(description="Set up from a sample")
+    def guided_setup(self, source: DataSource) -> str:
+        """The "New data source" page: the same flow from the admin (docs/source-setup.md)."""
+        if source.pk is None:
+            return "Open the instrument's page and choose “New data source”: options and channels are proposed "
+            "from a sample of the instrument's output, with a preview."
+        if source.kind == "agent":
+            return "-"
+        url = reverse("instruments:source-edit", args=[source.instrument.slug, source.pk])
+        return format_html('<a href="{}">Edit this source and its channels from a sample, with a preview</a>', url)
 
     @admin.display(description="State")
     def collection_state(self, source: DataSource) -> str:
@@ -218,7 +241,7 @@ class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("last_reading", "created", "updated")
     autocomplete_fields = ("instrument",)
-    actions: tuple[Any, ...] = ()  # ModelAdmin's default; collection.admin extends it
+    actions: tuple[Any, ...] = ("bulk_edit",)  # collection.admin extends it
     fieldsets = (
         (None, {"fields": ("instrument", "name", "slug", "kind", "units", "description")}),
         ("Where it comes from", {"fields": ("source", "source_field", "expression", "expected_interval_seconds")}),
@@ -229,6 +252,76 @@ class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     @admin.display(description="Last reading")
     def last_reading(self, channel: Channel) -> str:
         return last_reading_text(channel)
+
+    @admin.action(description="Set units, valid range or sentinels of the selected channels")
+    def bulk_edit(self, request, queryset):
+        """One form for many channels; each is checked like its own form (units in one spelling, range ordered)
+        and saved in one transaction, or none is; every change is in the audit trail."""
+        form = ChannelBulkEditForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            fields = ("units", "valid_min", "valid_max", "missing_values")
+            changes = {name: form.cleaned_data[name] for name in fields if form.cleaned_data.get(f"set_{name}")}
+            if not changes:
+                self.message_user(request, "Tick at least one field to set.", messages.WARNING)
+            else:
+                errors = self._apply_bulk(request, queryset, changes)
+                if not errors:
+                    self.message_user(request, f"{queryset.count()} channel(s) changed.", messages.SUCCESS)
+                    return None
+                for error in errors:
+                    self.message_user(request, error, messages.ERROR)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Set units, valid range or sentinels",
+            "channels": queryset,
+            "form": form,
+            "opts": self.model._meta,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/instruments/channel/bulk_edit.html", context)
+
+    def _apply_bulk(self, request, queryset, changes: dict) -> list[str]:
+        errors: list[str] = []
+        with transaction.atomic():
+            # Locked without the changelist's joins (PostgreSQL refuses FOR UPDATE on an outer join's side).
+            for channel in Channel.objects.filter(
+                pk__in=list(queryset.values_list("pk", flat=True))
+            ).select_for_update():
+                before = {name: getattr(channel, name) for name in changes}
+                for name, value in changes.items():
+                    setattr(channel, name, value)
+                try:
+                    channel.full_clean()
+                except ValidationError as exc:
+                    errors += [f"{channel}: {field}: {' '.join(m)}" for field, m in exc.message_dict.items()]
+                    continue
+                channel.save()
+                diff = audit.diff(before, {name: getattr(channel, name) for name in changes})
+                if diff:
+                    audit.record(AuditAction.CONFIG_CHANGED, obj=channel, changes=diff, **audit.origin(request))
+            if errors:
+                transaction.set_rollback(True)
+        return errors
+
+
+class ChannelBulkEditForm(forms.Form):
+    """The fields the bulk edit sets: only those ticked are changed (an empty value clears it)."""
+
+    set_units = forms.BooleanField(required=False, label="Set units")
+    units = forms.CharField(required=False, max_length=64, help_text='e.g. "degC"; empty for none')
+    set_valid_min = forms.BooleanField(required=False, label="Set valid minimum")
+    valid_min = forms.FloatField(required=False)
+    set_valid_max = forms.BooleanField(required=False, label="Set valid maximum")
+    valid_max = forms.FloatField(required=False)
+    set_missing_values = forms.BooleanField(required=False, label="Set missing-value sentinels")
+    missing_values = forms.CharField(required=False, help_text="comma-separated, e.g. -9999, -7999; empty for none")
+
+    def clean_missing_values(self) -> list[float]:
+        text = self.cleaned_data.get("missing_values") or ""
+        try:
+            return [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
+        except ValueError:
+            raise ValidationError("Give numbers separated by commas, e.g. -9999, -7999.") from None
 
 
 @admin.register(LogbookEntry)

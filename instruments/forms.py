@@ -10,10 +10,45 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db.models import Model
+from django.utils.html import format_html, json_script
+from django.utils.safestring import SafeString
 
 from accounts import permissions, targets
 from accounts.targets import Principal
+from daqbroker_agent.config import SOURCE_OPTIONS, option_schema
 from instruments.models import Dashboard, DataSource, LogbookEntry, PlotRange
+
+
+class ConfigWidget(forms.Textarea):
+    """A source's configuration as a form generated from the option tables (``daqbroker_agent.config``):
+    each option a labelled field with its help and default, the errors beside the option they name, and
+    the JSON itself a click away for experts. The script (``static/js/admin_config.js``) writes the JSON
+    into the textarea, which is what is posted; without script the textarea is the field."""
+
+    errors: list[str]
+
+    class Media:
+        js = ("js/admin_config.js",)
+
+    def __init__(self, attrs=None):
+        super().__init__({"rows": 8, "spellcheck": "false", **(attrs or {})})
+        self.errors = []
+
+    def render(self, name, value, attrs=None, renderer=None) -> SafeString:
+        textarea = super().render(name, value, attrs, renderer)
+        element = (attrs or {}).get("id") or f"id_{name}"
+        schema = {kind: option_schema(kind) for kind in SOURCE_OPTIONS}
+        return format_html(
+            '<div class="config-form" data-for="{}" data-schema="{}-schema" data-errors="{}-errors">'
+            '<label class="vCheckboxLabel"><input type="checkbox" class="config-raw-toggle"> Edit as JSON</label>'
+            '<div class="config-fields"></div></div>{}{}{}',
+            element,
+            element,
+            element,
+            textarea,
+            json_script(schema, f"{element}-schema"),
+            json_script(self.errors, f"{element}-errors"),
+        )
 
 
 class DataSourceForm(forms.ModelForm):
@@ -26,6 +61,7 @@ class DataSourceForm(forms.ModelForm):
     class Meta:
         model = DataSource
         fields = ["instrument", "name", "kind", "agent", "config", "interval_seconds", "enabled"]
+        widgets = {"config": ConfigWidget}
 
     @classmethod
     def for_principal(cls, principal: Principal, base: type[forms.ModelForm] | None = None) -> type[DataSourceForm]:
@@ -41,6 +77,9 @@ class DataSourceForm(forms.ModelForm):
         # The model's own checks: the configuration is validated and normalised. (_post_clean is Django's
         # private hook after the fields are cleaned; django-stubs leaves it out.)
         super()._post_clean()  # type: ignore[misc]
+        widget = self.fields["config"].widget
+        if isinstance(widget, ConfigWidget):  # "path: is required": shown beside the option it names
+            widget.errors = [str(message) for message in self.errors.get("config", [])]
         if self.errors:
             return
         if self.principal is None:

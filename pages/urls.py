@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pages import views
+from pages import source_setup, views
 
 app_name = "instruments"
 
@@ -11,6 +11,8 @@ urlpatterns = [
     path("instruments/<slug:slug>/sources/<int:pk>/reread/", views.SourceRereadView.as_view(), name="source-reread"),
     path("instruments/<slug:slug>/sharing/", views.SharingView.as_view(), name="sharing"),
     path("instruments/<slug:slug>/sharing/remove/", views.SharingRemoveView.as_view(), name="sharing-remove"),
+    path("instruments/<slug:slug>/sources/new/", source_setup.SourceSetupView.as_view(), name="source-new"),
+    path("instruments/<slug:slug>/sources/<int:pk>/edit/", source_setup.SourceSetupView.as_view(), name="source-edit"),
     path("dashboards/", views.DashboardListView.as_view(), name="dashboards"),
     path("dashboards/new/", views.DashboardCreateView.as_view(), name="dashboard-create"),
     path("dashboards/<int:pk>/", views.DashboardDetailView.as_view(), name="dashboard"),

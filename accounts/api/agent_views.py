@@ -54,6 +54,11 @@ class RefusedSourceSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=1000)
 
 
+class SerialPortSerializer(serializers.Serializer):
+    device = serializers.CharField(max_length=255)
+    description = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
+
+
 class HeartbeatSerializer(serializers.Serializer):
     version = serializers.CharField(max_length=40, allow_blank=True, required=False, default="")
     hostname = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
@@ -81,6 +86,13 @@ class HeartbeatSerializer(serializers.Serializer):
         default=list,
         max_length=1000,
         help_text="Sources of the agent's configuration it will not run on its machine, and why.",
+    )
+    serial_ports = SerialPortSerializer(  # type: ignore[call-arg]
+        many=True,
+        required=False,
+        default=None,
+        max_length=64,
+        help_text="The agent machine's serial ports (pyserial's list_ports), for setting up its sources.",
     )
 
 

@@ -84,6 +84,20 @@ REDIS_SOURCE = {**NEW_SOURCE, "kind": "tcp", "config": {"host": "127.0.0.1", "po
 PROC_SOURCE = {**NEW_SOURCE, "config": {"path": "/proc/self", "pattern": "environ"}}
 COMMAND = {"collect": {"kind": "command", "command": ["id"], "columns": ["x"]}}
 
+# Previews: like creating a source of alpha, but nothing is created (200). A protected target is refused to
+# everyone; a target outside the rules to non-administrators before any connection, while ada's preview
+# does connect: to a loopback port where nothing listens, so she gets "Cannot connect" (400) — the reasons
+# are told apart in collection/tests/test_preview.py.
+ALPHA_PREVIEW = {"instrument": "alpha-station", "kind": "file", "sample_text": "2026-01-01T00:00:00,1.5\n"}
+PROC_PREVIEW = {"instrument": "alpha-station", "kind": "file", "config": PROC_SOURCE["config"]}
+CLOSED_PORT_PREVIEW = {"instrument": "alpha-station", "kind": "tcp", "config": {"host": "127.0.0.1", "port": 9}}
+CLOSED_PORT_PREVIEW["connect"] = True
+API_ALPHA_PREVIEW = {**API_ALPHA_CREATE, "shared_editor": 200, "owner": 200, "administrator": 200}
+API_ALPHA_PREVIEW["personal_write_token"] = 200
+API_ZULU_PREVIEW = expect(400, anonymous=401, administrator=200, personal_read_token=403, **_agents(403))
+API_ALPHA_PREVIEW_REFUSED = {**API_ALPHA_CREATE_PROTECTED}
+API_ALPHA_PREVIEW_OUT_OF_RULES = {**API_ALPHA_CREATE_OUT_OF_RULES, "administrator": 400}
+
 
 def alpha_agent_source(world):
     from instruments.models import DataSource
@@ -125,7 +139,10 @@ PAGE_ALPHA_SHARE = expect(403, stranger=404, owner=200, administrator=200, **_NO
 PAGE_ALPHA_SHARE_POST = expect(403, stranger=404, owner=302, administrator=302, **_NO_SESSION)
 PAGE_ALPHA_OWNER = PAGE_ALPHA_SHARE  # olivia's dashboard: seen through alpha, changed by olivia (or ada)
 PAGE_ALPHA_OWNER_POST = PAGE_ALPHA_SHARE_POST
+PAGE_ALPHA_CHANGE = expect(200, stranger=404, shared_viewer=403, group_member=403, **_NO_SESSION)
 PAGE_ZULU = expect(404, administrator=200, **_NO_SESSION)
+# zulu's source asked for under alpha's address: not found for whoever may open alpha's setup page.
+PAGE_ALPHA_NOT_FOUND = {**PAGE_ALPHA_CHANGE, "shared_editor": 404, "owner": 404, "administrator": 404}
 PAGE_ZULU_POST = expect(404, administrator=302, **_NO_SESSION)
 
 
@@ -354,6 +371,12 @@ ROUTES: list[Case] = [
     ),
     Case("api:channel-delete-readings", "POST", lambda w: {"pk": w.alpha_channel.pk}, API_ALPHA_CHANGE, data=RANGE),
     Case("api:channel-delete-readings", "POST", lambda w: {"pk": w.zulu_channel.pk}, API_ZULU_WRITE, data=RANGE),
+    # --- the source preview (issue 16): the change level on the instrument, the target rules -----------
+    Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW, data=ALPHA_PREVIEW),
+    Case("api:source-preview", "POST", None, API_ZULU_PREVIEW, data={**ALPHA_PREVIEW, "instrument": "zulu-hidden"}),
+    Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_REFUSED, data=PROC_PREVIEW),
+    Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_OUT_OF_RULES, data=CLOSED_PORT_PREVIEW),
+    Case("api:serial-ports", "GET", None, API_ANY_USER),
     Case("api:channel-list", "GET", None, API_ANY_USER),
     Case("api:channel-list", "POST", None, API_ALPHA_CREATE, data=NEW_CHANNEL),
     Case("api:channel-detail", "GET", lambda w: {"pk": w.alpha_channel.pk}, API_ALPHA_READ),
@@ -552,6 +575,14 @@ ROUTES: list[Case] = [
         PAGE_ALPHA_OWNER_POST,
         data={"action": "up"},
     ),
+    Case("instruments:source-new", "GET", lambda w: ALPHA, PAGE_ALPHA_CHANGE),
+    Case("instruments:source-new", "GET", lambda w: ZULU, PAGE_ZULU),
+    Case("instruments:source-new", "POST", lambda w: ALPHA, PAGE_ALPHA_CHANGE, data={}),  # the form, with errors
+    Case("instruments:source-new", "POST", lambda w: ZULU, PAGE_ZULU, data={}),
+    Case("instruments:source-edit", "GET", lambda w: {**ALPHA, "pk": w.alpha_source.pk}, PAGE_ALPHA_CHANGE),
+    Case("instruments:source-edit", "GET", lambda w: {**ZULU, "pk": w.zulu_source.pk}, PAGE_ZULU),
+    Case("instruments:source-edit", "GET", lambda w: {**ALPHA, "pk": w.zulu_source.pk}, PAGE_ALPHA_NOT_FOUND),
+    Case("instruments:source-edit", "POST", lambda w: {**ALPHA, "pk": w.alpha_source.pk}, PAGE_ALPHA_CHANGE, data={}),
     Case("collection:plot", "GET", None, PAGE_ANY_USER),
     Case("collection:plot", "GET", None, PAGE_ALPHA, query={"c": "alpha-station/alpha-station-temp"}),
     Case("collection:plot", "GET", None, PAGE_ZULU, query={"c": "zulu-hidden/zulu-hidden-temp", "range": "7d"}),

@@ -435,6 +435,22 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
 AGENT_COLLECTS = ("file", "serial", "tcp", "command")
 
 
+def option_schema(kind: str) -> list[dict[str, Any]]:
+    """The options of a source of ``kind`` (name, required, default, help), for forms generated from them
+    (the admin's configuration field, the "New data source" page). A section's options are listed as
+    ``section.option``."""
+    rows: list[dict[str, Any]] = []
+    for name, option in SOURCE_OPTIONS[kind].items():
+        if name == "timestamp":
+            for sub, inner in TIMESTAMP_OPTIONS.items():
+                default = TIMESTAMP_DEFAULTS[sub]
+                rows.append({"name": f"timestamp.{sub}", "required": False, "default": default, "help": inner.help})
+            continue
+        default = None if option.required else (option.default() if callable(option.default) else option.default)
+        rows.append({"name": name, "required": option.required, "default": default, "help": option.help})
+    return rows
+
+
 def validate_source_config(kind: str, raw: Any, prefix: str = "") -> dict:
     """The configuration of a source of ``kind`` with defaults filled in, or ConfigError."""
     _refuse_nul(raw, prefix)

@@ -38,6 +38,7 @@ from daqbroker_agent.settings import Settings
 from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
 from daqbroker_agent.spool import Spool, SpoolUnavailable
 from daqbroker_agent.state import AgentState, RateLimitedLog
+from daqbroker_agent.transports import list_serial_ports
 from daqbroker_agent.uploader import SPOOL_AREA, Backoff, Uploader, report_unparsed
 
 log = logging.getLogger("daqbroker_agent")
@@ -409,6 +410,7 @@ class AgentRuntime:
             "clock_offset": self.state.get("clock_offset"),
             "heartbeat_seconds": max(1, round(self.settings.heartbeat_seconds)),
             "refused_sources": list(self.refused.values()),
+            "serial_ports": list_serial_ports(),
         }
         sent = time.time()
         payload["agent_time"] = sent

@@ -93,6 +93,24 @@ class TcpTransport:
         self.sock.close()
 
 
+MAX_LISTED_PORTS = 64
+
+
+def list_serial_ports() -> list[dict[str, str]]:
+    """This machine's serial ports (pyserial's ``list_ports``): sent in the heartbeat, so the server's
+    "New data source" page can offer them. At most MAX_LISTED_PORTS; [] where pyserial cannot look."""
+    try:
+        from serial.tools import list_ports  # pyserial: only needed where serial ports are read or listed
+
+        found = sorted(list_ports.comports(), key=lambda port: port.device)
+    except (ImportError, OSError):
+        return []
+    return [
+        {"device": str(port.device)[:255], "description": str(port.description or "")[:255]}
+        for port in found[:MAX_LISTED_PORTS]
+    ]
+
+
 def open_transport(config: dict) -> Transport:
     """The connection a serial or TCP source's settings describe."""
     kind = config["kind"]

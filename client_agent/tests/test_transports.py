@@ -66,3 +66,11 @@ def test_a_tcp_peer_that_hangs_up_ends_the_stream():
 def test_only_connection_sources_open_a_transport():
     with pytest.raises(ValueError, match="'file' sources are not read over a connection"):
         open_transport({"kind": "file"})
+
+
+def test_the_serial_ports_listed_for_the_heartbeat_are_bounded_plain_dicts():
+    from daqbroker_agent.transports import MAX_LISTED_PORTS, list_serial_ports
+
+    ports = list_serial_ports()
+    assert isinstance(ports, list) and len(ports) <= MAX_LISTED_PORTS
+    assert all(set(port) == {"device", "description"} and isinstance(port["device"], str) for port in ports)

@@ -447,6 +447,46 @@ def _as_text(raw) -> tuple[int, str | None]:
     return _OK, text
 
 
+@dataclass(frozen=True)
+class ValueVerdict:
+    """What ``ingest_samples`` would do with one reading: stored (with its quality) or rejected, and why."""
+
+    stored: bool
+    value: float | str | None
+    quality: int | None
+    reason: str
+
+
+def judge_value(
+    *,
+    text: bool,
+    raw: object,
+    ts_us: int,
+    valid_min: float | None = None,
+    valid_max: float | None = None,
+    missing_values: list[float] | tuple[float, ...] = (),
+) -> ValueVerdict:
+    """One reading through ingest's own rules (the source-setup preview shows it; nothing is written)."""
+    future = settings.DAQBROKER_MAX_FUTURE_SECONDS
+    if ts_us < MIN_TS_US or ts_us > time.time_ns() // 1000 + future * 1_000_000:
+        return ValueVerdict(False, None, None, _REASONS[_TIME].format(future=f"{future} s"))
+    if text:
+        code, value = _as_text(raw)
+        if code:
+            return ValueVerdict(False, None, None, _REASONS[code])
+        return ValueVerdict(True, value, Quality.OK, "")
+    code, number = _as_number(raw)
+    if not code and not math.isfinite(number):
+        code = _NOT_FINITE
+    if code:
+        return ValueVerdict(False, None, None, _REASONS[code])
+    if number in missing_values:
+        return ValueVerdict(True, number, Quality.MISSING, "a missing-value sentinel: stored, marked missing")
+    if (valid_min is not None and number < valid_min) or (valid_max is not None and number > valid_max):
+        return ValueVerdict(True, number, Quality.OUT_OF_RANGE, "outside the valid range: stored, flagged")
+    return ValueVerdict(True, number, Quality.OK, "")
+
+
 def _rejections_for(batch: SampleBatch, code: np.ndarray) -> list[Rejection]:
     future = f"{settings.DAQBROKER_MAX_FUTURE_SECONDS} s"
     return [

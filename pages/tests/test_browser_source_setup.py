@@ -1,0 +1,112 @@
+"""End to end in Chromium: a new administrator sets up a file source from an uploaded sample, with no JSON
+typed, and the first collection stores every line. Screenshots at 1280 px and 390 px
+(``test-artifacts/screenshots/source-setup-*.png``, used by docs/source-setup.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from collection.models import RejectedSample, Sample, TextSample
+from collection.services.collect import collect_source
+from instruments.models import DataSource
+from pages.tests.browser import SCREENSHOTS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SAMPLE = "".join(
+    [
+        "Timestamp,Air Temperature [deg C],Rel Humidity (%),Status\n",
+        *(
+            f"2026-01-01 {i // 6:02d}:{i % 6}0:00,{12 + i / 10:.1f},"
+            f"{-9999 if i in (3, 7) else 70 + i},{'OK' if i % 3 else 'WARN'}\n"
+            for i in range(12)
+        ),
+    ]
+)
+
+
+def wait_for_preview(page) -> None:
+    page.wait_for_function("() => document.body.dataset.previewing === 'no'")
+    page.wait_for_selector("#preview tbody tr")
+
+
+def test_a_new_administrator_sets_up_a_source_from_a_sample_without_json(site, visitors, tmp_path):
+    folder = tmp_path / "logger"
+    folder.mkdir()
+    (folder / "station.csv").write_text(SAMPLE)
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    olivia.open("/instruments/alpha-station/")
+    page.click("text=New data source")
+    page.wait_for_url("**/sources/new/")
+
+    page.fill("#id_name", "station logger")
+    page.set_input_files("#id_sample", str(folder / "station.csv"))
+    page.wait_for_selector("#channels input[name='channel-0-slug']")
+    wait_for_preview(page)
+    assert page.input_value("#channels input[name='channel-0-units']") == "degC"
+    assert page.input_value("#channels input[name='channel-1-missing_values']") == "-9999"
+    assert page.input_value("#opt-header_lines") == "1"
+    assert "timestamp.timezone" in page.inner_text("#questions")  # the zone is asked, not guessed
+
+    # Where the files are, and the zone: typed into labelled fields, the preview following.
+    page.fill("#opt-path", str(folder))
+    page.fill("#opt-pattern", "*.csv")
+    page.fill("#opt-timestamp-timezone", "Europe/Lisbon")
+    page.wait_for_function("() => document.querySelector('#preview thead').textContent.includes('Europe/Lisbon')")
+    wait_for_preview(page)
+    assert page.locator("#setup-errors .message-error").count() == 0
+    page.screenshot(path=str(SCREENSHOTS / "source-setup-desktop.png"), full_page=True)
+
+    phone = olivia.phone
+    phone.goto("/instruments/alpha-station/sources/new/")
+    phone.set_input_files("#id_sample", str(folder / "station.csv"))
+    wait_for_preview(phone)
+    phone.screenshot(path=str(SCREENSHOTS / "source-setup-phone.png"), full_page=True)
+
+    page.click("#save-source")
+    page.wait_for_url("**/instruments/alpha-station/#sources")
+    assert "station logger" in page.inner_text("section[aria-labelledby=sources-title]")
+
+    source = DataSource.objects.get(name="station logger")
+    assert source.enabled and source.config["timestamp"]["timezone"] == "Europe/Lisbon"
+    channels = {c.slug: c for c in source.channels.all()}
+    assert set(channels) == {"air-temperature", "rel-humidity", "status"}
+    run = collect_source(source.pk)
+    assert run is not None and run.error == "", run.error if run else None
+    lines = SAMPLE.count("\n") - 1
+    for slug in ("air-temperature", "rel-humidity"):
+        assert Sample.objects.filter(channel=channels[slug]).count() == lines
+    assert TextSample.objects.filter(channel=channels["status"]).count() == lines
+    assert Sample.objects.filter(channel=channels["rel-humidity"], quality=2).count() == 2  # the sentinels
+    assert not RejectedSample.objects.filter(source=source).exists()
+
+
+def test_the_admins_configuration_field_is_a_form_of_the_options(site, visitors, tmp_path):
+    source = site.alpha_source
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    page.goto(f"/admin/instruments/datasource/{source.pk}/change/")
+    assert not page.is_visible("#id_config")  # the JSON is behind "Edit as JSON"
+    assert "glob pattern of the files" in page.inner_text(".config-form")  # each option with its help
+
+    page.fill("#id_config-path", "")  # an error is shown beside the option it names
+    page.click("input[name=_continue]")
+    page.wait_for_load_state("load")
+    assert "path: is required" in page.inner_text("#id_config-path >> xpath=..")
+
+    page.fill("#id_config-path", str(tmp_path))
+    page.fill("#id_config-pattern", "*.dat")
+    page.fill("#id_config-header_lines", "4")
+    page.check(".config-raw-toggle")
+    assert '"header_lines": 4' in page.input_value("#id_config")
+    page.click("input[name=_continue]")
+    page.wait_for_load_state("load")
+    source.refresh_from_db()
+    assert (source.config["path"], source.config["pattern"], source.config["header_lines"]) == (
+        str(tmp_path),
+        "*.dat",
+        4,
+    )
