@@ -35,5 +35,7 @@ class AuditAction(models.TextChoices):
     CONFIG_CHANGED = "config.changed", "Configuration changed"
     CONFIG_DELETED = "config.deleted", "Configuration deleted"
     SAMPLES_DELETED = "samples.deleted", "Readings deleted"
+    QUARANTINE_REPLAYED = "quarantine.replayed", "Quarantine replayed"
+    QUARANTINE_DELETED = "quarantine.deleted", "Quarantine deleted (retention)"
     PASSWORD_CHANGED = "password.changed", "Password changed"
     PASSWORD_LOCKED_OUT = "password.locked_out", "Password change locked out (wrong old passwords)"
