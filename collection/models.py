@@ -142,7 +142,11 @@ class RejectedSample(models.Model):
         if line:
             return f"line {line}"
         if context.get("index") is not None:
-            return f"reading {context['index']} of batch {self.batch_id}" if self.batch_id else f"reading {context['index']}"
+            return (
+                f"reading {context['index']} of batch {self.batch_id}"
+                if self.batch_id
+                else f"reading {context['index']}"
+            )
         return self.channel_ref
 
     def preview(self, limit: int = 120) -> str:

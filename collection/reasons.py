@@ -21,7 +21,10 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"derived channels", RejectionKind.DERIVED),
         (r"past the quarantine limits", RejectionKind.OVER_LIMIT),
         (r"parse budget", RejectionKind.PARSE_BUDGET),
-        (r"outside the accepted window|not_before|not_after|before the window|after the window|\bwindow\b", RejectionKind.OUT_OF_WINDOW),
+        (
+            r"outside the accepted window|not_before|not_after|before the window|after the window|\bwindow\b",
+            RejectionKind.OUT_OF_WINDOW,
+        ),
         (r"not a finite number|is not finite", RejectionKind.NOT_FINITE),
         (r"value is not a number", RejectionKind.NOT_NUMBER),
         (r"value is not text|text value longer|NUL character", RejectionKind.BAD_TEXT),
