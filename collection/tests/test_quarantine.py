@@ -116,7 +116,7 @@ def test_a_fixed_timestamp_format_replays_every_quarantined_line_exactly_once(st
 
 
 def test_what_still_fails_stays_with_its_new_reason_and_the_rest_is_stored(station):
-    folder, instrument, source, temp, rh = station
+    folder, instrument, source, temp, _rh = station
     lines = logger_lines(5)
     lines[2] = f"{stamp(2)},warm,42"  # a bad value: its temp reading fails after the fix, its rh is stored
     lines[3] = f"{' ' * 1600}{stamp(3)}"  # a corrupted line: 1,600 leading blanks and no values
@@ -139,7 +139,7 @@ def test_what_still_fails_stays_with_its_new_reason_and_the_rest_is_stored(stati
 
 
 def test_a_conflict_replayed_is_a_conflict_again_and_the_stored_value_stays(station):
-    _, instrument, source, temp, _ = station
+    _, _instrument, source, temp, _ = station
     t = datetime_to_us(T0)
     ingest_samples(SampleBatch.from_rows([(temp.pk, t, 1.0)]), origin=Origin.FILE, source_id=source.pk)
     ingest_samples(SampleBatch.from_rows([(temp.pk, t, 2.0)]), origin=Origin.FILE, source_id=source.pk)
@@ -228,7 +228,7 @@ def agent_station():
 
 
 def test_lines_an_agent_could_not_parse_replay_once_the_source_is_fixed(agent_station):
-    owner, instrument, token, source, temp = agent_station
+    owner, _instrument, token, source, temp = agent_station
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     config = client.get("/api/v1/agent/config/").json()
@@ -291,7 +291,7 @@ def test_whitespace_and_control_characters_are_shown():
 
 
 def test_retention_deletes_old_records_in_batches_and_is_audited(station, settings, monkeypatch):
-    _, _, source, temp, _ = station
+    _, _, source, _temp, _ = station
     settings.DAQBROKER_QUARANTINE_DAYS = 30
     monkeypatch.setattr(q, "RETENTION_BATCH_ROWS", 3)
     for _ in range(7):
@@ -307,7 +307,7 @@ def test_retention_deletes_old_records_in_batches_and_is_audited(station, settin
 
 
 def test_export_is_csv_with_file_line_and_formulas_defused(station):
-    _, _, source, temp, _ = station
+    _, _, source, _temp, _ = station
     RejectedSample.objects.create(
         origin=Origin.FILE,
         source=source,
@@ -325,7 +325,7 @@ def test_export_is_csv_with_file_line_and_formulas_defused(station):
 
 
 def test_grouping_counts_by_kind_source_and_day(station):
-    _, _, source, temp, _ = station
+    _, _, source, _temp, _ = station
     for kind, n in ((RejectionKind.BAD_TIME, 3), (RejectionKind.NOT_NUMBER, 1)):
         for _ in range(n):
             RejectedSample.objects.create(origin=Origin.FILE, source=source, reason="x", kind=kind)
