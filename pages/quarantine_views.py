@@ -116,6 +116,7 @@ class QuarantineView(PageMixin, ListView):
             kind_choices=RejectionKind.choices,
             total=context["paginator"].count if context.get("paginator") else len(rows),
             query=filters.query(),
+            query_without_source=filters.query(source=""),
             replay_batch=settings.DAQBROKER_QUARANTINE_REPLAY_BATCH,
             may_replay_all=bool(
                 filters.kind
