@@ -156,10 +156,10 @@ class RejectedSampleAdmin(admin.ModelAdmin):
     @admin.display(description="Raw")
     def raw_block(self, rejected: RejectedSample) -> str:
         return format_html(
-            '<pre class="q-raw">{}</pre><div class="help">Shown visibly ({:,} characters):</div>'
+            '<pre class="q-raw q-line">{}</pre><div class="help">Shown visibly ({} characters):</div>'
             '<pre class="q-raw">{}</pre>',
             rejected.raw_value,
-            len(rejected.raw_value),
+            f"{len(rejected.raw_value):,}",
             rejected.preview(limit=4000),
         )
 

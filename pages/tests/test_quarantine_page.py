@@ -132,7 +132,8 @@ def test_the_admin_list_and_detail_are_readable(administrator, world, bad_lines)
     detail = administrator.client.get(reverse("admin:collection_rejectedsample_change", args=[record.pk]))
     text = detail.content.decode()
     assert "None:" not in text and "Bad timestamp: /srv/logger/day.csv, line 2" in text
-    assert '<pre class="q-raw">' in text and "Source configuration now" in text
+    assert '<pre class="q-raw q-line">' + " " * 1600 + "\x01end</pre>" in text and "Source configuration now" in text
+    assert "⟨1,600 blanks⟩␁end" in text and "Shown visibly (1,604 characters)" in text
 
 
 def test_the_admin_replay_action(administrator, world, bad_lines):
