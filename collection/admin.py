@@ -2,6 +2,7 @@ import json
 
 from django.contrib import admin, messages
 from django.http import StreamingHttpResponse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from accounts import audit
@@ -75,8 +76,9 @@ class RejectedSampleAdmin(admin.ModelAdmin):
     """Quarantine: what could not be stored and why. Read-only evidence; replayed (through the source's
     current configuration and the one write path) once the cause is fixed. docs/quarantine.md."""
 
-    list_display = ("received_at", "kind_shown", "source_shown", "where_shown", "preview_shown", "reason_shown")
-    list_display_links = ("received_at", "kind_shown")
+    # Three columns, so the reason and the raw line have room beside the admin's navigation and filters.
+    list_display = ("kind_and_time", "source_and_where", "reason_shown")
+    list_display_links = ("kind_and_time",)
     list_filter = (KindFilter, SourceFilter, "origin")
     search_fields = ("channel_ref", "raw_value", "reason", "batch_id")
     date_hierarchy = "received_at"
@@ -114,6 +116,15 @@ class RejectedSampleAdmin(admin.ModelAdmin):
     class Media:
         css = {"all": ("css/quarantine_admin.css",)}
 
+    @admin.display(description="Kind, received", ordering="-received_at")
+    def kind_and_time(self, rejected: RejectedSample) -> str:
+        when = timezone.localtime(rejected.received_at).strftime("%Y-%m-%d %H:%M:%S")
+        return format_html('{}<div class="q-when">{}</div>', self.kind_shown(rejected), when)
+
+    @admin.display(description="Source, file and line (or sender)")
+    def source_and_where(self, rejected: RejectedSample) -> str:
+        return format_html('{}<div class="q-where">{}</div>', self.source_shown(rejected), self.where_shown(rejected))
+
     @admin.display(description="Kind", ordering="kind")
     def kind_shown(self, rejected: RejectedSample) -> str:
         return format_html('<span class="q-kind q-kind-{}">{}</span>', rejected.kind, rejected.get_kind_display())
@@ -147,11 +158,13 @@ class RejectedSampleAdmin(admin.ModelAdmin):
     def preview_shown(self, rejected: RejectedSample) -> str:
         return format_html('<code class="q-preview" title="{}">{}</code>', rejected.preview(400), rejected.preview(80))
 
-    @admin.display(description="Reason", ordering="reason")
+    @admin.display(description="Reason; raw line or value")
     def reason_shown(self, rejected: RejectedSample) -> str:
-        short = rejected.reason if len(rejected.reason) <= 90 else rejected.reason[:89] + "…"
+        short = rejected.reason if len(rejected.reason) <= 120 else rejected.reason[:119] + "…"
         count = f" ({rejected.count:,} readings)" if rejected.count != 1 else ""
-        return format_html('<span title="{}">{}{}</span>', rejected.reason, short, count)
+        return format_html(
+            '<span title="{}">{}{}</span><div>{}</div>', rejected.reason, short, count, self.preview_shown(rejected)
+        )
 
     @admin.display(description="Raw")
     def raw_block(self, rejected: RejectedSample) -> str:

@@ -108,7 +108,12 @@ def test_the_admin_quarantine_list_is_readable_at_desktop_and_phone_width(site, 
     admin.open("/admin/collection/rejectedsample/")
     page = admin.desktop
     assert column_width(page, "td.field-reason_shown") >= 180
-    assert page.locator("td.field-where_shown", has_text="weather-station-2024-05.csv, line 1007").count() == 1
+    # ... and within the list's visible box, not scrolled away to the right of it.
+    assert page.evaluate(
+        "() => document.querySelector('td.field-reason_shown').getBoundingClientRect().right"
+        " <= document.querySelector('#changelist .results').getBoundingClientRect().right + 1"
+    )
+    assert page.locator("td.field-source_and_where", has_text="weather-station-2024-05.csv, line 1007").count() == 1
     assert page.locator("text=⟨1,600 blanks⟩␁␂garbage").count() == 1
     assert page.locator("#changelist-filter", has_text="Bad timestamp (6)").count() == 1
     admin.shoot("admin-quarantine")
