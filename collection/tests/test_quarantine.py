@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -337,3 +340,58 @@ def test_grouping_counts_by_kind_source_and_day(station):
     ]
     days = q.daily_counts(records, days=7)
     assert len(days) == 7 and days[-1]["records"] == 4 and days[-1]["height"] == 100
+
+
+# --- concurrency and the migration ----------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_replays_of_the_same_records_at_once_store_each_line_once(station):
+    folder, instrument, source, temp, rh = station
+    (folder / "day.csv").write_text("\n".join(logger_lines()) + "\n")
+    collect_source(source.pk)
+    fix_timestamp_format(source)
+    owner = instrument.owner
+    outcomes: list[q.ReplayOutcome] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def replay_all() -> None:
+        try:
+            start.wait(timeout=30)
+            outcomes.append(q.replay(q.visible_to(owner, q.permissions.CHANGE), actor=owner))
+        except BaseException as exc:  # reported below, with the other thread's result
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=replay_all) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sorted(o.records for o in outcomes) == [0, N]  # one consumed them all, the other found none
+    assert sum(o.stored for o in outcomes) == 2 * N
+    assert stored(temp, rh) == expected(temp, rh)
+    assert not RejectedSample.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_rows_kept_before_kinds_their_kind():
+    before = [("collection", "0009_collectionrun_conflicts")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps.get_model("collection", "RejectedSample")
+    reasons = {
+        "line not parsed: timestamp '1 1' is not a time in the format %Y": RejectionKind.BAD_TIME,
+        "conflict: 2.0 differs from the stored 1.0 at 2024-05-06T07:00:00+00:00": RejectionKind.CONFLICT,
+        "value is not a number, and the channel is numeric": RejectionKind.NOT_NUMBER,
+        "something only an old agent says": RejectionKind.UNPARSED,  # a whole line (no time kept)
+    }
+    for reason in reasons:
+        raw_time = "" if "agent" in reason or "line" in reason else "2024-05-06T07:00:00+00:00"
+        old.objects.create(origin="file", reason=reason, raw_time=raw_time, raw_value="x", context={})
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert dict(RejectedSample.objects.values_list("reason", "kind")) == reasons
