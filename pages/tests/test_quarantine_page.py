@@ -145,3 +145,9 @@ def test_the_admin_replay_action(administrator, world, bad_lines):
     )
     assert "stored 3 readings" in response.content.decode()
     assert not RejectedSample.objects.filter(pk__in=[r.pk for r in bad_lines]).exists()
+
+
+def test_the_instrument_page_links_to_its_quarantine(shared_viewer, world, bad_lines):
+    body = page(shared_viewer, reverse("instruments:detail", args=[world.alpha.slug]))
+    assert "4 in quarantine" in body  # the three lines and the world's own record
+    assert f"/quarantine/?instrument={world.alpha.slug}" in body
