@@ -36,7 +36,7 @@ import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -67,10 +67,19 @@ def visible_to(who, level: str = permissions.VIEW) -> QuerySet[RejectedSample]:
 
 
 def kind_counts(records: QuerySet[RejectedSample]) -> list[dict]:
-    """[{kind, label, records, readings}] largest first."""
+    """[{kind, label, records, readings}] largest first (``readings``: what the records stand for,
+    more than the records when some are aggregate records)."""
     labels = dict(RejectionKind.choices)
-    rows = records.order_by().values("kind").annotate(records=Count("id"), readings=Max("count"))
-    out = [{"kind": r["kind"], "label": labels.get(r["kind"], r["kind"]), "records": r["records"]} for r in rows]
+    rows = records.order_by().values("kind").annotate(records=Count("id"), readings=Sum("count"))
+    out = [
+        {
+            "kind": r["kind"],
+            "label": labels.get(r["kind"], r["kind"]),
+            "records": r["records"],
+            "readings": r["readings"],
+        }
+        for r in rows
+    ]
     return sorted(out, key=lambda r: (-r["records"], r["kind"]))
 
 
