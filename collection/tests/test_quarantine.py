@@ -25,9 +25,11 @@ from collection.services import SampleBatch, ingest_samples
 from collection.services import quarantine as q
 from collection.services.collect import collect_source
 from collection.tasks import expire_quarantine_task, replay_quarantine_task, replay_selection
+from conftest import celery_argv, wait_for
 from daqbroker_agent.parsing import datetime_to_us
 from daqbroker_agent.sources import LineMapper, spec_from_server
 from daqbroker_agent.uploader import unparsed_item
+from daqbroker_site.celery import app as celery_app
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import DataSource
 from instruments.tests.factories import make_channel, make_instrument, make_source, make_user
@@ -395,3 +397,29 @@ def test_the_migration_gives_rows_kept_before_kinds_their_kind():
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
     assert dict(RejectedSample.objects.values_list("reason", "kind")) == reasons
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_replay_is_finished_by_a_real_worker(station, settings, service_env, start_process, monkeypatch):
+    """The request replays one batch and queues the rest; a Celery worker process (real Redis) replays it."""
+    folder, instrument, source, temp, rh = station
+    settings.DAQBROKER_QUARANTINE_REPLAY_BATCH = 7
+    service_env["DAQBROKER_QUARANTINE_REPLAY_BATCH"] = "7"
+    service_env["DAQBROKER_LOG_LEVEL"] = "DEBUG"  # where a task's "succeeded" line is logged
+    service_env["DAQBROKER_FILE_ROOTS"] = str(folder.parent)
+    (folder / "day.csv").write_text("\n".join(logger_lines()) + "\n")
+    collect_source(source.pk)
+    fix_timestamp_format(source)
+    # This process queues to the worker's broker and queue, as the web process would.
+    monkeypatch.setitem(celery_app.conf, "broker_url", service_env["CELERY_BROKER_URL"])
+    monkeypatch.setitem(celery_app.conf, "task_default_queue", service_env["DAQBROKER_CELERY_QUEUE"])
+    monkeypatch.setattr(celery_app, "_pool", None)
+    worker = start_process("worker", celery_argv("worker", "--concurrency", "1", "--loglevel", "INFO"), service_env)
+
+    outcome = replay_selection(instrument.owner, {"source": source.pk, "kind": RejectionKind.BAD_TIME})
+    assert (outcome.records, outcome.queued) == (7, N - 7)
+    wait_for(lambda: not RejectedSample.objects.exists(), timeout=90, message="the worker replayed the rest")
+    assert worker.process.poll() is None, worker.log()
+    assert "collection.tasks.replay_quarantine_task" in worker.log() and "succeeded" in worker.log()
+    assert stored(temp, rh) == expected(temp, rh)
+    assert AuditEvent.objects.filter(action=AuditAction.QUARANTINE_REPLAYED).count() == 6  # 40 in batches of 7
