@@ -38,5 +38,7 @@ class AuditAction(models.TextChoices):
     SAMPLES_REPLACED = "samples.replaced", "Readings replaced (corrected)"
     SOURCE_REREAD = "source.reread", "Source re-read requested"
     CONFLICT_ACCEPTED = "conflict.accepted", "Quarantined conflict's value accepted"
+    QUARANTINE_REPLAYED = "quarantine.replayed", "Quarantine replayed"
+    QUARANTINE_DELETED = "quarantine.deleted", "Quarantine deleted (retention)"
     PASSWORD_CHANGED = "password.changed", "Password changed"
     PASSWORD_LOCKED_OUT = "password.locked_out", "Password change locked out (wrong old passwords)"

@@ -41,3 +41,23 @@ class RollupTier(models.IntegerChoices):
     MIN10 = 600, "10min"
     H1 = 3600, "1h"
     D1 = 86400, "1d"
+
+
+class RejectionKind(models.TextChoices):
+    """What kind of problem set a reading or line aside: a stable short code, stored beside the message
+    (which keeps the detail), so the quarantine can be grouped, filtered and counted by kind."""
+
+    UNPARSED = "unparsed", "Line not parsed"
+    BAD_TIME = "bad_time", "Bad timestamp"
+    MISSING_FIELD = "missing_field", "Field missing from the line"
+    NOT_NUMBER = "not_number", "Not a number"
+    NOT_FINITE = "not_finite", "NaN or infinity"
+    BAD_TEXT = "bad_text", "Text that cannot be stored"
+    EMPTY = "empty", "Empty value"
+    OUT_OF_WINDOW = "out_of_window", "Time out of window"
+    UNKNOWN_CHANNEL = "unknown_channel", "Unknown channel"
+    DERIVED = "derived", "Derived channel written"
+    CONFLICT = "conflict", "Conflict with a stored value"
+    PARSE_BUDGET = "parse_budget", "Parse budget spent"
+    OVER_LIMIT = "over_limit", "Past the quarantine limits"
+    OTHER = "other", "Other"

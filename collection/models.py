@@ -13,7 +13,8 @@ tables are WITHOUT ROWID (migration 0002): the key is the table, ~27 instead of 
 from django.conf import settings
 from django.db import models
 
-from collection.choices import Origin, Quality, RollupTier, RunStatus
+from collection.choices import Origin, Quality, RejectionKind, RollupTier, RunStatus
+from collection.reasons import visible_text
 
 
 class Sample(models.Model):
@@ -77,6 +78,12 @@ class RejectedSample(models.Model):
     raw_time = models.CharField(max_length=100, blank=True)
     raw_value = models.TextField(blank=True, help_text="The value, or the whole line when the line did not parse.")
     reason = models.CharField(max_length=300)
+    kind = models.CharField(
+        max_length=20,
+        choices=RejectionKind.choices,
+        default=RejectionKind.OTHER,
+        help_text="The kind of problem, a stable code for grouping and filtering; the reason keeps the detail.",
+    )
     batch_id = models.CharField(max_length=100, blank=True)
     context = models.JSONField(default=dict, blank=True, help_text="Where it came from: file and line, index, ...")
     # Who sent it, for uploads through the API: a user (personal token or session) or an agent. Server
@@ -112,10 +119,39 @@ class RejectedSample(models.Model):
             models.Index(fields=["source", "-received_at"]),
             models.Index(fields=["sender_user", "-received_at"], name="rejected_sender_user_time"),
             models.Index(fields=["sender_agent", "-received_at"], name="rejected_sender_agent_time"),
+            models.Index(fields=["kind", "-received_at"], name="rejected_kind_time"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.channel_ref or self.channel_id}: {self.reason}"
+        return f"{self.get_kind_display()}: {self.where() or f'#{self.pk}'}"
+
+    @property
+    def is_line(self) -> bool:
+        """A whole line as read (it did not parse, or a field was missing), rather than one reading."""
+        return not self.raw_time and self.count == 1 and self.origin != Origin.API
+
+    def where(self) -> str:
+        """Where it came from, for a person: file and line, connection, or the index in the sender's batch."""
+        context = self.context if isinstance(self.context, dict) else {}
+        place = context.get("file") or context.get("connection") or ""
+        line = context.get("line")
+        if place and line:
+            return f"{place}, line {line}"
+        if place:
+            return str(place)
+        if line:
+            return f"line {line}"
+        if context.get("index") is not None:
+            return (
+                f"reading {context['index']} of batch {self.batch_id}"
+                if self.batch_id
+                else f"reading {context['index']}"
+            )
+        return self.channel_ref
+
+    def preview(self, limit: int = 120) -> str:
+        """The raw line or value with blanks and control characters made visible, cut to ``limit``."""
+        return visible_text(self.raw_value, limit)
 
 
 class CollectionRun(models.Model):

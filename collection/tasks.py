@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Max
 
+from accounts import permissions
 from collection.choices import RunStatus
-from collection.services import collect
+from collection.services import collect, quarantine
 from collection.services.retention import enforce_retention
 from collection.services.rollups import refresh_rollups
 
@@ -61,3 +65,59 @@ def enforce_retention_task() -> int:
     if result.remaining:
         enforce_retention_task.apply_async(expires=3000)
     return result.deleted
+
+
+REPLAY_BATCHES_PER_TASK = 20
+
+
+def replay_selection(actor, filters: dict, *, dry_run: bool = False, address: str | None = None):
+    """Replay the records ``actor`` may change among ``filters`` (``quarantine.selection``): the first
+    batch now, the rest (fixed at the records there are now) by ``replay_quarantine_task``. A dry run
+    looks at the first batch only. Returns the first batch's ``ReplayOutcome`` (``queued``: the rest)."""
+    records = quarantine.selection(actor, filters, permissions.CHANGE)
+    up_to = records.aggregate(last=Max("pk"))["last"]
+    outcome = quarantine.replay(records, actor=actor, dry_run=dry_run, address=address)
+    if up_to is None or not outcome.last_pk:
+        return outcome
+    rest = records.filter(pk__gt=outcome.last_pk, pk__lte=up_to).count()
+    if dry_run:
+        outcome.queued = 0
+        outcome.skipped["not looked at by the dry run (it looks at the first batch)"] += rest
+    elif rest:
+        outcome.queued = rest
+        args = (getattr(actor, "pk", None), filters, outcome.last_pk, up_to, address)
+        transaction.on_commit(lambda: replay_quarantine_task.apply_async(args=args))
+    return outcome
+
+
+@shared_task(ignore_result=True, soft_time_limit=540, time_limit=600)
+def replay_quarantine_task(
+    actor_id: int | None, filters: dict, after: int, up_to: int, address: str | None = None
+) -> int:
+    """Replay, batch by batch, the records after ``after`` up to ``up_to`` among ``filters`` that the actor
+    may (still) change; queues itself again after a few batches. Safe to run twice: a record is consumed
+    once, under a row lock."""
+    actor = get_user_model().objects.filter(pk=actor_id, is_active=True).first() if actor_id is not None else None
+    if actor_id is not None and actor is None:
+        return 0  # the person is gone or disabled: nothing is done on their behalf
+    records = quarantine.selection(actor, filters, permissions.CHANGE).filter(pk__lte=up_to)
+    replayed = 0
+    for _ in range(REPLAY_BATCHES_PER_TASK):
+        outcome = quarantine.replay(records.filter(pk__gt=after), actor=actor, address=address)
+        if not outcome.last_pk:
+            return replayed
+        replayed += outcome.records
+        after = outcome.last_pk
+    if records.filter(pk__gt=after).exists():
+        replay_quarantine_task.apply_async(args=(actor_id, filters, after, up_to, address))
+    return replayed
+
+
+@shared_task(ignore_result=True, soft_time_limit=540, time_limit=600)
+def expire_quarantine_task() -> int:
+    """Delete quarantine records past ``DAQBROKER_QUARANTINE_DAYS``, in bounded batches; queues itself
+    again while more is due."""
+    deleted, more = quarantine.delete_expired()
+    if more:
+        expire_quarantine_task.apply_async(expires=3000)
+    return deleted

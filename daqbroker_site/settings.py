@@ -384,6 +384,15 @@ DAQBROKER_INGEST_CSV_MAX_COLUMNS = env_int("DAQBROKER_INGEST_CSV_MAX_COLUMNS", 1
 # sender per hour; beyond, and for channels the sender may not write, one record counts the rest.
 DAQBROKER_QUARANTINE_PER_REQUEST = env_int("DAQBROKER_QUARANTINE_PER_REQUEST", 1000, minimum=0)
 DAQBROKER_QUARANTINE_PER_SENDER_HOUR = env_int("DAQBROKER_QUARANTINE_PER_SENDER_HOUR", 10_000, minimum=0)
+# Quarantine records older than this many days are deleted (hourly, in bounded batches); 0 keeps them all.
+DAQBROKER_QUARANTINE_DAYS = env_int("DAQBROKER_QUARANTINE_DAYS", 90, minimum=0)
+# Records one replay request handles at once; a larger selection is replayed by a task in batches this size.
+DAQBROKER_QUARANTINE_REPLAY_BATCH = env_int("DAQBROKER_QUARANTINE_REPLAY_BATCH", 1000, minimum=1, maximum=100_000)
+CELERY_BEAT_SCHEDULE["expire-quarantine"] = {
+    "task": "collection.tasks.expire_quarantine_task",
+    "schedule": 3600.0,
+    "options": {"expires": 1800},
+}
 
 # --- Bounded work per request (docs/security.md) -------------------------------------------------
 # A response that makes no progress for this long (the client reads nothing) is dropped, freeing the

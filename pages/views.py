@@ -23,7 +23,7 @@ from accounts import audit, permissions, services
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
 from accounts.models import Agent
 from collection.alarms.models import AlarmEvent
-from collection.services import corrections
+from collection.services import corrections, quarantine
 from instruments import dashboards
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
@@ -104,6 +104,7 @@ class InstrumentDetailView(PageMixin, DetailView):
             active_alarms=AlarmEvent.objects.filter(channel__instrument=instrument, cleared_at__isnull=True)
             .select_related("channel", "rule")
             .order_by("-raised_at")[:5],
+            quarantined=quarantine.selection(user, {"instrument": instrument.pk}).count(),
         )
         if context["can_change"]:
             context["logbook_form"] = LogbookEntryForm()

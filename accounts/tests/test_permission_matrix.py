@@ -589,6 +589,38 @@ ROUTES: list[Case] = [
     Case("collection:alarms", "GET", None, PAGE_ANY_USER),
     Case("collection:alarm-acknowledge", "POST", lambda w: {"pk": alpha_alarm(w).pk}, PAGE_ALPHA_CHANGE_POST),
     Case("collection:alarm-acknowledge", "POST", lambda w: {"pk": zulu_alarm(w).pk}, PAGE_ZULU_POST),
+    # Quarantine (issue 23): seen with the instrument, replayed with the change level.
+    Case("collection:quarantine", "GET", None, PAGE_ANY_USER),
+    Case("collection:quarantine", "GET", None, PAGE_ALPHA, query={"instrument": "alpha-station"}),
+    Case("collection:quarantine", "GET", None, PAGE_ZULU, query={"instrument": "zulu-hidden"}),
+    Case("collection:quarantine-detail", "GET", lambda w: {"pk": w.alpha_rejected.pk}, PAGE_ALPHA),
+    Case("collection:quarantine-detail", "GET", lambda w: {"pk": w.zulu_rejected.pk}, PAGE_ZULU),
+    Case(
+        "collection:quarantine-replay",
+        "POST",
+        None,
+        PAGE_ALPHA_CHANGE_POST,
+        data=lambda w: {"id": w.alpha_rejected.pk},
+        encoding="multipart",
+    ),
+    Case(
+        "collection:quarantine-replay",
+        "POST",
+        None,
+        PAGE_ZULU_POST,
+        data=lambda w: {"id": w.zulu_rejected.pk, "dry_run": "1"},
+        encoding="multipart",
+    ),
+    Case(
+        "collection:quarantine-replay",
+        "POST",
+        None,
+        PAGE_ZULU_POST,
+        data=lambda w: {"all": "1", "kind": "other", "source": w.zulu_rejected.source_id},
+        encoding="multipart",
+    ),
+    Case("collection:quarantine-export", "GET", None, PAGE_ANY_USER),
+    Case("collection:quarantine-export", "GET", None, PAGE_ZULU, query={"instrument": "zulu-hidden"}),
 ]
 
 

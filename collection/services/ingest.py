@@ -42,8 +42,9 @@ from accounts import audit
 from accounts.choices import AuditAction
 from accounts.principals import AgentPrincipal
 from collection import storage
-from collection.choices import Origin, Quality
+from collection.choices import Origin, Quality, RejectionKind
 from collection.models import RejectedSample
+from collection.reasons import classify_reason
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel
@@ -84,6 +85,17 @@ _REASONS = {
     # PostgreSQL cannot store it, and on a serial line it is noise: refused on every engine alike.
     _NUL: "text value contains a NUL character (shown as \\x00)",
 }
+_KINDS = {
+    _UNKNOWN: RejectionKind.UNKNOWN_CHANNEL,
+    _DERIVED: RejectionKind.DERIVED,
+    _TIME: RejectionKind.OUT_OF_WINDOW,
+    _NOT_NUMBER: RejectionKind.NOT_NUMBER,
+    _NOT_FINITE: RejectionKind.NOT_FINITE,
+    _NOT_TEXT: RejectionKind.BAD_TEXT,
+    _TOO_LONG: RejectionKind.BAD_TEXT,
+    _EMPTY: RejectionKind.EMPTY,
+    _NUL: RejectionKind.BAD_TEXT,
+}
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,8 @@ class Rejection:
     # record per request when the sender is an API user or agent (nothing to fix on our side, and a
     # stranger must not fill the quarantine by naming channels at random).
     unwritable: bool = False
+    # Its ``RejectionKind``; empty: classified from the reason when it is kept (``collection.reasons``).
+    kind: str = ""
 
 
 def raw_text(value: object, limit: int = MAX_TEXT_LENGTH) -> str:
@@ -490,12 +504,16 @@ def judge_value(
 def _rejections_for(batch: SampleBatch, code: np.ndarray) -> list[Rejection]:
     future = f"{settings.DAQBROKER_MAX_FUTURE_SECONDS} s"
     return [
-        _rejection(batch, i, _REASONS[int(code[i])].format(future=future), known=code[i] != _UNKNOWN)
+        _rejection(
+            batch, i, _REASONS[int(code[i])].format(future=future), known=code[i] != _UNKNOWN, kind=_KINDS[int(code[i])]
+        )
         for i in np.nonzero(code != _OK)[0].tolist()
     ]
 
 
-def _rejection(batch: SampleBatch, i: int, reason: str, *, known: bool = True, context: dict | None = None):
+def _rejection(
+    batch: SampleBatch, i: int, reason: str, *, known: bool = True, context: dict | None = None, kind: str = ""
+):
     """Reading ``i`` of the batch as a ``Rejection`` with ``reason``."""
     ts = int(batch.ts[i])
     try:
@@ -512,6 +530,7 @@ def _rejection(batch: SampleBatch, i: int, reason: str, *, known: bool = True, c
         raw_time=raw_time,
         raw_value=raw_text(batch.value[i]),
         unwritable=not known,
+        kind=kind,
     )
 
 
@@ -535,6 +554,7 @@ def _conflicts(
                 i,
                 f"conflict: {_shown(new)} differs from the stored {_shown(old)} at {when}",
                 context={"conflict": True, "stored_value": old},
+                kind=RejectionKind.CONFLICT,
             )
         )
 
@@ -735,7 +755,7 @@ def _keep_rejected(
             allowance = max(0, min(allowance, left))
         rows = [_record(r) for r in others[:allowance]]
         if unwritable:
-            rows.append(_aggregate(unwritable, UNKNOWN_CHANNEL))
+            rows.append(_aggregate(unwritable, UNKNOWN_CHANNEL, RejectionKind.UNKNOWN_CHANNEL))
         overflow = others[allowance:]
         if overflow:
             rows.append(
@@ -744,6 +764,7 @@ def _keep_rejected(
                     f"{len(overflow):,} rejected readings past the quarantine limits (per request "
                     f"{settings.DAQBROKER_QUARANTINE_PER_REQUEST:,}, per sender and hour "
                     f"{settings.DAQBROKER_QUARANTINE_PER_SENDER_HOUR:,}): counted here, not kept one by one",
+                    RejectionKind.OVER_LIMIT,
                 )
             )
         result.aggregated = len(unwritable) + len(overflow)
@@ -761,11 +782,12 @@ def _record(r: Rejection) -> RejectedSample:
         raw_time=_storable(r.raw_time)[:100],
         raw_value=_storable(r.raw_value),
         reason=_storable(r.reason)[:300],
+        kind=r.kind or classify_reason(r.reason, whole_line=not r.raw_time),
         context=_storable({**r.context, **({"index": r.index} if r.index is not None else {})}),
     )
 
 
-def _aggregate(rejections: list[Rejection], reason: str) -> RejectedSample:
+def _aggregate(rejections: list[Rejection], reason: str, kind: str) -> RejectedSample:
     """One record standing for ``rejections``: the first one's fields, the count and a few references."""
     first = rejections[0]
     references = list(dict.fromkeys(r.channel_ref for r in rejections[: AGGREGATE_EXAMPLES * 10]))
@@ -773,6 +795,7 @@ def _aggregate(rejections: list[Rejection], reason: str) -> RejectedSample:
     record.channel_id = first.channel_id if all(r.channel_id == first.channel_id for r in rejections) else None
     record.raw_value = record.raw_value[:AGGREGATE_VALUE_CHARS]
     record.reason = _storable(reason)[:300]
+    record.kind = kind
     record.count = len(rejections)
     record.context = _storable(
         {
