@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -420,6 +421,11 @@ def test_a_large_replay_is_finished_by_a_real_worker(station, settings, service_
     assert (outcome.records, outcome.queued) == (7, N - 7)
     wait_for(lambda: not RejectedSample.objects.exists(), timeout=90, message="the worker replayed the rest")
     assert worker.process.poll() is None, worker.log()
-    assert "collection.tasks.replay_quarantine_task" in worker.log() and "succeeded" in worker.log()
+    # The task logs "succeeded" after its last batch has committed: wait for the line (the whole log, not its tail).
+    wait_for(
+        lambda: re.search(r"collection\.tasks\.replay_quarantine_task\[[^]]+\] succeeded", worker.log_path.read_text()),
+        timeout=30,
+        message="the worker's 'succeeded' line for the replay task",
+    )
     assert stored(temp, rh) == expected(temp, rh)
     assert AuditEvent.objects.filter(action=AuditAction.QUARANTINE_REPLAYED).count() == 6  # 40 in batches of 7
