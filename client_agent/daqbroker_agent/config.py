@@ -418,9 +418,9 @@ def _check_parser(result: dict, prefix: str, *, file: bool = False) -> None:
                 _join(prefix, "timestamp.year_pattern"),
                 "is searched in the file's header lines: set header_lines to how many there are",
             )
-    if result["not_before"] and result["not_after"]:
-        if parse_moment(result["not_before"]) >= parse_moment(result["not_after"], end_of_day=True):
-            raise ConfigError(_join(prefix, "not_after"), "must be later than not_before")
+    window = result["not_before"], result["not_after"]
+    if all(window) and parse_moment(window[0]) >= parse_moment(window[1], end_of_day=True):
+        raise ConfigError(_join(prefix, "not_after"), "must be later than not_before")
     if result["delimiter"] == "":
         raise ConfigError(_join(prefix, "delimiter"), "must not be empty")
     if result["format"] == "regex" and not result["regex"]:

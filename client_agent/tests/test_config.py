@@ -187,7 +187,8 @@ def test_encoding_is_canonicalised():
             {"path": "/d", "qqq": 1},
             "qqq",
             "unknown option; known options: archive, colspecs, columns, delimiter, encoding, final_line_after, "
-            "format, header_lines, max_lines, not_after, not_before, path, pattern, quotechar, regex, rotated_pattern, timestamp, widths",
+            "format, header_lines, max_lines, not_after, not_before, path, pattern, quotechar, regex, "
+            "rotated_pattern, timestamp, widths",
         ),
         ("file", {}, "path", "is required"),
         ("file", {"path": ""}, "path", "must not be empty"),
@@ -222,7 +223,8 @@ def test_encoding_is_canonicalised():
             "file",
             {"path": "/d", "timestamp": {"format": "unix"}},
             "timestamp.format",
-            "'unix' is neither one of iso, epoch, epoch_ms, year_doy_hhmm, doy_hhmm, receipt nor a strptime pattern containing %",
+            "'unix' is neither one of iso, epoch, epoch_ms, year_doy_hhmm, doy_hhmm, receipt nor a strptime "
+            "pattern containing %",
         ),
         (
             "file",
