@@ -180,11 +180,11 @@ def test_export_over_http_leaves_sentinels_out_as_the_plot_does_unless_include_f
     rows = export()
     assert rows[0] == ["time", "channel", "value"]
     assert [int(r[0]) for r in rows[1:]] == plotted and len(plotted) == 30
-    assert {r[2] for r in rows[1:]} == {"20.0"}
+    assert {float(r[2]) for r in rows[1:]} == {20.0}
     rows = export(include_flagged="true", quality="true")
     assert rows[0] == ["time", "channel", "value", "quality"]
     assert len(rows) - 1 == 120
-    assert sorted({(r[2], r[3]) for r in rows[1:]}) == [("-7999.0", "2"), ("20.0", "0")]
+    assert sorted({(float(r[2]), int(r[3])) for r in rows[1:]}) == [(-7999.0, 2), (20.0, 0)]
     response = owner.client.get("/api/v1/export/", {**view, "include_flagged": "perhaps"}, HTTP_ACCEPT="text/csv")
     assert response.status_code == 400 and "include_flagged" in response.json()
 
