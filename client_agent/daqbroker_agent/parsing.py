@@ -133,6 +133,26 @@ class TimestampParser:
         self.zone = ZoneInfo(timezone)
         self.year = year
         self.needs_year = needs_year(fmt)
+        # A strptime pattern with an hhmm field of its own ("%Y %j %H%M"): strptime misreads it unpadded
+        # ("10" as 01:00) and refuses 2400, so that field is read as a number first (see _padded_hhmm).
+        words = (f"%Y {fmt}" if self.needs_year else fmt).split()
+        self.hhmm_word = words.index("%H%M") if "%" in fmt and "%H%M" in words else None
+        self.fmt_words = len(words)
+
+    def _padded_hhmm(self, text: str) -> tuple[str, bool]:
+        """``text`` with its hhmm field written as strptime reads it (``10`` -> ``0010``), and whether it
+        was 2400 (the midnight ending the day: read as 0000 of the next)."""
+        words = text.split()
+        if self.hhmm_word is None or len(words) != self.fmt_words:
+            return text, False
+        hhmm = words[self.hhmm_word]
+        if not (hhmm.isascii() and hhmm.isdigit() and len(hhmm) <= 4):
+            return text, False  # strptime says what is wrong
+        problem = _hhmm_problem(float(hhmm))
+        if problem:
+            raise LineError(f"timestamp {text!r}: {problem}")
+        words[self.hhmm_word] = "0000" if int(hhmm) == 2400 else f"{int(hhmm):04d}"
+        return " ".join(words), int(hhmm) == 2400
 
     def __call__(self, raw: str, year: int | None = None) -> int:
         raw = raw.strip()
@@ -162,11 +182,14 @@ class TimestampParser:
         fmt, text = self.fmt, raw
         if self.needs_year:  # strptime alone would say 1900 (and refuse 29 February, day 366)
             fmt, text = f"%Y {fmt}", f"{year} {raw}"
+        text, next_day = self._padded_hhmm(text)
         try:
             moment = datetime.fromisoformat(text) if fmt == "iso" else datetime.strptime(text, fmt)
         except ValueError:
             expected = "an ISO 8601 time" if self.fmt == "iso" else f"a time in the format {self.fmt!r}"
             raise LineError(f"timestamp {raw!r} is not {expected}") from None
+        if next_day:
+            moment += timedelta(days=1)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=self.zone)
         return datetime_to_us(moment)
@@ -588,9 +611,23 @@ class BlockParser:
                 ts, bad = self._as_us(parsed), parsed.isna().to_numpy()
             else:
                 ts, bad = self._localize(self._as_us(parsed), parsed.isna().to_numpy())
+            bad = bad | self._odd_hhmm(raw)
         if bad.any() and not stripped:  # blanks around a time, as LineParser strips them: try once more
             return self._strings_to_us(raw.str.strip(), fmt, stripped=True)
         return ts, bad
+
+    def _odd_hhmm(self, raw):
+        """Times whose own hhmm field is not four digits below 2400 (``10``, ``2400``): LineParser reads them."""
+        np = self.np
+        timestamps = self.lines.parse_time
+        if timestamps.hhmm_word is None:
+            return np.zeros(len(raw), dtype=bool)
+        words = raw.astype("string").str.split()
+        count = words.str.len().fillna(-1).to_numpy(dtype=np.int64)
+        hhmm = words.str.get(timestamps.hhmm_word).astype("string").fillna("")
+        plain = hhmm.str.fullmatch(r"[0-9]{4}").fillna(False).to_numpy(dtype=bool)
+        below = (hhmm < "2400").fillna(False).to_numpy(dtype=bool)
+        return ~(plain & below & (count == timestamps.fmt_words))
 
     def _iso(self, raw, one_by_one: bool = True):
         import pyarrow as pa

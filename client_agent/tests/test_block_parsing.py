@@ -388,3 +388,14 @@ def test_generated_logger_lines_agree_with_and_without_a_year_column():
 
     agree()
     assert sum(1 for rows in rows_in_bulk if rows) >= len(rows_in_bulk) // 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(logger_lines(with_year=True).map(lambda text: text.replace(",", " ", 2)), max_size=25),
+    st.sampled_from(["UTC", "Europe/Lisbon"]),
+)
+def test_generated_strptime_hhmm_fields_agree(lines, zone):
+    """A strptime pattern's own %H%M field: padded times in bulk, the rest (unpadded, 2400) line by line."""
+    cfg = config(timestamp={"format": "%Y %j %H%M", "timezone": zone}, not_before="")
+    check_agreement(cfg, {"1": NUMBER}, lines)

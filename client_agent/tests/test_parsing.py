@@ -432,3 +432,26 @@ def test_position_of_names_and_positions():
     assert p.position_of("5") == 5
     assert p.position_of("nope") is None
     assert parser(format="regex", regex=r"(?P<x>\d)", timestamp={"format": "receipt"}).position_of("x") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("2024 127 1430,1", us(2024, 5, 6, 14, 30)),
+        ("2024 127 10,1", us(2024, 5, 6, 0, 10)),  # strptime alone: 01:00
+        ("2024 127 100,1", us(2024, 5, 6, 1, 0)),  # strptime alone: 10:00
+        ("2024 127 5,1", us(2024, 5, 6, 0, 5)),
+        ("2024 127 2400,1", us(2024, 5, 7)),  # strptime alone: refused
+    ],
+)
+def test_an_hhmm_field_of_a_strptime_pattern_is_read_as_a_number(line, expected):
+    p = parser(timestamp={"format": "%Y %j %H%M"})
+    assert p.parse(line).ts_us == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"), [("2024 127 2460,1", "is not a time of day"), ("2024 127 99,1", "99 minutes")]
+)
+def test_a_bad_hhmm_field_of_a_strptime_pattern_is_refused_with_its_reason(line, reason):
+    with pytest.raises(LineError, match=reason):
+        parser(timestamp={"format": "%Y %j %H%M"}).parse(line)
