@@ -27,7 +27,8 @@ class Origin(models.TextChoices):
 class RunStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCESS = "success", "Succeeded"
-    # Committed, but a person should look: lines were read and nothing was stored (see the run's error).
+    # Committed, but a person should look (see the run's error): lines were read and nothing was stored, or
+    # the readings lie more than a year from their file's modification time (a wrong year?).
     WARNING = "warning", "Warning"
     FAILED = "failed", "Failed"
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from regex import error as regex_error
 
+from daqbroker_agent.parsing import DEFAULT_NOT_BEFORE, needs_year, parse_moment
 from daqbroker_agent.patterns import check_pattern_speed, compile_pattern
 from daqbroker_agent.tail import DEFAULT_FINAL_LINE_AFTER
 
@@ -120,7 +121,7 @@ def choice(*choices: str) -> Validator:
     return check
 
 
-def regex(*, named_groups: bool = False) -> Validator:
+def regex(*, named_groups: bool = False, one_group: bool = False) -> Validator:
     def check(value: Any, field: str) -> str:
         if value == "":
             return value  # no expression
@@ -131,6 +132,10 @@ def regex(*, named_groups: bool = False) -> Validator:
             raise ConfigError(field, f"is not a valid regular expression: {exc}") from None
         if named_groups and not compiled.groupindex:
             raise ConfigError(field, "needs at least one named group, e.g. (?P<temperature>[-\\d.]+)")
+        if one_group and compiled.groups != 1:
+            raise ConfigError(
+                field, f"needs exactly one group, the year (it has {compiled.groups}), e.g. Year:\\s*(\\d{{4}})"
+            )
         too_slow = check_pattern_speed(compiled)
         if too_slow:
             raise ConfigError(field, too_slow)
@@ -146,6 +151,22 @@ def encoding() -> Validator:
             return codecs.lookup(value).name
         except LookupError:
             raise ConfigError(field, f"{value!r} is not a known text encoding") from None
+
+    return check
+
+
+def moment() -> Validator:
+    """An ISO 8601 date (``2024-05-06``) or time (``2024-05-06T12:00:00+00:00``); naive means UTC."""
+
+    def check(value: Any, field: str) -> str:
+        if value == "":
+            return value  # no limit
+        text(max_length=64)(value, field)
+        try:
+            parse_moment(value)
+        except (ValueError, OverflowError):
+            raise ConfigError(field, f"{value!r} is not an ISO 8601 date or time, e.g. 2020-01-01") from None
+        return value.strip()
 
     return check
 
@@ -279,7 +300,7 @@ def _join(prefix: str, key: str) -> str:
 
 # --- the parsing options every line-based source shares -----------------------------------------
 
-TIMESTAMP_FORMATS = ("iso", "epoch", "epoch_ms", "year_doy_hhmm", "receipt")
+TIMESTAMP_FORMATS = ("iso", "epoch", "epoch_ms", "year_doy_hhmm", "doy_hhmm", "receipt")
 
 TIMESTAMP_OPTIONS = {
     "columns": Option(column_list(), default=lambda: [0], help="column(s) joined with a space to form the time"),
@@ -288,10 +309,22 @@ TIMESTAMP_OPTIONS = {
         default="iso",
         help=(
             "iso, epoch (seconds), epoch_ms, year_doy_hhmm (year, day of year and hhmm columns, optionally "
-            "seconds), receipt (time of reading) or a strptime pattern like %Y-%m-%d %H:%M:%S"
+            "seconds), doy_hhmm (day of year and hhmm columns, optionally seconds; the year from year or "
+            "year_pattern), receipt (time of reading) or a strptime pattern like %Y-%m-%d %H:%M:%S"
         ),
     ),
     "timezone": Option(timezone_name(), default="UTC", help="zone of naive timestamps"),
+    "year": Option(
+        integer(minimum=1000, maximum=9999),
+        default=None,
+        help="times without a year (doy_hhmm, a strptime pattern without %Y): the year they belong to",
+    ),
+    "year_pattern": Option(
+        regex(one_group=True),
+        default="",
+        help="times without a year, in files: a regular expression with one group, the year, searched in "
+        "the file's header lines (e.g. Year:\\s*(\\d{4}))",
+    ),
 }
 
 
@@ -309,6 +342,29 @@ def _check_timestamp(result: dict, prefix: str) -> None:
             _join(prefix, "columns"),
             "year_doy_hhmm needs three columns (year, day of year, hhmm) or four (and seconds)",
         )
+    if fmt == "doy_hhmm" and len(result["columns"]) not in (2, 3):
+        raise ConfigError(
+            _join(prefix, "columns"), "doy_hhmm needs two columns (day of year, hhmm) or three (and seconds)"
+        )
+    year, year_pattern = result.get("year"), result.get("year_pattern")
+    if fmt != "receipt" and needs_year(fmt):
+        if year is None and not year_pattern:
+            what = "doy_hhmm has no year column" if fmt == "doy_hhmm" else f"{fmt!r} has no year (%Y)"
+            raise ConfigError(
+                _join(prefix, "year"),
+                f"{what}: give year (e.g. 2024) or year_pattern (a regular expression with one group finding "
+                "the year in a header line of the file); without one the times would be read as 1900",
+            )
+        if year is not None and year_pattern:
+            raise ConfigError(_join(prefix, "year_pattern"), "give year or year_pattern, not both")
+    else:
+        for option in ("year", "year_pattern"):
+            if result.get(option) not in (None, ""):
+                raise ConfigError(
+                    _join(prefix, option),
+                    f"only applies when the time has no year (doy_hhmm, or a strptime pattern without %Y), "
+                    f"not to {fmt!r}",
+                )
 
 
 PARSER_OPTIONS = {
@@ -329,11 +385,42 @@ PARSER_OPTIONS = {
         section(TIMESTAMP_OPTIONS, checks=(_check_timestamp,)),
         default=lambda: {**TIMESTAMP_DEFAULTS, "columns": list(TIMESTAMP_DEFAULTS["columns"])},
     ),
+    "not_before": Option(
+        moment(),
+        default=DEFAULT_NOT_BEFORE,
+        help="readings timed before this ISO date or time are refused with the reason (a misread year); "
+        '"" for no limit but the server\'s (1900)',
+    ),
+    "not_after": Option(
+        moment(),
+        default="",
+        help="readings timed after this ISO date or time (a date alone: the end of that day) are refused; "
+        "the server refuses times more than DAQBROKER_MAX_FUTURE_SECONDS ahead of its clock in any case",
+    ),
 }
-TIMESTAMP_DEFAULTS: dict[str, Any] = {"columns": [0], "format": "iso", "timezone": "UTC"}
+TIMESTAMP_DEFAULTS: dict[str, Any] = {
+    "columns": [0],
+    "format": "iso",
+    "timezone": "UTC",
+    "year": None,
+    "year_pattern": "",
+}
 
 
-def _check_parser(result: dict, prefix: str) -> None:
+def _check_parser(result: dict, prefix: str, *, file: bool = False) -> None:
+    if result["timestamp"].get("year_pattern"):
+        if not file:
+            raise ConfigError(
+                _join(prefix, "timestamp.year_pattern"), "is searched in a file's header lines: file sources only"
+            )
+        if not result["header_lines"]:
+            raise ConfigError(
+                _join(prefix, "timestamp.year_pattern"),
+                "is searched in the file's header lines: set header_lines to how many there are",
+            )
+    window = result["not_before"], result["not_after"]
+    if all(window) and parse_moment(window[0]) >= parse_moment(window[1], end_of_day=True):
+        raise ConfigError(_join(prefix, "not_after"), "must be later than not_before")
     if result["delimiter"] == "":
         raise ConfigError(_join(prefix, "delimiter"), "must not be empty")
     if result["format"] == "regex" and not result["regex"]:
@@ -356,7 +443,7 @@ def _check_parser(result: dict, prefix: str) -> None:
 
 
 def _check_file(result: dict, prefix: str) -> None:
-    _check_parser(result, prefix)
+    _check_parser(result, prefix, file=True)
     # Files are read as bytes and cut at b"\n": the encoding must write ASCII as ASCII (not UTF-16).
     if "\n,; \t".encode(result["encoding"], errors="replace") != b"\n,; \t":
         raise ConfigError(_join(prefix, "encoding"), f"{result['encoding']} files cannot be read line by line")

@@ -32,6 +32,17 @@ from daqbroker_agent.patterns import PatternTimeout, compile_pattern, search
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+# The default start of a source's plausible window (``not_before``): before it, a time is a misread year.
+DEFAULT_NOT_BEFORE = "1970-01-01"
+
+
+def _shown_time(ts_us: int) -> str:
+    try:
+        return us_to_datetime(ts_us).isoformat()
+    except OverflowError:
+        return f"{ts_us} µs"
+
+
 class LineError(ValueError):
     """A line that cannot be turned into readings; the message says why."""
 
@@ -59,15 +70,99 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+# Time formats whose numbers are columns read as numbers (the bulk path reads them with numpy).
+NUMERIC_TIME_FORMATS = ("epoch", "epoch_ms", "year_doy_hhmm", "doy_hhmm")
+_YEAR_DIRECTIVES = ("%Y", "%y", "%G", "%c", "%x")
+
+
+def needs_year(fmt: str) -> bool:
+    """Whether times in format ``fmt`` carry no year of their own (``timestamp.year`` or
+    ``timestamp.year_pattern`` gives it): ``doy_hhmm``, or a strptime pattern without a year directive."""
+    if fmt == "doy_hhmm":
+        return True
+    return "%" in fmt and not any(directive in fmt for directive in _YEAR_DIRECTIVES)
+
+
+def header_year(pattern: str, lines: list[str]) -> int | None:
+    """The year found by ``pattern`` (one group: the year) in the first of ``lines`` it matches, or None."""
+    compiled = compile_pattern(pattern)
+    for line in lines:
+        try:
+            match = search(compiled, line)
+        except PatternTimeout:
+            continue
+        if match is not None:
+            found = (match.group(1) or "").strip()
+            if found.isascii() and found.isdigit() and 1 <= int(found) <= 9999:
+                return int(found)
+    return None
+
+
+def parse_moment(text: str, *, end_of_day: bool = False) -> datetime:
+    """An ISO date or time of a source's plausible window (``not_before``/``not_after``) as an aware UTC
+    datetime; a naive one is UTC. A date alone is its first instant, or with ``end_of_day`` its last."""
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if end_of_day and re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", text.strip()):
+        moment += timedelta(days=1, microseconds=-1)
+    return moment.astimezone(UTC)
+
+
+def _hhmm_problem(hhmm: float) -> str:
+    """Why an hhmm number is not a time of day ('' when it is one)."""
+    if not math.isfinite(hhmm) or not hhmm.is_integer():
+        return f"hhmm {hhmm:g} is not a whole number"
+    if not 0 <= hhmm <= 2400:
+        return f"hhmm {int(hhmm)} is not a time of day (0 to 2400, 2400 being the midnight that ends the day)"
+    if hhmm % 100 >= 60:
+        return f"hhmm {int(hhmm)} has {int(hhmm % 100)} minutes (the last two digits must be below 60)"
+    return ""
+
+
 class TimestampParser:
-    def __init__(self, fmt: str = "iso", timezone: str = "UTC"):
+    """Turns the text of a line's time column(s) into UTC microseconds.
+
+    ``year``: for formats without a year (``doy_hhmm``, strptime patterns without ``%Y``), the year the
+    times belong to (``timestamp.year``, or one found in a file's header); ``__call__`` may be given the
+    year of the file at hand instead.
+    """
+
+    def __init__(self, fmt: str = "iso", timezone: str = "UTC", year: int | None = None):
         self.fmt = fmt
         self.zone = ZoneInfo(timezone)
+        self.year = year
+        self.needs_year = needs_year(fmt)
+        # A strptime pattern with an hhmm field of its own ("%Y %j %H%M"): strptime misreads it unpadded
+        # ("10" as 01:00) and refuses 2400, so that field is read as a number first (see _padded_hhmm).
+        words = (f"%Y {fmt}" if self.needs_year else fmt).split()
+        self.hhmm_word = words.index("%H%M") if "%" in fmt and "%H%M" in words else None
+        self.fmt_words = len(words)
 
-    def __call__(self, raw: str) -> int:
+    def _padded_hhmm(self, text: str) -> tuple[str, bool]:
+        """``text`` with its hhmm field written as strptime reads it (``10`` -> ``0010``), and whether it
+        was 2400 (the midnight ending the day: read as 0000 of the next)."""
+        words = text.split()
+        if self.hhmm_word is None or len(words) != self.fmt_words:
+            return text, False
+        hhmm = words[self.hhmm_word]
+        if not (hhmm.isascii() and hhmm.isdigit() and len(hhmm) <= 4):
+            return text, False  # strptime says what is wrong
+        problem = _hhmm_problem(float(hhmm))
+        if problem:
+            raise LineError(f"timestamp {text!r}: {problem}")
+        words[self.hhmm_word] = "0000" if int(hhmm) == 2400 else f"{int(hhmm):04d}"
+        return " ".join(words), int(hhmm) == 2400
+
+    def __call__(self, raw: str, year: int | None = None) -> int:
         raw = raw.strip()
         if not raw:
             raise LineError("empty timestamp")
+        year = self.year if year is None else year
+        if self.needs_year and year is None:
+            raise LineError(
+                "the time has no year and none is known: no header line of the file matches timestamp.year_pattern"
+            )
         if self.fmt in ("epoch", "epoch_ms"):
             try:
                 value = float(raw)
@@ -81,39 +176,55 @@ class TimestampParser:
             if "." not in raw and "e" not in raw.lower():
                 return int(raw) * scale  # exact for integer epochs
             return round(value * scale)
-        if self.fmt == "year_doy_hhmm":
-            return datetime_to_us(self._year_doy_hhmm(raw).replace(tzinfo=self.zone))
+        if self.fmt in ("year_doy_hhmm", "doy_hhmm"):
+            with_year = raw if self.fmt == "year_doy_hhmm" else f"{year} {raw}"
+            return datetime_to_us(self._year_doy_hhmm(with_year, raw).replace(tzinfo=self.zone))
+        fmt, text = self.fmt, raw
+        if self.needs_year:  # strptime alone would say 1900 (and refuse 29 February, day 366)
+            fmt, text = f"%Y {fmt}", f"{year} {raw}"
+        text, next_day = self._padded_hhmm(text)
         try:
-            moment = datetime.fromisoformat(raw) if self.fmt == "iso" else datetime.strptime(raw, self.fmt)
+            moment = datetime.fromisoformat(text) if fmt == "iso" else datetime.strptime(text, fmt)
         except ValueError:
             expected = "an ISO 8601 time" if self.fmt == "iso" else f"a time in the format {self.fmt!r}"
             raise LineError(f"timestamp {raw!r} is not {expected}") from None
+        if next_day:
+            moment += timedelta(days=1)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=self.zone)
         return datetime_to_us(moment)
 
-    @staticmethod
-    def _year_doy_hhmm(raw: str) -> datetime:
+    def _year_doy_hhmm(self, raw: str, shown: str) -> datetime:
         """Year, day of year (1 = 1 January), hours and minutes as one number (0-2400), optional seconds.
 
-        The layout of many data loggers' array output (``2024 127 1430 15``); 2400 is midnight ending the day.
+        The layout of many data loggers' array output (``2024 127 1430 15``). The hhmm number is read as a
+        number, so unpadded values are right: ``5`` is 00:05, ``100`` 01:00, and 2400 is the midnight that
+        ends the day (00:00 of the next). ``shown`` is the text as the line has it, for the reason.
         """
         parts = raw.split()
-        expected = f"timestamp {raw!r} is not year, day of year, hhmm[, seconds]"
+        layout = "year, day of year, hhmm" if self.fmt == "year_doy_hhmm" else "day of year, hhmm"
+        expected = f"timestamp {shown!r} is not {layout}[, seconds]"
         if len(parts) not in (3, 4):
             raise LineError(expected)
         try:
             numbers = [float(part) for part in parts]
         except ValueError:
             raise LineError(expected) from None
-        if not all(math.isfinite(n) for n in numbers) or not all(n.is_integer() for n in numbers[:3]):
+        if not all(math.isfinite(n) for n in numbers) or not all(n.is_integer() for n in numbers[:2]):
             raise LineError(expected)
+        hhmm_problem = _hhmm_problem(numbers[2])
+        if hhmm_problem:
+            raise LineError(f"timestamp {shown!r}: {hhmm_problem}")
         year, doy, hhmm = (int(n) for n in numbers[:3])
         seconds = numbers[3] if len(numbers) == 4 else 0.0
         hours, minutes = divmod(hhmm, 100)
-        days_in_year = 366 if calendar.isleap(year) else 365 if 1 <= year <= 9999 else 0
-        if not (1 <= doy <= days_in_year and 0 <= hhmm <= 2400 and minutes < 60 and 0 <= seconds < 60):
-            raise LineError(f"{expected} (out of range)")
+        if not 1 <= year <= 9999:
+            raise LineError(f"{expected} (year {year} out of range)")
+        days_in_year = 366 if calendar.isleap(year) else 365
+        if not 1 <= doy <= days_in_year:
+            raise LineError(f"timestamp {shown!r}: day of year {doy} is not in {year} (1 to {days_in_year})")
+        if not 0 <= seconds < 60:
+            raise LineError(f"timestamp {shown!r}: seconds {seconds:g} are not between 0 and 60")
         try:
             return datetime(year, 1, 1) + timedelta(
                 days=doy - 1, hours=hours, minutes=minutes, microseconds=round(seconds * 1_000_000)
@@ -147,8 +258,29 @@ class LineParser:
         self.ts_columns = [str(c) for c in ts.get("columns", [0])]
         self.ts_format = ts.get("format", "iso")
         self.timezone = ts.get("timezone", "UTC")
-        self.parse_time = TimestampParser(self.ts_format if self.ts_format != "receipt" else "iso", self.timezone)
+        self.year_pattern = ts.get("year_pattern") or ""
+        self.parse_time = TimestampParser(
+            self.ts_format if self.ts_format != "receipt" else "iso", self.timezone, ts.get("year")
+        )
         self.pattern = compile_pattern(config["regex"]) if self.format == "regex" else None
+        # The source's plausible window: a time outside it is refused with the reason (a wrong year, say).
+        not_before, not_after = config.get("not_before", DEFAULT_NOT_BEFORE), config.get("not_after", "")
+        self.not_before = not_before or ""
+        self.not_after = not_after or ""
+        self.earliest_us = datetime_to_us(parse_moment(not_before)) if not_before else None
+        self.latest_us = datetime_to_us(parse_moment(not_after, end_of_day=True)) if not_after else None
+
+    def year_from_header(self, header: list[str]) -> int | None:
+        """The year of a file whose times carry none, from its header lines (``timestamp.year_pattern``)."""
+        return header_year(self.year_pattern, header) if self.year_pattern else None
+
+    def window_problem(self, ts_us: int) -> str:
+        """Why a time is outside the source's plausible window ('' when inside it)."""
+        if self.earliest_us is not None and ts_us < self.earliest_us:
+            return f"time {_shown_time(ts_us)} is before this source's not_before ({self.not_before})"
+        if self.latest_us is not None and ts_us > self.latest_us:
+            return f"time {_shown_time(ts_us)} is after this source's not_after ({self.not_after})"
+        return ""
 
     @cached_property
     def _simple_split(self) -> bool:
@@ -182,7 +314,9 @@ class LineParser:
                 fields[str(name)] = parts[index].strip()
         return fields
 
-    def parse(self, line: str, received_us: int | None = None) -> ParsedLine:
+    def parse(self, line: str, received_us: int | None = None, year: int | None = None) -> ParsedLine:
+        """``year``: the year of the file the line comes from, when its times carry none (see
+        :meth:`year_from_header`)."""
         line = line.rstrip("\r\n")
         if not line.strip():
             raise LineError("empty line")
@@ -193,7 +327,11 @@ class LineParser:
             raw_time = " ".join(fields[column] for column in self.ts_columns)
         except KeyError as exc:
             raise LineError(f"the time column {exc.args[0]!r} is missing from the line") from None
-        return ParsedLine(self.parse_time(raw_time), fields)
+        ts_us = self.parse_time(raw_time, year)
+        problem = self.window_problem(ts_us)
+        if problem:
+            raise LineError(problem)
+        return ParsedLine(ts_us, fields)
 
     def position_of(self, key: str) -> int | None:
         """The zero-based field position that ``split`` files under ``key``, or None (regex groups)."""
@@ -268,7 +406,7 @@ class BlockParser:
                 )
             self.positions[key] = position
         self._text_positions = {self.positions[k] for k, kind in self.wanted.items() if kind == TEXT}
-        self._numeric_ts = self.lines.ts_format in ("epoch", "epoch_ms", "year_doy_hhmm")
+        self._numeric_ts = self.lines.ts_format in NUMERIC_TIME_FORMATS
         if not self._numeric_ts and self.lines.ts_format != "receipt":
             self._text_positions |= {self.positions[k] for k in self._ts_keys()}
 
@@ -282,8 +420,11 @@ class BlockParser:
 
     # -- reading the columns ---------------------------------------------------------------------------
 
-    def parse(self, data: bytes, received_us: int | None = None, n_lines: int | None = None) -> ParsedBlock:
-        """Parse ``data``: complete lines, each ending with a newline (``n_lines`` of them, if known)."""
+    def parse(
+        self, data: bytes, received_us: int | None = None, n_lines: int | None = None, year: int | None = None
+    ) -> ParsedBlock:
+        """Parse ``data``: complete lines, each ending with a newline (``n_lines`` of them, if known).
+        ``year``: the year of the file, when its times carry none (as for ``LineParser.parse``)."""
         np = self.np
         n_lines = data.count(b"\n") if n_lines is None else n_lines
         everything = np.arange(n_lines, dtype=np.int64)
@@ -305,7 +446,8 @@ class BlockParser:
                 bad |= column.isna().to_numpy()
                 values[key] = column.str.strip()
         rows = np.flatnonzero(~bad)
-        ts, ts_bad = self._times(frame, rows, received_us)
+        ts, ts_bad = self._times(frame, rows, received_us, year)
+        ts_bad = ts_bad | self._outside_window(ts)
         if ts_bad.any():
             rows, ts = rows[~ts_bad], ts[~ts_bad]
             bad[np.flatnonzero(~bad)[ts_bad]] = True
@@ -408,18 +550,43 @@ class BlockParser:
 
     # -- timestamps ------------------------------------------------------------------------------------
 
-    def _times(self, frame, rows, received_us: int | None):
+    def _outside_window(self, ts):
+        """Times outside the source's plausible window: left to LineParser, which says why."""
+        np = self.np
+        outside = np.zeros(len(ts), dtype=bool)
+        if self.lines.earliest_us is not None:
+            outside |= ts < self.lines.earliest_us
+        if self.lines.latest_us is not None:
+            outside |= ts > self.lines.latest_us
+        return outside
+
+    def _times(self, frame, rows, received_us: int | None, year: int | None = None):
         """(µs since the epoch, could-not-read mask) for ``rows``."""
         np = self.np
         n = len(rows)
         fmt = self.lines.ts_format
         if fmt == "receipt":
             return np.full(n, received_us if received_us is not None else now_us(), dtype=np.int64), np.zeros(n, bool)
+        year = self.lines.parse_time.year if year is None else year
+        if self.lines.parse_time.needs_year and year is None:
+            return np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)  # LineParser says why
         columns = [frame[self.positions[key]] for key in self._ts_keys()]
         if fmt in ("epoch", "epoch_ms"):
             return self._epoch(columns[0], rows, 1_000 if fmt == "epoch_ms" else 1_000_000)
-        if fmt == "year_doy_hhmm":
-            return self._year_doy_hhmm(columns, rows)
+        if fmt in ("year_doy_hhmm", "doy_hhmm"):
+            return self._year_doy_hhmm(columns, rows, year if fmt == "doy_hhmm" else None)
+        if self.lines.parse_time.needs_year:  # a strptime pattern without a year: "<year> <time>"
+            raw = _take(columns[0], rows).str.strip()
+            for more in columns[1:]:
+                raw = raw + " " + _take(more, rows).str.strip()
+            raw = (f"{year} " + raw.str.strip()).reset_index(drop=True)
+            missing = raw.isna().to_numpy()
+            ts, bad = np.zeros(n, dtype=np.int64), missing.copy()
+            present = np.flatnonzero(~missing)
+            if len(present):
+                part = raw.iloc[present].reset_index(drop=True)
+                ts[present], bad[present] = self._strings_to_us(part, f"%Y {fmt}", stripped=True)
+            return ts, bad
         if len(columns) == 1:
             raw = _take(columns[0], rows)  # stripped only if it must be (see _strings_to_us)
         else:
@@ -444,9 +611,23 @@ class BlockParser:
                 ts, bad = self._as_us(parsed), parsed.isna().to_numpy()
             else:
                 ts, bad = self._localize(self._as_us(parsed), parsed.isna().to_numpy())
+            bad = bad | self._odd_hhmm(raw)
         if bad.any() and not stripped:  # blanks around a time, as LineParser strips them: try once more
             return self._strings_to_us(raw.str.strip(), fmt, stripped=True)
         return ts, bad
+
+    def _odd_hhmm(self, raw):
+        """Times whose own hhmm field is not four digits below 2400 (``10``, ``2400``): LineParser reads them."""
+        np = self.np
+        timestamps = self.lines.parse_time
+        if timestamps.hhmm_word is None:
+            return np.zeros(len(raw), dtype=bool)
+        words = raw.astype("string").str.split()
+        count = words.str.len().fillna(-1).to_numpy(dtype=np.int64)
+        hhmm = words.str.get(timestamps.hhmm_word).astype("string").fillna("")
+        plain = hhmm.str.fullmatch(r"[0-9]{4}").fillna(False).to_numpy(dtype=bool)
+        below = (hhmm < "2400").fillna(False).to_numpy(dtype=bool)
+        return ~(plain & below & (count == timestamps.fmt_words))
 
     def _iso(self, raw, one_by_one: bool = True):
         import pyarrow as pa
@@ -520,19 +701,22 @@ class BlockParser:
         out[~bad] = np.round(scaled[~bad]).astype(np.int64)
         return out, bad
 
-    def _year_doy_hhmm(self, columns, rows):
+    def _year_doy_hhmm(self, columns, rows, year: int | None = None):
+        """year_doy_hhmm columns, or (with ``year``) doy_hhmm ones."""
         np = self.np
         parts = [self._numbers(column)[rows] for column in columns]
-        year, doy, hhmm = parts[:3]
+        if year is not None:
+            parts.insert(0, np.full(len(rows), float(year)))
+        years, doy, hhmm = parts[:3]
         seconds = parts[3] if len(parts) == 4 else np.zeros(len(rows))
         with np.errstate(invalid="ignore"):
-            integral = (year == np.floor(year)) & (doy == np.floor(doy)) & (hhmm == np.floor(hhmm))
-            leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+            integral = (years == np.floor(years)) & (doy == np.floor(doy)) & (hhmm == np.floor(hhmm))
+            leap = (years % 4 == 0) & ((years % 100 != 0) | (years % 400 == 0))
             hours, minutes = np.floor_divide(hhmm, 100), np.mod(hhmm, 100)
             ok = (
                 integral
-                & (year >= 1)
-                & (year <= 9999)
+                & (years >= 1)
+                & (years <= 9999)
                 & (doy >= 1)
                 & (doy <= np.where(leap, 366, 365))
                 & (hhmm >= 0)
@@ -541,7 +725,7 @@ class BlockParser:
                 & (seconds >= 0)
                 & (seconds < 60)
             )
-        safe = np.where(ok, year, 1970).astype(np.int64)
+        safe = np.where(ok, years, 1970).astype(np.int64)
         jan1_days = (safe - 1970).astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64)
         day_us = 86_400_000_000
         wall = (

@@ -34,7 +34,7 @@ from typing import Any
 from daqbroker_agent.parsing import LineError, LineParser, now_us
 from daqbroker_agent.spool import Reading, Spool, SpoolFull, SpoolUnavailable, Unparsed
 from daqbroker_agent.state import AgentState, RateLimitedLog
-from daqbroker_agent.tail import DEFAULT_FINAL_LINE_AFTER, read_new_lines
+from daqbroker_agent.tail import DEFAULT_FINAL_LINE_AFTER, read_header_lines, read_new_lines
 from daqbroker_agent.transports import LineSplitter, Transport, open_transport
 
 log = logging.getLogger("daqbroker_agent.sources")
@@ -113,18 +113,24 @@ class LineMapper:
         self.unparsed: list[Unparsed] = []
 
     def readings(
-        self, lines: Iterable[tuple[str, int]], where: str = "", *, file: str = "", first_line: int | None = None
+        self,
+        lines: Iterable[tuple[str, int]],
+        where: str = "",
+        *,
+        file: str = "",
+        first_line: int | None = None,
+        year: int | None = None,
     ) -> list[Reading]:
         """Readings of ``lines``; a line that does not parse is logged and reported until a later call
         parses cleanly. ``file`` and ``first_line`` (the number of the first of ``lines``) say where the
-        lines came from, for the quarantine."""
+        lines came from, for the quarantine; ``year`` is the file's, when its times carry none."""
         out: list[Reading] = []
         self.problems = 0
         for number, (text, received_us) in enumerate(lines):
             if not text.strip():
                 continue
             try:
-                parsed = self.parser.parse(text, received_us)
+                parsed = self.parser.parse(text, received_us, year)
             except LineError as exc:
                 self._problem(f"line not parsed: {exc}", where, text, received_us, file, first_line, number)
                 continue
@@ -303,9 +309,19 @@ class FileSource(SourceRunner):
                 lines = chunk.lines()
                 skip = max(0, header - (chunk.first_line - 1))
                 numbered = [(line.decode(encoding, errors="replace").rstrip("\r"), received) for line in lines[skip:]]
+                # A file whose times carry no year: the year its header lines give (timestamp.year_pattern).
+                year = (
+                    self.mapper.parser.year_from_header(read_header_lines(chunk.path, header, encoding))
+                    if self.mapper.parser.year_pattern
+                    else None
+                )
                 readings.extend(
                     self.mapper.readings(
-                        numbered, f" ({chunk.path.name})", file=str(chunk.path), first_line=chunk.first_line + skip
+                        numbered,
+                        f" ({chunk.path.name})",
+                        file=str(chunk.path),
+                        first_line=chunk.first_line + skip,
+                        year=year,
                     )
                 )
             if not self.spool_readings(readings, read.cursor, all_or_nothing=True):

@@ -249,6 +249,27 @@ def plan_files(folder: Path, pattern: str, cursor: dict | None, rotated_pattern:
     return plan
 
 
+MAX_HEADER_BYTES = 1024 * 1024
+
+
+def read_header_lines(path: Path, count: int, encoding: str) -> list[str]:
+    """The first ``count`` lines of a file as text (at most MAX_HEADER_BYTES of them), for the year a
+    header line gives (``timestamp.year_pattern``); [] when the file cannot be read."""
+    header: list[str] = []
+    try:
+        with path.open("rb") as handle:
+            size = 0
+            for _ in range(count):
+                line = handle.readline(MAX_HEADER_BYTES - size)
+                if not line:
+                    break
+                size += len(line)
+                header.append(line.decode(encoding, errors="replace").rstrip("\r\n"))
+    except OSError:
+        return []
+    return header
+
+
 def baseline(path: Path, stat: os.stat_result) -> dict:
     """The cursor entry of a rotated file that was there before following began: read up to its end."""
     lines = 0

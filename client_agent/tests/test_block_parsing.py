@@ -8,6 +8,7 @@ Needs pandas, which the server has and the agent does not.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -104,7 +105,7 @@ def test_naive_times_across_a_clock_change():
 
 @pytest.mark.parametrize("fmt", ["epoch", "epoch_ms"])
 def test_epochs(fmt):
-    cfg = config(timestamp={"format": fmt})
+    cfg = config(timestamp={"format": fmt}, not_before="")  # before 1970 too
     lines = ["1714979289,1", "1714979289.5,2", "1714979289.123456,3", "-5,4", "1.7e9,5", "soon,6", "inf,7"]
     block = check_agreement(cfg, {"1": NUMBER}, lines)
     assert block.irregular.tolist() == [5, 6]
@@ -303,4 +304,98 @@ def test_generated_fixed_width_lines_agree(lines, zone):
     cfg = config(
         format="fixed_width", colspecs=[[0, 19], [19, 30]], timestamp={"format": "%Y-%m-%d %H:%M:%S", "timezone": zone}
     )
+    check_agreement(cfg, {"1": NUMBER}, lines)
+
+
+# --- times without a year, unpadded hhmm, the plausible window (issue 15) --------------------------
+
+
+def test_day_of_year_hhmm_with_a_year_agrees_and_refuses_what_line_parser_refuses():
+    cfg = config(
+        columns=["doy", "hhmm", "t"], timestamp={"format": "doy_hhmm", "columns": ["doy", "hhmm"], "year": 2024}
+    )
+    lines = ["127,10,1", "127,100,2", "127,2400,3", "366,2400,4", "127,2460,5", "127,2401,6", "127,99,7", "367,0,8"]
+    block = check_agreement(cfg, {"t": NUMBER}, lines)
+    assert block.irregular.tolist() == [4, 5, 6, 7]
+
+
+def test_a_year_given_per_block_and_none_known():
+    cfg = config(
+        header_lines=1,
+        columns=["doy", "hhmm", "t"],
+        timestamp={"format": "doy_hhmm", "columns": ["doy", "hhmm"], "year_pattern": r"(\d{4})"},
+    )
+    data = b"60,1200,1\n"
+    assert BlockParser(cfg, {"t": NUMBER}).parse(data).irregular.tolist() == [0]  # no year: LineParser says why
+    block = BlockParser(cfg, {"t": NUMBER}).parse(data, year=2024)
+    assert block.ts_us.tolist() == [LineParser(cfg).parse("60,1200,1", year=2024).ts_us]
+
+
+def test_a_strptime_pattern_without_a_year_agrees():
+    cfg = config(
+        columns=["doy", "time", "t"], timestamp={"format": "%j %H:%M", "columns": ["doy", "time"], "year": 2024}
+    )
+    block = check_agreement(cfg, {"t": NUMBER}, ["366,23:59,1", "60,00:00,2", "367,00:00,3"])
+    assert block.irregular.tolist() == [2]
+
+
+@st.composite
+def logger_lines(draw, with_year: bool):
+    """Logger array lines: [year,] day of year, hhmm (often unpadded, sometimes impossible), value."""
+    parts = [str(draw(st.sampled_from([1899, 1969, 1970, 2023, 2024, 2100])))] if with_year else []
+    parts.append(draw(st.one_of(st.integers(-1, 368).map(str), st.sampled_from(["", "x", "1.5", "060"]))))
+    hhmm = st.one_of(
+        st.integers(0, 23).flatmap(lambda h: st.integers(0, 59).map(lambda m: str(h * 100 + m))),
+        st.integers(-10, 2500).map(str),
+        st.sampled_from(["2400", "0010", "10", "100", "2460", "2401", "99", "12.0", "12.5", "", "nan"]),
+    )
+    parts.append(draw(hhmm))
+    parts.append(draw(numbers))
+    return ",".join(parts)
+
+
+def test_generated_logger_lines_agree_with_and_without_a_year_column():
+    rows_in_bulk: list[int] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.booleans(),
+        st.data(),
+        st.sampled_from(["UTC", "America/New_York"]),
+        st.sampled_from(["", "1970-01-01", "2024-03-01"]),
+        st.sampled_from(["", "2024-06-30"]),
+    )
+    def agree(with_year, data, zone, not_before, not_after):
+        lines = data.draw(st.lists(logger_lines(with_year), max_size=25))
+        if with_year:
+            timestamp = {"format": "year_doy_hhmm", "columns": [0, 1, 2], "timezone": zone}
+            value = "3"
+        else:
+            timestamp = {"format": "doy_hhmm", "columns": [0, 1], "timezone": zone, "year": 2024}
+            value = "2"
+        cfg = config(timestamp=timestamp, not_before=not_before, not_after=not_after)
+        block = check_agreement(cfg, {value: NUMBER}, lines)
+        # A line whose time LineParser reads and whose value is a plain number is read in bulk: the times
+        # (unpadded hhmm, 2400, the window) never need the slow path.
+        line_parser = LineParser(cfg)
+        for index in block.irregular.tolist():
+            try:
+                parsed = line_parser.parse(lines[index])
+            except LineError:
+                continue
+            assert not re.fullmatch(r"-?\d+(\.\d*)?", parsed.fields.get(value, "")), lines[index]
+        rows_in_bulk.append(len(block.rows))
+
+    agree()
+    assert sum(1 for rows in rows_in_bulk if rows) >= len(rows_in_bulk) // 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(logger_lines(with_year=True).map(lambda text: text.replace(",", " ", 2)), max_size=25),
+    st.sampled_from(["UTC", "Europe/Lisbon"]),
+)
+def test_generated_strptime_hhmm_fields_agree(lines, zone):
+    """A strptime pattern's own %H%M field: padded times in bulk, the rest (unpadded, 2400) line by line."""
+    cfg = config(timestamp={"format": "%Y %j %H%M", "timezone": zone}, not_before="")
     check_agreement(cfg, {"1": NUMBER}, lines)

@@ -18,7 +18,9 @@ PARSER_DEFAULTS = {
     "columns": [],
     "widths": [],
     "colspecs": [],
-    "timestamp": {"columns": [0], "format": "iso", "timezone": "UTC"},
+    "timestamp": {"columns": [0], "format": "iso", "timezone": "UTC", "year": None, "year_pattern": ""},
+    "not_before": "1970-01-01",
+    "not_after": "",
 }
 LINE_DEFAULTS = {
     "request": "",
@@ -112,7 +114,13 @@ def test_none_means_use_the_default():
 
 def test_timestamp_section_fills_in_its_own_defaults():
     config = validate_source_config("file", {"path": "/d", "timestamp": {"format": "%d/%m/%Y %H:%M"}})
-    assert config["timestamp"] == {"columns": [0], "format": "%d/%m/%Y %H:%M", "timezone": "UTC"}
+    assert config["timestamp"] == {
+        "columns": [0],
+        "format": "%d/%m/%Y %H:%M",
+        "timezone": "UTC",
+        "year": None,
+        "year_pattern": "",
+    }
 
 
 def test_each_config_gets_its_own_default_lists():
@@ -179,7 +187,8 @@ def test_encoding_is_canonicalised():
             {"path": "/d", "qqq": 1},
             "qqq",
             "unknown option; known options: archive, colspecs, columns, delimiter, encoding, final_line_after, "
-            "format, header_lines, max_lines, path, pattern, quotechar, regex, rotated_pattern, timestamp, widths",
+            "format, header_lines, max_lines, not_after, not_before, path, pattern, quotechar, regex, "
+            "rotated_pattern, timestamp, widths",
         ),
         ("file", {}, "path", "is required"),
         ("file", {"path": ""}, "path", "must not be empty"),
@@ -214,7 +223,8 @@ def test_encoding_is_canonicalised():
             "file",
             {"path": "/d", "timestamp": {"format": "unix"}},
             "timestamp.format",
-            "'unix' is neither one of iso, epoch, epoch_ms, year_doy_hhmm, receipt nor a strptime pattern containing %",
+            "'unix' is neither one of iso, epoch, epoch_ms, year_doy_hhmm, doy_hhmm, receipt nor a strptime "
+            "pattern containing %",
         ),
         (
             "file",
@@ -332,3 +342,87 @@ def test_the_finding_pattern_is_fast_under_the_regex_package_and_accepted():
     pattern = r"^(?P<x>([a-z:/0-9])+)+!$"
     config = validate_source_config("tcp", {"host": "h", "port": 1, "format": "regex", "regex": pattern})
     assert config["regex"] == pattern
+
+
+# --- times without a year, the plausible window (issue 15) -----------------------------------------
+
+DOY = {"format": "doy_hhmm", "columns": [0, 1]}
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "field", "message"),
+    [
+        ("file", {"timestamp": DOY}, "timestamp.year", "doy_hhmm has no year column: give year (e.g. 2024) or"),
+        (
+            "file",
+            {"timestamp": {"format": "%j %H:%M", "columns": [0, 1]}},
+            "timestamp.year",
+            "'%j %H:%M' has no year (%Y): give year",
+        ),
+        ("file", {"timestamp": {**DOY, "columns": [0]}}, "timestamp.columns", "doy_hhmm needs two columns"),
+        (
+            "file",
+            {"header_lines": 1, "timestamp": {**DOY, "year": 2024, "year_pattern": r"(\d{4})"}},
+            "timestamp.year_pattern",
+            "give year or year_pattern, not both",
+        ),
+        ("file", {"timestamp": {**DOY, "year": 24}}, "timestamp.year", "must be at least 1000"),
+        ("file", {"timestamp": {"year": 2024}}, "timestamp.year", "only applies when the time has no year"),
+        (
+            "file",
+            {"timestamp": {"format": "year_doy_hhmm", "columns": [0, 1, 2], "year_pattern": r"(\d+)"}},
+            "timestamp.year_pattern",
+            "only applies when the time has no year",
+        ),
+        (
+            "file",
+            {"header_lines": 1, "timestamp": {**DOY, "year_pattern": r"Year (\d{4}) day (\d+)"}},
+            "timestamp.year_pattern",
+            "needs exactly one group, the year (it has 2)",
+        ),
+        (
+            "file",
+            {"timestamp": {**DOY, "year_pattern": r"Year (\d{4})"}},
+            "timestamp.year_pattern",
+            "is searched in the file's header lines: set header_lines",
+        ),
+        (
+            "serial",
+            {"url": "loop://", "timestamp": {**DOY, "year_pattern": r"Year (\d{4})"}},
+            "timestamp.year_pattern",
+            "file sources only",
+        ),
+        ("file", {"not_before": "last year"}, "not_before", "'last year' is not an ISO 8601 date or time"),
+        ("file", {"not_after": "2024-13-01"}, "not_after", "is not an ISO 8601 date or time"),
+        ("file", {"not_before": "2024-01-01", "not_after": "2023-12-31"}, "not_after", "must be later than not_before"),
+    ],
+)
+def test_times_without_a_year_and_windows_are_checked_when_saved(kind, raw, field, message):
+    base = {"path": "/d"} if kind == "file" else {}
+    with pytest.raises(ConfigError) as excinfo:
+        validate_source_config(kind, {**base, **raw})
+    assert excinfo.value.field == field
+    assert message in excinfo.value.message
+
+
+def test_times_without_a_year_and_windows_are_accepted():
+    fixed = validate_source_config("file", {"path": "/d", "timestamp": {**DOY, "year": "2024"}})
+    assert fixed["timestamp"]["year"] == 2024
+    found = validate_source_config(
+        "file", {"path": "/d", "header_lines": 2, "timestamp": {**DOY, "year_pattern": r"Year:\s*(\d{4})"}}
+    )
+    assert found["timestamp"]["year_pattern"] == r"Year:\s*(\d{4})"
+    window = validate_source_config("tcp", {"host": "h", "port": 1, "not_before": "", "not_after": " 2030-01-01 "})
+    assert (window["not_before"], window["not_after"]) == ("", "2030-01-01")
+    agent = validate_source_config(
+        "agent",
+        {
+            "collect": {
+                "kind": "file",
+                "path": "/d",
+                "header_lines": 1,
+                "timestamp": {**DOY, "year_pattern": r"(\d{4})"},
+            }
+        },
+    )
+    assert agent["collect"]["timestamp"]["year_pattern"] == r"(\d{4})"

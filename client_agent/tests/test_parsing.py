@@ -130,7 +130,7 @@ def test_naive_timestamps_in_a_zone_west_of_utc():
 
 
 def test_epoch_seconds_integer_is_exact():
-    p = parser(timestamp={"format": "epoch"})
+    p = parser(timestamp={"format": "epoch"}, not_before="")
     assert p.parse("1700000000,1").ts_us == 1_700_000_000_000_000
     # Larger than a double can hold exactly in microseconds: still exact.
     assert p.parse("9007199254741,1").ts_us == 9_007_199_254_741_000_000
@@ -328,14 +328,101 @@ def test_year_day_of_year_hhmm_and_seconds_in_a_zone():
 
 
 @pytest.mark.parametrize(
-    "line",
-    ["2023,366,0,1", "2024,0,0,1", "2024,10,2401,1", "2024,10,1260,1", "2024,10.5,0,1", "x,1,0,1", "2024,1"],
+    ("line", "reason"),
+    [
+        ("2023,366,0,1", "day of year 366 is not in 2023 (1 to 365)"),
+        ("2024,0,0,1", "day of year 0 is not in 2024 (1 to 366)"),
+        ("2024,10,2401,1", "hhmm 2401 is not a time of day (0 to 2400"),
+        ("2024,10,2460,1", "hhmm 2460 is not a time of day (0 to 2400"),
+        ("2024,10,1260,1", "hhmm 1260 has 60 minutes (the last two digits must be below 60)"),
+        ("2024,10,99,1", "hhmm 99 has 99 minutes"),
+        ("2024,10,-5,1", "hhmm -5 is not a time of day"),
+        ("2024,10,12.5,1", "hhmm 12.5 is not a whole number"),
+        ("2024,10.5,0,1", "is not year, day of year, hhmm[, seconds]"),
+        ("x,1,0,1", "is not year, day of year, hhmm[, seconds]"),
+        ("2024,1", "missing"),
+    ],
 )
-def test_impossible_year_day_of_year_hhmm_is_a_line_error(line):
+def test_impossible_year_day_of_year_hhmm_is_a_line_error_with_its_reason(line, reason):
     p = parser(timestamp={"format": "year_doy_hhmm", "columns": [0, 1, 2]})
     with pytest.raises(LineError) as excinfo:
         p.parse(line)
-    assert "is not year, day of year, hhmm[, seconds]" in str(excinfo.value) or "missing" in str(excinfo.value)
+    assert reason in str(excinfo.value)
+
+
+# --- times without a year, and the plausible window (issue 15) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("127,1430,1.5", us(2024, 5, 6, 14, 30)),
+        ("127,10,1.5", us(2024, 5, 6, 0, 10)),  # unpadded: 00:10, not 01:00
+        ("127,100,1.5", us(2024, 5, 6, 1, 0)),  # 01:00, not 10:00
+        ("127,0010,1.5", us(2024, 5, 6, 0, 10)),
+        ("127,2400,1.5", us(2024, 5, 7)),  # 24:00 is the midnight that ends the day
+        ("366,2400,1.5", us(2025, 1, 1)),  # ... even the last day of the year
+        ("60,1200,1.5", us(2024, 2, 29, 12)),  # day 60 of a leap year
+    ],
+)
+def test_day_of_year_and_hhmm_with_a_fixed_year(line, expected):
+    p = parser(timestamp={"format": "doy_hhmm", "columns": [0, 1], "year": 2024})
+    assert p.parse(line).ts_us == expected
+
+
+def test_day_of_year_hhmm_and_seconds_in_a_zone():
+    p = parser(timestamp={"format": "doy_hhmm", "columns": [1, 2, 3], "year": 2024, "timezone": "Etc/GMT+5"})
+    assert p.parse("st1,127,5,30,1").ts_us == us(2024, 5, 6, 5, 5, 30)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("127,2460,1", "hhmm 2460 is not a time of day"),
+        ("127,2401,1", "hhmm 2401 is not a time of day"),
+        ("127,99,1", "hhmm 99 has 99 minutes"),
+        ("367,0,1", "day of year 367 is not in 2024"),
+        ("x,0,1", "is not day of year, hhmm[, seconds]"),
+    ],
+)
+def test_bad_day_of_year_hhmm_is_refused_with_its_reason(line, reason):
+    p = parser(timestamp={"format": "doy_hhmm", "columns": [0, 1], "year": 2024})
+    with pytest.raises(LineError) as excinfo:
+        p.parse(line)
+    assert reason in str(excinfo.value)
+
+
+def test_the_year_of_a_file_is_given_per_call_and_found_in_its_header():
+    p = parser(header_lines=2, timestamp={"format": "doy_hhmm", "columns": [0, 1], "year_pattern": r"Year:\s*(\d{4})"})
+    assert p.year_from_header(["Station 7 daily file", "Year: 2023  Units: degC"]) == 2023
+    assert p.year_from_header(["Station 7 daily file", "no year here"]) is None
+    assert p.parse("59,1200,1", year=2023).ts_us == us(2023, 2, 28, 12)
+    assert p.parse("60,1200,1", year=2024).ts_us == us(2024, 2, 29, 12)
+    with pytest.raises(LineError) as excinfo:
+        p.parse("59,1200,1")  # no year known: never 1900
+    assert "no year" in str(excinfo.value) and "timestamp.year_pattern" in str(excinfo.value)
+
+
+def test_a_strptime_pattern_without_a_year_takes_the_configured_year():
+    p = parser(timestamp={"format": "%j %H:%M", "columns": [0, 1], "year": 2024})
+    assert p.parse("366,23:59,1").ts_us == us(2024, 12, 31, 23, 59)  # day 366: a leap year, not 1900
+    p = parser(timestamp={"format": "%d/%m %H:%M", "year": 2024})
+    assert p.parse("29/02 06:00,1").ts_us == us(2024, 2, 29, 6)
+
+
+def test_times_outside_the_plausible_window_are_refused_with_the_reason():
+    p = parser(timestamp={"format": "%Y %j %H:%M", "columns": [0, 1, 2]})
+    with pytest.raises(LineError) as excinfo:
+        p.parse("1900,127,14:30,1")
+    assert str(excinfo.value) == "time 1900-05-07T14:30:00+00:00 is before this source's not_before (1970-01-01)"
+    p = parser(not_before="2024-01-01", not_after="2024-12-31")
+    assert p.parse("2024-12-31T23:59:59Z,1").ts_us == us(2024, 12, 31, 23, 59, 59)  # a date: its whole day
+    assert p.parse("2024-01-01T00:00:00Z,1").ts_us == us(2024, 1, 1)
+    with pytest.raises(LineError, match=r"is after this source's not_after \(2024-12-31\)"):
+        p.parse("2025-01-01T00:00:00Z,1")
+    with pytest.raises(LineError, match=r"before this source's not_before \(2024-01-01\)"):
+        p.parse("2023-12-31T23:59:59Z,1")
+    assert parser(not_before="").parse("1950-01-01T00:00:00Z,1").ts_us == us(1950, 1, 1)
 
 
 def test_position_of_names_and_positions():
@@ -345,3 +432,26 @@ def test_position_of_names_and_positions():
     assert p.position_of("5") == 5
     assert p.position_of("nope") is None
     assert parser(format="regex", regex=r"(?P<x>\d)", timestamp={"format": "receipt"}).position_of("x") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("2024 127 1430,1", us(2024, 5, 6, 14, 30)),
+        ("2024 127 10,1", us(2024, 5, 6, 0, 10)),  # strptime alone: 01:00
+        ("2024 127 100,1", us(2024, 5, 6, 1, 0)),  # strptime alone: 10:00
+        ("2024 127 5,1", us(2024, 5, 6, 0, 5)),
+        ("2024 127 2400,1", us(2024, 5, 7)),  # strptime alone: refused
+    ],
+)
+def test_an_hhmm_field_of_a_strptime_pattern_is_read_as_a_number(line, expected):
+    p = parser(timestamp={"format": "%Y %j %H%M"})
+    assert p.parse(line).ts_us == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"), [("2024 127 2460,1", "is not a time of day"), ("2024 127 99,1", "99 minutes")]
+)
+def test_a_bad_hhmm_field_of_a_strptime_pattern_is_refused_with_its_reason(line, reason):
+    with pytest.raises(LineError, match=reason):
+        parser(timestamp={"format": "%Y %j %H%M"}).parse(line)

@@ -100,6 +100,47 @@ def test_file_source_reads_new_lines_once_even_across_restarts(tmp_path, spool):
     assert [r[2] for r in spooled(spool)] == [1.0, "OK", 2.0, "OK", 3.5, "BUSY"]
 
 
+def test_file_source_takes_each_files_year_from_its_header(tmp_path, spool):
+    """Daily files of day-of-year and unpadded hhmm: the year is only in the header (issue 15)."""
+    folder = tmp_path / "daily"
+    folder.mkdir()
+    (folder / "d2023.txt").write_text("STATION 7 DAILY  YEAR 2023\ndoy hhmm temp state\n365 2400 1.5 OK\n")
+    (folder / "d2024.txt").write_text("STATION 7 DAILY  YEAR 2024\ndoy hhmm temp state\n60 10 2.5 OK\n")
+    (folder / "nohdr.txt").write_text("STATION 7 DAILY\ndoy hhmm temp state\n60 100 3.5 OK\n")
+    os.utime(folder / "d2024.txt", (time.time() + 1, time.time() + 1))  # read after d2023.txt
+    os.utime(folder / "nohdr.txt", (time.time() + 2, time.time() + 2))
+    source = spec(
+        {
+            "kind": "file",
+            "path": str(folder),
+            "header_lines": 2,
+            "delimiter": " ",
+            "columns": ["doy", "hhmm", "temp", "state"],
+            "timestamp": {"format": "doy_hhmm", "columns": ["doy", "hhmm"], "year_pattern": r"YEAR\s+(\d{4})"},
+        }
+    )
+    runner = start_source(source, spool, AgentState(spool))
+    wait_until(lambda: spool.depth() == 4)
+    runner.stop()
+    runner.join(timeout=5)
+    jan1_2024, feb29_2024_0010 = 1_704_067_200_000_000, 1_709_165_400_000_000
+    assert [r[1:] for r in spooled(spool)] == [
+        (jan1_2024, 1.5),
+        (jan1_2024, "OK"),
+        (feb29_2024_0010, 2.5),
+        (feb29_2024_0010, "OK"),
+    ]
+    # The file whose header has no year: its line is kept for the server's quarantine, with the reason.
+    kept = spool.connection().execute("SELECT text, reason FROM unparsed").fetchall()
+    assert kept == [
+        (
+            "60 100 3.5 OK",
+            "line not parsed: the time has no year and none is known: no header line of the file matches "
+            "timestamp.year_pattern",
+        )
+    ]
+
+
 def test_a_full_spool_makes_a_file_source_wait_without_losing_lines(tmp_path):
     spool = Spool(tmp_path / "spool", max_readings=1000)
     spool.add([("x", i, 0.0) for i in range(995)])

@@ -132,6 +132,11 @@ class ExportParams(serializers.Serializer):
     time_format = serializers.ChoiceField(choices=export_service.TIME_FORMATS, default="iso")
     tz = serializers.CharField(default="UTC", max_length=64, help_text="IANA time zone for ISO times")
     quality = serializers.BooleanField(default=False, help_text="add the quality flags")
+    include_flagged = serializers.BooleanField(
+        default=False,
+        help_text="also export readings flagged with a quality other than OK (out of range, a missing-value "
+        "sentinel); left out by default, as the plot leaves them out",
+    )
 
     def validate(self, attrs):
         if bool(attrs.get("channels")) == bool(attrs.get("instrument")):
@@ -350,7 +355,8 @@ class ExportViewSet(ReadingsViewSet):
         description=(
             "long: one row per reading (time, channel, value[, quality]), by channel then time. wide: one "
             "instrument's channels side by side, one row per timestamp, headers with units. Time as ISO 8601 "
-            "in the chosen zone, or epoch seconds/milliseconds (exact decimals) or microseconds."
+            "in the chosen zone, or epoch seconds/milliseconds (exact decimals) or microseconds. Flagged readings "
+            "are left out, as the plot leaves them out, unless include_flagged; quality adds a quality column."
         ),
         parameters=[ExportParams],
         responses={
@@ -378,6 +384,7 @@ class ExportViewSet(ReadingsViewSet):
                 time_format=params["time_format"],
                 time_zone=params["tz"],
                 quality=params["quality"],
+                include_flagged=params["include_flagged"],
             )
             stream = export_service.export(export_request)
         except ValueError as exc:

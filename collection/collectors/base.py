@@ -31,6 +31,8 @@ class Collected:
     more: bool = False  # more input is waiting: collect again without waiting a full interval
     warnings: list[str] = field(default_factory=list)  # input lost before it could be read (files that vanished)
     lines_read: int = 0  # lines taken from the input (a run that read some and stored nothing is a warning)
+    # Readings that look misdated (far from their file's modification time): the run is marked a warning.
+    doubts: list[str] = field(default_factory=list)
 
     @property
     def readings(self) -> int:
@@ -63,14 +65,19 @@ def parse_deadline() -> float:
 
 
 def lines_to_readings(
-    lines: Iterable[RawLine], parser: LineParser, channels: list[Channel], deadline: float | None = None
+    lines: Iterable[RawLine],
+    parser: LineParser,
+    channels: list[Channel],
+    deadline: float | None = None,
+    year: int | None = None,
 ) -> tuple[SampleBatch, list[Rejection]]:
     """Parse lines and pick each channel's field; unparseable lines become rejections with their context.
 
     Values are passed on raw (text); ``ingest_samples`` converts them per channel kind and rejects what
     does not fit, so a bad field rejects one reading, not the whole line. Past ``deadline`` (the run's
     parse budget, :func:`parse_deadline` when not given) the lines left are quarantined unparsed, with
-    that reason: kept for a replay, never dropped, and the worker is free for other tasks.
+    that reason: kept for a replay, never dropped, and the worker is free for other tasks. ``year``: the
+    year of the file the lines come from, when their times carry none (``LineParser.parse``).
     """
     deadline = parse_deadline() if deadline is None else deadline
     lines = list(lines)
@@ -91,7 +98,7 @@ def lines_to_readings(
             )
             break
         try:
-            parsed = parser.parse(line.text, line.received_us)
+            parsed = parser.parse(line.text, line.received_us, year)
         except LineError as exc:
             rejections.append(
                 Rejection(reason=f"line not parsed: {exc}", raw_value=line.text[:2000], context=line.context)

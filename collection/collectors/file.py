@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,15 @@ from daqbroker_agent.tail import (
     final_part,
     new_cursor,
     plan_files,
+    read_header_lines,
     remembered,
     resume_point,
 )
 from instruments.models import Channel, DataSource
 
 MAX_BYTES_PER_RUN = 256 * 1024 * 1024
+# A run whose readings lie further than this from their file's modification time is marked a warning.
+MTIME_DOUBT_US = 365 * 86_400 * 1_000_000
 READ_SIZE = 16 * 1024 * 1024
 FINGERPRINT_BYTES = 1024
 
@@ -97,6 +101,7 @@ class _Run:
     objects: list[SampleBatch] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     reread_from: int | None = None  # a re-read from a time: files read from their start skip lines before it
+    doubts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.lines_left = self.config["max_lines"]
@@ -124,6 +129,7 @@ class _Run:
             cursor=new_cursor(cursor),
             more=self.more,
             lines_read=self.lines_read,
+            doubts=self.doubts,
         )
 
     def read_file(self, path: Path, stat: os.stat_result, state: dict | None, final_ok: bool = False) -> dict:
@@ -162,7 +168,9 @@ class _Run:
         skip_before = state.get("skip_before") if state is not None else self.reread_from
         if n_lines:
             marks = (len(self.numeric), len(self.objects), len(self.rejections))
-            self._parse(path, data, n_lines, first_line_no=line_no + header_lines + 1)
+            year = self._file_year(path) if self.line_parser.year_pattern else None
+            times = self._parse(path, data, n_lines, first_line_no=line_no + header_lines + 1, year=year)
+            self._check_dates(path, stat, times)
             if skip_before is not None and self._skip_before(marks, skip_before, line_no + header_lines + 1, n_lines):
                 skip_before = None
         return {
@@ -227,14 +235,44 @@ class _Run:
         whole = data[: data.rfind(b"\n") + 1]
         return whole, lines, reached_end, (data[len(whole) :] if reached_end else b"")
 
-    def _parse(self, path: Path, data: bytes, n_lines: int, first_line_no: int) -> None:
+    def _file_year(self, path: Path) -> int | None:
+        """The year in the file's header lines (``timestamp.year_pattern``), or None: its lines are then
+        quarantined with that reason by the parser, never dated 1900."""
+        header = read_header_lines(path, self.config["header_lines"], self.config["encoding"])
+        return self.line_parser.year_from_header(header)
+
+    def _parse(self, path: Path, data: bytes, n_lines: int, first_line_no: int, year: int | None = None) -> list:
+        """Readings of the lines, added to the run; returns the arrays of their times."""
         irregular = np.arange(n_lines)
+        times = []
         if self.block_parser is not None:
-            block = self.block_parser.parse(data, n_lines=n_lines)
+            block = self.block_parser.parse(data, n_lines=n_lines, year=year)
             irregular = block.irregular
             self._add_block(block, str(path), first_line_no)
+            times.append(block.ts_us)
         if len(irregular):
-            self._add_lines(path, data, irregular, first_line_no)
+            times.append(self._add_lines(path, data, irregular, first_line_no, year))
+        return times
+
+    def _check_dates(self, path: Path, stat: os.stat_result, times: list) -> None:
+        """A doubt when the file's readings lie more than a year from its modification time: a wrong year
+        (timestamp.year), or day and month swapped, is stored but the run says so."""
+        times = [t for t in times if len(t)]
+        if not times:
+            return
+        first, last = min(int(t.min()) for t in times), max(int(t.max()) for t in times)
+        modified = stat.st_mtime_ns // 1000
+        if modified - first > MTIME_DOUBT_US or last - modified > MTIME_DOUBT_US:
+
+            def day(ts_us: int) -> str:
+                return datetime.fromtimestamp(ts_us / 1e6, UTC).date().isoformat()
+
+            far = first if modified - first >= last - modified else last
+            self.doubts.append(
+                f"{path.name}: readings from {day(first)} to {day(last)} lie more than a year from the file's "
+                f"modification time ({day(modified)}, {abs(modified - far) // 86_400_000_000:,} days from "
+                f"{day(far)}): is the year right (timestamp.year, timestamp.year_pattern, the time format)?"
+            )
 
     def _add_block(self, block, path: str, first_line_no: int) -> None:
         numeric = [c for c in self.channels if not is_text(c)]
@@ -260,7 +298,9 @@ class _Run:
 
             target.append(SampleBatch(channel.reshape(-1), ts.reshape(-1), value.reshape(-1), where=where))
 
-    def _add_lines(self, path: Path, data: bytes, indices: np.ndarray, first_line_no: int) -> None:
+    def _add_lines(
+        self, path: Path, data: bytes, indices: np.ndarray, first_line_no: int, year: int | None = None
+    ) -> np.ndarray:
         encoding = self.config["encoding"]
         # Usually a few of many lines: where each line ends, found by numpy (bytes.split is 4x slower).
         ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10).tolist()
@@ -271,9 +311,10 @@ class _Run:
             text = data[start : ends[i]].decode(encoding, errors="replace").rstrip("\r")
             if text.strip():
                 raw_lines.append(RawLine(text, {"file": str(path), "line": first_line_no + i}, received))
-        batch, rejections = lines_to_readings(raw_lines, self.line_parser, self.channels, self.deadline)
+        batch, rejections = lines_to_readings(raw_lines, self.line_parser, self.channels, self.deadline, year)
         self.objects.append(batch)
         self.rejections.extend(rejections)
+        return batch.ts
 
 
 def _line_numbers(batch: SampleBatch) -> np.ndarray:

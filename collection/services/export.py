@@ -7,6 +7,9 @@
   pandas in windows: every channel is read in chunks and a window is written once every channel has
   been read past it, so memory is bounded by chunk size x channels.
 
+Flagged readings (a quality other than OK: out of range, a missing-value sentinel) are left out, as the
+plot leaves them out, unless ``include_flagged``; ``quality`` adds their flags as a column.
+
 Time (``time_format``): ``iso`` is ISO 8601 in the chosen time zone with the offset, microseconds
 trimmed of trailing zeros (``2024-05-06T09:00:00.25+02``: PostgreSQL's own ISO output with a "T");
 ``epoch_s`` / ``epoch_ms`` are exact decimals (6 / 3 decimals); ``epoch_us`` is the stored integer.
@@ -33,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from django.db import connections, transaction
 
+from collection.choices import Quality
 from collection.models import Sample, TextSample
 from collection.services.fetch import F8, I8, iter_chunks
 from instruments.choices import ChannelKind
@@ -59,6 +63,8 @@ class ExportRequest:
     time_format: str = "iso"
     time_zone: str = "UTC"
     quality: bool = False  # add a quality column (long) or a "<slug> quality" column per channel (wide)
+    # As the plot: readings flagged with a quality other than OK (range, sentinel) are left out unless asked for.
+    include_flagged: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -186,8 +192,13 @@ def _pg_time_sql(time_format: str) -> str:
 _NUMERIC_COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
 
 
+def _only_ok(include_flagged: bool) -> str:
+    """The SQL condition leaving flagged readings out ('' when they are included)."""
+    return "" if include_flagged else f"quality = {int(Quality.OK)}"
+
+
 def _chunks(
-    channel: Channel, start: int, end: int, using: str, chunk_rows: int = CHUNK_ROWS
+    channel: Channel, start: int, end: int, using: str, chunk_rows: int = CHUNK_ROWS, include_flagged: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:
     """A channel's readings in [start, end) in chunks: numeric ones in numpy, text ones as object arrays."""
     if channel.kind != ChannelKind.TEXT:
@@ -198,13 +209,15 @@ def _chunks(
             start=start,
             end=end,
             chunk_rows=chunk_rows,
+            extra_where=_only_ok(include_flagged),
             using=using,
         )
         return
     connection = connections[using]
     table = connection.ops.quote_name(TextSample._meta.db_table)
+    only_ok = f"AND {_only_ok(include_flagged)} " if not include_flagged else ""
     sql = (
-        f"SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s "
+        f"SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s {only_ok}"
         f"ORDER BY ts LIMIT {int(chunk_rows)}"
     )
     lower = start
@@ -263,9 +276,10 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
             table = connection.ops.quote_name(
                 (TextSample if channel.kind == ChannelKind.TEXT else Sample)._meta.db_table
             )
+            only_ok = f" AND {_only_ok(False)}" if not request.include_flagged else ""
             statement = (
                 f"COPY (SELECT {time_sql}, %s::text, value{quality} FROM {table} "
-                "WHERE channel_id = %s AND ts >= %s AND ts < %s ORDER BY ts) TO STDOUT (FORMAT CSV)"
+                f"WHERE channel_id = %s AND ts >= %s AND ts < %s{only_ok} ORDER BY ts) TO STDOUT (FORMAT CSV)"
             )
             params = [channel_label(channel), channel.pk, request.start, request.end]
             with cursor.cursor.copy(statement, params) as copy:
@@ -279,7 +293,7 @@ def _long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
     writer = csv.writer(buffer, lineterminator="\r\n")
     for channel in request.channels:
         label = channel_label(channel)
-        for chunk in _chunks(channel, request.start, request.end, using):
+        for chunk in _chunks(channel, request.start, request.end, using, include_flagged=request.include_flagged):
             times = format_times(chunk["ts"], request.time_format, request.zone)
             labels = [label] * len(times)
             columns = [times, labels, _value_text(chunk["value"])]
@@ -302,7 +316,9 @@ def _wide_windows(request: ExportRequest, using: str) -> Iterator[pd.DataFrame]:
     channels = list(request.channels)
     # Every channel holds a chunk in memory at once: share CHUNK_ROWS among them.
     chunk_rows = max(1_000, CHUNK_ROWS // len(channels))
-    sources = {c.pk: _chunks(c, request.start, request.end, using, chunk_rows) for c in channels}
+    sources = {
+        c.pk: _chunks(c, request.start, request.end, using, chunk_rows, request.include_flagged) for c in channels
+    }
     pending: dict[int, dict[str, np.ndarray] | None] = {c.pk: None for c in channels}
     exhausted: set[int] = set()
     while True:
@@ -435,7 +451,7 @@ def _long_parquet(request: ExportRequest, using: str) -> Iterator[bytes]:
     with pq.ParquetWriter(sink, schema) as writer:  # type: ignore[arg-type]
         for channel in request.channels:
             label = channel_label(channel)
-            for chunk in _chunks(channel, request.start, request.end, using):
+            for chunk in _chunks(channel, request.start, request.end, using, include_flagged=request.include_flagged):
                 n = len(chunk["ts"])
                 is_text = channel.kind == ChannelKind.TEXT
                 columns = {

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.db import connection
 
+from collection.choices import Quality
 from collection.models import Sample, TextSample
 from collection.services import SampleBatch, ingest_samples
 from collection.services.export import FLUSH_BYTES, ExportRequest, _long_csv, export, format_times
@@ -99,7 +100,9 @@ def same(a, b) -> bool:
 )
 def test_long_csv_read_back_equals_the_stored_rows(station, time_format, zone):
     _, channels = station
-    data = body(ExportRequest(channels=channels, time_format=time_format, time_zone=zone, quality=True))
+    data = body(
+        ExportRequest(channels=channels, time_format=time_format, time_zone=zone, quality=True, include_flagged=True)
+    )
     reader = csv.reader(io.StringIO(data.decode(), newline=""))
     assert next(reader) == ["time", "channel", "value", "quality"]
     got = [(row[1], parse_time(row[0], time_format), parse_value(row[2], row[1]), int(row[3])) for row in reader]
@@ -129,7 +132,9 @@ def test_a_time_range_selects_readings(station):
 
 def test_long_parquet_read_back_equals_the_stored_rows(station):
     _, channels = station
-    table = pq.read_table(io.BytesIO(body(ExportRequest(channels=channels, format="parquet", quality=True))))
+    table = pq.read_table(
+        io.BytesIO(body(ExportRequest(channels=channels, format="parquet", quality=True, include_flagged=True)))
+    )
     assert table.schema.field("time").type.tz == "UTC"
     columns = {name: table.column(name).to_pylist() for name in ("channel", "value", "text", "quality")}
     times = table.column("time").cast("int64").to_pylist()
@@ -156,7 +161,7 @@ def wide_expected(channels) -> pd.DataFrame:
 
 def test_wide_csv_has_one_column_per_channel_with_units(station):
     _, channels = station
-    data = body(ExportRequest(channels=channels, layout="wide", time_format="epoch_us"))
+    data = body(ExportRequest(channels=channels, layout="wide", time_format="epoch_us", include_flagged=True))
     reader = csv.reader(io.StringIO(data.decode(), newline=""))
     assert next(reader) == ["time", "temp [degC]", "wind [m/s]", "status"]
     expected = wide_expected(channels)
@@ -176,7 +181,9 @@ def test_wide_csv_has_one_column_per_channel_with_units(station):
 def test_wide_parquet_read_back_equals_the_stored_rows(station):
     _, channels = station
     table = pq.read_table(
-        io.BytesIO(body(ExportRequest(channels=channels, layout="wide", format="parquet", quality=True)))
+        io.BytesIO(
+            body(ExportRequest(channels=channels, layout="wide", format="parquet", quality=True, include_flagged=True))
+        )
     )
     assert table.schema.field("temp").metadata[b"units"] == b"degC"
     assert table.column_names == ["time", "temp", "temp quality", "wind", "wind quality", "status", "status quality"]
@@ -274,3 +281,38 @@ def test_a_zone_the_database_does_not_know_is_refused_before_streaming(station):
     with pytest.raises(ValueError, match="does not know"):
         _pg_check_time_zone("Mars/Olympus_Mons", "default")
     assert Sample.objects.exists()  # the connection is still usable after the refusal
+
+
+# --- exports match the plot: flagged readings left out unless asked for (issue 15, point 6) ---------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "layout"), [("csv", "long"), ("csv", "wide"), ("parquet", "long"), ("parquet", "wide")]
+)
+def test_flagged_readings_are_left_out_as_the_plot_leaves_them_out_unless_asked_for(station, fmt, layout):
+    _, channels = station
+    temp = channels[0]
+    flagged = Sample.objects.filter(channel=temp).exclude(quality=Quality.OK)
+    assert list(flagged.values_list("value", flat=True)) == [5e301]  # the out-of-range reading
+    ok_count = Sample.objects.filter(channel=temp, quality=Quality.OK).count()
+
+    def exported(**options) -> tuple[list[float], list[int]]:
+        data = body(ExportRequest(channels=[temp], format=fmt, layout=layout, time_format="epoch_us", **options))
+        if fmt == "csv":
+            rows = list(csv.reader(io.StringIO(data.decode(), newline="")))[1:]
+            value_at = 2 if layout == "long" else 1
+            values = [float(row[value_at]) for row in rows]
+            qualities = [int(row[-1]) for row in rows] if options.get("quality") else []
+            return values, qualities
+        table = pq.read_table(io.BytesIO(data))
+        values = table.column("value" if layout == "long" else "temp").to_pylist()
+        quality = "quality" if layout == "long" else "temp quality"
+        return values, table.column(quality).to_pylist() if options.get("quality") else []
+
+    values, _ = exported()
+    assert len(values) == ok_count and 5e301 not in values
+    values, qualities = exported(quality=True)
+    assert len(values) == ok_count and set(qualities) == {Quality.OK}
+    values, qualities = exported(include_flagged=True, quality=True)
+    assert len(values) == ok_count + 1 and 5e301 in values
+    assert qualities[values.index(5e301)] == Quality.OUT_OF_RANGE and qualities.count(Quality.OK) == ok_count

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from instruments.tests.factories import make_channel, make_instrument, make_sour
 
 pytestmark = pytest.mark.django_db
 
-T0 = 1_700_000_000  # s since 1970: line i is at T0 + i s, value i / 10
+# s since 1970: line i is at T0 + i s, value i / 10. Recent: a file's readings lie near its modification time.
+T0 = (int(time.time()) // 86_400 - 2) * 86_400
 
 
 class Logger:

@@ -4,6 +4,7 @@ real files that grow, rotate, get truncated or replaced: exactly the expected re
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from instruments.tests.factories import make_channel, make_instrument, make_sour
 
 pytestmark = pytest.mark.django_db
 
-T0 = datetime(2024, 5, 6, 7, 0, 0, tzinfo=UTC)
+# Recent: a file's readings lie near its modification time (else the run is a warning: a wrong year?).
+T0 = (datetime.now(UTC) - timedelta(days=2)).replace(hour=7, minute=0, second=0, microsecond=0)
 HEADER = "time,temp,rh,status"
 
 
@@ -206,7 +208,8 @@ def test_several_files_share_the_run_budget_and_the_rest_waits_for_the_next_run(
     older, newer = station.folder / "weather-1.csv", station.folder / "weather-2.csv"
     write(older, [HEADER, *(line(i) for i in range(4))])
     write(newer, [HEADER, *(line(i) for i in range(4, 8))])
-    os.utime(older, (1_700_000_000, 1_700_000_000))
+    an_hour_ago = time.time() - 3600
+    os.utime(older, (an_hour_ago, an_hour_ago))
     run = collect(source)
     assert run.accepted == 5 * 3  # the four lines of the older file, then one of the newer (headers do not count)
     assert source.next_run_at <= run.finished_at  # more is waiting: due again at once
@@ -302,12 +305,13 @@ def test_year_day_of_year_and_hhmm_columns(station):
     )
     ch["rh"].delete()
     ch["status"].delete()
-    write(station.folder / "array.dat", ["101,2024,127,1430,21.5", "101,2024,127,2400,21.0"])
+    year, doy = T0.year, T0.timetuple().tm_yday
+    write(station.folder / "array.dat", [f"101,{year},{doy},1430,21.5", f"101,{year},{doy},2400,21.0"])
     collect(source)
-    may6 = datetime(2024, 5, 6, tzinfo=UTC)
+    day = T0.replace(hour=0)
     assert temps(ch["temp"]) == [
-        (datetime_to_us(may6 + timedelta(hours=15, minutes=30)), 21.5),  # 14:30 at UTC-1
-        (datetime_to_us(may6 + timedelta(days=1, hours=1)), 21.0),
+        (datetime_to_us(day + timedelta(hours=15, minutes=30)), 21.5),  # 14:30 at UTC-1
+        (datetime_to_us(day + timedelta(days=1, hours=1)), 21.0),
     ]
 
 

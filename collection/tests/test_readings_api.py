@@ -157,6 +157,38 @@ def test_parquet_wide_export_of_an_instrument(owner, world, readings):
     assert table.column("alpha-station-temp").to_pylist() == readings[1].tolist()
 
 
+def test_export_over_http_leaves_sentinels_out_as_the_plot_does_unless_include_flagged(
+    owner, world, django_capture_on_commit_callbacks
+):
+    """A logger's -7999 sentinels are flagged MISSING: the plot leaves them out, and so does the export of the
+    same view; include_flagged brings them back, and quality says which they are."""
+    world.alpha_channel.missing_values = [-7999]
+    world.alpha_channel.save()
+    ts = T0 + np.arange(120) * 60 * SECOND
+    values = np.where(np.arange(120) % 4 == 0, 20.0, -7999.0)  # 30 readings, 90 sentinels
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_samples(SampleBatch(np.full(len(ts), world.alpha_channel.pk), ts, values))
+    view = {"channels": ALPHA_TEMP, "start": str(T0), "end": str(T0 + 120 * 60 * SECOND), "time_format": "epoch_us"}
+    plot = owner.client.get("/api/v1/samples/", {**view, "max_points": 1000}).json()
+    plotted = plot["series"][0]["t"]
+
+    def export(**extra) -> list[list[str]]:
+        response = owner.client.get("/api/v1/export/", {**view, **extra})
+        assert response.status_code == 200
+        return list(csv.reader(io.StringIO(streamed(response).decode(), newline="")))
+
+    rows = export()
+    assert rows[0] == ["time", "channel", "value"]
+    assert [int(r[0]) for r in rows[1:]] == plotted and len(plotted) == 30
+    assert {float(r[2]) for r in rows[1:]} == {20.0}
+    rows = export(include_flagged="true", quality="true")
+    assert rows[0] == ["time", "channel", "value", "quality"]
+    assert len(rows) - 1 == 120
+    assert sorted({(float(r[2]), int(r[3])) for r in rows[1:]}) == [(-7999.0, 2), (20.0, 0)]
+    response = owner.client.get("/api/v1/export/", {**view, "include_flagged": "perhaps"}, HTTP_ACCEPT="text/csv")
+    assert response.status_code == 400 and "include_flagged" in response.json()
+
+
 def test_export_parameters_are_checked(owner, readings):
     for query in (
         {"channels": ALPHA_TEMP, "tz": "Nowhere/Land"},

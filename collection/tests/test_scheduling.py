@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -81,7 +81,8 @@ def test_an_expired_lease_is_taken_over_and_the_dead_run_is_recorded_as_lost(fol
 
 
 def test_a_run_is_recorded_with_its_counts_and_worker(folder):
-    (folder / "a.csv").write_text("2024-05-06T07:08:09Z,1\n")
+    day = datetime.now(UTC).date() - timedelta(days=2)  # recent: near the file's modification time
+    (folder / "a.csv").write_text(f"{day}T07:08:09Z,1\n")
     source = collected(folder)
     run = collect.collect_source(source.pk)
     assert run.status == RunStatus.SUCCESS

@@ -26,7 +26,8 @@ from instruments.tests.factories import make_channel, make_instrument, make_sour
 
 pytestmark = pytest.mark.django_db
 
-T0 = datetime(2024, 5, 6, 7, 0, 0, tzinfo=UTC)
+# Recent: a file's readings lie near its modification time (else the run is a warning: a wrong year?).
+T0 = (datetime.now(UTC) - timedelta(days=2)).replace(hour=7, minute=0, second=0, microsecond=0)
 
 
 def stamp(i: int) -> str:
@@ -329,7 +330,8 @@ def test_a_rotated_file_still_being_written_keeps_its_last_line(folder):
 def test_a_cr1000_style_file_whose_last_line_has_no_newline(folder):
     # Campbell CR1000 array CSV: id, year, day of year, hhmm, air temperature, RH with -7999 sentinels,
     # CRLF line ends, the logger closed the file without ending its last line.
-    rows = [(105, 2024, 127, 1000 + 10 * i, 21.5 + i, -7999 if i == 2 else 60 + i) for i in range(4)]
+    year, doy = T0.year, T0.timetuple().tm_yday
+    rows = [(105, year, doy, 1000 + 10 * i, 21.5 + i, -7999 if i == 2 else 60 + i) for i in range(4)]
     text = "\r\n".join(",".join(str(v) for v in row) for row in rows)  # no CRLF after the last row
     path = folder / "CR1000_Table1.dat"
     path.write_bytes(text.encode())
@@ -347,7 +349,7 @@ def test_a_cr1000_style_file_whose_last_line_has_no_newline(folder):
     quiet(path, 121)
     last = run_once(source)
     assert (last.accepted, last.rejected) == (2, 0)
-    day = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=126, hours=10)
+    day = T0.replace(hour=10)
     stamps = [datetime_to_us(day + timedelta(minutes=10 * i)) for i in range(4)]
     assert stored(airtc) == [(stamps[i], 21.5 + i) for i in range(4)]
     assert [ts for ts, _ in stored(rh)] == stamps

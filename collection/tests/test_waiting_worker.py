@@ -6,6 +6,7 @@ logger's, without a newline) included when the file has gone quiet."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db.models import Sum
@@ -28,9 +29,10 @@ def test_a_source_saved_before_its_channels_gets_every_line_once_they_exist(
     settings.DATA_DIR.mkdir(exist_ok=True)
     folder = tmp_path / "logger"
     folder.mkdir()
-    rows = [f"2024-05-06T07:{i // 60:02d}:{i % 60:02d}Z,{i / 10:.1f}" for i in range(LINES)]
+    day = datetime.now(UTC).date() - timedelta(days=2)  # recent: the readings lie near the file's modification time
+    rows = [f"{day}T07:{i // 60:02d}:{i % 60:02d}Z,{i / 10:.1f}" for i in range(LINES)]
     (folder / "station.csv").write_text("\n".join(rows))  # the logger left its last line without a newline
-    (folder / "busy.csv").write_text("2024-05-06T07:00:00Z,1.0\n")
+    (folder / "busy.csv").write_text(f"{day}T07:00:00Z,1.0\n")
     instrument = make_instrument()
     config = {"path": str(folder), "columns": ["time", "temp"], "final_line_after": 1}
     waiting = make_source(instrument, name="station", config={**config, "pattern": "station.csv"}, interval_seconds=1)

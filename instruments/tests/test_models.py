@@ -41,7 +41,8 @@ BAD_SOURCE_CONFIGS = [
         SourceKind.FILE,
         {"path": "/data", "zzz": 1},
         "zzz: unknown option; known options: archive, colspecs, columns, delimiter, encoding, final_line_after, "
-        "format, header_lines, max_lines, path, pattern, quotechar, regex, rotated_pattern, timestamp, widths",
+        "format, header_lines, max_lines, not_after, not_before, path, pattern, quotechar, regex, rotated_pattern, "
+        "timestamp, widths",
         id="file-unknown-option",
     ),
     pytest.param(SourceKind.FILE, {"pattern": "*.csv"}, "path: is required", id="file-missing-path"),
@@ -78,8 +79,8 @@ BAD_SOURCE_CONFIGS = [
     pytest.param(
         SourceKind.FILE,
         {"path": "/data", "timestamp": {"format": "yyyy-mm-dd"}},
-        "timestamp.format: 'yyyy-mm-dd' is neither one of iso, epoch, epoch_ms, year_doy_hhmm, receipt nor a "
-        "strptime pattern containing %",
+        "timestamp.format: 'yyyy-mm-dd' is neither one of iso, epoch, epoch_ms, year_doy_hhmm, doy_hhmm, receipt "
+        "nor a strptime pattern containing %",
         id="file-bad-timestamp-format",
     ),
     pytest.param(SourceKind.SERIAL, {"baudrate": 9600}, "url: is required", id="serial-missing-url"),
@@ -188,7 +189,9 @@ def test_saving_fills_in_the_defaults_of_a_good_config():
         "columns": [],
         "widths": [],
         "colspecs": [],
-        "timestamp": {"columns": [0], "format": "iso", "timezone": "UTC"},
+        "timestamp": {"columns": [0], "format": "iso", "timezone": "UTC", "year": None, "year_pattern": ""},
+        "not_before": "1970-01-01",
+        "not_after": "",
     }
 
 
@@ -206,7 +209,13 @@ def test_full_clean_fills_in_the_defaults_of_an_agent_config():
     assert source.config["collect"]["kind"] == "tcp"
     assert source.config["collect"]["port"] == 4001
     assert source.config["collect"]["timeout"] == 2.0
-    assert source.config["collect"]["timestamp"] == {"columns": [0], "format": "iso", "timezone": "UTC"}
+    assert source.config["collect"]["timestamp"] == {
+        "columns": [0],
+        "format": "iso",
+        "timezone": "UTC",
+        "year": None,
+        "year_pattern": "",
+    }
 
 
 def test_source_name_is_unique_per_instrument():

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.urls import reverse
 
 from collection.alarms.models import AlarmEvent
+from collection.choices import Quality
 from collection.models import Sample
 from instruments.tests.page_world import alpha_alarm
 from pages.status import now_us
@@ -103,15 +105,33 @@ def test_a_collaborator_plots_zooms_watches_live_and_saves_a_dashboard(site, vis
     assert "range=custom" in olivia.desktop.url and "start=" in olivia.desktop.url
     olivia.desktop.screenshot(path=str(SCREENSHOTS / "plot-zoomed-desktop.png"), full_page=True)
 
-    # Export the zoomed view: its readings as CSV (every stored one in view), the plot as PNG and SVG.
+    # Export the zoomed view: its readings as CSV (every one the plot shows in view), the plot as PNG and SVG.
+    # Some readings in view are flagged (a logger's sentinels): left out, as the plot leaves them out, until
+    # the plot shows flagged readings; then the export has them too, with their quality.
     page = olivia.desktop
     start_us, end_us = math.floor(zoomed["view"][0] * 1000), math.ceil(zoomed["view"][1] * 1000)
-    in_view = Sample.objects.filter(channel=world.alpha_channel, ts__gte=start_us, ts__lt=end_us).count()
+    in_view = Sample.objects.filter(channel=world.alpha_channel, ts__gte=start_us, ts__lt=end_us)
+    flagged = list(in_view.order_by("ts").values_list("ts", flat=True)[::4])
+    Sample.objects.filter(channel=world.alpha_channel, ts__in=flagged).update(quality=Quality.MISSING)
     page.locator("summary", has_text="Export").click()
     with page.expect_download() as csv_download:
         page.locator("#export-csv").click()
     rows = Path(csv_download.value.path()).read_text().splitlines()
-    assert rows[0] == "time,channel,value" and len(rows) - 1 == in_view > 0
+    assert rows[0] == "time,channel,value" and len(rows) - 1 == in_view.count() - len(flagged) > 0
+    page.keyboard.press("Escape")
+    drawn = plot_state(page)["draws"]
+    page.get_by_label("Flagged readings").check()
+    page.wait_for_function(f"() => DAQPlot.main.drawCount > {drawn}")
+    if not page.locator("#export-csv").is_visible():
+        page.locator("summary", has_text="Export").click()
+    with page.expect_download() as csv_download:
+        page.locator("#export-csv").click()
+    rows = Path(csv_download.value.path()).read_text().splitlines()
+    link = parse_qs(urlsplit(page.locator("#export-csv").get_attribute("href")).query)
+    assert link["include_flagged"] == ["true"] and (link["start"], link["end"]) == ([str(start_us)], [str(end_us)])
+    assert rows[0] == "time,channel,value,quality" and len(rows) - 1 == in_view.count()
+    assert sum(1 for row in rows[1:] if row.endswith(f",{int(Quality.MISSING)}")) == len(flagged)
+    page.get_by_label("Flagged readings").uncheck()
     for button, magic in (("#image-png", b"\x89PNG"), ("#image-svg", b"<svg")):
         if not page.locator(button).is_visible():  # the menu closes after a download
             page.locator("summary", has_text="Export").click()

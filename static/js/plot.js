@@ -115,7 +115,8 @@
     q.set("start", String(Math.floor(startMs * 1000)));
     q.set("end", String(Math.ceil(endMs * 1000)));
     q.set("format", format);
-    if (flagged) q.set("quality", "true");
+    // As the plot shows them: flagged readings only when the plot shows them, then with their quality.
+    if (flagged) { q.set("include_flagged", "true"); q.set("quality", "true"); }
     return base + "?" + q.toString();
   }
 

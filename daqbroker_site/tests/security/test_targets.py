@@ -16,6 +16,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -321,6 +322,8 @@ def test_a_source_that_the_rules_no_longer_allow_fails_its_run_with_the_reason(w
 def test_a_file_source_whose_root_was_removed_fails_its_run(world, settings, rules):
     folder = rules / "logger"
     (folder / "a.csv").write_text("2024-01-01T00:00:00Z,1\n")
+    written = datetime(2024, 1, 1, 0, 1, tzinfo=UTC).timestamp()  # when its logger wrote it (else: a warning)
+    os.utime(folder / "a.csv", (written, written))
     source = DataSource.objects.create(
         instrument=world.alpha,
         name="files",
