@@ -2,7 +2,7 @@
 
 ``ingest_samples`` knows the kind of the rejections it makes itself; reasons written by a parser (the
 server's collectors, or an agent's, whose version may differ from the server's) arrive as text, so they
-are classified by their wording here. Migration 0010 classifies the rows kept before kinds existed with
+are classified by their wording here. Migration 0011 classifies the rows kept before kinds existed with
 the same function. A reason matching nothing is ``other`` (``unparsed`` for a whole line).
 """
 
