@@ -9,6 +9,7 @@ from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
+from instruments.api.runs import RunListViewSet
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
 
 router = DefaultRouter()
@@ -18,6 +19,7 @@ router.register("instruments", InstrumentViewSet, basename="instrument")
 router.register("sources", DataSourceViewSet, basename="source")
 router.register("channels", ChannelViewSet, basename="channel")
 router.register("logbook", LogbookEntryViewSet, basename="logbook")
+router.register("runlists", RunListViewSet, basename="runlist")
 
 urlpatterns = [
     # The schema and its browser are public: they describe the API, they hold no data.
