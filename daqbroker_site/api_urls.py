@@ -9,7 +9,7 @@ from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
-from instruments.api.runs import RunListViewSet
+from instruments.api.runs import RunListViewSet, RunViewSet
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
 
 router = DefaultRouter()
@@ -20,6 +20,7 @@ router.register("sources", DataSourceViewSet, basename="source")
 router.register("channels", ChannelViewSet, basename="channel")
 router.register("logbook", LogbookEntryViewSet, basename="logbook")
 router.register("runlists", RunListViewSet, basename="runlist")
+router.register("runs", RunViewSet, basename="run")
 
 urlpatterns = [
     # The schema and its browser are public: they describe the API, they hold no data.

@@ -294,3 +294,31 @@ def run_list_csv_rows(run_list: RunList, runs: Iterable[Run]) -> Iterable[str]:
             ]
         )
         yield flush()
+
+
+# --- "the time of run N" ----------------------------------------------------------------------------
+
+
+def run_range(who, ref: str) -> tuple[datetime, datetime, list[Run]]:
+    """``"list-slug/1234"`` or ``"list-slug/1230-1235"`` -> (start, end, the runs), for a plot's range.
+
+    The end of an active run is now. ValueError (one message for hidden and missing) otherwise.
+    """
+    slug, _, labels = str(ref).strip().partition("/")
+    run_list = permissions.run_lists_for(who).filter(slug=slug).first() if slug else None
+    if run_list is None:
+        raise ValueError(f"There is no run list {slug[:100]!r} you may see.")
+    first_text, dash, last_text = labels.partition("-")
+    first = parse_run_label(first_text)
+    last = parse_run_label(last_text) if dash else first
+    if last < first:
+        first, last = last, first
+    found = [
+        run
+        for run in Run.objects.filter(run_list=run_list, number__gte=first[0], number__lte=last[0])
+        if first <= (run.number, run.stage) <= last
+    ]
+    if not found:
+        raise ValueError(f"{run_list.slug} has no run {labels[:40]}.")
+    now = timezone.now()
+    return min(r.start for r in found), max(r.end or now for r in found), found

@@ -297,7 +297,11 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
         context.update(
             panels=panels,
             can_change=dashboards.may_change(user, self.object),
-            dashboard_config={"samplesUrl": reverse("api:samples"), "timeZone": settings.TIME_ZONE},
+            dashboard_config={
+                "samplesUrl": reverse("api:samples"),
+                "runsUrl": reverse("api:run-list"),
+                "timeZone": settings.TIME_ZONE,
+            },
         )
         return context
 

@@ -14,7 +14,7 @@ import django_filters.rest_framework
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -24,8 +24,9 @@ from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.response import Response
 
 from accounts import audit, permissions
-from accounts.api.base import PermittedSlugRelatedField, ScopedModelViewSet, as_drf_detail
+from accounts.api.base import PermittedSlugRelatedField, ScopedModelViewSet, ScopedReadOnlyModelViewSet, as_drf_detail
 from instruments import runs as run_services
+from instruments.api.filters import UtcIsoDateTimeFilter
 from instruments.models import MAX_RUN_NUMBER, MAX_STAGE, Instrument, Run, RunColumn, RunComment, RunList
 
 
@@ -148,6 +149,44 @@ class RunEditSerializer(serializers.Serializer):
     end = serializers.DateTimeField(required=False, allow_null=True)
     parameters = serializers.DictField(required=False)
     summary = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+
+
+class RunInRangeSerializer(serializers.ModelSerializer):
+    run_list = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    run_list_name = serializers.CharField(source="run_list.name", read_only=True)
+    label = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Run
+        fields = ["run_list", "run_list_name", "label", "number", "stage", "start", "end", "parameters"]
+
+
+class RunFilter(django_filters.FilterSet):
+    run_list = django_filters.CharFilter(field_name="run_list__slug")
+    instrument = django_filters.BaseInFilter(field_name="run_list__instruments__slug", distinct=True)
+    start = UtcIsoDateTimeFilter(method="ends_after", label="runs that end after this instant (ISO 8601)")
+    end = UtcIsoDateTimeFilter(field_name="start", lookup_expr="lt", label="runs that start before this instant")
+
+    class Meta:
+        model = Run
+        fields = ["run_list", "instrument", "start", "end"]
+
+    def ends_after(self, queryset, name, value):
+        return queryset.filter(Q(end__isnull=True) | Q(end__gt=value))
+
+
+class RunViewSet(ScopedReadOnlyModelViewSet):
+    """Runs of every run list you may see, newest first; ``start``/``end`` keep those overlapping a range
+    (the plot page draws them as bands), ``instrument`` those of run lists concerning these instruments."""
+
+    queryset = Run.objects.select_related("run_list")
+    serializer_class = RunInRangeSerializer
+    filter_backends = [django_filters.rest_framework.DjangoFilterBackend]
+    filterset_class = RunFilter
+    ordering = ["-start"]
+
+    def get_queryset(self):
+        return super().get_queryset().order_by("-start", "-id")
 
 
 class RunListFilter(django_filters.FilterSet):
