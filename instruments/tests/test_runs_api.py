@@ -9,6 +9,7 @@ import sys
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -16,7 +17,9 @@ from django.utils import timezone
 from accounts import permissions
 from accounts.models import AuditEvent
 from accounts.tests.personas import build_world
+from collection.tests.readings import ingest
 from conftest import REPO
+from daqbroker_agent.parsing import datetime_to_us
 from instruments import runs
 from instruments.models import Run, RunColumn
 
@@ -249,3 +252,33 @@ def test_the_agent_command_line_starts_and_stops_runs(live_server, tmp_path):
     assert unscoped.returncode == 1 and "404" in unscoped.stderr
     no_list = _agent(live_server, token, tmp_path, "start", "--param", "energy=1")
     assert no_list.returncode == 2 and "--list" in no_list.stderr
+
+
+# --- a run as the range of the readings API ----------------------------------------------------------
+
+
+def test_samples_statistics_and_export_take_a_run_as_the_range(shared_viewer, world, django_capture_on_commit_callbacks):
+    run = world.alpha_experiment_run
+    channel = world.alpha_channel
+    start_us = datetime_to_us(run.start)
+    end_us = datetime_to_us(run.end)
+    # one reading before, two inside, one exactly at the end (the next run's), one after
+    times = [start_us - 1_000_000, start_us, start_us + 60_000_000, end_us, end_us + 1_000_000]
+    ingest(django_capture_on_commit_callbacks, channel.pk, times, np.arange(len(times), dtype=float))
+    ref = f"{ALPHA_RUNS}/1"
+    samples = shared_viewer.client.get(reverse("api:samples"), {"channels": channel.pk, "run": ref}).json()
+    assert samples["series"][0]["t"] == times[1:3]
+    stats = shared_viewer.client.get(reverse("api:statistics"), {"channels": channel.pk, "run": ref}).json()
+    assert stats["statistics"][0]["count"] == 2, stats
+    export = shared_viewer.client.get(reverse("api:export"), {"channels": channel.pk, "run": ref})
+    lines = b"".join(export.streaming_content).decode().strip().splitlines()
+    assert len(lines) == 3  # the header and the run's two readings
+    both = shared_viewer.client.get(reverse("api:samples"), {"channels": channel.pk, "run": ref, "start": start_us})
+    assert both.status_code == 400 and "either run or start" in both.content.decode()
+
+
+def test_a_hidden_run_list_is_no_range(stranger, world):
+    channel_ref = "zulu-hidden/zulu-hidden-temp"
+    response = stranger.client.get(reverse("api:samples"), {"channels": channel_ref, "run": "alpha-station-runs/1"})
+    assert response.status_code == 400 and "no run list" in response.content.decode()
+    assert "alpha-station-run-summary" not in response.content.decode()
