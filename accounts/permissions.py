@@ -76,7 +76,7 @@ ADMINISTRATORS_ONLY = {"accounts.auditevent"}
 
 
 def codenames_implying(level: str, model_name: str = "instrument") -> list[str]:
-    """The permission codenames that grant ``level`` (on an instrument or a ``runlist``): its own and every higher rung's."""
+    """The codenames that grant ``level`` on an instrument (or a ``runlist``): its own and every higher rung's."""
     _check_level(level)
     return [f"{rung}_{model_name}" for rung in LEVELS[LEVELS.index(level) :]]
 

@@ -58,7 +58,7 @@ def _level_of(codenames: Iterable[str], suffix: str = "instrument") -> str | Non
 
 
 def share(instrument: Shareable, principal, level: str, *, actor=None, address: str | None = None) -> bool:
-    """Give ``principal`` (a user or a group) exactly ``level`` on ``instrument`` (or a run list), with every lower level.
+    """Give ``principal`` (a user or a group) exactly ``level`` on ``instrument`` (or a run list), and lower levels.
 
     Replaces whatever it had. Returns whether anything changed (sharing again at the same level is a
     no-op and records nothing).

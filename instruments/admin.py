@@ -13,8 +13,8 @@ from accounts import audit, permissions
 from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
 from accounts.choices import AuditAction
 from accounts.models import Agent
-from instruments.forms import DataSourceForm
 from instruments import runs
+from instruments.forms import DataSourceForm
 from instruments.models import (
     WAITING_FOR_CHANNELS,
     Channel,
@@ -338,9 +338,7 @@ class RunListAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
         for run_list in queryset:
             last = Run.objects.filter(run_list=run_list).order_by("-start").first()
             try:
-                run, _ = runs.start_run(
-                    run_list, parameters=last.parameters if last else {}, **audit.origin(request)
-                )
+                run, _ = runs.start_run(run_list, parameters=last.parameters if last else {}, **audit.origin(request))
             except (ValidationError, PermissionDenied) as exc:
                 self.message_user(request, f"{run_list}: {'; '.join(_messages(exc))}", messages.ERROR)
             else:
@@ -360,7 +358,11 @@ class RunListAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
 
 def _messages(exc: Exception) -> list[str]:
     if isinstance(exc, ValidationError):
-        return [f"{k}: {', '.join(v)}" for k, v in exc.message_dict.items()] if hasattr(exc, "error_dict") else exc.messages
+        return (
+            [f"{k}: {', '.join(v)}" for k, v in exc.message_dict.items()]
+            if hasattr(exc, "error_dict")
+            else exc.messages
+        )
     return [str(exc)]
 
 
@@ -378,11 +380,13 @@ class RunAdminForm(forms.ModelForm):
             raise ValidationError(_messages(exc)) from None
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         if (
             "end" in cleaned
             and cleaned["end"] is None
-            and Run.objects.filter(run_list=self.instance.run_list, end__isnull=True).exclude(pk=self.instance.pk).exists()
+            and Run.objects.filter(run_list=self.instance.run_list, end__isnull=True)
+            .exclude(pk=self.instance.pk)
+            .exists()
         ):
             self.add_error("end", "Another run of this list is active; only one may be.")
         return cleaned

@@ -439,7 +439,9 @@ class DashboardPanel(models.Model):
 
 # --- experiment runs ----------------------------------------------------------------------------------
 
-RUN_LIST_SLUG_TAKEN = "This slug is already in use on this site (run list slugs are unique across all run lists). Choose another."
+RUN_LIST_SLUG_TAKEN = (
+    "This slug is already in use on this site (run list slugs are unique across all run lists). Choose another."
+)
 MAX_RUN_NUMBER = 2_000_000_000
 MAX_STAGE = 99
 

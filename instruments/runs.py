@@ -160,7 +160,12 @@ def start_run(
                 AuditAction.RUN_STARTED,
                 actor=actor,
                 obj=run,
-                changes={"run": run.label, "start": now, "parameters": values, "ended": active.label if active else None},
+                changes={
+                    "run": run.label,
+                    "start": now,
+                    "parameters": values,
+                    "ended": active.label if active else None,
+                },
                 address=address,
             )
     except IntegrityError:  # the unique (list, number, stage), should a database let a race reach it
@@ -168,9 +173,7 @@ def start_run(
     return run, active
 
 
-def stop_run(
-    run_list: RunList, *, at: datetime | None = None, actor=None, address: str | None = None
-) -> Run | None:
+def stop_run(run_list: RunList, *, at: datetime | None = None, actor=None, address: str | None = None) -> Run | None:
     """End the active run (now, or at ``at``). Returns it, or None when no run was active."""
     _check(actor, permissions.COLLECT, run_list)
     with transaction.atomic():
@@ -213,12 +216,15 @@ def update_run(run: Run, changes: Mapping[str, Any], *, actor=None, address: str
             current.end = changes["end"]
         if current.end is not None and current.end < current.start:
             raise ValidationError({"end": "The end must not be before the start."})
-        if current.end is None and Run.objects.filter(run_list=current.run_list, end__isnull=True).exclude(
-            pk=current.pk
-        ).exists():
+        if (
+            current.end is None
+            and Run.objects.filter(run_list=current.run_list, end__isnull=True).exclude(pk=current.pk).exists()
+        ):
             raise ValidationError({"end": "Another run of this list is active; only one may be."})
         after = {name: getattr(current, name) for name in EDITABLE}
-        diff = {k: [jsonable(before[k]), jsonable(after[k])] for k in EDITABLE if jsonable(before[k]) != jsonable(after[k])}
+        diff = {
+            k: [jsonable(before[k]), jsonable(after[k])] for k in EDITABLE if jsonable(before[k]) != jsonable(after[k])
+        }
         if diff:
             current.save()
             record(AuditAction.RUN_CHANGED, actor=actor, obj=current, changes=diff, address=address)

@@ -15,9 +15,7 @@ urlpatterns = [
     path("runs/<slug:slug>/start/", runs.RunStartView.as_view(), name="runlist-start"),
     path("runs/<slug:slug>/stop/", runs.RunStopView.as_view(), name="runlist-stop"),
     path("runs/<slug:slug>/download/", runs.RunListDownloadView.as_view(), name="runlist-download"),
-    path(
-        "runs/<slug:slug>/runs/<str:label>/comment/", runs.RunCommentView.as_view(), name="runlist-comment"
-    ),
+    path("runs/<slug:slug>/runs/<str:label>/comment/", runs.RunCommentView.as_view(), name="runlist-comment"),
     path("runs/<slug:slug>/sharing/", runs.RunListSharingView.as_view(), name="runlist-sharing"),
     path("runs/<slug:slug>/sharing/remove/", runs.RunListSharingRemoveView.as_view(), name="runlist-sharing-remove"),
     path("dashboards/", views.DashboardListView.as_view(), name="dashboards"),

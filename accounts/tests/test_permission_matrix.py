@@ -575,7 +575,9 @@ ROUTES: list[Case] = [
     Case("instruments:runlist-sharing", "GET", lambda w: ALPHA_RUNS, PAGE_ALPHA_SHARE),
     Case("instruments:runlist-sharing", "GET", lambda w: ZULU_RUNS, PAGE_ZULU),
     Case("instruments:runlist-sharing", "POST", lambda w: ALPHA_RUNS, PAGE_ALPHA_SHARE, data=SHARE_WITH_STAN),
-    Case("instruments:runlist-sharing-remove", "POST", lambda w: ALPHA_RUNS, PAGE_ALPHA_SHARE_POST, data={"kind": "user"}),
+    Case(
+        "instruments:runlist-sharing-remove", "POST", lambda w: ALPHA_RUNS, PAGE_ALPHA_SHARE_POST, data={"kind": "user"}
+    ),
     Case("instruments:runlist-sharing-remove", "POST", lambda w: ZULU_RUNS, PAGE_ZULU_POST, data={"kind": "user"}),
     Case("collection:plot", "GET", None, PAGE_ALPHA, query={"c": "alpha-station/alpha-station-temp"}),
     Case("collection:plot", "GET", None, PAGE_ZULU, query={"c": "zulu-hidden/zulu-hidden-temp", "range": "7d"}),

@@ -58,9 +58,8 @@ class RunCommentSerializer(serializers.ModelSerializer):
 
 
 class RunSerializer(serializers.ModelSerializer):
-    run_list = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    label = serializers.CharField(read_only=True)
-    active = serializers.BooleanField(read_only=True)
+    # label and active are the model's properties (read-only fields made by the ModelSerializer).
+    run_list = serializers.CharField(source="run_list.slug", read_only=True)
     comments = RunCommentSerializer(many=True, read_only=True)
 
     class Meta:
@@ -152,9 +151,8 @@ class RunEditSerializer(serializers.Serializer):
 
 
 class RunInRangeSerializer(serializers.ModelSerializer):
-    run_list = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    run_list = serializers.CharField(source="run_list.slug", read_only=True)
     run_list_name = serializers.CharField(source="run_list.name", read_only=True)
-    label = serializers.CharField(read_only=True)
 
     class Meta:
         model = Run
@@ -225,9 +223,7 @@ class RunListViewSet(ScopedModelViewSet):
         if permissions.is_agent(self.request):
             # An agent sees no run list; it may reach the ones it may collect on (start, stop) only.
             return queryset.filter(pk__in=permissions.run_lists_for(self.request, permissions.COLLECT).values("pk"))
-        return queryset.prefetch_related(
-            Prefetch("runs", Run.objects.filter(end__isnull=True), to_attr="active_runs")
-        )
+        return queryset.prefetch_related(Prefetch("runs", Run.objects.filter(end__isnull=True), to_attr="active_runs"))
 
     def filter_queryset(self, queryset):
         if permissions.is_agent(self.request):
@@ -338,4 +334,3 @@ class RunListViewSet(ScopedModelViewSet):
         if run is None:
             raise Http404(f"No run {label} in {run_list.slug}.")
         return run
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import timedelta
 
@@ -145,7 +146,7 @@ def test_concurrent_starts_never_leave_two_active_runs():
             for _ in range(rounds):
                 barrier.wait(timeout=60)
                 runs.start_run(run_list)
-        except BaseException as exc:  # noqa: BLE001 -- reported by the assertion below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connections.close_all()
@@ -162,5 +163,5 @@ def test_concurrent_starts_never_leave_two_active_runs():
     assert [r.number for r in all_runs if r.end is None] == [all_runs[-1].number]
     # Each run ended exactly when the next one started: no overlap, no gap.
     by_number = sorted(all_runs, key=lambda r: r.number)
-    for earlier, later in zip(by_number, by_number[1:], strict=False):
+    for earlier, later in itertools.pairwise(by_number):
         assert earlier.end == later.start

@@ -38,9 +38,9 @@ def test_the_api_starts_a_run_with_typed_parameters_and_ends_the_active_one(owne
     assert second.status_code == 201
     assert second.json()["ended"]["label"] == "2"
     assert second.json()["ended"]["end"] == second.json()["run"]["start"]
-    assert list(Run.objects.filter(run_list=world.alpha_runlist, end__isnull=True).values_list("number", flat=True)) == [
-        10
-    ]
+    assert list(
+        Run.objects.filter(run_list=world.alpha_runlist, end__isnull=True).values_list("number", flat=True)
+    ) == [10]
 
 
 @pytest.mark.parametrize(
@@ -257,7 +257,9 @@ def test_the_agent_command_line_starts_and_stops_runs(live_server, tmp_path):
 # --- a run as the range of the readings API ----------------------------------------------------------
 
 
-def test_samples_statistics_and_export_take_a_run_as_the_range(shared_viewer, world, django_capture_on_commit_callbacks):
+def test_samples_statistics_and_export_take_a_run_as_the_range(
+    shared_viewer, world, django_capture_on_commit_callbacks
+):
     run = world.alpha_experiment_run
     channel = world.alpha_channel
     start_us = datetime_to_us(run.start)
