@@ -219,5 +219,5 @@ def test_run_stop_with_nothing_active_is_not_a_failure(tmp_path):
 
 def test_a_refused_token_is_exit_code_3(tmp_path):
     with FakeServer() as server:
-        result = agent("run", "stop", "--list", "beam", env=agent_env(server, tmp_path, token="dbk_bad"))  # noqa: S106
+        result = agent("run", "stop", "--list", "beam", env=agent_env(server, tmp_path, token="dbk_bad"))
         assert result.returncode == 3 and "401" in result.stderr

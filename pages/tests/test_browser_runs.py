@@ -46,7 +46,8 @@ def test_a_run_started_from_the_page_is_drawn_live_and_a_past_run_exports_exactl
     page.get_by_label("Live").check()
     page.wait_for_function("() => (DAQPlot.main.runs || []).some(r => r.label === '2' && r.end === null)")
     page.wait_for_function(
-        "() => Array.from(document.querySelectorAll('.plot .annotation-text')).some(a => a.textContent === 'run 2 (active)')"
+        "() => Array.from(document.querySelectorAll('.plot .annotation-text'))"
+        ".some(a => a.textContent === 'run 2 (active)')"
     )
     ingest(world.alpha_channel, [now_us()], [43.0])
     page.wait_for_function("() => Number(document.getElementById('main-plot').dataset.liveAppended) >= 1")
