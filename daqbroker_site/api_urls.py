@@ -8,6 +8,7 @@ from rest_framework.routers import DefaultRouter
 from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
+from collection.api.run_statistics import RunStatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
 from instruments.api.runs import RunListViewSet, RunViewSet
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
@@ -33,6 +34,11 @@ urlpatterns = [
     path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),
     path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),
     path("instruments/<slug:slug>/latest/", LatestViewSet.as_view({"get": "read"}), name="instrument-latest"),
+    path(
+        "runlists/<slug:slug>/statistics/",
+        RunStatisticsViewSet.as_view({"get": "read"}),
+        name="runlist-statistics",
+    ),
     path("whoami/", WhoAmIView.as_view(), name="whoami"),
     path("agent/config/", AgentConfigView.as_view(), name="agent-config"),
     path("agent/heartbeat/", AgentHeartbeatView.as_view(), name="agent-heartbeat"),

@@ -1,4 +1,5 @@
-"""The run-list pages (docs/runs.md): the run lists, one run list's runs, starting, stopping, comments, CSV, sharing.
+"""The run-list pages (docs/runs.md): the run lists, one run list's runs (with per-run statistics of chosen
+channels), starting, stopping, comments, CSV, sharing.
 
 Access goes through ``accounts.permissions`` (the run list's own owner and grants); every change through
 the services of ``instruments.runs`` and ``accounts.services``, which check the level again and audit.
@@ -19,6 +20,7 @@ from django.shortcuts import redirect
 from django.views.generic import FormView, TemplateView, View
 
 from accounts import audit, permissions, services
+from collection.services import run_statistics
 from instruments import runs
 from instruments.choices import ColumnKind
 from instruments.forms import ShareForm
@@ -101,12 +103,16 @@ class RunListDetailView(RunListAccessMixin, TemplateView):
         page = Paginator(runs_qs.order_by(*SORTS[sort]), RUNS_PER_PAGE).get_page(self.request.GET.get("page"))
         level = permissions.level_on(user, run_list)
         may_collect = level in (permissions.COLLECT, permissions.CHANGE, permissions.SHARE)
-        plottable = list(
+        numeric = list(
             permissions.restrict(Channel.objects.filter(instrument__in=run_list.instruments.all()), user)
             .exclude(kind="text")
-            .order_by("instrument__name", "name")
-            .values_list("pk", flat=True)[:6]
+            .select_related("instrument")
+            .order_by("instrument__name", "name")[:50]
         )
+        plottable = [c.pk for c in numeric[:6]]
+        wanted = {ref for part in self.request.GET.getlist("stats") for ref in part.split(",")}
+        stats_channels = [c for c in numeric if str(c.pk) in wanted][: run_statistics.MAX_CHANNELS]
+        stats_rows = run_statistics.per_run_statistics(list(page.object_list), stats_channels) if stats_channels else []
         rows = [
             {"run": run, "values": [run.parameters.get(c.name) for c in columns], "comments": list(run.comments.all())}
             for run in page.object_list
@@ -125,6 +131,10 @@ class RunListDetailView(RunListAccessMixin, TemplateView):
             may_collect=may_collect,
             may_share=level == permissions.SHARE,
             plot_channels=",".join(str(pk) for pk in plottable),
+            numeric_channels=numeric,
+            stats_channels=stats_channels,
+            stats_rows=stats_rows,
+            stats_refs=",".join(f"{c.instrument.slug}/{c.slug}" for c in stats_channels),
             instruments=permissions.restrict(run_list.instruments.all(), user),
         )
         return context

@@ -354,7 +354,7 @@ class StatisticsViewSet(ReadingsViewSet):
         )
 
 
-class _JsonErrorsNegotiation(BaseContentNegotiation):
+class JsonErrorsNegotiation(BaseContentNegotiation):
     """Exports are CSV or Parquet whatever the Accept header; errors are JSON."""
 
     def select_parser(self, request, parsers):
@@ -366,7 +366,7 @@ class _JsonErrorsNegotiation(BaseContentNegotiation):
 
 class ExportViewSet(ReadingsViewSet):
     params_class = ExportParams
-    content_negotiation_class = _JsonErrorsNegotiation
+    content_negotiation_class = JsonErrorsNegotiation
 
     @extend_schema(
         operation_id="export_readings",

@@ -284,3 +284,44 @@ def test_a_hidden_run_list_is_no_range(stranger, world):
     response = stranger.client.get(reverse("api:samples"), {"channels": channel_ref, "run": "alpha-station-runs/1"})
     assert response.status_code == 400 and "no run list" in response.content.decode()
     assert "alpha-station-run-summary" not in response.content.decode()
+
+
+# --- the per-run statistics table --------------------------------------------------------------------
+
+
+def test_per_run_statistics_from_the_api_and_the_page(shared_viewer, world, django_capture_on_commit_callbacks):
+    channel = world.alpha_channel
+    run1 = world.alpha_experiment_run
+    second, _ = runs.start_run(
+        world.alpha_runlist, number=2, at=run1.end + timedelta(minutes=10), parameters={"energy": 2}
+    )
+    runs.stop_run(world.alpha_runlist, at=second.start + timedelta(minutes=10))
+    s1, s2 = datetime_to_us(run1.start), datetime_to_us(second.start)
+    minute = 60_000_000
+    ingest(
+        django_capture_on_commit_callbacks,
+        channel.pk,
+        [s1, s1 + minute, s1 + 2 * minute, s2, s2 + minute],
+        [1.0, 2.0, 6.0, 10.0, 20.0],
+    )
+    url = reverse("api:runlist-statistics", kwargs={"slug": ALPHA_RUNS})
+    body = shared_viewer.client.get(url, {"channels": channel.pk}).json()
+    table = {row["run"]: row["statistics"][0] for row in body["runs"]}
+    assert (table["1"]["count"], table["1"]["min"], table["1"]["max"], table["1"]["mean"]) == (3, 1.0, 6.0, 3.0)
+    assert (table["2"]["count"], table["2"]["mean"]) == (2, 15.0)
+    only_two = shared_viewer.client.get(url, {"channels": channel.pk, "runs": "2-2", "format": "csv"})
+    lines = only_two.content.decode().splitlines()
+    ref = "alpha-station/alpha-station-temp"
+    assert lines[0] == f"run,start_us,end_us,{ref}:count,{ref}:min,{ref}:max,{ref}:mean"
+    assert lines[1].startswith("2,") and lines[1].endswith(",2,10.0,20.0,15.0") and len(lines) == 2
+    page = shared_viewer.client.get(reverse("instruments:runlist", kwargs={"slug": ALPHA_RUNS}), {"stats": channel.pk})
+    text = page.content.decode()
+    assert 'id="run-statistics-table"' in text and "15.000" in text and "3.000" in text
+    assert shared_viewer.client.get(url, {"channels": channel.pk, "runs": "x"}).status_code == 400
+
+
+def test_per_run_statistics_hide_what_is_hidden(stranger, shared_viewer, world):
+    url = reverse("api:runlist-statistics", kwargs={"slug": ALPHA_RUNS})
+    assert stranger.client.get(url, {"channels": "alpha-station/alpha-station-temp"}).status_code == 404
+    zulu = shared_viewer.client.get(url, {"channels": "zulu-hidden/zulu-hidden-temp"})
+    assert zulu.status_code == 404
