@@ -15,7 +15,8 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Model, Prefetch
-from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.views.generic import FormView, TemplateView, View
 
@@ -226,11 +227,23 @@ class RunCommentView(RunListAccessMixin, View):
 
 
 class RunListDownloadView(RunListAccessMixin, View):
-    """The whole run list as CSV (streamed; one run per line, a typed column per parameter)."""
+    """The whole run list as CSV (streamed) or Parquet (``?as=parquet``), a typed column per parameter."""
 
     def get(self, request, slug):
         run_list = self.get_run_list()
+        kind = request.GET.get("as", "csv")
+        if kind not in ("csv", "parquet"):
+            kind = "csv"
         rows = Run.objects.filter(run_list=run_list).order_by("number", "stage").iterator(chunk_size=500)
+        if kind == "parquet":
+            try:
+                body = runs.run_list_parquet(run_list, rows)
+            except ValidationError as exc:
+                messages.error(request, _errors(exc))
+                return redirect(run_list.get_absolute_url())
+            response: HttpResponseBase = HttpResponse(body, content_type="application/vnd.apache.parquet")
+            response["Content-Disposition"] = f'attachment; filename="{run_list.slug}-runs.parquet"'
+            return response
         response = StreamingHttpResponse(runs.run_list_csv_rows(run_list, rows), content_type="text/csv")
         response["Content-Disposition"] = f'attachment; filename="{run_list.slug}-runs.csv"'
         return response

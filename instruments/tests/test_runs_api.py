@@ -10,6 +10,7 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -325,3 +326,20 @@ def test_per_run_statistics_hide_what_is_hidden(stranger, shared_viewer, world):
     assert stranger.client.get(url, {"channels": "alpha-station/alpha-station-temp"}).status_code == 404
     zulu = shared_viewer.client.get(url, {"channels": "zulu-hidden/zulu-hidden-temp"})
     assert zulu.status_code == 404
+
+
+def test_the_run_list_downloads_as_parquet_with_typed_columns(shared_viewer, world):
+    runs.start_run(world.alpha_runlist, number=2, parameters={"energy": 2.25})
+    for url in (
+        reverse("api:runlist-download", kwargs={"slug": ALPHA_RUNS}),
+        reverse("instruments:runlist-download", kwargs={"slug": ALPHA_RUNS}),
+    ):
+        response = shared_viewer.client.get(url, {"as": "parquet"})
+        assert response.status_code == 200 and response["Content-Type"] == "application/vnd.apache.parquet"
+        table = pq.read_table(io.BytesIO(response.content))
+        assert str(table.schema.field("energy").type) == "double"
+        assert table.schema.field("energy").metadata == {b"units": b"GeV"}
+        assert table.column("energy").to_pylist() == [1.5, 2.25]
+        assert table.column("end").to_pylist()[1] is None
+    bad = shared_viewer.client.get(reverse("api:runlist-download", kwargs={"slug": ALPHA_RUNS}), {"as": "xls"})
+    assert bad.status_code == 400
