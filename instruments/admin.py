@@ -328,6 +328,23 @@ class RunListAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
             action = AuditAction.CONFIG_CHANGED if change else AuditAction.CONFIG_CREATED
             audit.record(action, obj=obj, changes=audit.diff(before, after), **audit.origin(request))
 
+    def save_formset(self, request, form, formset, change):
+        # The columns (inline) are configuration too: their changes are audited with the run list.
+        if formset.model is not RunColumn:
+            return super().save_formset(request, form, formset, change)
+        before = [(c.name, c.kind, c.units, c.choices, c.required) for c in form.instance.columns.all()]
+        with transaction.atomic():
+            result = super().save_formset(request, form, formset, change)
+            after = [(c.name, c.kind, c.units, c.choices, c.required) for c in form.instance.columns.all()]
+            if before != after:
+                audit.record(
+                    AuditAction.CONFIG_CHANGED,
+                    obj=form.instance,
+                    changes={"columns": [before, after]},
+                    **audit.origin(request),
+                )
+        return result
+
     @admin.display(description="Active run")
     def active_run(self, run_list: RunList) -> str:
         run = runs.active_run(run_list)

@@ -343,3 +343,37 @@ def test_the_run_list_downloads_as_parquet_with_typed_columns(shared_viewer, wor
         assert table.column("end").to_pylist()[1] is None
     bad = shared_viewer.client.get(reverse("api:runlist-download", kwargs={"slug": ALPHA_RUNS}), {"as": "xls"})
     assert bad.status_code == 400
+
+
+# --- the admin -------------------------------------------------------------------------------------------
+
+
+def test_the_admin_actions_start_and_stop_runs(owner, world):
+    changelist = reverse("admin:instruments_runlist_changelist")
+    chosen = {"_selected_action": [world.alpha_runlist.pk]}
+    response = owner.client.post(changelist, {"action": "start_next_run", **chosen}, follow=True)
+    assert "run 2 started" in response.content.decode()
+    run = Run.objects.get(run_list=world.alpha_runlist, end__isnull=True)
+    assert run.parameters == {"energy": 1.5}  # the last run's
+    response = owner.client.post(changelist, {"action": "stop_active_run", **chosen}, follow=True)
+    assert "run 2 stopped" in response.content.decode()
+    assert AuditEvent.objects.filter(action__in=["run.started", "run.stopped"], object_id=str(run.pk)).count() == 2
+
+
+def test_editing_a_run_in_the_admin_is_audited_and_checked(owner, world):
+    run = world.alpha_experiment_run
+    url = reverse("admin:instruments_run_change", args=[run.pk])
+    form = {
+        "start_0": run.start.strftime("%Y-%m-%d"),
+        "start_1": run.start.strftime("%H:%M:%S"),
+        "end_0": run.end.strftime("%Y-%m-%d"),
+        "end_1": run.end.strftime("%H:%M:%S"),
+        "summary": "edited in the admin",
+    }
+    refused = owner.client.post(url, {**form, "parameters": '{"energy": "hot"}'})
+    assert refused.status_code == 200 and "not a number" in refused.content.decode()
+    saved = owner.client.post(url, {**form, "parameters": '{"energy": 2}'})
+    assert saved.status_code == 302
+    event = AuditEvent.objects.get(action="run.changed")
+    assert event.changes["summary"] == ["alpha-station-run-summary", "edited in the admin"]
+    assert event.changes["parameters"] == [{"energy": 1.5}, {"energy": 2.0}]
