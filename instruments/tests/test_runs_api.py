@@ -23,6 +23,7 @@ from conftest import REPO
 from daqbroker_agent.parsing import datetime_to_us
 from instruments import runs
 from instruments.models import Run, RunColumn
+from instruments.tests.page_world import alpha_dashboard
 
 ALPHA_RUNS = "alpha-station-runs"
 
@@ -377,3 +378,19 @@ def test_editing_a_run_in_the_admin_is_audited_and_checked(owner, world):
     event = AuditEvent.objects.get(action="run.changed")
     assert event.changes["summary"] == ["alpha-station-run-summary", "edited in the admin"]
     assert event.changes["parameters"] == [{"energy": 1.5}, {"energy": 2.0}]
+
+
+# --- dashboards following the active run ---------------------------------------------------------------
+
+
+def test_a_dashboard_follows_the_active_run_of_a_run_list(owner, stranger, world):
+    dashboard = alpha_dashboard(world)
+    url = reverse("instruments:dashboard", kwargs={"pk": dashboard.pk})
+    idle = owner.client.get(url, {"run": ALPHA_RUNS}, follow=True).content.decode()
+    assert "no run is active" in idle and '"range": "since"' not in idle
+    run, _ = runs.start_run(world.alpha_runlist, parameters={"energy": 1})
+    text = owner.client.get(url, {"run": ALPHA_RUNS}).content.decode()
+    assert f"Following the active run {run.label}" in text
+    assert '"range": "since"' in text and f'"start": "{run.start.isoformat()}"' in text
+    past = owner.client.get(url, {"run": f"{ALPHA_RUNS}/1"}).content.decode()
+    assert '"range": "custom"' in past and world.alpha_experiment_run.start.isoformat() in past

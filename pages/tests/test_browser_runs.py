@@ -10,6 +10,7 @@ import pytest
 from collection.models import Sample
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.models import Run
+from instruments.tests.page_world import alpha_dashboard
 from pages.status import now_us
 from pages.tests.browser import ingest, wait_until_drawn
 
@@ -76,6 +77,13 @@ def test_a_run_started_from_the_page_is_drawn_live_and_a_past_run_exports_exactl
         page.locator("#export-csv").click()
     rows = Path(download.value.path()).read_text().splitlines()
     assert rows[0] == "time,channel,value" and len(rows) - 1 == in_run > 50
+
+    # A dashboard follows the active run: its plots run from the run's start, live.
+    olivia.open(f"/dashboards/{alpha_dashboard(world).pk}/?run=alpha-station-runs")
+    assert "Following the active run 2" in page.inner_text("#following-run")
+    page.wait_for_function("() => DAQPlot.instances.some(p => p.view && p.state.range === 'since')")
+    followed = page.evaluate("() => DAQPlot.instances.filter(p => p.state.range === 'since')[0].view")
+    assert followed[0] == datetime_to_us(run.start) // 1000
 
     # Stop it from the page.
     olivia.open("/runs/alpha-station-runs/")

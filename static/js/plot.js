@@ -204,6 +204,7 @@
     var now = Date.now();
     var st = this.state;
     if (st.range === "custom" && st.start != null && st.end != null) return [st.start, st.end];
+    if (st.range === "since" && st.start != null) return [st.start, Math.max(now, st.start + 1000)]; // following a run
     if (st.range === "all") {
       var first = this.extentStart();
       var last = Math.max(this.latest() || now, now);
@@ -743,6 +744,7 @@
     document.querySelectorAll(".daq-panel[data-state]").forEach(function (root) {
       var state = JSON.parse(document.getElementById(root.dataset.state).textContent);
       if (state.range === "custom") { state.start = Date.parse(state.start); state.end = Date.parse(state.end); }
+      if (state.range === "since") { state.start = Date.parse(state.start); } // following the active run
       var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl, liveSeconds: 15 });
       plot.load("state");
       if (state.range !== "custom") plot.setLive(true);
