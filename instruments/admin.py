@@ -328,6 +328,13 @@ class RunListAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
             action = AuditAction.CONFIG_CHANGED if change else AuditAction.CONFIG_CREATED
             audit.record(action, obj=obj, changes=audit.diff(before, after), **audit.origin(request))
 
+    def save_related(self, request, form, formsets, change):
+        # The form offers only the instruments this user may change; keep the others attached.
+        kept = list(form.instance.instruments.exclude(pk__in=form.fields["instruments"].queryset)) if change else []
+        super().save_related(request, form, formsets, change)
+        if kept:
+            form.instance.instruments.add(*kept)
+
     def save_formset(self, request, form, formset, change):
         # The columns (inline) are configuration too: their changes are audited with the run list.
         if formset.model is not RunColumn:

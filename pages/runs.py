@@ -58,7 +58,10 @@ class RunListIndexView(PageMixin, TemplateView):
             .select_related("owner")
             .prefetch_related("instruments", Prefetch("runs", Run.objects.filter(end__isnull=True), to_attr="active"))
         )
-        context["run_lists"] = run_lists
+        visible = set(permissions.instruments_visible_to(self.request.user).values_list("pk", flat=True))
+        context["run_lists"] = [
+            (run_list, [i for i in run_list.instruments.all() if i.pk in visible]) for run_list in run_lists
+        ]
         return context
 
 

@@ -85,6 +85,14 @@ class RunListSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "slug", "description", "owner", "instruments", "columns", "active_run", "created"]
         read_only_fields = ["id", "owner", "created"]
 
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        # Instruments the reader may not see are not named (the run list may be shared more widely).
+        request = self.context.get("request")
+        visible = set(permissions.instruments_visible_to(request).values_list("slug", flat=True)) if request else set()
+        data["instruments"] = [slug for slug in data.get("instruments", []) if slug in visible]
+        return data
+
     def get_active_run(self, run_list: RunList) -> str | None:
         active = [run for run in getattr(run_list, "active_runs", []) if run.end is None]
         return active[0].label if active else None

@@ -15,7 +15,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts import permissions
+from accounts import permissions, services
 from accounts.models import AuditEvent
 from accounts.tests.personas import build_world
 from collection.tests.readings import ingest
@@ -394,3 +394,17 @@ def test_a_dashboard_follows_the_active_run_of_a_run_list(owner, stranger, world
     assert '"range": "since"' in text and f'"start": "{run.start.isoformat()}"' in text
     past = owner.client.get(url, {"run": f"{ALPHA_RUNS}/1"}).content.decode()
     assert '"range": "custom"' in past and world.alpha_experiment_run.start.isoformat() in past
+
+
+def test_a_run_list_never_names_an_instrument_its_reader_may_not_see(shared_viewer, stranger, world):
+    run_list = world.alpha_runlist
+    run_list.instruments.add(world.zulu)
+    services.share(run_list, world.users["stan"], "view")
+    detail = stranger.client.get(reverse("api:runlist-detail", kwargs={"slug": ALPHA_RUNS})).json()
+    assert detail["instruments"] == []
+    for url in (reverse("instruments:runlists"), reverse("instruments:runlist", kwargs={"slug": ALPHA_RUNS})):
+        text = stranger.client.get(url).content.decode()
+        assert "Alpha-Station instrument" not in text and "Zulu-Hidden instrument" not in text
+    assert shared_viewer.client.get(reverse("api:runlist-detail", kwargs={"slug": ALPHA_RUNS})).json()[
+        "instruments"
+    ] == ["alpha-station"]
