@@ -22,7 +22,7 @@ class RunStatisticsParams(serializers.Serializer):
     runs = serializers.CharField(
         required=False, max_length=100, help_text="a range of runs, 1230-1235 (default: the latest 200)"
     )
-    format = serializers.ChoiceField(choices=["json", "csv"], default="json")
+    format = serializers.ChoiceField(choices=["json", "csv", "parquet"], default="json")
 
     def validate_channels(self, value):
         if len(value) > run_statistics.MAX_CHANNELS:
@@ -47,7 +47,12 @@ class RunStatisticsViewSet(ReadingsViewSet):
         operation_id="run_statistics",
         summary="Per-run statistics: count, min, max and mean of chosen channels for each run of a run list",
         parameters=[RunStatisticsParams],
-        responses={200: OpenApiTypes.OBJECT, (200, "text/csv"): OpenApiTypes.STR, **ERRORS},
+        responses={
+            200: OpenApiTypes.OBJECT,
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY,
+            **ERRORS,
+        },
     )
     def read(self, request, slug: str):
         run_list = permissions.run_lists_for(request).filter(slug=slug).first()
@@ -63,6 +68,12 @@ class RunStatisticsViewSet(ReadingsViewSet):
         else:
             chosen = list(runs[: run_statistics.MAX_RUNS])
         rows = run_statistics.per_run_statistics(chosen, channels)
+        if params["format"] == "parquet":
+            response = HttpResponse(
+                run_statistics.as_parquet(rows, channels), content_type="application/vnd.apache.parquet"
+            )
+            response["Content-Disposition"] = f'attachment; filename="{run_list.slug}-run-statistics.parquet"'
+            return response
         if params["format"] == "csv":
             response = HttpResponse(run_statistics.as_csv(rows, channels), content_type="text/csv")
             response["Content-Disposition"] = f'attachment; filename="{run_list.slug}-run-statistics.csv"'

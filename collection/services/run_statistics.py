@@ -12,6 +12,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.models import Channel, Run
@@ -56,3 +59,29 @@ def as_csv(rows: Iterable[RunRow], channels: Sequence[Channel]) -> str:
             line += ["" if cell[k] is None else cell[k] for k in ("count", "min", "max", "mean")]
         writer.writerow(line)
     return buffer.getvalue()
+
+
+def as_parquet(rows: Sequence[RunRow], channels: Sequence[Channel]) -> bytes:
+    """The same table as Parquet: ``run`` (text), ``start``/``end`` (UTC timestamps), then per channel
+    ``<instrument>/<channel>:count`` (int64) and ``:min``, ``:max``, ``:mean`` (double, units in the metadata)."""
+    fields: list[pa.Field] = [
+        pa.field("run", pa.string()),
+        pa.field("start", pa.timestamp("us", tz="UTC")),
+        pa.field("end", pa.timestamp("us", tz="UTC")),
+    ]
+    data: dict[str, list] = {
+        "run": [r.run.label for r in rows],
+        "start": [r.start for r in rows],
+        "end": [r.end for r in rows],
+    }
+    for index, channel in enumerate(channels):
+        ref = f"{channel.instrument.slug}/{channel.slug}"
+        metadata = {"units": channel.units} if channel.units else None
+        fields.append(pa.field(f"{ref}:count", pa.int64()))
+        data[f"{ref}:count"] = [r.cells[index]["count"] for r in rows]
+        for name in ("min", "max", "mean"):
+            fields.append(pa.field(f"{ref}:{name}", pa.float64(), metadata=metadata))
+            data[f"{ref}:{name}"] = [r.cells[index][name] for r in rows]
+    sink = io.BytesIO()
+    pq.write_table(pa.table(data, schema=pa.schema(fields)), sink)
+    return sink.getvalue()

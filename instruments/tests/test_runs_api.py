@@ -316,6 +316,9 @@ def test_per_run_statistics_from_the_api_and_the_page(shared_viewer, world, djan
     ref = "alpha-station/alpha-station-temp"
     assert lines[0] == f"run,start_us,end_us,{ref}:count,{ref}:min,{ref}:max,{ref}:mean"
     assert lines[1].startswith("2,") and lines[1].endswith(",2,10.0,20.0,15.0") and len(lines) == 2
+    parquet = shared_viewer.client.get(url, {"channels": channel.pk, "format": "parquet"})
+    table = pq.read_table(io.BytesIO(parquet.content)).to_pydict()
+    assert table["run"] == ["2", "1"] and table[f"{ref}:mean"] == [15.0, 3.0] and table[f"{ref}:count"] == [2, 3]
     page = shared_viewer.client.get(reverse("instruments:runlist", kwargs={"slug": ALPHA_RUNS}), {"stats": channel.pk})
     text = page.content.decode()
     assert 'id="run-statistics-table"' in text and "15.000" in text and "3.000" in text
