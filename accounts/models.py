@@ -1,4 +1,4 @@
-"""Who may do what: object permissions on instruments, agents and their API tokens, the audit trail."""
+"""Who may do what: object permissions on instruments and run lists, agents and their API tokens, the audit trail."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ class InstrumentGroupPermission(GroupObjectPermissionBase):
 
     class Meta(GroupObjectPermissionBase.Meta):
         verbose_name = "instrument permission of a group"
+
+
+class RunListUserPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey("instruments.RunList", on_delete=models.CASCADE, related_name="user_grants")
+
+    class Meta(UserObjectPermissionBase.Meta):
+        verbose_name = "run list permission of a user"
+
+
+class RunListGroupPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey("instruments.RunList", on_delete=models.CASCADE, related_name="group_grants")
+
+    class Meta(GroupObjectPermissionBase.Meta):
+        verbose_name = "run list permission of a group"
 
 
 # --- Agents and API tokens ----------------------------------------------------------------------

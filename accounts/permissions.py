@@ -1,4 +1,4 @@
-"""THE permission module: who may see, collect to, change and share which instruments.
+"""THE permission module: who may see, collect to, change and share which instruments and run lists.
 
 Every surface asks here: the DRF filter backend and base viewset (``accounts.api.base``), the page mixin
 (``accounts.mixins``), the admin (``accounts.admin_mixins``), the sharing and token services, and the
@@ -20,6 +20,10 @@ The rules:
 * An **agent** (``AgentPrincipal``) may only ``collect``, only to the instruments it is scoped to, and
   only while its owner may collect to them too. It sees nothing.
 * A request made with a **read-only token** may only ``view``.
+* **Run lists** follow the same rules with their own owner and grants (``RunListUserPermission`` /
+  ``RunListGroupPermission``, the same ladder; ``collect`` there is starting and stopping runs). Their
+  columns, runs and comments inherit from them. An agent may ``collect`` (start and stop runs) on a run
+  list that concerns an instrument it is scoped to, while its owner may collect on the run list too.
 
 Every function takes ``who``: a user, an ``AgentPrincipal``, or a request (Django's or DRF's, whose
 token scope is then honoured). Querysets cost one query, plus one (cached on the user object) to learn
@@ -36,10 +40,16 @@ from django.http import HttpRequest
 from rest_framework.request import Request
 
 from accounts.choices import ShareLevel, TokenScope
-from accounts.models import ApiToken, InstrumentGroupPermission, InstrumentUserPermission
+from accounts.models import (
+    ApiToken,
+    InstrumentGroupPermission,
+    InstrumentUserPermission,
+    RunListGroupPermission,
+    RunListUserPermission,
+)
 from accounts.principals import AgentPrincipal, Principal, Who
 from accounts.roles import ADMINISTRATORS
-from instruments.models import Instrument
+from instruments.models import Instrument, RunList
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -55,14 +65,20 @@ EXTRA_INSTRUMENT_PATHS: dict[str, tuple[str, ...]] = {
 }
 # Models that belong to a user rather than to an instrument: model label -> owner field.
 OWNER_FIELDS: dict[str, str] = {"accounts.agent": "owner", "accounts.apitoken": "user"}
+# Models that belong to a run list: model label -> lookup to it.
+RUN_LIST_PATHS: dict[str, str] = {
+    "instruments.runcolumn": "run_list",
+    "instruments.run": "run_list",
+    "instruments.runcomment": "run__run_list",
+}
 # Models only Administrators may read.
 ADMINISTRATORS_ONLY = {"accounts.auditevent"}
 
 
-def codenames_implying(level: str) -> list[str]:
-    """The permission codenames that grant ``level``: its own and every higher rung's."""
+def codenames_implying(level: str, model_name: str = "instrument") -> list[str]:
+    """The codenames that grant ``level`` on an instrument (or a ``runlist``): its own and every higher rung's."""
     _check_level(level)
-    return [f"{rung}_instrument" for rung in LEVELS[LEVELS.index(level) :]]
+    return [f"{rung}_{model_name}" for rung in LEVELS[LEVELS.index(level) :]]
 
 
 def levels_up_to(level: str) -> list[str]:
@@ -172,26 +188,27 @@ def has_instrument_perm(who: Who, level: str, instrument: Instrument) -> bool:
     return Instrument.objects.filter(pk=instrument.pk).filter(_grant_filter(user, level)).exists()
 
 
-def level_on(who: Who, instrument: Instrument) -> str | None:
-    """The highest level ``who`` has on ``instrument``, or None."""
+def level_on(who: Who, instrument: Instrument | RunList) -> str | None:
+    """The highest level ``who`` has on ``instrument`` (or a run list), or None."""
     user, token = resolve(who)
     if not is_authenticated(user):
         return None
     if isinstance(user, AgentPrincipal):
-        return COLLECT if has_instrument_perm(user, COLLECT, instrument) else None
+        return COLLECT if has_perm(user, COLLECT, instrument) else None
     if is_administrator(user) or instrument.owner_id == user.pk:
         level = SHARE
     else:
+        user_grants, group_grants, suffix = grant_models(instrument)
         codenames = set(
-            InstrumentUserPermission.objects.filter(user=user, content_object=instrument).values_list(
+            user_grants.objects.filter(user=user, content_object=instrument).values_list(
                 "permission__codename", flat=True
             )
         ) | set(
-            InstrumentGroupPermission.objects.filter(group__user=user, content_object=instrument).values_list(
+            group_grants.objects.filter(group__user=user, content_object=instrument).values_list(
                 "permission__codename", flat=True
             )
         )
-        held = [rung for rung in LEVELS if f"{rung}_instrument" in codenames]
+        held = [rung for rung in LEVELS if f"{rung}_{suffix}" in codenames]
         if not held:
             return None
         level = held[-1]
@@ -203,6 +220,61 @@ def can_create_instruments(who: Who) -> bool:
     if not is_authenticated(user) or isinstance(user, AgentPrincipal) or not _token_allows(token, CHANGE):
         return False
     return is_administrator(user) or user.has_perm("instruments.add_instrument")
+
+
+# --- run lists -----------------------------------------------------------------------------------
+
+
+def grant_models(obj: Instrument | RunList) -> tuple[Any, Any, str]:
+    """(user grants model, group grants model, codename suffix) for an instrument or a run list."""
+    if isinstance(obj, RunList):
+        return RunListUserPermission, RunListGroupPermission, "runlist"
+    return InstrumentUserPermission, InstrumentGroupPermission, "instrument"
+
+
+def _run_list_grant_filter(user: User, level: str) -> Q:
+    codenames = codenames_implying(level, "runlist")
+    direct = RunListUserPermission.objects.filter(user=user, permission__codename__in=codenames)
+    via_group = RunListGroupPermission.objects.filter(group__user=user, permission__codename__in=codenames)
+    return (
+        Q(owner=user) | Q(pk__in=direct.values("content_object_id")) | Q(pk__in=via_group.values("content_object_id"))
+    )
+
+
+def run_lists_for(who: Who, level: str = VIEW) -> QuerySet[RunList]:
+    """The run lists on which ``who`` has ``level``, as a lazy queryset of one query."""
+    _check_level(level)
+    user, token = resolve(who)
+    run_lists = RunList.objects.all()
+    if not is_authenticated(user) or not _token_allows(token, level):
+        return run_lists.none()
+    if isinstance(user, AgentPrincipal):
+        if level != COLLECT:
+            return run_lists.none()
+        owner_may = run_lists_for(user.owner, COLLECT)
+        concerning = RunList.objects.filter(instruments__in=instruments_for(user, COLLECT).values("pk"))
+        return run_lists.filter(pk__in=owner_may.values("pk")).filter(pk__in=concerning.values("pk"))
+    if is_administrator(user):
+        return run_lists
+    return run_lists.filter(_run_list_grant_filter(user, level))
+
+
+def has_run_list_perm(who: Who, level: str, run_list: RunList) -> bool:
+    _check_level(level)
+    user, token = resolve(who)
+    if not is_authenticated(user) or not _token_allows(token, level):
+        return False
+    if isinstance(user, AgentPrincipal):
+        return level == COLLECT and run_lists_for(user, COLLECT).filter(pk=run_list.pk).exists()
+    if is_administrator(user) or run_list.owner_id == user.pk:
+        return True
+    return RunList.objects.filter(pk=run_list.pk).filter(_run_list_grant_filter(user, level)).exists()
+
+
+def can_create_run_lists(who: Who) -> bool:
+    """Any signed-in user (not an agent, not a read-only token) may start a run list of their own."""
+    user, token = resolve(who)
+    return is_authenticated(user) and not isinstance(user, AgentPrincipal) and _token_allows(token, CHANGE)
 
 
 # --- any model ------------------------------------------------------------------------------------
@@ -243,6 +315,14 @@ def restrict(queryset: QuerySet, who: Who, level: str = VIEW) -> QuerySet:
         if not is_authenticated(user) or isinstance(user, AgentPrincipal) or not _token_allows(token, level):
             return queryset.none()
         return queryset if is_administrator(user) else queryset.filter(**{OWNER_FIELDS[label]: user})
+    if model is RunList:
+        if is_administrator(who) and _token_allows(token, level):
+            return queryset
+        return queryset.filter(pk__in=run_lists_for(who, level).values("pk"))
+    if label in RUN_LIST_PATHS:
+        if is_administrator(who) and _token_allows(token, level):
+            return queryset
+        return queryset.filter(**{f"{RUN_LIST_PATHS[label]}__in": run_lists_for(who, level).values("pk")})
     paths = instrument_paths(model)
     if paths == ("",):
         if not is_authenticated(user) or not _token_allows(token, level):
@@ -286,6 +366,13 @@ def has_perm(who: Who, level: str, obj: Model) -> bool:
         if not is_authenticated(user) or isinstance(user, AgentPrincipal) or not _token_allows(token, level):
             return False
         return is_administrator(user) or getattr(obj, f"{OWNER_FIELDS[label]}_id") == user.pk
+    if isinstance(obj, RunList):
+        return has_run_list_perm(who, level, obj)
+    if label in RUN_LIST_PATHS:
+        run_list: Any = obj
+        for step in RUN_LIST_PATHS[label].split("__"):
+            run_list = getattr(run_list, step)
+        return has_run_list_perm(who, level, run_list)
     instruments = instrument_of(obj)
     if not instruments:
         # Bound to no instrument: an alarm rule or spike check for "any instrument" reaches every

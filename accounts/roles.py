@@ -37,6 +37,9 @@ ROLE_PERMISSIONS: dict[str, str | list[str]] = {
         *_crud("instruments", "datasource"),
         *_crud("instruments", "channel"),
         *_crud("instruments", "logbookentry"),
+        *_crud("instruments", "runlist"),
+        *_crud("instruments", "runcolumn"),
+        *_crud("instruments", "run", ("change", "view")),
         *_crud("accounts", "agent", ("add", "change", "view")),
         *_crud("accounts", "apitoken", ("add", "view")),
         # Alarms and checks of their instruments; the notification outbox and quarantine are not

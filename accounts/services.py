@@ -19,12 +19,15 @@ from django.utils import timezone
 from accounts import permissions, tokens
 from accounts.audit import record
 from accounts.choices import AuditAction, TokenScope
-from accounts.models import Agent, ApiToken, InstrumentGroupPermission, InstrumentUserPermission
-from instruments.models import Instrument
+from accounts.models import Agent, ApiToken
+from instruments.models import Instrument, RunList
+
+# What may be shared: an instrument or a run list (each with an owner, a slug and its own grant tables).
+Shareable = Instrument | RunList
 
 
-def _check_actor(actor, level: str, instrument: Instrument) -> None:
-    if actor is not None and not permissions.has_instrument_perm(actor, level, instrument):
+def _check_actor(actor, level: str, instrument: Shareable) -> None:
+    if actor is not None and not permissions.has_perm(actor, level, instrument):
         raise PermissionDenied(f"You may not {level} {instrument.slug}.")
 
 
@@ -42,19 +45,20 @@ class Share:
         return self.principal.name if isinstance(self.principal, Group) else self.principal.get_username()
 
 
-def _grants(instrument: Instrument, principal):
+def _grants(instrument: Shareable, principal):
+    user_grants, group_grants, _ = permissions.grant_models(instrument)
     if isinstance(principal, Group):
-        return InstrumentGroupPermission.objects.filter(content_object=instrument, group=principal), "group"
-    return InstrumentUserPermission.objects.filter(content_object=instrument, user=principal), "user"
+        return group_grants.objects.filter(content_object=instrument, group=principal), "group"
+    return user_grants.objects.filter(content_object=instrument, user=principal), "user"
 
 
-def _level_of(codenames: Iterable[str]) -> str | None:
-    held = [level for level in permissions.LEVELS if f"{level}_instrument" in set(codenames)]
+def _level_of(codenames: Iterable[str], suffix: str = "instrument") -> str | None:
+    held = [level for level in permissions.LEVELS if f"{level}_{suffix}" in set(codenames)]
     return held[-1] if held else None
 
 
-def share(instrument: Instrument, principal, level: str, *, actor=None, address: str | None = None) -> bool:
-    """Give ``principal`` (a user or a group) exactly ``level`` on ``instrument``, with every lower level.
+def share(instrument: Shareable, principal, level: str, *, actor=None, address: str | None = None) -> bool:
+    """Give ``principal`` (a user or a group) exactly ``level`` on ``instrument`` (or a run list), and lower levels.
 
     Replaces whatever it had. Returns whether anything changed (sharing again at the same level is a
     no-op and records nothing).
@@ -64,9 +68,10 @@ def share(instrument: Instrument, principal, level: str, *, actor=None, address:
     if not isinstance(principal, Group) and principal.pk == instrument.owner_id:
         raise ValidationError(f"{principal.get_username()} owns {instrument.slug} and has every level already.")
     _check_actor(actor, permissions.SHARE, instrument)
-    wanted = {f"{rung}_instrument" for rung in permissions.levels_up_to(level)}
+    suffix = permissions.grant_models(instrument)[2]
+    wanted = {f"{rung}_{suffix}" for rung in permissions.levels_up_to(level)}
     with transaction.atomic():
-        Instrument.objects.select_for_update().filter(pk=instrument.pk).first()  # serialise concurrent shares
+        type(instrument).objects.select_for_update().filter(pk=instrument.pk).first()  # serialise concurrent shares
         grants, kind = _grants(instrument, principal)
         held = set(grants.values_list("permission__codename", flat=True))
         if held == wanted:
@@ -75,8 +80,8 @@ def share(instrument: Instrument, principal, level: str, *, actor=None, address:
             p.codename: p
             for p in Permission.objects.filter(
                 content_type__app_label="instruments",
-                content_type__model="instrument",
-                codename__in=permissions.codenames_implying(permissions.VIEW),
+                content_type__model=suffix,
+                codename__in=permissions.codenames_implying(permissions.VIEW, suffix),
             )
         }
         grants.exclude(permission__codename__in=wanted).delete()
@@ -91,17 +96,18 @@ def share(instrument: Instrument, principal, level: str, *, actor=None, address:
             AuditAction.SHARE_SET,
             actor=actor,
             obj=instrument,
-            changes={kind: Share(kind, principal, level).name, "from": _level_of(held), "to": level},
+            changes={kind: Share(kind, principal, level).name, "from": _level_of(held, suffix), "to": level},
             address=address,
         )
     return True
 
 
-def unshare(instrument: Instrument, principal, *, actor=None, address: str | None = None) -> bool:
+def unshare(instrument: Shareable, principal, *, actor=None, address: str | None = None) -> bool:
     """Take every level on ``instrument`` away from ``principal``. Returns whether it had any."""
     _check_actor(actor, permissions.SHARE, instrument)
     with transaction.atomic():
         grants, kind = _grants(instrument, principal)
+        suffix = permissions.grant_models(instrument)[2]
         held = set(grants.values_list("permission__codename", flat=True))
         if not held:
             return False
@@ -110,30 +116,31 @@ def unshare(instrument: Instrument, principal, *, actor=None, address: str | Non
             AuditAction.SHARE_REMOVED,
             actor=actor,
             obj=instrument,
-            changes={kind: Share(kind, principal, "").name, "from": _level_of(held), "to": None},
+            changes={kind: Share(kind, principal, "").name, "from": _level_of(held, suffix), "to": None},
             address=address,
         )
     return True
 
 
-def level_of(instrument: Instrument, principal) -> str | None:
+def level_of(instrument: Shareable, principal) -> str | None:
     """The level ``principal`` (a user or a group) was given on ``instrument``, not counting ownership."""
     grants, _ = _grants(instrument, principal)
-    return _level_of(grants.values_list("permission__codename", flat=True))
+    return _level_of(grants.values_list("permission__codename", flat=True), permissions.grant_models(instrument)[2])
 
 
-def shares_of(instrument: Instrument) -> list[Share]:
-    """Who else has which level on ``instrument`` (not its owner), users first, by name."""
+def shares_of(instrument: Shareable) -> list[Share]:
+    """Who else has which level on ``instrument`` (or a run list; not its owner), users first, by name."""
     found: list[Share] = []
+    user_grants, group_grants, suffix = permissions.grant_models(instrument)
     for kind, model, field in (
-        ("user", InstrumentUserPermission, "user"),
-        ("group", InstrumentGroupPermission, "group"),
+        ("user", user_grants, "user"),
+        ("group", group_grants, "group"),
     ):
         held: dict[int, tuple[User | Group, set[str]]] = {}
         for grant in model.objects.filter(content_object=instrument).select_related(field, "permission"):
             principal = getattr(grant, field)
             held.setdefault(principal.pk, (principal, set()))[1].add(grant.permission.codename)
-        shares = [Share(kind, principal, _level_of(codenames)) for principal, codenames in held.values()]
+        shares = [Share(kind, principal, _level_of(codenames, suffix)) for principal, codenames in held.values()]
         found.extend(sorted((s for s in shares if s.level), key=lambda s: s.name.lower()))
     return found
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from django.db import transaction
 from collection.choices import Origin
 from collection.services.ingest import SampleBatch, ingest_samples
 from instruments.choices import ChannelKind, SourceKind
-from instruments.models import Channel, DataSource, Instrument, LogbookEntry
+from instruments.models import Channel, DataSource, Instrument, LogbookEntry, Run, RunColumn, RunList
 
 SLUG = "demo-weather"
 FILE_NAME = "weather.csv"
@@ -123,6 +123,52 @@ def register(owner) -> tuple[Instrument, DataSource]:
     if not instrument.logbook.exists():
         LogbookEntry.objects.create(instrument=instrument, author=owner, text="Station installed and logging.")
     return instrument, source
+
+
+RUN_LIST_SLUG = "demo-campaign"
+DEMO_RUNS = [  # hours ago it started, hours it lasted, parameters, summary
+    (30, 4, {"mast_height": 10.0, "anemometer": "cup", "heated": False}, "Baseline with the cup anemometer."),
+    (20, 6, {"mast_height": 10.0, "anemometer": "sonic", "heated": False}, "Sonic anemometer side by side."),
+    (8, 3, {"mast_height": 12.5, "anemometer": "sonic", "heated": True}, "Mast raised; heated sensor head."),
+]
+
+
+def register_runs(instrument: Instrument, owner) -> RunList:
+    """A run list for the demo station with a few past runs, so a newcomer sees runs on the plot; idempotent."""
+    run_list, created = RunList.objects.get_or_create(
+        slug=RUN_LIST_SLUG,
+        defaults={
+            "name": "Anemometer comparison (demo)",
+            "owner": owner,
+            "description": "A made-up campaign: runs with different anemometers and mast heights.",
+        },
+    )
+    if not created:
+        return run_list
+    run_list.instruments.add(instrument)
+    for position, (name, kind, units, choices, required) in enumerate(
+        [
+            ("mast_height", "number", "m", [], True),
+            ("anemometer", "choice", "", ["cup", "sonic"], True),
+            ("heated", "boolean", "", [], False),
+        ]
+    ):
+        RunColumn.objects.create(
+            run_list=run_list, name=name, kind=kind, units=units, choices=choices, required=required, position=position
+        )
+    now = datetime.now(UTC).replace(microsecond=0)
+    for number, (ago, hours, parameters, summary) in enumerate(DEMO_RUNS, start=1):
+        start = now - timedelta(hours=ago)
+        Run.objects.create(
+            run_list=run_list,
+            number=number,
+            start=start,
+            end=start + timedelta(hours=hours),
+            parameters=parameters,
+            summary=summary,
+            started_by=owner.get_username(),
+        )
+    return run_list
 
 
 def seed_history(instrument: Instrument, days: int = 7, step_seconds: int = 60, end: float | None = None) -> int:

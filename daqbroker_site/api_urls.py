@@ -10,7 +10,9 @@ from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesVi
 from collection.api.corrections import ChannelReadingsDeletionViewSet, SourceRereadViewSet
 from collection.api.preview import SerialPortsView, SourcePreviewView
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
+from collection.api.run_statistics import RunStatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
+from instruments.api.runs import RunListViewSet, RunViewSet
 from instruments.api.views import ChannelViewSet, DataSourceViewSet, InstrumentViewSet, LogbookEntryViewSet
 
 router = DefaultRouter()
@@ -20,6 +22,8 @@ router.register("instruments", InstrumentViewSet, basename="instrument")
 router.register("sources", DataSourceViewSet, basename="source")
 router.register("channels", ChannelViewSet, basename="channel")
 router.register("logbook", LogbookEntryViewSet, basename="logbook")
+router.register("runlists", RunListViewSet, basename="runlist")
+router.register("runs", RunViewSet, basename="run")
 
 urlpatterns = [
     # The schema and its browser are public: they describe the API, they hold no data.
@@ -38,6 +42,11 @@ urlpatterns = [
     path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),
     path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),
     path("instruments/<slug:slug>/latest/", LatestViewSet.as_view({"get": "read"}), name="instrument-latest"),
+    path(
+        "runlists/<slug:slug>/statistics/",
+        RunStatisticsViewSet.as_view({"get": "read"}),
+        name="runlist-statistics",
+    ),
     path("whoami/", WhoAmIView.as_view(), name="whoami"),
     # Before the router's sources/<pk>/: "preview" is not a source's id.
     path("sources/preview/", SourcePreviewView.as_view(), name="source-preview"),

@@ -3,7 +3,7 @@ from typing import Any, ClassVar
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, Q
 from django.template.response import TemplateResponse
@@ -16,8 +16,19 @@ from accounts import audit, permissions
 from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
 from accounts.choices import AuditAction
 from accounts.models import Agent
+from instruments import runs
 from instruments.forms import DataSourceForm
-from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource, Instrument, LogbookEntry, with_channel_counts
+from instruments.models import (
+    WAITING_FOR_CHANNELS,
+    Channel,
+    DataSource,
+    Instrument,
+    LogbookEntry,
+    Run,
+    RunColumn,
+    RunList,
+    with_channel_counts,
+)
 
 COLLECTION_STATE = ("last_run_at", "last_success_at", "consecutive_failures", "next_run_at", "last_error", "cursor")
 
@@ -355,3 +366,166 @@ class LogbookEntryAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             changes = audit.diff(before, {name: form.cleaned_data.get(name) for name in form.changed_data})
             audit.record(AuditAction.CONFIG_CHANGED, obj=obj, changes=changes, **audit.origin(request))
+
+
+# --- run lists (docs/runs.md) ---------------------------------------------------------------------------
+
+
+class RunColumnInline(admin.TabularInline):
+    model = RunColumn
+    extra = 0
+    fields = ("position", "name", "kind", "units", "choices", "required")
+
+
+class RunInline(admin.TabularInline):
+    """The latest runs, read-only: runs start and stop through the actions (and the page, API, agent)."""
+
+    model = Run
+    extra = 0
+    max_num = 0
+    can_delete = False
+    fields = ("label", "start", "end", "parameters", "summary", "started_by")
+    readonly_fields = fields
+    show_change_link = True
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).order_by("-number", "-stage")
+
+
+class RunListAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
+    """Operators reach the run lists they may change; starting and stopping runs are actions here."""
+
+    delete_level = permissions.SHARE
+    list_display = ("name", "slug", "owner", "active_run", "updated")
+    list_filter = (("owner", RelatedOnly),)
+    search_fields = ("name", "slug", "description")
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("created", "updated")
+    filter_horizontal = ("instruments",)
+    inlines = (RunColumnInline, RunInline)
+    actions = ("start_next_run", "stop_active_run")
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if permissions.is_administrator(request.user) else (*readonly, "owner")
+
+    def save_model(self, request, obj, form, change):
+        if not change and not permissions.is_administrator(request.user):
+            obj.owner = request.user
+        before = {name: form.initial.get(name) for name in form.changed_data}
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            after = {name: form.cleaned_data.get(name) for name in form.changed_data}
+            action = AuditAction.CONFIG_CHANGED if change else AuditAction.CONFIG_CREATED
+            audit.record(action, obj=obj, changes=audit.diff(before, after), **audit.origin(request))
+
+    def save_related(self, request, form, formsets, change):
+        # The form offers only the instruments this user may change; keep the others attached.
+        kept = list(form.instance.instruments.exclude(pk__in=form.fields["instruments"].queryset)) if change else []
+        super().save_related(request, form, formsets, change)
+        if kept:
+            form.instance.instruments.add(*kept)
+
+    def save_formset(self, request, form, formset, change):
+        # The columns (inline) are configuration too: their changes are audited with the run list.
+        if formset.model is not RunColumn:
+            return super().save_formset(request, form, formset, change)
+        before = [(c.name, c.kind, c.units, c.choices, c.required) for c in form.instance.columns.all()]
+        with transaction.atomic():
+            result = super().save_formset(request, form, formset, change)
+            after = [(c.name, c.kind, c.units, c.choices, c.required) for c in form.instance.columns.all()]
+            if before != after:
+                audit.record(
+                    AuditAction.CONFIG_CHANGED,
+                    obj=form.instance,
+                    changes={"columns": [before, after]},
+                    **audit.origin(request),
+                )
+        return result
+
+    @admin.display(description="Active run")
+    def active_run(self, run_list: RunList) -> str:
+        run = runs.active_run(run_list)
+        return run.label if run else "—"
+
+    @admin.action(description="Start the next run of the selected run lists (the last run's parameters)")
+    def start_next_run(self, request, queryset):
+        for run_list in queryset:
+            last = Run.objects.filter(run_list=run_list).order_by("-start").first()
+            try:
+                run, _ = runs.start_run(run_list, parameters=last.parameters if last else {}, **audit.origin(request))
+            except (ValidationError, PermissionDenied) as exc:
+                self.message_user(request, f"{run_list}: {'; '.join(_messages(exc))}", messages.ERROR)
+            else:
+                self.message_user(request, f"{run_list}: run {run.label} started.", messages.SUCCESS)
+
+    @admin.action(description="Stop the active run of the selected run lists")
+    def stop_active_run(self, request, queryset):
+        for run_list in queryset:
+            try:
+                run = runs.stop_run(run_list, **audit.origin(request))
+            except (ValidationError, PermissionDenied) as exc:
+                self.message_user(request, f"{run_list}: {'; '.join(_messages(exc))}", messages.ERROR)
+                continue
+            text = f"run {run.label} stopped" if run else "no run was active"
+            self.message_user(request, f"{run_list}: {text}.", messages.SUCCESS if run else messages.INFO)
+
+
+def _messages(exc: Exception) -> list[str]:
+    if isinstance(exc, ValidationError):
+        return (
+            [f"{k}: {', '.join(v)}" for k, v in exc.message_dict.items()]
+            if hasattr(exc, "error_dict")
+            else exc.messages
+        )
+    return [str(exc)]
+
+
+class RunAdminForm(forms.ModelForm):
+    """Checks what ``update_run`` checks, so a refusal is a form error rather than a failed save."""
+
+    class Meta:
+        model = Run
+        fields = ("start", "end", "parameters", "summary")
+
+    def clean_parameters(self):
+        try:
+            return runs.parse_parameters(self.instance.run_list, self.cleaned_data.get("parameters") or {})
+        except ValidationError as exc:
+            raise ValidationError(_messages(exc)) from None
+
+    def clean(self):
+        cleaned = super().clean() or {}
+        if (
+            "end" in cleaned
+            and cleaned["end"] is None
+            and Run.objects.filter(run_list=self.instance.run_list, end__isnull=True)
+            .exclude(pk=self.instance.pk)
+            .exists()
+        ):
+            self.add_error("end", "Another run of this list is active; only one may be.")
+        return cleaned
+
+
+class RunAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
+    """Editing a past run's times, parameters or summary goes through ``instruments.runs.update_run`` (audited)."""
+
+    list_display = ("run_list", "label", "start", "end", "started_by")
+    list_filter = (("run_list", RelatedOnly),)
+    search_fields = ("summary", "run_list__name")
+    list_select_related = ("run_list",)
+    form = RunAdminForm
+    fields = ("run_list", "number", "stage", "start", "end", "parameters", "summary", "started_by")
+    readonly_fields = ("run_list", "number", "stage", "started_by")
+
+    def has_add_permission(self, request) -> bool:
+        return False  # runs are started (actions, pages, API, agent), never typed in
+
+    def save_model(self, request, obj, form, change):
+        changes = {name: form.cleaned_data[name] for name in form.changed_data if name in runs.EDITABLE}
+        stored = Run.objects.get(pk=obj.pk)
+        runs.update_run(stored, changes, **audit.origin(request))
+
+
+admin.site.register(RunList, RunListAdmin)
+admin.site.register(Run, RunAdmin)

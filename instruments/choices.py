@@ -12,3 +12,12 @@ class ChannelKind(models.TextChoices):
     NUMERIC = "numeric", "Numeric"
     TEXT = "text", "Text"
     DERIVED = "derived", "Derived (computed from other channels)"
+
+
+class ColumnKind(models.TextChoices):
+    """The type of a run list's parameter column: what a run's value in it must be."""
+
+    NUMBER = "number", "Number (with units)"
+    TEXT = "text", "Text"
+    BOOLEAN = "boolean", "Yes/no"
+    CHOICE = "choice", "Choice from a list"

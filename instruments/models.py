@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from daqbroker_agent.config import ConfigError, validate_source_config
 from daqbroker_agent.parsing import us_to_datetime
-from instruments.choices import ChannelKind, SourceKind
+from instruments.choices import ChannelKind, ColumnKind, SourceKind
 from instruments.expressions import ExpressionError, parse_expression
 from instruments.units import check_units
 
@@ -460,3 +460,196 @@ class DashboardPanel(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"panel {self.position + 1} of {self.dashboard}"
+
+
+# --- experiment runs ----------------------------------------------------------------------------------
+
+RUN_LIST_SLUG_TAKEN = (
+    "This slug is already in use on this site (run list slugs are unique across all run lists). Choose another."
+)
+MAX_RUN_NUMBER = 2_000_000_000
+MAX_STAGE = 99
+
+
+class RunList(models.Model):
+    """A campaign or experiment: numbered runs, with parameter columns of its own.
+
+    Shared like an instrument (its owner, then ``view < collect < change < share`` grants through
+    ``accounts.services.share``; "collect" is starting and stopping runs). Its runs, columns and comments
+    are visible to whoever may view it (``accounts.permissions``).
+    """
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(
+        max_length=100,
+        unique=True,
+        help_text="Short name used in URLs, the API and the agent's command line; unique across the site.",
+        error_messages={"unique": RUN_LIST_SLUG_TAKEN},
+    )
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="owned_run_lists",
+        help_text="Has every permission on the run list.",
+    )
+    instruments = models.ManyToManyField(
+        Instrument,
+        blank=True,
+        related_name="run_lists",
+        help_text="The instruments its runs concern (their channels are plotted with the runs; "
+        "their agents may start and stop runs).",
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("collect_runlist", "Can start and stop runs"),
+            ("share_runlist", "Can manage who may see the run list"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("instruments:runlist", args=[self.slug])
+
+
+class RunColumn(models.Model):
+    """A typed parameter column of a run list: each run's value in it is checked by :meth:`parse`."""
+
+    run_list = models.ForeignKey(RunList, on_delete=models.CASCADE, related_name="columns")
+    name = models.SlugField(max_length=64, help_text="The parameter's name (letters, digits, - and _).")
+    kind = models.CharField(max_length=16, choices=ColumnKind.choices, default=ColumnKind.NUMBER)
+    units = models.CharField(max_length=50, blank=True, help_text="For numbers.")
+    choices = models.JSONField(default=list, blank=True, help_text="For a choice: the allowed values.")
+    required = models.BooleanField(default=False)
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [models.UniqueConstraint(fields=["run_list", "name"], name="runcolumn_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()}{', ' + self.units if self.units else ''})"
+
+    def clean(self) -> None:
+        if self.kind == ColumnKind.NUMBER and self.units:
+            try:
+                self.units = check_units(self.units)
+            except ValueError as exc:
+                raise ValidationError({"units": str(exc)}) from None
+        if self.kind != ColumnKind.NUMBER and self.units:
+            raise ValidationError({"units": "Only number columns have units."})
+        if self.kind == ColumnKind.CHOICE:
+            if (
+                not isinstance(self.choices, list)
+                or not self.choices
+                or not all(isinstance(c, str) and c.strip() for c in self.choices)
+            ):
+                raise ValidationError({"choices": "A choice column needs a list of non-empty texts."})
+            if len(set(self.choices)) != len(self.choices):
+                raise ValidationError({"choices": "The choices must differ."})
+        elif self.choices:
+            raise ValidationError({"choices": "Only choice columns have a list of choices."})
+
+    def parse(self, value):
+        """``value`` (from JSON or a form's text) as this column's type; ValueError saying why not."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if self.kind == ColumnKind.NUMBER:
+            if isinstance(value, bool):
+                raise ValueError("a number is expected, not yes/no")
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{str(value)[:40]!r} is not a number") from None
+            if not math.isfinite(number):
+                raise ValueError("the number must be finite")
+            return number
+        if self.kind == ColumnKind.BOOLEAN:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"yes", "true", "1", "on", "y"}:
+                return True
+            if text in {"no", "false", "0", "off", "n"}:
+                return False
+            raise ValueError(f"{str(value)[:40]!r} is not yes or no")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError("a text is expected")
+        text = str(value).strip()
+        if len(text) > 500:
+            raise ValueError("at most 500 characters")
+        if self.kind == ColumnKind.CHOICE and text not in self.choices:
+            raise ValueError(f"{text[:40]!r} is not one of {', '.join(self.choices)}")
+        return text
+
+
+class Run(models.Model):
+    """One run of a run list: number and stage (``1234.01``), start, end (empty while active), parameters."""
+
+    run_list = models.ForeignKey(RunList, on_delete=models.CASCADE, related_name="runs")
+    number = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_RUN_NUMBER)])
+    stage = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(MAX_STAGE)])
+    start = models.DateTimeField()
+    end = models.DateTimeField(null=True, blank=True, help_text="Empty while the run is active.")
+    parameters = models.JSONField(default=dict, blank=True)
+    summary = models.TextField(blank=True)
+    started_by = models.CharField(max_length=200, blank=True, help_text="Who started it (a user or an agent).")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-number", "-stage"]
+        constraints = [
+            models.UniqueConstraint(fields=["run_list", "number", "stage"], name="run_unique_number_stage"),
+            models.CheckConstraint(
+                condition=models.Q(end__isnull=True) | models.Q(end__gte=models.F("start")), name="run_end_after_start"
+            ),
+        ]
+        indexes = [models.Index(fields=["run_list", "start"])]
+
+    def __str__(self) -> str:
+        return f"{self.run_list} run {self.label}"
+
+    @property
+    def label(self) -> str:
+        return run_label(self.number, self.stage)
+
+    @property
+    def active(self) -> bool:
+        return self.end is None
+
+
+def run_label(number: int, stage: int) -> str:
+    return f"{number}.{stage:02d}" if stage else str(number)
+
+
+def parse_run_label(text: str) -> tuple[int, int]:
+    """``"1234"`` -> (1234, 0), ``"1234.01"`` -> (1234, 1); ValueError saying why not."""
+    number, _, stage = str(text).strip().partition(".")
+    if not number.isdigit() or (stage and not stage.isdigit()):
+        raise ValueError(f"{str(text)[:40]!r} is not a run number (1234 or 1234.01)")
+    n, s = int(number), int(stage or 0)
+    if not 1 <= n <= MAX_RUN_NUMBER or s > MAX_STAGE:
+        raise ValueError(f"{str(text)[:40]!r} is out of range (1 to {MAX_RUN_NUMBER}, stage 0 to {MAX_STAGE})")
+    return n, s
+
+
+class RunComment(models.Model):
+    """A dated comment on a run, by its author."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    author_name = models.CharField(max_length=200, blank=True, help_text="Kept if the author's account goes.")
+    at = models.DateTimeField(default=timezone.now)
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.run} {self.at:%Y-%m-%d %H:%M}"

@@ -7,6 +7,7 @@ mixin's (``accounts.mixins.InstrumentAccessMixin``): a channel the user may not 
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta
 from itertools import groupby
 
 from django.conf import settings
@@ -21,7 +22,7 @@ from accounts import permissions
 from accounts.mixins import local_next
 from collection.alarms.evaluate import acknowledge
 from collection.alarms.models import AlarmEvent
-from instruments import dashboards
+from instruments import dashboards, runs
 from instruments.models import PlotRange
 from pages.readings import channel_facts, first_reading_times
 from pages.views import PageMixin, visible_channels
@@ -58,9 +59,35 @@ def resolve_channels(refs: list[str], channels) -> list:
 
 
 class PlotView(PageMixin, TemplateView):
-    """Pick channels and a range; zoom, pan, live mode and exports happen in the page's script."""
+    """Pick channels and a range; zoom, pan, live mode and exports happen in the page's script.
+
+    ``?run=<run list>/<run>`` (or ``<first>-<last>``) is "the time of run N": the page answers with the
+    same view over that run's start and end (now, for an active run).
+    """
 
     template_name = "collection/plot.html"
+
+    def get(self, request, *args, **kwargs):
+        if "run" in request.GET:
+            return self.go_to_run(request)
+        return super().get(request, *args, **kwargs)
+
+    def go_to_run(self, request):
+        query = request.GET.copy()
+        ref = query.pop("run")[-1]
+        try:
+            start, end, _ = runs.run_range(request.user, ref)
+        except ValueError as exc:
+            messages.error(request, str(exc))
+        else:
+            if end <= start:
+                end = start + timedelta(seconds=1)
+            for key in ("range", "start", "end", "live"):
+                query.pop(key, None)
+            query["range"] = PlotRange.CUSTOM
+            query["start"] = start.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            query["end"] = end.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return redirect(f"{reverse('collection:plot')}?{query.urlencode(safe=',/:')}")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -78,7 +105,9 @@ class PlotView(PageMixin, TemplateView):
                 "exportUrl": reverse("api:export"),
                 "ranges": [[value, label] for value, label in PlotRange.choices if value != PlotRange.CUSTOM],
                 "timeZone": settings.TIME_ZONE,
+                "runsUrl": reverse("api:run-list"),
             },
+            run_lists=permissions.run_lists_for(user).only("slug", "name"),
             my_dashboards=dashboards.dashboards_visible_to(user).filter(owner=user.pk),  # signed in (PageMixin)
             range_choices=[(v, label) for v, label in PlotRange.choices],
         )

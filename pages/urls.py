@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pages import source_setup, views
+from pages import runs, source_setup, views
 
 app_name = "instruments"
 
@@ -13,6 +13,14 @@ urlpatterns = [
     path("instruments/<slug:slug>/sharing/remove/", views.SharingRemoveView.as_view(), name="sharing-remove"),
     path("instruments/<slug:slug>/sources/new/", source_setup.SourceSetupView.as_view(), name="source-new"),
     path("instruments/<slug:slug>/sources/<int:pk>/edit/", source_setup.SourceSetupView.as_view(), name="source-edit"),
+    path("runs/", runs.RunListIndexView.as_view(), name="runlists"),
+    path("runs/<slug:slug>/", runs.RunListDetailView.as_view(), name="runlist"),
+    path("runs/<slug:slug>/start/", runs.RunStartView.as_view(), name="runlist-start"),
+    path("runs/<slug:slug>/stop/", runs.RunStopView.as_view(), name="runlist-stop"),
+    path("runs/<slug:slug>/download/", runs.RunListDownloadView.as_view(), name="runlist-download"),
+    path("runs/<slug:slug>/runs/<str:label>/comment/", runs.RunCommentView.as_view(), name="runlist-comment"),
+    path("runs/<slug:slug>/sharing/", runs.RunListSharingView.as_view(), name="runlist-sharing"),
+    path("runs/<slug:slug>/sharing/remove/", runs.RunListSharingRemoveView.as_view(), name="runlist-sharing-remove"),
     path("dashboards/", views.DashboardListView.as_view(), name="dashboards"),
     path("dashboards/new/", views.DashboardCreateView.as_view(), name="dashboard-create"),
     path("dashboards/<int:pk>/", views.DashboardDetailView.as_view(), name="dashboard"),

@@ -24,7 +24,7 @@ from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
 from accounts.models import Agent
 from collection.alarms.models import AlarmEvent
 from collection.services import corrections, quarantine
-from instruments import dashboards
+from instruments import dashboards, runs
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
 from pages.readings import channel_facts, first_reading_times, sparklines
@@ -312,23 +312,57 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         user = self.request.user
+        following = self.following_run()
         panels = []
         for panel in self.object.panels.all():
             channels = dashboards.panel_channels(user, panel)
+            state = panel_state(panel, channels)
+            if following is not None:
+                state.update(following["state"])
             panels.append(
                 {
                     "panel": panel,
                     "channels": channels,
-                    "state": panel_state(panel, channels),
+                    "state": state,
                     "element_id": f"panel-state-{panel.pk}",
                 }
             )
         context.update(
+            following=following,
+            run_lists=permissions.run_lists_for(user).only("slug", "name"),
             panels=panels,
             can_change=dashboards.may_change(user, self.object),
-            dashboard_config={"samplesUrl": reverse("api:samples"), "timeZone": settings.TIME_ZONE},
+            dashboard_config={
+                "samplesUrl": reverse("api:samples"),
+                "runsUrl": reverse("api:run-list"),
+                "timeZone": settings.TIME_ZONE,
+            },
         )
         return context
+
+    def following_run(self) -> dict | None:
+        """``?run=<run list>``: every panel follows that list's active run (from its start, live);
+        ``?run=<run list>/<run>`` shows that run. None (with a message why) when there is nothing to show."""
+        ref = self.request.GET.get("run", "").strip()
+        if not ref:
+            return None
+        slug, _, label = ref.partition("/")
+        if not label:
+            run_list = permissions.run_lists_for(self.request.user).filter(slug=slug).first()
+            active = runs.active_run(run_list) if run_list is not None else None
+            if active is None:
+                what = "no run is active in it" if run_list is not None else "you may not see it, or it does not exist"
+                messages.info(self.request, f"Not following {slug[:100]}: {what}.")
+                return None
+            state = {"range": "since", "start": active.start.isoformat()}
+            return {"run_list": run_list, "run": active, "state": state, "live": True}
+        try:
+            start, end, found = runs.run_range(self.request.user, ref)
+        except ValueError as exc:
+            messages.error(self.request, str(exc))
+            return None
+        state = {"range": PlotRange.CUSTOM, "start": start.isoformat(), "end": end.isoformat()}
+        return {"run_list": found[0].run_list, "run": found[0], "state": state, "live": False}
 
 
 def panel_state(panel: DashboardPanel, channels) -> dict:

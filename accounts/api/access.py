@@ -56,7 +56,11 @@ class TokenScopePermission(BasePermission):
             return True
         if token.scope == TokenScope.AGENT:
             self.message = "An agent token may only push readings."
-            return bool(getattr(view, "agent_access", False))
+            # ``agent_access``: True for the whole view, or the names of the actions agents may call.
+            allowed = getattr(view, "agent_access", False)
+            if isinstance(allowed, tuple | list | set | frozenset):
+                return getattr(view, "action", None) in allowed
+            return bool(allowed)
         if getattr(view, "action", None) in getattr(view, "session_only_actions", ()):
             self.message = "Log in to do this; API tokens cannot."
             return False

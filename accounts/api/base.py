@@ -57,7 +57,7 @@ else:
 class ScopedViewMixin(_ViewBase):
     """For any API view: the base permissions always apply, whatever ``permission_classes`` says."""
 
-    agent_access = False
+    agent_access: bool | tuple[str, ...] = False  # True, or the actions agent tokens may call
     session_only_actions: tuple[str, ...] = ()
     action_levels: dict[str, str] = {}
 

@@ -37,8 +37,8 @@ from collection.alarms.choices import Medium, RuleKind, Severity, Transition
 from collection.alarms.models import AlarmEvent, AlarmNotification, AlarmRule, AlarmSubscription, SpikeCheck
 from collection.choices import Origin
 from collection.models import CollectionRun, RejectedSample
-from instruments.models import LogbookEntry
-from instruments.tests.factories import make_channel, make_instrument, make_source, make_user
+from instruments.models import LogbookEntry, Run
+from instruments.tests.factories import make_channel, make_instrument, make_run_list, make_source, make_user
 
 PERSONAS = (
     "anonymous",
@@ -115,6 +115,15 @@ def _instrument_with_parts(owner, prefix: str) -> tuple[object, dict, set[str]]:
     )
     subscription = AlarmSubscription.objects.create(user=owner, instrument=instrument)
     run = CollectionRun.objects.create(source=source, started_at=timezone.now(), worker=f"{prefix}-worker")
+    run_list = make_run_list(owner, name=f"{prefix}-campaign", slug=f"{prefix}-runs", instruments=[instrument])
+    experiment_run = Run.objects.create(
+        run_list=run_list,
+        number=1,
+        start=timezone.now() - timedelta(hours=2),
+        end=timezone.now() - timedelta(hours=1),
+        parameters={"energy": 1.5},
+        summary=f"{prefix}-run-summary",
+    )
     parts = {
         "instrument": instrument,
         "source": source,
@@ -127,6 +136,8 @@ def _instrument_with_parts(owner, prefix: str) -> tuple[object, dict, set[str]]:
         "notification": notification,
         "subscription": subscription,
         "run": run,
+        "runlist": run_list,
+        "experiment_run": experiment_run,
     }
     markers = {
         instrument.slug,
@@ -140,6 +151,8 @@ def _instrument_with_parts(owner, prefix: str) -> tuple[object, dict, set[str]]:
         event.message,
         notification.recipients[0],
         run.worker,
+        run_list.name,
+        experiment_run.summary,
     }
     return instrument, parts, markers
 
@@ -167,6 +180,10 @@ def build_world() -> World:
     services.share(alpha, users["vera"], ShareLevel.VIEW)
     services.share(alpha, users["eddie"], ShareLevel.CHANGE)
     services.share(alpha, team, ShareLevel.VIEW)
+    # alpha's run list is shared the same way (its own grants, through the same service).
+    services.share(alpha_parts["runlist"], users["vera"], ShareLevel.VIEW)
+    services.share(alpha_parts["runlist"], users["eddie"], ShareLevel.CHANGE)
+    services.share(alpha_parts["runlist"], team, ShareLevel.VIEW)
 
     agents, tokens = {}, {}
     agents["alpha-logger"], tokens["agent_scoped"] = services.create_agent(

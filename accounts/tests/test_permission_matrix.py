@@ -211,6 +211,19 @@ def _rule_without_instrument(world) -> dict:
 
 
 SHARE_WITH_STAN = {"kind": "user", "name": "stan", "level": "view"}
+ALPHA_RUNS = {"slug": "alpha-station-runs"}
+ZULU_RUNS = {"slug": "zulu-hidden-runs"}
+# Run lists: any signed-in person may create one of their own (not agents, not read-only tokens).
+API_CREATE_RUN_LIST = expect(201, anonymous=401, personal_read_token=403, **_agents(403))
+# Starting a run needs collect on the run list: eddie (change) and olivia; olivia's agent scoped to alpha
+# too (the run list concerns alpha); the unscoped agent does not reach it (404).
+API_ALPHA_START = expect(
+    403, anonymous=401, stranger=404, shared_editor=201, owner=201, administrator=201, personal_write_token=201,
+    agent_scoped=201, agent_unscoped=404,
+)  # fmt: skip
+API_ALPHA_STOP = {k: (409 if v == 201 else v) for k, v in API_ALPHA_START.items()}  # no run is active: 409
+API_ALPHA_COMMENT = API_ALPHA_START
+API_ZULU_START = expect(404, anonymous=401, administrator=201, personal_read_token=403)
 ALPHA = {"slug": "alpha-station"}
 ZULU = {"slug": "zulu-hidden"}
 
@@ -387,6 +400,58 @@ ROUTES: list[Case] = [
     Case("api:logbook-list", "POST", None, API_ALPHA_CREATE, data={"instrument": "alpha-station", "text": "new"}),
     Case("api:logbook-detail", "GET", lambda w: {"pk": w.alpha_entry.pk}, API_ALPHA_READ),
     Case("api:logbook-detail", "GET", lambda w: {"pk": w.zulu_entry.pk}, API_ZEDS),
+    # --- run lists and runs (issue 19) ---------------------------------------------------------------
+    Case("api:runlist-list", "GET", None, API_ANY_USER),
+    Case("api:runlist-list", "POST", None, API_CREATE_RUN_LIST, data={"name": "New runs", "slug": "new-runs"}),
+    Case("api:runlist-detail", "GET", lambda w: ALPHA_RUNS, API_ALPHA_READ),
+    Case("api:runlist-detail", "GET", lambda w: ZULU_RUNS, API_ZEDS),
+    Case("api:runlist-detail", "PATCH", lambda w: ALPHA_RUNS, API_ALPHA_CHANGE, data={"description": "edited"}),
+    Case("api:runlist-detail", "PATCH", lambda w: ZULU_RUNS, API_ZULU_WRITE, data={"description": "edited"}),
+    Case("api:runlist-detail", "DELETE", lambda w: ALPHA_RUNS, API_ALPHA_DELETE),
+    Case("api:runlist-start", "POST", lambda w: ALPHA_RUNS, API_ALPHA_START, data={"parameters": {"energy": 3.5}}),
+    Case("api:runlist-start", "POST", lambda w: ZULU_RUNS, API_ZULU_START, data={"parameters": {"energy": 3.5}}),
+    Case("api:runlist-stop", "POST", lambda w: ALPHA_RUNS, API_ALPHA_STOP),
+    Case("api:runlist-stop", "POST", lambda w: ZULU_RUNS, {**API_ZULU_START, "administrator": 409}),
+    Case("api:runlist-runs", "GET", lambda w: ALPHA_RUNS, API_ALPHA_READ),
+    Case("api:runlist-runs", "GET", lambda w: ZULU_RUNS, API_ZEDS),
+    Case("api:runlist-run", "GET", lambda w: {**ALPHA_RUNS, "label": "1"}, API_ALPHA_READ),
+    Case("api:runlist-run", "GET", lambda w: {**ZULU_RUNS, "label": "1"}, API_ZEDS),
+    Case("api:runlist-run", "PATCH", lambda w: {**ALPHA_RUNS, "label": "1"}, API_ALPHA_CHANGE, data={"summary": "x"}),
+    Case("api:runlist-run", "PATCH", lambda w: {**ZULU_RUNS, "label": "1"}, API_ZULU_WRITE, data={"summary": "x"}),
+    Case(
+        "api:runlist-comment",
+        "POST",
+        lambda w: {**ALPHA_RUNS, "label": "1"},
+        {**API_ALPHA_COMMENT, **_agents(403)},
+        data={"text": "new comment"},
+    ),
+    Case(
+        "api:runlist-comment",
+        "POST",
+        lambda w: {**ZULU_RUNS, "label": "1"},
+        {**API_ZULU_WRITE, "administrator": 201},
+        data={"text": "x"},
+    ),
+    Case("api:runlist-download", "GET", lambda w: ALPHA_RUNS, API_ALPHA_READ),
+    Case("api:runlist-download", "GET", lambda w: ZULU_RUNS, API_ZEDS),
+    Case(
+        "api:runlist-statistics",
+        "GET",
+        lambda w: ALPHA_RUNS,
+        API_ALPHA_READ,
+        query={"channels": "alpha-station/alpha-station-temp"},
+    ),
+    Case(
+        "api:runlist-statistics",
+        "GET",
+        lambda w: ZULU_RUNS,
+        API_ZEDS,
+        query={"channels": "zulu-hidden/zulu-hidden-temp"},
+    ),
+    Case("api:run-list", "GET", None, API_ANY_USER),
+    Case("api:run-list", "GET", None, API_ANY_USER, query={"instrument": "zulu-hidden", "start": "2026-01-01T00:00Z"}),
+    Case("api:run-detail", "GET", lambda w: {"pk": w.alpha_experiment_run.pk}, API_ALPHA_READ),
+    Case("api:run-detail", "GET", lambda w: {"pk": w.zulu_experiment_run.pk}, API_ZEDS),
     # --- reading data back: plots, statistics, exports, latest values (query issue) -----------------
     Case("api:samples", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp"}),
     Case("api:samples", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp"}),
@@ -472,6 +537,16 @@ ROUTES: list[Case] = [
     *_admin_model("instruments", "channel", _pk("alpha_channel")),
     Case(_a("instruments", "channel", "change"), "GET", _pk("zulu_channel"), HIDDEN_IN_ADMIN),
     *_admin_model("instruments", "logbookentry", _pk("alpha_entry")),
+    *_admin_model("instruments", "runlist", _pk("alpha_runlist")),
+    Case(_a("instruments", "runlist", "change"), "GET", _pk("zulu_runlist"), HIDDEN_IN_ADMIN),
+    *_admin_model(
+        "instruments",
+        "run",
+        _pk("alpha_experiment_run"),
+        add=expect(302, owner=403, administrator=403),  # runs are started, never typed in
+        delete=ADMINISTRATORS_ONLY,
+    ),
+    Case(_a("instruments", "run", "change"), "GET", _pk("zulu_experiment_run"), HIDDEN_IN_ADMIN),
     *_admin_model("accounts", "agent", lambda w: {"object_id": w.agents["alpha-logger"].pk}, delete=NOBODY),
     *_admin_model("accounts", "apitoken", _pk("read_token"), delete=NOBODY),
     *_admin_model(
@@ -584,6 +659,27 @@ ROUTES: list[Case] = [
     Case("instruments:source-edit", "GET", lambda w: {**ALPHA, "pk": w.zulu_source.pk}, PAGE_ALPHA_NOT_FOUND),
     Case("instruments:source-edit", "POST", lambda w: {**ALPHA, "pk": w.alpha_source.pk}, PAGE_ALPHA_CHANGE, data={}),
     Case("collection:plot", "GET", None, PAGE_ANY_USER),
+    # "the time of run N": a redirect to the plot over the run (and back to the plot with a message if hidden)
+    Case("collection:plot", "GET", None, expect(302), query={"run": "alpha-station-runs/1"}),
+    Case("collection:plot", "GET", None, expect(302), query={"run": "zulu-hidden-runs/1"}),
+    Case("instruments:runlists", "GET", None, PAGE_ANY_USER),
+    Case("instruments:runlist", "GET", lambda w: ALPHA_RUNS, PAGE_ALPHA),
+    Case("instruments:runlist", "GET", lambda w: ZULU_RUNS, PAGE_ZULU),
+    Case("instruments:runlist-start", "POST", lambda w: ALPHA_RUNS, PAGE_ALPHA_CHANGE_POST),
+    Case("instruments:runlist-start", "POST", lambda w: ZULU_RUNS, PAGE_ZULU_POST),
+    Case("instruments:runlist-stop", "POST", lambda w: ALPHA_RUNS, PAGE_ALPHA_CHANGE_POST),
+    Case("instruments:runlist-stop", "POST", lambda w: ZULU_RUNS, PAGE_ZULU_POST),
+    Case("instruments:runlist-comment", "POST", lambda w: {**ALPHA_RUNS, "label": "1"}, PAGE_ALPHA_CHANGE_POST),
+    Case("instruments:runlist-comment", "POST", lambda w: {**ZULU_RUNS, "label": "1"}, PAGE_ZULU_POST),
+    Case("instruments:runlist-download", "GET", lambda w: ALPHA_RUNS, PAGE_ALPHA),
+    Case("instruments:runlist-download", "GET", lambda w: ZULU_RUNS, PAGE_ZULU),
+    Case("instruments:runlist-sharing", "GET", lambda w: ALPHA_RUNS, PAGE_ALPHA_SHARE),
+    Case("instruments:runlist-sharing", "GET", lambda w: ZULU_RUNS, PAGE_ZULU),
+    Case("instruments:runlist-sharing", "POST", lambda w: ALPHA_RUNS, PAGE_ALPHA_SHARE, data=SHARE_WITH_STAN),
+    Case(
+        "instruments:runlist-sharing-remove", "POST", lambda w: ALPHA_RUNS, PAGE_ALPHA_SHARE_POST, data={"kind": "user"}
+    ),
+    Case("instruments:runlist-sharing-remove", "POST", lambda w: ZULU_RUNS, PAGE_ZULU_POST, data={"kind": "user"}),
     Case("collection:plot", "GET", None, PAGE_ALPHA, query={"c": "alpha-station/alpha-station-temp"}),
     Case("collection:plot", "GET", None, PAGE_ZULU, query={"c": "zulu-hidden/zulu-hidden-temp", "range": "7d"}),
     Case("collection:alarms", "GET", None, PAGE_ANY_USER),

@@ -1,4 +1,4 @@
-"""``daqbroker-agent``: run, status, check, flush.
+"""``daqbroker-agent``: run (and ``run start|stop`` to mark experiment runs), status, check, flush.
 
 Exit codes: 0 fine; 1 the command failed (server unreachable, spool not empty after ``flush``, ``run`` cannot
 recover from dying threads); 2 bad settings; 3 the server refuses the token.
@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from daqbroker_agent import __version__
+from daqbroker_agent import __version__, runs
 from daqbroker_agent.client import ServerUnreachable
 from daqbroker_agent.parsing import us_to_datetime
 from daqbroker_agent.runtime import (
@@ -91,7 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"daqbroker-agent {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command")
-    commands.add_parser("run", parents=[common], help="collect and upload until stopped (SIGTERM, Ctrl-C)")
+    run_cmd = commands.add_parser(
+        "run",
+        parents=[common],
+        help="collect and upload until stopped (SIGTERM, Ctrl-C); 'run start|stop --list X' marks experiment runs",
+    )
+    run_cmd.add_argument(
+        "action", nargs="?", choices=["start", "stop"], help="mark a run of a run list instead of collecting"
+    )
+    run_cmd.add_argument("--list", dest="run_list", help="the run list's slug (with start/stop)")
+    run_cmd.add_argument(
+        "--param", action="append", metavar="NAME=VALUE", help="a parameter of the new run (repeat for each)"
+    )
+    run_cmd.add_argument("--number", type=int, help="the run number (default: the next one)")
+    run_cmd.add_argument("--stage", type=int, default=0, help="the stage, e.g. 1 for 1234.01 (default 0)")
+    run_cmd.add_argument("--summary", default="", help="a summary of the new run")
     status = commands.add_parser("status", parents=[common], help="spool depth, last upload, last error")
     status.add_argument("--json", action="store_true", help="as JSON")
     commands.add_parser("check", parents=[common], help="connect, authenticate and print what the agent will collect")
@@ -104,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(settings: Settings, args) -> int:
+    if getattr(args, "action", None):
+        return mark_run(settings, args)
     runtime = AgentRuntime(settings)
     try:
         runtime.run()
@@ -111,6 +127,36 @@ def run(settings: Settings, args) -> int:
         print(f"daqbroker-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def mark_run(settings: Settings, args) -> int:
+    """``run start --list X --param energy=3.5`` / ``run stop --list X``: one API call, then exit."""
+    if not args.run_list:
+        print(f"daqbroker-agent: run {args.action} needs --list (the run list's slug)", file=sys.stderr)
+        return EXIT_SETTINGS
+    try:
+        parameters = runs.parse_params(args.param)
+    except runs.BadParameter as exc:
+        print(f"daqbroker-agent: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    if args.action == "stop" and (parameters or args.number is not None or args.summary):
+        print("daqbroker-agent: run stop takes only --list", file=sys.stderr)
+        return EXIT_SETTINGS
+    client = make_client(settings)
+    try:
+        if args.action == "start":
+            outcome = runs.start_run(
+                client, args.run_list, parameters, number=args.number, stage=args.stage, summary=args.summary
+            )
+        else:
+            outcome = runs.stop_run(client, args.run_list)
+    finally:
+        client.close()
+    if outcome.ok:
+        print(outcome.message)
+        return EXIT_OK
+    print(f"daqbroker-agent: {outcome.message}", file=sys.stderr)
+    return EXIT_AUTH if outcome.status in (401, 403) else EXIT_FAILED
 
 
 # --- status -------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from agent_fakes import FakeServer
 
 from daqbroker_agent.config import validate_source_config
+from daqbroker_agent.runs import BadParameter, parse_params
 from daqbroker_agent.spool import Spool
 
 T = "2026-11-27T10:00:00Z"
@@ -177,3 +178,46 @@ def test_commands_that_talk_to_the_server_need_one(tmp_path, command):
     result = agent(command, "--spool", str(tmp_path), env={"DAQBROKER_AGENT_URL": "", "DAQBROKER_AGENT_TOKEN": ""})
     assert result.returncode == 2
     assert "no server" in result.stderr
+
+
+# --- run start|stop (marking experiment runs; the server side is tested in instruments/tests) --------
+
+
+def test_run_params_are_name_value_pairs():
+    assert parse_params(["energy=3.5", "target = gold", "note="]) == {"energy": "3.5", "target": "gold", "note": ""}
+    for bad in (["energy"], ["=3"], ["a=1", "a=2"]):
+        with pytest.raises(BadParameter):
+            parse_params(bad)
+
+
+def test_run_start_sends_the_parameters_and_reports_the_new_run(tmp_path):
+    path = "/api/v1/runlists/beam/start/"
+    with FakeServer() as server:
+        server.answer(path, 201, {"run": {"label": "12", "start": T}, "ended": {"label": "11"}})
+        result = agent("run", "start", "--list", "beam", "--param", "energy=3.5", env=agent_env(server, tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert "run 12 of beam started" in result.stdout and "run 11 ended" in result.stdout
+        method, _, headers, body = server.requests_to(path)[-1]
+        assert method == "POST" and headers["authorization"] == "Bearer dbk_good"
+        assert json.loads(body)["parameters"] == {"energy": "3.5"}
+
+
+def test_run_start_refused_by_the_server_says_why_and_fails(tmp_path):
+    path = "/api/v1/runlists/beam/start/"
+    with FakeServer() as server:
+        server.answer(path, 400, {"energy": ["'hot' is not a number"]})
+        result = agent("run", "start", "--list", "beam", "--param", "energy=hot", env=agent_env(server, tmp_path))
+        assert result.returncode == 1 and "'hot' is not a number" in result.stderr
+
+
+def test_run_stop_with_nothing_active_is_not_a_failure(tmp_path):
+    with FakeServer() as server:
+        server.answer("/api/v1/runlists/beam/stop/", 409, {"detail": "No run of beam is active."})
+        result = agent("run", "stop", "--list", "beam", env=agent_env(server, tmp_path))
+        assert result.returncode == 0 and "no run of beam was active" in result.stdout
+
+
+def test_a_refused_token_is_exit_code_3(tmp_path):
+    with FakeServer() as server:
+        result = agent("run", "stop", "--list", "beam", env=agent_env(server, tmp_path, token="dbk_bad"))
+        assert result.returncode == 3 and "401" in result.stderr

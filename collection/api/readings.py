@@ -30,6 +30,7 @@ from collection.services import slots
 from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_series
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
+from instruments import runs
 from instruments.models import Channel
 
 MAX_CHANNELS = 100
@@ -85,12 +86,34 @@ class ChannelRefsField(serializers.CharField):
         return list(dict.fromkeys(refs))
 
 
-class RangeParams(serializers.Serializer):
+class RunRangeMixin(serializers.Serializer):
+    """``run=<run list>/<run>`` (or ``<first>-<last>``) as the range: from its start to its end (docs/runs.md)."""
+
+    run = serializers.CharField(
+        required=False, max_length=200, help_text="a run as the range: run-list-slug/1234, /1234.01 or /1230-1235"
+    )
+
+    def validate(self, attrs):
+        ref = attrs.pop("run", None)
+        if ref is not None:
+            if "start" in attrs or "end" in attrs:
+                raise ValidationError({"run": "Give either run or start and end."})
+            try:
+                start, end, _ = runs.run_range(self.context.get("request"), ref)
+            except ValueError as exc:
+                raise ValidationError({"run": str(exc)}) from None
+            attrs["start"] = datetime_to_us(start)
+            attrs["end"] = max(datetime_to_us(end), attrs["start"] + 1)
+        return super().validate(attrs)
+
+
+class RangeParams(RunRangeMixin, serializers.Serializer):
     channels = ChannelRefsField(help_text="channel ids or instrument-slug/channel-slug, comma-separated")
     start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: a day before end)")
     end = InstantField(required=False, help_text="ISO 8601 or µs since 1970, excluded (default: now)")
 
     def validate(self, attrs):
+        attrs = super().validate(attrs)
         end = attrs.get("end", time.time_ns() // 1000)
         start = attrs.get("start", end - DEFAULT_SPAN)
         if end <= start:
@@ -120,7 +143,7 @@ class StatisticsParams(RangeParams):
         return found
 
 
-class ExportParams(serializers.Serializer):
+class ExportParams(RunRangeMixin, serializers.Serializer):
     channels = ChannelRefsField(required=False, help_text="channels to export (or instrument)")
     instrument = serializers.SlugField(required=False, help_text="export every channel of this instrument")
     start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: the first reading)")
@@ -139,6 +162,7 @@ class ExportParams(serializers.Serializer):
     )
 
     def validate(self, attrs):
+        attrs = super().validate(attrs)
         if bool(attrs.get("channels")) == bool(attrs.get("instrument")):
             raise ValidationError("Give either channels or instrument.")
         return attrs
@@ -254,7 +278,7 @@ class ReadingsViewSet(ScopedGenericViewSet):
         return self.params_class
 
     def params(self) -> dict:
-        serializer = self.params_class(data=self.request.query_params)
+        serializer = self.params_class(data=self.request.query_params, context={"request": self.request})
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 
@@ -335,7 +359,7 @@ class StatisticsViewSet(ReadingsViewSet):
         )
 
 
-class _JsonErrorsNegotiation(BaseContentNegotiation):
+class JsonErrorsNegotiation(BaseContentNegotiation):
     """Exports are CSV or Parquet whatever the Accept header; errors are JSON."""
 
     def select_parser(self, request, parsers):
@@ -347,7 +371,7 @@ class _JsonErrorsNegotiation(BaseContentNegotiation):
 
 class ExportViewSet(ReadingsViewSet):
     params_class = ExportParams
-    content_negotiation_class = _JsonErrorsNegotiation
+    content_negotiation_class = JsonErrorsNegotiation
 
     @extend_schema(
         operation_id="export_readings",

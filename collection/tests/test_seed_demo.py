@@ -10,6 +10,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
+from instruments.models import RunList
+
 pytestmark = pytest.mark.django_db
 URL = "http://127.0.0.1:8123/"
 
@@ -60,3 +62,12 @@ def test_without_url_there_is_no_banner(data_dir):
     out = StringIO()
     call_command("seed_demo", days=1, stdout=out)
     assert "DAQBroker is starting" not in out.getvalue()
+
+
+def test_the_demo_has_a_run_list_with_past_runs_on_its_station(data_dir):
+    assert "Demo run list 'demo-campaign': 3 runs." in _seed()
+    run_list = RunList.objects.get(slug="demo-campaign")
+    assert list(run_list.instruments.values_list("slug", flat=True)) == ["demo-weather"]
+    assert run_list.runs.count() == 3 and not run_list.runs.filter(end__isnull=True).exists()
+    call_command("seed_demo", days=1, stdout=StringIO())  # idempotent
+    assert RunList.objects.get(slug="demo-campaign").runs.count() == 3

@@ -7,7 +7,7 @@ import itertools
 from django.contrib.auth import get_user_model
 
 from instruments.choices import ChannelKind, SourceKind
-from instruments.models import Channel, DataSource, Instrument
+from instruments.models import Channel, DataSource, Instrument, RunColumn, RunList
 
 _seq = itertools.count(1)
 
@@ -37,3 +37,17 @@ def make_channel(instrument=None, kind: str = ChannelKind.NUMERIC, **extra) -> C
     extra.setdefault("name", f"Channel {n}")
     extra.setdefault("slug", f"channel{n}")
     return Channel.objects.create(instrument=instrument or make_instrument(), kind=kind, **extra)
+
+
+def make_run_list(owner=None, columns: list[dict] | None = None, instruments=(), **extra):
+    """A run list with ``columns`` (dicts of RunColumn fields; default: energy [GeV], required)."""
+    n = next(_seq)
+    extra.setdefault("name", f"Run list {n}")
+    extra.setdefault("slug", f"run-list-{n}")
+    run_list = RunList.objects.create(owner=owner or make_user(), **extra)
+    run_list.instruments.set(instruments)
+    if columns is None:
+        columns = [{"name": "energy", "kind": "number", "units": "GeV", "required": True}]
+    for position, column in enumerate(columns):
+        RunColumn.objects.create(run_list=run_list, position=position, **column)
+    return run_list

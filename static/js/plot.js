@@ -205,6 +205,7 @@
     var now = Date.now();
     var st = this.state;
     if (st.range === "custom" && st.start != null && st.end != null) return [st.start, st.end];
+    if (st.range === "since" && st.start != null) return [st.start, Math.max(now, st.start + 1000)]; // following a run
     if (st.range === "all") {
       var first = this.extentStart();
       var last = Math.max(this.latest() || now, now);
@@ -237,11 +238,13 @@
     var started = performance.now();
     this.root.dataset.loading = "1";
     this.requests.push({ url: url, reason: reason, at: Date.now() });
+    var runsLoaded = this.loadRuns(range);
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         if (!response.ok) throw new Error("The server answered " + response.status + ".");
         return response.json();
       })
+      .then(function (body) { return runsLoaded.then(function () { return body; }); })
       .then(function (body) {
         if (seq !== self.seq) return; // a newer request superseded this one
         self.fetchMs = performance.now() - started;
@@ -273,6 +276,37 @@
         self.root.dataset.loading = "";
         self.setOverlay("Could not load the readings: " + error.message);
       });
+  };
+
+  // Runs of the run lists that concern the plotted instruments, drawn as labelled bands (docs/runs.md).
+  Plot.prototype.loadRuns = function (range) {
+    var self = this;
+    var slugs = [];
+    this.state.channels.forEach(function (c) { if (c.instrumentSlug && slugs.indexOf(c.instrumentSlug) < 0) slugs.push(c.instrumentSlug); });
+    if (!this.opts.runsUrl || !slugs.length) { this.runs = []; return Promise.resolve(); }
+    var q = new URLSearchParams();
+    q.set("instrument", slugs.join(","));
+    q.set("start", isoUtc(range[0]));
+    q.set("end", isoUtc(range[1]));
+    q.set("limit", "200");
+    return fetch(this.opts.runsUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) { return response.ok ? response.json() : { results: [] }; })
+      .then(function (body) { self.runs = body.results || []; })
+      .catch(function () { self.runs = []; });
+  };
+
+  Plot.prototype.runShapes = function (range, layout) {
+    var now = Date.now();
+    (this.runs || []).forEach(function (run, i) {
+      var start = Date.parse(run.start), end = run.end ? Date.parse(run.end) : Math.max(now, range[1]);
+      var active = !run.end;
+      layout.shapes.push({ type: "rect", xref: "x", yref: "paper", x0: wall(start), x1: wall(end), y0: 0, y1: 1,
+        fillcolor: active ? "rgba(22,163,74,0.10)" : (i % 2 ? "rgba(100,116,139,0.08)" : "rgba(37,99,235,0.08)"),
+        line: { width: 0 }, layer: "below" });
+      layout.annotations.push({ xref: "x", yref: "paper", x: wall(Math.max(start, range[0])), y: 1, xanchor: "left", yanchor: "top",
+        text: plotlyText("run " + run.label + (active ? " (active)" : "")), showarrow: false,
+        font: { size: 10, color: "#475569" } });
+    });
   };
 
   Plot.prototype.byChannel = function () {
@@ -348,8 +382,10 @@
       xaxis: { type: "date", range: [wall(range[0]), wall(range[1])], autorange: false, showgrid: true,
         gridcolor: "#eef2f7", linecolor: "#cbd5e1", title: { text: compact ? "" : plotlyText(zone.name.replace(/_/g, " ")),
           font: { size: 11, color: "#64748b" } }, automargin: true },
-      annotations: []
+      annotations: [],
+      shapes: []
     };
+    this.runShapes(range, layout);
     if (!compact) layout.margin.t = 30;
     units.forEach(function (unit, i) {
       var first = channels.filter(function (c) { return (c.units || "") === unit; })[0];
@@ -538,7 +574,7 @@
     var state = readState(config);
     var root = document.getElementById("main-plot");
     var plot = new Plot(root, {
-      state: state, samplesUrl: config.samplesUrl,
+      state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl,
       onZoom: function (start, end) {
         state.range = "custom"; state.start = start; state.end = end; writeState(state); syncControls();
       },
@@ -682,6 +718,18 @@
       }
     });
 
+    // "the time of run N": the server turns ?run=list/N into this view over the run's start and end
+    var goToRun = document.getElementById("go-to-run");
+    if (goToRun) goToRun.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var list = document.getElementById("run-list").value, label = document.getElementById("run-label").value.trim();
+      if (!list || !label) return;
+      writeState(state);
+      var q = new URLSearchParams(location.search);
+      q.set("run", list + "/" + label);
+      location.href = location.pathname + "?" + q.toString().replace(/%2C/g, ",").replace(/%2F/g, "/");
+    });
+
     window.addEventListener("popstate", function () { location.reload(); });
     syncControls();
     plot.load("state").then(function () {
@@ -697,7 +745,8 @@
     document.querySelectorAll(".daq-panel[data-state]").forEach(function (root) {
       var state = JSON.parse(document.getElementById(root.dataset.state).textContent);
       if (state.range === "custom") { state.start = Date.parse(state.start); state.end = Date.parse(state.end); }
-      var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, liveSeconds: 15 });
+      if (state.range === "since") { state.start = Date.parse(state.start); } // following the active run
+      var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl, liveSeconds: 15 });
       plot.load("state");
       if (state.range !== "custom") plot.setLive(true);
     });

@@ -43,6 +43,8 @@ class Command(BaseCommand):
             )
 
         instrument, source = demo.register(admin)
+        run_list = demo.register_runs(instrument, admin)
+        self.stdout.write(f"Demo run list {run_list.slug!r}: {run_list.runs.count()} runs.")
         if Sample.objects.filter(channel__instrument=instrument).exists():
             self.stdout.write(f"Demo instrument {instrument.slug!r} already has history.")
         else:
