@@ -389,6 +389,9 @@ DAQBROKER_QUARANTINE_PER_SENDER_HOUR = env_int("DAQBROKER_QUARANTINE_PER_SENDER_
 DAQBROKER_SEND_TIMEOUT_SECONDS = env_int("DAQBROKER_SEND_TIMEOUT_SECONDS", 30, minimum=1)
 # Exports and percentile statistics at once per user (or agent token): one more answers 429.
 DAQBROKER_HEAVY_REQUESTS_PER_USER = env_int("DAQBROKER_HEAVY_REQUESTS_PER_USER", 2, minimum=1)
+# A token found usable is remembered this long per process (revocations made elsewhere take effect within
+# it; accounts.tokens, docs/security.md). 0: every request looks its token up.
+DAQBROKER_TOKEN_CACHE_SECONDS = env_int("DAQBROKER_TOKEN_CACHE_SECONDS", 10, minimum=0, maximum=300)
 # Requests per token to POST /api/v1/ingest/ ("none" turns throttling off).
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"ingest": env_rate("DAQBROKER_INGEST_THROTTLE", "600/minute")}
 
