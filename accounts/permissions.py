@@ -152,6 +152,15 @@ def instruments_visible_to(who: Who) -> QuerySet[Instrument]:
     return instruments_for(who, VIEW)
 
 
+def collectable_instruments(who: Who) -> QuerySet | None:
+    """``collectable_instrument_ids`` as a lazy subquery (``instrument_id__in=`` it costs no query of its
+    own: the ingest endpoint filters its one channel look-up by it); None means all."""
+    user, _ = resolve(who)
+    if not isinstance(user, AgentPrincipal) and is_administrator(who):
+        return None
+    return instruments_for(who, COLLECT).values("pk")
+
+
 def collectable_instrument_ids(who: Who) -> set[int] | None:
     """For ``ingest_samples(writable_instruments=...)``: the ids ``who`` may push to; None means all."""
     user, _ = resolve(who)

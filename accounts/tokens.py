@@ -114,7 +114,7 @@ class _Remembered:
     token: dict
     user: dict
     agent: dict | None
-    administrator: bool | None
+    administrator: bool
 
 
 _cache: dict[str, _Remembered] = {}
@@ -133,8 +133,9 @@ def _remember(presented: str, token: ApiToken) -> None:
     lifetime = settings.DAQBROKER_TOKEN_CACHE_SECONDS
     if lifetime <= 0:
         return
-    # The administrator flag is a property of the principal too (accounts.permissions.is_administrator).
-    administrator = None if token.agent_id is not None else _administrator(token.user)
+    # The administrator flag of the token's user (an agent's owner) is remembered with it: a property of
+    # the principal too (accounts.permissions.is_administrator).
+    administrator = _administrator(token.user)
     entry = _Remembered(
         until=time.monotonic() + lifetime,
         token=_fields(token),
@@ -160,8 +161,7 @@ def _remembered(presented: str) -> ApiToken | None:
     using = "default"
     token = _instance(ApiToken, entry.token, using)
     user = _instance(User, entry.user, using)
-    if entry.administrator is not None:
-        setattr(user, "_daqbroker_is_administrator", entry.administrator)  # noqa: B010 -- see permissions
+    setattr(user, "_daqbroker_is_administrator", entry.administrator)  # noqa: B010 -- see permissions
     token.user = user  # type: ignore[assignment]
     token.agent = _instance(Agent, entry.agent, using) if entry.agent is not None else None  # type: ignore[assignment]
     return token

@@ -354,7 +354,8 @@ CELERY_BEAT_SCHEDULE.update(
             "schedule": float(DAQBROKER_ALARM_CHECK_SECONDS),
             "options": {"expires": max(1, DAQBROKER_ALARM_CHECK_SECONDS - 1)},
         },
-        # After-ingest work whose task could not be queued (the broker was down), kept in the database.
+        # After-ingest work, kept in the database by every ingest: each ingest wakes a worker for it (at most
+        # about once a second per process); this sweep catches what a lost wake-up or a broker outage left.
         "replay-follow-ups": {
             "task": "collection.alarms.tasks.replay_follow_ups_task",
             "schedule": 60.0,

@@ -141,7 +141,7 @@ def test_with_the_cache_off_a_revocation_elsewhere_applies_to_the_next_request(o
 
 
 def test_a_remembered_token_costs_no_query_and_the_cache_holds_no_clear_token(issued):
-    token, clear = issued
+    _, clear = issued
     client = bearer(clear)
     assert client.get(WHOAMI).status_code == 200
     with CaptureQueriesContext(connection) as queries:

@@ -165,7 +165,7 @@ class IngestView(ScopedViewMixin, APIView):
                 body,
                 request.content_type,
                 sender=sender_key(request),
-                writable_instruments=permissions.collectable_instrument_ids(request),
+                writable_instruments=permissions.collectable_instruments(request),
                 max_readings=settings.DAQBROKER_INGEST_MAX_READINGS,
                 origin=Origin.AGENT if permissions.is_agent(request) else Origin.API,
                 batch_id=request.query_params.get("batch_id", ""),

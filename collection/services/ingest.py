@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -26,14 +26,15 @@ import orjson
 import pandas as pd
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.dispatch import Signal
 from django.utils import timezone
 
 from accounts.principals import AgentPrincipal
 from collection import storage
 from collection.choices import Origin, Quality
-from collection.models import RejectedSample
+from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog
+from collection.services.rollups import mark_changed
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel
@@ -184,6 +185,13 @@ class IngestResult:
         }
 
 
+# What the writable instruments are given as: ids, or a lazy queryset of them (a subquery, no query of its
+# own: accounts.permissions.collectable_instruments), or None for trusted server-side callers.
+Writable = set[int] | QuerySet | None
+# A channel's columns ingest needs, in this order (``known_channels``).
+CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values")
+
+
 @dataclass
 class _ChannelTable:
     """The batch's channels as arrays aligned with the sorted unique ids, for vectorised look-ups."""
@@ -195,12 +203,21 @@ class _ChannelTable:
     sentinels: dict[int, np.ndarray]
 
     @classmethod
-    def load(cls, channel_ids: np.ndarray, writable_instruments: set[int] | None, using: str) -> _ChannelTable:
+    def load(
+        cls,
+        channel_ids: np.ndarray,
+        writable_instruments: Writable,
+        using: str,
+        known: Mapping[int, tuple] | None = None,
+    ) -> _ChannelTable:
         wanted = np.unique(channel_ids).tolist()
-        queryset = Channel.objects.using(using).filter(pk__in=wanted)
-        if writable_instruments is not None:
-            queryset = queryset.filter(instrument_id__in=writable_instruments)
-        rows = sorted(queryset.values_list("id", "kind", "valid_min", "valid_max", "missing_values"))
+        if known is not None and all(pk in known for pk in wanted):
+            rows = sorted(known[pk] for pk in wanted)
+        else:
+            queryset = Channel.objects.using(using).filter(pk__in=wanted)
+            if writable_instruments is not None:
+                queryset = queryset.filter(instrument_id__in=writable_instruments)
+            rows = sorted(queryset.values_list(*CHANNEL_COLUMNS))
         kinds: dict[str, int] = {ChannelKind.NUMERIC: 0, ChannelKind.TEXT: 1, ChannelKind.DERIVED: 2}
         return cls(
             ids=np.array([r[0] for r in rows], dtype=np.int64),
@@ -224,39 +241,46 @@ def ingest_samples(
     *,
     origin: str = Origin.INTERNAL,
     source_id: int | None = None,
-    writable_instruments: set[int] | None = None,
+    writable_instruments: Writable = None,
     rejections: Sequence[Rejection] = (),
     batch_id: str = "",
     allow_derived: bool = False,
     sender: User | AgentPrincipal | AnonymousUser | None = None,
     using: str = "default",
+    known_channels: Mapping[int, tuple] | None = None,
 ) -> IngestResult:
     """Validate, flag and store a batch of readings; see the module docstring.
 
     ``writable_instruments``: the instruments the sender may write to, or None for trusted server-side
     callers (collectors). ``rejections``: readings the caller already could not parse, stored alongside.
     ``sender``: the user or agent who sent the batch (API uploads): named on every quarantine record,
-    whose quarantine is then bounded (``_keep_rejected``).
+    whose quarantine is then bounded (``_keep_rejected``). ``known_channels``: {id: CHANNEL_COLUMNS row} the
+    caller already read under the same ``writable_instruments`` (the ingest endpoint, resolving slugs); when
+    they cover every channel of the batch, the channels are not looked up again.
     """
     result = IngestResult(received=len(batch) + len(rejections))
     result.rejected.extend(rejections)
     channel = batch.channel
-    table = _ChannelTable.load(channel, writable_instruments, using) if len(batch) else None
+    table = _ChannelTable.load(channel, writable_instruments, using, known_channels) if len(batch) else None
     numeric_value, text_value, code = _validate(batch, table, allow_derived) if table else (None, None, None)
 
     with transaction.atomic(using=using):
+        after = _AfterWrite()
         if table is not None:
             assert code is not None  # _validate ran: there is a table
             result.rejected.extend(_rejections_for(batch, code))
             keep = np.nonzero(code == _OK)[0]
             is_text = table.kind[table.locate(channel[keep])[0]] == 1
-            _store_numeric(result, batch, keep[~is_text], numeric_value, table, using)
-            _store_text(result, batch, keep[is_text], text_value, using)
+            _store_numeric(result, batch, keep[~is_text], numeric_value, table, using, after)
+            _store_text(result, batch, keep[is_text], text_value, using, after)
         _keep_rejected(result, origin, source_id, batch_id, sender, using)
         spans = dict(result.spans)
         if spans:
+            after.write(spans, origin, using)
+            rollups = bool(after.rollup_spans)
             transaction.on_commit(
-                lambda: samples_ingested.send(sender=ingest_samples, spans=spans, origin=origin), using=using
+                lambda: samples_ingested.send(sender=ingest_samples, spans=spans, origin=origin, rollups=rollups),
+                using=using,
             )
     return result
 
@@ -453,7 +477,7 @@ def _last_rows(channel_sorted: np.ndarray) -> np.ndarray:
     return np.r_[np.nonzero(np.diff(channel_sorted))[0], len(channel_sorted) - 1]
 
 
-def _store_numeric(result, batch: SampleBatch, rows, values, table: _ChannelTable, using: str) -> None:
+def _store_numeric(result, batch: SampleBatch, rows, values, table: _ChannelTable, using: str, after) -> None:
     if len(rows) == 0:
         return
     channel, ts = batch.channel, batch.ts
@@ -469,13 +493,11 @@ def _store_numeric(result, batch: SampleBatch, rows, values, table: _ChannelTabl
     conflict = _sort_out(result, batch, rows, repeats, first_of, values, written)
     result.flagged += int(np.count_nonzero(quality[~conflict]))
     last = _last_rows(ch)
-    _record_spans(result, ch, t, last)
-    _advance_last_values(
-        "last_value", [(int(t[i]), float(v[i]), int(quality[i]), int(ch[i]), int(t[i])) for i in last], using
-    )
+    after.rollup_spans.update(_record_spans(result, ch, t, last))
+    after.last_numeric = [(int(t[i]), float(v[i]), int(quality[i]), int(ch[i]), int(t[i])) for i in last]
 
 
-def _store_text(result, batch: SampleBatch, rows, values, using: str) -> None:
+def _store_text(result, batch: SampleBatch, rows, values, using: str, after) -> None:
     if len(rows) == 0:
         return
     channel, ts = batch.channel, batch.ts
@@ -488,13 +510,83 @@ def _store_text(result, batch: SampleBatch, rows, values, using: str) -> None:
     _sort_out(result, batch, rows, repeats, first_of, values, written)
     last = _last_rows(ch)
     _record_spans(result, ch, t, last)
-    _advance_last_values("last_text", [(int(t[i]), text[i], Quality.OK, int(ch[i]), int(t[i])) for i in last], using)
+    after.last_text = [(int(t[i]), text[i], int(Quality.OK), int(ch[i]), int(t[i])) for i in last]
 
 
-def _record_spans(result: IngestResult, ch: np.ndarray, t: np.ndarray, last: np.ndarray) -> None:
+def _record_spans(result: IngestResult, ch: np.ndarray, t: np.ndarray, last: np.ndarray) -> dict[int, tuple[int, int]]:
     first = np.r_[0, last[:-1] + 1]
+    spans = {}
     for start, end in zip(first.tolist(), last.tolist(), strict=True):
-        result.spans[int(ch[start])] = (int(t[start]), int(t[end]))
+        spans[int(ch[start])] = (int(t[start]), int(t[end]))
+    result.spans.update(spans)
+    return spans
+
+
+@dataclass
+class _AfterWrite:
+    """What the batch leaves to do in its transaction once its readings are written: move the channels'
+    last values forward, note the numeric channels' changed spans for the rollups (``RollupBacklog``), and
+    keep the spans for the follow-up work (spike checks, derived channels, alarm rules: ``FollowUpBacklog``,
+    done by a worker woken after commit, at most about once a second per web process). All of it in the
+    ingest transaction: committed with the readings, or not at all. On PostgreSQL in one statement."""
+
+    last_numeric: list[tuple] = field(default_factory=list)  # (ts, value, quality, channel id, ts)
+    last_text: list[tuple] = field(default_factory=list)
+    rollup_spans: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def write(self, spans: dict[int, tuple[int, int]], origin: str, using: str) -> None:
+        follow_up = {str(channel_id): [int(first), int(last)] for channel_id, (first, last) in spans.items()}
+        connection = connections[using]
+        if connection.vendor == "postgresql":
+            self._write_postgresql(connection, follow_up, origin)
+            return
+        if self.last_numeric:
+            _advance_last_values("last_value", self.last_numeric, using)
+        if self.last_text:
+            _advance_last_values("last_text", self.last_text, using)
+        if self.rollup_spans:
+            mark_changed(self.rollup_spans, using=using)
+        FollowUpBacklog.objects.using(using).create(spans=follow_up, origin=origin)
+
+    def _write_postgresql(self, connection, follow_up: dict, origin: str) -> None:
+        """The same, as one statement of data-modifying CTEs (numeric and text channels are distinct rows)."""
+        quote = connection.ops.quote_name
+        channel = quote(Channel._meta.db_table)
+        advance = "WHERE c.id = v.id AND (c.last_ts IS NULL OR c.last_ts < v.ts) RETURNING 1"
+        sql = (
+            f"WITH numeric_last AS (UPDATE {channel} c SET last_ts = v.ts, last_value = v.value, "
+            "last_quality = v.quality FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::smallint[]) "
+            f"AS v(id, ts, value, quality) {advance}), "
+            f"text_last AS (UPDATE {channel} c SET last_ts = v.ts, last_text = v.value, last_quality = v.quality "
+            f"FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::smallint[]) AS v(id, ts, value, quality) "
+            f"{advance}), "
+            f"rollup AS (INSERT INTO {quote(RollupBacklog._meta.db_table)} (channel_id, start_ts, end_ts, created) "
+            "SELECT id, first_ts, last_ts, %s FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) "
+            "AS s(id, first_ts, last_ts) RETURNING 1), "
+            f"follow_up AS (INSERT INTO {quote(FollowUpBacklog._meta.db_table)} (spans, origin, created) "
+            "VALUES (%s::jsonb, %s, %s) RETURNING 1) "
+            "SELECT 1"
+        )
+        now = timezone.now()
+        rollup = list(self.rollup_spans.items())
+        params = [
+            *_last_columns(self.last_numeric),
+            *_last_columns(self.last_text),
+            now,
+            [channel_id for channel_id, _ in rollup],
+            [first for _, (first, _) in rollup],
+            [last for _, (_, last) in rollup],
+            orjson.dumps(follow_up).decode(),
+            origin,
+            now,
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+
+def _last_columns(rows: list[tuple]) -> list[list]:
+    """(ts, value, quality, id, ts) rows as the columns id, ts, value, quality."""
+    return [[r[3] for r in rows], [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]]
 
 
 def _advance_last_values(value_column: str, rows: list[tuple], using: str) -> None:
