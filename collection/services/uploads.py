@@ -51,7 +51,7 @@ class ChannelResolver:
         if self.writable_instruments is not None:
             rows = rows.filter(instrument_id__in=self.writable_instruments)
         found = {}
-        for inst, chan, *row in rows.values_list("instrument__slug", "slug", *CHANNEL_COLUMNS):
+        for inst, chan, *row in rows.order_by().values_list("instrument__slug", "slug", *CHANNEL_COLUMNS):
             found[f"{inst}/{chan}"] = row[0]
             self.rows[row[0]] = tuple(row)
         return {ref: found[ref] for ref in refs if ref in found}
