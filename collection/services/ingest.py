@@ -34,7 +34,6 @@ from accounts.principals import AgentPrincipal
 from collection import storage
 from collection.choices import Origin, Quality
 from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog
-from collection.services.rollups import mark_changed
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel
@@ -544,9 +543,21 @@ class _AfterWrite:
             _advance_last_values("last_value", self.last_numeric, using)
         if self.last_text:
             _advance_last_values("last_text", self.last_text, using)
-        if self.rollup_spans:
-            mark_changed(self.rollup_spans, using=using)
-        FollowUpBacklog.objects.using(using).create(spans=follow_up, origin=origin)
+        # Written out, not through the ORM: as rollups.mark_changed and FollowUpBacklog.objects.create would
+        # write them, at a fraction of the cost for one small request.
+        quote = connection.ops.quote_name
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        with connection.cursor() as cursor:
+            if self.rollup_spans:
+                cursor.executemany(
+                    f"INSERT INTO {quote(RollupBacklog._meta.db_table)} (channel_id, start_ts, end_ts, created) "
+                    "VALUES (%s, %s, %s, %s)",
+                    [(channel_id, first, last, now) for channel_id, (first, last) in self.rollup_spans.items()],
+                )
+            cursor.execute(
+                f"INSERT INTO {quote(FollowUpBacklog._meta.db_table)} (spans, origin, created) VALUES (%s, %s, %s)",
+                [orjson.dumps(follow_up).decode(), origin, now],
+            )
 
     def _write_postgresql(self, connection, follow_up: dict, origin: str) -> None:
         """The same, as one statement of data-modifying CTEs (numeric and text channels are distinct rows)."""
