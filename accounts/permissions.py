@@ -183,7 +183,7 @@ def collectable_instruments(who: Who, using: str = "default") -> RawSQL | None:
         if len(_compiled_subqueries) >= 10_000:
             _compiled_subqueries.clear()
         _compiled_subqueries[key] = compiled
-    return RawSQL(compiled[0], compiled[1])
+    return RawSQL(compiled[0], compiled[1])  # noqa: S611 -- SQL compiled by the ORM from our own query, parameters apart
 
 
 _compiled_subqueries: dict[tuple, tuple[str, tuple]] = {}
