@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -105,6 +106,7 @@ def touch(token: ApiToken, address: str | None) -> bool:
 
 # --- the verified-token cache (see the module docstring) ---------------------------------------------
 
+M = TypeVar("M", bound=Model)
 _CACHE_MAX = 10_000  # tokens remembered per process; past it the cache starts over
 
 
@@ -125,7 +127,7 @@ def _fields(instance: Model) -> dict:
     return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
 
 
-def _instance(model: type[Model], fields: dict, using: str) -> Model:
+def _instance(model: type[M], fields: dict, using: str) -> M:
     return model.from_db(using, list(fields), list(fields.values()))
 
 
@@ -162,8 +164,8 @@ def _remembered(presented: str) -> ApiToken | None:
     token = _instance(ApiToken, entry.token, using)
     user = _instance(User, entry.user, using)
     setattr(user, "_daqbroker_is_administrator", entry.administrator)  # noqa: B010 -- see permissions
-    token.user = user  # type: ignore[assignment]
-    token.agent = _instance(Agent, entry.agent, using) if entry.agent is not None else None  # type: ignore[assignment]
+    token.user = user
+    token.agent = _instance(Agent, entry.agent, using) if entry.agent is not None else None
     return token
 
 

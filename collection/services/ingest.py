@@ -27,6 +27,7 @@ import pandas as pd
 from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -185,8 +186,9 @@ class IngestResult:
 
 
 # What the writable instruments are given as: ids, or a lazy queryset of them (a subquery, no query of its
-# own: accounts.permissions.collectable_instruments), or None for trusted server-side callers.
-Writable = set[int] | QuerySet | None
+# own: a queryset, or accounts.permissions.collectable_instruments's compiled one), or None for trusted
+# server-side callers.
+Writable = set[int] | QuerySet | RawSQL | None
 # A channel's columns ingest needs, in this order (``known_channels``).
 CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values")
 

@@ -76,7 +76,7 @@ class ChannelResolver:
             cursor.execute(sql, params)
             for inst, chan, pk, kind, vmin, vmax, sentinels in cursor.fetchall():
                 found[f"{inst}/{chan}"] = pk
-                self.rows[pk] = (pk, kind, vmin, vmax, missing_values.from_db_value(sentinels, None, connection))
+                self.rows[pk] = (pk, kind, vmin, vmax, missing_values.from_db_value(sentinels, None, connection))  # type: ignore[arg-type]  # the expression is unused
         return {ref: found[ref] for ref in refs if ref in found}
 
 
