@@ -34,8 +34,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
 from django.db.models import Model, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.http import HttpRequest
 from rest_framework.request import Request
 
@@ -166,6 +167,42 @@ def instruments_for(who: Who, level: str = VIEW) -> QuerySet[Instrument]:
 
 def instruments_visible_to(who: Who) -> QuerySet[Instrument]:
     return instruments_for(who, VIEW)
+
+
+def collectable_instruments(who: Who, using: str = "default") -> RawSQL | None:
+    """``collectable_instrument_ids`` as a subquery (``instrument_id__in=`` it costs no query of its own:
+    the ingest endpoint filters its one channel look-up by it); None means all.
+
+    The database evaluates it on every use, so a share taken away applies to the next request. Only its
+    SQL text is kept per process: it depends on who asks (user, agent, token scope, administrator or not),
+    never on data, and building it through the ORM costs more than the rest of a small ingest request."""
+    user, token = resolve(who)
+    if not isinstance(user, AgentPrincipal) and is_administrator(who):
+        return None
+    owner = user.owner if isinstance(user, AgentPrincipal) else user
+    key = (
+        using,
+        type(user).__name__,
+        getattr(owner, "pk", None),
+        user.agent.pk if isinstance(user, AgentPrincipal) else None,
+        token.scope if token is not None else None,
+        is_authenticated(user),
+        is_authenticated(owner) and is_administrator(owner),
+    )
+    compiled = _compiled_subqueries.get(key)
+    if compiled is None:
+        query = instruments_for(who, COLLECT).values("pk").query
+        try:
+            compiled = query.get_compiler(using).as_sql()
+        except EmptyResultSet:  # none at all (a read-only token, say)
+            compiled = (f"SELECT id FROM {Instrument._meta.db_table} WHERE 1 = 0", ())
+        if len(_compiled_subqueries) >= 10_000:
+            _compiled_subqueries.clear()
+        _compiled_subqueries[key] = compiled
+    return RawSQL(compiled[0], compiled[1])  # noqa: S611 -- SQL compiled by the ORM from our own query, parameters apart
+
+
+_compiled_subqueries: dict[tuple, tuple[str, tuple]] = {}
 
 
 def collectable_instrument_ids(who: Who) -> set[int] | None:

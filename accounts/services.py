@@ -256,6 +256,10 @@ def revoke_token(token: ApiToken, *, actor=None, address=None) -> bool:
     now = timezone.now()
     if not ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now):
         return False
+    # This process stops accepting it at once (and again at commit, past requests that read the row
+    # meanwhile); other processes within DAQBROKER_TOKEN_CACHE_SECONDS.
+    tokens.forget_all()
+    transaction.on_commit(tokens.forget_all)
     token.revoked_at = now
     if token.agent_id is not None:
         record(
@@ -294,6 +298,8 @@ def replace_agent_token(agent: Agent, *, expires=_KEEP, actor=None, address=None
             last_address=None,
         )
     )
+    tokens.forget_all()  # the old secret stops working here at once (elsewhere: DAQBROKER_TOKEN_CACHE_SECONDS)
+    transaction.on_commit(tokens.forget_all)
     record(
         AuditAction.AGENT_TOKEN_REPLACED,
         actor=actor,

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from django.db.models.signals import pre_delete
+from django.contrib.auth.models import User
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
+from accounts import tokens
 from accounts.audit import current_origin, record
 from accounts.choices import AuditAction
+from accounts.models import Agent, ApiToken
 from instruments.models import Channel
+
+# The verified-token cache forgets everything when a token, its user or agent, or the user's groups change
+# through this process (accounts.tokens).
+for _model in (ApiToken, User, Agent):
+    post_save.connect(tokens.forget_all, sender=_model, dispatch_uid=f"accounts.tokens_forget_save_{_model.__name__}")
+    post_delete.connect(tokens.forget_all, sender=_model, dispatch_uid=f"accounts.tokens_forget_del_{_model.__name__}")
+m2m_changed.connect(tokens.forget_all, sender=User.groups.through, dispatch_uid="accounts.tokens_forget_groups")
 
 
 @receiver(pre_delete, sender=Channel, dispatch_uid="accounts.audit_channel_readings_deleted")

@@ -3,6 +3,14 @@
 A token reads ``dbk_<key id>_<secret>``: the recognisable prefix (so secret scanners and people can tell
 what leaked), a 12-character key id stored in clear and indexed, and 43 characters (256 bits) of secret.
 The database keeps only the key id and the SHA-256 digest of the whole token. Nothing here logs a token.
+
+A token found usable is remembered in this process for DAQBROKER_TOKEN_CACHE_SECONDS (default 10), keyed
+by its digest (never the clear token), with its user, agent and the user's administrator flag: a sender
+posting every second then costs no authentication query. Each request gets its own fresh instances, and
+expiry is checked against the clock on every request. A change made through this process (revoking,
+replacing, saving a token, a user or an agent, changing a user's groups) forgets the whole cache at once;
+one made by another process (another gunicorn worker or host) takes effect there within the cache's
+lifetime. 0 turns the cache off. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -12,12 +20,19 @@ import hmac
 import re
 import secrets
 import string
+import threading
+import time
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
-from django.db.models import Q
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db.models import Model, Q
 from django.utils import timezone
 
-from accounts.models import TOKEN_PREFIX, ApiToken
+from accounts.models import TOKEN_PREFIX, Agent, ApiToken
+from accounts.roles import ADMINISTRATORS
 
 KEY_ID_LENGTH = 12
 _KEY_ALPHABET = string.ascii_lowercase + string.digits
@@ -52,17 +67,26 @@ def find_token(raw: str) -> ApiToken:
     match = TOKEN_PATTERN.match(raw)
     if match is None:
         raise TokenRejected("Malformed token: expected dbk_ followed by the key id and the secret.")
-    token = ApiToken.objects.select_related("user", "agent").filter(key_id=match["key_id"]).first()
     presented = digest(raw)
+    cached = _remembered(presented)
+    if cached is not None:
+        _check_usable(cached)  # expiry, against the clock now
+        return cached
+    token = ApiToken.objects.select_related("user", "agent").filter(key_id=match["key_id"]).first()
     if not hmac.compare_digest(presented, token.digest if token else _NO_DIGEST) or token is None:
         raise TokenRejected("Invalid token.")
+    _check_usable(token)
+    _remember(presented, token)
+    return token
+
+
+def _check_usable(token: ApiToken) -> None:
     if token.revoked_at is not None:
         raise TokenRejected("Token revoked.")
     if token.is_expired:
         raise TokenRejected("Token expired.")
     if not token.user.is_active:
         raise TokenRejected("The token's user is inactive.")
-    return token
 
 
 def touch(token: ApiToken, address: str | None) -> bool:
@@ -74,4 +98,87 @@ def touch(token: ApiToken, address: str | None) -> bool:
     written = ApiToken.objects.filter(pk=token.pk).filter(stale).update(last_used=now, last_address=address)
     if written:
         token.last_used, token.last_address = now, address
+    # Not written: another process recorded a use within the minute. Either way this process's copy need
+    # not try again for a minute.
+    _note_use(token, now, address if written else None)
     return bool(written)
+
+
+# --- the verified-token cache (see the module docstring) ---------------------------------------------
+
+M = TypeVar("M", bound=Model)
+_CACHE_MAX = 10_000  # tokens remembered per process; past it the cache starts over
+
+
+@dataclass
+class _Remembered:
+    until: float  # time.monotonic() after which the database is asked again
+    token: dict
+    user: dict
+    agent: dict | None
+    administrator: bool
+
+
+_cache: dict[str, _Remembered] = {}
+_cache_lock = threading.Lock()
+
+
+def _fields(instance: Model) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
+
+
+def _instance(model: type[M], fields: dict, using: str) -> M:
+    return model.from_db(using, list(fields), list(fields.values()))
+
+
+def _remember(presented: str, token: ApiToken) -> None:
+    lifetime = settings.DAQBROKER_TOKEN_CACHE_SECONDS
+    if lifetime <= 0:
+        return
+    # The administrator flag of the token's user (an agent's owner) is remembered with it: a property of
+    # the principal too (accounts.permissions.is_administrator).
+    administrator = _administrator(token.user)
+    entry = _Remembered(
+        until=time.monotonic() + lifetime,
+        token=_fields(token),
+        user=_fields(token.user),
+        agent=_fields(token.agent) if token.agent is not None else None,
+        administrator=administrator,
+    )
+    with _cache_lock:
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[presented] = entry
+
+
+def _administrator(user: User) -> bool:
+    return user.is_superuser or user.groups.filter(name=ADMINISTRATORS).exists()
+
+
+def _remembered(presented: str) -> ApiToken | None:
+    """A fresh ``ApiToken`` (with its user and agent) built from the cache, or None."""
+    entry = _cache.get(presented)
+    if entry is None or entry.until <= time.monotonic():
+        return None
+    using = "default"
+    token = _instance(ApiToken, entry.token, using)
+    user = _instance(User, entry.user, using)
+    setattr(user, "_daqbroker_is_administrator", entry.administrator)  # noqa: B010 -- see permissions
+    token.user = user
+    token.agent = _instance(Agent, entry.agent, using) if entry.agent is not None else None
+    return token
+
+
+def _note_use(token: ApiToken, now, address: str | None) -> None:
+    with _cache_lock:
+        for entry in _cache.values():
+            if entry.token["id"] == token.pk:
+                entry.token["last_used"] = now
+                if address is not None:
+                    entry.token["last_address"] = address
+
+
+def forget_all(**kwargs) -> None:
+    """Forget every remembered token (a receiver of saves and deletions of tokens, users, agents, groups)."""
+    with _cache_lock:
+        _cache.clear()

@@ -95,15 +95,21 @@ class Server:
 
 @contextmanager
 def gunicorn(
-    env: dict[str, str], *, workers: int = 2, timeout: int = 300, options: Sequence[str] = ()
+    env: dict[str, str],
+    *,
+    workers: int = 2,
+    timeout: int = 300,
+    options: Sequence[str] = (),
+    cwd: Path = REPO,
 ) -> Iterator[Server]:
-    """The app served by gunicorn on a free port, until the block ends; its log is in DAQBROKER_DATA_DIR."""
+    """The app served by gunicorn on a free port, until the block ends; its log is in DAQBROKER_DATA_DIR.
+    ``cwd``: the source tree to serve (another checkout, for a before/after comparison in one run)."""
     port = free_port()
     log_path = Path(env["DAQBROKER_DATA_DIR"]) / "gunicorn.log"
     argv = [sys.executable, "-m", "gunicorn", "daqbroker_site.wsgi", "--workers", str(workers)]
     argv += ["--bind", f"127.0.0.1:{port}", "--timeout", str(timeout), "--log-level", "warning", *options]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(port, process=process, log=log_path)
             yield Server(port, process)

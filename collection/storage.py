@@ -11,7 +11,9 @@ float64 exactly, so equality is exact; text compares as text. Paths, measured in
 ``bench/ingest_service.py`` and shared/PERFORMANCE.md:
 
 * SQLite: ``executemany`` of ``INSERT OR IGNORE``.
-* PostgreSQL: optimistic binary COPY straight into the table inside a savepoint; on a unique violation
+* PostgreSQL, small batches (fewer than ``PG_COPY_FROM`` rows): one ``INSERT ... SELECT FROM unnest(...)
+  ON CONFLICT DO NOTHING``; short of rows, the skipped keys are looked up as on the other engines.
+* PostgreSQL, larger ones: optimistic binary COPY straight into the table inside a savepoint; on a unique violation
   the savepoint is rolled back and the rows go through a temporary staging table and
   ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. Retries are rare, so the fast path is the usual one.
 * MariaDB: ``executemany`` of ``INSERT IGNORE``, which mysqlclient folds into multi-row statements.
@@ -45,6 +47,9 @@ _PG_ROW = np.dtype(
     ]
 )
 _STAGE = "daqbroker_ingest_stage"
+# PostgreSQL: fewer rows than this go in one INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING (one
+# statement) rather than a COPY inside a savepoint (three): what a small sender's request costs.
+PG_COPY_FROM = 1000
 _IN_LIST = 1000  # timestamps per look-up query of a short chunk
 
 
@@ -73,6 +78,8 @@ def insert_numeric(
     connection = connections[using]
     vendor = connection.vendor
     if vendor == "postgresql":
+        if len(channel) < PG_COPY_FROM:
+            return _pg_insert_small(connection, channel, ts, value, quality)
         return _pg_insert_numeric(connection, channel, ts, value, quality, using)
     table = connection.ops.quote_name(Sample._meta.db_table)
     values = value.tolist()
@@ -153,6 +160,21 @@ def _find_conflicts(
                     if old is not None and old != values[row]:
                         written.conflict_rows.append(row)
                         written.stored.append(old)
+
+
+def _pg_insert_small(connection, channel, ts, value, quality) -> Written:
+    table = connection.ops.quote_name(Sample._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (channel_id, ts, value, quality) SELECT * FROM "
+        "unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::smallint[]) ON CONFLICT DO NOTHING"
+    )
+    values = value.tolist()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [channel.tolist(), ts.tolist(), values, quality.tolist()])
+        written = Written(offered=len(channel), inserted=max(cursor.rowcount, 0))
+    if written.inserted < len(channel):
+        _find_conflicts(connection, table, written, channel, ts, values, [(0, len(channel))])
+    return written
 
 
 def pg_binary_copy_payload(channel: np.ndarray, ts: np.ndarray, value: np.ndarray, quality: np.ndarray) -> bytes:

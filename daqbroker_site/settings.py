@@ -354,7 +354,8 @@ CELERY_BEAT_SCHEDULE.update(
             "schedule": float(DAQBROKER_ALARM_CHECK_SECONDS),
             "options": {"expires": max(1, DAQBROKER_ALARM_CHECK_SECONDS - 1)},
         },
-        # After-ingest work whose task could not be queued (the broker was down), kept in the database.
+        # After-ingest work, kept in the database by every ingest: each ingest wakes a worker for it (at most
+        # about once a second per process); this sweep catches what a lost wake-up or a broker outage left.
         "replay-follow-ups": {
             "task": "collection.alarms.tasks.replay_follow_ups_task",
             "schedule": 60.0,
@@ -400,6 +401,9 @@ CELERY_BEAT_SCHEDULE["expire-quarantine"] = {
 DAQBROKER_SEND_TIMEOUT_SECONDS = env_int("DAQBROKER_SEND_TIMEOUT_SECONDS", 30, minimum=1)
 # Exports and percentile statistics at once per user (or agent token): one more answers 429.
 DAQBROKER_HEAVY_REQUESTS_PER_USER = env_int("DAQBROKER_HEAVY_REQUESTS_PER_USER", 2, minimum=1)
+# A token found usable is remembered this long per process (revocations made elsewhere take effect within
+# it; accounts.tokens, docs/security.md). 0: every request looks its token up.
+DAQBROKER_TOKEN_CACHE_SECONDS = env_int("DAQBROKER_TOKEN_CACHE_SECONDS", 10, minimum=0, maximum=300)
 # Requests per token to POST /api/v1/ingest/ ("none" turns throttling off).
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"ingest": env_rate("DAQBROKER_INGEST_THROTTLE", "600/minute")}
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -90,8 +92,63 @@ def test_a_revoked_token_gets_401(issued, olivia):
 def test_an_expired_token_gets_401(olivia):
     token, clear = services.create_personal_token(user=olivia, name="short", expires=timezone.now() + timedelta(days=1))
     assert bearer(clear).get(WHOAMI).status_code == 200
-    ApiToken.objects.filter(pk=token.pk).update(expires=timezone.now() - timedelta(seconds=1))
+    # Changed through this process (the admin saves the row): the remembered token is forgotten at once.
+    token.expires = timezone.now() - timedelta(seconds=1)
+    token.save()
     assert_refused(bearer(clear).get(WHOAMI), "Token expired.")
+
+
+def wait_until_refused(client: APIClient, message: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while (response := client.get(WHOAMI)).status_code == 200:
+        assert time.monotonic() < deadline, f"still accepted after {within} s"
+        time.sleep(0.05)
+    assert_refused(response, message)
+
+
+def test_a_remembered_token_that_expires_meanwhile_is_refused(olivia):
+    """Expiry is checked against the clock on every request, remembered token or not."""
+    _, clear = services.create_personal_token(user=olivia, name="short", expires=timezone.now() + timedelta(seconds=1))
+    client = bearer(clear)
+    if client.get(WHOAMI).status_code == 200:  # (on a very slow machine it may have expired already)
+        assert tokens._remembered(tokens.digest(clear)) is not None
+    wait_until_refused(client, "Token expired.", within=5)
+
+
+@pytest.mark.parametrize("change", ["revoked", "user deactivated"])
+def test_a_token_revoked_by_another_process_stops_working_within_the_cache_lifetime(olivia, settings, change):
+    """Another gunicorn worker or host revokes the token (a bare UPDATE: no signal reaches this process):
+    this process refuses it once its remembered copy is DAQBROKER_TOKEN_CACHE_SECONDS old."""
+    settings.DAQBROKER_TOKEN_CACHE_SECONDS = 1
+    token, clear = services.create_personal_token(user=olivia, name="s", scope=TokenScope.READ_WRITE)
+    client = bearer(clear)
+    assert client.get(WHOAMI).status_code == 200
+    if change == "revoked":
+        ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    else:
+        User.objects.filter(pk=olivia.pk).update(is_active=False)
+    message = "Token revoked." if change == "revoked" else "The token's user is inactive."
+    wait_until_refused(client, message, within=1 + 5)  # the lifetime, and slack for a loaded machine
+
+
+def test_with_the_cache_off_a_revocation_elsewhere_applies_to_the_next_request(olivia, settings):
+    settings.DAQBROKER_TOKEN_CACHE_SECONDS = 0
+    token, clear = services.create_personal_token(user=olivia, name="s")
+    client = bearer(clear)
+    assert client.get(WHOAMI).status_code == 200
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    assert_refused(client.get(WHOAMI), "Token revoked.")
+
+
+def test_a_remembered_token_costs_no_query_and_the_cache_holds_no_clear_token(issued):
+    _, clear = issued
+    client = bearer(clear)
+    assert client.get(WHOAMI).status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(WHOAMI).status_code == 200
+    assert not [q for q in queries if "accounts_apitoken" in q["sql"]]
+    assert clear not in repr(tokens._cache) and clear[-43:] not in repr(tokens._cache)
+    assert tokens.digest(clear) in tokens._cache  # keyed by the digest the database keeps anyway
 
 
 def test_a_token_cannot_be_created_already_expired(olivia):
@@ -162,8 +219,10 @@ def test_last_used_is_written_at_most_once_a_minute(issued):
     token.refresh_from_db()
     assert (token.last_used, token.last_address) == (first, "203.0.113.9")
 
-    # A minute later (moved in the database, not by sleeping) the next use is written again.
+    # A minute later (moved in the database, not by sleeping) the next use is written again. This process
+    # remembers the token with the last use it wrote: forget it, as a minute would.
     ApiToken.objects.filter(pk=token.pk).update(last_used=first - timedelta(seconds=61))
+    tokens.forget_all()
     client.get(WHOAMI, REMOTE_ADDR="203.0.113.10")
     token.refresh_from_db()
     assert token.last_used > first and token.last_address == "203.0.113.10"

@@ -14,7 +14,7 @@ from collection.alarms import evaluate, notify
 from collection.choices import Origin
 from collection.models import FollowUpBacklog
 from collection.services import derived, validation
-from collection.services.enqueue import try_enqueue
+from collection.services.enqueue import enqueue_soon, try_enqueue
 from collection.services.retention import AFTER_DELETION
 from daqbroker_agent.parsing import now_us
 from instruments.choices import ChannelKind
@@ -23,24 +23,12 @@ from instruments.models import Channel, DataSource
 logger = logging.getLogger(__name__)
 
 
-def on_samples_ingested(sender, spans: dict, origin: str, alarm_spans: dict | None = None, **kwargs) -> None:
-    """``samples_ingested`` receiver: one task per ingested batch (never one per reading). When the broker
-    cannot take it, the work is kept in the database and ``replay_follow_ups`` does it later."""
-    payload = follow_up_payload(spans, alarm_spans)
-    if not try_enqueue(process_new_readings, args=[payload, origin], what="spike checks, derived channels and alarms"):
-        FollowUpBacklog.objects.create(spans=payload, origin=origin)
-
-
-def follow_up_payload(spans: dict, alarm_spans: dict | None) -> dict:
-    """``{"channel id": [first, last]}``, with a third item where alarm rules look at less than the span
-    (old data corrected or re-read): the first µs they evaluate, or None for none of it."""
-    payload: dict[str, list] = {}
-    for channel_id, (first, last) in spans.items():
-        payload[str(channel_id)] = [int(first), int(last)]
-        if alarm_spans is not None and alarm_spans.get(channel_id) != (first, last):
-            found = alarm_spans.get(channel_id)
-            payload[str(channel_id)].append(None if found is None else int(found[0]))
-    return payload
+def on_samples_ingested(sender, spans: dict, origin: str, **kwargs) -> None:
+    """``samples_ingested`` receiver: ``ingest_samples`` kept the batch's spans (and its alarm spans) in
+    ``FollowUpBacklog`` in its transaction; wake a worker to do them (``replay_follow_ups``), at most about
+    once a second per process (``enqueue_soon``), never once per request. When the broker cannot be reached
+    the periodic task does it."""
+    enqueue_soon(replay_follow_ups_task, what="spike checks, derived channels and alarms", expires=300)
 
 
 def _parse_payload(payload: dict) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
@@ -70,6 +58,7 @@ def process(
     return {"spikes": spikes, "derived": computed, "raised": outcome.raised, "cleared": outcome.cleared}
 
 
+# No longer queued by ingest (which keeps its spans in FollowUpBacklog); kept for messages queued before.
 @shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
 def process_new_readings(spans: dict, origin: str) -> dict:
     parsed, alarm_spans = _parse_payload(spans)
@@ -77,7 +66,7 @@ def process_new_readings(spans: dict, origin: str) -> dict:
 
 
 def replay_follow_ups(limit: int = 500) -> int:
-    """Do the after-ingest work whose task could not be queued (``FollowUpBacklog``), oldest first, spans
+    """Do the after-ingest work kept by ``ingest_samples`` (``FollowUpBacklog``), oldest first, spans
     merged per channel; the rows go in the transaction that did their work (a worker killed meanwhile leaves
     them for the next pass; rows another worker is doing are skipped). Returns how many rows were done."""
     with transaction.atomic():
@@ -99,7 +88,7 @@ def replay_follow_ups(limit: int = 500) -> int:
             process(spans, origin, alarms[origin])
         FollowUpBacklog.objects.filter(id__in=[row[0] for row in rows]).delete()
     if rows:
-        logger.info("did the follow-up work of %d ingest(s) that could not be queued", len(rows))
+        logger.debug("did the follow-up work of %d ingest(s)", len(rows))
     return len(rows)
 
 

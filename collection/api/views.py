@@ -32,7 +32,7 @@ from accounts.principals import AgentPrincipal
 from collection.api.schema import ErrorDetail, IngestBody, IngestResult
 from collection.choices import Origin
 from collection.ingest_formats import PayloadError
-from collection.services.ingest import KEEP, ON_CONFLICT, REPLACE
+from collection.services.ingest import KEEP, ON_CONFLICT, REPLACE, Writable
 from collection.services.uploads import UnparsedLine, ingest_upload, quarantine_lines
 from instruments.models import DataSource
 
@@ -172,7 +172,8 @@ class IngestView(ScopedViewMixin, APIView):
         on_conflict = request.query_params.get("on_conflict", KEEP)
         if on_conflict not in ON_CONFLICT:
             return Response({"detail": f"on_conflict must be one of: {', '.join(ON_CONFLICT)}"}, status=400)
-        writable = permissions.collectable_instrument_ids(request)
+        # The instruments the sender may push to, as a subquery of the one channel look-up (no query of its own).
+        writable: Writable = permissions.collectable_instruments(request)
         if on_conflict == REPLACE:
             # Replacing stored readings is a correction: the change level, never an agent's push.
             if permissions.is_agent(request):

@@ -7,8 +7,9 @@ Readings flagged with any quality other than OK are not summarised, only counted
 sentinel -9999 or an out-of-range spike would otherwise own every min/max/mean above it. Plots of raw
 readings can still show them (``collection.services.query``).
 
-Maintenance: ``ingest_samples`` sends ``samples_ingested`` on commit; the receiver (``on_samples_ingested``)
-appends the changed spans to ``RollupBacklog`` and asks a Celery worker to run ``refresh_rollups``. A
+Maintenance: ``ingest_samples`` appends the changed spans to ``RollupBacklog`` in its own transaction and
+sends ``samples_ingested`` on commit; the receiver (``on_samples_ingested``) asks a Celery worker to run
+``refresh_rollups`` (at most about once a second per web process: ``enqueue.enqueue_soon``). A
 refresh locks a channel's ``RollupState`` row (``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite's IMMEDIATE
 transactions serialise writers), recomputes exactly the buckets its backlog spans touch, and deletes
 the backlog rows in the same transaction. The finest tier is computed from raw readings, every other
@@ -34,10 +35,8 @@ from django.utils import timezone
 
 from collection.choices import Quality, RollupTier
 from collection.models import Rollup, RollupBacklog, RollupState, Sample
-from collection.services.enqueue import try_enqueue
+from collection.services.enqueue import enqueue_soon, try_enqueue
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
-from instruments.choices import ChannelKind
-from instruments.models import Channel
 
 logger = logging.getLogger(__name__)
 # Queued by name: collection.tasks imports this module, so importing the task here would be a cycle.
@@ -536,20 +535,18 @@ def rebuild_rollups(channel_ids: Iterable[int], *, using: str = "default") -> in
     return rows
 
 
-def on_samples_ingested(sender, spans: dict[int, tuple[int, int]], **kwargs) -> None:
-    """``samples_ingested`` receiver: note the numeric channels' changed spans, wake a worker."""
-    numeric = set(
-        Channel.objects.filter(pk__in=list(spans), kind__in=[ChannelKind.NUMERIC, ChannelKind.DERIVED]).values_list(
-            "pk", flat=True
-        )
-    )
-    if not numeric:
-        return
-    mark_changed({cid: span for cid, span in spans.items() if cid in numeric})
-    request_refresh()
+def on_samples_ingested(sender, spans: dict[int, tuple[int, int]], rollups: bool = True, **kwargs) -> None:
+    """``samples_ingested`` receiver: ``ingest_samples`` noted the numeric channels' changed spans in the
+    backlog in its transaction (``rollups``: it noted some); wake a worker, at most about once a second."""
+    if rollups:
+        request_refresh(soon=True)
 
 
-def request_refresh() -> None:
-    """Ask a worker to refresh the rollups. The backlog is durable, so a broker failure only delays the
-    work until the periodic sweep: it must not fail the ingest that committed already."""
-    try_enqueue(REFRESH_ROLLUPS_TASK, what="rollup refreshes", expires=300)
+def request_refresh(*, soon: bool = False) -> None:
+    """Ask a worker to refresh the rollups (``soon``: coalesced with other wake-ups of this process, see
+    ``enqueue_soon``). The backlog is durable, so a broker failure only delays the work until the periodic
+    sweep: it must not fail the ingest that committed already."""
+    if soon:
+        enqueue_soon(REFRESH_ROLLUPS_TASK, what="rollup refreshes", expires=300)
+    else:
+        try_enqueue(REFRESH_ROLLUPS_TASK, what="rollup refreshes", expires=300)

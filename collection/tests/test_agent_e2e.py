@@ -126,6 +126,10 @@ def web(processes, service_env, tmp_path) -> WebServer:
         "DATABASE_URL": database_url_for_subprocess(),
         "DAQBROKER_DEBUG": "true",
         "DAQBROKER_INGEST_THROTTLE": "none",
+        # Tokens are revoked here by the test process, a process other than the server: with its token cache
+        # on, the server would accept a revoked token for up to the cache's lifetime (that delay is tested in
+        # accounts/tests/test_tokens.py); these tests are about what the agent does once refused.
+        "DAQBROKER_TOKEN_CACHE_SECONDS": "0",
         "PYTHONPATH": AGENT_PATH,  # the parser and validation of this tree
     }
     server = WebServer(env, tmp_path)

@@ -30,7 +30,7 @@ from collection.alarms.models import AlarmEvent, AlarmRule
 from collection.choices import Origin, RunStatus
 from collection.models import CollectionRun, FollowUpBacklog, RejectedSample, Rollup, Sample, TextSample
 from collection.services import SampleBatch, collect, corrections, ingest_samples, rollups
-from collection.services.ingest import REPLACE, samples_ingested
+from collection.services.ingest import REPLACE, follow_up_payload, samples_ingested
 from collection.services.retention import AFTER_DELETION
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.choices import ChannelKind, SourceKind
@@ -262,11 +262,11 @@ def test_follow_ups_kept_while_the_broker_is_down_still_leave_old_data_alone():
     AlarmRule.objects.create(instrument=channel.instrument, name="humid", kind=RuleKind.ABOVE, threshold=90.0)
     spans = ingest_samples(numeric_batch(channel, range(5), [99.0] * 5)).spans
     # What the receiver keeps in the database when no broker answers, for a re-read's readings ...
-    FollowUpBacklog.objects.create(spans=follow_ups.follow_up_payload(spans, {}), origin=Origin.FILE)
+    FollowUpBacklog.objects.create(spans=follow_up_payload(spans, {}), origin=Origin.FILE)
     assert follow_ups.replay_follow_ups() == 1
     assert not AlarmEvent.objects.exists()
     # ... and for the same readings arriving new.
-    FollowUpBacklog.objects.create(spans=follow_ups.follow_up_payload(spans, None), origin=Origin.FILE)
+    FollowUpBacklog.objects.create(spans=follow_up_payload(spans, None), origin=Origin.FILE)
     assert follow_ups.replay_follow_ups() == 1
     assert AlarmEvent.objects.filter(channel=channel).exists()
 

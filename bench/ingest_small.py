@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Many small senders: requests/s of 1- and 10-reading bodies through the real HTTP ingest API, beside
+the floor of the same stack measured in the same run.
+
+Serves the app with gunicorn as in production (--workers, --worker-class gthread, --threads, DEBUG off,
+persistent database connections, Redis as the broker and the shared cache), on a fresh bench database,
+with the bench's own URL conf (``bench/bench_urls.py``), which adds ``/bench/floor/``: a trivial endpoint
+behind the same token authentication, scope checks and throttle as ingest, answering ``{}``. Then
+--clients concurrent keep-alive clients (asyncio coroutines in this process) post for --seconds each:
+to the floor, then bodies of each of --sizes readings (JSON rows naming ``instrument/channel``, as a
+shell script or a PLC gateway would; client i writes its own channels, a new time each request). Each
+answer is checked (200, every reading accepted). Printed per engine: requests/s, readings/s, p50/p99
+latency, database statements per request (counted by the bench's middleware, BEGIN/COMMIT not
+included), and requests/s as a share of the floor's.
+
+--trees serves other checkouts too, one after the other on the same engine (``label=path``): the same
+bench against the code before and after a change, in one invocation. The sender is a non-administrator
+owning the instrument, with a personal read-write token.
+
+    .venv/bin/python bench/ingest_small.py --engines postgresql,sqlite --clients 50 --seconds 15
+    .venv/bin/python bench/ingest_small.py --trees before=/tmp/before,after=. --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _common import gunicorn, recreate_database, server_env
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+PG_URL = os.environ.get("BENCH_POSTGRESQL_URL", "postgres://postgres@127.0.0.1:5432/daqbroker_bench_small")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", os.environ.get("DAQBROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+CHANNELS_PER_CLIENT = 10
+T0_US = 1_600_000_000_000_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", default="postgresql,sqlite")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--sizes", default="1,10", help="readings per request, comma-separated")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--trees", default=f"this={REPO}", help="label=path of each source tree to serve")
+    parser.add_argument("--setup", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.setup:
+        print(json.dumps(setup_database(int(args.setup))))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if max(sizes) > CHANNELS_PER_CLIENT:
+        sys.exit(f"--sizes: at most {CHANNELS_PER_CLIENT} readings per request (one per channel of a client)")
+    trees = [(label, Path(path).resolve()) for label, path in (t.split("=", 1) for t in args.trees.split(","))]
+    print(
+        f"small ingest bodies over HTTP: {args.clients} keep-alive clients, {args.seconds:g} s per case, gunicorn "
+        f"{args.workers} workers ({args.worker_class}, {args.threads} threads), broker {REDIS_URL}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start"
+    )
+    print(
+        f"{'engine':<11} {'tree':<8} {'body':<10} {'requests/s':>10} {'readings/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'stmts/req':>9} {'vs floor':>8}"
+    )
+    for engine in args.engines.split(","):
+        for label, tree in trees:
+            with tempfile.TemporaryDirectory() as tmp:
+                run_engine(engine, label, tree, sizes, args, Path(tmp))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def setup_database(clients: int) -> dict:
+    """(In a child process with the engine's environment.) Fresh schema, an owner, channels and a token."""
+    if os.environ.get("DATABASE_URL"):
+        recreate_database(os.environ["DATABASE_URL"])
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+
+    from accounts.choices import TokenScope
+    from accounts.services import create_personal_token
+    from instruments.models import Channel, Instrument
+
+    call_command("migrate", verbosity=0)
+    user = User.objects.create_user("bench-sender", password=None)
+    instrument = Instrument.objects.create(name="Bench", slug="bench", owner=user)
+    Channel.objects.bulk_create(
+        Channel(instrument=instrument, name=f"c{i}", slug=f"c{i}") for i in range(clients * CHANNELS_PER_CLIENT)
+    )
+    _, token = create_personal_token(user=user, name="bench", scope=TokenScope.READ_WRITE)
+    return {"token": token}
+
+
+@dataclass
+class Case:
+    requests: int = 0
+    readings: int = 0
+    latencies: list[float] = field(default_factory=list)
+    statements: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+def run_engine(engine: str, label: str, tree: Path, sizes: list[int], args, tmp: Path) -> None:
+    import numpy as np
+
+    queue = f"bench-small-{os.getpid()}"
+    env = server_env(
+        tmp,
+        PG_URL if engine == "postgresql" else None,
+        REDIS_URL=REDIS_URL,
+        DAQBROKER_CELERY_QUEUE=queue,
+    )
+    env["DJANGO_SETTINGS_MODULE"] = "bench_settings"
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(tree / "client_agent"), str(tree)])
+    setup = subprocess.run(
+        [sys.executable, __file__, "--setup", str(args.clients)],
+        env=env, cwd=tree, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if setup.returncode != 0:
+        sys.exit(f"setup failed for {engine}:\n{setup.stderr[-3000:]}")
+    token = json.loads(setup.stdout.strip().splitlines()[-1])["token"]
+    options = ["--worker-class", args.worker_class, "--threads", str(args.threads)]
+    try:
+        with gunicorn(env, workers=args.workers, timeout=120, options=options, cwd=tree) as server:
+            cases = [("floor", 0), *((f"{n} reading" + ("s" if n > 1 else ""), n) for n in sizes)]
+            asyncio.run(load(server.port, token, 0, 1, 2, args.clients, "warm-up"))
+            floor_rate = None
+            for phase, (name, size) in enumerate(cases, start=1):
+                case = asyncio.run(load(server.port, token, size, phase, args.seconds, args.clients, name))
+                if case.errors:
+                    sys.exit(f"{engine} {label} {name}: {len(case.errors)} failed requests, first: {case.errors[0]}")
+                rate = case.requests / case.elapsed
+                floor_rate = floor_rate or rate
+                lat = np.array(case.latencies) * 1000
+                print(
+                    f"{engine:<11} {label:<8} {name:<10} {rate:>10,.0f} {case.readings / case.elapsed:>10,.0f} "
+                    f"{np.percentile(lat, 50):>7.1f} {np.percentile(lat, 99):>7.1f} "
+                    f"{np.mean(case.statements):>9.1f} {rate / floor_rate:>8.0%}",
+                    flush=True,
+                )
+    finally:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).delete(queue)  # the tasks no worker took
+
+
+async def load(port: int, token: str, size: int, phase: int, seconds: float, clients: int, name: str) -> Case:
+    """``clients`` keep-alive connections posting ``size``-reading bodies (0: the floor) for ``seconds``."""
+    case = Case()
+    path = "/bench/floor/" if size == 0 else "/api/v1/ingest/"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    deadline = time.perf_counter() + seconds
+
+    async def client(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        seq = 0
+        try:
+            while time.perf_counter() < deadline:
+                t = T0_US + phase * 10**11 + seq * 1000
+                seq += 1
+                rows = [
+                    {"channel": f"bench/c{i * CHANNELS_PER_CLIENT + j}", "t": t, "v": seq % 97 + j / 10}
+                    for j in range(max(size, 1))
+                ]
+                body = json.dumps(rows).encode()
+                request = head.replace("{length}", str(len(body))).encode() + body
+                start = time.perf_counter()
+                writer.write(request)
+                status, headers, answer = await read_response(reader)
+                case.latencies.append(time.perf_counter() - start)
+                case.requests += 1
+                case.statements.append(int(headers.get("x-bench-statements", "0")))
+                if status != 200:
+                    case.errors.append(f"{status} {answer[:300]!r}")
+                elif size:
+                    accepted = json.loads(answer)["accepted"]
+                    case.readings += accepted
+                    if accepted != size:
+                        case.errors.append(f"{accepted} of {size} accepted: {answer[:300]!r}")
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    case.elapsed = time.perf_counter() - start
+    return case
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+if __name__ == "__main__":
+    main()

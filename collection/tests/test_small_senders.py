@@ -1,0 +1,138 @@
+"""Many small senders: what one small ingest request costs in database statements, counted (never timed),
+with everything it must still do: store, flag, count duplicates and conflicts, refuse what the sender may
+not write, move last values, and leave the rollup and follow-up work to a worker. Timings: bench/ingest_small.py.
+
+The tests run in real transactions (``transaction=True``), as a web process does: inside a test's own
+transaction every ``atomic`` would add savepoints a production request does not have."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from accounts import services, tokens
+from accounts.choices import TokenScope
+from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog, Sample
+from instruments.models import Channel
+from instruments.tests.factories import make_channel, make_instrument, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+URL = "/api/v1/ingest/"
+T0 = 1_767_323_045_000_000  # µs
+
+# Statements of a small request once its token is remembered, BEGIN not counted (on PostgreSQL it goes
+# out with the first statement): the channel look-up (which carries the permission check as a subquery),
+# the insert, then the last values with the rollup and follow-up backlogs (one statement on PostgreSQL,
+# three on SQLite and MariaDB), and COMMIT.
+BUDGET = {"postgresql": 4, "sqlite": 6, "mysql": 6}
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    cache.clear()
+    tokens.forget_all()
+    yield
+    tokens.forget_all()
+
+
+@pytest.fixture
+def plc():
+    """A PLC gateway's owner (not an administrator), its instrument with ten channels, and two ways in: a
+    personal read-write token and an agent's token."""
+    owner = make_user("plc-owner")
+    instrument = make_instrument(owner, slug="plc")
+    channels = [make_channel(instrument, slug=f"s{i}", valid_max=100.0) for i in range(10)]
+    _, personal = services.create_personal_token(user=owner, name="plc", scope=TokenScope.READ_WRITE)
+    _, agent = services.create_agent(owner=owner, name="gateway", instruments=[instrument], actor=owner)
+    return {"channels": channels, "user": personal, "agent": agent}
+
+
+def client_for(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def body(channels, n: int, step: int, value: float = 1.5) -> bytes:
+    return orjson.dumps(
+        [{"channel": f"plc/{c.slug}", "t": T0 + step, "v": value + i} for i, c in enumerate(channels[:n])]
+    )
+
+
+def counted(queries) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("BEGIN")]
+
+
+@pytest.mark.parametrize("who", ["user", "agent"])
+@pytest.mark.parametrize("n", [1, 10])
+def test_a_small_request_costs_a_bounded_number_of_statements(plc, who, n):
+    client = client_for(plc[who])
+    assert client.post(URL, body(plc["channels"], n, 0), content_type="application/json").json()["accepted"] == n
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(URL, body(plc["channels"], n, 1), content_type="application/json")
+    assert response.status_code == 200 and response.json()["accepted"] == n
+    statements = counted(queries)
+    assert len(statements) <= BUDGET[connection.vendor], "\n".join(s[:150] for s in statements)
+    selects = [s for s in statements if s.startswith("SELECT")]
+    assert len(selects) == 1 and 'FROM "instruments_channel"' in selects[0].replace("`", '"'), statements
+    assert not [s for s in statements if "SAVEPOINT" in s or "accounts_apitoken" in s], statements
+
+    # ... and it did all it did before.
+    for i, channel in enumerate(plc["channels"][:n]):
+        assert Sample.objects.filter(channel=channel).count() == 2
+        channel.refresh_from_db()
+        assert (channel.last_ts, channel.last_value) == (T0 + 1, 1.5 + i)
+    assert RollupBacklog.objects.filter(channel__in=plc["channels"][:n]).count() == 2 * n
+    assert FollowUpBacklog.objects.count() == 2
+
+
+def test_duplicates_conflicts_flags_and_refusals_are_counted_as_before(plc):
+    client = client_for(plc["agent"])
+    channels = plc["channels"]
+    first = client.post(URL, body(channels, 3, 0), content_type="application/json").json()
+    assert (first["accepted"], first["duplicates"], first["conflicts"]) == (3, 0, 0)
+    stranger = make_channel(make_instrument(make_user("stranger"), slug="elsewhere"), slug="x")
+    readings = [
+        {"channel": "plc/s0", "t": T0, "v": 1.5},  # the same value again: a duplicate
+        {"channel": "plc/s1", "t": T0, "v": 99.0},  # another value at a stored time: a conflict
+        {"channel": "plc/s2", "t": T0 + 1, "v": 500.0},  # above valid_max: stored, flagged
+        {"channel": f"elsewhere/{stranger.slug}", "t": T0, "v": 1.0},  # not the sender's: refused
+    ]
+    answer = client.post(URL, orjson.dumps(readings), content_type="application/json").json()
+    assert {k: answer[k] for k in ("received", "accepted", "duplicates", "conflicts", "flagged", "rejected")} == {
+        "received": 4,
+        "accepted": 1,
+        "duplicates": 1,
+        "conflicts": 1,
+        "flagged": 1,
+        "rejected": 1,
+    }
+    assert not Sample.objects.filter(channel=stranger).exists()
+    assert Sample.objects.get(channel=channels[1], ts=T0).value == 2.5  # the stored value stays
+    reasons = set(RejectedSample.objects.values_list("reason", flat=True))
+    assert any(r.startswith("conflict: 99.0 differs from the stored 2.5") for r in reasons), reasons
+    assert Channel.objects.get(pk=channels[2].pk).last_value == 500.0
+
+
+def test_an_unshared_instrument_is_refused_at_once_even_with_a_remembered_token(plc):
+    """The token is remembered; the permission is not: it is a subquery of every request's channel look-up."""
+    owner = make_user("other-owner")
+    theirs = make_instrument(owner, slug="theirs")
+    channel = make_channel(theirs, slug="t")
+    guest_user = make_user("guest")
+    _, token = services.create_personal_token(user=guest_user, name="g", scope=TokenScope.READ_WRITE)
+    guest = client_for(token)
+    services.share(theirs, guest_user, "collect", actor=owner)
+    reading = orjson.dumps([{"channel": "theirs/t", "t": T0, "v": 1.0}])
+    assert guest.post(URL, reading, content_type="application/json").json()["accepted"] == 1
+    services.unshare(theirs, guest_user, actor=owner)
+    answer = guest.post(
+        URL, orjson.dumps([{"channel": "theirs/t", "t": T0 + 1, "v": 1.0}]), content_type="application/json"
+    )
+    assert answer.json()["accepted"] == 0 and answer.json()["rejected"] == 1
+    assert Sample.objects.filter(channel=channel).count() == 1
