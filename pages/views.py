@@ -7,6 +7,7 @@ see, 403 without the level an action needs) and calls the services; none decides
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -27,7 +28,14 @@ from instruments import dashboards
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
 from pages.readings import channel_facts, first_reading_times, sparklines
-from pages.status import agent_status, instrument_statuses
+from pages.status import (
+    STATUS_FILTERS,
+    agent_status,
+    filter_by_status,
+    instrument_statuses,
+    now_us,
+    status_counts,
+)
 
 
 class PageMixin(InstrumentAccessMixin):
@@ -48,24 +56,42 @@ def visible_channels(user):
 
 
 class HomeView(PageMixin, ListView):
-    """The instruments the user may see, each with its status at a glance."""
+    """The instruments the user may see, each with its status at a glance: a page at a time, searchable and
+    filtered by state, the counts of each state computed by the database (docs/pages.md#home)."""
 
     model = Instrument
     template_name = "instruments/home.html"
+    paginate_by = 48
 
     def get_queryset(self):
-        queryset = super().get_queryset().select_related("owner")
+        self.visible = super().get_queryset()
         query = self.request.GET.get("q", "").strip()
         if query:
-            queryset = queryset.filter(
+            self.visible = self.visible.filter(
                 Q(name__icontains=query) | Q(location__icontains=query) | Q(description__icontains=query)
             )
-        return queryset.order_by("name")
+        self.now = now_us()
+        self.state = self.request.GET.get("status", "")
+        queryset = self.visible
+        if self.state in dict(STATUS_FILTERS):
+            queryset = filter_by_status(queryset, self.state, self.now)
+        else:
+            self.state = ""
+        return queryset.select_related("owner").order_by("name", "pk")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["statuses"] = instrument_statuses(context["object_list"])
-        context["query"] = self.request.GET.get("q", "").strip()
+        query = self.request.GET.get("q", "").strip()
+        keep = {k: v for k, v in (("q", query), ("status", self.state)) if v}
+        context.update(
+            statuses=instrument_statuses(context["object_list"], self.now),
+            query=query,
+            state=self.state,
+            counts=status_counts(self.visible, self.now),
+            status_filters=STATUS_FILTERS,
+            search_query=urlencode({"q": query}) if query else "",
+            page_query=urlencode(keep),
+        )
         return context
 
 

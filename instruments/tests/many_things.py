@@ -3,13 +3,19 @@
 Used by the tests that check that a page or a dispatch pass costs the same number of queries at two sizes
 (``pages/tests/test_scale.py``, ``collection/tests/test_scheduling.py``) and by ``bench/things.py``.
 Statuses are spread on purpose: every 3rd instrument's channels are silent (their last reading long
-ago), every 7th instrument's source is failing, every 11th has never had a reading.
+ago), every 7th instrument's source is failing, every 11th has never had a reading, every 13th has an active alarm.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from accounts.models import InstrumentGroupPermission, InstrumentUserPermission
+from collection.alarms.models import AlarmEvent, AlarmRule
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import Channel, DataSource, Instrument
 
@@ -78,4 +84,40 @@ def build_things(n: int, owner, *, channels: int = 10, prefix: str = "site", pat
             Channel.objects.bulk_create(rows, batch_size=batch)
             rows = []
     Channel.objects.bulk_create(rows, batch_size=batch)
+    rule = AlarmRule.objects.create(name=f"{prefix} too high", kind="above", threshold=1e9)
+    first_channels = Channel.objects.filter(instrument_id__in=ids[::13], slug="channel-0")
+    AlarmEvent.objects.bulk_create(
+        [
+            AlarmEvent(
+                rule=rule,
+                channel=channel,
+                kind=rule.kind,
+                severity=rule.severity,
+                message=f"{channel.slug}: too high",
+                raised_at=timezone.now() - timedelta(minutes=5),
+                raised_value=2e9,
+            )
+            for channel in first_channels
+        ],
+        batch_size=batch,
+    )
     return ids
+
+
+def grant_view(instrument_ids, *, user=None, group=None, batch: int = 2000) -> None:
+    """Grant ``view`` on each instrument to ``user`` or ``group`` in bulk (the rows ``accounts.services.share``
+    would write one by one, without their audit events: a test or benchmark fixture only)."""
+    permission = Permission.objects.get(codename="view_instrument", content_type__app_label="instruments")
+    if user is not None:
+        InstrumentUserPermission.objects.bulk_create(
+            [InstrumentUserPermission(content_object_id=pk, user=user, permission=permission) for pk in instrument_ids],
+            batch_size=batch,
+        )
+    if group is not None:
+        InstrumentGroupPermission.objects.bulk_create(
+            [
+                InstrumentGroupPermission(content_object_id=pk, group=group, permission=permission)
+                for pk in instrument_ids
+            ],
+            batch_size=batch,
+        )
