@@ -136,6 +136,7 @@ class PlotView(PageMixin, TemplateView):
                 .filter(instrument__slug=slug)
                 .exclude(pk__in=[c.pk for c in selected])[:PICKER_CHANNELS]
             )
+        slug = slug if current or selected else ""  # a hidden instrument's slug is not repeated
         context.update(
             selected=[c for c in selected if c.kind != ChannelKind.TEXT],
             current_channels=current,
@@ -173,10 +174,16 @@ class AlarmListView(PageMixin, ListView):
             queryset = queryset.filter(cleared_at__isnull=True)
         elif self.state == "past":
             queryset = queryset.filter(cleared_at__isnull=False)
-        self.instrument_slug = self.request.GET.get("instrument", "")
+        self.instrument_slug = self.request.GET.get("instrument", "").strip()[:200]
         if self.instrument_slug:
-            queryset = queryset.filter(channel__instrument__slug=self.instrument_slug)
+            queryset = queryset.filter(self.instrument_filter())
         return queryset.order_by("-raised_at", "-id")
+
+    def instrument_filter(self) -> Q:
+        """The instrument typed in the filter: its slug, or a part of its name."""
+        return Q(channel__instrument__slug=self.instrument_slug) | Q(
+            channel__instrument__name__icontains=self.instrument_slug
+        )
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -190,12 +197,17 @@ class AlarmListView(PageMixin, ListView):
         )
         counts = super().get_queryset()
         if self.instrument_slug:
-            counts = counts.filter(channel__instrument__slug=self.instrument_slug)
+            counts = counts.filter(self.instrument_filter())
         context.update(
             states=self.STATES,
             state=self.state,
-            instrument_slug=self.instrument_slug,
-            instruments=permissions.instruments_visible_to(user).order_by("name"),
+            # Echoed only when it names an instrument the user may see (a stranger's slug is not repeated).
+            instrument_slug=self.instrument_slug
+            if self.instrument_slug
+            and permissions.instruments_visible_to(user)
+            .filter(Q(slug=self.instrument_slug) | Q(name__icontains=self.instrument_slug))
+            .exists()
+            else "",
             changeable=changeable,
             active_count=counts.filter(cleared_at__isnull=True).count(),
             query=self.request.GET.urlencode(),

@@ -14,11 +14,12 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.db.models import Model, Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse, reverse_lazy
-from django.views.generic import CreateView, DetailView, FormView, ListView, View
+from django.views.generic import CreateView, DetailView, FormView, ListView, TemplateView, View
 
 from accounts import audit, permissions, services
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
@@ -167,6 +168,9 @@ class LogbookAddView(PageMixin, AuditedFormMixin, CreateView):
 # --- sharing --------------------------------------------------------------------------------------
 
 
+SHARES_PER_PAGE = 50
+
+
 class SharingView(PageMixin, FormView):
     """Who has access at which level; add a user or group (share level)."""
 
@@ -177,7 +181,8 @@ class SharingView(PageMixin, FormView):
     def get_context_data(self, **kwargs):
         instrument = self.get_instrument()
         context = super().get_context_data(**kwargs)
-        context.update(instrument=instrument, shares=services.shares_of(instrument))
+        shares = Paginator(services.shares_of(instrument), SHARES_PER_PAGE).get_page(self.request.GET.get("page"))
+        context.update(instrument=instrument, shares=shares)
         return context
 
     def form_valid(self, form):
@@ -242,18 +247,24 @@ class DashboardAccessMixin(PageMixin):
             raise PermissionDenied
 
 
-class DashboardListView(DashboardAccessMixin, ListView):
+DASHBOARDS_PER_PAGE = 50
+
+
+class DashboardListView(DashboardAccessMixin, TemplateView):
     template_name = "instruments/dashboards.html"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         user = self.request.user
-        mine = [d for d in context["object_list"] if d.owner_id == user.pk]
-        context.update(
-            mine=mine,
-            others=[d for d in context["object_list"] if d.owner_id != user.pk],
-            form=DashboardForm(),
-        )
+        visible = self.get_queryset().order_by("title", "pk")
+        # Two lists, each a page at a time (?mine=2, ?others=3): never every dashboard of the site.
+        pages = {
+            "mine": visible.filter(owner=user.pk),
+            "others": visible.exclude(owner=user.pk),
+        }
+        for name, queryset in pages.items():
+            context[name] = Paginator(queryset, DASHBOARDS_PER_PAGE).get_page(self.request.GET.get(name))
+        context["form"] = DashboardForm()
         return context
 
 
