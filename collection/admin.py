@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from accounts.admin_mixins import typed_filter
 from collection.admin_actions import collect_now, recent_runs_html, validate_channels_now, validate_sources_now
 from collection.models import RejectedSample
 from instruments.admin import ChannelAdmin, DataSourceAdmin
@@ -21,7 +22,7 @@ class RejectedSampleAdmin(admin.ModelAdmin):
         "count",
         "reason",
     )
-    list_filter = ("origin", "reason", "source")
+    list_filter = ("origin", "reason", typed_filter("source", DataSource))  # typed: 10,000 sources are no list
     search_fields = ("channel_ref", "raw_value", "reason", "batch_id")
     date_hierarchy = "received_at"
     list_select_related = ("channel", "channel__instrument", "source", "sender_user", "sender_agent")

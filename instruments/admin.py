@@ -69,7 +69,7 @@ class ChannelInline(admin.TabularInline):
         # Offer only the sources of the instrument being edited.
         if db_field.name == "source":
             instrument_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
-            kwargs["queryset"] = DataSource.objects.filter(instrument=instrument_id)
+            kwargs["queryset"] = DataSource.objects.filter(instrument=instrument_id).select_related("instrument")
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
@@ -142,7 +142,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
 @admin.register(DataSource)
 class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "instrument", "kind", "enabled", "interval_seconds", "health", "last_success_at")
-    list_filter = ("kind", "enabled", ("instrument", RelatedOnly))
+    list_filter = ("kind", "enabled", "instrument")  # typed, not listed (accounts.admin_mixins.TypedFilter)
     search_fields = ("name", "instrument__name", "instrument__slug")
     list_select_related = ("instrument",)
     # Typed as open tuples: collection.admin extends them.
@@ -162,7 +162,8 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
         return DataSourceForm.for_principal(request.user, form)
 
     def get_queryset(self, request):
-        return with_channel_counts(super().get_queryset(request))
+        # The instrument too: a source's name (in autocompletes, selects and lists) says its instrument's slug.
+        return with_channel_counts(super().get_queryset(request)).select_related("instrument")
 
     @admin.display(description="State")
     def collection_state(self, source: DataSource) -> str:
@@ -212,12 +213,13 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
 @admin.register(Channel)
 class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "instrument", "kind", "units", "source", "last_reading")
-    list_filter = ("kind", ("instrument", RelatedOnly), "units")
+    list_filter = ("kind", "instrument", "units")  # the instrument typed, not listed
     search_fields = ("name", "slug", "description", "instrument__name", "instrument__slug")
-    list_select_related = ("instrument", "source")
+    list_select_related = ("instrument", "source__instrument")  # a source's name says its instrument's slug
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("last_reading", "created", "updated")
-    autocomplete_fields = ("instrument",)
+    # Searched as one types: a select of every source would hold 10,000 of them.
+    autocomplete_fields = ("instrument", "source")
     actions: tuple[Any, ...] = ()  # ModelAdmin's default; collection.admin extends it
     fieldsets = (
         (None, {"fields": ("instrument", "name", "slug", "kind", "units", "description")}),
@@ -234,7 +236,7 @@ class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
 @admin.register(LogbookEntry)
 class LogbookEntryAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("occurred_at", "instrument", "author", "short_text")
-    list_filter = (("instrument", RelatedOnly),)
+    list_filter = ("instrument",)  # typed, not listed
     search_fields = ("text", "instrument__name")
     date_hierarchy = "occurred_at"
     list_select_related = ("instrument", "author")
