@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pages, API lists, the admin and the dispatcher as the number of *things* grows (issue 22).
 
-Builds, in one fresh database, a site of N instruments × 10 channels × 1 file source (N = 100, 1,000,
+Builds, in one fresh database, a site of N instruments x 10 channels x 1 file source (N = 100, 1,000,
 5,000 by default; ``--sizes 100,1000,5000,10000`` for the issue's goal), growing it between steps. At each
 size it measures, in this process through Django's test client (no network, one thread):
 
@@ -12,7 +12,7 @@ size it measures, in this process through Django's test client (no network, one 
 * one **dispatcher pass** (``claim_due_sources`` with every source due): time and number of queries.
 
 The baseline is the same measurement at the first size, in the same run: the last columns print each
-figure's ratio to it (the goals: under 300 ms and 300 KB at any size, at most 1.5× the time at 100; the
+figure's ratio to it (the goals: under 300 ms and 300 KB at any size, at most 1.5 times the time at 100; the
 dispatcher under 100 ms in at most 3 queries). Timings on a shared machine are noisy: compare ratios.
 
     .venv/bin/python bench/things.py                                   # SQLite, in a temporary folder
@@ -113,8 +113,10 @@ def run(sizes: list[int], repeat: int) -> None:
         grant_view(ids[: half // 2], user=collaborator)
         grant_view(ids[half // 2 : half], group=lab)
         built = size
-        print(f"\n--- {size:,} instruments, {size * 10:,} channels, {size:,} sources (built in "
-              f"{time.perf_counter() - started:.1f} s; the collaborator sees {size // 2:,}) ---")
+        print(
+            f"\n--- {size:,} instruments, {size * 10:,} channels, {size:,} sources (built in "
+            f"{time.perf_counter() - started:.1f} s; the collaborator sees {size // 2:,}) ---"
+        )
         slug = f"s{sizes[0]}-00001"
         urls = {
             "home": "/",

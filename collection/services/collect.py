@@ -1,7 +1,7 @@
 """Scheduling and running collection: which sources are due, and one safe run of one source.
 
-Safe with any number of workers on any number of hosts: the dispatcher claims each due source by a
-compare-and-set on ``next_run_at`` (so it is enqueued once), and a run holds a lease taken by
+Safe with any number of workers on any number of hosts: the dispatcher claims the due sources in one
+locking update of ``next_run_at`` (so each is enqueued once; ``claim_due_sources``), and a run holds a lease taken by
 compare-and-set on ``lease_owner``/``lease_expires`` (so a source is never collected twice at once).
 The readings and the source's new cursor are committed in one transaction, guarded by the lease: a
 worker killed mid-run commits nothing, and the next run starts again from the old cursor.
@@ -187,7 +187,8 @@ def claim_due_sources(now=None) -> list[int]:
     if locking:
         due = due.select_for_update(skip_locked=True, of=("self",))
     # Built by the ORM (so the date arithmetic is each engine's own), sent with RETURNING added.
-    update = DataSource.objects.filter(Q(pk__in=due.values("pk")), _still_due(now)).query.chain(UpdateQuery)
+    update = UpdateQuery(DataSource)
+    update.add_q(Q(pk__in=due.values("pk")) & _still_due(now))
     update.add_update_values({"next_run_at": next_run_after(now)})
     sql, params = update.get_compiler(connection=connection).as_sql()
     table, pk = (connection.ops.quote_name(name) for name in (DataSource._meta.db_table, "id"))

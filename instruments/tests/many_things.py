@@ -1,4 +1,4 @@
-"""A site of many things, made in bulk: N instruments × C channels × 1 data source each.
+"""A site of many things, made in bulk: N instruments x C channels x 1 data source each.
 
 Used by the tests that check that a page or a dispatch pass costs the same number of queries at two sizes
 (``pages/tests/test_scale.py``, ``collection/tests/test_scheduling.py``) and by ``bench/things.py``.

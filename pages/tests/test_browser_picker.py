@@ -38,9 +38,7 @@ def test_the_channel_picker_finds_channels_as_one_types_among_thousands(site, vi
     with page.expect_response(lambda r: "/plot/channels/" in r.url and "q=lab+00042+hPa" in r.url) as answer:
         page.locator("#channel-filter").press_sequentially("lab 00042 hPa", delay=20)
     assert answer.value.ok
-    page.wait_for_function(
-        "() => Array.from(document.querySelectorAll('#channel-results label input')).length === 1"
-    )
+    page.wait_for_function("() => Array.from(document.querySelectorAll('#channel-results label input')).length === 1")
     assert result_names(page) == ["lab 00042 / channel 1"]
 
     # Ticking it plots it, and remembers it as recently used.
@@ -60,6 +58,8 @@ def test_the_channel_picker_finds_channels_as_one_types_among_thousands(site, vi
     )
     page.locator("#channel-filter").fill("zulu")
     page.locator("#channel-filter").press("Enter")
-    page.wait_for_function("() => (document.getElementById('channel-hint') || {}).textContent === 'No channel matches.'")
+    page.wait_for_function(
+        "() => (document.getElementById('channel-hint') || {}).textContent === 'No channel matches.'"
+    )
     assert world.zulu_channel.name not in page.content()
     visitor.shoot("plot-picker")
