@@ -62,7 +62,7 @@ class HomeView(PageMixin, ListView):
 
     model = Instrument
     template_name = "instruments/home.html"
-    paginate_by = 48
+    paginate_by = 24
 
     def get_queryset(self):
         self.visible = super().get_queryset()
