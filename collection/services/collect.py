@@ -186,17 +186,19 @@ def claim_due_sources(now=None) -> list[int]:
     locking = connection.features.has_select_for_update_skip_locked
     if locking:
         due = due.select_for_update(skip_locked=True, of=("self",))
-    # Built by the ORM (so the date arithmetic is each engine's own), sent with RETURNING added.
-    update = UpdateQuery(DataSource)
-    update.add_q(Q(pk__in=due.values("pk")) & _still_due(now))
-    update.add_update_values({"next_run_at": next_run_after(now)})
-    sql, params = update.get_compiler(connection=connection).as_sql()
-    table, pk = (connection.ops.quote_name(name) for name in (DataSource._meta.db_table, "id"))
-    # A transaction for the row locks only (no savepoint when nested: one statement applies or not); SQLite
-    # locks nothing and runs the statement alone.
-    with transaction.atomic(savepoint=False) if locking else contextlib.nullcontext(), connection.cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {table}.{pk}", params)
-        return sorted(row[0] for row in cursor.fetchall())
+    # Built by the ORM (so the date arithmetic is each engine's own), sent with RETURNING added. A transaction
+    # for the row locks only (no savepoint when nested: one statement applies or not), entered before the
+    # statement is compiled (Django refuses to compile FOR UPDATE outside one); SQLite locks nothing and runs
+    # the statement alone.
+    with transaction.atomic(savepoint=False) if locking else contextlib.nullcontext():
+        update = UpdateQuery(DataSource)
+        update.add_q(Q(pk__in=due.values("pk")) & _still_due(now))
+        update.add_update_values({"next_run_at": next_run_after(now)})
+        sql, params = update.get_compiler(connection=connection).as_sql()
+        table, pk = (connection.ops.quote_name(name) for name in (DataSource._meta.db_table, "id"))
+        with connection.cursor() as cursor:
+            cursor.execute(f"{sql} RETURNING {table}.{pk}", params)
+            return sorted(row[0] for row in cursor.fetchall())
 
 
 def worker_name() -> str:

@@ -156,3 +156,16 @@ def test_each_claimed_source_moves_on_by_its_own_interval(folder):
     assert collect.claim_due_sources(now + timedelta(seconds=4)) == []
     assert collect.claim_due_sources(now + timedelta(seconds=5)) == [sources[0].pk]
     assert collect.claim_due_sources(now + timedelta(seconds=60)) == [sources[0].pk, sources[1].pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispatch_pass_outside_any_transaction_claims_and_commits(folder):
+    """As beat's task runs it: in autocommit, not inside a test's transaction (the locking statement must
+    open its own)."""
+    source = collected(folder)
+    now = timezone.now()
+    assert connection.get_autocommit()
+    assert collect.claim_due_sources(now) == [source.pk]
+    assert connection.get_autocommit()
+    assert DataSource.objects.get(pk=source.pk).next_run_at == now + timedelta(seconds=source.interval_seconds)
+    assert collect.claim_due_sources(now) == []
