@@ -2,7 +2,7 @@ from typing import Any, ClassVar
 
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.html import format_html
 from guardian.admin import GuardedModelAdmin
@@ -12,7 +12,15 @@ from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, Shari
 from accounts.choices import AuditAction
 from accounts.models import Agent
 from instruments.forms import DataSourceForm
-from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource, Instrument, LogbookEntry, with_channel_counts
+from instruments.models import (
+    WAITING_FOR_CHANNELS,
+    Channel,
+    DataSource,
+    Instrument,
+    LogbookEntry,
+    channel_count_subquery,
+    with_channel_counts,
+)
 
 COLLECTION_STATE = ("last_run_at", "last_success_at", "consecutive_failures", "next_run_at", "last_error", "cursor")
 
@@ -111,7 +119,9 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
     )
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("owner").annotate(_channels=Count("channels"))
+        # A subquery per shown row, not a GROUP BY over every channel (the list's total count leaves it out).
+        channels = channel_count_subquery("instrument")
+        return super().get_queryset(request).select_related("owner").annotate(_channels=channels)
 
     def get_readonly_fields(self, request, obj=None):
         # Only administrators give an instrument to someone else; an Operator's new instrument is theirs.
@@ -125,7 +135,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
 
     @admin.display(description="Channels", ordering="_channels")
     def channel_count(self, instrument: Instrument) -> int:
-        return instrument._channels  # type: ignore[attr-defined]  # annotated by get_queryset (Count)
+        return instrument._channels  # type: ignore[attr-defined]  # annotated by get_queryset (a count)
 
     @admin.action(description="Enable collection of the selected instruments' sources")
     def enable_collection(self, request, queryset):
