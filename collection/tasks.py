@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import current_app, shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -19,9 +19,12 @@ from collection.services.rollups import refresh_rollups
 def dispatch_due_sources() -> int:
     """Enqueue one collection per due source (claimed by compare-and-set: never twice)."""
     claimed = collect.claim_due_sources()
-    for source_id in claimed:
-        # A collection that waited longer than a few dispatch periods is stale: the next claim supersedes it.
-        collect_source.apply_async(args=(source_id,), expires=max(30, settings.DISPATCH_INTERVAL_SECONDS * 6))
+    # A collection that waited longer than a few dispatch periods is stale: the next claim supersedes it.
+    expires = max(30, settings.DISPATCH_INTERVAL_SECONDS * 6)
+    # In bulk: one broker connection and channel for every message of the pass, not one checkout per message.
+    with current_app.producer_or_acquire() as producer:
+        for source_id in claimed:
+            collect_source.apply_async(args=(source_id,), expires=expires, producer=producer)
     return len(claimed)
 
 

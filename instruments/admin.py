@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -27,6 +27,7 @@ from instruments.models import (
     Run,
     RunColumn,
     RunList,
+    channel_count_subquery,
     with_channel_counts,
 )
 
@@ -85,7 +86,7 @@ class ChannelInline(admin.TabularInline):
         # Offer only the sources of the instrument being edited.
         if db_field.name == "source":
             instrument_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
-            kwargs["queryset"] = DataSource.objects.filter(instrument=instrument_id)
+            kwargs["queryset"] = DataSource.objects.filter(instrument=instrument_id).select_related("instrument")
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
@@ -127,7 +128,9 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
     )
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("owner").annotate(_channels=Count("channels"))
+        # A subquery per shown row, not a GROUP BY over every channel (the list's total count leaves it out).
+        channels = channel_count_subquery("instrument")
+        return super().get_queryset(request).select_related("owner").annotate(_channels=channels)
 
     def get_readonly_fields(self, request, obj=None):
         # Only administrators give an instrument to someone else; an Operator's new instrument is theirs.
@@ -141,7 +144,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
 
     @admin.display(description="Channels", ordering="_channels")
     def channel_count(self, instrument: Instrument) -> int:
-        return instrument._channels  # type: ignore[attr-defined]  # annotated by get_queryset (Count)
+        return instrument._channels  # type: ignore[attr-defined]  # annotated by get_queryset (a count)
 
     @admin.action(description="Enable collection of the selected instruments' sources")
     def enable_collection(self, request, queryset):
@@ -158,7 +161,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
 @admin.register(DataSource)
 class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "instrument", "kind", "enabled", "interval_seconds", "health", "last_success_at")
-    list_filter = ("kind", "enabled", ("instrument", RelatedOnly))
+    list_filter = ("kind", "enabled", "instrument")  # typed, not listed (accounts.admin_mixins.TypedFilter)
     search_fields = ("name", "instrument__name", "instrument__slug")
     list_select_related = ("instrument",)
     # Typed as open tuples: collection.admin extends them.
@@ -185,7 +188,8 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
         return DataSourceForm.for_principal(request.user, form)
 
     def get_queryset(self, request):
-        return with_channel_counts(super().get_queryset(request))
+        # The instrument too: a source's name (in autocompletes, selects and lists) says its instrument's slug.
+        return with_channel_counts(super().get_queryset(request)).select_related("instrument")
 
     @admin.display(description="Set up from a sample")
     def guided_setup(self, source: DataSource) -> str:
@@ -246,12 +250,13 @@ class DataSourceAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
 @admin.register(Channel)
 class ChannelAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "instrument", "kind", "units", "source", "last_reading")
-    list_filter = ("kind", ("instrument", RelatedOnly), "units")
+    list_filter = ("kind", "instrument", "units")  # the instrument typed, not listed
     search_fields = ("name", "slug", "description", "instrument__name", "instrument__slug")
-    list_select_related = ("instrument", "source")
+    list_select_related = ("instrument", "source__instrument")  # a source's name says its instrument's slug
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("last_reading", "created", "updated")
-    autocomplete_fields = ("instrument",)
+    # Searched as one types: a select of every source would hold 10,000 of them.
+    autocomplete_fields = ("instrument", "source")
     actions: tuple[Any, ...] = ("bulk_edit",)  # collection.admin extends it
     fieldsets = (
         (None, {"fields": ("instrument", "name", "slug", "kind", "units", "description")}),
@@ -338,7 +343,7 @@ class ChannelBulkEditForm(forms.Form):
 @admin.register(LogbookEntry)
 class LogbookEntryAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
     list_display = ("occurred_at", "instrument", "author", "short_text")
-    list_filter = (("instrument", RelatedOnly),)
+    list_filter = ("instrument",)  # typed, not listed
     search_fields = ("text", "instrument__name")
     date_hierarchy = "occurred_at"
     list_select_related = ("instrument", "author")

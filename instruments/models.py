@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
@@ -105,10 +106,19 @@ WAITING_FOR_CHANNELS = "waiting for channels"
 
 
 def with_channel_counts(queryset: models.QuerySet[DataSource]) -> models.QuerySet[DataSource]:
-    """``queryset`` annotated for :attr:`DataSource.waiting_for_channels` (no query per source)."""
-    return queryset.annotate(
-        _collected_channels=models.Count("channels", filter=~models.Q(channels__kind=ChannelKind.DERIVED))
-    )
+    """``queryset`` annotated for :attr:`DataSource.waiting_for_channels` (no query per source). A subquery
+    per row, not a grouped count: a paginated list counts only the rows it shows, and its total count leaves
+    the annotation out (with a GROUP BY it counted every source's channels: seconds at 100,000 channels)."""
+    return queryset.annotate(_collected_channels=channel_count_subquery("source", exclude_derived=True))
+
+
+def channel_count_subquery(field: str, *, exclude_derived: bool = False):
+    """The number of channels whose ``field`` is the outer row, as a correlated subquery (0 when none)."""
+    channels = Channel.objects.filter(**{field: models.OuterRef("pk")})
+    if exclude_derived:
+        channels = channels.exclude(kind=ChannelKind.DERIVED)
+    counted = channels.order_by().values(field).annotate(n=models.Count("pk")).values("n")
+    return Coalesce(models.Subquery(counted, output_field=models.IntegerField()), 0)
 
 
 class DataSource(models.Model):

@@ -8,11 +8,11 @@ mixin's (``accounts.mixins.InstrumentAccessMixin``): a channel the user may not 
 from __future__ import annotations
 
 from datetime import UTC, timedelta
-from itertools import groupby
 
 from django.conf import settings
 from django.contrib import messages
-from django.http import Http404
+from django.db.models import Case, IntegerField, Q, Value, When
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.generic import ListView, TemplateView, View
@@ -23,6 +23,7 @@ from accounts.mixins import local_next
 from collection.alarms.evaluate import acknowledge
 from collection.alarms.models import AlarmEvent
 from instruments import dashboards, runs
+from instruments.choices import ChannelKind
 from instruments.models import PlotRange
 from pages.readings import channel_facts, first_reading_times
 from pages.views import PageMixin, visible_channels
@@ -45,9 +46,18 @@ def parse_channel_refs(request) -> list[str]:
 
 
 def resolve_channels(refs: list[str], channels) -> list:
-    """The channels ``refs`` name among ``channels`` (those the user may see); any other is a 404."""
-    by_id = {str(c.pk): c for c in channels}
-    by_ref = {f"{c.instrument.slug}/{c.slug}": c for c in channels}
+    """The channels ``refs`` name among ``channels`` (a queryset of those the user may see; only the named
+    ones are read); any other is a 404."""
+    if not refs:
+        return []
+    wanted = Q(pk__in=[int(ref) for ref in refs if ref.isdigit()])
+    for ref in refs:
+        if "/" in ref:
+            instrument_slug, channel_slug = ref.split("/", 1)
+            wanted |= Q(instrument__slug=instrument_slug, slug=channel_slug)
+    named = list(channels.filter(wanted))
+    by_id = {str(c.pk): c for c in named}
+    by_ref = {f"{c.instrument.slug}/{c.slug}": c for c in named}
     found = []
     for ref in refs:
         channel = by_id.get(ref) or by_ref.get(ref)
@@ -58,12 +68,63 @@ def resolve_channels(refs: list[str], channels) -> list:
     return found
 
 
+SEARCH_LIMIT = 20
+MAX_QUERY_LENGTH = 200
+MAX_RECENT = 20
+PICKER_CHANNELS = 50
+
+
+def search_channels(user, query: str = "", *, instrument_slug: str = "", recent: list[int] | None = None):
+    """The plottable channels ``user`` may see matching every word of ``query`` (in the channel's or its
+    instrument's name or slug, or its units), the recently used ones first, then the current instrument's,
+    then by instrument and name. A lazy queryset through the permission gate: slice it."""
+    channels = visible_channels(user).exclude(kind=ChannelKind.TEXT)
+    for term in query.split()[:8]:
+        channels = channels.filter(
+            Q(name__icontains=term)
+            | Q(slug__icontains=term)
+            | Q(units__icontains=term)
+            | Q(instrument__name__icontains=term)
+            | Q(instrument__slug__icontains=term)
+        )
+    rank = Case(
+        When(pk__in=recent or [], then=Value(0)),
+        When(instrument__slug=instrument_slug or None, then=Value(1)),
+        default=Value(2),
+        output_field=IntegerField(),
+    )
+    return channels.annotate(rank=rank).order_by("rank", "instrument__name", "name", "pk")
+
+
+class ChannelSearchView(PageMixin, View):
+    """The plot page's channel picker asks here as one types: at most SEARCH_LIMIT channels, as JSON.
+
+    ``q`` (words to match), ``instrument`` (the current instrument's slug: its channels come first),
+    ``recent`` (ids the browser used lately, comma-separated: first of all)."""
+
+    def get(self, request):
+        query = request.GET.get("q", "").strip()
+        if len(query) > MAX_QUERY_LENGTH:
+            return JsonResponse({"detail": f"The search is at most {MAX_QUERY_LENGTH} characters."}, status=400)
+        recent_text = [part.strip() for part in request.GET.get("recent", "").split(",") if part.strip()]
+        if not all(part.isdigit() and len(part) < 19 for part in recent_text):
+            return JsonResponse({"detail": "recent is a comma-separated list of channel ids."}, status=400)
+        recent = [int(part) for part in recent_text][:MAX_RECENT]
+        slug = request.GET.get("instrument", "")[:100]
+        found = list(search_channels(request.user, query, instrument_slug=slug, recent=recent)[: SEARCH_LIMIT + 1])
+        return JsonResponse(
+            {"results": [channel_facts(c) for c in found[:SEARCH_LIMIT]], "more": len(found) > SEARCH_LIMIT}
+        )
+
+
 class PlotView(PageMixin, TemplateView):
     """Pick channels and a range; zoom, pan, live mode and exports happen in the page's script.
 
     ``?run=<run list>/<run>`` (or ``<first>-<last>``) is "the time of run N": the page answers with the
     same view over that run's start and end (now, for an active run).
-    """
+
+    The page holds the selected channels and the current instrument's first PICKER_CHANNELS; the picker
+    finds any other through ``ChannelSearchView`` as one types (never a list of every channel)."""
 
     template_name = "collection/plot.html"
 
@@ -92,17 +153,28 @@ class PlotView(PageMixin, TemplateView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         user = self.request.user
-        channels = list(visible_channels(user))
-        selected = resolve_channels(parse_channel_refs(self.request), channels)
+        selected = resolve_channels(parse_channel_refs(self.request), visible_channels(user))
         first = first_reading_times([c.pk for c in selected])
-        groups = [(instrument, list(items)) for instrument, items in groupby(channels, key=lambda c: c.instrument)]
+        slug = self.request.GET.get("instrument", "")[:100] or (selected[0].instrument.slug if selected else "")
+        current = []
+        if slug:
+            current = list(
+                search_channels(user, instrument_slug=slug)
+                .filter(instrument__slug=slug)
+                .exclude(pk__in=[c.pk for c in selected])[:PICKER_CHANNELS]
+            )
+        slug = slug if current or selected else ""  # a hidden instrument's slug is not repeated
         context.update(
-            groups=groups,
+            selected=[c for c in selected if c.kind != ChannelKind.TEXT],
+            current_channels=current,
+            current_slug=slug,
             selected_ids={c.pk for c in selected},
             plot_config={
                 "channels": [channel_facts(c, first.get(c.pk)) for c in selected],
                 "samplesUrl": reverse("api:samples"),
                 "exportUrl": reverse("api:export"),
+                "searchUrl": reverse("collection:plot-channels"),
+                "instrument": slug,
                 "ranges": [[value, label] for value, label in PlotRange.choices if value != PlotRange.CUSTOM],
                 "timeZone": settings.TIME_ZONE,
                 "runsUrl": reverse("api:run-list"),
@@ -131,10 +203,16 @@ class AlarmListView(PageMixin, ListView):
             queryset = queryset.filter(cleared_at__isnull=True)
         elif self.state == "past":
             queryset = queryset.filter(cleared_at__isnull=False)
-        self.instrument_slug = self.request.GET.get("instrument", "")
+        self.instrument_slug = self.request.GET.get("instrument", "").strip()[:200]
         if self.instrument_slug:
-            queryset = queryset.filter(channel__instrument__slug=self.instrument_slug)
+            queryset = queryset.filter(self.instrument_filter())
         return queryset.order_by("-raised_at", "-id")
+
+    def instrument_filter(self) -> Q:
+        """The instrument typed in the filter: its slug, or a part of its name."""
+        return Q(channel__instrument__slug=self.instrument_slug) | Q(
+            channel__instrument__name__icontains=self.instrument_slug
+        )
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -148,12 +226,17 @@ class AlarmListView(PageMixin, ListView):
         )
         counts = super().get_queryset()
         if self.instrument_slug:
-            counts = counts.filter(channel__instrument__slug=self.instrument_slug)
+            counts = counts.filter(self.instrument_filter())
         context.update(
             states=self.STATES,
             state=self.state,
-            instrument_slug=self.instrument_slug,
-            instruments=permissions.instruments_visible_to(user).order_by("name"),
+            # Echoed only when it names an instrument the user may see (a stranger's slug is not repeated).
+            instrument_slug=self.instrument_slug
+            if self.instrument_slug
+            and permissions.instruments_visible_to(user)
+            .filter(Q(slug=self.instrument_slug) | Q(name__icontains=self.instrument_slug))
+            .exists()
+            else "",
             changeable=changeable,
             active_count=counts.filter(cleared_at__isnull=True).count(),
             query=self.request.GET.urlencode(),

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from django.db.models import Count
+from django.db.models import Case, Count, F, Max, Min, Q, Value, When
+from django.db.models.functions import Coalesce
 
 from collection.alarms.models import AlarmEvent
 from instruments.choices import ChannelKind, SourceKind
@@ -204,3 +205,89 @@ def instrument_statuses(instruments: Iterable[Instrument], now: int | None = Non
         status.state = freshness(status.last_reading, status.interval, now)
         statuses.append(status)
     return statuses
+
+
+# --- the same states, decided by the database (filters and counts over any number of instruments) -------
+
+COLLECTING, SILENT, FAILING, ALARMS = "collecting", "silent", "failing", "alarms"
+# The home page's filters, in the order shown.
+STATUS_FILTERS = (
+    (COLLECTING, "Collecting"),
+    (SILENT, "Silent"),
+    (FAILING, "Failing"),
+    (ALARMS, "Alarms"),
+)
+
+
+def channel_interval_expression():
+    """``expected_interval`` in SQL: the channel's own expected interval, else its (collected) source's."""
+    return Coalesce(
+        "expected_interval_seconds",
+        Case(When(~Q(source__kind=SourceKind.AGENT), then=F("source__interval_seconds")), default=None),
+    )
+
+
+def freshness_per_instrument(instrument_ids):
+    """One row per instrument of ``instrument_ids`` (a subquery) that has channels: ``instrument_id``, its
+    latest reading ``last`` and its shortest expected interval ``interval`` (what ``instrument_statuses``
+    computes in Python, grouped by the database)."""
+    return (
+        Channel.objects.filter(instrument_id__in=instrument_ids)
+        .values("instrument_id")
+        .annotate(last=Max("last_ts"), interval=Min(channel_interval_expression()))
+    )
+
+
+def _freshness_q(state: str, now: int) -> Q:
+    """Collecting: a reading within STALE_FACTOR expected intervals (``ok`` or ``late``). Silent: readings
+    are expected but none came within STALE_FACTOR intervals, or none ever (``stale``)."""
+    within = Q(last__gte=Value(now) - F("interval") * (STALE_FACTOR * 1_000_000))
+    if state == COLLECTING:
+        return Q(interval__isnull=False) & within
+    return Q(interval__isnull=False) & (Q(last__isnull=True) | ~within)
+
+
+def failing_ids():
+    """Instruments with an enabled, collected source whose latest run failed: a subquery computed once (an
+    ``IN``, not an ``EXISTS`` per instrument, which SQLite would run 10,000 times)."""
+    return (
+        DataSource.objects.filter(enabled=True, consecutive_failures__gt=0)
+        .exclude(kind=SourceKind.AGENT)
+        .values("instrument_id")
+    )
+
+
+def alarm_ids():
+    """Instruments with an active alarm: a subquery computed once."""
+    return AlarmEvent.objects.filter(cleared_at__isnull=True).values("channel__instrument_id")
+
+
+def filter_by_status(instruments, state: str, now: int | None = None):
+    """``instruments`` (a queryset the gate already narrowed) in the state ``state`` (STATUS_FILTERS)."""
+    now = now if now is not None else now_us()
+    if state in (COLLECTING, SILENT):
+        fresh = freshness_per_instrument(instruments.values("pk")).filter(_freshness_q(state, now))
+        return instruments.filter(pk__in=fresh.values("instrument_id"))
+    if state == FAILING:
+        return instruments.filter(pk__in=failing_ids())
+    if state == ALARMS:
+        return instruments.filter(pk__in=alarm_ids())
+    raise ValueError(f"unknown state {state!r}")
+
+
+def status_counts(instruments, now: int | None = None) -> dict[str, int]:
+    """How many of ``instruments`` are in each state, and in all: two queries, counted by the database."""
+    now = now if now is not None else now_us()
+    counts = instruments.order_by().aggregate(
+        all=Count("pk"),
+        failing=Count("pk", filter=Q(pk__in=failing_ids())),
+        alarms=Count("pk", filter=Q(pk__in=alarm_ids())),
+    )
+    fresh = freshness_per_instrument(instruments.values("pk")).order_by()
+    counts.update(
+        fresh.aggregate(
+            collecting=Count("instrument_id", filter=_freshness_q(COLLECTING, now)),
+            silent=Count("instrument_id", filter=_freshness_q(SILENT, now)),
+        )
+    )
+    return counts

@@ -7,17 +7,19 @@ see, 403 without the level an action needs) and calls the services; none decides
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.db.models import Model, Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse, reverse_lazy
-from django.views.generic import CreateView, DetailView, FormView, ListView, View
+from django.views.generic import CreateView, DetailView, FormView, ListView, TemplateView, View
 
 from accounts import audit, permissions, services
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
@@ -28,7 +30,14 @@ from instruments import dashboards, runs
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
 from pages.readings import channel_facts, first_reading_times, sparklines
-from pages.status import agent_status, instrument_statuses
+from pages.status import (
+    STATUS_FILTERS,
+    agent_status,
+    filter_by_status,
+    instrument_statuses,
+    now_us,
+    status_counts,
+)
 
 
 class PageMixin(InstrumentAccessMixin):
@@ -49,24 +58,42 @@ def visible_channels(user):
 
 
 class HomeView(PageMixin, ListView):
-    """The instruments the user may see, each with its status at a glance."""
+    """The instruments the user may see, each with its status at a glance: a page at a time, searchable and
+    filtered by state, the counts of each state computed by the database (docs/pages.md#home)."""
 
     model = Instrument
     template_name = "instruments/home.html"
+    paginate_by = 24
 
     def get_queryset(self):
-        queryset = super().get_queryset().select_related("owner")
+        self.visible = super().get_queryset()
         query = self.request.GET.get("q", "").strip()
         if query:
-            queryset = queryset.filter(
+            self.visible = self.visible.filter(
                 Q(name__icontains=query) | Q(location__icontains=query) | Q(description__icontains=query)
             )
-        return queryset.order_by("name")
+        self.now = now_us()
+        self.state = self.request.GET.get("status", "")
+        queryset = self.visible
+        if self.state in dict(STATUS_FILTERS):
+            queryset = filter_by_status(queryset, self.state, self.now)
+        else:
+            self.state = ""
+        return queryset.select_related("owner").order_by("name", "pk")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["statuses"] = instrument_statuses(context["object_list"])
-        context["query"] = self.request.GET.get("q", "").strip()
+        query = self.request.GET.get("q", "").strip()
+        keep = {k: v for k, v in (("q", query), ("status", self.state)) if v}
+        context.update(
+            statuses=instrument_statuses(context["object_list"], self.now),
+            query=query,
+            state=self.state,
+            counts=status_counts(self.visible, self.now),
+            status_filters=STATUS_FILTERS,
+            search_query=urlencode({"q": query}) if query else "",
+            page_query=urlencode(keep),
+        )
         return context
 
 
@@ -170,6 +197,9 @@ class LogbookAddView(PageMixin, AuditedFormMixin, CreateView):
 # --- sharing --------------------------------------------------------------------------------------
 
 
+SHARES_PER_PAGE = 50
+
+
 class SharingView(PageMixin, FormView):
     """Who has access at which level; add a user or group (share level)."""
 
@@ -180,7 +210,8 @@ class SharingView(PageMixin, FormView):
     def get_context_data(self, **kwargs):
         instrument = self.get_instrument()
         context = super().get_context_data(**kwargs)
-        context.update(instrument=instrument, shares=services.shares_of(instrument))
+        shares = Paginator(services.shares_of(instrument), SHARES_PER_PAGE).get_page(self.request.GET.get("page"))
+        context.update(instrument=instrument, shares=shares)
         return context
 
     def form_valid(self, form):
@@ -245,18 +276,24 @@ class DashboardAccessMixin(PageMixin):
             raise PermissionDenied
 
 
-class DashboardListView(DashboardAccessMixin, ListView):
+DASHBOARDS_PER_PAGE = 50
+
+
+class DashboardListView(DashboardAccessMixin, TemplateView):
     template_name = "instruments/dashboards.html"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         user = self.request.user
-        mine = [d for d in context["object_list"] if d.owner_id == user.pk]
-        context.update(
-            mine=mine,
-            others=[d for d in context["object_list"] if d.owner_id != user.pk],
-            form=DashboardForm(),
-        )
+        visible = self.get_queryset().order_by("title", "pk")
+        # Two lists, each a page at a time (?mine=2, ?others=3): never every dashboard of the site.
+        pages = {
+            "mine": visible.filter(owner=user.pk),
+            "others": visible.exclude(owner=user.pk),
+        }
+        for name, queryset in pages.items():
+            context[name] = Paginator(queryset, DASHBOARDS_PER_PAGE).get_page(self.request.GET.get(name))
+        context["form"] = DashboardForm()
         return context
 
 

@@ -682,7 +682,12 @@ ROUTES: list[Case] = [
     Case("instruments:runlist-sharing-remove", "POST", lambda w: ZULU_RUNS, PAGE_ZULU_POST, data={"kind": "user"}),
     Case("collection:plot", "GET", None, PAGE_ALPHA, query={"c": "alpha-station/alpha-station-temp"}),
     Case("collection:plot", "GET", None, PAGE_ZULU, query={"c": "zulu-hidden/zulu-hidden-temp", "range": "7d"}),
+    # The plot page's channel search (JSON): anyone signed in; it names only channels they may see.
+    Case("collection:plot-channels", "GET", None, PAGE_ANY_USER),
+    Case("collection:plot-channels", "GET", None, PAGE_ANY_USER, query={"q": "zulu", "instrument": "zulu-hidden"}),
+    Case("collection:plot-channels", "GET", None, PAGE_ANY_USER, query={"q": "temp degC"}),
     Case("collection:alarms", "GET", None, PAGE_ANY_USER),
+    Case("instruments:home", "GET", None, PAGE_ANY_USER, query={"q": "zulu", "status": "alarms"}),
     Case("collection:alarm-acknowledge", "POST", lambda w: {"pk": alpha_alarm(w).pk}, PAGE_ALPHA_CHANGE_POST),
     Case("collection:alarm-acknowledge", "POST", lambda w: {"pk": zulu_alarm(w).pk}, PAGE_ZULU_POST),
     # Quarantine (issue 23): seen with the instrument, replayed with the change level.

@@ -1,7 +1,7 @@
 """Scheduling and running collection: which sources are due, and one safe run of one source.
 
-Safe with any number of workers on any number of hosts: the dispatcher claims each due source by a
-compare-and-set on ``next_run_at`` (so it is enqueued once), and a run holds a lease taken by
+Safe with any number of workers on any number of hosts: the dispatcher claims the due sources in one
+locking update of ``next_run_at`` (so each is enqueued once; ``claim_due_sources``), and a run holds a lease taken by
 compare-and-set on ``lease_owner``/``lease_expires`` (so a source is never collected twice at once).
 The readings and the source's new cursor are committed in one transaction, guarded by the lease: a
 worker killed mid-run commits nothing, and the next run starts again from the old cursor.
@@ -38,8 +38,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import Exists, F, OuterRef, Q, Value
+from django.db.models import DateTimeField, Exists, F, Func, OuterRef, Q, Value
 from django.db.models.functions import Coalesce
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from accounts import targets
@@ -80,8 +81,12 @@ def due_sources(now=None):
         .exclude(kind=SourceKind.AGENT)  # agents push; the server does not poll them
         # A source no channel takes a field from waits (and stays due): see collect_source.
         .filter(Exists(Channel.objects.filter(source=OuterRef("pk")).exclude(kind=ChannelKind.DERIVED)))
-        .filter(Q(next_run_at__isnull=True) | Q(next_run_at__lte=now))
+        .filter(_still_due(now))
     )
+
+
+def _still_due(now) -> Q:
+    return Q(next_run_at__isnull=True) | Q(next_run_at__lte=now)
 
 
 def bound_lock_waits() -> None:
@@ -134,23 +139,68 @@ def _locking(queryset):
     return queryset.select_for_update(skip_locked=True, of=of)
 
 
+class PlusSeconds(Func):
+    """``when + seconds`` (an integer expression) in each engine's own date arithmetic; Django's duration
+    expressions cannot multiply an integer column into an interval on SQLite."""
+
+    output_field = DateTimeField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="(%(expressions)s))", arg_joiner=" + make_interval(secs => ")
+
+    def as_mysql(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="DATE_ADD(%(expressions)s SECOND)", arg_joiner=", INTERVAL ")
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # Django's own SQLite function for date arithmetic: it writes the text form Django stores.
+        when, seconds = (compiler.compile(e) for e in self.get_source_expressions())
+        return f"django_format_dtdelta('+', {when[0]}, ({seconds[0]}) * 1000000)", [*when[1], *seconds[1]]
+
+
+def next_run_after(now: datetime) -> PlusSeconds:
+    """``now`` plus each row's own interval, computed by the database."""
+    return PlusSeconds(Value(now, output_field=DateTimeField()), F("interval_seconds"))
+
+
 def claim_due_sources(now=None) -> list[int]:
     """Ids of the due sources this caller claimed; each is claimed by exactly one concurrent caller.
+
+    A fixed number of statements whatever the number of sources (docs/performance.md#scheduling):
+
+    * PostgreSQL and SQLite: one ``UPDATE … RETURNING``, which moves every due source's ``next_run_at`` an
+      interval on and returns the ids it moved. On PostgreSQL the due rows are chosen by a subquery that locks
+      them ``FOR UPDATE SKIP LOCKED`` (a row a peer holds is skipped, not waited for) and the outer ``WHERE``
+      checks again that the row is still due once locked, so two dispatchers never both claim a row. SQLite
+      has one writer at a time: the statement is atomic.
+    * MariaDB (no ``UPDATE … RETURNING``): ``SELECT … FOR UPDATE SKIP LOCKED`` then one ``UPDATE`` of the rows
+      it locked, in one transaction with the waits bounded (``collection_transaction``).
 
     Rows another transaction holds (a run committing, or a frozen worker) are skipped, not waited for: they
     are claimed by a later dispatch once free."""
     now = now or timezone.now()
-    claimed = []
-    with collection_transaction():
-        due = list(_locking(due_sources(now)).values_list("id", "interval_seconds", "next_run_at"))
-        for source_id, interval, previous in due:
-            # Compare-and-set as well: SQLite has no row locks (two dispatchers may read the same row).
-            won = DataSource.objects.filter(pk=source_id, next_run_at=previous).update(
-                next_run_at=now + timedelta(seconds=interval)
-            )
-            if won:
-                claimed.append(source_id)
-    return claimed
+    if connection.vendor == "mysql":
+        with collection_transaction():
+            ids = list(_locking(due_sources(now)).values_list("id", flat=True))
+            if ids:
+                DataSource.objects.filter(pk__in=ids).update(next_run_at=next_run_after(now))
+        return sorted(ids)
+    due = due_sources(now)
+    locking = connection.features.has_select_for_update_skip_locked
+    if locking:
+        due = due.select_for_update(skip_locked=True, of=("self",))
+    # Built by the ORM (so the date arithmetic is each engine's own), sent with RETURNING added. A transaction
+    # for the row locks only (no savepoint when nested: one statement applies or not), entered before the
+    # statement is compiled (Django refuses to compile FOR UPDATE outside one); SQLite locks nothing and runs
+    # the statement alone.
+    with transaction.atomic(savepoint=False) if locking else contextlib.nullcontext():
+        update = UpdateQuery(DataSource)
+        update.add_q(Q(pk__in=due.values("pk")) & _still_due(now))
+        update.add_update_values({"next_run_at": next_run_after(now)})
+        sql, params = update.get_compiler(connection=connection).as_sql()
+        table, pk = (connection.ops.quote_name(name) for name in (DataSource._meta.db_table, "id"))
+        with connection.cursor() as cursor:
+            cursor.execute(f"{sql} RETURNING {table}.{pk}", params)
+            return sorted(row[0] for row in cursor.fetchall())
 
 
 def worker_name() -> str:

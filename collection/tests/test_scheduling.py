@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from collection.choices import RunStatus
@@ -12,7 +14,8 @@ from collection.models import CollectionRun
 from collection.services import collect
 from instruments.choices import SourceKind
 from instruments.models import DataSource
-from instruments.tests.factories import make_channel, make_instrument, make_source
+from instruments.tests.factories import make_channel, make_instrument, make_source, make_user
+from instruments.tests.many_things import build_things
 
 pytestmark = pytest.mark.django_db
 
@@ -118,3 +121,52 @@ def test_old_runs_are_pruned(folder):
     recent = CollectionRun.objects.create(source=source, started_at=timezone.now())
     assert collect.prune_run_history() == 1
     assert list(CollectionRun.objects.all()) == [recent]
+
+
+# --- a pass at scale ---------------------------------------------------------------------------------
+
+
+def _dispatch_queries(now) -> tuple[list[int], int]:
+    with CaptureQueriesContext(connection) as queries:
+        claimed = collect.claim_due_sources(now)
+    return claimed, len(queries)
+
+
+def test_a_dispatch_pass_costs_the_same_few_queries_for_5_or_60_due_sources(folder):
+    owner = make_user()
+    small = build_things(5, owner, channels=2, prefix="small", path=str(folder))
+    now = timezone.now()
+    claimed, few = _dispatch_queries(now)
+    assert len(claimed) == len(small)
+    large = build_things(60, owner, channels=2, prefix="large", path=str(folder))
+    claimed, many = _dispatch_queries(now)
+    assert sorted(claimed) == sorted(DataSource.objects.filter(instrument_id__in=large).values_list("pk", flat=True))
+    assert few == many
+    # One UPDATE … RETURNING on SQLite and PostgreSQL; on MariaDB the bounded waits (SET, SET back), the
+    # SELECT … FOR UPDATE SKIP LOCKED and one UPDATE, plus the test transaction's savepoint and release.
+    assert many <= (6 if connection.vendor == "mysql" else 1)
+
+
+def test_each_claimed_source_moves_on_by_its_own_interval(folder):
+    sources = [collected(folder, interval_seconds=seconds) for seconds in (5, 60, 3600)]
+    now = timezone.now()
+    assert collect.claim_due_sources(now) == sorted(s.pk for s in sources)
+    for source in sources:
+        source.refresh_from_db()
+        assert source.next_run_at == now + timedelta(seconds=source.interval_seconds)
+    assert collect.claim_due_sources(now + timedelta(seconds=4)) == []
+    assert collect.claim_due_sources(now + timedelta(seconds=5)) == [sources[0].pk]
+    assert collect.claim_due_sources(now + timedelta(seconds=60)) == [sources[0].pk, sources[1].pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispatch_pass_outside_any_transaction_claims_and_commits(folder):
+    """As beat's task runs it: in autocommit, not inside a test's transaction (the locking statement must
+    open its own)."""
+    source = collected(folder)
+    now = timezone.now()
+    assert connection.get_autocommit()
+    assert collect.claim_due_sources(now) == [source.pk]
+    assert connection.get_autocommit()
+    assert DataSource.objects.get(pk=source.pk).next_run_at == now + timedelta(seconds=source.interval_seconds)
+    assert collect.claim_due_sources(now) == []

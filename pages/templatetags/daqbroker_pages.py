@@ -105,3 +105,9 @@ def duration(value) -> str:
     if value is None:
         return ""
     return _age_words(value.total_seconds())
+
+
+@register.simple_tag
+def count_of(counts: dict, key: str) -> int:
+    """``counts[key]`` (templates cannot index a dict by a variable)."""
+    return counts.get(key, 0)

@@ -329,8 +329,10 @@ def test_the_plot_page_tells_its_script_the_site_time_zone(group_member, setting
 
 
 def test_the_plot_page_lists_only_visible_channels(shared_viewer, administrator, world):
-    assert world.zulu_channel.name not in page(shared_viewer, reverse("collection:plot"))
-    assert world.zulu_channel.name in page(administrator, reverse("collection:plot"))
+    plot = reverse("collection:plot")
+    assert world.zulu_channel.name not in page(shared_viewer, plot, instrument=world.zulu.slug)
+    assert world.zulu_channel.name in page(administrator, plot, instrument=world.zulu.slug)
+    assert world.alpha_channel.name in page(shared_viewer, plot, instrument=world.alpha.slug)
 
 
 def test_plotly_is_served_by_the_app():

@@ -14,6 +14,7 @@
   var COLORS = ["#1d4ed8", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4d7c0f",
     "#9333ea", "#ea580c", "#0f766e", "#be123c"];
   var LIVE_SECONDS = 3;
+  var RECENT_KEY = "daqbroker.recentChannels";  // the channels this browser plotted lately (ids, newest first)
   var MIN_POINTS = 100, MAX_POINTS = 4000;
 
   // plotly.js (the 1.2 MB basic bundle) is loaded with "defer": the first readings are asked for while it is still being
@@ -655,8 +656,9 @@
       var id = Number(box.value);
       if (box.checked) {
         state.channels.push({ id: id, name: box.dataset.name, units: box.dataset.units, instrument: box.dataset.instrument,
-          instrumentSlug: box.dataset.instrumentSlug, slug: box.dataset.name, lastTs: box.dataset.lastTs ? Number(box.dataset.lastTs) : null,
+          instrumentSlug: box.dataset.instrumentSlug, slug: box.dataset.slug, lastTs: box.dataset.lastTs ? Number(box.dataset.lastTs) : null,
           firstTs: null });
+        rememberRecent(id);
       } else {
         state.channels = state.channels.filter(function (c) { return c.id !== id; });
       }
@@ -670,19 +672,60 @@
       reload(true);
     });
     form.addEventListener("submit", function (ev) { ev.preventDefault(); });
+    // The picker searches on the server as one types (never every channel in the page): the recently
+    // used channels (kept in this browser) and the current instrument's come first.
     var filter = document.getElementById("channel-filter");
+    var results = document.getElementById("channel-results"), resultsTitle = document.getElementById("channel-results-title");
+    var searchTimer = null, searchSeq = 0;
+    function recentIds() {
+      try { return JSON.parse(localStorage.getItem(RECENT_KEY) || "[]").filter(function (v) { return typeof v === "number"; }); }
+      catch (e) { return []; }
+    }
+    function rememberRecent(id) {
+      var ids = [id].concat(recentIds().filter(function (v) { return v !== id; })).slice(0, 20);
+      try { localStorage.setItem(RECENT_KEY, JSON.stringify(ids)); } catch (e) { /* private mode: no memory */ }
+    }
+    function choice(c) {
+      var label = document.createElement("label"), box = document.createElement("input");
+      label.className = "checkbox";
+      box.type = "checkbox"; box.name = "c"; box.value = c.id;
+      box.checked = state.channels.some(function (s) { return s.id === c.id; });
+      box.dataset.name = c.name; box.dataset.slug = c.slug; box.dataset.units = c.units || "";
+      box.dataset.instrument = c.instrument; box.dataset.instrumentSlug = c.instrumentSlug;
+      box.dataset.lastTs = c.lastTs == null ? "" : String(c.lastTs);
+      var name = document.createElement("span"); name.textContent = c.name;
+      label.appendChild(box); label.appendChild(name);
+      if (c.units) { var units = document.createElement("span"); units.className = "units"; units.textContent = c.units; label.appendChild(units); }
+      var where = document.createElement("span"); where.className = "muted small"; where.textContent = " · " + c.instrument;
+      label.appendChild(where);
+      return label;
+    }
+    function search() {
+      var term = filter.value.trim(), seq = ++searchSeq;
+      var q = new URLSearchParams({ q: term, instrument: config.instrument || "", recent: recentIds().join(",") });
+      results.setAttribute("aria-busy", "true");
+      return fetch(config.searchUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { return r.json().then(function (body) { return { ok: r.ok, body: body }; }); })
+        .then(function (answer) {
+          if (seq !== searchSeq) return;  // a later keystroke's answer wins
+          results.querySelectorAll("label, p").forEach(function (node) { node.remove(); });
+          results.removeAttribute("aria-busy");
+          if (!answer.ok) { resultsTitle.textContent = answer.body.detail || "The search failed."; return; }
+          resultsTitle.textContent = term ? "Matching “" + term + "”" : "Recent and this instrument's";
+          answer.body.results.forEach(function (c) { results.appendChild(choice(c)); });
+          var note = document.createElement("p"); note.className = "muted small"; note.id = "channel-hint";
+          if (!answer.body.results.length) note.textContent = "No channel matches.";
+          else if (answer.body.more) note.textContent = "The first " + answer.body.results.length + " shown: type more to narrow.";
+          if (note.textContent) results.appendChild(note);
+        })
+        .catch(function () { if (seq === searchSeq) { results.removeAttribute("aria-busy"); resultsTitle.textContent = "The search failed."; } });
+    }
     filter.addEventListener("input", function () {
-      var term = filter.value.trim().toLowerCase();
-      form.querySelectorAll("fieldset").forEach(function (fs) {
-        var any = false;
-        fs.querySelectorAll("label").forEach(function (label) {
-          var show = !term || label.dataset.name.indexOf(term) >= 0 || fs.dataset.instrument.indexOf(term) >= 0;
-          label.style.display = show ? "" : "none";
-          any = any || show;
-        });
-        fs.style.display = any ? "" : "none";
-      });
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(search, 150);
     });
+    filter.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { ev.preventDefault(); clearTimeout(searchTimer); search(); } });
+    if (!config.instrument && recentIds().length) search();
     if (window.matchMedia("(max-width: 960px)").matches && state.channels.length) {
       document.getElementById("channel-picker").open = false;
     }

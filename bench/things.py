@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Pages, API lists, the admin and the dispatcher as the number of *things* grows (issue 22).
+
+Builds, in one fresh database, a site of N instruments x 10 channels x 1 file source (N = 100, 1,000,
+5,000 by default; ``--sizes 100,1000,5000,10000`` for the issue's goal), growing it between steps. At each
+size it measures, in this process through Django's test client (no network, one thread):
+
+* every collaborator page and API list, as a **superuser** and as a **collaborator** who sees half of the
+  instruments (N/2 grants: half granted to her directly, half to her group): median time of ``--repeat``
+  requests after one warm-up, the number of queries, the response size;
+* the admin's main lists (instruments, channels, sources) and the channel form's instrument autocomplete;
+* one **dispatcher pass** (``claim_due_sources`` with every source due): time and number of queries.
+
+The baseline is the same measurement at the first size, in the same run: the last columns print each
+figure's ratio to it (the goals: under 300 ms and 300 KB at any size, at most 1.5 times the time at 100; the
+dispatcher under 100 ms in at most 3 queries). Timings on a shared machine are noisy: compare ratios.
+
+    .venv/bin/python bench/things.py                                   # SQLite, in a temporary folder
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/daqbroker_things_bench .venv/bin/python bench/things.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100,1000,5000", help="numbers of instruments, comma-separated")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    data_dir = Path(tempfile.mkdtemp(prefix="daqbroker-things-"))
+    sys.path[:0] = [str(REPO / "bench"), str(REPO), str(REPO / "client_agent")]
+    from _common import recreate_database, server_env
+
+    env = server_env(data_dir, args.database_url or None)
+    env["DAQBROKER_ALLOWED_HOSTS"] = "testserver"  # Django's test client
+    os.environ.clear()
+    os.environ.update(env)
+    if args.database_url:
+        recreate_database(args.database_url)
+    run(sizes, args.repeat)
+
+
+def run(sizes: list[int], repeat: int) -> None:
+    import logging
+
+    import django
+
+    django.setup()
+    logging.disable(logging.WARNING)
+    from django.contrib.auth.models import Group, User
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from collection.services.collect import claim_due_sources
+    from instruments.models import DataSource
+    from instruments.tests.many_things import build_things, grant_view
+
+    call_command("migrate", verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=0)  # DEBUG off: pages name hashed files
+    superuser = User.objects.create_superuser("admin-bench", password=None)
+    collaborator = User.objects.create_user("carol-bench", password=None)
+    owner = User.objects.create_user("owner-bench", password=None)
+    lab = Group.objects.create(name="bench lab")
+    collaborator.groups.add(lab)
+    clients = {}
+    for name, user in (("superuser", superuser), ("collaborator", collaborator)):
+        clients[name] = Client()
+        clients[name].force_login(user)
+
+    def measure(client, url: str) -> dict:
+        client.get(url)
+        times, queries, size, status = [], 0, 0, 0
+        for _ in range(repeat):
+            with CaptureQueriesContext(connection) as captured:
+                started = time.perf_counter()
+                response = client.get(url)
+                times.append((time.perf_counter() - started) * 1000)
+            queries, size, status = len(captured), len(response.content), response.status_code
+        return {"ms": statistics.median(times), "queries": queries, "kb": size / 1024, "status": status}
+
+    def dispatcher() -> dict:
+        times, queries = [], 0
+        for _ in range(repeat):
+            DataSource.objects.update(next_run_at=None)
+            with CaptureQueriesContext(connection) as captured:
+                started = time.perf_counter()
+                claimed = claim_due_sources()
+                times.append((time.perf_counter() - started) * 1000)
+            queries = len(captured)
+        return {"ms": statistics.median(times), "queries": queries, "kb": 0.0, "status": len(claimed)}
+
+    results: dict[int, dict[str, dict]] = {}
+    built = 0
+    print(f"engine: {connection.vendor}; median of {repeat} requests after a warm-up; in-process test client")
+    for size in sizes:
+        started = time.perf_counter()
+        ids = build_things(size - built, owner, prefix=f"s{size}")
+        half = len(ids) // 2
+        grant_view(ids[: half // 2], user=collaborator)
+        grant_view(ids[half // 2 : half], group=lab)
+        built = size
+        print(
+            f"\n--- {size:,} instruments, {size * 10:,} channels, {size:,} sources (built in "
+            f"{time.perf_counter() - started:.1f} s; the collaborator sees {size // 2:,}) ---"
+        )
+        slug = f"s{sizes[0]}-00001"
+        urls = {
+            "home": "/",
+            "home ?status=silent": "/?status=silent",
+            "home ?q=00042": "/?q=00042",
+            "plot": "/plot/",
+            "plot ?instrument=": f"/plot/?instrument={slug}",
+            "channel search q=hPa 0004": "/plot/channels/?q=hPa+0004",
+            "channel search (empty)": f"/plot/channels/?instrument={slug}",
+            "alarms": "/alarms/",
+            "dashboards": "/dashboards/",
+            "instrument page": f"/instruments/{slug}/",
+            "API instruments": "/api/v1/instruments/",
+            "API channels": "/api/v1/channels/",
+            "API sources": "/api/v1/sources/",
+        }
+        admin_urls = {
+            "admin instruments": "/admin/instruments/instrument/",
+            "admin channels": "/admin/instruments/channel/",
+            "admin sources": "/admin/instruments/datasource/",
+            "admin channel form": "/admin/instruments/channel/add/",
+            "admin autocomplete": "/admin/autocomplete/?app_label=instruments&model_name=channel"
+            "&field_name=instrument&term=00042",
+        }
+        row: dict[str, dict] = {}
+        for who, client in clients.items():
+            for name, url in urls.items():
+                row[f"{who}: {name}"] = measure(client, url)
+        for name, url in admin_urls.items():
+            row[f"superuser: {name}"] = measure(clients["superuser"], url)
+        row["dispatcher pass"] = dispatcher()
+        results[size] = row
+        base = results[sizes[0]]
+        print(f"{'':<44} {'ms':>8} {'queries':>7} {'KB':>8}   ratio to {sizes[0]:,}: time  queries")
+        for name, figures in row.items():
+            b = base[name]
+            print(
+                f"{name:<44} {figures['ms']:>8.1f} {figures['queries']:>7} {figures['kb']:>8.1f}   "
+                f"{figures['ms'] / max(b['ms'], 0.001):>20.2f}x {figures['queries'] / max(b['queries'], 1):>7.2f}x"
+                + (f"  (HTTP {figures['status']})" if name != "dispatcher pass" and figures["status"] != 200 else "")
+                + (f"  ({figures['status']:,} claimed)" if name == "dispatcher pass" else "")
+            )
+    worst = max(sizes)
+    slow = {k: v["ms"] for k, v in results[worst].items() if v["ms"] > 300}
+    big = {k: round(v["kb"]) for k, v in results[worst].items() if v["kb"] > 300}
+    print(f"\nat {worst:,}: over 300 ms: {slow or 'none'}; over 300 KB: {big or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Pages and lists that stay small whatever the site holds (issue 22, docs/performance.md#many-things).
+
+Each page is fetched at two sizes of the same site (a few instruments, then ten times more): the number of
+queries must not change, for an administrator and for a collaborator who sees the instruments through
+direct and group grants. The channel picker's search and the home page's counts go through the one gate:
+for every persona, no name of an instrument or channel it may not see ever appears in them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from instruments.models import Channel, Instrument
+from instruments.tests.factories import make_user
+from instruments.tests.many_things import build_things, grant_view
+from pages import status
+from pages.reading_views import SEARCH_LIMIT
+
+pytestmark = pytest.mark.django_db
+
+SMALL, LARGE = 4, 40
+
+
+def _client(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _queries(client: Client, url: str) -> int:
+    client.get(url)  # warm: the session, the content types, the Administrators check
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url)
+    assert response.status_code == 200, f"{url}: {response.status_code}"
+    return len(queries)
+
+
+def _urls(slug: str, channel_id: int) -> dict[str, str]:
+    plot, home = reverse("collection:plot"), reverse("instruments:home")
+    return {
+        "home": home,
+        "home search": f"{home}?q=site",
+        "home silent": f"{home}?status=silent",
+        "home collecting": f"{home}?status=collecting&q=site",
+        "home failing": f"{home}?status=failing",
+        "home alarms": f"{home}?status=alarms",
+        "plot": plot,
+        "plot with a channel": f"{plot}?c={channel_id}&range=1d",
+        "plot of an instrument": f"{plot}?instrument={slug}",
+        "channel search": reverse("collection:plot-channels") + "?q=channel+degC",
+        "channel search, recent": reverse("collection:plot-channels") + f"?q=&recent={channel_id}&instrument={slug}",
+        "alarms": reverse("collection:alarms"),
+        "alarms of an instrument": reverse("collection:alarms") + f"?instrument={slug}",
+        "dashboards": reverse("instruments:dashboards"),
+        "instrument": reverse("instruments:detail", args=[slug]),
+        "API instruments": "/api/v1/instruments/",
+        "API channels": "/api/v1/channels/",
+        "API sources": "/api/v1/sources/",
+        "API channels search": "/api/v1/channels/?search=channel",
+    }
+
+
+def _site_queries(user, prefix: str, n: int, owner) -> dict[str, int]:
+    ids = build_things(n, owner, prefix=prefix)
+    if not user.is_superuser:
+        half = len(ids) // 2
+        grant_view(ids[:half], user=user)
+        grant_view(ids[half:], group=user.groups.get())
+    channel = Channel.objects.filter(instrument_id=ids[1]).order_by("pk").first()
+    slug = Instrument.objects.get(pk=ids[1]).slug
+    client = _client(user)
+    return {name: _queries(client, url) for name, url in _urls(slug, channel.pk).items()}
+
+
+@pytest.mark.parametrize("who", ["administrator", "collaborator"])
+def test_every_page_and_list_costs_the_same_queries_at_4_and_40_instruments(who):
+    if who == "administrator":
+        user = make_user(is_superuser=True, is_staff=True)
+    else:
+        user = make_user()
+        user.groups.add(Group.objects.create(name="the lab"))
+    owner = make_user()
+    small = _site_queries(user, "small", SMALL, owner)
+    # Ten times more, beside the first: the same pages must cost the same number of queries.
+    large = _site_queries(user, "large", LARGE, owner)
+    grown = {name: (small[name], large[name]) for name in small if large[name] != small[name]}
+    assert not grown, f"queries grew with the number of instruments (at {SMALL}, at {SMALL + LARGE}): {grown}"
+
+
+# --- the home page's filters and counts ------------------------------------------------------------------
+
+
+def _home(client: Client, **params) -> str:
+    response = client.get(reverse("instruments:home"), params)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def _count(body: str, state: str) -> int:
+    return int(re.search(rf'data-count="{state}">(\d+)<', body).group(1))
+
+
+def test_the_home_page_counts_and_filters_agree_with_each_instruments_status():
+    admin = make_user(is_superuser=True, is_staff=True)
+    ids = build_things(30, make_user(), channels=3)
+    instruments = list(Instrument.objects.filter(pk__in=ids).order_by("name"))
+    statuses = status.instrument_statuses(instruments)
+    expected = {
+        status.COLLECTING: {s.instrument.slug for s in statuses if s.state in (status.OK, status.LATE)},
+        status.SILENT: {s.instrument.slug for s in statuses if s.state == status.STALE},
+        status.FAILING: {s.instrument.slug for s in statuses if any("failing" in h.words for h in s.sources)},
+        status.ALARMS: {s.instrument.slug for s in statuses if s.active_alarms},
+    }
+    assert all(expected.values()), "the site should hold instruments in every state"
+    client = _client(admin)
+    body = _home(client)
+    assert _count(body, "all") == 30
+    for state, slugs in expected.items():
+        assert _count(body, state) == len(slugs), state
+        shown = set(re.findall(r'data-instrument="([^"]+)"', _home(client, status=state)))
+        assert shown == slugs, state
+
+
+def test_the_home_page_shows_a_page_at_a_time_and_keeps_the_filter_in_its_links():
+    admin = make_user(is_superuser=True, is_staff=True)
+    build_things(60, make_user(), channels=1)
+    client = _client(admin)
+    first = _home(client)
+    assert len(re.findall(r'data-instrument="', first)) == 24
+    assert "Page 1 of 3" in first
+    last = _home(client, page=3)
+    assert len(re.findall(r'data-instrument="', last)) == 12
+    filtered = _home(client, status="silent", q="site")
+    assert "status=silent" in filtered and "q=site" in filtered
+
+
+def test_the_home_page_counts_only_what_each_persona_may_see(persona, world):
+    may_see = sum(1 for i in (world.alpha, world.zulu) if i.name in persona.sees)
+    for params in ({}, {"q": "zulu"}, {"status": "alarms"}, {"status": "silent"}, {"q": "hidden"}):
+        response = persona.client.get(reverse("instruments:home"), params)
+        body = response.content.decode()
+        assert persona.foreign_in(body) == [], params
+        if response.status_code == 302:  # no session (anonymous, tokens, agents): the login page
+            continue
+        assert response.status_code == 200
+        if not params:
+            assert _count(body, "all") == may_see
+        if params.get("q") == "zulu" and world.zulu.name not in persona.sees:
+            assert _count(body, "all") == 0
+
+
+# --- the plot page's channel search ------------------------------------------------------------------------
+
+
+def _search(client, **params):
+    response = client.get(reverse("collection:plot-channels"), params)
+    return response.status_code, (json.loads(response.content) if response.status_code in (200, 400) else None)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"q": "temp"}, {"q": "zulu"}, {"q": "hidden"}, {"q": "degC"}, {"instrument": "zulu-hidden"}, {"q": "z"}],
+    ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "empty",
+)
+def test_the_channel_search_never_names_what_a_persona_may_not_see(persona, world, params):
+    params = {**params, "recent": f"{world.zulu_channel.pk},{world.alpha_channel.pk}"}
+    response = persona.client.get(reverse("collection:plot-channels"), params)
+    body = response.content.decode()
+    assert persona.foreign_in(body) == []
+    if response.status_code != 200:
+        assert response.status_code == 302  # no session: to the login page
+        return
+    slugs = {c["instrumentSlug"] for c in json.loads(body)["results"]}
+    assert slugs <= {i.slug for i in (world.alpha, world.zulu) if i.name in persona.sees}
+
+
+def test_the_channel_search_puts_recent_then_the_current_instruments_channels_first():
+    admin = make_user(is_superuser=True, is_staff=True)
+    ids = build_things(30, make_user(), channels=5)
+    client = _client(admin)
+    recent = Channel.objects.filter(instrument_id=ids[20], slug="channel-3").get()
+    current = Instrument.objects.get(pk=ids[10])
+    code, body = _search(client, recent=str(recent.pk), instrument=current.slug)
+    assert code == 200 and body["more"] is True and len(body["results"]) == SEARCH_LIMIT
+    assert body["results"][0]["id"] == recent.pk
+    assert {c["instrumentSlug"] for c in body["results"][1:6]} == {current.slug}
+    # Every word must match: a channel's name, its instrument's, or its units.
+    code, body = _search(client, q=f"{current.name} hPa")
+    assert code == 200 and [(c["instrumentSlug"], c["units"]) for c in body["results"]] == [(current.slug, "hPa")]
+
+
+def test_the_channel_search_refuses_bad_input_with_a_message():
+    client = _client(make_user())
+    code, body = _search(client, q="x" * 201)
+    assert code == 400 and "at most 200" in body["detail"]
+    code, body = _search(client, recent="1,two")
+    assert code == 400 and "recent" in body["detail"]
+    assert _search(client, q="nothing") == (200, {"results": [], "more": False})
