@@ -106,7 +106,7 @@ class RejectedSampleAdmin(admin.ModelAdmin):
             "Where it came from",
             {"fields": ("source_shown", "where_shown", "channel", "channel_ref", "sender", "batch_id")},
         ),
-        ("As received", {"fields": ("raw_time", "raw_block")}),
+        ("As received", {"fields": ("raw_time", "raw_block", "config_then")}),
         ("With the source's configuration now", {"fields": ("parsed_now", "config_now", "replayable")}),
         ("Context", {"fields": ("context_block",)}),
     )
@@ -117,6 +117,7 @@ class RejectedSampleAdmin(admin.ModelAdmin):
         "sender",
         "raw_block",
         "parsed_now",
+        "config_then",
         "config_now",
         "replayable",
         "context_block",
@@ -200,9 +201,23 @@ class RejectedSampleAdmin(admin.ModelAdmin):
         source = rejected.source
         if source is None:
             return "(no data source)"
-        changed = " (changed since this was set aside)" if source.updated > rejected.received_at else ""
+        then = quarantine.config_when_set_aside(rejected)
+        changed = (
+            " (unchanged since this was set aside)"
+            if then == source.config
+            else " (changed since this was set aside)"
+            if then is not None
+            else ""
+        )
         text = json.dumps(source.config, indent=2, sort_keys=True)
         return format_html('<pre class="q-raw">{}</pre><div class="help">{}{}</div>', text, source.name, changed)
+
+    @admin.display(description="Source configuration when set aside")
+    def config_then(self, rejected: RejectedSample) -> str:
+        then = quarantine.config_when_set_aside(rejected)
+        if then is None:
+            return "(not kept: set aside before configurations were kept, or not from a data source)"
+        return format_html('<pre class="q-raw">{}</pre>', json.dumps(then, indent=2, sort_keys=True))
 
     @admin.display(description="Replay")
     def replayable(self, rejected: RejectedSample) -> str:

@@ -111,6 +111,14 @@ class RejectedSample(models.Model):
         help_text="Readings this record stands for: more than one for an aggregate record (channels the sender "
         "may not write, or past the quarantine limits), whose context lists the first few.",
     )
+    config_snapshot = models.ForeignKey(
+        "collection.SourceConfigSnapshot",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The data source's configuration when this was set aside (records of a data source).",
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]
@@ -152,6 +160,23 @@ class RejectedSample(models.Model):
     def preview(self, limit: int = 120) -> str:
         """The raw line or value with blanks and control characters made visible, cut to ``limit``."""
         return visible_text(self.raw_value, limit)
+
+
+class SourceConfigSnapshot(models.Model):
+    """A data source's configuration as it was when something of it was set aside: one row per distinct
+    configuration (by digest), shared by every quarantine record made under it, so a person reading a
+    record sees the configuration that refused it beside the one that would read it now."""
+
+    source = models.ForeignKey("instruments.DataSource", on_delete=models.CASCADE, related_name="+")
+    digest = models.CharField(max_length=64, help_text="SHA-256 of the configuration as canonical JSON.")
+    config = models.JSONField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "digest"], name="config_snapshot_unique")]
+
+    def __str__(self) -> str:
+        return f"configuration {self.digest[:10]} of source {self.source_id}"
 
 
 class CollectionRun(models.Model):

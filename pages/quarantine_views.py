@@ -136,19 +136,25 @@ class QuarantineDetailView(PageMixin, DetailView):
     context_object_name = "record"
 
     def get_queryset(self):
-        return super().get_queryset().select_related("source", "source__instrument", "channel", "sender_agent")
+        return (
+            super()
+            .get_queryset()
+            .select_related("source", "source__instrument", "channel", "sender_agent", "config_snapshot")
+        )
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         record = self.object
         source = record.source
+        then = quarantine.config_when_set_aside(record)
         context.update(
             can_replay=permissions.has_perm(self.request.user, permissions.CHANGE, record),
             why_not=quarantine.why_not_replayable(record),
             parsed=quarantine.parse_preview(record),
             visible=record.preview(limit=4000),
             config=json.dumps(source.config, indent=2, sort_keys=True) if source else "",
-            config_changed=bool(source and source.updated > record.received_at),
+            config_then=json.dumps(then, indent=2, sort_keys=True) if then is not None else "",
+            config_changed=bool(source and then is not None and then != source.config),
             context_json=json.dumps(record.context, indent=2, sort_keys=True),
         )
         return context

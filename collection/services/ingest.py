@@ -22,6 +22,7 @@ rules should look at: old data being corrected or re-read (replaced readings, re
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,11 +45,11 @@ from accounts.choices import AuditAction
 from accounts.principals import AgentPrincipal
 from collection import storage
 from collection.choices import Origin, Quality, RejectionKind
-from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog
+from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog, SourceConfigSnapshot
 from collection.reasons import classify_reason
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
-from instruments.models import Channel
+from instruments.models import Channel, DataSource
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -900,11 +901,26 @@ def _keep_rejected(
                 )
             )
         result.aggregated = len(unwritable) + len(overflow)
+    snapshot_id = _config_snapshot_id(source_id, using) if source_id is not None else None
     for row in rows:
         row.origin, row.source_id, row.batch_id = origin, source_id, _storable(batch_id)[:100]
+        row.config_snapshot_id = snapshot_id
         if sender is not None:
             row.sender_user_id, row.sender_agent_id = sender.user_id, sender.agent_id
     RejectedSample.objects.using(using).bulk_create(rows, batch_size=1000)
+
+
+def _config_snapshot_id(source_id: int, using: str) -> int | None:
+    """The snapshot of the source's configuration now (made the first time it is needed): what the quarantine
+    records of this batch were refused under. Two queries, only for batches with rejections."""
+    config = DataSource.objects.using(using).filter(pk=source_id).values_list("config", flat=True).first()
+    if config is None:
+        return None
+    digest = hashlib.sha256(orjson.dumps(config, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    snapshot, _ = SourceConfigSnapshot.objects.using(using).get_or_create(
+        source_id=source_id, digest=digest, defaults={"config": config}
+    )
+    return snapshot.pk
 
 
 def _record(r: Rejection) -> RejectedSample:

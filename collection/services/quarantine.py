@@ -58,6 +58,13 @@ RETENTION_BATCH_ROWS = 5_000
 RETENTION_MAX_BATCHES = 200
 
 
+def config_when_set_aside(record: RejectedSample) -> dict | None:
+    """The data source's configuration when ``record`` was set aside (kept by ``ingest_samples`` for records
+    of a data source), or None when it was not kept (records made before configurations were kept)."""
+    snapshot = record.config_snapshot
+    return snapshot.config if snapshot is not None else None
+
+
 def visible_to(who, level: str = permissions.VIEW) -> QuerySet[RejectedSample]:
     """The records ``who`` has ``level`` on (through their channel's or source's instrument; the gate)."""
     return permissions.restrict(RejectedSample.objects.all(), who, level)

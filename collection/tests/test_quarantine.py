@@ -13,6 +13,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -415,7 +416,12 @@ def test_a_large_replay_is_finished_by_a_real_worker(station, settings, service_
     # This process queues to the worker's broker and queue, as the web process would.
     monkeypatch.setitem(celery_app.conf, "broker_url", service_env["CELERY_BROKER_URL"])
     monkeypatch.setitem(celery_app.conf, "task_default_queue", service_env["DAQBROKER_CELERY_QUEUE"])
+    # Celery caches its connection pool, producer pool and routing from the first message this process sent
+    # (an earlier test's, to another broker or queue): start them afresh for this broker and queue.
     monkeypatch.setattr(celery_app, "_pool", None)
+    monkeypatch.setattr(celery_app.amqp, "_producer_pool", None)
+    for cached in ("queues", "router", "_rtable"):
+        monkeypatch.delitem(celery_app.amqp.__dict__, cached, raising=False)
     worker = start_process("worker", celery_argv("worker", "--concurrency", "1", "--loglevel", "INFO"), service_env)
 
     outcome = replay_selection(instrument.owner, {"source": source.pk, "kind": RejectionKind.BAD_TIME})
@@ -430,3 +436,34 @@ def test_a_large_replay_is_finished_by_a_real_worker(station, settings, service_
     )
     assert stored(temp, rh) == expected(temp, rh)
     assert AuditEvent.objects.filter(action=AuditAction.QUARANTINE_REPLAYED).count() == 6  # 40 in batches of 7
+
+
+def test_each_record_keeps_the_configuration_it_was_refused_under(station, client):
+    folder, instrument, source, _temp, _rh = station
+    lines = logger_lines(4)
+    lines[2] = f"{stamp(2)},warm,42"  # still refused once the format is fixed: its temp is not a number
+    (folder / "day.csv").write_text("\n".join(lines) + "\n")
+    collect_source(source.pk)
+    kept = RejectedSample.objects.filter(source=source)
+    assert kept.count() == 4
+    # One snapshot for the run's configuration, shared by every record made under it.
+    assert kept.values("config_snapshot").distinct().count() == 1
+    first = kept.order_by("id").first()
+    source.refresh_from_db()
+    assert q.config_when_set_aside(first) == source.config  # the configuration as validated and saved
+
+    fix_timestamp_format(source)
+    source.refresh_from_db()
+    assert q.config_when_set_aside(first) != source.config
+    assert q.config_when_set_aside(first)["timestamp"]["format"] == "iso"
+
+    owner = instrument.owner
+    outcome = q.replay(q.visible_to(owner, q.permissions.CHANGE), actor=owner)
+    assert outcome.still_rejected == 1
+    again = RejectedSample.objects.get(source=source)
+    assert q.config_when_set_aside(again) == source.config  # refused again, under the fixed configuration
+    assert again.config_snapshot_id != first.config_snapshot_id
+
+    client.force_login(owner)
+    detail = client.get(reverse("collection:quarantine-detail", args=[again.pk])).content.decode()
+    assert "Source configuration when this was set aside" in detail and "(the same)" in detail
