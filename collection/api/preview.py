@@ -22,8 +22,8 @@ from rest_framework.views import APIView
 
 from accounts import permissions
 from accounts.api.base import PermittedSlugRelatedField, ScopedViewMixin
-from accounts.models import Agent, AgentHealth
 from accounts.audit import client_address
+from accounts.models import Agent, AgentHealth
 from collection.services.preview import (
     MAX_UPLOAD_BYTES,
     PREVIEW_KINDS,
