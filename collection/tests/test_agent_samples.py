@@ -112,7 +112,7 @@ def owned(db):
 
 
 def test_a_request_is_listed_in_the_agents_configuration_until_answered(owned):
-    owner, agent, client, agent_client = owned
+    _owner, agent, client, agent_client = owned
     asked = ask(client, "station", config={"path": "/data/logger", "pattern": "*.dat"}, agent=agent.pk)
     request_id = asked.json()["agent_sample"]
     listed = agent_client.get(reverse("api:agent-config")).json()["sample_requests"]
@@ -128,7 +128,7 @@ def test_a_request_is_listed_in_the_agents_configuration_until_answered(owned):
 
 
 def test_a_delivery_beyond_the_bounds_is_refused_with_a_message(owned):
-    owner, agent, client, agent_client = owned
+    _owner, agent, client, agent_client = owned
     request_id = ask(client, "station", config={"path": "/data"}, agent=agent.pk).json()["agent_sample"]
     url = reverse("api:agent-sample", args=[request_id])
     too_many = agent_client.post(url, {"lines": ["1"] * (AgentSampleRequest.MAX_LINES + 1)}, format="json")
@@ -139,7 +139,7 @@ def test_a_delivery_beyond_the_bounds_is_refused_with_a_message(owned):
 
 
 def test_an_unanswered_request_times_out_with_a_clear_message(owned):
-    owner, agent, client, agent_client = owned
+    _owner, agent, client, agent_client = owned
     request_id = ask(client, "station", config={"path": "/data"}, agent=agent.pk).json()["agent_sample"]
     waiting = ask(client, "station", config={"path": "/data"}, agent_sample=request_id)
     assert waiting.status_code == 202 and "has never sent a heartbeat" in waiting.json()["detail"]
@@ -155,7 +155,7 @@ def test_an_unanswered_request_times_out_with_a_clear_message(owned):
 
 
 def test_waiting_requests_per_agent_are_bounded(owned):
-    owner, agent, client, agent_client = owned
+    _owner, agent, client, _agent_client = owned
     for _ in range(AgentSampleRequest.MAX_WAITING_PER_AGENT):
         assert ask(client, "station", config={"path": "/data"}, agent=agent.pk).status_code == 202
     refused = ask(client, "station", config={"path": "/data"}, agent=agent.pk)
@@ -177,7 +177,7 @@ def test_someone_elses_request_reads_as_unknown(owned):
 
 
 def test_an_agent_sends_samples_of_file_sources_only(owned):
-    owner, agent, client, agent_client = owned
+    _owner, agent, client, _agent_client = owned
     answer = client.post(
         reverse("api:source-preview"),
         {"instrument": "station", "kind": "tcp", "config": {"host": "x", "port": 1}, "agent": agent.pk},
