@@ -60,6 +60,8 @@ def request_sample(who, agent: Agent, config: dict, *, file_name: str = "", addr
     if file_name and ("/" in file_name or "\\" in file_name or file_name in (".", "..")):
         raise ValidationError({"file": f"{file_name!r} must be a file name inside the folder"})
     user, _ = permissions.resolve(who)
+    if not permissions.is_authenticated(user) or isinstance(user, AgentPrincipal):  # for the type checker
+        raise PermissionDenied("Only the agent's owner or an administrator may read its files.")
     now = timezone.now()
     with transaction.atomic():
         AgentSampleRequest.objects.filter(created__lt=now - timedelta(seconds=AgentSampleRequest.KEEP_SECONDS)).delete()

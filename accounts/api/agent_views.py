@@ -177,8 +177,7 @@ class AgentHeartbeatView(ScopedViewMixin, APIView):
 
 
 class SampleDeliverySerializer(serializers.Serializer):
-    # The ignore: DRF passes max_length to the ListSerializer; the stub does not list it.
-    lines = serializers.ListField(  # type: ignore[call-arg]
+    lines = serializers.ListField(
         child=serializers.CharField(max_length=agent_samples.MAX_BYTES, allow_blank=True, trim_whitespace=False),
         required=False,
         default=list,
