@@ -357,7 +357,8 @@ class AgentRuntime:
                 "".join(f"\n  {spec_from_server(s).describe()}" for s in config.get("sources", [])),
             )
             self.apply_central(config)
-            self.answer_sample_requests(config.get("sample_requests") or [])
+            if not self.answer_sample_requests(config.get("sample_requests") or []):
+                return ""  # a sample not delivered: fetch the whole configuration again next time, to retry
             return reply.headers.get("etag", "")
         if reply.status in (401, 403):
             if self.auth.refused(reply, self.spool.depth()):
@@ -370,8 +371,9 @@ class AgentRuntime:
         self.noisy.log(logging.WARNING, f"config-{reply.status}", "%s", message)
         return etag
 
-    def answer_sample_requests(self, requests: list) -> None:
-        """Read the first lines the server asks for (inside allowed_paths only) and send them, or why not.
+    def answer_sample_requests(self, requests: list) -> bool:
+        """Read the first lines the server asks for (inside allowed_paths only) and send them, or why not;
+        whether every request was answered.
 
         Only from a configuration just received, never from the cached one: a request is short-lived."""
         for request in requests:
@@ -388,11 +390,13 @@ class AgentRuntime:
                 reply = self.client.post_json(SAMPLE_PATH.format(id=request["id"]), answer.payload())
             except ServerUnreachable as exc:
                 log.info("sample not delivered (tried again with the next configuration): %s", exc)
-                return
+                return False
             if reply.status in (204, 404):  # kept, or no longer wanted (timed out): either way, done
                 self.answered_samples.append(request["id"])
             else:
-                log.warning("sample answered %s", reply.explain())
+                log.warning("sample answered %s (tried again with the next configuration)", reply.explain())
+                return False
+        return True
 
     # -- heartbeat -------------------------------------------------------------------------------------
 

@@ -175,9 +175,10 @@ class SourcePreviewView(ScopedViewMixin, APIView):
             if upload is None and data.get("agent_sample") is None and data.get("agent") is not None:
                 if data["kind"] != SourceKind.FILE:
                     raise PreviewRefused("agent", "An agent sends samples of file sources only.")
-                raise ask_agent(
+                waiting = ask_agent(
                     request.user, data["agent"], data["config"], data["file"], address=client_address(request)
                 )
+                return self.waiting(waiting)
             result = preview_source(
                 request.user,
                 data["kind"],
@@ -191,11 +192,16 @@ class SourcePreviewView(ScopedViewMixin, APIView):
         except PreviewRefused as exc:
             return Response({"detail": exc.message, "field": exc.field}, status=status.HTTP_400_BAD_REQUEST)
         except SampleWaiting as waiting:
-            return Response(
-                {"waiting": True, "agent_sample": waiting.request_id, "detail": waiting.message},
-                status=status.HTTP_202_ACCEPTED,
-            )
+            return self.waiting(waiting)
         return Response(result)
+
+    @staticmethod
+    def waiting(waiting: SampleWaiting) -> Response:
+        """The agent has not sent its lines yet: ask again with ``agent_sample``."""
+        return Response(
+            {"waiting": True, "agent_sample": waiting.request_id, "detail": waiting.message},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 class PayloadTooLarge(exceptions.APIException):
