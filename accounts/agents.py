@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from accounts import permissions
+from accounts import agent_samples, permissions
 from accounts.models import Agent, AgentHealth
 from accounts.principals import AgentPrincipal
 from daqbroker_agent.config import ConfigError, validate_source_config
@@ -72,7 +72,12 @@ def agent_configuration(who) -> AgentConfiguration:
                 "channels": channels.get(source.id, []),
             }
         )
-    content = {"agent": agent.name, "sources": listed, "skipped": skipped}
+    content = {
+        "agent": agent.name,
+        "sources": listed,
+        "skipped": skipped,
+        "sample_requests": agent_samples.waiting_for(agent),
+    }
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
     return AgentConfiguration(body={"version": digest, **content}, version=digest)
 

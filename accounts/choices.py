@@ -46,3 +46,10 @@ class AuditAction(models.TextChoices):
     RUN_COMMENTED = "run.commented", "Comment on a run"
     PASSWORD_CHANGED = "password.changed", "Password changed"
     PASSWORD_LOCKED_OUT = "password.locked_out", "Password change locked out (wrong old passwords)"
+    AGENT_SAMPLE_REQUESTED = "agent.sample_requested", "Agent asked for a sample of its files"
+
+
+class SampleRequestStatus(models.TextChoices):
+    WAITING = "waiting", "Waiting for the agent"
+    DELIVERED = "delivered", "Lines delivered"
+    REFUSED = "refused", "Refused by the agent"

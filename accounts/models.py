@@ -7,7 +7,7 @@ from django.db import models
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
-from accounts.choices import AuditAction, TokenScope
+from accounts.choices import AuditAction, SampleRequestStatus, TokenScope
 
 TOKEN_PREFIX = "dbk_"  # noqa: S105  (a public marker, not a secret)
 
@@ -135,6 +135,50 @@ class AgentHealth(models.Model):
     def is_stale(self) -> bool:
         limit = max(90, self.STALE_AFTER_INTERVALS * self.heartbeat_seconds)
         return (timezone.now() - self.last_heartbeat).total_seconds() > limit
+
+
+class AgentSampleRequest(models.Model):
+    """A request that an agent read the first lines of a file on its machine, for the source preview.
+
+    Made by the agent's owner or an administrator (``accounts.agent_samples``); the agent finds the waiting
+    ones in its configuration, reads the newest file in ``folder`` matching ``pattern`` (only inside its
+    own ``allowed_paths``) and posts the lines back. Bounded (``MAX_LINES`` lines, ``MAX_BYTES`` bytes) and
+    short-lived: a request the agent has not answered in ``WAIT_SECONDS`` has timed out, and rows older
+    than ``KEEP_SECONDS`` are deleted when the next request is made.
+    """
+
+    MAX_LINES = 200
+    MAX_BYTES = 64 * 1024
+    WAIT_SECONDS = 120
+    KEEP_SECONDS = 900
+    MAX_WAITING_PER_AGENT = 5
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sample_requests")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_sample_requests"
+    )
+    folder = models.CharField(max_length=1000, help_text="The folder on the agent's machine.")
+    pattern = models.CharField(max_length=200, default="*", help_text="Which files (a glob); the newest is read.")
+    file_name = models.CharField(max_length=255, blank=True, help_text="Or this file in the folder.")
+    encoding = models.CharField(max_length=40, default="utf-8")
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    status = models.CharField(max_length=16, choices=SampleRequestStatus.choices, default=SampleRequestStatus.WAITING)
+    answered = models.DateTimeField(null=True, blank=True)
+    lines = models.JSONField(default=list, blank=True, help_text="The lines the agent read (at most MAX_LINES).")
+    origin = models.CharField(max_length=300, blank=True, help_text="The file the agent read.")
+    truncated = models.BooleanField(default=False)
+    error = models.CharField(max_length=1000, blank=True, help_text="Why the agent did not read it.")
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"sample of {self.folder}/{self.file_name or self.pattern} from {self.agent}"
+
+    @property
+    def timed_out(self) -> bool:
+        waited = (timezone.now() - self.created).total_seconds()
+        return self.status == SampleRequestStatus.WAITING and waited > self.WAIT_SECONDS
 
 
 class ApiToken(models.Model):

@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
-from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView
+from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView, AgentSampleView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.corrections import ChannelReadingsDeletionViewSet, SourceRereadViewSet
 from collection.api.preview import SerialPortsView, SourcePreviewView
@@ -53,6 +53,7 @@ urlpatterns = [
     path("sources/serial-ports/", SerialPortsView.as_view(), name="serial-ports"),
     path("agent/config/", AgentConfigView.as_view(), name="agent-config"),
     path("agent/heartbeat/", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agent/samples/<int:pk>/", AgentSampleView.as_view(), name="agent-sample"),
     path("agent/unparsed/", AgentUnparsedView.as_view(), name="agent-unparsed"),
     path(
         "instruments/<slug:slug>/shares/",

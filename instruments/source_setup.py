@@ -22,7 +22,7 @@ from instruments.choices import ChannelKind
 from instruments.models import Channel, DataSource, Instrument
 
 CHANNEL_FIELDS = ("name", "slug", "kind", "units", "source_field", "missing_values", "valid_min", "valid_max")
-SOURCE_FIELDS = ("name", "kind", "config", "interval_seconds", "enabled")
+SOURCE_FIELDS = ("name", "kind", "config", "interval_seconds", "enabled", "agent")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The "New data source" page (and the same page to edit a source): for people who may change the instrument.
 
-Pick the kind, give a sample (an uploaded file, the source's folder, or "Test connection" for serial and
-TCP), watch the preview update as options change, accept or edit the proposed channels, and save source
-and channels in one step. The page's script calls the one preview service through the API
+Pick the kind and where it runs (this server, or one of your agents), give a sample (an uploaded file, the
+source's folder, "Test connection" for serial and TCP, or the newest file in a folder on the agent's machine,
+which the agent sends when asked), watch the preview update as options change, accept or edit the proposed
+channels, and save source and channels in one step. The page's script calls the one preview service through the API
 (``POST /api/v1/sources/preview/``, ``collection.services.preview``); saving goes through
 ``instruments.source_setup.save_source_with_channels`` (one transaction, the target check, the audit).
 """
@@ -19,7 +20,8 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.generic import TemplateView
 
-from accounts import audit, permissions
+from accounts import agent_samples, audit, permissions
+from accounts.models import Agent
 from collection.services.preview import MAX_UPLOAD_BYTES, PREVIEW_KINDS
 from daqbroker_agent.config import option_schema as config_options
 from instruments.choices import SourceKind
@@ -50,7 +52,13 @@ class SourceSetupView(PageMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         instrument = self.get_instrument()
         source = self.get_source()
-        initial: dict[str, Any] = {"kind": SourceKind.FILE, "name": "", "interval_seconds": 60, "config": {}}
+        initial: dict[str, Any] = {
+            "kind": SourceKind.FILE,
+            "name": "",
+            "interval_seconds": 60,
+            "config": {},
+            "agent": None,
+        }
         channels: list[dict[str, Any]] = []
         if source is not None:
             initial = {
@@ -59,7 +67,12 @@ class SourceSetupView(PageMixin, TemplateView):
                 "interval_seconds": source.interval_seconds,
                 "config": source.config,
                 "enabled": source.enabled,
+                "agent": source.agent_id,
             }
+            if source.kind == SourceKind.AGENT:  # shown as what the agent collects, and where
+                collect = dict(source.config.get("collect") or {})
+                initial["kind"] = collect.pop("kind", SourceKind.FILE)
+                initial["config"] = collect
             channels = [{field: getattr(c, field) for field in CHANNEL_FIELDS} for c in source.channels.order_by("pk")]
         context.update(
             instrument=instrument,
@@ -73,10 +86,20 @@ class SourceSetupView(PageMixin, TemplateView):
                 "schema": option_schema(),
                 "preview_url": reverse("api:source-preview"),
                 "ports_url": reverse("api:serial-ports"),
+                "agents": self.agent_choices(instrument, source),
                 "max_upload_bytes": MAX_UPLOAD_BYTES,
             },
         )
         return context
+
+    def agent_choices(self, instrument, source: DataSource | None) -> list[dict[str, Any]]:
+        """The agents this person may set sources of (and may push to the instrument), and the source's own."""
+        agents = agent_samples.agents_for(self.request.user).filter(instruments=instrument)
+        choices = [{"id": a.pk, "name": a.name} for a in agents.order_by("name")]
+        if source is not None and source.agent is not None and source.agent_id not in {c["id"] for c in choices}:
+            # Kept as it is for a co-editor who may change the channels but not what the agent collects.
+            choices.append({"id": source.agent_id, "name": source.agent.name})
+        return choices
 
     def post(self, request, *args, **kwargs):
         instrument = self.get_instrument()
@@ -101,9 +124,22 @@ class SourceSetupView(PageMixin, TemplateView):
             "config": config,
             "interval_seconds": request.POST.get("interval_seconds") or 60,
             "enabled": request.POST.get("enabled") == "on",
+            "agent": None,
         }
         if values["kind"] not in PREVIEW_KINDS:
             errors["source.kind"] = [f"Choose one of {', '.join(PREVIEW_KINDS)}."]
+        agent_id = request.POST.get("agent") or ""
+        if agent_id and not errors:
+            mine = agent_samples.agents_for(request.user)
+            if source is not None and source.agent_id is not None:  # its own agent: targets.check_source decides
+                mine = mine | Agent.objects.filter(pk=source.agent_id)
+            agent = mine.filter(pk=agent_id).first() if agent_id.isdigit() else None
+            if agent is None:
+                errors["source.agent"] = ["No such agent among those whose sources you may set."]
+            else:  # collected by the agent on its machine: a remote-agent source
+                values.update(
+                    kind=SourceKind.AGENT, agent=agent, config={"collect": {"kind": values["kind"], **config}}
+                )
         if not errors:
             try:
                 saved = save_source_with_channels(
@@ -119,5 +155,6 @@ class SourceSetupView(PageMixin, TemplateView):
                     f"{saved.channels_changed} changed.",
                 )
                 return HttpResponseRedirect(reverse("instruments:detail", args=[instrument.slug]) + "#sources")
-        context = self.get_context_data(posted=values, posted_channels=channels, errors=errors)
+        posted = {**values, "kind": request.POST.get("kind", ""), "config": config, "agent": agent_id or None}
+        context = self.get_context_data(posted=posted, posted_channels=channels, errors=errors)
         return self.render_to_response(context)

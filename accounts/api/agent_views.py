@@ -14,7 +14,7 @@ from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import agents, permissions
+from accounts import agent_samples, agents, permissions
 from accounts.api.base import ScopedViewMixin
 from accounts.audit import client_address
 
@@ -41,11 +41,25 @@ class SkippedSourceSerializer(serializers.Serializer):
     error = serializers.CharField()
 
 
+class SampleRequestSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    path = serializers.CharField(help_text="the folder")
+    pattern = serializers.CharField()
+    file = serializers.CharField(allow_blank=True, help_text="or this file in the folder")
+    encoding = serializers.CharField()
+    max_lines = serializers.IntegerField()
+    max_bytes = serializers.IntegerField()
+
+
 class AgentConfigSerializer(serializers.Serializer):
     version = serializers.CharField(help_text="Changes whenever anything below changes; also the ETag.")
     agent = serializers.CharField()
     sources = AgentSourceSerializer(many=True)
     skipped = SkippedSourceSerializer(many=True, help_text="Sources whose saved settings no longer validate.")
+    sample_requests = SampleRequestSerializer(
+        many=True,
+        help_text="Files whose first lines the server asks for (the source preview); read inside allowed_paths.",
+    )
 
 
 class RefusedSourceSerializer(serializers.Serializer):
@@ -160,3 +174,48 @@ class AgentHeartbeatView(ScopedViewMixin, APIView):
             {"server_time": timezone.now().timestamp(), "clock_offset": health.clock_offset_seconds},
             headers={"Cache-Control": "no-store"},
         )
+
+
+class SampleDeliverySerializer(serializers.Serializer):
+    lines = serializers.ListField(
+        child=serializers.CharField(max_length=agent_samples.MAX_BYTES, allow_blank=True, trim_whitespace=False),
+        required=False,
+        default=list,
+        max_length=agent_samples.MAX_LINES,
+    )
+    file = serializers.CharField(max_length=300, allow_blank=True, required=False, default="")
+    truncated = serializers.BooleanField(required=False, default=False)
+    error = serializers.CharField(max_length=1000, allow_blank=True, required=False, default="")
+
+    def validate_lines(self, value):
+        if sum(len(line.encode("utf-8", errors="replace")) + 1 for line in value) > agent_samples.MAX_BYTES:
+            raise serializers.ValidationError(f"at most {agent_samples.MAX_BYTES} bytes of lines")
+        return value
+
+
+class AgentSampleView(ScopedViewMixin, APIView):
+    """The agent posts the first lines of a file the server asked for (or why it will not read it)."""
+
+    agent_access = True
+
+    @extend_schema(
+        operation_id="agent_deliver_sample",
+        summary="Deliver the lines of a sample request",
+        request=SampleDeliverySerializer,
+        responses={
+            204: _error("kept"),
+            400: _error("too many lines or bytes"),
+            401: _error("no, wrong, expired or revoked token"),
+            403: _error("not an agent token"),
+            404: _error("no waiting request of this id for this agent (answered, timed out, or another agent's)"),
+        },
+    )
+    def post(self, request, pk: int):
+        _agent_only(request, "delivers samples")
+        serializer = SampleDeliverySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            agent_samples.deliver_sample(request, pk, serializer.validated_data)
+        except agent_samples.NotYours:
+            raise exceptions.NotFound("No waiting sample request of this id for this agent.") from None
+        return Response(status=204)

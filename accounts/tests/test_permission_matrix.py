@@ -97,6 +97,22 @@ API_ALPHA_PREVIEW["personal_write_token"] = 200
 API_ZULU_PREVIEW = expect(400, anonymous=401, administrator=200, personal_read_token=403, **_agents(403))
 API_ALPHA_PREVIEW_REFUSED = {**API_ALPHA_CREATE_PROTECTED}
 API_ALPHA_PREVIEW_OUT_OF_RULES = {**API_ALPHA_CREATE_OUT_OF_RULES, "administrator": 400}
+# Asking olivia's agent for a sample of its files (202: asked; the agent answers later): the change level on
+# alpha, and the agent's owner or an administrator; eddie, a co-editor, is told there is no such agent (400).
+AGENT_SAMPLE_PREVIEW = {"instrument": "alpha-station", "kind": "file", "config": {"path": "/data"}}
+API_ALPHA_AGENT_SAMPLE = {**API_ALPHA_PREVIEW, "owner": 202, "administrator": 202, "personal_write_token": 202}
+API_ALPHA_AGENT_SAMPLE["shared_editor"] = 400
+# An agent delivers the lines of a request addressed to it (204); any other agent is told none waits (404).
+AGENT_LINES = {"lines": ["time,temp", "2026-01-01T00:00:00,1.5"], "file": "day.csv"}
+API_AGENT_SAMPLE_ALPHA = expect(403, anonymous=401, agent_scoped=204, agent_unscoped=404)
+API_AGENT_SAMPLE_ZULU = expect(403, anonymous=401, **_agents(404))
+
+
+def sample_request(world, agent_name: str):
+    from accounts.models import AgentSampleRequest
+
+    agent = world.agents[agent_name]
+    return AgentSampleRequest.objects.create(agent=agent, requested_by=agent.owner, folder="/data")
 
 
 def alpha_agent_source(world):
@@ -389,6 +405,27 @@ ROUTES: list[Case] = [
     Case("api:source-preview", "POST", None, API_ZULU_PREVIEW, data={**ALPHA_PREVIEW, "instrument": "zulu-hidden"}),
     Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_REFUSED, data=PROC_PREVIEW),
     Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_OUT_OF_RULES, data=CLOSED_PORT_PREVIEW),
+    Case(
+        "api:source-preview",
+        "POST",
+        None,
+        API_ALPHA_AGENT_SAMPLE,
+        data=lambda w: {**AGENT_SAMPLE_PREVIEW, "agent": w.agents["alpha-logger"].pk},
+    ),
+    Case(
+        "api:agent-sample",
+        "POST",
+        lambda w: {"pk": sample_request(w, "alpha-logger").pk},
+        API_AGENT_SAMPLE_ALPHA,
+        data=AGENT_LINES,
+    ),
+    Case(
+        "api:agent-sample",
+        "POST",
+        lambda w: {"pk": sample_request(w, "zulu-logger").pk},
+        API_AGENT_SAMPLE_ZULU,
+        data=AGENT_LINES,
+    ),
     Case("api:serial-ports", "GET", None, API_ANY_USER),
     Case("api:channel-list", "GET", None, API_ANY_USER),
     Case("api:channel-list", "POST", None, API_ALPHA_CREATE, data=NEW_CHANNEL),

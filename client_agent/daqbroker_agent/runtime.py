@@ -34,6 +34,7 @@ from daqbroker_agent import __version__
 from daqbroker_agent.auth import AuthWatch
 from daqbroker_agent.client import ApiClient, ServerUnreachable
 from daqbroker_agent.guard import refusal
+from daqbroker_agent.samples import read_sample
 from daqbroker_agent.settings import Settings
 from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
 from daqbroker_agent.spool import Spool, SpoolUnavailable
@@ -44,6 +45,7 @@ from daqbroker_agent.uploader import SPOOL_AREA, Backoff, Uploader, report_unpar
 log = logging.getLogger("daqbroker_agent")
 CONFIG_PATH = "/api/v1/agent/config/"
 HEARTBEAT_PATH = "/api/v1/agent/heartbeat/"
+SAMPLE_PATH = "/api/v1/agent/samples/{id}/"
 WHOAMI_PATH = "/api/v1/whoami/"
 CENTRAL_CONFIG_KEY = "central_config"
 CLOCK_WARNING_SECONDS = 2.0
@@ -183,6 +185,7 @@ class AgentRuntime:
         self.hostname = socket.gethostname()
         self.supervisor = Supervisor(self.stop)
         self._depth = 0  # the spool's depth when last read (sent in heartbeats if it cannot be read now)
+        self.answered_samples: deque[int] = deque(maxlen=100)  # sample requests answered (the server drops them)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -354,6 +357,8 @@ class AgentRuntime:
                 "".join(f"\n  {spec_from_server(s).describe()}" for s in config.get("sources", [])),
             )
             self.apply_central(config)
+            if not self.answer_sample_requests(config.get("sample_requests") or []):
+                return ""  # a sample not delivered: fetch the whole configuration again next time, to retry
             return reply.headers.get("etag", "")
         if reply.status in (401, 403):
             if self.auth.refused(reply, self.spool.depth()):
@@ -365,6 +370,33 @@ class AgentRuntime:
         self.state.problem("config", message)
         self.noisy.log(logging.WARNING, f"config-{reply.status}", "%s", message)
         return etag
+
+    def answer_sample_requests(self, requests: list) -> bool:
+        """Read the first lines the server asks for (inside allowed_paths only) and send them, or why not;
+        whether every request was answered.
+
+        Only from a configuration just received, never from the cached one: a request is short-lived."""
+        for request in requests:
+            if not isinstance(request, dict) or not isinstance(request.get("id"), int):
+                continue
+            if request["id"] in self.answered_samples:
+                continue
+            answer = read_sample(request, self.settings.allowed_paths)
+            if answer.error:
+                log.warning("sample of %s refused: %s", request.get("path"), answer.error)
+            else:
+                log.info("sending the first %d lines of %s as a sample", len(answer.lines), answer.file)
+            try:
+                reply = self.client.post_json(SAMPLE_PATH.format(id=request["id"]), answer.payload())
+            except ServerUnreachable as exc:
+                log.info("sample not delivered (tried again with the next configuration): %s", exc)
+                return False
+            if reply.status in (204, 404):  # kept, or no longer wanted (timed out): either way, done
+                self.answered_samples.append(request["id"])
+            else:
+                log.warning("sample answered %s (tried again with the next configuration)", reply.explain())
+                return False
+        return True
 
     # -- heartbeat -------------------------------------------------------------------------------------
 

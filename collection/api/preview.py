@@ -22,15 +22,19 @@ from rest_framework.views import APIView
 
 from accounts import permissions
 from accounts.api.base import PermittedSlugRelatedField, ScopedViewMixin
+from accounts.audit import client_address
 from accounts.models import Agent, AgentHealth
 from collection.services.preview import (
     MAX_UPLOAD_BYTES,
     PREVIEW_KINDS,
     PreviewRefused,
+    SampleWaiting,
+    ask_agent,
     preview_source,
     serial_ports,
     too_large_message,
 )
+from instruments.choices import SourceKind
 from instruments.models import Instrument
 
 # Room for the other form fields (the configuration, the channels) beside the sample.
@@ -92,6 +96,19 @@ class PreviewRequest(serializers.Serializer):
     connect = serializers.BooleanField(
         required=False, default=False, help_text="serial and TCP: read a few lines now (Test connection)"
     )
+    agent = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**62,
+        help_text="file sources: ask this agent (yours, or any for administrators) for the first lines of a file "
+        "in config.path on its machine; answered 202 with agent_sample, to send back until the lines arrive",
+    )
+    agent_sample = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**62,
+        help_text="preview the lines the agent sent for this request (202 while it has not yet)",
+    )
 
     def validate_config(self, value):
         if not isinstance(value, dict):
@@ -132,7 +149,15 @@ class SourcePreviewView(ScopedViewMixin, APIView):
             "Nothing is saved. Paths, addresses and devices are checked as for saving the source."
         ),
         request={"multipart/form-data": PreviewRequest, "application/json": PreviewRequest},
-        responses={200: OpenApiResponse(description="the preview"), 400: None, 413: None},
+        responses={
+            200: OpenApiResponse(description="the preview"),
+            202: OpenApiResponse(
+                description='waiting for the agent: {"waiting": true, "agent_sample": id, "detail": ...}; ask again '
+                "with agent_sample"
+            ),
+            400: None,
+            413: None,
+        },
     )
     def post(self, request):
         form = PreviewRequest(data=request.data, context={"request": request})
@@ -147,6 +172,13 @@ class SourcePreviewView(ScopedViewMixin, APIView):
         elif data.get("sample_text"):
             upload = data["sample_text"].encode()
         try:
+            if upload is None and data.get("agent_sample") is None and data.get("agent") is not None:
+                if data["kind"] != SourceKind.FILE:
+                    raise PreviewRefused("agent", "An agent sends samples of file sources only.")
+                waiting = ask_agent(
+                    request.user, data["agent"], data["config"], data["file"], address=client_address(request)
+                )
+                return self.waiting(waiting)
             result = preview_source(
                 request.user,
                 data["kind"],
@@ -155,10 +187,21 @@ class SourcePreviewView(ScopedViewMixin, APIView):
                 file_name=data["file"],
                 connect=data["connect"],
                 channels=data["channels"],
+                agent_sample=data.get("agent_sample"),
             )
         except PreviewRefused as exc:
             return Response({"detail": exc.message, "field": exc.field}, status=status.HTTP_400_BAD_REQUEST)
+        except SampleWaiting as waiting:
+            return self.waiting(waiting)
         return Response(result)
+
+    @staticmethod
+    def waiting(waiting: SampleWaiting) -> Response:
+        """The agent has not sent its lines yet: ask again with ``agent_sample``."""
+        return Response(
+            {"waiting": True, "agent_sample": waiting.request_id, "detail": waiting.message},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 class PayloadTooLarge(exceptions.APIException):

@@ -2,7 +2,9 @@
 page, the admin (through that page) and ``POST /api/v1/sources/preview/``.
 
 A sample is an uploaded file's first lines, the first lines of a file at a server path (a file source's
-folder), or lines read now from a serial port or TCP instrument ("Test connection"). Whatever names a path,
+folder), lines read now from a serial port or TCP instrument ("Test connection"), or the first lines of a
+file on an agent's machine, which the agent reads inside its own ``allowed_paths`` and sends when asked
+(``accounts.agent_samples``; the preview answers "waiting" until they arrive). Whatever names a path,
 an address or a device goes through ``accounts.targets`` with the acting principal *before* anything is
 opened: a preview never reads what the person could not point a source at. Every read is bounded: at most
 ``MAX_SAMPLE_BYTES`` of a file, ``MAX_CONNECTION_LINES`` lines or ``MAX_CONNECTION_SECONDS`` seconds of a
@@ -26,9 +28,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import serial
+from django.core.exceptions import ValidationError
 from serial.tools import list_ports
 
-from accounts import permissions, targets
+from accounts import agent_samples, permissions, targets
+from accounts.choices import SampleRequestStatus
+from accounts.models import Agent, AgentHealth
 from collection.services.ingest import judge_value
 from daqbroker_agent.config import ConfigError, validate_source_config
 from daqbroker_agent.parsing import LineError, LineParser, now_us, us_to_datetime
@@ -57,6 +62,15 @@ class PreviewRefused(Exception):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.message = message
+        super().__init__(message)
+
+
+class SampleWaiting(Exception):
+    """The agent has not sent the lines yet: ask again (the page polls)."""
+
+    def __init__(self, request_id: int, message: str):
+        self.request_id = request_id
         self.message = message
         super().__init__(message)
 
@@ -140,6 +154,57 @@ def sample_from_server_file(principal: targets.Principal, config: dict, file_nam
     return Sample(lines, f"file {Path(path).name}", truncated)
 
 
+def ask_agent(
+    principal: targets.Principal, agent_id: int, config: dict, file_name: str = "", address: str | None = None
+) -> SampleWaiting:
+    """Ask an agent for the first lines of a file in ``config["path"]``; the answer to give while waiting."""
+    agent = agent_samples.agents_for(principal).filter(pk=agent_id).first()
+    if agent is None:
+        raise PreviewRefused("agent", "No such agent among those whose sources you may set.")
+    if "path" not in config:
+        raise PreviewRefused("config.path", "path is required: the folder on the agent's machine")
+    try:
+        request = agent_samples.request_sample(principal, agent, config, file_name=file_name, address=address)
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise PreviewRefused(field, messages[0]) from None
+    return SampleWaiting(request.pk, _waiting_message(agent, request.folder))
+
+
+def _waiting_message(agent: Agent, folder: str) -> str:
+    return f"Waiting for the agent {agent.name} to send the first lines of a file in {folder} ({_last_seen(agent)})."
+
+
+def _last_seen(agent: Agent) -> str:
+    health = AgentHealth.objects.filter(agent=agent).first()
+    if health is None:
+        return "it has never sent a heartbeat"
+    return f"its last heartbeat was at {health.last_heartbeat:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def sample_from_agent(principal: targets.Principal, request_id: int) -> Sample:
+    """The lines an agent sent for request ``request_id``; SampleWaiting while it has not, PreviewRefused
+    when it timed out or the agent refused (outside its allowed_paths, no file, unreadable)."""
+    request = agent_samples.sample_request_for(principal, request_id)
+    if request is None:
+        raise PreviewRefused("agent_sample", "No such sample request among yours.")
+    agent = request.agent
+    if request.status == SampleRequestStatus.REFUSED:
+        raise PreviewRefused("agent_sample", f"The agent {agent.name} did not read the file: {request.error}")
+    if request.timed_out:
+        raise PreviewRefused(
+            "agent_sample",
+            f"The agent {agent.name} did not answer within {request.WAIT_SECONDS} s: is it running and connected "
+            f"({_last_seen(agent)})?",
+        )
+    if request.status == SampleRequestStatus.WAITING:
+        raise SampleWaiting(request.pk, _waiting_message(agent, request.folder))
+    lines = list(request.lines)
+    if not any(line.strip() for line in lines):
+        raise PreviewRefused("sample", f"The file {request.origin} on {agent.name} is empty.")
+    return Sample(lines, f"agent {agent.name}: file {request.origin}", request.truncated)
+
+
 def _mtime(path: str) -> float:
     try:
         return os.stat(path).st_mtime
@@ -208,10 +273,12 @@ def preview_source(
     file_name: str = "",
     connect: bool = False,
     channels: list[dict] | None = None,
+    agent_sample: int | None = None,
 ) -> dict[str, Any]:
     """The preview of a source of ``kind`` configured (partly) as ``config``; raises PreviewRefused.
 
-    The sample: ``upload`` if given; else, with ``connect``, lines read now from the serial port or TCP
+    The sample: ``upload`` if given; else, with ``agent_sample``, the lines an agent sent for that request
+    (SampleWaiting until it has); else, with ``connect``, lines read now from the serial port or TCP
     instrument ``config`` names; else (file sources) the first lines of a file in ``config["path"]``.
     ``channels`` (slug, source_field, kind, valid_min, valid_max, missing_values) are judged on each row;
     without them the proposed channels are.
@@ -226,6 +293,8 @@ def preview_source(
     encoding = located.get("encoding", "utf-8") if located else "utf-8"
     if upload is not None:
         sample = sample_from_upload(upload, encoding)
+    elif agent_sample is not None:
+        sample = sample_from_agent(principal, agent_sample)
     elif located is None:
         raise PreviewRefused("config", next(iter(errors.values())))
     elif connect and kind in (SourceKind.SERIAL, SourceKind.TCP):

@@ -4,10 +4,14 @@ typed, and the first collection stores every line. Screenshots at 1280 px and 39
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 from collection.models import RejectedSample, Sample, TextSample
 from collection.services.collect import collect_source
+from collection.tests.test_agent_e2e import AGENT_PATH, Process
 from instruments.models import DataSource
 from pages.tests.browser import SCREENSHOTS
 
@@ -110,3 +114,68 @@ def test_the_admins_configuration_field_is_a_form_of_the_options(site, visitors,
         "*.dat",
         4,
     )
+
+
+def test_an_agent_source_is_set_up_from_lines_the_agent_sends(site, visitors, live_server, tmp_path):
+    """A real agent process, polling the live server, sends the first lines of a file on its machine; the
+    page waits for them, says why when the agent refuses a folder, and saves a remote-agent source."""
+    folder, secret = tmp_path / "logger", tmp_path / "secret"
+    folder.mkdir()
+    secret.mkdir()
+    (folder / "station.csv").write_text(SAMPLE)
+    (secret / "keys.csv").write_text("SECRET-LINE\n")
+    agent = start_agent_process(site.tokens["agent_scoped"], live_server.url, tmp_path, allowed=[folder])
+    try:
+        olivia = visitors("olivia")
+        olivia.log_in()
+        page = olivia.desktop
+        page.goto("/instruments/alpha-station/sources/new/")
+        page.fill("#id_name", "remote logger")
+        page.select_option("#id_agent", label="Agent alpha-logger (on its machine)")
+        assert page.is_hidden("#read-folder") and page.is_visible("#ask-agent")
+        page.fill("#opt-path", str(secret))  # outside the agent's allowed_paths: it says so, and reads nothing
+        page.click("#ask-agent")
+        page.wait_for_function("() => document.body.dataset.waiting === 'agent'")
+        assert "Waiting for the agent alpha-logger" in page.inner_text("#preview-status")
+        page.wait_for_selector("#setup-errors .message-error", timeout=60_000)
+        assert "is not under this agent's allowed_paths" in page.inner_text("#setup-errors")
+        assert "SECRET-LINE" not in page.content()
+
+        page.fill("#opt-path", str(folder))
+        page.click("#ask-agent")
+        page.wait_for_selector("#channels input[name='channel-0-slug']", timeout=60_000)
+        wait_for_preview(page)
+        assert "agent alpha-logger: file station.csv" in page.inner_text("#sample-origin")
+        assert page.input_value("#channels input[name='channel-1-missing_values']") == "-9999"
+        page.fill("#opt-timestamp-timezone", "Europe/Lisbon")
+        page.wait_for_function("() => document.querySelector('#preview thead').textContent.includes('Lisbon')")
+        wait_for_preview(page)
+        assert "rel-humidity" in page.inner_text("#preview thead").lower()
+        assert "a missing-value sentinel" in page.inner_text("#preview tbody")
+        page.screenshot(path=str(SCREENSHOTS / "source-setup-agent.png"), full_page=True)
+        page.click("#save-source")
+        page.wait_for_url("**/instruments/alpha-station/#sources")
+    finally:
+        agent.stop()
+    source = DataSource.objects.get(name="remote logger")
+    assert source.kind == "agent" and source.agent.name == "alpha-logger"
+    assert source.config["collect"]["path"] == str(folder) and source.config["collect"]["kind"] == "file"
+    assert source.channels.count() == 3
+
+
+def start_agent_process(token: str, url: str, tmp_path, *, allowed) -> Process:
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    config = tmp_path / "agent.toml"
+    config.write_text("allowed_paths = [{}]\n".format(", ".join(f'"{path}"' for path in allowed)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO", "DATABASE"))}
+    env.update(
+        PYTHONPATH=AGENT_PATH,
+        DAQBROKER_AGENT_URL=url,
+        DAQBROKER_AGENT_TOKEN_FILE=str(token_file),
+        DAQBROKER_AGENT_SPOOL=str(tmp_path / "spool"),
+        DAQBROKER_AGENT_CONFIG_POLL_SECONDS="1",
+        DAQBROKER_AGENT_HEARTBEAT_SECONDS="1",
+        DAQBROKER_AGENT_CONFIG=str(config),
+    )
+    return Process("agent", [sys.executable, "-m", "daqbroker_agent", "run"], env, tmp_path).start()

@@ -125,3 +125,54 @@ def test_broken_json_is_a_message_not_a_500(instrument, owner):
         {"name": "x", "kind": "file", "config_json": "{nope", "channels_json": "[]"},
     )
     assert response.status_code == 200 and "not valid JSON" in response.content.decode()
+
+
+# --- sources an agent collects on its machine -----------------------------------------------------------
+
+
+def test_the_owner_saves_a_source_her_agent_collects_from_the_same_page(instrument, owner, tmp_path):
+    agent, _ = services.create_agent(owner=owner, name="olga-pc", instruments=[instrument])
+    page = client_for(owner).get(reverse("instruments:source-new", args=["station"]))
+    assert b"Agent olga-pc (on its machine)" in page.content
+    response = post(client_for(owner), "station", tmp_path, agent=str(agent.pk))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    source = DataSource.objects.get(name="logger")
+    assert source.kind == "agent" and source.agent == agent and source.enabled
+    assert source.config["collect"]["kind"] == "file"
+    assert source.config["collect"]["path"] == str(tmp_path) and source.config["collect"]["header_lines"] == 1
+    assert {c.slug for c in source.channels.all()} == {"t-air", "status"}
+    # Opened again: shown as what the agent collects, and where.
+    state = client_for(owner).get(reverse("instruments:source-edit", args=["station", source.pk])).context
+    initial = state["setup_state"]["initial"]
+    assert (initial["kind"], initial["agent"], initial["config"]["path"]) == ("file", agent.pk, str(tmp_path))
+
+
+def test_a_co_editor_may_not_pick_someone_elses_agent(instrument, owner, tmp_path):
+    agent, _ = services.create_agent(owner=owner, name="olga-pc", instruments=[instrument])
+    eddie = make_user("eddie")
+    services.share(instrument, eddie, "change")
+    page = client_for(eddie).get(reverse("instruments:source-new", args=["station"]))
+    assert b"olga-pc" not in page.content
+    response = post(client_for(eddie), "station", tmp_path, agent=str(agent.pk))
+    assert response.status_code == 200
+    assert "No such agent among those whose sources you may set" in response.content.decode()
+    assert not DataSource.objects.filter(name="logger").exists()
+
+
+def test_a_co_editor_changes_the_channels_of_an_agent_source_keeping_its_agent(instrument, owner, tmp_path):
+    agent, _ = services.create_agent(owner=owner, name="olga-pc", instruments=[instrument])
+    collect = {"kind": "file", "path": str(tmp_path), "pattern": "*.csv", "header_lines": 1,
+               "columns": ["time", "t_air", "status"], "timestamp": {"columns": ["time"]}}  # fmt: skip
+    source = DataSource.objects.create(
+        instrument=instrument, name="logger", kind="agent", agent=agent, config={"collect": collect}
+    )
+    eddie = make_user("eddie")
+    services.share(instrument, eddie, "change")
+    url = reverse("instruments:source-edit", args=["station", source.pk])
+    assert b"olga-pc" in client_for(eddie).get(url).content  # its own agent stays selectable
+    config = {k: v for k, v in collect.items() if k != "kind"}
+    response = post(client_for(eddie), "station", tmp_path, url=url, agent=str(agent.pk), config=config)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    source.refresh_from_db()
+    assert source.kind == "agent" and source.agent == agent
+    assert source.channels.count() == 2

@@ -1,5 +1,7 @@
 /* The "New data source" page: a sample in, proposals and a live preview out, through the one preview
-   service (POST /api/v1/sources/preview/). Saving posts the form (the configuration and channels as JSON). */
+   service (POST /api/v1/sources/preview/). Saving posts the form (the configuration and channels as JSON).
+   An agent's file: the first request asks the agent (202 with agent_sample), then the page asks again every
+   AGENT_POLL_MS until the lines arrive (200) or the server says the agent did not answer in time (400). */
 (function () {
   "use strict";
   const state = JSON.parse(document.getElementById("setup-state").textContent);
@@ -7,10 +9,12 @@
   const csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
   const $ = (id) => document.getElementById(id);
   const kindSelect = $("id_kind");
+  const agentSelect = $("id_agent"); // absent when the person has no agent for this instrument
+  const AGENT_POLL_MS = 1000;
   const WHERE = { file: ["path", "pattern"], serial: ["url"], tcp: ["host", "port"] };
   let config = Object.assign({}, state.initial.config || {});
   let channels = (state.channels || []).map((c) => Object.assign({ keep: true }, c));
-  let sample = null; // {mode: "upload", file} | {mode: "text", text} | {mode: "folder"}
+  let sample = null; // {mode: "upload", file} | {mode: "text", text} | {mode: "folder"} | {mode: "agent", request}
   let timer = null;
   let busy = 0;
 
@@ -18,6 +22,8 @@
   kindSelect.value = state.initial.kind || "file";
   $("id_interval").value = state.initial.interval_seconds || 60;
   if (state.initial.enabled === false) $("id_enabled").checked = false;
+  if (agentSelect && state.initial.agent) agentSelect.value = String(state.initial.agent);
+  const onAgent = () => Boolean(agentSelect && agentSelect.value);
 
   function el(tag, attrs, text) {
     const node = document.createElement(tag);
@@ -98,8 +104,10 @@
     });
     $("raw-config").value = JSON.stringify(config, null, 2);
     document.querySelectorAll("[data-kinds]").forEach((node) => {
-      node.hidden = !node.dataset.kinds.split(" ").includes(kindSelect.value);
+      const where = node.dataset.where;
+      node.hidden = !node.dataset.kinds.split(" ").includes(kindSelect.value) || (where !== undefined && where !== (onAgent() ? "agent" : "server"));
     });
+    $("port-list-label").textContent = onAgent() ? "Serial ports of the agent's machine (its last heartbeat)" : "Serial ports of this server";
   }
 
   // --- channels -------------------------------------------------------------------------------------
@@ -176,14 +184,25 @@
     if (mode.mode === "upload") data.append("sample", mode.file);
     if (mode.mode === "text") data.append("sample_text", mode.text);
     if (mode.mode === "connect") data.append("connect", "true");
+    if (mode.mode === "agent" && mode.request) data.append("agent_sample", mode.request);
+    else if (mode.mode === "agent") data.append("agent", agentSelect.value);
     busy += 1;
     $("preview-status").textContent = "Previewing…";
     try {
       const response = await fetch(state.preview_url, { method: "POST", body: data, headers: { "X-CSRFToken": csrf }, credentials: "same-origin" });
       const body = await response.json().catch(() => ({ detail: `The server answered ${response.status}.` }));
+      if (response.status === 202 && body.waiting) { // the agent has not sent the lines yet: ask again
+        sample = { mode: "agent", request: body.agent_sample };
+        $("preview-status").textContent = body.detail;
+        document.body.dataset.waiting = "agent";
+        setTimeout(() => runPreview(fresh), AGENT_POLL_MS);
+        return;
+      }
+      document.body.dataset.waiting = "no";
       if (!response.ok) {
         showErrors({ [body.field || ""]: body.detail || JSON.stringify(body) });
         $("preview-status").textContent = "";
+        if (mode.mode === "agent") sample = null; // timed out or refused: the next click asks afresh
         return;
       }
       if (mode.mode === "connect") sample = { mode: "text", text: body.raw.join("\n") + "\n" }; // read once, then previewed from these lines
@@ -243,6 +262,8 @@
     runPreview(true);
   });
   $("read-folder").addEventListener("click", () => { sample = { mode: "folder" }; runPreview(true); });
+  $("ask-agent").addEventListener("click", () => { showErrors({}); sample = { mode: "agent" }; runPreview(true); });
+  if (agentSelect) agentSelect.addEventListener("change", () => { sample = null; renderOptions(); if (kindSelect.value === "serial") loadPorts(); });
   $("test-connection").addEventListener("click", () => runPreview(!channels.length, { mode: "connect" }));
   kindSelect.addEventListener("change", () => { renderOptions(); if (kindSelect.value === "serial") loadPorts(); schedule(); });
   $("raw-toggle").addEventListener("change", (event) => {
@@ -257,7 +278,8 @@
   $("port-list").addEventListener("change", (event) => { if (event.target.value) { setOption("url", event.target.value); renderOptions(); } });
 
   async function loadPorts() {
-    const response = await fetch(state.ports_url, { credentials: "same-origin" });
+    const url = onAgent() ? `${state.ports_url}?agent=${encodeURIComponent(agentSelect.value)}` : state.ports_url;
+    const response = await fetch(url, { credentials: "same-origin" });
     if (!response.ok) return;
     const list = $("port-list");
     list.replaceChildren(el("option", { value: "" }, "(choose, or type a device or URL below)"));
