@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 try:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -341,8 +342,13 @@ class Client:
                 progress=progress,
             )
         )
-        long = pd.concat(pieces) if len(pieces) > 1 else pieces[0]
-        long.attrs = dict(pieces[0].attrs)
+        long = pieces[0]
+        if len(pieces) > 1:
+            # As one export answers: by channel (in the order asked), then time; pieces follow each other in time.
+            long = pd.concat(pieces)
+            order = {label: i for i, label in enumerate(dict.fromkeys(long["channel"]))}
+            long = long.iloc[np.argsort(long["channel"].map(order).to_numpy(), kind="stable")]
+            long.attrs = dict(pieces[0].attrs)
         if not wide:
             return long
         return _wide(long, include_flagged)

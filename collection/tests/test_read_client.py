@@ -46,6 +46,10 @@ class Lab:
         pressure[[5, 300]] = -9999  # missing-value sentinel: flagged
         for channel, values in ((self.temp, temp), (self.pressure, pressure), (self.secret, np.ones(N))):
             ingest_samples(SampleBatch(np.full(N, channel.pk, dtype=np.int64), ts, values))
+        notes = np.array(["start", "valve open", "stop"], dtype=object)
+        ingest_samples(
+            SampleBatch(np.full(3, self.note.pk, dtype=np.int64), T0 + np.array([0, 60, 120]) * SECOND, notes)
+        )
         _, self.token = services.create_personal_token(user=self.owner, name="notebook", scope=TokenScope.READ)
         _, self.stranger_token = services.create_personal_token(user=self.stranger, name="theirs")
         _, self.agent_token = services.create_agent(owner=self.owner, name="logger", instruments=[self.station])
@@ -111,6 +115,16 @@ def test_the_wide_layout_puts_channels_side_by_side_with_units(client, lab):
     assert list(flagged.columns) == ["station/temp", "station/temp quality"] and len(flagged) == N
 
 
+def test_text_channels_come_as_text(client, lab):
+    long = client.readings(["station/note", "station/temp"], START, END)
+    notes = long[long["channel"] == "station/note"]
+    assert list(notes["text"]) == ["start", "valve open", "stop"] and notes["value"].isna().all()
+    assert list(long["channel"].unique()) == ["station/note", "station/temp"]
+    wide = client.readings(["station/note", "station/temp"], START, END, wide=True)
+    assert wide.loc[pd.Timestamp(T0 + 60 * SECOND, unit="us", tz="UTC"), "station/note"] == "valve open"
+    assert wide["station/note"].notna().sum() == 3 and wide["station/temp"].notna().sum() == N - 3
+
+
 def test_a_long_range_is_read_in_pieces_and_put_together_exactly(client, lab):
     pieces = list(client.iter_readings(["station/temp", "station/pressure"], START, END, piece_readings=150))
     assert len(pieces) >= 8  # 1,195 readings in pieces of at most 150 (the range is longer than the readings)
@@ -123,6 +137,9 @@ def test_a_long_range_is_read_in_pieces_and_put_together_exactly(client, lab):
         np.testing.assert_array_equal(got["value"].to_numpy(), want["value"].to_numpy())
     joined = client.readings(["station/temp", "station/pressure"], START, END, piece_readings=150)
     assert len(joined) == len(whole) and joined.attrs["units"]["station/temp"] == "degC"
+    # As one export: by channel in the order asked, then time.
+    assert list(joined["channel"]) == ["station/temp"] * (N - 3) + ["station/pressure"] * (N - 2)
+    assert joined.index[: N - 3].is_monotonic_increasing and joined.index[N - 3 :].is_monotonic_increasing
 
 
 def test_a_progress_bar_counts_the_readings(client, capsys):
