@@ -288,7 +288,7 @@ class Client:
         rows = []
         for ref, row in zip(refs, data["statistics"], strict=True):
             extra = row.pop("percentiles", {}) or {}
-            rows.append({"ref": ref, **row, **extra})
+            rows.append({"ref": ref, "id": row.pop("channel"), **row, **extra})
         frame = pd.DataFrame(rows).set_index("ref")
         frame.index.name = "channel"
         frame.attrs["start"] = pd.Timestamp(data["start"], unit="us", tz="UTC")

@@ -188,6 +188,7 @@ def test_the_registry_latest_and_statistics(client, lab):
     assert stats.loc["station/temp", "flagged"] == 3
     assert stats.loc["station/temp", "mean"] == pytest.approx(temp.mean())
     assert stats.loc[str(lab.pressure.pk), "p50"] == pytest.approx(stored(lab.pressure)["value"].median())
+    assert list(stats["id"]) == [lab.temp.pk, lab.pressure.pk]
 
 
 def test_refusals_carry_the_servers_message_and_are_not_retried(live_server, lab, client):
