@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import socket
 import threading
+import tomllib
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 from django.conf import settings
+from packaging.requirements import Requirement
 
 from accounts import services
 from accounts.choices import TokenScope
 from collection.models import Sample
 from collection.services import SampleBatch, ingest_samples, slots
+from collection.tests.test_agent_e2e import AGENT_PATH, WebServer
+from conftest import REPO, database_url_for_subprocess
 from daqbroker_agent import reader
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.choices import ChannelKind
@@ -255,3 +259,53 @@ def test_times_are_read_as_utc():
     assert reader.to_us(T0) == T0
     with pytest.raises(TypeError):
         reader.to_us(1.5)
+
+
+@pytest.mark.slow
+def test_through_gunicorn_a_long_range_comes_in_bounded_pieces(service_env, tmp_path):
+    """The production server (gunicorn, two workers, streamed Parquet answers) and 2 x 20,000 readings."""
+    owner = make_user("gus", password=None)
+    plant = make_instrument(owner, slug="plant")
+    flow = make_channel(plant, slug="flow", units="l/min", valid_max=1e6)
+    level = make_channel(plant, slug="level", units="m")
+    n = 20_000
+    ts = T0 + np.arange(n, dtype=np.int64) * SECOND // 4  # 4 Hz: 5,000 s
+    values = {flow.pk: np.arange(n) * 0.5, level.pk: np.cos(np.arange(n) / 100.0)}
+    values[flow.pk][7] = 2e6  # out of range
+    for channel_id, v in values.items():
+        ingest_samples(SampleBatch(np.full(n, channel_id, dtype=np.int64), ts, v))
+    _, token = services.create_personal_token(user=owner, name="notebook")
+    env = {**service_env, "DATABASE_URL": database_url_for_subprocess(), "PYTHONPATH": AGENT_PATH}
+    env |= {"DAQBROKER_DEBUG": "true", "DAQBROKER_INGEST_THROTTLE": "none"}
+    server = WebServer(env, tmp_path).start()
+    try:
+        with reader.Client(server.url, token) as db:
+            start, end = pd.Timestamp(T0, unit="us", tz="UTC"), pd.Timestamp(T0 + 6000 * SECOND, unit="us", tz="UTC")
+            pieces = list(db.iter_readings(["plant/flow", "plant/level"], start, end, piece_readings=4000))
+            wide = db.readings(["plant/flow", "plant/level"], start, end, wide=True, piece_readings=4000)
+    finally:
+        server.stop()
+    assert len(pieces) >= 10 and max(len(p) for p in pieces) <= 4000
+    assert sum(len(p) for p in pieces) == 2 * n - 1
+    assert wide.attrs["units"] == {"plant/flow": "l/min", "plant/level": "m"}
+    for channel, label in ((flow, "plant/flow"), (level, "plant/level")):
+        want = stored(channel)
+        got = wide[label].dropna()
+        assert got.index.equals(want.index)
+        np.testing.assert_array_equal(got.to_numpy(), want["value"].to_numpy())
+
+
+@pytest.mark.engine_independent
+def test_the_extras_hold_the_servers_own_pins():
+    """pip install "./client_agent[pandas,progress]" beside the server must accept the versions it runs."""
+    extras = tomllib.loads((REPO / "client_agent/pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {}
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for line in (REPO / name).read_text().splitlines():
+            if "==" in line and not line.startswith(("#", "-")):
+                package, version = line.split("==")
+                pins[package.strip().lower()] = version.split()[0]
+    wanted = [Requirement(r) for r in extras["pandas"] + extras["progress"]]
+    assert {r.name for r in wanted} == {"pandas", "pyarrow", "tqdm"}
+    for requirement in wanted:
+        assert requirement.specifier.contains(pins[requirement.name]), (requirement, pins[requirement.name])
