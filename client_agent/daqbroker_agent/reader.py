@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 try:
     import numpy as np
@@ -62,7 +62,7 @@ PARQUET = "application/vnd.apache.parquet"
 PAGE_LIMIT = 1000  # the server's largest page
 MAX_CHANNELS = 100  # the server's limit per request
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-TimeLike = datetime | date | str | int | float | pd.Timestamp
+TimeLike = datetime | date | str | int | float | pd.Timestamp | np.datetime64
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -110,14 +110,15 @@ def _error_for(reply: Reply, path: str) -> ReadError:
 
 
 def to_us(value: TimeLike) -> int:
-    """µs since 1970 from a datetime (naive means UTC), a pandas Timestamp, an ISO 8601 string or an int (µs)."""
+    """µs since 1970 from a datetime (naive means UTC), a pandas Timestamp or numpy datetime64 (naive: UTC),
+    an ISO 8601 string (without an offset: UTC) or an int (µs)."""
     if isinstance(value, bool):
         raise TypeError("a time, not a bool")
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         raise TypeError("give µs as an int, or a datetime / ISO 8601 string")
-    if isinstance(value, str):
+    if isinstance(value, str | np.datetime64):
         value = pd.Timestamp(value)
     if isinstance(value, pd.Timestamp):
         stamp = value.tz_localize("UTC") if value.tzinfo is None else value.tz_convert("UTC")
@@ -157,7 +158,6 @@ class Client:
         if not token:
             raise ValueError("a token is needed (create one under Tokens in DAQBroker, read-only is enough)")
         self._api = ApiClient(url, lambda: token, timeout=timeout, ca_file=ca_file)
-        self._api_path = urlsplit(self._api.url).path.rstrip("/")
         self.retries = retries
         self.backoff = backoff
         self.max_wait = max_wait
@@ -266,7 +266,7 @@ class Client:
 
     def latest(self, instrument: str) -> pd.DataFrame:
         """The latest reading of every channel of an instrument, indexed by channel slug."""
-        data = self._json(f"instruments/{instrument}/latest/")
+        data = self._json(f"instruments/{quote(instrument, safe='')}/latest/")
         frame = _frame(data["channels"], index="slug", times=("time",))
         frame.attrs["instrument"] = data["instrument"]
         frame.attrs["units"] = dict(zip(frame.index, frame["units"], strict=True)) if len(frame) else {}

@@ -257,6 +257,7 @@ def test_times_are_read_as_utc():
     assert reader.to_us("2024-05-06T02:00:00+02:00") == T0
     assert reader.to_us(pd.Timestamp("2024-05-06", tz="UTC")) == T0
     assert reader.to_us(T0) == T0
+    assert reader.to_us(np.datetime64("2024-05-06T00:00:00")) == T0
     with pytest.raises(TypeError):
         reader.to_us(1.5)
 
