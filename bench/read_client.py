@@ -3,7 +3,8 @@
 
 Loads N readings of one channel (1 Hz) into a PostgreSQL bench database through ``ingest_samples``, starts
 gunicorn (1 worker, gthread) on it, and reads the whole range in a fresh Python process per case, which
-reports its rate and its peak resident memory (``ru_maxrss``):
+reports its rate and its peak resident memory (``ru_maxrss``); after one warm-up download, the cases
+take turns, ``--repeat`` times each (median time, largest peak):
 
 - baseline: one ``GET /api/v1/export/?format=parquet`` downloaded whole and read with pyarrow into pandas
   (what a script does by hand: the whole answer in memory at once);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=2_000_000)
     parser.add_argument("--piece", type=int, default=500_000, help="piece_readings of the client")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case (median time, largest peak)")
     parser.add_argument("--setup", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,14 +102,19 @@ def main() -> None:
         )
         values = {"token": info["token"], "start": T0, "end": T0 + args.readings * SECOND, "piece": args.piece}
         with gunicorn(env, workers=1, timeout=3600, options=["--worker-class", "gthread", "--threads", "2"]) as web:
-            results = {}
-            for name, code in CASES.items():
-                script = (PRELUDE + code + EPILOGUE).format(url=web.url, **values)
-                ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-                if ran.returncode != 0:
-                    sys.exit(f"{name}: {ran.stderr[-3000:]}")
-                results[name] = json.loads(ran.stdout.strip().splitlines()[-1])
-                assert results[name]["rows"] == args.readings, (name, results[name])
+            run_case(web.url, "baseline: one Parquet download", values, env, args.readings)  # warms the caches
+            runs: dict[str, list[dict]] = {name: [] for name in CASES}
+            for _ in range(args.repeat):  # interleaved, so that no case gets all the warm runs
+                for name in CASES:
+                    runs[name].append(run_case(web.url, name, values, env, args.readings))
+            results = {
+                name: {
+                    "rows": args.readings,
+                    "seconds": statistics.median(r["seconds"] for r in rs),
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                }
+                for name, rs in runs.items()
+            }
         base = results["baseline: one Parquet download"]
         base_rate = base["rows"] / base["seconds"]
         print(f"{'case':<32} {'readings/s':>11} {'vs baseline':>11} {'peak RSS MB':>12} {'vs baseline':>11}")
@@ -116,6 +124,16 @@ def main() -> None:
                 f"{name:<32} {rate:>11,.0f} {rate / base_rate:>10.0%} {r['peak_rss_mb']:>12.0f} "
                 f"{r['peak_rss_mb'] / base['peak_rss_mb']:>10.0%}"
             )
+
+
+def run_case(url: str, name: str, values: dict, env: dict, readings: int) -> dict:
+    script = (PRELUDE + CASES[name] + EPILOGUE).format(url=url, **values)
+    ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    if ran.returncode != 0:
+        sys.exit(f"{name}: {ran.stderr[-3000:]}")
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert result["rows"] == readings, (name, result)
+    return result
 
 
 def setup(readings: int) -> dict:
@@ -128,6 +146,7 @@ def setup(readings: int) -> dict:
     import numpy as np
     from django.contrib.auth.models import User
     from django.core.management import call_command
+    from django.db import connection
 
     from accounts.choices import TokenScope
     from accounts.services import create_personal_token
@@ -145,6 +164,8 @@ def setup(readings: int) -> dict:
         n = min(1_000_000, readings - offset)
         ts = T0 + (offset + np.arange(n, dtype=np.int64)) * SECOND
         ingest_samples(SampleBatch(np.full(n, channel.pk, dtype=np.int64), ts, rng.normal(20, 5, n)))
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")  # as autovacuum would soon: without statistics the planner sorts
     started = time.perf_counter()
     while refresh_rollups().remaining:  # the tiers the client's counts come from, as the worker keeps them
         pass

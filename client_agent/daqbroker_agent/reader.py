@@ -346,8 +346,9 @@ class Client:
         if len(pieces) > 1:
             # As one export answers: by channel (in the order asked), then time; pieces follow each other in time.
             long = pd.concat(pieces)
-            order = {label: i for i, label in enumerate(dict.fromkeys(long["channel"]))}
-            long = long.iloc[np.argsort(long["channel"].map(order).to_numpy(), kind="stable")]
+            order = {label: i for i, label in enumerate(long["channel"].unique())}
+            if len(order) > 1:
+                long = long.iloc[np.argsort(long["channel"].map(order).to_numpy(), kind="stable")]
             long.attrs = dict(pieces[0].attrs)
         if not wide:
             return long
