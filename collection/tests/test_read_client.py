@@ -195,6 +195,11 @@ def test_the_registry_latest_and_statistics(client, lab):
     assert list(stats["id"]) == [lab.temp.pk, lab.pressure.pk]
 
 
+def test_lists_longer_than_a_page_are_followed_to_their_end(client, monkeypatch):
+    monkeypatch.setattr(reader, "PAGE_LIMIT", 2)  # three channels: two pages
+    assert sorted(client.channels("station").index) == ["station/note", "station/pressure", "station/temp"]
+
+
 def test_refusals_carry_the_servers_message_and_are_not_retried(live_server, lab, client):
     waits: list[float] = []
     client.sleep = waits.append
