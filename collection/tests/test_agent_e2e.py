@@ -501,3 +501,8 @@ def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
     import_all = "import daqbroker_agent.cli, daqbroker_agent.runtime, daqbroker_agent.sources, serial; print('ok')"
     imported = subprocess.run([str(venv / "bin/python"), "-c", import_all], capture_output=True, text=True, timeout=60)
     assert imported.stdout.strip() == "ok", imported.stderr
+    # The read client is an extra: without pandas it says which one to install.
+    reader = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import daqbroker_agent.reader"], capture_output=True, text=True, timeout=60
+    )
+    assert reader.returncode != 0 and "daqbroker-agent[pandas]" in reader.stderr, reader.stderr
