@@ -330,6 +330,22 @@ def test_export_is_csv_with_file_line_and_formulas_defused(station):
     assert rows[0]["source"] == source.name
 
 
+def test_the_quarantine_export_defuses_every_formula_start_and_keeps_numbers(station):
+    _, _, source, _temp, _ = station
+    for raw in ("=1+1", "+1+cmd|' /C calc'!A0", "-1+cmd|' /C calc'!A0", "@SUM(A1)", "-7.5"):
+        RejectedSample.objects.create(
+            origin=Origin.FILE,
+            source=source,
+            reason="value is not a number",
+            kind=RejectionKind.NOT_NUMBER,
+            raw_value=raw,
+        )
+    rows = list(csv.DictReader(io.StringIO("".join(q.export_csv(RejectedSample.objects.all())))))
+    assert sorted(r["raw_value"] for r in rows) == sorted(
+        ["'=1+1", "'+1+cmd|' /C calc'!A0", "'-1+cmd|' /C calc'!A0", "'@SUM(A1)", "-7.5"]
+    )
+
+
 def test_grouping_counts_by_kind_source_and_day(station):
     _, _, source, _temp, _ = station
     for kind, n in ((RejectionKind.BAD_TIME, 3), (RejectionKind.NOT_NUMBER, 1)):
