@@ -417,6 +417,25 @@ def test_the_migration_gives_rows_kept_before_kinds_their_kind():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_migration_makes_rows_of_a_nan_time_bad_time():
+    """Rows that 0011 classified before the rule order was fixed: a NaN epoch time was "not_finite"."""
+    before = [("collection", "0012_selector_units_canonical")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps.get_model("collection", "RejectedSample")
+    wrong = old.objects.create(
+        origin="file", reason="line not parsed: timestamp 'nan' is not finite", kind="not_finite", raw_value="x"
+    )
+    value = old.objects.create(
+        origin="file", reason="value is not a finite number (NaN or infinity)", kind="not_finite", raw_time="t"
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    kinds = dict(RejectedSample.objects.values_list("pk", "kind"))
+    assert (kinds[wrong.pk], kinds[value.pk]) == (RejectionKind.BAD_TIME, RejectionKind.NOT_FINITE)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_large_replay_is_finished_by_a_real_worker(station, settings, service_env, start_process, monkeypatch):
     """The request replays one batch and queues the rest; a Celery worker process (real Redis) replays it."""
     folder, instrument, source, temp, rh = station
