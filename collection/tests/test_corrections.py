@@ -39,7 +39,8 @@ from instruments.tests.factories import make_channel, make_instrument, make_sour
 
 pytestmark = pytest.mark.django_db
 
-T0 = datetime(2024, 5, 6, 10, 0, 0, tzinfo=UTC)
+# Two days ago: a file whose readings lie a year from its modification time makes a warning run (docs/testing.md).
+T0 = (datetime.now(UTC) - timedelta(days=2)).replace(hour=10, minute=0, second=0, microsecond=0)
 TOA5_HEADER = (
     '"TOA5","CR1000_station","CR1000","12345","CR1000.Std.32","CPU:met.CR1","4321","Met1min"\n'
     '"TIMESTAMP","RECORD","AirTC_Avg","RH","Batt_volt"\n'
@@ -50,6 +51,10 @@ TOA5_HEADER = (
 
 def at(i: int) -> datetime:
     return T0 + timedelta(minutes=i)
+
+
+def iso(i: int) -> str:
+    return f"{at(i):%Y-%m-%dT%H:%M:%S}Z"
 
 
 def us(i: int) -> int:
@@ -401,11 +406,11 @@ def test_the_reread_api_asks_for_a_reread_from_a_time(people):
     source = people["source"]
     response = client_for(people["eddie"]).post(
         reverse("api:source-reread", args=[source.pk]),
-        {"start": "2024-05-06T10:02:00Z", "on_conflict": "replace"},
+        {"start": iso(2), "on_conflict": "replace"},
         format="json",
     )
     assert response.status_code == 202, response.content
-    assert response.json()["start"] == "2024-05-06T10:02:00Z" and response.json()["on_conflict"] == "replace"
+    assert response.json()["start"] == iso(2) and response.json()["on_conflict"] == "replace"
     source.refresh_from_db()
     assert (source.reread_from, source.reread_replace) == (us(2), True)
     assert events(AuditAction.SOURCE_REREAD)[-1].actor == people["eddie"]
@@ -429,7 +434,7 @@ def test_the_delete_api_counts_first_then_deletes_and_audits(people, settings):
     temp, client = people["temp"], client_for(people["eddie"])
     run_once(people["source"])
     url = reverse("api:channel-delete-readings", args=[temp.pk])
-    body = {"start": "2024-05-06T10:01:00Z", "end": "2024-05-06T10:03:00Z", "reason": "sensor serviced"}
+    body = {"start": iso(1), "end": iso(3), "reason": "sensor serviced"}
     counted = client.post(url, {**body, "dry_run": True}, format="json")
     assert counted.status_code == 200 and counted.json()["readings"] == 2
     assert len(stored(temp)) == 5
@@ -438,10 +443,10 @@ def test_the_delete_api_counts_first_then_deletes_and_audits(people, settings):
     assert [ts for ts, _ in stored(temp)] == [us(0), us(3), us(4)]
     event = events(AuditAction.SAMPLES_DELETED)[-1]
     assert event.actor == people["eddie"] and event.changes["deleted"] == 2
-    backwards = client.post(url, {**body, "end": "2024-05-06T10:00:00Z"}, format="json")
+    backwards = client.post(url, {**body, "end": iso(0)}, format="json")
     assert backwards.status_code == 400 and "after its start" in backwards.json()["detail"]
     settings.DAQBROKER_CORRECTION_MAX_READINGS = 2
-    too_many = client.post(url, {"start": "2024-01-01T00:00:00Z", "end": "2025-01-01T00:00:00Z"}, format="json")
+    too_many = client.post(url, {"start": iso(-200 * 24 * 60), "end": iso(165 * 24 * 60)}, format="json")
     assert too_many.status_code == 400 and "shorter ranges" in too_many.json()["detail"]
     assert len(stored(temp)) == 3
 
@@ -510,7 +515,7 @@ def test_the_admin_reread_from_a_time_asks_then_does_it(people):
     form = {"action": "reread_from_time", "index": "0", helpers.ACTION_CHECKBOX_NAME: [source.pk]}
     page = client.post(url, form)
     assert page.status_code == 200 and "Replace differing values" in page.content.decode()
-    done = client.post(url, {**form, "apply": "1", "start": "2024-05-06 10:03:00", "replace": "on"})
+    done = client.post(url, {**form, "apply": "1", "start": f"{at(3):%Y-%m-%d %H:%M:%S}", "replace": "on"})
     assert done.status_code == 302
     source.refresh_from_db()
     assert (source.reread_from, source.reread_replace) == (us(3), True)
@@ -522,7 +527,7 @@ def test_the_admin_delete_action_shows_the_count_before_deleting(people):
     client = admin_client(people["olivia"])
     url = reverse("admin:instruments_channel_changelist")
     form = {"action": "delete_readings_in_range", "index": "0", helpers.ACTION_CHECKBOX_NAME: [temp.pk]}
-    rng = {"start": "2024-05-06 10:00:00", "end": "2024-05-06 10:02:00", "reason": "test run"}
+    rng = {"start": f"{at(0):%Y-%m-%d %H:%M:%S}", "end": f"{at(2):%Y-%m-%d %H:%M:%S}", "reason": "test run"}
     counted = client.post(url, {**form, **rng, "range": "1"})
     assert counted.status_code == 200 and "Yes, delete 2 reading(s)" in counted.content.decode()
     assert len(stored(temp)) == 5  # nothing deleted yet
