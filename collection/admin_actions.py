@@ -91,7 +91,7 @@ def recent_runs_html(source) -> str:
     rows = format_html_join(
         "",
         '<tr><td>{}</td><td>{}</td><td style="color:{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
-        "<td>{}</td></tr>",
+        "<td>{}</td><td>{}</td></tr>",
         (
             (
                 f"{run.started_at:%Y-%m-%d %H:%M:%S}",
@@ -103,6 +103,7 @@ def recent_runs_html(source) -> str:
                 run.conflicts,
                 run.rejected,
                 run.error[:300],
+                run.note[:300],
             )
             for run in runs
         ),
@@ -110,7 +111,7 @@ def recent_runs_html(source) -> str:
     link = reverse("admin:collection_collectionrun_changelist") + f"?source__id__exact={source.pk}"
     return format_html(
         "<table><thead><tr><th>Started (UTC)</th><th>Took</th><th>Status</th><th>Accepted</th><th>Duplicates</th>"
-        "<th>Conflicts</th><th>Rejected</th><th>Error</th></tr></thead><tbody>{}</tbody></table>"
+        "<th>Conflicts</th><th>Rejected</th><th>Error</th><th>Note</th></tr></thead><tbody>{}</tbody></table>"
         '<p><a href="{}">All runs of this source</a></p>',
         rows,
         link,

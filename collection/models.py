@@ -192,7 +192,10 @@ class CollectionRun(models.Model):
         default=0, help_text="readings whose time already held another value: that one stays, these are quarantined"
     )
     rejected = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="why it failed, or (a warning run) what looks wrong")
+    note = models.TextField(
+        blank=True, help_text="what the run did besides collecting, such as how far a re-read has come"
+    )
     worker = models.CharField(max_length=200, blank=True, help_text="host and process that ran it")
 
     class Meta:

@@ -25,6 +25,8 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             r"outside the accepted window|not_before|not_after|before the window|after the window|\bwindow\b",
             RejectionKind.OUT_OF_WINDOW,
         ),
+        # Before "not finite": a timestamp that is NaN or infinite is a bad time, not a bad value.
+        (r"\btimestamp\b.*\bis not finite", RejectionKind.BAD_TIME),
         (r"not a finite number|is not finite", RejectionKind.NOT_FINITE),
         (r"value is not a number", RejectionKind.NOT_NUMBER),
         (r"value is not text|text value longer|NUL character", RejectionKind.BAD_TEXT),

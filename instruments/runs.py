@@ -31,6 +31,7 @@ from accounts.audit import jsonable, record
 from accounts.choices import AuditAction
 from accounts.principals import AgentPrincipal
 from instruments.choices import ColumnKind
+from instruments.csv_cells import safe_row
 from instruments.models import (
     MAX_RUN_NUMBER,
     MAX_STAGE,
@@ -284,22 +285,24 @@ def run_list_csv_rows(run_list: RunList, runs: Iterable[Run]) -> Iterable[str]:
         buffer.truncate()
         return text
 
-    writer.writerow(run_list_csv_header(columns))
+    writer.writerow(safe_row(run_list_csv_header(columns)))
     yield flush()
     for run in runs:
         duration = (run.end - run.start).total_seconds() if run.end else ""
         writer.writerow(
-            [
-                run.label,
-                run.number,
-                run.stage,
-                run.start.isoformat(),
-                run.end.isoformat() if run.end else "",
-                duration,
-                *(_cell(c, run.parameters.get(c.name)) for c in columns),
-                run.summary,
-                run.started_by,
-            ]
+            safe_row(
+                [
+                    run.label,
+                    run.number,
+                    run.stage,
+                    run.start.isoformat(),
+                    run.end.isoformat() if run.end else "",
+                    duration,
+                    *(_cell(c, run.parameters.get(c.name)) for c in columns),
+                    run.summary,
+                    run.started_by,
+                ]
+            )
         )
         yield flush()
 

@@ -1,9 +1,10 @@
 """The collaborators' quarantine page: what was set aside from the instruments one may see, why, and
-(for those who may change an instrument) replaying it once the cause is fixed. docs/quarantine.md.
+(for those who may change an instrument) replaying it once the cause is fixed, or accepting a conflict's new
+value in place of the stored one. docs/quarantine.md.
 
 Every view goes through the page mixin and the one gate (``collection.services.quarantine.selection``
 narrows to what the user may see, or change): a record of an instrument one may not see answers 404,
-one that may be seen but not changed 403 on replay.
+one that may be seen but not changed 403 on replay or accept.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from accounts import audit, permissions
 from accounts.mixins import local_next
 from collection.choices import RejectionKind
 from collection.models import RejectedSample
-from collection.services import quarantine
+from collection.services import corrections, quarantine
 from collection.tasks import replay_selection
 from instruments.models import DataSource
 from pages.views import PageMixin
@@ -109,6 +110,7 @@ class QuarantineView(PageMixin, ListView):
             filters=filters,
             rows=rows,
             any_changeable=any(r["changeable"] for r in rows),
+            any_conflict_changeable=any(r["changeable"] and r["record"].kind == RejectionKind.CONFLICT for r in rows),
             kinds=quarantine.kind_counts(everything),
             sources=quarantine.source_counts(quarantine.selection(user, filters.as_selection())),
             days=quarantine.daily_counts(quarantine.selection(user, filters.as_selection())),
@@ -149,6 +151,8 @@ class QuarantineDetailView(PageMixin, DetailView):
         then = quarantine.config_when_set_aside(record)
         context.update(
             can_replay=permissions.has_perm(self.request.user, permissions.CHANGE, record),
+            is_conflict=record.kind == RejectionKind.CONFLICT,
+            stored_value=record.context.get("stored_value") if isinstance(record.context, dict) else None,
             why_not=quarantine.why_not_replayable(record),
             parsed=quarantine.parse_preview(record),
             visible=record.preview(limit=4000),
@@ -206,6 +210,44 @@ class QuarantineReplayView(PageMixin, View):
         replayed_one = not dry_run and len(selection.get("ids") or []) == 1
         if replayed_one and back.startswith(reverse("collection:quarantine-detail", args=[selection["ids"][0]])):
             back = reverse("collection:quarantine")  # the record itself is gone (replayed): back to the list
+        return redirect(back)
+
+
+class QuarantineAcceptView(PageMixin, View):
+    """Accept the new value of the ticked conflicts (``id``): each replaces the reading stored at its time
+    and leaves the quarantine (``corrections.accept_conflicts``, audited with the value it replaced).
+    Needs *change* on every ticked record's instrument; at most ``DAQBROKER_QUARANTINE_REPLAY_BATCH`` at
+    once. Ticked records that are not conflicts are left alone, and the message says how many."""
+
+    http_method_names = ["post"]
+
+    def post(self, request):
+        filters = QuarantineFilters(request, request.POST)
+        back = local_next(
+            request, reverse("collection:quarantine") + (f"?{filters.query()}" if filters.query() else "")
+        )
+        ids = request.POST.getlist("id")
+        if not ids:
+            messages.info(request, "No conflict was selected.")
+            return redirect(back)
+        if not all(i.isdigit() for i in ids) or len(ids) > settings.DAQBROKER_QUARANTINE_REPLAY_BATCH:
+            messages.error(request, f"Select at most {settings.DAQBROKER_QUARANTINE_REPLAY_BATCH:,} records.")
+            return redirect(back)
+        selection = {"ids": sorted({int(i) for i in ids})}
+        records = quarantine.selection(request.user, selection)
+        visible = records.count()
+        if visible < len(selection["ids"]):
+            raise Http404("No such quarantine record.")
+        if quarantine.selection(request.user, selection, permissions.CHANGE).count() < visible:
+            raise PermissionDenied
+        accepted, skipped = corrections.accept_conflicts(records.order_by("pk"), **audit.origin(request))
+        text = f"{accepted} conflict(s) accepted: the new value replaces the one stored at its time."
+        if skipped:
+            text += f" {skipped} record(s) left alone (not a conflict, or its channel is gone)."
+        messages.add_message(request, messages.SUCCESS if accepted else messages.WARNING, text)
+        accepted_one = accepted and len(selection["ids"]) == 1
+        if accepted_one and back.startswith(reverse("collection:quarantine-detail", args=[selection["ids"][0]])):
+            back = reverse("collection:quarantine")  # the record itself is gone (accepted): back to the list
         return redirect(back)
 
 

@@ -13,5 +13,6 @@ urlpatterns = [
     path("quarantine/", quarantine_views.QuarantineView.as_view(), name="quarantine"),
     path("quarantine/<int:pk>/", quarantine_views.QuarantineDetailView.as_view(), name="quarantine-detail"),
     path("quarantine/replay/", quarantine_views.QuarantineReplayView.as_view(), name="quarantine-replay"),
+    path("quarantine/accept/", quarantine_views.QuarantineAcceptView.as_view(), name="quarantine-accept"),
     path("quarantine/export.csv", quarantine_views.QuarantineExportView.as_view(), name="quarantine-export"),
 ]

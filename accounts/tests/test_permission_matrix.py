@@ -757,6 +757,23 @@ ROUTES: list[Case] = [
         data=lambda w: {"all": "1", "kind": "other", "source": w.zulu_rejected.source_id},
         encoding="multipart",
     ),
+    # Accepting a conflict's new value (corrections.accept_conflicts): the change level, like replay.
+    Case(
+        "collection:quarantine-accept",
+        "POST",
+        None,
+        PAGE_ALPHA_CHANGE_POST,
+        data=lambda w: {"id": w.alpha_rejected.pk},
+        encoding="multipart",
+    ),
+    Case(
+        "collection:quarantine-accept",
+        "POST",
+        None,
+        PAGE_ZULU_POST,
+        data=lambda w: {"id": w.zulu_rejected.pk},
+        encoding="multipart",
+    ),
     Case("collection:quarantine-export", "GET", None, PAGE_ANY_USER),
     Case("collection:quarantine-export", "GET", None, PAGE_ZULU, query={"instrument": "zulu-hidden"}),
 ]

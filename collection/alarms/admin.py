@@ -227,9 +227,10 @@ class CollectionRunAdmin(InstrumentScopedAdminMixin, ReadOnlyAdmin):
         "conflicts",
         "rejected",
         "short_error",
+        "short_note",
     )
     list_filter = ("status", "source__kind", "source")
-    search_fields = ("source__name", "source__instrument__name", "error", "worker")
+    search_fields = ("source__name", "source__instrument__name", "error", "note", "worker")
     date_hierarchy = "started_at"
     list_select_related = ("source", "source__instrument")
     readonly_fields = (
@@ -243,6 +244,7 @@ class CollectionRunAdmin(InstrumentScopedAdminMixin, ReadOnlyAdmin):
         "rejected",
         "worker",
         "error",
+        "note",
     )
 
     @admin.display(description="Took")
@@ -252,3 +254,7 @@ class CollectionRunAdmin(InstrumentScopedAdminMixin, ReadOnlyAdmin):
     @admin.display(description="Error")
     def short_error(self, run: CollectionRun) -> str:
         return run.error if len(run.error) <= 80 else run.error[:77] + "..."
+
+    @admin.display(description="Note")
+    def short_note(self, run: CollectionRun) -> str:
+        return run.note if len(run.note) <= 80 else run.note[:77] + "..."

@@ -369,7 +369,7 @@ def collect_source(source_id: int) -> CollectionRun | None:
                     said += f", {len(result.replaced):,} stored value(s) replaced"
                 if collected.more:
                     said += "; continues next run"
-                run.error = f"{run.error}; {said}" if run.error else said
+                run.note = said  # progress, not a fault: a successful re-read has no error
             run.accepted, run.duplicates, run.rejected = result.accepted, result.duplicates, result.rejected_count
             run.conflicts = result.conflicts
             run.finished_at = finished

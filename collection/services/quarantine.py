@@ -49,6 +49,7 @@ from collection.reasons import classify_reason, visible_text
 from collection.services.ingest import IngestResult, Rejection, SampleBatch, ingest_samples
 from daqbroker_agent.parsing import LineError, LineParser, datetime_to_us
 from instruments.choices import ChannelKind, SourceKind
+from instruments.csv_cells import safe_row
 from instruments.models import DataSource
 
 if TYPE_CHECKING:
@@ -497,12 +498,6 @@ EXPORT_COLUMNS = (
 )
 
 
-def _cell(value: object) -> str:
-    """A CSV cell a spreadsheet shows as text: a leading ``=``/``@`` would make it a formula."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "@") else text
-
-
 def export_csv(records: QuerySet[RejectedSample]) -> Iterator[str]:
     """``records`` as CSV text chunks, newest first, read in chunks (bounded memory)."""
     buffer = io.StringIO()
@@ -516,9 +511,8 @@ def export_csv(records: QuerySet[RejectedSample]) -> Iterator[str]:
         instrument = r.source.instrument if r.source else (r.channel.instrument if r.channel else None)
         sender = f"agent {r.sender_agent}" if r.sender_agent else (str(r.sender_user) if r.sender_user else "")
         writer.writerow(
-            [
-                _cell(v)
-                for v in (
+            safe_row(
+                (
                     r.pk,
                     r.received_at.isoformat(),
                     r.kind,
@@ -536,7 +530,7 @@ def export_csv(records: QuerySet[RejectedSample]) -> Iterator[str]:
                     r.raw_value,
                     r.count,
                 )
-            ]
+            )
         )
         if n % 500 == 499:
             yield buffer.getvalue()

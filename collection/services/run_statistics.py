@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us
+from instruments.csv_cells import safe_row
 from instruments.models import Channel, Run
 
 MAX_RUNS = 200
@@ -52,12 +53,12 @@ def as_csv(rows: Iterable[RunRow], channels: Sequence[Channel]) -> str:
     for channel in channels:
         ref = f"{channel.instrument.slug}/{channel.slug}"
         head += [f"{ref}:{name}" for name in ("count", "min", "max", "mean")]
-    writer.writerow(head)
+    writer.writerow(safe_row(head))
     for row in rows:
         line: list = [row.run.label, row.start, row.end]
         for cell in row.cells:
             line += ["" if cell[k] is None else cell[k] for k in ("count", "min", "max", "mean")]
-        writer.writerow(line)
+        writer.writerow(safe_row(line))
     return buffer.getvalue()
 
 

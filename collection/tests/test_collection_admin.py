@@ -34,7 +34,12 @@ def raise_alarm(channel) -> AlarmEvent:
 
 def test_source_page_shows_its_recent_runs(admin_client, source):
     CollectionRun.objects.create(
-        source=source, started_at=timezone.now(), finished_at=timezone.now(), status=RunStatus.SUCCESS, accepted=42
+        source=source,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        status=RunStatus.SUCCESS,
+        accepted=42,
+        note="re-read from the start; continues next run",
     )
     CollectionRun.objects.create(
         source=source, started_at=timezone.now(), status=RunStatus.FAILED, error="FileNotFoundError: gone"
@@ -45,10 +50,12 @@ def test_source_page_shows_its_recent_runs(admin_client, source):
     assert "Recent collection runs" in html
     assert "<td>42</td>" in html
     assert "FileNotFoundError: gone" in html
+    assert "<th>Note</th>" in html and "<td>re-read from the start; continues next run</td>" in html
     assert f"?source__id__exact={source.pk}" in html
     runs = admin_client.get(reverse("admin:collection_collectionrun_changelist"), {"source__id__exact": source.pk})
     assert runs.status_code == 200
     assert "FileNotFoundError: gone" in runs.content.decode()
+    assert "column-short_note" in runs.content.decode() and "re-read from the start" in runs.content.decode()
 
 
 @pytest.mark.parametrize(

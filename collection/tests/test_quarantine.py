@@ -332,6 +332,22 @@ def test_export_is_csv_with_file_line_and_formulas_defused(station):
     assert rows[0]["source"] == source.name
 
 
+def test_the_quarantine_export_defuses_every_formula_start_and_keeps_numbers(station):
+    _, _, source, _temp, _ = station
+    for raw in ("=1+1", "+1+cmd|' /C calc'!A0", "-1+cmd|' /C calc'!A0", "@SUM(A1)", "-7.5"):
+        RejectedSample.objects.create(
+            origin=Origin.FILE,
+            source=source,
+            reason="value is not a number",
+            kind=RejectionKind.NOT_NUMBER,
+            raw_value=raw,
+        )
+    rows = list(csv.DictReader(io.StringIO("".join(q.export_csv(RejectedSample.objects.all())))))
+    assert sorted(r["raw_value"] for r in rows) == sorted(
+        ["'=1+1", "'+1+cmd|' /C calc'!A0", "'-1+cmd|' /C calc'!A0", "'@SUM(A1)", "-7.5"]
+    )
+
+
 def test_grouping_counts_by_kind_source_and_day(station):
     _, _, source, _temp, _ = station
     for kind, n in ((RejectionKind.BAD_TIME, 3), (RejectionKind.NOT_NUMBER, 1)):
@@ -400,6 +416,25 @@ def test_the_migration_gives_rows_kept_before_kinds_their_kind():
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
     assert dict(RejectedSample.objects.values_list("reason", "kind")) == reasons
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_makes_rows_of_a_nan_time_bad_time():
+    """Rows that 0011 classified before the rule order was fixed: a NaN epoch time was "not_finite"."""
+    before = [("collection", "0013_source_config_snapshot")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps.get_model("collection", "RejectedSample")
+    wrong = old.objects.create(
+        origin="file", reason="line not parsed: timestamp 'nan' is not finite", kind="not_finite", raw_value="x"
+    )
+    value = old.objects.create(
+        origin="file", reason="value is not a finite number (NaN or infinity)", kind="not_finite", raw_time="t"
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    kinds = dict(RejectedSample.objects.values_list("pk", "kind"))
+    assert (kinds[wrong.pk], kinds[value.pk]) == (RejectionKind.BAD_TIME, RejectionKind.NOT_FINITE)
 
 
 @pytest.mark.django_db(transaction=True)

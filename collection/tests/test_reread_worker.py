@@ -77,6 +77,7 @@ def test_a_reread_through_a_real_worker_stores_every_line_once(settings, tmp_pat
     assert totals == {"accepted": 2 * (ROTATED + LIVE), "duplicates": LIVE, "conflicts": 0}
     assert not runs.filter(status__in=[RunStatus.FAILED, RunStatus.WARNING]).exists()
     assert not RejectedSample.objects.filter(source_id=source.pk).exists()
-    assert runs.filter(error__startswith="re-read from the start").count() == 1
+    assert runs.filter(note__startswith="re-read from the start").count() == 1
+    assert not runs.exclude(error="").exists()
     assert all(run.worker.split(":")[1] != str(os.getpid()) for run in runs)  # the worker's, not ours
     assert DataSource.objects.get(pk=source.pk).channels_added_since_read() == []

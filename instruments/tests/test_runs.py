@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import threading
 from datetime import timedelta
@@ -165,3 +167,27 @@ def test_concurrent_starts_never_leave_two_active_runs():
     by_number = sorted(all_runs, key=lambda r: r.number)
     for earlier, later in itertools.pairwise(by_number):
         assert earlier.end == later.start
+
+
+def test_the_csv_keeps_typed_text_from_becoming_a_formula_and_numbers_as_numbers(run_list):
+    """Formula injection: a summary, a text or choice parameter starting with = + - @ is written as text."""
+    runs.start_run(
+        run_list,
+        number=8,
+        parameters={"energy": -7.5, "note": "-1+cmd|' /C calc'!A0"},
+        summary='=HYPERLINK("http://evil.example","click")',
+    )
+    runs.stop_run(run_list)
+    text = "".join(runs.run_list_csv_rows(run_list, Run.objects.filter(run_list=run_list)))
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["energy [GeV]"] == "-7.5"  # a negative number is not mangled
+    assert row["note"] == "'-1+cmd|' /C calc'!A0"
+    assert row["summary"] == '\'=HYPERLINK("http://evil.example","click")'
+    assert row["run"] == "8" and row["number"] == "8"
+
+
+def test_the_csv_header_keeps_a_column_name_from_becoming_a_formula(db):
+    # A column name is a slug: it may start with "-".
+    run_list = make_run_list(columns=[{"name": "-dt", "kind": "number"}, {"name": "gap", "kind": "text"}])
+    text = "".join(runs.run_list_csv_rows(run_list, Run.objects.none()))
+    assert next(csv.reader(io.StringIO(text)))[6:8] == ["'-dt", "gap"]

@@ -7,6 +7,7 @@ import csv
 import io
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from django.urls import reverse
 
@@ -14,6 +15,7 @@ from accounts.choices import AuditAction
 from accounts.models import AuditEvent
 from collection.choices import Origin, RejectionKind
 from collection.models import RejectedSample, Sample
+from collection.services.ingest import SampleBatch, ingest_samples
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.models import DataSource
 from pages.tests.test_pages import page
@@ -151,3 +153,74 @@ def test_the_instrument_page_links_to_its_quarantine(shared_viewer, world, bad_l
     body = page(shared_viewer, reverse("instruments:detail", args=[world.alpha.slug]))
     assert "4 in quarantine" in body  # the three lines and the world's own record
     assert f"/quarantine/?instrument={world.alpha.slug}" in body
+
+
+# --- conflicts: "Accept the new value" (corrections.accept_conflicts) -----------------------------------
+
+ACCEPT = "/quarantine/accept/"
+WHEN = datetime(2024, 5, 6, 7, tzinfo=UTC)
+
+
+@pytest.fixture
+def conflict(world):
+    """alpha's temperature stored 1.5 at WHEN, then 2.5 sent for the same time: quarantined as a conflict."""
+    channel = world.alpha_channel
+    for value in (1.5, 2.5):
+        ingest_samples(SampleBatch(np.array([channel.pk]), np.array([datetime_to_us(WHEN)]), np.array([value])))
+    return RejectedSample.objects.get(channel=channel, kind=RejectionKind.CONFLICT)
+
+
+def stored_value(world) -> float:
+    return Sample.objects.get(channel=world.alpha_channel, ts=datetime_to_us(WHEN)).value
+
+
+def test_an_editor_accepts_a_conflicts_new_value_from_the_page(shared_editor, world, conflict, bad_lines):
+    body = page(shared_editor, LIST, kind=RejectionKind.CONFLICT)
+    assert "Accept the new value" in body and f'formaction="{ACCEPT}"' in body
+    detail = page(shared_editor, reverse("collection:quarantine-detail", args=[conflict.pk]))
+    assert f'action="{ACCEPT}"' in detail and "Replaces the stored 1.5 with 2.5" in detail
+    assert "Accept the new value" not in page(shared_editor, LIST, kind=RejectionKind.BAD_TIME)  # no conflict shown
+
+    # A record that is not a conflict, ticked with it, is left alone and said so.
+    response = shared_editor.client.post(ACCEPT, {"id": [conflict.pk, bad_lines[0].pk]}, follow=True)
+    text = response.content.decode()
+    assert "1 conflict(s) accepted" in text and "1 record(s) left alone" in text
+    assert stored_value(world) == 2.5
+    assert not RejectedSample.objects.filter(pk=conflict.pk).exists()
+    assert RejectedSample.objects.filter(pk=bad_lines[0].pk).exists()
+    accepted = AuditEvent.objects.get(action=AuditAction.CONFLICT_ACCEPTED)
+    assert accepted.actor == world.users["eddie"] and accepted.changes["replaced"] == 1.5
+    replaced = AuditEvent.objects.get(action=AuditAction.SAMPLES_REPLACED)
+    assert replaced.changes["readings"] == [[WHEN.isoformat(), 1.5, 2.5]]
+
+
+def test_accepting_from_the_detail_page_goes_back_to_the_list(owner, world, conflict):
+    detail = reverse("collection:quarantine-detail", args=[conflict.pk])
+    response = owner.client.post(ACCEPT, {"id": conflict.pk, "next": detail})
+    assert response.status_code == 302 and response["Location"] == LIST
+    assert stored_value(world) == 2.5
+
+
+def test_a_viewer_cannot_accept_and_a_stranger_or_anonymous_cannot_reach_it(
+    shared_viewer, stranger, anonymous, world, conflict
+):
+    assert "Accept the new value" not in page(shared_viewer, LIST, kind=RejectionKind.CONFLICT)
+    assert "Accept the new value" not in page(
+        shared_viewer, reverse("collection:quarantine-detail", args=[conflict.pk])
+    )
+    assert shared_viewer.client.post(ACCEPT, {"id": conflict.pk}).status_code == 403
+    assert stranger.client.post(ACCEPT, {"id": conflict.pk}).status_code == 404
+    response = anonymous.client.post(ACCEPT, {"id": conflict.pk})
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert stored_value(world) == 1.5 and RejectedSample.objects.filter(pk=conflict.pk).exists()
+    assert not AuditEvent.objects.filter(action=AuditAction.CONFLICT_ACCEPTED).exists()
+
+
+def test_accept_refuses_bad_or_too_many_ids_with_a_message(shared_editor, world, conflict, settings):
+    settings.DAQBROKER_QUARANTINE_REPLAY_BATCH = 2
+    for ids in (["x"], [conflict.pk, 10**9, 10**9 + 1]):
+        response = shared_editor.client.post(ACCEPT, {"id": ids}, follow=True)
+        assert response.status_code == 200 and "Select at most 2 records" in response.content.decode()
+    assert "No conflict was selected" in shared_editor.client.post(ACCEPT, {}, follow=True).content.decode()
+    assert shared_editor.client.post(ACCEPT, {"id": [10**9]}).status_code == 404  # no such record
+    assert stored_value(world) == 1.5
