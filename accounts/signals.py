@@ -20,6 +20,16 @@ for _model in (ApiToken, User, Agent):
 m2m_changed.connect(tokens.forget_all, sender=User.groups.through, dispatch_uid="accounts.tokens_forget_groups")
 
 
+@receiver(pre_delete, sender=Agent, dispatch_uid="accounts.agent_token_deleted_first")
+def delete_the_agents_token_first(sender, instance: Agent, using: str, **kwargs) -> None:
+    """An agent's token goes before the agent (alone, or with its owner). Django deletes it by cascade anyway,
+    but on MariaDB, which cannot defer constraint checks, it first sets the nullable ``agent`` of the rows it
+    cascades to NULL once those rows are no longer fast-deleted (the token cache's receivers above make them
+    so), and an agent token without its agent breaks ``apitoken_agent_scope_iff_agent``. Deleted here, the
+    token is gone before that update, which then touches no row."""
+    ApiToken.objects.using(using).filter(agent_id=instance.pk).delete()
+
+
 @receiver(pre_delete, sender=Channel, dispatch_uid="accounts.audit_channel_readings_deleted")
 def channel_readings_deleted(sender, instance: Channel, **kwargs) -> None:
     """Deleting a channel (alone or with its instrument) deletes all its readings: say so, and by whom."""

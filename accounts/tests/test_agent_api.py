@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import roles, services
-from accounts.models import AgentHealth
+from accounts.models import Agent, AgentHealth, ApiToken
 from collection.choices import Origin
 from collection.models import RejectedSample
 from instruments.choices import ChannelKind, SourceKind
@@ -221,6 +221,16 @@ def test_deleting_an_agent_leaves_its_sources_unserved(station):
     agent.delete()
     source.refresh_from_db()
     assert source.agent is None
+    assert not ApiToken.objects.exists()  # its token went with it (on MariaDB too: no NULL agent on the way)
+
+
+@pytest.mark.django_db
+def test_deleting_the_owner_of_an_agent_deletes_the_agent_and_its_token():
+    owner = make_user("leaving")  # owns no instrument (instruments protect their owner)
+    agent, token = services.create_agent(owner=owner, name="old-pc", instruments=[])
+    owner.delete()
+    assert not Agent.objects.filter(pk=agent.pk).exists() and not ApiToken.objects.exists()
+    assert bearer(token).get("/api/v1/agent/config/").status_code == 401
 
 
 # --- admin ------------------------------------------------------------------------------------------

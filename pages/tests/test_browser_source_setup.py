@@ -148,7 +148,9 @@ def test_an_agent_source_is_set_up_from_lines_the_agent_sends(site, visitors, li
         assert "agent alpha-logger: file station.csv" in page.inner_text("#sample-origin")
         assert page.input_value("#channels input[name='channel-1-missing_values']") == "-9999"
         page.fill("#opt-timestamp-timezone", "Europe/Lisbon")
-        page.wait_for_function("() => document.querySelector('#preview thead').textContent.includes('Lisbon')")
+        page.wait_for_function(
+            "() => document.querySelector('#preview thead').textContent.includes('Lisbon')", timeout=60_000
+        )
         wait_for_preview(page)
         assert "rel-humidity" in page.inner_text("#preview thead").lower()
         assert "a missing-value sentinel" in page.inner_text("#preview tbody")

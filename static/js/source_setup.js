@@ -168,8 +168,11 @@
     timer = setTimeout(() => runPreview(false), 350);
   }
 
+  let previewSeq = 0; // answers to an older preview than the latest asked are not drawn over a newer one
+
   async function runPreview(fresh, extra) {
     if (!sample && !extra) return;
+    const mySeq = ++previewSeq;
     const data = new FormData();
     data.append("instrument", state.instrument);
     data.append("kind", kindSelect.value);
@@ -191,6 +194,7 @@
     try {
       const response = await fetch(state.preview_url, { method: "POST", body: data, headers: { "X-CSRFToken": csrf }, credentials: "same-origin" });
       const body = await response.json().catch(() => ({ detail: `The server answered ${response.status}.` }));
+      if (mySeq !== previewSeq) return; // a newer preview was asked meanwhile: its answer is the one to show
       if (response.status === 202 && body.waiting) { // the agent has not sent the lines yet: ask again
         sample = { mode: "agent", request: body.agent_sample };
         $("preview-status").textContent = body.detail;
