@@ -108,9 +108,9 @@ def test_a_frozen_peer_stops_neither_the_dispatcher_nor_other_sources_and_its_so
         )
     (frozen, frozen_channels), (other, other_channels), (third, _) = sources
     env = driver_env(tmp_path, DAQBROKER_LOG_LEVEL="DEBUG")  # "not collected now: …" is logged at DEBUG
-    # The peer's own settings: the database ends its transaction after 25 s idle (time enough for the checks
-    # below on a loaded machine); its lease lasts 30 s.
-    peer_env = {**env, "DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT": "25", "DAQBROKER_COLLECT_LEASE_SECONDS": "30"}
+    # The peer's own settings: the database ends its transaction after 60 s idle (time enough for the checks
+    # below on a loaded machine: 25 s was not, with the engine passes side by side); its lease lasts 65 s.
+    peer_env = {**env, "DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT": "60", "DAQBROKER_COLLECT_LEASE_SECONDS": "65"}
     peer = FrozenPeer(peer_env, frozen.pk, tmp_path / "peer.log")
     try:
         # The dispatcher claims every due source but the frozen one's, without waiting on its locks.
@@ -134,7 +134,7 @@ def test_a_frozen_peer_stops_neither_the_dispatcher_nor_other_sources_and_its_so
             outcome = run_driver(env, "collect", str(frozen.pk), timeout=60)
             return outcome if outcome.get("status") == "success" else None
 
-        healed = wait_for(collected, timeout=90, interval=1, message="the frozen peer's source collected again")
+        healed = wait_for(collected, timeout=180, interval=1, message="the frozen peer's source collected again")
         assert healed["accepted"] == 2 * 300
         assert process_state(peer.process.pid) == "T"
         # The peer wakes up: its commit fails (its transaction was ended), and it leaves the source alone.
