@@ -14,13 +14,13 @@ The rules:
   under a root (``protected_locations``): the project tree, the data dir (except its ``files/`` and
   ``demo/`` folders), the database file, the archive, ``/proc``, ``/sys`` and ``/dev``. Glob patterns may
   not climb out with ``..`` or be absolute.
-* **Network** (TCP sources, ``socket://`` and ``rfc2217://`` serial URLs, webhooks): every address the host
+* **Network** (TCP and Modbus TCP sources, ``socket://`` and ``rfc2217://`` serial URLs, webhooks): every address the host
   name resolves to must be allowed by ``DAQBROKER_NETWORK_ALLOW``. Loopback, link-local, unspecified,
   multicast and reserved addresses need an entry naming such an address or network itself (a catch-all
   such as ``0.0.0.0/0`` does not open them); the server's own services (database, Redis/broker, mail
   server) need an entry naming their port. At run time the collector connects to the very address that
   was checked, so a name re-pointed in DNS after the check is not followed.
-* **Serial devices**: ``loop://`` is harmless and open to everyone; device paths matching
+* **Serial devices** (serial and Modbus RTU sources): ``loop://`` is harmless and open to everyone; device paths matching
   ``DAQBROKER_SERIAL_DEVICES`` too; any other device or pyserial URL scheme is outside the rules.
 * **Outside the rules** (but not protected): administrators only. The source remembers who last set its
   target (``DataSource.target_set_by``); at run time an out-of-rule target runs only while that person
@@ -351,6 +351,10 @@ def verdict_for(kind: str, config: dict) -> Verdict:
         return check_network(config["host"], int(config["port"]))
     if kind == SourceKind.SERIAL:
         return check_serial(config["url"])
+    if kind == SourceKind.MODBUS:
+        if config["transport"] == "tcp":
+            return check_network(config["host"], int(config["port"]))
+        return check_serial(config["url"])
     return Verdict("")
 
 
@@ -363,6 +367,8 @@ def target_of(kind: str, config: dict, agent_id: int | None = None) -> object:
         return (kind, config.get("host"), config.get("port"))
     if kind == SourceKind.SERIAL:
         return (kind, config.get("url"))
+    if kind == SourceKind.MODBUS:
+        return (kind, config.get("transport"), config.get("host"), config.get("port"), config.get("url"))
     # Canonical JSON: PostgreSQL's jsonb hands keys back in its own order.
     return (kind, agent_id, json.dumps(config.get("collect") or {}, sort_keys=True, default=str))
 
@@ -427,7 +433,7 @@ def pinned(kind: str, config: dict, verdict: Verdict) -> dict:
     if not verdict.addresses:
         return config
     address = str(verdict.addresses[0])
-    if kind == SourceKind.TCP:
+    if kind == SourceKind.TCP or (kind == SourceKind.MODBUS and config["transport"] == "tcp"):
         return {**config, "connect_address": address}
     parts = urlsplit(config["url"])
     host = f"[{address}]" if ":" in address else address

@@ -5,6 +5,7 @@ class SourceKind(models.TextChoices):
     FILE = "file", "File"
     SERIAL = "serial", "Serial port"
     TCP = "tcp", "TCP instrument"
+    MODBUS = "modbus", "Modbus device (TCP or RTU)"
     AGENT = "agent", "Remote agent"
 
 

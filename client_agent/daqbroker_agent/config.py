@@ -472,6 +472,114 @@ LINE_OPTIONS = {
     "max_lines": Option(integer(minimum=1, maximum=1_000_000), default=1000, help="lines read per collection run"),
 }
 
+# --- Modbus (daqbroker_agent.modbus) -----------------------------------------------------------------
+
+MODBUS_FUNCTIONS = ("holding", "input", "coil", "discrete")
+MODBUS_TYPES = ("int16", "uint16", "int32", "uint32", "float32", "float64", "bool")
+MODBUS_WORDS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4, "bool": 1}
+MODBUS_MAX_ENTRIES = 2000  # register-map entries per source: bounds a poll's work
+MODBUS_MAX_REGISTERS = 125  # registers per read request (the protocol's limit for function codes 3 and 4)
+MODBUS_MAX_BITS = 2000  # coils or discrete inputs per read request (the limit for function codes 1 and 2)
+
+MODBUS_ENTRY_OPTIONS = {
+    "field": Option(text(max_length=200), help="the name a channel's source field takes the value by"),
+    "address": Option(integer(minimum=0, maximum=65535), help="zero-based address of the (first) register"),
+    "function": Option(choice(*MODBUS_FUNCTIONS), default="holding"),
+    "type": Option(choice(*MODBUS_TYPES), default=None, help="uint16 for registers, bool for coils and inputs"),
+    "word_order": Option(choice("big", "little"), default="big", help="big: the most significant register first"),
+    "byte_order": Option(choice("big", "little"), default="big", help="big: each register's high byte first"),
+    "scale": Option(number(), default=1.0, help="value = raw * scale + offset"),
+    "offset": Option(number(), default=0.0),
+}
+
+
+def _check_modbus_entry(entry: dict, prefix: str) -> None:
+    bits = entry["function"] in ("coil", "discrete")
+    if entry["type"] is None:
+        entry["type"] = "bool" if bits else "uint16"
+    if bits and entry["type"] != "bool":
+        raise ConfigError(
+            _join(prefix, "type"), f"a {entry['function']} is a single bit: its type is bool, not {entry['type']}"
+        )
+    if not bits and entry["type"] == "bool":
+        raise ConfigError(
+            _join(prefix, "type"),
+            f"{entry['function']} registers hold numbers ({', '.join(MODBUS_TYPES[:-1])}); bool is for coils "
+            "and discrete inputs",
+        )
+    last = entry["address"] + MODBUS_WORDS[entry["type"]] - 1
+    if last > 65535:
+        raise ConfigError(_join(prefix, "address"), f"a {entry['type']} at {entry['address']} runs past 65535")
+    if entry["scale"] == 0:
+        raise ConfigError(_join(prefix, "scale"), "must not be 0 (every reading would equal the offset)")
+
+
+def register_map() -> Validator:
+    """A Modbus source's register map: a list of entries, one channel field each."""
+    check_entry = section(MODBUS_ENTRY_OPTIONS, checks=(_check_modbus_entry,))
+
+    def check(value: Any, field: str) -> list[dict]:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(
+                field,
+                'must be a list of registers, e.g. [{"field": "temperature", "address": 0, "type": "float32"}]',
+            )
+        if len(value) > MODBUS_MAX_ENTRIES:
+            raise ConfigError(field, f"has {len(value)} entries; at most {MODBUS_MAX_ENTRIES}")
+        entries = [check_entry(item, f"{field}[{index}]") for index, item in enumerate(value)]
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(entries):
+            if entry["field"] in seen:
+                raise ConfigError(
+                    f"{field}[{index}].field",
+                    f"{entry['field']!r} is already the field of entry {seen[entry['field']]}: each entry feeds "
+                    "its own channel",
+                )
+            seen[entry["field"]] = index
+        return entries
+
+    return check
+
+
+MODBUS_OPTIONS: dict[str, Option] = {
+    "transport": Option(choice("tcp", "rtu"), default="tcp", help="tcp: Modbus TCP; rtu: Modbus RTU on a serial line"),
+    "host": Option(text(allow_empty=True, max_length=255), default="", help="tcp: the device or gateway"),
+    "port": Option(integer(minimum=1, maximum=65535), default=502, help="tcp: its port"),
+    "url": Option(
+        text(allow_empty=True),
+        default="",
+        help="rtu: serial device (/dev/ttyUSB0) or pyserial URL (socket://host:port for RTU over TCP)",
+    ),
+    "baudrate": Option(integer(allowed=STANDARD_BAUDRATES), default=9600, help="rtu"),
+    "bytesize": Option(integer(allowed=(7, 8)), default=8, help="rtu"),
+    "parity": Option(choice("N", "E", "O"), default="E", help="rtu (the Modbus standard's default is even)"),
+    "stopbits": Option(number(allowed=(1, 2)), default=1.0, help="rtu"),
+    "unit": Option(integer(minimum=1, maximum=255), default=1, help="the device's unit (slave) id"),
+    "timeout": Option(number(minimum=0.05, maximum=60), default=1.0, help="seconds to wait for each answer"),
+    "retries": Option(integer(minimum=0, maximum=5), default=1, help="times a request without an answer is sent again"),
+    "max_registers": Option(
+        integer(minimum=1, maximum=MODBUS_MAX_REGISTERS),
+        default=MODBUS_MAX_REGISTERS,
+        help="registers per read request: contiguous registers are read together, up to this many "
+        "(some devices take fewer than the protocol's 125)",
+    ),
+    "registers": Option(register_map(), help="the register map: one entry per channel field"),
+}
+
+
+def _check_modbus(result: dict, prefix: str) -> None:
+    if result["transport"] == "tcp":
+        if not result["host"].strip():
+            raise ConfigError(_join(prefix, "host"), "is required for Modbus TCP")
+        if result["url"]:
+            raise ConfigError(_join(prefix, "url"), "is for Modbus RTU (transport rtu); Modbus TCP uses host and port")
+    else:
+        if not result["url"].strip():
+            raise ConfigError(_join(prefix, "url"), "is required for Modbus RTU: a serial device or pyserial URL")
+        if result["host"]:
+            raise ConfigError(_join(prefix, "host"), "is for Modbus TCP; Modbus RTU uses url")
+
+
 SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
     "file": {
         "path": Option(text(), help="folder holding the files"),
@@ -512,6 +620,7 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
         **LINE_OPTIONS,
         **PARSER_OPTIONS,
     },
+    "modbus": MODBUS_OPTIONS,
     "command": {
         "command": Option(command_line()),
         "timeout": Option(number(minimum=0.1, maximum=3600), default=30.0),
@@ -519,7 +628,7 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
     },
 }
 
-AGENT_COLLECTS = ("file", "serial", "tcp", "command")
+AGENT_COLLECTS = ("file", "serial", "tcp", "modbus", "command")
 
 
 def option_schema(kind: str) -> list[dict[str, Any]]:
@@ -545,9 +654,8 @@ def validate_source_config(kind: str, raw: Any, prefix: str = "") -> dict:
         return _validate_agent(raw, prefix)
     if kind not in SOURCE_OPTIONS:
         raise ConfigError(prefix or "kind", f"unknown source kind {kind!r}")
-    return validate_options(
-        SOURCE_OPTIONS[kind], raw, prefix, checks=(_check_file if kind == "file" else _check_parser,)
-    )
+    check = {"file": _check_file, "modbus": _check_modbus}.get(kind, _check_parser)
+    return validate_options(SOURCE_OPTIONS[kind], raw, prefix, checks=(check,))
 
 
 def _refuse_nul(value: Any, field: str) -> None:

@@ -4,7 +4,7 @@ The server decides who may configure an agent's sources (its owner and administr
 owner decides, in the agent's own configuration file, what any configuration may do here:
 
 * ``allow_commands = true`` lets the server assign ``command`` sources (off by default);
-* ``allowed_paths`` lists the folders file sources may read and the serial devices serial sources may
+* ``allowed_paths`` lists the folders file sources may read and the serial devices serial (and Modbus RTU) sources may
   open (empty by default: no file or serial-device source from the server). Paths are compared after
   following symlinks, so a link inside an allowed folder does not lead out of it.
 
@@ -41,6 +41,7 @@ def refusal(collect: dict, *, allow_commands: bool, allowed_paths: tuple[str, ..
             return f"the pattern {pattern!r} may not be absolute or contain '..'"
         if not within(collect["path"], allowed_paths):
             return f"the folder {collect['path']} is not under this agent's allowed_paths ({listed})"
-    if kind == "serial" and "://" not in collect["url"] and not within(collect["url"], allowed_paths):
+    serial = kind == "serial" or (kind == "modbus" and collect.get("transport") == "rtu")
+    if serial and "://" not in collect["url"] and not within(collect["url"], allowed_paths):
         return f"the serial device {collect['url']} is not in this agent's allowed_paths ({listed})"
     return ""

@@ -11,6 +11,9 @@ retried, never fatal to the agent.
   and ``response_lines`` lines are read back; without one the instrument streams and every line is read
   as it comes (spooled at least every half second).
 * **command**: run every ``interval`` seconds; its standard output is parsed line by line.
+* **modbus**: the register map polled every ``interval`` seconds over a connection kept open
+  (``daqbroker_agent.modbus``); a register that could not be read is kept, with its reason, for the
+  server's quarantine.
 
 A channel is found among a line's fields by its ``source_field`` (else its slug), as on the server.
 Numeric channels' values are sent as numbers when they read as one, else as the text found, so that the
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daqbroker_agent.modbus import ModbusReader, describe_target
 from daqbroker_agent.parsing import LineError, LineParser, now_us
 from daqbroker_agent.spool import Reading, Spool, SpoolFull, SpoolUnavailable, Unparsed
 from daqbroker_agent.state import AgentState, RateLimitedLog
@@ -78,6 +82,7 @@ class SourceSpec:
             "file": lambda: f"files {c['pattern']} in {c['path']}",
             "serial": lambda: f"serial {c['url']} at {c['baudrate']} baud",
             "tcp": lambda: f"tcp {c['host']}:{c['port']}",
+            "modbus": lambda: describe_target(c),
             "command": lambda: "command " + " ".join(c["command"]),
         }[self.kind]()
         fields = ", ".join(f"{ch.field}->{ch.ref}" for ch in self.channels) or "no channels"
@@ -433,7 +438,54 @@ class CommandSource(SourceRunner):
             self.stopping.wait(max(0.0, self.spec.interval - (time.monotonic() - started)))
 
 
-RUNNERS = {"file": FileSource, "serial": StreamSource, "tcp": StreamSource, "command": CommandSource}
+class ModbusSource(SourceRunner):
+    """Polls a Modbus device's register map every ``interval`` seconds (``daqbroker_agent.modbus``)."""
+
+    def collect_forever(self) -> None:
+        by_field: dict[str, list[ChannelSpec]] = {}
+        for channel in self.spec.channels:
+            by_field.setdefault(channel.field, []).append(channel)
+        mapped = {entry["field"] for entry in self.spec.collect["registers"]}
+        unknown = sorted(set(by_field) - mapped)
+        if unknown:
+            log.warning("%s: no register-map entry has the field(s) %s", self.spec.name, ", ".join(unknown))
+        if not set(by_field) & mapped:
+            self.state.problem(
+                f"waiting {self.spec.name}", "waiting for channels: no channel takes a register's field, nothing is read"
+            )
+            self.stopping.wait()
+            return
+        self.state.resolved(f"waiting {self.spec.name}")
+        with ModbusReader(self.spec.collect, by_field) as reader:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                poll = reader.poll()  # ModbusUnavailable: the device answered nothing (retried with backoff)
+                readings: list[Reading] = [
+                    (channel.ref, poll.ts_us, repr(value) if channel.text else value)
+                    for field, value in poll.values.items()
+                    for channel in by_field[field]
+                ]
+                for failure in poll.failures:
+                    message = f"{failure.register}: {failure.reason}"
+                    self.noisy.log(logging.WARNING, f"register {failure.register}", "%s: %s", self.spec.name, message)
+                    context = {"received": poll.ts_us, "register": failure.register, "field": failure.field}
+                    text = failure.raw or f"{failure.field} ({failure.register})"
+                    self.mapper.unparsed.append(Unparsed(self.spec.key, self.spec.name, text, message, context))
+                if poll.failures:
+                    self.state.problem(f"source {self.spec.name}", f"{len(poll.failures)} register(s) not read")
+                else:
+                    self.state.resolved(f"source {self.spec.name}")
+                self.spool_readings(readings)
+                self.stopping.wait(max(0.0, self.spec.interval - (time.monotonic() - started)))
+
+
+RUNNERS = {
+    "file": FileSource,
+    "serial": StreamSource,
+    "tcp": StreamSource,
+    "modbus": ModbusSource,
+    "command": CommandSource,
+}
 
 
 def start_source(spec: SourceSpec, spool: Spool, state: AgentState) -> SourceRunner:

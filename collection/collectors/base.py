@@ -33,6 +33,9 @@ class Collected:
     lines_read: int = 0  # lines taken from the input (a run that read some and stored nothing is a warning)
     # Readings that look misdated (far from their file's modification time): the run is marked a warning.
     doubts: list[str] = field(default_factory=list)
+    # Parts of the input that could not be read (a Modbus register refused or unanswered): quarantined
+    # with their reason, and the run is marked a warning.
+    faults: list[str] = field(default_factory=list)
 
     @property
     def readings(self) -> int:

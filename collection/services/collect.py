@@ -356,10 +356,10 @@ def collect_source(source_id: int) -> CollectionRun | None:
                 run.status = RunStatus.WARNING
                 notes.insert(0, stored_nothing)
                 logger.warning("source %s: %s", source.id, stored_nothing)
-            if collected.doubts:  # readings stored, but their dates look wrong
+            if collected.doubts or collected.faults:  # readings stored, but dates look wrong or parts failed
                 run.status = RunStatus.WARNING
-                notes.extend(collected.doubts)
-                for doubt in collected.doubts:
+                for doubt in (*collected.faults, *collected.doubts):
+                    notes.append(doubt)
                     logger.warning("source %s: %s", source.id, doubt)
             if notes:  # said on the run, where the admin sees it
                 run.error = "warning: " + "; ".join(notes)[:1990]
