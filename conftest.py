@@ -359,3 +359,26 @@ def small_disk(tmp_path):
     yield make
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def modbus_device():
+    """``modbus_device(holding=[...], input=[...], coils=[...], discrete=[...], framer="socket"|"rtu")``: pymodbus's
+    own server on a free loopback port (``client_agent/tests/modbus_sim.py``); ``modbus_device.silent()``: a
+    device that never answers. All are stopped after the test."""
+    from client_agent.tests.modbus_sim import ModbusDevice, SilentDevice
+
+    made: list = []
+
+    def make(**kwargs):
+        made.append(ModbusDevice(**kwargs))
+        return made[-1]
+
+    def silent():
+        made.append(SilentDevice())
+        return made[-1]
+
+    make.silent = silent  # type: ignore[attr-defined]
+    yield make
+    for device in made:
+        device.close()

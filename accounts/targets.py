@@ -14,14 +14,14 @@ The rules:
   under a root (``protected_locations``): the project tree, the data dir (except its ``files/`` and
   ``demo/`` folders), the database file, the archive, ``/proc``, ``/sys`` and ``/dev``. Glob patterns may
   not climb out with ``..`` or be absolute.
-* **Network** (TCP and Modbus TCP sources, ``socket://`` and ``rfc2217://`` serial URLs, webhooks): every address the host
-  name resolves to must be allowed by ``DAQBROKER_NETWORK_ALLOW``. Loopback, link-local, unspecified,
+* **Network** (TCP and Modbus TCP sources, ``socket://`` and ``rfc2217://`` serial URLs, webhooks): every
+  address the host name resolves to must be allowed by ``DAQBROKER_NETWORK_ALLOW``. Loopback, link-local, unspecified,
   multicast and reserved addresses need an entry naming such an address or network itself (a catch-all
   such as ``0.0.0.0/0`` does not open them); the server's own services (database, Redis/broker, mail
   server) need an entry naming their port. At run time the collector connects to the very address that
   was checked, so a name re-pointed in DNS after the check is not followed.
-* **Serial devices** (serial and Modbus RTU sources): ``loop://`` is harmless and open to everyone; device paths matching
-  ``DAQBROKER_SERIAL_DEVICES`` too; any other device or pyserial URL scheme is outside the rules.
+* **Serial devices** (serial and Modbus RTU sources): ``loop://`` is harmless and open to everyone; device
+  paths matching ``DAQBROKER_SERIAL_DEVICES`` too; any other device or pyserial URL scheme is outside the rules.
 * **Outside the rules** (but not protected): administrators only. The source remembers who last set its
   target (``DataSource.target_set_by``); at run time an out-of-rule target runs only while that person
   is still an administrator. A non-administrator's later change of the target records them instead, so

@@ -4,8 +4,8 @@ The server decides who may configure an agent's sources (its owner and administr
 owner decides, in the agent's own configuration file, what any configuration may do here:
 
 * ``allow_commands = true`` lets the server assign ``command`` sources (off by default);
-* ``allowed_paths`` lists the folders file sources may read and the serial devices serial (and Modbus RTU) sources may
-  open (empty by default: no file or serial-device source from the server). Paths are compared after
+* ``allowed_paths`` lists the folders file sources may read and the serial devices serial (and Modbus RTU)
+  sources may open (empty by default: no file or serial-device source from the server). Paths are compared after
   following symlinks, so a link inside an allowed folder does not lead out of it.
 
 Sources written in the agent's own configuration file are the machine owner's own choice and are not

@@ -80,9 +80,9 @@ class Block:
     entries: list[Entry] = field(default_factory=list)
 
     def describe(self) -> str:
-        last = self.start + self.count - 1
-        span = f"{self.start}" if last == self.start else f"{self.start}-{last}"
-        return f"{FUNCTION_NAMES[self.function]}s {span}"
+        if self.count == 1:
+            return f"{FUNCTION_NAMES[self.function]} {self.start}"
+        return f"{FUNCTION_NAMES[self.function]}s {self.start}-{self.start + self.count - 1}"
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,8 @@ class ModbusReader:
         raw = " ".join(f"0x{word:04X}" for word in data)
         value = scaled(decode(data, entry), entry)
         if not math.isfinite(value):
-            poll.failures.append(Failure(entry.field, entry.describe(), f"the value is not a finite number ({value})", raw))
+            reason = f"the value is not a finite number ({value})"
+            poll.failures.append(Failure(entry.field, entry.describe(), reason, raw))
             return
         poll.values[entry.field] = value
 
@@ -286,4 +287,7 @@ def _no_answer_reason(exc: Exception, config: dict) -> str:
     text = str(exc)
     if "CRC" in text.upper():
         return f"garbled answer (CRC check failed): {text}"[:500]
-    return f"no answer from unit {config['unit']} within {config['timeout']:g} s ({type(exc).__name__}: {text})"[:500]
+    silent = f"no answer from unit {config['unit']} within {config['timeout']:g} s"
+    if "no response" in text.lower():
+        return silent
+    return f"{silent} ({type(exc).__name__}: {text})"[:500]

@@ -450,9 +450,8 @@ class ModbusSource(SourceRunner):
         if unknown:
             log.warning("%s: no register-map entry has the field(s) %s", self.spec.name, ", ".join(unknown))
         if not set(by_field) & mapped:
-            self.state.problem(
-                f"waiting {self.spec.name}", "waiting for channels: no channel takes a register's field, nothing is read"
-            )
+            waiting = "waiting for channels: no channel takes a register's field, nothing is read"
+            self.state.problem(f"waiting {self.spec.name}", waiting)
             self.stopping.wait()
             return
         self.state.resolved(f"waiting {self.spec.name}")

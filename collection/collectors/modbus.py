@@ -20,13 +20,13 @@ class ModbusCollector:
     def collect(self, source: DataSource, config: dict, channels: list[Channel]) -> Collected:
         fields = {entry["field"] for entry in config["registers"]}
         by_field: dict[str, list[Channel]] = {}
-        warnings: list[str] = []
+        faults: list[str] = []
         for channel in channels:
             key = channel_key(channel)
             if key in fields:
                 by_field.setdefault(key, []).append(channel)
             else:
-                warnings.append(f"channel {channel.slug!r} takes field {key!r}, which no entry of the register map has")
+                faults.append(f"channel {channel.slug!r} takes field {key!r}, which no entry of the register map has")
         where = describe_target(config)
         with ModbusReader(config, by_field) as reader:
             poll = reader.poll()
@@ -53,16 +53,14 @@ class ModbusCollector:
             for failure in poll.failures
             for channel in by_field[failure.field]
         ]
-        faults: list[str] = []
         if poll.failures:
             failed = "; ".join(f"{f.register}: {f.reason}" for f in poll.failures[:5])
             more = f" (and {len(poll.failures) - 5} more)" if len(poll.failures) > 5 else ""
-            faults = [f"{len(poll.failures)} register(s) not read, quarantined: {failed}{more}"]
+            faults.append(f"{len(poll.failures)} register(s) not read, quarantined: {failed}{more}")
         polls = int((source.cursor or {}).get("polls", 0)) + 1
         return Collected(
             batches=[batch] if len(batch) else [],
             rejections=rejections,
             cursor={"polls": polls, "last_poll_at_us": poll.ts_us, "requests": poll.requests},
-            warnings=warnings,
             faults=faults,
         )
