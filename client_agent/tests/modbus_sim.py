@@ -9,6 +9,7 @@ writes its values independently of the decoding under test (with ``struct``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Sequence
@@ -118,10 +119,8 @@ class SilentDevice:
             except (TimeoutError, OSError):
                 pass
             for conn in connections:
-                try:
+                with contextlib.suppress(TimeoutError, OSError):
                     self.received += len(conn.recv(4096))
-                except (TimeoutError, OSError):
-                    pass
         for conn in connections:
             conn.close()
 

@@ -73,7 +73,7 @@ def test_every_type_in_every_word_and_byte_order_decodes_to_the_value_written(mo
 def test_functions_scale_offset_and_contiguous_batching_counted_on_the_server(modbus_device):
     device = modbus_device(
         holding=[100, 200, 300, 0, 0, 0, 0, 0, 0, 0, 7],
-        input=words_as_stored("float32", 2.5, "big", "big") + [65535],
+        input=[*words_as_stored("float32", 2.5, "big", "big"), 65535],
         coils=[False, True, True],
         discrete=[True, False],
     )
@@ -138,7 +138,7 @@ def test_plan_reads_merges_overlapping_entries_and_keeps_functions_apart():
 
 
 def test_an_illegal_address_fails_only_its_request_with_the_register_and_reason(modbus_device):
-    device = modbus_device(holding=[1, 2, 3] + words_as_stored("float32", float("nan"), "big", "big"))
+    device = modbus_device(holding=[1, 2, 3, *words_as_stored("float32", float("nan"), "big", "big")])
     registers = [
         {"field": "ok", "address": 0},
         {"field": "nan", "address": 3, "type": "float32"},
@@ -168,7 +168,7 @@ def test_a_device_that_never_answers_raises_with_the_reason(modbus_device):
 def test_nobody_listening_is_a_clear_error():
     from modbus_sim import free_port
 
-    with pytest.raises(ModbusUnavailable, match="cannot connect to Modbus TCP 127.0.0.1"):
+    with pytest.raises(ModbusUnavailable, match=r"cannot connect to Modbus TCP 127\.0\.0\.1"):
         ModbusReader(modbus_config(free_port(), [{"field": "a", "address": 0}])).poll()
 
 
