@@ -447,6 +447,42 @@ def test_a_reading_from_a_serial_instrument_reaches_the_database(tmp_path, web, 
         os.close(fd)
 
 
+def test_readings_from_a_modbus_device_reach_the_database_and_a_refused_register_the_quarantine(
+    tmp_path, web, processes, modbus_device
+):
+    """pymodbus's own server plays the device; the agent polls it as a centrally configured Modbus TCP source."""
+    import struct
+
+    data = struct.pack(">f", 21.5)
+    device = modbus_device(holding=[int.from_bytes(data[:2], "big"), int.from_bytes(data[2:], "big"), 400])
+    station = Station(
+        tmp_path,
+        collect={
+            "kind": "modbus",
+            "host": "127.0.0.1",
+            "port": device.port,
+            "timeout": 0.5,
+            "registers": [
+                {"field": "temp", "address": 0, "type": "float32"},
+                {"field": "rh", "address": 2, "scale": 0.1},
+                {"field": "pressure", "address": 100},  # the device has no register 100
+            ],
+        },
+    )
+    pressure = make_channel(station.instrument, slug="pressure", source=station.source, source_field="pressure")
+    start_agent(station, web, processes, tmp_path)
+    wait_for(lambda: Sample.objects.filter(channel=station.rh).exists(), timeout=30, message="a Modbus reading")
+    wait_for(lambda: RejectedSample.objects.filter(origin=Origin.AGENT).exists(), timeout=30, message="quarantine")
+    first = Sample.objects.filter(channel=station.temp).earliest("ts")
+    assert first.value == 21.5
+    assert Sample.objects.get(channel=station.rh, ts=first.ts).value == 40.0
+    assert not Sample.objects.filter(channel=pressure).exists()
+    refused = RejectedSample.objects.filter(origin=Origin.AGENT).first()
+    assert refused.source_id == station.source.pk
+    assert refused.reason.startswith("holding register 100 (uint16): the device refused the read: illegal data address")
+    assert ("holding", 0, 3) in device.requests and ("holding", 100, 1) in device.requests
+
+
 def test_central_configuration_changes_reach_a_running_agent(station, web, processes, tmp_path):
     agent = start_agent(station, web, processes, tmp_path)
     station.write_lines(10)
@@ -506,3 +542,10 @@ def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
         [str(venv / "bin/python"), "-c", "import daqbroker_agent.reader"], capture_output=True, text=True, timeout=60
     )
     assert reader.returncode != 0 and "daqbroker-agent[pandas]" in reader.stderr, reader.stderr
+    # So is Modbus: without pymodbus a Modbus source says which extra to install (and nothing else breaks).
+    modbus = (
+        "from daqbroker_agent.modbus import open_client\n"
+        "try:\n    open_client({'transport': 'tcp'})\nexcept ConnectionError as exc:\n    print(exc)"
+    )
+    said = subprocess.run([str(venv / "bin/python"), "-c", modbus], capture_output=True, text=True, timeout=60)
+    assert "daqbroker-agent[modbus]" in said.stdout, said.stderr
