@@ -157,6 +157,7 @@ def open_client(config: dict) -> Any:
             "pymodbus is not installed: install the agent with its Modbus extra, pip install 'daqbroker-agent[modbus]'"
         ) from None
     common = {"timeout": config["timeout"], "retries": config["retries"], "reconnect_delay": 0}
+    client: ModbusTcpClient | ModbusSerialClient
     if config["transport"] == "tcp":
         # connect_address: the address the server's target check approved (so DNS is not asked again)
         host = config.get("connect_address") or config["host"]
@@ -256,7 +257,8 @@ class ModbusReader:
             raise _NoAnswer(f"connection lost: {exc}") from None
         if response.isError():
             code = getattr(response, "exception_code", None)
-            raise _Refused(f"the device refused the read: {EXCEPTION_REASONS.get(code, f'exception code {code}')}")
+            reason = EXCEPTION_REASONS.get(code, f"exception code {code}") if isinstance(code, int) else str(response)
+            raise _Refused(f"the device refused the read: {reason}")
         values = response.bits if block.function in ("coil", "discrete") else response.registers
         if len(values) < block.count:
             raise _Refused(f"the device answered {len(values)} value(s) where {block.count} were asked for")
