@@ -549,5 +549,5 @@ def _named_doy(headers: list[tuple[str, str]], index: int) -> bool:
 
 
 def kinds_supported() -> tuple[str, ...]:
-    """The source kinds whose lines ``propose`` can read."""
-    return tuple(kind for kind in SOURCE_OPTIONS if kind != "command")
+    """The source kinds whose lines ``propose`` can read (a Modbus device has registers, not lines)."""
+    return tuple(kind for kind in SOURCE_OPTIONS if kind not in ("command", "modbus"))

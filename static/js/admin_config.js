@@ -22,7 +22,9 @@
       const number = Number(text);
       return Number.isNaN(number) ? text : number;
     }
-    if (typeof example === "object" && example !== null) {
+    // An option that takes a list or object (the default says so, or, for a required one, the text does:
+    // a Modbus register map) is JSON.
+    if ((typeof example === "object" && example !== null) || (example === null && /^\s*[[{]/.test(text))) {
       try { return JSON.parse(text); } catch (e) { return text; }
     }
     return text;
