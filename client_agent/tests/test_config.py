@@ -301,8 +301,8 @@ def test_encoding_is_canonicalised():
             "collect",
             'is required: what the agent reads, e.g. {"kind": "serial", "url": "/dev/ttyUSB0"}',
         ),
-        ("agent", {"collect": {"kind": "agent"}}, "collect.kind", "'agent' is not one of file, serial, tcp, command"),
-        ("agent", {"collect": {"url": "/dev/ttyS0"}}, "collect.kind", "None is not one of file, serial, tcp, command"),
+        ("agent", {"collect": {"kind": "agent"}}, "collect.kind", "'agent' is not one of file, serial, tcp, modbus, command"),
+        ("agent", {"collect": {"url": "/dev/ttyS0"}}, "collect.kind", "None is not one of file, serial, tcp, modbus, command"),
         ("agent", {"collect": {"kind": "serial"}}, "collect.url", "is required"),
         ("agent", {"collect": {"kind": "tcp", "host": "h", "port": -1}}, "collect.port", "must be at least 1"),
         (
