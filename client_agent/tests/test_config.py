@@ -32,6 +32,8 @@ LINE_DEFAULTS = {
     "max_lines": 1000,
 }
 
+AGENT_KINDS = "file, serial, tcp, modbus, command"
+
 
 def refused(kind: str, raw, prefix: str = "") -> ConfigError:
     with pytest.raises(ConfigError) as excinfo:
@@ -301,8 +303,8 @@ def test_encoding_is_canonicalised():
             "collect",
             'is required: what the agent reads, e.g. {"kind": "serial", "url": "/dev/ttyUSB0"}',
         ),
-        ("agent", {"collect": {"kind": "agent"}}, "collect.kind", "'agent' is not one of file, serial, tcp, modbus, command"),
-        ("agent", {"collect": {"url": "/dev/ttyS0"}}, "collect.kind", "None is not one of file, serial, tcp, modbus, command"),
+        ("agent", {"collect": {"kind": "agent"}}, "collect.kind", f"'agent' is not one of {AGENT_KINDS}"),
+        ("agent", {"collect": {"url": "/dev/ttyS0"}}, "collect.kind", f"None is not one of {AGENT_KINDS}"),
         ("agent", {"collect": {"kind": "serial"}}, "collect.url", "is required"),
         ("agent", {"collect": {"kind": "tcp", "host": "h", "port": -1}}, "collect.port", "must be at least 1"),
         (
