@@ -5,6 +5,7 @@ and byte order, decoded from registers written independently with struct; contig
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
@@ -234,3 +235,50 @@ def test_defaults_fill_in_and_agents_may_collect_modbus():
         "word_order": "big", "byte_order": "big", "scale": 1.0, "offset": 0.0,
     }  # fmt: skip
     assert config["registers"][1]["type"] == "bool"
+
+
+def test_the_agent_polls_every_interval_spools_readings_and_keeps_refused_registers(tmp_path, modbus_device):
+    from daqbroker_agent.sources import ChannelSpec, SourceSpec, start_source
+    from daqbroker_agent.spool import Spool
+    from daqbroker_agent.state import AgentState
+
+    device = modbus_device(holding=words_as_stored("float32", 21.5, "big", "big"))
+    collect = {"kind": "modbus", **modbus_config(device.port, [
+        {"field": "t", "address": 0, "type": "float32"}, {"field": "p", "address": 9}])}  # fmt: skip
+    spec = SourceSpec("local:plc", "plc", 0.1, collect, (ChannelSpec("11", "t"), ChannelSpec("12", "p")))
+    spool = Spool(tmp_path / "spool")
+    state = AgentState(spool)
+    runner = start_source(spec, spool, state)
+    try:
+        deadline = time.monotonic() + 15
+        while spool.depth() < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+        runner.join(timeout=5)
+    rows = spool.connection().execute("SELECT channel, value FROM readings ORDER BY id").fetchall()
+    assert [tuple(row) for row in rows[:2]] == [("11", 21.5), ("11", 21.5)]  # one reading a poll, polled again
+    assert spool.unparsed_waiting()[0] >= 2
+    assert "1 register(s) not read" in state.current_problems()["source plc"]
+
+
+def test_the_agent_reports_a_silent_device_and_keeps_trying(tmp_path, modbus_device):
+    from daqbroker_agent.sources import ChannelSpec, SourceSpec, start_source
+    from daqbroker_agent.spool import Spool
+    from daqbroker_agent.state import AgentState
+
+    silent = modbus_device.silent()
+    collect = {"kind": "modbus", **modbus_config(silent.port, [{"field": "t", "address": 0}], timeout=0.1)}
+    spool = Spool(tmp_path / "spool")
+    state = AgentState(spool)
+    runner = start_source(SourceSpec("local:plc", "plc", 0.1, collect, (ChannelSpec("11", "t"),)), spool, state)
+    try:
+        deadline = time.monotonic() + 15
+        while "source plc" not in state.current_problems() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+        runner.join(timeout=5)
+    assert "ModbusUnavailable" in state.current_problems()["source plc"]
+    assert "did not answer" in state.current_problems()["source plc"]
+    assert runner.error == "" and spool.depth() == 0
