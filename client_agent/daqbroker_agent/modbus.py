@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import struct
 import time
 from collections.abc import Iterable, Sequence
@@ -175,7 +176,9 @@ def open_client(config: dict) -> Any:
         )
     if not client.connect():
         client.close()
-        raise ModbusUnavailable(f"cannot connect to {describe_target(config)}")
+        device = config["url"] if config["transport"] == "rtu" and "://" not in config["url"] else ""
+        why = ": no such serial device" if device and not os.path.exists(device) else ""
+        raise ModbusUnavailable(f"cannot connect to {describe_target(config)}{why}")
     return client
 
 

@@ -37,7 +37,7 @@ def words_as_stored(type_: str, value: float, word_order: str, byte_order: str) 
 
 def modbus_config(port: int, registers: list[dict], **options) -> dict:
     return validate_source_config(
-        "modbus", {"host": "127.0.0.1", "port": port, "timeout": 0.5, "retries": 0, "registers": registers, **options}
+        "modbus", {"host": "127.0.0.1", "port": port, "timeout": 3, "retries": 0, "registers": registers, **options}
     )
 
 
@@ -173,6 +173,14 @@ def test_nobody_listening_is_a_clear_error():
         ModbusReader(modbus_config(free_port(), [{"field": "a", "address": 0}])).poll()
 
 
+def test_a_serial_device_that_does_not_exist_is_named():
+    config = validate_source_config(
+        "modbus", {"transport": "rtu", "url": "/dev/ttyNOSUCH7", "registers": [{"field": "a", "address": 0}]}
+    )
+    with pytest.raises(ModbusUnavailable, match="cannot connect to Modbus RTU /dev/ttyNOSUCH7 unit 1: no such serial"):
+        ModbusReader(config).poll()
+
+
 def test_rtu_framing_over_a_socket_url(modbus_device):
     device = modbus_device(holding=words_as_stored("int32", -7, "little", "big"), framer="rtu", unit=17)
     config = validate_source_config(
@@ -182,7 +190,7 @@ def test_rtu_framing_over_a_socket_url(modbus_device):
             "url": f"socket://127.0.0.1:{device.port}",
             "baudrate": 19200,
             "unit": 17,
-            "timeout": 0.5,
+            "timeout": 3,
             "registers": [{"field": "t", "address": 0, "type": "int32", "word_order": "little"}],
         },
     )

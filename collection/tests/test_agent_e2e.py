@@ -461,7 +461,7 @@ def test_readings_from_a_modbus_device_reach_the_database_and_a_refused_register
             "kind": "modbus",
             "host": "127.0.0.1",
             "port": device.port,
-            "timeout": 0.5,
+            "timeout": 3,
             "registers": [
                 {"field": "temp", "address": 0, "type": "float32"},
                 {"field": "rh", "address": 2, "scale": 0.1},

@@ -43,7 +43,7 @@ REGISTERS = [
 
 def test_a_poll_stores_each_channels_value_and_quarantines_a_refused_register(modbus_device):
     device = modbus_device(holding=[*float32_words(21.5), (-8) & 0xFFFF], coils=[True], input=[1, 2])
-    instrument, source = modbus_source(host="127.0.0.1", port=device.port, timeout=0.5, registers=REGISTERS)
+    instrument, source = modbus_source(host="127.0.0.1", port=device.port, timeout=3, registers=REGISTERS)
     temperature = make_channel(instrument, slug="temperature", source=source, source_field="temperature")
     flow = make_channel(instrument, slug="flow", source=source, source_field="flow")
     pump = make_channel(instrument, slug="pump", source=source, source_field="pump")
@@ -74,7 +74,7 @@ def test_modbus_rtu_over_a_socket_url(modbus_device):
         transport="rtu",
         url=f"socket://127.0.0.1:{device.port}",
         unit=3,
-        timeout=0.5,
+        timeout=3,
         registers=[{"field": "level", "address": 0, "scale": 0.01}],
     )
     level = make_channel(instrument, slug="level", source=source, source_field="level")
