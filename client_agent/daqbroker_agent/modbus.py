@@ -190,6 +190,7 @@ class ModbusReader:
         self.entries = entries_of(config, fields)
         self.blocks = plan_reads(self.entries, config["max_registers"])
         self.client: Any = None
+        self.lost = False  # the connection dropped during this poll
 
     def close(self) -> None:
         if self.client is not None:
@@ -206,6 +207,7 @@ class ModbusReader:
         """Read every block once. Failed blocks fail their entries; none answered: ModbusUnavailable."""
         if self.client is None:
             self.client = open_client(self.config)
+        self.lost = False
         poll = Poll(ts_us=time.time_ns() // 1000)
         answered = 0
         silent: list[str] = []
@@ -225,6 +227,8 @@ class ModbusReader:
             for entry in block.entries:
                 at = entry.address - block.start
                 self._use(poll, entry, data[at : at + entry.size])
+        if self.lost:
+            self.close()
         if self.blocks and not answered:
             self.close()  # reconnect next time: a half-open connection may be why
             raise ModbusUnavailable(f"{describe_target(self.config)} did not answer: {'; '.join(silent)}"[:2000])
@@ -255,8 +259,8 @@ class ModbusReader:
             response = read(block.start, count=block.count, device_id=self.config["unit"])
         except ModbusException as exc:  # no answer within the timeout, a garbled or CRC-failed frame
             raise _NoAnswer(_no_answer_reason(exc, self.config)) from None
-        except OSError as exc:  # the connection dropped
-            self.close()
+        except OSError as exc:  # the connection dropped: reopened at the next poll
+            self.lost = True
             raise _NoAnswer(f"connection lost: {exc}") from None
         if response.isError():
             code = getattr(response, "exception_code", None)
