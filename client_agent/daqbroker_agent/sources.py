@@ -13,7 +13,8 @@ retried, never fatal to the agent.
 * **command**: run every ``interval`` seconds; its standard output is parsed line by line.
 * **modbus**: the register map polled every ``interval`` seconds over a connection kept open
   (``daqbroker_agent.modbus``); a register that could not be read is kept, with its reason, for the
-  server's quarantine.
+  server's quarantine (when first seen, then every ``MODBUS_REPORT_SECONDS`` while it lasts) and shown
+  in the heartbeat's problems.
 
 A channel is found among a line's fields by its ``source_field`` (else its slug), as on the server.
 Numeric channels' values are sent as numbers when they read as one, else as the text found, so that the
@@ -46,6 +47,7 @@ STREAM_FLUSH_SECONDS = 0.5
 STREAM_FLUSH_LINES = 5000
 SPOOL_RETRY_SECONDS = 1.0  # a spool that cannot be written (disk full, locked) is tried again this often
 SPOOL_AREA = "spool storage"  # as ``daqbroker_agent.uploader.SPOOL_AREA``
+MODBUS_REPORT_SECONDS = 600.0  # a register failing the same way is reported to the quarantine this often
 HELD_LINES = 100_000  # lines a stream or command source keeps in memory while the spool cannot be written
 
 
@@ -455,6 +457,7 @@ class ModbusSource(SourceRunner):
             self.stopping.wait()
             return
         self.state.resolved(f"waiting {self.spec.name}")
+        reported: dict[str, float] = {}  # failure -> when it was last kept for the quarantine
         with ModbusReader(self.spec.collect, by_field) as reader:
             while not self.stopping.is_set():
                 started = time.monotonic()
@@ -464,9 +467,15 @@ class ModbusSource(SourceRunner):
                     for field, value in poll.values.items()
                     for channel in by_field[field]
                 ]
+                now = time.monotonic()
                 for failure in poll.failures:
                     message = f"{failure.register}: {failure.reason}"
                     self.noisy.log(logging.WARNING, f"register {failure.register}", "%s: %s", self.spec.name, message)
+                    # Reported when first seen and again every MODBUS_REPORT_SECONDS while it lasts: a register
+                    # missing from the device must not fill the quarantine with a record every poll.
+                    if now - reported.get(message, -math.inf) < MODBUS_REPORT_SECONDS:
+                        continue
+                    reported[message] = now
                     context = {"received": poll.ts_us, "register": failure.register, "field": failure.field}
                     text = failure.raw or f"{failure.field} ({failure.register})"
                     self.mapper.unparsed.append(Unparsed(self.spec.key, self.spec.name, text, message, context))
