@@ -549,3 +549,17 @@ def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
     )
     said = subprocess.run([str(venv / "bin/python"), "-c", modbus], capture_output=True, text=True, timeout=60)
     assert "daqbroker-agent[modbus]" in said.stdout, said.stderr
+    # With the extra, pymodbus comes (at the server's pin) and a Modbus source reads: nobody listens here.
+    extra = subprocess.run(
+        [*install, f"{REPO / 'client_agent'}[modbus]"], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert extra.returncode == 0, extra.stderr[-3000:]
+    closed = (
+        "from daqbroker_agent.config import validate_source_config\n"
+        "from daqbroker_agent.modbus import ModbusReader\n"
+        "config = validate_source_config('modbus', {'host': '127.0.0.1', 'port': 1, 'registers': "
+        "[{'field': 'a', 'address': 0}]})\n"
+        "try:\n    ModbusReader(config).poll()\nexcept ConnectionError as exc:\n    print(exc)"
+    )
+    said = subprocess.run([str(venv / "bin/python"), "-c", closed], capture_output=True, text=True, timeout=60)
+    assert "cannot connect to Modbus TCP 127.0.0.1:1 unit 1" in said.stdout, said.stderr
