@@ -18,6 +18,7 @@ class Origin(models.TextChoices):
     FILE = "file", "File collector"
     SERIAL = "serial", "Serial collector"
     TCP = "tcp", "TCP collector"
+    MQTT = "mqtt", "MQTT collector"
     DERIVED = "derived", "Derived channel"
     CORRECTION = "correction", "Correction (replaced on purpose)"
     DEMO = "demo", "Demo"

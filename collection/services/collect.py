@@ -51,7 +51,7 @@ from collection.services import corrections
 from collection.services.ingest import KEEP, REPLACE, IngestResult, SampleBatch, ingest_samples
 from daqbroker_agent.config import ConfigError
 from daqbroker_agent.parsing import FieldNotFound, us_to_datetime
-from instruments.choices import ChannelKind, SourceKind
+from instruments.choices import STREAMING_KINDS, ChannelKind, SourceKind
 from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def due_sources(now=None):
     now = now or timezone.now()
     return (
         DataSource.objects.filter(enabled=True, instrument__active=True)
-        .exclude(kind=SourceKind.AGENT)  # agents push; the server does not poll them
+        # Agents push; streaming sources are read by the stream collector (collection.streams), not polled.
+        .exclude(kind__in=[SourceKind.AGENT, *STREAMING_KINDS])
         # A source no channel takes a field from waits (and stays due): see collect_source.
         .filter(Exists(Channel.objects.filter(source=OuterRef("pk")).exclude(kind=ChannelKind.DERIVED)))
         .filter(_still_due(now))
@@ -300,6 +301,11 @@ def collect_source(source_id: int) -> CollectionRun | None:
         if reread_asked is not None:  # a re-read was asked for: start over from a fresh cursor
             source.cursor = corrections.reread_cursor(source)
         collector = COLLECTORS.get(source.kind)
+        if source.kind in STREAMING_KINDS:
+            raise NotImplementedError(
+                f"{source.get_kind_display()} sources are read continuously by the stream collector "
+                "(manage.py run_stream_collectors), not by runs"
+            )
         if collector is None:
             raise NotImplementedError(f"no collector for {source.get_kind_display()} sources yet")
         # The rules may have changed since the source was saved: the one target check again, at run time.
