@@ -352,15 +352,7 @@ def verdict_for(kind: str, config: dict) -> Verdict:
     if kind == SourceKind.FILE:
         return check_folder(config["path"], config.get("pattern") or "*")
     if kind == SourceKind.TCP:
-        verdict = check_network(config["host"], int(config["port"]))
-    if config.get("password_env") and not verdict.protected and not verdict.outside:
-        # The variable holds a secret of the collecting host: only an administrator sends it to a broker.
-        return Verdict(
-            "password_env",
-            outside=f"a password from this server's environment ({config['password_env']}) is sent to the broker",
-            addresses=verdict.addresses,
-        )
-    return verdict
+        return check_network(config["host"], int(config["port"]))
     if kind == SourceKind.SERIAL:
         return check_serial(config["url"])
     if kind == SourceKind.MQTT:
