@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import numpy as np
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.db.models import Exists, F, OuterRef
@@ -40,6 +39,7 @@ from django.utils import timezone
 
 from accounts import targets
 from collection.choices import Origin, RunStatus
+from collection.collectors.mqtt import to_batch
 from collection.models import CollectionRun
 from collection.services.collect import (
     EXPECTED_FAILURES,
@@ -50,7 +50,7 @@ from collection.services.collect import (
     collection_transaction,
     worker_name,
 )
-from collection.services.ingest import Rejection, SampleBatch, ingest_samples
+from collection.services.ingest import ingest_samples
 from daqbroker_agent.mqtt import Message, MessageMapper, MqttSession, default_client_id
 from instruments.choices import STREAMING_KINDS, ChannelKind
 from instruments.models import Channel, DataSource
@@ -257,45 +257,6 @@ class StreamRunner(threading.Thread):
 
 class LeaseLost(RuntimeError):
     pass
-
-
-def to_batch(
-    mapper: MessageMapper, by_field: dict[str, list[int]], messages: list[Message]
-) -> tuple[SampleBatch, list[Rejection]]:
-    """The readings of ``messages`` for the channels taking their fields, and the rejections (with topic)."""
-    ids: list[int] = []
-    stamps: list[int] = []
-    values: list[object] = []
-    origin: list[dict] = []
-    rejections: list[Rejection] = []
-    for message in messages:
-        readings, problems = mapper.map(message)
-        context = {"topic": message.topic, "received": message.received_us}
-        for name, ts, value in readings:
-            for channel_id in by_field.get(name, ()):
-                ids.append(channel_id)
-                stamps.append(ts)
-                values.append(value)
-                origin.append(context)
-        for problem in problems:
-            channel_ids = by_field.get(problem.field, [None]) if problem.field else [None]
-            for channel_id in channel_ids:
-                rejections.append(
-                    Rejection(
-                        reason=problem.reason,
-                        channel_id=channel_id,
-                        channel_ref=str(channel_id) if channel_id else "",
-                        raw_value=problem.payload,
-                        context={**problem.context, "connection": f"mqtt {problem.topic}"},
-                    )
-                )
-    batch = SampleBatch(
-        np.array(ids, dtype=np.int64),
-        np.array(stamps, dtype=np.int64),
-        np.array(values, dtype=object),
-        where=lambda i: origin[i],
-    )
-    return batch, rejections
 
 
 class StreamSupervisor:

@@ -519,6 +519,7 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
     },
 }
 
+
 def mqtt_fields() -> Validator:
     """The fields of an MQTT source: ``[{"name": "t_air", "topic": "lab/+/env", "path": "temperature"}]``."""
     from daqbroker_agent.mqtt import path_problem, topic_filter_problem

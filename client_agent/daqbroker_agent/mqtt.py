@@ -176,7 +176,8 @@ class MessageMapper:
             return [], []  # a topic no field takes (a subscription left from an older configuration)
 
         def problem(reason: str, field: str = "") -> Problem:
-            return Problem(reason, message.topic, payload_text(message.payload, self.encoding), message.received_us, field)
+            kept = payload_text(message.payload, self.encoding)
+            return Problem(reason, message.topic, kept, message.received_us, field)
 
         try:
             text = message.payload.decode(self.encoding)
@@ -256,7 +257,8 @@ class MqttSession:
             import paho.mqtt.client as paho
         except ImportError as exc:
             raise MqttUnavailable(
-                "MQTT sources need paho-mqtt: pip install 'daqbroker-agent[mqtt]' (on the server it is in requirements.txt)"
+                "MQTT sources need paho-mqtt: pip install 'daqbroker-agent[mqtt]' "
+                "(on the server it is in requirements.txt)"
             ) from exc
         self._paho = paho
         self.config = config
@@ -305,7 +307,7 @@ class MqttSession:
         if self.stale:
             client.unsubscribe(self.stale)
             self.stale = []
-        result, mid = client.subscribe([(f, self.qos) for f in self.filters])
+        _, mid = client.subscribe([(f, self.qos) for f in self.filters])
         self._subscribe_mid = mid
         self.connected.set()
         log.info(

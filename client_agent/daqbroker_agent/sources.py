@@ -81,7 +81,9 @@ class SourceSpec:
             "serial": lambda: f"serial {c['url']} at {c['baudrate']} baud",
             "tcp": lambda: f"tcp {c['host']}:{c['port']}",
             "command": lambda: "command " + " ".join(c["command"]),
-            "mqtt": lambda: f"mqtt {c['host']}:{c['port']} " + ", ".join(dict.fromkeys(f["topic"] for f in c["fields"])),
+            "mqtt": lambda: (
+                f"mqtt {c['host']}:{c['port']} " + ", ".join(dict.fromkeys(f["topic"] for f in c["fields"]))
+            ),
         }[self.kind]()
         fields = ", ".join(f"{ch.field}->{ch.ref}" for ch in self.channels) or "no channels"
         return f"{self.name} ({where}, every {self.interval:g} s; {fields})"
@@ -472,21 +474,7 @@ class MqttSource(SourceRunner):
                         self.state.problem(f"source {self.spec.name}", session.last_error)
                         self.noisy.log(logging.WARNING, "mqtt", "%s: %s (reconnecting)", self.spec.name, reported)
                     continue
-                readings: list[Reading] = []
-                unparsed: list[Unparsed] = []
-                for message in messages:
-                    found, problems = mapper.map(message)
-                    for name, ts, value in found:
-                        for channel in by_field.get(name, ()):
-                            readings.append((channel.ref, ts, value))
-                    for problem in problems:
-                        self.noisy.log(
-                            logging.WARNING, "payload", "%s: %s (topic %s; kept for the server's quarantine)",
-                            self.spec.name, problem.reason, problem.topic,
-                        )  # fmt: skip
-                        unparsed.append(Unparsed(self.spec.key, self.spec.name, problem.payload, problem.reason,
-                                                 {**problem.context, "connection": f"mqtt {problem.topic}"}))  # fmt: skip
-                self.mapper.unparsed.extend(unparsed)
+                readings = self._readings_of(mapper, by_field, messages)
                 # Not acknowledged unless spooled (SpoolUnavailable, or a full spool): the session is dropped
                 # and the broker sends them again on the next one.
                 if not self.spool_readings(readings, all_or_nothing=True):
@@ -495,6 +483,28 @@ class MqttSource(SourceRunner):
                 session.ack(messages)
         finally:
             session.stop()
+
+    def _readings_of(self, mapper, by_field: dict[str, list[ChannelSpec]], messages: list) -> list[Reading]:
+        """The messages' readings; what could not be read goes with them to the spool, for the quarantine."""
+        readings: list[Reading] = []
+        for message in messages:
+            found, problems = mapper.map(message)
+            for name, ts, value in found:
+                readings.extend((channel.ref, ts, value) for channel in by_field.get(name, ()))
+            for problem in problems:
+                self.noisy.log(
+                    logging.WARNING,
+                    "payload",
+                    "%s: %s (topic %s; kept for the server's quarantine)",
+                    self.spec.name,
+                    problem.reason,
+                    problem.topic,
+                )
+                context = {**problem.context, "connection": f"mqtt {problem.topic}"}
+                self.mapper.unparsed.append(
+                    Unparsed(self.spec.key, self.spec.name, problem.payload, problem.reason, context)
+                )
+        return readings
 
 
 RUNNERS = {

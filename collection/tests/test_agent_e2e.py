@@ -104,7 +104,7 @@ class WebServer(Process):
 
     def start(self) -> WebServer:
         super().start()
-        wait_for(lambda: self.answers() or not self.running, timeout=60, message="gunicorn answering")
+        wait_for(lambda: self.answers() or not self.running, timeout=180, message="gunicorn answering")
         assert self.running, self.log()[-3000:]
         return self
 
@@ -464,9 +464,12 @@ def test_mqtt_messages_reach_the_database_through_the_agent_also_those_sent_whil
         "host": mqtt_broker[0],
         "port": mqtt_broker[1],
         "client_id": f"daqbroker-test-{uuid.uuid4().hex[:12]}",
-        "fields": [{"name": "temp", "topic": f"{prefix}/+/env", "path": "t"}, {"name": "rh", "topic": f"{prefix}/+/env", "path": "rh"}],
+        "fields": [
+            {"name": "temp", "topic": f"{prefix}/+/env", "path": "t"},
+            {"name": "rh", "topic": f"{prefix}/+/env", "path": "rh"},
+        ],
         "timestamp": {"path": "ts", "format": "epoch"},
-    }  # fmt: skip
+    }
     station = Station(tmp_path, collect=collect)
 
     def send(i: int | None, payload: str = "") -> None:
