@@ -50,7 +50,7 @@ def to_batch(
                 values.append(value)
                 origin.append(context)
         for problem in problems:
-            channel_ids = by_field.get(problem.field, [None]) if problem.field else [None]
+            channel_ids: list[int | None] = list(by_field.get(problem.field, [None])) if problem.field else [None]
             for channel_id in channel_ids:
                 rejections.append(
                     Rejection(

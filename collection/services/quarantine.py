@@ -423,7 +423,7 @@ def _replay_group(
     rejections: list[Rejection] = []
     lines = [r for r in group if r.is_line]
     mqtt = _mqtt_settings(source) if lines and source is not None else None
-    if mqtt is not None:
+    if mqtt is not None and source is not None:
         batches_, rejections_ = _replay_messages(lines, source, mqtt)
         batches.extend(batches_)
         rejections.extend(rejections_)
