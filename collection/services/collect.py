@@ -289,6 +289,11 @@ def collect_source(source_id: int) -> CollectionRun | None:
             source = DataSource.objects.select_related("instrument", "target_set_by").get(pk=source_id)
         except DataSource.DoesNotExist:
             return None
+        if source.kind in STREAMING_KINDS:
+            # Read continuously by the stream collector (collection.streams), which holds its lease: not by runs.
+            logger.info("source %s not collected by a run: the stream collector reads it", source_id)
+            _release_lease(source_id, owner)
+            return None
         if source.waiting_for_channels:
             # Nothing could be stored: the source is not read at all, so its cursor stays where it is and
             # every line is there for the first run once a channel maps one of its fields.
@@ -301,11 +306,6 @@ def collect_source(source_id: int) -> CollectionRun | None:
         if reread_asked is not None:  # a re-read was asked for: start over from a fresh cursor
             source.cursor = corrections.reread_cursor(source)
         collector = COLLECTORS.get(source.kind)
-        if source.kind in STREAMING_KINDS:
-            raise NotImplementedError(
-                f"{source.get_kind_display()} sources are read continuously by the stream collector "
-                "(manage.py run_stream_collectors), not by runs"
-            )
         if collector is None:
             raise NotImplementedError(f"no collector for {source.get_kind_display()} sources yet")
         # The rules may have changed since the source was saved: the one target check again, at run time.

@@ -560,3 +560,10 @@ def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
         [str(venv / "bin/python"), "-c", "import daqbroker_agent.reader"], capture_output=True, text=True, timeout=60
     )
     assert reader.returncode != 0 and "daqbroker-agent[pandas]" in reader.stderr, reader.stderr
+    # MQTT is an extra too: the module imports without paho-mqtt, and a session says which extra it needs.
+    mqtt = (
+        "from daqbroker_agent.mqtt import MqttSession, MqttUnavailable\n"
+        "try:\n    MqttSession({}, 'x')\nexcept MqttUnavailable as exc:\n    print(exc)"
+    )
+    needs = subprocess.run([str(venv / "bin/python"), "-c", mqtt], capture_output=True, text=True, timeout=60)
+    assert "daqbroker-agent[mqtt]" in needs.stdout, needs.stderr
