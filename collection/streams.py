@@ -29,7 +29,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -93,7 +93,6 @@ class Tally:
     rejected: int = 0
     conflicts: int = 0
     messages: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class StreamRunner(threading.Thread):
@@ -171,6 +170,7 @@ class StreamRunner(threading.Thread):
                 messages = session.take(TAKE_WAIT)
                 if messages:
                     self._store(source, run, session, mapper, by_field, messages, tally, cursor)
+                    reported = ""  # the source's last_error was cleared with the batch
                 elif session.last_error and session.last_error != reported and not session.connected.is_set():
                     reported = session.last_error
                     DataSource.objects.filter(pk=source.pk, lease_owner=self.owner).update(

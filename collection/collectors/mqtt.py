@@ -50,13 +50,13 @@ def to_batch(
                 values.append(value)
                 origin.append(context)
         for problem in problems:
-            channel_ids: list[int | None] = list(by_field.get(problem.field, [None])) if problem.field else [None]
-            for channel_id in channel_ids:
+            known: list[int | None] = list(by_field.get(problem.field, ())) if problem.field else []
+            for refused in known or [None]:
                 rejections.append(
                     Rejection(
                         reason=problem.reason,
-                        channel_id=channel_id,
-                        channel_ref=str(channel_id) if channel_id else "",
+                        channel_id=refused,
+                        channel_ref=str(refused) if refused else "",
                         raw_value=problem.payload,
                         context={**context, **problem.context, "connection": f"mqtt {problem.topic}"},
                     )

@@ -28,6 +28,19 @@ def publish(broker: tuple[str, int], topic: str, payload: str | bytes) -> None:
     paho_publish.single(topic, payload, qos=1, hostname=broker[0], port=broker[1])
 
 
+def start_collector(start_process, service_env):
+    argv = [sys.executable, "manage.py", "run_stream_collectors", "--reload-seconds", "1"]
+    collector = start_process("streams", argv, service_env)
+    # Django's start-up alone can take a minute on a loaded machine: wait for it before timing anything else.
+    wait_for(
+        lambda: "stream collector" in collector.log() or collector.process.poll() is not None,
+        timeout=240,
+        message="the stream collector started",
+    )
+    assert collector.process.poll() is None, collector.log()
+    return collector
+
+
 def reading(i: int) -> str:
     return json.dumps({"ts": T0 + i, "temperature": i / 10})
 
@@ -50,8 +63,7 @@ def test_the_stream_collector_stores_quarantines_and_catches_up_after_a_restart(
         },
     )
     channel = make_channel(instrument, slug="t", source=source, source_field="t")
-    argv = [sys.executable, "manage.py", "run_stream_collectors", "--reload-seconds", "1"]
-    collector = start_process("streams", argv, service_env)
+    collector = start_collector(start_process, service_env)
 
     def stored() -> int:
         return Sample.objects.filter(channel=channel).count()
@@ -96,3 +108,32 @@ def test_the_stream_collector_stores_quarantines_and_catches_up_after_a_restart(
     collector.stop()  # SIGTERM: connections closed, leases released
     assert collector.process.returncode == 0
     assert DataSource.objects.get(pk=source.pk).lease_owner == ""
+
+
+def test_the_stream_collector_reconnects_after_its_broker_restarts(private_mosquitto, service_env, start_process):
+    broker = private_mosquitto()  # its own broker (persistent), so that restarting it disturbs no one
+    prefix = f"daqbroker-test/{uuid.uuid4().hex[:12]}"
+    instrument = make_instrument(make_user(), slug="cellar")
+    source = DataSource.objects.create(
+        instrument=instrument,
+        name="sensors",
+        kind=SourceKind.MQTT,
+        config={"host": broker.host, "port": broker.port, "fields": [{"name": "t", "topic": f"{prefix}/t"}]},
+    )
+    channel = make_channel(instrument, slug="t", source=source, source_field="t")
+    start_collector(start_process, service_env)
+
+    def stored(value: float) -> bool:
+        publish((broker.host, broker.port), f"{prefix}/t", str(value))  # receipt times: one reading per message
+        return Sample.objects.filter(channel=channel, value=value).exists()
+
+    wait_for(lambda: stored(1.0), timeout=60, interval=0.5, message="the collector subscribed")
+    broker.stop()
+    wait_for(
+        lambda: "disconnected" in DataSource.objects.get(pk=source.pk).last_error,
+        timeout=30,
+        message="the lost broker said on the source",
+    )
+    broker.start()
+    wait_for(lambda: stored(2.0), timeout=60, interval=0.5, message="a reading after the broker's restart")
+    wait_for(lambda: DataSource.objects.get(pk=source.pk).last_error == "", timeout=30, message="the error cleared")
