@@ -10,6 +10,7 @@ import pytest
 from daqbroker_agent.config import STANDARD_BAUDRATES, ConfigError, validate_source_config
 
 BAUDRATES = ", ".join(map(str, STANDARD_BAUDRATES))
+AGENT_KINDS = "file, serial, tcp, command, mqtt"
 PARSER_DEFAULTS = {
     "format": "delimited",
     "delimiter": ",",
@@ -301,8 +302,8 @@ def test_encoding_is_canonicalised():
             "collect",
             'is required: what the agent reads, e.g. {"kind": "serial", "url": "/dev/ttyUSB0"}',
         ),
-        ("agent", {"collect": {"kind": "agent"}}, "collect.kind", "'agent' is not one of file, serial, tcp, command"),
-        ("agent", {"collect": {"url": "/dev/ttyS0"}}, "collect.kind", "None is not one of file, serial, tcp, command"),
+        ("agent", {"collect": {"kind": "agent"}}, "collect.kind", f"'agent' is not one of {AGENT_KINDS}"),
+        ("agent", {"collect": {"url": "/dev/ttyS0"}}, "collect.kind", f"None is not one of {AGENT_KINDS}"),
         ("agent", {"collect": {"kind": "serial"}}, "collect.url", "is required"),
         ("agent", {"collect": {"kind": "tcp", "host": "h", "port": -1}}, "collect.port", "must be at least 1"),
         (
