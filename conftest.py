@@ -11,6 +11,7 @@ CI=true: CI must never pass by skipping the real services.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import signal
 import socket
@@ -201,6 +202,103 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         service_unavailable(f"Redis at {url} is unreachable ({exc})")
     return url
+
+
+DEFAULT_TEST_MQTT = "127.0.0.1:1883"
+
+
+class Mosquitto:
+    """A private Debian ``mosquitto`` broker on a port of its own, with persistence (sessions and queued
+    messages survive ``restart``): tests that stop or restart a broker never touch the shared one."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.host = "127.0.0.1"
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {directory}/\nautosave_interval 1\n"
+            # Run as root, mosquitto drops to the user "mosquitto", who could not write the persistence file here.
+            f"user {getpass.getuser()}\n"
+        )
+        self.log_path = directory / "mosquitto.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Mosquitto:
+        binary = _mosquitto_binary()
+        if binary is None:
+            service_unavailable("mosquitto is not installed (apt-get install mosquitto)")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for(self.answers, timeout=15, message=f"mosquitto listening on {self.port}")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # mosquitto saves its persistence file on SIGTERM
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _mosquitto_binary() -> str | None:
+    import shutil
+
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
+    )
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory) -> tuple[str, int]:
+    """(host, port) of a real MQTT broker: ``DAQBROKER_TEST_MQTT`` (default 127.0.0.1:1883). When it cannot
+    be reached, a private mosquitto is started on a free port, except under CI=true, where the run fails."""
+    host, _, port = os.environ.get("DAQBROKER_TEST_MQTT", DEFAULT_TEST_MQTT).rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        if IN_CI:
+            service_unavailable(f"the MQTT broker at {host}:{port} is unreachable ({exc})")
+        broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+        yield broker.host, broker.port
+        broker.stop()
+        return
+    yield host, int(port)
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path):
+    """Start private mosquitto brokers (``private_mosquitto()``); all are stopped at teardown."""
+    started: list[Mosquitto] = []
+
+    def start() -> Mosquitto:
+        broker = Mosquitto(tmp_path / f"mosquitto-{len(started)}")
+        started.append(broker)
+        return broker.start()
+
+    yield start
+    for broker in started:
+        broker.stop()
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.1, message: str = "") -> object:

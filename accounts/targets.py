@@ -20,6 +20,10 @@ The rules:
   such as ``0.0.0.0/0`` does not open them); the server's own services (database, Redis/broker, mail
   server) need an entry naming their port. At run time the collector connects to the very address that
   was checked, so a name re-pointed in DNS after the check is not followed.
+* **MQTT brokers**: the network rules for the broker's host and port, and the file rules for its CA file
+  (``ca_file``); the password is never in the configuration, only the name of an environment variable
+  (``MQTT_PASSWORD_...``) of the collecting process, so a source cannot read another secret. a source with
+  ``password_env`` is for administrators (it sends a secret of the collecting host to the broker).
 * **Serial devices** (serial and Modbus RTU sources): ``loop://`` is harmless and open to everyone; device
   paths matching ``DAQBROKER_SERIAL_DEVICES`` too; any other device or pyserial URL scheme is outside the rules.
 * **Outside the rules** (but not protected): administrators only. The source remembers who last set its
@@ -355,7 +359,26 @@ def verdict_for(kind: str, config: dict) -> Verdict:
         if config["transport"] == "tcp":
             return check_network(config["host"], int(config["port"]))
         return check_serial(config["url"])
+    if kind == SourceKind.MQTT:
+        return check_mqtt(config)
     return Verdict("")
+
+
+def check_mqtt(config: dict) -> Verdict:
+    """An MQTT source: the broker's address (the network rules), and its CA file, if any (the file rules)."""
+    if config.get("ca_file"):
+        verdict = check_file(config["ca_file"])
+        if verdict.protected or verdict.outside:
+            return Verdict("ca_file", protected=verdict.protected, outside=verdict.outside)
+    verdict = check_network(config["host"], int(config["port"]))
+    if config.get("password_env") and not verdict.protected and not verdict.outside:
+        # The variable holds a secret of the collecting host: only an administrator sends it to a broker.
+        return Verdict(
+            "password_env",
+            outside=f"a password from this server's environment ({config['password_env']}) is sent to the broker",
+            addresses=verdict.addresses,
+        )
+    return verdict
 
 
 def target_of(kind: str, config: dict, agent_id: int | None = None) -> object:
@@ -369,6 +392,8 @@ def target_of(kind: str, config: dict, agent_id: int | None = None) -> object:
         return (kind, config.get("url"))
     if kind == SourceKind.MODBUS:
         return (kind, config.get("transport"), config.get("host"), config.get("port"), config.get("url"))
+    if kind == SourceKind.MQTT:
+        return (kind, config.get("host"), config.get("port"), config.get("ca_file"), config.get("password_env"))
     # Canonical JSON: PostgreSQL's jsonb hands keys back in its own order.
     return (kind, agent_id, json.dumps(config.get("collect") or {}, sort_keys=True, default=str))
 
@@ -433,6 +458,10 @@ def pinned(kind: str, config: dict, verdict: Verdict) -> dict:
     if not verdict.addresses:
         return config
     address = str(verdict.addresses[0])
+    if kind == SourceKind.MQTT:
+        # With TLS the broker's certificate is checked against the name connected to: the name is kept
+        # (a name re-pointed in DNS must then still present a valid certificate for it).
+        return config if config.get("tls") else {**config, "connect_address": address}
     if kind == SourceKind.TCP or (kind == SourceKind.MODBUS and config["transport"] == "tcp"):
         return {**config, "connect_address": address}
     parts = urlsplit(config["url"])

@@ -18,7 +18,7 @@ from collection.choices import RunStatus
 from collection.models import CollectionRun
 from collection.services import corrections
 from collection.tasks import collect_source
-from instruments.choices import SourceKind
+from instruments.choices import STREAMING_KINDS, SourceKind
 from instruments.models import with_channel_counts
 
 RECENT_RUNS = 10
@@ -35,14 +35,17 @@ def _queue(task, args) -> bool:
 @admin.action(description="Collect now")
 def collect_now(modeladmin, request, queryset):
     """Queue a collection of each selected source at once (a source being collected is left to finish)."""
-    collected = list(with_channel_counts(queryset.exclude(kind=SourceKind.AGENT)))
+    collected = list(with_channel_counts(queryset.exclude(kind__in=[SourceKind.AGENT, *STREAMING_KINDS])))
     waiting = [source.name for source in collected if source.waiting_for_channels]
     sources = [source.pk for source in collected if not source.waiting_for_channels]
     queued = sum(_queue(collect_source, [pk]) for pk in sources)
     skipped = queryset.count() - len(sources) - len(waiting)
     message = f"Collection queued for {queued} data source(s)."
     if skipped:
-        message += f" {skipped} agent source(s) skipped: agents push their readings."
+        message += (
+            f" {skipped} agent or streaming source(s) skipped: agents push their readings, and streaming (MQTT) "
+            "sources are read continuously by the stream collector."
+        )
     if waiting:
         message += (
             f" {len(waiting)} source(s) not collected, waiting for channels (no channel takes a field from them, "

@@ -312,6 +312,8 @@ CELERY_BEAT_SCHEDULE = {
 # A collection run holds its source for at most this long (the collection task is stopped before it
 # ends); a worker killed mid-run frees its source after this long.
 DAQBROKER_COLLECT_LEASE_SECONDS = env_int("DAQBROKER_COLLECT_LEASE_SECONDS", 300, minimum=5)
+# How often the stream collector (manage.py run_stream_collectors) looks for added, changed or removed sources.
+DAQBROKER_STREAM_RELOAD_SECONDS = env_int("DAQBROKER_STREAM_RELOAD_SECONDS", 10, minimum=1)
 # Seconds one collection run may spend parsing lines one by one (regular expressions above all; each line's
 # match is also limited, see daqbroker_agent.patterns). Lines left when it is spent are quarantined with
 # that reason, so one slow source cannot hold a worker that dispatch and alarm tasks are waiting for.

@@ -6,7 +6,13 @@ class SourceKind(models.TextChoices):
     SERIAL = "serial", "Serial port"
     TCP = "tcp", "TCP instrument"
     MODBUS = "modbus", "Modbus device (TCP or RTU)"
+    MQTT = "mqtt", "MQTT broker"
     AGENT = "agent", "Remote agent"
+
+
+# Sources read over a connection kept open by a long-lived collector (manage.py run_stream_collectors), not
+# by the periodic dispatcher: daqbroker_agent.config.STREAMING_KINDS.
+STREAMING_KINDS = (SourceKind.MQTT,)
 
 
 class ChannelKind(models.TextChoices):

@@ -628,7 +628,125 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
     },
 }
 
-AGENT_COLLECTS = ("file", "serial", "tcp", "modbus", "command")
+
+def mqtt_fields() -> Validator:
+    """The fields of an MQTT source: ``[{"name": "t_air", "topic": "lab/+/env", "path": "temperature"}]``."""
+    from daqbroker_agent.mqtt import path_problem, topic_filter_problem
+
+    options = {
+        "name": Option(text(max_length=200), help="what a channel's source field names"),
+        "topic": Option(text(max_length=1000), help="a topic filter; + and # are wildcards"),
+        "path": Option(text(allow_empty=True, max_length=500), default="", help="into a JSON payload"),
+    }
+
+    def check(value: Any, field: str) -> list[dict]:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(field, 'must be a list of fields, e.g. [{"name": "t", "topic": "lab/room1/temperature"}]')
+        if len(value) > 1000:
+            raise ConfigError(field, "at most 1000 fields")
+        result: list[dict] = []
+        for index, item in enumerate(value):
+            where = f"{field}[{index}]"
+            checked = validate_options(options, item, where)
+            problem = topic_filter_problem(checked["topic"])
+            if problem:
+                raise ConfigError(f"{where}.topic", problem)
+            problem = path_problem(checked["path"])
+            if problem:
+                raise ConfigError(f"{where}.path", problem)
+            if any(other["name"] == checked["name"] for other in result):
+                raise ConfigError(f"{where}.name", f"{checked['name']!r} is named twice")
+            result.append(checked)
+        return result
+
+    return check
+
+
+def mqtt_password_env() -> Validator:
+    def check(value: Any, field: str) -> str:
+        from daqbroker_agent.mqtt import PASSWORD_ENV
+
+        text(allow_empty=True, max_length=100)(value, field)
+        if value and not PASSWORD_ENV.fullmatch(value):
+            raise ConfigError(
+                field,
+                "must name an environment variable of the collecting process starting with MQTT_PASSWORD_ "
+                "(e.g. MQTT_PASSWORD_LAB): a password is never stored in a source's configuration",
+            )
+        return value
+
+    return check
+
+
+MQTT_TIMESTAMP_OPTIONS = {
+    "path": Option(
+        text(allow_empty=True, max_length=500),
+        default="",
+        help="path of the time in a JSON payload (e.g. ts); empty: the time the message was received",
+    ),
+    "format": Option(text(max_length=100), default="iso", help="iso, epoch, epoch_ms or a strptime pattern"),
+    "timezone": Option(timezone_name(), default="UTC", help="zone of naive timestamps"),
+}
+
+
+def _check_mqtt_timestamp(result: dict, prefix: str) -> None:
+    from daqbroker_agent.mqtt import path_problem
+
+    fmt = result["format"]
+    if fmt not in ("iso", "epoch", "epoch_ms") and "%" not in fmt:
+        raise ConfigError(_join(prefix, "format"), f"{fmt!r} is neither iso, epoch, epoch_ms nor a strptime pattern")
+    if "%" in fmt and needs_year(fmt):
+        raise ConfigError(_join(prefix, "format"), f"{fmt!r} has no year (%Y): the times would be read as 1900")
+    problem = path_problem(result["path"])
+    if problem:
+        raise ConfigError(_join(prefix, "path"), problem)
+
+
+def _check_mqtt(result: dict, prefix: str) -> None:
+    if result["password_env"] and not result["username"]:
+        raise ConfigError(_join(prefix, "password_env"), "a password needs a username")
+    if result["ca_file"] and not result["tls"]:
+        raise ConfigError(_join(prefix, "ca_file"), "only applies with tls = true")
+
+
+SOURCE_OPTIONS["mqtt"] = {
+    "host": Option(text(max_length=255), help="the broker's host name or address"),
+    "port": Option(integer(minimum=1, maximum=65535), default=1883, help="1883; usually 8883 with TLS"),
+    "fields": Option(
+        mqtt_fields(),
+        help='[{"name": ..., "topic": ..., "path": ...}]: a channel takes the field its source field names',
+    ),
+    "qos": Option(
+        integer(allowed=(0, 1, 2)), default=1, help="1: every message at least once (0 loses what the broker drops)"
+    ),
+    "client_id": Option(
+        text(allow_empty=True, max_length=128),
+        default="",
+        help="the session's name at the broker; empty: daqbroker-<source> (set one when several DAQBroker "
+        "installations use one broker)",
+    ),
+    "keepalive": Option(integer(minimum=5, maximum=3600), default=60, help="seconds between pings"),
+    "tls": Option(boolean(), default=False, help="connect with TLS"),
+    "ca_file": Option(
+        text(allow_empty=True, max_length=4000), default="", help="CA bundle of a broker with a private certificate"
+    ),
+    "username": Option(text(allow_empty=True, max_length=200), default=""),
+    "password_env": Option(
+        mqtt_password_env(),
+        default="",
+        help="the environment variable (MQTT_PASSWORD_...) holding the password, on the collecting host",
+    ),
+    "encoding": Option(encoding(), default="utf-8"),
+    "timestamp": Option(
+        section(MQTT_TIMESTAMP_OPTIONS, checks=(_check_mqtt_timestamp,)),
+        default=lambda: {"path": "", "format": "iso", "timezone": "UTC"},
+    ),
+}
+
+# Sources read continuously over a connection kept open (not collected by the periodic dispatcher).
+STREAMING_KINDS = ("mqtt",)
+
+AGENT_COLLECTS = ("file", "serial", "tcp", "modbus", "command", "mqtt")
 
 
 def option_schema(kind: str) -> list[dict[str, Any]]:
@@ -637,6 +755,11 @@ def option_schema(kind: str) -> list[dict[str, Any]]:
     ``section.option``."""
     rows: list[dict[str, Any]] = []
     for name, option in SOURCE_OPTIONS[kind].items():
+        if name == "timestamp" and kind == "mqtt":
+            for sub, inner in MQTT_TIMESTAMP_OPTIONS.items():
+                default = inner.default
+                rows.append({"name": f"timestamp.{sub}", "required": False, "default": default, "help": inner.help})
+            continue
         if name == "timestamp":
             for sub, inner in TIMESTAMP_OPTIONS.items():
                 default = TIMESTAMP_DEFAULTS[sub]
@@ -654,7 +777,7 @@ def validate_source_config(kind: str, raw: Any, prefix: str = "") -> dict:
         return _validate_agent(raw, prefix)
     if kind not in SOURCE_OPTIONS:
         raise ConfigError(prefix or "kind", f"unknown source kind {kind!r}")
-    check = {"file": _check_file, "modbus": _check_modbus}.get(kind, _check_parser)
+    check = {"file": _check_file, "modbus": _check_modbus, "mqtt": _check_mqtt}.get(kind, _check_parser)
     return validate_options(SOURCE_OPTIONS[kind], raw, prefix, checks=(check,))
 
 

@@ -15,6 +15,8 @@ retried, never fatal to the agent.
   (``daqbroker_agent.modbus``); a register that could not be read is kept, with its reason, for the
   server's quarantine (when first seen, then every ``MODBUS_REPORT_SECONDS`` while it lasts) and shown
   in the heartbeat's problems.
+* **mqtt**: a broker's topics, subscribed on a persistent session (``daqbroker_agent.mqtt``); each message
+  is acknowledged to the broker only once its readings are in the spool.
 
 A channel is found among a line's fields by its ``source_field`` (else its slug), as on the server.
 Numeric channels' values are sent as numbers when they read as one, else as the text found, so that the
@@ -86,6 +88,9 @@ class SourceSpec:
             "tcp": lambda: f"tcp {c['host']}:{c['port']}",
             "modbus": lambda: describe_target(c),
             "command": lambda: "command " + " ".join(c["command"]),
+            "mqtt": lambda: (
+                f"mqtt {c['host']}:{c['port']} " + ", ".join(dict.fromkeys(f["topic"] for f in c["fields"]))
+            ),
         }[self.kind]()
         fields = ", ".join(f"{ch.field}->{ch.ref}" for ch in self.channels) or "no channels"
         return f"{self.name} ({where}, every {self.interval:g} s; {fields})"
@@ -485,6 +490,73 @@ class ModbusSource(SourceRunner):
                     self.state.resolved(f"source {self.spec.name}")
                 self.spool_readings(readings)
                 self.stopping.wait(max(0.0, self.spec.interval - (time.monotonic() - started)))
+class MqttSource(SourceRunner):
+    """An MQTT broker's topics (``daqbroker_agent.mqtt``): a persistent session, messages acknowledged once
+    their readings (and the payloads that could not be read) are in the spool. While the spool cannot be
+    written nothing is acknowledged and the session is dropped: the broker keeps the messages."""
+
+    def collect_forever(self) -> None:
+        from daqbroker_agent.mqtt import MessageMapper, MqttSession, default_client_id
+
+        config = self.spec.collect
+        mapper = MessageMapper(config)
+        filters_key = f"mqtt-filters:{self.spec.key}"
+        session = MqttSession(
+            config,
+            config["client_id"] or default_client_id(f"agent-{self.spec.key}"),
+            stale_filters=self.spool.get(filters_key) or [],
+        )
+        by_field: dict[str, list[ChannelSpec]] = {}
+        for channel in self.spec.channels:
+            by_field.setdefault(channel.field, []).append(channel)
+        session.start()
+        reported = ""
+        try:
+            if self.spool.get(filters_key) != mapper.topic_filters:
+                self.spool.put(filters_key, mapper.topic_filters)
+            while not self.stopping.is_set():
+                messages = session.take(STREAM_FLUSH_SECONDS)
+                if not messages:
+                    if session.connected.is_set():
+                        if reported:
+                            reported = ""
+                            self.state.resolved(f"source {self.spec.name}")
+                    elif session.last_error and session.last_error != reported:
+                        reported = session.last_error
+                        self.state.problem(f"source {self.spec.name}", session.last_error)
+                        self.noisy.log(logging.WARNING, "mqtt", "%s: %s (reconnecting)", self.spec.name, reported)
+                    continue
+                readings = self._readings_of(mapper, by_field, messages)
+                # Not acknowledged unless spooled (SpoolUnavailable, or a full spool): the session is dropped
+                # and the broker sends them again on the next one.
+                if not self.spool_readings(readings, all_or_nothing=True):
+                    self.stopping.wait(max(self.spec.interval, 1.0))
+                    return
+                session.ack(messages)
+        finally:
+            session.stop()
+
+    def _readings_of(self, mapper, by_field: dict[str, list[ChannelSpec]], messages: list) -> list[Reading]:
+        """The messages' readings; what could not be read goes with them to the spool, for the quarantine."""
+        readings: list[Reading] = []
+        for message in messages:
+            found, problems = mapper.map(message)
+            for name, ts, value in found:
+                readings.extend((channel.ref, ts, value) for channel in by_field.get(name, ()))
+            for problem in problems:
+                self.noisy.log(
+                    logging.WARNING,
+                    "payload",
+                    "%s: %s (topic %s; kept for the server's quarantine)",
+                    self.spec.name,
+                    problem.reason,
+                    problem.topic,
+                )
+                context = {**problem.context, "connection": f"mqtt {problem.topic}"}
+                self.mapper.unparsed.append(
+                    Unparsed(self.spec.key, self.spec.name, problem.payload, problem.reason, context)
+                )
+        return readings
 
 
 RUNNERS = {
@@ -493,6 +565,8 @@ RUNNERS = {
     "tcp": StreamSource,
     "modbus": ModbusSource,
     "command": CommandSource,
+    "command": CommandSource,
+    "mqtt": MqttSource,
 }
 
 

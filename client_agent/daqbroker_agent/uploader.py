@@ -432,6 +432,8 @@ def unparsed_item(line: Unparsed) -> dict:
         item["file"] = line.context["file"]
     if line.context.get("line"):
         item["line"] = line.context["line"]
+    if line.context.get("topic"):
+        item["topic"] = line.context["topic"]
     if line.context.get("received"):
         item["received"] = us_to_datetime(line.context["received"]).isoformat()
     return item

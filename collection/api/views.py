@@ -218,6 +218,7 @@ class UnparsedLineSerializer(serializers.Serializer):
     source_name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
     file = RawTextField(max_length=1000, required=False, allow_blank=True, help_text="for file sources")
     line = serializers.IntegerField(required=False, min_value=1, help_text="its line number in that file")
+    topic = RawTextField(max_length=1000, required=False, allow_blank=True, help_text="for MQTT sources")
     received = serializers.DateTimeField(required=False, help_text="when the agent read it")
 
 
@@ -288,7 +289,7 @@ class AgentUnparsedView(ScopedViewMixin, APIView):
 
 
 def _unparsed(item: dict) -> UnparsedLine:
-    context = {key: item[key] for key in ("file", "line") if item.get(key) not in (None, "")}
+    context = {key: item[key] for key in ("file", "line", "topic") if item.get(key) not in (None, "")}
     if item.get("received"):
         context["received"] = item["received"].isoformat()
     return UnparsedLine(

@@ -51,7 +51,7 @@ from collection.services import corrections
 from collection.services.ingest import KEEP, REPLACE, IngestResult, SampleBatch, ingest_samples
 from daqbroker_agent.config import ConfigError
 from daqbroker_agent.parsing import FieldNotFound, us_to_datetime
-from instruments.choices import ChannelKind, SourceKind
+from instruments.choices import STREAMING_KINDS, ChannelKind, SourceKind
 from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def due_sources(now=None):
     now = now or timezone.now()
     return (
         DataSource.objects.filter(enabled=True, instrument__active=True)
-        .exclude(kind=SourceKind.AGENT)  # agents push; the server does not poll them
+        # Agents push; streaming sources are read by the stream collector (collection.streams), not polled.
+        .exclude(kind__in=[SourceKind.AGENT, *STREAMING_KINDS])
         # A source no channel takes a field from waits (and stays due): see collect_source.
         .filter(Exists(Channel.objects.filter(source=OuterRef("pk")).exclude(kind=ChannelKind.DERIVED)))
         .filter(_still_due(now))
@@ -287,6 +288,11 @@ def collect_source(source_id: int) -> CollectionRun | None:
         try:
             source = DataSource.objects.select_related("instrument", "target_set_by").get(pk=source_id)
         except DataSource.DoesNotExist:
+            return None
+        if source.kind in STREAMING_KINDS:
+            # Read continuously by the stream collector (collection.streams), which holds its lease: not by runs.
+            logger.info("source %s not collected by a run: the stream collector reads it", source_id)
+            _release_lease(source_id, owner)
             return None
         if source.waiting_for_channels:
             # Nothing could be stored: the source is not read at all, so its cursor stays where it is and

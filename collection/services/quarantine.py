@@ -44,9 +44,11 @@ from accounts import audit, permissions
 from accounts.choices import AuditAction
 from collection.choices import RejectionKind
 from collection.collectors.base import RawLine, lines_to_readings, parse_deadline
+from collection.collectors.mqtt import message_from, mqtt_config, to_batch
 from collection.models import RejectedSample
 from collection.reasons import classify_reason, visible_text
 from collection.services.ingest import IngestResult, Rejection, SampleBatch, ingest_samples
+from daqbroker_agent.mqtt import MessageMapper
 from daqbroker_agent.parsing import LineError, LineParser, datetime_to_us
 from instruments.choices import ChannelKind, SourceKind
 from instruments.csv_cells import safe_row
@@ -272,6 +274,9 @@ def parse_preview(record: RejectedSample) -> dict[str, Any]:
     if not record.is_line or record.source is None:
         return {}
     try:
+        mqtt = mqtt_config(record.source, record.source.validated_config())
+        if mqtt is not None:
+            return _mqtt_preview(record, mqtt)
         parser = LineParser(parser_config(record.source))
     except (ValidationError, ValueError) as exc:
         return {"error": f"the source's configuration is not valid now: {exc}"}
@@ -281,6 +286,16 @@ def parse_preview(record: RejectedSample) -> dict[str, Any]:
         return {"error": f"line not parsed: {exc}"}
     moment = datetime.fromtimestamp(parsed.ts_us / 1_000_000, tz=UTC)
     return {"fields": {k: visible_text(str(v), 200) for k, v in parsed.fields.items()}, "time": moment.isoformat()}
+
+
+def _mqtt_preview(record: RejectedSample, config: dict) -> dict[str, Any]:
+    """How an MQTT source's current fields read a quarantined message now."""
+    context = record.context if isinstance(record.context, dict) else {}
+    readings, problems = MessageMapper(config).map(message_from(record.raw_value, context, _received_us(record)))
+    if problems or not readings:
+        return {"error": "; ".join(p.reason for p in problems) or "no field of the source takes this topic"}
+    moment = datetime.fromtimestamp(readings[0][1] / 1_000_000, tz=UTC)
+    return {"fields": {name: visible_text(str(value), 200) for name, _, value in readings}, "time": moment.isoformat()}
 
 
 SELECTION_KEYS = {"kind", "source", "instrument", "ids", "origin"}
@@ -367,6 +382,38 @@ def replay(
     return outcome
 
 
+def _mqtt_settings(source: DataSource) -> dict | None:
+    try:
+        return mqtt_config(source, source.validated_config())
+    except ValidationError:
+        return None  # the line path says why the configuration is not valid
+
+
+def _replay_messages(
+    records: list[RejectedSample], source: DataSource, config: dict
+) -> tuple[list[SampleBatch], list[Rejection]]:
+    """Quarantined MQTT messages mapped again with the source's current fields (a record about one
+    channel's field is replayed for that channel alone)."""
+    mapper = MessageMapper(config)
+    channels = list(source.channels.exclude(kind=ChannelKind.DERIVED).order_by("pk"))
+    batches: list[SampleBatch] = []
+    rejections: list[Rejection] = []
+    by_channel: dict[int | None, list[RejectedSample]] = defaultdict(list)
+    for r in records:
+        by_channel[r.channel_id if any(c.pk == r.channel_id for c in channels) else None].append(r)
+    for channel_id, group in by_channel.items():
+        by_field: dict[str, list[int]] = defaultdict(list)
+        for c in channels:
+            if channel_id is None or c.pk == channel_id:
+                by_field[c.source_field or c.slug].append(c.pk)
+        contexts = [_context(r) for r in group]
+        messages = [message_from(r.raw_value, c, _received_us(r)) for r, c in zip(group, contexts, strict=True)]
+        batch, failed = to_batch(mapper, by_field, messages, contexts)
+        batches.append(batch)
+        rejections += failed
+    return batches, rejections
+
+
 def _replay_group(
     group: list[RejectedSample], origin: str, writable: set[int] | None, user_id: int | None, agent_id: int | None
 ) -> ReplayOutcome:
@@ -375,6 +422,12 @@ def _replay_group(
     batches: list[SampleBatch] = []
     rejections: list[Rejection] = []
     lines = [r for r in group if r.is_line]
+    mqtt = _mqtt_settings(source) if lines and source is not None else None
+    if mqtt is not None and source is not None:
+        batches_, rejections_ = _replay_messages(lines, source, mqtt)
+        batches.extend(batches_)
+        rejections.extend(rejections_)
+        lines = []
     if lines and source is not None:
         try:
             parser: LineParser | None = LineParser(parser_config(source))

@@ -104,7 +104,7 @@ class WebServer(Process):
 
     def start(self) -> WebServer:
         super().start()
-        wait_for(lambda: self.answers() or not self.running, timeout=60, message="gunicorn answering")
+        wait_for(lambda: self.answers() or not self.running, timeout=180, message="gunicorn answering")
         assert self.running, self.log()[-3000:]
         return self
 
@@ -481,6 +481,58 @@ def test_readings_from_a_modbus_device_reach_the_database_and_a_refused_register
     assert refused.source_id == station.source.pk
     assert refused.reason.startswith("holding register 100 (uint16): the device refused the read: illegal data address")
     assert ("holding", 0, 3) in device.requests and ("holding", 100, 1) in device.requests
+def test_mqtt_messages_reach_the_database_through_the_agent_also_those_sent_while_it_was_down(
+    tmp_path, web, processes, mqtt_broker
+):
+    """An agent subscribed to an MQTT broker (the real mosquitto): JSON payloads stored at their own times, a
+    malformed one quarantined with its topic, and what was published while the agent was stopped delivered
+    after it starts again (its persistent session at the broker)."""
+    import json
+    import uuid
+
+    from paho.mqtt import publish
+
+    prefix = f"daqbroker-test/{uuid.uuid4().hex[:12]}"
+    collect = {
+        "kind": "mqtt",
+        "host": mqtt_broker[0],
+        "port": mqtt_broker[1],
+        "client_id": f"daqbroker-test-{uuid.uuid4().hex[:12]}",
+        "fields": [
+            {"name": "temp", "topic": f"{prefix}/+/env", "path": "t"},
+            {"name": "rh", "topic": f"{prefix}/+/env", "path": "rh"},
+        ],
+        "timestamp": {"path": "ts", "format": "epoch"},
+    }
+    station = Station(tmp_path, collect=collect)
+
+    def send(i: int | None, payload: str = "") -> None:
+        body = payload or json.dumps({"ts": T0 + i, "t": i / 10, "rh": i % 100})
+        publish.single(f"{prefix}/shed/env", body, qos=1, hostname=mqtt_broker[0], port=mqtt_broker[1])
+
+    agent = start_agent(station, web, processes, tmp_path)
+
+    def first_stored() -> bool:
+        send(0)  # again until the agent has subscribed (a duplicate afterwards)
+        return station.stored() >= 2
+
+    wait_for(first_stored, timeout=60, interval=0.5, message="the agent subscribed")
+    for i in range(1, 10):
+        send(i)
+    send(None, "{oops")
+    wait_for(lambda: station.stored() == 20, timeout=30, message="ten messages stored")
+    wait_for(lambda: RejectedSample.objects.filter(origin=Origin.AGENT).exists(), timeout=30, message="quarantine")
+    bad = RejectedSample.objects.get(origin=Origin.AGENT)
+    assert (bad.source_id, bad.raw_value, bad.context["topic"]) == (station.source.pk, "{oops", f"{prefix}/shed/env")
+    assert bad.reason.startswith("payload is not JSON")
+
+    agent.stop()
+    for i in range(10, 15):
+        send(i)
+    agent.start()
+    wait_for(lambda: station.stored() == 30, timeout=60, message="what was published while the agent was stopped")
+    temps = dict(Sample.objects.filter(channel=station.temp).values_list("ts", "value"))
+    assert temps == {(T0 + i) * 1_000_000: i / 10 for i in range(15)}
 
 
 def test_central_configuration_changes_reach_a_running_agent(station, web, processes, tmp_path):
@@ -563,3 +615,10 @@ def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
     )
     said = subprocess.run([str(venv / "bin/python"), "-c", closed], capture_output=True, text=True, timeout=60)
     assert "cannot connect to Modbus TCP 127.0.0.1:1 unit 1" in said.stdout, said.stderr
+    # MQTT is an extra too: the module imports without paho-mqtt, and a session says which extra it needs.
+    mqtt = (
+        "from daqbroker_agent.mqtt import MqttSession, MqttUnavailable\n"
+        "try:\n    MqttSession({}, 'x')\nexcept MqttUnavailable as exc:\n    print(exc)"
+    )
+    needs = subprocess.run([str(venv / "bin/python"), "-c", mqtt], capture_output=True, text=True, timeout=60)
+    assert "daqbroker-agent[mqtt]" in needs.stdout, needs.stderr

@@ -192,6 +192,28 @@ def test_an_administrator_may_set_an_out_of_rule_address(administrator, rules):
     assert response.status_code == 201, response.content
 
 
+def test_an_mqtt_broker_passes_the_network_rules_and_its_password_and_ca_file_are_guarded(
+    shared_editor, administrator, settings, rules
+):
+    broker = {"host": "192.0.2.20", "port": 1883, "fields": [{"name": "t", "topic": "lab/+/t"}]}
+    refused = post(shared_editor, new_source("mqtt", broker))
+    assert refused.status_code == 400 and "only an administrator" in refusal(refused)
+    settings.DAQBROKER_NETWORK_ALLOW = ["192.0.2.0/24:1883"]
+    assert post(shared_editor, new_source("mqtt", broker, "lab-broker")).status_code == 201
+    # A password comes from the collecting host's environment: only an administrator sends it to a broker.
+    secret = {**broker, "username": "lab", "password_env": "MQTT_PASSWORD_LAB"}
+    response = post(shared_editor, new_source("mqtt", secret, "with-password"))
+    assert response.status_code == 400 and "MQTT_PASSWORD_LAB" in refusal(response)
+    created = post(administrator, new_source("mqtt", secret, "with-password"))
+    assert created.status_code == 201, created.content
+    assert "password" not in {key for key in created.json()["config"] if key != "password_env"}
+    outside = {**broker, "tls": True, "ca_file": "/etc/ssl/certs/ca-certificates.crt"}
+    response = post(shared_editor, new_source("mqtt", outside, "private-ca"))
+    assert response.status_code == 400 and "DAQBROKER_FILE_ROOTS" in refusal(response)
+    bad = post(shared_editor, new_source("mqtt", {**broker, "password_env": "DAQBROKER_SECRET_KEY"}, "bad"))
+    assert bad.status_code == 400 and "MQTT_PASSWORD_" in refusal(bad)
+
+
 # --- changing a source: PATCH -------------------------------------------------------------------------
 
 
