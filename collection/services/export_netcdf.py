@@ -1,0 +1,206 @@
+"""NetCDF4 / HDF5 exports following the CF conventions, written in bounded memory (docs/reading-data.md#netcdf).
+
+One writer for both formats: a netCDF4 file *is* an HDF5 file, so ``hdf5`` is the same file under an
+``.h5`` name (h5py, MATLAB's ``h5read``, Igor's HDF5 browser and every netCDF reader open it).
+
+* **long** (the default): every channel on its own time axis, as stored: a variable per channel with
+  its own dimension and coordinate ``<name>_time``; nothing is filled in.
+* **wide**: one instrument's channels on one ``time`` axis (every distinct timestamp, as the wide CSV);
+  a channel without a reading at an instant holds ``_FillValue`` there.
+
+Each data variable carries ``units``, ``long_name``, ``valid_min``/``valid_max`` (when set),
+``_FillValue`` (NaN for numbers) and the channel's reference; time is ``int64`` microseconds since
+1970-01-01 UTC (``units = "microseconds since 1970-01-01 00:00:00"``, ``calendar = "proleptic_gregorian"``),
+exact to the microsecond. Readings flagged with a quality other than OK are left out, as in every
+export, unless ``include_flagged``: then their instants are kept and their values are ``_FillValue``,
+and the flag is in the ancillary ``<name>_quality`` variable (``flag_values``/``flag_meanings``), which is
+also written on ``quality``. Text channels are variable-length strings ("" where a wide table has no text).
+
+Bounded memory: readings come from the one read path (``export._chunks`` / ``export._wide_windows``, over
+``fetch.iter_chunks``) in pieces and are appended to resizable, chunked HDF5 datasets with a small chunk
+cache. HDF5 writes its index at the end and seeks back, so the file is built in an anonymous temporary
+file (removed by the operating system even if the process dies) and then streamed from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+
+import h5netcdf
+import h5py
+import numpy as np
+
+from collection.choices import Quality
+from collection.services import export as export_service
+from instruments.choices import ChannelKind
+from instruments.models import Channel
+
+TIME_UNITS = "microseconds since 1970-01-01 00:00:00"
+CALENDAR = "proleptic_gregorian"
+READ_BYTES = 1024 * 1024  # pieces streamed from the finished file
+MAX_CHUNK = 65_536  # elements per HDF5 chunk of one variable
+MIN_CHUNK = 4_096
+QUALITY_FILL = np.int8(-1)
+FLAG_VALUES = np.array([q.value for q in Quality], dtype=np.int8)
+FLAG_MEANINGS = " ".join(q.name.lower() for q in Quality)  # "ok out_of_range missing suspect"
+_TEXT = h5py.string_dtype()
+
+
+def variable_names(channels: Sequence[Channel]) -> dict[int, str]:
+    """Channel slugs when they are one instrument's, ``<instrument>.<channel>`` otherwise."""
+    if len({c.instrument_id for c in channels}) == 1:
+        return {c.pk: c.slug for c in channels}
+    return {c.pk: f"{c.instrument.slug}.{c.slug}" for c in channels}
+
+
+def netcdf_export(request: export_service.ExportRequest, using: str) -> Iterator[bytes]:
+    """The file's bytes in pieces; the file is written whole first (HDF5 needs to seek), in bounded memory."""
+    with tempfile.TemporaryFile(prefix="daqbroker-export-") as file:
+        _write(request, file, using)
+        file.seek(0)
+        while piece := file.read(READ_BYTES):
+            yield piece
+
+
+def _write(request: export_service.ExportRequest, file, using: str) -> None:
+    with_quality = request.quality or request.include_flagged
+    per_variable = 2 if with_quality else 1
+    if request.layout == "wide":
+        per_variable *= len(request.channels)
+    # Every variable being appended holds at most one partly written chunk in its cache: keep them small
+    # when there are many.
+    chunk = max(MIN_CHUNK, min(MAX_CHUNK, 2**20 // per_variable))
+    with h5netcdf.File(file, "w", rdcc_nbytes=chunk * 8 * 2) as nc:
+        nc.attrs["Conventions"] = "CF-1.10"
+        nc.attrs["title"] = "DAQBroker readings"
+        nc.attrs["source"] = "DAQBroker"
+        nc.attrs["history"] = f"{datetime.now(UTC).isoformat(timespec='seconds')} exported by DAQBroker"
+        nc.attrs["comment"] = (
+            "Readings flagged with a quality other than OK are "
+            + ("kept as _FillValue, their flag in the <name>_quality variable" if request.include_flagged else "left out")
+        )
+        if request.layout == "wide":
+            _write_wide(request, nc, chunk, with_quality, using)
+        else:
+            _write_long(request, nc, chunk, with_quality, using)
+
+
+def _time_variable(nc: h5netcdf.File, name: str, chunk: int) -> h5netcdf.Variable:
+    nc.dimensions[name] = None  # unlimited: appended to as readings arrive
+    variable = nc.create_variable(name, (name,), np.int64, chunks=(chunk,))
+    variable.attrs.update(
+        {"standard_name": "time", "long_name": "time", "axis": "T", "units": TIME_UNITS, "calendar": CALENDAR}
+    )
+    return variable
+
+
+def _data_variables(
+    nc: h5netcdf.File, name: str, dimension: str, channel: Channel, chunk: int, with_quality: bool
+) -> tuple[h5netcdf.Variable, h5netcdf.Variable | None]:
+    text = channel.kind == ChannelKind.TEXT
+    variable = nc.create_variable(
+        name, (dimension,), _TEXT if text else np.float64, chunks=(chunk,), fillvalue=None if text else np.nan
+    )
+    attrs: dict[str, object] = {
+        "long_name": f"{channel.instrument.name} {channel.name}",
+        "daqbroker_channel": export_service.channel_label(channel),
+        "daqbroker_channel_id": np.int64(channel.pk),
+    }
+    if channel.units:
+        attrs["units"] = channel.units
+    if not text:
+        for bound in ("valid_min", "valid_max"):
+            if getattr(channel, bound) is not None:
+                attrs[bound] = np.float64(getattr(channel, bound))
+    if channel.description:
+        attrs["comment"] = channel.description
+    quality = None
+    if with_quality:
+        quality_name = f"{name}_quality"
+        attrs["ancillary_variables"] = quality_name
+        quality = nc.create_variable(quality_name, (dimension,), np.int8, chunks=(chunk,), fillvalue=QUALITY_FILL)
+        quality.attrs.update(
+            {
+                "standard_name": "status_flag",
+                "long_name": f"quality of {channel.instrument.name} {channel.name}",
+                "flag_values": FLAG_VALUES,
+                "flag_meanings": FLAG_MEANINGS,
+            }
+        )
+    variable.attrs.update(attrs)
+    return variable, quality
+
+
+def _values(channel: Channel, values: np.ndarray, quality: np.ndarray | None) -> np.ndarray:
+    """What the data variable holds: NaN (the fill) where a reading is flagged; text as Python str."""
+    if channel.kind == ChannelKind.TEXT:
+        return np.array(["" if v is None else v for v in values.tolist()], dtype=object)
+    out = np.asarray(values, dtype=np.float64)
+    if quality is not None:
+        flagged = quality != Quality.OK
+        if flagged.any():
+            out = np.where(flagged, np.nan, out)
+    return out
+
+
+def _write_long(
+    request: export_service.ExportRequest, nc: h5netcdf.File, chunk: int, with_quality: bool, using: str
+) -> None:
+    names = variable_names(request.channels)
+    targets = {}
+    for channel in request.channels:  # every variable declared first: an empty channel is still described
+        dimension = f"{names[channel.pk]}_time"
+        targets[channel.pk] = (
+            dimension,
+            _time_variable(nc, dimension, chunk),
+            *_data_variables(nc, names[channel.pk], dimension, channel, chunk, with_quality),
+        )
+    for channel in request.channels:
+        dimension, time, variable, quality = targets[channel.pk]
+        size = 0
+        for piece in export_service._chunks(
+            channel, request.start, request.end, using, include_flagged=request.include_flagged
+        ):
+            n = len(piece["ts"])
+            nc.resize_dimension(dimension, size + n)
+            time[size : size + n] = piece["ts"]
+            variable[size : size + n] = _values(channel, piece["value"], piece["quality"])
+            if quality is not None:
+                quality[size : size + n] = piece["quality"].astype(np.int8)
+            size += n
+
+
+def _write_wide(
+    request: export_service.ExportRequest, nc: h5netcdf.File, chunk: int, with_quality: bool, using: str
+) -> None:
+    time = _time_variable(nc, "time", chunk)
+    targets = {c.pk: _data_variables(nc, c.slug, "time", c, chunk, with_quality) for c in request.channels}
+    # Quality columns are read whenever flagged readings are included: they say which values become fill.
+    windows = dataclasses.replace(request, quality=with_quality)
+    size = 0
+    for frame in export_service._wide_windows(windows, using):
+        n = len(frame)
+        nc.resize_dimension("time", size + n)
+        time[size : size + n] = frame.index.to_numpy(dtype=np.int64)
+        for channel in request.channels:
+            variable, quality_variable = targets[channel.pk]
+            column = frame[export_service.wide_header(channel)]
+            quality = None
+            if with_quality:
+                quality = frame[f"{channel.slug} quality"].to_numpy(dtype=np.int8, na_value=QUALITY_FILL)
+            if channel.kind == ChannelKind.TEXT:
+                values = np.array(
+                    ["" if not isinstance(v, str) else v for v in column.tolist()],
+                    dtype=object,
+                )
+            else:
+                values = column.to_numpy(dtype=np.float64)
+                if quality is not None:
+                    values = np.where((quality != Quality.OK) & (quality != QUALITY_FILL), np.nan, values)
+            variable[size : size + n] = values
+            if quality_variable is not None and quality is not None:
+                quality_variable[size : size + n] = quality
+        size += n
