@@ -143,18 +143,26 @@ class StatisticsParams(RangeParams):
         return found
 
 
+def one_of(choices) -> str:
+    """A refusal that names the accepted values."""
+    return '"{input}" is not one of ' + ", ".join(choices) + "."
+
+
 class ExportParams(RunRangeMixin, serializers.Serializer):
     channels = ChannelRefsField(required=False, help_text="channels to export (or instrument)")
     instrument = serializers.SlugField(required=False, help_text="export every channel of this instrument")
     start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: the first reading)")
     end = InstantField(required=False, help_text="ISO 8601 or µs since 1970, excluded (default: after the last)")
-    format = serializers.ChoiceField(choices=export_service.FORMATS, default="csv")
+    format = serializers.ChoiceField(
+        choices=export_service.FORMATS, default="csv", error_messages={"invalid_choice": one_of(export_service.FORMATS)}
+    )
     layout = serializers.ChoiceField(
         choices=export_service.LAYOUTS, default="long", help_text="wide: one column per channel of one instrument"
     )
     time_format = serializers.ChoiceField(
         choices=export_service.TIME_FORMATS,
         default="iso",
+        error_messages={"invalid_choice": one_of(export_service.TIME_FORMATS)},
         help_text="CSV times: iso, epoch_s, epoch_ms (Unix ms), epoch_us, matlab (datenum), igor (seconds since 1904)",
     )
     tz = serializers.CharField(default="UTC", max_length=64, help_text="IANA time zone for ISO times (CSV, Parquet)")
