@@ -78,10 +78,8 @@ def _write(request: export_service.ExportRequest, file, using: str) -> None:
         nc.attrs["title"] = "DAQBroker readings"
         nc.attrs["source"] = "DAQBroker"
         nc.attrs["history"] = f"{datetime.now(UTC).isoformat(timespec='seconds')} exported by DAQBroker"
-        nc.attrs["comment"] = (
-            "Readings flagged with a quality other than OK are "
-            + ("kept as _FillValue, their flag in the <name>_quality variable" if request.include_flagged else "left out")
-        )
+        flagged = "kept as _FillValue, their flag in <name>_quality" if request.include_flagged else "left out"
+        nc.attrs["comment"] = f"Readings flagged with a quality other than OK are {flagged}"
         if request.layout == "wide":
             _write_wide(request, nc, chunk, with_quality, using)
         else:

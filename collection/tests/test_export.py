@@ -339,7 +339,11 @@ def test_flagged_readings_are_left_out_as_the_plot_leaves_them_out_unless_asked_
 
 
 def test_matlab_and_igor_times_are_the_programs_own_numbers():
-    instants = [datetime(1970, 1, 1, tzinfo=UTC), datetime(2000, 1, 1, 12, tzinfo=UTC), datetime(1903, 12, 31, tzinfo=UTC)]
+    instants = [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2000, 1, 1, 12, tzinfo=UTC),
+        datetime(1903, 12, 31, tzinfo=UTC),
+    ]
     ts = np.array([datetime_to_us(d) for d in instants] + [54, 1], dtype=np.int64)
     # MATLAB: datenum(2000, 1, 1, 12, 0, 0) = 730486.5; 54 µs is exactly half a unit of the 11th decimal
     # (rounded up), 1 µs is 1.157e-11 day.
@@ -382,7 +386,7 @@ def as_us(times: xr.DataArray) -> list[int]:
 
 def test_netcdf_long_read_back_equals_the_stored_rows_with_flagged_readings_as_fill(station):
     _, channels = station
-    temp, wind, status = channels
+    status = channels[2]
     ds = open_dataset(ExportRequest(channels=channels, format="netcdf", include_flagged=True))
     assert ds.attrs["Conventions"] == "CF-1.10"
     for channel in channels:
@@ -397,7 +401,8 @@ def test_netcdf_long_read_back_equals_the_stored_rows_with_flagged_readings_as_f
             assert variable.values.tolist() == values
             continue
         want = [np.nan if q else v for v, q in zip(values, quality, strict=True)]
-        assert all(same(g, w) or (np.isnan(g) and np.isnan(w)) for g, w in zip(variable.values.tolist(), want, strict=True))
+        got = variable.values.tolist()
+        assert all(same(g, w) or (np.isnan(g) and np.isnan(w)) for g, w in zip(got, want, strict=True))
     assert ds["temp"].attrs["units"] == "degC" and ds["wind"].attrs["units"] == "m/s"
     assert "units" not in ds["status"].attrs
     assert np.isnan(ds["temp"].encoding["_FillValue"])
