@@ -49,11 +49,33 @@ FLAG_MEANINGS = " ".join(q.name.lower() for q in Quality)  # "ok out_of_range mi
 _TEXT = h5py.string_dtype()
 
 
-def variable_names(channels: Sequence[Channel]) -> dict[int, str]:
-    """Channel slugs when they are one instrument's, ``<instrument>.<channel>`` otherwise."""
-    if len({c.instrument_id for c in channels}) == 1:
-        return {c.pk: c.slug for c in channels}
-    return {c.pk: f"{c.instrument.slug}.{c.slug}" for c in channels}
+@dataclasses.dataclass(frozen=True)
+class Names:
+    variable: str
+    time: str  # its dimension and coordinate: "time" (wide) or "<variable>_time" (long)
+    quality: str
+
+
+def variable_names(channels: Sequence[Channel], layout: str) -> dict[int, Names]:
+    """Channel slugs when they are one instrument's, ``<instrument>.<channel>`` otherwise; a name already
+    taken (a channel called ``time``, or ``temp_quality`` beside ``temp``) gets ``_2``, ``_3``, ..."""
+    taken = {"time"} if layout == "wide" else set()
+
+    def unique(name: str) -> str:
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}_{n}"
+        taken.add(candidate)
+        return candidate
+
+    one_instrument = len({c.instrument_id for c in channels}) == 1
+    names = {}
+    for c in channels:
+        variable = unique(c.slug if one_instrument else f"{c.instrument.slug}.{c.slug}")
+        time = "time" if layout == "wide" else unique(f"{variable}_time")
+        names[c.pk] = Names(variable, time, unique(f"{variable}_quality"))
+    return names
 
 
 def netcdf_export(request: export_service.ExportRequest, using: str) -> Iterator[bytes]:
@@ -96,11 +118,15 @@ def _time_variable(nc: h5netcdf.File, name: str, chunk: int) -> h5netcdf.Variabl
 
 
 def _data_variables(
-    nc: h5netcdf.File, name: str, dimension: str, channel: Channel, chunk: int, with_quality: bool
+    nc: h5netcdf.File, names: Names, channel: Channel, chunk: int, with_quality: bool
 ) -> tuple[h5netcdf.Variable, h5netcdf.Variable | None]:
     text = channel.kind == ChannelKind.TEXT
     variable = nc.create_variable(
-        name, (dimension,), _TEXT if text else np.float64, chunks=(chunk,), fillvalue=None if text else np.nan
+        names.variable,
+        (names.time,),
+        _TEXT if text else np.float64,
+        chunks=(chunk,),
+        fillvalue=None if text else np.nan,
     )
     attrs: dict[str, object] = {
         "long_name": f"{channel.instrument.name} {channel.name}",
@@ -117,9 +143,8 @@ def _data_variables(
         attrs["comment"] = channel.description
     quality = None
     if with_quality:
-        quality_name = f"{name}_quality"
-        attrs["ancillary_variables"] = quality_name
-        quality = nc.create_variable(quality_name, (dimension,), np.int8, chunks=(chunk,), fillvalue=QUALITY_FILL)
+        attrs["ancillary_variables"] = names.quality
+        quality = nc.create_variable(names.quality, (names.time,), np.int8, chunks=(chunk,), fillvalue=QUALITY_FILL)
         quality.attrs.update(
             {
                 "standard_name": "status_flag",
@@ -147,14 +172,14 @@ def _values(channel: Channel, values: np.ndarray, quality: np.ndarray | None) ->
 def _write_long(
     request: export_service.ExportRequest, nc: h5netcdf.File, chunk: int, with_quality: bool, using: str
 ) -> None:
-    names = variable_names(request.channels)
+    names = variable_names(request.channels, "long")
     targets = {}
     for channel in request.channels:  # every variable declared first: an empty channel is still described
-        dimension = f"{names[channel.pk]}_time"
+        dimension = names[channel.pk].time
         targets[channel.pk] = (
             dimension,
             _time_variable(nc, dimension, chunk),
-            *_data_variables(nc, names[channel.pk], dimension, channel, chunk, with_quality),
+            *_data_variables(nc, names[channel.pk], channel, chunk, with_quality),
         )
     for channel in request.channels:
         dimension, time, variable, quality = targets[channel.pk]
@@ -175,7 +200,8 @@ def _write_wide(
     request: export_service.ExportRequest, nc: h5netcdf.File, chunk: int, with_quality: bool, using: str
 ) -> None:
     time = _time_variable(nc, "time", chunk)
-    targets = {c.pk: _data_variables(nc, c.slug, "time", c, chunk, with_quality) for c in request.channels}
+    names = variable_names(request.channels, "wide")
+    targets = {c.pk: _data_variables(nc, names[c.pk], c, chunk, with_quality) for c in request.channels}
     # Quality columns are read whenever flagged readings are included: they say which values become fill.
     windows = dataclasses.replace(request, quality=with_quality)
     size = 0

@@ -465,3 +465,20 @@ def test_netcdf_of_several_instruments_names_variables_instrument_dot_channel(st
     ds = open_dataset(ExportRequest(channels=[channels[0], other], format="netcdf"))
     assert set(ds.data_vars) == {"station.temp", "roof.temp"}
     assert ds["roof.temp"].size == 0 and ds["roof.temp"].attrs["units"] == "K"
+
+
+def test_netcdf_names_never_clash(django_capture_on_commit_callbacks):
+    """A channel called "time", or "temp_quality" beside "temp", gets a suffix instead of breaking the file."""
+    instrument = make_instrument(slug="station")
+    channels = [make_channel(instrument, slug=slug) for slug in ("time", "temp", "temp_quality", "temp_time")]
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_samples(SampleBatch.from_rows([(c.pk, START + i, float(i)) for i, c in enumerate(channels)]))
+    for layout in ("wide", "long"):
+        ds = open_dataset(ExportRequest(channels=channels, format="netcdf", layout=layout, quality=True))
+        by_channel = {
+            ds[name].attrs["daqbroker_channel"]: name for name in ds.data_vars if "daqbroker_channel" in ds[name].attrs
+        }
+        assert len(by_channel) == 4, layout
+        for i, channel in enumerate(channels):
+            values = ds[by_channel[f"station/{channel.slug}"]].values
+            assert values[~np.isnan(values)].tolist() == [float(i)], (layout, channel.slug)
