@@ -19,7 +19,9 @@ also written on ``quality``. Text channels are variable-length strings ("" where
 Bounded memory: readings come from the one read path (``export._chunks`` / ``export._wide_windows``, over
 ``fetch.iter_chunks``) in pieces and are appended to resizable, chunked HDF5 datasets with a small chunk
 cache. HDF5 writes its index at the end and seeks back, so the file is built in an anonymous temporary
-file (removed by the operating system even if the process dies) and then streamed from it.
+file (removed by the operating system even if the process dies) and then streamed from it. The file is
+written when the export is asked for, before the response starts, so a refusal (the size limit,
+DAQBROKER_EXPORT_FILE_MAX_MB, or a database error) is a clean answer, not a cut download.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from datetime import UTC, datetime
 import h5netcdf
 import h5py
 import numpy as np
+from django.conf import settings
 
 from collection.choices import Quality
 from collection.services import export as export_service
@@ -78,16 +81,43 @@ def variable_names(channels: Sequence[Channel], layout: str) -> dict[int, Names]
     return names
 
 
+class Budget:
+    """The temporary file's size, estimated from what is appended (HDF5's own bookkeeping is small)."""
+
+    def __init__(self) -> None:
+        self.limit = settings.DAQBROKER_EXPORT_FILE_MAX_MB * 1_000_000
+        self.used = 0
+
+    def spend(self, data_bytes: int) -> None:
+        self.used += data_bytes
+        if self.used > self.limit:
+            raise ValueError(
+                f"the file would be larger than DAQBROKER_EXPORT_FILE_MAX_MB "
+                f"({settings.DAQBROKER_EXPORT_FILE_MAX_MB} MB): export a shorter range or fewer channels, or "
+                "as CSV or Parquet, which stream without a temporary file"
+            )
+
+
 def netcdf_export(request: export_service.ExportRequest, using: str) -> Iterator[bytes]:
-    """The file's bytes in pieces; the file is written whole first (HDF5 needs to seek), in bounded memory."""
-    with tempfile.TemporaryFile(prefix="daqbroker-export-") as file:
-        _write(request, file, using)
+    """Writes the file now (HDF5 needs to seek; a refusal is still a clean 400), in bounded memory, and
+    returns its bytes in pieces."""
+    file = tempfile.TemporaryFile(prefix="daqbroker-export-")  # noqa: SIM115  # closed by _stream, or below
+    try:
+        _write(request, file, using, Budget())
+    except BaseException:
+        file.close()
+        raise
+    return _stream(file)
+
+
+def _stream(file) -> Iterator[bytes]:
+    with file:
         file.seek(0)
         while piece := file.read(READ_BYTES):
             yield piece
 
 
-def _write(request: export_service.ExportRequest, file, using: str) -> None:
+def _write(request: export_service.ExportRequest, file, using: str, budget: Budget) -> None:
     with_quality = request.quality or request.include_flagged
     per_variable = 2 if with_quality else 1
     if request.layout == "wide":
@@ -103,9 +133,9 @@ def _write(request: export_service.ExportRequest, file, using: str) -> None:
         flagged = "kept as _FillValue, their flag in <name>_quality" if request.include_flagged else "left out"
         nc.attrs["comment"] = f"Readings flagged with a quality other than OK are {flagged}"
         if request.layout == "wide":
-            _write_wide(request, nc, chunk, with_quality, using)
+            _write_wide(request, nc, chunk, with_quality, using, budget)
         else:
-            _write_long(request, nc, chunk, with_quality, using)
+            _write_long(request, nc, chunk, with_quality, using, budget)
 
 
 def _time_variable(nc: h5netcdf.File, name: str, chunk: int) -> h5netcdf.Variable:
@@ -170,7 +200,12 @@ def _values(channel: Channel, values: np.ndarray, quality: np.ndarray | None) ->
 
 
 def _write_long(
-    request: export_service.ExportRequest, nc: h5netcdf.File, chunk: int, with_quality: bool, using: str
+    request: export_service.ExportRequest,
+    nc: h5netcdf.File,
+    chunk: int,
+    with_quality: bool,
+    using: str,
+    budget: Budget,
 ) -> None:
     names = variable_names(request.channels, "long")
     targets = {}
@@ -188,6 +223,7 @@ def _write_long(
             channel, request.start, request.end, using, include_flagged=request.include_flagged
         ):
             n = len(piece["ts"])
+            budget.spend(n * (17 if with_quality else 16))
             nc.resize_dimension(dimension, size + n)
             time[size : size + n] = piece["ts"]
             variable[size : size + n] = _values(channel, piece["value"], piece["quality"])
@@ -197,7 +233,12 @@ def _write_long(
 
 
 def _write_wide(
-    request: export_service.ExportRequest, nc: h5netcdf.File, chunk: int, with_quality: bool, using: str
+    request: export_service.ExportRequest,
+    nc: h5netcdf.File,
+    chunk: int,
+    with_quality: bool,
+    using: str,
+    budget: Budget,
 ) -> None:
     time = _time_variable(nc, "time", chunk)
     names = variable_names(request.channels, "wide")
@@ -207,6 +248,7 @@ def _write_wide(
     size = 0
     for frame in export_service._wide_windows(windows, using):
         n = len(frame)
+        budget.spend(n * (8 + len(request.channels) * (9 if with_quality else 8)))
         nc.resize_dimension("time", size + n)
         time[size : size + n] = frame.index.to_numpy(dtype=np.int64)
         for channel in request.channels:

@@ -338,6 +338,7 @@ def test_flagged_readings_are_left_out_as_the_plot_leaves_them_out_unless_asked_
 # --- the original DAQBroker's time formats: MATLAB datenum, Igor seconds since 1904 ----------------
 
 
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
 def test_matlab_and_igor_times_are_the_programs_own_numbers():
     instants = [
         datetime(1970, 1, 1, tzinfo=UTC),
@@ -415,6 +416,7 @@ def test_netcdf_long_read_back_equals_the_stored_rows_with_flagged_readings_as_f
     assert as_us(ds["wind_time"])[0] == -123_456_789  # before 1970, to the microsecond
 
 
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
 def test_netcdf_leaves_flagged_readings_out_by_default(station):
     _, channels = station
     ds = open_dataset(ExportRequest(channels=channels[:1], format="netcdf"))
@@ -424,6 +426,7 @@ def test_netcdf_leaves_flagged_readings_out_by_default(station):
     assert "temp_quality" not in ds and not np.isnan(ds["temp"].values).any()
 
 
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
 def test_hdf5_wide_puts_channels_on_one_time_axis_with_fill_where_one_has_no_reading(station):
     _, channels = station
     request = ExportRequest(channels=channels, format="hdf5", layout="wide", include_flagged=True)
@@ -459,6 +462,7 @@ def test_hdf5_wide_puts_channels_on_one_time_axis_with_fill_where_one_has_no_rea
     assert np.isnan(raw["wind"].attrs["_FillValue"])
 
 
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
 def test_netcdf_of_several_instruments_names_variables_instrument_dot_channel(station):
     _, channels = station
     other = make_channel(make_instrument(slug="roof"), slug="temp", units="K")
@@ -467,6 +471,7 @@ def test_netcdf_of_several_instruments_names_variables_instrument_dot_channel(st
     assert ds["roof.temp"].size == 0 and ds["roof.temp"].attrs["units"] == "K"
 
 
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
 def test_netcdf_names_never_clash(django_capture_on_commit_callbacks):
     """A channel called "time", or "temp_quality" beside "temp", gets a suffix instead of breaking the file."""
     instrument = make_instrument(slug="station")
@@ -482,3 +487,13 @@ def test_netcdf_names_never_clash(django_capture_on_commit_callbacks):
         for i, channel in enumerate(channels):
             values = ds[by_channel[f"station/{channel.slug}"]].values
             assert values[~np.isnan(values)].tolist() == [float(i)], (layout, channel.slug)
+
+
+@pytest.mark.engine_independent
+def test_a_netcdf_export_larger_than_the_limit_is_refused_before_anything_is_sent(station, settings):
+    _, channels = station
+    settings.DAQBROKER_EXPORT_FILE_MAX_MB = 0.01  # 10 kB: the fixture's ~700 temp readings are ~11 kB
+    with pytest.raises(ValueError, match="DAQBROKER_EXPORT_FILE_MAX_MB"):
+        export(ExportRequest(channels=channels, format="hdf5"))  # refused at the call, not while streaming
+    settings.DAQBROKER_EXPORT_FILE_MAX_MB = 1
+    assert body(ExportRequest(channels=channels, format="hdf5"))[:8] == b"\x89HDF\r\n\x1a\n"

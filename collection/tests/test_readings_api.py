@@ -226,6 +226,13 @@ def test_export_parameters_are_checked(owner, readings):
     assert "time_format applies to CSV" in response.json()["detail"]
 
 
+def test_a_netcdf_export_over_the_size_limit_answers_400_and_frees_the_slot(owner, readings, settings):
+    settings.DAQBROKER_EXPORT_FILE_MAX_MB = 0.05  # the day's 8,640 readings are ~140 kB
+    for _ in range(settings.DAQBROKER_HEAVY_REQUESTS_PER_USER + 1):  # a slot kept would answer 429
+        response = owner.client.get("/api/v1/export/", {"channels": ALPHA_TEMP, "format": "netcdf"})
+        assert response.status_code == 400 and "DAQBROKER_EXPORT_FILE_MAX_MB" in response.json()["detail"]
+
+
 def test_latest_values_are_one_query_however_many_channels(world, owner, django_capture_on_commit_callbacks):
     status = make_channel(world.alpha, slug="alpha-status", name="alpha status", kind=ChannelKind.TEXT)
     with django_capture_on_commit_callbacks(execute=True):
