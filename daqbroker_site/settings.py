@@ -403,6 +403,9 @@ CELERY_BEAT_SCHEDULE["expire-quarantine"] = {
 DAQBROKER_SEND_TIMEOUT_SECONDS = env_int("DAQBROKER_SEND_TIMEOUT_SECONDS", 30, minimum=1)
 # Exports and percentile statistics at once per user (or agent token): one more answers 429.
 DAQBROKER_HEAVY_REQUESTS_PER_USER = env_int("DAQBROKER_HEAVY_REQUESTS_PER_USER", 2, minimum=1)
+# A NetCDF/HDF5 export is written to a temporary file before it is sent (HDF5 seeks back): at most this
+# many MB of it (about 16 bytes a reading); a larger one is refused with 400 before anything is sent.
+DAQBROKER_EXPORT_FILE_MAX_MB = env_int("DAQBROKER_EXPORT_FILE_MAX_MB", 2048, minimum=1)
 # A token found usable is remembered this long per process (revocations made elsewhere take effect within
 # it; accounts.tokens, docs/security.md). 0: every request looks its token up.
 DAQBROKER_TOKEN_CACHE_SECONDS = env_int("DAQBROKER_TOKEN_CACHE_SECONDS", 10, minimum=0, maximum=300)

@@ -512,6 +512,15 @@ ROUTES: list[Case] = [
     Case("api:export", "GET", None, API_ALPHA_READ, query={"instrument": "alpha-station", "layout": "wide"}),
     Case("api:export", "GET", None, API_ZEDS, query={"instrument": "zulu-hidden", "layout": "wide"}),
     Case("api:export", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "format": "parquet"}),
+    Case("api:export", "GET", None, API_ALPHA_READ, query={"instrument": "alpha-station", "format": "netcdf"}),
+    Case("api:export", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "format": "hdf5"}),
+    Case(
+        "api:export",
+        "GET",
+        None,
+        API_ALPHA_READ,
+        query={"instrument": "alpha-station", "format": "hdf5", "layout": "wide", "include_flagged": "true"},
+    ),
     Case("api:instrument-latest", "GET", lambda w: ALPHA, API_ALPHA_READ),
     Case("api:instrument-latest", "GET", lambda w: ZULU, API_ZEDS),
     # --- admin --------------------------------------------------------------------------------------

@@ -143,17 +143,29 @@ class StatisticsParams(RangeParams):
         return found
 
 
+def one_of(choices) -> str:
+    """A refusal that names the accepted values."""
+    return '"{input}" is not one of ' + ", ".join(choices) + "."
+
+
 class ExportParams(RunRangeMixin, serializers.Serializer):
     channels = ChannelRefsField(required=False, help_text="channels to export (or instrument)")
     instrument = serializers.SlugField(required=False, help_text="export every channel of this instrument")
     start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: the first reading)")
     end = InstantField(required=False, help_text="ISO 8601 or µs since 1970, excluded (default: after the last)")
-    format = serializers.ChoiceField(choices=export_service.FORMATS, default="csv")
+    format = serializers.ChoiceField(
+        choices=export_service.FORMATS, default="csv", error_messages={"invalid_choice": one_of(export_service.FORMATS)}
+    )
     layout = serializers.ChoiceField(
         choices=export_service.LAYOUTS, default="long", help_text="wide: one column per channel of one instrument"
     )
-    time_format = serializers.ChoiceField(choices=export_service.TIME_FORMATS, default="iso")
-    tz = serializers.CharField(default="UTC", max_length=64, help_text="IANA time zone for ISO times")
+    time_format = serializers.ChoiceField(
+        choices=export_service.TIME_FORMATS,
+        default="iso",
+        error_messages={"invalid_choice": one_of(export_service.TIME_FORMATS)},
+        help_text="CSV times: iso, epoch_s, epoch_ms (Unix ms), epoch_us, matlab (datenum), igor (seconds since 1904)",
+    )
+    tz = serializers.CharField(default="UTC", max_length=64, help_text="IANA time zone for ISO times (CSV, Parquet)")
     quality = serializers.BooleanField(default=False, help_text="add the quality flags")
     include_flagged = serializers.BooleanField(
         default=False,
@@ -360,7 +372,7 @@ class StatisticsViewSet(ReadingsViewSet):
 
 
 class JsonErrorsNegotiation(BaseContentNegotiation):
-    """Exports are CSV or Parquet whatever the Accept header; errors are JSON."""
+    """Exports are CSV, Parquet, NetCDF or HDF5 whatever the Accept header; errors are JSON."""
 
     def select_parser(self, request, parsers):
         return parsers[0] if parsers else None
@@ -375,17 +387,23 @@ class ExportViewSet(ReadingsViewSet):
 
     @extend_schema(
         operation_id="export_readings",
-        summary="Export readings as CSV or Parquet, streamed",
+        summary="Export readings as CSV, Parquet, NetCDF or HDF5, streamed",
         description=(
             "long: one row per reading (time, channel, value[, quality]), by channel then time. wide: one "
-            "instrument's channels side by side, one row per timestamp, headers with units. Time as ISO 8601 "
-            "in the chosen zone, or epoch seconds/milliseconds (exact decimals) or microseconds. Flagged readings "
-            "are left out, as the plot leaves them out, unless include_flagged; quality adds a quality column."
+            "instrument's channels side by side, one row per timestamp, headers with units. CSV time as ISO 8601 "
+            "in the chosen zone, epoch seconds/milliseconds (exact decimals) or microseconds, a MATLAB datenum or "
+            "Igor seconds since 1904. NetCDF and HDF5 (the same netCDF4 file): CF conventions, a variable per "
+            "channel with units and long_name, time as microseconds since 1970, each channel on its own time "
+            "axis (long) or one shared axis with _FillValue where a channel has no reading (wide). Flagged "
+            "readings are left out, as the plot leaves them out, unless include_flagged (NetCDF/HDF5: kept as "
+            "_FillValue with their flag); quality adds the quality flags."
         ),
         parameters=[ExportParams],
         responses={
             (200, "text/csv"): OpenApiTypes.STR,
             (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY,
+            (200, "application/x-netcdf"): OpenApiTypes.BINARY,
+            (200, "application/x-hdf5"): OpenApiTypes.BINARY,
             **ERRORS,
             **TOO_BUSY,
         },

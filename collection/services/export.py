@@ -1,4 +1,5 @@
-"""Exports of stored readings, streamed in constant memory: CSV or Parquet, long or wide.
+"""Exports of stored readings, streamed in constant memory: CSV, Parquet, or NetCDF4/HDF5 (CF conventions,
+written by ``export_netcdf``), long or wide.
 
 * **long** (default): one row per reading, ``time, channel, value[, quality]``, ordered by channel then
   time (the primary key's order, so nothing is sorted). ``channel`` is ``<instrument>/<channel>``.
@@ -13,6 +14,9 @@ plot leaves them out, unless ``include_flagged``; ``quality`` adds their flags a
 Time (``time_format``): ``iso`` is ISO 8601 in the chosen time zone with the offset, microseconds
 trimmed of trailing zeros (``2024-05-06T09:00:00.25+02``: PostgreSQL's own ISO output with a "T");
 ``epoch_s`` / ``epoch_ms`` are exact decimals (6 / 3 decimals); ``epoch_us`` is the stored integer.
+The original DAQBroker's formats for analysis programs: ``igor`` is seconds since 1904-01-01 (Igor Pro's
+date), an exact decimal (6 decimals); ``matlab`` is a MATLAB datenum (days since year 0, 1970-01-01 being
+719529) with 11 decimals, rounded half up: within half a microsecond, so it reads back to the microsecond.
 Parquet keeps time as a native timestamp (µs, with the time zone) and units in the field metadata.
 Values are written in their shortest exact form, so a CSV parsed back gives the stored floats bit for bit.
 
@@ -42,9 +46,20 @@ from collection.services.fetch import F8, I8, iter_chunks
 from instruments.choices import ChannelKind
 from instruments.models import Channel
 
-FORMATS = ("csv", "parquet")
+FORMATS = ("csv", "parquet", "netcdf", "hdf5")
 LAYOUTS = ("long", "wide")
-TIME_FORMATS = ("iso", "epoch_s", "epoch_ms", "epoch_us")
+TIME_FORMATS = ("iso", "epoch_s", "epoch_ms", "epoch_us", "matlab", "igor")
+IGOR_EPOCH_US = 2_082_844_800 * 1_000_000  # 1904-01-01 to 1970-01-01
+MATLAB_EPOCH_DAYS = 719_529  # datenum(1970, 1, 1)
+MATLAB_DECIMALS = 11  # 1e-11 day = 0.864 µs: rounded, within half a microsecond of the stored time
+DAY_US = 86_400_000_000
+CONTENT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+    "netcdf": "application/x-netcdf",
+    "hdf5": "application/x-hdf5",
+}
+EXTENSIONS = {"csv": "csv", "parquet": "parquet", "netcdf": "nc", "hdf5": "h5"}
 MIN_TS = -(2**62)
 MAX_TS = 2**62
 CHUNK_ROWS = 100_000
@@ -83,16 +98,20 @@ class ExportRequest:
             raise ValueError("no channels to export")
         if self.layout == "wide" and len({c.instrument_id for c in self.channels}) != 1:
             raise ValueError("a wide table holds the channels of one instrument")
+        if self.format in ("netcdf", "hdf5") and self.time_format != "iso":
+            raise ValueError(
+                "time_format applies to CSV: NetCDF and HDF5 files hold time as CF microseconds since 1970 (UTC)"
+            )
 
     @property
     def content_type(self) -> str:
-        return "text/csv; charset=utf-8" if self.format == "csv" else "application/vnd.apache.parquet"
+        return CONTENT_TYPES[self.format]
 
     @property
     def filename(self) -> str:
         instruments = sorted({c.instrument.slug for c in self.channels})
         stem = instruments[0] if len(instruments) == 1 else "readings"
-        return f"{stem}-{self.layout}.{'csv' if self.format == 'csv' else 'parquet'}"
+        return f"{stem}-{self.layout}.{EXTENSIONS[self.format]}"
 
 
 def export(request: ExportRequest, *, using: str = "default") -> Iterator[bytes]:
@@ -104,6 +123,10 @@ def export(request: ExportRequest, *, using: str = "default") -> Iterator[bytes]
         return _flushed(_long_csv(request, using))
     if request.format == "csv":
         return _flushed(_wide_csv(request, using))
+    if request.format in ("netcdf", "hdf5"):
+        from collection.services.export_netcdf import netcdf_export  # it reads through this module's helpers
+
+        return netcdf_export(request, using)
     if request.layout == "long":
         return _long_parquet(request, using)
     return _wide_parquet(request, using)
@@ -136,12 +159,22 @@ def format_times(ts: np.ndarray, time_format: str, zone: zoneinfo.ZoneInfo) -> l
     """Timestamps (µs) as text, identical to what the PostgreSQL path writes."""
     if time_format == "epoch_us":
         return [str(t) for t in ts.tolist()]
-    if time_format in ("epoch_s", "epoch_ms"):
-        unit, digits = (1_000_000, 6) if time_format == "epoch_s" else (1_000, 3)
+    if time_format in ("epoch_s", "epoch_ms", "igor"):
+        unit, digits = (1_000, 3) if time_format == "epoch_ms" else (1_000_000, 6)
+        shift = IGOR_EPOCH_US if time_format == "igor" else 0
         out = []
         for t in ts.tolist():
-            q, r = divmod(abs(t), unit)
-            out.append(f"{'-' if t < 0 else ''}{q}.{r:0{digits}d}")
+            q, r = divmod(abs(t + shift), unit)
+            out.append(f"{'-' if t + shift < 0 else ''}{q}.{r:0{digits}d}")
+        return out
+    if time_format == "matlab":
+        scale = 10**MATLAB_DECIMALS
+        # Exact integers: units of 1e-11 day, rounded half up (as PostgreSQL's numeric rounds a positive value).
+        offset = MATLAB_EPOCH_DAYS * DAY_US
+        out = []
+        for t in ts.tolist():
+            q, r = divmod(((t + offset) * scale * 2 + DAY_US) // (2 * DAY_US), scale)
+            out.append(f"{q}.{r:0{MATLAB_DECIMALS}d}")
         return out
     return iso_times(ts, zone)
 
@@ -183,6 +216,13 @@ def _pg_time_sql(time_format: str) -> str:
         return "(ts::numeric / 1000000)::numeric(26, 6)"
     if time_format == "epoch_ms":
         return "(ts::numeric / 1000)::numeric(26, 3)"
+    if time_format == "igor":
+        return f"((ts + {IGOR_EPOCH_US})::numeric * 0.000001)::numeric(26, 6)"
+    if time_format == "matlab":
+        # Integer arithmetic first (PostgreSQL's numeric division picks its own scale), then an exact shift.
+        scale = 10**MATLAB_DECIMALS
+        units = f"div((ts + {MATLAB_EPOCH_DAYS * DAY_US})::numeric * {2 * scale} + {DAY_US}, {2 * DAY_US})"
+        return f"({units} * 0.{'0' * (MATLAB_DECIMALS - 1)}1)::numeric(30, {MATLAB_DECIMALS})"
     # Exact: whole seconds through to_timestamp, the microseconds as an interval.
     return "replace((to_timestamp(ts / 1000000) + (ts %% 1000000) * interval '1 microsecond')::text, ' ', 'T')"
 

@@ -11,12 +11,22 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import xarray as xr
 from django.db import connection
 
 from collection.choices import Quality
 from collection.models import Sample, TextSample
 from collection.services import SampleBatch, ingest_samples
-from collection.services.export import FLUSH_BYTES, ExportRequest, _long_csv, export, format_times
+from collection.services.export import (
+    DAY_US,
+    FLUSH_BYTES,
+    IGOR_EPOCH_US,
+    MATLAB_EPOCH_DAYS,
+    ExportRequest,
+    _long_csv,
+    export,
+    format_times,
+)
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.choices import ChannelKind
 from instruments.tests.factories import make_channel, make_instrument
@@ -72,6 +82,10 @@ def body(request: ExportRequest) -> bytes:
 def parse_time(text: str, time_format: str) -> int:
     if time_format == "iso":
         return datetime_to_us(datetime.fromisoformat(text))
+    if time_format == "igor":
+        return int(Decimal(text) * 1_000_000) - IGOR_EPOCH_US
+    if time_format == "matlab":  # 11 decimals of a day: within half a microsecond
+        return int(((Decimal(text) - MATLAB_EPOCH_DAYS) * DAY_US).to_integral_value())
     scale = {"epoch_s": 1_000_000, "epoch_ms": 1_000, "epoch_us": 1}[time_format]
     return int(Decimal(text) * scale)
 
@@ -96,6 +110,8 @@ def same(a, b) -> bool:
         ("epoch_s", "UTC"),
         ("epoch_ms", "UTC"),
         ("epoch_us", "UTC"),
+        ("matlab", "UTC"),
+        ("igor", "UTC"),
     ],
 )
 def test_long_csv_read_back_equals_the_stored_rows(station, time_format, zone):
@@ -211,7 +227,7 @@ def test_time_formatting_matches_on_every_path(station):
     """The database-side (PostgreSQL COPY) and Python-side formatters write the same time text."""
     _, channels = station
     for zone in ("UTC", "Europe/Zurich", "America/St_Johns"):
-        for time_format in ("iso", "epoch_s", "epoch_ms", "epoch_us"):
+        for time_format in ("iso", "epoch_s", "epoch_ms", "epoch_us", "matlab", "igor"):
             request = ExportRequest(channels=channels[1:2], time_format=time_format, time_zone=zone)
             python_side = [line.split(",")[0] for line in b"".join(_long_csv(request, "default")).decode().splitlines()]
             if connection.vendor == "postgresql":
@@ -229,6 +245,7 @@ def test_bad_requests_are_refused(station):
         {"format": "xlsx"},
         {"layout": "tall"},
         {"time_format": "excel"},
+        {"format": "netcdf", "time_format": "matlab"},  # CF time only
         {"time_zone": "Mars/Olympus"},
         {"start": 10, "end": 5},
     ):
@@ -244,7 +261,7 @@ def test_an_abandoned_download_leaves_the_connection_usable(django_capture_on_co
     ts = START + np.arange(200_000) * SECOND
     with django_capture_on_commit_callbacks(execute=True):
         ingest_samples(SampleBatch(np.full(len(ts), channel.pk), ts, np.arange(200_000) / 3))
-    for fmt, layout in (("csv", "long"), ("parquet", "long"), ("csv", "wide")):
+    for fmt, layout in (("csv", "long"), ("parquet", "long"), ("csv", "wide"), ("netcdf", "long")):
         stream = export(ExportRequest(channels=[channel], format=fmt, layout=layout))
         next(stream)
         stream.close()
@@ -316,3 +333,167 @@ def test_flagged_readings_are_left_out_as_the_plot_leaves_them_out_unless_asked_
     values, qualities = exported(include_flagged=True, quality=True)
     assert len(values) == ok_count + 1 and 5e301 in values
     assert qualities[values.index(5e301)] == Quality.OUT_OF_RANGE and qualities.count(Quality.OK) == ok_count
+
+
+# --- the original DAQBroker's time formats: MATLAB datenum, Igor seconds since 1904 ----------------
+
+
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
+def test_matlab_and_igor_times_are_the_programs_own_numbers():
+    instants = [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2000, 1, 1, 12, tzinfo=UTC),
+        datetime(1903, 12, 31, tzinfo=UTC),
+    ]
+    ts = np.array([datetime_to_us(d) for d in instants] + [54, 1], dtype=np.int64)
+    # MATLAB: datenum(2000, 1, 1, 12, 0, 0) = 730486.5; 54 µs is exactly half a unit of the 11th decimal
+    # (rounded up), 1 µs is 1.157e-11 day.
+    assert format_times(ts, "matlab", UTC) == [
+        "719529.00000000000",
+        "730486.50000000000",
+        "695421.00000000000",  # datenum(1904, 1, 1) = 695422
+        "719529.00000000063",
+        "719529.00000000001",
+    ]
+    # Igor Pro: seconds since 1904-01-01; a day before it is negative.
+    assert format_times(ts, "igor", UTC) == [
+        "2082844800.000000",
+        "3029572800.000000",
+        "-86400.000000",
+        "2082844800.000054",
+        "2082844800.000001",
+    ]
+
+
+# --- NetCDF4 / HDF5 (CF conventions), read back with xarray ---------------------------------------
+
+
+def open_dataset(request: ExportRequest, **options) -> xr.Dataset:
+    return xr.open_dataset(io.BytesIO(body(request)), engine="h5netcdf", **options).load()
+
+
+def stored(channel, *, ok_only: bool = False) -> tuple[np.ndarray, list, np.ndarray]:
+    model = TextSample if channel.kind == ChannelKind.TEXT else Sample
+    rows = model.objects.filter(channel=channel).order_by("ts")
+    if ok_only:
+        rows = rows.filter(quality=Quality.OK)
+    ts, values, quality = zip(*rows.values_list("ts", "value", "quality"), strict=True)
+    return np.array(ts, dtype=np.int64), list(values), np.array(quality)
+
+
+def as_us(times: xr.DataArray) -> list[int]:
+    return times.values.astype("datetime64[us]").astype(np.int64).tolist()
+
+
+def test_netcdf_long_read_back_equals_the_stored_rows_with_flagged_readings_as_fill(station):
+    _, channels = station
+    status = channels[2]
+    ds = open_dataset(ExportRequest(channels=channels, format="netcdf", include_flagged=True))
+    assert ds.attrs["Conventions"] == "CF-1.10"
+    for channel in channels:
+        ts, values, quality = stored(channel)
+        variable = ds[channel.slug]
+        assert variable.dims == (f"{channel.slug}_time",)
+        assert as_us(variable[f"{channel.slug}_time"]) == ts.tolist()
+        assert variable.attrs["long_name"] == f"{channel.instrument.name} {channel.name}"
+        assert variable.attrs["daqbroker_channel"] == f"station/{channel.slug}"
+        assert ds[f"{channel.slug}_quality"].values.tolist() == quality.tolist()
+        if channel == status:
+            assert variable.values.tolist() == values
+            continue
+        want = [np.nan if q else v for v, q in zip(values, quality, strict=True)]
+        got = variable.values.tolist()
+        assert all(same(g, w) or (np.isnan(g) and np.isnan(w)) for g, w in zip(got, want, strict=True))
+    assert ds["temp"].attrs["units"] == "degC" and ds["wind"].attrs["units"] == "m/s"
+    assert "units" not in ds["status"].attrs
+    assert np.isnan(ds["temp"].encoding["_FillValue"])
+    assert int(np.isnan(ds["temp"].values).sum()) == 1  # the out-of-range reading, as the fill
+    assert ds["temp"].attrs["ancillary_variables"] == "temp_quality"
+    assert ds["temp_quality"].attrs["flag_meanings"] == "ok out_of_range missing suspect"
+    time = ds["temp_time"]
+    assert time.encoding["units"] == "microseconds since 1970-01-01 00:00:00"
+    assert time.encoding["calendar"] == "proleptic_gregorian" and time.encoding["dtype"] == np.int64
+    assert as_us(ds["wind_time"])[0] == -123_456_789  # before 1970, to the microsecond
+
+
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
+def test_netcdf_leaves_flagged_readings_out_by_default(station):
+    _, channels = station
+    ds = open_dataset(ExportRequest(channels=channels[:1], format="netcdf"))
+    ts, values, _ = stored(channels[0], ok_only=True)
+    assert as_us(ds["temp_time"]) == ts.tolist()
+    assert all(same(g, w) for g, w in zip(ds["temp"].values.tolist(), values, strict=True))
+    assert "temp_quality" not in ds and not np.isnan(ds["temp"].values).any()
+
+
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
+def test_hdf5_wide_puts_channels_on_one_time_axis_with_fill_where_one_has_no_reading(station):
+    _, channels = station
+    request = ExportRequest(channels=channels, format="hdf5", layout="wide", include_flagged=True)
+    assert request.filename == "station-wide.h5" and request.content_type == "application/x-hdf5"
+    data = body(request)
+    import h5py  # an HDF5 file to any HDF5 reader, not only to netCDF ones
+
+    with h5py.File(io.BytesIO(data), "r") as h5:
+        assert h5["temp"].attrs["units"] == b"degC" or h5["temp"].attrs["units"] == "degC"
+        assert h5["time"].dtype == np.int64
+    ds = xr.open_dataset(io.BytesIO(data), engine="h5netcdf").load()
+    expected = wide_expected(channels)
+    assert as_us(ds["time"]) == expected.index.tolist()
+    for channel in channels:
+        ts, values, quality = stored(channel)
+        got = dict(zip(as_us(ds["time"]), ds[channel.slug].values.tolist(), strict=True))
+        flags = dict(zip(as_us(ds["time"]), ds[f"{channel.slug}_quality"].values.tolist(), strict=True))
+        for t, v, q in zip(ts.tolist(), values, quality.tolist(), strict=True):
+            if channel.kind == ChannelKind.TEXT or not q:
+                assert same(got[t], v)
+            else:
+                assert np.isnan(got[t])
+            assert flags[t] == q
+        absent = set(got) - set(ts.tolist())
+        assert absent  # every channel misses some of the shared instants
+        if channel.kind == ChannelKind.TEXT:
+            assert {got[t] for t in absent} == {""}
+        else:
+            assert all(np.isnan(got[t]) for t in absent)
+        assert all(np.isnan(flags[t]) for t in absent)  # the quality's fill (-1), masked
+    raw = xr.open_dataset(io.BytesIO(data), engine="h5netcdf", mask_and_scale=False).load()
+    assert raw["wind_quality"].attrs["_FillValue"] == -1 and -1 in raw["wind_quality"].values
+    assert np.isnan(raw["wind"].attrs["_FillValue"])
+
+
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
+def test_netcdf_of_several_instruments_names_variables_instrument_dot_channel(station):
+    _, channels = station
+    other = make_channel(make_instrument(slug="roof"), slug="temp", units="K")
+    ds = open_dataset(ExportRequest(channels=[channels[0], other], format="netcdf"))
+    assert set(ds.data_vars) == {"station.temp", "roof.temp"}
+    assert ds["roof.temp"].size == 0 and ds["roof.temp"].attrs["units"] == "K"
+
+
+@pytest.mark.engine_independent  # the writer is; the read path under it is tested on every engine
+def test_netcdf_names_never_clash(django_capture_on_commit_callbacks):
+    """A channel called "time", or "temp_quality" beside "temp", gets a suffix instead of breaking the file."""
+    instrument = make_instrument(slug="station")
+    channels = [make_channel(instrument, slug=slug) for slug in ("time", "temp", "temp_quality", "temp_time")]
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_samples(SampleBatch.from_rows([(c.pk, START + i, float(i)) for i, c in enumerate(channels)]))
+    for layout in ("wide", "long"):
+        ds = open_dataset(ExportRequest(channels=channels, format="netcdf", layout=layout, quality=True))
+        by_channel = {
+            ds[name].attrs["daqbroker_channel"]: name for name in ds.data_vars if "daqbroker_channel" in ds[name].attrs
+        }
+        assert len(by_channel) == 4, layout
+        for i, channel in enumerate(channels):
+            values = ds[by_channel[f"station/{channel.slug}"]].values
+            assert values[~np.isnan(values)].tolist() == [float(i)], (layout, channel.slug)
+
+
+@pytest.mark.engine_independent
+def test_a_netcdf_export_larger_than_the_limit_is_refused_before_anything_is_sent(station, settings):
+    _, channels = station
+    settings.DAQBROKER_EXPORT_FILE_MAX_MB = 0.01  # 10 kB: the fixture's ~700 temp readings are ~11 kB
+    with pytest.raises(ValueError, match="DAQBROKER_EXPORT_FILE_MAX_MB"):
+        export(ExportRequest(channels=channels, format="hdf5"))  # refused at the call, not while streaming
+    settings.DAQBROKER_EXPORT_FILE_MAX_MB = 1
+    assert body(ExportRequest(channels=channels, format="hdf5"))[:8] == b"\x89HDF\r\n\x1a\n"

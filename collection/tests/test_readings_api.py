@@ -10,6 +10,7 @@ from datetime import datetime
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import xarray as xr
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -189,16 +190,47 @@ def test_export_over_http_leaves_sentinels_out_as_the_plot_does_unless_include_f
     assert response.status_code == 400 and "include_flagged" in response.json()
 
 
+def test_netcdf_export_over_http_reads_back_with_xarray(owner, world, readings):
+    response = owner.client.get("/api/v1/export/", {"instrument": "alpha-station", "format": "netcdf"})
+    assert response.status_code == 200 and response["Content-Type"] == "application/x-netcdf"
+    assert response["Content-Disposition"] == 'attachment; filename="alpha-station-long.nc"'
+    ds = xr.open_dataset(io.BytesIO(streamed(response)), engine="h5netcdf").load()
+    variable = ds["alpha-station-temp"]
+    assert variable.values.tolist() == readings[1].tolist() and variable.attrs["units"] == "degC"
+    times = ds["alpha-station-temp_time"].values.astype("datetime64[us]").astype(np.int64)
+    assert times.tolist() == readings[0].tolist()
+
+
+def test_csv_times_for_matlab_and_igor_over_http(owner, readings):
+    for time_format, first in (("matlab", "739378.00000000000"), ("igor", "3797798400.000000")):
+        response = owner.client.get("/api/v1/export/", {"channels": ALPHA_TEMP, "time_format": time_format})
+        assert response.status_code == 200
+        assert streamed(response).decode().splitlines()[1].split(",")[0] == first, time_format
+
+
 def test_export_parameters_are_checked(owner, readings):
     for query in (
         {"channels": ALPHA_TEMP, "tz": "Nowhere/Land"},
         {"channels": ALPHA_TEMP, "format": "xlsx"},
+        {"channels": ALPHA_TEMP, "time_format": "excel"},
+        {"channels": ALPHA_TEMP, "format": "netcdf", "time_format": "matlab"},
         {"channels": ALPHA_TEMP, "instrument": "alpha-station"},
         {"channels": f"{ALPHA_TEMP},{ALPHA_TEMP}", "layout": "wide", "start": "2030-01-01", "end": "2029-01-01"},
     ):
         response = owner.client.get("/api/v1/export/", query, HTTP_ACCEPT="text/csv")
         assert response.status_code == 400, query
         assert response["Content-Type"] == "application/json"
+    response = owner.client.get("/api/v1/export/", {"channels": ALPHA_TEMP, "time_format": "excel"})
+    assert "matlab" in str(response.json()["time_format"])  # the message lists the choices
+    response = owner.client.get("/api/v1/export/", {"channels": ALPHA_TEMP, "format": "hdf5", "time_format": "igor"})
+    assert "time_format applies to CSV" in response.json()["detail"]
+
+
+def test_a_netcdf_export_over_the_size_limit_answers_400_and_frees_the_slot(owner, readings, settings):
+    settings.DAQBROKER_EXPORT_FILE_MAX_MB = 0.05  # the day's 8,640 readings are ~140 kB
+    for _ in range(settings.DAQBROKER_HEAVY_REQUESTS_PER_USER + 1):  # a slot kept would answer 429
+        response = owner.client.get("/api/v1/export/", {"channels": ALPHA_TEMP, "format": "netcdf"})
+        assert response.status_code == 400 and "DAQBROKER_EXPORT_FILE_MAX_MB" in response.json()["detail"]
 
 
 def test_latest_values_are_one_query_however_many_channels(world, owner, django_capture_on_commit_callbacks):

@@ -16,7 +16,9 @@ import math
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pytest
+import xarray as xr
 from django.urls import reverse
 
 from collection.alarms.models import AlarmEvent
@@ -131,6 +133,17 @@ def test_a_collaborator_plots_zooms_watches_live_and_saves_a_dashboard(site, vis
     assert link["include_flagged"] == ["true"] and (link["start"], link["end"]) == ([str(start_us)], [str(end_us)])
     assert rows[0] == "time,channel,value,quality" and len(rows) - 1 == in_view.count()
     assert sum(1 for row in rows[1:] if row.endswith(f",{int(Quality.MISSING)}")) == len(flagged)
+    # The same view as NetCDF: the flagged readings' instants are kept, their values the fill (NaN).
+    if not page.locator("#export-netcdf").is_visible():
+        page.locator("summary", has_text="Export").click()
+    with page.expect_download() as nc_download:
+        page.locator("#export-netcdf").click()
+    assert nc_download.value.suggested_filename.endswith(".nc")
+    with xr.open_dataset(nc_download.value.path(), engine="h5netcdf") as ds:
+        values = ds[next(name for name in ds.data_vars if name.endswith(world.alpha_channel.slug))].values
+    assert len(values) == in_view.count() and int(np.isnan(values).sum()) == len(flagged)
+    matlab = parse_qs(urlsplit(page.locator("#export-csv-matlab").get_attribute("href")).query)
+    assert matlab["time_format"] == ["matlab"] and matlab["format"] == ["csv"]
     page.get_by_label("Flagged readings").uncheck()
     for button, magic in (("#image-png", b"\x89PNG"), ("#image-svg", b"<svg")):
         if not page.locator(button).is_visible():  # the menu closes after a download

@@ -110,12 +110,13 @@
     return base + "?" + q.toString();
   }
 
-  function exportUrl(base, channels, startMs, endMs, format, flagged) {
+  function exportUrl(base, channels, startMs, endMs, format, flagged, timeFormat) {
     var q = new URLSearchParams();
     q.set("channels", channels.map(function (c) { return c.id; }).join(","));
     q.set("start", String(Math.floor(startMs * 1000)));
     q.set("end", String(Math.ceil(endMs * 1000)));
     q.set("format", format);
+    if (timeFormat) q.set("time_format", timeFormat);
     // As the plot shows them: flagged readings only when the plot shows them, then with their quality.
     if (flagged) { q.set("include_flagged", "true"); q.set("quality", "true"); }
     return base + "?" + q.toString();
@@ -597,11 +598,13 @@
       var view = plot.view || plot.window();
       startInput.value = localInput(view[0]);
       endInput.value = localInput(view[1]);
-      var exports = [["export-csv", "csv"], ["export-parquet", "parquet"]];
+      var exports = [["export-csv", "csv"], ["export-csv-epoch_ms", "csv", "epoch_ms"],
+        ["export-csv-matlab", "csv", "matlab"], ["export-csv-igor", "csv", "igor"], ["export-parquet", "parquet"],
+        ["export-netcdf", "netcdf"], ["export-hdf5", "hdf5"]];
       exports.forEach(function (pair) {
         var link = document.getElementById(pair[0]);
         if (!state.channels.length) { link.removeAttribute("href"); return; }
-        link.href = exportUrl(config.exportUrl, state.channels, view[0], view[1], pair[1], state.flagged);
+        link.href = exportUrl(config.exportUrl, state.channels, view[0], view[1], pair[1], state.flagged, pair[2]);
       });
       document.getElementById("picked-count").textContent = state.channels.length + " selected";
     }
