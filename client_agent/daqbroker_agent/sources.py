@@ -490,6 +490,8 @@ class ModbusSource(SourceRunner):
                     self.state.resolved(f"source {self.spec.name}")
                 self.spool_readings(readings)
                 self.stopping.wait(max(0.0, self.spec.interval - (time.monotonic() - started)))
+
+
 class MqttSource(SourceRunner):
     """An MQTT broker's topics (``daqbroker_agent.mqtt``): a persistent session, messages acknowledged once
     their readings (and the payloads that could not be read) are in the spool. While the spool cannot be
@@ -564,7 +566,6 @@ RUNNERS = {
     "serial": StreamSource,
     "tcp": StreamSource,
     "modbus": ModbusSource,
-    "command": CommandSource,
     "command": CommandSource,
     "mqtt": MqttSource,
 }

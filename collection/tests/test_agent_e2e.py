@@ -481,6 +481,8 @@ def test_readings_from_a_modbus_device_reach_the_database_and_a_refused_register
     assert refused.source_id == station.source.pk
     assert refused.reason.startswith("holding register 100 (uint16): the device refused the read: illegal data address")
     assert ("holding", 0, 3) in device.requests and ("holding", 100, 1) in device.requests
+
+
 def test_mqtt_messages_reach_the_database_through_the_agent_also_those_sent_while_it_was_down(
     tmp_path, web, processes, mqtt_broker
 ):
