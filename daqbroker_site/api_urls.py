@@ -5,9 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
-from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView, AgentSampleView
+from accounts.api.agent_views import AgentConfigView, AgentSampleView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.corrections import ChannelReadingsDeletionViewSet, SourceRereadViewSet
+from collection.api.node_health import AgentHeartbeatHealthView
 from collection.api.preview import SerialPortsView, SourcePreviewView
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
 from collection.api.run_statistics import RunStatisticsViewSet
@@ -52,7 +53,7 @@ urlpatterns = [
     path("sources/preview/", SourcePreviewView.as_view(), name="source-preview"),
     path("sources/serial-ports/", SerialPortsView.as_view(), name="serial-ports"),
     path("agent/config/", AgentConfigView.as_view(), name="agent-config"),
-    path("agent/heartbeat/", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agent/heartbeat/", AgentHeartbeatHealthView.as_view(), name="agent-heartbeat"),
     path("agent/samples/<int:pk>/", AgentSampleView.as_view(), name="agent-sample"),
     path("agent/unparsed/", AgentUnparsedView.as_view(), name="agent-unparsed"),
     path(

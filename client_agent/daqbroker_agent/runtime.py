@@ -34,6 +34,7 @@ from daqbroker_agent import __version__
 from daqbroker_agent.auth import AuthWatch
 from daqbroker_agent.client import ApiClient, ServerUnreachable
 from daqbroker_agent.guard import refusal
+from daqbroker_agent.health import node_health
 from daqbroker_agent.samples import read_sample
 from daqbroker_agent.settings import Settings
 from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
@@ -430,12 +431,22 @@ class AgentRuntime:
             self.uploader.spool_trouble(exc)
         return self._depth
 
+    def health(self, depth: int) -> dict:
+        """The machine's figures (daqbroker_agent.health); the oldest reading's age is left out when the
+        spool cannot be read now."""
+        try:
+            oldest = self.spool.first_waiting() if depth else None
+        except SpoolUnavailable:
+            oldest = None
+        return node_health(self.spool.directory, depth=depth, oldest_us=oldest)
+
     def send_heartbeat(self) -> None:
         last_upload = self.state.get("last_upload")
+        depth = self.spool_depth()
         payload = {
             "version": __version__,
             "hostname": self.hostname,
-            "spool_depth": self.spool_depth(),
+            "spool_depth": depth,
             "spool_capacity": self.settings.max_spool_readings,
             "last_error": self.problems_now()[:2000],
             "last_upload": datetime.fromtimestamp(last_upload, UTC).isoformat() if last_upload else None,
@@ -443,6 +454,7 @@ class AgentRuntime:
             "heartbeat_seconds": max(1, round(self.settings.heartbeat_seconds)),
             "refused_sources": list(self.refused.values()),
             "serial_ports": list_serial_ports(),
+            "health": self.health(depth),
         }
         sent = time.time()
         payload["agent_time"] = sent
