@@ -35,6 +35,7 @@ from daqbroker_agent.auth import AuthWatch
 from daqbroker_agent.client import ApiClient, ServerUnreachable
 from daqbroker_agent.guard import refusal
 from daqbroker_agent.health import node_health
+from daqbroker_agent.rawfiles import RawShipper, archived_sources
 from daqbroker_agent.samples import read_sample
 from daqbroker_agent.settings import Settings
 from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
@@ -216,6 +217,7 @@ class AgentRuntime:
             supervisor.start(name, target)
         supervisor.start("config", self.poll_config)
         supervisor.start("heartbeat", self.beat)
+        supervisor.start("raw-files", self.ship_raw_files)
         try:
             while not self.stop.wait(1.0):
                 self.state.update(alive_at=time.time())
@@ -398,6 +400,24 @@ class AgentRuntime:
                 log.warning("sample answered %s (tried again with the next configuration)", reply.explain())
                 return False
         return True
+
+    # -- raw files -------------------------------------------------------------------------------------
+
+    def ship_raw_files(self) -> None:
+        """Every heartbeat interval: ship the settled files of sources with ``archive`` (daqbroker_agent.rawfiles)."""
+        shipper = RawShipper(self.spool, self.client, self.stop)
+        try:
+            while not self.stop.is_set():
+                with self._sources_lock:
+                    specs = [runner.spec for runner in self.sources.values()]
+                if archived_sources(specs):
+                    try:
+                        shipper.ship_round(specs)
+                    except SpoolUnavailable as exc:
+                        self.uploader.spool_trouble(exc)
+                self.stop.wait(self.settings.heartbeat_seconds)
+        finally:
+            self.client.close()
 
     # -- heartbeat -------------------------------------------------------------------------------------
 
