@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from accounts import permissions
 from accounts.api.access import Pagination
 from accounts.api.base import ScopedViewMixin, instrument_or_404
-from accounts.authentication import BearerTokenAuthentication
+from accounts.authentication import BearerTokenAuthentication, RawBodySessionAuthentication
 from accounts.principals import AgentPrincipal
 from collection.api.schema import ErrorDetail
 from collection.models import RawFile
@@ -115,7 +115,7 @@ class AgentRawFileView(ScopedViewMixin, APIView):
 class AgentRawChunkView(ScopedViewMixin, APIView):
     agent_access = True
     parser_classes: list = []  # the body is the chunk's bytes
-    authentication_classes = [BearerTokenAuthentication]
+    authentication_classes = [BearerTokenAuthentication, RawBodySessionAuthentication]  # users: 403, not 401
 
     @extend_schema(
         operation_id="agent_raw_file_chunk",

@@ -145,7 +145,7 @@ def test_strangers_and_other_agents_see_nothing(station):
     assert stranger.get(f"/api/v1/raw-files/{raw.pk}/").status_code == 404
     assert stranger.get(f"/api/v1/instruments/{instrument.slug}/raw-files/zip/?id={raw.pk}").status_code == 404
     # Another agent may not ship into this agent's source.
-    other, token = services.create_agent(owner=owner, name="other-pc", instruments=[instrument])
+    _, token = services.create_agent(owner=owner, name="other-pc", instruments=[instrument])
     assert announce(bearer(token), source).status_code == 404
     # Users may not ship at all.
     viewer = APIClient()
