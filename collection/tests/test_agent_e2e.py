@@ -555,7 +555,7 @@ def test_an_agent_reports_its_health_as_readings_and_ships_raw_files_downloaded_
     )
     _, token = services.create_personal_token(user=station.owner, name="reader")
     for raw in RawFile.objects.filter(instrument=station.instrument):
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 (our own test server)
             f"{web.url}/api/v1/raw-files/{raw.pk}/", headers={"Authorization": f"Bearer {token}"}
         )
         with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (our own test server)
