@@ -45,7 +45,9 @@ def _refused(exc: raw_files.RawFileRefused) -> Response:
 
 
 class RawFileAnnounceSerializer(serializers.Serializer):
-    source = serializers.IntegerField(min_value=1, max_value=2**62, help_text="The agent's data source (its id).")
+    source = serializers.IntegerField(  # type: ignore[assignment]  # DRF moves declared fields out of the class
+        min_value=1, max_value=2**62, help_text="The agent's data source (its id)."
+    )
     sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="Of the whole file.")
     size = serializers.IntegerField(min_value=0, max_value=2**62)
     name = serializers.CharField(max_length=255)
@@ -154,8 +156,10 @@ class AgentRawChunkView(ScopedViewMixin, APIView):
 
 
 class RawFileSerializer(serializers.ModelSerializer):
-    instrument = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    source = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    instrument = serializers.CharField(source="instrument.slug", read_only=True)
+    source = serializers.CharField(  # type: ignore[assignment]  # DRF moves declared fields out of the class
+        source="source.name", read_only=True, default=None
+    )
     download = serializers.SerializerMethodField()
 
     class Meta:

@@ -226,11 +226,14 @@ class _Sink:
     def __init__(self) -> None:
         self.pieces: list[bytes] = []
 
-    def write(self, data) -> int:
+    def write(self, data: bytes, /) -> int:
         self.pieces.append(bytes(data))
         return len(data)
 
     def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def take(self) -> bytes:
@@ -246,7 +249,7 @@ def zip_stream(raw_files: Iterable[RawFile]) -> Iterator[bytes]:
     """
     sink = _Sink()
     seen: set[str] = set()
-    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:  # type: ignore[arg-type]  # a write-only stream is enough for zipfile
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
         for raw_file in raw_files:
             name = f"{raw_file.instrument.slug}/{raw_file.name}"
             if name in seen:
