@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import zipfile
 
 import pytest
@@ -170,3 +171,62 @@ def test_a_zip_of_a_selection_holds_each_file_byte_identical(station):
         assert archive.read("roof-station/day2.csv") == second
     assert viewer.get(f"/api/v1/instruments/{instrument.slug}/raw-files/zip/").status_code == 400
     assert viewer.get(f"/api/v1/instruments/{instrument.slug}/raw-files/zip/?id=999999").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_agents_shipper_resumes_an_interrupted_upload_over_http_and_sends_a_duplicate_no_bytes(
+    live_server, tmp_path, station
+):
+    """The agent's own code (daqbroker_agent.rawfiles) against a real HTTP server: stopped after its first
+    chunk, it resumes from the server's offset in the next round; a copy of the file sends no chunk at all."""
+    import threading
+
+    from daqbroker_agent.client import ApiClient
+    from daqbroker_agent.rawfiles import RawShipper
+    from daqbroker_agent.sources import spec_from_server
+    from daqbroker_agent.spool import Spool
+
+    owner, instrument, source, _ = station
+    source.agent, token = services.create_agent(owner=owner, name="shipper-pc", instruments=[instrument])
+    folder = tmp_path / "logger"
+    folder.mkdir()
+    source.config = {"collect": {**source.config["collect"], "path": str(folder), "final_line_after": 0.1}}
+    source.save()
+    content = bytes(range(256)) * 40  # 10,240 bytes: six chunks of at most 2,000
+    (folder / "day1.csv").write_bytes(content)
+    spec = spec_from_server(
+        {"id": source.pk, "name": "logger", "instrument": instrument.slug, "interval_seconds": 1,
+         "collect": {"pattern": "*", **source.config["collect"]}}
+    )  # fmt: skip
+
+    class Interrupting(ApiClient):
+        """Stops the shipper once ``after`` chunks went through (as a SIGTERM would)."""
+
+        def __init__(self, *args, stop, after, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.stop, self.after, self.chunks = stop, after, 0
+
+        def request(self, method, path, body=None, headers=None):
+            reply = super().request(method, path, body, headers)
+            if method == "PUT":
+                self.chunks += 1
+                if self.chunks >= self.after:
+                    self.stop.set()
+            return reply
+
+    spool = Spool(tmp_path / "spool")
+    stop = threading.Event()
+    client = Interrupting(live_server.url, lambda: token, stop=stop, after=2)
+    assert RawShipper(spool, client, stop).ship_round([spec], now=time.time() + 60) == 0
+    assert RawUpload.objects.get().received == 4000 and not RawFile.objects.exists()
+
+    resumed = Interrupting(live_server.url, lambda: token, stop=threading.Event(), after=99)
+    assert RawShipper(spool, resumed, resumed.stop).ship_round([spec], now=time.time() + 60) == 1
+    assert resumed.chunks == 4  # 4,000 to 10,240 in four chunks: the first two were not sent again
+    raw = RawFile.objects.get()
+    assert raw_files.blob_path(raw.sha256).read_bytes() == content
+
+    (folder / "copy.csv").write_bytes(content)
+    again = Interrupting(live_server.url, lambda: token, stop=threading.Event(), after=99)
+    assert RawShipper(spool, again, again.stop).ship_round([spec], now=time.time() + 60) == 1
+    assert again.chunks == 0 and RawFile.objects.count() == 2
