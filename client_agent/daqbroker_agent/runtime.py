@@ -418,6 +418,7 @@ class AgentRuntime:
                 self.stop.wait(self.settings.heartbeat_seconds)
         finally:
             self.client.close()
+            self.spool.close()
 
     # -- heartbeat -------------------------------------------------------------------------------------
 
