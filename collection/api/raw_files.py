@@ -86,6 +86,7 @@ class AgentRawFileView(ScopedViewMixin, APIView):
             401: _error("no, wrong, expired or revoked token"),
             403: _error("not an agent token"),
             404: _error("no such source for this agent"),
+            409: _error("the same content is being announced by another request: ask again"),
             413: _error("larger than DAQBROKER_RAW_FILE_MAX_BYTES"),
         },
     )
@@ -94,9 +95,8 @@ class AgentRawFileView(ScopedViewMixin, APIView):
         body = RawFileAnnounceSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        source = raw_files.agent_source(
-            agent, data["source"], permissions.instruments_for(request, permissions.COLLECT)
-        )
+        collectable = permissions.instruments_for(request, permissions.COLLECT)
+        source = raw_files.agent_source(agent, data["source"], collectable)
         if source is None:
             raise exceptions.NotFound("No source of this id is assigned to this agent.")
         try:
@@ -108,6 +108,7 @@ class AgentRawFileView(ScopedViewMixin, APIView):
                 name=data["name"],
                 path=data["path"],
                 modified=data["modified"],
+                collectable=collectable,
             )
         except raw_files.RawFileRefused as exc:
             return _refused(exc)

@@ -116,9 +116,22 @@ def _record(upload_like: RawUpload, instrument_id: int, source_id: int | None, a
 
 
 def begin(
-    agent: Agent, *, source: DataSource, sha256: str, size: int, name: str, path: str, modified: datetime
+    agent: Agent,
+    *,
+    source: DataSource,
+    sha256: str,
+    size: int,
+    name: str,
+    path: str,
+    modified: datetime,
+    collectable: QuerySet[Instrument] | None = None,
 ) -> UploadState:
-    """Announce a file; ``stored`` at once when its content is already here (deduplicated)."""
+    """Announce a file; ``stored`` at once when its content is already here and the agent may know it.
+
+    A sha256 is not proof that the agent has the bytes (it may have read it somewhere): the upload is
+    skipped only when the content is already recorded on an instrument the agent collects to
+    (``collectable``; default: the source's). Otherwise the bytes are sent and checked, and still kept
+    once: the rename replaces a content by the same bytes."""
     sha256 = sha256.lower()
     if not SHA256.match(sha256):
         raise RawFileRefused("sha256 must be 64 hexadecimal digits.")
@@ -127,7 +140,10 @@ def begin(
         raise RawFileRefused(f"The file has {size} bytes; this server keeps raw files up to {limit} bytes.", status=413)
     _forget_abandoned(agent)
     fields = {"source": source, "size": size, "name": name, "path": path, "modified": modified}
-    if blob_path(sha256).exists():
+    if collectable is None:
+        collectable = Instrument.objects.filter(pk=source.instrument_id)
+    known = RawFile.objects.filter(sha256=sha256, size=size, instrument__in=collectable).exists()
+    if known and blob_path(sha256).exists():
         done = RawUpload(agent=agent, sha256=sha256, **fields)
         RawUpload.objects.filter(agent=agent, sha256=sha256).delete()
         part_path(agent.pk, sha256).unlink(missing_ok=True)
@@ -137,7 +153,11 @@ def begin(
         if upload is None or upload.size != size:
             RawUpload.objects.filter(agent=agent, sha256=sha256).delete()
             part_path(agent.pk, sha256).unlink(missing_ok=True)
-            upload = RawUpload.objects.create(agent=agent, sha256=sha256, **fields)
+            try:
+                with transaction.atomic():
+                    upload = RawUpload.objects.create(agent=agent, sha256=sha256, **fields)
+            except IntegrityError:  # the same content announced twice at once: the other goes on
+                raise RawFileRefused("This content is being announced by another request: ask again.", 409) from None
         else:
             # The same content under a newer name, path or source: the latest announcement wins.
             for key, value in fields.items():

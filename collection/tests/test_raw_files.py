@@ -148,6 +148,16 @@ def test_strangers_and_other_agents_see_nothing(station):
     # Another agent may not ship into this agent's source.
     _, token = services.create_agent(owner=owner, name="other-pc", instruments=[instrument])
     assert announce(bearer(token), source).status_code == 404
+    # Knowing a file's sha256 is not having it: another owner's agent must send the bytes (kept once still).
+    mallory = make_user("mallory")
+    own = make_instrument(mallory, slug="mallory-station")
+    theirs, their_token = services.create_agent(owner=mallory, name="mallory-pc", instruments=[own])
+    their_source = DataSource.objects.create(
+        instrument=own, name="logger", kind=SourceKind.AGENT, agent=theirs, config=source.config
+    )
+    claimed = announce(bearer(their_token), their_source)
+    assert claimed.json()["status"] == "partial" and claimed.json()["offset"] == 0
+    assert not RawFile.objects.filter(instrument=own).exists()
     # Users may not ship at all.
     viewer = APIClient()
     viewer.force_login(owner)
