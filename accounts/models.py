@@ -59,6 +59,17 @@ class Agent(models.Model):
     )
     description = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)
+    # Where the server keeps the figures of its heartbeats as readings (collection.services.node_health):
+    # created at the first heartbeat, owned by the agent's owner. Kept (with its history) if the agent goes.
+    health_instrument = models.OneToOneField(
+        "instruments.Instrument",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="health_of_agent",
+        help_text="The instrument holding this agent's health readings (load, memory, spool disk, clock).",
+    )
 
     class Meta:
         ordering = ["name", "id"]

@@ -312,6 +312,58 @@ class RollupState(models.Model):
         return f"rollups of {self.channel_id}"
 
 
+class RawFile(models.Model):
+    """A raw instrument file an agent shipped (``collection.services.raw_files``, docs/raw-files.md).
+
+    The bytes are kept once per content, by their sha256, under ``DAQBROKER_ARCHIVE_DIR/sha256/``; each row
+    says which instrument's source had which file with that content (a file that grew is a new row, the same
+    content shipped again is not). Visible to whoever may view the instrument.
+    """
+
+    instrument = models.ForeignKey("instruments.Instrument", on_delete=models.CASCADE, related_name="raw_files")
+    source = models.ForeignKey(
+        "instruments.DataSource", on_delete=models.SET_NULL, null=True, blank=True, related_name="raw_files"
+    )
+    agent = models.ForeignKey("accounts.Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    name = models.CharField(max_length=255, help_text="The file's name.")
+    path = models.CharField(max_length=1000, help_text="Where it was on the agent's machine.")
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size = models.PositiveBigIntegerField()
+    modified = models.DateTimeField(help_text="The file's modification time on the agent's machine.")
+    received = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-modified", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["instrument", "path", "sha256"], name="raw_file_once_per_content"),
+        ]
+        indexes = [models.Index(fields=["instrument", "-modified"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.sha256[:12]})"
+
+
+class RawUpload(models.Model):
+    """An agent's upload of a raw file in progress: its bytes so far are in a part file of its own
+    (``collection.services.raw_files.part_path``); resumed from ``received`` after an interruption."""
+
+    agent = models.ForeignKey("accounts.Agent", on_delete=models.CASCADE, related_name="+")
+    source = models.ForeignKey("instruments.DataSource", on_delete=models.CASCADE, related_name="+")
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField()
+    name = models.CharField(max_length=255)
+    path = models.CharField(max_length=1000)
+    modified = models.DateTimeField()
+    received = models.PositiveBigIntegerField(default=0, help_text="Bytes received so far.")
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "sha256"], name="raw_upload_once_per_agent")]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.received} of {self.size} bytes"
+
+
 # Spike checks and alarms live in collection.alarms; imported here so that Django registers their models.
 from collection.alarms.models import (  # noqa: E402, F401
     AlarmEvent,

@@ -5,10 +5,18 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
-from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView, AgentSampleView
+from accounts.api.agent_views import AgentConfigView, AgentSampleView
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.corrections import ChannelReadingsDeletionViewSet, SourceRereadViewSet
+from collection.api.node_health import AgentHeartbeatHealthView
 from collection.api.preview import SerialPortsView, SourcePreviewView
+from collection.api.raw_files import (
+    AgentRawChunkView,
+    AgentRawFileView,
+    InstrumentRawFilesView,
+    InstrumentRawFilesZipView,
+    RawFileDownloadView,
+)
 from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
 from collection.api.run_statistics import RunStatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
@@ -52,9 +60,16 @@ urlpatterns = [
     path("sources/preview/", SourcePreviewView.as_view(), name="source-preview"),
     path("sources/serial-ports/", SerialPortsView.as_view(), name="serial-ports"),
     path("agent/config/", AgentConfigView.as_view(), name="agent-config"),
-    path("agent/heartbeat/", AgentHeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agent/heartbeat/", AgentHeartbeatHealthView.as_view(), name="agent-heartbeat"),
     path("agent/samples/<int:pk>/", AgentSampleView.as_view(), name="agent-sample"),
     path("agent/unparsed/", AgentUnparsedView.as_view(), name="agent-unparsed"),
+    path("agent/raw-files/", AgentRawFileView.as_view(), name="agent-raw-files"),
+    path("agent/raw-files/<str:sha256>/", AgentRawChunkView.as_view(), name="agent-raw-file-chunk"),
+    path("instruments/<slug:slug>/raw-files/", InstrumentRawFilesView.as_view(), name="instrument-raw-files"),
+    path(
+        "instruments/<slug:slug>/raw-files/zip/", InstrumentRawFilesZipView.as_view(), name="instrument-raw-files-zip"
+    ),
+    path("raw-files/<int:pk>/", RawFileDownloadView.as_view(), name="raw-file-download"),
     path(
         "instruments/<slug:slug>/shares/",
         InstrumentSharesViewSet.as_view({"get": "list", "post": "create"}),

@@ -325,6 +325,8 @@ DAQBROKER_DB_LOCK_TIMEOUT = env_int("DAQBROKER_DB_LOCK_TIMEOUT", 10, minimum=1, 
 DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT = env_int("DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT", 60, minimum=1, maximum=86400)
 # Raw copies of the files read by file sources configured with "archive": true.
 DAQBROKER_ARCHIVE_DIR = env_path("DAQBROKER_ARCHIVE_DIR", DATA_DIR / "archive")
+# The largest raw file an agent may ship into the archive (docs/raw-files.md); sent in chunks of 1 MiB.
+DAQBROKER_RAW_FILE_MAX_BYTES = env_int("DAQBROKER_RAW_FILE_MAX_BYTES", 1024**3, minimum=1)
 # --- Source targets: who may point a source where (docs/security.md, "Who may point a source where") ---
 # Folders server file sources may read (resolved; the data dir, database, archive and program folder stay
 # unreadable even under a root). Default: the data dir's files/ folder and the demo's folder.

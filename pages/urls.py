@@ -1,6 +1,6 @@
 from django.urls import path
 
-from pages import runs, source_setup, views
+from pages import raw_files, runs, source_setup, views
 
 app_name = "instruments"
 
@@ -10,6 +10,9 @@ urlpatterns = [
     path("instruments/<slug:slug>/logbook/", views.LogbookAddView.as_view(), name="logbook-add"),
     path("instruments/<slug:slug>/sources/<int:pk>/reread/", views.SourceRereadView.as_view(), name="source-reread"),
     path("instruments/<slug:slug>/sharing/", views.SharingView.as_view(), name="sharing"),
+    path("instruments/<slug:slug>/raw-files/", raw_files.RawFilesView.as_view(), name="raw-files"),
+    path("instruments/<slug:slug>/raw-files/zip/", raw_files.RawFilesZipView.as_view(), name="raw-files-zip"),
+    path("instruments/<slug:slug>/raw-files/<int:pk>/", raw_files.RawFileView.as_view(), name="raw-file"),
     path("instruments/<slug:slug>/sharing/remove/", views.SharingRemoveView.as_view(), name="sharing-remove"),
     path("instruments/<slug:slug>/sources/new/", source_setup.SourceSetupView.as_view(), name="source-new"),
     path("instruments/<slug:slug>/sources/<int:pk>/edit/", source_setup.SourceSetupView.as_view(), name="source-edit"),

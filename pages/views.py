@@ -132,6 +132,7 @@ class InstrumentDetailView(PageMixin, DetailView):
             .select_related("channel", "rule")
             .order_by("-raised_at")[:5],
             quarantined=quarantine.selection(user, {"instrument": instrument.pk}).count(),
+            has_raw_files=instrument.raw_files.exists(),
         )
         if context["can_change"]:
             context["logbook_form"] = LogbookEntryForm()

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from accounts import agent_samples, agents, permissions
 from accounts.api.base import ScopedViewMixin
 from accounts.audit import client_address
+from accounts.models import AgentHealth
 
 
 class AgentChannelSerializer(serializers.Serializer):
@@ -73,6 +74,20 @@ class SerialPortSerializer(serializers.Serializer):
     description = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
 
 
+class NodeHealthSerializer(serializers.Serializer):
+    """The agent machine's figures (``daqbroker_agent.health``); each may be null (not known there)."""
+
+    cpu_load = serializers.FloatField(
+        required=False, allow_null=True, min_value=0, max_value=1e6, help_text="1-minute load average per CPU."
+    )
+    memory_available_bytes = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**62)
+    memory_used_percent = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=100)
+    spool_disk_free_bytes = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**62)
+    spool_disk_used_percent = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=100)
+    spool_depth = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**62)
+    spool_oldest_age_seconds = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1e11)
+
+
 class HeartbeatSerializer(serializers.Serializer):
     version = serializers.CharField(max_length=40, allow_blank=True, required=False, default="")
     hostname = serializers.CharField(max_length=255, allow_blank=True, required=False, default="")
@@ -107,6 +122,12 @@ class HeartbeatSerializer(serializers.Serializer):
         default=None,
         max_length=64,
         help_text="The agent machine's serial ports (pyserial's list_ports), for setting up its sources.",
+    )
+    health = NodeHealthSerializer(
+        required=False,
+        default=None,
+        help_text="The machine's load, memory, spool disk and spool age: kept as readings of the agent's "
+        "health instrument (docs/agent.md).",
     )
 
 
@@ -154,6 +175,10 @@ class AgentHeartbeatView(ScopedViewMixin, APIView):
 
     agent_access = True
 
+    def recorded(self, health: AgentHealth, data: dict) -> None:
+        """After the heartbeat is stored: the layer above (``collection.api.node_health``) keeps its figures
+        as readings; accounts know nothing of readings."""
+
     @extend_schema(
         operation_id="agent_heartbeat",
         summary="Report the agent's health",
@@ -170,6 +195,7 @@ class AgentHeartbeatView(ScopedViewMixin, APIView):
         serializer = HeartbeatSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         health = agents.record_heartbeat(request, serializer.validated_data, address=client_address(request))
+        self.recorded(health, serializer.validated_data)
         return Response(
             {"server_time": timezone.now().timestamp(), "clock_offset": health.clock_offset_seconds},
             headers={"Cache-Control": "no-store"},

@@ -130,6 +130,54 @@ def alpha_agent_source(world):
     return source
 
 
+RAW_BYTES = b"2026-01-01T00:00:00,1.5\n"
+
+
+def raw_file(world, which: str):
+    """A raw file an agent shipped to alpha or zulu, with its bytes in the (per-test) archive."""
+    import hashlib
+
+    from collection.models import RawFile
+    from collection.services import raw_files
+
+    sha = hashlib.sha256(RAW_BYTES + which.encode()).hexdigest()
+    blob = raw_files.blob_path(sha)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(RAW_BYTES + which.encode())
+    instrument = getattr(world, which)
+    return RawFile.objects.create(
+        instrument=instrument,
+        name=f"{instrument.slug}-day.csv",
+        path=f"/data/{instrument.slug}-day.csv",
+        sha256=sha,
+        size=len(RAW_BYTES) + len(which),
+        modified="2026-01-01T00:00:00Z",
+    )
+
+
+def raw_file_kwargs(which: str) -> Callable:
+    return lambda w: {"slug": getattr(w, which).slug, "pk": raw_file(w, which).pk}
+
+
+def raw_zip_query(which: str) -> Callable:
+    return lambda w: {"id": [raw_file(w, which).pk]}
+
+
+def raw_announce(world) -> dict:
+    return {
+        "source": alpha_agent_source(world).pk,
+        "sha256": "ab" * 32,
+        "size": 10,
+        "name": "day.csv",
+        "path": "/data/day.csv",
+        "modified": "2026-01-01T00:00:00Z",
+    }
+
+
+# Only the agent whose source it is announces (200); the other agent is told there is no such source.
+API_AGENT_RAW_ALPHA = expect(403, anonymous=401, agent_scoped=200, agent_unscoped=404)
+
+
 NEW_CHANNEL = {"instrument": "alpha-station", "name": "New channel", "slug": "new-channel"}
 API_ALPHA_ACCEPTED = {  # a change answered 202 (queued for the next run)
     **API_ALPHA_CHANGE, **dict.fromkeys(("shared_editor", "owner", "administrator", "personal_write_token"), 202),
@@ -169,16 +217,18 @@ class Case:
     kwargs: Callable[[object], dict] | None
     expected: dict[str, int]
     data: dict | Callable[[object], dict] | None = None
-    query: dict = field(default_factory=dict)
+    query: dict | Callable[[object], dict] = field(default_factory=dict)
     encoding: str = "json"  # "multipart" for an admin form's POST
 
     def url(self, world) -> str:
         url = reverse(self.route, kwargs=self.kwargs(world) if self.kwargs else None)
-        return f"{url}?{urlencode(self.query)}" if self.query else url
+        query = self.query(world) if callable(self.query) else self.query
+        return f"{url}?{urlencode(query, doseq=True)}" if query else url
 
     @property
     def id(self) -> str:
-        return f"{self.method} {self.route}" + (f" {sorted(self.query)}" if self.query else "")
+        shown = "(query)" if callable(self.query) else sorted(self.query)
+        return f"{self.method} {self.route}" + (f" {shown}" if self.query else "")
 
 
 def _a(name: str, model: str, action: str) -> str:
@@ -427,6 +477,27 @@ ROUTES: list[Case] = [
         data=AGENT_LINES,
     ),
     Case("api:serial-ports", "GET", None, API_ANY_USER),
+    # --- raw files (docs/raw-files.md): agents ship them; whoever may view the instrument reads them ---------
+    Case("api:agent-raw-files", "POST", None, API_AGENT_RAW_ALPHA, data=raw_announce),
+    Case(
+        "api:agent-raw-file-chunk",
+        "PUT",
+        lambda w: {"sha256": "ab" * 32},
+        expect(403, anonymous=401, **_agents(404)),  # nothing announced: no upload in progress
+        query={"offset": "0"},
+    ),
+    Case("api:instrument-raw-files", "GET", lambda w: ALPHA, API_ALPHA_READ),
+    Case("api:instrument-raw-files", "GET", lambda w: ZULU, API_ZEDS),
+    Case("api:raw-file-download", "GET", lambda w: {"pk": raw_file(w, "alpha").pk}, API_ALPHA_READ),
+    Case("api:raw-file-download", "GET", lambda w: {"pk": raw_file(w, "zulu").pk}, API_ZEDS),
+    Case("api:instrument-raw-files-zip", "GET", lambda w: ALPHA, API_ALPHA_READ, query=raw_zip_query("alpha")),
+    Case("api:instrument-raw-files-zip", "GET", lambda w: ZULU, API_ZEDS, query=raw_zip_query("zulu")),
+    Case("instruments:raw-files", "GET", lambda w: ALPHA, PAGE_ALPHA),
+    Case("instruments:raw-files", "GET", lambda w: ZULU, PAGE_ZULU),
+    Case("instruments:raw-file", "GET", raw_file_kwargs("alpha"), PAGE_ALPHA),
+    Case("instruments:raw-file", "GET", raw_file_kwargs("zulu"), PAGE_ZULU),
+    Case("instruments:raw-files-zip", "GET", lambda w: ALPHA, PAGE_ALPHA, query=raw_zip_query("alpha")),
+    Case("instruments:raw-files-zip", "GET", lambda w: ZULU, PAGE_ZULU, query=raw_zip_query("zulu")),
     Case("api:channel-list", "GET", None, API_ANY_USER),
     Case("api:channel-list", "POST", None, API_ALPHA_CREATE, data=NEW_CHANNEL),
     Case("api:channel-detail", "GET", lambda w: {"pk": w.alpha_channel.pk}, API_ALPHA_READ),
@@ -794,6 +865,12 @@ def matrix_target_rules(settings):
     settings.DAQBROKER_FILE_ROOTS = ["/srv"]
     settings.DAQBROKER_NETWORK_ALLOW = []
     settings.DAQBROKER_SERIAL_DEVICES = []
+
+
+@pytest.fixture(autouse=True)
+def archive_dir(settings, tmp_path):
+    """Raw files' bytes (raw_file) in this test's own archive."""
+    settings.DAQBROKER_ARCHIVE_DIR = tmp_path / "archive"
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ from daqbroker_agent import __version__
 from daqbroker_agent.auth import AuthWatch
 from daqbroker_agent.client import ApiClient, ServerUnreachable
 from daqbroker_agent.guard import refusal
+from daqbroker_agent.health import node_health
+from daqbroker_agent.rawfiles import RawShipper, archived_sources
 from daqbroker_agent.samples import read_sample
 from daqbroker_agent.settings import Settings
 from daqbroker_agent.sources import SourceRunner, SourceSpec, spec_from_local, spec_from_server, start_source
@@ -215,6 +217,7 @@ class AgentRuntime:
             supervisor.start(name, target)
         supervisor.start("config", self.poll_config)
         supervisor.start("heartbeat", self.beat)
+        supervisor.start("raw-files", self.ship_raw_files)
         try:
             while not self.stop.wait(1.0):
                 self.state.update(alive_at=time.time())
@@ -398,6 +401,25 @@ class AgentRuntime:
                 return False
         return True
 
+    # -- raw files -------------------------------------------------------------------------------------
+
+    def ship_raw_files(self) -> None:
+        """Every heartbeat interval: ship the settled files of sources with ``archive`` (daqbroker_agent.rawfiles)."""
+        shipper = RawShipper(self.spool, self.client, self.stop)
+        try:
+            while not self.stop.is_set():
+                with self._sources_lock:
+                    specs = [runner.spec for runner in self.sources.values()]
+                if archived_sources(specs):
+                    try:
+                        shipper.ship_round(specs)
+                    except SpoolUnavailable as exc:
+                        self.uploader.spool_trouble(exc)
+                self.stop.wait(self.settings.heartbeat_seconds)
+        finally:
+            self.client.close()
+            self.spool.close()
+
     # -- heartbeat -------------------------------------------------------------------------------------
 
     def beat(self) -> None:
@@ -430,12 +452,22 @@ class AgentRuntime:
             self.uploader.spool_trouble(exc)
         return self._depth
 
+    def health(self, depth: int) -> dict:
+        """The machine's figures (daqbroker_agent.health); the oldest reading's age is left out when the
+        spool cannot be read now."""
+        try:
+            oldest = self.spool.first_waiting() if depth else None
+        except SpoolUnavailable:
+            oldest = None
+        return node_health(self.spool.directory, depth=depth, oldest_us=oldest)
+
     def send_heartbeat(self) -> None:
         last_upload = self.state.get("last_upload")
+        depth = self.spool_depth()
         payload = {
             "version": __version__,
             "hostname": self.hostname,
-            "spool_depth": self.spool_depth(),
+            "spool_depth": depth,
             "spool_capacity": self.settings.max_spool_readings,
             "last_error": self.problems_now()[:2000],
             "last_upload": datetime.fromtimestamp(last_upload, UTC).isoformat() if last_upload else None,
@@ -443,6 +475,7 @@ class AgentRuntime:
             "heartbeat_seconds": max(1, round(self.settings.heartbeat_seconds)),
             "refused_sources": list(self.refused.values()),
             "serial_ports": list_serial_ports(),
+            "health": self.health(depth),
         }
         sent = time.time()
         payload["agent_time"] = sent

@@ -145,6 +145,10 @@ def test_run_collects_uploads_beats_follows_the_server_and_stops_cleanly(tmp_pat
             wait_until(lambda: ("station/file-temp", 1_795_773_600_000_000) in server.stored, proc=proc)
             beat = wait_until(lambda: server.heartbeats and server.heartbeats[-1], proc=proc)
             assert beat["version"] and beat["hostname"] and beat["spool_capacity"] == 5_000_000
+            health = beat["health"]  # node health (daqbroker_agent.health): this machine's real figures
+            assert health["spool_disk_free_bytes"] > 0 and 0 <= health["spool_disk_used_percent"] <= 100
+            assert health["cpu_load"] >= 0 and 0 < health["memory_used_percent"] < 100
+            assert health["spool_depth"] == beat["spool_depth"] >= 0
 
             # Changed in the admin: a second source; the agent follows without a restart.
             server.config = {**server.config, "version": "v2", "sources": [

@@ -624,3 +624,65 @@ def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
     )
     needs = subprocess.run([str(venv / "bin/python"), "-c", mqtt], capture_output=True, text=True, timeout=60)
     assert "daqbroker-agent[mqtt]" in needs.stdout, needs.stderr
+
+
+# --- node health and the raw-file archive (issue 21) -----------------------------------------------------
+
+
+def test_an_agent_reports_its_health_as_readings_and_ships_raw_files_downloaded_byte_identical(
+    tmp_path, web, processes, client
+):
+    from collection.models import RawFile
+
+    station = Station(
+        tmp_path,
+        collect={
+            "kind": "file",
+            "path": str(tmp_path / "logger"),
+            "pattern": "*.csv",
+            "columns": ["time", "temp", "rh"],
+            "timestamp": {"columns": ["time"], "format": "epoch"},
+            "archive": True,
+            "final_line_after": 0.5,
+        },
+    )
+    station.write_lines(100, "day1.csv")
+    # A second file with a line of bytes no text decoder likes: shipped as they are.
+    (station.folder / "day2.csv").write_bytes(
+        b"".join(b"%d,%d.5,1\n" % (T0 + 500 + i, i) for i in range(50)) + b"\xff\xfe,x\r\n"
+    )
+    start_agent(station, web, processes, tmp_path)
+
+    # Node health: the heartbeat's figures are readings of the agent's health instrument.
+    station.agent.refresh_from_db()
+    wait_for(
+        lambda: Sample.objects.filter(
+            channel__instrument__health_of_agent=station.agent, channel__slug="spool_disk_free"
+        ).exists(),
+        timeout=30,
+        message="a health reading",
+    )
+    station.agent.refresh_from_db()
+    health = station.agent.health_instrument
+    slugs = set(Sample.objects.filter(channel__instrument=health).values_list("channel__slug", flat=True))
+    assert {"cpu_load", "memory_used", "spool_disk_free", "spool_disk_used", "spool_depth"} <= slugs
+
+    # Raw files: both files, once each, downloaded byte-identical through the real server and the page.
+    wait_for(
+        lambda: RawFile.objects.filter(instrument=station.instrument).count() == 2, timeout=60, message="raw files"
+    )
+    _, token = services.create_personal_token(user=station.owner, name="reader")
+    for raw in RawFile.objects.filter(instrument=station.instrument):
+        request = urllib.request.Request(  # noqa: S310 (our own test server)
+            f"{web.url}/api/v1/raw-files/{raw.pk}/", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (our own test server)
+            assert answer.read() == (station.folder / raw.name).read_bytes()
+    client.force_login(station.owner)
+    page = client.get(f"/instruments/{station.instrument.slug}/raw-files/")
+    assert page.status_code == 200 and b"day2.csv" in page.content
+    # Shipped once each, and remembered in the spool so that a restart does not send them again.
+    shipped = station.spool().get(f"raw_shipped:server:{station.source.pk}")
+    assert sorted(Path(p).name for p in shipped) == ["day1.csv", "day2.csv"]
+    log = processes[0].log()
+    assert log.count("raw file day1.csv (") == 1 and log.count("raw file day2.csv (") == 1

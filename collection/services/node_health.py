@@ -1,0 +1,160 @@
+"""Agents' node health as readings: each agent's heartbeat figures become readings of its health instrument.
+
+The agent reports its machine's load, memory, the free disk where its spool lives, the spool's depth and the
+age of its oldest waiting reading (``daqbroker_agent.health``), and its clock offset. The server keeps their
+history as readings of one instrument per agent (``Agent.health_instrument``), created at the agent's first
+heartbeat and owned by the agent's owner, so it is visible to exactly who sees the agent (the owner and
+administrators; shared further like any instrument) and its channels plot, alarm and export like any other.
+The readings go through the one write path (``ingest_samples``), stamped with the server's clock.
+
+Two alarm rules come with each health instrument (``DEFAULT_RULES``): the spool's disk nearly full, and the
+agent silent (the stale-channel rule on its spool-depth channel, sent in every heartbeat). Administrators
+may change or disable them in the admin like any rule; they are not created again once they exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts.models import Agent, AgentHealth
+from collection.alarms.choices import RuleKind, Severity
+from collection.alarms.models import AlarmRule
+from collection.choices import Origin
+from collection.services.ingest import IngestResult, SampleBatch, ingest_samples
+from daqbroker_agent.parsing import datetime_to_us
+from instruments.models import Channel, Instrument
+
+
+@dataclass(frozen=True)
+class HealthChannel:
+    slug: str
+    name: str
+    units: str
+    description: str
+
+
+# The heartbeat's figure (key in its ``health`` object, or "clock_offset") -> the channel that keeps it.
+HEALTH_CHANNELS: dict[str, HealthChannel] = {
+    "cpu_load": HealthChannel("cpu_load", "CPU load per core", "", "1-minute load average / number of CPUs."),
+    "memory_used_percent": HealthChannel("memory_used", "Memory used", "%", "Of the machine's memory."),
+    "memory_available_bytes": HealthChannel("memory_available", "Memory available", "B", "MemAvailable."),
+    "spool_disk_free_bytes": HealthChannel(
+        "spool_disk_free", "Spool disk free", "B", "Free space on the file system holding the agent's spool."
+    ),
+    "spool_disk_used_percent": HealthChannel(
+        "spool_disk_used", "Spool disk used", "%", "How full the file system holding the agent's spool is."
+    ),
+    "spool_depth": HealthChannel("spool_depth", "Spool depth", "", "Readings waiting in the agent's spool."),
+    "spool_oldest_age_seconds": HealthChannel(
+        "spool_oldest_age", "Oldest spooled reading", "s", "Age of the oldest reading still waiting in the spool."
+    ),
+    "clock_offset": HealthChannel(
+        "clock_offset", "Clock offset", "s", "The agent's clock minus the server's (positive: the agent is ahead)."
+    ),
+}
+SILENT_CHANNEL = "spool_depth"  # sent in every heartbeat: the channel whose silence means the agent's
+DISK_CHANNEL = "spool_disk_used"
+DISK_NEARLY_FULL_PERCENT = 90.0
+SILENT_AFTER_HEARTBEATS = 3.0
+
+
+def health_instrument(agent: Agent, heartbeat_seconds: int = 30) -> Instrument:
+    """The agent's health instrument, with its channels and default alarm rules (made on first call)."""
+    if agent.health_instrument_id is not None:
+        instrument = Instrument.objects.filter(pk=agent.health_instrument_id).first()
+        if instrument is not None:
+            return instrument
+    with transaction.atomic():
+        locked = Agent.objects.select_for_update().get(pk=agent.pk)
+        if locked.health_instrument_id is not None and (
+            instrument := Instrument.objects.filter(pk=locked.health_instrument_id).first()
+        ):
+            agent.health_instrument = instrument
+            return instrument
+        instrument = _new_instrument(agent)
+        for health in HEALTH_CHANNELS.values():
+            Channel.objects.create(
+                instrument=instrument,
+                slug=health.slug,
+                name=health.name,
+                units=health.units,
+                description=health.description,
+                expected_interval_seconds=heartbeat_seconds,
+            )
+        _default_rules(agent, instrument)
+        locked.health_instrument = instrument
+        locked.save(update_fields=["health_instrument"])
+        agent.health_instrument = instrument
+        return instrument
+
+
+def _new_instrument(agent: Agent) -> Instrument:
+    base = slugify(f"agent-{agent.pk}-{agent.name}")[:80].strip("-") or f"agent-{agent.pk}"
+    for attempt in range(20):
+        slug = f"{base}-health" if attempt == 0 else f"{base}-health-{attempt}"
+        if Instrument.objects.filter(slug=slug).exists():
+            continue
+        try:
+            with transaction.atomic():
+                return Instrument.objects.create(
+                    name=f"Agent {agent.name} (health)"[:200],
+                    slug=slug,
+                    owner=agent.owner,
+                    description=f"The health of the agent {agent.name}, from its heartbeats (docs/agent.md).",
+                )
+        except IntegrityError:  # taken meanwhile
+            continue
+    raise RuntimeError(f"no free slug for the health instrument of agent {agent.pk}")
+
+
+def _default_rules(agent: Agent, instrument: Instrument) -> None:
+    disk = AlarmRule.objects.create(
+        name=f"Agent {agent.name}: spool disk nearly full"[:200],
+        kind=RuleKind.ABOVE,
+        severity=Severity.WARNING,
+        threshold=DISK_NEARLY_FULL_PERCENT,
+        hysteresis=2.0,
+        instrument=instrument,
+    )
+    disk.channels.set(instrument.channels.filter(slug=DISK_CHANNEL))
+    silent = AlarmRule.objects.create(
+        name=f"Agent {agent.name}: silent"[:200],
+        kind=RuleKind.STALE,
+        severity=Severity.WARNING,
+        stale_factor=SILENT_AFTER_HEARTBEATS,
+        instrument=instrument,
+    )
+    silent.channels.set(instrument.channels.filter(slug=SILENT_CHANNEL))
+
+
+def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> IngestResult | None:
+    """Store the figures of a heartbeat just recorded (``health``) as readings of the agent's health
+    instrument, stamped with the heartbeat's arrival; figures the agent could not read (None) are left out."""
+    values = dict(figures or {})
+    if health.clock_offset_seconds is not None:
+        values["clock_offset"] = health.clock_offset_seconds
+    values["spool_depth"] = health.spool_depth  # the heartbeat's own figure, as in the admin's agent list
+    instrument = health_instrument(agent, health.heartbeat_seconds)
+    channels = dict(instrument.channels.values_list("slug", "pk"))
+    interval = health.heartbeat_seconds
+    # The silence rule follows the agent's own heartbeat interval.
+    Channel.objects.filter(instrument=instrument, slug__in=[h.slug for h in HEALTH_CHANNELS.values()]).exclude(
+        expected_interval_seconds=interval
+    ).update(expected_interval_seconds=interval)
+    ids, numbers = [], []
+    for key, value in values.items():
+        spec = HEALTH_CHANNELS.get(key)
+        if spec is None or value is None or spec.slug not in channels:
+            continue  # a channel deleted by its owner stays deleted
+        ids.append(channels[spec.slug])
+        numbers.append(float(value))
+    if not ids:
+        return None
+    when = datetime_to_us(health.last_heartbeat or timezone.now())
+    batch = SampleBatch(np.array(ids, dtype=np.int64), np.full(len(ids), when, dtype=np.int64), np.array(numbers))
+    return ingest_samples(batch, origin=Origin.AGENT)

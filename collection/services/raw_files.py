@@ -1,0 +1,291 @@
+"""The raw-file archive for agents: content-addressed, resumable, deduplicated (docs/raw-files.md).
+
+An agent ships a finished file it follows in three steps, each a small request:
+
+1. ``begin``: the file's sha256, size, name, path and modification time. If the server holds that content
+   already (from any agent, any source), the file is recorded at once and nothing is sent: ``stored``.
+   Otherwise the answer says how many bytes the server has of it (0, or what an interrupted upload left).
+2. ``append``: the next chunk (at most ``CHUNK_BYTES``) at the offset the server named, written to the
+   upload's own part file. A chunk at another offset is refused with the offset wanted (409), so an agent
+   that lost an answer simply asks again.
+3. When the last byte arrives the part is hashed; the content must match the sha256 announced (else it is
+   discarded and the upload starts again), and is moved into place by one atomic rename.
+
+Contents live at ``DAQBROKER_ARCHIVE_DIR/sha256/<ab>/<sha256>``, beside the server's own raw copies
+(``collection.collectors.file.archive_path``); parts at ``DAQBROKER_ARCHIVE_DIR/uploads/agent-<id>/``.
+Every request's memory is bounded by a chunk; hashing and downloads stream the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from accounts.models import Agent
+from collection.models import RawFile, RawUpload
+from instruments.choices import SourceKind
+from instruments.models import DataSource, Instrument
+
+CHUNK_BYTES = 1024 * 1024  # the largest chunk accepted (below Django's 2.5 MB body limit)
+READ_BYTES = 256 * 1024  # hashing and zipping read this much at a time
+MAX_ZIP_FILES = 1000
+ABANDONED_AFTER = timedelta(days=7)  # an upload untouched this long is forgotten (its part deleted)
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class RawFileRefused(Exception):
+    """The request cannot be honoured; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, message: str, status: int = 400, **extra):
+        super().__init__(message)
+        self.status = status
+        self.extra = extra
+
+
+@dataclass(frozen=True)
+class UploadState:
+    stored: bool
+    received: int
+    size: int
+    raw_file: RawFile | None = None
+
+    def payload(self) -> dict:
+        body: dict = {
+            "status": "stored" if self.stored else "partial",
+            "offset": self.received,
+            "size": self.size,
+            "chunk_bytes": CHUNK_BYTES,
+        }
+        if self.raw_file is not None:
+            body["id"] = self.raw_file.pk
+        return body
+
+
+def archive_root() -> Path:
+    return Path(settings.DAQBROKER_ARCHIVE_DIR)
+
+
+def blob_path(sha256: str) -> Path:
+    if not SHA256.match(sha256):
+        raise ValueError(f"not a sha256: {sha256!r}")
+    return archive_root() / "sha256" / sha256[:2] / sha256
+
+
+def part_path(agent_id: int, sha256: str) -> Path:
+    return archive_root() / "uploads" / f"agent-{agent_id}" / f"{sha256}.part"
+
+
+def agent_source(agent: Agent, source_id: int, collectable: QuerySet[Instrument]) -> DataSource | None:
+    """The agent's own source of kind agent, on an instrument it may collect to; None for anything else."""
+    return (
+        DataSource.objects.filter(pk=source_id, agent=agent, kind=SourceKind.AGENT, instrument__in=collectable)
+        .select_related("instrument")
+        .first()
+    )
+
+
+def _record(upload_like: RawUpload, instrument_id: int, source_id: int | None, agent_id: int) -> RawFile:
+    try:
+        with transaction.atomic():
+            raw_file, _ = RawFile.objects.get_or_create(
+                instrument_id=instrument_id,
+                path=upload_like.path,
+                sha256=upload_like.sha256,
+                defaults={
+                    "source_id": source_id,
+                    "agent_id": agent_id,
+                    "name": upload_like.name,
+                    "size": upload_like.size,
+                    "modified": upload_like.modified,
+                },
+            )
+    except IntegrityError:  # recorded by a concurrent request meanwhile
+        raw_file = RawFile.objects.get(instrument_id=instrument_id, path=upload_like.path, sha256=upload_like.sha256)
+    return raw_file
+
+
+def begin(
+    agent: Agent,
+    *,
+    source: DataSource,
+    sha256: str,
+    size: int,
+    name: str,
+    path: str,
+    modified: datetime,
+    collectable: QuerySet[Instrument] | None = None,
+) -> UploadState:
+    """Announce a file; ``stored`` at once when its content is already here and the agent may know it.
+
+    A sha256 is not proof that the agent has the bytes (it may have read it somewhere): the upload is
+    skipped only when the content is already recorded on an instrument the agent collects to
+    (``collectable``; default: the source's). Otherwise the bytes are sent and checked, and still kept
+    once: the rename replaces a content by the same bytes."""
+    sha256 = sha256.lower()
+    if not SHA256.match(sha256):
+        raise RawFileRefused("sha256 must be 64 hexadecimal digits.")
+    limit = settings.DAQBROKER_RAW_FILE_MAX_BYTES
+    if size > limit:
+        raise RawFileRefused(f"The file has {size} bytes; this server keeps raw files up to {limit} bytes.", status=413)
+    _forget_abandoned(agent)
+    fields = {"source": source, "size": size, "name": name, "path": path, "modified": modified}
+    if collectable is None:
+        collectable = Instrument.objects.filter(pk=source.instrument_id)
+    known = RawFile.objects.filter(sha256=sha256, size=size, instrument__in=collectable).exists()
+    if known and blob_path(sha256).exists():
+        done = RawUpload(agent=agent, sha256=sha256, **fields)
+        RawUpload.objects.filter(agent=agent, sha256=sha256).delete()
+        part_path(agent.pk, sha256).unlink(missing_ok=True)
+        return UploadState(True, size, size, _record(done, source.instrument_id, source.pk, agent.pk))
+    with transaction.atomic():
+        upload = RawUpload.objects.select_for_update().filter(agent=agent, sha256=sha256).first()
+        if upload is None or upload.size != size:
+            RawUpload.objects.filter(agent=agent, sha256=sha256).delete()
+            part_path(agent.pk, sha256).unlink(missing_ok=True)
+            try:
+                with transaction.atomic():
+                    upload = RawUpload.objects.create(agent=agent, sha256=sha256, **fields)
+            except IntegrityError:  # the same content announced twice at once: the other goes on
+                raise RawFileRefused("This content is being announced by another request: ask again.", 409) from None
+        else:
+            # The same content under a newer name, path or source: the latest announcement wins.
+            for key, value in fields.items():
+                setattr(upload, key, value)
+            upload.received = _part_size(agent.pk, sha256)
+            upload.save()
+    return UploadState(False, upload.received, size)
+
+
+def _part_size(agent_id: int, sha256: str) -> int:
+    try:
+        return part_path(agent_id, sha256).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def append(agent: Agent, sha256: str, offset: int, data: bytes) -> UploadState:
+    """Write ``data`` at ``offset`` of the upload; when complete, verify and keep it."""
+    sha256 = sha256.lower()
+    if len(data) > CHUNK_BYTES:
+        raise RawFileRefused(f"A chunk holds at most {CHUNK_BYTES} bytes.", status=413)
+    with transaction.atomic():
+        upload = RawUpload.objects.select_for_update().filter(agent=agent, sha256=sha256).first()
+        if upload is None:
+            raise RawFileRefused("No upload of this content is in progress for this agent: begin it first.", status=404)
+        part = part_path(agent.pk, sha256)
+        have = _part_size(agent.pk, sha256)
+        if offset != have:
+            raise RawFileRefused(f"Expected the chunk at offset {have}.", status=409, offset=have)
+        if have + len(data) > upload.size:
+            raise RawFileRefused(f"The file was announced with {upload.size} bytes.", status=413, offset=have)
+        if not data and have < upload.size:
+            raise RawFileRefused("An empty chunk.", offset=have)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        # No fsync per chunk: the offset is the part's size on disk, and the sha256 check at the end
+        # catches a part a crash left short or damaged (it is then sent again); one fsync before the rename.
+        with part.open("ab") as handle:
+            handle.write(data)
+        upload.received = have + len(data)
+        upload.save(update_fields=["received", "updated"])
+        if upload.received < upload.size:
+            return UploadState(False, upload.received, upload.size)
+        done = _complete(agent, upload, part)
+    if done is None:  # raised only now: the upload's row is deleted with its part
+        raise RawFileRefused(
+            "The bytes received do not have the sha256 announced: discarded, send the file again.", status=422
+        )
+    return done
+
+
+def _complete(agent: Agent, upload: RawUpload, part: Path) -> UploadState | None:
+    digest = hashlib.sha256()
+    with part.open("rb") as handle:
+        while chunk := handle.read(READ_BYTES):
+            digest.update(chunk)
+        os.fsync(handle.fileno())
+    if digest.hexdigest() != upload.sha256:
+        part.unlink(missing_ok=True)
+        upload.delete()
+        return None
+    target = blob_path(upload.sha256)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, target)  # atomic: a content is either whole under its name or absent
+    source = upload.source
+    raw_file = _record(upload, source.instrument_id, source.pk, agent.pk)
+    upload.delete()
+    return UploadState(True, upload.size, upload.size, raw_file)
+
+
+def _forget_abandoned(agent: Agent) -> None:
+    for old in RawUpload.objects.filter(agent=agent, updated__lt=timezone.now() - ABANDONED_AFTER):
+        part_path(agent.pk, old.sha256).unlink(missing_ok=True)
+        old.delete()
+
+
+# -- reading back ------------------------------------------------------------------------------------
+
+
+def open_content(raw_file: RawFile):
+    """The file's bytes (a binary file object); FileNotFoundError if the archive lost them."""
+    return blob_path(raw_file.sha256).open("rb")
+
+
+class _Sink:
+    """A write-only, unseekable file object whose writes are handed out in pieces (zipfile writes into it)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def write(self, data: bytes, /) -> int:
+        self.pieces.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = b"".join(self.pieces)
+        self.pieces.clear()
+        return out
+
+
+def zip_stream(raw_files: Iterable[RawFile]) -> Iterator[bytes]:
+    """A zip of the files, produced piece by piece: memory is bounded by a read, whatever the sizes.
+
+    Names are ``<instrument>/<name>``; the same name twice gets ``-<sha256 prefix>`` before its suffix.
+    """
+    sink = _Sink()
+    seen: set[str] = set()
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for raw_file in raw_files:
+            name = f"{raw_file.instrument.slug}/{raw_file.name}"
+            if name in seen:
+                stem, dot, suffix = raw_file.name.rpartition(".")
+                tagged = f"{stem}-{raw_file.sha256[:8]}.{suffix}" if dot else f"{raw_file.name}-{raw_file.sha256[:8]}"
+                name = f"{raw_file.instrument.slug}/{tagged}"
+            seen.add(name)
+            stamp = max(timezone.localtime(raw_file.modified).timetuple()[:6], (1980, 1, 1, 0, 0, 0))  # zip's epoch
+            info = zipfile.ZipInfo(name, date_time=stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.file_size = raw_file.size
+            with open_content(raw_file) as source, archive.open(info, mode="w", force_zip64=True) as entry:
+                while chunk := source.read(READ_BYTES):
+                    entry.write(chunk)
+                    if sink.pieces:
+                        yield sink.take()
+            yield sink.take()
+    yield sink.take()

@@ -1,0 +1,117 @@
+"""Node health: an agent's heartbeat figures become readings of its health instrument (created at the first
+heartbeat, owned like the agent), through the one write path, with two default alarm rules."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts import permissions, services
+from accounts.models import Agent
+from collection.alarms import evaluate
+from collection.alarms.models import AlarmEvent, AlarmRule
+from collection.models import Sample
+from daqbroker_agent.parsing import now_us
+from instruments.models import Instrument
+from instruments.tests.factories import make_instrument, make_user
+
+pytestmark = pytest.mark.django_db
+
+HEALTH = {
+    "cpu_load": 0.25,
+    "memory_available_bytes": 4_000_000_000,
+    "memory_used_percent": 61.5,
+    "spool_disk_free_bytes": 1_000_000,
+    "spool_disk_used_percent": 97.5,
+    "spool_depth": 1234,
+    "spool_oldest_age_seconds": 42.0,
+}
+
+
+def beat(token: str, **body):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client.post("/api/v1/agent/heartbeat/", body, format="json")
+
+
+@pytest.fixture
+def roof_pc():
+    owner = make_user("olga")
+    agent, token = services.create_agent(owner=owner, name="roof-pc", instruments=[make_instrument(owner)])
+    return owner, agent, token
+
+
+def values(instrument: Instrument) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {}
+    for slug, value in (
+        Sample.objects.filter(channel__instrument=instrument).order_by("ts").values_list("channel__slug", "value")
+    ):
+        found.setdefault(slug, []).append(value)
+    return found
+
+
+def test_heartbeat_figures_are_stored_as_readings_of_the_agents_health_instrument(roof_pc):
+    owner, agent, token = roof_pc
+    response = beat(token, spool_depth=1234, clock_offset=-0.25, heartbeat_seconds=10, health=HEALTH)
+    assert response.status_code == 200, response.content
+    agent.refresh_from_db()
+    instrument = agent.health_instrument
+    assert instrument is not None and instrument.owner == owner
+    assert values(instrument) == {
+        "cpu_load": [0.25],
+        "memory_available": [4e9],
+        "memory_used": [61.5],
+        "spool_disk_free": [1e6],
+        "spool_disk_used": [97.5],
+        "spool_depth": [1234.0],
+        "spool_oldest_age": [42.0],
+        "clock_offset": [-0.25],
+    }
+    assert set(instrument.channels.values_list("expected_interval_seconds", flat=True)) == {10}
+
+    # A second heartbeat adds to the same instrument; figures the agent could not read are left out.
+    assert (
+        beat(token, spool_depth=0, heartbeat_seconds=10, health={**HEALTH, "memory_used_percent": None}).status_code
+        == 200
+    )
+    assert Instrument.objects.filter(health_of_agent=agent).count() == 1
+    later = values(instrument)
+    assert later["spool_depth"] == [1234.0, 0.0] and later["memory_used"] == [61.5]
+
+    # Visible like the agent: its owner, not a stranger.
+    assert permissions.has_perm(owner, permissions.VIEW, instrument)
+    assert not permissions.has_perm(make_user("stranger"), permissions.VIEW, instrument)
+
+
+def test_an_old_agent_without_health_figures_still_gets_spool_depth_and_clock(roof_pc):
+    _, agent, token = roof_pc
+    assert beat(token, spool_depth=7, clock_offset=1.5).status_code == 200
+    agent.refresh_from_db()
+    assert values(agent.health_instrument) == {"spool_depth": [7.0], "clock_offset": [1.5]}
+
+
+def test_default_rules_warn_of_a_nearly_full_spool_disk_and_a_silent_agent(roof_pc):
+    _, agent, token = roof_pc
+    assert beat(token, spool_depth=3, heartbeat_seconds=10, health=HEALTH).status_code == 200
+    agent = Agent.objects.get(pk=agent.pk)
+    instrument = agent.health_instrument
+    disk, silent = (
+        AlarmRule.objects.get(instrument=instrument, kind="above"),
+        AlarmRule.objects.get(instrument=instrument, kind="stale"),
+    )
+    assert disk.threshold == 90 and [c.slug for c in disk.channels.all()] == ["spool_disk_used"]
+    assert [c.slug for c in silent.channels.all()] == ["spool_depth"]
+
+    evaluate.evaluate_channels(instrument.channels.values_list("pk", flat=True))
+    assert AlarmEvent.objects.filter(rule=disk, cleared_at=None).count() == 1  # 97.5 % > 90 %
+
+    evaluate.check_periodic(now=now_us() + 31 * 1_000_000)  # three heartbeats (10 s) missed
+    [event] = AlarmEvent.objects.filter(rule=silent)
+    assert event.channel.slug == "spool_depth" and event.cleared_at is None
+
+
+def test_health_figures_out_of_range_are_refused_with_the_field(roof_pc):
+    _, _, token = roof_pc
+    response = beat(token, health={"memory_used_percent": 250})
+    assert response.status_code == 400
+    assert "memory_used_percent" in response.json()["health"]
