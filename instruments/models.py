@@ -197,6 +197,12 @@ class DataSource(models.Model):
             models.UniqueConstraint(fields=["instrument", "name"], name="datasource_unique_name_per_instrument"),
             models.CheckConstraint(condition=models.Q(interval_seconds__gte=1), name="datasource_interval_positive"),
         ]
+        # The few failing sources (the home page's "failing" filter and count), without reading every source.
+        indexes = [
+            models.Index(
+                fields=["instrument"], name="datasource_failing", condition=models.Q(consecutive_failures__gt=0)
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.instrument.slug}/{self.name}"

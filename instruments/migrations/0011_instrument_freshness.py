@@ -44,5 +44,9 @@ class Migration(migrations.Migration):
             model_name='instrument',
             index=models.Index(fields=['name', 'id'], name='instrument_name_order'),
         ),
+        migrations.AddIndex(
+            model_name='datasource',
+            index=models.Index(condition=models.Q(('consecutive_failures__gt', 0)), fields=['instrument'], name='datasource_failing'),
+        ),
         migrations.RunPython(fill_freshness, migrations.RunPython.noop),
     ]
