@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from typing import Any, Self
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -347,9 +349,12 @@ class Channel(models.Model):
     def __str__(self) -> str:
         return f"{self.instrument.slug}/{self.slug}"
 
+    # The instrument it was read with (not a field): a channel moved to another instrument refreshes both.
+    _loaded_instrument_id: int | None = None
+
     @classmethod
-    def from_db(cls, db, field_names, values):
-        channel = super().from_db(db, field_names, values)
+    def from_db(cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any) -> Self:
+        channel = super().from_db(db, field_names, values, **kwargs)
         # The instrument it was read with: a channel moved to another instrument refreshes both instruments'
         # freshness (instruments.signals).
         channel._loaded_instrument_id = channel.__dict__.get("instrument_id")
