@@ -25,7 +25,7 @@ def fill_freshness(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('instruments', '0010_run_lists'),
+        ('instruments', '0012_mqtt_sources'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
