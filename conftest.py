@@ -102,6 +102,11 @@ def pytest_addoption(parser):
         action="store_true",
         help="leave out the engine_independent tests (the PostgreSQL and MariaDB passes of scripts/test)",
     )
+    group.addoption(
+        "--engine-independent-only",
+        action="store_true",
+        help="only the engine_independent tests (scripts/test runs them beside the first engine's other tests)",
+    )
 
 
 def uses_database(item: pytest.Item) -> bool:
@@ -132,7 +137,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         left_out = (config.getoption("fast") and any(item.get_closest_marker(m) for m in FAST_EXCLUDES)) or (
             config.getoption("engine_dependent_only") and item.get_closest_marker("engine_independent")
-        )
+        ) or (config.getoption("engine_independent_only") and not item.get_closest_marker("engine_independent"))
         (drop if left_out else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

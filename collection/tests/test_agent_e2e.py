@@ -28,6 +28,13 @@ from collection.choices import Origin
 from collection.models import RejectedSample, Sample, TextSample
 from conftest import REPO, database_url_for_subprocess, service_unavailable, wait_for
 from daqbroker_agent.spool import Spool
+
+# Where these run (docs/testing.md, "Which tests run on every engine"): the subject of most tests here is
+# the agent -- its spool, retries, parsing, sources and the HTTP exchange -- and the server side of the
+# exchange (authentication, ingest, quarantine, conflicts) is tested on every engine in-process. They run
+# in the first pass only. What a database keeps when the server dies mid-request is the engine's own
+# business: that test runs on every engine.
+AGENT_SIDE = pytest.mark.engine_independent
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import DataSource
 from instruments.tests.factories import make_channel, make_instrument, make_user
@@ -247,6 +254,7 @@ def start_agent(station: Station, web: WebServer, processes, tmp_path, **setting
 # --- the issue's scenarios ------------------------------------------------------------------------------
 
 
+@AGENT_SIDE
 def test_100k_readings_made_while_the_server_is_down_all_arrive_once(station, web, processes, tmp_path):
     agent = start_agent(station, web, processes, tmp_path)
     web.stop()
@@ -275,6 +283,7 @@ def test_server_killed_mid_upload_loses_and_doubles_nothing(station, web, proces
     station.assert_exactly_once()
 
 
+@AGENT_SIDE
 def test_corrected_values_read_by_the_agent_are_reported_as_conflicts(station, web, processes, tmp_path):
     """A second file repeats the first one's times with the temperature corrected: the server keeps its
     values, quarantines the corrected ones as conflicts, and the agent counts them as conflicts."""
@@ -295,6 +304,7 @@ def test_corrected_values_read_by_the_agent_are_reported_as_conflicts(station, w
     assert (counters["uploaded"], counters["rejected"]) == (150, 0)
 
 
+@AGENT_SIDE
 def test_lines_the_agent_cannot_parse_reach_the_server_quarantine_once(station, web, processes, tmp_path):
     """Nothing read is lost: a malformed line lands in the server's Rejected samples with file and line,
     also when it was read while the server was down (and the agent restarted in between)."""
@@ -344,6 +354,7 @@ def test_lines_the_agent_cannot_parse_reach_the_server_quarantine_once(station, 
     assert station.spool().counters()["unparsed_sent"] == 3
 
 
+@AGENT_SIDE
 def test_agent_killed_mid_batch_and_restarted_loses_and_doubles_nothing(station, web, processes, tmp_path):
     agent = start_agent(station, web, processes, tmp_path, batch_size="5000")
     station.write_lines(100_000)
@@ -361,6 +372,7 @@ def test_agent_killed_mid_batch_and_restarted_loses_and_doubles_nothing(station,
         assert "sending batch" in agent.log() and "again" in agent.log()
 
 
+@AGENT_SIDE
 def test_a_revoked_token_keeps_spooling_reports_401_and_delivers_after_a_new_token(station, web, processes, tmp_path):
     agent = start_agent(station, web, processes, tmp_path)
     station.write_lines(100)
@@ -395,6 +407,7 @@ def test_a_revoked_token_keeps_spooling_reports_401_and_delivers_after_a_new_tok
     )
 
 
+@AGENT_SIDE
 def test_a_reading_from_a_serial_instrument_reaches_the_database(tmp_path, web, processes):
     """The instrument answers "R" on the controller side of a pseudo-terminal; the agent opens the other
     side as a serial port with pyserial, configured centrally as a data source."""
@@ -447,6 +460,7 @@ def test_a_reading_from_a_serial_instrument_reaches_the_database(tmp_path, web, 
         os.close(fd)
 
 
+@AGENT_SIDE
 def test_readings_from_a_modbus_device_reach_the_database_and_a_refused_register_the_quarantine(
     tmp_path, web, processes, modbus_device
 ):
@@ -483,6 +497,7 @@ def test_readings_from_a_modbus_device_reach_the_database_and_a_refused_register
     assert ("holding", 0, 3) in device.requests and ("holding", 100, 1) in device.requests
 
 
+@AGENT_SIDE
 def test_mqtt_messages_reach_the_database_through_the_agent_also_those_sent_while_it_was_down(
     tmp_path, web, processes, mqtt_broker
 ):
@@ -537,6 +552,7 @@ def test_mqtt_messages_reach_the_database_through_the_agent_also_those_sent_whil
     assert temps == {(T0 + i) * 1_000_000: i / 10 for i in range(15)}
 
 
+@AGENT_SIDE
 def test_central_configuration_changes_reach_a_running_agent(station, web, processes, tmp_path):
     agent = start_agent(station, web, processes, tmp_path)
     station.write_lines(10)
@@ -629,6 +645,7 @@ def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
 # --- node health and the raw-file archive (issue 21) -----------------------------------------------------
 
 
+@AGENT_SIDE
 def test_an_agent_reports_its_health_as_readings_and_ships_raw_files_downloaded_byte_identical(
     tmp_path, web, processes, client
 ):

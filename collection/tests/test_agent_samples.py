@@ -47,6 +47,7 @@ def poll(client, instrument: str, request_id: int, config: dict, timeout: float 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
+@pytest.mark.engine_independent  # the agent's side of the exchange; the server's runs on every engine below
 def test_an_agent_sends_the_first_lines_of_its_file_and_the_preview_parses_them(tmp_path, web, processes):  # noqa: F811
     station = Station(tmp_path)
     (station.folder / "day.dat").write_text(HEADER_CSV)
@@ -76,6 +77,7 @@ def test_an_agent_sends_the_first_lines_of_its_file_and_the_preview_parses_them(
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
+@pytest.mark.engine_independent  # the agent's side of the exchange; the server's runs on every engine below
 def test_an_agent_refuses_a_folder_outside_its_allowed_paths_and_the_page_says_why(tmp_path, web, processes):  # noqa: F811
     station = Station(tmp_path)
     secret = tmp_path / "secret"

@@ -29,6 +29,7 @@ def agent_status(agent) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.engine_independent  # the agent's spool is the subject; ingest runs on every engine elsewhere
 def test_a_spool_disk_that_fills_while_the_server_is_down_heals_without_losing_a_reading(
     station,
     web,

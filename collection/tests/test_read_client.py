@@ -26,7 +26,9 @@ from instruments.choices import ChannelKind
 from instruments.models import Run
 from instruments.tests.factories import make_channel, make_instrument, make_run_list, make_user
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+# The client is the subject (paging, retries, frames); the exports it reads are tested on every engine
+# in-process (test_export.py, test_readings_api.py), so these run in the first pass only (docs/testing.md).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.engine_independent]
 
 SECOND = 1_000_000
 T0 = datetime_to_us(datetime(2024, 5, 6, tzinfo=UTC))

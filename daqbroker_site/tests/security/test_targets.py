@@ -570,6 +570,7 @@ def api(server, token: str, method: str, path: str, body: dict) -> tuple[int, st
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
+@pytest.mark.engine_independent  # the agent's refusal; the server's target checks run on every engine in-process
 def test_agent_end_to_end_co_editor_refused_and_agent_refuses_commands(tmp_path, web, processes):  # noqa: F811
     station = Station(tmp_path)
     dave = make_user("dave", password=None)
