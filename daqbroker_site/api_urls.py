@@ -9,7 +9,13 @@ from accounts.api.agent_views import AgentConfigView, AgentHeartbeatView, AgentS
 from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesViewSet, WhoAmIView
 from collection.api.corrections import ChannelReadingsDeletionViewSet, SourceRereadViewSet
 from collection.api.preview import SerialPortsView, SourcePreviewView
-from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
+from collection.api.readings import (
+    ExportViewSet,
+    HistogramViewSet,
+    LatestViewSet,
+    SamplesViewSet,
+    StatisticsViewSet,
+)
 from collection.api.run_statistics import RunStatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
 from instruments.api.runs import RunListViewSet, RunViewSet
@@ -39,6 +45,7 @@ urlpatterns = [
         name="channel-delete-readings",
     ),
     path("samples/", SamplesViewSet.as_view({"get": "read"}), name="samples"),
+    path("histogram/", HistogramViewSet.as_view({"get": "read"}), name="histogram"),
     path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),
     path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),
     path("instruments/<slug:slug>/latest/", LatestViewSet.as_view({"get": "read"}), name="instrument-latest"),

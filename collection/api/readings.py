@@ -8,6 +8,7 @@ Plot and statistics answers are rendered with orjson, numpy arrays and all.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from accounts.api.base import ScopedGenericViewSet, instrument_or_404
 from collection.api.schema import ErrorDetail
 from collection.services import export as export_service
 from collection.services import slots
+from collection.services.histogram import MAX_BINS, MAX_TIME_BINS, channel_histogram
 from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_series
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
@@ -141,6 +143,30 @@ class StatisticsParams(RangeParams):
         if any(not 0 <= p <= 100 for p in found) or len(found) > 20:
             raise ValidationError("At most 20 percentiles, each between 0 and 100.")
         return found
+
+
+class HistogramParams(RangeParams):
+    channels = ChannelRefsField(help_text="one channel: its id or instrument-slug/channel-slug")
+    bins = serializers.IntegerField(required=False, default=50, min_value=1, max_value=MAX_BINS)
+    time_bins = serializers.IntegerField(
+        required=False, default=1, min_value=1, max_value=MAX_TIME_BINS, help_text="above 1: a histogram per time slice"
+    )
+    lo = serializers.FloatField(required=False, help_text="bottom of the first bin (default: the smallest reading)")
+    hi = serializers.FloatField(required=False, help_text="top of the last bin (default: the largest reading)")
+
+    def validate_channels(self, value: list[str]) -> list[str]:
+        if len(value) != 1:
+            raise ValidationError("A histogram is of one channel.")
+        return value
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        for name in ("lo", "hi"):
+            if name in attrs and not math.isfinite(attrs[name]):
+                raise ValidationError({name: "A finite number."})
+        if "lo" in attrs and "hi" in attrs and not attrs["hi"] > attrs["lo"]:
+            raise ValidationError({"hi": "hi must be above lo."})
+        return attrs
 
 
 class ExportParams(RunRangeMixin, serializers.Serializer):
@@ -329,6 +355,56 @@ class SamplesViewSet(ReadingsViewSet):
                 "series": [s.as_dict() for s in series],
             }
         )
+
+
+class HistogramSchema(serializers.Serializer):
+    channel = serializers.IntegerField()
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    edges = serializers.ListField(child=serializers.FloatField(), help_text="bins + 1 value edges")
+    time_edges = serializers.ListField(child=serializers.IntegerField(), help_text="time_bins + 1 edges, µs")
+    counts = serializers.JSONField(help_text="counts per bin; with time_bins > 1, one list per time slice")
+    below = serializers.IntegerField(help_text="readings under lo")
+    above = serializers.IntegerField(help_text="readings over hi")
+    total = serializers.IntegerField()
+    exact = serializers.FloatField(help_text="share of the readings counted exactly (1: all of them)")
+    # The serializer's metaclass moves declared fields out of the class: Field.source is not shadowed.
+    source = serializers.CharField(help_text="raw, or the rollup tier read")  # type: ignore[assignment]
+    elapsed_ms = serializers.FloatField()
+
+
+class HistogramViewSet(ReadingsViewSet):
+    params_class = HistogramParams
+
+    @extend_schema(
+        operation_id="channel_histogram",
+        summary="Histogram of a channel's readings over a time range, or one per time slice (a heatmap)",
+        description=(
+            "Counted on the server: from raw readings for short ranges; otherwise from the rollup tiers where a "
+            "bucket's readings fall in one bin, raw readings for the buckets that straddle bins within a budget, "
+            "and beyond it those buckets spread evenly between their min and max (see exact). Flagged readings "
+            "are not counted."
+        ),
+        parameters=[HistogramParams],
+        responses={200: HistogramSchema, **ERRORS},
+    )
+    def read(self, request):
+        params = self.params()
+        (channel,) = self.visible_channels(params["channels"])
+        started = time.perf_counter()
+        try:
+            result = channel_histogram(
+                channel.pk,
+                params["start"],
+                params["end"],
+                bins=params["bins"],
+                time_bins=params["time_bins"],
+                lo=params.get("lo"),
+                hi=params.get("hi"),
+            )
+        except ValueError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return json_response({**result.as_dict(), "elapsed_ms": (time.perf_counter() - started) * 1000})
 
 
 class StatisticsViewSet(ReadingsViewSet):

@@ -201,20 +201,28 @@
     return lasts.length ? Math.max.apply(null, lasts) / 1000 : null;
   };
 
-  // The window the state asks for, in ms.
+  // The window the state asks for, in ms. "All" runs from the first reading to the last (not to now); a
+  // relative range (the last hour, day...) that holds no reading opens on the latest such span that has
+  // data (imported history), and says so in the status line.
   Plot.prototype.window = function () {
     var now = Date.now();
     var st = this.state;
+    this.shifted = false;
     if (st.range === "custom" && st.start != null && st.end != null) return [st.start, st.end];
     if (st.range === "since" && st.start != null) return [st.start, Math.max(now, st.start + 1000)]; // following a run
+    var last = this.latest();
     if (st.range === "all") {
       var first = this.extentStart();
-      var last = Math.max(this.latest() || now, now);
-      if (first == null) return [now - RANGE_MS["1d"], now];
+      if (first == null || last == null) return [now - RANGE_MS["1d"], now];
       var pad = Math.max((last - first) * 0.01, 1000);
       return [first - pad, last + pad];
     }
-    return [now - (RANGE_MS[st.range] || RANGE_MS["1d"]), now];
+    var span = RANGE_MS[st.range] || RANGE_MS["1d"];
+    if (last != null && last < now - span && !st.live) {
+      this.shifted = true;
+      return [last - span, last + Math.max(span * 0.01, 1000)];
+    }
+    return [now - span, now];
   };
 
   Plot.prototype.setOverlay = function (text) {
@@ -323,14 +331,50 @@
     return units;
   };
 
+  // The readings of a raw answer split in two: the good ones (joined by the line) and the flagged ones
+  // (drawn as markers only: a sentinel such as -9999 is never joined to the signal).
+  function splitFlagged(s) {
+    if (!s.quality) return { good: s, flagged: null };
+    var good = { t: [], y: [] }, flagged = { t: [], y: [] };
+    for (var i = 0; i < s.t.length; i++) {
+      var into = s.quality[i] ? flagged : good;
+      into.t.push(s.t[i]); into.y.push(s.y[i]);
+    }
+    return { good: Object.assign({}, s, good, { quality: null }), flagged: flagged.t.length ? flagged : null };
+  }
+
+  // The min/max envelope as closed polygons, one per stretch without a gap (separated by nulls, drawn
+  // with fill "toself"): a band filled "tonexty" would be drawn straight across the gaps.
+  function bandPolygons(s) {
+    var x = [], y = [], seg = [];
+    function flush() {
+      if (!seg.length) return;
+      var k;
+      for (k = 0; k < seg.length; k++) { x.push(s.t[seg[k]]); y.push(s.max[seg[k]]); }
+      for (k = seg.length - 1; k >= 0; k--) { x.push(s.t[seg[k]]); y.push(s.min[seg[k]]); }
+      x.push(s.t[seg[0]]); y.push(s.max[seg[0]]);
+      x.push(null); y.push(null);
+      seg = [];
+    }
+    for (var i = 0; i < s.t.length; i++) {
+      if (s.y[i] === null || s.min[i] === null || s.max[i] === null) flush(); else seg.push(i);
+    }
+    flush();
+    return { x: x, y: y };
+  }
+  Plot.bandPolygons = bandPolygons;
+
   Plot.prototype.traces = function () {
     var info = this.byChannel(), units = this.axes(), traces = [];
     this.traceIndex = {};
+    this.extents = {};  // axis -> [min, max, smallest positive] of the lines and bands (flagged markers excluded)
+    this.flaggedAxes = {};
     var self = this;
     this.series.forEach(function (raw) {
       var meta = info[raw.channel];
       if (!meta) return;
-      var s = withGaps(raw);
+      var parts = splitFlagged(raw);
+      var s = withGaps(parts.good);
       var c = meta.facts, color = meta.color;
       var axis = units.indexOf(c.units || "");
       var yaxis = axis === 0 ? "y" : "y" + (axis + 1);
@@ -338,14 +382,14 @@
       var group = "ch" + c.id;
       var hoverUnits = c.units ? " " + plotlyText(c.units) : "";
       var index = { };
+      self.widen(yaxis, s.min || s.y);
+      if (s.max) self.widen(yaxis, s.max);
       if (s.source === "tier") {
-        index.min = traces.length;
-        traces.push({ x: walls(s.t), y: s.min, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, legendgroup: group,
-          showlegend: false, hoverinfo: "skip", type: "scatter", connectgaps: false });
-        index.max = traces.length;
-        traces.push({ x: walls(s.t), y: s.max, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, fill: "tonexty",
-          fillcolor: rgba(color, 0.18), legendgroup: group, showlegend: false, hoverinfo: "skip", type: "scatter",
-          connectgaps: false });
+        var band = bandPolygons(s);
+        index.band = traces.length;
+        traces.push({ x: walls(band.x), y: band.y, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) },
+          fill: "toself", fillcolor: rgba(color, 0.18), legendgroup: group, showlegend: false, hoverinfo: "skip",
+          type: "scatter", connectgaps: false });
       }
       index.line = traces.length;
       var few = s.t.length < 150;
@@ -354,20 +398,29 @@
         mode: few ? "lines+markers" : "lines", marker: { size: 5, color: color }, line: { width: 1.6, color: color },
         hovertemplate: (s.source === "tier" ? "mean " : "") + "%{y:.6g}" + hoverUnits + "<extra></extra>"
       });
-      if (s.quality) {
-        var fx = [], fy = [];
-        for (var i = 0; i < raw.t.length; i++) {
-          if (s.quality[i]) { fx.push(raw.t[i]); fy.push(raw.y[i]); }
-        }
-        if (fx.length) {
-          traces.push({ x: walls(fx), y: fy, yaxis: yaxis, name: plotlyText(c.name + " flagged"), legendgroup: group, type: "scatter",
-            mode: "markers", marker: { symbol: "x", size: 8, color: "#b91c1c" },
-            hovertemplate: "%{y:.6g}" + hoverUnits + " (flagged)<extra></extra>" });
-        }
+      if (parts.flagged) {
+        index.flagged = traces.length;
+        self.flaggedAxes[yaxis] = true;
+        traces.push({ x: walls(parts.flagged.t), y: parts.flagged.y, yaxis: yaxis, name: plotlyText(c.name + " flagged"),
+          legendgroup: group, type: "scatter", mode: "markers", marker: { symbol: "x", size: 8, color: "#b91c1c" },
+          hovertemplate: "%{y:.6g}" + hoverUnits + " (flagged)<extra></extra>" });
       }
       self.traceIndex[c.id] = index;
     });
     return traces;
+  };
+
+  // The range of the good readings on an axis (what the autoscale follows when flagged markers are shown).
+  Plot.prototype.widen = function (yaxis, values) {
+    var e = this.extents[yaxis] || [Infinity, -Infinity, Infinity];
+    for (var i = 0; i < values.length; i++) {
+      var v = values[i];
+      if (v === null || v === undefined || !isFinite(v)) continue;
+      if (v < e[0]) e[0] = v;
+      if (v > e[1]) e[1] = v;
+      if (v > 0 && v < e[2]) e[2] = v;
+    }
+    this.extents[yaxis] = e;
   };
 
   Plot.prototype.layout = function (range) {
@@ -388,20 +441,47 @@
     };
     this.runShapes(range, layout);
     if (!compact) layout.margin.t = 30;
+    var self = this, options = this.state.yaxes || {};
     units.forEach(function (unit, i) {
       var first = channels.filter(function (c) { return (c.units || "") === unit; })[0];
       var color = info[first.id].color;
+      var key = i === 0 ? "y" : "y" + (i + 1), opt = options[i + 1] || {};
       var axis = { title: { text: plotlyText(unit || "value"), font: { color: color } }, tickfont: { color: color }, automargin: true,
-        showgrid: i === 0, gridcolor: "#eef2f7", zeroline: false, linecolor: "#cbd5e1" };
+        showgrid: i === 0, gridcolor: "#eef2f7", zeroline: false, linecolor: "#cbd5e1", type: opt.log ? "log" : "linear",
+        // each axis picks its own round ticks (1, 2, 5 x 10^n), never the left axis's grid positions
+        tickmode: "auto", nticks: compact ? 6 : 9, exponentformat: "power" };
       if (i > 0) {
         axis.overlaying = "y";
         axis.side = i % 2 ? "right" : "left";
         if (i > 1) { axis.anchor = "free"; axis.autoshift = true; }
       }
+      // Manual limits, or (with flagged markers on this axis) the good readings' range: a -9999 sentinel
+      // never stretches the axis. Otherwise plotly's autoscale.
+      var range = (opt.min != null || opt.max != null || self.flaggedAxes[key]) ?
+        axisRange(opt.min, opt.max, self.extents[key], !!opt.log) : null;
+      if (range) { axis.range = range; axis.autorange = false; } else { axis.autorange = true; }
       layout[i === 0 ? "yaxis" : "yaxis" + (i + 1)] = axis;
     });
     return layout;
   };
+
+  // An axis range from manual limits (either may be missing) and the data's extent [min, max, smallest
+  // positive]; in log10 units for a log axis. Null when nothing sensible is known (plotly autoscales).
+  function axisRange(lo, hi, extent, log) {
+    var e = extent || [Infinity, -Infinity, Infinity];
+    var dataLo = log ? e[2] : e[0], dataHi = e[1];
+    var a = lo != null ? lo : dataLo, b = hi != null ? hi : dataHi;
+    if (!isFinite(a) || !isFinite(b)) return null;
+    if (log) {
+      if (a <= 0 || b <= 0) return null;
+      a = Math.log10(a); b = Math.log10(b);
+    }
+    var pad = (b - a) * 0.05 || Math.abs(a) * 0.05 || 1;
+    if (lo == null) a -= pad;
+    if (hi == null) b += pad;
+    return b > a ? [a, b] : null;
+  }
+  Plot.axisRange = axisRange;
 
   Plot.prototype.draw = function (range) {
     var self = this;
@@ -423,6 +503,13 @@
     });
   };
 
+  // Draw the same answer again (axis options changed: nothing to ask the server).
+  Plot.prototype.redraw = function () {
+    var self = this;
+    if (!this.view) return Promise.resolve();
+    return this.draw(this.view).then(function () { self.root.dataset.drawCount = String(++self.drawCount); });
+  };
+
   Plot.prototype.onRelayout = function (ev) {
     if (this.quiet) return;
     var start, end;
@@ -439,6 +526,7 @@
       return; // a y-only zoom needs no new readings
     }
     if (!(end > start)) return;
+    this.shifted = false;
     this.view = [start, end];
     if (this.opts.onZoom) this.opts.onZoom(start, end);
     this.schedule("zoom");
@@ -480,7 +568,7 @@
       self.ticking = false;
       if (!body) return;
       var fresh = answerSeries(body), added = 0;
-      var x = [], y = [], which = [];
+      var x = [], y = [], which = [], redraw = false;
       fresh.forEach(function (s) {
         var index = self.traceIndex && self.traceIndex[s.channel];
         var target = self.series.filter(function (o) { return o.channel === s.channel; })[0];
@@ -489,23 +577,23 @@
         if (target) {
           target.t = target.t.concat(s.t); target.y = target.y.concat(s.y);
           if (target.min) { target.min = target.min.concat(s.min || s.y); target.max = target.max.concat(s.max || s.y); }
+          if (target.quality || s.quality) {
+            target.quality = (target.quality || target.t.slice(0, target.t.length - s.t.length).map(function () { return 0; }))
+              .concat(s.quality || s.t.map(function () { return 0; }));
+          }
         } else {
           self.series.push(s);
         }
-        if (!index) return;
-        ["min", "max", "line"].forEach(function (key) {
-          if (index[key] === undefined) return;
-          x.push(walls(s.t));
-          y.push(key === "line" ? s.y : (s[key] || s.y));
-          which.push(index[key]);
-        });
+        // A band (closed polygons) or flagged markers are not extended point by point: drawn again.
+        if (!index || index.band !== undefined || index.flagged !== undefined || s.quality) { redraw = true; return; }
+        x.push(walls(s.t)); y.push(s.y); which.push(index.line);
       });
       if (!added) return;
       var span = self.view ? self.view[1] - self.view[0] : RANGE_MS["1h"];
       var end = Math.max(now, self.lastTime());
       self.view = [end - span, end];
       self.quiet = true;
-      var done = which.length ? Plotly.extendTraces(self.gd, { x: x, y: y }, which) : Promise.resolve(self.draw(self.view));
+      var done = which.length && !redraw ? Plotly.extendTraces(self.gd, { x: x, y: y }, which) : Promise.resolve(self.draw(self.view));
       Promise.resolve(done).then(function () { return Plotly.relayout(self.gd, { "xaxis.range": [wall(self.view[0]), wall(self.view[1])] }); })
         .then(function () {
           self.quiet = false;
@@ -529,6 +617,7 @@
       sources[word] = true;
     });
     if (this.view) parts.push(fmtSpan(this.view[1] - this.view[0]) + " shown");
+    if (this.shifted) parts.push("nothing in the last " + fmtSpan(this.view[1] - this.view[0]) + ": the latest readings shown");
     if (this.series.length) parts.push(fmtCount(total) + " points: " + Object.keys(sources).join(", "));
     if (this.drawnMs != null) parts.push("drawn in " + Math.round(this.drawnMs) + " ms" +
       (this.serverMs != null ? " (server " + Math.round(this.serverMs) + " ms)" : ""));
@@ -548,7 +637,8 @@
   function readState(config) {
     var q = new URLSearchParams(location.search);
     var state = { channels: config.channels.slice(), range: q.get("range") || "1d", start: null, end: null,
-      flagged: q.get("flagged") === "1", live: q.get("live") === "1" };
+      flagged: q.get("flagged") === "1", live: q.get("live") === "1", yaxes: readAxes(q),
+      kind: KINDS.indexOf(q.get("view")) >= 0 ? q.get("view") : "series" };
     if (state.range === "custom") {
       state.start = Date.parse(q.get("start") || "");
       state.end = Date.parse(q.get("end") || "");
@@ -559,6 +649,32 @@
     return state;
   }
 
+  var KINDS = ["series", "hist", "heatmap"];
+
+  // Per y axis (numbered as drawn, one per unit): "y2=log:1:1000" = log scale from 1 to 1000; either
+  // limit may be left empty ("y1=lin::50": the top fixed, the bottom from the readings).
+  function readAxes(q) {
+    var out = {};
+    for (var k = 1; k <= 12; k++) {
+      var text = q.get("y" + k);
+      if (!text) continue;
+      var parts = text.split(":"), lo = parseFloat(parts[1]), hi = parseFloat(parts[2]);
+      var axis = { log: parts[0] === "log", min: isFinite(lo) ? lo : null, max: isFinite(hi) ? hi : null };
+      if (axis.min != null && axis.max != null && !(axis.max > axis.min)) { axis.min = axis.max = null; }
+      if (axis.log || axis.min != null || axis.max != null) out[k] = axis;
+    }
+    return out;
+  }
+
+  function writeAxes(q, yaxes) {
+    Object.keys(yaxes || {}).forEach(function (k) {
+      var a = yaxes[k];
+      if (!a.log && a.min == null && a.max == null) return;
+      q.set("y" + k, (a.log ? "log" : "lin") + (a.min != null || a.max != null ?
+        ":" + (a.min != null ? a.min : "") + ":" + (a.max != null ? a.max : "") : ""));
+    });
+  }
+
   function writeState(state, push) {
     var q = new URLSearchParams();
     if (state.channels.length) q.set("c", state.channels.map(function (c) { return c.id; }).join(","));
@@ -566,6 +682,8 @@
     if (state.range === "custom") { q.set("start", isoUtc(state.start)); q.set("end", isoUtc(state.end)); }
     if (state.flagged) q.set("flagged", "1");
     if (state.live) q.set("live", "1");
+    if (state.kind && state.kind !== "series") q.set("view", state.kind);
+    writeAxes(q, state.yaxes);
     var url = location.pathname + "?" + q.toString().replace(/%2C/g, ",");
     if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
   }
@@ -633,6 +751,59 @@
       state.range = "custom"; state.start = start; state.end = end;
       reload(true);
     });
+    // The "Y axes" menu: log scale and limits per axis (one axis per unit), kept in the link.
+    var axesPanel = document.getElementById("yaxes-panel");
+    function renderAxes() {
+      axesPanel.innerHTML = "";
+      var units = plot.axes();
+      if (!units.length) { axesPanel.textContent = "Choose channels first."; return; }
+      units.forEach(function (unit, i) {
+        var k = i + 1, opt = state.yaxes[k] || {};
+        var row = document.createElement("fieldset");
+        row.className = "yaxis-row"; row.dataset.axis = String(k);
+        var legend = document.createElement("legend"); legend.textContent = "Axis " + k + ": " + (unit || "no unit");
+        var log = document.createElement("label"); log.className = "checkbox small";
+        var box = document.createElement("input"); box.type = "checkbox"; box.name = "log"; box.checked = !!opt.log;
+        log.appendChild(box); log.appendChild(document.createTextNode(" Log scale"));
+        row.appendChild(legend); row.appendChild(log);
+        ["min", "max"].forEach(function (which) {
+          var label = document.createElement("label"); label.className = "small";
+          var input = document.createElement("input"); input.type = "number"; input.step = "any"; input.name = which;
+          input.placeholder = "auto"; input.size = 8; input.value = opt[which] != null ? String(opt[which]) : "";
+          input.setAttribute("aria-label", "Axis " + k + " " + which);
+          label.appendChild(document.createTextNode(which === "min" ? "from " : " to "));
+          label.appendChild(input);
+          row.appendChild(label);
+        });
+        axesPanel.appendChild(row);
+      });
+      var apply = document.createElement("button"); apply.type = "button"; apply.className = "btn btn-primary btn-small";
+      apply.id = "yaxes-apply"; apply.textContent = "Apply";
+      var reset = document.createElement("button"); reset.type = "button"; reset.className = "btn btn-small";
+      reset.textContent = "All automatic";
+      var error = document.createElement("p"); error.className = "small error"; error.id = "yaxes-error";
+      apply.addEventListener("click", function () {
+        var next = {}, problem = "";
+        axesPanel.querySelectorAll(".yaxis-row").forEach(function (row) {
+          var lo = row.querySelector("[name=min]").value, hi = row.querySelector("[name=max]").value;
+          var axis = { log: row.querySelector("[name=log]").checked, min: lo === "" ? null : Number(lo), max: hi === "" ? null : Number(hi) };
+          if (axis.min != null && axis.max != null && !(axis.max > axis.min)) problem = "Axis " + row.dataset.axis + ": the top must be above the bottom.";
+          if (axis.log && ((axis.min != null && axis.min <= 0) || (axis.max != null && axis.max <= 0))) problem = "Axis " + row.dataset.axis + ": a log scale's limits are above 0.";
+          next[row.dataset.axis] = axis;
+        });
+        error.textContent = problem;
+        if (problem) return;
+        state.yaxes = next; plot.state = state; writeState(state); plot.redraw();
+      });
+      reset.addEventListener("click", function () { state.yaxes = {}; writeState(state); renderAxes(); plot.redraw(); });
+      axesPanel.appendChild(error); axesPanel.appendChild(apply); axesPanel.appendChild(reset);
+    }
+    document.getElementById("yaxes-menu").addEventListener("toggle", renderAxes);
+
+    var kindSelect = document.getElementById("view-kind");
+    kindSelect.value = state.kind;
+    kindSelect.addEventListener("change", function () { state.kind = kindSelect.value; plot.state = state; writeState(state, true); plot.load("kind").then(syncControls); });
+
     flaggedToggle.addEventListener("change", function () { state.flagged = flaggedToggle.checked; plot.state = state; writeState(state); plot.load("flagged").then(syncControls); });
     liveToggle.addEventListener("change", function () {
       state.live = liveToggle.checked;

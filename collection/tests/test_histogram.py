@@ -1,0 +1,100 @@
+"""``/api/v1/histogram/``: histograms and time-sliced histograms (heatmaps) counted on the server, checked
+against numpy's own histogram of the readings the test wrote (every persona: the permission matrix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from collection.services import histogram
+from collection.tests.readings import SECOND, T0, ingest, refresh_all
+
+pytestmark = pytest.mark.django_db
+
+DAY = 86400 * SECOND
+TEMP = "alpha-station/alpha-station-temp"
+
+
+@pytest.fixture
+def readings(world, django_capture_on_commit_callbacks):
+    """A day of readings every 10 s (a slow wave and noise), one -9999 sentinel flagged out of range."""
+    channel = world.alpha_channel
+    channel.valid_min = -1000
+    channel.save()
+    ts = T0 + np.arange(0, 86400, 10) * SECOND
+    rng = np.random.default_rng(3)
+    values = 20 + 5 * np.sin(np.arange(len(ts)) / 900) + rng.normal(0, 0.3, len(ts))
+    values[777] = -9999.0
+    ingest(django_capture_on_commit_callbacks, channel.pk, ts, values)
+    refresh_all()
+    good = np.ones(len(ts), dtype=bool)
+    good[777] = False
+    return ts[good], values[good]
+
+
+def get(persona, **query):
+    return persona.client.get("/api/v1/histogram/", {"channels": TEMP, "start": T0, "end": T0 + DAY, **query})
+
+
+def test_a_short_range_is_counted_from_every_reading_and_leaves_flagged_readings_out(owner, readings):
+    ts, values = readings
+    body = get(owner, bins=40).json()
+    counts, edges = np.histogram(values, bins=40)
+    assert body["source"] == "raw" and body["exact"] == 1.0
+    assert body["counts"] == counts.tolist() and np.allclose(body["edges"], edges)
+    assert body["total"] == len(values) == sum(body["counts"])
+    assert body["below"] == body["above"] == 0
+
+
+def test_the_tiers_give_the_exact_histogram_when_straddling_buckets_fit_the_raw_budget(owner, readings, monkeypatch):
+    ts, values = readings
+    monkeypatch.setattr(histogram, "RAW_WHOLE", 100)  # as if the range were long: the tier path
+    body = get(owner, bins=30, time_bins=24).json()
+    expected, _, _ = np.histogram2d(ts, values, bins=[np.linspace(T0, T0 + DAY, 25), np.array(body["edges"])])
+    assert body["source"] != "raw" and body["exact"] == 1.0
+    assert body["edges"][0] == values.min() and body["edges"][-1] == values.max()
+    assert np.array(body["counts"]).tolist() == expected.astype(int).tolist()
+    assert len(body["time_edges"]) == 25
+
+
+def test_beyond_the_raw_budget_straddling_buckets_are_spread_and_the_answer_says_how_exact(owner, readings, monkeypatch):
+    ts, values = readings
+    monkeypatch.setattr(histogram, "RAW_WHOLE", 100)
+    monkeypatch.setattr(histogram, "RAW_BUDGET", 0)
+    monkeypatch.setattr(histogram, "MAX_BUCKETS", 200)  # ten-minute buckets, most spanning several bins
+    body = get(owner, bins=20).json()
+    truth, _ = np.histogram(values, bins=np.array(body["edges"]))
+    assert body["exact"] < 1 and body["total"] == len(values)
+    assert abs(sum(body["counts"]) - len(values)) <= 20  # each bin rounded
+    # spread evenly within each bucket's min..max: close to the truth, not equal to it
+    assert np.abs(np.array(body["counts"]) - truth).sum() < 0.1 * len(values)
+
+
+def test_given_limits_count_the_readings_outside_them_below_and_above(owner, readings):
+    ts, values = readings
+    body = get(owner, bins=10, lo=18, hi=22).json()
+    counts, _ = np.histogram(values, bins=np.linspace(18, 22, 11))
+    assert body["counts"] == counts.tolist()
+    assert body["below"] == int((values < 18).sum()) and body["above"] == int((values > 22).sum())
+
+
+def test_an_empty_range_answers_zero_counts(owner, readings):
+    body = get(owner, start=T0 - 2 * DAY, end=T0 - DAY).json()
+    assert body["total"] == 0 and sum(body["counts"]) == 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"bins": 0},
+        {"bins": 100_000},
+        {"time_bins": 10_000},
+        {"lo": 5, "hi": 5},
+        {"lo": "nan"},
+        {"channels": f"{TEMP},{TEMP.replace('temp', 'humidity')}"},
+        {"start": T0 + DAY, "end": T0},
+    ],
+)
+def test_bad_parameters_answer_400_naming_the_problem(owner, readings, query):
+    response = get(owner, **query)
+    assert response.status_code == 400, response.content
