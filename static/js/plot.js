@@ -17,7 +17,7 @@
   var RECENT_KEY = "daqbroker.recentChannels";  // the channels this browser plotted lately (ids, newest first)
   var MIN_POINTS = 100, MAX_POINTS = 4000;
 
-  // plotly.js (the 1.2 MB basic bundle) is loaded with "defer": the first readings are asked for while it is still being
+  // plotly.js (the 1.5 MB cartesian bundle: scatter, bar, histogram, heatmap) is loaded with "defer": the first readings are asked for while it is still being
   // parsed, and drawing waits for it.
   var plotlyReady = new Promise(function (resolve) {
     if (window.Plotly) { resolve(); return; }
