@@ -172,6 +172,7 @@ class PlotView(PageMixin, TemplateView):
             plot_config={
                 "channels": [channel_facts(c, first.get(c.pk)) for c in selected],
                 "samplesUrl": reverse("api:samples"),
+                "histogramUrl": reverse("api:histogram"),
                 "exportUrl": reverse("api:export"),
                 "searchUrl": reverse("collection:plot-channels"),
                 "instrument": slug,

@@ -242,6 +242,7 @@
         self.root.dataset.drawCount = String(++self.drawCount);
       });
     }
+    if (this.state.kind === "hist" || this.state.kind === "heatmap") return this.loadHistogram(range, reason);
     var seq = ++this.seq;
     var url = samplesUrl(this.opts.samplesUrl, this.state.channels, range[0], range[1], this.points(), this.state.flagged);
     var started = performance.now();
@@ -285,6 +286,81 @@
         self.root.dataset.loading = "";
         self.setOverlay("Could not load the readings: " + error.message);
       });
+  };
+
+  // --- histograms: counted by the server (/api/v1/histogram/), of the first channel chosen -----------
+
+  Plot.prototype.loadHistogram = function (range, reason) {
+    var self = this, seq = ++this.seq, channel = this.state.channels[0];
+    var opt = (this.state.yaxes || {})[1] || {};
+    var q = new URLSearchParams();
+    q.set("channels", String(channel.id));
+    q.set("start", String(Math.floor(range[0] * 1000)));
+    q.set("end", String(Math.ceil(range[1] * 1000)));
+    q.set("bins", this.state.kind === "heatmap" ? "60" : "80");
+    if (this.state.kind === "heatmap") q.set("time_bins", String(Math.max(10, Math.min(200, Math.round(this.points() / 6)))));
+    if (opt.min != null) q.set("lo", String(opt.min));
+    if (opt.max != null) q.set("hi", String(opt.max));
+    var started = performance.now();
+    this.root.dataset.loading = "1";
+    this.requests.push({ url: this.opts.histogramUrl + "?" + q.toString(), reason: reason, at: Date.now() });
+    return fetch(this.opts.histogramUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) throw new Error(body.detail || JSON.stringify(body));
+          return body;
+        });
+      })
+      .then(function (body) {
+        if (seq !== self.seq) return;
+        self.histogram = body; self.series = [];
+        self.serverMs = body.elapsed_ms;
+        return plotlyReady.then(function () { return self.draw(range); });
+      })
+      .then(function () {
+        if (seq !== self.seq) return;
+        self.drawnMs = performance.now() - started;
+        self.drawCount += 1;
+        self.root.dataset.drawCount = String(self.drawCount);
+        self.root.dataset.loading = "";
+        self.root.dataset.lastReason = reason;
+        self.renderStatus();
+      })
+      .catch(function (error) {
+        if (seq !== self.seq) return;
+        self.root.dataset.loading = "";
+        self.setOverlay("Could not count the readings: " + error.message);
+      });
+  };
+
+  Plot.prototype.histogramFigure = function (range) {
+    var h = this.histogram, c = this.state.channels[0], opt = (this.state.yaxes || {})[1] || {};
+    var unit = c.units ? " " + plotlyText(c.units) : "";
+    var centres = [];
+    for (var i = 0; i + 1 < h.edges.length; i++) centres.push((h.edges[i] + h.edges[i + 1]) / 2);
+    var compact = this.root.clientWidth < 640;
+    var layout = {
+      margin: { l: 60, r: 20, t: compact ? 10 : 30, b: 50 }, bargap: 0.02,
+      font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#1e293b" },
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff", dragmode: "zoom", uirevision: "keep", showlegend: false,
+      annotations: [], shapes: []
+    };
+    var valueTitle = { text: plotlyText(c.name + (c.units ? " (" + c.units + ")" : "")) };
+    if (this.state.kind === "heatmap") {
+      var times = [];
+      for (var k = 0; k + 1 < h.time_edges.length; k++) times.push(wall((h.time_edges[k] + h.time_edges[k + 1]) / 2000));
+      var z = centres.map(function (_, v) { return h.counts.map(function (row) { return row[v] || null; }); });
+      layout.xaxis = { type: "date", range: [wall(range[0]), wall(range[1])], autorange: false, gridcolor: "#eef2f7",
+        title: { text: compact ? "" : plotlyText(zone.name.replace(/_/g, " ")), font: { size: 11, color: "#64748b" } } };
+      layout.yaxis = { title: valueTitle, gridcolor: "#eef2f7", zeroline: false };
+      return { layout: layout, traces: [{ type: "heatmap", x: times, y: centres, z: z, colorscale: "Viridis",
+        colorbar: { title: { text: "readings" }, thickness: 12 }, hoverongaps: false,
+        hovertemplate: "%{y:.6g}" + unit + ": %{z} readings<extra></extra>" }] };
+    }
+    layout.xaxis = { title: valueTitle, gridcolor: "#eef2f7", zeroline: false };
+    layout.yaxis = { title: { text: "readings" }, type: opt.log ? "log" : "linear", gridcolor: "#eef2f7", rangemode: "tozero" };
+    return { layout: layout, traces: [{ type: "bar", x: centres, y: h.counts, width: (h.edges[1] - h.edges[0]) * 0.98,
+      marker: { color: COLORS[0] }, hovertemplate: "%{x:.6g}" + unit + ": %{y} readings<extra></extra>" }] };
   };
 
   // Runs of the run lists that concern the plotted instruments, drawn as labelled bands (docs/runs.md).
@@ -486,11 +562,17 @@
   Plot.prototype.draw = function (range) {
     var self = this;
     this.view = range;
-    var traces = this.traces();
-    var empty = !traces.some(function (t) { return t.x && t.x.length; });
+    var traces, layout, empty;
+    if ((this.state.kind === "hist" || this.state.kind === "heatmap") && this.histogram && this.state.channels.length) {
+      var figure = this.histogramFigure(range);
+      traces = figure.traces; layout = figure.layout; empty = !this.histogram.total;
+    } else {
+      traces = this.traces(); layout = this.layout(range);
+      empty = !traces.some(function (t) { return t.x && t.x.length; });
+    }
     this.setOverlay(this.state.channels.length && empty ? "No readings in this range." : "");
     this.quiet = true;
-    var result = Plotly.react(this.gd, traces, this.layout(range), {
+    var result = Plotly.react(this.gd, traces, layout, {
       responsive: true, displaylogo: false, scrollZoom: true, showTips: false,
       modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toImage"]
     });
@@ -511,7 +593,7 @@
   };
 
   Plot.prototype.onRelayout = function (ev) {
-    if (this.quiet) return;
+    if (this.quiet || this.state.kind === "hist") return; // a histogram's x axis is values, not time
     var start, end;
     if (ev["xaxis.range[0]"] !== undefined) {
       start = parseAxisTime(ev["xaxis.range[0]"]); end = parseAxisTime(ev["xaxis.range[1]"]);
@@ -617,6 +699,13 @@
       sources[word] = true;
     });
     if (this.view) parts.push(fmtSpan(this.view[1] - this.view[0]) + " shown");
+    var h = this.histogram;
+    if (h && (this.state.kind === "hist" || this.state.kind === "heatmap")) {
+      parts.push("histogram of " + this.state.channels[0].name + ": " + fmtCount(h.total) + " readings" +
+        (h.below || h.above ? " (" + fmtCount(h.below) + " below, " + fmtCount(h.above) + " above the limits)" : ""));
+      parts.push(h.source === "raw" ? "counted from every reading" : "counted from the " + h.source + " tier" +
+        (h.exact < 1 ? ", " + Math.round(h.exact * 100) + "% exactly (the rest spread within each bucket's min..max)" : ", exactly"));
+    }
     if (this.shifted) parts.push("nothing in the last " + fmtSpan(this.view[1] - this.view[0]) + ": the latest readings shown");
     if (this.series.length) parts.push(fmtCount(total) + " points: " + Object.keys(sources).join(", "));
     if (this.drawnMs != null) parts.push("drawn in " + Math.round(this.drawnMs) + " ms" +
@@ -684,7 +773,7 @@
     if (state.live) q.set("live", "1");
     if (state.kind && state.kind !== "series") q.set("view", state.kind);
     writeAxes(q, state.yaxes);
-    var url = location.pathname + "?" + q.toString().replace(/%2C/g, ",");
+    var url = location.pathname + "?" + q.toString().replace(/%2C/g, ",").replace(/%3A/g, ":");
     if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
   }
 
@@ -693,7 +782,7 @@
     var state = readState(config);
     var root = document.getElementById("main-plot");
     var plot = new Plot(root, {
-      state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl,
+      state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl, histogramUrl: config.histogramUrl,
       onZoom: function (start, end) {
         state.range = "custom"; state.start = start; state.end = end; writeState(state); syncControls();
       },
@@ -793,9 +882,14 @@
         });
         error.textContent = problem;
         if (problem) return;
-        state.yaxes = next; plot.state = state; writeState(state); plot.redraw();
+        state.yaxes = next; plot.state = state; writeState(state);
+        document.getElementById("yaxes-menu").open = false;
+        if (state.kind === "series") plot.redraw(); else plot.load("axes");  // a histogram's limits are its bins
       });
-      reset.addEventListener("click", function () { state.yaxes = {}; writeState(state); renderAxes(); plot.redraw(); });
+      reset.addEventListener("click", function () {
+        state.yaxes = {}; writeState(state); renderAxes();
+        if (state.kind === "series") plot.redraw(); else plot.load("axes");
+      });
       axesPanel.appendChild(error); axesPanel.appendChild(apply); axesPanel.appendChild(reset);
     }
     document.getElementById("yaxes-menu").addEventListener("toggle", renderAxes);
