@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -32,7 +33,7 @@ from collection.services.histogram import MAX_BINS, MAX_TIME_BINS, channel_histo
 from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_series
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
-from instruments import runs
+from instruments import runs, units
 from instruments.models import Channel
 
 MAX_CHANNELS = 100
@@ -123,12 +124,34 @@ class RangeParams(RunRangeMixin, serializers.Serializer):
         return {**attrs, "start": start, "end": end}
 
 
+class ConvertField(serializers.CharField):
+    """``<channel id>:<unit>,...``: show those channels' values in another unit of the same kind."""
+
+    def to_internal_value(self, data) -> dict[int, str]:  # type: ignore[override]  # parsed into a dict
+        out: dict[int, str] = {}
+        for part in super().to_internal_value(data).split(","):
+            if not part.strip():
+                continue
+            ref, _, unit = part.partition(":")
+            if not ref.strip().isdigit() or len(ref.strip()) > 18 or not unit.strip() or len(unit) > 40:
+                raise ValidationError(f"{part!r}: write a channel id, a colon and a unit (3:degF).")
+            out[int(ref)] = unit.strip()
+        return out
+
+
 class SamplesParams(RangeParams):
     max_points = serializers.IntegerField(
         required=False, default=DEFAULT_MAX_POINTS, min_value=2, max_value=MAX_POINTS_LIMIT
     )
     include_flagged = serializers.BooleanField(
         required=False, default=False, help_text="raw and lttb answers also hold flagged readings, with quality"
+    )
+    convert = ConvertField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=2000,
+        help_text="show channels in other units: <channel id>:<unit>,... (3:degF,4:mbar); pint converts",
     )
 
 
@@ -323,6 +346,22 @@ class ReadingsViewSet(ScopedGenericViewSet):
         return list(dict.fromkeys(by_ref[ref] for ref in refs))
 
 
+def display_converters(channels: list[Channel], wanted: dict[int, str]) -> dict[int, tuple[str, Callable]]:
+    """channel id -> (unit, conversion) for the channels ``convert`` names; a 400 naming the problem for a
+    channel not in the request, a unit pint does not know, or one of another kind (degC in hPa)."""
+    by_id = {c.pk: c for c in channels}
+    out: dict[int, tuple[str, Callable]] = {}
+    for pk, unit in wanted.items():
+        channel = by_id.get(pk)
+        if channel is None:
+            raise ValidationError({"convert": f"channel {pk} is not one of the channels asked for"})
+        try:
+            out[pk] = (unit, units.converter(channel.units, unit))
+        except ValueError as exc:
+            raise ValidationError({"convert": f"{channel.name}: {exc}"}) from None
+    return out
+
+
 class SamplesViewSet(ReadingsViewSet):
     params_class = SamplesParams
 
@@ -340,6 +379,7 @@ class SamplesViewSet(ReadingsViewSet):
     def read(self, request):
         params = self.params()
         channels = self.visible_channels(params["channels"])
+        converters = display_converters(channels, params["convert"] or {})
         series = query_series(
             [c.pk for c in channels],
             params["start"],
@@ -347,12 +387,22 @@ class SamplesViewSet(ReadingsViewSet):
             params["max_points"],
             include_flagged=params["include_flagged"],
         )
+        answers = []
+        for s in series:
+            answer = s.as_dict()
+            if s.channel_id in converters:
+                unit, convert = converters[s.channel_id]
+                for key in ("value", "mean", "min", "max"):
+                    if answer.get(key) is not None:
+                        answer[key] = convert(answer[key])
+                answer["units"] = unit
+            answers.append(answer)
         return json_response(
             {
                 "start": params["start"],
                 "end": params["end"],
                 "max_points": params["max_points"],
-                "series": [s.as_dict() for s in series],
+                "series": answers,
             }
         )
 

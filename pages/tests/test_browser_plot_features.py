@@ -77,7 +77,10 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
         "() => DAQPlot.Plot.bandPolygons({t: [0, 1, 2, 10, 11], y: [1, 2, null, 4, 5], min: [0, 1, null, 3, 4],"
         " max: [2, 3, null, 5, 6]})"
     )
-    assert band == {"x": [0, 1, 1, 0, 0, None, 10, 11, 11, 10, 10, None], "y": [2, 3, 1, 0, 2, None, 5, 6, 4, 3, 5, None]}
+    assert band == {
+        "x": [0, 1, 1, 0, 0, None, 10, 11, 11, 10, 10, None],
+        "y": [2, 3, 1, 0, 2, None, 5, 6, 4, 3, 5, None],
+    }
 
     # Log scale and limits for the axis, kept in the link (and there after a reload).
     page.locator("#yaxes-menu summary").click()

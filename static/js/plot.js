@@ -100,8 +100,9 @@
 
   // --- the API ------------------------------------------------------------------------------------
 
-  function samplesUrl(base, channels, startMs, endMs, points, flagged) {
+  function samplesUrl(base, channels, startMs, endMs, points, flagged, convert) {
     var q = new URLSearchParams();
+    if (convert) q.set("convert", convert);
     q.set("channels", channels.map(function (c) { return c.id; }).join(","));
     q.set("start", String(Math.floor(startMs * 1000)));
     q.set("end", String(Math.ceil(endMs * 1000)));
@@ -244,7 +245,8 @@
     }
     if (this.state.kind === "hist" || this.state.kind === "heatmap") return this.loadHistogram(range, reason);
     var seq = ++this.seq;
-    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, range[0], range[1], this.points(), this.state.flagged);
+    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, range[0], range[1], this.points(), this.state.flagged,
+      this.convertParam());
     var started = performance.now();
     this.root.dataset.loading = "1";
     this.requests.push({ url: url, reason: reason, at: Date.now() });
@@ -440,6 +442,18 @@
   }
   Plot.bandPolygons = bandPolygons;
 
+  // The unit a channel is shown in: its axis's "show in" choice, else its own (the server converts).
+  Plot.prototype.displayUnit = function (c) {
+    var k = this.axes().indexOf(c.units || "") + 1, opt = (this.state.yaxes || {})[k];
+    return opt && opt.unit ? opt.unit : (c.units || "");
+  };
+
+  Plot.prototype.convertParam = function () {
+    var self = this;
+    return this.state.channels.filter(function (c) { return c.units && self.displayUnit(c) !== c.units; })
+      .map(function (c) { return c.id + ":" + self.displayUnit(c); }).join(",");
+  };
+
   Plot.prototype.traces = function () {
     var info = this.byChannel(), units = this.axes(), traces = [];
     this.traceIndex = {};
@@ -454,9 +468,10 @@
       var c = meta.facts, color = meta.color;
       var axis = units.indexOf(c.units || "");
       var yaxis = axis === 0 ? "y" : "y" + (axis + 1);
-      var name = plotlyText(c.name + (c.units ? " (" + c.units + ")" : ""));
+      var shown = self.displayUnit(c);
+      var name = plotlyText(c.name + (shown ? " (" + shown + ")" : ""));
       var group = "ch" + c.id;
-      var hoverUnits = c.units ? " " + plotlyText(c.units) : "";
+      var hoverUnits = shown ? " " + plotlyText(shown) : "";
       var index = { };
       self.widen(yaxis, s.min || s.y);
       if (s.max) self.widen(yaxis, s.max);
@@ -522,7 +537,7 @@
       var first = channels.filter(function (c) { return (c.units || "") === unit; })[0];
       var color = info[first.id].color;
       var key = i === 0 ? "y" : "y" + (i + 1), opt = options[i + 1] || {};
-      var axis = { title: { text: plotlyText(unit || "value"), font: { color: color } }, tickfont: { color: color }, automargin: true,
+      var axis = { title: { text: plotlyText(opt.unit || unit || "value"), font: { color: color } }, tickfont: { color: color }, automargin: true,
         showgrid: i === 0, gridcolor: "#eef2f7", zeroline: false, linecolor: "#cbd5e1", type: opt.log ? "log" : "linear",
         // each axis picks its own round ticks (1, 2, 5 x 10^n), never the left axis's grid positions
         tickmode: "auto", nticks: compact ? 6 : 9, exponentformat: "power" };
@@ -644,7 +659,7 @@
     var now = Date.now();
     var since = this.lastTime();
     var from = since === null ? (this.view ? this.view[0] : now - 3600e3) : since + 0.001;
-    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, from, now + 1000, 2000, this.state.flagged);
+    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, from, now + 1000, 2000, this.state.flagged, this.convertParam());
     this.ticking = true;
     fetch(url, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; }).then(function (body) {
       self.ticking = false;
@@ -748,9 +763,10 @@
       var text = q.get("y" + k);
       if (!text) continue;
       var parts = text.split(":"), lo = parseFloat(parts[1]), hi = parseFloat(parts[2]);
-      var axis = { log: parts[0] === "log", min: isFinite(lo) ? lo : null, max: isFinite(hi) ? hi : null };
+      var unit = /^[\w\/^%. -]{1,40}$/.test(parts[3] || "") ? parts[3] : null;
+      var axis = { log: parts[0] === "log", min: isFinite(lo) ? lo : null, max: isFinite(hi) ? hi : null, unit: unit };
       if (axis.min != null && axis.max != null && !(axis.max > axis.min)) { axis.min = axis.max = null; }
-      if (axis.log || axis.min != null || axis.max != null) out[k] = axis;
+      if (axis.log || axis.min != null || axis.max != null || axis.unit) out[k] = axis;
     }
     return out;
   }
@@ -758,9 +774,9 @@
   function writeAxes(q, yaxes) {
     Object.keys(yaxes || {}).forEach(function (k) {
       var a = yaxes[k];
-      if (!a.log && a.min == null && a.max == null) return;
-      q.set("y" + k, (a.log ? "log" : "lin") + (a.min != null || a.max != null ?
-        ":" + (a.min != null ? a.min : "") + ":" + (a.max != null ? a.max : "") : ""));
+      if (!a.log && a.min == null && a.max == null && !a.unit) return;
+      q.set("y" + k, (a.log ? "log" : "lin") + (a.min != null || a.max != null || a.unit ?
+        ":" + (a.min != null ? a.min : "") + ":" + (a.max != null ? a.max : "") : "") + (a.unit ? ":" + a.unit : ""));
     });
   }
 
@@ -864,6 +880,19 @@
           label.appendChild(input);
           row.appendChild(label);
         });
+        var choices = [];
+        state.channels.forEach(function (c) { if ((c.units || "") === unit && c.unitChoices && c.unitChoices.length > choices.length) choices = c.unitChoices; });
+        if (choices.length > 1) {
+          var showIn = document.createElement("label"); showIn.className = "small";
+          var pick = document.createElement("select"); pick.name = "unit";
+          pick.setAttribute("aria-label", "Axis " + k + " shown in");
+          [unit].concat(choices.filter(function (u) { return u !== unit; })).forEach(function (u) {
+            var option = document.createElement("option"); option.value = u; option.textContent = u; pick.appendChild(option);
+          });
+          pick.value = opt.unit || unit;
+          showIn.appendChild(document.createTextNode("shown in ")); showIn.appendChild(pick);
+          row.appendChild(showIn);
+        }
         axesPanel.appendChild(row);
       });
       var apply = document.createElement("button"); apply.type = "button"; apply.className = "btn btn-primary btn-small";
@@ -875,7 +904,9 @@
         var next = {}, problem = "";
         axesPanel.querySelectorAll(".yaxis-row").forEach(function (row) {
           var lo = row.querySelector("[name=min]").value, hi = row.querySelector("[name=max]").value;
-          var axis = { log: row.querySelector("[name=log]").checked, min: lo === "" ? null : Number(lo), max: hi === "" ? null : Number(hi) };
+          var pick = row.querySelector("[name=unit]"), own = plot.axes()[Number(row.dataset.axis) - 1];
+          var axis = { log: row.querySelector("[name=log]").checked, min: lo === "" ? null : Number(lo), max: hi === "" ? null : Number(hi),
+            unit: pick && pick.value !== own ? pick.value : null };
           if (axis.min != null && axis.max != null && !(axis.max > axis.min)) problem = "Axis " + row.dataset.axis + ": the top must be above the bottom.";
           if (axis.log && ((axis.min != null && axis.min <= 0) || (axis.max != null && axis.max <= 0))) problem = "Axis " + row.dataset.axis + ": a log scale's limits are above 0.";
           next[row.dataset.axis] = axis;
@@ -884,11 +915,11 @@
         if (problem) return;
         state.yaxes = next; plot.state = state; writeState(state);
         document.getElementById("yaxes-menu").open = false;
-        if (state.kind === "series") plot.redraw(); else plot.load("axes");  // a histogram's limits are its bins
+        plot.load("axes");  // new limits may need no new readings, but a new unit does: ask again
       });
       reset.addEventListener("click", function () {
         state.yaxes = {}; writeState(state); renderAxes();
-        if (state.kind === "series") plot.redraw(); else plot.load("axes");
+        plot.load("axes");
       });
       axesPanel.appendChild(error); axesPanel.appendChild(apply); axesPanel.appendChild(reset);
     }

@@ -1,5 +1,6 @@
-"""``/api/v1/histogram/``: histograms and time-sliced histograms (heatmaps) counted on the server, checked
-against numpy's own histogram of the readings the test wrote (every persona: the permission matrix)."""
+"""What the plot page asks beyond readings: ``/api/v1/histogram/`` (histograms and time-sliced histograms
+counted on the server, checked against numpy's own histogram of the readings the test wrote) and unit
+conversion on display (``convert`` on ``/api/v1/samples/``). Every persona: the permission matrix."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def get(persona, **query):
 
 
 def test_a_short_range_is_counted_from_every_reading_and_leaves_flagged_readings_out(owner, readings):
-    ts, values = readings
+    _ts, values = readings
     body = get(owner, bins=40).json()
     counts, edges = np.histogram(values, bins=40)
     assert body["source"] == "raw" and body["exact"] == 1.0
@@ -57,8 +58,10 @@ def test_the_tiers_give_the_exact_histogram_when_straddling_buckets_fit_the_raw_
     assert len(body["time_edges"]) == 25
 
 
-def test_beyond_the_raw_budget_straddling_buckets_are_spread_and_the_answer_says_how_exact(owner, readings, monkeypatch):
-    ts, values = readings
+def test_beyond_the_raw_budget_straddling_buckets_are_spread_and_the_answer_says_how_exact(
+    owner, readings, monkeypatch
+):
+    _ts, values = readings
     monkeypatch.setattr(histogram, "RAW_WHOLE", 100)
     monkeypatch.setattr(histogram, "RAW_BUDGET", 0)
     monkeypatch.setattr(histogram, "MAX_BUCKETS", 200)  # ten-minute buckets, most spanning several bins
@@ -71,7 +74,7 @@ def test_beyond_the_raw_budget_straddling_buckets_are_spread_and_the_answer_says
 
 
 def test_given_limits_count_the_readings_outside_them_below_and_above(owner, readings):
-    ts, values = readings
+    _ts, values = readings
     body = get(owner, bins=10, lo=18, hi=22).json()
     counts, _ = np.histogram(values, bins=np.linspace(18, 22, 11))
     assert body["counts"] == counts.tolist()
@@ -98,3 +101,38 @@ def test_an_empty_range_answers_zero_counts(owner, readings):
 def test_bad_parameters_answer_400_naming_the_problem(owner, readings, query):
     response = get(owner, **query)
     assert response.status_code == 400, response.content
+
+
+def samples(persona, **query):
+    return persona.client.get("/api/v1/samples/", {"channels": TEMP, "start": T0, "end": T0 + DAY, **query})
+
+
+def test_values_are_converted_to_the_unit_asked_for_raw_and_tier_answers_alike(owner, world, readings):
+    world.alpha_channel.units = "degC"
+    world.alpha_channel.save()
+    _ts, values = readings
+    pk = world.alpha_channel.pk
+    raw = samples(owner, end=T0 + 100 * 10 * SECOND, convert=f"{pk}:degF").json()["series"][0]
+    assert raw["source"] == "raw" and raw["units"] == "degF"
+    assert raw["value"] == pytest.approx((values[:100] * 9 / 5 + 32).tolist())
+    tier = samples(owner, max_points=100, convert=f"{pk}:K").json()["series"][0]
+    plain = samples(owner, max_points=100).json()["series"][0]
+    assert tier["source"] == "tier" and tier["units"] == "K" and "units" not in plain
+    for key in ("mean", "min", "max"):
+        assert tier[key] == pytest.approx([v + 273.15 for v in plain[key]])
+
+
+@pytest.mark.parametrize(
+    ("convert", "problem"),
+    [
+        ("{pk}:hPa", "measure different things"),
+        ("{pk}:furlongs per bogus", "not a unit"),
+        ("999999:degF", "not one of the channels"),
+        ("degF", "channel id, a colon and a unit"),
+    ],
+)
+def test_a_conversion_that_cannot_be_made_answers_400_saying_why(owner, world, readings, convert, problem):
+    world.alpha_channel.units = "degC"
+    world.alpha_channel.save()
+    response = samples(owner, convert=convert.format(pk=world.alpha_channel.pk))
+    assert response.status_code == 400 and problem in response.content.decode()
