@@ -10,6 +10,7 @@ from accounts.api.views import AgentViewSet, ApiTokenViewSet, InstrumentSharesVi
 from collection.api.corrections import ChannelReadingsDeletionViewSet, SourceRereadViewSet
 from collection.api.preview import SerialPortsView, SourcePreviewView
 from collection.api.readings import (
+    AnnotationsViewSet,
     ExportViewSet,
     HistogramViewSet,
     LatestViewSet,
@@ -45,6 +46,7 @@ urlpatterns = [
         name="channel-delete-readings",
     ),
     path("samples/", SamplesViewSet.as_view({"get": "read"}), name="samples"),
+    path("annotations/", AnnotationsViewSet.as_view({"get": "read"}), name="annotations"),
     path("histogram/", HistogramViewSet.as_view({"get": "read"}), name="histogram"),
     path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),
     path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),

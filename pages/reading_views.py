@@ -173,6 +173,7 @@ class PlotView(PageMixin, TemplateView):
                 "channels": [channel_facts(c, first.get(c.pk)) for c in selected],
                 "samplesUrl": reverse("api:samples"),
                 "histogramUrl": reverse("api:histogram"),
+                "annotationsUrl": reverse("api:annotations"),
                 "exportUrl": reverse("api:export"),
                 "searchUrl": reverse("collection:plot-channels"),
                 "instrument": slug,

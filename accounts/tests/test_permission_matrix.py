@@ -509,6 +509,8 @@ ROUTES: list[Case] = [
     Case(
         "api:statistics", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "percentiles": "50"}
     ),
+    Case("api:annotations", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp"}),
+    Case("api:annotations", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp"}),
     Case("api:histogram", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp"}),
     Case("api:histogram", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "time_bins": "20"}),
     Case("api:export", "GET", None, API_ALPHA_READ, query={"instrument": "alpha-station", "layout": "wide"}),

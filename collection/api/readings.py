@@ -26,6 +26,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 
 from accounts import permissions
 from accounts.api.base import ScopedGenericViewSet, instrument_or_404
+from collection.alarms.models import AlarmEvent
 from collection.api.schema import ErrorDetail
 from collection.services import export as export_service
 from collection.services import slots
@@ -34,7 +35,7 @@ from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_ser
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments import runs, units
-from instruments.models import Channel
+from instruments.models import Channel, LogbookEntry
 
 MAX_CHANNELS = 100
 DEFAULT_MAX_POINTS = 1000
@@ -455,6 +456,65 @@ class HistogramViewSet(ReadingsViewSet):
         except ValueError as exc:
             raise ValidationError({"detail": str(exc)}) from None
         return json_response({**result.as_dict(), "elapsed_ms": (time.perf_counter() - started) * 1000})
+
+
+ANNOTATIONS_LIMIT = 200
+
+
+class AnnotationsViewSet(ReadingsViewSet):
+    @extend_schema(
+        operation_id="plot_annotations",
+        summary="Logbook entries and alarm events to draw on a plot of channels over a time range",
+        description=(
+            "The logbook entries of the channels' instruments that occurred in [start, end), and the alarm "
+            f"events of the channels active at some time in it; at most {ANNOTATIONS_LIMIT} of each, the "
+            "earliest first (truncated says when more were left out). Runs are at /api/v1/runs/."
+        ),
+        parameters=[RangeParams],
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+    )
+    def read(self, request):
+        params = self.params()
+        channels = self.visible_channels(params["channels"])
+        start, end = us_to_datetime(params["start"]), us_to_datetime(params["end"])
+        entries = list(
+            LogbookEntry.objects.filter(
+                instrument_id__in={c.instrument_id for c in channels}, occurred_at__gte=start, occurred_at__lt=end
+            )
+            .select_related("instrument", "author")
+            .order_by("occurred_at", "pk")[: ANNOTATIONS_LIMIT + 1]
+        )
+        events = list(
+            AlarmEvent.objects.filter(channel_id__in=[c.pk for c in channels], raised_at__lt=end)
+            .filter(Q(cleared_at__isnull=True) | Q(cleared_at__gte=start))
+            .order_by("raised_at", "pk")[: ANNOTATIONS_LIMIT + 1]
+        )
+        return json_response(
+            {
+                "start": params["start"],
+                "end": params["end"],
+                "logbook": [
+                    {
+                        "time": e.occurred_at.isoformat(),
+                        "instrument": e.instrument.slug,
+                        "author": e.author.get_username() if e.author else None,
+                        "text": e.text[:2000],
+                    }
+                    for e in entries[:ANNOTATIONS_LIMIT]
+                ],
+                "alarms": [
+                    {
+                        "channel": a.channel_id,
+                        "severity": a.severity,
+                        "message": a.message,
+                        "raised_at": a.raised_at.isoformat(),
+                        "cleared_at": a.cleared_at.isoformat() if a.cleared_at else None,
+                    }
+                    for a in events[:ANNOTATIONS_LIMIT]
+                ],
+                "truncated": len(entries) > ANNOTATIONS_LIMIT or len(events) > ANNOTATIONS_LIMIT,
+            }
+        )
 
 
 class StatisticsViewSet(ReadingsViewSet):

@@ -136,3 +136,31 @@ def test_a_conversion_that_cannot_be_made_answers_400_saying_why(owner, world, r
     world.alpha_channel.save()
     response = samples(owner, convert=convert.format(pk=world.alpha_channel.pk))
     assert response.status_code == 400 and problem in response.content.decode()
+
+
+def test_annotations_are_the_views_logbook_entries_and_alarm_events_of_the_channels(owner, world):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from collection.alarms.models import AlarmEvent
+    from daqbroker_agent.parsing import datetime_to_us
+    from instruments.models import LogbookEntry
+    from instruments.tests.page_world import alpha_alarm, zulu_alarm
+
+    now = timezone.now()
+    LogbookEntry.objects.create(instrument=world.alpha, occurred_at=now - timedelta(hours=1), text="valve <b>opened</b>")
+    LogbookEntry.objects.create(instrument=world.alpha, occurred_at=now - timedelta(days=3), text="long ago")
+    LogbookEntry.objects.create(instrument=world.zulu, occurred_at=now - timedelta(hours=1), text="zed's secret")
+    event = alpha_alarm(world)
+    zulu_alarm(world)
+    AlarmEvent.objects.filter(pk=event.pk).update(raised_at=now - timedelta(days=2), cleared_at=now - timedelta(hours=2))
+    start, end = datetime_to_us(now - timedelta(hours=3)), datetime_to_us(now)
+    body = owner.client.get("/api/v1/annotations/", {"channels": TEMP, "start": start, "end": end}).json()
+    texts = [e["text"] for e in body["logbook"]]
+    assert "valve <b>opened</b>" in texts  # escaped by the page, not here
+    assert "long ago" not in texts and "zed's secret" not in texts
+    assert [(a["channel"], a["message"]) for a in body["alarms"]] == [(world.alpha_channel.pk, event.message)]
+    assert body["truncated"] is False
+    later = owner.client.get("/api/v1/annotations/", {"channels": TEMP, "start": end - 3600 * SECOND, "end": end})
+    assert later.json()["alarms"] == []  # cleared before the view begins

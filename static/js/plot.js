@@ -250,7 +250,7 @@
     var started = performance.now();
     this.root.dataset.loading = "1";
     this.requests.push({ url: url, reason: reason, at: Date.now() });
-    var runsLoaded = this.loadRuns(range);
+    var runsLoaded = Promise.all([this.loadRuns(range), this.loadAnnotations(range)]);
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         if (!response.ok) throw new Error("The server answered " + response.status + ".");
@@ -380,6 +380,43 @@
       .then(function (response) { return response.ok ? response.json() : { results: [] }; })
       .then(function (body) { self.runs = body.results || []; })
       .catch(function () { self.runs = []; });
+  };
+
+  // Logbook entries (dotted lines, the text on hover) and alarm events (red bands from raised to cleared)
+  // of the plotted channels in the view, from /api/v1/annotations/ (bounded by the server).
+  Plot.prototype.loadAnnotations = function (range) {
+    var self = this;
+    if (!this.opts.annotationsUrl || !this.state.channels.length) { this.notes = null; return Promise.resolve(); }
+    var q = new URLSearchParams();
+    q.set("channels", this.state.channels.map(function (c) { return c.id; }).join(","));
+    q.set("start", String(Math.floor(range[0] * 1000)));
+    q.set("end", String(Math.ceil(range[1] * 1000)));
+    return fetch(this.opts.annotationsUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (body) { self.notes = body; })
+      .catch(function () { self.notes = null; });
+  };
+
+  Plot.prototype.noteShapes = function (range, layout) {
+    var notes = this.notes, names = {};
+    if (!notes) return;
+    this.state.channels.forEach(function (c) { names[c.id] = c.name; });
+    notes.alarms.forEach(function (a) {
+      var start = Math.max(Date.parse(a.raised_at), range[0]), end = a.cleared_at ? Date.parse(a.cleared_at) : range[1];
+      layout.shapes.push({ type: "rect", xref: "x", yref: "paper", x0: wall(start), x1: wall(Math.max(end, start)), y0: 0, y1: 1,
+        fillcolor: a.severity === "critical" ? "rgba(220,38,38,0.12)" : "rgba(217,119,6,0.12)", line: { width: 0 }, layer: "below" });
+      layout.annotations.push({ xref: "x", yref: "paper", x: wall(start), y: 0, xanchor: "left", yanchor: "bottom", showarrow: false,
+        text: "⚠", font: { size: 12, color: "#b91c1c" },
+        hovertext: plotlyText((names[a.channel] || "") + ": " + a.message + (a.cleared_at ? "" : " (active)")) });
+    });
+    notes.logbook.forEach(function (e) {
+      var at = wall(Date.parse(e.time));
+      layout.shapes.push({ type: "line", xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
+        line: { width: 1, dash: "dot", color: "#475569" } });
+      layout.annotations.push({ xref: "x", yref: "paper", x: at, y: 0.98, xanchor: "left", yanchor: "top", showarrow: false,
+        text: "✎", font: { size: 12, color: "#334155" },
+        hovertext: plotlyText((e.author ? e.author + ": " : "") + e.text.slice(0, 300)) });
+    });
   };
 
   Plot.prototype.runShapes = function (range, layout) {
@@ -531,6 +568,7 @@
       shapes: []
     };
     this.runShapes(range, layout);
+    this.noteShapes(range, layout);
     if (!compact) layout.margin.t = 30;
     var self = this, options = this.state.yaxes || {};
     units.forEach(function (unit, i) {
@@ -799,6 +837,7 @@
     var root = document.getElementById("main-plot");
     var plot = new Plot(root, {
       state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl, histogramUrl: config.histogramUrl,
+      annotationsUrl: config.annotationsUrl,
       onZoom: function (start, end) {
         state.range = "custom"; state.start = start; state.end = end; writeState(state); syncControls();
       },
