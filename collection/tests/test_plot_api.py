@@ -148,13 +148,13 @@ def test_annotations_are_the_views_logbook_entries_and_alarm_events_of_the_chann
     from instruments.models import LogbookEntry
     from instruments.tests.page_world import alpha_alarm, zulu_alarm
 
-    now = timezone.now()
-    LogbookEntry.objects.create(instrument=world.alpha, occurred_at=now - timedelta(hours=1), text="valve <b>opened</b>")
+    now, hour = timezone.now(), timedelta(hours=1)
+    LogbookEntry.objects.create(instrument=world.alpha, occurred_at=now - hour, text="valve <b>opened</b>")
     LogbookEntry.objects.create(instrument=world.alpha, occurred_at=now - timedelta(days=3), text="long ago")
     LogbookEntry.objects.create(instrument=world.zulu, occurred_at=now - timedelta(hours=1), text="zed's secret")
     event = alpha_alarm(world)
     zulu_alarm(world)
-    AlarmEvent.objects.filter(pk=event.pk).update(raised_at=now - timedelta(days=2), cleared_at=now - timedelta(hours=2))
+    AlarmEvent.objects.filter(pk=event.pk).update(raised_at=now - 48 * hour, cleared_at=now - 2 * hour)
     start, end = datetime_to_us(now - timedelta(hours=3)), datetime_to_us(now)
     body = owner.client.get("/api/v1/annotations/", {"channels": TEMP, "start": start, "end": end}).json()
     texts = [e["text"] for e in body["logbook"]]
