@@ -12,6 +12,7 @@ from collection.api.preview import SerialPortsView, SourcePreviewView
 from collection.api.readings import (
     AnnotationsViewSet,
     ExportViewSet,
+    ExpressionViewSet,
     HistogramViewSet,
     LatestViewSet,
     SamplesViewSet,
@@ -47,6 +48,7 @@ urlpatterns = [
     ),
     path("samples/", SamplesViewSet.as_view({"get": "read"}), name="samples"),
     path("annotations/", AnnotationsViewSet.as_view({"get": "read"}), name="annotations"),
+    path("expression/", ExpressionViewSet.as_view({"get": "read"}), name="expression"),
     path("histogram/", HistogramViewSet.as_view({"get": "read"}), name="histogram"),
     path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),
     path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),

@@ -30,11 +30,13 @@ from collection.alarms.models import AlarmEvent
 from collection.api.schema import ErrorDetail
 from collection.services import export as export_service
 from collection.services import slots
+from collection.services.expression_curves import expression_curve
 from collection.services.histogram import MAX_BINS, MAX_TIME_BINS, channel_histogram
 from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_series
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments import runs, units
+from instruments.expressions import ExpressionError
 from instruments.models import Channel, LogbookEntry
 
 MAX_CHANNELS = 100
@@ -456,6 +458,71 @@ class HistogramViewSet(ReadingsViewSet):
         except ValueError as exc:
             raise ValidationError({"detail": str(exc)}) from None
         return json_response({**result.as_dict(), "elapsed_ms": (time.perf_counter() - started) * 1000})
+
+
+class ExpressionParams(serializers.Serializer):
+    expression = serializers.CharField(max_length=500, help_text="e.g. a/temp - b/temp (instrument/channel)")
+    start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: a day before end)")
+    end = InstantField(required=False, help_text="ISO 8601 or µs since 1970, excluded (default: now)")
+    max_points = serializers.IntegerField(required=False, default=DEFAULT_MAX_POINTS, min_value=2, max_value=5000)
+
+    def validate(self, attrs):
+        end = attrs.get("end", time.time_ns() // 1000)
+        start = attrs.get("start", end - DEFAULT_SPAN)
+        if end <= start:
+            raise ValidationError({"end": "The end must be after the start."})
+        return {**attrs, "start": start, "end": end}
+
+
+class ExpressionViewSet(ReadingsViewSet):
+    params_class = ExpressionParams
+
+    @extend_schema(
+        operation_id="expression_curve",
+        summary="An expression over channels of any instruments, aligned on time at the plot's resolution",
+        description=(
+            "Channels are written instrument-slug/channel-slug (spaces around / and - between two channels); "
+            "the functions and operators are the derived channels'. Each channel's mean in each of max_points "
+            "equal slices of the range; the expression where every channel has one. 400 for an expression "
+            "that does not parse or names a channel that does not exist or that you may not see."
+        ),
+        parameters=[ExpressionParams],
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+    )
+    def read(self, request):
+        params = self.params()
+
+        def resolve(refs):
+            try:
+                return {ref: channel.pk for ref, channel in zip(refs, self.visible_channels(list(refs)), strict=True)}
+            except Http404:
+                hidden = [ref for ref in refs if not self._visible(ref)]
+                raise ExpressionError(
+                    f"no channel {', '.join(hidden)}, or not one you may see (write instrument-slug/channel-slug)"
+                ) from None
+
+        started = time.perf_counter()
+        try:
+            curve = expression_curve(
+                params["expression"], resolve, params["start"], params["end"], params["max_points"]
+            )
+        except ExpressionError as exc:
+            raise ValidationError({"expression": str(exc)}) from None
+        return json_response(
+            {
+                "start": params["start"],
+                "end": params["end"],
+                **curve.as_dict(),
+                "elapsed_ms": (time.perf_counter() - started) * 1000,
+            }
+        )
+
+    def _visible(self, ref: str) -> bool:
+        try:
+            self.visible_channels([ref])
+        except Http404:
+            return False
+        return True
 
 
 ANNOTATIONS_LIMIT = 200

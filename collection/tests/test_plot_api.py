@@ -164,3 +164,42 @@ def test_annotations_are_the_views_logbook_entries_and_alarm_events_of_the_chann
     assert body["truncated"] is False
     later = owner.client.get("/api/v1/annotations/", {"channels": TEMP, "start": end - 3600 * SECOND, "end": end})
     assert later.json()["alarms"] == []  # cleared before the view begins
+
+
+def test_an_expression_across_instruments_is_aligned_on_time_at_the_plots_resolution(
+    owner, world, django_capture_on_commit_callbacks
+):
+    from instruments.tests.factories import make_channel, make_instrument
+
+    other = make_instrument(owner=owner.user, slug="beta-lab", name="Beta lab")
+    beta = make_channel(other, slug="temp", name="Temp")
+    ts = T0 + np.arange(0, 3600, 10) * SECOND
+    a_values = np.linspace(10, 20, len(ts))
+    b_values = 5 + np.cos(np.arange(len(ts)))
+    ingest(django_capture_on_commit_callbacks, world.alpha_channel.pk, ts, a_values)
+    ingest(django_capture_on_commit_callbacks, beta.pk, ts[::2] + 3 * SECOND, b_values[::2])  # other times
+    refresh_all()
+    query = {"expression": f"{TEMP} - beta-lab/temp * 2", "start": T0, "end": T0 + 3600 * SECOND, "max_points": 60}
+    body = owner.client.get("/api/v1/expression/", query).json()
+    # independently: each minute's mean of each channel, then the expression
+    a_minutes = a_values.reshape(60, 6).mean(axis=1)
+    b_minutes = b_values[::2].reshape(60, 3).mean(axis=1)
+    assert body["slice_us"] == 60 * SECOND and body["inputs"] == [TEMP, "beta-lab/temp"]
+    assert body["t"] == (T0 + np.arange(60) * 60 * SECOND).tolist()
+    assert body["value"] == pytest.approx((a_minutes - b_minutes * 2).tolist())
+
+
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        ("zulu-hidden/zulu-hidden-temp - 1", "no channel zulu-hidden/zulu-hidden-temp, or not one you may see"),
+        ("nowhere/nothing + 1", "no channel nowhere/nothing"),
+        (f"{TEMP} + __import__('os')", "only these functions may be called"),
+        (f"{TEMP} +", "not a valid expression"),
+        ("temp * 2", "name at least one channel"),
+        (f"{TEMP} * x", "x: not a channel"),
+    ],
+)
+def test_a_bad_expression_answers_400_saying_why(owner, world, expression, problem):
+    response = owner.client.get("/api/v1/expression/", {"expression": expression})
+    assert response.status_code == 400 and problem in response.json()["expression"]
