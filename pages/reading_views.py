@@ -174,6 +174,7 @@ class PlotView(PageMixin, TemplateView):
                 "samplesUrl": reverse("api:samples"),
                 "histogramUrl": reverse("api:histogram"),
                 "annotationsUrl": reverse("api:annotations"),
+                "expressionUrl": reverse("api:expression"),
                 "exportUrl": reverse("api:export"),
                 "searchUrl": reverse("collection:plot-channels"),
                 "instrument": slug,

@@ -13,6 +13,7 @@ import pytest
 from collection.choices import Quality
 from collection.models import Sample
 from daqbroker_agent.parsing import datetime_to_us
+from instruments.models import LogbookEntry
 from instruments.tests.factories import make_channel
 from pages.tests.browser import ingest, wait_until_drawn
 
@@ -37,6 +38,9 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     values = 1000 + 10 * np.sin(np.arange(len(stamps)) / 20)
     values[40] = -9999.0  # a missing-value sentinel: flagged out of range
     ingest(old, stamps.tolist(), values.tolist())
+    LogbookEntry.objects.create(
+        instrument=world.alpha, occurred_at=datetime(2018, 3, 1, 2, tzinfo=UTC), text="pump <b>restarted</b>"
+    )
     assert Sample.objects.filter(channel=old).exclude(quality=Quality.OK).count() == 1
     first_ms, last_ms = int(stamps[0]) // 1000, int(stamps[-1]) // 1000
 
@@ -122,6 +126,27 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     assert page.evaluate("() => document.querySelector('#main-plot .plot').data[0].type") == "heatmap"
     assert sum(map(sum, page.evaluate("() => DAQPlot.main.histogram.counts"))) == len(good)
     olivia.shoot("plot-heatmap")
+
+    # Back to the time series: the logbook entry of the day is drawn, and an expression curve across
+    # channels is computed by the server (a bad one says why in the menu).
+    before = draws(page)
+    page.select_option("#view-kind", "series")
+    drawn_again(page, before)
+    assert "✎" in page.evaluate("() => document.querySelector('#main-plot .plot').layout.annotations.map(a => a.text)")
+    page.locator("#expr-menu summary").click()
+    page.fill("#expr-input", "alpha-station/pressure-2018 - 1000")
+    before = draws(page)
+    page.get_by_role("button", name="Add curve").click()
+    drawn_again(page, before)
+    curve = page.evaluate("() => DAQPlot.main.curves[0]")
+    assert "error" not in curve and len(curve["y"]) > 10 and all(-11 < v < 11 for v in curve["y"])
+    page.fill("#expr-input", "nowhere/nothing + 1")
+    before = draws(page)
+    page.get_by_role("button", name="Add curve").click()
+    drawn_again(page, before)
+    assert "no channel nowhere/nothing" in page.locator(".expr-error").inner_text()
+    assert page.url.count("e=") == 2
+    olivia.shoot("plot-expression")
 
     # The channel picker's list scrolls inside its card.
     assert page.evaluate("() => getComputedStyle(document.querySelector('.picker-list')).maxHeight") != "none"

@@ -250,7 +250,7 @@
     var started = performance.now();
     this.root.dataset.loading = "1";
     this.requests.push({ url: url, reason: reason, at: Date.now() });
-    var runsLoaded = Promise.all([this.loadRuns(range), this.loadAnnotations(range)]);
+    var runsLoaded = Promise.all([this.loadRuns(range), this.loadAnnotations(range), this.loadCurves(range)]);
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         if (!response.ok) throw new Error("The server answered " + response.status + ".");
@@ -380,6 +380,29 @@
       .then(function (response) { return response.ok ? response.json() : { results: [] }; })
       .then(function (body) { self.runs = body.results || []; })
       .catch(function () { self.runs = []; });
+  };
+
+  // Expression curves (a/temp - b/temp), computed by the server at the plot's resolution; a bad one keeps
+  // its error message (shown in the Expressions menu) and draws nothing.
+  Plot.prototype.loadCurves = function (range) {
+    var self = this, list = this.state.exprs || [];
+    if (!this.opts.expressionUrl || !list.length) { this.curves = []; return Promise.resolve(); }
+    var points = Math.max(MIN_POINTS, Math.min(2000, Math.round(this.points() / 2)));
+    return Promise.all(list.map(function (expression) {
+      var q = new URLSearchParams();
+      q.set("expression", expression);
+      q.set("start", String(Math.floor(range[0] * 1000)));
+      q.set("end", String(Math.ceil(range[1] * 1000)));
+      q.set("max_points", String(points));
+      return fetch(self.opts.expressionUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          return response.json().then(function (body) {
+            if (!response.ok) return { expression: expression, error: body.expression || body.detail || JSON.stringify(body) };
+            return { expression: expression, t: body.t.map(function (us) { return us / 1000; }), y: body.value, sliceMs: body.slice_us / 1000 };
+          });
+        })
+        .catch(function (error) { return { expression: expression, error: error.message }; });
+    })).then(function (curves) { self.curves = curves; if (self.onCurves) self.onCurves(curves); });
   };
 
   // Logbook entries (dotted lines, the text on hover) and alarm events (red bands from raised to cleared)
@@ -535,6 +558,15 @@
       }
       self.traceIndex[c.id] = index;
     });
+    var curveAxis = "y" + (units.length + 1);
+    (this.curves || []).forEach(function (curve, i) {
+      if (curve.error || !curve.t.length) return;
+      var g = withGaps({ t: curve.t, y: curve.y, bucketMs: curve.sliceMs });
+      traces.push({ x: walls(g.t), y: g.y, yaxis: units.length ? curveAxis : "y", name: "ƒ " + plotlyText(curve.expression),
+        type: "scatter", mode: g.t.length < 150 ? "lines+markers" : "lines", connectgaps: false,
+        line: { width: 2, dash: "dash", color: COLORS[(units.length + i) % COLORS.length] }, marker: { size: 5 },
+        hovertemplate: "%{y:.6g}<extra>ƒ</extra>" });
+    });
     return traces;
   };
 
@@ -591,6 +623,12 @@
       if (range) { axis.range = range; axis.autorange = false; } else { axis.autorange = true; }
       layout[i === 0 ? "yaxis" : "yaxis" + (i + 1)] = axis;
     });
+    if (units.length && (this.curves || []).some(function (c) { return !c.error; })) {
+      var n = units.length + 1;
+      layout["yaxis" + n] = { title: { text: "ƒ expressions" }, overlaying: "y", side: n % 2 ? "left" : "right",
+        anchor: n > 2 ? "free" : undefined, autoshift: n > 2 ? true : undefined, automargin: true, showgrid: false, zeroline: false };
+      if (n === 2) layout.margin.r = 60;
+    }
     return layout;
   };
 
@@ -757,7 +795,7 @@
       parts.push("histogram of " + this.state.channels[0].name + ": " + fmtCount(h.total) + " readings" +
         (h.below || h.above ? " (" + fmtCount(h.below) + " below, " + fmtCount(h.above) + " above the limits)" : ""));
       parts.push(h.source === "raw" ? "counted from every reading" : "counted from the " + h.source + " tier" +
-        (h.exact < 1 ? ", " + Math.round(h.exact * 100) + "% exactly (the rest spread within each bucket's min..max)" : ", exactly"));
+        (h.exact < 1 ? ", " + Math.round(h.exact * 100) + "% exactly (the rest estimated from each bucket's mean, spread and min..max)" : ", exactly"));
     }
     if (this.shifted) parts.push("nothing in the last " + fmtSpan(this.view[1] - this.view[0]) + ": the latest readings shown");
     if (this.series.length) parts.push(fmtCount(total) + " points: " + Object.keys(sources).join(", "));
@@ -780,7 +818,8 @@
     var q = new URLSearchParams(location.search);
     var state = { channels: config.channels.slice(), range: q.get("range") || "1d", start: null, end: null,
       flagged: q.get("flagged") === "1", live: q.get("live") === "1", yaxes: readAxes(q),
-      kind: KINDS.indexOf(q.get("view")) >= 0 ? q.get("view") : "series" };
+      kind: KINDS.indexOf(q.get("view")) >= 0 ? q.get("view") : "series",
+      exprs: q.getAll("e").filter(function (e) { return e.trim(); }).slice(0, 6) };
     if (state.range === "custom") {
       state.start = Date.parse(q.get("start") || "");
       state.end = Date.parse(q.get("end") || "");
@@ -827,6 +866,7 @@
     if (state.live) q.set("live", "1");
     if (state.kind && state.kind !== "series") q.set("view", state.kind);
     writeAxes(q, state.yaxes);
+    (state.exprs || []).forEach(function (e) { q.append("e", e); });
     var url = location.pathname + "?" + q.toString().replace(/%2C/g, ",").replace(/%3A/g, ":");
     if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
   }
@@ -837,7 +877,7 @@
     var root = document.getElementById("main-plot");
     var plot = new Plot(root, {
       state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl, histogramUrl: config.histogramUrl,
-      annotationsUrl: config.annotationsUrl,
+      annotationsUrl: config.annotationsUrl, expressionUrl: config.expressionUrl,
       onZoom: function (start, end) {
         state.range = "custom"; state.start = start; state.end = end; writeState(state); syncControls();
       },
@@ -963,6 +1003,37 @@
       axesPanel.appendChild(error); axesPanel.appendChild(apply); axesPanel.appendChild(reset);
     }
     document.getElementById("yaxes-menu").addEventListener("toggle", renderAxes);
+
+    // Expressions: curves over channels of any instruments, kept in the link (e=...).
+    var exprForm = document.getElementById("expr-form"), exprInput = document.getElementById("expr-input");
+    var exprList = document.getElementById("expr-list");
+    function renderCurves(curves) {
+      exprList.innerHTML = "";
+      (state.exprs || []).forEach(function (expression, i) {
+        var item = document.createElement("li"), text = document.createElement("code"), remove = document.createElement("button");
+        text.textContent = expression;
+        remove.type = "button"; remove.className = "btn btn-small"; remove.textContent = "Remove";
+        remove.addEventListener("click", function () { state.exprs.splice(i, 1); writeState(state); renderCurves([]); plot.load("expression"); });
+        item.appendChild(text); item.appendChild(document.createTextNode(" ")); item.appendChild(remove);
+        var curve = (curves || []).filter(function (c) { return c.expression === expression; })[0];
+        if (curve && curve.error) {
+          var error = document.createElement("p"); error.className = "small error expr-error"; error.textContent = curve.error;
+          item.appendChild(error);
+        }
+        exprList.appendChild(item);
+      });
+    }
+    plot.onCurves = renderCurves;
+    exprForm.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var expression = exprInput.value.trim();
+      if (!expression) return;
+      state.exprs = (state.exprs || []).concat([expression]).slice(-6);
+      exprInput.value = "";
+      writeState(state, true);
+      plot.load("expression");
+    });
+    renderCurves([]);
 
     var kindSelect = document.getElementById("view-kind");
     kindSelect.value = state.kind;
