@@ -91,7 +91,7 @@ def expression_curve(
     have = np.ones(slices, dtype=bool)
     # twice the resolution asked: a tier answer's groups (aligned on the epoch) then fill every slice
     for i, series in enumerate(query_series([ids[r] for r in refs], start, end, min(2 * points, MAX_POINTS_LIMIT))):
-        if series.mean is not None:  # tier buckets: their means weighted by their counts
+        if series.mean is not None and series.count is not None:  # tier buckets: means weighted by counts
             t, values, weights = series.t, series.mean, series.count.astype(np.float64)
         else:
             assert series.value is not None
