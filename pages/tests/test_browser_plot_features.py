@@ -132,7 +132,9 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     before = draws(page)
     page.select_option("#view-kind", "series")
     drawn_again(page, before)
-    assert "✎" in page.evaluate("() => document.querySelector('#main-plot .plot').layout.annotations.map(a => a.text)")
+    page.wait_for_function(  # drawn when the annotations arrive (they never hold up the readings)
+        "() => document.querySelector('#main-plot .plot').layout.annotations.some(a => a.text === '✎')"
+    )
     page.locator("#expr-menu summary").click()
     page.fill("#expr-input", "alpha-station/pressure-2018 - 1000")
     before = draws(page)

@@ -250,7 +250,13 @@
     var started = performance.now();
     this.root.dataset.loading = "1";
     this.requests.push({ url: url, reason: reason, at: Date.now() });
-    var runsLoaded = Promise.all([this.loadRuns(range), this.loadAnnotations(range), this.loadCurves(range)]);
+    var runsLoaded = Promise.all([this.loadRuns(range), this.loadCurves(range)]);
+    // Annotations never hold up the first drawing: drawn again with them when they arrive.
+    this.loadAnnotations(range).then(function () {
+      if (seq === self.seq && self.notes && (self.notes.logbook.length || self.notes.alarms.length) && self.view) {
+        return plotlyReady.then(function () { if (seq === self.seq) return self.redraw(); });
+      }
+    });
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         if (!response.ok) throw new Error("The server answered " + response.status + ".");
