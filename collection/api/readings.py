@@ -496,9 +496,11 @@ class ExpressionViewSet(ReadingsViewSet):
             try:
                 return {ref: channel.pk for ref, channel in zip(refs, self.visible_channels(list(refs)), strict=True)}
             except Http404:
-                hidden = [ref for ref in refs if not self._visible(ref)]
+                # By position, not by name: an answer never repeats the name of a channel one may not see.
+                hidden = [str(i + 1) for i, ref in enumerate(refs) if not self._visible(ref)]
                 raise ExpressionError(
-                    f"no channel {', '.join(hidden)}, or not one you may see (write instrument-slug/channel-slug)"
+                    f"no channel {', '.join(hidden)} of the expression (counting channels from the left), or not "
+                    "one you may see; write channels as instrument-slug/channel-slug"
                 ) from None
 
         started = time.perf_counter()

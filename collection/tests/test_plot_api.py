@@ -192,8 +192,8 @@ def test_an_expression_across_instruments_is_aligned_on_time_at_the_plots_resolu
 @pytest.mark.parametrize(
     ("expression", "problem"),
     [
-        ("zulu-hidden/zulu-hidden-temp - 1", "no channel zulu-hidden/zulu-hidden-temp, or not one you may see"),
-        ("nowhere/nothing + 1", "no channel nowhere/nothing"),
+        ("zulu-hidden/zulu-hidden-temp - 1", "no channel 1 of the expression (counting channels from the left)"),
+        (f"{TEMP} - nowhere/nothing", "no channel 2 of the expression"),
         (f"{TEMP} + __import__('os')", "only these functions may be called"),
         (f"{TEMP} +", "not a valid expression"),
         ("temp * 2", "name at least one channel"),

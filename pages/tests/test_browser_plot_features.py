@@ -146,7 +146,7 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     before = draws(page)
     page.get_by_role("button", name="Add curve").click()
     drawn_again(page, before)
-    assert "no channel nowhere/nothing" in page.locator(".expr-error").inner_text()
+    assert "no channel 1 of the expression" in page.locator(".expr-error").inner_text()
     assert page.url.count("e=") == 2
     olivia.shoot("plot-expression")
 
