@@ -1004,6 +1004,7 @@
       });
       reset.addEventListener("click", function () {
         state.yaxes = {}; writeState(state); renderAxes();
+        document.getElementById("yaxes-menu").open = false;
         plot.load("axes");
       });
       axesPanel.appendChild(error); axesPanel.appendChild(apply); axesPanel.appendChild(reset);
