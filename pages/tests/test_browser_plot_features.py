@@ -147,7 +147,7 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     page.get_by_role("button", name="Add curve").click()
     drawn_again(page, before)
     assert "no channel 1 of the expression" in page.locator(".expr-error").inner_text()
-    assert page.url.count("e=") == 2
+    assert page.url.count("&e=") == 2
     olivia.shoot("plot-expression")
 
     # The channel picker's list scrolls inside its card.
