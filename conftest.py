@@ -135,9 +135,11 @@ def pytest_collection_modifyitems(config, items):
 
     keep, drop = [], []
     for item in items:
-        left_out = (config.getoption("fast") and any(item.get_closest_marker(m) for m in FAST_EXCLUDES)) or (
-            config.getoption("engine_dependent_only") and item.get_closest_marker("engine_independent")
-        ) or (config.getoption("engine_independent_only") and not item.get_closest_marker("engine_independent"))
+        left_out = (
+            (config.getoption("fast") and any(item.get_closest_marker(m) for m in FAST_EXCLUDES))
+            or (config.getoption("engine_dependent_only") and item.get_closest_marker("engine_independent"))
+            or (config.getoption("engine_independent_only") and not item.get_closest_marker("engine_independent"))
+        )
         (drop if left_out else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -196,8 +196,8 @@ def measure_page(base: str, cookie: str, channel_id: int, zooms: dict[str, tuple
         # A server that has been up a while: its workers have imported everything and answered before.
         warm = context.new_page()
         for _ in range(4 * 2):  # enough for every worker to have rendered the page once
-            warm.request.get(url)
-            warm.request.get(f"{base}/api/v1/samples/?channels={channel_id}&max_points=10")
+            warm.request.get(url, timeout=180_000)  # a fresh worker's first page imports everything: slow when loaded
+            warm.request.get(f"{base}/api/v1/samples/?channels={channel_id}&max_points=10", timeout=180_000)
         warm.close()
         for visit in range(repeat + 1):
             page.goto(url, wait_until="commit")

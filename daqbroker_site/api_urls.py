@@ -17,7 +17,15 @@ from collection.api.raw_files import (
     InstrumentRawFilesZipView,
     RawFileDownloadView,
 )
-from collection.api.readings import ExportViewSet, LatestViewSet, SamplesViewSet, StatisticsViewSet
+from collection.api.readings import (
+    AnnotationsViewSet,
+    ExportViewSet,
+    ExpressionViewSet,
+    HistogramViewSet,
+    LatestViewSet,
+    SamplesViewSet,
+    StatisticsViewSet,
+)
 from collection.api.run_statistics import RunStatisticsViewSet
 from collection.api.views import AgentUnparsedView, IngestView
 from instruments.api.runs import RunListViewSet, RunViewSet
@@ -47,6 +55,9 @@ urlpatterns = [
         name="channel-delete-readings",
     ),
     path("samples/", SamplesViewSet.as_view({"get": "read"}), name="samples"),
+    path("annotations/", AnnotationsViewSet.as_view({"get": "read"}), name="annotations"),
+    path("expression/", ExpressionViewSet.as_view({"get": "read"}), name="expression"),
+    path("histogram/", HistogramViewSet.as_view({"get": "read"}), name="histogram"),
     path("statistics/", StatisticsViewSet.as_view({"get": "read"}), name="statistics"),
     path("export/", ExportViewSet.as_view({"get": "read"}), name="export"),
     path("instruments/<slug:slug>/latest/", LatestViewSet.as_view({"get": "read"}), name="instrument-latest"),

@@ -114,3 +114,91 @@ def check_units(units: str) -> str:
     if problem:
         raise ValueError(problem)
     return canonical(parsed)
+
+
+# Units a reading may be shown in (the plot's "show in"): those of the same dimension as the channel's.
+DISPLAY_UNITS = [
+    "degC",
+    "K",
+    "degF",
+    "Pa",
+    "hPa",
+    "kPa",
+    "MPa",
+    "mbar",
+    "bar",
+    "psi",
+    "torr",
+    "atm",
+    "m",
+    "cm",
+    "mm",
+    "um",
+    "km",
+    "in",
+    "ft",
+    "m/s",
+    "km/h",
+    "kn",
+    "mph",
+    "W",
+    "kW",
+    "MW",
+    "Wh",
+    "kWh",
+    "MWh",
+    "J",
+    "kJ",
+    "MJ",
+    "V",
+    "mV",
+    "kV",
+    "A",
+    "mA",
+    "s",
+    "min",
+    "h",
+    "g",
+    "kg",
+    "t",
+    "%",
+    "ppm",
+    "W/m^2",
+    "Hz",
+    "kHz",
+    "L",
+    "m^3",
+    "L/min",
+    "m^3/h",
+]
+
+
+@cache
+def display_choices(units: str) -> tuple[str, ...]:
+    """The units of DISPLAY_UNITS that ``units`` converts to (itself first); () when it names no unit."""
+    try:
+        unit = _parse(_rewrite(units)) if units else None
+    except Exception:
+        return ()
+    if unit is None:
+        return ()
+    own = canonical(unit)
+    same = [u for u in DISPLAY_UNITS if _parse(_rewrite(u)).dimensionality == unit.dimensionality]
+    return tuple([own, *[u for u in same if u != own]]) if same else ()
+
+
+def converter(from_units: str, to_units: str):
+    """A function turning values in ``from_units`` into ``to_units`` (offsets included: degC to degF);
+    raises ValueError, saying why, when either is not a unit or they measure different things."""
+    if not from_units:
+        raise ValueError("the channel has no units to convert from")
+    source = _parse(_rewrite(check_units(from_units)))
+    target = _parse(_rewrite(check_units(to_units)))
+    if source.dimensionality != target.dimensionality:
+        raise ValueError(f"{from_units!r} cannot be shown in {to_units!r}: they measure different things")
+    quantity = registry().Quantity
+
+    def convert(values):
+        return quantity(values, source).to(target).magnitude
+
+    return convert

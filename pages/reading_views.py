@@ -197,6 +197,9 @@ class PlotView(PageMixin, TemplateView):
             plot_config={
                 "channels": [channel_facts(c, first.get(c.pk)) for c in selected],
                 "samplesUrl": reverse("api:samples"),
+                "histogramUrl": reverse("api:histogram"),
+                "annotationsUrl": reverse("api:annotations"),
+                "expressionUrl": reverse("api:expression"),
                 "exportUrl": reverse("api:export"),
                 "searchUrl": reverse("collection:plot-channels"),
                 "instrument": slug,

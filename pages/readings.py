@@ -11,6 +11,7 @@ from collection.models import RollupState
 from collection.services.query import fetch_raw, query_series
 from collection.services.rollups import TIERS, fetch_buckets
 from instruments.choices import ChannelKind
+from instruments.units import display_choices
 
 SPARK_WIDTH, SPARK_HEIGHT, SPARK_POINTS = 120, 28, 60
 DAY_US = 86_400 * 1_000_000
@@ -82,6 +83,7 @@ def channel_facts(channel, first_ts: int | None = None) -> dict:
         "instrument": channel.instrument.name,
         "instrumentSlug": channel.instrument.slug,
         "units": channel.units,
+        "unitChoices": list(display_choices(channel.units)),
         "kind": channel.kind,
         "lastTs": channel.last_ts,
         "firstTs": first_ts,

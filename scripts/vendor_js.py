@@ -4,7 +4,7 @@
 The files themselves are committed under static/vendor/ (the site needs no Node.js, no network and no
 build step). This script is only for adding or upgrading one, on a machine with npm:
 
-    npm install --package-lock-only plotly.js-basic-dist-min@4.2.0   # package.json + package-lock.json
+    npm install --package-lock-only plotly.js-cartesian-dist-min@4.2.0   # package.json + package-lock.json
     python3 scripts/vendor_js.py            # npm pack, check the lock's integrity, copy, record sha512
     python3 scripts/vendor_js.py --check    # the committed files are exactly the tarballs' (no changes)
 

@@ -580,6 +580,24 @@ ROUTES: list[Case] = [
     Case(
         "api:statistics", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "percentiles": "50"}
     ),
+    Case("api:annotations", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp"}),
+    Case("api:annotations", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp"}),
+    Case(  # a channel one may not see is a bad expression (400), as a missing one is
+        "api:expression",
+        "GET",
+        None,
+        {**API_ALPHA_READ, "stranger": 400},
+        query={"expression": "alpha-station/alpha-station-temp * 2"},
+    ),
+    Case(  # a channel one may not see is a bad expression (400) for everyone but zed's administrator
+        "api:expression",
+        "GET",
+        None,
+        expect(400, anonymous=401, administrator=200, **_agents(403)),
+        query={"expression": "zulu-hidden/zulu-hidden-temp - 1"},
+    ),
+    Case("api:histogram", "GET", None, API_ALPHA_READ, query={"channels": "alpha-station/alpha-station-temp"}),
+    Case("api:histogram", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "time_bins": "20"}),
     Case("api:export", "GET", None, API_ALPHA_READ, query={"instrument": "alpha-station", "layout": "wide"}),
     Case("api:export", "GET", None, API_ZEDS, query={"instrument": "zulu-hidden", "layout": "wide"}),
     Case("api:export", "GET", None, API_ZEDS, query={"channels": "zulu-hidden/zulu-hidden-temp", "format": "parquet"}),

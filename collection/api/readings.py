@@ -8,8 +8,10 @@ Plot and statistics answers are rendered with orjson, numpy arrays and all.
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -24,14 +26,18 @@ from rest_framework.negotiation import BaseContentNegotiation
 
 from accounts import permissions
 from accounts.api.base import ScopedGenericViewSet, instrument_or_404
+from collection.alarms.models import AlarmEvent
 from collection.api.schema import ErrorDetail
 from collection.services import export as export_service
 from collection.services import slots
+from collection.services.expression_curves import expression_curve
+from collection.services.histogram import MAX_BINS, MAX_TIME_BINS, channel_histogram
 from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_series
 from collection.services.statistics import range_statistics
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
-from instruments import runs
-from instruments.models import Channel
+from instruments import runs, units
+from instruments.expressions import ExpressionError
+from instruments.models import Channel, LogbookEntry
 
 MAX_CHANNELS = 100
 DEFAULT_MAX_POINTS = 1000
@@ -121,12 +127,34 @@ class RangeParams(RunRangeMixin, serializers.Serializer):
         return {**attrs, "start": start, "end": end}
 
 
+class ConvertField(serializers.CharField):
+    """``<channel id>:<unit>,...``: show those channels' values in another unit of the same kind."""
+
+    def to_internal_value(self, data) -> dict[int, str]:  # type: ignore[override]  # parsed into a dict
+        out: dict[int, str] = {}
+        for part in super().to_internal_value(data).split(","):
+            if not part.strip():
+                continue
+            ref, _, unit = part.partition(":")
+            if not ref.strip().isdigit() or len(ref.strip()) > 18 or not unit.strip() or len(unit) > 40:
+                raise ValidationError(f"{part!r}: write a channel id, a colon and a unit (3:degF).")
+            out[int(ref)] = unit.strip()
+        return out
+
+
 class SamplesParams(RangeParams):
     max_points = serializers.IntegerField(
         required=False, default=DEFAULT_MAX_POINTS, min_value=2, max_value=MAX_POINTS_LIMIT
     )
     include_flagged = serializers.BooleanField(
         required=False, default=False, help_text="raw and lttb answers also hold flagged readings, with quality"
+    )
+    convert = ConvertField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=2000,
+        help_text="show channels in other units: <channel id>:<unit>,... (3:degF,4:mbar); pint converts",
     )
 
 
@@ -146,6 +174,30 @@ class StatisticsParams(RangeParams):
 def one_of(choices) -> str:
     """A refusal that names the accepted values."""
     return '"{input}" is not one of ' + ", ".join(choices) + "."
+
+
+class HistogramParams(RangeParams):
+    channels = ChannelRefsField(help_text="one channel: its id or instrument-slug/channel-slug")
+    bins = serializers.IntegerField(required=False, default=50, min_value=1, max_value=MAX_BINS)
+    time_bins = serializers.IntegerField(
+        required=False, default=1, min_value=1, max_value=MAX_TIME_BINS, help_text="above 1: a histogram per time slice"
+    )
+    lo = serializers.FloatField(required=False, help_text="bottom of the first bin (default: the smallest reading)")
+    hi = serializers.FloatField(required=False, help_text="top of the last bin (default: the largest reading)")
+
+    def validate_channels(self, value: list[str]) -> list[str]:
+        if len(value) != 1:
+            raise ValidationError("A histogram is of one channel.")
+        return value
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        for name in ("lo", "hi"):
+            if name in attrs and not math.isfinite(attrs[name]):
+                raise ValidationError({name: "A finite number."})
+        if "lo" in attrs and "hi" in attrs and not attrs["hi"] > attrs["lo"]:
+            raise ValidationError({"hi": "hi must be above lo."})
+        return attrs
 
 
 class ExportParams(RunRangeMixin, serializers.Serializer):
@@ -309,6 +361,22 @@ class ReadingsViewSet(ScopedGenericViewSet):
         return list(dict.fromkeys(by_ref[ref] for ref in refs))
 
 
+def display_converters(channels: list[Channel], wanted: dict[int, str]) -> dict[int, tuple[str, Callable]]:
+    """channel id -> (unit, conversion) for the channels ``convert`` names; a 400 naming the problem for a
+    channel not in the request, a unit pint does not know, or one of another kind (degC in hPa)."""
+    by_id = {c.pk: c for c in channels}
+    out: dict[int, tuple[str, Callable]] = {}
+    for pk, unit in wanted.items():
+        channel = by_id.get(pk)
+        if channel is None:
+            raise ValidationError({"convert": f"channel {pk} is not one of the channels asked for"})
+        try:
+            out[pk] = (unit, units.converter(channel.units, unit))
+        except ValueError as exc:
+            raise ValidationError({"convert": f"{channel.name}: {exc}"}) from None
+    return out
+
+
 class SamplesViewSet(ReadingsViewSet):
     params_class = SamplesParams
 
@@ -326,6 +394,7 @@ class SamplesViewSet(ReadingsViewSet):
     def read(self, request):
         params = self.params()
         channels = self.visible_channels(params["channels"])
+        converters = display_converters(channels, params["convert"] or {})
         series = query_series(
             [c.pk for c in channels],
             params["start"],
@@ -333,12 +402,198 @@ class SamplesViewSet(ReadingsViewSet):
             params["max_points"],
             include_flagged=params["include_flagged"],
         )
+        answers = []
+        for s in series:
+            answer = s.as_dict()
+            if s.channel_id in converters:
+                unit, convert = converters[s.channel_id]
+                for key in ("value", "mean", "min", "max"):
+                    if answer.get(key) is not None:
+                        answer[key] = convert(answer[key])
+                answer["units"] = unit
+            answers.append(answer)
         return json_response(
             {
                 "start": params["start"],
                 "end": params["end"],
                 "max_points": params["max_points"],
-                "series": [s.as_dict() for s in series],
+                "series": answers,
+            }
+        )
+
+
+class HistogramSchema(serializers.Serializer):
+    channel = serializers.IntegerField()
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    edges = serializers.ListField(child=serializers.FloatField(), help_text="bins + 1 value edges")
+    time_edges = serializers.ListField(child=serializers.IntegerField(), help_text="time_bins + 1 edges, µs")
+    counts = serializers.JSONField(help_text="counts per bin; with time_bins > 1, one list per time slice")
+    below = serializers.IntegerField(help_text="readings under lo")
+    above = serializers.IntegerField(help_text="readings over hi")
+    total = serializers.IntegerField()
+    exact = serializers.FloatField(help_text="share of the readings counted exactly (1: all of them)")
+    # The serializer's metaclass moves declared fields out of the class: Field.source is not shadowed.
+    source = serializers.CharField(help_text="raw, or the rollup tier read")  # type: ignore[assignment]
+    elapsed_ms = serializers.FloatField()
+
+
+class HistogramViewSet(ReadingsViewSet):
+    params_class = HistogramParams
+
+    @extend_schema(
+        operation_id="channel_histogram",
+        summary="Histogram of a channel's readings over a time range, or one per time slice (a heatmap)",
+        description=(
+            "Counted on the server: from raw readings for short ranges; otherwise from the rollup tiers where a "
+            "bucket's readings fall in one bin, raw readings for the buckets that straddle bins within a budget, "
+            "and beyond it those buckets spread evenly between their min and max (see exact). Flagged readings "
+            "are not counted."
+        ),
+        parameters=[HistogramParams],
+        responses={200: HistogramSchema, **ERRORS},
+    )
+    def read(self, request):
+        params = self.params()
+        (channel,) = self.visible_channels(params["channels"])
+        started = time.perf_counter()
+        try:
+            result = channel_histogram(
+                channel.pk,
+                params["start"],
+                params["end"],
+                bins=params["bins"],
+                time_bins=params["time_bins"],
+                lo=params.get("lo"),
+                hi=params.get("hi"),
+            )
+        except ValueError as exc:
+            raise ValidationError({"detail": str(exc)}) from None
+        return json_response({**result.as_dict(), "elapsed_ms": (time.perf_counter() - started) * 1000})
+
+
+class ExpressionParams(serializers.Serializer):
+    expression = serializers.CharField(max_length=500, help_text="e.g. a/temp - b/temp (instrument/channel)")
+    start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: a day before end)")
+    end = InstantField(required=False, help_text="ISO 8601 or µs since 1970, excluded (default: now)")
+    max_points = serializers.IntegerField(required=False, default=DEFAULT_MAX_POINTS, min_value=2, max_value=5000)
+
+    def validate(self, attrs):
+        end = attrs.get("end", time.time_ns() // 1000)
+        start = attrs.get("start", end - DEFAULT_SPAN)
+        if end <= start:
+            raise ValidationError({"end": "The end must be after the start."})
+        return {**attrs, "start": start, "end": end}
+
+
+class ExpressionViewSet(ReadingsViewSet):
+    params_class = ExpressionParams
+
+    @extend_schema(
+        operation_id="expression_curve",
+        summary="An expression over channels of any instruments, aligned on time at the plot's resolution",
+        description=(
+            "Channels are written instrument-slug/channel-slug (spaces around / and - between two channels); "
+            "the functions and operators are the derived channels'. Each channel's mean in each of max_points "
+            "equal slices of the range; the expression where every channel has one. 400 for an expression "
+            "that does not parse or names a channel that does not exist or that you may not see."
+        ),
+        parameters=[ExpressionParams],
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+    )
+    def read(self, request):
+        params = self.params()
+
+        def resolve(refs):
+            try:
+                return {ref: channel.pk for ref, channel in zip(refs, self.visible_channels(list(refs)), strict=True)}
+            except Http404:
+                # By position, not by name: an answer never repeats the name of a channel one may not see.
+                hidden = [str(i + 1) for i, ref in enumerate(refs) if not self._visible(ref)]
+                raise ExpressionError(
+                    f"no channel {', '.join(hidden)} of the expression (counting channels from the left), or not "
+                    "one you may see; write channels as instrument-slug/channel-slug"
+                ) from None
+
+        started = time.perf_counter()
+        try:
+            curve = expression_curve(
+                params["expression"], resolve, params["start"], params["end"], params["max_points"]
+            )
+        except ExpressionError as exc:
+            raise ValidationError({"expression": str(exc)}) from None
+        return json_response(
+            {
+                "start": params["start"],
+                "end": params["end"],
+                **curve.as_dict(),
+                "elapsed_ms": (time.perf_counter() - started) * 1000,
+            }
+        )
+
+    def _visible(self, ref: str) -> bool:
+        try:
+            self.visible_channels([ref])
+        except Http404:
+            return False
+        return True
+
+
+ANNOTATIONS_LIMIT = 200
+
+
+class AnnotationsViewSet(ReadingsViewSet):
+    @extend_schema(
+        operation_id="plot_annotations",
+        summary="Logbook entries and alarm events to draw on a plot of channels over a time range",
+        description=(
+            "The logbook entries of the channels' instruments that occurred in [start, end), and the alarm "
+            f"events of the channels active at some time in it; at most {ANNOTATIONS_LIMIT} of each, the "
+            "earliest first (truncated says when more were left out). Runs are at /api/v1/runs/."
+        ),
+        parameters=[RangeParams],
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+    )
+    def read(self, request):
+        params = self.params()
+        channels = self.visible_channels(params["channels"])
+        start, end = us_to_datetime(params["start"]), us_to_datetime(params["end"])
+        entries = list(
+            LogbookEntry.objects.filter(
+                instrument_id__in={c.instrument_id for c in channels}, occurred_at__gte=start, occurred_at__lt=end
+            )
+            .select_related("instrument", "author")
+            .order_by("occurred_at", "pk")[: ANNOTATIONS_LIMIT + 1]
+        )
+        events = list(
+            AlarmEvent.objects.filter(channel_id__in=[c.pk for c in channels], raised_at__lt=end)
+            .filter(Q(cleared_at__isnull=True) | Q(cleared_at__gte=start))
+            .order_by("raised_at", "pk")[: ANNOTATIONS_LIMIT + 1]
+        )
+        return json_response(
+            {
+                "start": params["start"],
+                "end": params["end"],
+                "logbook": [
+                    {
+                        "time": e.occurred_at.isoformat(),
+                        "instrument": e.instrument.slug,
+                        "author": e.author.get_username() if e.author else None,
+                        "text": e.text[:2000],
+                    }
+                    for e in entries[:ANNOTATIONS_LIMIT]
+                ],
+                "alarms": [
+                    {
+                        "channel": a.channel_id,
+                        "severity": a.severity,
+                        "message": a.message,
+                        "raised_at": a.raised_at.isoformat(),
+                        "cleared_at": a.cleared_at.isoformat() if a.cleared_at else None,
+                    }
+                    for a in events[:ANNOTATIONS_LIMIT]
+                ],
+                "truncated": len(entries) > ANNOTATIONS_LIMIT or len(events) > ANNOTATIONS_LIMIT,
             }
         )
 

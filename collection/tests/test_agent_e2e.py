@@ -28,16 +28,16 @@ from collection.choices import Origin
 from collection.models import RejectedSample, Sample, TextSample
 from conftest import REPO, database_url_for_subprocess, service_unavailable, wait_for
 from daqbroker_agent.spool import Spool
+from instruments.choices import ChannelKind, SourceKind
+from instruments.models import DataSource
+from instruments.tests.factories import make_channel, make_instrument, make_user
 
-# Where these run (docs/testing.md, "Which tests run on every engine"): the subject of most tests here is
+# Where these run (docs/testing.md, "Which tests run on which engine"): the subject of most tests here is
 # the agent -- its spool, retries, parsing, sources and the HTTP exchange -- and the server side of the
 # exchange (authentication, ingest, quarantine, conflicts) is tested on every engine in-process. They run
 # in the first pass only. What a database keeps when the server dies mid-request is the engine's own
 # business: that test runs on every engine.
 AGENT_SIDE = pytest.mark.engine_independent
-from instruments.choices import ChannelKind, SourceKind
-from instruments.models import DataSource
-from instruments.tests.factories import make_channel, make_instrument, make_user
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -59,15 +59,15 @@ def test_each_vendored_package_keeps_its_licence_beside_it(package, entry):
 
 
 def test_the_plot_library_is_found_by_the_ordinary_static_finders():
-    found = finders.find("vendor/plotly/plotly-basic.min.js")
-    assert found and Path(found) == VENDOR / "plotly" / "plotly-basic.min.js"
+    found = finders.find("vendor/plotly/plotly-cartesian.min.js")
+    assert found and Path(found) == VENDOR / "plotly" / "plotly-cartesian.min.js"
 
 
 @pytest.mark.django_db
 def test_migrate_and_the_system_checks_do_not_need_the_static_files(settings, tmp_path):
     """A checkout whose static files are missing (or not collected yet) still migrates."""
     settings.STATICFILES_DIRS = [tmp_path / "absent"]
-    assert finders.find("vendor/plotly/plotly-basic.min.js") is None  # really gone for this test
+    assert finders.find("vendor/plotly/plotly-cartesian.min.js") is None  # really gone for this test
     errors = [m for m in checks.run_checks(include_deployment_checks=False) if m.is_serious()]
     assert errors == []
     call_command("migrate", skip_checks=False, verbosity=0)  # runs the same checks, fails on an error

@@ -158,3 +158,37 @@ def test_the_migration_rewrites_existing_spellings_and_keeps_what_it_cannot_read
     migration.canonical_units(apps, None)
     stored = dict(Channel.objects.filter(instrument=instrument).values_list("slug", "units"))
     assert stored == {"a": "degC", "b": "W/m^2", "c": "C", "d": "", "e": "degC"}
+
+
+# --- shown in another unit (the plot's "Y axes" menu) -----------------------------------------------
+
+
+def test_display_choices_are_the_units_of_the_same_kind_its_own_first():
+    from instruments.units import display_choices
+
+    assert display_choices("degC") == ("degC", "K", "degF")
+    assert display_choices("°C") == ("degC", "K", "degF")
+    assert display_choices("hPa")[:1] == ("hPa",) and {"Pa", "mbar", "bar", "psi"} <= set(display_choices("hPa"))
+    assert display_choices("") == () and display_choices("not a unit") == ()
+
+
+def test_conversions_follow_pint_offsets_included():
+    import numpy as np
+
+    from instruments.units import converter
+
+    assert converter("degC", "degF")(np.array([-40.0, 0.0, 100.0])) == pytest.approx([-40.0, 32.0, 212.0])
+    assert converter("degC", "K")(np.array([0.0])) == pytest.approx([273.15])
+    assert converter("hPa", "mbar")(np.array([1013.25])) == pytest.approx([1013.25])
+    assert converter("Pa", "hPa")(np.array([101325.0])) == pytest.approx([1013.25])
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "problem"),
+    [("degC", "hPa", "measure different things"), ("", "K", "no units"), ("degC", "C", "coulomb")],
+)
+def test_a_conversion_that_cannot_be_made_says_why(source, target, problem):
+    from instruments.units import converter
+
+    with pytest.raises(ValueError, match=problem):
+        converter(source, target)

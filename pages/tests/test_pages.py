@@ -315,7 +315,7 @@ def test_the_plot_page_names_channels_by_id_or_by_reference(group_member, world)
     by_id = page(group_member, reverse("collection:plot"), c=str(world.alpha_channel.pk))
     for body in (by_ref, by_id):
         assert f'"id": {world.alpha_channel.pk}' in body  # in the plot's configuration
-        assert 'src="/static/vendor/plotly/plotly-basic.min.js"' in body
+        assert 'src="/static/vendor/plotly/plotly-cartesian.min.js"' in body
         assert "/api/v1/samples/" in body
     assert page(group_member, reverse("collection:plot"), c="999999", expected=404)
     assert page(group_member, reverse("collection:plot"), c="not-a-channel", expected=404)
@@ -336,8 +336,8 @@ def test_the_plot_page_lists_only_visible_channels(shared_viewer, administrator,
 
 
 def test_plotly_is_served_by_the_app():
-    found = finders.find("vendor/plotly/plotly-basic.min.js")
-    assert found and found.endswith("static/vendor/plotly/plotly-basic.min.js")
+    found = finders.find("vendor/plotly/plotly-cartesian.min.js")
+    assert found and found.endswith("static/vendor/plotly/plotly-cartesian.min.js")
 
 
 # --- dashboards -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@
   var RECENT_KEY = "daqbroker.recentChannels";  // the channels this browser plotted lately (ids, newest first)
   var MIN_POINTS = 100, MAX_POINTS = 4000;
 
-  // plotly.js (the 1.2 MB basic bundle) is loaded with "defer": the first readings are asked for while it is still being
+  // plotly.js (the 1.5 MB cartesian bundle: scatter, bar, histogram, heatmap) is loaded with "defer": the first readings are asked for while it is still being
   // parsed, and drawing waits for it.
   var plotlyReady = new Promise(function (resolve) {
     if (window.Plotly) { resolve(); return; }
@@ -100,8 +100,9 @@
 
   // --- the API ------------------------------------------------------------------------------------
 
-  function samplesUrl(base, channels, startMs, endMs, points, flagged) {
+  function samplesUrl(base, channels, startMs, endMs, points, flagged, convert) {
     var q = new URLSearchParams();
+    if (convert) q.set("convert", convert);
     q.set("channels", channels.map(function (c) { return c.id; }).join(","));
     q.set("start", String(Math.floor(startMs * 1000)));
     q.set("end", String(Math.ceil(endMs * 1000)));
@@ -202,20 +203,28 @@
     return lasts.length ? Math.max.apply(null, lasts) / 1000 : null;
   };
 
-  // The window the state asks for, in ms.
+  // The window the state asks for, in ms. "All" runs from the first reading to the last (not to now); a
+  // relative range (the last hour, day...) that holds no reading opens on the latest such span that has
+  // data (imported history), and says so in the status line.
   Plot.prototype.window = function () {
     var now = Date.now();
     var st = this.state;
+    this.shifted = false;
     if (st.range === "custom" && st.start != null && st.end != null) return [st.start, st.end];
     if (st.range === "since" && st.start != null) return [st.start, Math.max(now, st.start + 1000)]; // following a run
+    var last = this.latest();
     if (st.range === "all") {
       var first = this.extentStart();
-      var last = Math.max(this.latest() || now, now);
-      if (first == null) return [now - RANGE_MS["1d"], now];
+      if (first == null || last == null) return [now - RANGE_MS["1d"], now];
       var pad = Math.max((last - first) * 0.01, 1000);
       return [first - pad, last + pad];
     }
-    return [now - (RANGE_MS[st.range] || RANGE_MS["1d"]), now];
+    var span = RANGE_MS[st.range] || RANGE_MS["1d"];
+    if (last != null && last < now - span && !st.live) {
+      this.shifted = true;
+      return [last - span, last + Math.max(span * 0.01, 1000)];
+    }
+    return [now - span, now];
   };
 
   Plot.prototype.setOverlay = function (text) {
@@ -235,12 +244,20 @@
         self.root.dataset.drawCount = String(++self.drawCount);
       });
     }
+    if (this.state.kind === "hist" || this.state.kind === "heatmap") return this.loadHistogram(range, reason);
     var seq = ++this.seq;
-    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, range[0], range[1], this.points(), this.state.flagged);
+    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, range[0], range[1], this.points(), this.state.flagged,
+      this.convertParam());
     var started = performance.now();
     this.root.dataset.loading = "1";
     this.requests.push({ url: url, reason: reason, at: Date.now() });
-    var runsLoaded = this.loadRuns(range);
+    var runsLoaded = Promise.all([this.loadRuns(range), this.loadCurves(range)]);
+    // Annotations never hold up the first drawing: drawn again with them when they arrive.
+    this.loadAnnotations(range).then(function () {
+      if (seq === self.seq && self.notes && (self.notes.logbook.length || self.notes.alarms.length) && self.view) {
+        return plotlyReady.then(function () { if (seq === self.seq) return self.redraw(); });
+      }
+    });
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
         if (!response.ok) throw new Error("The server answered " + response.status + ".");
@@ -280,6 +297,81 @@
       });
   };
 
+  // --- histograms: counted by the server (/api/v1/histogram/), of the first channel chosen -----------
+
+  Plot.prototype.loadHistogram = function (range, reason) {
+    var self = this, seq = ++this.seq, channel = this.state.channels[0];
+    var opt = (this.state.yaxes || {})[1] || {};
+    var q = new URLSearchParams();
+    q.set("channels", String(channel.id));
+    q.set("start", String(Math.floor(range[0] * 1000)));
+    q.set("end", String(Math.ceil(range[1] * 1000)));
+    q.set("bins", this.state.kind === "heatmap" ? "60" : "80");
+    if (this.state.kind === "heatmap") q.set("time_bins", String(Math.max(10, Math.min(200, Math.round(this.points() / 6)))));
+    if (opt.min != null) q.set("lo", String(opt.min));
+    if (opt.max != null) q.set("hi", String(opt.max));
+    var started = performance.now();
+    this.root.dataset.loading = "1";
+    this.requests.push({ url: this.opts.histogramUrl + "?" + q.toString(), reason: reason, at: Date.now() });
+    return fetch(this.opts.histogramUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) throw new Error(body.detail || JSON.stringify(body));
+          return body;
+        });
+      })
+      .then(function (body) {
+        if (seq !== self.seq) return;
+        self.histogram = body; self.series = [];
+        self.serverMs = body.elapsed_ms;
+        return plotlyReady.then(function () { return self.draw(range); });
+      })
+      .then(function () {
+        if (seq !== self.seq) return;
+        self.drawnMs = performance.now() - started;
+        self.drawCount += 1;
+        self.root.dataset.drawCount = String(self.drawCount);
+        self.root.dataset.loading = "";
+        self.root.dataset.lastReason = reason;
+        self.renderStatus();
+      })
+      .catch(function (error) {
+        if (seq !== self.seq) return;
+        self.root.dataset.loading = "";
+        self.setOverlay("Could not count the readings: " + error.message);
+      });
+  };
+
+  Plot.prototype.histogramFigure = function (range) {
+    var h = this.histogram, c = this.state.channels[0], opt = (this.state.yaxes || {})[1] || {};
+    var unit = c.units ? " " + plotlyText(c.units) : "";
+    var centres = [];
+    for (var i = 0; i + 1 < h.edges.length; i++) centres.push((h.edges[i] + h.edges[i + 1]) / 2);
+    var compact = this.root.clientWidth < 640;
+    var layout = {
+      margin: { l: 60, r: 20, t: compact ? 10 : 30, b: 50 }, bargap: 0.02,
+      font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#1e293b" },
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff", dragmode: "zoom", uirevision: "keep", showlegend: false,
+      annotations: [], shapes: []
+    };
+    var valueTitle = { text: plotlyText(c.name + (c.units ? " (" + c.units + ")" : "")) };
+    if (this.state.kind === "heatmap") {
+      var times = [];
+      for (var k = 0; k + 1 < h.time_edges.length; k++) times.push(wall((h.time_edges[k] + h.time_edges[k + 1]) / 2000));
+      var z = centres.map(function (_, v) { return h.counts.map(function (row) { return row[v] || null; }); });
+      layout.xaxis = { type: "date", range: [wall(range[0]), wall(range[1])], autorange: false, gridcolor: "#eef2f7",
+        title: { text: compact ? "" : plotlyText(zone.name.replace(/_/g, " ")), font: { size: 11, color: "#64748b" } } };
+      layout.yaxis = { title: valueTitle, gridcolor: "#eef2f7", zeroline: false };
+      return { layout: layout, traces: [{ type: "heatmap", x: times, y: centres, z: z, colorscale: "Viridis",
+        colorbar: { title: { text: "readings" }, thickness: 12 }, hoverongaps: false,
+        hovertemplate: "%{y:.6g}" + unit + ": %{z} readings<extra></extra>" }] };
+    }
+    layout.xaxis = { title: valueTitle, gridcolor: "#eef2f7", zeroline: false };
+    layout.yaxis = { title: { text: "readings" }, type: opt.log ? "log" : "linear", gridcolor: "#eef2f7", rangemode: "tozero" };
+    return { layout: layout, traces: [{ type: "bar", x: centres, y: h.counts, width: (h.edges[1] - h.edges[0]) * 0.98,
+      marker: { color: COLORS[0] }, hovertemplate: "%{x:.6g}" + unit + ": %{y} readings<extra></extra>" }] };
+  };
+
   // Runs of the run lists that concern the plotted instruments, drawn as labelled bands (docs/runs.md).
   Plot.prototype.loadRuns = function (range) {
     var self = this;
@@ -295,6 +387,66 @@
       .then(function (response) { return response.ok ? response.json() : { results: [] }; })
       .then(function (body) { self.runs = body.results || []; })
       .catch(function () { self.runs = []; });
+  };
+
+  // Expression curves (a/temp - b/temp), computed by the server at the plot's resolution; a bad one keeps
+  // its error message (shown in the Expressions menu) and draws nothing.
+  Plot.prototype.loadCurves = function (range) {
+    var self = this, list = this.state.exprs || [];
+    if (!this.opts.expressionUrl || !list.length) { this.curves = []; return Promise.resolve(); }
+    var points = Math.max(MIN_POINTS, Math.min(2000, Math.round(this.points() / 2)));
+    return Promise.all(list.map(function (expression) {
+      var q = new URLSearchParams();
+      q.set("expression", expression);
+      q.set("start", String(Math.floor(range[0] * 1000)));
+      q.set("end", String(Math.ceil(range[1] * 1000)));
+      q.set("max_points", String(points));
+      return fetch(self.opts.expressionUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          return response.json().then(function (body) {
+            if (!response.ok) return { expression: expression, error: body.expression || body.detail || JSON.stringify(body) };
+            return { expression: expression, t: body.t.map(function (us) { return us / 1000; }), y: body.value, sliceMs: body.slice_us / 1000 };
+          });
+        })
+        .catch(function (error) { return { expression: expression, error: error.message }; });
+    })).then(function (curves) { self.curves = curves; if (self.onCurves) self.onCurves(curves); });
+  };
+
+  // Logbook entries (dotted lines, the text on hover) and alarm events (red bands from raised to cleared)
+  // of the plotted channels in the view, from /api/v1/annotations/ (bounded by the server).
+  Plot.prototype.loadAnnotations = function (range) {
+    var self = this;
+    if (!this.opts.annotationsUrl || !this.state.channels.length) { this.notes = null; return Promise.resolve(); }
+    var q = new URLSearchParams();
+    q.set("channels", this.state.channels.map(function (c) { return c.id; }).join(","));
+    q.set("start", String(Math.floor(range[0] * 1000)));
+    q.set("end", String(Math.ceil(range[1] * 1000)));
+    return fetch(this.opts.annotationsUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (body) { self.notes = body; })
+      .catch(function () { self.notes = null; });
+  };
+
+  Plot.prototype.noteShapes = function (range, layout) {
+    var notes = this.notes, names = {};
+    if (!notes) return;
+    this.state.channels.forEach(function (c) { names[c.id] = c.name; });
+    notes.alarms.forEach(function (a) {
+      var start = Math.max(Date.parse(a.raised_at), range[0]), end = a.cleared_at ? Date.parse(a.cleared_at) : range[1];
+      layout.shapes.push({ type: "rect", xref: "x", yref: "paper", x0: wall(start), x1: wall(Math.max(end, start)), y0: 0, y1: 1,
+        fillcolor: a.severity === "critical" ? "rgba(220,38,38,0.12)" : "rgba(217,119,6,0.12)", line: { width: 0 }, layer: "below" });
+      layout.annotations.push({ xref: "x", yref: "paper", x: wall(start), y: 0, xanchor: "left", yanchor: "bottom", showarrow: false,
+        text: "⚠", font: { size: 12, color: "#b91c1c" },
+        hovertext: plotlyText((names[a.channel] || "") + ": " + a.message + (a.cleared_at ? "" : " (active)")) });
+    });
+    notes.logbook.forEach(function (e) {
+      var at = wall(Date.parse(e.time));
+      layout.shapes.push({ type: "line", xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
+        line: { width: 1, dash: "dot", color: "#475569" } });
+      layout.annotations.push({ xref: "x", yref: "paper", x: at, y: 0.98, xanchor: "left", yanchor: "top", showarrow: false,
+        text: "✎", font: { size: 12, color: "#334155" },
+        hovertext: plotlyText((e.author ? e.author + ": " : "") + e.text.slice(0, 300)) });
+    });
   };
 
   Plot.prototype.runShapes = function (range, layout) {
@@ -324,29 +476,78 @@
     return units;
   };
 
+  // The readings of a raw answer split in two: the good ones (joined by the line) and the flagged ones
+  // (drawn as markers only: a sentinel such as -9999 is never joined to the signal).
+  function splitFlagged(s) {
+    if (!s.quality) return { good: s, flagged: null };
+    var good = { t: [], y: [] }, flagged = { t: [], y: [] };
+    for (var i = 0; i < s.t.length; i++) {
+      var into = s.quality[i] ? flagged : good;
+      into.t.push(s.t[i]); into.y.push(s.y[i]);
+    }
+    return { good: Object.assign({}, s, good, { quality: null }), flagged: flagged.t.length ? flagged : null };
+  }
+
+  // The min/max envelope as closed polygons, one per stretch without a gap (separated by nulls, drawn
+  // with fill "toself"): a band filled "tonexty" would be drawn straight across the gaps.
+  function bandPolygons(s) {
+    var x = [], y = [], seg = [];
+    function flush() {
+      if (!seg.length) return;
+      var k;
+      for (k = 0; k < seg.length; k++) { x.push(s.t[seg[k]]); y.push(s.max[seg[k]]); }
+      for (k = seg.length - 1; k >= 0; k--) { x.push(s.t[seg[k]]); y.push(s.min[seg[k]]); }
+      x.push(s.t[seg[0]]); y.push(s.max[seg[0]]);
+      x.push(null); y.push(null);
+      seg = [];
+    }
+    for (var i = 0; i < s.t.length; i++) {
+      if (s.y[i] === null || s.min[i] === null || s.max[i] === null) flush(); else seg.push(i);
+    }
+    flush();
+    return { x: x, y: y };
+  }
+  Plot.bandPolygons = bandPolygons;
+
+  // The unit a channel is shown in: its axis's "show in" choice, else its own (the server converts).
+  Plot.prototype.displayUnit = function (c) {
+    var k = this.axes().indexOf(c.units || "") + 1, opt = (this.state.yaxes || {})[k];
+    return opt && opt.unit ? opt.unit : (c.units || "");
+  };
+
+  Plot.prototype.convertParam = function () {
+    var self = this;
+    return this.state.channels.filter(function (c) { return c.units && self.displayUnit(c) !== c.units; })
+      .map(function (c) { return c.id + ":" + self.displayUnit(c); }).join(",");
+  };
+
   Plot.prototype.traces = function () {
     var info = this.byChannel(), units = this.axes(), traces = [];
     this.traceIndex = {};
+    this.extents = {};  // axis -> [min, max, smallest positive] of the lines and bands (flagged markers excluded)
+    this.flaggedAxes = {};
     var self = this;
     this.series.forEach(function (raw) {
       var meta = info[raw.channel];
       if (!meta) return;
-      var s = withGaps(raw);
+      var parts = splitFlagged(raw);
+      var s = withGaps(parts.good);
       var c = meta.facts, color = meta.color;
       var axis = units.indexOf(c.units || "");
       var yaxis = axis === 0 ? "y" : "y" + (axis + 1);
-      var name = plotlyText(c.name + (c.units ? " (" + c.units + ")" : ""));
+      var shown = self.displayUnit(c);
+      var name = plotlyText(c.name + (shown ? " (" + shown + ")" : ""));
       var group = "ch" + c.id;
-      var hoverUnits = c.units ? " " + plotlyText(c.units) : "";
+      var hoverUnits = shown ? " " + plotlyText(shown) : "";
       var index = { };
+      self.widen(yaxis, s.min || s.y);
+      if (s.max) self.widen(yaxis, s.max);
       if (s.source === "tier") {
-        index.min = traces.length;
-        traces.push({ x: walls(s.t), y: s.min, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, legendgroup: group,
-          showlegend: false, hoverinfo: "skip", type: "scatter", connectgaps: false });
-        index.max = traces.length;
-        traces.push({ x: walls(s.t), y: s.max, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) }, fill: "tonexty",
-          fillcolor: rgba(color, 0.18), legendgroup: group, showlegend: false, hoverinfo: "skip", type: "scatter",
-          connectgaps: false });
+        var band = bandPolygons(s);
+        index.band = traces.length;
+        traces.push({ x: walls(band.x), y: band.y, yaxis: yaxis, mode: "lines", line: { width: 1, color: rgba(color, 0.45) },
+          fill: "toself", fillcolor: rgba(color, 0.18), legendgroup: group, showlegend: false, hoverinfo: "skip",
+          type: "scatter", connectgaps: false });
       }
       index.line = traces.length;
       var few = s.t.length < 150;
@@ -355,20 +556,38 @@
         mode: few ? "lines+markers" : "lines", marker: { size: 5, color: color }, line: { width: 1.6, color: color },
         hovertemplate: (s.source === "tier" ? "mean " : "") + "%{y:.6g}" + hoverUnits + "<extra></extra>"
       });
-      if (s.quality) {
-        var fx = [], fy = [];
-        for (var i = 0; i < raw.t.length; i++) {
-          if (s.quality[i]) { fx.push(raw.t[i]); fy.push(raw.y[i]); }
-        }
-        if (fx.length) {
-          traces.push({ x: walls(fx), y: fy, yaxis: yaxis, name: plotlyText(c.name + " flagged"), legendgroup: group, type: "scatter",
-            mode: "markers", marker: { symbol: "x", size: 8, color: "#b91c1c" },
-            hovertemplate: "%{y:.6g}" + hoverUnits + " (flagged)<extra></extra>" });
-        }
+      if (parts.flagged) {
+        index.flagged = traces.length;
+        self.flaggedAxes[yaxis] = true;
+        traces.push({ x: walls(parts.flagged.t), y: parts.flagged.y, yaxis: yaxis, name: plotlyText(c.name + " flagged"),
+          legendgroup: group, type: "scatter", mode: "markers", marker: { symbol: "x", size: 8, color: "#b91c1c" },
+          hovertemplate: "%{y:.6g}" + hoverUnits + " (flagged)<extra></extra>" });
       }
       self.traceIndex[c.id] = index;
     });
+    var curveAxis = "y" + (units.length + 1);
+    (this.curves || []).forEach(function (curve, i) {
+      if (curve.error || !curve.t.length) return;
+      var g = withGaps({ t: curve.t, y: curve.y, bucketMs: curve.sliceMs });
+      traces.push({ x: walls(g.t), y: g.y, yaxis: units.length ? curveAxis : "y", name: "ƒ " + plotlyText(curve.expression),
+        type: "scatter", mode: g.t.length < 150 ? "lines+markers" : "lines", connectgaps: false,
+        line: { width: 2, dash: "dash", color: COLORS[(units.length + i) % COLORS.length] }, marker: { size: 5 },
+        hovertemplate: "%{y:.6g}<extra>ƒ</extra>" });
+    });
     return traces;
+  };
+
+  // The range of the good readings on an axis (what the autoscale follows when flagged markers are shown).
+  Plot.prototype.widen = function (yaxis, values) {
+    var e = this.extents[yaxis] || [Infinity, -Infinity, Infinity];
+    for (var i = 0; i < values.length; i++) {
+      var v = values[i];
+      if (v === null || v === undefined || !isFinite(v)) continue;
+      if (v < e[0]) e[0] = v;
+      if (v > e[1]) e[1] = v;
+      if (v > 0 && v < e[2]) e[2] = v;
+    }
+    this.extents[yaxis] = e;
   };
 
   Plot.prototype.layout = function (range) {
@@ -388,30 +607,70 @@
       shapes: []
     };
     this.runShapes(range, layout);
+    this.noteShapes(range, layout);
     if (!compact) layout.margin.t = 30;
+    var self = this, options = this.state.yaxes || {};
     units.forEach(function (unit, i) {
       var first = channels.filter(function (c) { return (c.units || "") === unit; })[0];
       var color = info[first.id].color;
-      var axis = { title: { text: plotlyText(unit || "value"), font: { color: color } }, tickfont: { color: color }, automargin: true,
-        showgrid: i === 0, gridcolor: "#eef2f7", zeroline: false, linecolor: "#cbd5e1" };
+      var key = i === 0 ? "y" : "y" + (i + 1), opt = options[i + 1] || {};
+      var axis = { title: { text: plotlyText(opt.unit || unit || "value"), font: { color: color } }, tickfont: { color: color }, automargin: true,
+        showgrid: i === 0, gridcolor: "#eef2f7", zeroline: false, linecolor: "#cbd5e1", type: opt.log ? "log" : "linear",
+        // each axis picks its own round ticks (1, 2, 5 x 10^n), never the left axis's grid positions
+        tickmode: "auto", nticks: compact ? 6 : 9, exponentformat: "power" };
       if (i > 0) {
         axis.overlaying = "y";
         axis.side = i % 2 ? "right" : "left";
         if (i > 1) { axis.anchor = "free"; axis.autoshift = true; }
       }
+      // Manual limits, or (with flagged markers on this axis) the good readings' range: a -9999 sentinel
+      // never stretches the axis. Otherwise plotly's autoscale.
+      var range = (opt.min != null || opt.max != null || self.flaggedAxes[key]) ?
+        axisRange(opt.min, opt.max, self.extents[key], !!opt.log) : null;
+      if (range) { axis.range = range; axis.autorange = false; } else { axis.autorange = true; }
       layout[i === 0 ? "yaxis" : "yaxis" + (i + 1)] = axis;
     });
+    if (units.length && (this.curves || []).some(function (c) { return !c.error; })) {
+      var n = units.length + 1;
+      layout["yaxis" + n] = { title: { text: "ƒ expressions" }, overlaying: "y", side: n % 2 ? "left" : "right",
+        anchor: n > 2 ? "free" : undefined, autoshift: n > 2 ? true : undefined, automargin: true, showgrid: false, zeroline: false };
+      if (n === 2) layout.margin.r = 60;
+    }
     return layout;
   };
+
+  // An axis range from manual limits (either may be missing) and the data's extent [min, max, smallest
+  // positive]; in log10 units for a log axis. Null when nothing sensible is known (plotly autoscales).
+  function axisRange(lo, hi, extent, log) {
+    var e = extent || [Infinity, -Infinity, Infinity];
+    var dataLo = log ? e[2] : e[0], dataHi = e[1];
+    var a = lo != null ? lo : dataLo, b = hi != null ? hi : dataHi;
+    if (!isFinite(a) || !isFinite(b)) return null;
+    if (log) {
+      if (a <= 0 || b <= 0) return null;
+      a = Math.log10(a); b = Math.log10(b);
+    }
+    var pad = (b - a) * 0.05 || Math.abs(a) * 0.05 || 1;
+    if (lo == null) a -= pad;
+    if (hi == null) b += pad;
+    return b > a ? [a, b] : null;
+  }
+  Plot.axisRange = axisRange;
 
   Plot.prototype.draw = function (range) {
     var self = this;
     this.view = range;
-    var traces = this.traces();
-    var empty = !traces.some(function (t) { return t.x && t.x.length; });
+    var traces, layout, empty;
+    if ((this.state.kind === "hist" || this.state.kind === "heatmap") && this.histogram && this.state.channels.length) {
+      var figure = this.histogramFigure(range);
+      traces = figure.traces; layout = figure.layout; empty = !this.histogram.total;
+    } else {
+      traces = this.traces(); layout = this.layout(range);
+      empty = !traces.some(function (t) { return t.x && t.x.length; });
+    }
     this.setOverlay(this.state.channels.length && empty ? "No readings in this range." : "");
     this.quiet = true;
-    var result = Plotly.react(this.gd, traces, this.layout(range), {
+    var result = Plotly.react(this.gd, traces, layout, {
       responsive: true, displaylogo: false, scrollZoom: true, showTips: false,
       modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toImage"]
     });
@@ -424,8 +683,15 @@
     });
   };
 
+  // Draw the same answer again (axis options changed: nothing to ask the server).
+  Plot.prototype.redraw = function () {
+    var self = this;
+    if (!this.view) return Promise.resolve();
+    return this.draw(this.view).then(function () { self.root.dataset.drawCount = String(++self.drawCount); });
+  };
+
   Plot.prototype.onRelayout = function (ev) {
-    if (this.quiet) return;
+    if (this.quiet || this.state.kind === "hist") return; // a histogram's x axis is values, not time
     var start, end;
     if (ev["xaxis.range[0]"] !== undefined) {
       start = parseAxisTime(ev["xaxis.range[0]"]); end = parseAxisTime(ev["xaxis.range[1]"]);
@@ -440,6 +706,7 @@
       return; // a y-only zoom needs no new readings
     }
     if (!(end > start)) return;
+    this.shifted = false;
     this.view = [start, end];
     if (this.opts.onZoom) this.opts.onZoom(start, end);
     this.schedule("zoom");
@@ -475,13 +742,13 @@
     var now = Date.now();
     var since = this.lastTime();
     var from = since === null ? (this.view ? this.view[0] : now - 3600e3) : since + 0.001;
-    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, from, now + 1000, 2000, this.state.flagged);
+    var url = samplesUrl(this.opts.samplesUrl, this.state.channels, from, now + 1000, 2000, this.state.flagged, this.convertParam());
     this.ticking = true;
     fetch(url, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; }).then(function (body) {
       self.ticking = false;
       if (!body) return;
       var fresh = answerSeries(body), added = 0;
-      var x = [], y = [], which = [];
+      var x = [], y = [], which = [], redraw = false;
       fresh.forEach(function (s) {
         var index = self.traceIndex && self.traceIndex[s.channel];
         var target = self.series.filter(function (o) { return o.channel === s.channel; })[0];
@@ -490,23 +757,23 @@
         if (target) {
           target.t = target.t.concat(s.t); target.y = target.y.concat(s.y);
           if (target.min) { target.min = target.min.concat(s.min || s.y); target.max = target.max.concat(s.max || s.y); }
+          if (target.quality || s.quality) {
+            target.quality = (target.quality || target.t.slice(0, target.t.length - s.t.length).map(function () { return 0; }))
+              .concat(s.quality || s.t.map(function () { return 0; }));
+          }
         } else {
           self.series.push(s);
         }
-        if (!index) return;
-        ["min", "max", "line"].forEach(function (key) {
-          if (index[key] === undefined) return;
-          x.push(walls(s.t));
-          y.push(key === "line" ? s.y : (s[key] || s.y));
-          which.push(index[key]);
-        });
+        // A band (closed polygons) or flagged markers are not extended point by point: drawn again.
+        if (!index || index.band !== undefined || index.flagged !== undefined || s.quality) { redraw = true; return; }
+        x.push(walls(s.t)); y.push(s.y); which.push(index.line);
       });
       if (!added) return;
       var span = self.view ? self.view[1] - self.view[0] : RANGE_MS["1h"];
       var end = Math.max(now, self.lastTime());
       self.view = [end - span, end];
       self.quiet = true;
-      var done = which.length ? Plotly.extendTraces(self.gd, { x: x, y: y }, which) : Promise.resolve(self.draw(self.view));
+      var done = which.length && !redraw ? Plotly.extendTraces(self.gd, { x: x, y: y }, which) : Promise.resolve(self.draw(self.view));
       Promise.resolve(done).then(function () { return Plotly.relayout(self.gd, { "xaxis.range": [wall(self.view[0]), wall(self.view[1])] }); })
         .then(function () {
           self.quiet = false;
@@ -530,6 +797,14 @@
       sources[word] = true;
     });
     if (this.view) parts.push(fmtSpan(this.view[1] - this.view[0]) + " shown");
+    var h = this.histogram;
+    if (h && (this.state.kind === "hist" || this.state.kind === "heatmap")) {
+      parts.push("histogram of " + this.state.channels[0].name + ": " + fmtCount(h.total) + " readings" +
+        (h.below || h.above ? " (" + fmtCount(h.below) + " below, " + fmtCount(h.above) + " above the limits)" : ""));
+      parts.push(h.source === "raw" ? "counted from every reading" : "counted from the " + h.source + " tier" +
+        (h.exact < 1 ? ", " + Math.round(h.exact * 100) + "% exactly (the rest estimated from each bucket's mean, spread and min..max)" : ", exactly"));
+    }
+    if (this.shifted) parts.push("nothing in the last " + fmtSpan(this.view[1] - this.view[0]) + ": the latest readings shown");
     if (this.series.length) parts.push(fmtCount(total) + " points: " + Object.keys(sources).join(", "));
     if (this.drawnMs != null) parts.push("drawn in " + Math.round(this.drawnMs) + " ms" +
       (this.serverMs != null ? " (server " + Math.round(this.serverMs) + " ms)" : ""));
@@ -549,7 +824,9 @@
   function readState(config) {
     var q = new URLSearchParams(location.search);
     var state = { channels: config.channels.slice(), range: q.get("range") || "1d", start: null, end: null,
-      flagged: q.get("flagged") === "1", live: q.get("live") === "1" };
+      flagged: q.get("flagged") === "1", live: q.get("live") === "1", yaxes: readAxes(q),
+      kind: KINDS.indexOf(q.get("view")) >= 0 ? q.get("view") : "series",
+      exprs: q.getAll("e").filter(function (e) { return e.trim(); }).slice(0, 6) };
     if (state.range === "custom") {
       state.start = Date.parse(q.get("start") || "");
       state.end = Date.parse(q.get("end") || "");
@@ -560,6 +837,33 @@
     return state;
   }
 
+  var KINDS = ["series", "hist", "heatmap"];
+
+  // Per y axis (numbered as drawn, one per unit): "y2=log:1:1000" = log scale from 1 to 1000; either
+  // limit may be left empty ("y1=lin::50": the top fixed, the bottom from the readings).
+  function readAxes(q) {
+    var out = {};
+    for (var k = 1; k <= 12; k++) {
+      var text = q.get("y" + k);
+      if (!text) continue;
+      var parts = text.split(":"), lo = parseFloat(parts[1]), hi = parseFloat(parts[2]);
+      var unit = /^[\w\/^%. -]{1,40}$/.test(parts[3] || "") ? parts[3] : null;
+      var axis = { log: parts[0] === "log", min: isFinite(lo) ? lo : null, max: isFinite(hi) ? hi : null, unit: unit };
+      if (axis.min != null && axis.max != null && !(axis.max > axis.min)) { axis.min = axis.max = null; }
+      if (axis.log || axis.min != null || axis.max != null || axis.unit) out[k] = axis;
+    }
+    return out;
+  }
+
+  function writeAxes(q, yaxes) {
+    Object.keys(yaxes || {}).forEach(function (k) {
+      var a = yaxes[k];
+      if (!a.log && a.min == null && a.max == null && !a.unit) return;
+      q.set("y" + k, (a.log ? "log" : "lin") + (a.min != null || a.max != null || a.unit ?
+        ":" + (a.min != null ? a.min : "") + ":" + (a.max != null ? a.max : "") : "") + (a.unit ? ":" + a.unit : ""));
+    });
+  }
+
   function writeState(state, push) {
     var q = new URLSearchParams();
     if (state.channels.length) q.set("c", state.channels.map(function (c) { return c.id; }).join(","));
@@ -567,7 +871,10 @@
     if (state.range === "custom") { q.set("start", isoUtc(state.start)); q.set("end", isoUtc(state.end)); }
     if (state.flagged) q.set("flagged", "1");
     if (state.live) q.set("live", "1");
-    var url = location.pathname + "?" + q.toString().replace(/%2C/g, ",");
+    if (state.kind && state.kind !== "series") q.set("view", state.kind);
+    writeAxes(q, state.yaxes);
+    (state.exprs || []).forEach(function (e) { q.append("e", e); });
+    var url = location.pathname + "?" + q.toString().replace(/%2C/g, ",").replace(/%3A/g, ":");
     if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
   }
 
@@ -576,7 +883,8 @@
     var state = readState(config);
     var root = document.getElementById("main-plot");
     var plot = new Plot(root, {
-      state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl,
+      state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl, histogramUrl: config.histogramUrl,
+      annotationsUrl: config.annotationsUrl, expressionUrl: config.expressionUrl,
       onZoom: function (start, end) {
         state.range = "custom"; state.start = start; state.end = end; writeState(state); syncControls();
       },
@@ -636,6 +944,111 @@
       state.range = "custom"; state.start = start; state.end = end;
       reload(true);
     });
+    // The "Y axes" menu: log scale and limits per axis (one axis per unit), kept in the link.
+    var axesPanel = document.getElementById("yaxes-panel");
+    function renderAxes() {
+      axesPanel.innerHTML = "";
+      var units = plot.axes();
+      if (!units.length) { axesPanel.textContent = "Choose channels first."; return; }
+      units.forEach(function (unit, i) {
+        var k = i + 1, opt = state.yaxes[k] || {};
+        var row = document.createElement("fieldset");
+        row.className = "yaxis-row"; row.dataset.axis = String(k);
+        var legend = document.createElement("legend"); legend.textContent = "Axis " + k + ": " + (unit || "no unit");
+        var log = document.createElement("label"); log.className = "checkbox small";
+        var box = document.createElement("input"); box.type = "checkbox"; box.name = "log"; box.checked = !!opt.log;
+        log.appendChild(box); log.appendChild(document.createTextNode(" Log scale"));
+        row.appendChild(legend); row.appendChild(log);
+        ["min", "max"].forEach(function (which) {
+          var label = document.createElement("label"); label.className = "small";
+          var input = document.createElement("input"); input.type = "number"; input.step = "any"; input.name = which;
+          input.placeholder = "auto"; input.size = 8; input.value = opt[which] != null ? String(opt[which]) : "";
+          input.setAttribute("aria-label", "Axis " + k + " " + which);
+          label.appendChild(document.createTextNode(which === "min" ? "from " : " to "));
+          label.appendChild(input);
+          row.appendChild(label);
+        });
+        var choices = [];
+        state.channels.forEach(function (c) { if ((c.units || "") === unit && c.unitChoices && c.unitChoices.length > choices.length) choices = c.unitChoices; });
+        if (choices.length > 1) {
+          var showIn = document.createElement("label"); showIn.className = "small";
+          var pick = document.createElement("select"); pick.name = "unit";
+          pick.setAttribute("aria-label", "Axis " + k + " shown in");
+          [unit].concat(choices.filter(function (u) { return u !== unit; })).forEach(function (u) {
+            var option = document.createElement("option"); option.value = u; option.textContent = u; pick.appendChild(option);
+          });
+          pick.value = opt.unit || unit;
+          showIn.appendChild(document.createTextNode("shown in ")); showIn.appendChild(pick);
+          row.appendChild(showIn);
+        }
+        axesPanel.appendChild(row);
+      });
+      var apply = document.createElement("button"); apply.type = "button"; apply.className = "btn btn-primary btn-small";
+      apply.id = "yaxes-apply"; apply.textContent = "Apply";
+      var reset = document.createElement("button"); reset.type = "button"; reset.className = "btn btn-small";
+      reset.textContent = "All automatic";
+      var error = document.createElement("p"); error.className = "small error"; error.id = "yaxes-error";
+      apply.addEventListener("click", function () {
+        var next = {}, problem = "";
+        axesPanel.querySelectorAll(".yaxis-row").forEach(function (row) {
+          var lo = row.querySelector("[name=min]").value, hi = row.querySelector("[name=max]").value;
+          var pick = row.querySelector("[name=unit]"), own = plot.axes()[Number(row.dataset.axis) - 1];
+          var axis = { log: row.querySelector("[name=log]").checked, min: lo === "" ? null : Number(lo), max: hi === "" ? null : Number(hi),
+            unit: pick && pick.value !== own ? pick.value : null };
+          if (axis.min != null && axis.max != null && !(axis.max > axis.min)) problem = "Axis " + row.dataset.axis + ": the top must be above the bottom.";
+          if (axis.log && ((axis.min != null && axis.min <= 0) || (axis.max != null && axis.max <= 0))) problem = "Axis " + row.dataset.axis + ": a log scale's limits are above 0.";
+          next[row.dataset.axis] = axis;
+        });
+        error.textContent = problem;
+        if (problem) return;
+        state.yaxes = next; plot.state = state; writeState(state);
+        document.getElementById("yaxes-menu").open = false;
+        plot.load("axes");  // new limits may need no new readings, but a new unit does: ask again
+      });
+      reset.addEventListener("click", function () {
+        state.yaxes = {}; writeState(state); renderAxes();
+        document.getElementById("yaxes-menu").open = false;
+        plot.load("axes");
+      });
+      axesPanel.appendChild(error); axesPanel.appendChild(apply); axesPanel.appendChild(reset);
+    }
+    document.getElementById("yaxes-menu").addEventListener("toggle", renderAxes);
+
+    // Expressions: curves over channels of any instruments, kept in the link (e=...).
+    var exprForm = document.getElementById("expr-form"), exprInput = document.getElementById("expr-input");
+    var exprList = document.getElementById("expr-list");
+    function renderCurves(curves) {
+      exprList.innerHTML = "";
+      (state.exprs || []).forEach(function (expression, i) {
+        var item = document.createElement("li"), text = document.createElement("code"), remove = document.createElement("button");
+        text.textContent = expression;
+        remove.type = "button"; remove.className = "btn btn-small"; remove.textContent = "Remove";
+        remove.addEventListener("click", function () { state.exprs.splice(i, 1); writeState(state); renderCurves([]); plot.load("expression"); });
+        item.appendChild(text); item.appendChild(document.createTextNode(" ")); item.appendChild(remove);
+        var curve = (curves || []).filter(function (c) { return c.expression === expression; })[0];
+        if (curve && curve.error) {
+          var error = document.createElement("p"); error.className = "small error expr-error"; error.textContent = curve.error;
+          item.appendChild(error);
+        }
+        exprList.appendChild(item);
+      });
+    }
+    plot.onCurves = renderCurves;
+    exprForm.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var expression = exprInput.value.trim();
+      if (!expression) return;
+      state.exprs = (state.exprs || []).concat([expression]).slice(-6);
+      exprInput.value = "";
+      writeState(state, true);
+      plot.load("expression");
+    });
+    renderCurves([]);
+
+    var kindSelect = document.getElementById("view-kind");
+    kindSelect.value = state.kind;
+    kindSelect.addEventListener("change", function () { state.kind = kindSelect.value; plot.state = state; writeState(state, true); plot.load("kind").then(syncControls); });
+
     flaggedToggle.addEventListener("change", function () { state.flagged = flaggedToggle.checked; plot.state = state; writeState(state); plot.load("flagged").then(syncControls); });
     liveToggle.addEventListener("change", function () {
       state.live = liveToggle.checked;

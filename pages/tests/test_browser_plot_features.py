@@ -1,0 +1,154 @@
+"""The plot page's question-answering features in headless Chromium, on imported history (2018 readings
+with a gap and a -9999 sentinel): the range it opens on, "All", flagged markers that do not drive the
+autoscale, the band's polygons broken at gaps, per-axis log scale and limits kept in the link, the
+histogram and the histogram over time counted by the server. Screenshots at 1280 and 390 px."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from collection.choices import Quality
+from collection.models import Sample
+from daqbroker_agent.parsing import datetime_to_us
+from instruments.models import LogbookEntry
+from instruments.tests.factories import make_channel
+from pages.tests.browser import ingest, wait_until_drawn
+
+pytestmark = pytest.mark.django_db(transaction=True)
+FIVE_MINUTES = 300_000_000
+
+
+def drawn_again(page, before: int) -> None:
+    page.wait_for_function(f"() => Number(document.getElementById('main-plot').dataset.drawCount) > {before}")
+
+
+def draws(page) -> int:
+    return int(page.evaluate("() => Number(document.getElementById('main-plot').dataset.drawCount)"))
+
+
+def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(site, visitors):
+    world = site
+    old = make_channel(world.alpha, slug="pressure-2018", name="Pressure 2018", units="hPa", valid_min=-1000)
+    start = datetime_to_us(datetime(2018, 3, 1, tzinfo=UTC))
+    stamps = start + np.arange(288) * FIVE_MINUTES  # one day, every 5 minutes ...
+    stamps = stamps[(stamps < start + 8 * 3600e6) | (stamps >= start + 14 * 3600e6)]  # ... with a 6 h gap
+    values = 1000 + 10 * np.sin(np.arange(len(stamps)) / 20)
+    values[40] = -9999.0  # a missing-value sentinel: flagged out of range
+    ingest(old, stamps.tolist(), values.tolist())
+    LogbookEntry.objects.create(
+        instrument=world.alpha, occurred_at=datetime(2018, 3, 1, 2, tzinfo=UTC), text="pump <b>restarted</b>"
+    )
+    assert Sample.objects.filter(channel=old).exclude(quality=Quality.OK).count() == 1
+    first_ms, last_ms = int(stamps[0]) // 1000, int(stamps[-1]) // 1000
+
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+
+    # Nothing in the last day: the plot opens on the latest day that has readings, and says so.
+    olivia.open(f"/plot/?c={old.pk}&range=1d")
+    view = page.evaluate("() => DAQPlot.main.view")
+    assert page.evaluate("() => DAQPlot.main.shifted") is True
+    assert view[0] == last_ms - 86_400_000 and last_ms < view[1] < last_ms + 900_000 + 1000
+    assert "the latest readings shown" in page.locator(".plot-status").inner_text()
+    assert not page.locator(".plot-overlay").is_visible()
+
+    # "All" spans the first to the last reading (1% each side), not up to now.
+    before = draws(page)
+    page.get_by_role("button", name="All").click()
+    drawn_again(page, before)
+    view = page.evaluate("() => DAQPlot.main.view")
+    pad = (last_ms - first_ms) * 0.01
+    assert view == pytest.approx([first_ms - pad, last_ms + pad], abs=2)
+
+    # Flagged readings shown: markers, not joined, and the axis follows the good readings only.
+    before = draws(page)
+    page.get_by_label("Flagged readings").check()
+    drawn_again(page, before)
+    traces = page.evaluate("() => document.querySelector('#main-plot .plot').data.map(t => [t.mode, t.y.length])")
+    assert ["markers", 1] in traces
+    line = page.evaluate("() => document.querySelector('#main-plot .plot').data[0].y")
+    assert -9999 not in line and None in line  # the gap breaks the line
+    y_range = page.evaluate("() => document.querySelector('#main-plot .plot').layout.yaxis.range")
+    assert 980 < y_range[0] < 991 and 1009 < y_range[1] < 1020
+    olivia.shoot("plot-history-flagged")
+
+    # The band (tier answers) is one closed polygon per stretch without a gap.
+    band = page.evaluate(
+        "() => DAQPlot.Plot.bandPolygons({t: [0, 1, 2, 10, 11], y: [1, 2, null, 4, 5], min: [0, 1, null, 3, 4],"
+        " max: [2, 3, null, 5, 6]})"
+    )
+    assert band == {
+        "x": [0, 1, 1, 0, 0, None, 10, 11, 11, 10, 10, None],
+        "y": [2, 3, 1, 0, 2, None, 5, 6, 4, 3, 5, None],
+    }
+
+    # Log scale and limits for the axis, kept in the link (and there after a reload).
+    page.locator("#yaxes-menu summary").click()
+    row = page.locator('.yaxis-row[data-axis="1"]')
+    row.get_by_label("Log scale").check()
+    row.locator("[name=min]").fill("900")
+    row.locator("[name=max]").fill("1100")
+    before = draws(page)
+    page.locator("#yaxes-apply").click()
+    drawn_again(page, before)
+    assert "y1=log:900:1100" in page.url
+    page.reload()
+    wait_until_drawn(page)
+    axis = page.evaluate("() => document.querySelector('#main-plot .plot').layout.yaxis")
+    assert axis["type"] == "log" and axis["range"] == pytest.approx([np.log10(900), np.log10(1100)])
+
+    # Histogram of the channel over the view, counted by the server: every good reading once.
+    page.get_by_label("Flagged readings").uncheck()
+    wait_until_drawn(page)
+    page.locator("#yaxes-menu summary").click()
+    before = draws(page)
+    page.get_by_role("button", name="All automatic").click()
+    drawn_again(page, before)
+    before = draws(page)
+    page.select_option("#view-kind", "hist")
+    drawn_again(page, before)
+    histogram = page.evaluate("() => DAQPlot.main.histogram")
+    good = np.delete(values, 40)
+    assert histogram["total"] == len(good) and sum(histogram["counts"]) == len(good)
+    assert histogram["counts"] == np.histogram(good, bins=80)[0].tolist()
+    assert page.evaluate("() => document.querySelector('#main-plot .plot').data[0].type") == "bar"
+    assert "view=hist" in page.url
+    olivia.shoot("plot-histogram")
+
+    # ... and over time: a heatmap of time slices.
+    before = draws(page)
+    page.select_option("#view-kind", "heatmap")
+    drawn_again(page, before)
+    assert page.evaluate("() => document.querySelector('#main-plot .plot').data[0].type") == "heatmap"
+    assert sum(map(sum, page.evaluate("() => DAQPlot.main.histogram.counts"))) == len(good)
+    olivia.shoot("plot-heatmap")
+
+    # Back to the time series: the logbook entry of the day is drawn, and an expression curve across
+    # channels is computed by the server (a bad one says why in the menu).
+    before = draws(page)
+    page.select_option("#view-kind", "series")
+    drawn_again(page, before)
+    page.wait_for_function(  # drawn when the annotations arrive (they never hold up the readings)
+        "() => document.querySelector('#main-plot .plot').layout.annotations.some(a => a.text === '✎')"
+    )
+    page.locator("#expr-menu summary").click()
+    page.fill("#expr-input", "alpha-station/pressure-2018 - 1000")
+    before = draws(page)
+    page.get_by_role("button", name="Add curve").click()
+    drawn_again(page, before)
+    curve = page.evaluate("() => DAQPlot.main.curves[0]")
+    assert "error" not in curve and len(curve["y"]) > 10 and all(-11 < v < 11 for v in curve["y"])
+    page.fill("#expr-input", "nowhere/nothing + 1")
+    before = draws(page)
+    page.get_by_role("button", name="Add curve").click()
+    drawn_again(page, before)
+    assert "no channel 1 of the expression" in page.locator(".expr-error").inner_text()
+    assert page.url.count("&e=") == 2
+    olivia.shoot("plot-expression")
+
+    # The channel picker's list scrolls inside its card.
+    assert page.evaluate("() => getComputedStyle(document.querySelector('.picker-list')).maxHeight") != "none"
