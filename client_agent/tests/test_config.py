@@ -10,7 +10,7 @@ import pytest
 from daqbroker_agent.config import STANDARD_BAUDRATES, ConfigError, validate_source_config
 
 BAUDRATES = ", ".join(map(str, STANDARD_BAUDRATES))
-AGENT_KINDS = "file, serial, tcp, command, mqtt"
+AGENT_KINDS = "file, serial, tcp, modbus, command, mqtt"
 PARSER_DEFAULTS = {
     "format": "delimited",
     "delimiter": ",",
@@ -32,8 +32,6 @@ LINE_DEFAULTS = {
     "listen_seconds": 0.0,
     "max_lines": 1000,
 }
-
-AGENT_KINDS = "file, serial, tcp, modbus, command"
 
 
 def refused(kind: str, raw, prefix: str = "") -> ConfigError:
