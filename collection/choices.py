@@ -19,6 +19,7 @@ class Origin(models.TextChoices):
     SERIAL = "serial", "Serial collector"
     TCP = "tcp", "TCP collector"
     MQTT = "mqtt", "MQTT collector"
+    OPCUA = "opcua", "OPC UA collector"
     DERIVED = "derived", "Derived channel"
     CORRECTION = "correction", "Correction (replaced on purpose)"
     DEMO = "demo", "Demo"

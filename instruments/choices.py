@@ -6,12 +6,13 @@ class SourceKind(models.TextChoices):
     SERIAL = "serial", "Serial port"
     TCP = "tcp", "TCP instrument"
     MQTT = "mqtt", "MQTT broker"
+    OPCUA = "opcua", "OPC UA server"
     AGENT = "agent", "Remote agent"
 
 
 # Sources read over a connection kept open by a long-lived collector (manage.py run_stream_collectors), not
 # by the periodic dispatcher: daqbroker_agent.config.STREAMING_KINDS.
-STREAMING_KINDS = (SourceKind.MQTT,)
+STREAMING_KINDS = (SourceKind.MQTT, SourceKind.OPCUA)
 
 
 class ChannelKind(models.TextChoices):
