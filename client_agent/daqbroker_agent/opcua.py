@@ -89,10 +89,10 @@ def severity(status: int) -> str:
 def status_name(status: int) -> str:
     """``BadSensorFailure`` for 0x808B0000 (asyncua's table), else the code in hex."""
     try:
-        from asyncua.ua.status_codes import get_name_and_doc
+        from asyncua.ua.status_codes import code_to_name_doc
 
-        name = get_name_and_doc(status & 0xFFFF0000)[0]
-    except Exception:  # asyncua missing, or a code it does not know
+        name = code_to_name_doc.get(status & 0xFFFF0000, ("",))[0]
+    except Exception:  # asyncua missing
         name = ""
     return name or f"0x{status:08X}"
 
