@@ -378,6 +378,7 @@ class OpcUaTestServer:
             return
         try:
             self._call(self._server.stop())
+            self._call(self._cancel_the_rest())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
@@ -385,14 +386,26 @@ class OpcUaTestServer:
             self._loop.close()
             self._server, self._loop, self.variables = None, None, {}
 
+    @staticmethod
+    async def _cancel_the_rest() -> None:
+        import asyncio
+
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     def restart(self) -> None:
-        self.stop()
-        self.start()
+        """Stop the server (its clients are disconnected) and start it again, address space kept."""
+        assert self._server is not None
+        self._call(self._server.stop())
+        self._call(self._server.start())
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def opcua_server():
-    """A real OPC UA server (asyncua) on a free port, stopped at teardown: see :class:`OpcUaTestServer`."""
+    """A real OPC UA server (asyncua) on a free port, for the session (its start-up takes seconds), stopped at
+    the end: see :class:`OpcUaTestServer`. Tests restart it (``restart``) and write its variables."""
     server = OpcUaTestServer().start()
     yield server
     server.stop()
