@@ -273,7 +273,9 @@ class OpcUaSession:
             if refused:
                 log.warning("%s", self.last_error)
             self.subscribed.set()
-            log.info("connected to %s; subscribed to %s", self.shown, ", ".join(n["node"] for n in self.config["nodes"]))
+            log.info(
+                "connected to %s; subscribed to %s", self.shown, ", ".join(n["node"] for n in self.config["nodes"])
+            )
             clock = client.get_node(ua.ObjectIds.Server_ServerStatus_CurrentTime)
             while not self._stopping.is_set():
                 await self._sleep(WATCH_SECONDS)
@@ -322,7 +324,9 @@ class _Handler:
         try:
             self.session.changes.put_nowait(change)
         except queue.Full:
-            log.warning("%s: %s changes waiting to be stored; dropped one of %s", self.session.shown, MAX_QUEUED, change.node)
+            log.warning(
+                "%s: %s changes waiting to be stored; dropped one of %s", self.session.shown, MAX_QUEUED, change.node
+            )
 
     def status_change_notification(self, status) -> None:
         log.info("%s: subscription status %s", self.session.shown, status)

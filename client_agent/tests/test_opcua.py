@@ -38,8 +38,15 @@ def test_the_configuration_is_checked_and_completed_when_saved():
         with pytest.raises(ConfigError) as caught:
             opcua_config(**overrides)
         assert caught.value.field == field, (field, str(caught.value))
-    assert "ns=2;i=7" in str(pytest.raises(ConfigError, opcua_config, nodes=[{"node": "x", "name": "t"}]).value)
-    for node in ("ns=2;i=7", "i=2258", "ns=3;s=Boiler.Temperature", "nsu=urn:x;s=a", "g=" + "0" * 8 + "-0000-0000-0000-" + "0" * 12):
+    with pytest.raises(ConfigError, match="ns=2;i=7"):
+        opcua_config(nodes=[{"node": "x", "name": "t"}])
+    for node in (
+        "ns=2;i=7",
+        "i=2258",
+        "ns=3;s=Boiler.Temperature",
+        "nsu=urn:x;s=a",
+        "g=" + "0" * 8 + "-0000-0000-0000-" + "0" * 12,
+    ):
         assert opcua_config(nodes=[{"node": node, "name": "t"}])["nodes"][0]["node"] == node
 
 
@@ -83,7 +90,10 @@ def test_a_subscription_delivers_source_times_and_statuses_and_survives_a_server
         port=opcua_server.port,
         path="/daqbroker-test/",
         publishing_interval=50,
-        nodes=[{"node": opcua_server.node("temperature"), "name": "t"}, {"node": opcua_server.node("pressure"), "name": "p"}],
+        nodes=[
+            {"node": opcua_server.node("temperature"), "name": "t"},
+            {"node": opcua_server.node("pressure"), "name": "p"},
+        ],
     )
     session = OpcUaSession(config)
     session.start()
