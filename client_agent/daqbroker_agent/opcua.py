@@ -150,7 +150,8 @@ class ChangeMapper:
             return [], []
 
         def problem(reason: str) -> Problem:
-            return Problem(f"{change.node}: {reason}", change.node, name, repr(change.value)[:2000], change.received_us)
+            shown = change.value if isinstance(change.value, str) else repr(change.value)
+            return Problem(f"{change.node}: {reason}", change.node, name, shown[:2000], change.received_us)
 
         level = severity(change.status)
         if level == BAD:

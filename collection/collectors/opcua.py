@@ -10,6 +10,7 @@ import numpy as np
 from collection.choices import Quality
 from collection.services.ingest import Rejection, SampleBatch
 from daqbroker_agent.opcua import Change, ChangeMapper
+from daqbroker_agent.parsing import us_to_datetime
 
 
 def to_batch(
@@ -38,6 +39,7 @@ def to_batch(
                         reason=problem.reason,
                         channel_id=refused,
                         channel_ref=str(refused) if refused else "",
+                        raw_time=us_to_datetime(change.ts).isoformat(),  # a reading: replay stores it as sent
                         raw_value=problem.value,
                         context={**context, **problem.context},
                     )

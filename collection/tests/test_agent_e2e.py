@@ -538,6 +538,10 @@ def test_opc_ua_changes_reach_the_database_through_the_agent(tmp_path, web, proc
     wait_for(lambda: RejectedSample.objects.filter(origin=Origin.AGENT).exists(), timeout=30, message="quarantine")
     bad = RejectedSample.objects.get(origin=Origin.AGENT)
     assert (bad.source_id, bad.context["node"]) == (station.source.pk, "ns=2;s=state")
+    from collection.services import quarantine
+
+    assert quarantine.why_not_replayable(bad) == quarantine.NOT_REPLAYABLE_OPCUA  # nothing to parse again
+    assert quarantine.parse_preview(bad) == {"error": quarantine.NOT_REPLAYABLE_OPCUA}
     assert bad.reason == "ns=2;s=state: status BadSensorFailure (bad): not stored"
 
 
