@@ -263,7 +263,7 @@ class OpcUaSession:
             for node, wanted in zip(nodes, self.config["nodes"], strict=True):
                 handler.ids[node.nodeid] = wanted["node"]  # as the configuration writes it
             results = await subscription.subscribe_data_change(
-                nodes, sampling_interval=float(self.config["publishing_interval"])
+                nodes, sampling_interval=ua.Double(float(self.config["publishing_interval"]))
             )
             refused = [
                 f"{n['node']}: {status_name(r.value)}"

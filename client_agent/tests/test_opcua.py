@@ -93,12 +93,14 @@ def test_a_subscription_delivers_source_times_and_statuses_and_survives_a_server
         nodes=[
             {"node": opcua_server.node("temperature"), "name": "t"},
             {"node": opcua_server.node("pressure"), "name": "p"},
+            {"node": "ns=2;s=no-such-node", "name": "x"},
         ],
     )
     session = OpcUaSession(config)
     session.start()
     try:
         wait_for(session.subscribed.is_set, timeout=30, message="subscribed")
+        assert "nodes refused: ns=2;s=no-such-node: BadNodeIdUnknown" in session.last_error  # the others are read
         initial = wait_changes(session, 2)  # the values at subscription time
         assert {c.node for c in initial} == {"ns=2;s=temperature", "ns=2;s=pressure"}
         at = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)

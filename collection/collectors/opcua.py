@@ -33,7 +33,8 @@ def to_batch(
                 quality.append(int(Quality.SUSPECT) if uncertain else int(Quality.OK))
                 origin.append(context if not uncertain else {**context, "status": mapper.uncertain_reason(change)})
         for problem in problems:
-            for refused in by_field.get(problem.field, ()) or [None]:
+            known: list[int | None] = list(by_field.get(problem.field, ()))
+            for refused in known or [None]:
                 rejections.append(
                     Rejection(
                         reason=problem.reason,
