@@ -169,6 +169,8 @@ class SampleBatch:
             raise ValueError("channel, ts and value must have the same length")
         if self.position is not None and len(self.position) != len(self.channel):
             raise ValueError("position must have one entry per reading")
+        if self.quality is not None and len(self.quality) != len(self.channel):
+            raise ValueError("quality must have one entry per reading")
 
     def __len__(self) -> int:
         return len(self.channel)
