@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -306,6 +307,115 @@ def private_mosquitto(tmp_path):
     yield start
     for broker in started:
         broker.stop()
+
+
+class OpcUaTestServer:
+    """A real asyncua OPC UA server in a thread of its own, on a free port, with Double variables
+    (``ns=2;s=<name>``) that the test writes (``write``), with a status code and a source time if it likes.
+    ``restart`` stops it and starts it again on the same port."""
+
+    def __init__(self, names: tuple[str, ...] = ("temperature", "pressure", "state")):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.host = "127.0.0.1"
+        self.names = names
+        self.url = f"opc.tcp://127.0.0.1:{self.port}/daqbroker-test/"
+        self._loop = None
+        self._thread: threading.Thread | None = None
+        self._server = None
+        self.variables: dict = {}
+
+    def node(self, name: str) -> str:
+        return f"ns=2;s={name}"
+
+    def start(self) -> OpcUaTestServer:
+        import asyncio
+
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def build():
+            from asyncua import Server, ua
+
+            server = Server()
+            await server.init()
+            server.set_endpoint(self.url)
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            index = await server.register_namespace("urn:daqbroker:test")
+            assert index == 2
+            folder = await server.nodes.objects.add_object(ua.NodeId("Lab", index), ua.QualifiedName("Lab", index))
+            for name in self.names:
+                self.variables[name] = await folder.add_variable(
+                    ua.NodeId(name, index), ua.QualifiedName(name, index), ua.Variant(0.0, ua.VariantType.Double)
+                )
+            await server.start()
+            self._server = server
+
+        def run():
+            assert self._loop is not None
+            self._loop.run_until_complete(build())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="opcua test server", daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the OPC UA test server did not start")
+        return self
+
+    def _call(self, coroutine, timeout: float = 15):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def write(self, name: str, value: float, *, status: int = 0, source_time=None) -> None:
+        from asyncua import ua
+
+        data = ua.DataValue(
+            ua.Variant(value, ua.VariantType.Double),
+            StatusCode=ua.StatusCode(status),
+            SourceTimestamp=source_time,
+            ServerTimestamp=source_time,
+        )
+        self._call(self.variables[name].write_value(data))
+
+    def stop(self) -> None:
+        if self._server is None or self._loop is None:
+            return
+        try:
+            self._call(self._server.stop())
+            self._call(self._cancel_the_rest())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=15)
+            self._loop.close()
+            self._server, self._loop, self.variables = None, None, {}
+
+    @staticmethod
+    async def _cancel_the_rest() -> None:
+        import asyncio
+
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def restart(self) -> None:
+        """Stop the server (its clients are disconnected) and start it again, address space kept."""
+        assert self._server is not None
+        self._call(self._server.stop())
+        self._call(self._server.start())
+
+
+@pytest.fixture(scope="session")
+def opcua_server():
+    """A real OPC UA server (asyncua) on a free port, for the session (its start-up takes seconds), stopped at
+    the end: see :class:`OpcUaTestServer`. Tests restart it (``restart``) and write its variables."""
+    server = OpcUaTestServer().start()
+    yield server
+    server.stop()
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.1, message: str = "") -> object:

@@ -24,6 +24,8 @@ The rules:
   (``ca_file``); the password is never in the configuration, only the name of an environment variable
   (``MQTT_PASSWORD_...``) of the collecting process, so a source cannot read another secret. a source with
   ``password_env`` is for administrators (it sends a secret of the collecting host to the broker).
+* **OPC UA servers**: the network rules for the server's host and port; the password, as for MQTT, only
+  by the name of an environment variable (``OPCUA_PASSWORD_...``), and then for administrators.
 * **Serial devices** (serial and Modbus RTU sources): ``loop://`` is harmless and open to everyone; device
   paths matching ``DAQBROKER_SERIAL_DEVICES`` too; any other device or pyserial URL scheme is outside the rules.
 * **Outside the rules** (but not protected): administrators only. The source remembers who last set its
@@ -361,6 +363,8 @@ def verdict_for(kind: str, config: dict) -> Verdict:
         return check_serial(config["url"])
     if kind == SourceKind.MQTT:
         return check_mqtt(config)
+    if kind == SourceKind.OPCUA:
+        return check_opcua(config)
     return Verdict("")
 
 
@@ -381,6 +385,19 @@ def check_mqtt(config: dict) -> Verdict:
     return verdict
 
 
+def check_opcua(config: dict) -> Verdict:
+    """An OPC UA source: the server's address (the network rules); a password from the collecting process's
+    environment (``password_env``) is for administrators, as for MQTT."""
+    verdict = check_network(config["host"], int(config["port"]))
+    if config.get("password_env") and not verdict.protected and not verdict.outside:
+        return Verdict(
+            "password_env",
+            outside=f"a password from this server's environment ({config['password_env']}) is sent to the server",
+            addresses=verdict.addresses,
+        )
+    return verdict
+
+
 def target_of(kind: str, config: dict, agent_id: int | None = None) -> object:
     """The parts of a source that say where it reads: a change of any of them is a change of target."""
     config = config or {}
@@ -394,6 +411,8 @@ def target_of(kind: str, config: dict, agent_id: int | None = None) -> object:
         return (kind, config.get("transport"), config.get("host"), config.get("port"), config.get("url"))
     if kind == SourceKind.MQTT:
         return (kind, config.get("host"), config.get("port"), config.get("ca_file"), config.get("password_env"))
+    if kind == SourceKind.OPCUA:
+        return (kind, config.get("host"), config.get("port"), config.get("password_env"))
     # Canonical JSON: PostgreSQL's jsonb hands keys back in its own order.
     return (kind, agent_id, json.dumps(config.get("collect") or {}, sort_keys=True, default=str))
 
@@ -462,7 +481,11 @@ def pinned(kind: str, config: dict, verdict: Verdict) -> dict:
         # With TLS the broker's certificate is checked against the name connected to: the name is kept
         # (a name re-pointed in DNS must then still present a valid certificate for it).
         return config if config.get("tls") else {**config, "connect_address": address}
-    if kind == SourceKind.TCP or (kind == SourceKind.MODBUS and config["transport"] == "tcp"):
+    if (
+        kind == SourceKind.OPCUA
+        or kind == SourceKind.TCP
+        or (kind == SourceKind.MODBUS and config["transport"] == "tcp")
+    ):
         return {**config, "connect_address": address}
     parts = urlsplit(config["url"])
     host = f"[{address}]" if ":" in address else address

@@ -43,8 +43,8 @@ def collect_now(modeladmin, request, queryset):
     message = f"Collection queued for {queued} data source(s)."
     if skipped:
         message += (
-            f" {skipped} agent or streaming source(s) skipped: agents push their readings, and streaming (MQTT) "
-            "sources are read continuously by the stream collector."
+            f" {skipped} agent or streaming source(s) skipped: agents push their readings, and streaming "
+            "(MQTT, OPC UA) sources are read continuously by the stream collector."
         )
     if waiting:
         message += (

@@ -20,6 +20,7 @@ class Origin(models.TextChoices):
     TCP = "tcp", "TCP collector"
     MODBUS = "modbus", "Modbus collector"
     MQTT = "mqtt", "MQTT collector"
+    OPCUA = "opcua", "OPC UA collector"
     DERIVED = "derived", "Derived channel"
     CORRECTION = "correction", "Correction (replaced on purpose)"
     DEMO = "demo", "Demo"

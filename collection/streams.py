@@ -1,4 +1,4 @@
-"""The stream collector: sources read over a connection kept open (MQTT), in a long-lived process.
+"""The stream collector: sources read over a connection kept open (MQTT, OPC UA), in a long-lived process.
 
 A streaming source cannot be collected by the periodic dispatcher (whatever arrives between two runs would
 be missed), so ``manage.py run_stream_collectors`` runs a :class:`StreamSupervisor`: every
@@ -19,7 +19,9 @@ Each runner:
 * records a collection run per connection (its counts brought up to date with every batch), and a failure
   (broker unreachable, refused, database gone) on the source, backing off from 1 s to a minute.
 
-The protocol itself (subscriptions, topic and payload mapping) is the agent's: ``daqbroker_agent.mqtt``.
+The protocols themselves (subscriptions, topic and payload mapping, status codes) are the agent's:
+``daqbroker_agent.mqtt`` and ``daqbroker_agent.opcua``. OPC UA has no acknowledgement: a data change is
+stored when it arrives, and what changes while no collector is connected is not delivered.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from django.utils import timezone
 
 from accounts import targets
 from collection.choices import Origin, RunStatus
+from collection.collectors import opcua as opcua_batches
 from collection.collectors.mqtt import to_batch
 from collection.models import CollectionRun
 from collection.services.collect import (
@@ -51,8 +54,9 @@ from collection.services.collect import (
     worker_name,
 )
 from collection.services.ingest import ingest_samples
-from daqbroker_agent.mqtt import Message, MessageMapper, MqttSession, default_client_id
-from instruments.choices import STREAMING_KINDS, ChannelKind
+from daqbroker_agent.mqtt import MessageMapper, MqttSession, default_client_id
+from daqbroker_agent.opcua import ChangeMapper, OpcUaSession
+from instruments.choices import STREAMING_KINDS, ChannelKind, SourceKind
 from instruments.models import Channel, DataSource
 
 logger = logging.getLogger(__name__)
@@ -149,20 +153,28 @@ class StreamRunner(threading.Thread):
         by_field: dict[str, list[int]] = {}
         for channel in channels:
             by_field.setdefault(channel.source_field or channel.slug, []).append(channel.pk)
-        mapper = MessageMapper(config)
         cursor = dict(source.cursor or {})
-        session = MqttSession(
-            config,
-            config["client_id"] or default_client_id(f"server:{source.pk}"),
-            stale_filters=cursor.get("filters", []),
-        )
+        session: MqttSession | OpcUaSession
+        mapper: MessageMapper | ChangeMapper
+        if source.kind == SourceKind.OPCUA:
+            mapper = ChangeMapper(config)
+            session = OpcUaSession(config)
+            reading = ", ".join(n["node"] for n in config["nodes"])
+        else:
+            mapper = MessageMapper(config)
+            session = MqttSession(
+                config,
+                config["client_id"] or default_client_id(f"server:{source.pk}"),
+                stale_filters=cursor.get("filters", []),
+            )
+            reading = ", ".join(mapper.topic_filters)
         where = f"{config['host']}:{config['port']}"
         run = CollectionRun.objects.create(
             source=source, started_at=timezone.now(), worker=worker_name(), note=f"connection to {where}"
         )
         tally = Tally()
         session.start()
-        logger.info("stream source %s: reading %s from %s", source.pk, ", ".join(mapper.topic_filters), where)
+        logger.info("stream source %s: reading %s from %s", source.pk, reading, where)
         reported = ""
         try:
             while not self.stopping.is_set():
@@ -203,22 +215,27 @@ class StreamRunner(threading.Thread):
         self,
         source: DataSource,
         run: CollectionRun,
-        session: MqttSession,
-        mapper: MessageMapper,
+        session: MqttSession | OpcUaSession,
+        mapper: MessageMapper | ChangeMapper,
         by_field: dict[str, list[int]],
-        messages: list[Message],
+        messages: list,
         tally: Tally,
         cursor: dict,
     ) -> None:
-        batch, rejections = to_batch(mapper, by_field, messages)
         now = timezone.now()
+        if isinstance(mapper, ChangeMapper):
+            batch, rejections = opcua_batches.to_batch(mapper, by_field, messages)
+            origin = Origin.OPCUA
+        else:
+            batch, rejections = to_batch(mapper, by_field, messages)
+            origin = Origin.MQTT
+            cursor["filters"] = mapper.topic_filters
         cursor.update(
-            filters=mapper.topic_filters,
             messages=int(cursor.get("messages", 0)) + len(messages),
             last_message_at_us=messages[-1].received_us,
         )
         with collection_transaction():
-            result = ingest_samples(batch, origin=Origin.MQTT, source_id=source.pk, rejections=rejections)
+            result = ingest_samples(batch, origin=origin, source_id=source.pk, rejections=rejections)
             ours = DataSource.objects.filter(pk=source.pk, lease_owner=self.owner).update(
                 cursor=cursor,
                 last_run_at=now,
@@ -236,7 +253,8 @@ class StreamRunner(threading.Thread):
                 conflicts=F("conflicts") + result.conflicts,
             )
         self.renewed = time.monotonic()
-        session.ack(messages)  # only now: a crash before this leaves them with the broker
+        if isinstance(session, MqttSession):
+            session.ack(messages)  # only now: a crash before this leaves them with the broker
         tally.messages += len(messages)
         if result.rejected_count:
             logger.info(

@@ -7,12 +7,13 @@ class SourceKind(models.TextChoices):
     TCP = "tcp", "TCP instrument"
     MODBUS = "modbus", "Modbus device (TCP or RTU)"
     MQTT = "mqtt", "MQTT broker"
+    OPCUA = "opcua", "OPC UA server"
     AGENT = "agent", "Remote agent"
 
 
 # Sources read over a connection kept open by a long-lived collector (manage.py run_stream_collectors), not
 # by the periodic dispatcher: daqbroker_agent.config.STREAMING_KINDS.
-STREAMING_KINDS = (SourceKind.MQTT,)
+STREAMING_KINDS = (SourceKind.MQTT, SourceKind.OPCUA)
 
 
 class ChannelKind(models.TextChoices):

@@ -743,10 +743,99 @@ SOURCE_OPTIONS["mqtt"] = {
     ),
 }
 
-# Sources read continuously over a connection kept open (not collected by the periodic dispatcher).
-STREAMING_KINDS = ("mqtt",)
 
-AGENT_COLLECTS = ("file", "serial", "tcp", "modbus", "command", "mqtt")
+def opcua_nodes() -> Validator:
+    """The nodes of an OPC UA source: ``[{"node": "ns=2;i=7", "name": "t_air"}]``."""
+    from daqbroker_agent.opcua import node_id_problem
+
+    options = {
+        "node": Option(text(max_length=1200), help="a node id: ns=2;i=7, ns=3;s=Boiler.Temperature"),
+        "name": Option(text(max_length=200), help="what a channel's source field names"),
+    }
+
+    def check(value: Any, field: str) -> list[dict]:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(field, 'must be a list of nodes, e.g. [{"node": "ns=2;i=7", "name": "t"}]')
+        if len(value) > 1000:
+            raise ConfigError(field, "at most 1000 nodes")
+        result: list[dict] = []
+        for index, item in enumerate(value):
+            where = f"{field}[{index}]"
+            checked = validate_options(options, item, where)
+            problem = node_id_problem(checked["node"])
+            if problem:
+                raise ConfigError(f"{where}.node", problem)
+            if any(other["name"] == checked["name"] for other in result):
+                raise ConfigError(f"{where}.name", f"{checked['name']!r} is named twice")
+            if any(other["node"] == checked["node"] for other in result):
+                raise ConfigError(f"{where}.node", f"{checked['node']!r} is listed twice")
+            result.append(checked)
+        return result
+
+    return check
+
+
+def opcua_password_env() -> Validator:
+    def check(value: Any, field: str) -> str:
+        from daqbroker_agent.opcua import PASSWORD_ENV
+
+        text(allow_empty=True, max_length=100)(value, field)
+        if value and not PASSWORD_ENV.fullmatch(value):
+            raise ConfigError(
+                field,
+                "must name an environment variable of the collecting process starting with OPCUA_PASSWORD_ "
+                "(e.g. OPCUA_PASSWORD_PLANT): a password is never stored in a source's configuration",
+            )
+        return value
+
+    return check
+
+
+def opcua_path() -> Validator:
+    def check(value: Any, field: str) -> str:
+        from daqbroker_agent.opcua import path_problem
+
+        text(allow_empty=True, max_length=500)(value, field)
+        problem = path_problem(value)
+        if problem:
+            raise ConfigError(field, problem)
+        return value
+
+    return check
+
+
+def _check_opcua(result: dict, prefix: str) -> None:
+    if result["password_env"] and not result["username"]:
+        raise ConfigError(_join(prefix, "password_env"), "a password needs a username")
+    if result["username"] and not result["password_env"]:
+        raise ConfigError(_join(prefix, "username"), "a user name needs password_env (the password's variable)")
+
+
+SOURCE_OPTIONS["opcua"] = {
+    "host": Option(text(max_length=255), help="the OPC UA server's host name or address"),
+    "port": Option(integer(minimum=1, maximum=65535), default=4840, help="4840 by default"),
+    "path": Option(opcua_path(), default="", help="the endpoint's path, e.g. /freeopcua/server/"),
+    "nodes": Option(
+        opcua_nodes(), help='[{"node": "ns=2;i=7", "name": ...}]: a channel takes the node its source field names'
+    ),
+    "publishing_interval": Option(
+        number(minimum=10, maximum=3_600_000),
+        default=1000,
+        help="milliseconds between the server's notifications (and its sampling of the nodes)",
+    ),
+    "timeout": Option(number(minimum=1, maximum=120), default=10, help="seconds a request may take"),
+    "username": Option(text(allow_empty=True, max_length=200), default=""),
+    "password_env": Option(
+        opcua_password_env(),
+        default="",
+        help="the environment variable (OPCUA_PASSWORD_...) holding the password, on the collecting host",
+    ),
+}
+
+# Sources read continuously over a connection kept open (not collected by the periodic dispatcher).
+STREAMING_KINDS = ("mqtt", "opcua")
+
+AGENT_COLLECTS = ("file", "serial", "tcp", "modbus", "command", "mqtt", "opcua")
 
 
 def option_schema(kind: str) -> list[dict[str, Any]]:
@@ -777,7 +866,9 @@ def validate_source_config(kind: str, raw: Any, prefix: str = "") -> dict:
         return _validate_agent(raw, prefix)
     if kind not in SOURCE_OPTIONS:
         raise ConfigError(prefix or "kind", f"unknown source kind {kind!r}")
-    check = {"file": _check_file, "modbus": _check_modbus, "mqtt": _check_mqtt}.get(kind, _check_parser)
+    check = {"file": _check_file, "modbus": _check_modbus, "mqtt": _check_mqtt, "opcua": _check_opcua}.get(
+        kind, _check_parser
+    )
     return validate_options(SOURCE_OPTIONS[kind], raw, prefix, checks=(check,))
 
 

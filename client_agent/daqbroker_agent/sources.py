@@ -17,6 +17,9 @@ retried, never fatal to the agent.
   in the heartbeat's problems.
 * **mqtt**: a broker's topics, subscribed on a persistent session (``daqbroker_agent.mqtt``); each message
   is acknowledged to the broker only once its readings are in the spool.
+* **opcua**: an OPC UA server's nodes, subscribed (``daqbroker_agent.opcua``); each data change is spooled at
+  the server's source time. Uncertain and Bad values go to the server's quarantine with the node id and the
+  status name (an upload carries no quality flag; the server's own collector stores Uncertain flagged).
 
 A channel is found among a line's fields by its ``source_field`` (else its slug), as on the server.
 Numeric channels' values are sent as numbers when they read as one, else as the text found, so that the
@@ -91,6 +94,7 @@ class SourceSpec:
             "mqtt": lambda: (
                 f"mqtt {c['host']}:{c['port']} " + ", ".join(dict.fromkeys(f["topic"] for f in c["fields"]))
             ),
+            "opcua": lambda: f"opcua {c['host']}:{c['port']}{c['path']} " + ", ".join(n["node"] for n in c["nodes"]),
         }[self.kind]()
         fields = ", ".join(f"{ch.field}->{ch.ref}" for ch in self.channels) or "no channels"
         return f"{self.name} ({where}, every {self.interval:g} s; {fields})"
@@ -561,6 +565,63 @@ class MqttSource(SourceRunner):
         return readings
 
 
+class OpcUaSource(SourceRunner):
+    """An OPC UA server's nodes (``daqbroker_agent.opcua``): data changes spooled as they arrive; Uncertain
+    and Bad values, and values that are not a number or text, spooled for the server's quarantine with the
+    node id and the reason. The session reconnects by itself (backing off) while the server is away."""
+
+    def collect_forever(self) -> None:
+        from daqbroker_agent.opcua import ChangeMapper, OpcUaSession
+
+        mapper = ChangeMapper(self.spec.collect)
+        session = OpcUaSession(self.spec.collect)
+        by_field: dict[str, list[ChannelSpec]] = {}
+        for channel in self.spec.channels:
+            by_field.setdefault(channel.field, []).append(channel)
+        session.start()
+        reported = ""
+        try:
+            while not self.stopping.is_set():
+                changes = session.take(STREAM_FLUSH_SECONDS)
+                if not changes:
+                    if session.subscribed.is_set() and not session.last_error:
+                        if reported:
+                            reported = ""
+                            self.state.resolved(f"source {self.spec.name}")
+                    elif session.last_error and session.last_error != reported:
+                        reported = session.last_error
+                        self.state.problem(f"source {self.spec.name}", session.last_error)
+                        self.noisy.log(logging.WARNING, "opcua", "%s: %s (reconnecting)", self.spec.name, reported)
+                    continue
+                readings: list[Reading] = []
+                for change in changes:
+                    found, problems = mapper.map(change)
+                    for name, ts, value, uncertain in found:
+                        if uncertain:
+                            context = {
+                                "node": change.node,
+                                "received": change.received_us,
+                                "connection": f"opcua {change.node}",
+                            }
+                            reason = mapper.uncertain_reason(change) + ": not stored by an agent (no quality flag)"
+                            self.mapper.unparsed.append(
+                                Unparsed(self.spec.key, self.spec.name, str(value), reason, context)
+                            )
+                            continue
+                        readings.extend((channel.ref, ts, value) for channel in by_field.get(name, ()))
+                    for problem in problems:
+                        self.noisy.log(logging.WARNING, "status", "%s: %s", self.spec.name, problem.reason)
+                        context = {**problem.context, "connection": f"opcua {problem.node}"}
+                        self.mapper.unparsed.append(
+                            Unparsed(self.spec.key, self.spec.name, problem.value, problem.reason, context)
+                        )
+                # OPC UA has no acknowledgement to hold back: a full spool keeps what fits and counts the rest
+                # as dropped (as for serial and TCP streams).
+                self.spool_readings(readings)
+        finally:
+            session.stop()
+
+
 RUNNERS = {
     "file": FileSource,
     "serial": StreamSource,
@@ -568,6 +629,7 @@ RUNNERS = {
     "modbus": ModbusSource,
     "command": CommandSource,
     "mqtt": MqttSource,
+    "opcua": OpcUaSource,
 }
 
 

@@ -434,6 +434,8 @@ def unparsed_item(line: Unparsed) -> dict:
         item["line"] = line.context["line"]
     if line.context.get("topic"):
         item["topic"] = line.context["topic"]
+    if line.context.get("node"):
+        item["node"] = line.context["node"]
     if line.context.get("received"):
         item["received"] = us_to_datetime(line.context["received"]).isoformat()
     return item

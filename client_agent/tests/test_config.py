@@ -10,7 +10,7 @@ import pytest
 from daqbroker_agent.config import STANDARD_BAUDRATES, ConfigError, validate_source_config
 
 BAUDRATES = ", ".join(map(str, STANDARD_BAUDRATES))
-AGENT_KINDS = "file, serial, tcp, modbus, command, mqtt"
+AGENT_KINDS = "file, serial, tcp, modbus, command, mqtt, opcua"
 PARSER_DEFAULTS = {
     "format": "delimited",
     "delimiter": ",",

@@ -219,6 +219,7 @@ class UnparsedLineSerializer(serializers.Serializer):
     file = RawTextField(max_length=1000, required=False, allow_blank=True, help_text="for file sources")
     line = serializers.IntegerField(required=False, min_value=1, help_text="its line number in that file")
     topic = RawTextField(max_length=1000, required=False, allow_blank=True, help_text="for MQTT sources")
+    node = RawTextField(max_length=1200, required=False, allow_blank=True, help_text="for OPC UA sources")
     received = serializers.DateTimeField(required=False, help_text="when the agent read it")
 
 
@@ -289,7 +290,7 @@ class AgentUnparsedView(ScopedViewMixin, APIView):
 
 
 def _unparsed(item: dict) -> UnparsedLine:
-    context = {key: item[key] for key in ("file", "line", "topic") if item.get(key) not in (None, "")}
+    context = {key: item[key] for key in ("file", "line", "topic", "node") if item.get(key) not in (None, "")}
     if item.get("received"):
         context["received"] = item["received"].isoformat()
     return UnparsedLine(

@@ -154,6 +154,9 @@ class SampleBatch:
     position: np.ndarray | None = None
     # For collectors: where reading i came from (its file and line, say), kept with its rejection.
     where: Callable[[int], dict] | None = field(default=None, repr=False, compare=False)
+    # A quality the sender already knows for each reading (an OPC UA server's Uncertain status: SUSPECT);
+    # ingest's own flags (out of range, missing) take precedence. None: every reading starts OK.
+    quality: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.channel = np.asarray(self.channel, dtype=np.int64)
@@ -166,6 +169,8 @@ class SampleBatch:
             raise ValueError("channel, ts and value must have the same length")
         if self.position is not None and len(self.position) != len(self.channel):
             raise ValueError("position must have one entry per reading")
+        if self.quality is not None and len(self.quality) != len(self.channel):
+            raise ValueError("quality must have one entry per reading")
 
     def __len__(self) -> int:
         return len(self.channel)
@@ -650,7 +655,7 @@ def _store_numeric(
     rows, repeats, first_of = _sorted_unique(rows, channel, ts)
     ch, t, v = channel[rows], ts[rows], values[rows]
     position, _ = table.locate(ch)
-    quality = np.zeros(len(rows), dtype=np.int16)
+    quality = np.zeros(len(rows), dtype=np.int16) if batch.quality is None else batch.quality[rows].astype(np.int16)
     with np.errstate(invalid="ignore"):
         quality[(v < table.vmin[position]) | (v > table.vmax[position])] = Quality.OUT_OF_RANGE
     for channel_id, sentinels in table.sentinels.items():
@@ -675,15 +680,14 @@ def _store_text(result, batch: SampleBatch, rows, values, using: str, after, rep
     rows, repeats, first_of = _sorted_unique(rows, channel, ts)
     ch, t = channel[rows], ts[rows]
     text = values[rows].tolist()
-    written = storage.insert_text(
-        storage.row_tuples(ch.tolist(), t.tolist(), text, [int(Quality.OK)] * len(rows)), using=using
-    )
+    quality = [int(Quality.OK)] * len(rows) if batch.quality is None else batch.quality[rows].astype(int).tolist()
+    written = storage.insert_text(storage.row_tuples(ch.tolist(), t.tolist(), text, quality), using=using)
     _sort_out(result, batch, rows, repeats, first_of, values, written, replace)
     if replace and written.conflict_rows:
-        _replace(True, [(text[i], int(Quality.OK), int(ch[i]), int(t[i])) for i in written.conflict_rows], using)
+        _replace(True, [(text[i], quality[i], int(ch[i]), int(t[i])) for i in written.conflict_rows], using)
     last = _last_rows(ch)
     _record_spans(result, ch, t, last)
-    after.last_text = [(int(t[i]), text[i], int(Quality.OK), int(ch[i]), int(t[i])) for i in last]
+    after.last_text = [(int(t[i]), text[i], quality[i], int(ch[i]), int(t[i])) for i in last]
 
 
 def _record_spans(result: IngestResult, ch: np.ndarray, t: np.ndarray, last: np.ndarray) -> dict[int, tuple[int, int]]:

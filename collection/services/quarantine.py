@@ -211,6 +211,17 @@ NOT_REPLAYABLE_NO_SOURCE = "no data source of this server: its parser configurat
 NOT_REPLAYABLE_CUT = "the line was longer than the quarantine keeps, and was kept cut short"
 NOT_REPLAYABLE_NO_CHANNEL = "its channel is unknown"
 NOT_REPLAYABLE_TIME = "its time is not an ISO 8601 time"
+NOT_REPLAYABLE_OPCUA = "an OPC UA data change refused for its status or its type: there is nothing to parse again"
+
+
+def _reads_opcua(source: DataSource | None) -> bool:
+    """Whether ``source`` reads an OPC UA server (the server's own source, or an agent's)."""
+    if source is None:
+        return False
+    if source.kind == SourceKind.OPCUA:
+        return True
+    collect = (source.config or {}).get("collect") if source.kind == SourceKind.AGENT else None
+    return isinstance(collect, dict) and collect.get("kind") == "opcua"
 
 
 def why_not_replayable(record: RejectedSample) -> str:
@@ -221,6 +232,8 @@ def why_not_replayable(record: RejectedSample) -> str:
     if record.is_line:
         if record.source_id is None:
             return NOT_REPLAYABLE_NO_SOURCE
+        if _reads_opcua(record.source):
+            return NOT_REPLAYABLE_OPCUA
         if int(context.get("line_length") or 0) > len(record.raw_value):
             return NOT_REPLAYABLE_CUT
         return ""
@@ -273,6 +286,8 @@ def parse_preview(record: RejectedSample) -> dict[str, Any]:
     Nothing is written. Empty for a record that is not a line or has no source."""
     if not record.is_line or record.source is None:
         return {}
+    if _reads_opcua(record.source):
+        return {"error": NOT_REPLAYABLE_OPCUA}
     try:
         mqtt = mqtt_config(record.source, record.source.validated_config())
         if mqtt is not None:

@@ -551,6 +551,50 @@ def test_mqtt_messages_reach_the_database_through_the_agent_also_those_sent_whil
     assert temps == {(T0 + i) * 1_000_000: i / 10 for i in range(15)}
 
 
+def test_opc_ua_changes_reach_the_database_through_the_agent(tmp_path, web, processes, opcua_server):
+    """An agent subscribed to a real OPC UA server (asyncua): values stored at their source times, a Bad
+    status quarantined with the node id and the status name."""
+    from datetime import UTC, datetime
+
+    collect = {
+        "kind": "opcua",
+        "host": opcua_server.host,
+        "port": opcua_server.port,
+        "path": "/daqbroker-test/",
+        "publishing_interval": 50,
+        "nodes": [
+            {"node": opcua_server.node("temperature"), "name": "temp"},
+            {"node": opcua_server.node("state"), "name": "rh"},
+        ],
+    }
+    station = Station(tmp_path, collect=collect)
+    start_agent(station, web, processes, tmp_path)
+
+    def at(i: int) -> datetime:
+        return datetime.fromtimestamp(T0 + 100 + i, tz=UTC)
+
+    def first_stored() -> bool:
+        opcua_server.write("temperature", 1.0, source_time=at(0))  # again until subscribed
+        return Sample.objects.filter(channel=station.temp, ts=(T0 + 100) * 1_000_000).exists()
+
+    wait_for(first_stored, timeout=90, interval=0.5, message="the agent subscribed")
+    opcua_server.write("state", 0.0, status=0x808C0000, source_time=at(1))  # BadSensorFailure
+    opcua_server.write("temperature", 2.5, source_time=at(2))
+    wait_for(
+        lambda: Sample.objects.filter(channel=station.temp, ts=(T0 + 102) * 1_000_000, value=2.5).exists(),
+        timeout=30,
+        message="the second value",
+    )
+    wait_for(lambda: RejectedSample.objects.filter(origin=Origin.AGENT).exists(), timeout=30, message="quarantine")
+    bad = RejectedSample.objects.get(origin=Origin.AGENT)
+    assert (bad.source_id, bad.context["node"]) == (station.source.pk, "ns=2;s=state")
+    from collection.services import quarantine
+
+    assert quarantine.why_not_replayable(bad) == quarantine.NOT_REPLAYABLE_OPCUA  # nothing to parse again
+    assert quarantine.parse_preview(bad) == {"error": quarantine.NOT_REPLAYABLE_OPCUA}
+    assert bad.reason == "ns=2;s=state: status BadSensorFailure (bad): not stored"
+
+
 @AGENT_SIDE
 def test_central_configuration_changes_reach_a_running_agent(station, web, processes, tmp_path):
     agent = start_agent(station, web, processes, tmp_path)
@@ -639,6 +683,12 @@ def test_the_agent_installs_alone_and_runs_without_django(tmp_path):
     )
     needs = subprocess.run([str(venv / "bin/python"), "-c", mqtt], capture_output=True, text=True, timeout=60)
     assert "daqbroker-agent[mqtt]" in needs.stdout, needs.stderr
+    opcua = (
+        "from daqbroker_agent.opcua import OpcUaSession, OpcUaUnavailable\n"
+        "try:\n    OpcUaSession({})\nexcept OpcUaUnavailable as exc:\n    print(exc)"
+    )
+    needs = subprocess.run([str(venv / "bin/python"), "-c", opcua], capture_output=True, text=True, timeout=60)
+    assert "daqbroker-agent[opcua]" in needs.stdout, needs.stderr
 
 
 # --- node health and the raw-file archive (issue 21) -----------------------------------------------------

@@ -137,3 +137,60 @@ def test_the_stream_collector_reconnects_after_its_broker_restarts(private_mosqu
     broker.start()
     wait_for(lambda: stored(2.0), timeout=60, interval=0.5, message="a reading after the broker's restart")
     wait_for(lambda: DataSource.objects.get(pk=source.pk).last_error == "", timeout=30, message="the error cleared")
+
+
+def test_the_stream_collector_reads_an_opc_ua_server_with_its_statuses_and_reconnects(
+    opcua_server, service_env, start_process
+):
+    """OPC UA (``daqbroker_agent.opcua``) through the same collector: source times kept, Uncertain stored
+    flagged suspect, Bad quarantined with the node id and status name; the server restarted, it reconnects."""
+    from datetime import UTC, datetime
+
+    from collection.choices import Quality
+
+    instrument = make_instrument(make_user(), slug="boiler")
+    source = DataSource.objects.create(
+        instrument=instrument,
+        name="plc",
+        kind=SourceKind.OPCUA,
+        config={
+            "host": opcua_server.host,
+            "port": opcua_server.port,
+            "path": "/daqbroker-test/",
+            "publishing_interval": 50,
+            "nodes": [
+                {"node": opcua_server.node("temperature"), "name": "t"},
+                {"node": opcua_server.node("pressure"), "name": "p"},
+            ],
+        },
+    )
+    temperature = make_channel(instrument, slug="t", source=source, source_field="t")
+    pressure = make_channel(instrument, slug="p", source=source, source_field="p")
+    start_collector(start_process, service_env)
+
+    def at(i: int) -> datetime:
+        return datetime.fromtimestamp(T0 + i, tz=UTC)
+
+    def stored(channel, i: int):
+        return Sample.objects.filter(channel=channel, ts=(T0 + i) * 1_000_000).first()
+
+    def written(i: int, value: float, **kwargs) -> bool:
+        opcua_server.write("temperature", value, source_time=at(i), **kwargs)  # again until subscribed
+        return stored(temperature, i) is not None
+
+    wait_for(lambda: written(0, 20.0), timeout=60, interval=0.5, message="the collector subscribed")
+    opcua_server.write("temperature", 20.5, status=0x40900000, source_time=at(1))  # UncertainLastUsableValue
+    opcua_server.write("pressure", 0.0, status=0x808C0000, source_time=at(2))  # BadSensorFailure
+    opcua_server.write("pressure", 1.5, source_time=at(3))
+    wait_for(lambda: stored(pressure, 3) and stored(temperature, 1), timeout=30, message="the changes stored")
+    assert (stored(temperature, 0).value, stored(temperature, 0).quality) == (20.0, Quality.OK)
+    assert (stored(temperature, 1).value, stored(temperature, 1).quality) == (20.5, Quality.SUSPECT)
+    assert stored(pressure, 2) is None
+    bad = RejectedSample.objects.get(source=source)
+    assert bad.reason == "ns=2;s=pressure: status BadSensorFailure (bad): not stored"
+    assert (bad.channel_id, bad.context["node"], bad.origin) == (pressure.pk, "ns=2;s=pressure", Origin.OPCUA)
+    # Kept as a reading at its source time (a Bad value comes without its value: OPC UA sends none).
+    assert (bad.raw_value, bad.raw_time) == ("None", at(2).isoformat())
+
+    opcua_server.restart()
+    wait_for(lambda: written(4, 21.0), timeout=90, interval=0.5, message="a reading after the server's restart")

@@ -1,4 +1,4 @@
-"""``manage.py run_stream_collectors``: the long-lived process reading streaming (MQTT) sources.
+"""``manage.py run_stream_collectors``: the long-lived process reading streaming (MQTT, OPC UA) sources.
 
 Runs beside the Celery worker (docs/operations.md, "Processes"); see ``collection.streams``. SIGTERM or
 SIGINT stops it: each source's connection is closed and its lease released, and what the broker sent and
@@ -16,7 +16,7 @@ from collection.streams import StreamSupervisor
 
 class Command(BaseCommand):
     help = (
-        "Read streaming sources (MQTT) continuously: one connection per source, picking up added, changed "
+        "Read streaming sources (MQTT, OPC UA) continuously: one connection per source, picking up added, changed "
         "and removed sources every DAQBROKER_STREAM_RELOAD_SECONDS. Run it beside the Celery worker."
     )
 

@@ -214,6 +214,22 @@ def test_an_mqtt_broker_passes_the_network_rules_and_its_password_and_ca_file_ar
     assert bad.status_code == 400 and "MQTT_PASSWORD_" in refusal(bad)
 
 
+def test_an_opc_ua_server_passes_the_network_rules_and_its_password_is_guarded(
+    shared_editor, administrator, settings, rules
+):
+    server = {"host": "192.0.2.30", "port": 4840, "nodes": [{"node": "ns=2;i=7", "name": "t"}]}
+    refused = post(shared_editor, new_source("opcua", server))
+    assert refused.status_code == 400 and "only an administrator" in refusal(refused)
+    settings.DAQBROKER_NETWORK_ALLOW = ["192.0.2.0/24:4840"]
+    assert post(shared_editor, new_source("opcua", server, "plc")).status_code == 201
+    secret = {**server, "username": "operator", "password_env": "OPCUA_PASSWORD_PLANT"}
+    response = post(shared_editor, new_source("opcua", secret, "with-password"))
+    assert response.status_code == 400 and "OPCUA_PASSWORD_PLANT" in refusal(response)
+    assert post(administrator, new_source("opcua", secret, "with-password")).status_code == 201
+    bad = post(shared_editor, new_source("opcua", {**server, "nodes": [{"node": "Boiler.T", "name": "t"}]}, "bad"))
+    assert bad.status_code == 400 and "ns=2;i=7" in refusal(bad)
+
+
 # --- changing a source: PATCH -------------------------------------------------------------------------
 
 
