@@ -115,7 +115,7 @@ BAD_SOURCE_CONFIGS = [
     pytest.param(
         SourceKind.AGENT,
         {"collect": {"kind": "ftp", "url": "ftp://x"}},
-        "collect.kind: 'ftp' is not one of file, serial, tcp, modbus, command, mqtt",
+        "collect.kind: 'ftp' is not one of file, serial, tcp, modbus, command, mqtt, opcua",
         id="agent-bad-collect-kind",
     ),
     pytest.param(
