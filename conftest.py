@@ -360,7 +360,7 @@ class OpcUaTestServer:
 
         self._thread = threading.Thread(target=run, name="opcua test server", daemon=True)
         self._thread.start()
-        if not ready.wait(30):
+        if not ready.wait(120):  # a deadline, not a pause: a loaded machine takes long to build its address space
             raise RuntimeError("the OPC UA test server did not start")
         return self
 

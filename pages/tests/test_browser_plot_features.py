@@ -111,6 +111,7 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     before = draws(page)
     page.select_option("#view-kind", "hist")
     drawn_again(page, before)
+    page.wait_for_function("() => DAQPlot.main.histogram && DAQPlot.main.histogram.total !== undefined")
     histogram = page.evaluate("() => DAQPlot.main.histogram")
     good = np.delete(values, 40)
     assert histogram["total"] == len(good) and sum(histogram["counts"]) == len(good)
@@ -123,6 +124,10 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     before = draws(page)
     page.select_option("#view-kind", "heatmap")
     drawn_again(page, before)
+    page.wait_for_function(
+        "() => document.querySelector('#main-plot .plot').data[0].type === 'heatmap'"
+        " && DAQPlot.main.histogram && Array.isArray(DAQPlot.main.histogram.counts[0])"
+    )
     assert page.evaluate("() => document.querySelector('#main-plot .plot').data[0].type") == "heatmap"
     assert sum(map(sum, page.evaluate("() => DAQPlot.main.histogram.counts"))) == len(good)
     olivia.shoot("plot-heatmap")

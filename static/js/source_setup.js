@@ -190,7 +190,8 @@
     if (mode.mode === "agent" && mode.request) data.append("agent_sample", mode.request);
     else if (mode.mode === "agent") data.append("agent", agentSelect.value);
     busy += 1;
-    $("preview-status").textContent = "Previewing…";
+    // While an agent is being asked, its "waiting for the agent" message stays up between polls (no flicker).
+    if (document.body.dataset.waiting !== "agent") $("preview-status").textContent = "Previewing…";
     try {
       const response = await fetch(state.preview_url, { method: "POST", body: data, headers: { "X-CSRFToken": csrf }, credentials: "same-origin" });
       const body = await response.json().catch(() => ({ detail: `The server answered ${response.status}.` }));
