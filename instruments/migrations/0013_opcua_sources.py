@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('instruments', '0013_instrument_freshness'),
+        ('instruments', '0012_mqtt_sources'),
     ]
 
     operations = [
