@@ -374,25 +374,22 @@ def check_mqtt(config: dict) -> Verdict:
         verdict = check_file(config["ca_file"])
         if verdict.protected or verdict.outside:
             return Verdict("ca_file", protected=verdict.protected, outside=verdict.outside)
-    verdict = check_network(config["host"], int(config["port"]))
-    if config.get("password_env") and not verdict.protected and not verdict.outside:
-        # The variable holds a secret of the collecting host: only an administrator sends it to a broker.
-        return Verdict(
-            "password_env",
-            outside=f"a password from this server's environment ({config['password_env']}) is sent to the broker",
-            addresses=verdict.addresses,
-        )
-    return verdict
+    return _password_env_for_administrators(config, check_network(config["host"], int(config["port"])), "broker")
 
 
 def check_opcua(config: dict) -> Verdict:
     """An OPC UA source: the server's address (the network rules); a password from the collecting process's
     environment (``password_env``) is for administrators, as for MQTT."""
-    verdict = check_network(config["host"], int(config["port"]))
+    return _password_env_for_administrators(config, check_network(config["host"], int(config["port"])), "server")
+
+
+def _password_env_for_administrators(config: dict, verdict: Verdict, peer: str) -> Verdict:
+    """``verdict`` for a peer's address, made outside the rules when ``password_env`` is set: the variable holds
+    a secret of the collecting host, and only an administrator sends it to a broker or server (MQTT, OPC UA)."""
     if config.get("password_env") and not verdict.protected and not verdict.outside:
         return Verdict(
             "password_env",
-            outside=f"a password from this server's environment ({config['password_env']}) is sent to the server",
+            outside=f"a password from this server's environment ({config['password_env']}) is sent to the {peer}",
             addresses=verdict.addresses,
         )
     return verdict
