@@ -116,10 +116,6 @@ def test_the_admins_configuration_field_is_a_form_of_the_options(site, visitors,
     )
 
 
-@pytest.mark.skip(
-    reason="KNOWN REGRESSION (session 5 merges): after the agent's lines arrive, the preview asked again (a new "
-    "time zone) answers 400 and the page never shows it; open, see the session 5 note"
-)
 def test_an_agent_source_is_set_up_from_lines_the_agent_sends(site, visitors, live_server, tmp_path):
     """A real agent process, polling the live server, sends the first lines of a file on its machine; the
     page waits for them, says why when the agent refuses a folder, and saves a remote-agent source."""

@@ -169,9 +169,19 @@
   }
 
   let previewSeq = 0; // answers to an older preview than the latest asked are not drawn over a newer one
+  // A new sample's proposals (options and channels) are still to come: every preview asks for them until one
+  // arrives. Otherwise an option changed while an agent is being polled would replace the poll with a plain
+  // preview, and the agent's lines would arrive without their proposed channels.
+  let proposalPending = false;
+  // One poll of the agent at a time: any preview asked replaces the poll waiting to be sent (it polls on itself
+  // while the agent has not answered), so two chains of polls never answer over each other.
+  let pollTimer = null;
 
   async function runPreview(fresh, extra) {
     if (!sample && !extra) return;
+    if (fresh) proposalPending = true;
+    fresh = fresh || proposalPending;
+    clearTimeout(pollTimer);
     const mySeq = ++previewSeq;
     const data = new FormData();
     data.append("instrument", state.instrument);
@@ -200,7 +210,7 @@
         sample = { mode: "agent", request: body.agent_sample };
         $("preview-status").textContent = body.detail;
         document.body.dataset.waiting = "agent";
-        setTimeout(() => runPreview(fresh), AGENT_POLL_MS);
+        pollTimer = setTimeout(() => runPreview(fresh), AGENT_POLL_MS);
         return;
       }
       document.body.dataset.waiting = "no";
@@ -212,6 +222,7 @@
       }
       if (mode.mode === "connect") sample = { mode: "text", text: body.raw.join("\n") + "\n" }; // read once, then previewed from these lines
       if (fresh) {
+        proposalPending = false;
         config = body.config;
         channels = body.proposal.channels.map((c) => Object.assign({ keep: true }, c));
         renderOptions();
