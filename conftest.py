@@ -116,11 +116,23 @@ def uses_database(item: pytest.Item) -> bool:
     )
 
 
+# A test that starts child processes on the test database (Celery workers and beat, gunicorn, the stream
+# collector, the agent, manage.py) through one of these: its subject is the processes, the protocol or the
+# schedule, and the database is only where the readings land.
+PROCESS_FIXTURES = frozenset({"start_process", "service_env"})
+
+
 def is_engine_independent(item: pytest.Item) -> bool:
-    """Engine-dependent by default: only a test that cannot reach the database, a browser test (its subject
-    is the page; every page's queries run on every engine through the test client), or one marked
-    ``engine_independent`` by hand runs in the SQLite pass alone."""
+    """Engine-dependent by default. Runs in the SQLite pass alone: a test that cannot reach the database, a
+    browser test (its subject is the page; every page's queries run on every engine through the test client),
+    a test of child processes (``PROCESS_FIXTURES``; what they write is tested on every engine in-process), or
+    one marked ``engine_independent`` by hand. ``engine_dependent`` by hand keeps a test of processes on every
+    engine: one whose subject is the engine's locking or what it keeps of a killed transaction."""
+    if item.get_closest_marker("engine_dependent"):
+        return False
     if item.get_closest_marker("engine_independent") or item.get_closest_marker("browser"):
+        return True
+    if not PROCESS_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())):
         return True
     return not uses_database(item)
 

@@ -194,6 +194,7 @@ def test_serial_and_tcp_instruments_through_the_worker(service_env, start_proces
     assert int(run.worker.rsplit(":", 1)[1]) != os.getpid()
 
 
+@pytest.mark.engine_dependent  # what the engine keeps of a transaction whose worker is killed mid-file
 def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(tmp_path, service_env, start_process):
     lines = 200_000
     folder = tmp_path / "big"

@@ -33,7 +33,8 @@ from conftest import database_url_for_subprocess, wait_for
 from instruments.models import DataSource
 from instruments.tests.factories import make_channel, make_instrument, make_source
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+# On every engine: the subject is the engine's row locks and SKIP LOCKED between peers (docs/testing.md).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.engine_dependent]
 
 
 @pytest.fixture

@@ -22,7 +22,12 @@ FIVE_MINUTES = 300_000_000
 
 
 def drawn_again(page, before: int) -> None:
-    page.wait_for_function(f"() => Number(document.getElementById('main-plot').dataset.drawCount) > {before}")
+    """Drawn since ``before`` with no load left running: a redraw of the previous answer (annotations arriving
+    late draw again too) does not count while the load the test started is still on its way."""
+    page.wait_for_function(
+        "() => { const root = document.getElementById('main-plot');"
+        f" return Number(root.dataset.drawCount) > {before} && !root.dataset.loading; }}"
+    )
 
 
 def draws(page) -> int:
