@@ -142,6 +142,10 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = DEBUG
+# With the finders, look each file up when asked rather than index every static file whenever the middleware
+# is built. WhiteNoise's own default follows settings.DEBUG at that moment, which the test runner turns off:
+# every test client then re-indexed all the files, a third of a permission-matrix case's time.
+WHITENOISE_AUTOREFRESH = DEBUG
 # The pages' own CSS and JavaScript, and the browser libraries committed under static/vendor/ (no CDN, no
 # build step, nothing to fetch: docs/dependencies.md), found by Django's default finders.
 STATICFILES_DIRS = [BASE_DIR / "static"]
