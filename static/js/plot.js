@@ -791,6 +791,10 @@
   Plot.prototype.tick = function () {
     var self = this;
     if (!this.state.channels.length || this.ticking) return;
+    if (this.state.kind === "hist" || this.state.kind === "heatmap") {  // counted again over the window that moved
+      if (this.root.dataset.loading !== "1") { this.view = null; this.load("live"); }
+      return;
+    }
     var now = Date.now();
     var since = this.lastTime();
     var from = since === null ? (this.view ? this.view[0] : now - 3600e3) : since + 0.001;
@@ -1239,6 +1243,13 @@
       add("time_range", state.range);
       if (state.range === "custom") { add("start", localInput(state.start)); add("end", localInput(state.end)); }
       if (state.flagged) add("include_flagged", "on");
+      // the view, y axes (by unit: a dashboard numbers its axes from its own channel order) and expressions
+      var units = plot.axes(), axes = [];
+      Object.keys(state.yaxes || {}).forEach(function (k) {
+        var a = state.yaxes[k];
+        if (units[k - 1] !== undefined) axes.push({ units: units[k - 1], log: !!a.log, min: a.min, max: a.max, unit: a.unit || null });
+      });
+      add("options", JSON.stringify({ view: state.kind || "series", axes: axes, exprs: state.exprs || [] }));
       var panelTitle = document.getElementById("save-panel-title").value;
       if (target.value.indexOf("/new/") >= 0) {
         add("panel_title", panelTitle);
@@ -1275,7 +1286,11 @@
       var state = JSON.parse(document.getElementById(root.dataset.state).textContent);
       if (state.range === "custom") { state.start = Date.parse(state.start); state.end = Date.parse(state.end); }
       if (state.range === "since") { state.start = Date.parse(state.start); } // following the active run
-      var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl, liveSeconds: 15 });
+      // the panel's saved view, y axes (numbered by the server as the plot numbers them) and expressions
+      state.kind = KINDS.indexOf(state.kind) >= 0 ? state.kind : "series";
+      state.yaxes = state.yaxes || {}; state.exprs = state.exprs || [];
+      var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl,
+        histogramUrl: config.histogramUrl, expressionUrl: config.expressionUrl, liveSeconds: 15 });
       plot.load("state");
       if (state.range !== "custom") plot.setLive(true);
     });
