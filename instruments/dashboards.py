@@ -64,6 +64,7 @@ EDITABLE_FIELDS = ("title", "description", "shared")
 VIEWS = ("series", "hist", "heatmap")
 MAX_AXES = 12
 MAX_EXPRESSIONS = 6  # as the plot page keeps
+MAX_EXPRESSION_LENGTH = 500  # as /api/v1/expression/ takes
 AXIS_KEYS = {"units", "log", "min", "max", "unit"}
 MAX_LIMIT = 1e300
 
@@ -130,7 +131,8 @@ def clean_plot_options(options, channels: Sequence[Channel]) -> dict:
     axes = options.get("axes", [])
     if not isinstance(axes, list) or len(axes) > MAX_AXES:
         raise ValidationError({"options": f"The axes are a list of at most {MAX_AXES}."})
-    channel_units, seen = {c.units or "" for c in channels}, set()
+    channel_units = {c.units or "" for c in channels}
+    seen: set[str] = set()
     kept = [a for n, axis in enumerate(axes, 1) if (a := _clean_axis(axis, channel_units, seen, n)) is not None]
     if kept:
         out["axes"] = kept
@@ -138,8 +140,8 @@ def clean_plot_options(options, channels: Sequence[Channel]) -> dict:
     if not isinstance(exprs, list) or len(exprs) > MAX_EXPRESSIONS:
         raise ValidationError({"options": f"The expressions are a list of at most {MAX_EXPRESSIONS}."})
     for n, expression in enumerate(exprs, 1):
-        if not isinstance(expression, str):
-            raise ValidationError({"options": f"Expression {n} is not text."})
+        if not isinstance(expression, str) or len(expression) > MAX_EXPRESSION_LENGTH:
+            raise ValidationError({"options": f"Expression {n} is text of at most {MAX_EXPRESSION_LENGTH} characters."})
         try:
             parse_curve(expression.strip())
         except ExpressionError as exc:
