@@ -401,7 +401,7 @@
     // One panel per unit (stacked), the channels of that unit overlaid in it.
     var panels = [];
     list.forEach(function (h) { if (panels.indexOf(h.axis) < 0) panels.push(h.axis); });
-    var gap = 0.08, height = (1 - gap * (panels.length - 1)) / panels.length, traces = [];
+    var gap = panels.length > 1 ? 0.2 : 0, height = (1 - gap * (panels.length - 1)) / panels.length, traces = [];
     layout.showlegend = list.length > 1;
     layout.legend = { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" };
     panels.forEach(function (axis, p) {
