@@ -450,7 +450,10 @@ def options_summary(options: dict) -> list[str]:
 def panel_plot_url(panel: DashboardPanel, state: dict) -> str:
     """The plot page showing a panel as saved (the same link the plot page writes), to look closer or to change
     it and save it again."""
-    query: list[tuple[str, str]] = [("c", ",".join(str(c["id"]) for c in state["channels"])), ("range", panel.time_range)]
+    query: list[tuple[str, str]] = [
+        ("c", ",".join(str(c["id"]) for c in state["channels"])),
+        ("range", panel.time_range),
+    ]
     if panel.time_range == PlotRange.CUSTOM:
         query += [("start", state["start"]), ("end", state["end"])]
     if panel.include_flagged:

@@ -190,7 +190,8 @@ class HistogramParams(RangeParams):
         required=False, default=1, min_value=1, max_value=MAX_TIME_BINS, help_text="above 1: a histogram per time slice"
     )
     lo = serializers.FloatField(
-        required=False, help_text="bottom of the first bin, in the unit shown (default: each channel's smallest reading)"
+        required=False,
+        help_text="bottom of the first bin, in the unit shown (default: each channel's smallest reading)",
     )
     hi = serializers.FloatField(
         required=False, help_text="top of the last bin, in the unit shown (default: each channel's largest reading)"

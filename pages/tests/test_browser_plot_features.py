@@ -136,8 +136,10 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     counts, edges = np.histogram(celsius, bins=80)
     assert temp_h["units"] == "degF" and temp_h["counts"] == counts.tolist()
     assert temp_h["edges"] == pytest.approx((edges * 9 / 5 + 32).tolist())
-    figure = page.evaluate("() => { const gd = document.querySelector('#main-plot .plot');"
-                           " return {types: gd.data.map(t => t.type + ':' + t.yaxis), title: gd.layout.xaxis2.title.text}; }")
+    figure = page.evaluate(
+        "() => { const gd = document.querySelector('#main-plot .plot');"
+        " return {types: gd.data.map(t => t.type + ':' + t.yaxis), title: gd.layout.xaxis2.title.text}; }"
+    )
     assert figure == {"types": ["bar:y", "bar:y2"], "title": "degF"}
     olivia.shoot("plot-histograms")
 
@@ -198,7 +200,9 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     page.locator("#save-form button[type=submit]").click()
     page.wait_for_url("**/dashboards/*/")
     wait_until_drawn(page)
-    page.wait_for_function("() => document.querySelector('.daq-panel .plot').data.some(t => (t.name || '').startsWith('ƒ'))")
+    page.wait_for_function(
+        "() => document.querySelector('.daq-panel .plot').data.some(t => (t.name || '').startsWith('ƒ'))"
+    )
     panel = page.evaluate(
         "() => { const gd = document.querySelector('.daq-panel .plot');"
         " return {names: gd.data.map(t => t.name), unit: gd.layout.yaxis2.title.text}; }"

@@ -435,7 +435,9 @@ def test_a_panel_keeps_the_plots_view_axes_and_expressions_and_the_dashboard_dra
     assert state["yaxes"] == {"1": {"log": True, "min": 1.0, "max": 50.0, "unit": "degF"}}
     # "open" shows it on the plot page as saved: the same link the plot page writes
     assert "view=hist" in body and "y1=log%3A1%3A50%3AdegF" in body and "e=alpha-station%2Falpha-station-temp" in body
-    assert "degC axis: log, 1 to 50, in degF" in page(shared_viewer, reverse("instruments:dashboard-edit", args=[board.pk]))
+    assert "degC axis: log, 1 to 50, in degF" in page(
+        shared_viewer, reverse("instruments:dashboard-edit", args=[board.pk])
+    )
 
 
 @pytest.mark.parametrize(
