@@ -493,6 +493,8 @@ class HistogramViewSet(ReadingsViewSet):
             if conversion:  # limits given in the unit shown: counted in the channel's own
                 back = units.converter(unit, channel.units)  # the same pint conversion, the other way
                 lo, hi = (None if v is None else float(back(v)) for v in (lo, hi))
+                if not all(v is None or math.isfinite(v) for v in (lo, hi)):
+                    raise ValidationError({"convert": f"{channel.name}: lo or hi is beyond what {channel.units} holds"})
             try:
                 result = channel_histogram(
                     channel.pk,
@@ -507,6 +509,8 @@ class HistogramViewSet(ReadingsViewSet):
                 raise ValidationError({"detail": str(exc)}) from None
             if conversion:
                 result["edges"] = np.asarray(conversion[1](result["edges"]), dtype=np.float64)
+                if not np.isfinite(result["edges"]).all():
+                    raise ValidationError({"convert": f"{channel.name}: the bins are beyond what {unit} holds"})
             answers.append({**result, "units": unit})
         return json_response(
             {
