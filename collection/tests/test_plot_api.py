@@ -90,6 +90,15 @@ def test_given_limits_count_the_readings_outside_them_below_and_above(owner, rea
     assert body["below"] == int((values < 18).sum()) and body["above"] == int((values > 22).sum())
 
 
+def test_one_limit_beyond_every_reading_leaves_them_all_below_or_above_an_upright_range(owner, readings):
+    _ts, values = readings
+    above_all = hist(owner, bins=10, lo=100)
+    assert above_all["edges"] == pytest.approx(np.linspace(100, 101, 11).tolist())
+    assert above_all["below"] == len(values) and sum(above_all["counts"]) == above_all["above"] == 0
+    below_all = hist(owner, bins=10, hi=-100)
+    assert below_all["edges"][0] == -101 and below_all["above"] == len(values)
+
+
 def test_an_empty_range_answers_zero_counts(owner, readings):
     body = hist(owner, start=T0 - 2 * DAY, end=T0 - DAY)
     assert body["total"] == 0 and sum(body["counts"]) == 0
