@@ -7,6 +7,7 @@ recorded in the audit trail, in the same transaction, with the acting user and t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -16,6 +17,8 @@ from django.utils import timezone
 
 from accounts import audit, permissions
 from accounts.choices import AuditAction
+from instruments import units
+from instruments.expressions import ExpressionError, parse_curve
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
 
 
@@ -56,6 +59,96 @@ def panel_channels(user, panel: DashboardPanel) -> list[Channel]:
 
 
 EDITABLE_FIELDS = ("title", "description", "shared")
+
+# A panel's plot options (DashboardPanel.options), as the plot page keeps them in its link.
+VIEWS = ("series", "hist", "heatmap")
+MAX_AXES = 12
+MAX_EXPRESSIONS = 6  # as the plot page keeps
+MAX_EXPRESSION_LENGTH = 500  # as /api/v1/expression/ takes
+AXIS_KEYS = {"units", "log", "min", "max", "unit"}
+MAX_LIMIT = 1e300
+
+
+def _limit(value, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValidationError({"options": f"{where} is a finite number or empty."})
+    if abs(value) > MAX_LIMIT:
+        raise ValidationError({"options": f"{where} is too large."})
+    return float(value)
+
+
+def _clean_axis(axis, channel_units: set[str], seen: set[str], n: int) -> dict | None:
+    if not isinstance(axis, dict) or not set(axis) <= AXIS_KEYS or not isinstance(axis.get("units"), str):
+        raise ValidationError(
+            {"options": f"Axis {n}: an object of units, log, min, max and unit (the unit shown), naming its units."}
+        )
+    name = axis["units"] or "no unit"
+    if axis["units"] not in channel_units:
+        raise ValidationError({"options": f"Axis {n} ({name}): no channel of the plot is in these units."})
+    if axis["units"] in seen:
+        raise ValidationError({"options": f"Axis {n} ({name}): one axis per unit."})
+    seen.add(axis["units"])
+    log = axis.get("log", False)
+    if not isinstance(log, bool):
+        raise ValidationError({"options": f"Axis {n} ({name}): log is true or false."})
+    low, high = _limit(axis.get("min"), f"Axis {n} ({name}) min"), _limit(axis.get("max"), f"Axis {n} ({name}) max")
+    if low is not None and high is not None and not high > low:
+        raise ValidationError({"options": f"Axis {n} ({name}): the top must be above the bottom."})
+    if log and any(v is not None and v <= 0 for v in (low, high)):
+        raise ValidationError({"options": f"Axis {n} ({name}): a log scale's limits are above 0."})
+    shown = axis.get("unit")
+    if shown is not None:
+        if not isinstance(shown, str) or not 0 < len(shown) <= 40:
+            raise ValidationError({"options": f"Axis {n} ({name}): the unit shown is a unit's name."})
+        try:
+            units.converter(axis["units"], shown)
+        except ValueError as exc:
+            raise ValidationError({"options": f"Axis {n} ({name}): {exc}."}) from None
+        if shown == axis["units"]:
+            shown = None
+    if not log and low is None and high is None and shown is None:
+        return None  # all automatic: nothing to keep
+    return {"units": axis["units"], "log": log, "min": low, "max": high, "unit": shown}
+
+
+def clean_plot_options(options, channels: Sequence[Channel]) -> dict:
+    """A panel's plot options, checked and in one shape: ``view`` (series, hist or heatmap), ``axes`` (per
+    unit of ``channels``: log scale, manual limits, the unit shown) and ``exprs`` (expression curves, their
+    syntax checked; the channels they name are looked up, through the permission gate, when drawn).
+    Raises ValidationError saying what is wrong. Defaults are left out: {} is a plain plot."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not set(options) <= {"view", "axes", "exprs"}:
+        raise ValidationError({"options": "The plot's options are an object of view, axes and exprs."})
+    out: dict = {}
+    view = options.get("view", "series")
+    if view not in VIEWS:
+        raise ValidationError({"options": f"The view is one of {', '.join(VIEWS)}."})
+    if view != "series":
+        out["view"] = view
+    axes = options.get("axes", [])
+    if not isinstance(axes, list) or len(axes) > MAX_AXES:
+        raise ValidationError({"options": f"The axes are a list of at most {MAX_AXES}."})
+    channel_units = {c.units or "" for c in channels}
+    seen: set[str] = set()
+    kept = [a for n, axis in enumerate(axes, 1) if (a := _clean_axis(axis, channel_units, seen, n)) is not None]
+    if kept:
+        out["axes"] = kept
+    exprs = options.get("exprs", [])
+    if not isinstance(exprs, list) or len(exprs) > MAX_EXPRESSIONS:
+        raise ValidationError({"options": f"The expressions are a list of at most {MAX_EXPRESSIONS}."})
+    for n, expression in enumerate(exprs, 1):
+        if not isinstance(expression, str) or len(expression) > MAX_EXPRESSION_LENGTH:
+            raise ValidationError({"options": f"Expression {n} is text of at most {MAX_EXPRESSION_LENGTH} characters."})
+        try:
+            parse_curve(expression.strip())
+        except ExpressionError as exc:
+            raise ValidationError({"options": f"Expression {n} ({expression[:60]!r}): {exc}."}) from None
+    if exprs:
+        out["exprs"] = [e.strip() for e in exprs]
+    return out
 
 
 def _panel_facts(panel: DashboardPanel, channels: Iterable[Channel]) -> dict:
@@ -115,9 +208,11 @@ def add_panel(
     end=None,
     include_flagged: bool = False,
     wide: bool = False,
+    options: dict | None = None,
     address: str | None = None,
 ) -> DashboardPanel:
-    """A new panel at the end of ``dashboard``, over the channels of ``channel_ids`` ``user`` may see."""
+    """A new panel at the end of ``dashboard``, over the channels of ``channel_ids`` ``user`` may see, with the
+    plot's ``options`` (``clean_plot_options``)."""
     _check_change(user, dashboard)
     channels = visible_channels(user, channel_ids)
     if not channels or len(channels) != len(set(channel_ids)):
@@ -128,6 +223,7 @@ def add_panel(
         raise ValidationError({"time_range": "A fixed range needs a start before its end."})
     if time_range != PlotRange.CUSTOM:
         start = end = None
+    options = clean_plot_options(options, channels)
     last = dashboard.panels.aggregate(last=Max("position"))["last"]
     panel = DashboardPanel.objects.create(
         dashboard=dashboard,
@@ -138,10 +234,13 @@ def add_panel(
         end=end,
         include_flagged=include_flagged,
         wide=wide,
+        options=options,
     )
     panel.channels.set(channels)
     _touch(dashboard)
     facts = {**_panel_facts(panel, channels), "time_range": time_range}
+    if options:
+        facts["options"] = options
     audit.record(AuditAction.CONFIG_CHANGED, actor=user, obj=dashboard, changes={"panel added": facts}, address=address)
     return panel
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -119,3 +120,44 @@ def evaluate(tree: ast.Expression, variables: Mapping[str, np.ndarray]) -> np.nd
 
     with np.errstate(all="ignore"):
         return np.asarray(visit(tree), dtype=np.float64)
+
+
+# --- curves on a plot: expressions over channels of any instruments (instrument-slug/channel-slug) ----------
+
+MAX_INPUTS = 12
+# instrument-slug/channel-slug, not inside a longer name/name/... chain, starting with a letter (2/3 is a division)
+REFERENCE = re.compile(r"(?<![\w/.-])([A-Za-z][\w-]*)/([A-Za-z][\w-]*)(?![\w/.(-])")
+
+
+def references(expression: str) -> tuple[str, list[str]]:
+    """The expression with each channel reference replaced by a variable (``_c0``...), and the references
+    in order. Raises ExpressionError when it names no channel or too many."""
+    refs: list[str] = []
+
+    def swap(match: re.Match) -> str:
+        ref = f"{match.group(1)}/{match.group(2)}"
+        if ref not in refs:
+            refs.append(ref)
+        return f"_c{refs.index(ref)}"
+
+    rewritten = REFERENCE.sub(swap, expression)
+    if not refs:
+        raise ExpressionError("name at least one channel as instrument-slug/channel-slug (a/temp - b/temp)")
+    if len(refs) > MAX_INPUTS:
+        raise ExpressionError(f"at most {MAX_INPUTS} channels in an expression")
+    return rewritten, refs
+
+
+def parse_curve(expression: str) -> tuple[ast.Expression, list[str]]:
+    """The checked tree of a plot's expression curve (its channels as ``_c0``...) and the channel references
+    it reads, in order; ExpressionError saying why for one that cannot be drawn. Whether the channels exist
+    and may be seen is decided when it is drawn, by whoever draws it."""
+    rewritten, refs = references(expression)
+    tree, names = parse_expression(rewritten)
+    unknown = sorted(n for n in names if not re.fullmatch(r"_c\d+", n))
+    if unknown:
+        raise ExpressionError(
+            f"{', '.join(unknown)}: not a channel; write channels as instrument-slug/channel-slug, "
+            "with spaces around / and - between two channels"
+        )
+    return tree, refs

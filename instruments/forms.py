@@ -3,6 +3,7 @@ every surface that edits sources uses (the admin's source page and inline)."""
 
 from __future__ import annotations
 
+import json
 from typing import cast
 
 from django import forms
@@ -152,6 +153,9 @@ class DashboardForm(forms.ModelForm):
         labels = {"shared": "Shared with everyone who may see its instruments"}
 
 
+MAX_OPTIONS_TEXT = 8000
+
+
 class PanelForm(forms.Form):
     """A plot to add to a dashboard: the channels must be ones the user may see (checked by the service)."""
 
@@ -162,9 +166,23 @@ class PanelForm(forms.Form):
     end = forms.DateTimeField(required=False, widget=DateTimeLocalInput())
     include_flagged = forms.BooleanField(required=False, label="Include flagged readings")
     wide = forms.BooleanField(required=False, label="Full width")
+    # The plot page's view, y axes and expression curves, as JSON; its contents are checked by the service.
+    options = forms.CharField(required=False, max_length=MAX_OPTIONS_TEXT, widget=forms.HiddenInput)
 
     def __init__(self, *args, channels=(), **kwargs):
         super().__init__(*args, **kwargs)
         cast(forms.TypedMultipleChoiceField, self.fields["channels"]).choices = [
             (c.pk, f"{c.instrument.name} · {c.name}" + (f" ({c.units})" if c.units else "")) for c in channels
         ]
+
+    def clean_options(self) -> dict:
+        text = self.cleaned_data["options"].strip()
+        if not text:
+            return {}
+        try:
+            options = json.loads(text)
+        except ValueError:
+            raise forms.ValidationError("The plot's options are not JSON.") from None
+        if not isinstance(options, dict):
+            raise forms.ValidationError("The plot's options are a JSON object.")
+        return options

@@ -457,6 +457,9 @@ class DashboardPanel(models.Model):
     end = models.DateTimeField(null=True, blank=True, help_text="For a fixed range.")
     include_flagged = models.BooleanField(default=False, help_text="Also plot readings flagged bad.")
     wide = models.BooleanField(default=False, help_text="Take the whole width of the dashboard.")
+    # What the plot page adds to the channels and range: {"view": ..., "axes": [...], "exprs": [...]}, checked
+    # by ``instruments.dashboards.clean_plot_options`` before it is stored (docs/pages.md, "Dashboards").
+    options = models.JSONField(default=dict, blank=True, help_text="The plot's view, y axes and expression curves.")
 
     class Meta:
         ordering = ["position", "id"]

@@ -335,6 +335,7 @@ def _add_panel_from_post(request, dashboard: Dashboard, data=None) -> bool:
             end=data["end"],
             include_flagged=data["include_flagged"],
             wide=data["wide"],
+            options=data["options"],
             address=audit.client_address(request),
         )
     except ValidationError as exc:
@@ -362,6 +363,7 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
                     "panel": panel,
                     "channels": channels,
                     "state": state,
+                    "plot_url": panel_plot_url(panel, state),
                     "element_id": f"panel-state-{panel.pk}",
                 }
             )
@@ -372,6 +374,8 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
             can_change=dashboards.may_change(user, self.object),
             dashboard_config={
                 "samplesUrl": reverse("api:samples"),
+                "histogramUrl": reverse("api:histogram"),
+                "expressionUrl": reverse("api:expression"),
                 "runsUrl": reverse("api:run-list"),
                 "timeZone": settings.TIME_ZONE,
             },
@@ -414,7 +418,58 @@ def panel_state(panel: DashboardPanel, channels) -> dict:
     if panel.time_range == PlotRange.CUSTOM:
         assert panel.start is not None and panel.end is not None  # a custom range has both ends (a check constraint)
         state.update(start=panel.start.isoformat(), end=panel.end.isoformat())
+    options = panel.options or {}
+    state["kind"] = options.get("view", "series")
+    state["exprs"] = options.get("exprs", [])
+    # The plot numbers its y axes by the units of its channels, in their order: the saved axes are by unit.
+    order = list(dict.fromkeys(c.units or "" for c in channels))
+    state["yaxes"] = {
+        str(order.index(axis["units"]) + 1): {key: axis[key] for key in ("log", "min", "max", "unit")}
+        for axis in options.get("axes", [])
+        if axis["units"] in order
+    }
     return state
+
+
+def options_summary(options: dict) -> list[str]:
+    """A panel's saved plot options in words, for the edit page."""
+    words = {"hist": "histogram", "heatmap": "histogram over time"}
+    out = [words[options["view"]]] if options.get("view") in words else []
+    for axis in options.get("axes", []):
+        parts = ["log"] if axis["log"] else []
+        limits = " to ".join("auto" if axis[key] is None else f"{axis[key]:.6g}" for key in ("min", "max"))
+        if axis["min"] is not None or axis["max"] is not None:
+            parts.append(limits)
+        if axis["unit"]:
+            parts.append(f"in {axis['unit']}")
+        out.append(f"{axis['units'] or 'no unit'} axis: {', '.join(parts)}")
+    out += [f"ƒ {expression}" for expression in options.get("exprs", [])]
+    return out
+
+
+def panel_plot_url(panel: DashboardPanel, state: dict) -> str:
+    """The plot page showing a panel as saved (the same link the plot page writes), to look closer or to change
+    it and save it again."""
+    query: list[tuple[str, str]] = [
+        ("c", ",".join(str(c["id"]) for c in state["channels"])),
+        ("range", panel.time_range),
+    ]
+    if panel.time_range == PlotRange.CUSTOM:
+        query += [("start", state["start"]), ("end", state["end"])]
+    if panel.include_flagged:
+        query.append(("flagged", "1"))
+    if state["kind"] != "series":
+        query.append(("view", state["kind"]))
+    for k, axis in state["yaxes"].items():
+        limits = ["" if axis[key] is None else f"{axis[key]:.15g}" for key in ("min", "max")]
+        text = "log" if axis["log"] else "lin"
+        if any(limits) or axis["unit"]:
+            text += ":" + ":".join(limits)
+        if axis["unit"]:
+            text += ":" + axis["unit"]
+        query.append((f"y{k}", text))
+    query += [("e", expression) for expression in state["exprs"]]
+    return reverse("collection:plot") + "?" + urlencode(query)
 
 
 class DashboardEditView(DashboardAccessMixin, FormView):
@@ -438,9 +493,18 @@ class DashboardEditView(DashboardAccessMixin, FormView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         user = self.request.user
-        panels = [
-            {"panel": panel, "channels": dashboards.panel_channels(user, panel)} for panel in self.object.panels.all()
-        ]
+        panels = []
+        for panel in self.object.panels.all():
+            channels = dashboards.panel_channels(user, panel)
+            state = panel_state(panel, channels)
+            panels.append(
+                {
+                    "panel": panel,
+                    "channels": channels,
+                    "options": options_summary(panel.options or {}),
+                    "plot_url": panel_plot_url(panel, state),
+                }
+            )
         context.update(
             dashboard=self.object,
             panels=panels,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import numpy as np
 import orjson
 from django.conf import settings
 from django.db.models import Q
@@ -176,22 +177,39 @@ def one_of(choices) -> str:
     return '"{input}" is not one of ' + ", ".join(choices) + "."
 
 
+MAX_HISTOGRAM_CHANNELS = 12  # overlaid histograms: as many as the plot has distinct colours
+
+
 class HistogramParams(RangeParams):
-    channels = ChannelRefsField(help_text="one channel: its id or instrument-slug/channel-slug")
+    channels = ChannelRefsField(
+        help_text=f"up to {MAX_HISTOGRAM_CHANNELS} channels (one with time_bins above 1): ids or "
+        "instrument-slug/channel-slug, comma-separated"
+    )
     bins = serializers.IntegerField(required=False, default=50, min_value=1, max_value=MAX_BINS)
     time_bins = serializers.IntegerField(
         required=False, default=1, min_value=1, max_value=MAX_TIME_BINS, help_text="above 1: a histogram per time slice"
     )
-    lo = serializers.FloatField(required=False, help_text="bottom of the first bin (default: the smallest reading)")
-    hi = serializers.FloatField(required=False, help_text="top of the last bin (default: the largest reading)")
-
-    def validate_channels(self, value: list[str]) -> list[str]:
-        if len(value) != 1:
-            raise ValidationError("A histogram is of one channel.")
-        return value
+    lo = serializers.FloatField(
+        required=False,
+        help_text="bottom of the first bin, in the unit shown (default: each channel's smallest reading)",
+    )
+    hi = serializers.FloatField(
+        required=False, help_text="top of the last bin, in the unit shown (default: each channel's largest reading)"
+    )
+    convert = ConvertField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=2000,
+        help_text="count channels in other units: <channel id>:<unit>,... (3:degF); pint converts, as for samples",
+    )
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
+        if len(attrs["channels"]) > MAX_HISTOGRAM_CHANNELS:
+            raise ValidationError({"channels": f"At most {MAX_HISTOGRAM_CHANNELS} channels in one histogram."})
+        if attrs["time_bins"] > 1 and len(attrs["channels"]) != 1:
+            raise ValidationError({"channels": "A histogram over time (time_bins above 1) is of one channel."})
         for name in ("lo", "hi"):
             if name in attrs and not math.isfinite(attrs[name]):
                 raise ValidationError({name: "A finite number."})
@@ -426,7 +444,8 @@ class HistogramSchema(serializers.Serializer):
     channel = serializers.IntegerField()
     start = serializers.IntegerField()
     end = serializers.IntegerField()
-    edges = serializers.ListField(child=serializers.FloatField(), help_text="bins + 1 value edges")
+    edges = serializers.ListField(child=serializers.FloatField(), help_text="bins + 1 value edges, in units")
+    units = serializers.CharField(help_text="the unit of the edges: the channel's, or the one convert asked for")
     time_edges = serializers.ListField(child=serializers.IntegerField(), help_text="time_bins + 1 edges, µs")
     counts = serializers.JSONField(help_text="counts per bin; with time_bins > 1, one list per time slice")
     below = serializers.IntegerField(help_text="readings under lo")
@@ -435,6 +454,12 @@ class HistogramSchema(serializers.Serializer):
     exact = serializers.FloatField(help_text="share of the readings counted exactly (1: all of them)")
     # The serializer's metaclass moves declared fields out of the class: Field.source is not shadowed.
     source = serializers.CharField(help_text="raw, or the rollup tier read")  # type: ignore[assignment]
+
+
+class HistogramListSchema(serializers.Serializer):
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    histograms = HistogramSchema(many=True, help_text="one per channel, in the order asked")
     elapsed_ms = serializers.FloatField()
 
 
@@ -443,33 +468,58 @@ class HistogramViewSet(ReadingsViewSet):
 
     @extend_schema(
         operation_id="channel_histogram",
-        summary="Histogram of a channel's readings over a time range, or one per time slice (a heatmap)",
+        summary="Histograms of channels' readings over a time range, or one channel's per time slice (a heatmap)",
         description=(
-            "Counted on the server: from raw readings for short ranges; otherwise from the rollup tiers where a "
+            "One histogram per channel (at most 12; one channel with time_bins above 1), each counted on the "
+            "server in bounded work: from raw readings for short ranges; otherwise from the rollup tiers where a "
             "bucket's readings fall in one bin, raw readings for the buckets that straddle bins within a budget, "
-            "and beyond it those buckets spread evenly between their min and max (see exact). Flagged readings "
-            "are not counted."
+            "and beyond it those buckets spread between their min and max (see exact). Flagged readings are not "
+            "counted. With convert, the edges (and lo and hi) are in the unit asked for, converted by pint as "
+            "on /samples/."
         ),
         parameters=[HistogramParams],
-        responses={200: HistogramSchema, **ERRORS},
+        responses={200: HistogramListSchema, **ERRORS},
     )
     def read(self, request):
         params = self.params()
-        (channel,) = self.visible_channels(params["channels"])
+        channels = self.visible_channels(params["channels"])
+        converters = display_converters(channels, params["convert"] or {})
         started = time.perf_counter()
-        try:
-            result = channel_histogram(
-                channel.pk,
-                params["start"],
-                params["end"],
-                bins=params["bins"],
-                time_bins=params["time_bins"],
-                lo=params.get("lo"),
-                hi=params.get("hi"),
-            )
-        except ValueError as exc:
-            raise ValidationError({"detail": str(exc)}) from None
-        return json_response({**result.as_dict(), "elapsed_ms": (time.perf_counter() - started) * 1000})
+        answers = []
+        for channel in channels:
+            conversion = converters.get(channel.pk)
+            unit = conversion[0] if conversion else channel.units
+            lo, hi = params.get("lo"), params.get("hi")
+            if conversion:  # limits given in the unit shown: counted in the channel's own
+                back = units.converter(unit, channel.units)  # the same pint conversion, the other way
+                lo, hi = (None if v is None else float(back(v)) for v in (lo, hi))
+                if not all(v is None or math.isfinite(v) for v in (lo, hi)):
+                    raise ValidationError({"convert": f"{channel.name}: lo or hi is beyond what {channel.units} holds"})
+            try:
+                result = channel_histogram(
+                    channel.pk,
+                    params["start"],
+                    params["end"],
+                    bins=params["bins"],
+                    time_bins=params["time_bins"],
+                    lo=lo,
+                    hi=hi,
+                ).as_dict()
+            except ValueError as exc:
+                raise ValidationError({"detail": str(exc)}) from None
+            if conversion:
+                result["edges"] = np.asarray(conversion[1](result["edges"]), dtype=np.float64)
+                if not np.isfinite(result["edges"]).all():
+                    raise ValidationError({"convert": f"{channel.name}: the bins are beyond what {unit} holds"})
+            answers.append({**result, "units": unit})
+        return json_response(
+            {
+                "start": params["start"],
+                "end": params["end"],
+                "histograms": answers,
+                "elapsed_ms": (time.perf_counter() - started) * 1000,
+            }
+        )
 
 
 class ExpressionParams(serializers.Serializer):

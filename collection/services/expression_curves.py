@@ -1,6 +1,7 @@
 """Ad-hoc expression curves on a plot: ``a/temp - b/temp`` over channels of any instruments the user may
 see, evaluated on the server by the derived channels' evaluator (``instruments.expressions``: a
-whitelisted syntax tree, never ``eval``).
+whitelisted syntax tree, never ``eval``; a curve's syntax is checked by ``parse_curve`` there, which the
+dashboards also use when a panel is saved).
 
 A channel is written ``instrument-slug/channel-slug``; between two channels, put spaces around ``/``
 and ``-`` (``a/temp / b/temp``), as ``a/temp/b/temp`` cannot be read one way only. The inputs are
@@ -13,19 +14,15 @@ Results that are not finite (``log(0)``) are left out.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from collection.services.query import MAX_POINTS_LIMIT, query_series
-from instruments.expressions import ExpressionError, evaluate, parse_expression
+from instruments.expressions import ExpressionError, evaluate, parse_curve
 
 MAX_POINTS = 5000
-MAX_INPUTS = 12
-# instrument-slug/channel-slug, not inside a longer name/name/... chain, starting with a letter (2/3 is a division)
-REFERENCE = re.compile(r"(?<![\w/.-])([A-Za-z][\w-]*)/([A-Za-z][\w-]*)(?![\w/.(-])")
 
 
 @dataclass
@@ -46,25 +43,6 @@ class Curve:
         }
 
 
-def references(expression: str) -> tuple[str, list[str]]:
-    """The expression with each channel reference replaced by a variable (``_c0``...), and the references
-    in order. Raises ExpressionError when it names no channel or too many."""
-    refs: list[str] = []
-
-    def swap(match: re.Match) -> str:
-        ref = f"{match.group(1)}/{match.group(2)}"
-        if ref not in refs:
-            refs.append(ref)
-        return f"_c{refs.index(ref)}"
-
-    rewritten = REFERENCE.sub(swap, expression)
-    if not refs:
-        raise ExpressionError("name at least one channel as instrument-slug/channel-slug (a/temp - b/temp)")
-    if len(refs) > MAX_INPUTS:
-        raise ExpressionError(f"at most {MAX_INPUTS} channels in an expression")
-    return rewritten, refs
-
-
 def expression_curve(
     expression: str,
     resolve: Callable[[Sequence[str]], dict[str, int]],
@@ -76,14 +54,7 @@ def expression_curve(
     channel ids among those the user may see (raising for any other); ExpressionError for a bad one."""
     if not 2 <= points <= MAX_POINTS:
         raise ExpressionError(f"points must be between 2 and {MAX_POINTS}")
-    rewritten, refs = references(expression)
-    tree, names = parse_expression(rewritten)
-    unknown = sorted(n for n in names if not re.fullmatch(r"_c\d+", n))
-    if unknown:
-        raise ExpressionError(
-            f"{', '.join(unknown)}: not a channel; write channels as instrument-slug/channel-slug, "
-            "with spaces around / and - between two channels"
-        )
+    tree, refs = parse_curve(expression)
     ids = resolve(refs)
     width = -(-(end - start) // points)
     slices = (end - start + width - 1) // width

@@ -216,9 +216,7 @@ def channel_histogram(
     limits = _value_limits(buckets, edge_raw["value"])
     if limits is None:
         return _empty(channel_id, start, end, bins, lo, hi, time_edges, TIER_NAMES[TIERS[level]])
-    low, high = lo if lo is not None else limits[0], hi if hi is not None else limits[1]
-    if not high > low:
-        low, high = low - 0.5, high + 0.5
+    low, high = _bin_range(lo, hi, *limits)
     binner = _Binner(start, end, time_bins, low, high, bins)
     binner.add_raw(edge_raw["ts"], edge_raw["value"])
     exact_count = len(edge_raw["ts"])
@@ -259,6 +257,20 @@ def channel_histogram(
     )
 
 
+def _bin_range(lo: float | None, hi: float | None, smallest: float, largest: float) -> tuple[float, float]:
+    """The bins' range: the limits given, else the readings' own. One reading value (or every reading beyond
+    the one limit given) leaves a unit-wide range beside it, never an empty or upside-down one."""
+    low = lo if lo is not None else smallest
+    high = hi if hi is not None else largest
+    if high > low:
+        return low, high
+    if lo is not None and hi is None:
+        return low, low + 1.0  # every reading is below lo: counted in below
+    if hi is not None and lo is None:
+        return high - 1.0, high  # every reading is above hi
+    return low - 0.5, high + 0.5
+
+
 def _runs(indexes: np.ndarray) -> list[tuple[int, int]]:
     """Consecutive indexes grouped: [2, 3, 4, 9] -> [(2, 5), (9, 10)] (half-open)."""
     if not len(indexes):
@@ -295,10 +307,7 @@ def _from_raw(channel_id, start, end, raw, bins, time_bins, lo, hi, time_edges) 
     values = raw["value"]
     if not len(values):
         return _empty(channel_id, start, end, bins, lo, hi, time_edges, "raw")
-    low = lo if lo is not None else float(values.min())
-    high = hi if hi is not None else float(values.max())
-    if not high > low:
-        low, high = low - 0.5, high + 0.5
+    low, high = _bin_range(lo, hi, float(values.min()), float(values.max()))
     binner = _Binner(start, end, time_bins, low, high, bins)
     binner.add_raw(raw["ts"], values)
     return Histogram(

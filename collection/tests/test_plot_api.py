@@ -9,6 +9,7 @@ import pytest
 
 from collection.services import histogram
 from collection.tests.readings import SECOND, T0, ingest, refresh_all
+from instruments.tests.factories import make_channel
 
 pytestmark = pytest.mark.django_db
 
@@ -37,9 +38,17 @@ def get(persona, **query):
     return persona.client.get("/api/v1/histogram/", {"channels": TEMP, "start": T0, "end": T0 + DAY, **query})
 
 
+def hist(persona, **query) -> dict:
+    """The one channel's histogram of the answer."""
+    response = get(persona, **query)
+    assert response.status_code == 200, response.content
+    (body,) = response.json()["histograms"]
+    return body
+
+
 def test_a_short_range_is_counted_from_every_reading_and_leaves_flagged_readings_out(owner, readings):
     _ts, values = readings
-    body = get(owner, bins=40).json()
+    body = hist(owner, bins=40)
     counts, edges = np.histogram(values, bins=40)
     assert body["source"] == "raw" and body["exact"] == 1.0
     assert body["counts"] == counts.tolist() and np.allclose(body["edges"], edges)
@@ -50,7 +59,7 @@ def test_a_short_range_is_counted_from_every_reading_and_leaves_flagged_readings
 def test_the_tiers_give_the_exact_histogram_when_straddling_buckets_fit_the_raw_budget(owner, readings, monkeypatch):
     ts, values = readings
     monkeypatch.setattr(histogram, "RAW_WHOLE", 100)  # as if the range were long: the tier path
-    body = get(owner, bins=30, time_bins=24).json()
+    body = hist(owner, bins=30, time_bins=24)
     expected, _, _ = np.histogram2d(ts, values, bins=[np.linspace(T0, T0 + DAY, 25), np.array(body["edges"])])
     assert body["source"] != "raw" and body["exact"] == 1.0
     assert body["edges"][0] == values.min() and body["edges"][-1] == values.max()
@@ -65,7 +74,7 @@ def test_beyond_the_raw_budget_straddling_buckets_are_spread_and_the_answer_says
     monkeypatch.setattr(histogram, "RAW_WHOLE", 100)
     monkeypatch.setattr(histogram, "RAW_BUDGET", 0)
     monkeypatch.setattr(histogram, "MAX_BUCKETS", 200)  # ten-minute buckets, most spanning several bins
-    body = get(owner, bins=20).json()
+    body = hist(owner, bins=20)
     truth, _ = np.histogram(values, bins=np.array(body["edges"]))
     assert body["exact"] < 1 and body["total"] == len(values)
     assert abs(sum(body["counts"]) - len(values)) <= 20  # each bin rounded
@@ -75,14 +84,23 @@ def test_beyond_the_raw_budget_straddling_buckets_are_spread_and_the_answer_says
 
 def test_given_limits_count_the_readings_outside_them_below_and_above(owner, readings):
     _ts, values = readings
-    body = get(owner, bins=10, lo=18, hi=22).json()
+    body = hist(owner, bins=10, lo=18, hi=22)
     counts, _ = np.histogram(values, bins=np.linspace(18, 22, 11))
     assert body["counts"] == counts.tolist()
     assert body["below"] == int((values < 18).sum()) and body["above"] == int((values > 22).sum())
 
 
+def test_one_limit_beyond_every_reading_leaves_them_all_below_or_above_an_upright_range(owner, readings):
+    _ts, values = readings
+    above_all = hist(owner, bins=10, lo=100)
+    assert above_all["edges"] == pytest.approx(np.linspace(100, 101, 11).tolist())
+    assert above_all["below"] == len(values) and sum(above_all["counts"]) == above_all["above"] == 0
+    below_all = hist(owner, bins=10, hi=-100)
+    assert below_all["edges"][0] == -101 and below_all["above"] == len(values)
+
+
 def test_an_empty_range_answers_zero_counts(owner, readings):
-    body = get(owner, start=T0 - 2 * DAY, end=T0 - DAY).json()
+    body = hist(owner, start=T0 - 2 * DAY, end=T0 - DAY)
     assert body["total"] == 0 and sum(body["counts"]) == 0
 
 
@@ -94,13 +112,46 @@ def test_an_empty_range_answers_zero_counts(owner, readings):
         {"time_bins": 10_000},
         {"lo": 5, "hi": 5},
         {"lo": "nan"},
-        {"channels": f"{TEMP},{TEMP.replace('temp', 'humidity')}"},
+        {"channels": f"{TEMP},{TEMP}x", "time_bins": 24},  # a histogram over time is of one channel
+        {"channels": ",".join(f"{TEMP}{i}" for i in range(13))},  # at most 12 overlaid histograms
+        {"convert": "1:furlong"},
         {"start": T0 + DAY, "end": T0},
     ],
 )
 def test_bad_parameters_answer_400_naming_the_problem(owner, readings, query):
     response = get(owner, **query)
     assert response.status_code == 400, response.content
+
+
+def test_each_channel_asked_for_gets_its_own_histogram_in_the_order_asked(
+    owner, world, readings, django_capture_on_commit_callbacks
+):
+    _ts, values = readings
+    pressure = make_channel(world.alpha, name="Pressure", slug="alpha-station-pressure", units="hPa")
+    ts = T0 + np.arange(0, 3600, 5) * SECOND
+    hpa = 1013 + np.random.default_rng(5).normal(0, 2, len(ts))
+    ingest(django_capture_on_commit_callbacks, pressure.pk, ts, hpa)
+    response = get(owner, channels=f"{pressure.pk},{TEMP}", bins=25)
+    first, second = response.json()["histograms"]
+    assert (first["channel"], first["units"]) == (pressure.pk, "hPa")
+    assert (second["channel"], second["units"]) == (world.alpha_channel.pk, "degC")
+    for body, raw in ((first, hpa), (second, values)):  # each over its own readings' range
+        counts, edges = np.histogram(raw, bins=25)
+        assert body["counts"] == counts.tolist() and np.allclose(body["edges"], edges)
+
+
+def test_converted_edges_and_limits_are_in_the_unit_shown_and_count_as_the_raw_readings_do(owner, world, readings):
+    _ts, values = readings
+    pk = world.alpha_channel.pk
+    body = hist(owner, bins=16, lo=64.4, hi=71.6, convert=f"{pk}:degF")  # 18 to 22 degC
+    assert body["units"] == "degF"
+    assert np.allclose(body["edges"], np.linspace(64.4, 71.6, 17))
+    counts, _ = np.histogram(values, bins=np.linspace(18, 22, 17))  # the readings as stored, in degC
+    assert body["counts"] == counts.tolist()
+    assert body["below"] == int((values < 18).sum()) and body["above"] == int((values > 22).sum())
+    kelvin = hist(owner, bins=10, convert=f"{pk}:K")  # no limits: the readings' own range, converted
+    counts, edges = np.histogram(values, bins=10)
+    assert kelvin["counts"] == counts.tolist() and np.allclose(kelvin["edges"], edges + 273.15)
 
 
 def samples(persona, **query):

@@ -409,3 +409,28 @@ def test_instrument_coordinates_at_the_limits_are_accepted():
     instrument.save()
     instrument.refresh_from_db()
     assert (instrument.latitude, instrument.longitude) == (-90, 180)
+
+
+def test_a_panels_plot_options_are_kept_in_one_shape_without_their_defaults():
+    from instruments.dashboards import clean_plot_options
+
+    channels = [Channel(units="degC"), Channel(units="hPa"), Channel(units="")]
+    options = {
+        "view": "series",  # the default: left out
+        "axes": [
+            {"units": "hPa", "log": False, "min": None, "max": None, "unit": None},  # all automatic: left out
+            {"units": "degC", "log": False, "min": 10, "max": None, "unit": "degC"},  # its own unit: none shown
+            {"units": "", "log": True},
+        ],
+        "exprs": ["  a/temp - b/temp "],
+    }
+    assert clean_plot_options(options, channels) == {
+        "axes": [
+            {"units": "degC", "log": False, "min": 10.0, "max": None, "unit": None},
+            {"units": "", "log": True, "min": None, "max": None, "unit": None},
+        ],
+        "exprs": ["a/temp - b/temp"],
+    }
+    assert clean_plot_options({}, channels) == clean_plot_options(None, channels) == {}
+    with pytest.raises(ValidationError, match="one axis per unit"):
+        clean_plot_options({"axes": [{"units": "hPa", "log": True}, {"units": "hPa", "log": True}]}, channels)

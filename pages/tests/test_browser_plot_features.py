@@ -116,8 +116,7 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     before = draws(page)
     page.select_option("#view-kind", "hist")
     drawn_again(page, before)
-    page.wait_for_function("() => DAQPlot.main.histogram && DAQPlot.main.histogram.total !== undefined")
-    histogram = page.evaluate("() => DAQPlot.main.histogram")
+    histogram = page.evaluate("() => DAQPlot.main.histograms[0]")
     good = np.delete(values, 40)
     assert histogram["total"] == len(good) and sum(histogram["counts"]) == len(good)
     assert histogram["counts"] == np.histogram(good, bins=80)[0].tolist()
@@ -125,16 +124,41 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     assert "view=hist" in page.url
     olivia.shoot("plot-histogram")
 
-    # ... and over time: a heatmap of time slices.
+    # Two channels of two units: a histogram each (a panel per unit), the second counted in the unit its
+    # axis shows (degF: edges converted by the server, the counts those of the readings as stored).
+    temp = make_channel(world.alpha, slug="temp-2018", name="Temp 2018", units="degC")
+    celsius = 15 + 3 * np.cos(np.arange(len(stamps)) / 30)
+    ingest(temp, stamps.tolist(), celsius.tolist())
+    olivia.open(f"/plot/?c={old.pk},{temp.pk}&range=all&view=hist&y2=lin:::degF")
+    page.wait_for_function("() => DAQPlot.main.histograms && DAQPlot.main.histograms.length === 2")
+    pressure_h, temp_h = page.evaluate("() => DAQPlot.main.histograms")
+    assert pressure_h["counts"] == np.histogram(good, bins=80)[0].tolist()
+    counts, edges = np.histogram(celsius, bins=80)
+    assert temp_h["units"] == "degF" and temp_h["counts"] == counts.tolist()
+    assert temp_h["edges"] == pytest.approx((edges * 9 / 5 + 32).tolist())
+    figure = page.evaluate(
+        "() => { const gd = document.querySelector('#main-plot .plot');"
+        " return {types: gd.data.map(t => t.type + ':' + t.yaxis), title: gd.layout.xaxis2.title.text}; }"
+    )
+    assert figure == {"types": ["bar:y", "bar:y2"], "title": "degF"}
+    olivia.shoot("plot-histograms")
+
+    # ... and over time: a heatmap of time slices, of the channel chosen (the first by default).
     before = draws(page)
     page.select_option("#view-kind", "heatmap")
     drawn_again(page, before)
     page.wait_for_function(
         "() => document.querySelector('#main-plot .plot').data[0].type === 'heatmap'"
-        " && DAQPlot.main.histogram && Array.isArray(DAQPlot.main.histogram.counts[0])"
+        " && Array.isArray(DAQPlot.main.histograms[0].counts[0])"
     )
-    assert page.evaluate("() => document.querySelector('#main-plot .plot').data[0].type") == "heatmap"
-    assert sum(map(sum, page.evaluate("() => DAQPlot.main.histogram.counts"))) == len(good)
+    assert page.evaluate("() => DAQPlot.main.histograms.map(h => h.channel)") == [old.pk]
+    assert sum(map(sum, page.evaluate("() => DAQPlot.main.histograms[0].counts"))) == len(good)
+    before = draws(page)
+    page.select_option("#heat-channel", str(temp.pk))
+    drawn_again(page, before)
+    heat = page.evaluate("() => DAQPlot.main.histograms[0]")
+    assert heat["channel"] == temp.pk and heat["units"] == "degF" and sum(map(sum, heat["counts"])) == len(celsius)
+    assert f"hc={temp.pk}" in page.url
     olivia.shoot("plot-heatmap")
 
     # Back to the time series: the logbook entry of the day is drawn, and an expression curve across
@@ -145,6 +169,15 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     page.wait_for_function(  # drawn when the annotations arrive (they never hold up the readings)
         "() => document.querySelector('#main-plot .plot').layout.annotations.some(a => a.text === '✎')"
     )
+    # The second axis (degF, on the right) picks its own round ticks: multiples of 1, 2, 2.5 or 5 x 10^n.
+    right = page.evaluate(
+        "() => { const a = document.querySelector('#main-plot .plot')._fullLayout.yaxis2;"
+        " return {side: a.side, dtick: a.dtick, ticks: a._vals.map(v => v.x)}; }"
+    )
+    mantissa = right["dtick"] / 10 ** np.floor(np.log10(right["dtick"]))
+    assert right["side"] == "right" and round(mantissa, 9) in (1, 2, 2.5, 5) and len(right["ticks"]) >= 3
+    assert all(abs(t / right["dtick"] - round(t / right["dtick"])) < 1e-6 for t in right["ticks"])
+    olivia.shoot("plot-right-axis")
     page.locator("#expr-menu summary").click()
     page.fill("#expr-input", "alpha-station/pressure-2018 - 1000")
     before = draws(page)
@@ -160,5 +193,24 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     assert page.url.count("&e=") == 2
     olivia.shoot("plot-expression")
 
+    # Saved to a new dashboard, the panel keeps the axes (degF on the right) and the expressions.
+    page.locator("#save-menu summary").click()
+    page.fill("#save-title", "History")
+    page.fill("#save-panel-title", "2018")
+    page.locator("#save-form button[type=submit]").click()
+    page.wait_for_url("**/dashboards/*/")
+    wait_until_drawn(page)
+    page.wait_for_function(
+        "() => document.querySelector('.daq-panel .plot').data.some(t => (t.name || '').startsWith('ƒ'))"
+    )
+    panel = page.evaluate(
+        "() => { const gd = document.querySelector('.daq-panel .plot');"
+        " return {names: gd.data.map(t => t.name), unit: gd.layout.yaxis2.title.text}; }"
+    )
+    assert panel["unit"] == "degF" and "Temp 2018 (degF)" in panel["names"]
+    assert "ƒ alpha-station/pressure-2018 - 1000" in panel["names"]
+    olivia.shoot("dashboard-saved-options")
+
     # The channel picker's list scrolls inside its card.
+    olivia.open("/plot/")
     assert page.evaluate("() => getComputedStyle(document.querySelector('.picker-list')).maxHeight") != "none"

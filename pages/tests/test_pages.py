@@ -7,6 +7,7 @@ to them, and that each action does what it says.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 
@@ -406,6 +407,64 @@ def test_dashboards_are_built_from_the_plot_page_and_edited(shared_viewer, world
     assert [p.title for p in board.panels.all()] == ["Temperature"]
     shared_viewer.client.post(reverse("instruments:dashboard-delete", args=[board.pk]))
     assert not Dashboard.objects.filter(pk=board.pk).exists()
+
+
+PLOT_OPTIONS = {
+    "view": "hist",
+    "axes": [{"units": "degC", "log": True, "min": 1, "max": 50, "unit": "degF"}],
+    "exprs": ["alpha-station/alpha-station-temp * 2"],
+}
+
+
+def panel_state_of(body: str, panel) -> dict:
+    found = re.search(rf'<script id="panel-state-{panel.pk}" type="application/json">(.*?)</script>', body, re.S)
+    assert found, "the panel's state is in the page"
+    return json.loads(found.group(1))
+
+
+def test_a_panel_keeps_the_plots_view_axes_and_expressions_and_the_dashboard_draws_them(shared_viewer, world):
+    board = Dashboard.objects.create(owner=world.users["vera"], title="Options")
+    add = reverse("instruments:dashboard-panel-add", args=[board.pk])
+    query = {"channels": [world.alpha_channel.pk], "time_range": "1d", "title": "Kept"}
+    shared_viewer.client.post(add, {**query, "options": json.dumps(PLOT_OPTIONS)})
+    panel = board.panels.get(title="Kept")
+    assert panel.options == {**PLOT_OPTIONS, "axes": [{**PLOT_OPTIONS["axes"][0], "min": 1.0, "max": 50.0}]}
+    body = page(shared_viewer, reverse("instruments:dashboard", args=[board.pk]))
+    state = panel_state_of(body, panel)
+    assert state["kind"] == "hist" and state["exprs"] == PLOT_OPTIONS["exprs"]
+    assert state["yaxes"] == {"1": {"log": True, "min": 1.0, "max": 50.0, "unit": "degF"}}
+    # "open" shows it on the plot page as saved: the same link the plot page writes
+    assert "view=hist" in body and "y1=log%3A1%3A50%3AdegF" in body and "e=alpha-station%2Falpha-station-temp" in body
+    assert "degC axis: log, 1 to 50, in degF" in page(
+        shared_viewer, reverse("instruments:dashboard-edit", args=[board.pk])
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "a JSON object"),
+        (json.dumps({"colour": "red"}), "view, axes and exprs"),
+        (json.dumps({"view": "pie"}), "series, hist, heatmap"),
+        (json.dumps({"axes": [{"units": "hPa", "log": True}]}), "no channel of the plot"),
+        (json.dumps({"axes": [{"units": "degC", "min": 5, "max": 1}]}), "top must be above"),
+        (json.dumps({"axes": [{"units": "degC", "log": True, "min": -1}]}), "above 0"),
+        (json.dumps({"axes": [{"units": "degC", "unit": "hPa"}]}), "measure different things"),
+        (json.dumps({"axes": [{"units": "degC", "min": "1e999"}]}), "finite number"),
+        (json.dumps({"exprs": ["alpha-station/alpha-station-temp +"]}), "Expression 1"),
+        (json.dumps({"exprs": ["a/b"] * 7}), "at most 6"),
+        ("x" * 8001, "at most 8000"),
+    ],
+)
+def test_a_broken_plot_configuration_is_refused_when_saved_saying_why(shared_viewer, world, options, says):
+    board = Dashboard.objects.create(owner=world.users["vera"], title="Refusals")
+    add = reverse("instruments:dashboard-panel-add", args=[board.pk])
+    response = shared_viewer.client.post(
+        add, {"channels": [world.alpha_channel.pk], "time_range": "1d", "options": options}, follow=True
+    )
+    assert response.status_code == 200 and not board.panels.exists()
+    assert says in " ".join(str(m) for m in response.context["messages"])
 
 
 def test_every_dashboard_change_is_in_the_audit_trail(shared_viewer, world):

@@ -297,33 +297,62 @@
       });
   };
 
-  // --- histograms: counted by the server (/api/v1/histogram/), of the first channel chosen -----------
+  // --- histograms: counted by the server (/api/v1/histogram/) ---------------------------------------
+  // "hist": one histogram per channel (the first MAX_HIST_CHANNELS), one request per y axis (the channels of
+  // one unit share its limits and "shown in" unit), overlaid per unit, a panel per unit. "heatmap": one
+  // channel's histogram over time (state.heat, default the first): counts of two channels cannot share
+  // one colour scale, and a heatmap drawn over another hides it.
+  var MAX_HIST_CHANNELS = 12;
+
+  Plot.prototype.heatChannel = function () {
+    var heat = this.state.heat, chosen = this.state.channels.filter(function (c) { return c.id === heat; })[0];
+    return chosen || this.state.channels[0];
+  };
 
   Plot.prototype.loadHistogram = function (range, reason) {
-    var self = this, seq = ++this.seq, channel = this.state.channels[0];
-    var opt = (this.state.yaxes || {})[1] || {};
-    var q = new URLSearchParams();
-    q.set("channels", String(channel.id));
-    q.set("start", String(Math.floor(range[0] * 1000)));
-    q.set("end", String(Math.ceil(range[1] * 1000)));
-    q.set("bins", this.state.kind === "heatmap" ? "60" : "80");
-    if (this.state.kind === "heatmap") q.set("time_bins", String(Math.max(10, Math.min(200, Math.round(this.points() / 6)))));
-    if (opt.min != null) q.set("lo", String(opt.min));
-    if (opt.max != null) q.set("hi", String(opt.max));
+    var self = this, seq = ++this.seq, heatmap = this.state.kind === "heatmap", axes = this.axes();
+    var shown = heatmap ? [this.heatChannel()] : this.state.channels.slice(0, MAX_HIST_CHANNELS);
+    var groups = [];  // one request per y axis, in the axes' order
+    axes.forEach(function (unit, i) {
+      var members = shown.filter(function (c) { return (c.units || "") === unit; });
+      if (members.length) groups.push({ axis: i + 1, unit: unit, channels: members });
+    });
     var started = performance.now();
     this.root.dataset.loading = "1";
-    this.requests.push({ url: this.opts.histogramUrl + "?" + q.toString(), reason: reason, at: Date.now() });
-    return fetch(this.opts.histogramUrl + "?" + q.toString(), { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (response) {
-        return response.json().then(function (body) {
-          if (!response.ok) throw new Error(body.detail || JSON.stringify(body));
-          return body;
+    var asks = groups.map(function (g) {
+      var opt = (self.state.yaxes || {})[g.axis] || {};
+      var q = new URLSearchParams();
+      q.set("channels", g.channels.map(function (c) { return c.id; }).join(","));
+      q.set("start", String(Math.floor(range[0] * 1000)));
+      q.set("end", String(Math.ceil(range[1] * 1000)));
+      q.set("bins", heatmap ? "60" : "80");
+      if (heatmap) q.set("time_bins", String(Math.max(10, Math.min(200, Math.round(self.points() / 6)))));
+      if (opt.min != null) q.set("lo", String(opt.min));
+      if (opt.max != null) q.set("hi", String(opt.max));
+      var convert = g.channels.filter(function (c) { return c.units && self.displayUnit(c) !== c.units; })
+        .map(function (c) { return c.id + ":" + self.displayUnit(c); }).join(",");
+      if (convert) q.set("convert", convert);
+      var url = self.opts.histogramUrl + "?" + q.toString();
+      self.requests.push({ url: url, reason: reason, at: Date.now() });
+      return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          return response.json().then(function (body) {
+            if (!response.ok) throw new Error(body.detail || JSON.stringify(body));
+            return { axis: g.axis, body: body };
+          });
         });
-      })
-      .then(function (body) {
+    });
+    return Promise.all(asks)
+      .then(function (answers) {
         if (seq !== self.seq) return;
-        self.histogram = body; self.series = [];
-        self.serverMs = body.elapsed_ms;
+        var list = [], server = 0;
+        answers.forEach(function (a) {
+          server += a.body.elapsed_ms || 0;
+          a.body.histograms.forEach(function (h) { list.push(Object.assign({ axis: a.axis }, h)); });
+        });
+        self.histograms = list; self.series = [];
+        self.histogramsLeftOut = heatmap ? 0 : Math.max(0, self.state.channels.length - MAX_HIST_CHANNELS);
+        self.serverMs = server;
         return plotlyReady.then(function () { return self.draw(range); });
       })
       .then(function () {
@@ -342,34 +371,56 @@
       });
   };
 
+  function centresOf(edges) {
+    var out = [];
+    for (var i = 0; i + 1 < edges.length; i++) out.push((edges[i] + edges[i + 1]) / 2);
+    return out;
+  }
+
   Plot.prototype.histogramFigure = function (range) {
-    var h = this.histogram, c = this.state.channels[0], opt = (this.state.yaxes || {})[1] || {};
-    var unit = c.units ? " " + plotlyText(c.units) : "";
-    var centres = [];
-    for (var i = 0; i + 1 < h.edges.length; i++) centres.push((h.edges[i] + h.edges[i + 1]) / 2);
+    var list = this.histograms, info = this.byChannel(), opt = (this.state.yaxes || {})[1] || {};
     var compact = this.root.clientWidth < 640;
     var layout = {
-      margin: { l: 60, r: 20, t: compact ? 10 : 30, b: 50 }, bargap: 0.02,
+      margin: { l: 60, r: 20, t: compact ? 10 : 30, b: 50 }, bargap: 0.02, barmode: "overlay",
       font: { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12, color: "#1e293b" },
-      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff", dragmode: "zoom", uirevision: "keep", showlegend: false,
-      annotations: [], shapes: []
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff", dragmode: "zoom", uirevision: "keep",
+      showlegend: false, annotations: [], shapes: []
     };
-    var valueTitle = { text: plotlyText(c.name + (c.units ? " (" + c.units + ")" : "")) };
     if (this.state.kind === "heatmap") {
-      var times = [];
+      var h = list[0], c = info[h.channel].facts;
+      var unit = h.units ? " " + plotlyText(h.units) : "", centres = centresOf(h.edges), times = [];
       for (var k = 0; k + 1 < h.time_edges.length; k++) times.push(wall((h.time_edges[k] + h.time_edges[k + 1]) / 2000));
       var z = centres.map(function (_, v) { return h.counts.map(function (row) { return row[v] || null; }); });
       layout.xaxis = { type: "date", range: [wall(range[0]), wall(range[1])], autorange: false, gridcolor: "#eef2f7",
         title: { text: compact ? "" : plotlyText(zone.name.replace(/_/g, " ")), font: { size: 11, color: "#64748b" } } };
-      layout.yaxis = { title: valueTitle, gridcolor: "#eef2f7", zeroline: false };
+      layout.yaxis = { title: { text: plotlyText(c.name + (h.units ? " (" + h.units + ")" : "")) }, gridcolor: "#eef2f7", zeroline: false };
       return { layout: layout, traces: [{ type: "heatmap", x: times, y: centres, z: z, colorscale: "Viridis",
         colorbar: { title: { text: "readings" }, thickness: 12 }, hoverongaps: false,
         hovertemplate: "%{y:.6g}" + unit + ": %{z} readings<extra></extra>" }] };
     }
-    layout.xaxis = { title: valueTitle, gridcolor: "#eef2f7", zeroline: false };
-    layout.yaxis = { title: { text: "readings" }, type: opt.log ? "log" : "linear", gridcolor: "#eef2f7", rangemode: "tozero" };
-    return { layout: layout, traces: [{ type: "bar", x: centres, y: h.counts, width: (h.edges[1] - h.edges[0]) * 0.98,
-      marker: { color: COLORS[0] }, hovertemplate: "%{x:.6g}" + unit + ": %{y} readings<extra></extra>" }] };
+    // One panel per unit (stacked), the channels of that unit overlaid in it.
+    var panels = [];
+    list.forEach(function (h) { if (panels.indexOf(h.axis) < 0) panels.push(h.axis); });
+    var gap = panels.length > 1 ? 0.2 : 0, height = (1 - gap * (panels.length - 1)) / panels.length, traces = [];
+    layout.showlegend = list.length > 1;
+    layout.legend = { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" };
+    panels.forEach(function (axis, p) {
+      var n = p === 0 ? "" : String(p + 1), top = 1 - p * (height + gap);
+      var members = list.filter(function (h) { return h.axis === axis; });
+      layout["xaxis" + n] = { title: { text: plotlyText(members[0].units || "value") }, gridcolor: "#eef2f7", zeroline: false,
+        anchor: "y" + n };
+      layout["yaxis" + n] = { title: { text: "readings" }, type: opt.log ? "log" : "linear", gridcolor: "#eef2f7",
+        rangemode: "tozero", domain: [Math.max(0, top - height), top], anchor: "x" + n };
+      members.forEach(function (h) {
+        var meta = info[h.channel], unit = h.units ? " " + plotlyText(h.units) : "";
+        traces.push({ type: "bar", x: centresOf(h.edges), y: h.counts, width: (h.edges[1] - h.edges[0]) * 0.98,
+          xaxis: "x" + n, yaxis: "y" + n, name: plotlyText(meta.facts.name + (h.units ? " (" + h.units + ")" : "")),
+          opacity: members.length > 1 ? 0.55 : 1, marker: { color: meta.color },
+          hovertemplate: "%{x:.6g}" + unit + ": %{y} readings<extra>" + plotlyText(meta.facts.name) + "</extra>" });
+      });
+    });
+    if (panels.length > 1) layout.margin.b = 40;
+    return { layout: layout, traces: traces };
   };
 
   // Runs of the run lists that concern the plotted instruments, drawn as labelled bands (docs/runs.md).
@@ -661,9 +712,10 @@
     var self = this;
     this.view = range;
     var traces, layout, empty;
-    if ((this.state.kind === "hist" || this.state.kind === "heatmap") && this.histogram && this.state.channels.length) {
+    if ((this.state.kind === "hist" || this.state.kind === "heatmap") && this.histograms && this.histograms.length) {
       var figure = this.histogramFigure(range);
-      traces = figure.traces; layout = figure.layout; empty = !this.histogram.total;
+      traces = figure.traces; layout = figure.layout;
+      empty = !this.histograms.some(function (h) { return h.total; });
     } else {
       traces = this.traces(); layout = this.layout(range);
       empty = !traces.some(function (t) { return t.x && t.x.length; });
@@ -739,6 +791,10 @@
   Plot.prototype.tick = function () {
     var self = this;
     if (!this.state.channels.length || this.ticking) return;
+    if (this.state.kind === "hist" || this.state.kind === "heatmap") {  // counted again over the window that moved
+      if (this.root.dataset.loading !== "1") { this.view = null; this.load("live"); }
+      return;
+    }
     var now = Date.now();
     var since = this.lastTime();
     var from = since === null ? (this.view ? this.view[0] : now - 3600e3) : since + 0.001;
@@ -797,12 +853,17 @@
       sources[word] = true;
     });
     if (this.view) parts.push(fmtSpan(this.view[1] - this.view[0]) + " shown");
-    var h = this.histogram;
-    if (h && (this.state.kind === "hist" || this.state.kind === "heatmap")) {
-      parts.push("histogram of " + this.state.channels[0].name + ": " + fmtCount(h.total) + " readings" +
-        (h.below || h.above ? " (" + fmtCount(h.below) + " below, " + fmtCount(h.above) + " above the limits)" : ""));
-      parts.push(h.source === "raw" ? "counted from every reading" : "counted from the " + h.source + " tier" +
-        (h.exact < 1 ? ", " + Math.round(h.exact * 100) + "% exactly (the rest estimated from each bucket's mean, spread and min..max)" : ", exactly"));
+    var hs = this.histograms, names = {};
+    this.state.channels.forEach(function (c) { names[c.id] = c.name; });
+    if (hs && hs.length && (this.state.kind === "hist" || this.state.kind === "heatmap")) {
+      hs.forEach(function (h) {
+        parts.push((hs.length > 1 ? "" : "histogram of ") + names[h.channel] + ": " + fmtCount(h.total) + " readings" +
+          (h.below || h.above ? " (" + fmtCount(h.below) + " below, " + fmtCount(h.above) + " above the limits)" : ""));
+      });
+      var estimated = hs.filter(function (h) { return h.exact < 1; }), tiers = hs.filter(function (h) { return h.source !== "raw"; });
+      parts.push(!tiers.length ? "counted from every reading" : "counted from the " + tiers[0].source + " tier" +
+        (estimated.length ? ", " + Math.round(estimated[0].exact * 100) + "% exactly (the rest estimated from each bucket's mean, spread and min..max)" : ", exactly"));
+      if (this.histogramsLeftOut) parts.push("the first " + MAX_HIST_CHANNELS + " channels counted, " + this.histogramsLeftOut + " left out");
     }
     if (this.shifted) parts.push("nothing in the last " + fmtSpan(this.view[1] - this.view[0]) + ": the latest readings shown");
     if (this.series.length) parts.push(fmtCount(total) + " points: " + Object.keys(sources).join(", "));
@@ -825,7 +886,7 @@
     var q = new URLSearchParams(location.search);
     var state = { channels: config.channels.slice(), range: q.get("range") || "1d", start: null, end: null,
       flagged: q.get("flagged") === "1", live: q.get("live") === "1", yaxes: readAxes(q),
-      kind: KINDS.indexOf(q.get("view")) >= 0 ? q.get("view") : "series",
+      kind: KINDS.indexOf(q.get("view")) >= 0 ? q.get("view") : "series", heat: Number(q.get("hc")) || null,
       exprs: q.getAll("e").filter(function (e) { return e.trim(); }).slice(0, 6) };
     if (state.range === "custom") {
       state.start = Date.parse(q.get("start") || "");
@@ -872,6 +933,7 @@
     if (state.flagged) q.set("flagged", "1");
     if (state.live) q.set("live", "1");
     if (state.kind && state.kind !== "series") q.set("view", state.kind);
+    if (state.kind === "heatmap" && state.heat) q.set("hc", String(state.heat));
     writeAxes(q, state.yaxes);
     (state.exprs || []).forEach(function (e) { q.append("e", e); });
     var url = location.pathname + "?" + q.toString().replace(/%2C/g, ",").replace(/%3A/g, ":");
@@ -898,6 +960,7 @@
     var customForm = document.getElementById("custom-range");
     var startInput = document.getElementById("range-start"), endInput = document.getElementById("range-end");
     var flaggedToggle = document.getElementById("flagged-toggle"), liveToggle = document.getElementById("live-toggle");
+    var heatSelect = document.getElementById("heat-channel"), heatLabel = document.getElementById("heat-channel-label");
 
     function syncControls() {
       rangeButtons.forEach(function (b) { b.setAttribute("aria-pressed", String(b.dataset.range === state.range)); });
@@ -915,6 +978,14 @@
         link.href = exportUrl(config.exportUrl, state.channels, view[0], view[1], pair[1], state.flagged, pair[2]);
       });
       document.getElementById("picked-count").textContent = state.channels.length + " selected";
+      // the histogram over time's channel: shown when there is a choice
+      var choosing = state.kind === "heatmap" && state.channels.length > 1;
+      heatSelect.hidden = heatLabel.hidden = !choosing;
+      heatSelect.innerHTML = "";
+      state.channels.forEach(function (c) {
+        var option = document.createElement("option"); option.value = String(c.id); option.textContent = c.name; heatSelect.appendChild(option);
+      });
+      if (state.channels.length) heatSelect.value = String(plot.heatChannel().id);
     }
 
     function reload(push) {
@@ -1045,6 +1116,9 @@
     });
     renderCurves([]);
 
+    heatSelect.addEventListener("change", function () {
+      state.heat = Number(heatSelect.value); plot.state = state; writeState(state, true); plot.load("kind").then(syncControls);
+    });
     var kindSelect = document.getElementById("view-kind");
     kindSelect.value = state.kind;
     kindSelect.addEventListener("change", function () { state.kind = kindSelect.value; plot.state = state; writeState(state, true); plot.load("kind").then(syncControls); });
@@ -1169,6 +1243,13 @@
       add("time_range", state.range);
       if (state.range === "custom") { add("start", localInput(state.start)); add("end", localInput(state.end)); }
       if (state.flagged) add("include_flagged", "on");
+      // the view, y axes (by unit: a dashboard numbers its axes from its own channel order) and expressions
+      var units = plot.axes(), axes = [];
+      Object.keys(state.yaxes || {}).forEach(function (k) {
+        var a = state.yaxes[k];
+        if (units[k - 1] !== undefined) axes.push({ units: units[k - 1], log: !!a.log, min: a.min, max: a.max, unit: a.unit || null });
+      });
+      add("options", JSON.stringify({ view: state.kind || "series", axes: axes, exprs: state.exprs || [] }));
       var panelTitle = document.getElementById("save-panel-title").value;
       if (target.value.indexOf("/new/") >= 0) {
         add("panel_title", panelTitle);
@@ -1205,7 +1286,11 @@
       var state = JSON.parse(document.getElementById(root.dataset.state).textContent);
       if (state.range === "custom") { state.start = Date.parse(state.start); state.end = Date.parse(state.end); }
       if (state.range === "since") { state.start = Date.parse(state.start); } // following the active run
-      var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl, liveSeconds: 15 });
+      // the panel's saved view, y axes (numbered by the server as the plot numbers them) and expressions
+      state.kind = KINDS.indexOf(state.kind) >= 0 ? state.kind : "series";
+      state.yaxes = state.yaxes || {}; state.exprs = state.exprs || [];
+      var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl,
+        histogramUrl: config.histogramUrl, expressionUrl: config.expressionUrl, liveSeconds: 15 });
       plot.load("state");
       if (state.range !== "custom") plot.setLive(true);
     });
