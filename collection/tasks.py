@@ -17,14 +17,18 @@ from collection.services.rollups import refresh_rollups
 
 @shared_task(ignore_result=True)
 def dispatch_due_sources() -> int:
-    """Enqueue one collection per due source (claimed by compare-and-set: never twice)."""
-    claimed = collect.claim_due_sources()
+    """Enqueue one collection per due source (claimed by compare-and-set: never twice), at most
+    ``DISPATCH_BATCH`` per pass; a full batch queues the next pass at once, so a backlog (every source due
+    after an outage, say) drains pass after bounded pass instead of in one long one."""
+    claimed = collect.claim_due_sources(limit=settings.DISPATCH_BATCH)
     # A collection that waited longer than a few dispatch periods is stale: the next claim supersedes it.
     expires = max(30, settings.DISPATCH_INTERVAL_SECONDS * 6)
     # In bulk: one broker connection and channel for every message of the pass, not one checkout per message.
     with current_app.producer_or_acquire() as producer:
         for source_id in claimed:
             collect_source.apply_async(args=(source_id,), expires=expires, producer=producer)
+        if len(claimed) >= settings.DISPATCH_BATCH:
+            dispatch_due_sources.apply_async(expires=expires, producer=producer)
     return len(claimed)
 
 

@@ -86,6 +86,14 @@ def due_sources(now=None):
     )
 
 
+def _oldest_first(due):
+    """The longest due first, in ``next_run_at``'s index order (no tie-breaker: a tie-breaker would make the
+    database sort every row of a tie before taking the first). Never-run sources (``next_run_at`` empty) come
+    last on PostgreSQL and first on SQLite and MariaDB, each engine's own order for empty values: either way
+    they are claimed by this pass or the next ones, which follow at once while batches are full."""
+    return due.order_by("next_run_at")
+
+
 def _still_due(now) -> Q:
     return Q(next_run_at__isnull=True) | Q(next_run_at__lte=now)
 
@@ -163,8 +171,12 @@ def next_run_after(now: datetime) -> PlusSeconds:
     return PlusSeconds(Value(now, output_field=DateTimeField()), F("interval_seconds"))
 
 
-def claim_due_sources(now=None) -> list[int]:
+def claim_due_sources(now=None, limit: int | None = None) -> list[int]:
     """Ids of the due sources this caller claimed; each is claimed by exactly one concurrent caller.
+
+    At most ``limit`` (``DISPATCH_BATCH``) of them, the longest due first (``_oldest_first``): the
+    pass's own cost is bounded whatever the number of sources due, and a backlog is drained by further
+    passes (``collection.tasks.dispatch_due_sources`` queues the next one at once when a batch is full).
 
     A fixed number of statements whatever the number of sources (docs/performance.md#scheduling):
 
@@ -179,13 +191,14 @@ def claim_due_sources(now=None) -> list[int]:
     Rows another transaction holds (a run committing, or a frozen worker) are skipped, not waited for: they
     are claimed by a later dispatch once free."""
     now = now or timezone.now()
+    limit = limit or settings.DISPATCH_BATCH
     if connection.vendor == "mysql":
         with collection_transaction():
-            ids = list(_locking(due_sources(now)).values_list("id", flat=True))
+            ids = list(_locking(_oldest_first(due_sources(now))[:limit]).values_list("id", flat=True))
             if ids:
                 DataSource.objects.filter(pk__in=ids).update(next_run_at=next_run_after(now))
         return sorted(ids)
-    due = due_sources(now)
+    due = _oldest_first(due_sources(now))[:limit]
     locking = connection.features.has_select_for_update_skip_locked
     if locking:
         due = due.select_for_update(skip_locked=True, of=("self",))

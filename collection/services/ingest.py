@@ -49,7 +49,7 @@ from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog, So
 from collection.reasons import classify_reason
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
-from instruments.models import Channel, DataSource
+from instruments.models import Channel, DataSource, Instrument
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -734,6 +734,8 @@ class _AfterWrite:
             _advance_last_values("last_value", self.last_numeric, using)
         if self.last_text:
             _advance_last_values("last_text", self.last_text, using)
+        if self.last_numeric or self.last_text:
+            _advance_instruments([*self.last_numeric, *self.last_text], using)
         # Written out, not through the ORM: as rollups.mark_changed and FollowUpBacklog.objects.create would
         # write them, at a fraction of the cost for one small request.
         quote = connection.ops.quote_name
@@ -754,6 +756,7 @@ class _AfterWrite:
         """The same, as one statement of data-modifying CTEs (numeric and text channels are distinct rows)."""
         quote = connection.ops.quote_name
         channel = quote(Channel._meta.db_table)
+        instrument = quote(Instrument._meta.db_table)
         advance = "WHERE c.id = v.id AND (c.last_ts IS NULL OR c.last_ts < v.ts) RETURNING 1"
         sql = (
             f"WITH numeric_last AS (UPDATE {channel} c SET last_ts = v.ts, last_value = v.value, "
@@ -762,6 +765,11 @@ class _AfterWrite:
             f"text_last AS (UPDATE {channel} c SET last_ts = v.ts, last_text = v.value, last_quality = v.quality "
             f"FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::smallint[]) AS v(id, ts, value, quality) "
             f"{advance}), "
+            # Each instrument's latest reading (Instrument.last_reading_ts), forward only, one row per instrument.
+            f"instrument_last AS (UPDATE {instrument} i SET last_reading_ts = s.ts FROM (SELECT c.instrument_id, "
+            f"max(v.ts) AS ts FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, ts) JOIN {channel} c ON c.id = v.id "
+            "GROUP BY c.instrument_id) s WHERE i.id = s.instrument_id AND (i.last_reading_ts IS NULL OR "
+            "i.last_reading_ts < s.ts) RETURNING 1), "
             f"rollup AS (INSERT INTO {quote(RollupBacklog._meta.db_table)} (channel_id, start_ts, end_ts, created) "
             "SELECT id, first_ts, last_ts, %s FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) "
             "AS s(id, first_ts, last_ts) RETURNING 1), "
@@ -774,6 +782,8 @@ class _AfterWrite:
         params = [
             *_last_columns(self.last_numeric),
             *_last_columns(self.last_text),
+            [r[3] for r in self.last_numeric] + [r[3] for r in self.last_text],
+            [r[0] for r in self.last_numeric] + [r[0] for r in self.last_text],
             now,
             [channel_id for channel_id, _ in rollup],
             [first for _, (first, _) in rollup],
@@ -827,6 +837,35 @@ def _advance_last_values(value_column: str, rows: list[tuple], using: str) -> No
     )
     with connection.cursor() as cursor:
         cursor.executemany(sql, rows)
+
+
+def _advance_instruments(rows: list[tuple], using: str) -> None:
+    """Move the channels' instruments' ``last_reading_ts`` forward to the latest of ``rows`` (ts, value,
+    quality, channel id, ts), never backward: one statement (PostgreSQL does it in ``_write_postgresql``)."""
+    latest: dict[int, int] = {}
+    for ts, _, _, pk, _ in rows:
+        latest[pk] = max(ts, latest.get(pk, ts))
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    instrument, channel = quote(Instrument._meta.db_table), quote(Channel._meta.db_table)
+    with connection.cursor() as cursor:
+        if connection.vendor != "mysql":  # SQLite: in-process, one prepared statement run per channel
+            cursor.executemany(
+                f"UPDATE {instrument} SET last_reading_ts = %s WHERE id = (SELECT instrument_id FROM {channel} "
+                "WHERE id = %s) AND (last_reading_ts IS NULL OR last_reading_ts < %s)",
+                [(ts, pk, ts) for pk, ts in latest.items()],
+            )
+            return
+        # mysqlclient sends an executemany of UPDATEs one statement at a time: one join instead.
+        for start in range(0, len(latest), 1000):
+            part = list(latest.items())[start : start + 1000]
+            values = " UNION ALL ".join(["SELECT %s AS id, %s AS ts"] * len(part))
+            cursor.execute(
+                f"UPDATE {instrument} i JOIN (SELECT c.instrument_id AS instrument_id, MAX(v.ts) AS ts FROM "
+                f"({values}) v JOIN {channel} c ON c.id = v.id GROUP BY c.instrument_id) s ON i.id = s.instrument_id "
+                "SET i.last_reading_ts = s.ts WHERE i.last_reading_ts IS NULL OR i.last_reading_ts < s.ts",
+                [x for pk, ts in part for x in (pk, ts)],
+            )
 
 
 def _storable(value):
