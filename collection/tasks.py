@@ -13,6 +13,7 @@ from collection.choices import RunStatus
 from collection.services import collect, quarantine
 from collection.services.retention import enforce_retention
 from collection.services.rollups import refresh_rollups
+from instruments.models import catch_up_instrument_freshness
 
 
 @shared_task(ignore_result=True)
@@ -62,6 +63,13 @@ def refresh_rollups_task() -> int:
     if result.remaining:
         refresh_rollups_task.apply_async(expires=300)
     return result.spans
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def catch_up_freshness() -> int:
+    """Move forward the instruments' latest reading where ingest's update after commit was lost (a process
+    killed between its commit and that update): one statement (docs/data-sources.md)."""
+    return catch_up_instrument_freshness()
 
 
 @shared_task(ignore_result=True, soft_time_limit=540, time_limit=600)

@@ -303,6 +303,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 50},
     },
+    # Instruments whose latest reading ingest's update after commit missed (a process killed in between).
+    "catch-up-freshness": {
+        "task": "collection.tasks.catch_up_freshness",
+        "schedule": 600.0,
+        "options": {"expires": 300},
+    },
     # Raw readings past each instrument's raw_retention_days (tiers are kept).
     "enforce-retention": {
         "task": "collection.tasks.enforce_retention_task",

@@ -718,3 +718,21 @@ def refresh_instrument_freshness(instrument_ids=None, using: str = "default") ->
             channels.annotate(shortest=models.Min(channel_interval_expression())).values("shortest")
         ),
     )
+
+
+def catch_up_instrument_freshness(using: str = "default") -> int:
+    """Move forward the ``last_reading_ts`` of every instrument that has a channel read later (ingest moves it
+    after its transaction commits: a process killed in between leaves it behind), never backward: one
+    statement, run periodically (``collection.tasks.catch_up_freshness``). Returns the instruments moved."""
+    channels = Channel.objects.using(using).filter(instrument=models.OuterRef("pk")).order_by().values("instrument")
+    behind = Channel.objects.using(using).filter(
+        instrument=models.OuterRef("pk"),
+        last_ts__gt=Coalesce(
+            models.OuterRef("last_reading_ts"), models.Value(-1), output_field=models.BigIntegerField()
+        ),
+    )
+    return (
+        Instrument.objects.using(using)
+        .filter(models.Exists(behind))
+        .update(last_reading_ts=models.Subquery(channels.annotate(latest=models.Max("last_ts")).values("latest")))
+    )

@@ -185,8 +185,10 @@ def claim_due_sources(now=None, limit: int | None = None) -> list[int]:
       them ``FOR UPDATE SKIP LOCKED`` (a row a peer holds is skipped, not waited for) and the outer ``WHERE``
       checks again that the row is still due once locked, so two dispatchers never both claim a row. SQLite
       has one writer at a time: the statement is atomic.
-    * MariaDB (no ``UPDATE … RETURNING``): ``SELECT … FOR UPDATE SKIP LOCKED`` then one ``UPDATE`` of the rows
-      it locked, in one transaction with the waits bounded (``collection_transaction``).
+    * MariaDB (no ``UPDATE … RETURNING``, no ``FOR UPDATE OF``): the batch read without locks, then
+      ``SELECT … FOR UPDATE SKIP LOCKED`` of those rows of the source table alone (no instrument or channel
+      row is locked), then one ``UPDATE`` of the rows it locked, in one transaction with the waits bounded
+      (``collection_transaction``).
 
     Rows another transaction holds (a run committing, or a frozen worker) are skipped, not waited for: they
     are claimed by a later dispatch once free."""
@@ -194,7 +196,15 @@ def claim_due_sources(now=None, limit: int | None = None) -> list[int]:
     limit = limit or settings.DISPATCH_BATCH
     if connection.vendor == "mysql":
         with collection_transaction():
-            ids = list(_locking(_oldest_first(due_sources(now))[:limit]).values_list("id", flat=True))
+            # MariaDB has no FOR UPDATE OF: a locking read of the due query would lock (and skip sources for)
+            # the joined instrument rows too. So the batch is chosen by a plain read, then locked on the source
+            # table alone, checked again that each is still due.
+            batch = list(_oldest_first(due_sources(now))[:limit].values_list("id", flat=True))
+            ids = batch and list(
+                _locking(DataSource.objects.filter(_still_due(now), pk__in=batch, enabled=True)).values_list(
+                    "id", flat=True
+                )
+            )
             if ids:
                 DataSource.objects.filter(pk__in=ids).update(next_run_at=next_run_after(now))
         return sorted(ids)

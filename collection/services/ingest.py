@@ -8,7 +8,9 @@ stored again) from conflicts (another value already stored, or two values for on
 stored or first value stays, the other is quarantined with both values), keeps every rejected reading
 in ``RejectedSample`` with its reason, and moves each channel's last value forward. All of it happens in
 one transaction: a caller that wraps the call in its own ``transaction.atomic()`` (a collector saving its
-cursor) commits the cursor with the readings.
+cursor) commits the cursor with the readings. Each instrument's latest reading (``last_reading_ts``) is
+moved forward after that transaction commits, in a short statement of its own (``advance_instruments``):
+no ingest transaction holds an instrument's row.
 
 With ``on_conflict="replace"`` (a correction made on purpose, by someone with the change level) a reading
 whose time already holds another value overwrites it instead of going to quarantine; each replacement is
@@ -233,7 +235,7 @@ class IngestResult:
 # server-side callers.
 Writable = set[int] | QuerySet | RawSQL | None
 # A channel's columns ingest needs, in this order (``known_channels``).
-CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values")
+CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values", "instrument_id")
 
 
 @dataclass
@@ -245,6 +247,7 @@ class _ChannelTable:
     vmin: np.ndarray
     vmax: np.ndarray
     sentinels: dict[int, np.ndarray]
+    instrument_of: dict[int, int]  # channel id -> instrument id (the instruments' freshness, after commit)
 
     @classmethod
     def load(
@@ -269,6 +272,7 @@ class _ChannelTable:
             vmin=np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64),
             vmax=np.array([np.nan if r[3] is None else r[3] for r in rows], dtype=np.float64),
             sentinels={r[0]: np.array(r[4], dtype=np.float64) for r in rows if r[4]},
+            instrument_of={r[0]: r[5] for r in rows},
         )
 
     def locate(self, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -342,6 +346,12 @@ def ingest_samples(
                 ),
                 using=using,
             )
+            assert table is not None  # spans come from stored readings, which had a table
+            latest = _latest_per_instrument([*after.last_numeric, *after.last_text], table.instrument_of, using)
+            if latest:
+                # After commit, in its own statement (robust: a failure is logged, the readings stay
+                # committed): no ingest transaction ever holds an instrument's row.
+                transaction.on_commit(lambda: advance_instruments(latest, using), using=using, robust=True)
     return result
 
 
@@ -734,8 +744,6 @@ class _AfterWrite:
             _advance_last_values("last_value", self.last_numeric, using)
         if self.last_text:
             _advance_last_values("last_text", self.last_text, using)
-        if self.last_numeric or self.last_text:
-            _advance_instruments([*self.last_numeric, *self.last_text], using)
         # Written out, not through the ORM: as rollups.mark_changed and FollowUpBacklog.objects.create would
         # write them, at a fraction of the cost for one small request.
         quote = connection.ops.quote_name
@@ -756,7 +764,6 @@ class _AfterWrite:
         """The same, as one statement of data-modifying CTEs (numeric and text channels are distinct rows)."""
         quote = connection.ops.quote_name
         channel = quote(Channel._meta.db_table)
-        instrument = quote(Instrument._meta.db_table)
         advance = "WHERE c.id = v.id AND (c.last_ts IS NULL OR c.last_ts < v.ts) RETURNING 1"
         sql = (
             f"WITH numeric_last AS (UPDATE {channel} c SET last_ts = v.ts, last_value = v.value, "
@@ -765,11 +772,6 @@ class _AfterWrite:
             f"text_last AS (UPDATE {channel} c SET last_ts = v.ts, last_text = v.value, last_quality = v.quality "
             f"FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::smallint[]) AS v(id, ts, value, quality) "
             f"{advance}), "
-            # Each instrument's latest reading (Instrument.last_reading_ts), forward only, one row per instrument.
-            f"instrument_last AS (UPDATE {instrument} i SET last_reading_ts = s.ts FROM (SELECT c.instrument_id, "
-            f"max(v.ts) AS ts FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, ts) JOIN {channel} c ON c.id = v.id "
-            "GROUP BY c.instrument_id) s WHERE i.id = s.instrument_id AND (i.last_reading_ts IS NULL OR "
-            "i.last_reading_ts < s.ts) RETURNING 1), "
             f"rollup AS (INSERT INTO {quote(RollupBacklog._meta.db_table)} (channel_id, start_ts, end_ts, created) "
             "SELECT id, first_ts, last_ts, %s FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) "
             "AS s(id, first_ts, last_ts) RETURNING 1), "
@@ -782,8 +784,6 @@ class _AfterWrite:
         params = [
             *_last_columns(self.last_numeric),
             *_last_columns(self.last_text),
-            [r[3] for r in self.last_numeric] + [r[3] for r in self.last_text],
-            [r[0] for r in self.last_numeric] + [r[0] for r in self.last_text],
             now,
             [channel_id for channel_id, _ in rollup],
             [first for _, (first, _) in rollup],
@@ -839,33 +839,77 @@ def _advance_last_values(value_column: str, rows: list[tuple], using: str) -> No
         cursor.executemany(sql, rows)
 
 
-def _advance_instruments(rows: list[tuple], using: str) -> None:
-    """Move the channels' instruments' ``last_reading_ts`` forward to the latest of ``rows`` (ts, value,
-    quality, channel id, ts), never backward: one statement (PostgreSQL does it in ``_write_postgresql``)."""
+# The latest reading time this process wrote to each instrument's ``last_reading_ts`` ({(using, id): µs}):
+# a reading newer by less than FRESHNESS_STEP_US is not written again (``_latest_per_instrument``).
+_written_freshness: dict[tuple[str, int], int] = {}
+# The step, in reading time, below which an instrument's freshness is not written again by this process:
+# one second, the shortest expected interval a channel or source can have, so the stored latest reading
+# lags the true one by under a second (the status filters compare it with 2 and 5 intervals).
+FRESHNESS_STEP_US = 1_000_000
+_FRESHNESS_MEMORY = 10_000  # instruments remembered per process; forgotten all at once beyond
+
+
+def forget_written_freshness() -> None:
+    """Forget what this process wrote to the instruments' freshness (tests; a database restored)."""
+    _written_freshness.clear()
+
+
+def _latest_per_instrument(rows: list[tuple], instrument_of: Mapping[int, int], using: str) -> dict[int, int]:
+    """The latest reading time per instrument of ``rows`` (ts, value, quality, channel id, ts), less those
+    this process already wrote at most FRESHNESS_STEP_US earlier: many small requests for one instrument
+    write its freshness about once a second of readings, not once each. Late readings (older than what was
+    written) are not skipped: the database's forward-only ``WHERE`` decides."""
     latest: dict[int, int] = {}
-    for ts, _, _, pk, _ in rows:
-        latest[pk] = max(ts, latest.get(pk, ts))
+    for ts, _, _, channel_id, _ in rows:
+        instrument_id = instrument_of[channel_id]
+        latest[instrument_id] = max(ts, latest.get(instrument_id, ts))
+    for instrument_id, ts in list(latest.items()):
+        written = _written_freshness.get((using, instrument_id))
+        if written is not None and written <= ts < written + FRESHNESS_STEP_US:
+            del latest[instrument_id]
+    return latest
+
+
+def advance_instruments(latest: Mapping[int, int], using: str = "default") -> None:
+    """Move each instrument's ``last_reading_ts`` forward to ``latest`` {instrument id: µs}, never backward:
+    one short statement of its own, run after the ingest transaction commits (``ingest_samples``), so that no
+    ingest transaction holds an instrument's row while it writes readings (a frozen or slow collector would
+    otherwise block every other source of its instrument). A process killed between the commit and this
+    statement leaves the instrument's freshness behind until its next reading, or until
+    ``instruments.models.catch_up_instrument_freshness`` (a periodic task) corrects it."""
+    if not latest:
+        return
     connection = connections[using]
-    quote = connection.ops.quote_name
-    instrument, channel = quote(Instrument._meta.db_table), quote(Channel._meta.db_table)
+    instrument = connection.ops.quote_name(Instrument._meta.db_table)
+    items = sorted(latest.items())  # one order for every writer: no deadlock between two of them
     with connection.cursor() as cursor:
-        if connection.vendor != "mysql":  # SQLite: in-process, one prepared statement run per channel
-            cursor.executemany(
-                f"UPDATE {instrument} SET last_reading_ts = %s WHERE id = (SELECT instrument_id FROM {channel} "
-                "WHERE id = %s) AND (last_reading_ts IS NULL OR last_reading_ts < %s)",
-                [(ts, pk, ts) for pk, ts in latest.items()],
-            )
-            return
-        # mysqlclient sends an executemany of UPDATEs one statement at a time: one join instead.
-        for start in range(0, len(latest), 1000):
-            part = list(latest.items())[start : start + 1000]
-            values = " UNION ALL ".join(["SELECT %s AS id, %s AS ts"] * len(part))
+        if connection.vendor == "postgresql":
             cursor.execute(
-                f"UPDATE {instrument} i JOIN (SELECT c.instrument_id AS instrument_id, MAX(v.ts) AS ts FROM "
-                f"({values}) v JOIN {channel} c ON c.id = v.id GROUP BY c.instrument_id) s ON i.id = s.instrument_id "
-                "SET i.last_reading_ts = s.ts WHERE i.last_reading_ts IS NULL OR i.last_reading_ts < s.ts",
-                [x for pk, ts in part for x in (pk, ts)],
+                f"UPDATE {instrument} i SET last_reading_ts = v.ts FROM unnest(%s::bigint[], %s::bigint[]) "
+                "AS v(id, ts) WHERE i.id = v.id AND (i.last_reading_ts IS NULL OR i.last_reading_ts < v.ts)",
+                [[pk for pk, _ in items], [ts for _, ts in items]],
             )
+        elif connection.vendor == "mysql":
+            # mysqlclient sends an executemany of UPDATEs one statement at a time: one join instead.
+            for start in range(0, len(items), 1000):
+                part = items[start : start + 1000]
+                values = " UNION ALL ".join(["SELECT %s AS id, %s AS ts"] * len(part))
+                cursor.execute(
+                    f"UPDATE {instrument} i JOIN ({values}) v ON i.id = v.id SET i.last_reading_ts = v.ts "
+                    "WHERE i.last_reading_ts IS NULL OR i.last_reading_ts < v.ts",
+                    [x for pk, ts in part for x in (pk, ts)],
+                )
+        else:  # SQLite: in-process, one prepared statement run per instrument
+            cursor.executemany(
+                f"UPDATE {instrument} SET last_reading_ts = %s WHERE id = %s "
+                "AND (last_reading_ts IS NULL OR last_reading_ts < %s)",
+                [(ts, pk, ts) for pk, ts in items],
+            )
+    if len(_written_freshness) + len(items) > _FRESHNESS_MEMORY:
+        _written_freshness.clear()
+    for pk, ts in items:
+        key = (using, pk)
+        _written_freshness[key] = max(ts, _written_freshness.get(key, ts))
 
 
 def _storable(value):
