@@ -198,12 +198,12 @@ def claim_due_sources(now=None, limit: int | None = None) -> list[int]:
         with collection_transaction():
             # MariaDB has no FOR UPDATE OF: a locking read of the due query would lock (and skip sources for)
             # the joined instrument rows too. So the batch is chosen by a plain read, then locked on the source
-            # table alone, checked again that each is still due.
+            # table alone (no ordering either: the model's orders by its instrument's name, a join), checked
+            # again that each is still due.
             batch = list(_oldest_first(due_sources(now))[:limit].values_list("id", flat=True))
             ids = batch and list(
-                _locking(DataSource.objects.filter(_still_due(now), pk__in=batch, enabled=True)).values_list(
-                    "id", flat=True
-                )
+                _locking(DataSource.objects.filter(_still_due(now), pk__in=batch, enabled=True).order_by())
+                .values_list("id", flat=True)
             )
             if ids:
                 DataSource.objects.filter(pk__in=ids).update(next_run_at=next_run_after(now))
