@@ -201,10 +201,8 @@ def claim_due_sources(now=None, limit: int | None = None) -> list[int]:
             # table alone (no ordering either: the model's orders by its instrument's name, a join), checked
             # again that each is still due.
             batch = list(_oldest_first(due_sources(now))[:limit].values_list("id", flat=True))
-            ids = batch and list(
-                _locking(DataSource.objects.filter(_still_due(now), pk__in=batch, enabled=True).order_by())
-                .values_list("id", flat=True)
-            )
+            locked = _locking(DataSource.objects.filter(_still_due(now), pk__in=batch, enabled=True).order_by())
+            ids = list(locked.values_list("id", flat=True)) if batch else []
             if ids:
                 DataSource.objects.filter(pk__in=ids).update(next_run_at=next_run_after(now))
         return sorted(ids)
