@@ -179,6 +179,15 @@ def fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def forget_written_freshness():
+    """Ingest remembers, per process, the latest reading it wrote to each instrument's freshness; each test's
+    database starts afresh (ids reused), so it forgets them first."""
+    from collection.services.ingest import forget_written_freshness
+
+    forget_written_freshness()
+
+
+@pytest.fixture(autouse=True)
 def test_source_targets(settings, tmp_path_factory):
     """Tests point sources at their own temporary folders, instruments on loopback and pseudo-terminals:
     the target rules (``accounts.targets``) are opened to exactly those. Tests of the rules set their own."""

@@ -13,18 +13,23 @@ from collection.choices import RunStatus
 from collection.services import collect, quarantine
 from collection.services.retention import enforce_retention
 from collection.services.rollups import refresh_rollups
+from instruments.models import catch_up_instrument_freshness
 
 
 @shared_task(ignore_result=True)
 def dispatch_due_sources() -> int:
-    """Enqueue one collection per due source (claimed by compare-and-set: never twice)."""
-    claimed = collect.claim_due_sources()
+    """Enqueue one collection per due source (claimed by compare-and-set: never twice), at most
+    ``DISPATCH_BATCH`` per pass; a full batch queues the next pass at once, so a backlog (every source due
+    after an outage, say) drains pass after bounded pass instead of in one long one."""
+    claimed = collect.claim_due_sources(limit=settings.DISPATCH_BATCH)
     # A collection that waited longer than a few dispatch periods is stale: the next claim supersedes it.
     expires = max(30, settings.DISPATCH_INTERVAL_SECONDS * 6)
     # In bulk: one broker connection and channel for every message of the pass, not one checkout per message.
     with current_app.producer_or_acquire() as producer:
         for source_id in claimed:
             collect_source.apply_async(args=(source_id,), expires=expires, producer=producer)
+        if len(claimed) >= settings.DISPATCH_BATCH:
+            dispatch_due_sources.apply_async(expires=expires, producer=producer)
     return len(claimed)
 
 
@@ -58,6 +63,13 @@ def refresh_rollups_task() -> int:
     if result.remaining:
         refresh_rollups_task.apply_async(expires=300)
     return result.spans
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def catch_up_freshness() -> int:
+    """Move forward the instruments' latest reading where ingest's update after commit was lost (a process
+    killed between its commit and that update): one statement (docs/data-sources.md)."""
+    return catch_up_instrument_freshness()
 
 
 @shared_task(ignore_result=True, soft_time_limit=540, time_limit=600)

@@ -286,6 +286,9 @@ CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 5
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 DISPATCH_INTERVAL_SECONDS = env_int("DAQBROKER_DISPATCH_INTERVAL", 5, minimum=1)
+# At most this many due sources are claimed by one dispatcher pass (the most overdue first); a full batch
+# queues the next pass at once (docs/performance.md#scheduling).
+DISPATCH_BATCH = env_int("DAQBROKER_DISPATCH_BATCH", 250, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "dispatch-due-sources": {
         "task": "collection.tasks.dispatch_due_sources",
@@ -303,6 +306,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "collection.tasks.refresh_rollups_task",
         "schedule": 60.0,
         "options": {"expires": 50},
+    },
+    # Instruments whose latest reading ingest's update after commit missed (a process killed in between).
+    "catch-up-freshness": {
+        "task": "collection.tasks.catch_up_freshness",
+        "schedule": 600.0,
+        "options": {"expires": 300},
     },
     # Raw readings past each instrument's raw_retention_days (tiers are kept).
     "enforce-retention": {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from typing import Any, Self
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -55,9 +57,18 @@ class Instrument(models.Model):
     )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+    # How fresh its readings are, kept here so that the home page filters and counts 10,000 instruments
+    # without grouping 100,000 channels (docs/performance.md#many-things): the latest reading of any of its
+    # channels (moved forward by ingest, in the ingest transaction) and the shortest expected interval between
+    # readings of its channels (``channel_interval_expression``; kept by ``refresh_instrument_freshness``
+    # whenever a channel or source is saved or deleted).
+    last_reading_ts = models.BigIntegerField(null=True, blank=True, editable=False, help_text="µs since the epoch.")
+    reading_interval_seconds = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]
+        # The lists' order (home page, admin, channel lists by instrument name): read in order, not sorted.
+        indexes = [models.Index(fields=["name", "id"], name="instrument_name_order")]
         permissions = [
             ("collect_instrument", "Can push readings to the instrument"),
             ("share_instrument", "Can manage who may see the instrument"),
@@ -187,6 +198,12 @@ class DataSource(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["instrument", "name"], name="datasource_unique_name_per_instrument"),
             models.CheckConstraint(condition=models.Q(interval_seconds__gte=1), name="datasource_interval_positive"),
+        ]
+        # The few failing sources (the home page's "failing" filter and count), without reading every source.
+        indexes = [
+            models.Index(
+                fields=["instrument"], name="datasource_failing", condition=models.Q(consecutive_failures__gt=0)
+            )
         ]
 
     def __str__(self) -> str:
@@ -331,6 +348,17 @@ class Channel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instrument.slug}/{self.slug}"
+
+    # The instrument it was read with (not a field): a channel moved to another instrument refreshes both.
+    _loaded_instrument_id: int | None = None
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any) -> Self:
+        channel = super().from_db(db, field_names, values, **kwargs)
+        # The instrument it was read with: a channel moved to another instrument refreshes both instruments'
+        # freshness (instruments.signals).
+        channel._loaded_instrument_id = channel.__dict__.get("instrument_id")
+        return channel
 
     @property
     def last_time(self):
@@ -666,3 +694,48 @@ class RunComment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run} {self.at:%Y-%m-%d %H:%M}"
+
+
+def channel_interval_expression():
+    """A channel's expected interval between readings in SQL: its own, else its (collected) source's
+    collection interval; empty when nothing says (``pages.status.expected_interval`` in Python)."""
+    return Coalesce(
+        "expected_interval_seconds",
+        models.Case(
+            models.When(~models.Q(source__kind=SourceKind.AGENT), then=models.F("source__interval_seconds")),
+            default=None,
+        ),
+    )
+
+
+def refresh_instrument_freshness(instrument_ids=None, using: str = "default") -> int:
+    """Recompute ``Instrument.last_reading_ts`` and ``reading_interval_seconds`` from the channels of the
+    instruments ``instrument_ids`` (ids or a subquery; None: every instrument): one statement."""
+    channels = Channel.objects.using(using).filter(instrument=models.OuterRef("pk")).order_by().values("instrument")
+    instruments = Instrument.objects.using(using).all()
+    if instrument_ids is not None:
+        instruments = instruments.filter(pk__in=instrument_ids)
+    return instruments.update(
+        last_reading_ts=models.Subquery(channels.annotate(latest=models.Max("last_ts")).values("latest")),
+        reading_interval_seconds=models.Subquery(
+            channels.annotate(shortest=models.Min(channel_interval_expression())).values("shortest")
+        ),
+    )
+
+
+def catch_up_instrument_freshness(using: str = "default") -> int:
+    """Move forward the ``last_reading_ts`` of every instrument that has a channel read later (ingest moves it
+    after its transaction commits: a process killed in between leaves it behind), never backward: one
+    statement, run periodically (``collection.tasks.catch_up_freshness``). Returns the instruments moved."""
+    channels = Channel.objects.using(using).filter(instrument=models.OuterRef("pk")).order_by().values("instrument")
+    behind = Channel.objects.using(using).filter(
+        instrument=models.OuterRef("pk"),
+        last_ts__gt=Coalesce(
+            models.OuterRef("last_reading_ts"), models.Value(-1), output_field=models.BigIntegerField()
+        ),
+    )
+    return (
+        Instrument.objects.using(using)
+        .filter(models.Exists(behind))
+        .update(last_reading_ts=models.Subquery(channels.annotate(latest=models.Max("last_ts")).values("latest")))
+    )

@@ -78,6 +78,17 @@ def search_channels(user, query: str = "", *, instrument_slug: str = "", recent:
     """The plottable channels ``user`` may see matching every word of ``query`` (in the channel's or its
     instrument's name or slug, or its units), the recently used ones first, then the current instrument's,
     then by instrument and name. A lazy queryset through the permission gate: slice it."""
+    rank = Case(
+        When(pk__in=recent or [], then=Value(0)),
+        When(instrument__slug=instrument_slug or None, then=Value(1)),
+        default=Value(2),
+        output_field=IntegerField(),
+    )
+    return matching_channels(user, query).annotate(rank=rank).order_by("rank", "instrument__name", "name", "pk")
+
+
+def matching_channels(user, query: str = ""):
+    """The plottable channels ``user`` may see matching every word of ``query``, in no order."""
     channels = visible_channels(user).exclude(kind=ChannelKind.TEXT)
     for term in query.split()[:8]:
         channels = channels.filter(
@@ -87,13 +98,27 @@ def search_channels(user, query: str = "", *, instrument_slug: str = "", recent:
             | Q(instrument__name__icontains=term)
             | Q(instrument__slug__icontains=term)
         )
-    rank = Case(
-        When(pk__in=recent or [], then=Value(0)),
-        When(instrument__slug=instrument_slug or None, then=Value(1)),
-        default=Value(2),
-        output_field=IntegerField(),
-    )
-    return channels.annotate(rank=rank).order_by("rank", "instrument__name", "name", "pk")
+    return channels
+
+
+def first_channels(user, query: str = "", *, instrument_slug: str = "", recent: list[int] | None = None, limit: int):
+    """The first ``limit`` channels of ``search_channels``, in two index-friendly queries instead of one that
+    ranks every visible channel before taking the first: the recent and current instrument's channels
+    (found by id and slug), then the others in the instruments' and channels' name order, which the database
+    reads through its indexes and stops once it has enough (docs/performance.md#many-things)."""
+    channels = matching_channels(user, query)
+    first: list = []
+    if recent or instrument_slug:
+        favoured = Q(pk__in=recent or [])
+        if instrument_slug:
+            favoured |= Q(instrument__slug=instrument_slug)
+        first = list(
+            search_channels(user, query, instrument_slug=instrument_slug, recent=recent).filter(favoured)[:limit]
+        )
+    if len(first) < limit:
+        rest = channels.exclude(pk__in=[c.pk for c in first]).order_by("instrument__name", "name", "pk")
+        first += list(rest[: limit - len(first)])
+    return first
 
 
 class ChannelSearchView(PageMixin, View):
@@ -111,7 +136,7 @@ class ChannelSearchView(PageMixin, View):
             return JsonResponse({"detail": "recent is a comma-separated list of channel ids."}, status=400)
         recent = [int(part) for part in recent_text][:MAX_RECENT]
         slug = request.GET.get("instrument", "")[:100]
-        found = list(search_channels(request.user, query, instrument_slug=slug, recent=recent)[: SEARCH_LIMIT + 1])
+        found = first_channels(request.user, query, instrument_slug=slug, recent=recent, limit=SEARCH_LIMIT + 1)
         return JsonResponse(
             {"results": [channel_facts(c) for c in found[:SEARCH_LIMIT]], "more": len(found) > SEARCH_LIMIT}
         )

@@ -19,8 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from django.db.models import Case, Count, F, Max, Min, Q, Value, When
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, Q, Value
 
 from collection.alarms.models import AlarmEvent
 from instruments.choices import ChannelKind, SourceKind
@@ -219,32 +218,16 @@ STATUS_FILTERS = (
 )
 
 
-def channel_interval_expression():
-    """``expected_interval`` in SQL: the channel's own expected interval, else its (collected) source's."""
-    return Coalesce(
-        "expected_interval_seconds",
-        Case(When(~Q(source__kind=SourceKind.AGENT), then=F("source__interval_seconds")), default=None),
-    )
-
-
-def freshness_per_instrument(instrument_ids):
-    """One row per instrument of ``instrument_ids`` (a subquery) that has channels: ``instrument_id``, its
-    latest reading ``last`` and its shortest expected interval ``interval`` (what ``instrument_statuses``
-    computes in Python, grouped by the database)."""
-    return (
-        Channel.objects.filter(instrument_id__in=instrument_ids)
-        .values("instrument_id")
-        .annotate(last=Max("last_ts"), interval=Min(channel_interval_expression()))
-    )
-
-
 def _freshness_q(state: str, now: int) -> Q:
     """Collecting: a reading within STALE_FACTOR expected intervals (``ok`` or ``late``). Silent: readings
-    are expected but none came within STALE_FACTOR intervals, or none ever (``stale``)."""
-    within = Q(last__gte=Value(now) - F("interval") * (STALE_FACTOR * 1_000_000))
+    are expected but none came within STALE_FACTOR intervals, or none ever (``stale``). Over the
+    instrument's own freshness columns (``Instrument.last_reading_ts``, ``reading_interval_seconds``), kept
+    by ingest and by saving channels and sources: no grouping of channels per request."""
+    interval = Q(reading_interval_seconds__isnull=False)
+    within = Q(last_reading_ts__gte=Value(now) - F("reading_interval_seconds") * (STALE_FACTOR * 1_000_000))
     if state == COLLECTING:
-        return Q(interval__isnull=False) & within
-    return Q(interval__isnull=False) & (Q(last__isnull=True) | ~within)
+        return interval & within
+    return interval & (Q(last_reading_ts__isnull=True) | ~within)
 
 
 def failing_ids():
@@ -266,8 +249,7 @@ def filter_by_status(instruments, state: str, now: int | None = None):
     """``instruments`` (a queryset the gate already narrowed) in the state ``state`` (STATUS_FILTERS)."""
     now = now if now is not None else now_us()
     if state in (COLLECTING, SILENT):
-        fresh = freshness_per_instrument(instruments.values("pk")).filter(_freshness_q(state, now))
-        return instruments.filter(pk__in=fresh.values("instrument_id"))
+        return instruments.filter(_freshness_q(state, now))
     if state == FAILING:
         return instruments.filter(pk__in=failing_ids())
     if state == ALARMS:
@@ -276,18 +258,12 @@ def filter_by_status(instruments, state: str, now: int | None = None):
 
 
 def status_counts(instruments, now: int | None = None) -> dict[str, int]:
-    """How many of ``instruments`` are in each state, and in all: two queries, counted by the database."""
+    """How many of ``instruments`` are in each state, and in all: one query, counted by the database."""
     now = now if now is not None else now_us()
-    counts = instruments.order_by().aggregate(
+    return instruments.order_by().aggregate(
         all=Count("pk"),
         failing=Count("pk", filter=Q(pk__in=failing_ids())),
         alarms=Count("pk", filter=Q(pk__in=alarm_ids())),
+        collecting=Count("pk", filter=_freshness_q(COLLECTING, now)),
+        silent=Count("pk", filter=_freshness_q(SILENT, now)),
     )
-    fresh = freshness_per_instrument(instruments.values("pk")).order_by()
-    counts.update(
-        fresh.aggregate(
-            collecting=Count("instrument_id", filter=_freshness_q(COLLECTING, now)),
-            silent=Count("instrument_id", filter=_freshness_q(SILENT, now)),
-        )
-    )
-    return counts

@@ -86,6 +86,14 @@ def due_sources(now=None):
     )
 
 
+def _oldest_first(due):
+    """The longest due first, in ``next_run_at``'s index order (no tie-breaker: a tie-breaker would make the
+    database sort every row of a tie before taking the first). Never-run sources (``next_run_at`` empty) come
+    last on PostgreSQL and first on SQLite and MariaDB, each engine's own order for empty values: either way
+    they are claimed by this pass or the next ones, which follow at once while batches are full."""
+    return due.order_by("next_run_at")
+
+
 def _still_due(now) -> Q:
     return Q(next_run_at__isnull=True) | Q(next_run_at__lte=now)
 
@@ -163,8 +171,12 @@ def next_run_after(now: datetime) -> PlusSeconds:
     return PlusSeconds(Value(now, output_field=DateTimeField()), F("interval_seconds"))
 
 
-def claim_due_sources(now=None) -> list[int]:
+def claim_due_sources(now=None, limit: int | None = None) -> list[int]:
     """Ids of the due sources this caller claimed; each is claimed by exactly one concurrent caller.
+
+    At most ``limit`` (``DISPATCH_BATCH``) of them, the longest due first (``_oldest_first``): the
+    pass's own cost is bounded whatever the number of sources due, and a backlog is drained by further
+    passes (``collection.tasks.dispatch_due_sources`` queues the next one at once when a batch is full).
 
     A fixed number of statements whatever the number of sources (docs/performance.md#scheduling):
 
@@ -173,19 +185,28 @@ def claim_due_sources(now=None) -> list[int]:
       them ``FOR UPDATE SKIP LOCKED`` (a row a peer holds is skipped, not waited for) and the outer ``WHERE``
       checks again that the row is still due once locked, so two dispatchers never both claim a row. SQLite
       has one writer at a time: the statement is atomic.
-    * MariaDB (no ``UPDATE … RETURNING``): ``SELECT … FOR UPDATE SKIP LOCKED`` then one ``UPDATE`` of the rows
-      it locked, in one transaction with the waits bounded (``collection_transaction``).
+    * MariaDB (no ``UPDATE … RETURNING``, no ``FOR UPDATE OF``): the batch read without locks, then
+      ``SELECT … FOR UPDATE SKIP LOCKED`` of those rows of the source table alone (no instrument or channel
+      row is locked), then one ``UPDATE`` of the rows it locked, in one transaction with the waits bounded
+      (``collection_transaction``).
 
     Rows another transaction holds (a run committing, or a frozen worker) are skipped, not waited for: they
     are claimed by a later dispatch once free."""
     now = now or timezone.now()
+    limit = limit or settings.DISPATCH_BATCH
     if connection.vendor == "mysql":
         with collection_transaction():
-            ids = list(_locking(due_sources(now)).values_list("id", flat=True))
+            # MariaDB has no FOR UPDATE OF: a locking read of the due query would lock (and skip sources for)
+            # the joined instrument rows too. So the batch is chosen by a plain read, then locked on the source
+            # table alone (no ordering either: the model's orders by its instrument's name, a join), checked
+            # again that each is still due.
+            batch = list(_oldest_first(due_sources(now))[:limit].values_list("id", flat=True))
+            locked = _locking(DataSource.objects.filter(_still_due(now), pk__in=batch, enabled=True).order_by())
+            ids = list(locked.values_list("id", flat=True)) if batch else []
             if ids:
                 DataSource.objects.filter(pk__in=ids).update(next_run_at=next_run_after(now))
         return sorted(ids)
-    due = due_sources(now)
+    due = _oldest_first(due_sources(now))[:limit]
     locking = connection.features.has_select_for_update_skip_locked
     if locking:
         due = due.select_for_update(skip_locked=True, of=("self",))

@@ -8,7 +8,9 @@ stored again) from conflicts (another value already stored, or two values for on
 stored or first value stays, the other is quarantined with both values), keeps every rejected reading
 in ``RejectedSample`` with its reason, and moves each channel's last value forward. All of it happens in
 one transaction: a caller that wraps the call in its own ``transaction.atomic()`` (a collector saving its
-cursor) commits the cursor with the readings.
+cursor) commits the cursor with the readings. Each instrument's latest reading (``last_reading_ts``) is
+moved forward after that transaction commits, in a short statement of its own (``advance_instruments``):
+no ingest transaction holds an instrument's row.
 
 With ``on_conflict="replace"`` (a correction made on purpose, by someone with the change level) a reading
 whose time already holds another value overwrites it instead of going to quarantine; each replacement is
@@ -49,7 +51,7 @@ from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog, So
 from collection.reasons import classify_reason
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
-from instruments.models import Channel, DataSource
+from instruments.models import Channel, DataSource, Instrument
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -233,7 +235,7 @@ class IngestResult:
 # server-side callers.
 Writable = set[int] | QuerySet | RawSQL | None
 # A channel's columns ingest needs, in this order (``known_channels``).
-CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values")
+CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values", "instrument_id")
 
 
 @dataclass
@@ -245,6 +247,7 @@ class _ChannelTable:
     vmin: np.ndarray
     vmax: np.ndarray
     sentinels: dict[int, np.ndarray]
+    instrument_of: dict[int, int]  # channel id -> instrument id (the instruments' freshness, after commit)
 
     @classmethod
     def load(
@@ -269,6 +272,7 @@ class _ChannelTable:
             vmin=np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64),
             vmax=np.array([np.nan if r[3] is None else r[3] for r in rows], dtype=np.float64),
             sentinels={r[0]: np.array(r[4], dtype=np.float64) for r in rows if r[4]},
+            instrument_of={r[0]: r[5] for r in rows},
         )
 
     def locate(self, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -342,6 +346,12 @@ def ingest_samples(
                 ),
                 using=using,
             )
+            assert table is not None  # spans come from stored readings, which had a table
+            latest = _latest_per_instrument([*after.last_numeric, *after.last_text], table.instrument_of, using)
+            if latest:
+                # After commit, in its own statement (robust: a failure is logged, the readings stay
+                # committed): no ingest transaction ever holds an instrument's row.
+                transaction.on_commit(lambda: advance_instruments(latest, using), using=using, robust=True)
     return result
 
 
@@ -827,6 +837,79 @@ def _advance_last_values(value_column: str, rows: list[tuple], using: str) -> No
     )
     with connection.cursor() as cursor:
         cursor.executemany(sql, rows)
+
+
+# The latest reading time this process wrote to each instrument's ``last_reading_ts`` ({(using, id): µs}):
+# a reading newer by less than FRESHNESS_STEP_US is not written again (``_latest_per_instrument``).
+_written_freshness: dict[tuple[str, int], int] = {}
+# The step, in reading time, below which an instrument's freshness is not written again by this process:
+# one second, the shortest expected interval a channel or source can have, so the stored latest reading
+# lags the true one by under a second (the status filters compare it with 2 and 5 intervals).
+FRESHNESS_STEP_US = 1_000_000
+_FRESHNESS_MEMORY = 10_000  # instruments remembered per process; forgotten all at once beyond
+
+
+def forget_written_freshness() -> None:
+    """Forget what this process wrote to the instruments' freshness (tests; a database restored)."""
+    _written_freshness.clear()
+
+
+def _latest_per_instrument(rows: list[tuple], instrument_of: Mapping[int, int], using: str) -> dict[int, int]:
+    """The latest reading time per instrument of ``rows`` (ts, value, quality, channel id, ts), less those
+    this process already wrote at most FRESHNESS_STEP_US earlier: many small requests for one instrument
+    write its freshness about once a second of readings, not once each. Late readings (older than what was
+    written) are not skipped: the database's forward-only ``WHERE`` decides."""
+    latest: dict[int, int] = {}
+    for ts, _, _, channel_id, _ in rows:
+        instrument_id = instrument_of[channel_id]
+        latest[instrument_id] = max(ts, latest.get(instrument_id, ts))
+    for instrument_id, ts in list(latest.items()):
+        written = _written_freshness.get((using, instrument_id))
+        if written is not None and written <= ts < written + FRESHNESS_STEP_US:
+            del latest[instrument_id]
+    return latest
+
+
+def advance_instruments(latest: Mapping[int, int], using: str = "default") -> None:
+    """Move each instrument's ``last_reading_ts`` forward to ``latest`` {instrument id: µs}, never backward:
+    one short statement of its own, run after the ingest transaction commits (``ingest_samples``), so that no
+    ingest transaction holds an instrument's row while it writes readings (a frozen or slow collector would
+    otherwise block every other source of its instrument). A process killed between the commit and this
+    statement leaves the instrument's freshness behind until its next reading, or until
+    ``instruments.models.catch_up_instrument_freshness`` (a periodic task) corrects it."""
+    if not latest:
+        return
+    connection = connections[using]
+    instrument = connection.ops.quote_name(Instrument._meta.db_table)
+    items = sorted(latest.items())  # one order for every writer: no deadlock between two of them
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE {instrument} i SET last_reading_ts = v.ts FROM unnest(%s::bigint[], %s::bigint[]) "
+                "AS v(id, ts) WHERE i.id = v.id AND (i.last_reading_ts IS NULL OR i.last_reading_ts < v.ts)",
+                [[pk for pk, _ in items], [ts for _, ts in items]],
+            )
+        elif connection.vendor == "mysql":
+            # mysqlclient sends an executemany of UPDATEs one statement at a time: one join instead.
+            for start in range(0, len(items), 1000):
+                part = items[start : start + 1000]
+                values = " UNION ALL ".join(["SELECT %s AS id, %s AS ts"] * len(part))
+                cursor.execute(
+                    f"UPDATE {instrument} i JOIN ({values}) v ON i.id = v.id SET i.last_reading_ts = v.ts "
+                    "WHERE i.last_reading_ts IS NULL OR i.last_reading_ts < v.ts",
+                    [x for pk, ts in part for x in (pk, ts)],
+                )
+        else:  # SQLite: in-process, one prepared statement run per instrument
+            cursor.executemany(
+                f"UPDATE {instrument} SET last_reading_ts = %s WHERE id = %s "
+                "AND (last_reading_ts IS NULL OR last_reading_ts < %s)",
+                [(ts, pk, ts) for pk, ts in items],
+            )
+    if len(_written_freshness) + len(items) > _FRESHNESS_MEMORY:
+        _written_freshness.clear()
+    for pk, ts in items:
+        key = (using, pk)
+        _written_freshness[key] = max(ts, _written_freshness.get(key, ts))
 
 
 def _storable(value):

@@ -28,7 +28,7 @@ from collection.services.enqueue import try_enqueue
 from collection.services.rollups import floor_to
 from daqbroker_agent.parsing import us_to_datetime
 from instruments.choices import ChannelKind
-from instruments.models import Channel, Instrument
+from instruments.models import Channel, Instrument, refresh_instrument_freshness
 
 DAY = 86_400 * 1_000_000
 # After a deletion, the derived channels reading the deleted readings are recomputed by the follow-up task
@@ -126,6 +126,7 @@ def _move_last_value_back(channel: Channel, model, using: str) -> None:
         else:
             update["last_value"] = latest.value
     Channel.objects.using(using).filter(pk=channel.pk).update(**update)
+    refresh_instrument_freshness([channel.instrument_id], using=using)  # its latest reading may be gone too
 
 
 @dataclass

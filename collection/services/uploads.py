@@ -83,9 +83,10 @@ class ChannelResolver:
         found = {}
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-            for inst, chan, pk, kind, vmin, vmax, sentinels in cursor.fetchall():
+            for inst, chan, pk, kind, vmin, vmax, sentinels, instrument_id in cursor.fetchall():
                 found[f"{inst}/{chan}"] = pk
-                self.rows[pk] = (pk, kind, vmin, vmax, missing_values.from_db_value(sentinels, None, connection))  # type: ignore[arg-type]  # the expression is unused
+                sentinel_list = missing_values.from_db_value(sentinels, None, connection)  # type: ignore[arg-type]  # the expression is unused
+                self.rows[pk] = (pk, kind, vmin, vmax, sentinel_list, instrument_id)
         return {ref: found[ref] for ref in refs if ref in found}
 
 

@@ -379,9 +379,11 @@ def test_samples_ingested_is_sent_after_commit_with_spans(django_capture_on_comm
         with django_capture_on_commit_callbacks(execute=True) as callbacks:
             ingest_samples(batch, origin=Origin.AGENT)
             assert received == []  # not before the transaction commits
-        assert len(callbacks) == 1
+        assert len(callbacks) == 2  # the signal, then the instrument's latest reading (moved after commit too)
     finally:
         samples_ingested.disconnect(receiver)
+    instrument.refresh_from_db()
+    assert instrument.last_reading_ts == T0 + 7 * SECOND
     assert received == [
         (
             {

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from accounts import services, tokens
 from accounts.choices import TokenScope
 from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog, Sample
-from instruments.models import Channel
+from instruments.models import Channel, Instrument
 from instruments.tests.factories import make_channel, make_instrument, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,9 +26,12 @@ T0 = 1_767_323_045_000_000  # µs
 
 # Statements of a small request once its token is remembered, BEGIN not counted (on PostgreSQL it goes
 # out with the first statement): the channel look-up (which carries the permission check as a subquery),
-# the insert, then the last values with the rollup and follow-up backlogs (one statement on PostgreSQL,
-# three on SQLite and MariaDB), and COMMIT.
+# the insert, then the channels' last values with the rollup and follow-up backlogs (one statement on
+# PostgreSQL, three on SQLite and MariaDB), and COMMIT. The instrument's latest reading is written after the
+# commit, in a statement of its own, at most once per second of readings per instrument and process (one
+# more statement then: FRESHNESS_UPDATE; see test_the_instruments_freshness_costs_one_statement_after_commit).
 BUDGET = {"postgresql": 4, "sqlite": 6, "mysql": 6}
+FRESHNESS_UPDATE = 1
 
 
 @pytest.fixture(autouse=True)
@@ -136,3 +139,19 @@ def test_an_unshared_instrument_is_refused_at_once_even_with_a_remembered_token(
     )
     assert answer.json()["accepted"] == 0 and answer.json()["rejected"] == 1
     assert Sample.objects.filter(channel=channel).count() == 1
+
+
+def test_the_instruments_freshness_costs_one_statement_after_commit_once_per_second_of_readings(plc):
+    client = client_for(plc["agent"])
+    channels = plc["channels"]
+    assert client.post(URL, body(channels, 10, 0), content_type="application/json").json()["accepted"] == 10
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(URL, body(channels, 10, 1_000_000), content_type="application/json")
+    assert response.json()["accepted"] == 10
+    statements = counted(queries)
+    assert len(statements) <= BUDGET[connection.vendor] + FRESHNESS_UPDATE, "\n".join(s[:150] for s in statements)
+    # The instrument's row is written once, after the readings' COMMIT (outside their transaction).
+    written = [i for i, s in enumerate(statements) if "last_reading_ts" in s]
+    commits = [i for i, s in enumerate(statements) if s.startswith("COMMIT")]
+    assert len(written) == 1 and commits and written[0] > commits[-1], statements
+    assert Instrument.objects.get(slug="plc").last_reading_ts == T0 + 1_000_000

@@ -17,7 +17,7 @@ from django.utils import timezone
 from accounts.models import InstrumentGroupPermission, InstrumentUserPermission
 from collection.alarms.models import AlarmEvent, AlarmRule
 from instruments.choices import ChannelKind, SourceKind
-from instruments.models import Channel, DataSource, Instrument
+from instruments.models import Channel, DataSource, Instrument, refresh_instrument_freshness
 
 UNITS = ("degC", "hPa", "%", "V", "A", "m/s", "lx", "ppm", "W", "Hz")
 
@@ -84,6 +84,7 @@ def build_things(n: int, owner, *, channels: int = 10, prefix: str = "site", pat
             Channel.objects.bulk_create(rows, batch_size=batch)
             rows = []
     Channel.objects.bulk_create(rows, batch_size=batch)
+    refresh_instrument_freshness(ids)  # what saving each channel would have done
     rule = AlarmRule.objects.create(name=f"{prefix} too high", kind="above", threshold=1e9)
     first_channels = Channel.objects.filter(instrument_id__in=ids[::13], slug="channel-0")
     AlarmEvent.objects.bulk_create(
