@@ -25,7 +25,7 @@ def fill_freshness(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('instruments', '0013_opcua_sources'),
+        ('instruments', '0014_dashboardpanel_options'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
