@@ -133,6 +133,20 @@ def wait_until_drawn(page) -> None:
     )
 
 
+def draws(page) -> int:
+    """How many times the plot page's main plot has drawn so far."""
+    return int(page.evaluate("() => Number(document.getElementById('main-plot').dataset.drawCount)"))
+
+
+def drawn_again(page, before: int) -> None:
+    """The main plot drew since ``before`` (``draws`` read before the action) with no load left running: a
+    redraw of the previous answer does not count while the load the action started is on its way."""
+    page.wait_for_function(
+        "() => { const root = document.getElementById('main-plot');"
+        f" return Number(root.dataset.drawCount) > {before} && !root.dataset.loading; }}"
+    )
+
+
 def ingest(channel, stamps, values) -> None:
     ingest_samples(SampleBatch(channel=[channel.pk] * len(stamps), ts=stamps, value=values))
 

@@ -28,6 +28,8 @@ from instruments.tests.page_world import alpha_alarm
 from pages.status import now_us
 from pages.tests.browser import (
     SCREENSHOTS,
+    drawn_again,
+    draws,
     ingest,
     wait_until_drawn,
 )
@@ -78,8 +80,10 @@ def test_a_collaborator_plots_zooms_watches_live_and_saves_a_dashboard(site, vis
     # Plot the last week: real points from the database, downsampled with the spike kept.
     olivia.desktop.get_by_role("link", name="Plot channels").click()
     olivia.desktop.wait_for_url("**/plot/**")
+    wait_until_drawn(olivia.desktop)
+    before = draws(olivia.desktop)
     olivia.desktop.get_by_role("button", name="Week").click()
-    olivia.desktop.wait_for_function("() => DAQPlot.main.drawCount >= 2")
+    drawn_again(olivia.desktop, before)
     state = plot_state(olivia.desktop)
     assert state["series"][0]["channel"] == world.alpha_channel.pk
     assert 0 < state["series"][0]["n"] <= 4000
@@ -97,7 +101,7 @@ def test_a_collaborator_plots_zooms_watches_live_and_saves_a_dashboard(site, vis
     olivia.desktop.mouse.move(x0 + 20, y, steps=5)
     olivia.desktop.mouse.move(x0 + 40, y, steps=5)
     olivia.desktop.mouse.up()
-    olivia.desktop.wait_for_function(f"() => DAQPlot.main.drawCount >= {state['draws'] + 1}")
+    drawn_again(olivia.desktop, state["draws"])
     zoomed = plot_state(olivia.desktop)
     assert len(zoomed["requests"]) > len(state["requests"])
     last = zoomed["requests"][-1]
@@ -123,7 +127,7 @@ def test_a_collaborator_plots_zooms_watches_live_and_saves_a_dashboard(site, vis
     page.keyboard.press("Escape")
     drawn = plot_state(page)["draws"]
     page.get_by_label("Flagged readings").check()
-    page.wait_for_function(f"() => DAQPlot.main.drawCount > {drawn}")
+    drawn_again(page, drawn)
     if not page.locator("#export-csv").is_visible():
         page.locator("summary", has_text="Export").click()
     with page.expect_download() as csv_download:
@@ -153,8 +157,9 @@ def test_a_collaborator_plots_zooms_watches_live_and_saves_a_dashboard(site, vis
         assert Path(image.value.path()).read_bytes().lstrip()[: len(magic)] == magic, button
 
     # Live: a reading ingested now appears without a reload.
+    before = draws(olivia.desktop)
     olivia.desktop.get_by_role("button", name="Hour").click()
-    olivia.desktop.wait_for_function(f"() => DAQPlot.main.drawCount >= {zoomed['draws'] + 1}")
+    drawn_again(olivia.desktop, before)
     olivia.desktop.get_by_label("Live").check()
     assert "live=1" in olivia.desktop.url
     ingest(world.alpha_channel, [now_us()], [42.5])
@@ -263,12 +268,12 @@ def test_plots_follow_the_site_time_zone(site, visitors, settings):
     assert shift == 5.5 * 3600 * 1000  # the axis starts at the view's start, as a clock in Kolkata reads it
 
     # A custom range typed in Kolkata time is that instant.
-    draws = page.evaluate("DAQPlot.main.drawCount")
+    before = draws(page)
     page.get_by_role("button", name="Custom…").click()
     page.fill("#range-start", "2026-11-25T10:00")
     page.fill("#range-end", "2026-11-25T12:00")
     page.locator("#custom-range button[type=submit]").click()
-    page.wait_for_function(f"() => DAQPlot.main.drawCount > {draws}")
+    drawn_again(page, before)
     view = page.evaluate("DAQPlot.main.view")
     assert view == [
         page.evaluate("Date.UTC(2026, 10, 25, 4, 30)"),

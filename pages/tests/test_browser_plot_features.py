@@ -15,23 +15,10 @@ from collection.models import Sample
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.models import LogbookEntry
 from instruments.tests.factories import make_channel
-from pages.tests.browser import ingest, wait_until_drawn
+from pages.tests.browser import drawn_again, draws, ingest, wait_until_drawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 FIVE_MINUTES = 300_000_000
-
-
-def drawn_again(page, before: int) -> None:
-    """Drawn since ``before`` with no load left running: a redraw of the previous answer (annotations arriving
-    late draw again too) does not count while the load the test started is still on its way."""
-    page.wait_for_function(
-        "() => { const root = document.getElementById('main-plot');"
-        f" return Number(root.dataset.drawCount) > {before} && !root.dataset.loading; }}"
-    )
-
-
-def draws(page) -> int:
-    return int(page.evaluate("() => Number(document.getElementById('main-plot').dataset.drawCount)"))
 
 
 def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(site, visitors):

@@ -241,6 +241,7 @@
         return self.draw(range);
       }).then(function () {
         self.setOverlay("Choose one or more channels to plot.");
+        self.root.dataset.loading = "";
         self.root.dataset.drawCount = String(++self.drawCount);
       });
     }
@@ -252,9 +253,11 @@
     this.root.dataset.loading = "1";
     this.requests.push({ url: url, reason: reason, at: Date.now() });
     var runsLoaded = Promise.all([this.loadRuns(range), this.loadCurves(range)]);
-    // Annotations never hold up the first drawing: drawn again with them when they arrive.
+    // Annotations never hold up the drawing. Arriving before the readings, they are drawn with them; after,
+    // the readings are drawn again with them. Never the previous readings again while this load is on its
+    // way: that would count as a drawing of this load.
     this.loadAnnotations(range).then(function () {
-      if (seq === self.seq && self.notes && (self.notes.logbook.length || self.notes.alarms.length) && self.view) {
+      if (seq === self.seq && !self.root.dataset.loading && self.notesToDraw()) {
         return plotlyReady.then(function () { if (seq === self.seq) return self.redraw(); });
       }
     });
@@ -286,7 +289,7 @@
             self.root.dataset.loading = "";
             self.root.dataset.lastReason = reason;
             self.renderStatus();
-            resolve();
+            resolve(self.notesToDraw() ? self.redraw() : undefined); // notes that came while it drew
           });
         });
       })
@@ -476,6 +479,12 @@
       .then(function (response) { return response.ok ? response.json() : null; })
       .then(function (body) { self.notes = body; })
       .catch(function () { self.notes = null; });
+  };
+
+  // Annotations that have arrived and are not on the plot yet (the last drawing was made without them).
+  Plot.prototype.notesToDraw = function () {
+    var notes = this.notes;
+    return !!(this.view && notes && notes !== this.notesDrawn && (notes.logbook.length || notes.alarms.length));
   };
 
   Plot.prototype.noteShapes = function (range, layout) {
@@ -711,6 +720,7 @@
   Plot.prototype.draw = function (range) {
     var self = this;
     this.view = range;
+    this.notesDrawn = this.notes;
     var traces, layout, empty;
     if ((this.state.kind === "hist" || this.state.kind === "heatmap") && this.histograms && this.histograms.length) {
       var figure = this.histogramFigure(range);
@@ -767,6 +777,7 @@
   Plot.prototype.schedule = function (reason) {
     var self = this;
     clearTimeout(this.relayoutTimer);
+    this.root.dataset.loading = "1"; // a load is coming: until it is drawn, what is shown is the previous view
     // A wheel zoom fires many events: ask once it settles (answers to superseded requests are dropped).
     this.relayoutTimer = setTimeout(function () { self.load(reason); }, 50);
   };
