@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -82,6 +84,8 @@ class World:
     group: Group
     sees: dict = field(default_factory=dict)  # persona name -> markers
     markers: frozenset[str] = frozenset()
+    # username -> session key of a login made once with the world (``module_world`` only; see there).
+    sessions: dict = field(default_factory=dict)
 
     def __getattr__(self, name):
         try:
@@ -261,12 +265,21 @@ def module_world(django_db_setup, django_db_blocker):
             return module_world
 
     Tests must not change the world's Python objects (the database is rolled back, they are not).
+
+    Each user is also logged in once here, and every persona with a session reuses that login: the session
+    row lives in the outer transaction, so a test that logs out or cycles the key gets it back at its
+    rollback. A login per test cost about a fifth of a permission-matrix case.
     """
     with django_db_blocker.unblock():
         outer = transaction.atomic()
         outer.__enter__()
         try:
-            yield build_world()
+            world = build_world()
+            for user in world.users.values():
+                client = Client()
+                client.force_login(user)
+                world.sessions[user.username] = client.cookies[settings.SESSION_COOKIE_NAME].value
+            yield world
         finally:
             transaction.set_rollback(True)
             outer.__exit__(None, None, None)
@@ -274,7 +287,9 @@ def module_world(django_db_setup, django_db_blocker):
 
 def _persona(world: World, name: str, *, user=None, token: str | None = None) -> Persona:
     client = APIClient()
-    if user is not None:
+    if user is not None and user.username in world.sessions:
+        client.cookies[settings.SESSION_COOKIE_NAME] = world.sessions[user.username]
+    elif user is not None:
         client.force_login(user)
     if token is not None:
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")

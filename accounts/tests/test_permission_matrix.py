@@ -885,10 +885,16 @@ def matrix_target_rules(settings):
     settings.DAQBROKER_SERIAL_DEVICES = []
 
 
+@pytest.fixture(scope="module")
+def module_archive(tmp_path_factory):
+    return tmp_path_factory.mktemp("archive")
+
+
 @pytest.fixture(autouse=True)
-def archive_dir(settings, tmp_path):
-    """Raw files' bytes (raw_file) in this test's own archive."""
-    settings.DAQBROKER_ARCHIVE_DIR = tmp_path / "archive"
+def archive_dir(settings, module_archive):
+    """Raw files' bytes (raw_file) in this module's own archive: each case writes the same few files (a
+    folder per case cost a tenth of a case)."""
+    settings.DAQBROKER_ARCHIVE_DIR = module_archive
 
 
 @pytest.fixture
