@@ -243,6 +243,9 @@ class PanelOptionsForm(forms.Form):
                     required=False, choices=[(u, u) for u in choices], initial=axis.get("unit") or unit,
                     label=f"{name} shown in",
                 )  # fmt: skip
+            for key in AXIS_FIELDS[1:]:  # each named in full for assistive technology (shown as "from", "to"...)
+                if f"y{k}_{key}" in self.fields:
+                    self.fields[f"y{k}_{key}"].widget.attrs["aria-label"] = self.fields[f"y{k}_{key}"].label
             fields = {key: self[f"y{k}_{key}"] for key in AXIS_FIELDS if f"y{k}_{key}" in self.fields}
             self.axes.append({"number": k, "name": name, **fields})
 

@@ -13,9 +13,9 @@ import pytest
 from collection.choices import Quality
 from collection.models import Sample
 from daqbroker_agent.parsing import datetime_to_us
-from instruments.models import LogbookEntry
+from instruments.models import Dashboard, DashboardPanel, LogbookEntry, PlotRange
 from instruments.tests.factories import make_channel
-from pages.tests.browser import drawn_again, draws, ingest, wait_until_drawn
+from pages.tests.browser import SCREENSHOTS, drawn_again, draws, ingest, wait_until_drawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 FIVE_MINUTES = 300_000_000
@@ -201,3 +201,106 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     # The channel picker's list scrolls inside its card.
     olivia.open("/plot/")
     assert page.evaluate("() => getComputedStyle(document.querySelector('.picker-list')).maxHeight") != "none"
+
+
+def test_a_dashboard_panels_options_are_changed_in_place_by_its_owner(site, visitors):
+    """The panel's Options menu: the histogram over time of a chosen channel, then the time series with a log
+    axis, limits, another unit shown and an expression curve, each saved and drawn again in place (the page
+    not reloaded), kept after a reload; a refusal says why and changes nothing; a viewer has no menu."""
+    world = site
+    alpha = world.alpha_channel  # three days of minute readings (degC, 20..25 and one spike of 95)
+    pressure = make_channel(
+        world.alpha, slug="pressure", name="station pressure", units="hPa"
+    )  # after alpha-station-temp
+    stamps = Sample.objects.filter(channel=alpha).order_by("ts").values_list("ts", flat=True)[::10]
+    ingest(pressure, list(stamps), [1000.0 + (i % 50) for i in range(len(stamps))])
+    board = Dashboard.objects.create(owner=world.users["olivia"], title="Station", shared=True)
+    panel = DashboardPanel.objects.create(dashboard=board, title="Both", time_range=PlotRange.WEEK)
+    panel.channels.set([alpha, pressure])
+    plot = ".daq-panel"
+
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    olivia.open(f"/dashboards/{board.pk}/")
+    assert page.evaluate("() => DAQPlot.instances[0].state.kind") == "series"
+
+    # The histogram over time, of the second channel: saved, drawn in place (no navigation), kept.
+    page.evaluate("() => { window.notReloaded = true; }")
+    page.locator(".panel-options-menu summary").click()
+    menu = page.locator("form.panel-options")
+    assert not menu.locator(".heat-choice").is_visible()  # the channel is asked for with that view only
+    menu.get_by_label("Show", exact=True).select_option("heatmap")
+    menu.locator(".heat-choice select").select_option(str(pressure.pk))
+    before = draws(page, plot)
+    menu.get_by_role("button", name="Apply and save").click()
+    drawn_again(page, before, plot)
+    heat = page.evaluate("() => DAQPlot.instances[0].histograms[0]")
+    assert heat["channel"] == pressure.pk and sum(map(sum, heat["counts"])) == len(stamps)
+    assert page.evaluate("() => window.notReloaded") is True
+    assert (
+        not page.locator(".panel-options-menu").get_attribute("open")
+        and "histogram over time" in page.locator(".card-header").inner_text()
+    )
+    panel.refresh_from_db()
+    assert panel.options == {"view": "heatmap", "heat": pressure.pk}
+    assert f"hc={pressure.pk}" in page.locator("a.panel-open").get_attribute("href")
+    page.reload()
+    wait_until_drawn(page)
+    page.wait_for_function("() => DAQPlot.instances[0].histograms && DAQPlot.instances[0].histograms.length")
+    assert page.evaluate("() => DAQPlot.instances[0].histograms[0].channel") == pressure.pk
+
+    # A refusal says why, in the menu; nothing is saved and the plot is left as it was.
+    page.locator(".panel-options-menu summary").click()
+    row = menu.locator('.yaxis-row[data-axis="1"]')
+    row.get_by_label("Axis 1 (degC) from").fill("5")
+    row.get_by_label("Axis 1 (degC) to").fill("1")
+    drawn = draws(page, plot)
+    menu.get_by_role("button", name="Apply and save").click()
+    page.wait_for_function("() => document.querySelector('.panel-options-error').textContent.length > 0")
+    assert "the top must be above the bottom" in menu.locator(".panel-options-error").inner_text()
+    assert draws(page, plot) == drawn and page.locator(".panel-options-menu").get_attribute("open") is not None
+    panel.refresh_from_db()
+    assert panel.options == {"view": "heatmap", "heat": pressure.pk}
+
+    # The time series again: a log degC axis from 60 to 110 shown in degF, and an expression curve.
+    menu.get_by_label("Show", exact=True).select_option("series")
+    row.get_by_label("Axis 1 (degC) log").check()
+    row.get_by_label("Axis 1 (degC) from").fill("60")
+    row.get_by_label("Axis 1 (degC) to").fill("110")
+    row.get_by_label("Axis 1 (degC) shown in").select_option("degF")
+    menu.get_by_label("Expression curves").fill(f"alpha-station/{pressure.slug} - 1000")
+    olivia.desktop.screenshot(path=str(SCREENSHOTS / "dashboard-options-menu-desktop.png"), full_page=True)
+    before = draws(page, plot)
+    menu.get_by_role("button", name="Apply and save").click()
+    drawn_again(page, before, plot)
+    page.wait_for_function(
+        "() => document.querySelector('.daq-panel .plot').data.some(t => (t.name || '').startsWith('ƒ'))"
+    )
+    figure = page.evaluate(
+        "() => { const gd = document.querySelector('.daq-panel .plot');"
+        " return {type: gd.layout.yaxis.type, range: gd.layout.yaxis.range, unit: gd.layout.yaxis.title.text,"
+        " names: gd.data.map(t => t.name)}; }"
+    )
+    assert figure["type"] == "log" and figure["range"] == pytest.approx([np.log10(60), np.log10(110)])
+    assert figure["unit"] == "degF" and f"ƒ alpha-station/{pressure.slug} - 1000" in figure["names"]
+    panel.refresh_from_db()
+    assert panel.options == {
+        "axes": [{"units": "degC", "log": True, "min": 60.0, "max": 110.0, "unit": "degF"}],
+        "exprs": [f"alpha-station/{pressure.slug} - 1000"],
+    }
+    olivia.shoot("dashboard-options-in-place")
+    phone = olivia.phone
+    phone.locator(".panel-options-menu summary").click()
+    box = phone.locator(".panel-options-panel").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390  # the menu fits a phone's screen
+    phone.screenshot(path=str(SCREENSHOTS / "dashboard-options-menu-phone.png"), full_page=True)
+
+    # A viewer of the shared dashboard sees the panel as saved, without the menu.
+    vera = visitors("vera")
+    vera.log_in()
+    vera.open(f"/dashboards/{board.pk}/")
+    assert vera.desktop.locator(".panel-options-menu").count() == 0
+    assert vera.desktop.evaluate("() => DAQPlot.instances[0].state.yaxes") == {
+        "1": {"log": True, "min": 60.0, "max": 110.0, "unit": "degF"}
+    }
