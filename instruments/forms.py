@@ -250,7 +250,7 @@ class PanelOptionsForm(forms.Form):
             self.axes.append({"number": k, "name": name, **fields})
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         for k, unit in enumerate(self.units, 1):
             if f"y{k}_units" in self.data and data.get(f"y{k}_units") != unit:
                 raise forms.ValidationError("The plot's channels changed since this page was opened: reload it.")

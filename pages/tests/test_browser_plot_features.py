@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from collection.alarms.models import AlarmEvent, AlarmRule
 from collection.choices import Quality
 from collection.models import Sample
 from daqbroker_agent.parsing import datetime_to_us
@@ -33,6 +34,11 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     LogbookEntry.objects.create(
         instrument=world.alpha, occurred_at=datetime(2018, 3, 1, 2, tzinfo=UTC), text="pump <b>restarted</b>"
     )
+    rule = AlarmRule.objects.create(name="pressure-low", instrument=world.alpha, kind="below", threshold=991.0)
+    AlarmEvent.objects.create(  # an alarm of that day, raised and cleared: a red band with a warning sign
+        rule=rule, channel=old, kind=rule.kind, severity=rule.severity, message="pressure-2018: 990.1 (below 991)",
+        raised_at=datetime(2018, 3, 1, 16, tzinfo=UTC), cleared_at=datetime(2018, 3, 1, 17, tzinfo=UTC),
+    )  # fmt: skip
     assert Sample.objects.filter(channel=old).exclude(quality=Quality.OK).count() == 1
     first_ms, last_ms = int(stamps[0]) // 1000, int(stamps[-1]) // 1000
 
@@ -92,6 +98,18 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     wait_until_drawn(page)
     axis = page.evaluate("() => document.querySelector('#main-plot .plot').layout.yaxis")
     assert axis["type"] == "log" and axis["range"] == pytest.approx([np.log10(900), np.log10(1100)])
+    # The logbook entry (a dotted line, ✎) and the alarm (a band from raised to cleared, ⚠) of the view.
+    page.wait_for_function(
+        "() => ['✎', '⚠'].every(s => document.querySelector('#main-plot .plot')"
+        ".layout.annotations.some(a => a.text === s))"
+    )
+    bands = page.evaluate(
+        "() => document.querySelector('#main-plot .plot').layout.shapes.filter(s => s.type === 'rect')"
+        ".map(s => [DAQPlot.unwall(s.x0), DAQPlot.unwall(s.x1)])"
+    )
+    raised, cleared = (int(datetime(2018, 3, 1, h, tzinfo=UTC).timestamp() * 1000) for h in (16, 17))
+    assert bands == [[raised, cleared]]
+    olivia.shoot("plot-log-axis-limits-annotations")
 
     # Histogram of the channel over the view, counted by the server: every good reading once.
     page.get_by_label("Flagged readings").uncheck()
