@@ -183,6 +183,41 @@ ZOOM = """async ([a, b]) => {
 }"""
 
 
+# Where a visit's time goes, in ms since navigation start: the page's HTML received, plotly.js received and run
+# (deferred scripts run before DOMContentLoaded ends), each API request's start and end, the plot drawn.
+BREAKDOWN = """() => {
+  const nav = performance.getEntriesByType("navigation")[0], res = performance.getEntriesByType("resource");
+  const span = (part) => {
+    const e = res.filter(e => e.name.includes(part)).pop();
+    return e ? [e.startTime, e.responseEnd] : null;
+  };
+  return {html: nav.responseEnd, plotly: span("plotly"), scripts_run: nav.domContentLoadedEventEnd,
+          samples: span("/api/v1/samples/"), runs: span("/api/v1/runs/"), annotations: span("/api/v1/annotations/"),
+          drawn: Number(document.getElementById("main-plot").dataset.drawnAt)};
+}"""
+
+
+PLOTLY_ALONE = """async (src) => {
+  const script = document.createElement("script"), t0 = performance.now();
+  script.src = src;
+  await new Promise((resolve, reject) => {
+    script.onload = resolve; script.onerror = reject; document.head.append(script);
+  });
+  return performance.now() - t0;
+}"""
+
+
+def plotly_alone(browser, base: str, src: str) -> float:
+    """The baseline of the first visit, in the same run: plotly.js alone, fetched and run by a browser that has
+    never seen it (a fresh context on the small login page), ms from asking for it to its onload."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{base}/login/")
+    ms = page.evaluate(PLOTLY_ALONE, src)
+    context.close()
+    return ms
+
+
 def measure_page(base: str, cookie: str, channel_id: int, zooms: dict[str, tuple[int, int]], repeat: int) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -208,6 +243,7 @@ def measure_page(base: str, cookie: str, channel_id: int, zooms: dict[str, tuple
                            .filter(e => e.name.includes("/api/v1/samples/")).pop();
                            return e ? e.responseEnd - e.startTime : null; }"""
             )
+            results.setdefault("breakdown", []).append(page.evaluate(BREAKDOWN))
             if visit == 0:
                 results["cold"] = drawn
                 results["points"] = page.evaluate("DAQPlot.main.series[0].t.length")
@@ -216,6 +252,7 @@ def measure_page(base: str, cookie: str, channel_id: int, zooms: dict[str, tuple
             else:
                 results["warm"].append(drawn)
             results["request"].append(request)
+        results["plotly_alone"] = plotly_alone(browser, base, page.evaluate("document.getElementById('plotly-js').src"))
         full = page.evaluate("DAQPlot.main.view")
         for _ in range(repeat):
             for name, (start, end) in zooms.items():
@@ -266,6 +303,38 @@ def run(args, data_dir: Path) -> None:
         "browser: navigation start (or the zoom) to the plot drawn; samples request: its time in the browser "
         "(server + network); query service: query_series in-process."
     )
+    alone = page["plotly_alone"]
+    print(
+        f"baseline, same run: plotly.js alone, first visit (fetched, parsed and run): {alone:.0f} ms; "
+        f"the page's first visit is {page['cold'] / alone:.2f}x that"
+    )
+    print_breakdown(page["breakdown"])
+
+
+def print_breakdown(visits: list[dict]) -> None:
+    """Where the full range's time went (ms since navigation start): cold (the first visit) and warm (median)."""
+
+    def at(visit: dict, key: str, end: int | None = None) -> float | None:
+        return visit[key] if end is None else (visit[key][end] if visit[key] else None)
+
+    rows = [
+        ("page HTML received", "html", None),
+        ("plotly.js received", "plotly", 1),
+        ("scripts run (plotly.js parsed)", "scripts_run", None),
+        ("samples request sent", "samples", 0),
+        ("samples answer received", "samples", 1),
+        ("runs answer received", "runs", 1),
+        ("annotations answer received", "annotations", 1),
+        ("plot drawn", "drawn", None),
+    ]
+    print("\nwhere the full range's time goes (ms since navigation start)")
+    print(f"{'':<32} {'first visit':>12} {'warm (median)':>14}")
+    for label, key, end in rows:
+        cold = at(visits[0], key, end)
+        warm = [v for v in (at(visit, key, end) for visit in visits[1:]) if v is not None]
+        cold_text = "-" if cold is None else f"{cold:.0f}"
+        warm_text = f"{statistics.median(warm):.0f}" if warm else "-"
+        print(f"{label:<32} {cold_text:>12} {warm_text:>14}")
 
 
 if __name__ == "__main__":
