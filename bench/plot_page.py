@@ -8,7 +8,10 @@ Chromium (driven by Playwright):
 
 * **full range**: from navigation start (``performance.timeOrigin``) to the plot drawn for "All" (the
   page, plotly.js, the /api/v1/samples/ request at screen resolution, the drawing), with a cold browser
-  cache (first visit) and a warm one (repeat visits, median);
+  cache (first visits: the first one, then --repeat more, each in a fresh browser context; median) and a
+  warm one (repeat visits, median), with where the time went (the page, the stylesheet, plot.js and
+  plotly.js received, the scripts run, each API answer, the drawing) and, as the same run's baseline,
+  plotly.js alone on a first visit (a fresh context on the small login page: fetched, parsed and run);
 * **zoom redraw**: from a zoom (``Plotly.relayout`` to a narrower range, as a drag does) to the redrawn
   plot with the new downsampled answer, for a month, a day and an hour (median of --repeat each).
 
@@ -172,7 +175,10 @@ def session_cookie(user) -> str:
     return client.cookies["sessionid"].value
 
 
-DRAWN = "() => Number(document.getElementById('main-plot').dataset.drawCount || 0) >= 1"
+# (the page may not be parsed yet when this is first asked: "commit" is the answer's headers)
+DRAWN = (
+    "() => { const root = document.getElementById('main-plot'); return !!root && Number(root.dataset.drawCount) >= 1; }"
+)
 ZOOM = """async ([a, b]) => {
   const plot = DAQPlot.main, before = plot.drawCount, t0 = performance.now();
   Plotly.relayout(plot.gd, {"xaxis.range": [a, b]});
