@@ -368,9 +368,11 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
                     "element_id": f"panel-state-{panel.pk}",
                     "view_words": VIEW_WORDS.get(state["kind"], ""),
                     # the options menu of whoever may change the dashboard (its form, drawn from the saved options)
-                    "options_form": PanelOptionsForm(channels=channels, state=state)
-                    if can_change and channels
-                    else None,
+                    "options_form": (
+                        PanelOptionsForm(channels=channels, state=state, auto_id=f"panel{panel.pk}_%s")
+                        if can_change and channels
+                        else None
+                    ),
                 }
             )
         context.update(

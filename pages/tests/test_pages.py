@@ -554,6 +554,12 @@ def test_the_owner_changes_a_panels_options_on_the_dashboard(shared_viewer, worl
     dashboard = page(shared_viewer, reverse("instruments:dashboard", args=[board.pk]))
     url = reverse("instruments:dashboard-panel-options", args=[board.pk, panel.pk])
     assert f'action="{url}"' in dashboard and "Options" in dashboard  # the owner's menu, drawn from the saved options
+    shared_viewer.client.post(
+        reverse("instruments:dashboard-panel-add", args=[board.pk]),
+        {"channels": [world.alpha_channel.pk], "time_range": "1h"},
+    )
+    ids = re.findall(r'\bid="([^"]+)"', page(shared_viewer, reverse("instruments:dashboard", args=[board.pk])))
+    assert f"panel{panel.pk}_view" in ids and len(ids) == len(set(ids))  # two panels' menus: each field its own id
 
     exprs = "alpha-station/alpha-station-temp * 2\n\n  alpha-station/alpha-station-temp - 1 \n"
     posted = options_form(world, view="hist", y1_log="on", y1_min="1", y1_max="50", y1_unit="degF", exprs=exprs)
