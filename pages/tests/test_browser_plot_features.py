@@ -216,6 +216,21 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     assert "ƒ alpha-station/pressure-2018 - 1000" in panel["names"]
     olivia.shoot("dashboard-saved-options")
 
+    # The histogram over time of the second channel, saved to that dashboard: the panel keeps its channel.
+    board = Dashboard.objects.get(title="History")
+    olivia.open(f"/plot/?c={old.pk},{temp.pk}&range=all&view=heatmap&hc={temp.pk}")
+    page.locator("#save-menu summary").click()
+    page.select_option("#save-target", f"/dashboards/{board.pk}/panels/")
+    page.fill("#save-panel-title", "Heat")
+    page.locator("#save-form button[type=submit]").click()
+    page.wait_for_url(f"**/dashboards/{board.pk}/")
+    wait_until_drawn(page)
+    assert board.panels.get(title="Heat").options == {"view": "heatmap", "heat": temp.pk}
+    page.wait_for_function(
+        "() => DAQPlot.instances.some(p => p.histograms && p.histograms.length"
+        f" && p.histograms[0].channel === {temp.pk})"
+    )
+
     # The channel picker's list scrolls inside its card.
     olivia.open("/plot/")
     assert page.evaluate("() => getComputedStyle(document.querySelector('.picker-list')).maxHeight") != "none"
