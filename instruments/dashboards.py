@@ -66,6 +66,7 @@ MAX_AXES = 12
 MAX_EXPRESSIONS = 6  # as the plot page keeps
 MAX_EXPRESSION_LENGTH = 500  # as /api/v1/expression/ takes
 AXIS_KEYS = {"units", "log", "min", "max", "unit"}
+OPTION_KEYS = {"view", "heat", "axes", "exprs"}
 MAX_LIMIT = 1e300
 
 
@@ -114,20 +115,27 @@ def _clean_axis(axis, channel_units: set[str], seen: set[str], n: int) -> dict |
 
 
 def clean_plot_options(options, channels: Sequence[Channel]) -> dict:
-    """A panel's plot options, checked and in one shape: ``view`` (series, hist or heatmap), ``axes`` (per
-    unit of ``channels``: log scale, manual limits, the unit shown) and ``exprs`` (expression curves, their
-    syntax checked; the channels they name are looked up, through the permission gate, when drawn).
+    """A panel's plot options, checked and in one shape: ``view`` (series, hist or heatmap), ``heat`` (the
+    histogram over time's channel, one of ``channels``; kept with that view only), ``axes`` (per unit of
+    ``channels``: log scale, manual limits, the unit shown) and ``exprs`` (expression curves, their syntax
+    checked; the channels they name are looked up, through the permission gate, when drawn).
     Raises ValidationError saying what is wrong. Defaults are left out: {} is a plain plot."""
     if options is None:
         return {}
-    if not isinstance(options, dict) or not set(options) <= {"view", "axes", "exprs"}:
-        raise ValidationError({"options": "The plot's options are an object of view, axes and exprs."})
+    if not isinstance(options, dict) or not set(options) <= OPTION_KEYS:
+        raise ValidationError({"options": "The plot's options are an object of view, heat, axes and exprs."})
     out: dict = {}
     view = options.get("view", "series")
     if view not in VIEWS:
         raise ValidationError({"options": f"The view is one of {', '.join(VIEWS)}."})
     if view != "series":
         out["view"] = view
+    heat = options.get("heat")
+    if heat is not None:
+        if isinstance(heat, bool) or not isinstance(heat, int) or heat not in {c.pk for c in channels}:
+            raise ValidationError({"options": "The histogram over time's channel is one of the plot's channels."})
+        if view == "heatmap":  # the plot page keeps it (hc=) for that view only
+            out["heat"] = heat
     axes = options.get("axes", [])
     if not isinstance(axes, list) or len(axes) > MAX_AXES:
         raise ValidationError({"options": f"The axes are a list of at most {MAX_AXES}."})
@@ -242,6 +250,29 @@ def add_panel(
     if options:
         facts["options"] = options
     audit.record(AuditAction.CONFIG_CHANGED, actor=user, obj=dashboard, changes={"panel added": facts}, address=address)
+    return panel
+
+
+@transaction.atomic
+def update_panel_options(user, panel: DashboardPanel, options, *, address: str | None = None) -> DashboardPanel:
+    """Replace ``panel``'s plot options (view, histogram over time's channel, y axes, expression curves) with
+    ``options``, checked by ``clean_plot_options`` against the panel's channels ``user`` may see, as when a
+    plot is saved from the plotter. Its owner or an administrator; audited with the options before and after."""
+    dashboard = panel.dashboard
+    _check_change(user, dashboard)
+    channels = panel_channels(user, panel)
+    if not channels:
+        raise ValidationError({"options": "None of this plot's channels is visible to you: its options cannot change."})
+    cleaned = clean_plot_options(options, channels)
+    before = DashboardPanel.objects.select_for_update().values_list("options", flat=True).get(pk=panel.pk) or {}
+    panel.options = cleaned
+    if cleaned != before:
+        panel.save(update_fields=["options"])
+        _touch(dashboard)
+        facts = {**_panel_facts(panel, channels), "options": [before, cleaned]}
+        audit.record(
+            AuditAction.CONFIG_CHANGED, actor=user, obj=dashboard, changes={"panel options": facts}, address=address
+        )
     return panel
 
 

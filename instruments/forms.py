@@ -18,6 +18,7 @@ from accounts import permissions, targets
 from accounts.targets import Principal
 from daqbroker_agent.config import SOURCE_OPTIONS, option_schema
 from instruments.models import Dashboard, DataSource, LogbookEntry, PlotRange
+from instruments.units import display_choices
 
 
 class ConfigWidget(forms.Textarea):
@@ -186,3 +187,98 @@ class PanelForm(forms.Form):
         if not isinstance(options, dict):
             raise forms.ValidationError("The plot's options are a JSON object.")
         return options
+
+
+AXIS_FIELDS = ("units", "log", "min", "max", "unit")
+VIEW_CHOICES = [("series", "Time series"), ("hist", "Histogram"), ("heatmap", "Histogram over time")]
+# Six expressions of 500 characters, a line each (the service says which rule a longer text breaks).
+MAX_EXPRESSIONS_TEXT = 6 * 501
+
+
+class PanelOptionsForm(forms.Form):
+    """A dashboard panel's plot options, changed on the dashboard: what it shows, the histogram over time's
+    channel, per y axis (one per unit of the panel's channels, numbered as the plot draws them) the log scale,
+    limits and unit shown, and the expression curves, one a line. The form reads the fields only;
+    ``options()`` hands them to ``instruments.dashboards.update_panel_options``, which checks them as it checks
+    a plot saved from the plotter."""
+
+    view = forms.ChoiceField(choices=VIEW_CHOICES, label="Show")
+    heat = forms.TypedChoiceField(coerce=int, required=False, empty_value=None, label="Histogram over time of")
+    exprs = forms.CharField(
+        required=False,
+        max_length=MAX_EXPRESSIONS_TEXT,
+        strip=False,
+        label="Expression curves",
+        help_text="One a line, e.g. a/temp - b/temp (instrument/channel).",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "autocomplete": "off"}),
+    )
+
+    def __init__(self, *args, channels, state: dict, **kwargs):
+        """``channels``: the panel's channels the user sees, in the plot's order; ``state``: the panel as drawn
+        (``pages.views.panel_state``), for the initial values."""
+        super().__init__(*args, **kwargs)
+        self.units = list(dict.fromkeys(c.units or "" for c in channels))
+        self.fields["view"].initial = state.get("kind", "series")
+        heat = cast(forms.TypedChoiceField, self.fields["heat"])
+        heat.choices = [(c.pk, c.name) for c in channels]
+        heat.initial = state.get("heat") or (channels[0].pk if channels else None)
+        self.fields["exprs"].initial = "\n".join(state.get("exprs", []))
+        saved = state.get("yaxes", {})
+        self.axes = []
+        for k, unit in enumerate(self.units, 1):
+            name, axis = f"Axis {k} ({unit or 'no unit'})", saved.get(str(k), {})
+            self.fields[f"y{k}_units"] = forms.CharField(required=False, initial=unit, widget=forms.HiddenInput)
+            self.fields[f"y{k}_log"] = forms.BooleanField(required=False, initial=axis.get("log"), label=f"{name} log")
+            for key, word in (("min", "from"), ("max", "to")):
+                self.fields[f"y{k}_{key}"] = forms.FloatField(
+                    required=False,
+                    initial=axis.get(key),
+                    label=f"{name} {word}",
+                    widget=forms.NumberInput(attrs={"step": "any", "placeholder": "auto"}),
+                )
+            # the units this axis may be shown in (as the plot page's "Y axes" menu offers them)
+            choices = max((display_choices(c.units or "") for c in channels if (c.units or "") == unit), key=len)
+            if len(choices) > 1:
+                self.fields[f"y{k}_unit"] = forms.ChoiceField(
+                    required=False, choices=[(u, u) for u in choices], initial=axis.get("unit") or unit,
+                    label=f"{name} shown in",
+                )  # fmt: skip
+            for key in AXIS_FIELDS[1:]:  # each named in full for assistive technology (shown as "from", "to"...)
+                if f"y{k}_{key}" in self.fields:
+                    self.fields[f"y{k}_{key}"].widget.attrs["aria-label"] = self.fields[f"y{k}_{key}"].label
+            fields = {key: self[f"y{k}_{key}"] for key in AXIS_FIELDS if f"y{k}_{key}" in self.fields}
+            self.axes.append({"number": k, "name": name, **fields})
+
+    def clean(self):
+        data = super().clean() or {}
+        for k, unit in enumerate(self.units, 1):
+            if f"y{k}_units" in self.data and data.get(f"y{k}_units") != unit:
+                raise forms.ValidationError("The plot's channels changed since this page was opened: reload it.")
+        return data
+
+    def options(self) -> dict:
+        """The options as posted, in the shape ``clean_plot_options`` checks (it refuses what is wrong)."""
+        data = self.cleaned_data
+        axes = []
+        for k, unit in enumerate(self.units, 1):
+            shown = data.get(f"y{k}_unit") or None
+            axes.append({
+                "units": unit, "log": data[f"y{k}_log"], "min": data[f"y{k}_min"], "max": data[f"y{k}_max"],
+                "unit": None if shown == unit else shown,
+            })  # fmt: skip
+        options: dict = {
+            "view": data["view"],
+            "axes": axes,
+            "exprs": [e for e in data["exprs"].splitlines() if e.strip()],
+        }
+        if data["view"] == "heatmap" and data["heat"] is not None:
+            options["heat"] = data["heat"]
+        return options
+
+    def error_text(self) -> str:
+        """The refusals in one line, each with the field it names (an axis's limit says which axis)."""
+        parts = []
+        for name, errors in self.errors.items():
+            label = self.fields[name].label if name in self.fields else None
+            parts += [f"{label}: {e}" if label else str(e) for e in errors]
+        return " ".join(parts)

@@ -31,4 +31,9 @@ urlpatterns = [
     path("dashboards/<int:pk>/delete/", views.DashboardDeleteView.as_view(), name="dashboard-delete"),
     path("dashboards/<int:pk>/panels/", views.DashboardPanelAddView.as_view(), name="dashboard-panel-add"),
     path("dashboards/<int:pk>/panels/<int:panel>/", views.DashboardPanelView.as_view(), name="dashboard-panel"),
+    path(
+        "dashboards/<int:pk>/panels/<int:panel>/options/",
+        views.DashboardPanelOptionsView.as_view(),
+        name="dashboard-panel-options",
+    ),
 ]

@@ -16,7 +16,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Model, Q
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse, reverse_lazy
 from django.views.generic import CreateView, DetailView, FormView, ListView, TemplateView, View
@@ -27,7 +27,7 @@ from accounts.models import Agent
 from collection.alarms.models import AlarmEvent
 from collection.services import corrections, quarantine
 from instruments import dashboards, runs
-from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, ShareForm
+from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, PanelOptionsForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
 from pages.readings import channel_facts, first_reading_times, sparklines
 from pages.status import (
@@ -352,6 +352,7 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
         context = super().get_context_data(**kwargs)
         user = self.request.user
         following = self.following_run()
+        can_change = dashboards.may_change(user, self.object)
         panels = []
         for panel in self.object.panels.all():
             channels = dashboards.panel_channels(user, panel)
@@ -365,13 +366,20 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
                     "state": state,
                     "plot_url": panel_plot_url(panel, state),
                     "element_id": f"panel-state-{panel.pk}",
+                    "view_words": VIEW_WORDS.get(state["kind"], ""),
+                    # the options menu of whoever may change the dashboard (its form, drawn from the saved options)
+                    "options_form": (
+                        PanelOptionsForm(channels=channels, state=state, auto_id=f"panel{panel.pk}_%s")
+                        if can_change and channels
+                        else None
+                    ),
                 }
             )
         context.update(
             following=following,
             run_lists=permissions.run_lists_for(user).only("slug", "name"),
             panels=panels,
-            can_change=dashboards.may_change(user, self.object),
+            can_change=can_change,
             dashboard_config={
                 "samplesUrl": reverse("api:samples"),
                 "histogramUrl": reverse("api:histogram"),
@@ -420,6 +428,8 @@ def panel_state(panel: DashboardPanel, channels) -> dict:
         state.update(start=panel.start.isoformat(), end=panel.end.isoformat())
     options = panel.options or {}
     state["kind"] = options.get("view", "series")
+    if options.get("heat") in {c.pk for c in channels}:  # else the plot's default: its first channel
+        state["heat"] = options["heat"]
     state["exprs"] = options.get("exprs", [])
     # The plot numbers its y axes by the units of its channels, in their order: the saved axes are by unit.
     order = list(dict.fromkeys(c.units or "" for c in channels))
@@ -431,10 +441,16 @@ def panel_state(panel: DashboardPanel, channels) -> dict:
     return state
 
 
-def options_summary(options: dict) -> list[str]:
-    """A panel's saved plot options in words, for the edit page."""
-    words = {"hist": "histogram", "heatmap": "histogram over time"}
-    out = [words[options["view"]]] if options.get("view") in words else []
+VIEW_WORDS = {"hist": "histogram", "heatmap": "histogram over time"}
+
+
+def options_summary(options: dict, channels=()) -> list[str]:
+    """A panel's saved plot options in words, for the edit page (``channels``: the panel's, to name the
+    histogram over time's)."""
+    out = [VIEW_WORDS[options["view"]]] if options.get("view") in VIEW_WORDS else []
+    heat = next((c.name for c in channels if c.pk == options.get("heat")), None)
+    if out and heat:
+        out[0] += f" of {heat}"
     for axis in options.get("axes", []):
         parts = ["log"] if axis["log"] else []
         limits = " to ".join("auto" if axis[key] is None else f"{axis[key]:.6g}" for key in ("min", "max"))
@@ -460,6 +476,8 @@ def panel_plot_url(panel: DashboardPanel, state: dict) -> str:
         query.append(("flagged", "1"))
     if state["kind"] != "series":
         query.append(("view", state["kind"]))
+    if state["kind"] == "heatmap" and state.get("heat"):
+        query.append(("hc", str(state["heat"])))
     for k, axis in state["yaxes"].items():
         limits = ["" if axis[key] is None else f"{axis[key]:.15g}" for key in ("min", "max")]
         text = "log" if axis["log"] else "lin"
@@ -501,7 +519,7 @@ class DashboardEditView(DashboardAccessMixin, FormView):
                 {
                     "panel": panel,
                     "channels": channels,
-                    "options": options_summary(panel.options or {}),
+                    "options": options_summary(panel.options or {}, channels),
                     "plot_url": panel_plot_url(panel, state),
                 }
             )
@@ -552,6 +570,45 @@ class DashboardPanelView(DashboardAccessMixin, View):
         else:
             messages.error(request, "Choose to move the plot up or down, or to remove it.")
         return redirect("instruments:dashboard-edit", pk=dashboard.pk)
+
+
+class DashboardPanelOptionsView(DashboardAccessMixin, View):
+    """A panel's plot options changed on the dashboard (its *Options* menu): what it shows, the histogram over
+    time's channel, the y axes and the expression curves, checked by the service as when saved from the plotter.
+    The dashboard's script posts with ``Accept: application/json`` and redraws the panel in place from the
+    answer; a refusal is a 400 saying why. Without the script: back to the dashboard, with a message."""
+
+    required_level = permissions.CHANGE
+
+    def post(self, request, pk, panel):
+        dashboard = get_object_or_404(self.get_queryset(), pk=pk)
+        self.check_level(dashboard)
+        panel = get_object_or_404(dashboard.panels, pk=panel)
+        channels = dashboards.panel_channels(request.user, panel)
+        form = PanelOptionsForm(request.POST, channels=channels, state=panel_state(panel, channels))
+        wants_json = "application/json" in request.headers.get("Accept", "")
+        try:
+            if not form.is_valid():
+                raise ValidationError(form.error_text())
+            dashboards.update_panel_options(request.user, panel, form.options(), address=audit.client_address(request))
+        except ValidationError as exc:
+            reason = " ".join(exc.messages)
+            if wants_json:
+                return JsonResponse({"detail": reason}, status=400)
+            messages.error(request, "The plot's options were not saved: " + reason)
+        else:
+            if wants_json:
+                state = panel_state(panel, channels)
+                options = {key: state.get(key) for key in ("kind", "heat", "yaxes", "exprs")}
+                return JsonResponse(
+                    {
+                        "options": options,
+                        "view_words": VIEW_WORDS.get(state["kind"], ""),
+                        "plot_url": panel_plot_url(panel, state),
+                    }
+                )
+            messages.success(request, "Plot options saved.")
+        return HttpResponseRedirect(reverse("instruments:dashboard", args=[dashboard.pk]) + f"#panel-{panel.pk}")
 
 
 class DashboardDeleteView(DashboardAccessMixin, View):

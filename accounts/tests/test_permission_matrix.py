@@ -785,6 +785,24 @@ ROUTES: list[Case] = [
         PAGE_ALPHA_OWNER_POST,
         data={"action": "up"},
     ),
+    # A panel's options changed on the dashboard: its owner (or an administrator); the form's refusal (no fields
+    # posted) is a message on the dashboard, so 302 for them too.
+    Case(
+        "instruments:dashboard-panel-options",
+        "POST",
+        lambda w: {"pk": alpha_dashboard(w).pk, "panel": alpha_panel(w).pk},
+        PAGE_ALPHA_OWNER_POST,
+        data={"view": "hist"},
+        encoding="multipart",
+    ),
+    Case(
+        "instruments:dashboard-panel-options",
+        "POST",
+        lambda w: {"pk": zulu_dashboard(w).pk, "panel": zulu_dashboard(w).panels.get().pk},
+        PAGE_ZULU_POST,
+        data={"view": "hist"},
+        encoding="multipart",
+    ),
     Case("instruments:source-new", "GET", lambda w: ALPHA, PAGE_ALPHA_CHANGE),
     Case("instruments:source-new", "GET", lambda w: ZULU, PAGE_ZULU),
     Case("instruments:source-new", "POST", lambda w: ALPHA, PAGE_ALPHA_CHANGE, data={}),  # the form, with errors

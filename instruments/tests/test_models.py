@@ -434,3 +434,14 @@ def test_a_panels_plot_options_are_kept_in_one_shape_without_their_defaults():
     assert clean_plot_options({}, channels) == clean_plot_options(None, channels) == {}
     with pytest.raises(ValidationError, match="one axis per unit"):
         clean_plot_options({"axes": [{"units": "hPa", "log": True}, {"units": "hPa", "log": True}]}, channels)
+
+
+def test_a_panels_histogram_over_time_channel_is_one_of_its_channels_kept_with_that_view():
+    from instruments.dashboards import clean_plot_options
+
+    channels = [Channel(pk=7, units="degC"), Channel(pk=9, units="hPa")]
+    assert clean_plot_options({"view": "heatmap", "heat": 9}, channels) == {"view": "heatmap", "heat": 9}
+    assert clean_plot_options({"view": "hist", "heat": 9}, channels) == {"view": "hist"}
+    for heat in (8, "9", True, 9.0):
+        with pytest.raises(ValidationError, match="one of the plot's channels"):
+            clean_plot_options({"view": "heatmap", "heat": heat}, channels)

@@ -133,16 +133,17 @@ def wait_until_drawn(page) -> None:
     )
 
 
-def draws(page) -> int:
-    """How many times the plot page's main plot has drawn so far."""
-    return int(page.evaluate("() => Number(document.getElementById('main-plot').dataset.drawCount)"))
+def draws(page, plot: str = "#main-plot") -> int:
+    """How many times a plot (by default the plot page's main plot; a dashboard's: its ``.daq-panel``) has
+    drawn so far."""
+    return int(page.evaluate(f"() => Number(document.querySelector({plot!r}).dataset.drawCount)"))
 
 
-def drawn_again(page, before: int) -> None:
-    """The main plot drew since ``before`` (``draws`` read before the action) with no load left running: a
+def drawn_again(page, before: int, plot: str = "#main-plot") -> None:
+    """The plot drew since ``before`` (``draws`` read before the action) with no load left running: a
     redraw of the previous answer does not count while the load the action started is on its way."""
     page.wait_for_function(
-        "() => { const root = document.getElementById('main-plot');"
+        f"() => {{ const root = document.querySelector({plot!r});"
         f" return Number(root.dataset.drawCount) > {before} && !root.dataset.loading; }}"
     )
 

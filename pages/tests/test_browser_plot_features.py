@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from collection.alarms.models import AlarmEvent, AlarmRule
 from collection.choices import Quality
 from collection.models import Sample
 from daqbroker_agent.parsing import datetime_to_us
-from instruments.models import LogbookEntry
+from instruments.models import Dashboard, DashboardPanel, LogbookEntry, PlotRange
 from instruments.tests.factories import make_channel
-from pages.tests.browser import drawn_again, draws, ingest, wait_until_drawn
+from pages.tests.browser import SCREENSHOTS, drawn_again, draws, ingest, wait_until_drawn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 FIVE_MINUTES = 300_000_000
@@ -33,6 +34,11 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     LogbookEntry.objects.create(
         instrument=world.alpha, occurred_at=datetime(2018, 3, 1, 2, tzinfo=UTC), text="pump <b>restarted</b>"
     )
+    rule = AlarmRule.objects.create(name="pressure-low", instrument=world.alpha, kind="below", threshold=991.0)
+    AlarmEvent.objects.create(  # an alarm of that day, raised and cleared: a red band with a warning sign
+        rule=rule, channel=old, kind=rule.kind, severity=rule.severity, message="pressure-2018: 990.1 (below 991)",
+        raised_at=datetime(2018, 3, 1, 16, tzinfo=UTC), cleared_at=datetime(2018, 3, 1, 17, tzinfo=UTC),
+    )  # fmt: skip
     assert Sample.objects.filter(channel=old).exclude(quality=Quality.OK).count() == 1
     first_ms, last_ms = int(stamps[0]) // 1000, int(stamps[-1]) // 1000
 
@@ -92,6 +98,18 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     wait_until_drawn(page)
     axis = page.evaluate("() => document.querySelector('#main-plot .plot').layout.yaxis")
     assert axis["type"] == "log" and axis["range"] == pytest.approx([np.log10(900), np.log10(1100)])
+    # The logbook entry (a dotted line, ✎) and the alarm (a band from raised to cleared, ⚠) of the view.
+    page.wait_for_function(
+        "() => ['✎', '⚠'].every(s => document.querySelector('#main-plot .plot')"
+        ".layout.annotations.some(a => a.text === s))"
+    )
+    bands = page.evaluate(
+        "() => document.querySelector('#main-plot .plot').layout.shapes.filter(s => s.type === 'rect')"
+        ".map(s => [DAQPlot.unwall(s.x0), DAQPlot.unwall(s.x1)])"
+    )
+    raised, cleared = (int(datetime(2018, 3, 1, h, tzinfo=UTC).timestamp() * 1000) for h in (16, 17))
+    assert bands == [[raised, cleared]]
+    olivia.shoot("plot-log-axis-limits-annotations")
 
     # Histogram of the channel over the view, counted by the server: every good reading once.
     page.get_by_label("Flagged readings").uncheck()
@@ -198,6 +216,124 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     assert "ƒ alpha-station/pressure-2018 - 1000" in panel["names"]
     olivia.shoot("dashboard-saved-options")
 
+    # The histogram over time of the second channel, saved to that dashboard: the panel keeps its channel.
+    board = Dashboard.objects.get(title="History")
+    olivia.open(f"/plot/?c={old.pk},{temp.pk}&range=all&view=heatmap&hc={temp.pk}")
+    page.locator("#save-menu summary").click()
+    page.select_option("#save-target", f"/dashboards/{board.pk}/panels/")
+    page.fill("#save-panel-title", "Heat")
+    page.locator("#save-form button[type=submit]").click()
+    page.wait_for_url(f"**/dashboards/{board.pk}/")
+    wait_until_drawn(page)
+    assert board.panels.get(title="Heat").options == {"view": "heatmap", "heat": temp.pk}
+    page.wait_for_function(
+        "() => DAQPlot.instances.some(p => p.histograms && p.histograms.length"
+        f" && p.histograms[0].channel === {temp.pk})"
+    )
+
     # The channel picker's list scrolls inside its card.
     olivia.open("/plot/")
     assert page.evaluate("() => getComputedStyle(document.querySelector('.picker-list')).maxHeight") != "none"
+
+
+def test_a_dashboard_panels_options_are_changed_in_place_by_its_owner(site, visitors):
+    """The panel's Options menu: the histogram over time of a chosen channel, then the time series with a log
+    axis, limits, another unit shown and an expression curve, each saved and drawn again in place (the page
+    not reloaded), kept after a reload; a refusal says why and changes nothing; a viewer has no menu."""
+    world = site
+    alpha = world.alpha_channel  # three days of minute readings (degC, 20..25 and one spike of 95)
+    pressure = make_channel(
+        world.alpha, slug="pressure", name="station pressure", units="hPa"
+    )  # after alpha-station-temp
+    stamps = Sample.objects.filter(channel=alpha).order_by("ts").values_list("ts", flat=True)[::10]
+    ingest(pressure, list(stamps), [1000.0 + (i % 50) for i in range(len(stamps))])
+    board = Dashboard.objects.create(owner=world.users["olivia"], title="Station", shared=True)
+    panel = DashboardPanel.objects.create(dashboard=board, title="Both", time_range=PlotRange.WEEK)
+    panel.channels.set([alpha, pressure])
+    plot = ".daq-panel"
+
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    olivia.open(f"/dashboards/{board.pk}/")
+    assert page.evaluate("() => DAQPlot.instances[0].state.kind") == "series"
+
+    # The histogram over time, of the second channel: saved, drawn in place (no navigation), kept.
+    page.evaluate("() => { window.notReloaded = true; }")
+    page.locator(".panel-options-menu summary").click()
+    menu = page.locator("form.panel-options")
+    assert not menu.locator(".heat-choice").is_visible()  # the channel is asked for with that view only
+    menu.get_by_label("Show", exact=True).select_option("heatmap")
+    menu.locator(".heat-choice select").select_option(str(pressure.pk))
+    before = draws(page, plot)
+    menu.get_by_role("button", name="Apply and save").click()
+    drawn_again(page, before, plot)
+    heat = page.evaluate("() => DAQPlot.instances[0].histograms[0]")
+    assert heat["channel"] == pressure.pk and sum(map(sum, heat["counts"])) == len(stamps)
+    assert page.evaluate("() => window.notReloaded") is True
+    assert (
+        not page.locator(".panel-options-menu").get_attribute("open")
+        and "histogram over time" in page.locator(".card-header").inner_text()
+    )
+    panel.refresh_from_db()
+    assert panel.options == {"view": "heatmap", "heat": pressure.pk}
+    assert f"hc={pressure.pk}" in page.locator("a.panel-open").get_attribute("href")
+    page.reload()
+    wait_until_drawn(page)
+    page.wait_for_function("() => DAQPlot.instances[0].histograms && DAQPlot.instances[0].histograms.length")
+    assert page.evaluate("() => DAQPlot.instances[0].histograms[0].channel") == pressure.pk
+
+    # A refusal says why, in the menu; nothing is saved and the plot is left as it was.
+    page.locator(".panel-options-menu summary").click()
+    row = menu.locator('.yaxis-row[data-axis="1"]')
+    row.get_by_label("Axis 1 (degC) from").fill("5")
+    row.get_by_label("Axis 1 (degC) to").fill("1")
+    drawn = draws(page, plot)
+    menu.get_by_role("button", name="Apply and save").click()
+    page.wait_for_function("() => document.querySelector('.panel-options-error').textContent.length > 0")
+    assert "the top must be above the bottom" in menu.locator(".panel-options-error").inner_text()
+    assert draws(page, plot) == drawn and page.locator(".panel-options-menu").get_attribute("open") is not None
+    panel.refresh_from_db()
+    assert panel.options == {"view": "heatmap", "heat": pressure.pk}
+
+    # The time series again: a log degC axis from 60 to 110 shown in degF, and an expression curve.
+    menu.get_by_label("Show", exact=True).select_option("series")
+    row.get_by_label("Axis 1 (degC) log").check()
+    row.get_by_label("Axis 1 (degC) from").fill("60")
+    row.get_by_label("Axis 1 (degC) to").fill("110")
+    row.get_by_label("Axis 1 (degC) shown in").select_option("degF")
+    menu.get_by_label("Expression curves").fill(f"alpha-station/{pressure.slug} - 1000")
+    olivia.desktop.screenshot(path=str(SCREENSHOTS / "dashboard-options-menu-desktop.png"), full_page=True)
+    before = draws(page, plot)
+    menu.get_by_role("button", name="Apply and save").click()
+    drawn_again(page, before, plot)
+    page.wait_for_function(
+        "() => document.querySelector('.daq-panel .plot').data.some(t => (t.name || '').startsWith('ƒ'))"
+    )
+    figure = page.evaluate(
+        "() => { const gd = document.querySelector('.daq-panel .plot');"
+        " return {type: gd.layout.yaxis.type, range: gd.layout.yaxis.range, unit: gd.layout.yaxis.title.text,"
+        " names: gd.data.map(t => t.name)}; }"
+    )
+    assert figure["type"] == "log" and figure["range"] == pytest.approx([np.log10(60), np.log10(110)])
+    assert figure["unit"] == "degF" and f"ƒ alpha-station/{pressure.slug} - 1000" in figure["names"]
+    panel.refresh_from_db()
+    assert panel.options == {
+        "axes": [{"units": "degC", "log": True, "min": 60.0, "max": 110.0, "unit": "degF"}],
+        "exprs": [f"alpha-station/{pressure.slug} - 1000"],
+    }
+    olivia.shoot("dashboard-options-in-place")
+    phone = olivia.phone
+    phone.locator(".panel-options-menu summary").click()
+    box = phone.locator(".panel-options-panel").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390  # the menu fits a phone's screen
+    phone.screenshot(path=str(SCREENSHOTS / "dashboard-options-menu-phone.png"), full_page=True)
+
+    # A viewer of the shared dashboard sees the panel as saved, without the menu.
+    vera = visitors("vera")
+    vera.log_in()
+    vera.open(f"/dashboards/{board.pk}/")
+    assert vera.desktop.locator(".panel-options-menu").count() == 0
+    assert vera.desktop.evaluate("() => DAQPlot.instances[0].state.yaxes") == {
+        "1": {"log": True, "min": 60.0, "max": 110.0, "unit": "degF"}
+    }

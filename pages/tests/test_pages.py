@@ -22,7 +22,7 @@ from accounts.services import level_of, share
 from collection.alarms.models import AlarmEvent
 from collection.services import SampleBatch, ingest_samples
 from instruments.models import Dashboard, DashboardPanel, LogbookEntry
-from instruments.tests.factories import make_user
+from instruments.tests.factories import make_channel, make_user
 from instruments.tests.page_world import alpha_alarm, alpha_dashboard, zulu_alarm, zulu_dashboard
 from pages import status
 
@@ -445,7 +445,9 @@ def test_a_panel_keeps_the_plots_view_axes_and_expressions_and_the_dashboard_dra
     [
         ("{not json", "not JSON"),
         ("[1, 2]", "a JSON object"),
-        (json.dumps({"colour": "red"}), "view, axes and exprs"),
+        (json.dumps({"colour": "red"}), "view, heat, axes and exprs"),
+        (json.dumps({"view": "heatmap", "heat": 999_999}), "one of the plot's channels"),
+        (json.dumps({"view": "heatmap", "heat": True}), "one of the plot's channels"),
         (json.dumps({"view": "pie"}), "series, hist, heatmap"),
         (json.dumps({"axes": [{"units": "hPa", "log": True}]}), "no channel of the plot"),
         (json.dumps({"axes": [{"units": "degC", "min": 5, "max": 1}]}), "top must be above"),
@@ -504,6 +506,132 @@ def test_every_dashboard_change_is_in_the_audit_trail(shared_viewer, world):
     assert events[4].changes["shared"] == [False, True]
     assert events[5].changes["panel removed"]["title"] == "Two"
     assert events[6].changes["panels"] == 1
+
+
+def test_a_panel_keeps_the_histogram_over_times_channel(shared_viewer, world):
+    """``heat``: kept with the heatmap view (the plot page's hc=), drawn by the dashboard, in its "open" link."""
+    board = Dashboard.objects.create(owner=world.users["vera"], title="Heat")
+    pressure = make_channel(world.alpha, slug="pressure", name="Pressure", units="hPa")
+    add = reverse("instruments:dashboard-panel-add", args=[board.pk])
+    channels = {"channels": [world.alpha_channel.pk, pressure.pk], "time_range": "1d"}
+    shared_viewer.client.post(
+        add, {**channels, "title": "Map", "options": json.dumps({"view": "heatmap", "heat": pressure.pk})}
+    )
+    shared_viewer.client.post(
+        add, {**channels, "title": "Bars", "options": json.dumps({"view": "hist", "heat": pressure.pk})}
+    )
+    heatmap, bars = board.panels.get(title="Map"), board.panels.get(title="Bars")
+    assert heatmap.options == {"view": "heatmap", "heat": pressure.pk}
+    assert bars.options == {"view": "hist"}  # another view keeps no heatmap channel, as the plot page's link
+    body = page(shared_viewer, reverse("instruments:dashboard", args=[board.pk]))
+    assert panel_state_of(body, heatmap)["heat"] == pressure.pk and "heat" not in panel_state_of(body, bars)
+    assert f"view=heatmap&amp;hc={pressure.pk}" in body
+    edit = page(shared_viewer, reverse("instruments:dashboard-edit", args=[board.pk]))
+    assert "histogram over time of Pressure" in edit
+
+
+def options_form(world, **fields) -> dict:
+    """What a panel's Options menu posts for one axis of degC: the view, the axis and the expressions."""
+    posted = {
+        "view": "series",
+        "heat": "",
+        "y1_units": "degC",
+        "y1_min": "",
+        "y1_max": "",
+        "y1_unit": "degC",
+        "exprs": "",
+    }
+    return {**posted, **fields}
+
+
+def test_the_owner_changes_a_panels_options_on_the_dashboard(shared_viewer, world):
+    board = Dashboard.objects.create(owner=world.users["vera"], title="In place")
+    shared_viewer.client.post(
+        reverse("instruments:dashboard-panel-add", args=[board.pk]),
+        {"channels": [world.alpha_channel.pk], "time_range": "1d"},
+    )
+    panel = board.panels.get()
+    dashboard = page(shared_viewer, reverse("instruments:dashboard", args=[board.pk]))
+    url = reverse("instruments:dashboard-panel-options", args=[board.pk, panel.pk])
+    assert f'action="{url}"' in dashboard and "Options" in dashboard  # the owner's menu, drawn from the saved options
+    shared_viewer.client.post(
+        reverse("instruments:dashboard-panel-add", args=[board.pk]),
+        {"channels": [world.alpha_channel.pk], "time_range": "1h"},
+    )
+    ids = re.findall(r'\bid="([^"]+)"', page(shared_viewer, reverse("instruments:dashboard", args=[board.pk])))
+    assert f"panel{panel.pk}_view" in ids and len(ids) == len(set(ids))  # two panels' menus: each field its own id
+
+    exprs = "alpha-station/alpha-station-temp * 2\n\n  alpha-station/alpha-station-temp - 1 \n"
+    posted = options_form(world, view="hist", y1_log="on", y1_min="1", y1_max="50", y1_unit="degF", exprs=exprs)
+    response = shared_viewer.client.post(url, posted, HTTP_ACCEPT="application/json", REMOTE_ADDR="192.0.2.7")
+    assert response.status_code == 200, response.content
+    exprs = ["alpha-station/alpha-station-temp * 2", "alpha-station/alpha-station-temp - 1"]
+    panel.refresh_from_db()
+    axis = {"log": True, "min": 1.0, "max": 50.0, "unit": "degF"}
+    assert panel.options == {"view": "hist", "axes": [{"units": "degC", **axis}], "exprs": exprs}
+    answer = response.json()
+    assert answer["options"] == {"kind": "hist", "heat": None, "yaxes": {"1": axis}, "exprs": exprs}
+    assert answer["view_words"] == "histogram" and "y1=log%3A1%3A50%3AdegF" in answer["plot_url"]
+    event = AuditEvent.objects.filter(object_type="instruments.dashboard", object_id=str(board.pk)).latest("pk")
+    assert event.actor == world.users["vera"] and event.address == "192.0.2.7"
+    assert event.changes["panel options"]["options"] == [{}, panel.options]
+
+    # Without the script: back to the panel on the dashboard, with a message; all automatic again.
+    response = shared_viewer.client.post(url, options_form(world), follow=True)
+    assert response.redirect_chain[-1][0] == reverse("instruments:dashboard", args=[board.pk]) + f"#panel-{panel.pk}"
+    assert "Plot options saved." in [str(m) for m in response.context["messages"]]
+    panel.refresh_from_db()
+    assert panel.options == {}
+    events = AuditEvent.objects.filter(object_type="instruments.dashboard", object_id=str(board.pk)).count()
+    shared_viewer.client.post(url, options_form(world))  # the same again: nothing changed, nothing recorded
+    assert AuditEvent.objects.filter(object_type="instruments.dashboard", object_id=str(board.pk)).count() == events
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"view": "pie"}, "Show: Select a valid choice."),
+        ({"y1_min": "low"}, "Axis 1 (degC) from: Enter a number."),
+        ({"y1_max": "inf"}, "Axis 1 (degC) to: Enter a number."),
+        ({"y1_min": "5", "y1_max": "1"}, "the top must be above the bottom"),
+        ({"y1_log": "on", "y1_min": "0"}, "a log scale's limits are above 0"),
+        ({"y1_min": "1e301"}, "too large"),
+        ({"y1_unit": "hPa"}, "Axis 1 (degC) shown in: Select a valid choice."),
+        ({"y1_units": "hPa"}, "The plot's channels changed since this page was opened"),
+        ({"exprs": "alpha-station/alpha-station-temp +"}, "Expression 1"),
+        ({"exprs": "\n".join(["a/b"] * 7)}, "at most 6"),
+        ({"exprs": "x" * 501}, "Expression 1 is text of at most 500 characters"),
+        ({"exprs": "x" * 4000}, "at most 3006 characters"),
+        ({"view": "heatmap", "heat": "999999"}, "Histogram over time of: Select a valid choice."),
+        ({"view": ""}, "Show: This field is required."),
+    ],
+)
+def test_a_panels_options_are_refused_on_the_dashboard_saying_why(shared_viewer, world, fields, says):
+    board = Dashboard.objects.create(owner=world.users["vera"], title="Refused in place")
+    panel = DashboardPanel.objects.create(dashboard=board, options={"view": "hist"})
+    panel.channels.set([world.alpha_channel])
+    url = reverse("instruments:dashboard-panel-options", args=[board.pk, panel.pk])
+    response = shared_viewer.client.post(url, options_form(world, **fields), HTTP_ACCEPT="application/json")
+    assert response.status_code == 400 and says in response.json()["detail"], response.content
+    response = shared_viewer.client.post(url, options_form(world, **fields), follow=True)
+    assert response.status_code == 200
+    assert any(says in str(m) for m in response.context["messages"]), list(response.context["messages"])
+    panel.refresh_from_db()
+    assert panel.options == {"view": "hist"}
+
+
+def test_only_whoever_may_change_the_dashboard_sees_and_uses_the_options_menu(shared_editor, administrator, world):
+    board = alpha_dashboard(world)
+    panel = board.panels.get()
+    url = reverse("instruments:dashboard-panel-options", args=[board.pk, panel.pk])
+    assert url not in page(shared_editor, reverse("instruments:dashboard", args=[board.pk]))
+    response = shared_editor.client.post(url, options_form(world, view="hist"), HTTP_ACCEPT="application/json")
+    assert response.status_code == 403
+    assert url in page(administrator, reverse("instruments:dashboard", args=[board.pk]))
+    response = administrator.client.post(url, options_form(world, view="hist"), HTTP_ACCEPT="application/json")
+    assert response.status_code == 200
+    panel.refresh_from_db()
+    assert panel.options == {"view": "hist"}
 
 
 def test_a_posted_next_address_never_leaves_the_site(shared_viewer, shared_editor, world):

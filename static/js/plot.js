@@ -1260,7 +1260,9 @@
         var a = state.yaxes[k];
         if (units[k - 1] !== undefined) axes.push({ units: units[k - 1], log: !!a.log, min: a.min, max: a.max, unit: a.unit || null });
       });
-      add("options", JSON.stringify({ view: state.kind || "series", axes: axes, exprs: state.exprs || [] }));
+      var options = { view: state.kind || "series", axes: axes, exprs: state.exprs || [] };
+      if (state.kind === "heatmap" && state.channels.length > 1) options.heat = plot.heatChannel().id;
+      add("options", JSON.stringify(options));
       var panelTitle = document.getElementById("save-panel-title").value;
       if (target.value.indexOf("/new/") >= 0) {
         add("panel_title", panelTitle);
@@ -1297,13 +1299,50 @@
       var state = JSON.parse(document.getElementById(root.dataset.state).textContent);
       if (state.range === "custom") { state.start = Date.parse(state.start); state.end = Date.parse(state.end); }
       if (state.range === "since") { state.start = Date.parse(state.start); } // following the active run
-      // the panel's saved view, y axes (numbered by the server as the plot numbers them) and expressions
+      // the panel's saved view (and histogram over time's channel), y axes (numbered by the server as the plot
+      // numbers them) and expressions
       state.kind = KINDS.indexOf(state.kind) >= 0 ? state.kind : "series";
       state.yaxes = state.yaxes || {}; state.exprs = state.exprs || [];
       var plot = new Plot(root, { state: state, samplesUrl: config.samplesUrl, runsUrl: config.runsUrl,
         histogramUrl: config.histogramUrl, expressionUrl: config.expressionUrl, liveSeconds: 15 });
       plot.load("state");
       if (state.range !== "custom") plot.setLive(true);
+      var form = document.querySelector('form.panel-options[data-state="' + root.dataset.state + '"]');
+      if (form) editInPlace(form, plot, root.closest("section"));
+    });
+  }
+
+  // A panel's "Options" menu (for whoever may change the dashboard): the server checks and saves them, and
+  // answers the panel's new options; the panel is drawn again with them, the rest of the page untouched.
+  function editInPlace(form, plot, card) {
+    var error = form.querySelector(".panel-options-error"), button = form.querySelector("button[type=submit]");
+    var view = form.querySelector("[name=view]"), heat = form.querySelector(".heat-choice");
+    function syncHeat() { if (heat) heat.hidden = view.value !== "heatmap"; }
+    view.addEventListener("change", syncHeat);
+    syncHeat();
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      error.textContent = "";
+      button.disabled = true;
+      fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin",
+        headers: { Accept: "application/json" } })
+        .then(function (response) {
+          return response.json().catch(function () { return { detail: "The server answered " + response.status + "." }; })
+            .then(function (body) { return { ok: response.ok, body: body }; });
+        })
+        .then(function (answer) {
+          button.disabled = false;
+          if (!answer.ok) { error.textContent = answer.body.detail || "The options were not saved."; return; }
+          var o = answer.body.options;
+          plot.state.kind = o.kind; plot.state.heat = o.heat || null; plot.state.yaxes = o.yaxes || {};
+          plot.state.exprs = o.exprs || [];
+          card.querySelector(".panel-view").textContent = answer.body.view_words ? " · " + answer.body.view_words : "";
+          card.querySelector(".panel-open").href = answer.body.plot_url;
+          form.closest("details").open = false;
+          plot.view = null;
+          plot.load("options");
+        })
+        .catch(function (e) { button.disabled = false; error.textContent = "The options were not saved: " + e.message; });
     });
   }
 
