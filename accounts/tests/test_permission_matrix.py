@@ -159,6 +159,21 @@ def raw_file_kwargs(which: str) -> Callable:
     return lambda w: {"slug": getattr(w, which).slug, "pk": raw_file(w, which).pk}
 
 
+def server_copy_kwargs(which: str) -> Callable:
+    """A raw copy the server kept of a file alpha's or zulu's source read (its own archive folder)."""
+
+    def kwargs(world) -> dict:
+        from django.conf import settings
+
+        instrument, source = getattr(world, which), getattr(world, f"{which}_source")
+        folder = settings.DAQBROKER_ARCHIVE_DIR / instrument.slug / f"source-{source.pk}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "0123456789-day.csv").write_bytes(RAW_BYTES)
+        return {"slug": instrument.slug, "source_id": source.pk, "name": "0123456789-day.csv"}
+
+    return kwargs
+
+
 def raw_zip_query(which: str) -> Callable:
     return lambda w: {"id": [raw_file(w, which).pk]}
 
@@ -498,6 +513,12 @@ ROUTES: list[Case] = [
     Case("instruments:raw-file", "GET", raw_file_kwargs("zulu"), PAGE_ZULU),
     Case("instruments:raw-files-zip", "GET", lambda w: ALPHA, PAGE_ALPHA, query=raw_zip_query("alpha")),
     Case("instruments:raw-files-zip", "GET", lambda w: ZULU, PAGE_ZULU, query=raw_zip_query("zulu")),
+    Case("api:instrument-server-raw-copies", "GET", lambda w: ALPHA, API_ALPHA_READ),
+    Case("api:instrument-server-raw-copies", "GET", lambda w: ZULU, API_ZEDS),
+    Case("api:server-raw-copy-download", "GET", server_copy_kwargs("alpha"), API_ALPHA_READ),
+    Case("api:server-raw-copy-download", "GET", server_copy_kwargs("zulu"), API_ZEDS),
+    Case("instruments:server-raw-copy", "GET", server_copy_kwargs("alpha"), PAGE_ALPHA),
+    Case("instruments:server-raw-copy", "GET", server_copy_kwargs("zulu"), PAGE_ZULU),
     Case("api:channel-list", "GET", None, API_ANY_USER),
     Case("api:channel-list", "POST", None, API_ALPHA_CREATE, data=NEW_CHANNEL),
     Case("api:channel-detail", "GET", lambda w: {"pk": w.alpha_channel.pk}, API_ALPHA_READ),

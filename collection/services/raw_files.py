@@ -289,3 +289,72 @@ def zip_stream(raw_files: Iterable[RawFile]) -> Iterator[bytes]:
                         yield sink.take()
             yield sink.take()
     yield sink.take()
+
+
+# -- the server's own raw copies ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerCopy:
+    """A raw copy the server keeps of a file one of its own file sources reads (``"archive": true``), at
+    ``DAQBROKER_ARCHIVE_DIR/<instrument>/source-<id>/<tag>-<name>`` (``collection.collectors.file``): it
+    grows as the file is read, so it has no content address; it is named by its source and file name."""
+
+    source: DataSource
+    name: str
+    path: Path
+    size: int
+    modified: datetime
+
+
+def _copy_folders(source: DataSource) -> list[Path]:
+    # Under the instrument's slug when the copy was written: a renamed instrument's older copies are under
+    # its old slug. A source id names one source, whichever folder holds it.
+    root = archive_root()
+    try:
+        return [p for p in root.glob(f"*/source-{source.pk}") if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+
+
+def server_copies(instrument: Instrument, query: str = "") -> list[ServerCopy]:
+    """The instrument's sources' raw copies on this server, newest first (``query``: in the name)."""
+    found: list[ServerCopy] = []
+    for source in DataSource.objects.filter(instrument=instrument).order_by("pk"):
+        for folder in _copy_folders(source):
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not entry.is_file(follow_symlinks=False) or (query and query.lower() not in entry.name.lower()):
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                    modified = datetime.fromtimestamp(stat.st_mtime, tz=timezone.get_current_timezone())
+                    found.append(ServerCopy(source, entry.name, Path(entry.path), stat.st_size, modified))
+    found.sort(key=lambda copy: (copy.modified, copy.name), reverse=True)
+    return found
+
+
+def server_copy(instrument: Instrument, source_id: int, name: str) -> ServerCopy | None:
+    """One raw copy of the instrument's source ``source_id`` named ``name``; None for anything else (another
+    instrument's source, a name with a folder in it, a symbolic link, a file that is not there)."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+        return None
+    source = DataSource.objects.filter(instrument=instrument, pk=source_id).first()
+    if source is None:
+        return None
+    for folder in _copy_folders(source):
+        path = folder / name
+        try:
+            stat = path.lstat()
+        except OSError:
+            continue
+        if path.is_symlink() or not path.is_file():
+            continue
+        modified = datetime.fromtimestamp(stat.st_mtime, tz=timezone.get_current_timezone())
+        return ServerCopy(source, name, path, stat.st_size, modified)
+    return None
+
+
+def has_server_copies(instrument: Instrument) -> bool:
+    return any(
+        any(folder.iterdir()) for source in DataSource.objects.filter(instrument=instrument) for folder in _copy_folders(source)
+    )

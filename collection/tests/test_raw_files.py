@@ -21,6 +21,7 @@ pytestmark = pytest.mark.django_db
 
 CONTENT = b"".join(b"2026-12-01T00:%02d:00Z,%d.5,%d\n" % (i % 60, i, i % 7) for i in range(200))  # 5.6 kB
 SHA = hashlib.sha256(CONTENT).hexdigest()
+FILE_CONFIG = {"path": "/srv/data", "columns": ["time", "t"], "archive": True}
 
 
 @pytest.fixture(autouse=True)
@@ -240,3 +241,52 @@ def test_the_agents_shipper_resumes_an_interrupted_upload_over_http_and_sends_a_
     again = Interrupting(live_server.url, lambda: token, stop=threading.Event(), after=99)
     assert RawShipper(spool, again, again.stop).ship_round([spec], now=time.time() + 60) == 1
     assert again.chunks == 0 and RawFile.objects.count() == 2
+
+
+def test_the_servers_own_raw_copies_are_listed_and_downloaded_beside_the_agents(station, settings):
+    """A file source's raw copies (``DAQBROKER_ARCHIVE_DIR/<instrument>/source-<id>/``) on the page and in the
+    API, through the same gate; a name with a folder, another instrument's source or a link: 404."""
+    from collection.collectors.file import archive_path
+
+    owner, instrument, _, _ = station
+    own = DataSource.objects.create(instrument=instrument, name="server logger", kind=SourceKind.FILE, config=FILE_CONFIG)
+    copy = archive_path(own, "day 1.csv", "dev:ino")
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(CONTENT)
+    renamed = settings.DAQBROKER_ARCHIVE_DIR / "old-slug" / f"source-{own.pk}"  # written before a rename
+    renamed.mkdir(parents=True)
+    (renamed / "old.csv").write_bytes(b"old\n")
+    elsewhere = make_instrument(make_user("zed"), slug="elsewhere")
+    theirs = DataSource.objects.create(instrument=elsewhere, name="theirs", kind=SourceKind.FILE, config=FILE_CONFIG)
+    (settings.DAQBROKER_ARCHIVE_DIR / "elsewhere" / f"source-{theirs.pk}").mkdir(parents=True)
+    (settings.DAQBROKER_ARCHIVE_DIR / "elsewhere" / f"source-{theirs.pk}" / "secret.csv").write_bytes(b"no\n")
+    (copy.parent / "link.csv").symlink_to(settings.DAQBROKER_ARCHIVE_DIR / "elsewhere" / f"source-{theirs.pk}" / "secret.csv")
+
+    viewer = APIClient()
+    viewer.force_login(owner)
+    listed = viewer.get(f"/api/v1/instruments/{instrument.slug}/raw-files/server/").json()
+    assert listed["count"] == 2
+    names = {row["name"]: row for row in listed["results"]}
+    assert set(names) == {copy.name, "old.csv"}
+    assert names[copy.name]["size"] == len(CONTENT) and names[copy.name]["source"] == "server logger"
+    download = viewer.get(names[copy.name]["download"])
+    assert download.status_code == 200 and b"".join(download.streaming_content) == CONTENT
+    base = f"/api/v1/instruments/{instrument.slug}/raw-files/server"
+    assert viewer.get(f"{base}/{own.pk}/link.csv/").status_code == 404
+    assert viewer.get(f"{base}/{own.pk}/..%2Fsource-{own.pk}%2F{copy.name}/").status_code == 404
+    assert viewer.get(f"{base}/{theirs.pk}/secret.csv/").status_code == 404  # not this instrument's source
+    assert viewer.get(f"/api/v1/instruments/elsewhere/raw-files/server/{theirs.pk}/secret.csv/").status_code == 404
+
+    page = viewer.get(f"/instruments/{instrument.slug}/raw-files/")
+    assert page.status_code == 200 and "Copies kept by this server" in page.content.decode()
+    assert f"/instruments/{instrument.slug}/raw-files/server/{own.pk}/{copy.name.replace(' ', '%20')}/" in (
+        page.content.decode()
+    )
+    got = viewer.get(f"/instruments/{instrument.slug}/raw-files/server/{own.pk}/{copy.name}/")
+    assert got.status_code == 200 and b"".join(got.streaming_content) == CONTENT
+    assert "Raw files" in viewer.get(f"/instruments/{instrument.slug}/").content.decode()
+    stranger = APIClient()
+    stranger.force_login(make_user("stranger"))
+    assert stranger.get(f"{base}/").status_code == 404
+    assert stranger.get(f"{base}/{own.pk}/{copy.name}/").status_code == 404
+    assert stranger.get(f"/instruments/{instrument.slug}/raw-files/server/{own.pk}/{copy.name}/").status_code == 404
