@@ -268,7 +268,9 @@ class InstrumentRawFilesZipView(ScopedViewMixin, APIView):
 
 
 class ServerCopySerializer(serializers.Serializer):
-    source = serializers.CharField(source="source.name", help_text="The file source that read it.")
+    source = serializers.CharField(  # type: ignore[assignment]  # DRF moves declared fields out of the class
+        source="source.name", help_text="The file source that read it."
+    )
     source_id = serializers.IntegerField(source="source.pk")
     name = serializers.CharField()
     size = serializers.IntegerField(help_text="Bytes copied so far (the copy grows as the file is read).")
@@ -305,7 +307,7 @@ class InstrumentServerCopiesView(ScopedViewMixin, APIView):
     def get(self, request, slug: str):
         instrument = instrument_or_404(request, slug)
         paginator = Pagination()
-        page = paginator.paginate_queryset(raw_files.server_copies(instrument), request, view=self)  # type: ignore[arg-type]
+        page = paginator.paginate_queryset(raw_files.server_copies(instrument), request, view=self)
         return paginator.get_paginated_response(ServerCopySerializer(page, many=True).data)
 
 
