@@ -304,9 +304,10 @@ class MqttSession:
     acknowledged with :meth:`ack` once stored.
 
     ``stale_filters``: filters subscribed by an earlier configuration of the same session, unsubscribed on
-    connection (the broker keeps a persistent session's subscriptions)."""
+    connection (the broker keeps a persistent session's subscriptions). ``clean_session``: a session the
+    broker forgets on disconnection (a preview's; never a source's)."""
 
-    def __init__(self, config: dict, client_id: str, *, stale_filters: Iterable[str] = ()):
+    def __init__(self, config: dict, client_id: str, *, stale_filters: Iterable[str] = (), clean_session: bool = False):
         try:
             import paho.mqtt.client as paho
         except ImportError as exc:
@@ -327,7 +328,7 @@ class MqttSession:
         self.client = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=False,
+            clean_session=clean_session,
             protocol=paho.MQTTv311,
             manual_ack=True,
         )
