@@ -27,6 +27,7 @@ import re
 import time
 import uuid
 from datetime import UTC
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -107,7 +108,11 @@ def protocol_preview(
     if refusal:
         raise ProtocolPreviewRefused(f"config.{verdict.field}", refusal)
     config = targets.pinned(kind, config, verdict)  # the very address checked (no second DNS answer)
-    readers = {SourceKind.MODBUS: _modbus, SourceKind.MQTT: _mqtt, SourceKind.OPCUA: _opcua}
+    readers: dict[str, Callable[[dict], tuple[str, list[Event]]]] = {
+        SourceKind.MODBUS: _modbus,
+        SourceKind.MQTT: _mqtt,
+        SourceKind.OPCUA: _opcua,
+    }
     where, events = readers[kind](config)
     zone = ZoneInfo((config.get("timestamp") or {}).get("timezone") or "UTC")
     rows: list[dict] = []
