@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from datetime import UTC
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
