@@ -234,3 +234,64 @@ def test_a_modbus_source_is_set_up_from_a_register_map_with_live_values(site, vi
     assert run is not None and run.error == "", run.error if run else None
     stored = dict(Sample.objects.filter(channel__source=source).values_list("channel__slug", "value"))
     assert stored == {"temperature": 21.5, "flow": 20.0}
+
+
+def test_an_mqtt_source_is_set_up_from_topics_with_a_retained_message_shown(site, visitors, private_mosquitto):
+    import uuid
+
+    from paho.mqtt import publish
+
+    broker = private_mosquitto()
+    prefix = f"greenhouse-{uuid.uuid4().hex[:8]}"
+    publish.single(f"{prefix}/bench/env", '{"t": 19.75}', qos=1, retain=True, hostname=broker.host, port=broker.port)
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    page.goto("/instruments/alpha-station/sources/new/")
+    page.fill("#id_name", "greenhouse sensors")
+    page.select_option("#id_kind", "mqtt")
+    page.fill("#opt-host", broker.host)
+    page.fill("#opt-port", str(broker.port))
+    page.fill("input[name='entry-0-name']", "t")
+    page.fill("input[name='entry-0-topic']", f"{prefix}/#/env")  # '#' not last: named with its entry
+    page.press("input[name='entry-0-topic']", "Tab")
+    page.wait_for_function("() => document.querySelector('#setup-errors').textContent.includes('fields[0].topic')")
+    page.fill("input[name='entry-0-topic']", f"{prefix}/+/env")
+    page.fill("input[name='entry-0-path']", "t")
+    page.press("input[name='entry-0-path']", "Tab")
+    page.wait_for_function("() => document.querySelector('#setup-errors').textContent === ''")
+    page.click("#test-protocol")
+    page.wait_for_selector("#preview tbody tr")
+    page.wait_for_function("() => document.body.dataset.previewing === 'no'")
+    assert "19.75" in page.inner_text("#preview tbody tr")
+
+    page.click("#save-source")
+    page.wait_for_url("**/instruments/alpha-station/#sources")
+    source = DataSource.objects.get(name="greenhouse sensors")
+    assert source.kind == "mqtt" and source.config["fields"] == [{"name": "t", "topic": f"{prefix}/+/env", "path": "t"}]
+    assert list(source.channels.values_list("slug", "source_field")) == [("t", "t")]
+
+
+def test_an_opc_ua_source_is_set_up_from_node_ids_with_their_current_values(site, visitors, opcua_server):
+    opcua_server.write("temperature", 22.5)
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    page.goto("/instruments/alpha-station/sources/new/")
+    page.fill("#id_name", "process")
+    page.select_option("#id_kind", "opcua")
+    page.fill("#opt-host", opcua_server.host)
+    page.fill("#opt-port", str(opcua_server.port))
+    page.fill("#opt-path", "/daqbroker-test/")
+    page.fill("input[name='entry-0-node']", opcua_server.node("temperature"))
+    page.fill("input[name='entry-0-name']", "temperature")
+    page.press("input[name='entry-0-name']", "Tab")
+    page.wait_for_function("() => document.querySelectorAll('#channels input[name$=\"-slug\"]').length === 1")
+    page.click("#test-protocol")
+    page.wait_for_selector("#preview tbody tr", timeout=60_000)
+    page.wait_for_function("() => document.body.dataset.previewing === 'no'", timeout=60_000)
+    assert "22.5" in page.inner_text("#preview tbody"), page.inner_text("#setup-errors")
+    page.click("#save-source")
+    page.wait_for_url("**/instruments/alpha-station/#sources")
+    source = DataSource.objects.get(name="process")
+    assert source.kind == "opcua" and source.config["nodes"][0]["node"] == opcua_server.node("temperature")
