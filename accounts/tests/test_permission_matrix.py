@@ -92,6 +92,13 @@ ALPHA_PREVIEW = {"instrument": "alpha-station", "kind": "file", "sample_text": "
 PROC_PREVIEW = {"instrument": "alpha-station", "kind": "file", "config": PROC_SOURCE["config"]}
 CLOSED_PORT_PREVIEW = {"instrument": "alpha-station", "kind": "tcp", "config": {"host": "127.0.0.1", "port": 9}}
 CLOSED_PORT_PREVIEW["connect"] = True
+# A Modbus source's entries checked (no connection), and "Test connection" to a closed port: the rules first.
+MODBUS_PREVIEW = {
+    "instrument": "alpha-station",
+    "kind": "modbus",
+    "config": {"host": "127.0.0.1", "port": 9, "timeout": 0.2, "registers": [{"field": "t", "address": 0}]},
+}
+MODBUS_CLOSED_PORT_PREVIEW = {**MODBUS_PREVIEW, "connect": True}
 API_ALPHA_PREVIEW = {**API_ALPHA_CREATE, "shared_editor": 200, "owner": 200, "administrator": 200}
 API_ALPHA_PREVIEW["personal_write_token"] = 200
 API_ZULU_PREVIEW = expect(400, anonymous=401, administrator=200, personal_read_token=403, **_agents(403))
@@ -470,6 +477,9 @@ ROUTES: list[Case] = [
     Case("api:source-preview", "POST", None, API_ZULU_PREVIEW, data={**ALPHA_PREVIEW, "instrument": "zulu-hidden"}),
     Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_REFUSED, data=PROC_PREVIEW),
     Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_OUT_OF_RULES, data=CLOSED_PORT_PREVIEW),
+    Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW, data=MODBUS_PREVIEW),
+    Case("api:source-preview", "POST", None, API_ZULU_PREVIEW, data={**MODBUS_PREVIEW, "instrument": "zulu-hidden"}),
+    Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_OUT_OF_RULES, data=MODBUS_CLOSED_PORT_PREVIEW),
     Case(
         "api:source-preview",
         "POST",
