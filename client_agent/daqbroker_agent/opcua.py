@@ -250,6 +250,17 @@ class OpcUaSession:
         from asyncua import Client, ua
 
         client = Client(self.url, timeout=float(self.config["timeout"]))
+        policy = self.config.get("security_policy") or "None"
+        if policy != "None":
+            from asyncua.crypto import security_policies
+
+            await client.set_security(
+                getattr(security_policies, f"SecurityPolicy{policy.replace('_', '')}"),
+                certificate=self.config["certificate"],
+                private_key=self.config["private_key"],
+                server_certificate=self.config.get("server_certificate") or None,
+                mode=getattr(ua.MessageSecurityMode, self.config.get("security_mode") or "SignAndEncrypt"),
+            )
         if self.config.get("username"):
             client.set_user(self.config["username"])
             client.set_password(password_from_environment(self.config) or "")

@@ -228,6 +228,21 @@ def test_an_opc_ua_server_passes_the_network_rules_and_its_password_is_guarded(
     assert post(administrator, new_source("opcua", secret, "with-password")).status_code == 201
     bad = post(shared_editor, new_source("opcua", {**server, "nodes": [{"node": "Boiler.T", "name": "t"}]}, "bad"))
     assert bad.status_code == 400 and "ns=2;i=7" in refusal(bad)
+    # A secured endpoint's client certificate and private key are files of the collecting host: administrators.
+    keyed = {
+        **server,
+        "security_policy": "Basic256Sha256",
+        "certificate": "/etc/daqbroker/opcua/client.der",
+        "private_key": "/etc/daqbroker/opcua/client-key.pem",
+    }
+    response = post(shared_editor, new_source("opcua", keyed, "secured"))
+    assert response.status_code == 400 and "client-key.pem" in refusal(response)
+    assert "only an administrator" in refusal(response)
+    assert post(administrator, new_source("opcua", keyed, "secured")).status_code == 201
+    # Never a protected file of the server, whoever asks (its own program, here).
+    stolen = {**keyed, "private_key": str(settings.BASE_DIR / "daqbroker_site" / "settings.py")}
+    response = post(administrator, new_source("opcua", stolen, "stolen"))
+    assert response.status_code == 400 and "program folder" in refusal(response)
 
 
 # --- changing a source: PATCH -------------------------------------------------------------------------
