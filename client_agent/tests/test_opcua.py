@@ -126,9 +126,8 @@ def make_certificate(directory, name: str, uri: str):
     """A self-signed application certificate (DER) and its key (PEM), as an administrator would make them."""
     import asyncio
 
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
     from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     certificate, key = directory / f"{name}.der", directory / f"{name}-key.pem"
     use = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
