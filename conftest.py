@@ -336,11 +336,16 @@ class OpcUaTestServer:
     ``restart`` stops it and starts it again on the same port."""
 
     def __init__(
-        self, names: tuple[str, ...] = ("temperature", "pressure", "state"), *, secured: tuple[Path, Path] | None = None
+        self,
+        names: tuple[str, ...] = ("temperature", "pressure", "state"),
+        *,
+        secured: tuple[Path, Path] | None = None,
+        history: bool = False,
     ):
         """``secured``: (certificate, private key) of a server that only offers Basic256Sha256 with signing
-        and encryption (any client certificate is accepted: asyncua's server checks none by default)."""
-        self.secured = secured
+        and encryption (any client certificate is accepted: asyncua's server checks none by default).
+        ``history``: the variables' changes are kept (asyncua's in-memory history) for HistoryRead."""
+        self.secured, self.history = secured, history
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -381,6 +386,8 @@ class OpcUaTestServer:
                     ua.NodeId(name, index), ua.QualifiedName(name, index), ua.Variant(0.0, ua.VariantType.Double)
                 )
             await server.start()
+            if self.history:
+                await server.historize_node_data_change(list(self.variables.values()), period=None, count=0)
             self._server = server
 
         def run():

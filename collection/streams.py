@@ -21,7 +21,8 @@ Each runner:
 
 The protocols themselves (subscriptions, topic and payload mapping, status codes) are the agent's:
 ``daqbroker_agent.mqtt`` and ``daqbroker_agent.opcua``. OPC UA has no acknowledgement: a data change is
-stored when it arrives, and what changes while no collector is connected is not delivered.
+stored when it arrives; what changes while no collector is connected is read back from the server's
+history on reconnection when the source has ``history`` on (from each node's latest time, in the cursor).
 """
 
 from __future__ import annotations
@@ -116,6 +117,12 @@ def store_messages(
     if isinstance(mapper, ChangeMapper):
         batch, rejections = opcua_batches.to_batch(mapper, by_field, messages)
         origin = Origin.OPCUA
+        # Each node's latest time seen, where its history is read back from after a reconnection.
+        latest = dict(cursor.get("latest") or {})
+        for change in messages:
+            if change.ts > latest.get(change.node, 0):
+                latest[change.node] = change.ts
+        cursor["latest"] = latest
     else:
         receipts = Receipts(cursor.get("receipts"))
         messages = receipts.stamp(messages)
@@ -207,7 +214,7 @@ class StreamRunner(threading.Thread):
         mapper: MessageMapper | ChangeMapper
         if source.kind == SourceKind.OPCUA:
             mapper = ChangeMapper(config)
-            session = OpcUaSession(config)
+            session = OpcUaSession(config, since=cursor.get("latest") or {})
             reading = ", ".join(n["node"] for n in config["nodes"])
         else:
             mapper = MessageMapper(config)

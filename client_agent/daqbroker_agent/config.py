@@ -845,6 +845,12 @@ SOURCE_OPTIONS["opcua"] = {
         help="milliseconds between the server's notifications (and its sampling of the nodes)",
     ),
     "timeout": Option(number(minimum=1, maximum=120), default=10, help="seconds a request may take"),
+    "history": Option(
+        boolean(),
+        default=False,
+        help="on each (re)connection, read back each node's history since its latest value stored (the server "
+        "must keep history): changes while disconnected are not lost",
+    ),
     "security_policy": Option(
         choice("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"),
         default="None",

@@ -578,7 +578,10 @@ class OpcUaSource(SourceRunner):
         from daqbroker_agent.opcua import ChangeMapper, OpcUaSession
 
         mapper = ChangeMapper(self.spec.collect)
-        session = OpcUaSession(self.spec.collect)
+        # Each node's latest time spooled (the cursor, spooled with the readings): history is read from there.
+        latest = self.spool.get(self.cursor_key)
+        latest = {str(k): int(v) for k, v in latest.items() if isinstance(v, int)} if isinstance(latest, dict) else {}
+        session = OpcUaSession(self.spec.collect, since=latest)
         by_field: dict[str, list[ChannelSpec]] = {}
         for channel in self.spec.channels:
             by_field.setdefault(channel.field, []).append(channel)
@@ -620,8 +623,11 @@ class OpcUaSource(SourceRunner):
                             Unparsed(self.spec.key, self.spec.name, problem.value, problem.reason, context)
                         )
                 # OPC UA has no acknowledgement to hold back: a full spool keeps what fits and counts the rest
-                # as dropped (as for serial and TCP streams).
-                self.spool_readings(readings)
+                # as dropped (as for serial and TCP streams). Each node's latest time goes with them.
+                for change in changes:
+                    if change.ts > latest.get(change.node, 0):
+                        latest[change.node] = change.ts
+                self.spool_readings(readings, dict(latest))
         finally:
             session.stop()
 
