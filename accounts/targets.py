@@ -370,12 +370,19 @@ def verdict_for(kind: str, config: dict) -> Verdict:
 
 
 def check_mqtt(config: dict) -> Verdict:
-    """An MQTT source: the broker's address (the network rules), and its CA file, if any (the file rules)."""
+    """An MQTT source: the broker's address (the network rules), and its CA file, if any (the file rules).
+    The address is always judged: a CA file outside the roots never skips the network rules (the server's
+    own services stay refused to everyone) nor the pinning of the checked address."""
+    network = check_network(config["host"], int(config["port"]))
+    if network.protected:
+        return network
     if config.get("ca_file"):
         verdict = check_file(config["ca_file"])
-        if verdict.protected or verdict.outside:
-            return Verdict("ca_file", protected=verdict.protected, outside=verdict.outside)
-    return _password_env_for_administrators(config, check_network(config["host"], int(config["port"])), "broker")
+        if verdict.protected:
+            return Verdict("ca_file", protected=verdict.protected)
+        if verdict.outside and not network.outside:
+            return Verdict("ca_file", outside=verdict.outside, addresses=network.addresses)
+    return _password_env_for_administrators(config, network, "broker")
 
 
 OPCUA_FILES = ("certificate", "private_key", "server_certificate")

@@ -214,6 +214,21 @@ def test_an_mqtt_broker_passes_the_network_rules_and_its_password_and_ca_file_ar
     assert bad.status_code == 400 and "MQTT_PASSWORD_" in refusal(bad)
 
 
+def test_a_ca_file_never_lets_a_broker_address_skip_the_network_rules(administrator, settings, rules):
+    """A CA file outside the roots (administrators only) still has the broker's address judged: this server's
+    own Redis stays refused even to an administrator, and the address checked is the one connected to."""
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    settings.DAQBROKER_NETWORK_ALLOW = ["127.0.0.1"]
+    redis = {"host": "127.0.0.1", "port": 6379, "tls": True, "ca_file": "/etc/ssl/certs/ca-certificates.crt"}
+    response = post(administrator, new_source("mqtt", {**redis, "fields": [{"name": "t", "topic": "a"}]}))
+    assert response.status_code == 400 and "Redis of this server" in refusal(response)
+    from accounts import targets
+
+    broker = {"host": "127.0.0.1", "port": 8883, "tls": True, "ca_file": "/etc/ssl/certs/ca-certificates.crt"}
+    verdict = targets.check_mqtt(broker)
+    assert verdict.field == "ca_file" and verdict.outside and [str(a) for a in verdict.addresses] == ["127.0.0.1"]
+
+
 def test_an_opc_ua_server_passes_the_network_rules_and_its_password_is_guarded(
     shared_editor, administrator, settings, rules
 ):
