@@ -165,3 +165,35 @@ def test_a_password_from_the_servers_environment_is_for_administrators_only(clie
     response = preview(client, kind="mqtt", config=config, connect=True)
     assert response.status_code == 400 and response.json()["field"] == "config.password_env"
     assert "administrator" in response.json()["detail"]
+
+
+def test_a_secured_opc_ua_endpoint_is_tested_by_an_administrator_with_the_client_certificate(
+    client, instrument, tmp_path
+):
+    """The key files are the collecting host's: a co-owner is refused before anything is opened; an
+    administrator's Test connection signs and encrypts (Basic256Sha256) and shows the value."""
+    from client_agent.tests.test_opcua import make_certificate
+    from conftest import OpcUaTestServer
+
+    server = OpcUaTestServer(secured=make_certificate(tmp_path, "server", "urn:daqbroker:test")).start()
+    certificate, key = make_certificate(tmp_path, "client", "urn:daqbroker:client")
+    try:
+        server.write("temperature", 24.5)
+        config = {
+            "host": server.host,
+            "port": server.port,
+            "path": "/daqbroker-test/",
+            "security_policy": "Basic256Sha256",
+            "certificate": str(certificate),
+            "private_key": str(key),
+            "nodes": [{"node": server.node("temperature"), "name": "t"}],
+        }
+        refused = preview(client, kind="opcua", config=config, connect=True)
+        assert refused.status_code == 400 and refused.json()["field"] == "config.certificate"
+        assert "only an administrator" in refused.json()["detail"]
+        admin = APIClient()
+        admin.force_authenticate(make_user("ada", is_superuser=True))
+        body = preview(admin, kind="opcua", config=config, connect=True).json()
+        assert [values(row) for row in body["rows"]] == [{"t": 24.5}], body
+    finally:
+        server.stop()
