@@ -335,7 +335,17 @@ class OpcUaTestServer:
     (``ns=2;s=<name>``) that the test writes (``write``), with a status code and a source time if it likes.
     ``restart`` stops it and starts it again on the same port."""
 
-    def __init__(self, names: tuple[str, ...] = ("temperature", "pressure", "state")):
+    def __init__(
+        self,
+        names: tuple[str, ...] = ("temperature", "pressure", "state"),
+        *,
+        secured: tuple[Path, Path] | None = None,
+        history: bool = False,
+    ):
+        """``secured``: (certificate, private key) of a server that only offers Basic256Sha256 with signing
+        and encryption (any client certificate is accepted: asyncua's server checks none by default).
+        ``history``: the variables' changes are kept (asyncua's in-memory history) for HistoryRead."""
+        self.secured, self.history = secured, history
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -362,7 +372,12 @@ class OpcUaTestServer:
             server = Server()
             await server.init()
             server.set_endpoint(self.url)
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            if self.secured:
+                server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+                await server.load_certificate(str(self.secured[0]))
+                await server.load_private_key(str(self.secured[1]))
+            else:
+                server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
             index = await server.register_namespace("urn:daqbroker:test")
             assert index == 2
             folder = await server.nodes.objects.add_object(ua.NodeId("Lab", index), ua.QualifiedName("Lab", index))
@@ -371,6 +386,8 @@ class OpcUaTestServer:
                     ua.NodeId(name, index), ua.QualifiedName(name, index), ua.Variant(0.0, ua.VariantType.Double)
                 )
             await server.start()
+            if self.history:
+                await server.historize_node_data_change(list(self.variables.values()), period=None, count=0)
             self._server = server
 
         def run():

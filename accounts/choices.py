@@ -47,6 +47,7 @@ class AuditAction(models.TextChoices):
     PASSWORD_CHANGED = "password.changed", "Password changed"
     PASSWORD_LOCKED_OUT = "password.locked_out", "Password change locked out (wrong old passwords)"
     AGENT_SAMPLE_REQUESTED = "agent.sample_requested", "Agent asked for a sample of its files"
+    RAW_FILES_DELETED = "raw_files.deleted", "Raw files deleted (retention)"
 
 
 class SampleRequestStatus(models.TextChoices):

@@ -25,7 +25,8 @@ The rules:
   (``MQTT_PASSWORD_...``) of the collecting process, so a source cannot read another secret. a source with
   ``password_env`` is for administrators (it sends a secret of the collecting host to the broker).
 * **OPC UA servers**: the network rules for the server's host and port; the password, as for MQTT, only
-  by the name of an environment variable (``OPCUA_PASSWORD_...``), and then for administrators.
+  by the name of an environment variable (``OPCUA_PASSWORD_...``), and then for administrators; a secured
+  endpoint's client certificate and private key (files of the collecting host) for administrators too.
 * **Serial devices** (serial and Modbus RTU sources): ``loop://`` is harmless and open to everyone; device
   paths matching ``DAQBROKER_SERIAL_DEVICES`` too; any other device or pyserial URL scheme is outside the rules.
 * **Outside the rules** (but not protected): administrators only. The source remembers who last set its
@@ -369,18 +370,46 @@ def verdict_for(kind: str, config: dict) -> Verdict:
 
 
 def check_mqtt(config: dict) -> Verdict:
-    """An MQTT source: the broker's address (the network rules), and its CA file, if any (the file rules)."""
+    """An MQTT source: the broker's address (the network rules), and its CA file, if any (the file rules).
+    The address is always judged: a CA file outside the roots never skips the network rules (the server's
+    own services stay refused to everyone) nor the pinning of the checked address."""
+    network = check_network(config["host"], int(config["port"]))
+    if network.protected:
+        return network
     if config.get("ca_file"):
         verdict = check_file(config["ca_file"])
-        if verdict.protected or verdict.outside:
-            return Verdict("ca_file", protected=verdict.protected, outside=verdict.outside)
-    return _password_env_for_administrators(config, check_network(config["host"], int(config["port"])), "broker")
+        if verdict.protected:
+            return Verdict("ca_file", protected=verdict.protected)
+        if verdict.outside and not network.outside:
+            return Verdict("ca_file", outside=verdict.outside, addresses=network.addresses)
+    return _password_env_for_administrators(config, network, "broker")
+
+
+OPCUA_FILES = ("certificate", "private_key", "server_certificate")
 
 
 def check_opcua(config: dict) -> Verdict:
     """An OPC UA source: the server's address (the network rules); a password from the collecting process's
-    environment (``password_env``) is for administrators, as for MQTT."""
-    return _password_env_for_administrators(config, check_network(config["host"], int(config["port"])), "server")
+    environment (``password_env``) is for administrators, as for MQTT; so are a secured endpoint's client
+    certificate and private key (files of the collecting host, its secret key among them), which are never
+    a protected file of the server."""
+    network = check_network(config["host"], int(config["port"]))
+    if network.protected:
+        return network
+    files = [name for name in OPCUA_FILES if config.get(name)]
+    for name in files:
+        verdict = check_file(config[name])
+        if verdict.protected:
+            return Verdict(name, protected=verdict.protected)
+    verdict = _password_env_for_administrators(config, network, "server")
+    if verdict.outside or not files:
+        return verdict
+    shown = ", ".join(config[name] for name in files)
+    return Verdict(
+        files[0],
+        outside=f"the client's certificate and private key are files of this server ({shown})",
+        addresses=network.addresses,
+    )
 
 
 def _password_env_for_administrators(config: dict, verdict: Verdict, peer: str) -> Verdict:
@@ -409,7 +438,7 @@ def target_of(kind: str, config: dict, agent_id: int | None = None) -> object:
     if kind == SourceKind.MQTT:
         return (kind, config.get("host"), config.get("port"), config.get("ca_file"), config.get("password_env"))
     if kind == SourceKind.OPCUA:
-        return (kind, config.get("host"), config.get("port"), config.get("password_env"))
+        return (kind, config.get("host"), config.get("port"), config.get("password_env"), *map(config.get, OPCUA_FILES))
     # Canonical JSON: PostgreSQL's jsonb hands keys back in its own order.
     return (kind, agent_id, json.dumps(config.get("collect") or {}, sort_keys=True, default=str))
 

@@ -21,7 +21,8 @@ Each runner:
 
 The protocols themselves (subscriptions, topic and payload mapping, status codes) are the agent's:
 ``daqbroker_agent.mqtt`` and ``daqbroker_agent.opcua``. OPC UA has no acknowledgement: a data change is
-stored when it arrives, and what changes while no collector is connected is not delivered.
+stored when it arrives; what changes while no collector is connected is read back from the server's
+history on reconnection when the source has ``history`` on (from each node's latest time, in the cursor).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ from collection.services.collect import (
     collection_transaction,
     worker_name,
 )
-from collection.services.ingest import ingest_samples
-from daqbroker_agent.mqtt import MessageMapper, MqttSession, default_client_id
+from collection.services.ingest import IngestResult, ingest_samples
+from daqbroker_agent.mqtt import MessageMapper, MqttSession, Receipts, default_client_id
 from daqbroker_agent.opcua import ChangeMapper, OpcUaSession
 from instruments.choices import STREAMING_KINDS, ChannelKind, SourceKind
 from instruments.models import Channel, DataSource
@@ -97,6 +98,61 @@ class Tally:
     rejected: int = 0
     conflicts: int = 0
     messages: int = 0
+
+
+def store_messages(
+    source_id: int,
+    owner: str,
+    run_id: int,
+    mapper: MessageMapper | ChangeMapper,
+    by_field: dict[str, list[int]],
+    messages: list,
+    cursor: dict,
+) -> IngestResult:
+    """Store one batch of a streaming source's messages (MQTT) or data changes (OPC UA) in one transaction
+    with the source's cursor (updated in place) and its run's counts; LeaseLost (nothing stored) when
+    ``owner`` no longer holds the source. MQTT messages first take their first receipt time when they are a
+    broker's redelivery (``daqbroker_agent.mqtt.Receipts``, kept in the cursor): an exact duplicate."""
+    now = timezone.now()
+    if isinstance(mapper, ChangeMapper):
+        batch, rejections = opcua_batches.to_batch(mapper, by_field, messages)
+        origin = Origin.OPCUA
+        # Each node's latest time seen, where its history is read back from after a reconnection.
+        latest = dict(cursor.get("latest") or {})
+        for change in messages:
+            if change.ts > latest.get(change.node, 0):
+                latest[change.node] = change.ts
+        cursor["latest"] = latest
+    else:
+        receipts = Receipts(cursor.get("receipts"))
+        messages = receipts.stamp(messages)
+        batch, rejections = to_batch(mapper, by_field, messages)
+        origin = Origin.MQTT
+        cursor["filters"] = mapper.topic_filters
+        cursor["receipts"] = receipts.as_json()
+    cursor.update(
+        messages=int(cursor.get("messages", 0)) + len(messages),
+        last_message_at_us=messages[-1].received_us,
+    )
+    with collection_transaction():
+        result = ingest_samples(batch, origin=origin, source_id=source_id, rejections=rejections)
+        ours = DataSource.objects.filter(pk=source_id, lease_owner=owner).update(
+            cursor=cursor,
+            last_run_at=now,
+            last_success_at=now,
+            last_error="",
+            consecutive_failures=0,
+            lease_expires=now + timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS),
+        )
+        if not ours:
+            raise LeaseLost(f"the lease on source {source_id} was lost; nothing of this batch was stored")
+        CollectionRun.objects.filter(pk=run_id).update(
+            accepted=F("accepted") + result.accepted,
+            duplicates=F("duplicates") + result.duplicates,
+            rejected=F("rejected") + result.rejected_count,
+            conflicts=F("conflicts") + result.conflicts,
+        )
+    return result
 
 
 class StreamRunner(threading.Thread):
@@ -158,7 +214,7 @@ class StreamRunner(threading.Thread):
         mapper: MessageMapper | ChangeMapper
         if source.kind == SourceKind.OPCUA:
             mapper = ChangeMapper(config)
-            session = OpcUaSession(config)
+            session = OpcUaSession(config, since=cursor.get("latest") or {})
             reading = ", ".join(n["node"] for n in config["nodes"])
         else:
             mapper = MessageMapper(config)
@@ -222,36 +278,7 @@ class StreamRunner(threading.Thread):
         tally: Tally,
         cursor: dict,
     ) -> None:
-        now = timezone.now()
-        if isinstance(mapper, ChangeMapper):
-            batch, rejections = opcua_batches.to_batch(mapper, by_field, messages)
-            origin = Origin.OPCUA
-        else:
-            batch, rejections = to_batch(mapper, by_field, messages)
-            origin = Origin.MQTT
-            cursor["filters"] = mapper.topic_filters
-        cursor.update(
-            messages=int(cursor.get("messages", 0)) + len(messages),
-            last_message_at_us=messages[-1].received_us,
-        )
-        with collection_transaction():
-            result = ingest_samples(batch, origin=origin, source_id=source.pk, rejections=rejections)
-            ours = DataSource.objects.filter(pk=source.pk, lease_owner=self.owner).update(
-                cursor=cursor,
-                last_run_at=now,
-                last_success_at=now,
-                last_error="",
-                consecutive_failures=0,
-                lease_expires=now + timedelta(seconds=settings.DAQBROKER_COLLECT_LEASE_SECONDS),
-            )
-            if not ours:
-                raise LeaseLost(f"the lease on source {source.pk} was lost; nothing of this batch was stored")
-            CollectionRun.objects.filter(pk=run.pk).update(
-                accepted=F("accepted") + result.accepted,
-                duplicates=F("duplicates") + result.duplicates,
-                rejected=F("rejected") + result.rejected_count,
-                conflicts=F("conflicts") + result.conflicts,
-            )
+        result = store_messages(source.pk, self.owner, run.pk, mapper, by_field, messages, cursor)
         self.renewed = time.monotonic()
         if isinstance(session, MqttSession):
             session.ack(messages)  # only now: a crash before this leaves them with the broker

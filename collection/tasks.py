@@ -82,6 +82,16 @@ def enforce_retention_task() -> int:
     return result.deleted
 
 
+@shared_task(ignore_result=True, soft_time_limit=3000, time_limit=3300)
+def clean_raw_file_archive_task() -> dict:
+    """The raw-file archive's daily clean-up (``collection.services.raw_files.clean_archive``)."""
+    from dataclasses import asdict
+
+    from collection.services.raw_files import clean_archive
+
+    return asdict(clean_archive())
+
+
 REPLAY_BATCHES_PER_TASK = 20
 
 

@@ -15,7 +15,9 @@ from collection.api.raw_files import (
     AgentRawFileView,
     InstrumentRawFilesView,
     InstrumentRawFilesZipView,
+    InstrumentServerCopiesView,
     RawFileDownloadView,
+    ServerCopyDownloadView,
 )
 from collection.api.readings import (
     AnnotationsViewSet,
@@ -81,6 +83,16 @@ urlpatterns = [
         "instruments/<slug:slug>/raw-files/zip/", InstrumentRawFilesZipView.as_view(), name="instrument-raw-files-zip"
     ),
     path("raw-files/<int:pk>/", RawFileDownloadView.as_view(), name="raw-file-download"),
+    path(
+        "instruments/<slug:slug>/raw-files/server/",
+        InstrumentServerCopiesView.as_view(),
+        name="instrument-server-raw-copies",
+    ),
+    path(
+        "instruments/<slug:slug>/raw-files/server/<int:source_id>/<str:name>/",
+        ServerCopyDownloadView.as_view(),
+        name="server-raw-copy-download",
+    ),
     path(
         "instruments/<slug:slug>/shares/",
         InstrumentSharesViewSet.as_view({"get": "list", "post": "create"}),

@@ -340,6 +340,9 @@ DAQBROKER_DB_IDLE_TRANSACTION_TIMEOUT = env_int("DAQBROKER_DB_IDLE_TRANSACTION_T
 DAQBROKER_ARCHIVE_DIR = env_path("DAQBROKER_ARCHIVE_DIR", DATA_DIR / "archive")
 # The largest raw file an agent may ship into the archive (docs/raw-files.md); sent in chunks of 1 MiB.
 DAQBROKER_RAW_FILE_MAX_BYTES = env_int("DAQBROKER_RAW_FILE_MAX_BYTES", 1024**3, minimum=1)
+# Raw files (agents' and the server's own copies) received more than this many days ago are deleted by the
+# daily clean-up of the archive, which also removes contents no file names any more; 0 keeps them all.
+DAQBROKER_RAW_FILE_DAYS = env_int("DAQBROKER_RAW_FILE_DAYS", 0, minimum=0)
 # --- Source targets: who may point a source where (docs/security.md, "Who may point a source where") ---
 # Folders server file sources may read (resolved; the data dir, database, archive and program folder stay
 # unreadable even under a root). Default: the data dir's files/ folder and the demo's folder.
@@ -406,6 +409,12 @@ DAQBROKER_QUARANTINE_PER_SENDER_HOUR = env_int("DAQBROKER_QUARANTINE_PER_SENDER_
 DAQBROKER_QUARANTINE_DAYS = env_int("DAQBROKER_QUARANTINE_DAYS", 90, minimum=0)
 # Records one replay request handles at once; a larger selection is replayed by a task in batches this size.
 DAQBROKER_QUARANTINE_REPLAY_BATCH = env_int("DAQBROKER_QUARANTINE_REPLAY_BATCH", 1000, minimum=1, maximum=100_000)
+# The archive's clean-up: raw files past DAQBROKER_RAW_FILE_DAYS, contents no file names, abandoned uploads.
+CELERY_BEAT_SCHEDULE["clean-raw-file-archive"] = {
+    "task": "collection.tasks.clean_raw_file_archive_task",
+    "schedule": 86400.0,
+    "options": {"expires": 43200},
+}
 CELERY_BEAT_SCHEDULE["expire-quarantine"] = {
     "task": "collection.tasks.expire_quarantine_task",
     "schedule": 3600.0,

@@ -1,4 +1,5 @@
-"""An instrument's raw files, as agents shipped them: browse, download one, or a zip of a selection.
+"""An instrument's raw files, as agents shipped them (browse, download one, or a zip of a selection), and the
+raw copies the server keeps of the files its own file sources read (browse, download one).
 
 Whoever may view the instrument (``PageMixin``: hidden answers 404). The bytes come from the archive through
 the same helpers as the API (``collection.api.raw_files``); docs/raw-files.md.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from django.http import Http404, HttpResponseBadRequest
 from django.views.generic import ListView, View
 
-from collection.api.raw_files import file_response, zip_response
+from collection.api.raw_files import file_response, server_copy_response, zip_response
 from collection.models import RawFile
 from collection.services import raw_files
 from pages.views import PageMixin
@@ -32,6 +33,7 @@ class RawFilesView(PageMixin, ListView):
             instrument=self.instrument,
             query=self.request.GET.get("q", ""),
             max_zip=raw_files.MAX_ZIP_FILES,
+            server_copies=raw_files.server_copies(self.instrument, self.request.GET.get("q", "").strip()),
             **kwargs,
         )
 
@@ -51,3 +53,8 @@ class RawFilesZipView(PageMixin, View):
         if response is None:
             return HttpResponseBadRequest(f"Tick 1 to {raw_files.MAX_ZIP_FILES} files.")
         return response
+
+
+class ServerCopyView(PageMixin, View):
+    def get(self, request, slug: str, source_id: int, name: str):
+        return server_copy_response(self.get_instrument(), source_id, name)

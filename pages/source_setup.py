@@ -23,6 +23,7 @@ from django.views.generic import TemplateView
 from accounts import agent_samples, audit, permissions
 from accounts.models import Agent
 from collection.services.preview import MAX_UPLOAD_BYTES, PREVIEW_KINDS
+from daqbroker_agent.config import MODBUS_FUNCTIONS, MODBUS_TYPES
 from daqbroker_agent.config import option_schema as config_options
 from instruments.choices import SourceKind
 from instruments.models import DataSource
@@ -33,6 +34,40 @@ from pages.views import PageMixin
 def option_schema() -> dict[str, list[dict[str, Any]]]:
     """Each previewable kind's options (name, default, help) for the page's form."""
     return {kind: config_options(kind) for kind in PREVIEW_KINDS}
+
+
+# The list option of each protocol kind, edited as a table (one row per entry) instead of JSON; a column is
+# free text, a number, or a choice. The server's validation decides (its errors name the entry and key).
+ENTRY_EDITORS: dict[str, dict[str, Any]] = {
+    SourceKind.MODBUS: {
+        "option": "registers",
+        "label": "Register map",
+        "columns": [
+            {"name": "field", "type": "text"},
+            {"name": "address", "type": "int"},
+            {"name": "function", "choices": list(MODBUS_FUNCTIONS)},
+            {"name": "type", "choices": ["", *MODBUS_TYPES]},
+            {"name": "word_order", "choices": ["big", "little"]},
+            {"name": "byte_order", "choices": ["big", "little"]},
+            {"name": "scale", "type": "number"},
+            {"name": "offset", "type": "number"},
+        ],
+    },
+    SourceKind.MQTT: {
+        "option": "fields",
+        "label": "Topics and payload paths",
+        "columns": [
+            {"name": "name", "type": "text"},
+            {"name": "topic", "type": "text"},
+            {"name": "path", "type": "text"},
+        ],
+    },
+    SourceKind.OPCUA: {
+        "option": "nodes",
+        "label": "Nodes",
+        "columns": [{"name": "node", "type": "text"}, {"name": "name", "type": "text"}],
+    },
+}
 
 
 class SourceSetupView(PageMixin, TemplateView):
@@ -84,6 +119,7 @@ class SourceSetupView(PageMixin, TemplateView):
                 "channels": kwargs.get("posted_channels", channels),
                 "errors": kwargs.get("errors", {}),
                 "schema": option_schema(),
+                "entry_editors": ENTRY_EDITORS,
                 "preview_url": reverse("api:source-preview"),
                 "ports_url": reverse("api:serial-ports"),
                 "agents": self.agent_choices(instrument, source),

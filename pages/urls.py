@@ -13,6 +13,11 @@ urlpatterns = [
     path("instruments/<slug:slug>/raw-files/", raw_files.RawFilesView.as_view(), name="raw-files"),
     path("instruments/<slug:slug>/raw-files/zip/", raw_files.RawFilesZipView.as_view(), name="raw-files-zip"),
     path("instruments/<slug:slug>/raw-files/<int:pk>/", raw_files.RawFileView.as_view(), name="raw-file"),
+    path(
+        "instruments/<slug:slug>/raw-files/server/<int:source_id>/<str:name>/",
+        raw_files.ServerCopyView.as_view(),
+        name="server-raw-copy",
+    ),
     path("instruments/<slug:slug>/sharing/remove/", views.SharingRemoveView.as_view(), name="sharing-remove"),
     path("instruments/<slug:slug>/sources/new/", source_setup.SourceSetupView.as_view(), name="source-new"),
     path("instruments/<slug:slug>/sources/<int:pk>/edit/", source_setup.SourceSetupView.as_view(), name="source-edit"),

@@ -25,7 +25,7 @@ from accounts import audit, permissions, services
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
 from accounts.models import Agent
 from collection.alarms.models import AlarmEvent
-from collection.services import corrections, quarantine
+from collection.services import corrections, quarantine, raw_files
 from instruments import dashboards, runs
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, PanelOptionsForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
@@ -132,7 +132,7 @@ class InstrumentDetailView(PageMixin, DetailView):
             .select_related("channel", "rule")
             .order_by("-raised_at")[:5],
             quarantined=quarantine.selection(user, {"instrument": instrument.pk}).count(),
-            has_raw_files=instrument.raw_files.exists(),
+            has_raw_files=instrument.raw_files.exists() or raw_files.has_server_copies(instrument),
         )
         if context["can_change"]:
             context["logbook_form"] = LogbookEntryForm()

@@ -92,6 +92,13 @@ ALPHA_PREVIEW = {"instrument": "alpha-station", "kind": "file", "sample_text": "
 PROC_PREVIEW = {"instrument": "alpha-station", "kind": "file", "config": PROC_SOURCE["config"]}
 CLOSED_PORT_PREVIEW = {"instrument": "alpha-station", "kind": "tcp", "config": {"host": "127.0.0.1", "port": 9}}
 CLOSED_PORT_PREVIEW["connect"] = True
+# A Modbus source's entries checked (no connection), and "Test connection" to a closed port: the rules first.
+MODBUS_PREVIEW = {
+    "instrument": "alpha-station",
+    "kind": "modbus",
+    "config": {"host": "127.0.0.1", "port": 9, "timeout": 0.2, "registers": [{"field": "t", "address": 0}]},
+}
+MODBUS_CLOSED_PORT_PREVIEW = {**MODBUS_PREVIEW, "connect": True}
 API_ALPHA_PREVIEW = {**API_ALPHA_CREATE, "shared_editor": 200, "owner": 200, "administrator": 200}
 API_ALPHA_PREVIEW["personal_write_token"] = 200
 API_ZULU_PREVIEW = expect(400, anonymous=401, administrator=200, personal_read_token=403, **_agents(403))
@@ -157,6 +164,21 @@ def raw_file(world, which: str):
 
 def raw_file_kwargs(which: str) -> Callable:
     return lambda w: {"slug": getattr(w, which).slug, "pk": raw_file(w, which).pk}
+
+
+def server_copy_kwargs(which: str) -> Callable:
+    """A raw copy the server kept of a file alpha's or zulu's source read (its own archive folder)."""
+
+    def kwargs(world) -> dict:
+        from django.conf import settings
+
+        instrument, source = getattr(world, which), getattr(world, f"{which}_source")
+        folder = settings.DAQBROKER_ARCHIVE_DIR / instrument.slug / f"source-{source.pk}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "0123456789-day.csv").write_bytes(RAW_BYTES)
+        return {"slug": instrument.slug, "source_id": source.pk, "name": "0123456789-day.csv"}
+
+    return kwargs
 
 
 def raw_zip_query(which: str) -> Callable:
@@ -455,6 +477,9 @@ ROUTES: list[Case] = [
     Case("api:source-preview", "POST", None, API_ZULU_PREVIEW, data={**ALPHA_PREVIEW, "instrument": "zulu-hidden"}),
     Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_REFUSED, data=PROC_PREVIEW),
     Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_OUT_OF_RULES, data=CLOSED_PORT_PREVIEW),
+    Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW, data=MODBUS_PREVIEW),
+    Case("api:source-preview", "POST", None, API_ZULU_PREVIEW, data={**MODBUS_PREVIEW, "instrument": "zulu-hidden"}),
+    Case("api:source-preview", "POST", None, API_ALPHA_PREVIEW_OUT_OF_RULES, data=MODBUS_CLOSED_PORT_PREVIEW),
     Case(
         "api:source-preview",
         "POST",
@@ -498,6 +523,12 @@ ROUTES: list[Case] = [
     Case("instruments:raw-file", "GET", raw_file_kwargs("zulu"), PAGE_ZULU),
     Case("instruments:raw-files-zip", "GET", lambda w: ALPHA, PAGE_ALPHA, query=raw_zip_query("alpha")),
     Case("instruments:raw-files-zip", "GET", lambda w: ZULU, PAGE_ZULU, query=raw_zip_query("zulu")),
+    Case("api:instrument-server-raw-copies", "GET", lambda w: ALPHA, API_ALPHA_READ),
+    Case("api:instrument-server-raw-copies", "GET", lambda w: ZULU, API_ZEDS),
+    Case("api:server-raw-copy-download", "GET", server_copy_kwargs("alpha"), API_ALPHA_READ),
+    Case("api:server-raw-copy-download", "GET", server_copy_kwargs("zulu"), API_ZEDS),
+    Case("instruments:server-raw-copy", "GET", server_copy_kwargs("alpha"), PAGE_ALPHA),
+    Case("instruments:server-raw-copy", "GET", server_copy_kwargs("zulu"), PAGE_ZULU),
     Case("api:channel-list", "GET", None, API_ANY_USER),
     Case("api:channel-list", "POST", None, API_ALPHA_CREATE, data=NEW_CHANNEL),
     Case("api:channel-detail", "GET", lambda w: {"pk": w.alpha_channel.pk}, API_ALPHA_READ),

@@ -804,7 +804,28 @@ def opcua_path() -> Validator:
     return check
 
 
+def opcua_file() -> Validator:
+    """A certificate's or key's path on the collecting host: absolute, or empty."""
+
+    def check(value: Any, field: str) -> str:
+        text(allow_empty=True, max_length=4000)(value, field)
+        if value and not value.startswith("/"):
+            raise ConfigError(field, f"{value!r} must be an absolute path on the collecting host")
+        return value
+
+    return check
+
+
 def _check_opcua(result: dict, prefix: str) -> None:
+    secured = result["security_policy"] != "None"
+    for name in ("certificate", "private_key"):
+        if secured and not result[name]:
+            raise ConfigError(
+                _join(prefix, name), f"security_policy {result['security_policy']} needs the client's {name} file"
+            )
+    for name in ("certificate", "private_key", "server_certificate"):
+        if result[name] and not secured:
+            raise ConfigError(_join(prefix, name), "only applies with a security_policy other than None")
     if result["password_env"] and not result["username"]:
         raise ConfigError(_join(prefix, "password_env"), "a password needs a username")
     if result["username"] and not result["password_env"]:
@@ -824,6 +845,31 @@ SOURCE_OPTIONS["opcua"] = {
         help="milliseconds between the server's notifications (and its sampling of the nodes)",
     ),
     "timeout": Option(number(minimum=1, maximum=120), default=10, help="seconds a request may take"),
+    "history": Option(
+        boolean(),
+        default=False,
+        help="on each (re)connection, read back each node's history since its latest value stored (the server "
+        "must keep history): changes while disconnected are not lost",
+    ),
+    "security_policy": Option(
+        choice("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"),
+        default="None",
+        help="None: no signing or encryption; otherwise the policy of a secured endpoint (with certificate and key)",
+    ),
+    "security_mode": Option(
+        choice("Sign", "SignAndEncrypt"),
+        default="SignAndEncrypt",
+        help="with a security_policy: sign, or sign and encrypt",
+    ),
+    "certificate": Option(
+        opcua_file(), default="", help="the client's certificate (DER or PEM), a file on the collecting host"
+    ),
+    "private_key": Option(
+        opcua_file(), default="", help="the client's private key (PEM), a file on the collecting host"
+    ),
+    "server_certificate": Option(
+        opcua_file(), default="", help="the server's certificate to trust (empty: the one the endpoint presents)"
+    ),
     "username": Option(text(allow_empty=True, max_length=200), default=""),
     "password_env": Option(
         opcua_password_env(),

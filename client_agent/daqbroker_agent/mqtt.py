@@ -13,8 +13,10 @@ false, a client id that stays the same across restarts), and acknowledges a mess
 are stored (the server's database, or the agent's spool): what the broker sent before a crash and was not
 stored is sent again on reconnection, and what was published while the collector was away is kept for it by
 the broker (within the broker's limits: mosquitto's ``max_queued_messages``, ``persistent_client_expiration``).
-A message delivered twice stores nothing twice when its time comes from the payload (the same time and value
-is a duplicate); with receipt times it is stored again at its new time.
+A message delivered twice stores nothing twice: when its time comes from the payload the same time and value
+is an exact duplicate; with receipt times, :class:`Receipts` remembers when each recent QoS 1/2 message was
+first received (by its packet id, topic and payload), committed with its readings, and a redelivery (the
+broker's DUP flag, the same packet id) takes that first time again, so it too is an exact duplicate.
 
 A payload that cannot be read (not JSON, a path that is missing, a value that is an object, a time that does
 not parse) is reported with its topic and the reason, for the quarantine: never a crash.
@@ -25,6 +27,7 @@ paho-mqtt is imported only when a connection is opened: the agent needs it only 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -33,8 +36,8 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from daqbroker_agent.parsing import LineError, TimestampParser, now_us
@@ -47,6 +50,9 @@ MAX_TOPIC_BYTES = 65535
 MAX_KEPT_PAYLOAD = 2000  # characters of a malformed payload kept with its reason
 MAX_QUEUED = 50_000  # messages received and not yet stored: the broker's flow control holds the rest
 RECONNECT_MIN, RECONNECT_MAX = 1, 60  # seconds between connection attempts (doubling)
+# Receipts remembered for redeliveries: only messages in flight (sent, not acknowledged) come again with the
+# DUP flag, and brokers keep few in flight (mosquitto's max_inflight_messages 20, EMQX 32, HiveMQ 10).
+RECEIPTS_KEPT = 256
 
 
 class _QuietAfterDisconnect(logging.Filter):
@@ -131,6 +137,7 @@ class Message:
     received_us: int
     mid: int = 0
     qos: int = 0
+    dup: bool = False  # the broker's DUP flag: sent before, on this session, and not acknowledged
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,53 @@ class Problem:
         if self.field:
             context["field"] = self.field
         return context
+
+
+class Receipts:
+    """When each of the last ``RECEIPTS_KEPT`` QoS 1/2 messages was first received, by packet id.
+
+    A broker sends a message it had in flight again, after a reconnection or its own restart, with its packet
+    id and the DUP flag: when it was stored and the acknowledgement lost (a crash, the broker stopping), it
+    must keep its first receipt time, or it would be a second reading. :meth:`stamp` gives such a
+    redelivery the remembered time (same packet id, topic and payload); any other message is remembered
+    under its packet id (a broker reuses an id only once its message was acknowledged). The memory is
+    :meth:`as_json`, kept with the readings in the same transaction (the server's source cursor, the agent's
+    spool): a message whose readings were not stored is not remembered, and its redelivery is new."""
+
+    def __init__(self, kept: object = None):
+        self.by_mid: dict[int, tuple[str, int]] = {}
+        if isinstance(kept, dict):
+            for mid, entry in kept.items():
+                try:
+                    digest, received = entry
+                    self.by_mid[int(mid)] = (str(digest), int(received))
+                except (TypeError, ValueError):
+                    continue  # a damaged entry: that message's redelivery, if any, counts as new
+
+    @staticmethod
+    def digest(message: Message) -> str:
+        return hashlib.blake2b(message.topic.encode() + b"\0" + message.payload, digest_size=8).hexdigest()
+
+    def stamp(self, messages: Sequence[Message]) -> list[Message]:
+        stamped: list[Message] = []
+        for message in messages:
+            if not message.qos or not message.mid:
+                stamped.append(message)  # QoS 0: never sent again
+                continue
+            digest = self.digest(message)
+            known = self.by_mid.get(message.mid)
+            if message.dup and known is not None and known[0] == digest:
+                stamped.append(replace(message, received_us=known[1]))
+                continue
+            self.by_mid.pop(message.mid, None)
+            self.by_mid[message.mid] = (digest, message.received_us)
+            while len(self.by_mid) > RECEIPTS_KEPT:
+                del self.by_mid[next(iter(self.by_mid))]
+            stamped.append(message)
+        return stamped
+
+    def as_json(self) -> dict[str, list]:
+        return {str(mid): [digest, received] for mid, (digest, received) in self.by_mid.items()}
 
 
 def payload_text(payload: bytes, encoding: str = "utf-8") -> str:
@@ -250,9 +304,10 @@ class MqttSession:
     acknowledged with :meth:`ack` once stored.
 
     ``stale_filters``: filters subscribed by an earlier configuration of the same session, unsubscribed on
-    connection (the broker keeps a persistent session's subscriptions)."""
+    connection (the broker keeps a persistent session's subscriptions). ``clean_session``: a session the
+    broker forgets on disconnection (a preview's; never a source's)."""
 
-    def __init__(self, config: dict, client_id: str, *, stale_filters: Iterable[str] = ()):
+    def __init__(self, config: dict, client_id: str, *, stale_filters: Iterable[str] = (), clean_session: bool = False):
         try:
             import paho.mqtt.client as paho
         except ImportError as exc:
@@ -273,7 +328,7 @@ class MqttSession:
         self.client = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=False,
+            clean_session=clean_session,
             protocol=paho.MQTTv311,
             manual_ack=True,
         )
@@ -334,7 +389,7 @@ class MqttSession:
 
     def _on_message(self, client, userdata, msg) -> None:
         # Blocks paho's network thread when the queue is full: the broker then holds the messages.
-        self.messages.put(Message(msg.topic, bytes(msg.payload), now_us(), msg.mid, msg.qos))
+        self.messages.put(Message(msg.topic, bytes(msg.payload), now_us(), msg.mid, msg.qos, bool(msg.dup)))
 
     def take(self, wait: float, *, limit: int = 5000, settle: float = 0.02) -> list[Message]:
         """Messages received: waits up to ``wait`` s for the first, then takes those arriving within

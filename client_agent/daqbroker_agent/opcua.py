@@ -48,6 +48,7 @@ NODE_ID = re.compile(
 )
 MAX_QUEUED = 50_000  # data changes received and not yet stored
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 60.0
+MAX_HISTORY_VALUES = 10_000  # values read back per node and connection (HistoryRead)
 WATCH_SECONDS = 2.0  # how often the connection is checked
 
 GOOD, UNCERTAIN, BAD = "good", "uncertain", "bad"
@@ -189,9 +190,17 @@ def password_from_environment(config: dict) -> str | None:
 
 class OpcUaSession:
     """A client kept connected to the server in a thread of its own (an asyncio loop), subscribed to the
-    nodes; data changes wait in a queue for :meth:`take`. Reconnects, backing off from 1 s to a minute."""
+    nodes; data changes wait in a queue for :meth:`take`. Reconnects, backing off from 1 s to a minute.
 
-    def __init__(self, config: dict):
+    With ``history`` on, each connection also reads, once subscribed, each node's history (OPC UA
+    HistoryRead, raw values) since the latest change known of it: ``since`` (the source time, µs, of the
+    latest value stored, from the caller's cursor) or the latest this session received. Changes made while
+    no client was connected are so delivered too, in order, at most ``MAX_HISTORY_VALUES`` per node and
+    connection; those already stored come again as exact duplicates. A node without a known time is not
+    read back (the whole archive is not wanted), nor is one whose server keeps no history (said in
+    ``last_error``)."""
+
+    def __init__(self, config: dict, since: dict[str, int] | None = None):
         try:
             import asyncua  # noqa: F401
         except ImportError as exc:
@@ -208,6 +217,7 @@ class OpcUaSession:
         self.last_error = ""
         self.connections = 0
         self._stopping = threading.Event()
+        self.latest: dict[str, int] = {node: int(ts) for node, ts in (since or {}).items()}
         self._thread = threading.Thread(target=self._run, name=f"opcua {self.shown}", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -250,6 +260,17 @@ class OpcUaSession:
         from asyncua import Client, ua
 
         client = Client(self.url, timeout=float(self.config["timeout"]))
+        policy = self.config.get("security_policy") or "None"
+        if policy != "None":
+            from asyncua.crypto import security_policies
+
+            await client.set_security(
+                getattr(security_policies, f"SecurityPolicy{policy.replace('_', '')}"),
+                certificate=self.config["certificate"],
+                private_key=self.config["private_key"],
+                server_certificate=self.config.get("server_certificate") or None,
+                mode=getattr(ua.MessageSecurityMode, self.config.get("security_mode") or "SignAndEncrypt"),
+            )
         if self.config.get("username"):
             client.set_user(self.config["username"])
             client.set_password(password_from_environment(self.config) or "")
@@ -258,6 +279,7 @@ class OpcUaSession:
             self.connections += 1
             self.connected.set()
             handler = _Handler(self)
+            known = dict(self.latest)  # before the subscription's first values move it
             subscription = await client.create_subscription(float(self.config["publishing_interval"]), handler)
             nodes = [client.get_node(n["node"]) for n in self.config["nodes"]]
             for node, wanted in zip(nodes, self.config["nodes"], strict=True):
@@ -273,6 +295,8 @@ class OpcUaSession:
             self.last_error = f"{self.shown}: nodes refused: {'; '.join(refused)}"[:2000] if refused else ""
             if refused:
                 log.warning("%s", self.last_error)
+            if self.config.get("history"):
+                await self._read_history(nodes, known)
             self.subscribed.set()
             log.info(
                 "connected to %s; subscribed to %s", self.shown, ", ".join(n["node"] for n in self.config["nodes"])
@@ -288,6 +312,42 @@ class OpcUaSession:
                 await asyncio.wait_for(client.disconnect(), timeout=5)
             except Exception:
                 log.debug("disconnect from %s", self.shown, exc_info=True)
+
+    async def _read_history(self, nodes: list, known: dict[str, int]) -> None:
+        unread: list[str] = []
+        for node, wanted in zip(nodes, self.config["nodes"], strict=True):
+            since = known.get(wanted["node"])
+            if since is None:
+                continue
+            start = datetime.fromtimestamp((since + 1) / 1_000_000, tz=UTC)
+            try:
+                # No end: every value from the start on (a device clock a little ahead of ours included).
+                values = await node.read_raw_history(starttime=start, numvalues=MAX_HISTORY_VALUES, return_bounds=False)
+            except Exception as exc:  # BadHistoryOperationUnsupported, a node without history...
+                unread.append(f"{wanted['node']}: {type(exc).__name__}: {exc}"[:300])
+                continue
+            for value in sorted(values, key=lambda v: to_us(v.SourceTimestamp) or to_us(v.ServerTimestamp) or 0):
+                status = value.StatusCode
+                code = int(getattr(status, "value", status or 0))
+                change = Change(
+                    wanted["node"],
+                    value.Value.Value if value.Value is not None else None,
+                    code,
+                    to_us(value.SourceTimestamp),
+                    to_us(value.ServerTimestamp),
+                    now_us(),
+                )
+                self.remember(change)
+                self.changes.put(change)
+            if values:
+                log.info("%s: %s value(s) of %s read from its history", self.shown, len(values), wanted["node"])
+        if unread:
+            self.last_error = f"{self.shown}: history not read: {'; '.join(unread)}"[:2000]
+            log.warning("%s", self.last_error)
+
+    def remember(self, change: Change) -> None:
+        if change.ts > self.latest.get(change.node, 0):
+            self.latest[change.node] = change.ts
 
     def take(self, wait: float, *, limit: int = 5000, settle: float = 0.02) -> list[Change]:
         """Data changes received: waits up to ``wait`` s for the first, then takes those arriving within
@@ -322,6 +382,7 @@ class _Handler:
             to_us(value.ServerTimestamp),
             now_us(),
         )
+        self.session.remember(change)
         try:
             self.session.changes.put_nowait(change)
         except queue.Full:

@@ -499,10 +499,12 @@ class ModbusSource(SourceRunner):
 class MqttSource(SourceRunner):
     """An MQTT broker's topics (``daqbroker_agent.mqtt``): a persistent session, messages acknowledged once
     their readings (and the payloads that could not be read) are in the spool. While the spool cannot be
-    written nothing is acknowledged and the session is dropped: the broker keeps the messages."""
+    written nothing is acknowledged and the session is dropped: the broker keeps the messages. The first
+    receipt times of recent messages (``Receipts``) are the source's cursor, spooled with their readings: a
+    redelivery keeps its first time (an exact duplicate at the server)."""
 
     def collect_forever(self) -> None:
-        from daqbroker_agent.mqtt import MessageMapper, MqttSession, default_client_id
+        from daqbroker_agent.mqtt import MessageMapper, MqttSession, Receipts, default_client_id
 
         config = self.spec.collect
         mapper = MessageMapper(config)
@@ -515,6 +517,7 @@ class MqttSource(SourceRunner):
         by_field: dict[str, list[ChannelSpec]] = {}
         for channel in self.spec.channels:
             by_field.setdefault(channel.field, []).append(channel)
+        receipts = Receipts(self.spool.get(self.cursor_key))
         session.start()
         reported = ""
         try:
@@ -532,10 +535,11 @@ class MqttSource(SourceRunner):
                         self.state.problem(f"source {self.spec.name}", session.last_error)
                         self.noisy.log(logging.WARNING, "mqtt", "%s: %s (reconnecting)", self.spec.name, reported)
                     continue
-                readings = self._readings_of(mapper, by_field, messages)
+                stamped = receipts.stamp(messages)
+                readings = self._readings_of(mapper, by_field, stamped)
                 # Not acknowledged unless spooled (SpoolUnavailable, or a full spool): the session is dropped
-                # and the broker sends them again on the next one.
-                if not self.spool_readings(readings, all_or_nothing=True):
+                # and the broker sends them again on the next one (the receipts read again from the spool).
+                if not self.spool_readings(readings, receipts.as_json(), all_or_nothing=True):
                     self.stopping.wait(max(self.spec.interval, 1.0))
                     return
                 session.ack(messages)
@@ -574,7 +578,10 @@ class OpcUaSource(SourceRunner):
         from daqbroker_agent.opcua import ChangeMapper, OpcUaSession
 
         mapper = ChangeMapper(self.spec.collect)
-        session = OpcUaSession(self.spec.collect)
+        # Each node's latest time spooled (the cursor, spooled with the readings): history is read from there.
+        latest = self.spool.get(self.cursor_key)
+        latest = {str(k): int(v) for k, v in latest.items() if isinstance(v, int)} if isinstance(latest, dict) else {}
+        session = OpcUaSession(self.spec.collect, since=latest)
         by_field: dict[str, list[ChannelSpec]] = {}
         for channel in self.spec.channels:
             by_field.setdefault(channel.field, []).append(channel)
@@ -616,8 +623,11 @@ class OpcUaSource(SourceRunner):
                             Unparsed(self.spec.key, self.spec.name, problem.value, problem.reason, context)
                         )
                 # OPC UA has no acknowledgement to hold back: a full spool keeps what fits and counts the rest
-                # as dropped (as for serial and TCP streams).
-                self.spool_readings(readings)
+                # as dropped (as for serial and TCP streams). Each node's latest time goes with them.
+                for change in changes:
+                    if change.ts > latest.get(change.node, 0):
+                        latest[change.node] = change.ts
+                self.spool_readings(readings, dict(latest))
         finally:
             session.stop()
 

@@ -136,3 +136,74 @@ def test_the_session_keeps_what_was_not_acknowledged_and_survives_a_broker_resta
         assert second.connections == 2
     finally:
         second.stop()
+
+
+def test_a_redelivery_keeps_its_first_receipt_time_through_the_spool_and_a_broker_restart(private_mosquitto, tmp_path):
+    """What the agent's MQTT source does: stamp, spool the readings with the receipts as the cursor, ack.
+    Stopped after spooling and before acknowledging, the broker (restarted) sends the messages again with the
+    DUP flag: stamped from the spooled receipts they keep their first time (an exact duplicate at the
+    server), while the same payload published anew is a reading of its own."""
+    from daqbroker_agent.mqtt import Receipts
+    from daqbroker_agent.spool import Spool
+
+    broker = private_mosquitto()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    config = mqtt_config(port=broker.port, fields=[{"name": "v", "topic": f"{prefix}/#"}])
+    client_id = default_client_id(f"test:{prefix}")
+    spool = Spool(tmp_path / "spool")
+    mapper = MessageMapper(config)
+
+    def take(session: MqttSession, count: int) -> list[Message]:
+        taken: list[Message] = []
+        for _ in range(60):
+            taken += session.take(0.5)
+            if len(taken) >= count:
+                break
+        return taken
+
+    first = MqttSession(config, client_id)
+    first.start()
+    try:
+        assert first.subscribed.wait(20)
+        publish(broker.host, broker.port, f"{prefix}/a", "1")
+        publish(broker.host, broker.port, f"{prefix}/a", "2")
+        receipts = Receipts(spool.get("cursor:mqtt"))
+        stamped = receipts.stamp(take(first, 2))
+        readings = [r for m in stamped for r in mapper.map(m)[0]]
+        spool.add(readings, cursor=("cursor:mqtt", receipts.as_json()))
+    finally:
+        first.stop()  # spooled, not acknowledged
+    broker.restart()
+
+    second = MqttSession(config, client_id)
+    second.start()
+    try:
+        again = take(second, 2)
+        assert [(m.payload, m.dup) for m in again] == [(b"1", True), (b"2", True)]
+        receipts = Receipts(spool.get("cursor:mqtt"))
+        restamped = receipts.stamp(again)
+        assert [r for m in restamped for r in mapper.map(m)[0]] == readings  # the same times: duplicates
+        second.ack(again)
+        publish(broker.host, broker.port, f"{prefix}/a", "2")  # the same payload, published anew
+        (new,) = take(second, 1)
+        assert not new.dup
+        assert receipts.stamp([new])[0].received_us == new.received_us > readings[-1][1]  # a reading of its own
+    finally:
+        second.stop()
+        spool.close()
+
+
+def test_receipts_survive_their_json_and_forget_the_oldest():
+    from daqbroker_agent.mqtt import RECEIPTS_KEPT, Receipts
+
+    receipts = Receipts({"7": ["abc", 5], "x": ["bad"], "8": "damaged"})  # damaged entries are skipped
+    assert receipts.as_json() == {"7": ["abc", 5]}
+    for mid in range(1, RECEIPTS_KEPT + 10):
+        receipts.stamp([Message("t", str(mid).encode(), 1000 + mid, mid=mid, qos=1)])
+    kept = receipts.as_json()
+    assert len(kept) == RECEIPTS_KEPT and "1" not in kept and kept[str(RECEIPTS_KEPT + 9)][1] == 1009 + RECEIPTS_KEPT
+    again = Message("t", b"100", 99_999, mid=100, qos=1, dup=True)
+    assert Receipts(kept).stamp([again])[0].received_us == 1100
+    other = Message("t", b"something else", 99_999, mid=100, qos=1, dup=True)  # not the message remembered
+    assert Receipts(kept).stamp([other])[0].received_us == 99_999
+    assert Receipts(kept).stamp([Message("t", b"100", 5, mid=100, qos=0, dup=True)])[0].received_us == 5

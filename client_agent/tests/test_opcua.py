@@ -120,3 +120,73 @@ def test_a_subscription_delivers_source_times_and_statuses_and_survives_a_server
         assert any(c.value == 22.5 for c in after), after
     finally:
         session.stop()
+
+
+def make_certificate(directory, name: str, uri: str):
+    """A self-signed application certificate (DER) and its key (PEM), as an administrator would make them."""
+    import asyncio
+
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    certificate, key = directory / f"{name}.der", directory / f"{name}-key.pem"
+    use = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    asyncio.run(setup_self_signed_certificate(key, certificate, uri, "localhost", use, {"commonName": name}))
+    return certificate, key
+
+
+def test_a_secured_endpoint_is_read_with_a_client_certificate_and_refuses_one_without(tmp_path):
+    """Basic256Sha256, signed and encrypted, against an asyncua server that offers nothing else: with the
+    client's certificate and key the values arrive; with no security the connection fails, and says why."""
+    from conftest import OpcUaTestServer, wait_for
+
+    server = OpcUaTestServer(secured=make_certificate(tmp_path, "server", "urn:daqbroker:test")).start()
+    certificate, key = make_certificate(tmp_path, "client", "urn:daqbroker:client")
+    try:
+        server.write("temperature", 23.5)
+        nodes = [{"node": server.node("temperature"), "name": "t"}]
+        common = {"port": server.port, "path": "/daqbroker-test/", "publishing_interval": 50, "timeout": 5}
+        plain = OpcUaSession(opcua_config(**common, nodes=nodes))
+        plain.start()
+        try:
+            wait_for(lambda: plain.last_error, timeout=60, message="the unsecured connection refused")
+            assert not plain.subscribed.is_set()
+        finally:
+            plain.stop()
+
+        secured = OpcUaSession(
+            opcua_config(
+                **common,
+                nodes=nodes,
+                security_policy="Basic256Sha256",
+                security_mode="SignAndEncrypt",
+                certificate=str(certificate),
+                private_key=str(key),
+            )
+        )
+        secured.start()
+        try:
+            wait_for(secured.subscribed.is_set, timeout=60, message=f"subscribed securely: {secured.last_error}")
+            (change,) = wait_changes(secured, 1)
+            assert (change.node, change.value) == (server.node("temperature"), 23.5)
+        finally:
+            secured.stop()
+    finally:
+        server.stop()
+
+
+def test_security_options_are_checked_together():
+    with pytest.raises(ConfigError) as refused:
+        opcua_config(security_policy="Basic256Sha256")
+    assert refused.value.field == "certificate"
+    with pytest.raises(ConfigError) as refused:
+        opcua_config(certificate="/etc/opcua/client.der")
+    assert refused.value.field == "certificate" and "only applies" in refused.value.message
+    with pytest.raises(ConfigError) as refused:
+        opcua_config(security_policy="Basic256Sha256", certificate="client.der", private_key="/k.pem")
+    assert refused.value.field == "certificate" and "absolute" in refused.value.message
+    with pytest.raises(ConfigError) as refused:
+        opcua_config(security_policy="Basic128Rsa15")  # deprecated and broken: not offered
+    assert refused.value.field == "security_policy"
+    config = opcua_config(security_policy="Aes256_Sha256_RsaPss", certificate="/c.der", private_key="/k.pem")
+    assert config["security_mode"] == "SignAndEncrypt" and config["server_certificate"] == ""

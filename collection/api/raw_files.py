@@ -7,9 +7,13 @@ Whoever may view the instrument (hidden: 404):
     ``GET /api/v1/instruments/<slug>/raw-files/``     the list, newest first (paginated)
     ``GET /api/v1/raw-files/<id>/``                   one file's bytes
     ``GET /api/v1/instruments/<slug>/raw-files/zip/?id=..&id=..``   a zip of a selection, streamed
+    ``GET /api/v1/instruments/<slug>/raw-files/server/``   the server's own raw copies (its file sources')
+    ``GET /api/v1/instruments/<slug>/raw-files/server/<source id>/<name>/``   one of them
 """
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -261,3 +265,65 @@ class InstrumentRawFilesZipView(ScopedViewMixin, APIView):
         if response is None:
             return Response({"detail": f"id: 1 to {raw_files.MAX_ZIP_FILES} raw file ids."}, status=400)
         return response
+
+
+class ServerCopySerializer(serializers.Serializer):
+    source = serializers.CharField(  # type: ignore[assignment]  # DRF moves declared fields out of the class
+        source="source.name", help_text="The file source that read it."
+    )
+    source_id = serializers.IntegerField(source="source.pk")
+    name = serializers.CharField()
+    size = serializers.IntegerField(help_text="Bytes copied so far (the copy grows as the file is read).")
+    modified = serializers.DateTimeField()
+    download = serializers.SerializerMethodField()
+
+    def get_download(self, copy: raw_files.ServerCopy) -> str:
+        slug = copy.source.instrument.slug
+        return f"/api/v1/instruments/{slug}/raw-files/server/{copy.source.pk}/{quote(copy.name, safe='')}/"
+
+
+def server_copy_response(instrument, source_id: int, name: str) -> FileResponse:
+    copy = raw_files.server_copy(instrument, source_id, name)
+    if copy is None:
+        raise Http404("No such raw copy on this instrument.")
+    try:
+        handle = copy.path.open("rb")
+    except OSError:
+        raise Http404("The archive no longer holds this copy.") from None
+    return FileResponse(handle, as_attachment=True, filename=copy.name, content_type="application/octet-stream")
+
+
+class InstrumentServerCopiesView(ScopedViewMixin, APIView):
+    @extend_schema(
+        operation_id="instrument_server_raw_copies",
+        summary="The raw copies this server keeps of the files its own file sources read, newest first",
+        parameters=[
+            OpenApiParameter("slug", str, OpenApiParameter.PATH),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses={200: ServerCopySerializer(many=True), 404: _error("no such instrument, or hidden")},
+    )
+    def get(self, request, slug: str):
+        instrument = instrument_or_404(request, slug)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(raw_files.server_copies(instrument), request, view=self)
+        return paginator.get_paginated_response(ServerCopySerializer(page, many=True).data)
+
+
+class ServerCopyDownloadView(ScopedViewMixin, APIView):
+    @extend_schema(
+        operation_id="server_raw_copy_download",
+        summary="One raw copy's bytes",
+        parameters=[
+            OpenApiParameter("slug", str, OpenApiParameter.PATH),
+            OpenApiParameter("source_id", int, OpenApiParameter.PATH),
+            OpenApiParameter("name", str, OpenApiParameter.PATH),
+        ],
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            404: _error("no such instrument, source or copy, or hidden"),
+        },
+    )
+    def get(self, request, slug: str, source_id: int, name: str):
+        return server_copy_response(instrument_or_404(request, slug), source_id, name)

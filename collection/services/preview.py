@@ -35,6 +35,7 @@ from accounts import agent_samples, permissions, targets
 from accounts.choices import SampleRequestStatus
 from accounts.models import Agent, AgentHealth
 from collection.services.ingest import judge_value
+from collection.services.protocol_preview import PROTOCOL_KINDS, ProtocolPreviewRefused, protocol_preview
 from daqbroker_agent.config import ConfigError, validate_source_config
 from daqbroker_agent.parsing import LineError, LineParser, now_us, us_to_datetime
 from daqbroker_agent.propose import propose
@@ -48,7 +49,8 @@ MAX_SAMPLE_LINES = 5000
 MAX_CONNECTION_LINES = 50
 MAX_CONNECTION_SECONDS = 3.0
 ROWS_SHOWN = 20
-PREVIEW_KINDS = (SourceKind.FILE, SourceKind.SERIAL, SourceKind.TCP)
+LINE_KINDS = (SourceKind.FILE, SourceKind.SERIAL, SourceKind.TCP)
+PREVIEW_KINDS = (*LINE_KINDS, *PROTOCOL_KINDS)
 # Stand-ins for the options that say where a source reads, so a partial configuration still parses.
 PLACEHOLDERS: dict[str, dict[str, Any]] = {
     SourceKind.FILE: {"path": "/"},
@@ -287,6 +289,13 @@ def preview_source(
         raise PreviewRefused("kind", f"{kind!r} sources cannot be previewed; one of {', '.join(PREVIEW_KINDS)}")
     if not isinstance(config, dict):
         raise PreviewRefused("config", "must be an object of option names and values")
+    if kind in PROTOCOL_KINDS:  # live values, not lines: no sample file
+        if upload is not None or agent_sample is not None:
+            raise PreviewRefused("sample", f"{kind} sources read values, not lines: use Test connection instead")
+        try:
+            return protocol_preview(principal, kind, dict(config), connect=connect, channels=channels)
+        except ProtocolPreviewRefused as exc:
+            raise PreviewRefused(exc.field, exc.message) from None
     given = dict(config or {})
     errors: dict[str, str] = {}
     located = _validated(kind, {**PLACEHOLDERS[kind], **given}, errors)

@@ -145,9 +145,13 @@ def begin(
     known = RawFile.objects.filter(sha256=sha256, size=size, instrument__in=collectable).exists()
     if known and blob_path(sha256).exists():
         done = RawUpload(agent=agent, sha256=sha256, **fields)
-        RawUpload.objects.filter(agent=agent, sha256=sha256).delete()
-        part_path(agent.pk, sha256).unlink(missing_ok=True)
-        return UploadState(True, size, size, _record(done, source.instrument_id, source.pk, agent.pk))
+        raw_file = _record(done, source.instrument_id, source.pk, agent.pk)
+        # Still there now that a file names it? The archive's clean-up may have set it aside just before
+        # (clean_archive): then the bytes are sent again, as for a content the server never had.
+        if blob_path(sha256).exists():
+            RawUpload.objects.filter(agent=agent, sha256=sha256).delete()
+            part_path(agent.pk, sha256).unlink(missing_ok=True)
+            return UploadState(True, size, size, raw_file)
     with transaction.atomic():
         upload = RawUpload.objects.select_for_update().filter(agent=agent, sha256=sha256).first()
         if upload is None or upload.size != size:
@@ -289,3 +293,203 @@ def zip_stream(raw_files: Iterable[RawFile]) -> Iterator[bytes]:
                         yield sink.take()
             yield sink.take()
     yield sink.take()
+
+
+# -- the server's own raw copies ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerCopy:
+    """A raw copy the server keeps of a file one of its own file sources reads (``"archive": true``), at
+    ``DAQBROKER_ARCHIVE_DIR/<instrument>/source-<id>/<tag>-<name>`` (``collection.collectors.file``): it
+    grows as the file is read, so it has no content address; it is named by its source and file name."""
+
+    source: DataSource
+    name: str
+    path: Path
+    size: int
+    modified: datetime
+
+
+def _copy_folders(source: DataSource) -> list[Path]:
+    # Under the instrument's slug when the copy was written: a renamed instrument's older copies are under
+    # its old slug. A source id names one source, whichever folder holds it.
+    root = archive_root()
+    try:
+        return [p for p in root.glob(f"*/source-{source.pk}") if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+
+
+def server_copies(instrument: Instrument, query: str = "") -> list[ServerCopy]:
+    """The instrument's sources' raw copies on this server, newest first (``query``: in the name)."""
+    found: list[ServerCopy] = []
+    for source in DataSource.objects.filter(instrument=instrument).order_by("pk"):
+        for folder in _copy_folders(source):
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not entry.is_file(follow_symlinks=False) or (query and query.lower() not in entry.name.lower()):
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                    modified = datetime.fromtimestamp(stat.st_mtime, tz=timezone.get_current_timezone())
+                    found.append(ServerCopy(source, entry.name, Path(entry.path), stat.st_size, modified))
+    found.sort(key=lambda copy: (copy.modified, copy.name), reverse=True)
+    return found
+
+
+def server_copy(instrument: Instrument, source_id: int, name: str) -> ServerCopy | None:
+    """One raw copy of the instrument's source ``source_id`` named ``name``; None for anything else (another
+    instrument's source, a name with a folder in it, a symbolic link, a file that is not there)."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+        return None
+    source = DataSource.objects.filter(instrument=instrument, pk=source_id).first()
+    if source is None:
+        return None
+    for folder in _copy_folders(source):
+        path = folder / name
+        try:
+            stat = path.lstat()
+        except OSError:
+            continue
+        if path.is_symlink() or not path.is_file():
+            continue
+        modified = datetime.fromtimestamp(stat.st_mtime, tz=timezone.get_current_timezone())
+        return ServerCopy(source, name, path, stat.st_size, modified)
+    return None
+
+
+def has_server_copies(instrument: Instrument) -> bool:
+    return any(
+        any(folder.iterdir())
+        for source in DataSource.objects.filter(instrument=instrument)
+        for folder in _copy_folders(source)
+    )
+
+
+# -- the archive's clean-up --------------------------------------------------------------------------
+
+GRACE = timedelta(hours=1)  # a content or copy written this recently is never removed (an upload finishing)
+COLLECTING = ".collecting"  # a content set aside while the clean-up checks nothing names it
+DELETE_BATCH = 1000
+
+
+@dataclass
+class CleanUp:
+    files_deleted: int = 0  # RawFile rows past the retention
+    contents_removed: int = 0  # blobs no RawFile names, nor an upload in progress
+    bytes_freed: int = 0
+    copies_removed: int = 0  # the server's own raw copies past the retention
+    uploads_forgotten: int = 0  # uploads untouched for ABANDONED_AFTER (their parts deleted)
+
+
+def _in_use(sha256: str) -> bool:
+    return RawFile.objects.filter(sha256=sha256).exists() or RawUpload.objects.filter(sha256=sha256).exists()
+
+
+def clean_archive(now: datetime | None = None) -> CleanUp:
+    """Keep the archive to what is named (docs/raw-files.md#clean-up); safe to run twice, and beside uploads.
+
+    1. Raw files received more than ``DAQBROKER_RAW_FILE_DAYS`` ago (when set) are deleted, audited per
+       instrument, and so are the server's own copies not written to for as long.
+    2. Uploads untouched for ``ABANDONED_AFTER`` are forgotten (row and part).
+    3. A content (``sha256/<ab>/<sha256>``) is removed only when no raw file names it, no upload of it is in
+       progress, and it was not written within ``GRACE``: it is first renamed aside, then checked again, and
+       put back if anything named it meanwhile. ``begin`` checks a known content is still there after
+       naming it (else the bytes are sent again), so a file is never left naming removed bytes.
+    """
+    from accounts import audit
+    from accounts.choices import AuditAction
+
+    now = now or timezone.now()
+    result = CleanUp()
+    days = settings.DAQBROKER_RAW_FILE_DAYS
+    if days:
+        cutoff = now - timedelta(days=days)
+        for instrument_id in (
+            RawFile.objects.filter(received__lt=cutoff).values_list("instrument_id", flat=True).distinct()
+        ):
+            instrument = Instrument.objects.get(pk=instrument_id)
+            while ids := list(
+                RawFile.objects.filter(instrument=instrument, received__lt=cutoff).values_list("pk", flat=True)[
+                    :DELETE_BATCH
+                ]
+            ):
+                with transaction.atomic():
+                    deleted, _ = RawFile.objects.filter(pk__in=ids).delete()
+                    audit.record(
+                        AuditAction.RAW_FILES_DELETED,
+                        obj=instrument,
+                        changes={"reason": "retention", "retention_days": days, "deleted": deleted},
+                    )
+                result.files_deleted += deleted
+        result.copies_removed = _expire_server_copies(cutoff.timestamp())
+    for old in RawUpload.objects.filter(updated__lt=now - ABANDONED_AFTER):
+        part_path(old.agent_id, old.sha256).unlink(missing_ok=True)
+        old.delete()
+        result.uploads_forgotten += 1
+    _sweep_contents(now - GRACE, result)
+    return result
+
+
+def _sweep_contents(written_before: datetime, result: CleanUp) -> None:
+    root = archive_root() / "sha256"
+    if not root.is_dir():
+        return
+    latest = written_before.timestamp()
+    for shard in sorted(root.iterdir()):
+        if not shard.is_dir() or shard.is_symlink():
+            continue
+        for path in sorted(shard.iterdir()):
+            name = path.name
+            aside = name.endswith(COLLECTING)
+            sha256 = name.removesuffix(COLLECTING)
+            if not SHA256.match(sha256) or sha256[:2] != shard.name or not path.is_file():
+                continue  # not a content (someone else's file): left alone
+            if aside:  # a clean-up stopped between setting aside and deciding: decide now
+                _decide(path, shard / sha256, result)
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if stat.st_mtime >= latest or _in_use(sha256):
+                continue
+            held = shard / (sha256 + COLLECTING)
+            try:
+                os.rename(path, held)  # from now on begin() sees the content missing
+            except FileNotFoundError:
+                continue
+            _decide(held, path, result)
+
+
+def _decide(held: Path, path: Path, result: CleanUp) -> None:
+    sha256 = path.name
+    if _in_use(sha256):  # named meanwhile (begin, or an upload that finished): put back
+        if not path.exists():
+            os.rename(held, path)
+        else:
+            held.unlink(missing_ok=True)  # an upload finished meanwhile wrote the same bytes
+        return
+    size = held.stat().st_size
+    held.unlink(missing_ok=True)
+    result.contents_removed += 1
+    result.bytes_freed += size
+
+
+def _expire_server_copies(written_before: float) -> int:
+    """The server's own raw copies not written to since ``written_before`` (a POSIX time): removed."""
+    removed = 0
+    root = archive_root()
+    if not root.is_dir():
+        return 0
+    for folder in root.glob("*/source-*"):
+        if not folder.is_dir() or folder.is_symlink() or folder.parent.name in ("sha256", "uploads"):
+            continue
+        for path in folder.iterdir():
+            try:
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < written_before:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import time
 import zipfile
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import services
@@ -21,6 +25,7 @@ pytestmark = pytest.mark.django_db
 
 CONTENT = b"".join(b"2026-12-01T00:%02d:00Z,%d.5,%d\n" % (i % 60, i, i % 7) for i in range(200))  # 5.6 kB
 SHA = hashlib.sha256(CONTENT).hexdigest()
+FILE_CONFIG = {"path": "/srv/data", "columns": ["time", "t"], "archive": True}
 
 
 @pytest.fixture(autouse=True)
@@ -240,3 +245,159 @@ def test_the_agents_shipper_resumes_an_interrupted_upload_over_http_and_sends_a_
     again = Interrupting(live_server.url, lambda: token, stop=threading.Event(), after=99)
     assert RawShipper(spool, again, again.stop).ship_round([spec], now=time.time() + 60) == 1
     assert again.chunks == 0 and RawFile.objects.count() == 2
+
+
+def test_the_servers_own_raw_copies_are_listed_and_downloaded_beside_the_agents(station, settings):
+    """A file source's raw copies (``DAQBROKER_ARCHIVE_DIR/<instrument>/source-<id>/``) on the page and in the
+    API, through the same gate; a name with a folder, another instrument's source or a link: 404."""
+    from collection.collectors.file import archive_path
+
+    owner, instrument, _, _ = station
+    own = DataSource.objects.create(
+        instrument=instrument, name="server logger", kind=SourceKind.FILE, config=FILE_CONFIG
+    )
+    copy = archive_path(own, "day 1.csv", "dev:ino")
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(CONTENT)
+    renamed = settings.DAQBROKER_ARCHIVE_DIR / "old-slug" / f"source-{own.pk}"  # written before a rename
+    renamed.mkdir(parents=True)
+    (renamed / "old.csv").write_bytes(b"old\n")
+    elsewhere = make_instrument(make_user("zed"), slug="elsewhere")
+    theirs = DataSource.objects.create(instrument=elsewhere, name="theirs", kind=SourceKind.FILE, config=FILE_CONFIG)
+    (settings.DAQBROKER_ARCHIVE_DIR / "elsewhere" / f"source-{theirs.pk}").mkdir(parents=True)
+    (settings.DAQBROKER_ARCHIVE_DIR / "elsewhere" / f"source-{theirs.pk}" / "secret.csv").write_bytes(b"no\n")
+    (copy.parent / "link.csv").symlink_to(
+        settings.DAQBROKER_ARCHIVE_DIR / "elsewhere" / f"source-{theirs.pk}" / "secret.csv"
+    )
+
+    viewer = APIClient()
+    viewer.force_login(owner)
+    listed = viewer.get(f"/api/v1/instruments/{instrument.slug}/raw-files/server/").json()
+    assert listed["count"] == 2
+    names = {row["name"]: row for row in listed["results"]}
+    assert set(names) == {copy.name, "old.csv"}
+    assert names[copy.name]["size"] == len(CONTENT) and names[copy.name]["source"] == "server logger"
+    download = viewer.get(names[copy.name]["download"])
+    assert download.status_code == 200 and b"".join(download.streaming_content) == CONTENT
+    base = f"/api/v1/instruments/{instrument.slug}/raw-files/server"
+    assert viewer.get(f"{base}/{own.pk}/link.csv/").status_code == 404
+    assert viewer.get(f"{base}/{own.pk}/..%2Fsource-{own.pk}%2F{copy.name}/").status_code == 404
+    assert viewer.get(f"{base}/{theirs.pk}/secret.csv/").status_code == 404  # not this instrument's source
+    assert viewer.get(f"/api/v1/instruments/elsewhere/raw-files/server/{theirs.pk}/secret.csv/").status_code == 404
+
+    page = viewer.get(f"/instruments/{instrument.slug}/raw-files/")
+    assert page.status_code == 200 and "Copies kept by this server" in page.content.decode()
+    assert f"/instruments/{instrument.slug}/raw-files/server/{own.pk}/{copy.name.replace(' ', '%20')}/" in (
+        page.content.decode()
+    )
+    got = viewer.get(f"/instruments/{instrument.slug}/raw-files/server/{own.pk}/{copy.name}/")
+    assert got.status_code == 200 and b"".join(got.streaming_content) == CONTENT
+    assert "Raw files" in viewer.get(f"/instruments/{instrument.slug}/").content.decode()
+    stranger = APIClient()
+    stranger.force_login(make_user("stranger"))
+    assert stranger.get(f"{base}/").status_code == 404
+    assert stranger.get(f"{base}/{own.pk}/{copy.name}/").status_code == 404
+    assert stranger.get(f"/instruments/{instrument.slug}/raw-files/server/{own.pk}/{copy.name}/").status_code == 404
+
+
+# -- the archive's clean-up (raw_files.clean_archive) --------------------------------------------------
+
+
+def _content(data: bytes, *, age: timedelta | None = timedelta(days=2)) -> tuple[str, Path]:
+    sha = hashlib.sha256(data).hexdigest()
+    path = raw_files.blob_path(sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if age is not None:
+        moment = time.time() - age.total_seconds()
+        os.utime(path, (moment, moment))
+    return sha, path
+
+
+def _name(instrument, sha: str, size: int, path: str = "/data/x.csv") -> RawFile:
+    return RawFile.objects.create(
+        instrument=instrument, name=path.rsplit("/", 1)[-1], path=path, sha256=sha, size=size,
+        modified="2026-12-01T00:00:00Z",
+    )  # fmt: skip
+
+
+def test_the_clean_up_removes_only_contents_nothing_names_nor_uploads_nor_just_wrote(station, settings):
+    from collection.tasks import clean_raw_file_archive_task
+
+    _owner, instrument, source, _ = station
+    named_sha, named = _content(b"named\n")
+    _name(instrument, named_sha, 6)
+    _, unnamed = _content(b"nobody names me\n")
+    _, recent = _content(b"an upload finishing\n", age=None)  # renamed into place a moment ago
+    uploading_sha, uploading = _content(b"in progress\n")
+    RawUpload.objects.create(
+        agent=source.agent, source=source, sha256=uploading_sha, size=12, name="p.csv", path="/data/p.csv",
+        modified="2026-12-01T00:00:00Z",
+    )  # fmt: skip
+    foreign = named.parent / "notes.txt"  # not a content: never touched
+    foreign.write_text("kept")
+
+    result = clean_raw_file_archive_task.apply().get()
+    assert (result["contents_removed"], result["bytes_freed"], result["files_deleted"]) == (1, 16, 0)
+    assert not unnamed.exists()
+    assert named.exists() and recent.exists() and uploading.exists() and foreign.exists()
+    assert clean_raw_file_archive_task.apply().get()["contents_removed"] == 0  # safe to run again
+
+
+def test_retention_deletes_old_raw_files_audited_then_their_contents_and_old_server_copies(station, settings):
+    from accounts.choices import AuditAction
+    from accounts.models import AuditEvent
+    from collection.collectors.file import archive_path
+
+    settings.DAQBROKER_RAW_FILE_DAYS = 30
+    _owner, instrument, _source, _ = station
+    old_sha, old_blob = _content(b"old day\n", age=timedelta(days=40))
+    shared_sha, shared_blob = _content(b"shared\n", age=timedelta(days=40))
+    old = _name(instrument, old_sha, 8, "/data/old.csv")
+    shared_old = _name(instrument, shared_sha, 7, "/data/a.csv")
+    kept = _name(instrument, shared_sha, 7, "/data/b.csv")  # the same content, received recently
+    RawFile.objects.filter(pk__in=[old.pk, shared_old.pk]).update(received=timezone.now() - timedelta(days=40))
+    own = DataSource.objects.create(
+        instrument=instrument, name="server logger", kind=SourceKind.FILE, config=FILE_CONFIG
+    )
+    stale = archive_path(own, "old.csv", "a")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old\n")
+    os.utime(stale, (time.time() - 40 * 86400,) * 2)
+    fresh = archive_path(own, "today.csv", "b")
+    fresh.write_bytes(b"today\n")
+
+    result = raw_files.clean_archive()
+    assert (result.files_deleted, result.contents_removed, result.copies_removed) == (2, 1, 1)
+    assert list(RawFile.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert not old_blob.exists() and shared_blob.exists()
+    assert not stale.exists() and fresh.exists()
+    event = AuditEvent.objects.get(action=AuditAction.RAW_FILES_DELETED)
+    assert event.changes == {"reason": "retention", "retention_days": 30, "deleted": 2}
+    assert event.object_id == str(instrument.pk)
+
+
+def test_a_content_set_aside_by_a_stopped_clean_up_is_put_back_if_named(station):
+    _owner, instrument, _, _ = station
+    named_sha, named = _content(b"named\n")
+    _name(instrument, named_sha, 6)
+    held = named.with_name(named.name + raw_files.COLLECTING)
+    named.rename(held)
+    _, unnamed = _content(b"unnamed\n")
+    unnamed_held = unnamed.with_name(unnamed.name + raw_files.COLLECTING)
+    unnamed.rename(unnamed_held)
+
+    result = raw_files.clean_archive()
+    assert named.read_bytes() == b"named\n" and not held.exists()
+    assert not unnamed_held.exists() and not unnamed.exists() and result.contents_removed == 1
+
+
+def test_a_known_content_whose_bytes_are_gone_is_sent_again(station):
+    """begin() skips the upload only while the bytes are there: the clean-up may have set them aside."""
+    _owner, instrument, source, agent = station
+    _name(instrument, SHA, len(CONTENT), "/data/day1.csv")  # named, but its bytes are not in the archive
+    answer = announce(agent, source).json()
+    assert (answer["status"], answer["offset"]) == ("partial", 0)
+    for offset in range(0, len(CONTENT), 2000):
+        last = chunk(agent, CONTENT[offset : offset + 2000], offset)
+    assert last.json()["status"] == "stored" and raw_files.blob_path(SHA).read_bytes() == CONTENT

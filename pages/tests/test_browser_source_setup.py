@@ -181,3 +181,117 @@ def start_agent_process(token: str, url: str, tmp_path, *, allowed) -> Process:
         DAQBROKER_AGENT_CONFIG=str(config),
     )
     return Process("agent", [sys.executable, "-m", "daqbroker_agent", "run"], env, tmp_path).start()
+
+
+def test_a_modbus_source_is_set_up_from_a_register_map_with_live_values(site, visitors, modbus_device):
+    """No JSON and no sample: the register map as a table, an entry's error named beside the page, Test
+    connection reading live values from pymodbus's server, and the source saved and collected."""
+    import struct
+
+    words = struct.pack(">f", 21.5)
+    device = modbus_device(holding=[int.from_bytes(words[:2], "big"), int.from_bytes(words[2:], "big"), 40])
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    page.goto("/instruments/alpha-station/sources/new/")
+    page.fill("#id_name", "plc")
+    page.select_option("#id_kind", "modbus")
+    assert page.is_visible("#entries") and page.is_visible("#test-protocol") and page.is_hidden("#id_sample")
+    page.fill("#opt-host", "127.0.0.1")
+    page.fill("#opt-port", str(device.port))
+    page.fill("input[name='entry-0-field']", "temperature")
+    page.fill("input[name='entry-0-address']", "0")
+    page.select_option("select[name='entry-0-type']", "float32")
+    page.click("#add-entry")
+    page.fill("input[name='entry-1-field']", "flow")
+    page.fill("input[name='entry-1-address']", "two")  # not a number: named with its entry
+    page.fill("input[name='entry-1-scale']", "0.5")
+    page.press("input[name='entry-1-scale']", "Tab")
+    page.wait_for_function("() => document.querySelector('#setup-errors').textContent.includes('registers[1].address')")
+    page.fill("input[name='entry-1-address']", "2")
+    page.press("input[name='entry-1-address']", "Tab")
+    page.wait_for_function("() => document.querySelector('#setup-errors').textContent === ''")
+    page.wait_for_function("() => document.querySelectorAll('#channels input[name$=\"-slug\"]').length === 2")
+    assert page.input_value("#channels input[name='channel-1-slug']") == "flow"
+
+    page.click("#test-protocol")
+    page.wait_for_selector("#preview tbody tr")
+    page.wait_for_function("() => document.body.dataset.previewing === 'no'")
+    row = page.inner_text("#preview tbody tr")
+    assert "21.5" in row and "20" in row, row
+    assert f"127.0.0.1:{device.port}" in page.inner_text("#sample-origin")
+    page.screenshot(path=str(SCREENSHOTS / "source-setup-modbus.png"), full_page=True)
+
+    page.click("#save-source")
+    page.wait_for_url("**/instruments/alpha-station/#sources")
+    source = DataSource.objects.get(name="plc")
+    assert source.kind == "modbus" and source.enabled
+    assert [(r["field"], r["address"], r["type"]) for r in source.config["registers"]] == [
+        ("temperature", 0, "float32"),
+        ("flow", 2, "uint16"),
+    ]
+    run = collect_source(source.pk)
+    assert run is not None and run.error == "", run.error if run else None
+    stored = dict(Sample.objects.filter(channel__source=source).values_list("channel__slug", "value"))
+    assert stored == {"temperature": 21.5, "flow": 20.0}
+
+
+def test_an_mqtt_source_is_set_up_from_topics_with_a_retained_message_shown(site, visitors, private_mosquitto):
+    import uuid
+
+    from paho.mqtt import publish
+
+    broker = private_mosquitto()
+    prefix = f"greenhouse-{uuid.uuid4().hex[:8]}"
+    publish.single(f"{prefix}/bench/env", '{"t": 19.75}', qos=1, retain=True, hostname=broker.host, port=broker.port)
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    page.goto("/instruments/alpha-station/sources/new/")
+    page.fill("#id_name", "greenhouse sensors")
+    page.select_option("#id_kind", "mqtt")
+    page.fill("#opt-host", broker.host)
+    page.fill("#opt-port", str(broker.port))
+    page.fill("input[name='entry-0-name']", "t")
+    page.fill("input[name='entry-0-topic']", f"{prefix}/#/env")  # '#' not last: named with its entry
+    page.press("input[name='entry-0-topic']", "Tab")
+    page.wait_for_function("() => document.querySelector('#setup-errors').textContent.includes('fields[0].topic')")
+    page.fill("input[name='entry-0-topic']", f"{prefix}/+/env")
+    page.fill("input[name='entry-0-path']", "t")
+    page.press("input[name='entry-0-path']", "Tab")
+    page.wait_for_function("() => document.querySelector('#setup-errors').textContent === ''")
+    page.click("#test-protocol")
+    page.wait_for_selector("#preview tbody tr")
+    page.wait_for_function("() => document.body.dataset.previewing === 'no'")
+    assert "19.75" in page.inner_text("#preview tbody tr")
+
+    page.click("#save-source")
+    page.wait_for_url("**/instruments/alpha-station/#sources")
+    source = DataSource.objects.get(name="greenhouse sensors")
+    assert source.kind == "mqtt" and source.config["fields"] == [{"name": "t", "topic": f"{prefix}/+/env", "path": "t"}]
+    assert list(source.channels.values_list("slug", "source_field")) == [("t", "t")]
+
+
+def test_an_opc_ua_source_is_set_up_from_node_ids_with_their_current_values(site, visitors, opcua_server):
+    opcua_server.write("temperature", 22.5)
+    olivia = visitors("olivia")
+    olivia.log_in()
+    page = olivia.desktop
+    page.goto("/instruments/alpha-station/sources/new/")
+    page.fill("#id_name", "process")
+    page.select_option("#id_kind", "opcua")
+    page.fill("#opt-host", opcua_server.host)
+    page.fill("#opt-port", str(opcua_server.port))
+    page.fill("#opt-path", "/daqbroker-test/")
+    page.fill("input[name='entry-0-node']", opcua_server.node("temperature"))
+    page.fill("input[name='entry-0-name']", "temperature")
+    page.press("input[name='entry-0-name']", "Tab")
+    page.wait_for_function("() => document.querySelectorAll('#channels input[name$=\"-slug\"]').length === 1")
+    page.click("#test-protocol")
+    page.wait_for_selector("#preview tbody tr", timeout=60_000)
+    page.wait_for_function("() => document.body.dataset.previewing === 'no'", timeout=60_000)
+    assert "22.5" in page.inner_text("#preview tbody"), page.inner_text("#setup-errors")
+    page.click("#save-source")
+    page.wait_for_url("**/instruments/alpha-station/#sources")
+    source = DataSource.objects.get(name="process")
+    assert source.kind == "opcua" and source.config["nodes"][0]["node"] == opcua_server.node("temperature")

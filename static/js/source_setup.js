@@ -1,5 +1,6 @@
 /* The "New data source" page: a sample in, proposals and a live preview out, through the one preview
-   service (POST /api/v1/sources/preview/). Saving posts the form (the configuration and channels as JSON).
+   service (POST /api/v1/sources/preview/). Modbus, MQTT and OPC UA sources have no sample: their register
+   map, topics or nodes are edited as a table, checked as they change, and Test connection reads live values. Saving posts the form (the configuration and channels as JSON).
    An agent's file: the first request asks the agent (202 with agent_sample), then the page asks again every
    AGENT_POLL_MS until the lines arrive (200) or the server says the agent did not answer in time (400). */
 (function () {
@@ -12,6 +13,10 @@
   const agentSelect = $("id_agent"); // absent when the person has no agent for this instrument
   const AGENT_POLL_MS = 1000;
   const WHERE = { file: ["path", "pattern"], serial: ["url"], tcp: ["host", "port"] };
+  // Modbus, MQTT, OPC UA: no sample of lines; their list option (register map, topics, nodes) is edited as a
+  // table, checked by the server as it changes, and Test connection reads a few live values.
+  const EDITORS = state.entry_editors || {};
+  const isProtocol = () => Boolean(EDITORS[kindSelect.value]);
   let config = Object.assign({}, state.initial.config || {});
   let channels = (state.channels || []).map((c) => Object.assign({ keep: true }, c));
   let sample = null; // {mode: "upload", file} | {mode: "text", text} | {mode: "folder"} | {mode: "agent", request}
@@ -80,7 +85,9 @@
   function renderOptions() {
     const box = $("options");
     box.replaceChildren();
+    const editor = EDITORS[kindSelect.value];
     fieldsFor(kindSelect.value).forEach((option) => {
+      if (editor && option.name === editor.option) return; // the table below
       const id = `opt-${option.name.replace(".", "-")}`;
       const wrap = el("div", { class: "field" });
       const label = el("label", { for: id }, option.name + (option.required ? " *" : ""));
@@ -102,12 +109,77 @@
       if (option.help) wrap.appendChild(el("div", { class: "help" }, option.help));
       box.appendChild(wrap);
     });
+    renderEntries();
     $("raw-config").value = JSON.stringify(config, null, 2);
     document.querySelectorAll("[data-kinds]").forEach((node) => {
       const where = node.dataset.where;
       node.hidden = !node.dataset.kinds.split(" ").includes(kindSelect.value) || (where !== undefined && where !== (onAgent() ? "agent" : "server"));
     });
     $("port-list-label").textContent = onAgent() ? "Serial ports of the agent's machine (its last heartbeat)" : "Serial ports of this server";
+  }
+
+  // --- a protocol's entries, as a table ---------------------------------------------------------------
+  function renderEntries() {
+    const editor = EDITORS[kindSelect.value];
+    $("entries").hidden = !editor;
+    if (!editor) return;
+    $("entries-label").textContent = editor.label;
+    const entries = Array.isArray(config[editor.option]) ? config[editor.option] : [];
+    const head = el("tr");
+    editor.columns.forEach((column) => head.appendChild(el("th", {}, column.name)));
+    head.appendChild(el("th", {}, ""));
+    $("entries-table").tHead.replaceChildren(head);
+    const rows = entries.map((entry, index) => {
+      const tr = el("tr");
+      editor.columns.forEach((column) => {
+        const td = el("td");
+        const label = `${column.name} of entry ${index + 1}`;
+        let input;
+        if (column.choices) {
+          input = el("select", { "aria-label": label, name: `entry-${index}-${column.name}` });
+          column.choices.forEach((choice) => input.appendChild(el("option", { value: choice }, choice || "(default)")));
+          input.value = entry[column.name] === undefined || entry[column.name] === null ? (column.choices.includes("") ? "" : column.choices[0]) : String(entry[column.name]);
+        } else {
+          input = el("input", { type: "text", "aria-label": label, name: `entry-${index}-${column.name}`, size: column.type === "text" ? 18 : 7 });
+          input.value = shown(entry[column.name]);
+        }
+        input.addEventListener("change", () => {
+          const v = input.value.trim();
+          const updated = config[editor.option].slice();
+          const changed = Object.assign({}, updated[index]);
+          if (v === "") delete changed[column.name];
+          else if ((column.type === "int" || column.type === "number") && v !== "" && !Number.isNaN(Number(v))) changed[column.name] = Number(v);
+          else changed[column.name] = v;
+          updated[index] = changed;
+          config[editor.option] = updated;
+          entriesChanged();
+        });
+        td.appendChild(input);
+        tr.appendChild(td);
+      });
+      const remove = el("button", { type: "button", class: "btn btn-small", "aria-label": `Remove entry ${index + 1}` }, "Remove");
+      remove.addEventListener("click", () => {
+        config[editor.option] = config[editor.option].filter((_, i) => i !== index);
+        renderEntries();
+        entriesChanged();
+      });
+      const td = el("td"); td.appendChild(remove); tr.appendChild(td);
+      return tr;
+    });
+    $("entries-table").tBodies[0].replaceChildren(...rows);
+  }
+
+  function entriesChanged() {
+    $("raw-config").value = JSON.stringify(config, null, 2);
+    clearTimeout(timer);
+    timer = setTimeout(() => runPreview(false, { mode: "entries" }), 350); // checked; live values on Test connection
+  }
+
+  // The proposed channels of a protocol's entries: those already there (and edited) kept, new entries added.
+  function mergeChannels(proposed) {
+    const known = new Map(channels.map((c) => [c.source_field, c]));
+    channels = proposed.map((c) => known.get(c.source_field) || Object.assign({ keep: true }, c));
+    renderChannels();
   }
 
   // --- channels -------------------------------------------------------------------------------------
@@ -163,6 +235,7 @@
 
   // --- the preview ----------------------------------------------------------------------------------
   function schedule() {
+    if (isProtocol()) { entriesChanged(); return; }
     $("raw-config").value = JSON.stringify(config, null, 2);
     clearTimeout(timer);
     timer = setTimeout(() => runPreview(false), 350);
@@ -179,6 +252,7 @@
 
   async function runPreview(fresh, extra) {
     if (!sample && !extra) return;
+    if (isProtocol()) return runProtocolPreview(extra || sample);
     if (fresh) proposalPending = true;
     fresh = fresh || proposalPending;
     clearTimeout(pollTimer);
@@ -236,6 +310,37 @@
     }
   }
 
+  // Modbus, MQTT, OPC UA: the configuration as it is (nothing proposed over it); with "connect", live values.
+  async function runProtocolPreview(mode) {
+    clearTimeout(pollTimer);
+    const mySeq = ++previewSeq;
+    const data = new FormData();
+    data.append("instrument", state.instrument);
+    data.append("kind", kindSelect.value);
+    data.append("config", JSON.stringify(config));
+    if (channels.length) data.append("channels", JSON.stringify(kept()));
+    if (mode.mode === "connect") data.append("connect", "true");
+    busy += 1;
+    $("preview-status").textContent = mode.mode === "connect" ? "Reading live values…" : "Checking…";
+    try {
+      const response = await fetch(state.preview_url, { method: "POST", body: data, headers: { "X-CSRFToken": csrf }, credentials: "same-origin" });
+      const body = await response.json().catch(() => ({ detail: `The server answered ${response.status}.` }));
+      if (mySeq !== previewSeq) return;
+      if (!response.ok) {
+        showErrors({ [body.field || ""]: body.detail || JSON.stringify(body) });
+        $("preview-status").textContent = "";
+        return;
+      }
+      mergeChannels(body.proposal.channels);
+      showErrors(body.errors);
+      if (body.sample) renderPreview(body);
+      else $("preview-status").textContent = Object.keys(body.errors).length ? "" : "The entries are valid: Test connection reads live values.";
+    } finally {
+      busy -= 1;
+      document.body.dataset.previewing = busy ? "yes" : "no";
+    }
+  }
+
   function renderPreview(body) {
     $("sample-origin").textContent = `Sample: ${body.sample.origin}, ${body.sample.lines} line(s)${body.sample.truncated ? " (the first part of it)" : ""}.`;
     const questions = $("questions"); questions.replaceChildren();
@@ -245,7 +350,7 @@
     $("raw-lines").textContent = body.raw.join("\n");
     const table = $("preview");
     const head = el("tr");
-    ["Line", "Time (UTC)", `Time (${(body.config.timestamp || {}).timezone || "UTC"})`].forEach((t) => head.appendChild(el("th", {}, t)));
+    [isProtocol() ? "#" : "Line", "Time (UTC)", `Time (${(body.config.timestamp || {}).timezone || "UTC"})`].forEach((t) => head.appendChild(el("th", {}, t)));
     const names = body.rows.length && body.rows.find((r) => r.values) ? body.rows.find((r) => r.values).values.map((v) => v.slug) : [];
     names.forEach((n) => head.appendChild(el("th", {}, n)));
     table.tHead.replaceChildren(head);
@@ -281,7 +386,20 @@
   $("ask-agent").addEventListener("click", () => { showErrors({}); sample = { mode: "agent" }; runPreview(true); });
   if (agentSelect) agentSelect.addEventListener("change", () => { sample = null; renderOptions(); if (kindSelect.value === "serial") loadPorts(); });
   $("test-connection").addEventListener("click", () => runPreview(!channels.length, { mode: "connect" }));
-  kindSelect.addEventListener("change", () => { renderOptions(); if (kindSelect.value === "serial") loadPorts(); schedule(); });
+  $("test-protocol").addEventListener("click", () => { showErrors({}); sample = { mode: "connect" }; runPreview(false, sample); });
+  $("add-entry").addEventListener("click", () => {
+    const editor = EDITORS[kindSelect.value];
+    config[editor.option] = (Array.isArray(config[editor.option]) ? config[editor.option] : []).concat([{}]);
+    renderEntries();
+  });
+  kindSelect.addEventListener("change", () => {
+    sample = null;
+    const editor = EDITORS[kindSelect.value];
+    if (editor && !Array.isArray(config[editor.option])) config = { [editor.option]: [{}] }; // another kind's options do not apply
+    renderOptions();
+    if (kindSelect.value === "serial") loadPorts();
+    schedule();
+  });
   $("raw-toggle").addEventListener("change", (event) => {
     $("raw-field").hidden = !event.target.checked;
     $("options").hidden = event.target.checked;
@@ -307,6 +425,7 @@
     $("channels-json").value = JSON.stringify(kept());
   });
 
+  if (isProtocol() && !Array.isArray(config[EDITORS[kindSelect.value].option])) config[EDITORS[kindSelect.value].option] = [{}];
   renderOptions();
   renderChannels();
   showErrors(state.errors);

@@ -214,6 +214,21 @@ def test_an_mqtt_broker_passes_the_network_rules_and_its_password_and_ca_file_ar
     assert bad.status_code == 400 and "MQTT_PASSWORD_" in refusal(bad)
 
 
+def test_a_ca_file_never_lets_a_broker_address_skip_the_network_rules(administrator, settings, rules):
+    """A CA file outside the roots (administrators only) still has the broker's address judged: this server's
+    own Redis stays refused even to an administrator, and the address checked is the one connected to."""
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    settings.DAQBROKER_NETWORK_ALLOW = ["127.0.0.1"]
+    redis = {"host": "127.0.0.1", "port": 6379, "tls": True, "ca_file": "/etc/ssl/certs/ca-certificates.crt"}
+    response = post(administrator, new_source("mqtt", {**redis, "fields": [{"name": "t", "topic": "a"}]}))
+    assert response.status_code == 400 and "Redis of this server" in refusal(response)
+    from accounts import targets
+
+    broker = {"host": "127.0.0.1", "port": 8883, "tls": True, "ca_file": "/etc/ssl/certs/ca-certificates.crt"}
+    verdict = targets.check_mqtt(broker)
+    assert verdict.field == "ca_file" and verdict.outside and [str(a) for a in verdict.addresses] == ["127.0.0.1"]
+
+
 def test_an_opc_ua_server_passes_the_network_rules_and_its_password_is_guarded(
     shared_editor, administrator, settings, rules
 ):
@@ -228,6 +243,21 @@ def test_an_opc_ua_server_passes_the_network_rules_and_its_password_is_guarded(
     assert post(administrator, new_source("opcua", secret, "with-password")).status_code == 201
     bad = post(shared_editor, new_source("opcua", {**server, "nodes": [{"node": "Boiler.T", "name": "t"}]}, "bad"))
     assert bad.status_code == 400 and "ns=2;i=7" in refusal(bad)
+    # A secured endpoint's client certificate and private key are files of the collecting host: administrators.
+    keyed = {
+        **server,
+        "security_policy": "Basic256Sha256",
+        "certificate": "/etc/daqbroker/opcua/client.der",
+        "private_key": "/etc/daqbroker/opcua/client-key.pem",
+    }
+    response = post(shared_editor, new_source("opcua", keyed, "secured"))
+    assert response.status_code == 400 and "client-key.pem" in refusal(response)
+    assert "only an administrator" in refusal(response)
+    assert post(administrator, new_source("opcua", keyed, "secured")).status_code == 201
+    # Never a protected file of the server, whoever asks (its own program, here).
+    stolen = {**keyed, "private_key": str(settings.BASE_DIR / "daqbroker_site" / "settings.py")}
+    response = post(administrator, new_source("opcua", stolen, "stolen"))
+    assert response.status_code == 400 and "program folder" in refusal(response)
 
 
 # --- changing a source: PATCH -------------------------------------------------------------------------
