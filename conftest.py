@@ -81,6 +81,19 @@ def pytest_sessionstart(session):
 DATABASE_FIXTURES = frozenset(
     {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"}
 )
+# Tests whose writes are committed (child processes and live servers read them): never inside a transaction
+# held open across a module's tests (accounts.tests.personas.module_world).
+COMMITTING_FIXTURES = frozenset(
+    {"transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"}
+    | {"service_env", "start_process"}
+)
+
+
+def commits(item: pytest.Item, fixtures: set[str]) -> bool:
+    marker = item.get_closest_marker("django_db")
+    return not COMMITTING_FIXTURES.isdisjoint(fixtures) or bool(marker and marker.kwargs.get("transaction"))
+
+
 # Heavy real parts, recognised by the fixture that brings them; ``--fast`` leaves these (and ``slow``) out.
 MARKERS_BY_FIXTURE = {
     "browser": "browser",  # headless Chromium driven by Playwright
@@ -140,6 +153,11 @@ def is_engine_independent(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
+        if "module_world" in fixtures and commits(item, fixtures):
+            raise pytest.UsageError(
+                f"{item.nodeid}: a module sharing one world (module_world: a transaction open for the whole "
+                "module) cannot hold a test that commits (a live server, child processes, transactional_db)"
+            )
         for fixture, name in MARKERS_BY_FIXTURE.items():
             if fixture in fixtures and item.get_closest_marker(name) is None:
                 item.add_marker(name)
@@ -179,12 +197,15 @@ def fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
-def forget_written_freshness():
-    """Ingest remembers, per process, the latest reading it wrote to each instrument's freshness; each test's
-    database starts afresh (ids reused), so it forgets them first."""
+def forget_process_caches():
+    """What a process remembers between requests, forgotten before each test, whose database starts afresh
+    (ids reused; a module's shared world rolled back to its first state): the latest reading ingest wrote to
+    each instrument's freshness, and the tokens found usable (accounts.tokens)."""
+    from accounts import tokens
     from collection.services.ingest import forget_written_freshness
 
     forget_written_freshness()
+    tokens.forget_all()
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,7 @@ Log personas in with ``force_login``: ``Client.login()`` cannot pass the request
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -248,23 +249,29 @@ def build_world() -> World:
 
 
 @pytest.fixture
-def world(db) -> World:
+def world(request, db) -> World:
+    """This test's world: built for it, or, in a module that shares one (``pytestmark =
+    pytest.mark.usefixtures("module_world")``), a copy of the module's. The copy's Python objects are the
+    test's own, so a test may change them (``world.alpha_channel.units = ...``) as with a world of its own; what
+    it writes to the database is rolled back before the next test."""
+    if "module_world" in request.fixturenames:
+        return copy.deepcopy(request.getfixturevalue("module_world"))
     return build_world()
 
 
 @pytest.fixture(scope="module")
 def module_world(django_db_setup, django_db_blocker):
-    """One world for a whole module, for read-mostly suites such as the permission matrix.
+    """One world for a whole module, built once instead of once per test (a world costs about three times
+    a typical test's own work).
 
     Built inside a transaction that stays open for the module and is rolled back at its end; each test
     (through ``db``) runs in a savepoint inside it, as Django's ``TestCase.setUpTestData`` does, so
-    what a test writes is undone before the next. Use it by overriding ``world`` in the module::
+    what a test writes is undone before the next. A module opts in with::
 
-        @pytest.fixture
-        def world(module_world, db):
-            return module_world
+        pytestmark = pytest.mark.usefixtures("module_world")
 
-    Tests must not change the world's Python objects (the database is rolled back, they are not).
+    and ``world`` then gives each test a copy of it. Not for a module with tests that commit (a live server,
+    child processes, ``transactional_db``): conftest.py refuses the mix.
 
     Each user is also logged in once here, and every persona with a session reuses that login: the session
     row lives in the outer transaction, so a test that logs out or cycles the key gets it back at its

@@ -11,7 +11,7 @@ from accounts import services
 from accounts.models import Agent, ApiToken, AuditEvent
 from instruments.models import Instrument
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
 
 def whoami(token: str) -> int:

@@ -19,7 +19,7 @@ from collection.choices import Origin
 from collection.services.ingest import SampleBatch, ingest_samples
 from instruments.tests.factories import make_user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
 
 def principal(clear: str) -> AgentPrincipal:

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from accounts import permissions
 from accounts.models import Agent, ApiToken, AuditEvent
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
 
 def bearer(token: str) -> APIClient:

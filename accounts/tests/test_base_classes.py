@@ -7,7 +7,11 @@ import pytest
 from accounts.models import AuditEvent
 from instruments.models import Channel
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("accounts.tests.probe_urls")]
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.urls("accounts.tests.probe_urls"),
+    pytest.mark.usefixtures("module_world"),  # one world for the module's tests
+]
 
 
 def channels_url(channel=None) -> str:

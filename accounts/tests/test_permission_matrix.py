@@ -30,6 +30,9 @@ from instruments.tests.page_world import (
     zulu_dashboard,
 )
 
+# One world for the module's few thousand cases (accounts.tests.personas.module_world).
+pytestmark = pytest.mark.usefixtures("module_world")
+
 AGENTS = ("agent_scoped", "agent_unscoped")
 TOKENS = ("personal_read_token", "personal_write_token")
 
@@ -944,12 +947,6 @@ def archive_dir(settings, module_archive):
     """Raw files' bytes (raw_file) in this module's own archive: each case writes the same few files (a
     folder per case cost a tenth of a case)."""
     settings.DAQBROKER_ARCHIVE_DIR = module_archive
-
-
-@pytest.fixture
-def world(module_world, db):
-    """The personas' world, built once for this module; each case's writes are rolled back."""
-    return module_world
 
 
 # Every persona on the first engine; on PostgreSQL and MariaDB (the engine-dependent passes) the personas whose

@@ -11,6 +11,8 @@ from django.urls import reverse
 from collection.alarms.models import AlarmRule
 from instruments.tests.factories import make_user
 
+pytestmark = pytest.mark.usefixtures("module_world")  # one world for the module's tests
+
 # The rule's form, as the admin's change page posts it.
 FORM = {
     "name": "everywhere-too-hot",

@@ -12,6 +12,8 @@ from collection.models import IngestBatch, RejectedSample, Sample, TextSample
 from instruments.choices import ChannelKind
 from instruments.tests.factories import make_channel
 
+pytestmark = pytest.mark.usefixtures("module_world")  # one world for the module's tests
+
 URL = "/api/v1/ingest/"
 T0 = 1_767_323_045  # 2026-01-02T03:04:05Z
 

@@ -11,7 +11,7 @@ from collection.services import histogram
 from collection.tests.readings import SECOND, T0, ingest, refresh_all
 from instruments.tests.factories import make_channel
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
 DAY = 86400 * SECOND
 TEMP = "alpha-station/alpha-station-temp"

@@ -22,7 +22,7 @@ from daqbroker_agent.parsing import datetime_to_us
 from instruments.choices import ChannelKind
 from instruments.tests.factories import make_channel
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
 DAY = 86400 * SECOND
 ALPHA_TEMP = "alpha-station/alpha-station-temp"

@@ -8,6 +8,8 @@ from accounts.choices import AuditAction
 from accounts.models import AuditEvent
 from instruments.models import SLUG_TAKEN, Channel, DataSource, Instrument
 
+pytestmark = pytest.mark.usefixtures("module_world")  # one world for the module's tests
+
 
 def test_lists_show_only_what_the_persona_may_see(world, owner, shared_viewer, stranger):
     assert [i["slug"] for i in owner.client.get("/api/v1/instruments/").json()["results"]] == ["alpha-station"]

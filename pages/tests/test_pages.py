@@ -26,7 +26,7 @@ from instruments.tests.factories import make_channel, make_user
 from instruments.tests.page_world import alpha_alarm, alpha_dashboard, zulu_alarm, zulu_dashboard
 from pages import status
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
 # What an unfinished page leaks: tracebacks, Python or JSON structures, "None" where a value belongs.
 DEBUG_TEXT = re.compile(r"""Traceback|\{['"]|\[\{|>\s*None\s*<|Exception|object at 0x""")

@@ -20,7 +20,7 @@ from daqbroker_agent.parsing import datetime_to_us
 from instruments.models import DataSource
 from pages.tests.test_pages import page
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
 LIST = "/quarantine/"
 

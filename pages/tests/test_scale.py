@@ -24,7 +24,7 @@ from instruments.tests.many_things import build_things, grant_view
 from pages import status
 from pages.reading_views import SEARCH_LIMIT
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
 SMALL, LARGE = 4, 40
 
@@ -110,8 +110,8 @@ def _count(body: str, state: str) -> int:
 
 def test_the_home_page_counts_and_filters_agree_with_each_instruments_status():
     admin = make_user(is_superuser=True, is_staff=True)
-    ids = build_things(30, make_user(), channels=3)
-    instruments = list(Instrument.objects.filter(pk__in=ids).order_by("name"))
+    build_things(30, make_user(), channels=3)
+    instruments = list(Instrument.objects.order_by("name"))  # the module's world's two as well
     statuses = status.instrument_statuses(instruments)
     expected = {
         status.COLLECTING: {s.instrument.slug for s in statuses if s.state in (status.OK, status.LATE)},
@@ -122,7 +122,7 @@ def test_the_home_page_counts_and_filters_agree_with_each_instruments_status():
     assert all(expected.values()), "the site should hold instruments in every state"
     client = _client(admin)
     body = _home(client)
-    assert _count(body, "all") == 30
+    assert _count(body, "all") == len(instruments) == 32
     for state, slugs in expected.items():
         assert _count(body, state) == len(slugs), state
         shown = set(re.findall(r'data-instrument="([^"]+)"', _home(client, status=state)))
@@ -132,12 +132,13 @@ def test_the_home_page_counts_and_filters_agree_with_each_instruments_status():
 def test_the_home_page_shows_a_page_at_a_time_and_keeps_the_filter_in_its_links():
     admin = make_user(is_superuser=True, is_staff=True)
     build_things(60, make_user(), channels=1)
+    assert Instrument.objects.count() == 62  # and the module's world's two
     client = _client(admin)
     first = _home(client)
     assert len(re.findall(r'data-instrument="', first)) == 24
     assert "Page 1 of 3" in first
     last = _home(client, page=3)
-    assert len(re.findall(r'data-instrument="', last)) == 12
+    assert len(re.findall(r'data-instrument="', last)) == 14
     filtered = _home(client, status="silent", q="site")
     assert "status=silent" in filtered and "q=site" in filtered
 
