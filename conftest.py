@@ -101,7 +101,7 @@ MARKERS_BY_FIXTURE = {
     "service_env": "server",  # child processes on the test database: gunicorn, Celery worker/beat, manage.py
     "start_process": "worker",  # real Celery worker (and beat) processes
 }
-FAST_EXCLUDES = ("slow", "browser", "server", "worker")
+FAST_EXCLUDES = ("slow", "browser", "server", "worker", "repeats")
 
 
 def pytest_addoption(parser):

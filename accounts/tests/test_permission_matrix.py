@@ -955,16 +955,18 @@ def archive_dir(settings, module_archive):
 # decided by the same SQL as one of these (or by none: anonymous, the administrator), so on those engines they
 # would repeat it 3,410 x 7/11 times at about 50 ms each (docs/testing.md, "Which tests run on which engine").
 ENGINE_PERSONAS = frozenset({"shared_editor", "group_member", "agent_scoped", "stranger"})
+REPEATS = pytest.mark.repeats
 
 
 @pytest.fixture(
     params=[
-        name if name in ENGINE_PERSONAS else pytest.param(name, marks=pytest.mark.engine_independent)
+        name if name in ENGINE_PERSONAS else pytest.param(name, marks=[pytest.mark.engine_independent, REPEATS])
         for name in PERSONAS
     ]
 )
 def persona(request):
-    """The matrix's own ``persona``: every persona, the seven outside ENGINE_PERSONAS on the first engine only."""
+    """The matrix's own ``persona``: every persona, the seven outside ENGINE_PERSONAS on the first engine only
+    (and left out of ``scripts/test --fast``)."""
     return request.getfixturevalue(request.param)
 
 

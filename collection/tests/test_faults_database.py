@@ -29,6 +29,8 @@ from collection.tests.faults import (
 )
 from conftest import service_unavailable, wait_for
 
+pytestmark = pytest.mark.slow  # a PostgreSQL cluster of its own, made and stopped: minutes on a busy machine
+
 
 @pytest.fixture(scope="module")
 def own_postgres():
