@@ -1,0 +1,251 @@
+"""Compressed reading blocks (docs/storage.md): compaction of hot rows into blocks, and reading both back.
+
+A channel's readings of one closed window of ``BLOCK_WIDTH_US`` move from the narrow table (``Sample`` or
+``TextSample``: the "hot rows") into one ``ReadingBlock`` row, compressed by ``collection.codec``.
+
+**Status: building blocks, not switched on.** Nothing schedules compaction and no setting turns it on:
+the query, export, statistics, rollup, alarm, validation, derived-channel, correction and retention paths
+still read and write the narrow tables only, and would miss compacted readings. ``read_readings`` is the
+merged read (blocks plus hot rows) they are to move onto; docs/storage.md lists what remains.
+
+Safety of ``compact_window`` as it stands:
+
+* One transaction per (channel, window): the merged block is written and exactly the hot rows it took
+  are deleted, or nothing happens.
+* Two compactors: each holds the channel's row lock (``SELECT … FOR UPDATE``, ``SKIP LOCKED`` where the
+  engine has it, so a second worker moves on to other channels; SQLite serialises writers anyway).
+* Concurrent ingest: only the keys read are deleted, so a reading committed into the window meanwhile
+  stays a hot row and is merged by the next pass (``read_readings`` reads both in the meantime).
+* Late data: a hot row in an already compacted window is merged into its block (decode, merge, encode);
+  a key present in both is kept once, the block's value winning (the first stored, as at ingest) and a
+  differing hot value quarantined as a conflict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import connections, transaction
+
+from collection import codec
+from collection.choices import Origin, RejectionKind
+from collection.models import ReadingBlock, RejectedSample, Sample, TextSample
+from collection.services.fetch import F8, I8, fetch_columns
+from instruments.choices import ChannelKind
+from instruments.models import Channel
+
+SECOND = 1_000_000
+# Fixed: blocks are keyed by their window's start, so changing it would re-key every stored block.
+BLOCK_WIDTH_US = 3600 * SECOND
+_IN_LIST = 1000  # keys per DELETE ... IN (...)
+_COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
+
+
+@dataclass
+class Compacted:
+    """What one compaction step did."""
+
+    windows: int = 0
+    readings: int = 0  # hot rows moved into blocks
+    duplicates: int = 0  # hot rows whose key and value the block already held
+    conflicts: int = 0  # hot rows whose key the block held with another value: quarantined
+
+
+def window_of(ts: int) -> int:
+    return ts - ts % BLOCK_WIDTH_US
+
+
+def _is_text(channel_id: int, using: str) -> bool | None:
+    kind = Channel.objects.using(using).filter(pk=channel_id).values_list("kind", flat=True).first()
+    return None if kind is None else kind == ChannelKind.TEXT
+
+
+def _hot_rows(channel_id: int, start: int, end: int, text: bool, using: str) -> dict[str, np.ndarray]:
+    connection = connections[using]
+    model = TextSample if text else Sample
+    table = connection.ops.quote_name(model._meta.db_table)
+    sql = f"SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s ORDER BY ts"
+    if not text:
+        return fetch_columns(sql, [channel_id, start, end], _COLUMNS, using=using)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [channel_id, start, end])
+        rows = cursor.fetchall()
+    return {
+        "ts": np.array([r[0] for r in rows], dtype=np.int64),
+        "value": np.array([r[1] for r in rows] or [], dtype=object),
+        "quality": np.array([r[2] for r in rows], dtype=np.int64),
+    }
+
+
+def decode_block(block: ReadingBlock, text: bool) -> dict[str, np.ndarray]:
+    ts = codec.decode_timestamps(bytes(block.ts_data))
+    value = (
+        np.array(codec.decode_text(bytes(block.value_data)) or [], dtype=object)
+        if text
+        else codec.decode_values(bytes(block.value_data))
+    )
+    quality = codec.decode_quality(bytes(block.quality_data)).astype(np.int64)
+    if not len(ts) == len(value) == len(quality) == block.count:
+        raise codec.CodecError(f"block {block} holds columns of different lengths")
+    return {"ts": ts, "value": value, "quality": quality}
+
+
+def _encode(columns: dict[str, np.ndarray], text: bool) -> dict[str, bytes]:
+    return {
+        "ts_data": codec.encode_timestamps(columns["ts"]),
+        "value_data": codec.encode_text(columns["value"].tolist()) if text else codec.encode_values(columns["value"]),
+        "quality_data": codec.encode_quality(columns["quality"]),
+    }
+
+
+def compact_window(channel_id: int, window_start: int, *, using: str = "default") -> Compacted:
+    """Move the channel's hot rows of the window starting at ``window_start`` into its block (merging
+    with the block if there is one), in one transaction. Returns quietly (nothing done) when the channel
+    is gone or another worker holds it. Safe to run twice: a second run finds no hot rows."""
+    if window_start % BLOCK_WIDTH_US:
+        raise ValueError("window_start must be a multiple of BLOCK_WIDTH_US")
+    done = Compacted()
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        skip = connection.features.has_select_for_update_skip_locked
+        locked = Channel.objects.using(using).select_for_update(skip_locked=skip).filter(pk=channel_id)
+        kinds = list(locked.values_list("kind", flat=True))
+        if not kinds:
+            return done
+        text = kinds[0] == ChannelKind.TEXT
+        hot = _hot_rows(channel_id, window_start, window_start + BLOCK_WIDTH_US, text, using)
+        if not len(hot["ts"]):
+            return done
+        block = (
+            ReadingBlock.objects.using(using)
+            .select_for_update()
+            .filter(channel_id=channel_id, window_start=window_start)
+            .first()
+        )
+        merged = hot
+        if block is not None:
+            old = decode_block(block, text)
+            in_block = np.isin(hot["ts"], old["ts"])
+            if in_block.any():
+                where = np.searchsorted(old["ts"], hot["ts"][in_block])
+                hot_values, old_values = hot["value"][in_block], old["value"][where]
+                if text:
+                    same = np.array([a == b for a, b in zip(hot_values, old_values, strict=True)], dtype=bool)
+                else:  # the same value: equal, or both NaN with the same bits
+                    same = hot_values.view(np.uint64) == old_values.view(np.uint64)
+                done.duplicates = int(same.sum())
+                _quarantine_conflicts(
+                    channel_id, hot["ts"][in_block][~same], hot_values[~same], old_values[~same], using
+                )
+                done.conflicts = int((~same).sum())
+            fresh = {name: column[~in_block] for name, column in hot.items()}
+            merged = {name: np.concatenate([old[name], fresh[name]]) for name in old}
+            order = np.argsort(merged["ts"], kind="stable")
+            merged = {name: column[order] for name, column in merged.items()}
+        fields = {
+            "count": len(merged["ts"]),
+            "first_ts": int(merged["ts"][0]),
+            "last_ts": int(merged["ts"][-1]),
+            **_encode(merged, text),
+        }
+        if block is None:
+            ReadingBlock.objects.using(using).create(channel_id=channel_id, window_start=window_start, **fields)
+        else:
+            ReadingBlock.objects.using(using).filter(channel_id=channel_id, window_start=window_start).update(**fields)
+        _delete_keys(channel_id, hot["ts"], text, using)
+        done.windows = 1
+        done.readings = len(hot["ts"]) - done.duplicates - done.conflicts
+    return done
+
+
+def _quarantine_conflicts(channel_id: int, ts: np.ndarray, values: np.ndarray, stored: np.ndarray, using: str) -> None:
+    RejectedSample.objects.using(using).bulk_create(
+        RejectedSample(
+            origin=Origin.INTERNAL,
+            channel_id=channel_id,
+            channel_ref=str(channel_id),
+            raw_time=str(int(t)),
+            raw_value=str(v),
+            reason=f"another value ({s!r}) is stored at this time (found when compacting)",
+            kind=RejectionKind.CONFLICT,
+            context={"stored": str(s)},
+        )
+        for t, v, s in zip(ts.tolist(), values.tolist(), stored.tolist(), strict=True)
+    )
+
+
+def _delete_keys(channel_id: int, ts: np.ndarray, text: bool, using: str) -> None:
+    connection = connections[using]
+    table = connection.ops.quote_name((TextSample if text else Sample)._meta.db_table)
+    with connection.cursor() as cursor:
+        for i in range(0, len(ts), _IN_LIST):
+            part = ts[i : i + _IN_LIST].tolist()
+            marks = ", ".join(["%s"] * len(part))
+            cursor.execute(f"DELETE FROM {table} WHERE channel_id = %s AND ts IN ({marks})", [channel_id, *part])
+
+
+def compact(before: int, *, max_windows: int = 100, using: str = "default") -> Compacted:
+    """One bounded step: compact at most ``max_windows`` windows that end at or before ``before`` (µs),
+    oldest first per channel. Call again until it returns ``windows == 0`` (existing readings are
+    compacted the same way, step by step)."""
+    total = Compacted()
+    connection = connections[using]
+    for channel_id, kind in Channel.objects.using(using).order_by("pk").values_list("pk", "kind"):
+        model = TextSample if kind == ChannelKind.TEXT else Sample
+        table = connection.ops.quote_name(model._meta.db_table)
+        while total.windows < max_windows:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT ts FROM {table} WHERE channel_id = %s AND ts < %s ORDER BY ts LIMIT 1",
+                    [channel_id, window_of(before)],
+                )
+                row = cursor.fetchone()
+            if row is None:
+                break
+            step = compact_window(channel_id, window_of(int(row[0])), using=using)
+            if not step.windows:
+                break  # another worker holds the channel
+            total.windows += 1
+            total.readings += step.readings
+            total.duplicates += step.duplicates
+            total.conflicts += step.conflicts
+        if total.windows >= max_windows:
+            break
+    return total
+
+
+def read_readings(
+    channel_id: int, start: int, end: int, *, include_flagged: bool = True, using: str = "default"
+) -> dict[str, np.ndarray]:
+    """A channel's readings in [start, end) µs from its blocks and its hot rows, ordered by time:
+    {"ts", "value", "quality"} (values float64, or objects for a text channel). A key held by both (a
+    reading stored while its window was being compacted) is given once, the block's."""
+    text = _is_text(channel_id, using)
+    if text is None:
+        return {"ts": np.empty(0, np.int64), "value": np.empty(0), "quality": np.empty(0, np.int64)}
+    blocks = (
+        ReadingBlock.objects.using(using)
+        .filter(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
+        .order_by("window_start")
+    )
+    parts = []
+    for block in blocks:
+        columns = decode_block(block, text)
+        lo, hi = np.searchsorted(columns["ts"], [start, end])
+        if hi > lo:
+            parts.append({name: column[lo:hi] for name, column in columns.items()})
+    hot = _hot_rows(channel_id, start, end, text, using)
+    if parts and len(hot["ts"]):
+        compacted = np.concatenate([p["ts"] for p in parts])
+        keep = ~np.isin(hot["ts"], compacted)
+        hot = {name: column[keep] for name, column in hot.items()}
+    parts.append(hot)
+    merged = {name: np.concatenate([p[name] for p in parts]) for name in hot}
+    if len(parts) > 1:
+        order = np.argsort(merged["ts"], kind="stable")
+        merged = {name: column[order] for name, column in merged.items()}
+    if not include_flagged:
+        ok = merged["quality"] == 0
+        merged = {name: column[ok] for name, column in merged.items()}
+    return merged
