@@ -188,9 +188,16 @@ def run(args) -> None:
 
 
 def truncate(connection) -> None:
-    tables = ["collection_sample", "collection_textsample", "collection_readingblock", "collection_rollup"]
+    tables = [
+        "collection_sample",
+        "collection_textsample",
+        "collection_readingblock",
+        "collection_rollup",
+        "collection_rollupbacklog",
+        "collection_followupbacklog",
+    ]
     with connection.cursor() as cursor:
-        for table in tables + ["collection_rollupbacklog", "collection_followupbacklog"]:
+        for table in tables:
             if connection.vendor == "sqlite":
                 cursor.execute(f'DELETE FROM "{table}"')
             else:
