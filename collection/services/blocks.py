@@ -23,6 +23,7 @@ Safety of ``compact_window`` as it stands:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ from django.db import connections, transaction
 from collection import codec
 from collection.choices import Origin, RejectionKind
 from collection.models import ReadingBlock, RejectedSample, Sample, TextSample
-from collection.services.fetch import F8, I8, fetch_columns
+from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
 from instruments.choices import ChannelKind
 from instruments.models import Channel
 
@@ -61,11 +62,25 @@ def _is_text(channel_id: int, using: str) -> bool | None:
     return None if kind is None else kind == ChannelKind.TEXT
 
 
-def _hot_rows(channel_id: int, start: int, end: int, text: bool, using: str) -> dict[str, np.ndarray]:
+def _hot_rows(
+    channel_id: int,
+    start: int,
+    end: int,
+    text: bool,
+    using: str,
+    *,
+    limit: int | None = None,
+    only_ok: bool = False,
+) -> dict[str, np.ndarray]:
     connection = connections[using]
     model = TextSample if text else Sample
     table = connection.ops.quote_name(model._meta.db_table)
-    sql = f"SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s ORDER BY ts"
+    sql = (
+        f"SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s"
+        + (" AND quality = 0" if only_ok else "")
+        + " ORDER BY ts"
+        + (f" LIMIT {int(limit)}" if limit is not None else "")
+    )
     if not text:
         return fetch_columns(sql, [channel_id, start, end], _COLUMNS, using=using)
     with connection.cursor() as cursor:
@@ -215,37 +230,185 @@ def compact(before: int, *, max_windows: int = 100, using: str = "default") -> C
     return total
 
 
-def read_readings(
-    channel_id: int, start: int, end: int, *, include_flagged: bool = True, using: str = "default"
-) -> dict[str, np.ndarray]:
-    """A channel's readings in [start, end) µs from its blocks and its hot rows, ordered by time:
-    {"ts", "value", "quality"} (values float64, or objects for a text channel). A key held by both (a
-    reading stored while its window was being compacted) is given once, the block's."""
-    text = _is_text(channel_id, using)
+def has_blocks(channel_id: int, start: int, end: int, *, using: str = "default") -> bool:
+    """Whether any block of the channel may hold readings in [start, end) µs (one primary-key probe)."""
+    return (
+        ReadingBlock.objects.using(using)
+        .filter(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
+        .exists()
+    )
+
+
+def _only_ok(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    ok = columns["quality"] == 0
+    return {name: column[ok] for name, column in columns.items()}
+
+
+def _hot_chunks(
+    channel_id: int, start: int, end: int, text: bool, include_flagged: bool, chunk_rows: int, using: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """Hot rows only, in [start, end), in keyset-paginated chunks (constant memory)."""
+    if not text:
+        yield from iter_chunks(
+            Sample._meta.db_table,
+            _COLUMNS,
+            channel_id=channel_id,
+            start=start,
+            end=end,
+            chunk_rows=chunk_rows,
+            extra_where="" if include_flagged else "quality = 0",
+            using=using,
+        )
+        return
+    lower = start
+    while lower < end:
+        chunk = _hot_rows(channel_id, lower, end, True, using, limit=chunk_rows, only_ok=not include_flagged)
+        if len(chunk["ts"]):
+            yield chunk
+        if len(chunk["ts"]) < chunk_rows:
+            return
+        lower = int(chunk["ts"][-1]) + 1
+
+
+def _window_readings(channel_id: int, window: int, lo: int, hi: int, text: bool, using: str) -> dict[str, np.ndarray]:
+    """The block of ``window`` merged with the hot rows of [lo, hi) (inside that window), ordered."""
+    block = ReadingBlock.objects.using(using).filter(channel_id=channel_id, window_start=window).first()
+    hot = _hot_rows(channel_id, lo, hi, text, using)
+    if block is None:
+        return hot
+    columns = decode_block(block, text)
+    a, b = np.searchsorted(columns["ts"], [lo, hi])
+    columns = {name: column[a:b] for name, column in columns.items()}
+    if not len(hot["ts"]):
+        return columns
+    keep = ~np.isin(hot["ts"], columns["ts"])
+    merged = {name: np.concatenate([columns[name], hot[name][keep]]) for name in columns}
+    order = np.argsort(merged["ts"], kind="stable")
+    return {name: column[order] for name, column in merged.items()}
+
+
+def iter_readings(
+    channel_id: int,
+    start: int,
+    end: int,
+    *,
+    text: bool | None = None,
+    include_flagged: bool = True,
+    chunk_rows: int = 100_000,
+    using: str = "default",
+) -> Iterator[dict[str, np.ndarray]]:
+    """A channel's readings in [start, end) µs, blocks and hot rows merged, ordered by time, in chunks
+    (each at most ``chunk_rows`` hot rows, or one block window): {"ts", "value", "quality"}, values
+    float64 or (text channels) objects. A key held by both a block and a hot row (a reading stored while
+    its window was being compacted) is given once, the block's: the first stored value."""
     if text is None:
-        return {"ts": np.empty(0, np.int64), "value": np.empty(0), "quality": np.empty(0, np.int64)}
-    blocks = (
+        text = _is_text(channel_id, using)
+        if text is None:
+            return
+    windows = list(
         ReadingBlock.objects.using(using)
         .filter(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
         .order_by("window_start")
+        .values_list("window_start", flat=True)
     )
-    parts = []
+    lower = start
+    for window in windows:
+        if lower < window:
+            yield from _hot_chunks(channel_id, lower, window, text, include_flagged, chunk_rows, using)
+        lo, hi = max(start, window), min(end, window + BLOCK_WIDTH_US)
+        columns = _window_readings(channel_id, window, lo, hi, text, using)
+        if not include_flagged:
+            columns = _only_ok(columns)
+        if len(columns["ts"]):
+            yield columns
+        lower = hi
+    if lower < end:
+        yield from _hot_chunks(channel_id, lower, end, text, include_flagged, chunk_rows, using)
+
+
+def _empty(text: bool) -> dict[str, np.ndarray]:
+    return {
+        "ts": np.empty(0, np.int64),
+        "value": np.empty(0, dtype=object if text else np.float64),
+        "quality": np.empty(0, np.int64),
+    }
+
+
+def read_readings(
+    channel_id: int,
+    start: int,
+    end: int,
+    *,
+    include_flagged: bool = True,
+    limit: int | None = None,
+    text: bool | None = None,
+    using: str = "default",
+) -> dict[str, np.ndarray]:
+    """Like ``iter_readings``, in one piece: the first ``limit`` readings of [start, end), or all."""
+    if text is None:
+        text = _is_text(channel_id, using)
+        if text is None:
+            return _empty(False)
+    parts, count = [], 0
+    for chunk in iter_readings(channel_id, start, end, text=text, include_flagged=include_flagged, using=using):
+        parts.append(chunk)
+        count += len(chunk["ts"])
+        if limit is not None and count >= limit:
+            break
+    if not parts:
+        return _empty(text)
+    merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    if limit is not None:
+        merged = {name: column[:limit] for name, column in merged.items()}
+    return merged
+
+
+def read_last(
+    channel_id: int, before: int, limit: int, *, text: bool = False, using: str = "default"
+) -> dict[str, np.ndarray]:
+    """The channel's last ``limit`` readings before ``before`` µs (blocks and hot rows), oldest first: the
+    answer is among the last ``limit`` hot rows and the last ``limit`` block readings, so no more is read."""
+    model = TextSample if text else Sample
+    table = connections[using].ops.quote_name(model._meta.db_table)
+    sql = (
+        f"SELECT ts, value, quality FROM (SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts < %s "
+        f"ORDER BY ts DESC LIMIT {int(limit)}) AS latest ORDER BY ts"
+    )
+    hot = fetch_columns(sql, [channel_id, before], _COLUMNS, using=using)
+    parts, found = [], 0
+    blocks = (
+        ReadingBlock.objects.using(using)
+        .filter(channel_id=channel_id, window_start__lt=before)
+        .order_by("-window_start")
+        .iterator(chunk_size=8)
+    )
     for block in blocks:
         columns = decode_block(block, text)
-        lo, hi = np.searchsorted(columns["ts"], [start, end])
-        if hi > lo:
-            parts.append({name: column[lo:hi] for name, column in columns.items()})
-    hot = _hot_rows(channel_id, start, end, text, using)
-    if parts and len(hot["ts"]):
-        compacted = np.concatenate([p["ts"] for p in parts])
-        keep = ~np.isin(hot["ts"], compacted)
-        hot = {name: column[keep] for name, column in hot.items()}
-    parts.append(hot)
-    merged = {name: np.concatenate([p[name] for p in parts]) for name in hot}
-    if len(parts) > 1:
-        order = np.argsort(merged["ts"], kind="stable")
-        merged = {name: column[order] for name, column in merged.items()}
-    if not include_flagged:
-        ok = merged["quality"] == 0
-        merged = {name: column[ok] for name, column in merged.items()}
-    return merged
+        inside = columns["ts"] < before
+        parts.insert(0, {name: column[inside] for name, column in columns.items()})
+        found += int(inside.sum())
+        if found >= limit:
+            break
+    if not parts:
+        return hot
+    compacted = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    keep = ~np.isin(hot["ts"], compacted["ts"])
+    merged = {name: np.concatenate([compacted[name], hot[name][keep]]) for name in hot}
+    order = np.argsort(merged["ts"], kind="stable")[-limit:]
+    return {name: column[order] for name, column in merged.items()}
+
+
+def bounds(channel_id: int, *, text: bool = False, using: str = "default") -> tuple[int | None, int | None]:
+    """The channel's first and last reading time, over blocks and hot rows."""
+    from django.db.models import Max, Min
+
+    model = TextSample if text else Sample
+    hot = model.objects.using(using).filter(channel_id=channel_id).aggregate(first=Min("ts"), last=Max("ts"))
+    cold = (
+        ReadingBlock.objects.using(using)
+        .filter(channel_id=channel_id)
+        .aggregate(first=Min("first_ts"), last=Max("last_ts"))
+    )
+    firsts = [v for v in (hot["first"], cold["first"]) if v is not None]
+    lasts = [v for v in (hot["last"], cold["last"]) if v is not None]
+    return (min(firsts) if firsts else None, max(lasts) if lasts else None)

@@ -42,6 +42,7 @@ from django.db import connections, transaction
 
 from collection.choices import Quality
 from collection.models import Sample, TextSample
+from collection.services import blocks
 from collection.services.fetch import F8, I8, iter_chunks
 from instruments.choices import ChannelKind
 from instruments.models import Channel
@@ -117,7 +118,8 @@ class ExportRequest:
 def export(request: ExportRequest, *, using: str = "default") -> Iterator[bytes]:
     """The export as a stream of byte chunks, for ``StreamingHttpResponse`` or a file."""
     if request.format == "csv" and request.layout == "long":
-        if connections[using].vendor == "postgresql":
+        compacted = any(blocks.has_blocks(c.pk, request.start, request.end, using=using) for c in request.channels)
+        if connections[using].vendor == "postgresql" and not compacted:  # COPY reads the hot rows only
             _pg_check_time_zone(request.time_zone, using)  # now, not halfway through the download
             return _flushed(_pg_long_csv(request, using))
         return _flushed(_long_csv(request, using))
@@ -241,6 +243,17 @@ def _chunks(
     channel: Channel, start: int, end: int, using: str, chunk_rows: int = CHUNK_ROWS, include_flagged: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:
     """A channel's readings in [start, end) in chunks: numeric ones in numpy, text ones as object arrays."""
+    if blocks.has_blocks(channel.pk, start, end, using=using):
+        yield from blocks.iter_readings(
+            channel.pk,
+            start,
+            end,
+            text=channel.kind == ChannelKind.TEXT,
+            include_flagged=include_flagged,
+            chunk_rows=chunk_rows,
+            using=using,
+        )
+        return
     if channel.kind != ChannelKind.TEXT:
         yield from iter_chunks(
             Sample._meta.db_table,
