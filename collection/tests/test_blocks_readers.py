@@ -39,9 +39,7 @@ def station(django_capture_on_commit_callbacks):
     Sample.objects.filter(channel=numeric, ts__in=[int(ts[100]), int(ts[5000])]).update(quality=2)
     stamps = T0 + np.arange(0, 3 * 3600, 60) * SECOND
     with django_capture_on_commit_callbacks(execute=True):
-        ingest_samples(
-            SampleBatch(np.full(len(stamps), text.pk), stamps, np.array(["run", "idle"] * 90, dtype=object))
-        )
+        ingest_samples(SampleBatch(np.full(len(stamps), text.pk), stamps, np.array(["run", "idle"] * 90, dtype=object)))
     rebuild_rollups([numeric.pk])
     return instrument, numeric, text
 
@@ -58,8 +56,7 @@ def answers(numeric, text) -> dict:
     for limit in (None, 1, 5000):
         raw = fetch_raw(numeric.pk, T0 + 7, END - 3, include_flagged=True, limit=limit)
         out[("fetch_raw", limit)] = [raw[k].tolist() for k in ("ts", "value", "quality")]
-    out["iter_raw"] = [c["ts"].tolist() for c in iter_raw(numeric.pk, T0, END, include_flagged=False)]
-    out["iter_raw"] = sum(out["iter_raw"], [])
+    out["iter_raw"] = [t for c in iter_raw(numeric.pk, T0, END, include_flagged=False) for t in c["ts"].tolist()]
     for kwargs in (
         {"start": T0 + HOUR - 5 * SECOND, "end": T0 + HOUR + 5 * SECOND},
         {"after": T0 + 100 * SECOND, "limit": 3},
