@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import connections, transaction
 
-from collection import codec
+from collection import codec, storage
 from collection.choices import Origin, RejectionKind
 from collection.models import ReadingBlock, RejectedSample, Sample, TextSample
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
@@ -81,10 +81,15 @@ def _hot_rows(
         + " ORDER BY ts"
         + (f" LIMIT {int(limit)}" if limit is not None else "")
     )
+    return _select(sql, [channel_id, start, end], text, using)
+
+
+def _select(sql: str, params: list, text: bool, using: str) -> dict[str, np.ndarray]:
+    """(ts, value, quality) rows into columns: numeric ones through ``fetch_columns``, text as objects."""
     if not text:
-        return fetch_columns(sql, [channel_id, start, end], _COLUMNS, using=using)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [channel_id, start, end])
+        return fetch_columns(sql, params, _COLUMNS, using=using)
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
     return {
         "ts": np.array([r[0] for r in rows], dtype=np.int64),
@@ -374,8 +379,9 @@ def read_last(
         f"SELECT ts, value, quality FROM (SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts < %s "
         f"ORDER BY ts DESC LIMIT {int(limit)}) AS latest ORDER BY ts"
     )
-    hot = fetch_columns(sql, [channel_id, before], _COLUMNS, using=using)
-    parts, found = [], 0
+    hot = _select(sql, [channel_id, before], text, using)
+    parts: list[dict[str, np.ndarray]] = []
+    found = 0
     blocks = (
         ReadingBlock.objects.using(using)
         .filter(channel_id=channel_id, window_start__lt=before)
@@ -412,3 +418,130 @@ def bounds(channel_id: int, *, text: bool = False, using: str = "default") -> tu
     firsts = [v for v in (hot["first"], cold["first"]) if v is not None]
     lasts = [v for v in (hot["last"], cold["last"]) if v is not None]
     return (min(firsts) if firsts else None, max(lasts) if lasts else None)
+
+
+# --- writers: a change to compacted readings first turns their blocks back into hot rows ---------------
+
+
+def _lock_channels(channel_ids, using: str) -> dict[int, bool]:
+    """Row locks on the channels, in key order (as every locker takes them: no deadlock); {id: is text}."""
+    rows = (
+        Channel.objects.using(using)
+        .select_for_update()
+        .filter(pk__in=sorted(set(channel_ids)))
+        .order_by("pk")
+        .values_list("pk", "kind")
+    )
+    return {pk: kind == ChannelKind.TEXT for pk, kind in rows}
+
+
+def _expand(block: ReadingBlock, text: bool, using: str) -> int:
+    columns = decode_block(block, text)
+    n = len(columns["ts"])
+    channel = np.full(n, block.channel_id, dtype=np.int64)
+    if text:
+        rows = storage.row_tuples(
+            channel.tolist(), columns["ts"].tolist(), columns["value"].tolist(), columns["quality"].tolist()
+        )
+        written = storage.insert_text(rows, using=using)
+    else:
+        written = storage.insert_numeric(
+            channel, columns["ts"], columns["value"], columns["quality"].astype(np.int16), using=using
+        )
+    if written.conflict_rows:  # a hot row left by a race holds another value: the block's (first) one wins
+        idx = np.array(written.conflict_rows)
+        storage.replace_values(
+            text,
+            list(
+                zip(
+                    columns["value"][idx].tolist(),
+                    columns["quality"][idx].tolist(),
+                    channel[idx].tolist(),
+                    columns["ts"][idx].tolist(),
+                    strict=True,
+                )
+            ),
+            using=using,
+        )
+    ReadingBlock.objects.using(using).filter(channel_id=block.channel_id, window_start=block.window_start).delete()
+    return n
+
+
+def expand_blocks(channel_id: int, start: int, end: int, *, using: str = "default") -> int:
+    """Turn the channel's blocks that may hold readings in [start, end) back into hot rows, in the
+    caller's transaction, so that a change (deletion, quality flags, replacement) works on hot rows as
+    always; compaction packs them again later. Returns the readings expanded."""
+    with transaction.atomic(using=using):
+        if not has_blocks(channel_id, start, end, using=using):
+            return 0
+        kinds = _lock_channels([channel_id], using)
+        if channel_id not in kinds:
+            return 0
+        found = (
+            ReadingBlock.objects.using(using)
+            .select_for_update()
+            .filter(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
+            .order_by("window_start")
+        )
+        return sum(_expand(block, kinds[channel_id], using) for block in found)
+
+
+def expand_for_ingest(channel: np.ndarray, ts: np.ndarray, *, using: str = "default") -> int:
+    """Before a batch is stored: expand the blocks of the (channel, window)s it writes into, so that the
+    narrow table's key decides duplicates and conflicts as for any reading. One query when the batch
+    touches no compacted window (the usual case: fresh readings)."""
+    if not len(ts):
+        return 0
+    windows = ts - ts % BLOCK_WIDTH_US
+    wanted = set(zip(channel.tolist(), windows.tolist(), strict=True))
+    candidates = (
+        ReadingBlock.objects.using(using)
+        .filter(
+            channel_id__in=sorted({c for c, _ in wanted}),
+            window_start__gte=int(windows.min()),
+            window_start__lte=int(windows.max()),
+        )
+        .values_list("channel_id", "window_start")
+    )
+    hits = [pair for pair in candidates if pair in wanted]
+    if not hits:
+        return 0
+    expanded = 0
+    with transaction.atomic(using=using):
+        kinds = _lock_channels([c for c, _ in hits], using)
+        for channel_id, window in sorted(hits):
+            block = (
+                ReadingBlock.objects.using(using)
+                .select_for_update()
+                .filter(channel_id=channel_id, window_start=window)
+                .first()
+            )
+            if block is not None and channel_id in kinds:
+                expanded += _expand(block, kinds[channel_id], using)
+    return expanded
+
+
+def drop_blocks_before(channel_id: int, cutoff: int, *, using: str = "default") -> int:
+    """Retention: delete the channel's blocks wholly before ``cutoff`` and expand the one straddling it
+    (its readings before ``cutoff`` then go with the hot rows). Returns the readings dropped."""
+    with transaction.atomic(using=using):
+        whole = ReadingBlock.objects.using(using).filter(channel_id=channel_id, last_ts__lt=cutoff)
+        dropped = sum(whole.values_list("count", flat=True))
+        whole.delete()
+        expand_blocks(channel_id, cutoff - 1, cutoff, using=using)
+    return int(dropped)
+
+
+def count_blocks(channel_id: int, start: int, end: int, *, using: str = "default") -> int:
+    """Readings the channel's blocks hold in [start, end) (whole blocks by their count, edges decoded)."""
+    total = 0
+    found = ReadingBlock.objects.using(using).filter(
+        channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end
+    )
+    for block in found:
+        if block.first_ts >= start and block.last_ts < end:
+            total += block.count
+        else:
+            ts = codec.decode_timestamps(bytes(block.ts_data))
+            total += int(((ts >= start) & (ts < end)).sum())
+    return total

@@ -523,7 +523,7 @@ def rebuild_rollups(channel_ids: Iterable[int], *, using: str = "default") -> in
         with transaction.atomic(using=using):
             RollupState.objects.using(using).select_for_update().get(channel_id=channel_id)
             Rollup.objects.using(using).filter(channel_id=channel_id).delete()
-        if first is None:
+        if first is None or last is None:
             continue
         done_until = first
         while done_until <= last:
