@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from django.db import connections, transaction
 
+from collection import storage
 from collection.choices import Quality
 from collection.models import Sample, TextSample
 from collection.services import blocks
@@ -118,8 +119,7 @@ class ExportRequest:
 def export(request: ExportRequest, *, using: str = "default") -> Iterator[bytes]:
     """The export as a stream of byte chunks, for ``StreamingHttpResponse`` or a file."""
     if request.format == "csv" and request.layout == "long":
-        compacted = any(blocks.has_blocks(c.pk, request.start, request.end, using=using) for c in request.channels)
-        if connections[using].vendor == "postgresql" and not compacted:  # COPY reads the hot rows only
+        if connections[using].vendor == "postgresql":
             _pg_check_time_zone(request.time_zone, using)  # now, not halfway through the download
             return _flushed(_pg_long_csv(request, using))
         return _flushed(_long_csv(request, using))
@@ -326,6 +326,9 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
             "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO', true)", [request.time_zone]
         )
         for channel in request.channels:
+            if blocks.has_blocks(channel.pk, request.start, request.end, using=using):
+                yield from _pg_compacted_csv(cursor, channel, request, time_sql, quality, using)
+                continue
             table = connection.ops.quote_name(
                 (TextSample if channel.kind == ChannelKind.TEXT else Sample)._meta.db_table
             )
@@ -338,6 +341,44 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
             with cursor.cursor.copy(statement, params) as copy:
                 for data in copy:
                     yield bytes(data)
+
+
+def _pg_compacted_csv(cursor, channel: Channel, request: ExportRequest, time_sql: str, quality: str, using: str):
+    """A channel with compressed blocks in the range: its merged readings go, chunk by chunk, through a
+    temporary table and the same ``COPY ... TO CSV`` as the hot rows, so PostgreSQL formats them alike."""
+    text = channel.kind == ChannelKind.TEXT
+    stage = "daqbroker_export_stage_text" if text else "daqbroker_export_stage"
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (channel_id bigint, ts bigint, "
+        f"value {'text' if text else 'double precision'}, quality smallint) ON COMMIT DROP"
+    )
+    statement = f"COPY (SELECT {time_sql}, %s::text, value{quality} FROM {stage} ORDER BY ts) TO STDOUT (FORMAT CSV)"
+    for chunk in blocks.iter_readings(
+        channel.pk, request.start, request.end, text=text, include_flagged=request.include_flagged, using=using
+    ):
+        cursor.execute(f"TRUNCATE {stage}")
+        n = len(chunk["ts"])
+        if text:
+            with cursor.cursor.copy(f"COPY {stage} (channel_id, ts, value, quality) FROM STDIN") as copy:
+                for row in zip(
+                    [channel.pk] * n,
+                    chunk["ts"].tolist(),
+                    chunk["value"].tolist(),
+                    chunk["quality"].tolist(),
+                    strict=True,
+                ):
+                    copy.write_row(row)
+        else:
+            payload = storage.pg_binary_copy_payload(
+                np.full(n, channel.pk, np.int64), chunk["ts"], chunk["value"], chunk["quality"].astype(np.int16)
+            )
+            with cursor.cursor.copy(
+                f"COPY {stage} (channel_id, ts, value, quality) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.write(payload)
+        with cursor.cursor.copy(statement, [channel_label(channel)]) as copy:
+            for data in copy:
+                yield bytes(data)
 
 
 def _long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
