@@ -196,13 +196,18 @@ def _quarantine_conflicts(channel_id: int, ts: np.ndarray, values: np.ndarray, s
 
 
 def _delete_keys(channel_id: int, ts: np.ndarray, text: bool, using: str) -> None:
+    """Delete exactly these hot rows (not the window's range: a row committed meanwhile stays)."""
     connection = connections[using]
     table = connection.ops.quote_name((TextSample if text else Sample)._meta.db_table)
+    where = f"DELETE FROM {table} WHERE channel_id = %s AND ts >= %s AND ts <= %s AND ts "
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":  # one statement, the keys as one array parameter
+            cursor.execute(where + "= ANY(%s::bigint[])", [channel_id, int(ts[0]), int(ts[-1]), ts.tolist()])
+            return
         for i in range(0, len(ts), _IN_LIST):
             part = ts[i : i + _IN_LIST].tolist()
             marks = ", ".join(["%s"] * len(part))
-            cursor.execute(f"DELETE FROM {table} WHERE channel_id = %s AND ts IN ({marks})", [channel_id, *part])
+            cursor.execute(where + f"IN ({marks})", [channel_id, part[0], part[-1], *part])
 
 
 def compact(before: int, *, max_windows: int = 100, using: str = "default") -> Compacted:
@@ -275,13 +280,21 @@ def _hot_chunks(
         lower = int(chunk["ts"][-1]) + 1
 
 
-def _window_readings(channel_id: int, window: int, lo: int, hi: int, text: bool, using: str) -> dict[str, np.ndarray]:
-    """The block of ``window`` merged with the hot rows of [lo, hi) (inside that window), ordered."""
-    block = ReadingBlock.objects.using(using).filter(channel_id=channel_id, window_start=window).first()
+def _run_readings(
+    channel_id: int, windows: list[int], lo: int, hi: int, text: bool, using: str
+) -> dict[str, np.ndarray]:
+    """The blocks of a run of adjacent ``windows`` merged with the hot rows of [lo, hi) (inside them),
+    ordered: two queries for the whole run (hot rows inside compacted windows are only late data)."""
+    found = (
+        ReadingBlock.objects.using(using)
+        .filter(channel_id=channel_id, window_start__gte=windows[0], window_start__lte=windows[-1])
+        .order_by("window_start")
+    )
+    parts = [decode_block(block, text) for block in found]
     hot = _hot_rows(channel_id, lo, hi, text, using)
-    if block is None:
+    if not parts:
         return hot
-    columns = decode_block(block, text)
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     a, b = np.searchsorted(columns["ts"], [lo, hi])
     columns = {name: column[a:b] for name, column in columns.items()}
     if not len(hot["ts"]):
@@ -290,6 +303,20 @@ def _window_readings(channel_id: int, window: int, lo: int, hi: int, text: bool,
     merged = {name: np.concatenate([columns[name], hot[name][keep]]) for name in columns}
     order = np.argsort(merged["ts"], kind="stable")
     return {name: column[order] for name, column in merged.items()}
+
+
+def _runs(windows: list[tuple[int, int]], max_readings: int) -> Iterator[list[int]]:
+    """Adjacent (window, count)s in runs holding at most ``max_readings`` (or a single block)."""
+    run: list[int] = []
+    held = 0
+    for window, count in windows:
+        if run and (window != run[-1] + BLOCK_WIDTH_US or held + count > max_readings):
+            yield run
+            run, held = [], 0
+        run.append(window)
+        held += count
+    if run:
+        yield run
 
 
 def iter_readings(
@@ -303,7 +330,8 @@ def iter_readings(
     using: str = "default",
 ) -> Iterator[dict[str, np.ndarray]]:
     """A channel's readings in [start, end) µs, blocks and hot rows merged, ordered by time, in chunks
-    (each at most ``chunk_rows`` hot rows, or one block window): {"ts", "value", "quality"}, values
+    (at most ``chunk_rows`` hot rows, or a run of adjacent blocks holding at most ``chunk_rows`` readings
+    unless one block alone holds more): {"ts", "value", "quality"}, values
     float64 or (text channels) objects. A key held by both a block and a hot row (a reading stored while
     its window was being compacted) is given once, the block's: the first stored value."""
     if text is None:
@@ -314,14 +342,14 @@ def iter_readings(
         ReadingBlock.objects.using(using)
         .filter(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
         .order_by("window_start")
-        .values_list("window_start", flat=True)
+        .values_list("window_start", "count")
     )
     lower = start
-    for window in windows:
-        if lower < window:
-            yield from _hot_chunks(channel_id, lower, window, text, include_flagged, chunk_rows, using)
-        lo, hi = max(start, window), min(end, window + BLOCK_WIDTH_US)
-        columns = _window_readings(channel_id, window, lo, hi, text, using)
+    for run in _runs(windows, chunk_rows):
+        if lower < run[0]:
+            yield from _hot_chunks(channel_id, lower, run[0], text, include_flagged, chunk_rows, using)
+        lo, hi = max(start, run[0]), min(end, run[-1] + BLOCK_WIDTH_US)
+        columns = _run_readings(channel_id, run, lo, hi, text, using)
         if not include_flagged:
             columns = _only_ok(columns)
         if len(columns["ts"]):
