@@ -10,6 +10,7 @@ from collection.choices import RejectionKind
 from collection.models import ReadingBlock, RejectedSample, Sample, TextSample
 from collection.services import SampleBatch, ingest_samples
 from collection.services.blocks import BLOCK_WIDTH_US, compact, compact_window, read_readings, window_of
+from collection.tasks import compact_blocks_task
 from collection.tests.readings import SECOND, T0, ingest
 from instruments.choices import ChannelKind
 from instruments.tests.factories import make_channel, make_instrument
@@ -177,3 +178,16 @@ def test_window_of_floors_to_the_block_width():
 def test_a_window_start_off_the_grid_is_refused(channel):
     with pytest.raises(ValueError, match="multiple"):
         compact_window(channel.pk, T0 + 1)
+
+
+def test_the_periodic_task_does_nothing_while_compaction_is_off(channel, three_hours, settings):
+    settings.DAQBROKER_COMPACT_AFTER = 0
+    assert compact_blocks_task() == 0
+    assert not ReadingBlock.objects.exists()
+
+
+def test_the_periodic_task_compacts_windows_older_than_the_setting(channel, three_hours, settings):
+    settings.DAQBROKER_COMPACT_AFTER = 3600
+    assert compact_blocks_task() == 3 * 3600  # T0 is long past
+    assert ReadingBlock.objects.filter(channel=channel).count() == 3
+    assert compact_blocks_task() == 0
