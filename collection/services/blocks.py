@@ -23,6 +23,7 @@ Safety of ``compact_window`` as it stands:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,6 +40,11 @@ from instruments.models import Channel
 SECOND = 1_000_000
 # Fixed: blocks are keyed by their window's start, so changing it would re-key every stored block.
 BLOCK_WIDTH_US = 3600 * SECOND
+# Only hours that closed at least MIN_AGE_US ago are compacted (DAQBROKER_COMPACT_AFTER is at least that),
+# so a batch whose readings are all younger than FRESH_US (half of it: room for clocks apart) cannot touch
+# a block, and ingest skips looking for one.
+MIN_AGE_US = 600 * SECOND
+FRESH_US = MIN_AGE_US // 2
 _IN_LIST = 1000  # keys per DELETE ... IN (...)
 _COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
 
@@ -215,6 +221,7 @@ def compact(before: int, *, max_windows: int = 100, using: str = "default") -> C
     oldest first per channel. Call again until it returns ``windows == 0`` (existing readings are
     compacted the same way, step by step)."""
     total = Compacted()
+    before = min(before, time.time_ns() // 1000 - MIN_AGE_US)  # see FRESH_US
     connection = connections[using]
     for channel_id, kind in Channel.objects.using(using).order_by("pk").values_list("pk", "kind"):
         model = TextSample if kind == ChannelKind.TEXT else Sample
@@ -518,8 +525,8 @@ def expand_for_ingest(channel: np.ndarray, ts: np.ndarray, *, using: str = "defa
     """Before a batch is stored: expand the blocks of the (channel, window)s it writes into, so that the
     narrow table's key decides duplicates and conflicts as for any reading. One query when the batch
     touches no compacted window (the usual case: fresh readings)."""
-    if not len(ts):
-        return 0
+    if not len(ts) or int(ts.min()) >= time.time_ns() // 1000 - FRESH_US:
+        return 0  # no block can hold a reading this recent: not even the one query
     windows = ts - ts % BLOCK_WIDTH_US
     wanted = set(zip(channel.tolist(), windows.tolist(), strict=True))
     candidates = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from collection import storage
 from collection.choices import RejectionKind
 from collection.models import ReadingBlock, RejectedSample, Sample, TextSample
 from collection.services import SampleBatch, ingest_samples
-from collection.services.blocks import BLOCK_WIDTH_US, compact, compact_window, read_readings, window_of
+from collection.services.blocks import BLOCK_WIDTH_US, MIN_AGE_US, compact, compact_window, read_readings, window_of
 from collection.tasks import compact_blocks_task
 from collection.tests.readings import SECOND, T0, ingest
 from instruments.choices import ChannelKind
@@ -191,3 +193,10 @@ def test_the_periodic_task_compacts_windows_older_than_the_setting(channel, thre
     assert compact_blocks_task() == 3 * 3600  # T0 is long past
     assert ReadingBlock.objects.filter(channel=channel).count() == 3
     assert compact_blocks_task() == 0
+
+
+def test_readings_younger_than_ten_minutes_are_never_compacted(channel, django_capture_on_commit_callbacks):
+    now = time.time_ns() // 1000
+    ingest(django_capture_on_commit_callbacks, channel.pk, [now - MIN_AGE_US // 2], [1.0])
+    assert compact(now + 2 * BLOCK_WIDTH_US).windows == 0  # asked for the future: held to ten minutes ago
+    assert Sample.objects.filter(channel=channel).count() == 1
