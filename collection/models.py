@@ -58,8 +58,8 @@ class ReadingBlock(models.Model):
 
     ``window_start`` is the window's start in µs since the epoch, a multiple of ``BLOCK_WIDTH_US``; the three
     byte strings are the window's timestamps, values (float64, or text for a text channel) and quality
-    flags, each self-describing. Written only by ``collection.services.blocks``. Compaction is not switched
-    on yet (see docs/storage.md): no reader but ``blocks.read_readings`` knows this table.
+    flags, each self-describing. Written only by ``collection.services.blocks``, read through its merged
+    read by every raw reader; compaction is off unless ``DAQBROKER_COMPACT_AFTER`` is set.
     """
 
     pk = models.CompositePrimaryKey("channel_id", "window_start")

@@ -3,17 +3,18 @@
 A channel's readings of one closed window of ``BLOCK_WIDTH_US`` move from the narrow table (``Sample`` or
 ``TextSample``: the "hot rows") into one ``ReadingBlock`` row, compressed by ``collection.codec``.
 
-**Status: building blocks, not switched on.** Nothing schedules compaction and no setting turns it on:
-the query, export, statistics, rollup, alarm, validation, derived-channel, correction and retention paths
-still read and write the narrow tables only, and would miss compacted readings. ``read_readings`` is the
-merged read (blocks plus hot rows) they are to move onto; docs/storage.md lists what remains.
+Compaction is off unless ``DAQBROKER_COMPACT_AFTER`` is set (``collection.tasks.compact_blocks_task``).
+Every raw reader goes through ``iter_readings`` / ``read_readings`` / ``read_last`` whenever a range holds
+a block (``has_blocks``), and every writer that changes stored readings first turns the blocks it
+touches back into hot rows (``expand_blocks``, ``expand_for_ingest``, ``drop_blocks_before``).
 
-Safety of ``compact_window`` as it stands:
+Safety of ``compact_window``:
 
 * One transaction per (channel, window): the merged block is written and exactly the hot rows it took
   are deleted, or nothing happens.
-* Two compactors: each holds the channel's row lock (``SELECT … FOR UPDATE``, ``SKIP LOCKED`` where the
-  engine has it, so a second worker moves on to other channels; SQLite serialises writers anyway).
+* Two compactors: each holds the channel's ``RollupState`` row lock (``SELECT … FOR UPDATE``, ``SKIP
+  LOCKED`` where the engine has it, so a second worker moves on to other channels; SQLite serialises
+  writers anyway). Not the ``Channel`` row: see ``_lock_channels``.
 * Concurrent ingest: only the keys read are deleted, so a reading committed into the window meanwhile
   stays a hot row and is merged by the next pass (``read_readings`` reads both in the meantime).
 * Late data: a hot row in an already compacted window is merged into its block (decode, merge, encode);
@@ -32,7 +33,7 @@ from django.db import connections, transaction
 
 from collection import codec, storage
 from collection.choices import Origin, RejectionKind
-from collection.models import ReadingBlock, RejectedSample, Sample, TextSample
+from collection.models import ReadingBlock, RejectedSample, RollupState, Sample, TextSample
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
 from instruments.choices import ChannelKind
 from instruments.models import Channel
@@ -133,13 +134,15 @@ def compact_window(channel_id: int, window_start: int, *, using: str = "default"
         raise ValueError("window_start must be a multiple of BLOCK_WIDTH_US")
     done = Compacted()
     connection = connections[using]
+    text = _is_text(channel_id, using)
+    if text is None:
+        return done
+    ensure_state(channel_id, using)
     with transaction.atomic(using=using):
         skip = connection.features.has_select_for_update_skip_locked
-        locked = Channel.objects.using(using).select_for_update(skip_locked=skip).filter(pk=channel_id)
-        kinds = list(locked.values_list("kind", flat=True))
-        if not kinds:
+        locked = RollupState.objects.using(using).select_for_update(skip_locked=skip).filter(channel_id=channel_id)
+        if not locked.values_list("channel_id", flat=True):
             return done
-        text = kinds[0] == ChannelKind.TEXT
         hot = _hot_rows(channel_id, window_start, window_start + BLOCK_WIDTH_US, text, using)
         if not len(hot["ts"]):
             return done
@@ -458,16 +461,34 @@ def bounds(channel_id: int, *, text: bool = False, using: str = "default") -> tu
 # --- writers: a change to compacted readings first turns their blocks back into hot rows ---------------
 
 
+def ensure_state(channel_id: int, using: str) -> None:
+    """The channel's ``RollupState`` row, created if missing (as ``rollups.ensure_state``, which imports
+    this module): looked up first, since on MariaDB an INSERT IGNORE of an existing row waits for its lock."""
+    states = RollupState.objects.using(using)
+    if not states.filter(channel_id=channel_id).exists():
+        states.bulk_create([RollupState(channel_id=channel_id)], ignore_conflicts=True)
+
+
 def _lock_channels(channel_ids, using: str) -> dict[int, bool]:
-    """Row locks on the channels, in key order (as every locker takes them: no deadlock); {id: is text}."""
-    rows = (
-        Channel.objects.using(using)
+    """The channels' block locks, in key order (as every locker takes them: no deadlock); {id: is text}.
+
+    The lock is the channel's ``RollupState`` row, not its ``Channel`` row: ingest updates the channel row
+    at the end of its transaction, after writing hot rows, and a compactor holding that row while deleting
+    hot rows would deadlock with it (MariaDB's gap locks make that likely). Ingest takes this lock only to
+    expand blocks, before it writes anything, and the rollup refresh reads hot rows without locking them."""
+    ids = sorted(set(channel_ids))
+    kinds = dict(Channel.objects.using(using).filter(pk__in=ids).values_list("pk", "kind"))
+    for channel_id in ids:
+        if channel_id in kinds:
+            ensure_state(channel_id, using)
+    locked = (
+        RollupState.objects.using(using)
         .select_for_update()
-        .filter(pk__in=sorted(set(channel_ids)))
-        .order_by("pk")
-        .values_list("pk", "kind")
+        .filter(channel_id__in=ids)
+        .order_by("channel_id")
+        .values_list("channel_id", flat=True)
     )
-    return {pk: kind == ChannelKind.TEXT for pk, kind in rows}
+    return {pk: kinds[pk] == ChannelKind.TEXT for pk in locked if pk in kinds}
 
 
 def _expand(block: ReadingBlock, text: bool, using: str) -> int:
