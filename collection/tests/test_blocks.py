@@ -200,3 +200,10 @@ def test_readings_younger_than_ten_minutes_are_never_compacted(channel, django_c
     ingest(django_capture_on_commit_callbacks, channel.pk, [now - MIN_AGE_US // 2], [1.0])
     assert compact(now + 2 * BLOCK_WIDTH_US).windows == 0  # asked for the future: held to ten minutes ago
     assert Sample.objects.filter(channel=channel).count() == 1
+
+
+def test_deleting_a_channel_deletes_its_blocks(channel, three_hours):
+    compact(T0 + 3 * HOUR)
+    assert ReadingBlock.objects.filter(channel=channel).count() == 3
+    channel.delete()
+    assert not ReadingBlock.objects.exists()
