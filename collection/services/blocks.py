@@ -105,7 +105,16 @@ def _select(sql: str, params: list, text: bool, using: str) -> dict[str, np.ndar
     }
 
 
+def block_is_text(block: ReadingBlock) -> bool:
+    """Whether the block holds text readings (by its value column's method, not the channel's kind now)."""
+    return bytes(block.value_data[:1]) == bytes([codec.TEXT_DICT])
+
+
 def decode_block(block: ReadingBlock, text: bool) -> dict[str, np.ndarray]:
+    """The block's columns; none if it holds the other kind of readings (the channel's kind was changed
+    after it was compacted: like rows in the other narrow table, they are not this kind's readings)."""
+    if block_is_text(block) != text:
+        return _empty(text)
     ts = codec.decode_timestamps(bytes(block.ts_data))
     value = (
         np.array(codec.decode_text(bytes(block.value_data)) or [], dtype=object)
@@ -152,6 +161,8 @@ def compact_window(channel_id: int, window_start: int, *, using: str = "default"
             .filter(channel_id=channel_id, window_start=window_start)
             .first()
         )
+        if block is not None and block_is_text(block) != text:
+            return done  # the channel's kind changed since: leave the rows where they are
         merged = hot
         if block is not None:
             old = decode_block(block, text)
@@ -491,7 +502,9 @@ def _lock_channels(channel_ids, using: str) -> dict[int, bool]:
     return {pk: kinds[pk] == ChannelKind.TEXT for pk in locked if pk in kinds}
 
 
-def _expand(block: ReadingBlock, text: bool, using: str) -> int:
+def _expand(block: ReadingBlock, using: str) -> int:
+    """The block's readings back into the narrow table they came from, and the block deleted."""
+    text = block_is_text(block)
     columns = decode_block(block, text)
     n = len(columns["ts"])
     channel = np.full(n, block.channel_id, dtype=np.int64)
@@ -539,7 +552,7 @@ def expand_blocks(channel_id: int, start: int, end: int, *, using: str = "defaul
             .filter(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
             .order_by("window_start")
         )
-        return sum(_expand(block, kinds[channel_id], using) for block in found)
+        return sum(_expand(block, using) for block in found)
 
 
 def expand_for_ingest(channel: np.ndarray, ts: np.ndarray, *, using: str = "default") -> int:
@@ -573,7 +586,7 @@ def expand_for_ingest(channel: np.ndarray, ts: np.ndarray, *, using: str = "defa
                 .first()
             )
             if block is not None and channel_id in kinds:
-                expanded += _expand(block, kinds[channel_id], using)
+                expanded += _expand(block, using)
     return expanded
 
 

@@ -207,3 +207,16 @@ def test_deleting_a_channel_deletes_its_blocks(channel, three_hours):
     assert ReadingBlock.objects.filter(channel=channel).count() == 3
     channel.delete()
     assert not ReadingBlock.objects.exists()
+
+
+def test_a_channel_whose_kind_changed_keeps_its_compacted_readings_aside(channel, three_hours):
+    compact(T0 + HOUR)
+    before = read_readings(channel.pk, T0, T0 + HOUR)
+    channel.kind = ChannelKind.TEXT
+    channel.save()
+    assert len(read_readings(channel.pk, T0, T0 + HOUR)["ts"]) == 0  # as rows of the other table would be
+    assert compact(T0 + 3 * HOUR).windows == 0  # a text channel's hot rows are text: none
+    assert Sample.objects.filter(channel=channel).count() == 2 * 3600  # the numeric rows stay...
+    channel.kind = ChannelKind.NUMERIC
+    channel.save()
+    same(read_readings(channel.pk, T0, T0 + HOUR), before)  # ...and the numeric block is intact
