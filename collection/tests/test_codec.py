@@ -29,7 +29,9 @@ def test_equally_spaced_timestamps_round_trip_in_a_few_bytes(first, step, n):
     ts = first + step * np.arange(n, dtype=np.int64)
     data = codec.encode_timestamps(ts)
     assert same_bits(codec.decode_timestamps(data), ts)
-    assert len(data) < 64  # delta-of-delta of regular sampling is all zeros
+    # Delta-of-delta of regular sampling is all zeros after the first two words: a bounded size whatever n
+    # (header 9 bytes, zstd's frame and the two 8-byte words as literals).
+    assert len(data) < 100
 
 
 @given(hnp.arrays(np.int64, st.integers(1, 500), elements=st.integers(0, 10**7)))
