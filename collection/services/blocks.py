@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from django.db import connections, transaction
 
 from collection import codec, storage
@@ -480,26 +481,26 @@ def ensure_state(channel_id: int, using: str) -> None:
         states.bulk_create([RollupState(channel_id=channel_id)], ignore_conflicts=True)
 
 
-def _lock_channels(channel_ids, using: str) -> dict[int, bool]:
-    """The channels' block locks, in key order (as every locker takes them: no deadlock); {id: is text}.
+def _lock_channels(channel_ids, using: str) -> set[int]:
+    """The channels' block locks, in key order (as every locker takes them: no deadlock); the ids locked.
 
     The lock is the channel's ``RollupState`` row, not its ``Channel`` row: ingest updates the channel row
     at the end of its transaction, after writing hot rows, and a compactor holding that row while deleting
     hot rows would deadlock with it (MariaDB's gap locks make that likely). Ingest takes this lock only to
     expand blocks, before it writes anything, and the rollup refresh reads hot rows without locking them."""
     ids = sorted(set(channel_ids))
-    kinds = dict(Channel.objects.using(using).filter(pk__in=ids).values_list("pk", "kind"))
-    for channel_id in ids:
-        if channel_id in kinds:
-            ensure_state(channel_id, using)
-    locked = (
-        RollupState.objects.using(using)
-        .select_for_update()
-        .filter(channel_id__in=ids)
-        .order_by("channel_id")
-        .values_list("channel_id", flat=True)
-    )
-    return {pk: kinds[pk] == ChannelKind.TEXT for pk in locked if pk in kinds}
+    states = RollupState.objects.using(using)
+
+    def lock(keys: list[int]) -> set[int]:
+        rows = states.select_for_update().filter(channel_id__in=keys).order_by("channel_id")
+        return set(rows.values_list("channel_id", flat=True))
+
+    locked = lock(ids)
+    if missing := [pk for pk in ids if pk not in locked]:  # a channel's first block: its state row
+        present = set(Channel.objects.using(using).filter(pk__in=missing).values_list("pk", flat=True))
+        states.bulk_create([RollupState(channel_id=pk) for pk in missing if pk in present], ignore_conflicts=True)
+        locked |= lock(missing)
+    return locked
 
 
 def _expand(block: ReadingBlock, using: str) -> int:
@@ -543,8 +544,7 @@ def expand_blocks(channel_id: int, start: int, end: int, *, using: str = "defaul
     with transaction.atomic(using=using):
         if not has_blocks(channel_id, start, end, using=using):
             return 0
-        kinds = _lock_channels([channel_id], using)
-        if channel_id not in kinds:
+        if channel_id not in _lock_channels([channel_id], using):
             return 0
         found = (
             ReadingBlock.objects.using(using)
@@ -563,21 +563,27 @@ def expand_for_ingest(channel: np.ndarray, ts: np.ndarray, *, using: str = "defa
         return 0  # no block can hold a reading this recent: not even the one query
     windows = ts - ts % BLOCK_WIDTH_US
     wanted = set(zip(channel.tolist(), windows.tolist(), strict=True))
-    candidates = (
-        ReadingBlock.objects.using(using)
-        .filter(
-            channel_id__in=sorted({c for c, _ in wanted}),
-            window_start__gte=int(windows.min()),
-            window_start__lte=int(windows.max()),
-        )
-        .values_list("channel_id", "window_start")
+    candidates = ReadingBlock.objects.using(using).filter(
+        channel_id__in=sorted({c for c, _ in wanted}),
+        window_start__gte=int(windows.min()),
+        window_start__lte=int(windows.max()),
     )
-    hits = [pair for pair in candidates if pair in wanted]
+    locked = None
+    if settings.DAQBROKER_COMPACT_AFTER:
+        # A compactor may be packing one of these hours right now: take the channels' block locks first
+        # (it holds one while it works), then look with a locking read, which sees the latest committed
+        # blocks even under MariaDB's repeatable read. Without it, a reading re-sent while its hour is
+        # being compacted could be stored beside its block instead of being counted as a duplicate.
+        old = channel[ts < time.time_ns() // 1000 - FRESH_US]
+        locked = _lock_channels(np.unique(old).tolist(), using)
+        candidates = candidates.select_for_update()
+    hits = [pair for pair in candidates.values_list("channel_id", "window_start") if pair in wanted]
     if not hits:
         return 0
     expanded = 0
     with transaction.atomic(using=using):
-        kinds = _lock_channels([c for c, _ in hits], using)
+        if locked is None:
+            locked = _lock_channels([c for c, _ in hits], using)
         for channel_id, window in sorted(hits):
             block = (
                 ReadingBlock.objects.using(using)
@@ -585,7 +591,7 @@ def expand_for_ingest(channel: np.ndarray, ts: np.ndarray, *, using: str = "defa
                 .filter(channel_id=channel_id, window_start=window)
                 .first()
             )
-            if block is not None and channel_id in kinds:
+            if block is not None and channel_id in locked:
                 expanded += _expand(block, using)
     return expanded
 

@@ -19,9 +19,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 HOUR = 3600 * SECOND
 
 
-def test_two_compactors_and_late_data_at_once_keep_every_reading_once():
+def test_two_compactors_and_late_data_at_once_keep_every_reading_once(settings):
     if connection.vendor == "sqlite":
         pytest.skip("SQLite has one writer at a time: there is no concurrency to test")
+    settings.DAQBROKER_COMPACT_AFTER = 3600  # on: ingest of old readings takes the channel's block lock
     channel = make_channel(make_instrument(), slug="temp")
     ts = T0 + np.arange(0, 6 * 3600) * SECOND
     values = np.round(np.random.default_rng(1).normal(20, 1, len(ts)), 3)
@@ -78,7 +79,7 @@ def test_two_compactors_and_late_data_at_once_keep_every_reading_once():
     assert got["value"].tolist() == np.concatenate([values, late_values])[order].tolist()
     assert not Sample.objects.filter(channel=channel).exists()
     assert sum(ReadingBlock.objects.filter(channel=channel).values_list("count", flat=True)) == len(ts) + 300
-    # Every offered reading was counted once; none was taken for a conflict.
-    assert totals["accepted"] + totals["duplicates"] == 600
+    # Every offered reading was counted as what it is: the late ones stored, the re-sent ones duplicates.
+    assert (totals["accepted"], totals["duplicates"]) == (300, 300)
     assert totals["conflicts"] == 0
     assert not RejectedSample.objects.exists()
