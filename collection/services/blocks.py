@@ -35,7 +35,7 @@ from django.db import connections, transaction
 from collection import codec, storage
 from collection.choices import Origin, RejectionKind
 from collection.models import ReadingBlock, RejectedSample, RollupState, Sample, TextSample
-from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
+from collection.services.fetch import F8, I8, fetch_columns
 from instruments.choices import ChannelKind
 from instruments.models import Channel
 
@@ -276,55 +276,64 @@ def _only_ok(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: column[ok] for name, column in columns.items()}
 
 
+def _merge(hot: dict[str, np.ndarray], found, lo: int, hi: int, text: bool) -> dict[str, np.ndarray]:
+    """Hot rows of [lo, hi) merged with the readings of ``found`` blocks in [lo, hi), ordered by time; a
+    key in both is given once, the block's."""
+    parts = [decode_block(block, text) for block in found]
+    if not parts:
+        return hot
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    inside = (columns["ts"] >= lo) & (columns["ts"] < hi)
+    columns = {name: column[inside] for name, column in columns.items()}
+    keep = ~np.isin(hot["ts"], columns["ts"])
+    merged = {name: np.concatenate([columns[name], hot[name][keep]]) for name in columns}
+    order = np.argsort(merged["ts"], kind="stable")
+    return {name: column[order] for name, column in merged.items()}
+
+
+def _blocks_in(channel_id: int, lo: int, hi: int, using: str):
+    return (
+        ReadingBlock.objects.using(using)
+        .filter(channel_id=channel_id, window_start__gt=lo - BLOCK_WIDTH_US, window_start__lt=hi)
+        .order_by("window_start")
+    )
+
+
 def _hot_chunks(
     channel_id: int, start: int, end: int, text: bool, include_flagged: bool, chunk_rows: int, using: str
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Hot rows only, in [start, end), in keyset-paginated chunks (constant memory)."""
-    if not text:
-        yield from iter_chunks(
-            Sample._meta.db_table,
-            _COLUMNS,
-            channel_id=channel_id,
-            start=start,
-            end=end,
-            chunk_rows=chunk_rows,
-            extra_where="" if include_flagged else "quality = 0",
-            using=using,
-        )
-        return
+    """Readings of [start, end), where no block was when the read began, in keyset-paginated chunks of
+    hot rows (constant memory). Each chunk's span is then looked up in the blocks too: a compaction that
+    committed meanwhile has moved rows there, and reading hot rows first, blocks second, sees every moved
+    row one way or the other (one snapshot per statement on PostgreSQL)."""
     lower = start
     while lower < end:
-        chunk = _hot_rows(channel_id, lower, end, True, using, limit=chunk_rows, only_ok=not include_flagged)
+        hot = _hot_rows(channel_id, lower, end, text, using, limit=chunk_rows)
+        full = len(hot["ts"]) == chunk_rows
+        upper = int(hot["ts"][-1]) + 1 if full else end
+        chunk = _merge(hot, _blocks_in(channel_id, lower, upper, using), lower, upper, text)
+        if not include_flagged:
+            chunk = _only_ok(chunk)
         if len(chunk["ts"]):
             yield chunk
-        if len(chunk["ts"]) < chunk_rows:
+        if not full:
             return
-        lower = int(chunk["ts"][-1]) + 1
+        lower = upper
 
 
 def _run_readings(
     channel_id: int, windows: list[int], lo: int, hi: int, text: bool, using: str
 ) -> dict[str, np.ndarray]:
     """The blocks of a run of adjacent ``windows`` merged with the hot rows of [lo, hi) (inside them),
-    ordered: two queries for the whole run (hot rows inside compacted windows are only late data)."""
+    ordered: two queries for the whole run (hot rows inside compacted windows are only late data). Hot
+    rows first, blocks second: rows a compaction moved meanwhile are found in the block."""
+    hot = _hot_rows(channel_id, lo, hi, text, using)
     found = (
         ReadingBlock.objects.using(using)
         .filter(channel_id=channel_id, window_start__gte=windows[0], window_start__lte=windows[-1])
         .order_by("window_start")
     )
-    parts = [decode_block(block, text) for block in found]
-    hot = _hot_rows(channel_id, lo, hi, text, using)
-    if not parts:
-        return hot
-    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    a, b = np.searchsorted(columns["ts"], [lo, hi])
-    columns = {name: column[a:b] for name, column in columns.items()}
-    if not len(hot["ts"]):
-        return columns
-    keep = ~np.isin(hot["ts"], columns["ts"])
-    merged = {name: np.concatenate([columns[name], hot[name][keep]]) for name in columns}
-    order = np.argsort(merged["ts"], kind="stable")
-    return {name: column[order] for name, column in merged.items()}
+    return _merge(hot, found, lo, hi, text)
 
 
 def _runs(windows: list[tuple[int, int]], max_readings: int) -> Iterator[list[int]]:
