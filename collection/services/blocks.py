@@ -283,8 +283,10 @@ def _merge(hot: dict[str, np.ndarray], found, lo: int, hi: int, text: bool) -> d
     if not parts:
         return hot
     columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    inside = (columns["ts"] >= lo) & (columns["ts"] < hi)
-    columns = {name: column[inside] for name, column in columns.items()}
+    a, b = np.searchsorted(columns["ts"], [lo, hi])  # blocks come in window order, each sorted
+    columns = {name: column[a:b] for name, column in columns.items()}
+    if not len(hot["ts"]):
+        return columns
     keep = ~np.isin(hot["ts"], columns["ts"])
     merged = {name: np.concatenate([columns[name], hot[name][keep]]) for name in columns}
     order = np.argsort(merged["ts"], kind="stable")
