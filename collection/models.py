@@ -53,6 +53,34 @@ class TextSample(models.Model):
         return f"{self.channel_id}@{self.ts}={self.value[:40]}"
 
 
+class ReadingBlock(models.Model):
+    """One channel's readings of one closed time window, compressed (``collection.codec``, docs/storage.md).
+
+    ``window_start`` is the window's start in µs since the epoch, a multiple of ``BLOCK_WIDTH_US``; the three
+    byte strings are the window's timestamps, values (float64, or text for a text channel) and quality
+    flags, each self-describing. Written only by ``collection.services.blocks``, read through its merged
+    read by every raw reader; compaction is off unless ``DAQBROKER_COMPACT_AFTER`` is set.
+    """
+
+    pk = models.CompositePrimaryKey("channel_id", "window_start")
+    channel = models.ForeignKey(
+        "instruments.Channel", on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    window_start = models.BigIntegerField(help_text="window start, µs since the Unix epoch, UTC")
+    count = models.PositiveIntegerField(help_text="readings in the block")
+    first_ts = models.BigIntegerField()
+    last_ts = models.BigIntegerField()
+    ts_data = models.BinaryField()
+    value_data = models.BinaryField()
+    quality_data = models.BinaryField()
+
+    class Meta:
+        verbose_name = "reading block"
+
+    def __str__(self) -> str:
+        return f"{self.channel_id}@{self.window_start} n={self.count}"
+
+
 class RejectedSample(models.Model):
     """A reading that could not be stored, kept with its raw form and the reason, never silently lost."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict
+
 from celery import current_app, shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -11,6 +14,8 @@ from django.db.models import Max
 from accounts import permissions
 from collection.choices import RunStatus
 from collection.services import collect, quarantine
+from collection.services.blocks import compact
+from collection.services.raw_files import clean_archive
 from collection.services.retention import enforce_retention
 from collection.services.rollups import refresh_rollups
 from instruments.models import catch_up_instrument_freshness
@@ -85,11 +90,23 @@ def enforce_retention_task() -> int:
 @shared_task(ignore_result=True, soft_time_limit=3000, time_limit=3300)
 def clean_raw_file_archive_task() -> dict:
     """The raw-file archive's daily clean-up (``collection.services.raw_files.clean_archive``)."""
-    from dataclasses import asdict
-
-    from collection.services.raw_files import clean_archive
-
     return asdict(clean_archive())
+
+
+COMPACT_WINDOWS_PER_TASK = 500
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def compact_blocks_task() -> int:
+    """Compact closed windows older than ``DAQBROKER_COMPACT_AFTER`` into blocks, a bounded number per
+    run; queues itself again while more is due (a first run over existing readings, say). Off when 0."""
+    after = settings.DAQBROKER_COMPACT_AFTER
+    if after <= 0:
+        return 0
+    result = compact(time.time_ns() // 1000 - after * 1_000_000, max_windows=COMPACT_WINDOWS_PER_TASK)
+    if result.windows >= COMPACT_WINDOWS_PER_TASK:
+        compact_blocks_task.apply_async(expires=240)
+    return result.readings
 
 
 REPLAY_BATCHES_PER_TASK = 20

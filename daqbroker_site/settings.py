@@ -396,6 +396,20 @@ DAQBROKER_INGEST_MAX_BYTES = env_int("DAQBROKER_INGEST_MAX_BYTES", 64 * 1024 * 1
 DAQBROKER_INGEST_MAX_READINGS = env_int("DAQBROKER_INGEST_MAX_READINGS", 100_000, minimum=1)
 # Readings one correction may delete or replace (docs/reading-data.md): a larger range is refused with its size.
 DAQBROKER_CORRECTION_MAX_READINGS = env_int("DAQBROKER_CORRECTION_MAX_READINGS", 1_000_000, minimum=1)
+# Compressed storage (docs/storage.md): readings in hourly windows that closed more than this many seconds
+# ago are compacted into blocks by a periodic task. 0 (the default) leaves every reading in the narrow
+# tables. At least 600 s when on: ingest of readings older than that takes the slow, block-aware path.
+DAQBROKER_COMPACT_AFTER = env_int("DAQBROKER_COMPACT_AFTER", 0, minimum=0)
+if 0 < DAQBROKER_COMPACT_AFTER < 600:
+    raise ImproperlyConfigured(
+        f"DAQBROKER_COMPACT_AFTER={DAQBROKER_COMPACT_AFTER} is below the minimum of 600 (or 0: off)"
+    )
+if DAQBROKER_COMPACT_AFTER:
+    CELERY_BEAT_SCHEDULE["compact-blocks"] = {
+        "task": "collection.tasks.compact_blocks_task",
+        "schedule": 300.0,
+        "options": {"expires": 240},
+    }
 # Every other route keeps Django's own limits (DATA_UPLOAD_MAX_MEMORY_SIZE 2.5 MB, 1,000 form fields):
 # only the ingest endpoint reads a larger body, itself, up to DAQBROKER_INGEST_MAX_BYTES (docs/security.md).
 # A CSV body's header line: at most this many bytes and columns, checked before the CSV is parsed.

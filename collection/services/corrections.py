@@ -32,7 +32,7 @@ from accounts import audit
 from accounts.choices import AuditAction
 from collection.choices import Origin
 from collection.models import RejectedSample, Sample, TextSample
-from collection.services import retention
+from collection.services import blocks, retention
 from collection.services.ingest import KEEP, REPLACE, IngestResult, SampleBatch, ingest_samples
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from daqbroker_agent.tail import new_cursor
@@ -154,7 +154,8 @@ def count_readings(channel: Channel, start: int, end: int, limit: int | None = N
             "LIMIT %s) AS bounded",
             [channel.pk, start, end, limit + 1],
         )
-        return int(cursor.fetchone()[0])
+        hot = int(cursor.fetchone()[0])
+    return min(hot + blocks.count_blocks(channel.pk, start, end), limit + 1)
 
 
 def _range(start: datetime, end: datetime) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from accounts import audit
 from accounts.choices import AuditAction
 from collection.choices import Origin, Quality
 from collection.models import Sample
-from collection.services import rollups
+from collection.services import blocks, rollups
 from collection.services.ingest import REPLACE, SampleBatch, ingest_samples
 from collection.services.series import read_series
 from daqbroker_agent.parsing import us_to_datetime
@@ -163,6 +163,7 @@ def _prune(formula: Formula, start: int, end: int) -> tuple[int, int] | None:
     if len(gone) == 0:
         return None
     with transaction.atomic():
+        blocks.expand_blocks(formula.channel.pk, int(gone[0]), int(gone[-1]) + 1)  # deletions work on hot rows
         for i in range(0, len(gone), 1000):
             Sample.objects.filter(channel_id=formula.channel.pk, ts__in=gone[i : i + 1000].tolist()).delete()
         audit.record(

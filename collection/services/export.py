@@ -40,8 +40,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from django.db import connections, transaction
 
+from collection import storage
 from collection.choices import Quality
 from collection.models import Sample, TextSample
+from collection.services import blocks
 from collection.services.fetch import F8, I8, iter_chunks
 from instruments.choices import ChannelKind
 from instruments.models import Channel
@@ -241,6 +243,17 @@ def _chunks(
     channel: Channel, start: int, end: int, using: str, chunk_rows: int = CHUNK_ROWS, include_flagged: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:
     """A channel's readings in [start, end) in chunks: numeric ones in numpy, text ones as object arrays."""
+    if blocks.has_blocks(channel.pk, start, end, using=using):
+        yield from blocks.iter_readings(
+            channel.pk,
+            start,
+            end,
+            text=channel.kind == ChannelKind.TEXT,
+            include_flagged=include_flagged,
+            chunk_rows=chunk_rows,
+            using=using,
+        )
+        return
     if channel.kind != ChannelKind.TEXT:
         yield from iter_chunks(
             Sample._meta.db_table,
@@ -313,6 +326,9 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
             "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO', true)", [request.time_zone]
         )
         for channel in request.channels:
+            if blocks.has_blocks(channel.pk, request.start, request.end, using=using):
+                yield from _pg_compacted_csv(cursor, channel, request, time_sql, quality, using)
+                continue
             table = connection.ops.quote_name(
                 (TextSample if channel.kind == ChannelKind.TEXT else Sample)._meta.db_table
             )
@@ -325,6 +341,44 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
             with cursor.cursor.copy(statement, params) as copy:
                 for data in copy:
                     yield bytes(data)
+
+
+def _pg_compacted_csv(cursor, channel: Channel, request: ExportRequest, time_sql: str, quality: str, using: str):
+    """A channel with compressed blocks in the range: its merged readings go, chunk by chunk, through a
+    temporary table and the same ``COPY ... TO CSV`` as the hot rows, so PostgreSQL formats them alike."""
+    text = channel.kind == ChannelKind.TEXT
+    stage = "daqbroker_export_stage_text" if text else "daqbroker_export_stage"
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (channel_id bigint, ts bigint, "
+        f"value {'text' if text else 'double precision'}, quality smallint) ON COMMIT DROP"
+    )
+    statement = f"COPY (SELECT {time_sql}, %s::text, value{quality} FROM {stage} ORDER BY ts) TO STDOUT (FORMAT CSV)"
+    for chunk in blocks.iter_readings(
+        channel.pk, request.start, request.end, text=text, include_flagged=request.include_flagged, using=using
+    ):
+        cursor.execute(f"TRUNCATE {stage}")
+        n = len(chunk["ts"])
+        if text:
+            with cursor.cursor.copy(f"COPY {stage} (channel_id, ts, value, quality) FROM STDIN") as copy:
+                for row in zip(
+                    [channel.pk] * n,
+                    chunk["ts"].tolist(),
+                    chunk["value"].tolist(),
+                    chunk["quality"].tolist(),
+                    strict=True,
+                ):
+                    copy.write_row(row)
+        else:
+            payload = storage.pg_binary_copy_payload(
+                np.full(n, channel.pk, np.int64), chunk["ts"], chunk["value"], chunk["quality"].astype(np.int16)
+            )
+            with cursor.cursor.copy(
+                f"COPY {stage} (channel_id, ts, value, quality) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.write(payload)
+        with cursor.cursor.copy(statement, [channel_label(channel)]) as copy:
+            for data in copy:
+                yield bytes(data)
 
 
 def _long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:

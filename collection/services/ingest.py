@@ -49,6 +49,7 @@ from collection import storage
 from collection.choices import Origin, Quality, RejectionKind
 from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog, SourceConfigSnapshot
 from collection.reasons import classify_reason
+from collection.services import blocks
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel, DataSource, Instrument
@@ -329,6 +330,9 @@ def ingest_samples(
             assert code is not None  # _validate ran: there is a table
             result.rejected.extend(_rejections_for(batch, code))
             keep = np.nonzero(code == _OK)[0]
+            # Readings into compacted windows: their blocks become hot rows first, so that the key below
+            # tells duplicates and conflicts apart as for any reading (docs/storage.md).
+            blocks.expand_for_ingest(channel[keep], batch.ts[keep], using=using)
             is_text = table.kind[table.locate(channel[keep])[0]] == 1
             _store_numeric(result, batch, keep[~is_text], numeric_value, table, using, after, replace)
             _store_text(result, batch, keep[is_text], text_value, using, after, replace)

@@ -34,8 +34,7 @@ from serial.tools import list_ports
 from accounts import agent_samples, permissions, targets
 from accounts.choices import SampleRequestStatus
 from accounts.models import Agent, AgentHealth
-from collection.services.ingest import judge_value
-from collection.services.protocol_preview import PROTOCOL_KINDS, ProtocolPreviewRefused, protocol_preview
+from collection.services.protocol_preview import PROTOCOL_KINDS, ProtocolPreviewRefused, judged, protocol_preview
 from daqbroker_agent.config import ConfigError, validate_source_config
 from daqbroker_agent.parsing import LineError, LineParser, now_us, us_to_datetime
 from daqbroker_agent.propose import propose
@@ -372,41 +371,9 @@ def _rows(lines: list[str], kind: str, config: dict, channels: list[dict]) -> li
         moment = us_to_datetime(parsed.ts_us)
         row["time_utc"] = moment.astimezone(UTC).isoformat()
         row["time_local"] = moment.astimezone(zone).isoformat()
-        row["values"] = [_judged(channel, parsed.fields, parsed.ts_us) for channel in channels]
+        row["values"] = [judged(channel, parsed.fields, parsed.ts_us) for channel in channels]
         rows.append(row)
     return rows
-
-
-def _judged(channel: dict, fields: dict[str, str], ts_us: int) -> dict[str, Any]:
-    key = str(channel.get("source_field") or channel.get("slug") or "")
-    raw = fields.get(key)
-    if raw is None:
-        return {"slug": channel.get("slug"), "raw": None, "stored": False, "reason": f"field {key!r} is missing"}
-    verdict = judge_value(
-        text=channel.get("kind") == "text",
-        raw=raw,
-        ts_us=ts_us,
-        valid_min=_float_or_none(channel.get("valid_min")),
-        valid_max=_float_or_none(channel.get("valid_max")),
-        missing_values=[float(v) for v in channel.get("missing_values") or [] if _float_or_none(v) is not None],
-    )
-    return {
-        "slug": channel.get("slug"),
-        "raw": raw,
-        "stored": verdict.stored,
-        "value": verdict.value,
-        "quality": verdict.quality,
-        "reason": verdict.reason,
-    }
-
-
-def _float_or_none(value: object) -> float | None:
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
 
 
 # --- serial ports -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from accounts import permissions, targets
+from collection.services.ingest import judge_value
 from daqbroker_agent.config import ConfigError, validate_source_config
 from daqbroker_agent.parsing import us_to_datetime
 from instruments.choices import SourceKind
@@ -75,8 +76,6 @@ def proposed_channels(kind: str, config: dict) -> list[dict]:
 def protocol_preview(
     principal: targets.Principal, kind: str, given: dict, *, connect: bool, channels: list[dict] | None
 ) -> dict[str, Any]:
-    from collection.services.preview import _judged  # the one judging of a value, shared with line previews
-
     errors: dict[str, str] = {}
     try:
         config = validate_source_config(kind, given)
@@ -123,7 +122,7 @@ def protocol_preview(
             row["time_utc"] = moment.astimezone(UTC).isoformat()
             row["time_local"] = moment.astimezone(zone).isoformat()
             fields = {name: str(value) for name, value in values.items()}
-            row["values"] = [_judged(channel, fields, ts_us) for channel in judged]
+            row["values"] = [judged(channel, fields, ts_us) for channel in judged]
         if problems:
             row["error"] = "; ".join(problems)[:2000]
         rows.append(row)
@@ -222,3 +221,37 @@ def _opcua(config: dict) -> tuple[str, list[Event]]:
     finally:
         session.stop()
     return where, events
+
+
+def judged(channel: dict, fields: dict[str, str], ts_us: int) -> dict[str, Any]:
+    """A proposed channel's value in a previewed line or message, judged as ingest would (one judging for
+    line previews and protocol previews alike)."""
+    key = str(channel.get("source_field") or channel.get("slug") or "")
+    raw = fields.get(key)
+    if raw is None:
+        return {"slug": channel.get("slug"), "raw": None, "stored": False, "reason": f"field {key!r} is missing"}
+    verdict = judge_value(
+        text=channel.get("kind") == "text",
+        raw=raw,
+        ts_us=ts_us,
+        valid_min=_float_or_none(channel.get("valid_min")),
+        valid_max=_float_or_none(channel.get("valid_max")),
+        missing_values=[float(v) for v in channel.get("missing_values") or [] if _float_or_none(v) is not None],
+    )
+    return {
+        "slug": channel.get("slug"),
+        "raw": raw,
+        "stored": verdict.stored,
+        "value": verdict.value,
+        "quality": verdict.quality,
+        "reason": verdict.reason,
+    }
+
+
+def _float_or_none(value: object) -> float | None:
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

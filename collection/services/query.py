@@ -34,6 +34,7 @@ from tsdownsample import MinMaxLTTBDownsampler
 
 from collection.choices import Quality
 from collection.models import RollupBacklog, RollupState, Sample
+from collection.services import blocks
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
 from collection.services.rollups import (
     TIER_NAMES,
@@ -196,6 +197,8 @@ def _estimated_readings(
 
 
 def _raw_count(channel_id: int, lo: int, hi: int, using: str) -> int:
+    if blocks.has_blocks(channel_id, lo, hi, using=using):
+        return sum(len(c["ts"]) for c in blocks.iter_readings(channel_id, lo, hi, text=False, using=using))
     return Sample.objects.using(using).filter(channel_id=channel_id, ts__gte=lo, ts__lt=hi).count()
 
 
@@ -267,7 +270,12 @@ def fetch_raw(
     limit: int | None = None,
     using: str = "default",
 ) -> dict[str, np.ndarray]:
-    """One channel's readings in [start, end) µs ordered by time: {"ts", "value", "quality"} arrays."""
+    """One channel's readings in [start, end) µs ordered by time: {"ts", "value", "quality"} arrays, from
+    the hot rows and (where there are any) the compressed blocks."""
+    if blocks.has_blocks(channel_id, start, end, using=using):
+        return blocks.read_readings(
+            channel_id, start, end, include_flagged=include_flagged, limit=limit, text=False, using=using
+        )
     table = connections[using].ops.quote_name(Sample._meta.db_table)
     sql = (
         f"SELECT ts, value, quality FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s"
@@ -288,6 +296,10 @@ def iter_raw(
     using: str = "default",
 ) -> Iterator[dict[str, np.ndarray]]:
     """A channel's readings in [start, end) in chunks of ``chunk_rows``, in constant memory (exports)."""
+    if blocks.has_blocks(channel_id, start, end, using=using):
+        return blocks.iter_readings(
+            channel_id, start, end, text=False, include_flagged=include_flagged, chunk_rows=chunk_rows, using=using
+        )
     return iter_chunks(
         Sample._meta.db_table,
         _RAW_COLUMNS,

@@ -32,6 +32,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from accounts import audit
+from accounts.choices import AuditAction
 from accounts.models import Agent
 from collection.models import RawFile, RawUpload
 from instruments.choices import SourceKind
@@ -397,8 +399,6 @@ def clean_archive(now: datetime | None = None) -> CleanUp:
        put back if anything named it meanwhile. ``begin`` checks a known content is still there after
        naming it (else the bytes are sent again), so a file is never left naming removed bytes.
     """
-    from accounts import audit
-    from accounts.choices import AuditAction
 
     now = now or timezone.now()
     result = CleanUp()

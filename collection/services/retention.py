@@ -22,8 +22,8 @@ from django.db import connections, transaction
 
 from accounts import audit
 from accounts.choices import AuditAction
-from collection.models import FollowUpBacklog, RollupState, Sample, TextSample
-from collection.services import rollups
+from collection.models import FollowUpBacklog, ReadingBlock, RollupState, Sample, TextSample
+from collection.services import blocks, rollups
 from collection.services.enqueue import try_enqueue
 from collection.services.rollups import floor_to
 from daqbroker_agent.parsing import us_to_datetime
@@ -63,6 +63,7 @@ def delete_readings(
     with transaction.atomic(using=using):
         for channel in channels:
             model = TextSample if channel.kind == ChannelKind.TEXT else Sample
+            blocks.expand_blocks(channel.pk, start, end, using=using)  # compacted readings become rows again
             rows = model.objects.using(using).filter(channel_id=channel.pk, ts__gte=start, ts__lt=end)
             first = rows.order_by("ts").values_list("ts", flat=True).first()
             if first is None:
@@ -117,14 +118,14 @@ def _delete_where(model, where: str, params: list, using: str) -> int:
 
 
 def _move_last_value_back(channel: Channel, model, using: str) -> None:
-    latest = model.objects.using(using).filter(channel_id=channel.pk).order_by("-ts").first()
-    update = {"last_ts": None, "last_value": None, "last_quality": None, "last_text": ""}
-    if latest is not None:
-        update.update(last_ts=latest.ts, last_quality=latest.quality)
+    latest = blocks.read_last(channel.pk, 2**63 - 1, 1, text=model is TextSample, using=using)  # hot or compacted
+    update: dict[str, object] = {"last_ts": None, "last_value": None, "last_quality": None, "last_text": ""}
+    if len(latest["ts"]):
+        update.update(last_ts=int(latest["ts"][0]), last_quality=int(latest["quality"][0]))
         if model is TextSample:
-            update["last_text"] = latest.value
+            update["last_text"] = latest["value"][0]
         else:
-            update["last_value"] = latest.value
+            update["last_value"] = float(latest["value"][0])
     Channel.objects.using(using).filter(pk=channel.pk).update(**update)
     refresh_instrument_freshness([channel.instrument_id], using=using)  # its latest reading may be gone too
 
@@ -190,13 +191,15 @@ def _expire_channel(
 ) -> tuple[int, bool]:
     """Delete one channel's readings before ``cutoff``; returns (deleted, finished)."""
     model = TextSample if channel.kind == ChannelKind.TEXT else Sample
-    if not model.objects.using(using).filter(channel_id=channel.pk, ts__lt=cutoff).exists():
+    compacted = ReadingBlock.objects.using(using).filter(channel_id=channel.pk, first_ts__lt=cutoff).exists()
+    if not compacted and not model.objects.using(using).filter(channel_id=channel.pk, ts__lt=cutoff).exists():
         return 0, True
     if model is Sample:
         _move_watermark(channel.pk, cutoff, using)
     connection = connections[using]
     table = connection.ops.quote_name(model._meta.db_table)
-    deleted = 0
+    # Whole blocks go at once; the one straddling the cutoff becomes hot rows, deleted below with the rest.
+    deleted = blocks.drop_blocks_before(channel.pk, cutoff, using=using) if compacted else 0
     for _ in range(batches_left):
         with transaction.atomic(using=using), connection.cursor() as cursor:
             # The ts of the batch's last reading: an index range scan of at most batch_rows keys.

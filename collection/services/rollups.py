@@ -30,11 +30,11 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 from django.db import connections, transaction
-from django.db.models import Max, Min
 from django.utils import timezone
 
 from collection.choices import Quality, RollupTier
 from collection.models import Rollup, RollupBacklog, RollupState, Sample
+from collection.services import blocks
 from collection.services.enqueue import enqueue_soon, try_enqueue
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
 
@@ -353,18 +353,25 @@ def recompute_span(
     parts: list[Buckets] = []
     rows_read = 0
     done_until = hi
-    for chunk in iter_chunks(
-        Sample._meta.db_table,
-        RAW_COLUMNS,
-        channel_id=channel_id,
-        start=lo,
-        end=hi,
-        chunk_rows=RAW_CHUNK_ROWS,
-        using=using,
-    ):
+    merged = blocks.has_blocks(channel_id, lo, hi, using=using)
+    chunks = (
+        blocks.iter_readings(channel_id, lo, hi, text=False, chunk_rows=RAW_CHUNK_ROWS, using=using)
+        if merged
+        else iter_chunks(
+            Sample._meta.db_table,
+            RAW_COLUMNS,
+            channel_id=channel_id,
+            start=lo,
+            end=hi,
+            chunk_rows=RAW_CHUNK_ROWS,
+            using=using,
+        )
+    )
+    for chunk in chunks:
         ts, value, quality = chunk["ts"], chunk["value"], chunk["quality"]
         rows_read += len(ts)
-        if max_rows is not None and rows_read >= max_rows and len(ts) == RAW_CHUNK_ROWS:
+        # A full chunk, or a block window (the merged read's chunks end at windows): more may follow.
+        if max_rows is not None and rows_read >= max_rows and (len(ts) == RAW_CHUNK_ROWS or merged):
             cut = floor_to(int(ts[-1]), width)
             if cut > lo:  # stop at the start of the last (possibly incomplete) bucket
                 keep = ts < cut
@@ -512,12 +519,11 @@ def rebuild_rollups(channel_ids: Iterable[int], *, using: str = "default") -> in
     rows = 0
     for channel_id in channel_ids:
         ensure_state(channel_id, using)
-        bounds = Sample.objects.using(using).filter(channel_id=channel_id).aggregate(first=Min("ts"), last=Max("ts"))
-        first, last = bounds["first"], bounds["last"]
+        first, last = blocks.bounds(channel_id, using=using)
         with transaction.atomic(using=using):
             RollupState.objects.using(using).select_for_update().get(channel_id=channel_id)
             Rollup.objects.using(using).filter(channel_id=channel_id).delete()
-        if first is None:
+        if first is None or last is None:
             continue
         done_until = first
         while done_until <= last:

@@ -8,6 +8,7 @@ import numpy as np
 from django.db import connections
 
 from collection.models import Sample
+from collection.services import blocks
 from collection.services.fetch import F8, I8, fetch_columns
 
 _COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
@@ -29,6 +30,16 @@ def read_series(
     ``start``/``end`` bound ts inclusively, ``after``/``before`` exclusively. ``limit`` keeps the first
     readings, or with ``last`` the latest ones (a reading's previous neighbours).
     """
+    lo = max(x for x in (start, None if after is None else after + 1, -(2**63)) if x is not None)
+    hi = min(x for x in (None if end is None else end + 1, before, 2**63 - 1) if x is not None)
+    if blocks.has_blocks(channel_id, lo, hi, using=using):  # compacted readings in the range: merged read
+        if last:
+            merged = blocks.read_last(channel_id, hi, limit or 2**31, using=using)
+            keep = merged["ts"] >= lo
+            merged = {name: column[keep] for name, column in merged.items()}
+        else:
+            merged = blocks.read_readings(channel_id, lo, hi, limit=limit or None, text=False, using=using)
+        return merged["ts"], merged["value"], merged["quality"].astype(np.int16)
     table = connections[using].ops.quote_name(Sample._meta.db_table)
     where, params = ["channel_id = %s"], [int(channel_id)]
     for op, bound in ((">=", start), ("<=", end), (">", after), ("<", before)):

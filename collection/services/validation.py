@@ -21,7 +21,7 @@ from django.db import connections, transaction
 from collection.alarms.models import SpikeCheck
 from collection.choices import Quality
 from collection.models import Sample
-from collection.services import rollups
+from collection.services import blocks, rollups
 from collection.services.series import read_series
 from instruments.choices import ChannelKind
 from instruments.models import Channel
@@ -76,6 +76,7 @@ def _set_quality(channel_id: int, stamps: np.ndarray, quality: int, *, only_from
         return 0
     changed = 0
     with transaction.atomic():
+        blocks.expand_blocks(channel_id, int(stamps.min()), int(stamps.max()) + 1)  # flags change on hot rows
         for i in range(0, len(stamps), UPDATE_CHUNK):
             chunk = stamps[i : i + UPDATE_CHUNK].tolist()
             changed += Sample.objects.filter(channel_id=channel_id, ts__in=chunk, quality=only_from).update(
@@ -105,6 +106,7 @@ def revalidate(channel_ids: Iterable[int], since_us: int) -> Revalidated:
     for channel in channels:
         case, params = _quality_case(channel)
         with transaction.atomic(), connection.cursor() as cursor:
+            blocks.expand_blocks(channel.pk, since_us, 2**63 - 1)  # flags change on hot rows
             cursor.execute(
                 f"UPDATE {table} SET quality = {case} WHERE channel_id = %s AND ts >= %s",
                 [*params, channel.pk, since_us],
