@@ -34,7 +34,12 @@ from serial.tools import list_ports
 from accounts import agent_samples, permissions, targets
 from accounts.choices import SampleRequestStatus
 from accounts.models import Agent, AgentHealth
-from collection.services.protocol_preview import PROTOCOL_KINDS, ProtocolPreviewRefused, judged, protocol_preview
+from collection.services.protocol_preview import (
+    PROTOCOL_KINDS,
+    ProtocolPreviewRefused,
+    judge_proposed,
+    protocol_preview,
+)
 from daqbroker_agent.config import ConfigError, validate_source_config
 from daqbroker_agent.parsing import LineError, LineParser, now_us, us_to_datetime
 from daqbroker_agent.propose import propose
@@ -371,7 +376,7 @@ def _rows(lines: list[str], kind: str, config: dict, channels: list[dict]) -> li
         moment = us_to_datetime(parsed.ts_us)
         row["time_utc"] = moment.astimezone(UTC).isoformat()
         row["time_local"] = moment.astimezone(zone).isoformat()
-        row["values"] = [judged(channel, parsed.fields, parsed.ts_us) for channel in channels]
+        row["values"] = [judge_proposed(channel, parsed.fields, parsed.ts_us) for channel in channels]
         rows.append(row)
     return rows
 

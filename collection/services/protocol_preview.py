@@ -122,7 +122,7 @@ def protocol_preview(
             row["time_utc"] = moment.astimezone(UTC).isoformat()
             row["time_local"] = moment.astimezone(zone).isoformat()
             fields = {name: str(value) for name, value in values.items()}
-            row["values"] = [judged(channel, fields, ts_us) for channel in judged]
+            row["values"] = [judge_proposed(channel, fields, ts_us) for channel in judged]
         if problems:
             row["error"] = "; ".join(problems)[:2000]
         rows.append(row)
@@ -223,7 +223,7 @@ def _opcua(config: dict) -> tuple[str, list[Event]]:
     return where, events
 
 
-def judged(channel: dict, fields: dict[str, str], ts_us: int) -> dict[str, Any]:
+def judge_proposed(channel: dict, fields: dict[str, str], ts_us: int) -> dict[str, Any]:
     """A proposed channel's value in a previewed line or message, judged as ingest would (one judging for
     line previews and protocol previews alike)."""
     key = str(channel.get("source_field") or channel.get("slug") or "")
