@@ -3,8 +3,9 @@
 
 Loads N readings (default 10,000,000, one every 10 s: ~3 years) with ``ingest_samples`` and brings the
 rollup tiers up to date, unless the bench database already holds them. Then serves the app with gunicorn
-(DEBUG off, static files collected and served by WhiteNoise, as in production) and measures in Debian's
-Chromium (driven by Playwright):
+(DEBUG off, static files collected and served by WhiteNoise, as in production; gunicorn's default synchronous
+workers, or ``--server production`` for daqbroker_site/gunicorn_conf.py's threaded ones) and measures in
+Debian's Chromium (driven by Playwright):
 
 * **full range**: from navigation start (``performance.timeOrigin``) to the plot drawn for "All" (the
   page, plotly.js, the /api/v1/samples/ request at screen resolution, the drawing), with a cold browser
@@ -60,6 +61,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument(
+        "--server",
+        choices=["production", "sync"],
+        default="sync",
+        help="gunicorn's settings: its own defaults (one request at a time per worker, no keep-alive: the "
+        "default, as the figures in docs/performance.md) or daqbroker_site/gunicorn_conf.py's (threaded "
+        "workers, keep-alive: the warm-up's requests may then all reach one worker, and the first visit the other)",
+    )
     args = parser.parse_args()
 
     os.environ.update(
@@ -200,7 +209,9 @@ BREAKDOWN = """() => {
   return {html: nav.responseEnd, css: span("/css/daqbroker"), plot_js: span("/js/plot."), plotly: span("plotly"),
           scripts_run: nav.domContentLoadedEventEnd,
           samples: span("/api/v1/samples/"), runs: span("/api/v1/runs/"), annotations: span("/api/v1/annotations/"),
-          drawn: Number(document.getElementById("main-plot").dataset.drawnAt)};
+          drawn: Number(document.getElementById("main-plot").dataset.drawnAt),
+          plotly_bytes: (e => e ? [e.encodedBodySize, e.decodedBodySize] : null)(
+            res.filter(e => e.name.includes("plotly")).pop())};
 }"""
 
 
@@ -261,10 +272,15 @@ def measure_page(base: str, cookie: str, channel_id: int, zooms: dict[str, tuple
             results["request"].append(request)
         # More first visits, each in a browser context of its own (nothing cached), beside plotly.js alone in
         # another: one first visit is one sample of a noisy machine.
-        src = page.evaluate("document.getElementById('plotly-js').src")
-        results["colds"], results["alone"] = [results["cold"]], []
+        bundles = page.evaluate(
+            "(t => [t.src, new URL(t.dataset.cartesian || t.src, location.href).href])"
+            "(document.getElementById('plotly-js'))"
+        )
+        results["bundles"] = [src.rsplit("/", 1)[-1] for src in bundles]
+        results["colds"], results["alone"], results["alone_cartesian"] = [results["cold"]], [], []
         for _ in range(repeat):
-            results["alone"].append(plotly_alone(browser, base, src))
+            results["alone"].append(plotly_alone(browser, base, bundles[0]))
+            results["alone_cartesian"].append(plotly_alone(browser, base, bundles[1]))
             first = browser.new_context(viewport={"width": 1280, "height": 900})
             first.add_cookies([{"name": "sessionid", "value": cookie, "url": base}])
             tab = first.new_page()
@@ -291,7 +307,8 @@ def run(args, data_dir: Path) -> None:
         "a day": (end - 200 * DAY_US, end - 199 * DAY_US),
         "an hour": (end - 400 * DAY_US, end - 400 * DAY_US + HOUR_US),
     }
-    with gunicorn(server_env(data_dir), workers=args.workers) as server:
+    options = ["-c", "python:daqbroker_site.gunicorn_conf"] if args.server == "production" else []
+    with gunicorn(server_env(data_dir), workers=args.workers, options=options) as server:
         page = measure_page(server.url, session_cookie(owner), channel.pk, zooms, args.repeat)
     points = page["max_points"]
     span = (end - first) / DAY_US / 365.25
@@ -300,7 +317,8 @@ def run(args, data_dir: Path) -> None:
 
     print(
         f"\nPlot page: {args.readings:,} readings of one channel ({span:.1f} years, one per 10 s) on PostgreSQL, "
-        f"headless Chromium at 1280 px ({points} points asked), gunicorn {args.workers} workers, DEBUG off"
+        f"headless Chromium at 1280 px ({points} points asked), gunicorn {args.workers} workers "
+        f"({args.server} settings), DEBUG off"
     )
     print(f"{'what':<32} {'browser':>10} {'samples request':>16} {'query service':>14}  answer")
     ms, source, _ = server["full range"]
@@ -331,7 +349,14 @@ def run(args, data_dir: Path) -> None:
         f"(fetched, parsed and run), median {alone:.0f} ms of {len(page['alone'])}; the page's first visit is "
         f"{cold / alone:.2f}x that"
     )
+    cartesian = statistics.median(page["alone_cartesian"])
+    print(
+        f"the page loads {page['bundles'][0]} (a heatmap view: {page['bundles'][1]}); alone on a first visit, same "
+        f"run: {alone:.0f} ms against {cartesian:.0f} ms for {page['bundles'][1]} ({alone / cartesian:.2f}x)"
+    )
     n = page["cold_breakdowns"]
+    wire, decoded = page["breakdown"][0]["plotly_bytes"]
+    print(f"plotly.js on a first visit: {wire / 1000:,.0f} kB on the wire, {decoded / 1000:,.0f} kB decoded")
     print_breakdown(page["breakdown"][:n], page["breakdown"][n:])
 
 

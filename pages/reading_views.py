@@ -25,6 +25,7 @@ from collection.alarms.models import AlarmEvent
 from instruments import dashboards, runs
 from instruments.choices import ChannelKind
 from instruments.models import PlotRange
+from pages.plotly_bundle import plotly_context
 from pages.readings import channel_facts, first_reading_times
 from pages.views import PageMixin, visible_channels
 
@@ -210,6 +211,7 @@ class PlotView(PageMixin, TemplateView):
             run_lists=permissions.run_lists_for(user).only("slug", "name"),
             my_dashboards=dashboards.dashboards_visible_to(user).filter(owner=user.pk),  # signed in (PageMixin)
             range_choices=[(v, label) for v, label in PlotRange.choices],
+            **plotly_context([self.request.GET.get("view", "series")]),
         )
         return context
 

@@ -29,6 +29,7 @@ from collection.services import corrections, quarantine, raw_files
 from instruments import dashboards, runs
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, PanelOptionsForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
+from pages.plotly_bundle import plotly_context
 from pages.readings import channel_facts, first_reading_times, sparklines
 from pages.status import (
     STATUS_FILTERS,
@@ -387,6 +388,7 @@ class DashboardDetailView(DashboardAccessMixin, DetailView):
                 "runsUrl": reverse("api:run-list"),
                 "timeZone": settings.TIME_ZONE,
             },
+            **plotly_context(p["state"]["kind"] for p in panels),
         )
         return context
 

@@ -58,9 +58,10 @@ def test_each_vendored_package_keeps_its_licence_beside_it(package, entry):
     assert licences, f"{package}: copy its licence file too (vendor.json)"
 
 
-def test_the_plot_library_is_found_by_the_ordinary_static_finders():
-    found = finders.find("vendor/plotly/plotly-cartesian.min.js")
-    assert found and Path(found) == VENDOR / "plotly" / "plotly-cartesian.min.js"
+@pytest.mark.parametrize("bundle", ["plotly-basic.min.js", "plotly-cartesian.min.js"])
+def test_the_plot_library_is_found_by_the_ordinary_static_finders(bundle):
+    found = finders.find(f"vendor/plotly/{bundle}")
+    assert found and Path(found) == VENDOR / "plotly" / bundle
 
 
 @pytest.mark.django_db

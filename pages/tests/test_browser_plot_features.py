@@ -20,6 +20,9 @@ from pages.tests.browser import SCREENSHOTS, drawn_again, draws, ingest, wait_un
 
 pytestmark = pytest.mark.django_db(transaction=True)
 FIVE_MINUTES = 300_000_000
+# The plotly.js bundles the page has loaded, by name (the basic one for time series and histograms, the
+# cartesian one besides or instead for a histogram over time).
+BUNDLES = "() => Array.from(document.scripts, s => s.src.split('/').pop()).filter(n => n.startsWith('plotly-')).sort()"
 
 
 def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(site, visitors):
@@ -48,6 +51,7 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
 
     # Nothing in the last day: the plot opens on the latest day that has readings, and says so.
     olivia.open(f"/plot/?c={old.pk}&range=1d")
+    assert page.evaluate(BUNDLES) == ["plotly-basic.min.js"]  # a time series: the smaller plotly.js
     view = page.evaluate("() => DAQPlot.main.view")
     assert page.evaluate("() => DAQPlot.main.shifted") is True
     assert view[0] == last_ms - 86_400_000 and last_ms < view[1] < last_ms + 900_000 + 1000
@@ -127,6 +131,7 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     assert histogram["counts"] == np.histogram(good, bins=80)[0].tolist()
     assert page.evaluate("() => document.querySelector('#main-plot .plot').data[0].type") == "bar"
     assert "view=hist" in page.url
+    assert page.evaluate(BUNDLES) == ["plotly-basic.min.js"]  # bars of the server's counts: still the basic one
     olivia.shoot("plot-histogram")
 
     # Two channels of two units: a histogram each (a panel per unit), the second counted in the unit its
@@ -157,6 +162,7 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
         " && Array.isArray(DAQPlot.main.histograms[0].counts[0])"
     )
     assert page.evaluate("() => DAQPlot.main.histograms.map(h => h.channel)") == [old.pk]
+    assert page.evaluate(BUNDLES) == ["plotly-basic.min.js", "plotly-cartesian.min.js"]  # fetched for it
     assert sum(map(sum, page.evaluate("() => DAQPlot.main.histograms[0].counts"))) == len(good)
     before = draws(page)
     page.select_option("#heat-channel", str(temp.pk))
@@ -182,6 +188,14 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     mantissa = right["dtick"] / 10 ** np.floor(np.log10(right["dtick"]))
     assert right["side"] == "right" and round(mantissa, 9) in (1, 2, 2.5, 5) and len(right["ticks"]) >= 3
     assert all(abs(t / right["dtick"] - round(t / right["dtick"])) < 1e-6 for t in right["ticks"])
+    # Drawn again by the cartesian bundle that replaced the basic one, a zoom still asks for its range.
+    before = draws(page)
+    page.evaluate(
+        "() => { const p = DAQPlot.main, v = p.view, hours = 3 * 3600e3;"
+        " return Plotly.relayout(p.gd, {'xaxis.range': [DAQPlot.wall(v[0] + hours), DAQPlot.wall(v[1] - hours)]}); }"
+    )
+    drawn_again(page, before)
+    assert page.evaluate("() => DAQPlot.main.requests.at(-1).reason") == "zoom"
     olivia.shoot("plot-right-axis")
     page.locator("#expr-menu summary").click()
     page.fill("#expr-input", "alpha-station/pressure-2018 - 1000")
@@ -219,6 +233,7 @@ def test_history_opens_on_its_data_with_flagged_markers_log_axes_and_histograms(
     # The histogram over time of the second channel, saved to that dashboard: the panel keeps its channel.
     board = Dashboard.objects.get(title="History")
     olivia.open(f"/plot/?c={old.pk},{temp.pk}&range=all&view=heatmap&hc={temp.pk}")
+    assert page.evaluate(BUNDLES) == ["plotly-cartesian.min.js"]  # opened on a heatmap: that one only
     page.locator("#save-menu summary").click()
     page.select_option("#save-target", f"/dashboards/{board.pk}/panels/")
     page.fill("#save-panel-title", "Heat")

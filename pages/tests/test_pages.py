@@ -316,7 +316,8 @@ def test_the_plot_page_names_channels_by_id_or_by_reference(group_member, world)
     by_id = page(group_member, reverse("collection:plot"), c=str(world.alpha_channel.pk))
     for body in (by_ref, by_id):
         assert f'"id": {world.alpha_channel.pk}' in body  # in the plot's configuration
-        assert 'src="/static/vendor/plotly/plotly-cartesian.min.js"' in body
+        assert 'src="/static/vendor/plotly/plotly-basic.min.js"' in body  # a time series: the smaller bundle
+        assert 'data-cartesian="/static/vendor/plotly/plotly-cartesian.min.js"' in body  # plot.js's, for a heatmap
         assert "/api/v1/samples/" in body
     assert page(group_member, reverse("collection:plot"), c="999999", expected=404)
     assert page(group_member, reverse("collection:plot"), c="not-a-channel", expected=404)
@@ -337,8 +338,26 @@ def test_the_plot_page_lists_only_visible_channels(shared_viewer, administrator,
 
 
 def test_plotly_is_served_by_the_app():
-    found = finders.find("vendor/plotly/plotly-cartesian.min.js")
-    assert found and found.endswith("static/vendor/plotly/plotly-cartesian.min.js")
+    for bundle in ("plotly-basic.min.js", "plotly-cartesian.min.js"):
+        found = finders.find(f"vendor/plotly/{bundle}")
+        assert found and found.endswith(f"static/vendor/plotly/{bundle}")
+
+
+@pytest.mark.parametrize(
+    ("view", "bundle"), [("series", "basic"), ("hist", "basic"), ("heatmap", "cartesian"), ("nonsense", "basic")]
+)
+def test_the_plot_page_loads_the_cartesian_plotly_only_when_it_opens_on_a_heatmap(group_member, world, view, bundle):
+    body = page(group_member, reverse("collection:plot"), c=str(world.alpha_channel.pk), view=view)
+    assert f'src="/static/vendor/plotly/plotly-{bundle}.min.js" id="plotly-js"' in body
+
+
+def test_a_dashboard_loads_the_cartesian_plotly_only_when_a_panel_shows_a_heatmap(shared_viewer, world):
+    board = alpha_dashboard(world)
+    url = reverse("instruments:dashboard", args=[board.pk])
+    assert 'src="/static/vendor/plotly/plotly-basic.min.js" id="plotly-js"' in page(shared_viewer, url)
+    heat = DashboardPanel.objects.create(dashboard=board, title="heat", options={"view": "heatmap"})
+    heat.channels.set([world.alpha_channel])
+    assert 'src="/static/vendor/plotly/plotly-cartesian.min.js" id="plotly-js"' in page(shared_viewer, url)
 
 
 # --- dashboards -------------------------------------------------------------------------------------

@@ -17,14 +17,40 @@
   var RECENT_KEY = "daqbroker.recentChannels";  // the channels this browser plotted lately (ids, newest first)
   var MIN_POINTS = 100, MAX_POINTS = 4000;
 
-  // plotly.js (the 1.5 MB cartesian bundle: scatter, bar, histogram, heatmap) is loaded with "defer": the first readings are asked for while it is still being
-  // parsed, and drawing waits for it.
+  // plotly.js is loaded with "defer" (the first readings are asked for while it is still being parsed, and
+  // drawing waits for it): the 1.2 MB basic bundle (scatter, bar) unless the page opens on a histogram over
+  // time, which needs the 1.5 MB cartesian one (heatmap). Compiling and running the bundle is most of a first
+  // visit, so the larger one is fetched only when a heatmap is chosen (plotlyFor); a plot drawn by the basic
+  // bundle is then drawn again from scratch by the cartesian one (draw), never by two plotly.js at once.
   var plotlyReady = new Promise(function (resolve) {
     if (window.Plotly) { resolve(); return; }
     // deferred scripts run before DOMContentLoaded
     document.addEventListener("DOMContentLoaded", function () { resolve(); });
     window.addEventListener("load", function () { resolve(); });
   });
+  var cartesianReady = null;
+
+  function needsCartesian(kind) { return kind === "heatmap"; }
+
+  // Resolves once window.Plotly can draw this view kind (for a heatmap: the cartesian bundle, fetched once).
+  function plotlyFor(kind) {
+    if (!needsCartesian(kind)) return plotlyReady;
+    if (!cartesianReady) {
+      cartesianReady = plotlyReady.then(function () {
+        var tag = document.getElementById("plotly-js");
+        var src = tag && tag.dataset.cartesian;
+        if (!src || tag.getAttribute("src") === src) return;  // the page loaded it already
+        return new Promise(function (resolve, reject) {
+          var script = document.createElement("script");
+          script.src = src;
+          script.onload = function () { resolve(); };
+          script.onerror = function () { cartesianReady = null; reject(new Error("Could not load plotly.js (" + src + ").")); };
+          document.head.appendChild(script);
+        });
+      });
+    }
+    return cartesianReady;
+  }
 
   // Every user-written text handed to plotly (trace names, hover labels, axis titles, annotations) goes
   // through this: plotly renders a subset of HTML in them (<a href>, <span style>, <br>...), substitutes
@@ -252,6 +278,9 @@
     var started = performance.now();
     this.root.dataset.loading = "1";
     this.requests.push({ url: url, reason: reason, at: Date.now() });
+    // The readings are asked for first: the server answers requests in the order they come, and on a first
+    // visit the readings' answer is the one the drawing waits for (docs/performance.md#plot-page).
+    var readings = fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
     var runsLoaded = Promise.all([this.loadRuns(range), this.loadCurves(range)]);
     // Annotations never hold up the drawing. Arriving before the readings, they are drawn with them; after,
     // the readings are drawn again with them. Never the previous readings again while this load is on its
@@ -261,7 +290,7 @@
         return plotlyReady.then(function () { if (seq === self.seq) return self.redraw(); });
       }
     });
-    return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+    return readings
       .then(function (response) {
         if (!response.ok) throw new Error("The server answered " + response.status + ".");
         return response.json();
@@ -320,7 +349,8 @@
       var members = shown.filter(function (c) { return (c.units || "") === unit; });
       if (members.length) groups.push({ axis: i + 1, unit: unit, channels: members });
     });
-    var started = performance.now();
+    var started = performance.now(), ready = plotlyFor(this.state.kind);  // fetched beside the counts
+    ready.catch(function () {});  // (its failure is reported below, once the counts are in)
     this.root.dataset.loading = "1";
     var asks = groups.map(function (g) {
       var opt = (self.state.yaxes || {})[g.axis] || {};
@@ -356,7 +386,7 @@
         self.histograms = list; self.series = [];
         self.histogramsLeftOut = heatmap ? 0 : Math.max(0, self.state.channels.length - MAX_HIST_CHANNELS);
         self.serverMs = server;
-        return plotlyReady.then(function () { return self.draw(range); });
+        return ready.then(function () { return self.draw(range); });
       })
       .then(function () {
         if (seq !== self.seq) return;
@@ -732,6 +762,11 @@
     }
     this.setOverlay(this.state.channels.length && empty ? "No readings in this range." : "");
     this.quiet = true;
+    if (this.plotly && this.plotly !== window.Plotly) {  // the cartesian bundle replaced the basic one
+      this.plotly.purge(this.gd);
+      this.listening = false;
+    }
+    this.plotly = window.Plotly;
     var result = Plotly.react(this.gd, traces, layout, {
       responsive: true, displaylogo: false, scrollZoom: true, showTips: false,
       modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toImage"]
@@ -840,8 +875,8 @@
       var end = Math.max(now, self.lastTime());
       self.view = [end - span, end];
       self.quiet = true;
-      var done = which.length && !redraw ? Plotly.extendTraces(self.gd, { x: x, y: y }, which) : Promise.resolve(self.draw(self.view));
-      Promise.resolve(done).then(function () { return Plotly.relayout(self.gd, { "xaxis.range": [wall(self.view[0]), wall(self.view[1])] }); })
+      var done = which.length && !redraw ? self.plotly.extendTraces(self.gd, { x: x, y: y }, which) : Promise.resolve(self.draw(self.view));
+      Promise.resolve(done).then(function () { return self.plotly.relayout(self.gd, { "xaxis.range": [wall(self.view[0]), wall(self.view[1])] }); })
         .then(function () {
           self.quiet = false;
           self.liveAppended = (self.liveAppended || 0) + added;
@@ -887,7 +922,7 @@
 
   Plot.prototype.download = function (format) {
     var c = this.state.channels.map(function (ch) { return ch.slug; }).join("-") || "plot";
-    Plotly.downloadImage(this.gd, { format: format, filename: "daqbroker-" + c, width: this.gd.clientWidth,
+    (this.plotly || Plotly).downloadImage(this.gd, { format: format, filename: "daqbroker-" + c, width: this.gd.clientWidth,
       height: this.gd.clientHeight });
   };
 
