@@ -30,7 +30,7 @@ from accounts.api.base import ScopedGenericViewSet, instrument_or_404
 from collection.alarms.models import AlarmEvent
 from collection.api.schema import ErrorDetail
 from collection.services import export as export_service
-from collection.services import slots
+from collection.services import export_read, slots
 from collection.services.expression_curves import expression_curve
 from collection.services.histogram import MAX_BINS, MAX_TIME_BINS, channel_histogram
 from collection.services.query import MAX_POINTS_LIMIT, latest_values, query_series
@@ -224,15 +224,15 @@ class ExportParams(RunRangeMixin, serializers.Serializer):
     start = InstantField(required=False, help_text="ISO 8601 or µs since 1970 (default: the first reading)")
     end = InstantField(required=False, help_text="ISO 8601 or µs since 1970, excluded (default: after the last)")
     format = serializers.ChoiceField(
-        choices=export_service.FORMATS, default="csv", error_messages={"invalid_choice": one_of(export_service.FORMATS)}
+        choices=export_read.FORMATS, default="csv", error_messages={"invalid_choice": one_of(export_read.FORMATS)}
     )
     layout = serializers.ChoiceField(
-        choices=export_service.LAYOUTS, default="long", help_text="wide: one column per channel of one instrument"
+        choices=export_read.LAYOUTS, default="long", help_text="wide: one column per channel of one instrument"
     )
     time_format = serializers.ChoiceField(
-        choices=export_service.TIME_FORMATS,
+        choices=export_read.TIME_FORMATS,
         default="iso",
-        error_messages={"invalid_choice": one_of(export_service.TIME_FORMATS)},
+        error_messages={"invalid_choice": one_of(export_read.TIME_FORMATS)},
         help_text="CSV times: iso, epoch_s, epoch_ms (Unix ms), epoch_us, matlab (datenum), igor (seconds since 1904)",
     )
     tz = serializers.CharField(default="UTC", max_length=64, help_text="IANA time zone for ISO times (CSV, Parquet)")
@@ -722,10 +722,10 @@ class ExportViewSet(ReadingsViewSet):
             channels = self.visible_channels(params["channels"])
         slot = heavy_slot(request)
         try:
-            export_request = export_service.ExportRequest(
+            export_request = export_read.ExportRequest(
                 channels=channels,
-                start=params.get("start", export_service.MIN_TS),
-                end=params.get("end", export_service.MAX_TS),
+                start=params.get("start", export_read.MIN_TS),
+                end=params.get("end", export_read.MAX_TS),
                 format=params["format"],
                 layout=params["layout"],
                 time_format=params["time_format"],

@@ -37,7 +37,7 @@ import numpy as np
 from django.conf import settings
 
 from collection.choices import Quality
-from collection.services import export as export_service
+from collection.services import export_read
 from instruments.choices import ChannelKind
 from instruments.models import Channel
 
@@ -98,7 +98,7 @@ class Budget:
             )
 
 
-def netcdf_export(request: export_service.ExportRequest, using: str) -> Iterator[bytes]:
+def netcdf_export(request: export_read.ExportRequest, using: str) -> Iterator[bytes]:
     """Writes the file now (HDF5 needs to seek; a refusal is still a clean 400), in bounded memory, and
     returns its bytes in pieces."""
     file = tempfile.TemporaryFile(prefix="daqbroker-export-")  # noqa: SIM115  # closed by _stream, or below
@@ -117,7 +117,7 @@ def _stream(file) -> Iterator[bytes]:
             yield piece
 
 
-def _write(request: export_service.ExportRequest, file, using: str, budget: Budget) -> None:
+def _write(request: export_read.ExportRequest, file, using: str, budget: Budget) -> None:
     with_quality = request.quality or request.include_flagged
     per_variable = 2 if with_quality else 1
     if request.layout == "wide":
@@ -160,7 +160,7 @@ def _data_variables(
     )
     attrs: dict[str, object] = {
         "long_name": f"{channel.instrument.name} {channel.name}",
-        "daqbroker_channel": export_service.channel_label(channel),
+        "daqbroker_channel": export_read.channel_label(channel),
         "daqbroker_channel_id": np.int64(channel.pk),
     }
     if channel.units:
@@ -200,7 +200,7 @@ def _values(channel: Channel, values: np.ndarray, quality: np.ndarray | None) ->
 
 
 def _write_long(
-    request: export_service.ExportRequest,
+    request: export_read.ExportRequest,
     nc: h5netcdf.File,
     chunk: int,
     with_quality: bool,
@@ -219,7 +219,7 @@ def _write_long(
     for channel in request.channels:
         dimension, time, variable, quality = targets[channel.pk]
         size = 0
-        for piece in export_service._chunks(
+        for piece in export_read._chunks(
             channel, request.start, request.end, using, include_flagged=request.include_flagged
         ):
             n = len(piece["ts"])
@@ -233,7 +233,7 @@ def _write_long(
 
 
 def _write_wide(
-    request: export_service.ExportRequest,
+    request: export_read.ExportRequest,
     nc: h5netcdf.File,
     chunk: int,
     with_quality: bool,
@@ -246,14 +246,14 @@ def _write_wide(
     # Quality columns are read whenever flagged readings are included: they say which values become fill.
     windows = dataclasses.replace(request, quality=with_quality)
     size = 0
-    for frame in export_service._wide_windows(windows, using):
+    for frame in export_read._wide_windows(windows, using):
         n = len(frame)
         budget.spend(n * (8 + len(request.channels) * (9 if with_quality else 8)))
         nc.resize_dimension("time", size + n)
         time[size : size + n] = frame.index.to_numpy(dtype=np.int64)
         for channel in request.channels:
             variable, quality_variable = targets[channel.pk]
-            column = frame[export_service.wide_header(channel)]
+            column = frame[export_read.wide_header(channel)]
             quality = None
             if with_quality:
                 quality = frame[f"{channel.slug} quality"].to_numpy(dtype=np.int8, na_value=QUALITY_FILL)
