@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Max, Min
+from django.db.models import Exists, Max, Min, OuterRef
 
 from collection import codec, storage
 from collection.choices import Origin, RejectionKind
@@ -575,12 +575,37 @@ def expand_blocks(channel_id: int, start: int, end: int, *, using: str = "defaul
         return sum(_expand(block, using) for block in found)
 
 
-def expand_for_ingest(channel: np.ndarray, ts: np.ndarray, *, using: str = "default") -> int:
+def has_any_block() -> Exists:
+    """Annotation: the channel holds at least one block (read with the channel by ingest's look-up)."""
+    return Exists(ReadingBlock.objects.filter(channel_id=OuterRef("pk")))
+
+
+def has_any_block_sql(channel_alias: str, connection) -> str:
+    """The same, written into a raw SQL look-up of channels aliased ``channel_alias``."""
+    quote = connection.ops.quote_name
+    return (
+        f"EXISTS (SELECT 1 FROM {quote(ReadingBlock._meta.db_table)} b "
+        f"WHERE b.{quote('channel_id')} = {channel_alias}.{quote('id')})"
+    )
+
+
+def expand_for_ingest(
+    channel: np.ndarray, ts: np.ndarray, *, compacted: set[int] | None = None, using: str = "default"
+) -> int:
     """Before a batch is stored: expand the blocks of the (channel, window)s it writes into, so that the
     narrow table's key decides duplicates and conflicts as for any reading. One query when the batch
-    touches no compacted window (the usual case: fresh readings)."""
+    touches no compacted window (the usual case: fresh readings).
+
+    ``compacted``: the batch's channels that held blocks when they were looked up. With compaction off no
+    block is made, so the others cannot hold one, and a batch of theirs costs no query at all (blocks made
+    before compaction was turned off are still found: their channels are in ``compacted``)."""
     if not len(ts) or int(ts.min()) >= time.time_ns() // 1000 - FRESH_US:
         return 0  # no block can hold a reading this recent: not even the one query
+    if compacted is not None and not settings.DAQBROKER_COMPACT_AFTER:
+        mask = np.isin(channel, list(compacted))
+        if not mask.any():
+            return 0
+        channel, ts = channel[mask], ts[mask]
     windows = ts - ts % BLOCK_WIDTH_US
     wanted = set(zip(channel.tolist(), windows.tolist(), strict=True))
     candidates = ReadingBlock.objects.using(using).filter(

@@ -235,7 +235,7 @@ class IngestResult:
 # own: a queryset, or accounts.permissions.collectable_instruments's compiled one), or None for trusted
 # server-side callers.
 Writable = set[int] | QuerySet | RawSQL | None
-# A channel's columns ingest needs, in this order (``known_channels``).
+# A channel's columns ingest needs, in this order (``known_channels``), then whether it has compressed blocks.
 CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values", "instrument_id")
 
 
@@ -249,6 +249,7 @@ class _ChannelTable:
     vmax: np.ndarray
     sentinels: dict[int, np.ndarray]
     instrument_of: dict[int, int]  # channel id -> instrument id (the instruments' freshness, after commit)
+    compacted: set[int]  # the channels holding compressed blocks (blocks.expand_for_ingest)
 
     @classmethod
     def load(
@@ -265,7 +266,8 @@ class _ChannelTable:
             queryset = Channel.objects.using(using).filter(pk__in=wanted)
             if writable_instruments is not None:
                 queryset = queryset.filter(instrument_id__in=writable_instruments)
-            rows = sorted(queryset.values_list(*CHANNEL_COLUMNS))
+            queryset = queryset.annotate(compacted=blocks.has_any_block())
+            rows = sorted(queryset.values_list(*CHANNEL_COLUMNS, "compacted"))
         kinds: dict[str, int] = {ChannelKind.NUMERIC: 0, ChannelKind.TEXT: 1, ChannelKind.DERIVED: 2}
         return cls(
             ids=np.array([r[0] for r in rows], dtype=np.int64),
@@ -274,6 +276,7 @@ class _ChannelTable:
             vmax=np.array([np.nan if r[3] is None else r[3] for r in rows], dtype=np.float64),
             sentinels={r[0]: np.array(r[4], dtype=np.float64) for r in rows if r[4]},
             instrument_of={r[0]: r[5] for r in rows},
+            compacted={r[0] for r in rows if r[6]},
         )
 
     def locate(self, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -311,7 +314,7 @@ def ingest_samples(
     stays, the new one is quarantined as a conflict) or ``"replace"`` (the new value replaces it, audited
     with ``audit_origin`` {actor, address} and ``reason``; the caller checks the sender may change the
     instruments). ``old_until``: readings stamped up to this µs are old data (a re-read): alarm rules do not
-    evaluate them. ``known_channels``: {id: CHANNEL_COLUMNS row} the
+    evaluate them. ``known_channels``: {id: CHANNEL_COLUMNS row + has blocks} the
     caller already read under the same ``writable_instruments`` (the ingest endpoint, resolving slugs); when
     they cover every channel of the batch, the channels are not looked up again.
     """
@@ -332,7 +335,7 @@ def ingest_samples(
             keep = np.nonzero(code == _OK)[0]
             # Readings into compacted windows: their blocks become hot rows first, so that the key below
             # tells duplicates and conflicts apart as for any reading (docs/storage.md).
-            blocks.expand_for_ingest(channel[keep], batch.ts[keep], using=using)
+            blocks.expand_for_ingest(channel[keep], batch.ts[keep], compacted=table.compacted, using=using)
             is_text = table.kind[table.locate(channel[keep])[0]] == 1
             _store_numeric(result, batch, keep[~is_text], numeric_value, table, using, after, replace)
             _store_text(result, batch, keep[is_text], text_value, using, after, replace)

@@ -19,6 +19,7 @@ from accounts import permissions
 from collection.choices import Origin
 from collection.ingest_formats import decode_ingest_body, iter_slug_pairs
 from collection.models import IngestBatch
+from collection.services import blocks
 from collection.services.ingest import (
     CHANNEL_COLUMNS,
     KEEP,
@@ -64,6 +65,7 @@ class ChannelResolver:
         connection = connections["default"]
         quote = connection.ops.quote_name
         columns = ", ".join(f"c.{quote(column)}" for column in CHANNEL_COLUMNS)
+        columns += f", {blocks.has_any_block_sql('c', connection)}"
         sql = (
             f"SELECT i.{quote('slug')}, c.{quote('slug')}, {columns} FROM {quote(Channel._meta.db_table)} c "
             f"JOIN {quote(Instrument._meta.db_table)} i ON i.{quote('id')} = c.{quote('instrument_id')} "
@@ -83,10 +85,10 @@ class ChannelResolver:
         found = {}
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-            for inst, chan, pk, kind, vmin, vmax, sentinels, instrument_id in cursor.fetchall():
+            for inst, chan, pk, kind, vmin, vmax, sentinels, instrument_id, compacted in cursor.fetchall():
                 found[f"{inst}/{chan}"] = pk
                 sentinel_list = missing_values.from_db_value(sentinels, None, connection)  # type: ignore[arg-type]  # the expression is unused
-                self.rows[pk] = (pk, kind, vmin, vmax, sentinel_list, instrument_id)
+                self.rows[pk] = (pk, kind, vmin, vmax, sentinel_list, instrument_id, bool(compacted))
         return {ref: found[ref] for ref in refs if ref in found}
 
 

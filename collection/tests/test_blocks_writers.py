@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from collection.choices import Quality, RejectionKind
@@ -11,8 +12,10 @@ from collection.services import SampleBatch, ingest_samples
 from collection.services.blocks import compact, read_readings
 from collection.services.corrections import count_readings
 from collection.services.retention import delete_readings, enforce_retention
+from collection.services.uploads import ingest_upload
 from collection.services.validation import _set_quality
 from collection.tests.readings import SECOND, T0, ingest
+from daqbroker_agent.parsing import us_to_datetime
 from instruments.tests.factories import make_channel, make_instrument
 
 pytestmark = pytest.mark.django_db
@@ -107,3 +110,20 @@ def test_quality_flags_change_on_compacted_readings(compacted):
     assert _set_quality(channel.pk, ts[[7, 3700]], Quality.SUSPECT, only_from=Quality.OK) == 2
     got = read_readings(channel.pk, T0, T0 + 3 * HOUR)
     assert np.flatnonzero(got["quality"] == Quality.SUSPECT).tolist() == [7, 3700]
+
+
+def test_an_upload_of_compacted_readings_with_compaction_off_is_counted_as_duplicates(compacted, settings):
+    """Compaction turned off after it made blocks: the upload path (readings named by slug) still finds them,
+    through the flag its channel look-up reads, so a re-sent reading is a duplicate, another value a conflict."""
+    settings.DAQBROKER_COMPACT_AFTER = 0
+    channel, ts, values = compacted
+    ref = f"{channel.instrument.slug}/{channel.slug}"
+    sent = [
+        {"channel": ref, "t": us_to_datetime(int(t)).isoformat(), "v": float(v)}
+        for t, v in zip(ts[:5], values[:5], strict=True)
+    ]
+    sent.append({"channel": ref, "t": us_to_datetime(int(ts[7])).isoformat(), "v": 99.5})
+    answer = ingest_upload(orjson.dumps(sent), "application/json", sender="test", writable_instruments=None,
+                           max_readings=100).body  # fmt: skip
+    assert (answer["accepted"], answer["duplicates"], answer["conflicts"]) == (0, 5, 1), answer
+    assert read_readings(channel.pk, T0, T0 + 3 * HOUR)["value"].tolist() == values.tolist()
