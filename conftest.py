@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -439,6 +440,13 @@ class OpcUaTestServer:
         )
         self._call(self.variables[name].write_value(data))
 
+    def reset(self) -> None:
+        """Every variable back to 0.0, Good, now: what one test wrote never shapes the next one's changes (a
+        Bad status left by one test made the same Bad status written by the next no change at all)."""
+        now = datetime.now(UTC)
+        for name in self.variables:
+            self.write(name, 0.0, source_time=now)
+
     def stop(self) -> None:
         if self._server is None or self._loop is None:
             return
@@ -469,12 +477,19 @@ class OpcUaTestServer:
 
 
 @pytest.fixture(scope="session")
-def opcua_server():
-    """A real OPC UA server (asyncua) on a free port, for the session (its start-up takes seconds), stopped at
-    the end: see :class:`OpcUaTestServer`. Tests restart it (``restart``) and write its variables."""
+def opcua_session_server():
     server = OpcUaTestServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def opcua_server(opcua_session_server):
+    """A real OPC UA server (asyncua) on a free port, started once for the session (its start-up takes seconds)
+    and stopped at the end: see :class:`OpcUaTestServer`. Each test gets it with every variable reset; tests
+    restart it (``restart``) and write its variables."""
+    opcua_session_server.reset()
+    return opcua_session_server
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float, interval: float = 0.1, message: str = "") -> object:
