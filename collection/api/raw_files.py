@@ -175,15 +175,19 @@ class RawFileSerializer(serializers.ModelSerializer):
         return f"/api/v1/raw-files/{raw_file.pk}/"
 
 
+# An instrument's list, a page at a time (``Pagination``: ?limit=&offset=).
+INSTRUMENT_PAGE = [
+    OpenApiParameter("slug", str, OpenApiParameter.PATH),
+    OpenApiParameter("limit", int),
+    OpenApiParameter("offset", int),
+]
+
+
 class InstrumentRawFilesView(ScopedViewMixin, APIView):
     @extend_schema(
         operation_id="instrument_raw_files",
         summary="The raw files kept for an instrument, newest first",
-        parameters=[
-            OpenApiParameter("slug", str, OpenApiParameter.PATH),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("offset", int),
-        ],
+        parameters=INSTRUMENT_PAGE,
         responses={200: RawFileSerializer(many=True), 404: _error("no such instrument, or hidden")},
     )
     def get(self, request, slug: str):
@@ -297,11 +301,7 @@ class InstrumentServerCopiesView(ScopedViewMixin, APIView):
     @extend_schema(
         operation_id="instrument_server_raw_copies",
         summary="The raw copies this server keeps of the files its own file sources read, newest first",
-        parameters=[
-            OpenApiParameter("slug", str, OpenApiParameter.PATH),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("offset", int),
-        ],
+        parameters=INSTRUMENT_PAGE,
         responses={200: ServerCopySerializer(many=True), 404: _error("no such instrument, or hidden")},
     )
     def get(self, request, slug: str):
