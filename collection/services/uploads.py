@@ -16,6 +16,7 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models.expressions import RawSQL
 
 from accounts import permissions
+from collection import storage
 from collection.choices import Origin
 from collection.ingest_formats import decode_ingest_body, iter_slug_pairs
 from collection.models import IngestBatch
@@ -69,21 +70,33 @@ class ChannelResolver:
         sql = (
             f"SELECT i.{quote('slug')}, c.{quote('slug')}, {columns} FROM {quote(Channel._meta.db_table)} c "
             f"JOIN {quote(Instrument._meta.db_table)} i ON i.{quote('id')} = c.{quote('instrument_id')} "
-            f"WHERE i.{quote('slug')} IN ({', '.join(['%s'] * len(instruments))}) "
-            f"AND c.{quote('slug')} IN ({', '.join(['%s'] * len(channels))})"
         )
-        params = [*instruments, *channels]
+        # On PostgreSQL the text must not vary with the body (it is prepared once per connection): arrays.
+        postgresql = connection.vendor == "postgresql"
+        if postgresql:
+            sql += f"WHERE i.{quote('slug')} = ANY(%s::text[]) AND c.{quote('slug')} = ANY(%s::text[])"
+            params: list = [instruments, channels]
+        else:
+            sql += (
+                f"WHERE i.{quote('slug')} IN ({', '.join(['%s'] * len(instruments))}) "
+                f"AND c.{quote('slug')} IN ({', '.join(['%s'] * len(channels))})"
+            )
+            params = [*instruments, *channels]
         writable = self.writable_instruments
         if isinstance(writable, RawSQL):
             sql += f" AND c.{quote('instrument_id')} IN ({writable.sql})"
             params += list(writable.params)
         elif writable is not None:
             ids = list(writable) or [None]  # IN (NULL) matches nothing
-            sql += f" AND c.{quote('instrument_id')} IN ({', '.join(['%s'] * len(ids))})"
-            params += ids
+            if postgresql:
+                sql += f" AND c.{quote('instrument_id')} = ANY(%s::bigint[])"
+                params.append(ids)
+            else:
+                sql += f" AND c.{quote('instrument_id')} IN ({', '.join(['%s'] * len(ids))})"
+                params += ids
         missing_values = Channel._meta.get_field("missing_values")
         found = {}
-        with connection.cursor() as cursor:
+        with storage.prepared_cursor(connection) as cursor:
             cursor.execute(sql, params)
             for inst, chan, pk, kind, vmin, vmax, sentinels, instrument_id, compacted in cursor.fetchall():
                 found[f"{inst}/{chan}"] = pk
