@@ -54,19 +54,26 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=3, help="readings per post (one per channel)")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: the shipped conf's)")
     parser.add_argument("--threads", type=int, default=None, help="threads per worker (default: the shipped conf's)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="agents new to the server: each one's first heartbeat makes its health instrument during the step "
+        "(default: an established fleet, whose health instruments the setup made)",
+    )
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.setup:
-        print(json.dumps(setup_database(int(args.setup), args.channels)))
+        print(json.dumps(setup_database(int(args.setup), args.channels, cold=args.cold)))
         return
     steps = [int(n) for n in args.agents.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         run(args, steps, Path(tmp))
 
 
-def setup_database(agents: int, channels: int) -> dict:
+def setup_database(agents: int, channels: int, *, cold: bool = False) -> dict:
     """(In a child process with the server's environment.) Fresh schema; per agent an instrument, its
-    channels and the agent with its token."""
+    channels and the agent with its token, and (unless ``cold``) its health instrument, as the agent's
+    first heartbeat makes it (``collection.services.node_health``): a fleet that has run before."""
     if os.environ.get("DATABASE_URL"):
         recreate_database(os.environ["DATABASE_URL"])
     import django
@@ -76,6 +83,7 @@ def setup_database(agents: int, channels: int) -> dict:
     from django.core.management import call_command
 
     from accounts.services import create_agent
+    from collection.services.node_health import health_instrument
     from instruments.models import Channel, Instrument
 
     call_command("migrate", verbosity=0)
@@ -86,10 +94,12 @@ def setup_database(agents: int, channels: int) -> dict:
     Channel.objects.bulk_create(
         Channel(instrument=inst, name=f"c{j}", slug=f"c{j}") for inst in instruments for j in range(channels)
     )
-    tokens = [
-        create_agent(owner=owner, name=f"agent {i}", instruments=[inst], actor=owner)[1]
-        for i, inst in enumerate(instruments)
-    ]
+    tokens = []
+    for i, inst in enumerate(instruments):
+        agent, token = create_agent(owner=owner, name=f"agent {i}", instruments=[inst], actor=owner)
+        if not cold:
+            health_instrument(agent)
+        tokens.append(token)
     return {"tokens": tokens}
 
 
@@ -113,7 +123,8 @@ def run(args, steps: list[int], tmp: Path) -> None:
     )
     started = time.perf_counter()
     setup = subprocess.run(
-        [sys.executable, __file__, "--setup", str(max(steps)), "--channels", str(args.channels)],
+        [sys.executable, __file__, "--setup", str(max(steps)), "--channels", str(args.channels),
+         *(["--cold"] if args.cold else [])],
         env=env, cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if setup.returncode != 0:
@@ -127,7 +138,8 @@ def run(args, steps: list[int], tmp: Path) -> None:
     print(
         f"many agents over HTTP ({args.engine}): each posts {args.channels} readings every {args.period:g} s and a "
         f"heartbeat every {args.heartbeat:g} s, {args.seconds:g} s per step; gunicorn {workers} workers "
-        f"({conf['worker_class']}, {args.threads or conf['threads']} threads), a Celery worker; setup "
+        f"({conf['worker_class']}, {args.threads or conf['threads']} threads), a Celery worker; "
+        f"{'new agents (health instruments made by first heartbeats)' if args.cold else 'an established fleet'}; setup "
         f"{time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     print(

@@ -25,7 +25,8 @@ from accounts.models import Agent, AgentHealth
 from collection.alarms.choices import RuleKind, Severity
 from collection.alarms.models import AlarmRule
 from collection.choices import Origin
-from collection.services.ingest import IngestResult, SampleBatch, ingest_samples
+from collection.services import blocks
+from collection.services.ingest import CHANNEL_COLUMNS, IngestResult, SampleBatch, ingest_samples
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.models import Channel, Instrument
 
@@ -139,22 +140,39 @@ def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> In
     if health.clock_offset_seconds is not None:
         values["clock_offset"] = health.clock_offset_seconds
     values["spool_depth"] = health.spool_depth  # the heartbeat's own figure, as in the admin's agent list
-    instrument = health_instrument(agent, health.heartbeat_seconds)
-    channels = dict(instrument.channels.values_list("slug", "pk"))
     interval = health.heartbeat_seconds
+    rows = _health_channels(agent)
+    if not rows:  # the first heartbeat (or a health instrument deleted since): made now
+        rows = _health_channels(agent, health_instrument(agent, interval))
     # The silence rule follows the agent's own heartbeat interval.
-    Channel.objects.filter(instrument=instrument, slug__in=[h.slug for h in HEALTH_CHANNELS.values()]).exclude(
-        expected_interval_seconds=interval
-    ).update(expected_interval_seconds=interval)
+    health_slugs = {h.slug for h in HEALTH_CHANNELS.values()}
+    stale = [row[0] for slug, expected, *row in rows if slug in health_slugs and expected != interval]
+    if stale:
+        Channel.objects.filter(pk__in=stale).update(expected_interval_seconds=interval)
+    channels = {slug: tuple(row) for slug, _, *row in rows}  # slug -> CHANNEL_COLUMNS row + has blocks
     ids, numbers = [], []
     for key, value in values.items():
         spec = HEALTH_CHANNELS.get(key)
         if spec is None or value is None or spec.slug not in channels:
             continue  # a channel deleted by its owner stays deleted
-        ids.append(channels[spec.slug])
+        ids.append(channels[spec.slug][0])
         numbers.append(float(value))
     if not ids:
         return None
     when = datetime_to_us(health.last_heartbeat or timezone.now())
     batch = SampleBatch(np.array(ids, dtype=np.int64), np.full(len(ids), when, dtype=np.int64), np.array(numbers))
-    return ingest_samples(batch, origin=Origin.AGENT)
+    # The channels just read are handed to ingest: not looked up a second time.
+    return ingest_samples(batch, origin=Origin.AGENT, known_channels={row[0]: row for row in channels.values()})
+
+
+def _health_channels(agent: Agent, instrument: Instrument | None = None) -> list[tuple]:
+    """The health instrument's channels as (slug, expected interval, *CHANNEL_COLUMNS, has blocks): one query,
+    also what ``ingest_samples`` would look up. Empty when the agent has no health instrument yet."""
+    instrument_id = instrument.pk if instrument is not None else agent.health_instrument_id
+    if instrument_id is None:
+        return []
+    return list(
+        Channel.objects.filter(instrument_id=instrument_id)
+        .annotate(compacted=blocks.has_any_block())
+        .values_list("slug", "expected_interval_seconds", *CHANNEL_COLUMNS, "compacted")
+    )

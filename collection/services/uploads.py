@@ -65,12 +65,7 @@ class ChannelResolver:
         # request. The permission check is the same subquery (accounts.permissions.collectable_instruments).
         connection = connections["default"]
         quote = connection.ops.quote_name
-        columns = ", ".join(f"c.{quote(column)}" for column in CHANNEL_COLUMNS)
-        columns += f", {blocks.has_any_block_sql('c', connection)}"
-        sql = (
-            f"SELECT i.{quote('slug')}, c.{quote('slug')}, {columns} FROM {quote(Channel._meta.db_table)} c "
-            f"JOIN {quote(Instrument._meta.db_table)} i ON i.{quote('id')} = c.{quote('instrument_id')} "
-        )
+        sql = _lookup_head(connection)
         # On PostgreSQL the text must not vary with the body (it is prepared once per connection): arrays.
         postgresql = connection.vendor == "postgresql"
         if postgresql:
@@ -103,6 +98,23 @@ class ChannelResolver:
                 sentinel_list = missing_values.from_db_value(sentinels, None, connection)  # type: ignore[arg-type]  # the expression is unused
                 self.rows[pk] = (pk, kind, vmin, vmax, sentinel_list, instrument_id, bool(compacted))
         return {ref: found[ref] for ref in refs if ref in found}
+
+
+_lookup_heads: dict[str, str] = {}
+
+
+def _lookup_head(connection) -> str:
+    """The channel look-up's SELECT ... FROM ... JOIN, the same for every request (per engine)."""
+    head = _lookup_heads.get(connection.vendor)
+    if head is None:
+        quote = connection.ops.quote_name
+        columns = ", ".join(f"c.{quote(column)}" for column in CHANNEL_COLUMNS)
+        columns += f", {blocks.has_any_block_sql('c', connection)}"
+        head = _lookup_heads[connection.vendor] = (
+            f"SELECT i.{quote('slug')}, c.{quote('slug')}, {columns} FROM {quote(Channel._meta.db_table)} c "
+            f"JOIN {quote(Instrument._meta.db_table)} i ON i.{quote('id')} = c.{quote('instrument_id')} "
+        )
+    return head
 
 
 def ingest_upload(
