@@ -4,6 +4,8 @@ heartbeat, owned like the agent), through the one write path, with two default a
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from accounts import permissions, services
@@ -115,3 +117,28 @@ def test_health_figures_out_of_range_are_refused_with_the_field(roof_pc):
     response = beat(token, health={"memory_used_percent": 250})
     assert response.status_code == 400
     assert "memory_used_percent" in response.json()["health"]
+
+
+def test_a_changed_heartbeat_interval_moves_the_health_channels_expected_interval(roof_pc):
+    _, agent, token = roof_pc
+    assert beat(token, spool_depth=1, heartbeat_seconds=10).status_code == 200
+    assert beat(token, spool_depth=2, heartbeat_seconds=30).status_code == 200
+    agent.refresh_from_db()
+    assert set(agent.health_instrument.channels.values_list("expected_interval_seconds", flat=True)) == {30}
+
+
+def test_an_established_agents_heartbeat_reads_its_health_channels_once(roof_pc):
+    """Many agents heartbeat: the health channels are read once per heartbeat, and that read is handed to
+    the one write path (which would otherwise look them up again)."""
+    _, agent, token = roof_pc
+    assert beat(token, spool_depth=1, heartbeat_seconds=10, health=HEALTH).status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        assert beat(token, spool_depth=2, heartbeat_seconds=10, health=HEALTH).status_code == 200
+    reads = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith("SELECT") and "instruments_channel" in q["sql"]
+    ]
+    assert len(reads) == 1, reads
+    agent.refresh_from_db()
+    assert values(agent.health_instrument)["spool_depth"] == [1.0, 2.0]
