@@ -12,7 +12,10 @@ Checked inside the run, per step: every answer is 200 and every reading accepted
 agent late for its schedule sends at once, so its lateness (``lag``: send time minus planned time) stays
 below one period while the server keeps up (printed: p99 lag over the whole step and over its last 10 s);
 the follow-up rows left for the worker (``backlog``) drain within 60 s after the step; and every reading
-sent is stored: the readings table is counted after the step and must hold exactly what was sent. A step
+sent is stored: the readings of the agents' instruments are counted after the step and must be exactly what
+was sent (the readings the server keeps from the heartbeats' figures, in each agent's health instrument, are
+not counted). By default the agents are an established fleet: their health instruments, which an agent's
+first heartbeat makes, are made by the setup (--cold: during the step, by the first heartbeats). A step
 sustains its agents when all of that holds and at least 95% of the planned readings were sent (a late agent
 stops at the deadline like the others); --agents lists the steps (e.g. ``1000,2000,3000``) to find
 the largest number one machine sustains. The machine is shared: the load average is printed.
@@ -156,10 +159,10 @@ def run(args, steps: list[int], tmp: Path) -> None:
         with gunicorn(env, workers=workers, timeout=120, options=options) as server, counter(args.engine, env) as count:
             asyncio.run(warm_up(server.port, tokens[:20]))
             for phase, agents in enumerate(steps):
-                before = count("collection_sample")
+                before = count(AGENTS_READINGS)
                 step = asyncio.run(load(server.port, tokens[:agents], args, phase))
                 drained = wait_drained(count)
-                stored = count("collection_sample") - before
+                stored = count(AGENTS_READINGS) - before
                 latency = np.array(step.latencies) * 1000
                 lag = np.array([lag for _, lag in step.lags])
                 end = max(t for t, _ in step.lags)
@@ -190,6 +193,13 @@ def run(args, steps: list[int], tmp: Path) -> None:
         import redis
 
         redis.Redis.from_url(REDIS_URL).delete(queue)
+
+
+# The readings the agents sent: those of their health instruments (kept from the heartbeats' figures) apart.
+AGENTS_READINGS = (
+    "collection_sample s JOIN instruments_channel c ON c.id = s.channel_id WHERE c.instrument_id NOT IN "
+    "(SELECT health_instrument_id FROM accounts_agent WHERE health_instrument_id IS NOT NULL)"
+)
 
 
 @contextmanager
