@@ -132,6 +132,27 @@ def _default_rules(agent: Agent, instrument: Instrument) -> None:
     silent.channels.set(instrument.channels.filter(slug=SILENT_CHANNEL))
 
 
+def _health_channels(agent: Agent, heartbeat_seconds: int) -> dict[str, int]:
+    """The health instrument's channels by slug (the instrument made first if need be), their expected
+    interval following the agent's own heartbeat interval so that the silence rule does. One query per
+    heartbeat once the instrument exists; one more when the interval changed."""
+    rows: list[tuple[str, int, int | None]] = []
+    if agent.health_instrument_id is not None:
+        rows = list(
+            Channel.objects.filter(instrument_id=agent.health_instrument_id)
+            .order_by()
+            .values_list("slug", "pk", "expected_interval_seconds")
+        )
+    if not rows:  # the first heartbeat; or the instrument, or all its channels, deleted by the owner
+        instrument = health_instrument(agent, heartbeat_seconds)
+        rows = list(instrument.channels.order_by().values_list("slug", "pk", "expected_interval_seconds"))
+    ours = {h.slug for h in HEALTH_CHANNELS.values()}
+    behind = [pk for slug, pk, interval in rows if slug in ours and interval != heartbeat_seconds]
+    if behind:
+        Channel.objects.filter(pk__in=behind).update(expected_interval_seconds=heartbeat_seconds)
+    return {slug: pk for slug, pk, _ in rows}
+
+
 def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> IngestResult | None:
     """Store the figures of a heartbeat just recorded (``health``) as readings of the agent's health
     instrument, stamped with the heartbeat's arrival; figures the agent could not read (None) are left out."""
@@ -139,13 +160,7 @@ def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> In
     if health.clock_offset_seconds is not None:
         values["clock_offset"] = health.clock_offset_seconds
     values["spool_depth"] = health.spool_depth  # the heartbeat's own figure, as in the admin's agent list
-    instrument = health_instrument(agent, health.heartbeat_seconds)
-    channels = dict(instrument.channels.values_list("slug", "pk"))
-    interval = health.heartbeat_seconds
-    # The silence rule follows the agent's own heartbeat interval.
-    Channel.objects.filter(instrument=instrument, slug__in=[h.slug for h in HEALTH_CHANNELS.values()]).exclude(
-        expected_interval_seconds=interval
-    ).update(expected_interval_seconds=interval)
+    channels = _health_channels(agent, health.heartbeat_seconds)
     ids, numbers = [], []
     for key, value in values.items():
         spec = HEALTH_CHANNELS.get(key)
