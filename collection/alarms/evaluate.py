@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from collection.alarms import notify
@@ -85,6 +85,17 @@ class _RuleIndex:
     def __bool__(self) -> bool:
         return bool(self.rules)
 
+    def candidates(self) -> QuerySet[Channel]:
+        """Every channel some rule may select (a superset: ``of`` says which rules do), in one query."""
+        where = Q(pk__in=list(self.by_channel)) | Q(instrument_id__in=list(self.by_instrument))
+        for i in self.everywhere:
+            rule, _ = self.rules[i]
+            if rule.units:
+                where |= Q(units=rule.units)
+            elif rule.channel_pattern:
+                where |= Q(pk__isnull=False)  # a name pattern alone: any channel of the site
+        return Channel.objects.filter(where)
+
     def of(self, channel: Channel) -> list[AlarmRule]:
         """The rules that select ``channel`` and apply to its kind, in the rules' order."""
         candidates = sorted(
@@ -132,22 +143,42 @@ def _active_pairs(rules: list[AlarmRule], channel_ids: list[int]) -> set[tuple[i
 
 def check_periodic(now: int | None = None) -> Outcome:
     """The beat task's pass: stale channels, and value rules whose channel has readings not yet evaluated
-    (an after-ingest evaluation that never ran: a lost task, a broker outage)."""
+    (an after-ingest evaluation that never ran: a lost task, a broker outage).
+
+    A few statements whatever the number of rules and channels (the rules, the channels they may select,
+    the active stale alarms, the value rules' progress); then work only for the pairs that change: a stale
+    pair whose alarm is to be raised or cleared (``evaluate_stale`` reads the channel again first), a value
+    rule behind its channel's last reading."""
     now = now_us() if now is None else now
     outcome = Outcome()
-    for rule, _explicit in _rules():
-        channels = [c for c in rule.selected_channels() if rule.applies_to_kind(c)]
-        if rule.kind == RuleKind.STALE:
-            for channel in channels:
-                outcome += evaluate_stale(rule, channel, now)
-            continue
-        evaluated = dict(
-            AlarmState.objects.filter(rule=rule, channel__in=channels).values_list("channel_id", "evaluated_until")
+    rules = _RuleIndex(_rules())
+    if not rules:
+        return outcome
+    channels = list(rules.candidates().select_related("instrument", "source"))
+    pairs = [(rule, channel) for channel in channels for rule in rules.of(channel)]
+    stale_rules = [rule for rule, _ in pairs if rule.kind == RuleKind.STALE]
+    value_rules = {rule.pk for rule, _ in pairs if rule.kind != RuleKind.STALE}
+    channel_ids = [channel.pk for channel in channels]
+    active = _active_pairs(stale_rules, channel_ids)
+    evaluated = dict(
+        (
+            ((rule_id, channel_id), until)
+            for rule_id, channel_id, until in AlarmState.objects.filter(
+                rule__in=value_rules, channel_id__in=channel_ids
+            ).values_list("rule_id", "channel_id", "evaluated_until")
         )
-        for channel in channels:
-            until = evaluated.get(channel.pk)
-            if until is not None and channel.last_ts is not None and channel.last_ts > until:
-                outcome += evaluate_values(rule, channel)
+        if value_rules
+        else ()
+    )
+    for rule, channel in pairs:
+        if rule.kind == RuleKind.STALE:
+            is_active = (rule.pk, channel.pk) in active
+            if _is_stale(rule, channel, now) != is_active:  # a change, as of the channels read above
+                outcome += evaluate_stale(rule, channel, now, active=is_active)
+            continue
+        until = evaluated.get((rule.pk, channel.pk))
+        if until is not None and channel.last_ts is not None and channel.last_ts > until:
+            outcome += evaluate_values(rule, channel)
     return outcome
 
 
@@ -311,6 +342,22 @@ def expected_interval(channel: Channel) -> int | None:
     return None
 
 
+def _staleness(rule: AlarmRule, channel: Channel, now: int) -> tuple[bool, int, int] | None:
+    """(stale, the channel's last reading or its creation, the rule's limit in µs) as of ``now``, from the
+    channel as loaded; None when the channel has no expected interval."""
+    interval = expected_interval(channel)
+    if interval is None:
+        return None
+    last = channel.last_ts if channel.last_ts is not None else datetime_to_us(channel.created)
+    limit = int(rule.stale_factor * interval * 1_000_000)
+    return now - last > limit, last, limit
+
+
+def _is_stale(rule: AlarmRule, channel: Channel, now: int) -> bool:
+    staleness = _staleness(rule, channel, now)
+    return staleness is not None and staleness[0]
+
+
 def evaluate_stale(
     rule: AlarmRule, channel: Channel, now: int, *, active: bool | None = None, fresh: bool = False
 ) -> Outcome:
@@ -318,14 +365,13 @@ def evaluate_stale(
     has an active event, when the caller read it already; ``fresh``: the channel's last reading was read
     together with ``now`` (otherwise it is read again here)."""
     outcome = Outcome()
-    interval = expected_interval(channel)
-    if interval is None:
+    if expected_interval(channel) is None:
         return outcome
-    limit = int(rule.stale_factor * interval * 1_000_000)
     if not fresh:
         channel.refresh_from_db(fields=["last_ts", "last_value"])
-    last = channel.last_ts if channel.last_ts is not None else datetime_to_us(channel.created)
-    stale = now - last > limit
+    staleness = _staleness(rule, channel, now)
+    assert staleness is not None  # the channel has an expected interval
+    stale, last, limit = staleness
     if active is None:
         active = AlarmState.objects.filter(rule=rule, channel=channel, active_event__isnull=False).exists()
     if stale == active:
