@@ -24,7 +24,7 @@ from collection.alarms.evaluate import acknowledge
 from collection.alarms.models import AlarmEvent
 from instruments import dashboards, runs
 from instruments.choices import ChannelKind
-from instruments.models import PlotRange
+from instruments.models import Instrument, PlotRange
 from instruments.search import channels_matching
 from pages.plotly_bundle import plotly_context
 from pages.readings import channel_facts, first_reading_times
@@ -105,8 +105,8 @@ def first_channels(user, query: str = "", *, instrument_slug: str = "", recent: 
     first: list = []
     if recent or instrument_slug:
         favoured = Q(pk__in=recent or [])
-        if instrument_slug:
-            favoured |= Q(instrument__slug=instrument_slug)
+        if instrument_slug:  # by the instrument's id, not a filter across the join: each side has its index
+            favoured |= Q(instrument_id__in=Instrument.objects.filter(slug=instrument_slug).values("pk"))
         first = list(
             search_channels(user, query, instrument_slug=instrument_slug, recent=recent).filter(favoured)[:limit]
         )
