@@ -29,8 +29,13 @@ from instruments.models import Channel, Instrument
 
 CHANNEL_TABLE = Channel._meta.db_table
 INSTRUMENT_TABLE = Instrument._meta.db_table
-# PostgreSQL: a trigram index on each column the picker matches.
-MATCHED = {CHANNEL_TABLE: ("name", "slug", "units"), INSTRUMENT_TABLE: ("name", "slug")}
+# What the instruments' searches match (the home page's: name, place, description; the admin's and its
+# autocomplete fields': these and the slug and contact).
+INSTRUMENT_FIELDS = ("name", "slug", "description", "location", "contact_email")
+# PostgreSQL: a trigram index on each column searched.
+MATCHED = {CHANNEL_TABLE: ("name", "slug", "units"), INSTRUMENT_TABLE: INSTRUMENT_FIELDS}
+# SQLite: the instruments' own FTS5 index, over the instrument table (external content: no copy of the text).
+SQLITE_INSTRUMENT_INDEX = "instruments_instrument_search"
 # SQLite: one FTS5 document per channel holding its own and its instrument's words, so that a search of
 # several words is one MATCH of them all ("hPa" AND "north"), whichever of the two each word is in.
 SQLITE_INDEX = "instruments_channel_search"
@@ -62,13 +67,32 @@ def _sqlite_statements() -> list[str]:
         f"{add}{_document('c.instrument_id = new.id')}; END",
         f"DELETE FROM {index}",
         f"{add}{_document('1')}",
+        *_sqlite_instrument_statements(),
+    ]
+
+
+def _sqlite_instrument_statements() -> list[str]:
+    index, table, cols = SQLITE_INSTRUMENT_INDEX, INSTRUMENT_TABLE, ", ".join(INSTRUMENT_FIELDS)
+    new = ", ".join(f"new.{column}" for column in INSTRUMENT_FIELDS)
+    old = ", ".join(f"old.{column}" for column in INSTRUMENT_FIELDS)
+    delete = f"INSERT INTO {index} ({index}, rowid, {cols}) VALUES ('delete', old.id, {old});"
+    insert = f"INSERT INTO {index} (rowid, {cols}) VALUES (new.id, {new});"
+    return [
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS {index} USING fts5({cols}, content='{table}', content_rowid='id', "
+        "tokenize='trigram')",
+        f"CREATE TRIGGER IF NOT EXISTS {index}_insert AFTER INSERT ON {table} BEGIN {insert} END",
+        f"CREATE TRIGGER IF NOT EXISTS {index}_delete AFTER DELETE ON {table} BEGIN {delete} END",
+        f"CREATE TRIGGER IF NOT EXISTS {index}_update AFTER UPDATE OF id, {cols} ON {table} "
+        f"BEGIN {delete} {insert} END",
+        f"INSERT INTO {index} ({index}) VALUES ('rebuild')",
     ]
 
 
 def sqlite_triggers() -> list[str]:
     """The triggers that keep the SQLite index in step (a check that they still exist names them)."""
     names = ("channel_insert", "channel_delete", "channel_update", "instrument_update")
-    return [f"{SQLITE_INDEX}_{name}" for name in names]
+    own = ("insert", "delete", "update")
+    return [f"{SQLITE_INDEX}_{name}" for name in names] + [f"{SQLITE_INSTRUMENT_INDEX}_{name}" for name in own]
 
 
 def _postgresql_statements() -> list[str]:
@@ -96,6 +120,7 @@ def remove(schema_editor) -> None:
         for trigger in sqlite_triggers():
             schema_editor.execute(f"DROP TRIGGER IF EXISTS {trigger}", params=None)
         schema_editor.execute(f"DROP TABLE IF EXISTS {SQLITE_INDEX}", params=None)
+        schema_editor.execute(f"DROP TABLE IF EXISTS {SQLITE_INSTRUMENT_INDEX}", params=None)
     elif vendor == "postgresql":
         for table, columns in MATCHED.items():
             for column in columns:
@@ -138,4 +163,27 @@ def channels_matching(words: list[str], using: str = "default") -> Q:
             | Q(instrument__name__icontains=word)
             | Q(instrument__slug__icontains=word)
         )
+    return condition
+
+
+def instruments_matching(words: list[str], fields: tuple[str, ...], using: str = "default") -> Q:
+    """The instruments with each of ``words`` in one of ``fields`` (some of INSTRUMENT_FIELDS), any case: the
+    home page's search (its whole text as one word) and the admin's (each word). On SQLite the words of 3
+    characters or more are one FTS5 query restricted to those columns; elsewhere, and for shorter words,
+    ``icontains`` (on PostgreSQL the trigram indexes serve it)."""
+    unknown = set(fields) - set(INSTRUMENT_FIELDS)
+    if unknown:
+        raise ValueError(f"not indexed for search: {sorted(unknown)}")
+    indexed = [word for word in words if len(word) >= TRIGRAM] if connections[using].vendor == "sqlite" else []
+    condition = Q()
+    if indexed:
+        columns = "{" + " ".join(fields) + "}"
+        match = " AND ".join(f"{columns} : {_fts_phrase(word)}" for word in indexed)
+        fts = f"SELECT rowid FROM {SQLITE_INSTRUMENT_INDEX} WHERE {SQLITE_INSTRUMENT_INDEX} MATCH %s"
+        condition &= Q(pk__in=RawSQL(fts, [match]))  # noqa: S611 -- our own SQL, the words a parameter
+    for word in (word for word in words if word not in indexed):
+        any_field = Q()
+        for field in fields:
+            any_field |= Q(**{f"{field}__icontains": word})
+        condition &= any_field
     return condition

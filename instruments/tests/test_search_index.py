@@ -125,3 +125,48 @@ def test_every_migration_leaves_the_engines_index_in_place():
             assert names == expected
         else:
             pytest.skip("MariaDB has no substring index: its search reads every channel")
+
+
+# --- the instruments' own search (home page, admin, autocomplete fields) -------------------------------------
+
+INSTRUMENT_SEARCHES = [
+    (["mast"], ("name", "location", "description")),
+    (["ROOF"], ("name", "location", "description")),
+    (["north-mast"], ("name", "location", "description")),  # a slug: not among these fields
+    (["north-mast"], search.INSTRUMENT_FIELDS),
+    (["lab@example", "hut"], search.INSTRUMENT_FIELDS),
+    (["by the sea"], ("name", "location", "description")),  # the home page's whole text, spaces and all
+    (["50%"], search.INSTRUMENT_FIELDS),
+    (["a"], ("name",)),
+    (["zz", "hut"], search.INSTRUMENT_FIELDS),
+]
+
+
+def instrument_reference(words: list[str], fields: tuple[str, ...]) -> set[int]:
+    return {
+        instrument.pk
+        for instrument in Instrument.objects.all()
+        if all(any(word.lower() in getattr(instrument, field).lower() for field in fields) for word in words)
+    }
+
+
+def instruments_indexed(words: list[str], fields: tuple[str, ...]) -> set[int]:
+    return set(Instrument.objects.filter(search.instruments_matching(words, fields)).values_list("pk", flat=True))
+
+
+def test_the_instruments_search_finds_what_a_substring_test_finds_after_edits(site):
+    north, south = site
+    Instrument.objects.filter(pk=north.pk).update(location="On the roof", description="A mast by the sea, 50% rust")
+    south.contact_email = "lab@example.org"
+    south.save()
+    make_instrument(name="Annex", slug="annex", location="roof")
+    assert instrument_reference(["by the sea"], ("description",)) == {north.pk}
+    for words, fields in INSTRUMENT_SEARCHES:
+        assert instruments_indexed(words, fields) == instrument_reference(words, fields), (words, fields)
+    south.delete()
+    assert not instruments_indexed(["lab@example"], search.INSTRUMENT_FIELDS)
+
+
+def test_the_instruments_search_refuses_a_field_it_does_not_index():
+    with pytest.raises(ValueError, match="owner"):
+        search.instruments_matching(["x"], ("name", "owner"))
