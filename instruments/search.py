@@ -6,7 +6,10 @@ keystroke read every channel. Each engine gets the index it has for that (made b
 ``instruments.0016_search_indexes``, which calls ``install``):
 
 * **PostgreSQL**: ``pg_trgm`` GIN indexes on ``UPPER(column)``, the expression Django's ``icontains``
-  compares, so the plain ORM lookups below use them (words of 3 characters or more).
+  compares, so the plain ORM lookups below use them (words of 3 characters or more). Without GIN's
+  pending list (``fastupdate = off``): new channels go straight into the index (they are few), instead of a
+  list every search would read through until a vacuum merged it (after a bulk load: 3 ms per index scan
+  instead of 0.01 ms).
 * **SQLite**: one FTS5 table with the ``trigram`` tokenizer (SQLite 3.34+), one row per channel holding its
   name, slug and units and its instrument's name and slug, kept in step by triggers on the channel table
   (insert, delete, update of those columns) and the instrument table (update of its name or slug; deleting
@@ -100,7 +103,7 @@ def _postgresql_statements() -> list[str]:
     for table, columns in MATCHED.items():
         statements += [
             f"CREATE INDEX IF NOT EXISTS {table}_{column}_trgm ON {table} "
-            f'USING gin ((UPPER("{column}"::text)) gin_trgm_ops)'
+            f'USING gin ((UPPER("{column}"::text)) gin_trgm_ops) WITH (fastupdate = off)'
             for column in columns
         ]
     return statements
