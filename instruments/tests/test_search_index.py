@@ -119,8 +119,10 @@ def test_every_migration_leaves_the_engines_index_in_place():
             cursor.execute("SELECT name FROM sqlite_master WHERE name = %s", [search.SQLITE_INDEX])
             assert cursor.fetchone() is not None
         elif connection.vendor == "postgresql":
-            cursor.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE %s", ["%\\_trgm"])
-            names = {name for (name,) in cursor.fetchall()}
+            cursor.execute("SELECT relname, reloptions FROM pg_class WHERE relname LIKE %s", ["%\\_trgm"])
+            options = dict(cursor.fetchall())
+            assert all(opts == ["fastupdate=off"] for opts in options.values()), options  # no pending list
+            names = set(options)
             expected = {f"{table}_{column}_trgm" for table, columns in search.MATCHED.items() for column in columns}
             assert names == expected
         else:
