@@ -12,10 +12,7 @@ Checked inside the run, per step: every answer is 200 and every reading accepted
 agent late for its schedule sends at once, so its lateness (``lag``: send time minus planned time) stays
 below one period while the server keeps up (printed: p99 lag over the whole step and over its last 10 s);
 the follow-up rows left for the worker (``backlog``) drain within 60 s after the step; and every reading
-sent is stored: the readings of the agents' instruments are counted after the step and must be exactly what
-was sent (the readings the server keeps from the heartbeats' figures, in each agent's health instrument, are
-not counted). By default the agents are an established fleet: their health instruments, which an agent's
-first heartbeat makes, are made by the setup (--cold: during the step, by the first heartbeats). A step
+sent is stored: the readings table is counted after the step and must hold exactly what was sent. A step
 sustains its agents when all of that holds and at least 95% of the planned readings were sent (a late agent
 stops at the deadline like the others); --agents lists the steps (e.g. ``1000,2000,3000``) to find
 the largest number one machine sustains. The machine is shared: the load average is printed.
@@ -57,26 +54,19 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=3, help="readings per post (one per channel)")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: the shipped conf's)")
     parser.add_argument("--threads", type=int, default=None, help="threads per worker (default: the shipped conf's)")
-    parser.add_argument(
-        "--cold",
-        action="store_true",
-        help="agents new to the server: each one's first heartbeat makes its health instrument during the step "
-        "(default: an established fleet, whose health instruments the setup made)",
-    )
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.setup:
-        print(json.dumps(setup_database(int(args.setup), args.channels, cold=args.cold)))
+        print(json.dumps(setup_database(int(args.setup), args.channels)))
         return
     steps = [int(n) for n in args.agents.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         run(args, steps, Path(tmp))
 
 
-def setup_database(agents: int, channels: int, *, cold: bool = False) -> dict:
+def setup_database(agents: int, channels: int) -> dict:
     """(In a child process with the server's environment.) Fresh schema; per agent an instrument, its
-    channels and the agent with its token, and (unless ``cold``) its health instrument, as the agent's
-    first heartbeat makes it (``collection.services.node_health``): a fleet that has run before."""
+    channels and the agent with its token."""
     if os.environ.get("DATABASE_URL"):
         recreate_database(os.environ["DATABASE_URL"])
     import django
@@ -86,7 +76,6 @@ def setup_database(agents: int, channels: int, *, cold: bool = False) -> dict:
     from django.core.management import call_command
 
     from accounts.services import create_agent
-    from collection.services.node_health import health_instrument
     from instruments.models import Channel, Instrument
 
     call_command("migrate", verbosity=0)
@@ -97,13 +86,12 @@ def setup_database(agents: int, channels: int, *, cold: bool = False) -> dict:
     Channel.objects.bulk_create(
         Channel(instrument=inst, name=f"c{j}", slug=f"c{j}") for inst in instruments for j in range(channels)
     )
-    tokens = []
-    for i, inst in enumerate(instruments):
-        agent, token = create_agent(owner=owner, name=f"agent {i}", instruments=[inst], actor=owner)
-        if not cold:
-            health_instrument(agent)
-        tokens.append(token)
-    return {"tokens": tokens}
+    tokens = [
+        create_agent(owner=owner, name=f"agent {i}", instruments=[inst], actor=owner)[1]
+        for i, inst in enumerate(instruments)
+    ]
+    ids = Channel.objects.filter(instrument__in=instruments).values_list("id", flat=True)
+    return {"tokens": tokens, "channels": [min(ids), max(ids)]}
 
 
 @dataclass
@@ -126,13 +114,13 @@ def run(args, steps: list[int], tmp: Path) -> None:
     )
     started = time.perf_counter()
     setup = subprocess.run(
-        [sys.executable, __file__, "--setup", str(max(steps)), "--channels", str(args.channels),
-         *(["--cold"] if args.cold else [])],
+        [sys.executable, __file__, "--setup", str(max(steps)), "--channels", str(args.channels)],
         env=env, cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if setup.returncode != 0:
         sys.exit(f"setup failed:\n{setup.stderr[-3000:]}")
-    tokens = json.loads(setup.stdout.strip().splitlines()[-1])["tokens"]
+    made = json.loads(setup.stdout.strip().splitlines()[-1])
+    tokens, channels = made["tokens"], made["channels"]
     options = ["-c", "python:daqbroker_site.gunicorn_conf", "--worker-connections", str(max(steps) + 100)]
     if args.threads:
         options += ["--threads", str(args.threads)]
@@ -141,8 +129,7 @@ def run(args, steps: list[int], tmp: Path) -> None:
     print(
         f"many agents over HTTP ({args.engine}): each posts {args.channels} readings every {args.period:g} s and a "
         f"heartbeat every {args.heartbeat:g} s, {args.seconds:g} s per step; gunicorn {workers} workers "
-        f"({conf['worker_class']}, {args.threads or conf['threads']} threads), a Celery worker; "
-        f"{'new agents (health instruments made by first heartbeats)' if args.cold else 'an established fleet'}; setup "
+        f"({conf['worker_class']}, {args.threads or conf['threads']} threads), a Celery worker; setup "
         f"{time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     print(
@@ -157,12 +144,14 @@ def run(args, steps: list[int], tmp: Path) -> None:
     )  # fmt: skip
     try:
         with gunicorn(env, workers=workers, timeout=120, options=options) as server, counter(args.engine, env) as count:
-            asyncio.run(warm_up(server.port, tokens[:20]))
+            warm = asyncio.run(warm_up(server.port, tokens[: max(steps)]))
+            print(f"first heartbeats of {max(steps)} agents (each makes its health instrument): {warm:.1f} s")
+            agents_readings = f"collection_sample WHERE channel_id BETWEEN {channels[0]} AND {channels[1]}"
             for phase, agents in enumerate(steps):
-                before = count(AGENTS_READINGS)
+                before = count(agents_readings)
                 step = asyncio.run(load(server.port, tokens[:agents], args, phase))
                 drained = wait_drained(count)
-                stored = count(AGENTS_READINGS) - before
+                stored = count(agents_readings) - before  # the agents' own channels, not their health readings
                 latency = np.array(step.latencies) * 1000
                 lag = np.array([lag for _, lag in step.lags])
                 end = max(t for t, _ in step.lags)
@@ -195,16 +184,10 @@ def run(args, steps: list[int], tmp: Path) -> None:
         redis.Redis.from_url(REDIS_URL).delete(queue)
 
 
-# The readings the agents sent: those of their health instruments (kept from the heartbeats' figures) apart.
-AGENTS_READINGS = (
-    "collection_sample s JOIN instruments_channel c ON c.id = s.channel_id WHERE c.instrument_id NOT IN "
-    "(SELECT health_instrument_id FROM accounts_agent WHERE health_instrument_id IS NOT NULL)"
-)
-
-
 @contextmanager
 def counter(engine: str, env: dict):
-    """count(table): its rows, read straight from the database (not through the server)."""
+    """count(rows): the rows of ``rows`` (a table, optionally with its WHERE clause), read straight from the
+    database (not through the server)."""
     if engine == "postgresql":
         import psycopg
 
@@ -285,18 +268,26 @@ async def load(port: int, tokens: list[str], args, phase: int) -> Step:
     return step
 
 
-async def warm_up(port: int, tokens: list[str]) -> None:
-    """Heartbeats until every gunicorn worker has loaded the app (the first requests of a worker load it)."""
+async def warm_up(port: int, tokens: list[str], at_once: int = 50) -> float:
+    """Every agent's first heartbeat, ``at_once`` agents at a time, before any step: the first heartbeat of an
+    agent makes its health instrument (channels, alarm rules), a once-in-its-life cost that a step measuring
+    the steady state must not include; the first requests also load the app in every gunicorn worker.
+    Returns the seconds it took."""
     step = Step()
+    gate = asyncio.Semaphore(at_once)
+    start = time.perf_counter()
 
     async def one(token: str) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        head = f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        for _ in range(5):
-            await post(reader, writer, "/api/v1/agent/heartbeat/", head, {"version": "bench"}, step)
-        writer.close()
+        async with gate:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            status, answer = await post(reader, writer, "/api/v1/agent/heartbeat/", head, {"version": "bench"}, step)
+            writer.close()
+            if status != 200:
+                raise RuntimeError(f"first heartbeat: {status} {answer[:200]!r}")
 
     await asyncio.gather(*(one(token) for token in tokens))
+    return time.perf_counter() - start
 
 
 async def post(reader, writer, path: str, head: str, payload, step: Step) -> tuple[int, bytes]:

@@ -15,6 +15,7 @@ from accounts import permissions
 from collection.choices import RunStatus
 from collection.services import collect, quarantine
 from collection.services.blocks import compact
+from collection.services.planner import refresh_planner_statistics
 from collection.services.raw_files import clean_archive
 from collection.services.retention import enforce_retention
 from collection.services.rollups import refresh_rollups
@@ -75,6 +76,12 @@ def catch_up_freshness() -> int:
     """Move forward the instruments' latest reading where ingest's update after commit was lost (a process
     killed between its commit and that update): one statement (docs/data-sources.md)."""
     return catch_up_instrument_freshness()
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
+def refresh_planner_statistics_task() -> bool:
+    """SQLite's planner statistics, sampled (PostgreSQL and MariaDB keep theirs): collection.services.planner."""
+    return refresh_planner_statistics()
 
 
 @shared_task(ignore_result=True, soft_time_limit=540, time_limit=600)

@@ -15,3 +15,6 @@ worker_class = "gthread"
 threads = 4
 timeout = 300  # streamed exports of millions of readings are not cut off
 keepalive = 75  # seconds an idle keep-alive connection is kept: a sender posting every few seconds reuses it
+# Open connections per worker, idle keep-alive ones included (gunicorn's default is 1,000): a fleet of agents
+# each keeping its connection must not find a worker full (bench/many_agents.py, docs/performance.md).
+worker_connections = 2000

@@ -314,6 +314,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 600.0,
         "options": {"expires": 300},
     },
+    # SQLite's query planner statistics as the tables grow (what autovacuum's analyse does on PostgreSQL).
+    "refresh-planner-statistics": {
+        "task": "collection.tasks.refresh_planner_statistics_task",
+        "schedule": 3600.0,
+        "options": {"expires": 1800},
+    },
     # Raw readings past each instrument's raw_retention_days (tiers are kept).
     "enforce-retention": {
         "task": "collection.tasks.enforce_retention_task",

@@ -10,13 +10,14 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import smart_split, unescape_string_literal
 from guardian.admin import GuardedModelAdmin
 
 from accounts import audit, permissions
 from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
 from accounts.choices import AuditAction
 from accounts.models import Agent
-from instruments import runs
+from instruments import runs, search
 from instruments.forms import DataSourceForm
 from instruments.models import (
     WAITING_FOR_CHANNELS,
@@ -115,7 +116,7 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
     show_full_result_count = False
     list_display = ("name", "slug", "owner", "location", "active", "channel_count", "updated")
     list_filter = ("active", ("owner", RelatedOnly))
-    search_fields = ("name", "slug", "description", "location", "contact_email")
+    search_fields = search.INSTRUMENT_FIELDS
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("created", "updated")
     autocomplete_fields = ("owner",)
@@ -127,6 +128,19 @@ class InstrumentAdmin(InstrumentScopedAdminMixin, SharingAdminMixin, GuardedMode
         ("Data", {"fields": ("raw_retention_days",)}),
         ("History", {"fields": ("created", "updated"), "classes": ("collapse",)}),
     )
+
+    def get_search_results(self, request, queryset, search_term):
+        """The admin's search (each word in any of search_fields) through the engine's substring index
+        (instruments.search): the channel form's instrument autocomplete asks it at every keystroke."""
+        words = []
+        for bit in smart_split(search_term):
+            if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
+                bit = unescape_string_literal(bit)
+            if bit:
+                words.append(bit)
+        if not words:
+            return queryset, False
+        return queryset.filter(search.instruments_matching(words, self.search_fields)), False
 
     def get_queryset(self, request):
         # A subquery per shown row, not a GROUP BY over every channel (the list's total count leaves it out).

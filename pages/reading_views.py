@@ -24,7 +24,8 @@ from collection.alarms.evaluate import acknowledge
 from collection.alarms.models import AlarmEvent
 from instruments import dashboards, runs
 from instruments.choices import ChannelKind
-from instruments.models import PlotRange
+from instruments.models import Instrument, PlotRange
+from instruments.search import channels_matching
 from pages.plotly_bundle import plotly_context
 from pages.readings import channel_facts, first_reading_times
 from pages.views import PageMixin, visible_channels
@@ -91,15 +92,8 @@ def search_channels(user, query: str = "", *, instrument_slug: str = "", recent:
 def matching_channels(user, query: str = ""):
     """The plottable channels ``user`` may see matching every word of ``query``, in no order."""
     channels = visible_channels(user).exclude(kind=ChannelKind.TEXT)
-    for term in query.split()[:8]:
-        channels = channels.filter(
-            Q(name__icontains=term)
-            | Q(slug__icontains=term)
-            | Q(units__icontains=term)
-            | Q(instrument__name__icontains=term)
-            | Q(instrument__slug__icontains=term)
-        )
-    return channels
+    # Each word through the engine's substring index (instruments.search).
+    return channels.filter(channels_matching(query.split()[:8]))
 
 
 def first_channels(user, query: str = "", *, instrument_slug: str = "", recent: list[int] | None = None, limit: int):
@@ -111,8 +105,8 @@ def first_channels(user, query: str = "", *, instrument_slug: str = "", recent: 
     first: list = []
     if recent or instrument_slug:
         favoured = Q(pk__in=recent or [])
-        if instrument_slug:
-            favoured |= Q(instrument__slug=instrument_slug)
+        if instrument_slug:  # by the instrument's id, not a filter across the join: each side has its index
+            favoured |= Q(instrument_id__in=Instrument.objects.filter(slug=instrument_slug).values("pk"))
         first = list(
             search_channels(user, query, instrument_slug=instrument_slug, recent=recent).filter(favoured)[:limit]
         )

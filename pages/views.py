@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db.models import Model, Q
+from django.db.models import Model
 from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse, reverse_lazy
@@ -29,6 +29,7 @@ from collection.services import corrections, quarantine, raw_files
 from instruments import dashboards, runs
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, PanelOptionsForm, ShareForm
 from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
+from instruments.search import instruments_matching
 from pages.plotly_bundle import plotly_context
 from pages.readings import channel_facts, first_reading_times, sparklines
 from pages.status import (
@@ -70,9 +71,8 @@ class HomeView(PageMixin, ListView):
         self.visible = super().get_queryset()
         query = self.request.GET.get("q", "").strip()
         if query:
-            self.visible = self.visible.filter(
-                Q(name__icontains=query) | Q(location__icontains=query) | Q(description__icontains=query)
-            )
+            # The whole text as one substring, through the engine's index (instruments.search).
+            self.visible = self.visible.filter(instruments_matching([query], ("name", "location", "description")))
         self.now = now_us()
         self.state = self.request.GET.get("status", "")
         queryset = self.visible

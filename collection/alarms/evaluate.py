@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from collection.alarms import notify
@@ -61,56 +61,137 @@ def _rules() -> list[tuple[AlarmRule, set[int]]]:
     return [(rule, {c.pk for c in rule.channels.all()}) for rule in rules]
 
 
+class _RuleIndex:
+    """The enabled rules by what they can select, so that finding a channel's rules does not try every rule:
+    a site with a thousand agents has two thousand rules (two per health instrument) and evaluates the
+    channels of every heartbeat. A rule listing channels can select only those, one scoped to an instrument
+    only that instrument's channels; the rest (units, a name pattern) are tried on every channel. Whether a
+    candidate selects the channel is still ``AlarmRule.matches``."""
+
+    def __init__(self, rules: list[tuple[AlarmRule, set[int]]]) -> None:
+        self.by_channel: dict[int, list[int]] = {}
+        self.by_instrument: dict[int, list[int]] = {}
+        self.everywhere: list[int] = []
+        self.rules = rules
+        for i, (rule, explicit) in enumerate(rules):
+            if explicit:
+                for channel_id in explicit:
+                    self.by_channel.setdefault(channel_id, []).append(i)
+            elif rule.instrument_id:
+                self.by_instrument.setdefault(rule.instrument_id, []).append(i)
+            else:
+                self.everywhere.append(i)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def candidates(self) -> QuerySet[Channel]:
+        """Every channel some rule may select (a superset: ``of`` says which rules do), in one query."""
+        where = Q(pk__in=list(self.by_channel)) | Q(instrument_id__in=list(self.by_instrument))
+        for i in self.everywhere:
+            rule, _ = self.rules[i]
+            if rule.units:
+                where |= Q(units=rule.units)
+            elif rule.channel_pattern:
+                where |= Q(pk__isnull=False)  # a name pattern alone: any channel of the site
+        return Channel.objects.filter(where)
+
+    def of(self, channel: Channel) -> list[AlarmRule]:
+        """The rules that select ``channel`` and apply to its kind, in the rules' order."""
+        candidates = sorted(
+            {
+                *self.by_channel.get(channel.pk, ()),
+                *self.by_instrument.get(channel.instrument_id, ()),
+                *self.everywhere,
+            }
+        )
+        return [
+            rule
+            for rule, explicit in (self.rules[i] for i in candidates)
+            if rule.applies_to_kind(channel) and rule.matches(channel, explicit)
+        ]
+
+
 def evaluate_after_ingest(spans: dict[int, tuple[int, int]]) -> Outcome:
     """Evaluate every enabled rule selecting a channel of ``spans`` {channel id: (first, last) µs}."""
     outcome = Outcome()
-    rules = _rules()
+    rules = _RuleIndex(_rules())
     if not rules or not spans:
         return outcome
-    channels = Channel.objects.filter(pk__in=list(spans)).select_related("instrument", "source")
-    for channel in channels:
-        for rule, explicit in rules:
-            if not (rule.applies_to_kind(channel) and rule.matches(channel, explicit)):
-                continue
-            if rule.kind == RuleKind.STALE:
-                outcome += evaluate_stale(rule, channel, now_us())
-            else:
-                outcome += evaluate_values(rule, channel, first_ts=spans[channel.pk][0])
+    now = now_us()  # with the channels' last readings read just below: one consistent look for stale rules
+    channels = list(Channel.objects.filter(pk__in=list(spans)).select_related("instrument", "source"))
+    pairs = [(rule, channel) for channel in channels for rule in rules.of(channel)]
+    active = _active_pairs([rule for rule, _ in pairs if rule.kind == RuleKind.STALE], list(spans))
+    for rule, channel in pairs:
+        if rule.kind == RuleKind.STALE:
+            outcome += evaluate_stale(rule, channel, now, active=(rule.pk, channel.pk) in active, fresh=True)
+        else:
+            outcome += evaluate_values(rule, channel, first_ts=spans[channel.pk][0])
     return outcome
+
+
+def _active_pairs(rules: list[AlarmRule], channel_ids: list[int]) -> set[tuple[int, int]]:
+    """The (rule, channel) pairs of these rules and channels with an active event, in one query."""
+    if not rules:
+        return set()
+    return set(
+        AlarmState.objects.filter(
+            rule__in={rule.pk for rule in rules}, channel_id__in=channel_ids, active_event__isnull=False
+        ).values_list("rule_id", "channel_id")
+    )
 
 
 def check_periodic(now: int | None = None) -> Outcome:
     """The beat task's pass: stale channels, and value rules whose channel has readings not yet evaluated
-    (an after-ingest evaluation that never ran: a lost task, a broker outage)."""
+    (an after-ingest evaluation that never ran: a lost task, a broker outage).
+
+    A few statements whatever the number of rules and channels (the rules, the channels they may select,
+    the active stale alarms, the value rules' progress); then work only for the pairs that change: a stale
+    pair whose alarm is to be raised or cleared (``evaluate_stale`` reads the channel again first), a value
+    rule behind its channel's last reading."""
     now = now_us() if now is None else now
     outcome = Outcome()
-    for rule, _explicit in _rules():
-        channels = [c for c in rule.selected_channels() if rule.applies_to_kind(c)]
-        if rule.kind == RuleKind.STALE:
-            for channel in channels:
-                outcome += evaluate_stale(rule, channel, now)
-            continue
-        evaluated = dict(
-            AlarmState.objects.filter(rule=rule, channel__in=channels).values_list("channel_id", "evaluated_until")
+    rules = _RuleIndex(_rules())
+    if not rules:
+        return outcome
+    channels = list(rules.candidates().select_related("instrument", "source"))
+    pairs = [(rule, channel) for channel in channels for rule in rules.of(channel)]
+    stale_rules = [rule for rule, _ in pairs if rule.kind == RuleKind.STALE]
+    value_rules = {rule.pk for rule, _ in pairs if rule.kind != RuleKind.STALE}
+    channel_ids = [channel.pk for channel in channels]
+    active = _active_pairs(stale_rules, channel_ids)
+    evaluated = dict(
+        (
+            ((rule_id, channel_id), until)
+            for rule_id, channel_id, until in AlarmState.objects.filter(
+                rule__in=value_rules, channel_id__in=channel_ids
+            ).values_list("rule_id", "channel_id", "evaluated_until")
         )
-        for channel in channels:
-            until = evaluated.get(channel.pk)
-            if until is not None and channel.last_ts is not None and channel.last_ts > until:
-                outcome += evaluate_values(rule, channel)
+        if value_rules
+        else ()
+    )
+    for rule, channel in pairs:
+        if rule.kind == RuleKind.STALE:
+            is_active = (rule.pk, channel.pk) in active
+            if _is_stale(rule, channel, now) != is_active:  # a change, as of the channels read above
+                outcome += evaluate_stale(rule, channel, now, active=is_active)
+            continue
+        until = evaluated.get((rule.pk, channel.pk))
+        if until is not None and channel.last_ts is not None and channel.last_ts > until:
+            outcome += evaluate_values(rule, channel)
     return outcome
 
 
 def evaluate_channels(channel_ids: Iterable[int]) -> Outcome:
     """Evaluate every rule on these channels now ("validate now")."""
     outcome = Outcome()
-    rules = _rules()
+    rules = _RuleIndex(_rules())
     for channel in Channel.objects.filter(pk__in=list(channel_ids)).select_related("instrument", "source"):
-        for rule, explicit in rules:
-            if rule.applies_to_kind(channel) and rule.matches(channel, explicit):
-                if rule.kind == RuleKind.STALE:
-                    outcome += evaluate_stale(rule, channel, now_us())
-                else:
-                    outcome += evaluate_values(rule, channel, first_ts=channel.last_ts)
+        for rule in rules.of(channel):
+            if rule.kind == RuleKind.STALE:
+                outcome += evaluate_stale(rule, channel, now_us())
+            else:
+                outcome += evaluate_values(rule, channel, first_ts=channel.last_ts)
     return outcome
 
 
@@ -120,9 +201,11 @@ def _locked_state(rule: AlarmRule, channel: Channel, initial: int) -> AlarmState
     The no-op UPDATE takes the row lock on every engine (SQLite has no SELECT ... FOR UPDATE, but a write
     makes a second writer wait); the locking read then sees what the previous holder committed.
     """
-    state, _ = AlarmState.objects.get_or_create(rule=rule, channel=channel, defaults={"evaluated_until": initial})
-    AlarmState.objects.filter(pk=state.pk).update(evaluated_until=F("evaluated_until"))
-    return AlarmState.objects.select_for_update().get(pk=state.pk)
+    pair = AlarmState.objects.filter(rule=rule, channel=channel)
+    if not pair.update(evaluated_until=F("evaluated_until")):  # the pair's first evaluation
+        AlarmState.objects.get_or_create(rule=rule, channel=channel, defaults={"evaluated_until": initial})
+        pair.update(evaluated_until=F("evaluated_until"))
+    return pair.select_for_update().get()
 
 
 def evaluate_values(rule: AlarmRule, channel: Channel, first_ts: int | None = None) -> Outcome:
@@ -259,16 +342,38 @@ def expected_interval(channel: Channel) -> int | None:
     return None
 
 
-def evaluate_stale(rule: AlarmRule, channel: Channel, now: int) -> Outcome:
-    outcome = Outcome()
+def _staleness(rule: AlarmRule, channel: Channel, now: int) -> tuple[bool, int, int] | None:
+    """(stale, the channel's last reading or its creation, the rule's limit in µs) as of ``now``, from the
+    channel as loaded; None when the channel has no expected interval."""
     interval = expected_interval(channel)
     if interval is None:
-        return outcome
-    limit = int(rule.stale_factor * interval * 1_000_000)
-    channel.refresh_from_db(fields=["last_ts", "last_value"])
+        return None
     last = channel.last_ts if channel.last_ts is not None else datetime_to_us(channel.created)
-    stale = now - last > limit
-    active = AlarmState.objects.filter(rule=rule, channel=channel, active_event__isnull=False).exists()
+    limit = int(rule.stale_factor * interval * 1_000_000)
+    return now - last > limit, last, limit
+
+
+def _is_stale(rule: AlarmRule, channel: Channel, now: int) -> bool:
+    staleness = _staleness(rule, channel, now)
+    return staleness is not None and staleness[0]
+
+
+def evaluate_stale(
+    rule: AlarmRule, channel: Channel, now: int, *, active: bool | None = None, fresh: bool = False
+) -> Outcome:
+    """Raise or clear the stale alarm of ``rule`` on ``channel`` as of ``now``. ``active``: whether the pair
+    has an active event, when the caller read it already; ``fresh``: the channel's last reading was read
+    together with ``now`` (otherwise it is read again here)."""
+    outcome = Outcome()
+    if expected_interval(channel) is None:
+        return outcome
+    if not fresh:
+        channel.refresh_from_db(fields=["last_ts", "last_value"])
+    staleness = _staleness(rule, channel, now)
+    assert staleness is not None  # the channel has an expected interval
+    stale, last, limit = staleness
+    if active is None:
+        active = AlarmState.objects.filter(rule=rule, channel=channel, active_event__isnull=False).exists()
     if stale == active:
         return outcome  # nothing changes: no lock taken
     with transaction.atomic():

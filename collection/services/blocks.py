@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Exists, Max, Min, OuterRef
+from django.db.models import Exists, Max, Min, OuterRef, Q
 
 from collection import codec, storage
 from collection.choices import Origin, RejectionKind
@@ -270,6 +270,17 @@ def has_blocks(channel_id: int, start: int, end: int, *, using: str = "default")
         .filter(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
         .exists()
     )
+
+
+def channels_with_blocks(spans: dict[int, tuple[int, int]], *, using: str = "default") -> set[int]:
+    """Of the channels of ``spans`` ({channel: (start, end)} µs, end excluded), those with a block that may
+    hold readings in their span: ``has_blocks`` for many channels, in one query."""
+    if not spans:
+        return set()
+    where = Q()
+    for channel_id, (start, end) in spans.items():
+        where |= Q(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
+    return set(ReadingBlock.objects.using(using).filter(where).values_list("channel_id", flat=True).distinct())
 
 
 def _only_ok(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

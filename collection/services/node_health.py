@@ -133,6 +133,32 @@ def _default_rules(agent: Agent, instrument: Instrument) -> None:
     silent.channels.set(instrument.channels.filter(slug=SILENT_CHANNEL))
 
 
+def _health_channels(agent: Agent, heartbeat_seconds: int) -> dict[str, tuple]:
+    """The health instrument's channels by slug (the instrument made first if need be), each as the row
+    ``ingest_samples`` would look up (CHANNEL_COLUMNS and whether it holds blocks: handed to it, so not read
+    twice), their expected interval following the agent's own heartbeat interval so that the silence rule
+    does. One query per heartbeat once the instrument exists; one more when the interval changed."""
+
+    def read(instrument_id: int) -> list[tuple]:
+        return list(
+            Channel.objects.filter(instrument_id=instrument_id)
+            .order_by()
+            .annotate(compacted=blocks.has_any_block())
+            .values_list("slug", "expected_interval_seconds", *CHANNEL_COLUMNS, "compacted")
+        )
+
+    rows: list[tuple] = []
+    if agent.health_instrument_id is not None:
+        rows = read(agent.health_instrument_id)
+    if not rows:  # the first heartbeat; or the instrument, or all its channels, deleted by the owner
+        rows = read(health_instrument(agent, heartbeat_seconds).pk)
+    ours = {h.slug for h in HEALTH_CHANNELS.values()}
+    behind = [row[0] for slug, interval, *row in rows if slug in ours and interval != heartbeat_seconds]
+    if behind:
+        Channel.objects.filter(pk__in=behind).update(expected_interval_seconds=heartbeat_seconds)
+    return {slug: tuple(row) for slug, _, *row in rows}
+
+
 def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> IngestResult | None:
     """Store the figures of a heartbeat just recorded (``health``) as readings of the agent's health
     instrument, stamped with the heartbeat's arrival; figures the agent could not read (None) are left out."""
@@ -140,16 +166,7 @@ def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> In
     if health.clock_offset_seconds is not None:
         values["clock_offset"] = health.clock_offset_seconds
     values["spool_depth"] = health.spool_depth  # the heartbeat's own figure, as in the admin's agent list
-    interval = health.heartbeat_seconds
-    rows = _health_channels(agent)
-    if not rows:  # the first heartbeat (or a health instrument deleted since): made now
-        rows = _health_channels(agent, health_instrument(agent, interval))
-    # The silence rule follows the agent's own heartbeat interval.
-    health_slugs = {h.slug for h in HEALTH_CHANNELS.values()}
-    stale = [row[0] for slug, expected, *row in rows if slug in health_slugs and expected != interval]
-    if stale:
-        Channel.objects.filter(pk__in=stale).update(expected_interval_seconds=interval)
-    channels = {slug: tuple(row) for slug, _, *row in rows}  # slug -> CHANNEL_COLUMNS row + has blocks
+    channels = _health_channels(agent, health.heartbeat_seconds)
     ids, numbers = [], []
     for key, value in values.items():
         spec = HEALTH_CHANNELS.get(key)
@@ -161,18 +178,4 @@ def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> In
         return None
     when = datetime_to_us(health.last_heartbeat or timezone.now())
     batch = SampleBatch(np.array(ids, dtype=np.int64), np.full(len(ids), when, dtype=np.int64), np.array(numbers))
-    # The channels just read are handed to ingest: not looked up a second time.
     return ingest_samples(batch, origin=Origin.AGENT, known_channels={row[0]: row for row in channels.values()})
-
-
-def _health_channels(agent: Agent, instrument: Instrument | None = None) -> list[tuple]:
-    """The health instrument's channels as (slug, expected interval, *CHANNEL_COLUMNS, has blocks): one query,
-    also what ``ingest_samples`` would look up. Empty when the agent has no health instrument yet."""
-    instrument_id = instrument.pk if instrument is not None else agent.health_instrument_id
-    if instrument_id is None:
-        return []
-    return list(
-        Channel.objects.filter(instrument_id=instrument_id)
-        .annotate(compacted=blocks.has_any_block())
-        .values_list("slug", "expected_interval_seconds", *CHANNEL_COLUMNS, "compacted")
-    )

@@ -12,7 +12,9 @@ sends ``samples_ingested`` on commit; the receiver (``on_samples_ingested``) ask
 ``refresh_rollups`` (at most about once a second per web process: ``enqueue.enqueue_soon``). A
 refresh locks a channel's ``RollupState`` row (``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite's IMMEDIATE
 transactions serialise writers), recomputes exactly the buckets its backlog spans touch, and deletes
-the backlog rows in the same transaction. The finest tier is computed from raw readings, every other
+the backlog rows in the same transaction; channels whose backlog is one short span are recomputed
+together, many per transaction, in statements that do not grow with their number (``recompute_many``).
+The finest tier is computed from raw readings, every other
 tier from the whole buckets of the tier below it (widths divide each other), so a late reading costs
 one 10 s bucket of raw rows plus a few dozen buckets per tier, whatever the tier. Recomputing is
 idempotent; work per transaction is bounded (``max_rows``) and the rest of a span goes back to the
@@ -217,22 +219,41 @@ def fetch_buckets(
 
 def _replace_buckets(channel_id: int, tier: int, lo: int, hi: int, buckets: Buckets, using: str) -> None:
     """Make the stored buckets of ``tier`` in [lo, hi) exactly ``buckets`` (caller holds the channel lock)."""
-    connection = connections[using]
-    table = _table(Rollup, using)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {table} WHERE channel_id = %s AND tier = %s AND bucket >= %s AND bucket < %s",
-            [channel_id, tier, lo, hi],
-        )
+    _delete_buckets(tier, {channel_id: (lo, hi)}, using)
+    _insert_buckets(tier, np.full(len(buckets), channel_id, dtype=np.int64), buckets, using)
+
+
+def _ranges_sql(column: str, ranges: dict[int, tuple[int, int]]) -> tuple[str, list[int]]:
+    """A WHERE condition for ``column`` in [lo, hi) of each channel of ``ranges``, with its parameters."""
+    params: list[int] = []
+    for channel_id, (lo, hi) in ranges.items():
+        params += [channel_id, lo, hi]
+    condition = " OR ".join([f"(channel_id = %s AND {column} >= %s AND {column} < %s)"] * len(ranges))
+    return f"({condition})", params
+
+
+def _delete_buckets(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
+    """Delete the stored buckets of ``tier`` in [lo, hi) of each channel of ``ranges``, in one statement."""
+    if not ranges:
+        return
+    where, params = _ranges_sql("bucket", ranges)
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"DELETE FROM {_table(Rollup, using)} WHERE tier = %s AND {where}", [tier, *params])
+
+
+def _insert_buckets(tier: int, channel_ids: np.ndarray, buckets: Buckets, using: str) -> None:
+    """Store ``buckets`` of ``tier``, the i-th of channel ``channel_ids[i]`` (binary COPY on PostgreSQL)."""
     if len(buckets) == 0:
         return
+    connection = connections[using]
+    table = _table(Rollup, using)
     if connection.vendor == "postgresql":
-        _pg_copy_buckets(connection, table, channel_id, tier, buckets)
+        _pg_copy_buckets(connection, table, channel_ids, tier, buckets)
         return
     counted = buckets.count > 0
     rows = list(
         zip(
-            [channel_id] * len(buckets),
+            channel_ids.tolist(),
             [tier] * len(buckets),
             buckets.bucket.tolist(),
             buckets.count.tolist(),
@@ -300,7 +321,7 @@ _PG_BUCKET_FLAGGED = np.dtype(
 )
 
 
-def _pg_copy_buckets(connection, table: str, channel_id: int, tier: int, buckets: Buckets) -> None:
+def _pg_copy_buckets(connection, table: str, channel_ids: np.ndarray, tier: int, buckets: Buckets) -> None:
     parts = []
     for dtype, mask in ((_PG_BUCKET_FULL, buckets.count > 0), (_PG_BUCKET_FLAGGED, buckets.count == 0)):
         selected = buckets.select(mask)
@@ -313,7 +334,7 @@ def _pg_copy_buckets(connection, table: str, channel_id: int, tier: int, buckets
             if name.endswith("_len"):
                 column = name[:-4]
                 rows[name] = dtype[column].itemsize if column in dtype.names else -1
-        rows["channel_id"] = channel_id
+        rows["channel_id"] = channel_ids[mask]
         rows["tier"] = tier
         for f in fields(Buckets):
             if f.name in dtype.names:
@@ -391,6 +412,76 @@ def recompute_span(
     return (done_until if done_until < hi else last_ts + 1), rows_read
 
 
+def _per_channel(channel_id: np.ndarray) -> dict[int, slice]:
+    """Where each channel's rows are in columns ordered by channel."""
+    starts = _group_starts(channel_id)
+    ends = np.r_[starts[1:], len(channel_id)]
+    return {int(channel_id[a]): slice(int(a), int(b)) for a, b in zip(starts, ends, strict=True)}
+
+
+def recompute_many(
+    ranges: dict[int, tuple[int, int]], *, max_rows: int = MAX_ROWS_PER_TRANSACTION, using: str = "default"
+) -> tuple[set[int], int]:
+    """``recompute_span`` for many channels at once: every tier's buckets over [lo, hi) of each channel of
+    ``ranges`` (``lo``, ``hi`` on finest-bucket edges; no block in them: ``blocks.channels_with_blocks``) in
+    a fixed number of statements whatever the number of channels: one read of their raw readings, then per
+    tier one read of the tier below, one delete and one insert. The caller holds the channels' locks.
+
+    Returns (the channels done, raw rows read). At most ``max_rows`` raw readings are read: the channels whose
+    readings did not all fit are left out, untouched, for ``recompute_span`` with its own bound."""
+    if not ranges:
+        return set(), 0
+    where, params = _ranges_sql("ts", ranges)
+    sql = (
+        f"SELECT channel_id, ts, value, quality FROM {_table(Sample, using)} WHERE {where} "
+        f"ORDER BY channel_id, ts LIMIT {int(max_rows) + 1}"
+    )
+    raw = fetch_columns(sql, params, (("channel_id", I8), *RAW_COLUMNS), using=using)
+    done = set(ranges)
+    if len(raw["ts"]) > max_rows:  # the last channel read, and those after it, may be cut short
+        cut = int(raw["channel_id"][max_rows])
+        done = {c for c in done if c < cut}
+        if not done:
+            return done, 0
+    where_raw = _per_channel(raw["channel_id"])
+    empty = slice(0, 0)
+    parts = []
+    for channel_id in sorted(done):
+        rows = where_raw.get(channel_id, empty)
+        parts.append((channel_id, aggregate_raw(raw["ts"][rows], raw["value"][rows], raw["quality"][rows], WIDTHS[0])))
+    below = {c: ranges[c] for c in sorted(done)}
+    _write_tier(TIERS[0], below, parts, using)
+    for level in range(1, len(TIERS)):
+        w = WIDTHS[level]
+        spans = {c: (floor_to(lo, w), ceil_to(hi, w)) for c, (lo, hi) in below.items()}
+        where, params = _ranges_sql("bucket", spans)
+        children = fetch_columns(
+            "SELECT channel_id, bucket, count, flagged, min_value, max_value, sum_value, m2, "
+            "COALESCE(first_ts, 0) AS first_ts, COALESCE(last_ts, 0) AS last_ts "
+            f"FROM {_table(Rollup, using)} WHERE tier = %s AND {where} ORDER BY channel_id, bucket",
+            [TIERS[level - 1], *params],
+            (("channel_id", I8), *BUCKET_COLUMNS),
+            using=using,
+        )
+        found = _per_channel(children["channel_id"])
+        parts = [
+            (c, combine(Buckets.from_columns({k: v[found[c]] for k, v in children.items()}), w))
+            for c in spans
+            if c in found
+        ]
+        _write_tier(TIERS[level], spans, parts, using)
+        below = spans
+    return done, sum(where_raw[c].stop - where_raw[c].start for c in done if c in where_raw)
+
+
+def _write_tier(tier: int, ranges: dict[int, tuple[int, int]], parts: list[tuple[int, Buckets]], using: str) -> None:
+    """Make the stored buckets of ``tier`` in each channel's range exactly its part (none: no bucket)."""
+    _delete_buckets(tier, ranges, using)
+    if parts:
+        ids = np.concatenate([np.full(len(b), c, dtype=np.int64) for c, b in parts])
+        _insert_buckets(tier, ids, Buckets.concat([b for _, b in parts]), using)
+
+
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Spans (inclusive) merged where they share or touch a finest-tier bucket."""
     width = WIDTHS[0]
@@ -412,6 +503,14 @@ def mark_changed(spans: dict[int, tuple[int, int]], *, using: str = "default") -
     rows = [RollupBacklog(channel_id=cid, start_ts=int(a), end_ts=int(b)) for cid, (a, b) in spans.items()]
     RollupBacklog.objects.using(using).bulk_create(rows)
     return len(rows)
+
+
+def ensure_states(channel_ids: list[int], using: str = "default") -> None:
+    """``ensure_state`` for many channels: one query, and one insert of the missing rows if any."""
+    states = RollupState.objects.using(using)
+    missing = set(channel_ids) - set(states.filter(channel_id__in=channel_ids).values_list("channel_id", flat=True))
+    if missing:
+        states.bulk_create([RollupState(channel_id=c) for c in sorted(missing)], ignore_conflicts=True)
 
 
 def ensure_state(channel_id: int, using: str = "default") -> None:
@@ -489,8 +588,13 @@ def refresh_channel(
 def refresh_rollups(
     *, max_channels: int = 200, max_rows: int = MAX_ROWS_PER_TRANSACTION, using: str = "default"
 ) -> RefreshResult:
-    """Work through the backlog: each channel with pending spans, one bounded transaction each.
-    ``remaining`` says whether work is left (spans cut short, channels locked elsewhere or beyond the limit)."""
+    """Work through the backlog: the channels with pending spans, at most ``max_channels`` of them.
+
+    Channels whose backlog is one short span (within ``BATCH_SPAN``: the steady state of channels read every
+    few seconds) are recomputed together in one transaction of a fixed number of statements
+    (``recompute_many``); the others (late data over a long span, readings in compressed blocks, more than
+    ``max_rows``) each in a bounded transaction of their own (``refresh_channel``). ``remaining`` says whether
+    work is left (spans cut short, channels locked elsewhere or beyond the limit)."""
     total = RefreshResult()
     channel_ids = list(
         RollupBacklog.objects.using(using)
@@ -501,7 +605,9 @@ def refresh_rollups(
     if len(channel_ids) > max_channels:
         total.remaining = True
         channel_ids = channel_ids[:max_channels]
-    for channel_id in channel_ids:
+    ensure_states(channel_ids, using)
+    alone = _refresh_together(channel_ids, max_rows, total, using)
+    for channel_id in alone:
         result = refresh_channel(channel_id, max_rows=max_rows, using=using)
         if result is None:
             total.remaining = True
@@ -511,6 +617,64 @@ def refresh_rollups(
         total.raw_rows += result.raw_rows
         total.remaining |= result.remaining
     return total
+
+
+BATCH_SPAN = 60 * SECOND  # a channel whose backlog spans at most this is recomputed with others at once
+BATCH_BACKLOG_ROWS = 50_000  # backlog rows read by one batch (the rest stays for the next)
+
+
+def _refresh_together(channel_ids: list[int], max_rows: int, total: RefreshResult, using: str) -> list[int]:
+    """Refresh, in one transaction, the channels whose backlog is one short span; return the others (to be
+    refreshed one by one). Channels another worker holds are skipped (``total.remaining``)."""
+    width = WIDTHS[0]
+    with transaction.atomic(using=using):
+        states = {
+            state.channel_id: state
+            for state in RollupState.objects.using(using)
+            .select_for_update(skip_locked=True)
+            .filter(channel_id__in=channel_ids)
+        }
+        if len(states) < len(channel_ids):
+            total.remaining = True  # being refreshed elsewhere right now
+        backlog = list(
+            RollupBacklog.objects.using(using)
+            .filter(channel_id__in=list(states))
+            .order_by("id")
+            .values_list("id", "channel_id", "start_ts", "end_ts")[:BATCH_BACKLOG_ROWS]
+        )
+        total.remaining |= len(backlog) == BATCH_BACKLOG_ROWS
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for _, channel_id, start, end in backlog:
+            spans.setdefault(channel_id, []).append((start, end))
+        ranges: dict[int, tuple[int, int]] = {}
+        nothing_to_do: set[int] = set()
+        alone: set[int] = set()
+        for channel_id, its in spans.items():
+            merged = merge_spans(its)
+            lo, hi = floor_to(merged[0][0], width), floor_to(merged[-1][1], width) + width
+            kept_from = states[channel_id].raw_kept_from
+            if kept_from is not None:
+                lo = max(lo, ceil_to(kept_from, width))
+            if lo >= hi:
+                nothing_to_do.add(channel_id)  # all before the retention watermark: kept as they are
+            elif len(merged) > 1 or hi - lo > BATCH_SPAN:
+                alone.add(channel_id)
+            else:
+                ranges[channel_id] = (lo, hi)
+        for channel_id in blocks.channels_with_blocks(ranges, using=using):
+            alone.add(channel_id)  # the merged read of blocks and rows is per channel
+            del ranges[channel_id]
+        done, rows = recompute_many(ranges, max_rows=max_rows, using=using)
+        alone |= set(ranges) - done
+        finished = done | nothing_to_do
+        RollupBacklog.objects.using(using).filter(
+            id__in=[row_id for row_id, channel_id, _, _ in backlog if channel_id in finished]
+        ).delete()
+        RollupState.objects.using(using).filter(channel_id__in=list(finished)).update(refreshed_at=timezone.now())
+    total.channels += len(finished)
+    total.spans += len(done)
+    total.raw_rows += rows
+    return sorted(alone)
 
 
 def rebuild_rollups(channel_ids: Iterable[int], *, using: str = "default") -> int:

@@ -210,3 +210,50 @@ def test_acknowledge(temp, t0):
     event = AlarmEvent.objects.get()
     assert event.acknowledged_by == operator
     assert timezone.now() - event.acknowledged_at < timedelta(minutes=1)
+
+
+def test_evaluating_costs_statements_per_rule_that_can_change_not_per_rule_on_the_site():
+    """A site with a thousand agents has two thousand rules (two per health instrument: a value rule and a
+    stale rule); the channels of each heartbeat are evaluated against them. Rules that cannot select a
+    channel cost nothing, and a stale rule on a channel that just spoke, with no alarm to clear, costs no
+    statement; a value rule costs the same whatever the number of rules on the site."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    t0 = now_us() - 2 * S
+    statements, periodic = {}, {}
+    for n in (2, 12):
+        fed = []
+        for i in range(n):
+            instrument = make_instrument()
+            channel = make_channel(instrument, slug="depth", expected_interval_seconds=10)
+            AlarmRule.objects.create(name=f"full {n}/{i}", instrument=instrument, kind=RuleKind.ABOVE, threshold=90)
+            AlarmRule.objects.create(name=f"silent {n}/{i}", instrument=instrument, kind=RuleKind.STALE)
+            fed.append(channel)
+        spans = {}
+        for channel in fed:
+            spans.update(ingest_samples(SampleBatch(np.array([channel.pk]), np.array([t0]), np.array([1.0]))).spans)
+        evaluate.evaluate_after_ingest({fed[0].pk: spans[fed[0].pk]})  # every pair's state made once
+        for channel in fed[1:]:
+            evaluate.evaluate_after_ingest({channel.pk: spans[channel.pk]})
+        later = {}
+        for channel in fed:
+            later.update(ingest_samples(SampleBatch(np.array([channel.pk]), np.array([t0 + S]), np.array([2.0]))).spans)
+        with CaptureQueriesContext(connection) as queries:
+            outcome = evaluate.evaluate_after_ingest({fed[0].pk: later[fed[0].pk]})
+        assert (outcome.raised, outcome.cleared) == (0, 0)
+        statements[n] = len(queries.captured_queries)
+        for channel in fed[1:]:
+            evaluate.evaluate_after_ingest({channel.pk: later[channel.pk]})
+        # The beat's pass (every 30 s) with nothing to raise, clear or catch up: the same few statements.
+        with CaptureQueriesContext(connection) as queries:
+            outcome = evaluate.check_periodic(now=t0 + 2 * S)
+        assert (outcome.raised, outcome.cleared) == (0, 0)
+        periodic[n] = len(queries.captured_queries)
+    # The rules, their channel lists, the channels they may select, the active stale alarms, the value
+    # rules' progress.
+    assert periodic[12] == periodic[2] <= 5, periodic
+    # The rules and their channel lists (2), the channels (1), the active stale pairs (1), the value rule: its
+    # locked state (2), its readings (2: the block probe, the rows), its state saved (1), and the savepoint
+    # around it (2: the test runs in a transaction).
+    assert statements[12] == statements[2] <= 11, statements

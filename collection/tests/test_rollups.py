@@ -118,6 +118,61 @@ def test_tiers_equal_a_from_scratch_summary_after_any_history(django_capture_on_
     assert_tiers_equal(stored_tiers(channel.pk), expected)
 
 
+# Many channels refreshed together (``recompute_many``): readings close together (one short span per
+# channel, the batch) and far apart (a channel refreshed alone), in any order, with any row budget.
+near = st.integers(min_value=0, max_value=70 * SECOND)
+many_operation = st.one_of(
+    st.tuples(st.just("ingest"), st.integers(0, 3), st.lists(st.tuples(near, values), min_size=1, max_size=20)),
+    st.tuples(st.just("ingest"), st.integers(0, 3), batches),
+    st.tuples(st.just("delete"), st.integers(0, 3), near, st.integers(min_value=1, max_value=30 * SECOND)),
+    st.tuples(st.just("refresh"), st.sampled_from([None, 1, 7, 30])),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(many_operation, min_size=1, max_size=10))
+def test_channels_refreshed_together_equal_a_from_scratch_summary(django_capture_on_commit_callbacks, operations):
+    instrument = make_instrument()
+    channels = [make_channel(instrument, valid_min=-10, valid_max=100, missing_values=[SENTINEL]) for _ in range(4)]
+    for op in operations:
+        if op[0] == "ingest":
+            ts = [T0 + offset for offset, _ in op[2]]
+            ingest(django_capture_on_commit_callbacks, channels[op[1]].pk, ts, [v for _, v in op[2]])
+        elif op[0] == "delete":
+            with django_capture_on_commit_callbacks(execute=True):
+                delete_readings([channels[op[1]]], T0 + op[2], T0 + op[2] + op[3], reason="test")
+        else:
+            refresh_rollups(max_rows=op[1]) if op[1] else refresh_rollups()
+    refresh_all()
+    assert not RollupBacklog.objects.exists()
+    for channel in channels:
+        ts, value, quality = stored_raw(channel.pk)
+        assert_tiers_equal(stored_tiers(channel.pk), reference_tiers(ts, value, quality))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refreshing_many_channels_costs_the_statements_of_a_few(django_capture_on_commit_callbacks):
+    """A worker behind a thousand agents refreshes thousands of channels read every second: their short
+    spans are recomputed together, in statements that do not grow with the number of channels."""
+    from django.test.utils import CaptureQueriesContext
+
+    instrument = make_instrument()
+    statements = {}
+    for n in (5, 40):
+        channels = [make_channel(instrument) for _ in range(n)]
+        for step in range(3):  # three requests' worth of backlog per channel, a second apart
+            for channel in channels:
+                ingest(django_capture_on_commit_callbacks, channel.pk, [T0 + step * SECOND], [float(step)])
+        with CaptureQueriesContext(connection) as queries:
+            result = refresh_rollups()
+        assert (result.channels, result.spans, result.remaining) == (n, n, False)
+        statements[n] = len(queries.captured_queries)
+        for channel in channels:
+            ts, value, quality = stored_raw(channel.pk)
+            assert_tiers_equal(stored_tiers(channel.pk), reference_tiers(ts, value, quality))
+    assert statements[40] == statements[5] <= 30, statements
+
+
 # --- pieces ---------------------------------------------------------------------------------------
 
 
