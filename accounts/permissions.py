@@ -191,7 +191,7 @@ def collectable_instruments(who: Who, using: str = "default") -> RawSQL | None:
     )
     compiled = _compiled_subqueries.get(key)
     if compiled is None:
-        query = instruments_for(who, COLLECT).values("pk").query
+        query = instruments_for(who, COLLECT).order_by().values("pk").query  # an IN list: no order to keep
         try:
             compiled = query.get_compiler(using).as_sql()
         except EmptyResultSet:  # none at all (a read-only token, say)

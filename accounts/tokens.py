@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import Model, Q
+from django.db.models import Exists, Model, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import TOKEN_PREFIX, Agent, ApiToken
@@ -72,11 +72,20 @@ def find_token(raw: str) -> ApiToken:
     if cached is not None:
         _check_usable(cached)  # expiry, against the clock now
         return cached
-    token = ApiToken.objects.select_related("user", "agent").filter(key_id=match["key_id"]).first()
+    # The user's administrator flag comes with the token (one query, not two): remembered with it.
+    administrators = User.groups.through.objects.filter(user_id=OuterRef("user_id"), group__name=ADMINISTRATORS)
+    token = (
+        ApiToken.objects.select_related("user", "agent")
+        .annotate(user_in_administrators=Exists(administrators))
+        .filter(key_id=match["key_id"])
+        .first()
+    )
     if not hmac.compare_digest(presented, token.digest if token else _NO_DIGEST) or token is None:
         raise TokenRejected("Invalid token.")
     _check_usable(token)
-    _remember(presented, token)
+    administrator = token.user.is_superuser or token.user_in_administrators
+    setattr(token.user, "_daqbroker_is_administrator", administrator)  # noqa: B010 -- see permissions
+    _remember(presented, token, administrator)
     return token
 
 
@@ -131,13 +140,12 @@ def _instance(model: type[M], fields: dict, using: str) -> M:
     return model.from_db(using, list(fields), list(fields.values()))
 
 
-def _remember(presented: str, token: ApiToken) -> None:
+def _remember(presented: str, token: ApiToken, administrator: bool) -> None:
     lifetime = settings.DAQBROKER_TOKEN_CACHE_SECONDS
     if lifetime <= 0:
         return
     # The administrator flag of the token's user (an agent's owner) is remembered with it: a property of
     # the principal too (accounts.permissions.is_administrator).
-    administrator = _administrator(token.user)
     entry = _Remembered(
         until=time.monotonic() + lifetime,
         token=_fields(token),
@@ -149,10 +157,6 @@ def _remember(presented: str, token: ApiToken) -> None:
         if len(_cache) >= _CACHE_MAX:
             _cache.clear()
         _cache[presented] = entry
-
-
-def _administrator(user: User) -> bool:
-    return user.is_superuser or user.groups.filter(name=ADMINISTRATORS).exists()
 
 
 def _remembered(presented: str) -> ApiToken | None:

@@ -86,11 +86,18 @@ SUPPORTED_DB_ENGINES = {
 }
 
 
-def database_settings(url: str | None, data_dir: Path, *, conn_max_age: int = 0) -> dict:
+# psycopg prepares a statement a cursor asks it to prepare only when the connection has a threshold; none of
+# Django's cursors ask (client-side binding), so only the ingest path's few hot statements are prepared.
+PREPARE_ON_REQUEST = 2**31 - 1
+
+
+def database_settings(url: str | None, data_dir: Path, *, conn_max_age: int = 0, prepared: bool = True) -> dict:
     """DATABASES['default'] for a DATABASE_URL, or the embedded SQLite file under the data dir.
 
     SQLite runs in WAL mode with IMMEDIATE transactions so that the web process, the worker and the
-    beat scheduler can share the file without "database is locked" upgrade deadlocks.
+    beat scheduler can share the file without "database is locked" upgrade deadlocks. On PostgreSQL,
+    ``prepared`` lets the ingest path prepare its hot statements once per connection
+    (``collection.storage.prepared_cursor``); off behind a transaction-pooling proxy that cannot keep them.
     """
     if url is None:
         return sqlite_settings(data_dir / "daqbroker.sqlite3")
@@ -117,6 +124,7 @@ def database_settings(url: str | None, data_dir: Path, *, conn_max_age: int = 0)
     if engine == "django.db.backends.postgresql":
         # Server-side cursors break behind transaction-pooling proxies; exports opt in explicitly.
         config.setdefault("DISABLE_SERVER_SIDE_CURSORS", False)
+        config.setdefault("OPTIONS", {})["prepare_threshold"] = PREPARE_ON_REQUEST if prepared else None
     return dict(config)  # a plain dict (dj_database_url types it as its DBConfig TypedDict)
 
 

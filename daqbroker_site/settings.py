@@ -113,6 +113,7 @@ DATABASES = {
         env_str("DATABASE_URL") or None,
         DATA_DIR,
         conn_max_age=env_int("DAQBROKER_DB_CONN_MAX_AGE", 0, minimum=0),
+        prepared=env_bool("DAQBROKER_DB_PREPARED_STATEMENTS", True),
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

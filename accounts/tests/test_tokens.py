@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -17,9 +17,10 @@ from django.utils import timezone
 from django.views.debug import ExceptionReporter
 from rest_framework.test import APIClient
 
-from accounts import services, tokens
+from accounts import permissions, services, tokens
 from accounts.choices import TokenScope
 from accounts.models import ApiToken, AuditEvent
+from accounts.roles import ADMINISTRATORS
 from instruments.tests.factories import make_instrument, make_user
 
 pytestmark = pytest.mark.django_db
@@ -149,6 +150,24 @@ def test_a_remembered_token_costs_no_query_and_the_cache_holds_no_clear_token(is
     assert not [q for q in queries if "accounts_apitoken" in q["sql"]]
     assert clear not in repr(tokens._cache) and clear[-43:] not in repr(tokens._cache)
     assert tokens.digest(clear) in tokens._cache  # keyed by the digest the database keeps anyway
+
+
+@pytest.mark.parametrize("administrator", [False, True])
+def test_verifying_a_token_reads_its_users_administrator_flag_in_the_same_query(administrator):
+    """Many agents, each with its own token, are verified again every DAQBROKER_TOKEN_CACHE_SECONDS: one
+    query each, the flag with it, and right for an administrator as for anyone else."""
+    user = make_user("ada")
+    if administrator:
+        user.groups.add(Group.objects.get_or_create(name=ADMINISTRATORS)[0])
+    _, clear = services.create_personal_token(user=user, name="s")
+    tokens.forget_all()
+    with CaptureQueriesContext(connection) as queries:
+        token = tokens.find_token(clear)
+        assert permissions.is_administrator(token.user) is administrator
+    assert len(queries) == 1, [q["sql"] for q in queries]
+    with CaptureQueriesContext(connection) as queries:  # remembered, flag and all
+        assert permissions.is_administrator(tokens.find_token(clear).user) is administrator
+    assert len(queries) == 0
 
 
 def test_a_token_cannot_be_created_already_expired(olivia):

@@ -329,6 +329,7 @@ def ingest_samples(
 
     with transaction.atomic(using=using):
         after = _AfterWrite()
+        numeric = None
         if table is not None:
             assert code is not None  # _validate ran: there is a table
             result.rejected.extend(_rejections_for(batch, code))
@@ -337,15 +338,36 @@ def ingest_samples(
             # tells duplicates and conflicts apart as for any reading (docs/storage.md).
             blocks.expand_for_ingest(channel[keep], batch.ts[keep], compacted=table.compacted, using=using)
             is_text = table.kind[table.locate(channel[keep])[0]] == 1
-            _store_numeric(result, batch, keep[~is_text], numeric_value, table, using, after, replace)
+            numeric = _NumericRows.of(result, batch, keep[~is_text], numeric_value, table, after)
+            # A small batch of numbers on PostgreSQL (a small sender's request) is inserted by the statement
+            # that moves the last values and writes the backlogs: one round trip, not two.
+            fused = (
+                numeric is not None
+                and not replace
+                and not is_text.any()
+                and len(numeric.rows) < storage.PG_COPY_FROM
+                and connections[using].vendor == "postgresql"
+            )
+            if numeric is not None and not fused:
+                written = storage.insert_numeric(*numeric.columns, using=using)
+                numeric.written(result, batch, numeric_value, written, replace, using)
+                numeric = None
             _store_text(result, batch, keep[is_text], text_value, using, after, replace)
+        if numeric is not None:  # the fused write (no replacing there: nothing to audit, no replaced spans)
+            spans = dict(result.spans)
+            alarm_spans = _alarm_spans(spans, [], old_until)
+            inserted = after.write(follow_up_payload(spans, alarm_spans), origin, using, samples=numeric.columns)
+            ch, t, v, _ = numeric.columns
+            written = storage.small_insert_written(connections[using], inserted, ch, t, v)
+            numeric.written(result, batch, numeric_value, written, False, using)
         _keep_rejected(result, origin, source_id, batch_id, sender, using)
         if result.replaced:
             _audit_replaced(result.replaced, audit_origin or {}, reason, origin, using)
         spans = dict(result.spans)
         alarm_spans = _alarm_spans(spans, result.replaced, old_until)
         if spans:
-            after.write(follow_up_payload(spans, alarm_spans), origin, using)
+            if numeric is None:
+                after.write(follow_up_payload(spans, alarm_spans), origin, using)
             rollups = bool(after.rollup_spans)
             transaction.on_commit(
                 lambda: samples_ingested.send(
@@ -663,31 +685,44 @@ def _last_rows(channel_sorted: np.ndarray) -> np.ndarray:
     return np.r_[np.nonzero(np.diff(channel_sorted))[0], len(channel_sorted) - 1]
 
 
-def _store_numeric(
-    result, batch: SampleBatch, rows, values, table: _ChannelTable, using: str, after, replace: bool = False
-) -> None:
-    if len(rows) == 0:
-        return
-    channel, ts = batch.channel, batch.ts
-    rows, repeats, first_of = _sorted_unique(rows, channel, ts)
-    ch, t, v = channel[rows], ts[rows], values[rows]
-    position, _ = table.locate(ch)
-    quality = np.zeros(len(rows), dtype=np.int16) if batch.quality is None else batch.quality[rows].astype(np.int16)
-    with np.errstate(invalid="ignore"):
-        quality[(v < table.vmin[position]) | (v > table.vmax[position])] = Quality.OUT_OF_RANGE
-    for channel_id, sentinels in table.sentinels.items():
-        quality[(ch == channel_id) & np.isin(v, sentinels)] = Quality.MISSING
-    written = storage.insert_numeric(ch, t, v, quality, using=using)
-    conflict = _sort_out(result, batch, rows, repeats, first_of, values, written, replace)
-    if replace and written.conflict_rows:
-        at = np.array(written.conflict_rows, dtype=np.int64)
-        _replace(False, [(float(v[i]), int(quality[i]), int(ch[i]), int(t[i])) for i in at.tolist()], using)
-        result.flagged += int(np.count_nonzero(quality))
-    else:
-        result.flagged += int(np.count_nonzero(quality[~conflict]))
-    last = _last_rows(ch)
-    after.rollup_spans.update(_record_spans(result, ch, t, last))
-    after.last_numeric = [(int(t[i]), float(v[i]), int(quality[i]), int(ch[i]), int(t[i])) for i in last]
+@dataclass
+class _NumericRows:
+    """A batch's valid numeric readings ordered by (channel, ts), flagged, ready to be written; what is
+    known before the write (last values, changed spans) is already handed to ``after``."""
+
+    rows: np.ndarray  # positions in the batch, the first of each (channel, ts)
+    repeats: np.ndarray  # later readings of a (channel, ts) in the batch ...
+    first_of: np.ndarray  # ... and the position in ``rows`` of their first
+    columns: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # channel, ts, value, quality of ``rows``
+
+    @classmethod
+    def of(cls, result, batch: SampleBatch, rows, values, table: _ChannelTable, after) -> _NumericRows | None:
+        if len(rows) == 0:
+            return None
+        channel, ts = batch.channel, batch.ts
+        rows, repeats, first_of = _sorted_unique(rows, channel, ts)
+        ch, t, v = channel[rows], ts[rows], values[rows]
+        position, _ = table.locate(ch)
+        quality = np.zeros(len(rows), dtype=np.int16) if batch.quality is None else batch.quality[rows].astype(np.int16)
+        with np.errstate(invalid="ignore"):
+            quality[(v < table.vmin[position]) | (v > table.vmax[position])] = Quality.OUT_OF_RANGE
+        for channel_id, sentinels in table.sentinels.items():
+            quality[(ch == channel_id) & np.isin(v, sentinels)] = Quality.MISSING
+        last = _last_rows(ch)
+        after.rollup_spans.update(_record_spans(result, ch, t, last))
+        after.last_numeric = [(int(t[i]), float(v[i]), int(quality[i]), int(ch[i]), int(t[i])) for i in last]
+        return cls(rows, repeats, first_of, (ch, t, v, quality))
+
+    def written(self, result, batch: SampleBatch, values, written: storage.Written, replace: bool, using: str) -> None:
+        """Count what the write did: accepted, duplicates, conflicts (quarantined, or replaced), flagged."""
+        ch, t, v, quality = self.columns
+        conflict = _sort_out(result, batch, self.rows, self.repeats, self.first_of, values, written, replace)
+        if replace and written.conflict_rows:
+            at = np.array(written.conflict_rows, dtype=np.int64)
+            _replace(False, [(float(v[i]), int(quality[i]), int(ch[i]), int(t[i])) for i in at.tolist()], using)
+            result.flagged += int(np.count_nonzero(quality))
+        else:
+            result.flagged += int(np.count_nonzero(quality[~conflict]))
 
 
 def _store_text(result, batch: SampleBatch, rows, values, using: str, after, replace: bool = False) -> None:
@@ -741,12 +776,14 @@ class _AfterWrite:
     last_text: list[tuple] = field(default_factory=list)
     rollup_spans: dict[int, tuple[int, int]] = field(default_factory=dict)
 
-    def write(self, follow_up: dict[str, list], origin: str, using: str) -> None:
-        """``follow_up``: the batch's spans as ``follow_up_payload`` gives them."""
+    def write(self, follow_up: dict[str, list], origin: str, using: str, samples: tuple | None = None) -> int:
+        """``follow_up``: the batch's spans as ``follow_up_payload`` gives them. ``samples`` (PostgreSQL, a
+        small batch of numbers: channel, ts, value and quality arrays) are inserted by the same statement;
+        returns how many of them it inserted."""
         connection = connections[using]
         if connection.vendor == "postgresql":
-            self._write_postgresql(connection, follow_up, origin)
-            return
+            return self._write_postgresql(connection, follow_up, origin, samples)
+        assert samples is None
         if self.last_numeric:
             _advance_last_values("last_value", self.last_numeric, using)
         if self.last_text:
@@ -766,14 +803,20 @@ class _AfterWrite:
                 f"INSERT INTO {quote(FollowUpBacklog._meta.db_table)} (spans, origin, created) VALUES (%s, %s, %s)",
                 [orjson.dumps(follow_up).decode(), origin, now],
             )
+        return 0
 
-    def _write_postgresql(self, connection, follow_up: dict, origin: str) -> None:
-        """The same, as one statement of data-modifying CTEs (numeric and text channels are distinct rows)."""
+    def _write_postgresql(self, connection, follow_up: dict, origin: str, samples: tuple | None) -> int:
+        """The same, as one statement of data-modifying CTEs (numeric and text channels are distinct rows),
+        prepared once per connection (its text does not vary with the batch). The last values move forward
+        whether the readings are new, duplicates or conflicts: a stored time is never after the channel's
+        last one, so the forward-only ``WHERE`` leaves duplicates and conflicts alone, as when the insert ran
+        on its own before."""
         quote = connection.ops.quote_name
         channel = quote(Channel._meta.db_table)
         advance = "WHERE c.id = v.id AND (c.last_ts IS NULL OR c.last_ts < v.ts) RETURNING 1"
+        insert = "" if samples is None else f"inserted AS ({storage.pg_small_insert_sql(connection)} RETURNING 1), "
         sql = (
-            f"WITH numeric_last AS (UPDATE {channel} c SET last_ts = v.ts, last_value = v.value, "
+            f"WITH {insert}numeric_last AS (UPDATE {channel} c SET last_ts = v.ts, last_value = v.value, "
             "last_quality = v.quality FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::smallint[]) "
             f"AS v(id, ts, value, quality) {advance}), "
             f"text_last AS (UPDATE {channel} c SET last_ts = v.ts, last_text = v.value, last_quality = v.quality "
@@ -784,23 +827,28 @@ class _AfterWrite:
             "AS s(id, first_ts, last_ts) RETURNING 1), "
             f"follow_up AS (INSERT INTO {quote(FollowUpBacklog._meta.db_table)} (spans, origin, created) "
             "VALUES (%s::jsonb, %s, %s) RETURNING 1) "
-            "SELECT 1"
+            + ("SELECT 0" if samples is None else "SELECT count(*) FROM inserted")
         )
         now = timezone.now()
         rollup = list(self.rollup_spans.items())
+        numeric_last = _last_columns(self.last_numeric)
         params = [
-            *_last_columns(self.last_numeric),
-            *_last_columns(self.last_text),
+            *(storage.pg_small_insert_params(*samples) if samples is not None else ()),
+            *(storage.pg_array(column) for column in numeric_last),
+            *(storage.pg_array(column) for column in _last_columns(self.last_text)[:2]),
+            [r[1] for r in self.last_text],
+            storage.pg_array([r[2] for r in self.last_text]),
             now,
-            [channel_id for channel_id, _ in rollup],
-            [first for _, (first, _) in rollup],
-            [last for _, (_, last) in rollup],
+            storage.pg_array([channel_id for channel_id, _ in rollup]),
+            storage.pg_array([first for _, (first, _) in rollup]),
+            storage.pg_array([last for _, (_, last) in rollup]),
             orjson.dumps(follow_up).decode(),
             origin,
             now,
         ]
-        with connection.cursor() as cursor:
+        with storage.prepared_cursor(connection) as cursor:
             cursor.execute(sql, params)
+            return cursor.fetchone()[0]
 
 
 def _last_columns(rows: list[tuple]) -> list[list]:

@@ -25,7 +25,8 @@ from accounts.models import Agent, AgentHealth
 from collection.alarms.choices import RuleKind, Severity
 from collection.alarms.models import AlarmRule
 from collection.choices import Origin
-from collection.services.ingest import IngestResult, SampleBatch, ingest_samples
+from collection.services import blocks
+from collection.services.ingest import CHANNEL_COLUMNS, IngestResult, SampleBatch, ingest_samples
 from daqbroker_agent.parsing import datetime_to_us
 from instruments.models import Channel, Instrument
 
@@ -132,25 +133,30 @@ def _default_rules(agent: Agent, instrument: Instrument) -> None:
     silent.channels.set(instrument.channels.filter(slug=SILENT_CHANNEL))
 
 
-def _health_channels(agent: Agent, heartbeat_seconds: int) -> dict[str, int]:
-    """The health instrument's channels by slug (the instrument made first if need be), their expected
-    interval following the agent's own heartbeat interval so that the silence rule does. One query per
-    heartbeat once the instrument exists; one more when the interval changed."""
-    rows: list[tuple[str, int, int | None]] = []
-    if agent.health_instrument_id is not None:
-        rows = list(
-            Channel.objects.filter(instrument_id=agent.health_instrument_id)
+def _health_channels(agent: Agent, heartbeat_seconds: int) -> dict[str, tuple]:
+    """The health instrument's channels by slug (the instrument made first if need be), each as the row
+    ``ingest_samples`` would look up (CHANNEL_COLUMNS and whether it holds blocks: handed to it, so not read
+    twice), their expected interval following the agent's own heartbeat interval so that the silence rule
+    does. One query per heartbeat once the instrument exists; one more when the interval changed."""
+
+    def read(instrument_id: int) -> list[tuple]:
+        return list(
+            Channel.objects.filter(instrument_id=instrument_id)
             .order_by()
-            .values_list("slug", "pk", "expected_interval_seconds")
+            .annotate(compacted=blocks.has_any_block())
+            .values_list("slug", "expected_interval_seconds", *CHANNEL_COLUMNS, "compacted")
         )
+
+    rows: list[tuple] = []
+    if agent.health_instrument_id is not None:
+        rows = read(agent.health_instrument_id)
     if not rows:  # the first heartbeat; or the instrument, or all its channels, deleted by the owner
-        instrument = health_instrument(agent, heartbeat_seconds)
-        rows = list(instrument.channels.order_by().values_list("slug", "pk", "expected_interval_seconds"))
+        rows = read(health_instrument(agent, heartbeat_seconds).pk)
     ours = {h.slug for h in HEALTH_CHANNELS.values()}
-    behind = [pk for slug, pk, interval in rows if slug in ours and interval != heartbeat_seconds]
+    behind = [row[0] for slug, interval, *row in rows if slug in ours and interval != heartbeat_seconds]
     if behind:
         Channel.objects.filter(pk__in=behind).update(expected_interval_seconds=heartbeat_seconds)
-    return {slug: pk for slug, pk, _ in rows}
+    return {slug: tuple(row) for slug, _, *row in rows}
 
 
 def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> IngestResult | None:
@@ -166,10 +172,10 @@ def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> In
         spec = HEALTH_CHANNELS.get(key)
         if spec is None or value is None or spec.slug not in channels:
             continue  # a channel deleted by its owner stays deleted
-        ids.append(channels[spec.slug])
+        ids.append(channels[spec.slug][0])
         numbers.append(float(value))
     if not ids:
         return None
     when = datetime_to_us(health.last_heartbeat or timezone.now())
     batch = SampleBatch(np.array(ids, dtype=np.int64), np.full(len(ids), when, dtype=np.int64), np.array(numbers))
-    return ingest_samples(batch, origin=Origin.AGENT)
+    return ingest_samples(batch, origin=Origin.AGENT, known_channels={row[0]: row for row in channels.values()})

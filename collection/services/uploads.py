@@ -16,6 +16,7 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models.expressions import RawSQL
 
 from accounts import permissions
+from collection import storage
 from collection.choices import Origin
 from collection.ingest_formats import decode_ingest_body, iter_slug_pairs
 from collection.models import IngestBatch
@@ -64,32 +65,56 @@ class ChannelResolver:
         # request. The permission check is the same subquery (accounts.permissions.collectable_instruments).
         connection = connections["default"]
         quote = connection.ops.quote_name
-        columns = ", ".join(f"c.{quote(column)}" for column in CHANNEL_COLUMNS)
-        columns += f", {blocks.has_any_block_sql('c', connection)}"
-        sql = (
-            f"SELECT i.{quote('slug')}, c.{quote('slug')}, {columns} FROM {quote(Channel._meta.db_table)} c "
-            f"JOIN {quote(Instrument._meta.db_table)} i ON i.{quote('id')} = c.{quote('instrument_id')} "
-            f"WHERE i.{quote('slug')} IN ({', '.join(['%s'] * len(instruments))}) "
-            f"AND c.{quote('slug')} IN ({', '.join(['%s'] * len(channels))})"
-        )
-        params = [*instruments, *channels]
+        sql = _lookup_head(connection)
+        # On PostgreSQL the text must not vary with the body (it is prepared once per connection): arrays.
+        postgresql = connection.vendor == "postgresql"
+        if postgresql:
+            sql += f"WHERE i.{quote('slug')} = ANY(%s::text[]) AND c.{quote('slug')} = ANY(%s::text[])"
+            params: list = [instruments, channels]
+        else:
+            sql += (
+                f"WHERE i.{quote('slug')} IN ({', '.join(['%s'] * len(instruments))}) "
+                f"AND c.{quote('slug')} IN ({', '.join(['%s'] * len(channels))})"
+            )
+            params = [*instruments, *channels]
         writable = self.writable_instruments
         if isinstance(writable, RawSQL):
             sql += f" AND c.{quote('instrument_id')} IN ({writable.sql})"
             params += list(writable.params)
         elif writable is not None:
             ids = list(writable) or [None]  # IN (NULL) matches nothing
-            sql += f" AND c.{quote('instrument_id')} IN ({', '.join(['%s'] * len(ids))})"
-            params += ids
+            if postgresql:
+                sql += f" AND c.{quote('instrument_id')} = ANY(%s::bigint[])"
+                params.append(ids)
+            else:
+                sql += f" AND c.{quote('instrument_id')} IN ({', '.join(['%s'] * len(ids))})"
+                params += ids
         missing_values = Channel._meta.get_field("missing_values")
         found = {}
-        with connection.cursor() as cursor:
+        with storage.prepared_cursor(connection) as cursor:
             cursor.execute(sql, params)
             for inst, chan, pk, kind, vmin, vmax, sentinels, instrument_id, compacted in cursor.fetchall():
                 found[f"{inst}/{chan}"] = pk
                 sentinel_list = missing_values.from_db_value(sentinels, None, connection)  # type: ignore[arg-type]  # the expression is unused
                 self.rows[pk] = (pk, kind, vmin, vmax, sentinel_list, instrument_id, bool(compacted))
         return {ref: found[ref] for ref in refs if ref in found}
+
+
+_lookup_heads: dict[str, str] = {}
+
+
+def _lookup_head(connection) -> str:
+    """The channel look-up's SELECT ... FROM ... JOIN, the same for every request (per engine)."""
+    head = _lookup_heads.get(connection.vendor)
+    if head is None:
+        quote = connection.ops.quote_name
+        columns = ", ".join(f"c.{quote(column)}" for column in CHANNEL_COLUMNS)
+        columns += f", {blocks.has_any_block_sql('c', connection)}"
+        head = _lookup_heads[connection.vendor] = (
+            f"SELECT i.{quote('slug')}, c.{quote('slug')}, {columns} FROM {quote(Channel._meta.db_table)} c "
+            f"JOIN {quote(Instrument._meta.db_table)} i ON i.{quote('id')} = c.{quote('instrument_id')} "
+        )
+    return head
 
 
 def ingest_upload(

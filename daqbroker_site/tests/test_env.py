@@ -13,6 +13,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from daqbroker_site.env import (
+    PREPARE_ON_REQUEST,
     database_settings,
     env_bool,
     env_int,
@@ -168,6 +169,12 @@ def test_database_settings_postgres_url(tmp_path):
     )
     assert db["CONN_MAX_AGE"] == 60
     assert db["DISABLE_SERVER_SIDE_CURSORS"] is False
+    assert db["OPTIONS"]["prepare_threshold"] == PREPARE_ON_REQUEST  # only what asks to be prepared is
+
+
+def test_database_settings_postgres_without_prepared_statements_for_a_pooling_proxy(tmp_path):
+    db = database_settings("postgres://daq@db.example/daqbroker", tmp_path, prepared=False)
+    assert db["OPTIONS"]["prepare_threshold"] is None
 
 
 def test_database_settings_mysql_url_is_strict_utf8mb4_read_committed(tmp_path):
