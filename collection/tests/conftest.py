@@ -108,8 +108,11 @@ class TcpInstrument:
         with conn:
             conn.settimeout(5)
             if self.stream:
-                for line in self.reply(b""):
-                    conn.sendall(line.encode() + self.terminator)
+                try:
+                    for line in self.reply(b""):
+                        conn.sendall(line.encode() + self.terminator)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the reader took what it wanted and hung up, as a bounded reader does
                 return
             buffer = b""
             try:
