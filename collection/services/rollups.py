@@ -402,18 +402,14 @@ def recompute_span(
         parts.append(aggregate_raw(ts, value, quality, width))
     finest = combine(Buckets.concat(parts), width) if len(parts) > 1 else (parts[0] if parts else Buckets.empty())
     _replace_buckets(channel_id, TIERS[0], lo, done_until, finest, using)
-    below_lo, below_hi = lo, done_until
-    for level in range(1, len(TIERS)):
-        w = WIDTHS[level]
-        tier_lo, tier_hi = floor_to(below_lo, w), ceil_to(below_hi, w)
-        children = fetch_buckets(channel_id, TIERS[level - 1], tier_lo, tier_hi, using=using)
-        _replace_buckets(channel_id, TIERS[level], tier_lo, tier_hi, combine(children, w), using)
-        below_lo, below_hi = tier_lo, tier_hi
+    _recompute_upper_tiers({channel_id: (lo, done_until)}, using)
     return (done_until if done_until < hi else last_ts + 1), rows_read
 
 
 def _per_channel(channel_id: np.ndarray) -> dict[int, slice]:
     """Where each channel's rows are in columns ordered by channel."""
+    if len(channel_id) == 0:
+        return {}
     starts = _group_starts(channel_id)
     ends = np.r_[starts[1:], len(channel_id)]
     return {int(channel_id[a]): slice(int(a), int(b)) for a, b in zip(starts, ends, strict=True)}
@@ -451,6 +447,14 @@ def recompute_many(
         parts.append((channel_id, aggregate_raw(raw["ts"][rows], raw["value"][rows], raw["quality"][rows], WIDTHS[0])))
     below = {c: ranges[c] for c in sorted(done)}
     _write_tier(TIERS[0], below, parts, using)
+    _recompute_upper_tiers(below, using)
+    return done, sum(where_raw[c].stop - where_raw[c].start for c in done if c in where_raw)
+
+
+def _recompute_upper_tiers(below: dict[int, tuple[int, int]], using: str) -> None:
+    """Every tier above the finest over what its changed finest buckets ``below`` ({channel: [lo, hi)} µs)
+    fall in, from the whole buckets of the tier below: per tier one read, one delete and one insert, for
+    one channel (``recompute_span``) or many (``recompute_many``)."""
     for level in range(1, len(TIERS)):
         w = WIDTHS[level]
         spans = {c: (floor_to(lo, w), ceil_to(hi, w)) for c, (lo, hi) in below.items()}
@@ -471,7 +475,6 @@ def recompute_many(
         ]
         _write_tier(TIERS[level], spans, parts, using)
         below = spans
-    return done, sum(where_raw[c].stop - where_raw[c].start for c in done if c in where_raw)
 
 
 def _write_tier(tier: int, ranges: dict[int, tuple[int, int]], parts: list[tuple[int, Buckets]], using: str) -> None:

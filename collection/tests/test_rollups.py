@@ -150,6 +150,22 @@ def test_channels_refreshed_together_equal_a_from_scratch_summary(django_capture
         assert_tiers_equal(stored_tiers(channel.pk), reference_tiers(ts, value, quality))
 
 
+def test_channels_whose_short_spans_lost_every_reading_are_refreshed_together(django_capture_on_commit_callbacks):
+    """Every reading of the batch's spans deleted: no bucket left in any tier (an empty read of the tier
+    below, which once failed the whole refresh and so left the backlog stuck)."""
+    instrument = make_instrument()
+    channels = [make_channel(instrument) for _ in range(3)]
+    for channel in channels:
+        ingest(django_capture_on_commit_callbacks, channel.pk, [T0, T0 + 5 * SECOND], [1.0, 2.0])
+    refresh_all()
+    with django_capture_on_commit_callbacks(execute=True):
+        delete_readings(channels, T0, T0 + 10 * SECOND, reason="test")
+    result = refresh_rollups()
+    assert (result.channels, result.spans, result.remaining) == (3, 3, False)
+    assert not Rollup.objects.filter(channel__in=channels).exists()
+    assert not RollupBacklog.objects.exists()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_refreshing_many_channels_costs_the_statements_of_a_few(django_capture_on_commit_callbacks):
     """A worker behind a thousand agents refreshes thousands of channels read every second: their short
