@@ -66,6 +66,22 @@ def env_int(
     return number
 
 
+def env_cost(name: str, default: float | None, *, environ: Mapping[str, str] | None = None) -> float | None:
+    """A positive planner cost, or ``None`` for ``server`` (leave the database server's own setting)."""
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if value.lower() == "server":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number (or 'server')") from None
+    if not 0 < number <= 1000:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a cost between 0 (excluded) and 1000")
+    return number
+
+
 def env_list(name: str, default: list[str], *, environ: Mapping[str, str] | None = None) -> list[str]:
     """A comma-separated list; empty items are dropped."""
     value = _raw(name, environ)
@@ -89,15 +105,28 @@ SUPPORTED_DB_ENGINES = {
 # psycopg prepares a statement a cursor asks it to prepare only when the connection has a threshold; none of
 # Django's cursors ask (client-side binding), so only the ingest path's few hot statements are prepared.
 PREPARE_ON_REQUEST = 2**31 - 1
+# PostgreSQL's planner price of a random page read for DAQBroker's connections (the server's default is 4).
+RANDOM_PAGE_COST = 1.1
 
 
-def database_settings(url: str | None, data_dir: Path, *, conn_max_age: int = 0, prepared: bool = True) -> dict:
+def database_settings(
+    url: str | None,
+    data_dir: Path,
+    *,
+    conn_max_age: int = 0,
+    prepared: bool = True,
+    random_page_cost: float | None = RANDOM_PAGE_COST,
+) -> dict:
     """DATABASES['default'] for a DATABASE_URL, or the embedded SQLite file under the data dir.
 
     SQLite runs in WAL mode with IMMEDIATE transactions so that the web process, the worker and the
     beat scheduler can share the file without "database is locked" upgrade deadlocks. On PostgreSQL,
     ``prepared`` lets the ingest path prepare its hot statements once per connection
     (``collection.storage.prepared_cursor``); off behind a transaction-pooling proxy that cannot keep them.
+    ``random_page_cost`` is the planner's price of a random page read set on each PostgreSQL connection
+    (None: the server's own): the registry's tables are read from memory, where the server's default of 4,
+    made for spinning disks, prices a few hundred index probes above a scan of 100,000 channels
+    (docs/performance.md#planner-costs).
     """
     if url is None:
         return sqlite_settings(data_dir / "daqbroker.sqlite3")
@@ -124,7 +153,11 @@ def database_settings(url: str | None, data_dir: Path, *, conn_max_age: int = 0,
     if engine == "django.db.backends.postgresql":
         # Server-side cursors break behind transaction-pooling proxies; exports opt in explicitly.
         config.setdefault("DISABLE_SERVER_SIDE_CURSORS", False)
-        config.setdefault("OPTIONS", {})["prepare_threshold"] = PREPARE_ON_REQUEST if prepared else None
+        options = config.setdefault("OPTIONS", {})
+        options["prepare_threshold"] = PREPARE_ON_REQUEST if prepared else None
+        if random_page_cost is not None:
+            # libpq's startup options (no statement of their own); a URL's own ?options= are kept before it.
+            options["options"] = f"{options.get('options', '')} -c random_page_cost={random_page_cost:g}".strip()
     return dict(config)  # a plain dict (dj_database_url types it as its DBConfig TypedDict)
 
 

@@ -16,9 +16,11 @@ from csp.constants import UNSAFE_INLINE as CSP_UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from daqbroker_site.env import (
+    RANDOM_PAGE_COST,
     database_settings,
     env_bool,
     env_choice,
+    env_cost,
     env_int,
     env_list,
     env_network_rules,
@@ -114,6 +116,7 @@ DATABASES = {
         DATA_DIR,
         conn_max_age=env_int("DAQBROKER_DB_CONN_MAX_AGE", 0, minimum=0),
         prepared=env_bool("DAQBROKER_DB_PREPARED_STATEMENTS", True),
+        random_page_cost=env_cost("DAQBROKER_DB_RANDOM_PAGE_COST", RANDOM_PAGE_COST),
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -290,6 +293,8 @@ DISPATCH_INTERVAL_SECONDS = env_int("DAQBROKER_DISPATCH_INTERVAL", 5, minimum=1)
 # At most this many due sources are claimed by one dispatcher pass (the most overdue first); a full batch
 # queues the next pass at once (docs/performance.md#scheduling).
 DISPATCH_BATCH = env_int("DAQBROKER_DISPATCH_BATCH", 250, minimum=1)
+# Pages, API lists and badges count what they hold up to this many rows, then say "more" (accounts.paging).
+DAQBROKER_COUNT_LIMIT = env_int("DAQBROKER_COUNT_LIMIT", 1000, minimum=10, maximum=1_000_000)
 CELERY_BEAT_SCHEDULE = {
     "dispatch-due-sources": {
         "task": "collection.tasks.dispatch_due_sources",

@@ -20,12 +20,14 @@ from django.views.generic.detail import SingleObjectMixin
 
 from accounts import permissions
 from accounts.mixins import local_next
+from accounts.paging import BoundedPaginationMixin, bounded_count
 from collection.alarms.evaluate import acknowledge
 from collection.alarms.models import AlarmEvent
 from instruments import dashboards, runs
 from instruments.choices import ChannelKind
 from instruments.models import Instrument, PlotRange
 from instruments.search import channels_matching
+from pages.context_processors import BADGE_LIMIT
 from pages.plotly_bundle import plotly_context
 from pages.readings import channel_facts, first_reading_times
 from pages.views import PageMixin, visible_channels
@@ -210,7 +212,7 @@ class PlotView(PageMixin, TemplateView):
         return context
 
 
-class AlarmListView(PageMixin, ListView):
+class AlarmListView(PageMixin, BoundedPaginationMixin, ListView):
     """Active and past alarm events of the instruments the user may see, filterable by instrument."""
 
     model = AlarmEvent
@@ -238,7 +240,17 @@ class AlarmListView(PageMixin, ListView):
             channel__instrument__name__icontains=self.instrument_slug
         )
 
+    def get_paginator(self, queryset, per_page, *args, **kwargs):
+        paginator = super().get_paginator(queryset, per_page, *args, **kwargs)
+        if self.state == "active" and (self.active_count.exact or paginator.bound == self.active_count.limit):
+            paginator.bounded = self.active_count  # the same rows, counted as far: once
+        return paginator
+
     def get_context_data(self, **kwargs):
+        counts = super().get_queryset()
+        if self.instrument_slug:
+            counts = counts.filter(self.instrument_filter())
+        self.active_count = bounded_count(counts.filter(cleared_at__isnull=True))
         context = super().get_context_data(**kwargs)
         user = self.request.user
         events = context["object_list"]
@@ -248,9 +260,6 @@ class AlarmListView(PageMixin, ListView):
             .filter(pk__in=instrument_ids)
             .values_list("pk", flat=True)
         )
-        counts = super().get_queryset()
-        if self.instrument_slug:
-            counts = counts.filter(self.instrument_filter())
         context.update(
             states=self.STATES,
             state=self.state,
@@ -262,7 +271,8 @@ class AlarmListView(PageMixin, ListView):
             .exists()
             else "",
             changeable=changeable,
-            active_count=counts.filter(cleared_at__isnull=True).count(),
+            active_count=self.active_count,
+            **({} if self.instrument_slug else {"nav_active_alarms": self.active_count.within(BADGE_LIMIT)}),
             query=self.request.GET.urlencode(),
         )
         return context

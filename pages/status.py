@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from django.db.models import Count, F, Q, Value
 
+from accounts.paging import BoundedCount, bounded_counts
 from collection.alarms.models import AlarmEvent
 from instruments.choices import ChannelKind, SourceKind
 from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource, Instrument
@@ -257,13 +258,8 @@ def filter_by_status(instruments, state: str, now: int | None = None):
     raise ValueError(f"unknown state {state!r}")
 
 
-def status_counts(instruments, now: int | None = None) -> dict[str, int]:
-    """How many of ``instruments`` are in each state, and in all: one query, counted by the database."""
+def status_counts(instruments, now: int | None = None) -> dict[str, BoundedCount]:
+    """How many of ``instruments`` are in each state, and in all: one statement, each count stopping at the
+    bound (``accounts.paging``: "1,000+"), so its work does not grow with what the user may see."""
     now = now if now is not None else now_us()
-    return instruments.order_by().aggregate(
-        all=Count("pk"),
-        failing=Count("pk", filter=Q(pk__in=failing_ids())),
-        alarms=Count("pk", filter=Q(pk__in=alarm_ids())),
-        collecting=Count("pk", filter=_freshness_q(COLLECTING, now)),
-        silent=Count("pk", filter=_freshness_q(SILENT, now)),
-    )
+    return bounded_counts({"all": instruments, **{s: filter_by_status(instruments, s, now) for s, _ in STATUS_FILTERS}})

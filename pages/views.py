@@ -24,6 +24,7 @@ from django.views.generic import CreateView, DetailView, FormView, ListView, Tem
 from accounts import audit, permissions, services
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
 from accounts.models import Agent
+from accounts.paging import BoundedPaginationMixin
 from collection.alarms.models import AlarmEvent
 from collection.services import corrections, quarantine, raw_files
 from instruments import dashboards, runs
@@ -59,7 +60,7 @@ def visible_channels(user):
 # --- instruments ----------------------------------------------------------------------------------
 
 
-class HomeView(PageMixin, ListView):
+class HomeView(PageMixin, BoundedPaginationMixin, ListView):
     """The instruments the user may see, each with its status at a glance: a page at a time, searchable and
     filtered by state, the counts of each state computed by the database (docs/pages.md#home)."""
 
@@ -82,7 +83,15 @@ class HomeView(PageMixin, ListView):
             self.state = ""
         return queryset.select_related("owner").order_by("name", "pk")
 
+    def get_paginator(self, queryset, per_page, *args, **kwargs):
+        paginator = super().get_paginator(queryset, per_page, *args, **kwargs)
+        everything = self.counts["all"]
+        if not self.state and (everything.exact or paginator.bound == everything.limit):
+            paginator.bounded = everything  # the same rows, counted as far: once
+        return paginator
+
     def get_context_data(self, **kwargs):
+        self.counts = status_counts(self.visible, self.now)
         context = super().get_context_data(**kwargs)
         query = self.request.GET.get("q", "").strip()
         keep = {k: v for k, v in (("q", query), ("status", self.state)) if v}
@@ -90,7 +99,7 @@ class HomeView(PageMixin, ListView):
             statuses=instrument_statuses(context["object_list"], self.now),
             query=query,
             state=self.state,
-            counts=status_counts(self.visible, self.now),
+            counts=self.counts,
             status_filters=STATUS_FILTERS,
             search_query=urlencode({"q": query}) if query else "",
             page_query=urlencode(keep),

@@ -6,6 +6,7 @@ loading: this module must not import views or viewsets.
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from rest_framework.filters import BaseFilterBackend
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAuthenticated
@@ -13,6 +14,7 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAuthentic
 from accounts import permissions
 from accounts.choices import TokenScope
 from accounts.models import ApiToken
+from accounts.paging import bound_for, bounded_count
 from instruments.models import Instrument
 
 LEVEL_FOR_METHOD = {
@@ -36,8 +38,38 @@ def required_level(request, view) -> str:
 
 
 class Pagination(LimitOffsetPagination):
+    """``?limit=&offset=`` pages whose ``count`` is counted up to a bound (``accounts.paging``): exact up to
+    ``DAQBROKER_COUNT_LIMIT`` rows (or to the end of the page asked for, when further), ``null`` beyond
+    ("more"; follow ``next`` until it is ``null``). docs/api.md#pagination."""
+
     default_limit = 100
     max_limit = 1000
+    count_exact = True
+
+    def get_count(self, queryset) -> int:
+        if not isinstance(queryset, QuerySet) or self.request is None:  # a list (or no request): counted whole
+            return super().get_count(queryset)
+        counted = bounded_count(queryset, bound_for(self.get_offset(self.request) + (self.limit or 0)))
+        self.count_exact = counted.exact
+        return counted.value
+
+    def get_paginated_response(self, data):
+        response = super().get_paginated_response(data)
+        if not self.count_exact:
+            response.data["count"] = None
+        return response
+
+    def get_paginated_response_schema(self, schema):
+        described = super().get_paginated_response_schema(schema)
+        described["properties"]["count"] = {
+            "type": "integer",
+            "nullable": True,
+            "example": 123,
+            "description": "How many rows the list holds, counted up to the server's bound "
+            "(DAQBROKER_COUNT_LIMIT, 1,000 by default, or the end of the page asked for when further); "
+            "null when there are more: follow `next` until it is null.",
+        }
+        return described
 
 
 class VisibilityFilter(BaseFilterBackend):

@@ -14,8 +14,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 from daqbroker_site.env import (
     PREPARE_ON_REQUEST,
+    RANDOM_PAGE_COST,
     database_settings,
     env_bool,
+    env_cost,
     env_int,
     env_list,
     env_network_rules,
@@ -175,6 +177,25 @@ def test_database_settings_postgres_url(tmp_path):
 def test_database_settings_postgres_without_prepared_statements_for_a_pooling_proxy(tmp_path):
     db = database_settings("postgres://daq@db.example/daqbroker", tmp_path, prepared=False)
     assert db["OPTIONS"]["prepare_threshold"] is None
+
+
+def test_database_settings_postgres_sets_the_planners_random_page_cost_at_connection(tmp_path):
+    db = database_settings("postgres://daq@db.example/daqbroker", tmp_path)
+    assert db["OPTIONS"]["options"] == f"-c random_page_cost={RANDOM_PAGE_COST:g}"
+    kept = database_settings("postgres://daq@db.example/daqbroker?options=-c%20work_mem%3D64MB", tmp_path)
+    assert kept["OPTIONS"]["options"] == f"-c work_mem=64MB -c random_page_cost={RANDOM_PAGE_COST:g}"
+    servers = database_settings("postgres://daq@db.example/daqbroker", tmp_path, random_page_cost=None)
+    assert "options" not in servers["OPTIONS"]
+    assert "options" not in database_settings("mysql://daq@db.example/daqbroker", tmp_path)["OPTIONS"]
+
+
+def test_env_cost_is_a_positive_number_or_the_servers_own():
+    assert env_cost("X", 1.1, environ={}) == 1.1
+    assert env_cost("X", 1.1, environ={"X": "2"}) == 2.0
+    assert env_cost("X", 1.1, environ={"X": "Server"}) is None
+    for bad in ("0", "-1", "cheap", "1e9"):
+        with pytest.raises(ImproperlyConfigured, match="X="):
+            env_cost("X", 1.1, environ={"X": bad})
 
 
 def test_database_settings_mysql_url_is_strict_utf8mb4_read_committed(tmp_path):

@@ -108,6 +108,6 @@ def duration(value) -> str:
 
 
 @register.simple_tag
-def count_of(counts: dict, key: str) -> int:
+def count_of(counts: dict, key: str):
     """``counts[key]`` (templates cannot index a dict by a variable)."""
     return counts.get(key, 0)

@@ -14,10 +14,11 @@ import re
 import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
-from django.test import Client
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from collection.alarms.models import AlarmEvent
 from instruments.models import Channel, Instrument
 from instruments.tests.factories import make_user
 from instruments.tests.many_things import build_things, grant_view
@@ -205,3 +206,83 @@ def test_the_channel_search_refuses_bad_input_with_a_message():
     code, body = _search(client, recent="1,two")
     assert code == 400 and "recent" in body["detail"]
     assert _search(client, q="nothing") == (200, {"results": [], "more": False})
+
+
+# --- counts that stop at a bound (accounts.paging) --------------------------------------------------------
+
+
+def _chip(body: str, state: str) -> str:
+    return re.search(rf'data-count="{state}">([^<]*)<', body).group(1)
+
+
+@override_settings(DAQBROKER_COUNT_LIMIT=24)
+def test_the_home_page_counts_up_to_the_bound_and_says_more_beyond_it():
+    admin = make_user(is_superuser=True, is_staff=True)
+    build_things(30, make_user(), channels=1)  # 32 with the module's world's two
+    client = _client(admin)
+    with CaptureQueriesContext(connection) as queries:
+        first = _home(client)
+    counts = [q["sql"] for q in queries.captured_queries if "bounded_0" in q["sql"]]
+    # The five counts in one statement, the pager's taken from them (a page of 24 counted to the same
+    # bound), the badge's its own.
+    assert len(counts) == 2, "\n".join(c[:200] for c in counts)
+    assert _chip(first, "all") == "24+" and "of 24+" in first and "Page 1 ·" in first
+    expected = {
+        s: Instrument.objects.filter(pk__in=status.filter_by_status(Instrument.objects.all(), s)).count()
+        for s, _ in status.STATUS_FILTERS
+    }
+    for state, n in expected.items():
+        assert _chip(first, state) == (f"{n}" if n <= 24 else "24+"), state
+    assert 'rel="next"' in first
+    # Page 2 counts to its own end (48 rows): exact again, so the pager says how many pages there are.
+    second = _home(client, page=2)
+    assert "Page 2 of 2" in second and "of 32" in second and 'rel="next"' not in second
+    assert client.get(reverse("instruments:home"), {"page": 10**30}).status_code == 404
+
+
+def test_the_alarm_badge_stops_at_99():
+    admin = make_user(is_superuser=True, is_staff=True)
+    ids = build_things(1, make_user(), channels=1, prefix="loud")
+    channel = Channel.objects.get(instrument_id=ids[0])
+    event = AlarmEvent.objects.filter(channel__instrument_id=ids[0]).get()
+    AlarmEvent.objects.bulk_create(
+        [
+            AlarmEvent(
+                rule=event.rule,
+                channel=channel,
+                kind=event.kind,
+                severity=event.severity,
+                message=f"again {i}",
+                raised_at=event.raised_at,
+                raised_value=1.0,
+            )
+            for i in range(120)
+        ]
+    )
+    client = _client(admin)
+    active = AlarmEvent.objects.filter(cleared_at__isnull=True).count()
+    assert active > 99
+    body = client.get(reverse("instruments:dashboards")).content.decode()
+    assert re.search(r'title="Active alarms">99\+<', body)
+    alarms = client.get(reverse("collection:alarms")).content.decode()
+    assert re.search(r'title="Active alarms">99\+<', alarms) and f"{active} active alarms" in alarms
+
+
+@override_settings(DAQBROKER_COUNT_LIMIT=10)
+def test_an_api_list_counts_up_to_the_bound_then_answers_null_and_keeps_its_next_link():
+    admin = make_user(is_superuser=True, is_staff=True)
+    build_things(30, make_user(), channels=1)
+    client = _client(admin)
+    first = client.get("/api/v1/instruments/", {"limit": 5}).json()
+    assert first["count"] is None and first["next"] and len(first["results"]) == 5
+    # A page reaching past the bound is counted to its own end: exact when the rows end before it.
+    far = client.get("/api/v1/instruments/", {"limit": 20, "offset": 20}).json()
+    assert far["count"] == Instrument.objects.count() == 32 and far["next"] is None and len(far["results"]) == 12
+    walked, url = [], "/api/v1/instruments/?limit=7"
+    while url:
+        page = client.get(url).json()
+        walked += [i["slug"] for i in page["results"]]
+        url = page["next"]
+    assert sorted(walked) == sorted(Instrument.objects.values_list("slug", flat=True))
+    huge = client.get("/api/v1/instruments/", {"offset": 10**30})
+    assert huge.status_code == 200 and huge.json()["results"] == []
