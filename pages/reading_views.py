@@ -28,6 +28,7 @@ from instruments.choices import ChannelKind
 from instruments.models import Instrument, PlotRange
 from instruments.search import channels_matching
 from pages.context_processors import BADGE_LIMIT
+from pages.links import RowLink
 from pages.plotly_bundle import plotly_context
 from pages.readings import channel_facts, first_reading_times
 from pages.views import PageMixin, visible_channels
@@ -254,6 +255,10 @@ class AlarmListView(PageMixin, BoundedPaginationMixin, ListView):
         context = super().get_context_data(**kwargs)
         user = self.request.user
         events = context["object_list"]
+        instrument_link, acknowledge_link = RowLink("instruments:detail"), RowLink("collection:alarm-acknowledge")
+        for event in events:
+            event.instrument_url = instrument_link(event.channel.instrument.slug)
+            event.acknowledge_url = acknowledge_link(event.pk)
         instrument_ids = {e.channel.instrument_id for e in events}
         changeable = set(
             permissions.instruments_for(user, permissions.CHANGE)

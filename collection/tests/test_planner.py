@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import connection
 
 from collection.tasks import refresh_planner_statistics_task
+from daqbroker_site.env import RANDOM_PAGE_COST
 from instruments.models import Channel
 from instruments.tests.factories import make_user
 from instruments.tests.many_things import build_things
@@ -44,3 +45,13 @@ def test_with_statistics_the_first_channels_in_name_order_read_no_channel_table_
     refresh_planner_statistics_task.apply()
     plan = sqlite_plan(first_page)
     assert "SCAN instruments_channel" not in plan and "TEMP B-TREE FOR ORDER BY" not in plan, plan
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
+def test_postgresql_connections_price_random_page_reads_as_settings_say():
+    """The server's default (4, for spinning disks) made the planner scan 100,000 channels rather than probe
+    a few hundred by index (docs/performance.md#planner-costs): every connection of ours sets its own."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW random_page_cost")
+        (value,) = cursor.fetchone()
+    assert float(value) == RANDOM_PAGE_COST != 4
