@@ -5,9 +5,10 @@ Builds, in one fresh database, a site of N instruments x 10 channels x 1 file so
 5,000 by default; ``--sizes 100,1000,5000,10000`` for the issue's goal), growing it between steps. At each
 size it measures, in this process through Django's test client (no network, one thread):
 
-* every collaborator page and API list, as a **superuser** and as a **collaborator** who sees half of the
-  instruments (N/2 grants: half granted to her directly, half to her group): median time of ``--repeat``
-  requests after one warm-up, the number of queries, the response size;
+* every collaborator page and API list, as a **superuser**, as a **collaborator** who sees half of the
+  instruments (N/2 grants: half granted to her directly, half to her group) and as a **guest** who sees five
+  (granted directly, the last five in name order: a page in name order must find them at the end): median
+  time of ``--repeat`` requests after one warm-up, the number of queries, the response size;
 * the admin's main lists (instruments, channels, sources) and the channel form's instrument autocomplete;
 * one **dispatcher pass** (``claim_due_sources`` with every source due): time and number of queries; a pass
   claims at most ``DAQBROKER_DISPATCH_BATCH`` sources (the next pass follows at once while batches are full).
@@ -74,9 +75,10 @@ def run(sizes: list[int], repeat: int, *, planner_statistics: bool = True) -> No
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
+    from accounts.models import InstrumentUserPermission
     from collection.services.collect import claim_due_sources
     from collection.services.planner import refresh_planner_statistics
-    from instruments.models import DataSource
+    from instruments.models import DataSource, Instrument
     from instruments.tests.many_things import build_things, grant_view
 
     call_command("migrate", verbosity=0)
@@ -86,8 +88,9 @@ def run(sizes: list[int], repeat: int, *, planner_statistics: bool = True) -> No
     owner = User.objects.create_user("owner-bench", password=None)
     lab = Group.objects.create(name="bench lab")
     collaborator.groups.add(lab)
+    guest = User.objects.create_user("guest-bench", password=None)
     clients = {}
-    for name, user in (("superuser", superuser), ("collaborator", collaborator)):
+    for name, user in (("superuser", superuser), ("collaborator", collaborator), ("guest", guest)):
         clients[name] = Client()
         clients[name].force_login(user)
 
@@ -122,6 +125,8 @@ def run(sizes: list[int], repeat: int, *, planner_statistics: bool = True) -> No
         half = len(ids) // 2
         grant_view(ids[: half // 2], user=collaborator)
         grant_view(ids[half // 2 : half], group=lab)
+        InstrumentUserPermission.objects.filter(user=guest).delete()
+        grant_view(ids[-5:], user=guest)  # the guest's five: the last ones in name order
         built = size
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:  # what autovacuum does after a bulk load: the planner's statistics
@@ -157,8 +162,11 @@ def run(sizes: list[int], repeat: int, *, planner_statistics: bool = True) -> No
             "&field_name=instrument&term=00042",
         }
         row: dict[str, dict] = {}
+        guest_slug = Instrument.objects.get(pk=ids[-1]).slug
         for who, client in clients.items():
             for name, url in urls.items():
+                if who == "guest":  # her own instrument where a page names one
+                    url = url.replace(slug, guest_slug)
                 row[f"{who}: {name}"] = measure(client, url)
         for name, url in admin_urls.items():
             row[f"superuser: {name}"] = measure(clients["superuser"], url)

@@ -49,12 +49,43 @@ def test_listing_1000_visible_instruments_is_two_queries(many, django_assert_max
     assert slugs == many["granted"]
 
 
-def test_restricting_their_channels_is_one_query(many, django_assert_max_num_queries):
+def test_restricting_their_channels_is_two_queries(many, django_assert_max_num_queries):
     vera = many["vera"]
     permissions.is_administrator(vera)  # cached on the user object, as within one request
-    with django_assert_max_num_queries(1):
+    with django_assert_max_num_queries(2):  # the look at her instruments (at most 101 ids), then the list
         channels = list(permissions.restrict(Channel.objects.all(), vera))
     assert len(channels) == GRANTED
+
+
+def _gate_sql(queryset) -> str:
+    return str(queryset.query).lower()
+
+
+def test_the_gate_lists_a_few_instruments_by_id_and_tests_many_through_the_grant_tables(many):
+    """Two shapes of one gate (docs/performance.md#the-gates-shape), the same rows: a user who may see up to
+    LISTED_UP_TO instruments gets their ids; one who may see more, the grant tables as subqueries."""
+    vera, zed = many["vera"], make_user("zed-guest")
+    few = list(Instrument.objects.exclude(slug__in=many["granted"]).order_by("slug")[:3])
+    view = Permission.objects.get(codename="view_instrument")
+    InstrumentUserPermission.objects.bulk_create(
+        [InstrumentUserPermission(user=zed, permission=view, content_object=i) for i in few]
+    )
+    own = Instrument.objects.create(name="Zed's own", slug="zeds-own", owner=zed)
+    Channel.objects.create(instrument=own, name="t", slug="t")
+    assert len(few) + 1 <= permissions.LISTED_UP_TO < GRANTED
+
+    small = permissions.restrict(Channel.objects.all(), zed)
+    assert "instrumentuserpermission" not in _gate_sql(small)  # a list of ids
+    assert {c.instrument.slug for c in small.select_related("instrument")} == {i.slug for i in [*few, own]}
+
+    large = permissions.restrict(Channel.objects.all(), vera)
+    assert "instrumentuserpermission" in _gate_sql(large) and "instrumentgrouppermission" in _gate_sql(large)
+    assert {c.instrument.slug for c in large.select_related("instrument")} == many["granted"]
+    # Either shape agrees with asking instrument by instrument.
+    for user in (zed, vera):
+        expected = {i.pk for i in Instrument.objects.all() if permissions.has_perm(user, permissions.VIEW, i)}
+        gated = set(permissions.restrict(Channel.objects.all(), user).values_list("instrument_id", flat=True))
+        assert gated == expected
 
 
 def test_levels_through_groups_are_counted(many, django_assert_max_num_queries):
