@@ -141,42 +141,63 @@ def _token_allows(token: ApiToken | None, level: str) -> bool:
 # --- instruments ----------------------------------------------------------------------------------
 
 
+def _grant_sources(user: User, level: str) -> tuple[QuerySet, QuerySet, QuerySet]:
+    """Where ``user``'s instruments at ``level`` come from: the ones she owns, her grants, her groups' grants
+    (the ids of instruments in the first column of each)."""
+    codenames = codenames_implying(level)
+    owned = Instrument.objects.filter(owner=user).values("pk")
+    direct = InstrumentUserPermission.objects.filter(user=user, permission__codename__in=codenames)
+    via_group = InstrumentGroupPermission.objects.filter(group__user=user, permission__codename__in=codenames)
+    return owned, direct.values("content_object_id"), via_group.values("content_object_id")
+
+
 def _grant_filter(user: User, level: str, path: str = "") -> Q:
     """Instruments ``user`` owns or holds ``level`` (or higher) on, directly or through a group; with a
     ``path``, the rows whose instrument at the end of that path is one of them."""
-    codenames = codenames_implying(level)
-    direct = InstrumentUserPermission.objects.filter(user=user, permission__codename__in=codenames)
-    via_group = InstrumentGroupPermission.objects.filter(group__user=user, permission__codename__in=codenames)
+    _, direct, via_group = _grant_sources(user, level)
     prefix = f"{path}__" if path else ""
-    return (
-        Q(**{f"{prefix}owner": user})
-        | Q(**{f"{prefix}pk__in": direct.values("content_object_id")})
-        | Q(**{f"{prefix}pk__in": via_group.values("content_object_id")})
-    )
+    return Q(**{f"{prefix}owner": user}) | Q(**{f"{prefix}pk__in": direct}) | Q(**{f"{prefix}pk__in": via_group})
 
 
 # How the gate is written for a user who is not an Administrator, chosen by how many instruments she may see
-# (docs/performance.md#the-gates-shape). Up to LISTED_UP_TO: their ids, read first (one query of at most
-# LISTED_UP_TO + 1 rows), so that the planner knows how few they are; PostgreSQL otherwise guesses three
-# quarters of the table and reads 100,000 channels in page order to fill a page with her 50. Beyond: a
-# subquery, which PostgreSQL and MariaDB hash once and join; on SQLite, whose planner would then fetch every
-# row she may see and sort them for a page, each grant table is tested row by row (``_grant_filter`` on the
-# rows' own instrument column), so a page read in index order stops at its end. Same rows either way.
+# (docs/performance.md#the-gates-shape). Up to LISTED_UP_TO: their ids, so that the planner knows how few
+# they are (PostgreSQL otherwise guesses three quarters of the table and reads 100,000 channels in page
+# order to fill a page with her 50). Beyond: a subquery, which PostgreSQL and MariaDB hash once and join; on
+# SQLite, whose planner would then fetch every row she may see and sort them for a page, each grant table is
+# tested row by row (``_grant_filter`` on the rows' own instrument column), so that a page read in index
+# order stops at its end. The same rows either way.
 LISTED_UP_TO = 100
 
 
+def _few_instruments(user: User, level: str, using: str) -> list[int] | None:
+    """The ids of the instruments ``user`` has ``level`` on when they are at most LISTED_UP_TO, else None:
+    one statement reading at most LISTED_UP_TO + 1 rows of each source (owned, granted, granted to a group),
+    each through its index, whatever she may see (evaluating the gate itself would hash all her grants)."""
+    parts, params = [], []
+    for index, source in enumerate(_grant_sources(user, level)):
+        sql, source_params = source.order_by()[: LISTED_UP_TO + 1].query.get_compiler(using).as_sql()
+        parts.append(f"SELECT {index} AS source, look_{index}.* FROM ({sql}) look_{index}")
+        params.extend(source_params)
+    with connections[using].cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts), params)
+        rows = cursor.fetchall()
+    if any(sum(1 for source, _ in rows if source == index) > LISTED_UP_TO for index in range(3)):
+        return None
+    ids = {pk for _, pk in rows}
+    return sorted(ids) if len(ids) <= LISTED_UP_TO else None
+
+
 def _gate(paths: tuple[str, ...], user: User, level: str, using: str) -> Q:
-    allowed = instruments_for(user, level).using(using)
-    few = list(allowed.order_by().values_list("pk", flat=True)[: LISTED_UP_TO + 1])
+    few = _few_instruments(user, level, using)
     condition = Q()
     for path in paths:
         key = f"{path}__pk__in" if path else "pk__in"
-        if len(few) <= LISTED_UP_TO:
+        if few is not None:
             condition |= Q(**{key: few})
         elif connections[using].vendor == "sqlite" or not path:
             condition |= _grant_filter(user, level, path)
         else:
-            condition |= Q(**{key: allowed.values("pk")})
+            condition |= Q(**{key: instruments_for(user, level).using(using).values("pk")})
     return condition
 
 
