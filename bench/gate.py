@@ -8,9 +8,9 @@ page of the API's channel and source lists, the channel picker's first page and 
 its count) written three ways:
 
 * ``subquery``: ``instrument IN (SELECT id FROM instrument WHERE owner = u OR id IN (grants) OR ...)`` (the gate
-  before 2026-12-07, and today's on PostgreSQL and MariaDB beyond LISTED_UP_TO instruments);
+  before 2026-12-07);
 * ``row by row``: ``owner = u OR instrument IN (grants) OR instrument IN (group grants)`` on the rows' own
-  instrument column (today's on SQLite beyond LISTED_UP_TO);
+  instrument column (today's beyond LISTED_UP_TO instruments);
 * ``ids``: ``instrument IN (1, 2, 3, ...)``, her instruments' ids read first (today's up to LISTED_UP_TO);
 
 and the gate as ``accounts.permissions.restrict`` writes it now (``now``, its look at her instruments
@@ -162,7 +162,7 @@ def run(size: int, repeat: int) -> None:
         "active alarms, count to 1,000": (active, "channel__instrument", None),
     }
     shapes = {"subquery": subquery, "row by row": row_by_row, "ids": listed, "now": now}
-    print(f"\n{'query':32} {'who':13} {'admin':>7} " + " ".join(f"{s:>11}" for s in shapes) + "   now / admin")
+    print(f"\n{'query':32} {'who':15} {'admin':>7} " + " ".join(f"{s:>11}" for s in shapes) + "   now / admin")
     for name, (queryset, path, page) in queries.items():
         baseline = timed(queryset[:page] if page else queryset, count=page is None)
         for who, user in (("guest (5)", guest), (f"collab ({size // 2:,})", collaborator)):
@@ -175,7 +175,7 @@ def run(size: int, repeat: int) -> None:
                 assert rows == expected, f"{name}: the shapes disagree for {who}"
                 cells.append(timed(gated[:page] if page else gated, count=page is None))
             print(
-                f"{name:32} {who:13} {baseline:7.2f} "
+                f"{name:32} {who:15} {baseline:7.2f} "
                 + " ".join(f"{c:11.2f}" for c in cells)
                 + f"   {cells[-1] / max(baseline, 0.01):6.1f}x"
             )
