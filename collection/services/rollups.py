@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from collection.choices import Quality, RollupTier
 from collection.models import Rollup, RollupBacklog, RollupState, Sample
-from collection.services import blocks
+from collection.services import blocks, pending
 from collection.services.enqueue import enqueue_soon, try_enqueue
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
 
@@ -599,6 +599,9 @@ def refresh_rollups(
     ``max_rows``) each in a bounded transaction of their own (``refresh_channel``). ``remaining`` says whether
     work is left (spans cut short, channels locked elsewhere or beyond the limit)."""
     total = RefreshResult()
+    _, taken = pending.take_pending(using=using)
+    if taken:  # their follow-up work too is in its backlog now
+        enqueue_soon(pending.REPLAY_FOLLOW_UPS_TASK, what="spike checks, derived channels and alarms", expires=300)
     channel_ids = list(
         RollupBacklog.objects.using(using)
         .order_by("channel_id")
