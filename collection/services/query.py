@@ -119,6 +119,7 @@ def _contexts(channel_ids: Sequence[int], start: int, end: int, using: str) -> d
     noted_spans = (
         Channel.objects.using(using)
         .filter(pk__in=channel_ids, pending_from__lt=end + margin, pending_to__gte=start - margin)
+        .order_by()
         .annotate(is_watermark=Value(0))
         .values_list("pk", "pending_from", "pending_to", "is_watermark")
     )

@@ -23,7 +23,7 @@ from django.db import connections, transaction
 from accounts import audit
 from accounts.choices import AuditAction
 from collection.models import FollowUpBacklog, ReadingBlock, RollupState, Sample, TextSample
-from collection.services import blocks, pending, rollups
+from collection.services import blocks, rollups
 from collection.services.enqueue import try_enqueue
 from collection.services.rollups import floor_to
 from daqbroker_agent.parsing import us_to_datetime
@@ -220,7 +220,6 @@ def _expire_channel(
 
 def _move_watermark(channel_id: int, cutoff: int, using: str) -> None:
     """Bring the tiers up to date, then stop recomputing buckets before ``cutoff`` from raw readings."""
-    pending.take_pending(channel_ids=[channel_id], using=using)
     while rollups.refresh_channel(channel_id, wait=True, using=using).remaining:  # type: ignore[union-attr]  # never None with wait=True
         pass
     with transaction.atomic(using=using):

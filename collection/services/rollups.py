@@ -545,10 +545,14 @@ def refresh_channel(
     max_rows: int = MAX_ROWS_PER_TRANSACTION,
     max_spans: int = 1000,
     wait: bool = False,
+    take: bool = True,
     using: str = "default",
 ) -> RefreshResult | None:
     """Recompute the buckets of one channel's backlog, in one transaction, reading at most about ``max_rows``
-    raw readings. Returns None when another worker is refreshing the channel right now (unless ``wait``)."""
+    raw readings. Returns None when another worker is refreshing the channel right now (unless ``wait``).
+    ``take``: take up the channel's pending span first (``collection.services.pending``)."""
+    if take:
+        pending.take_pending(channel_ids=[channel_id], using=using)
     ensure_state(channel_id, using)
     result = RefreshResult(channels=1)
     with transaction.atomic(using=using):
@@ -614,7 +618,7 @@ def refresh_rollups(
     ensure_states(channel_ids, using)
     alone = _refresh_together(channel_ids, max_rows, total, using)
     for channel_id in alone:
-        result = refresh_channel(channel_id, max_rows=max_rows, using=using)
+        result = refresh_channel(channel_id, max_rows=max_rows, take=False, using=using)  # taken above
         if result is None:
             total.remaining = True
             continue
