@@ -7,18 +7,19 @@ Readings flagged with any quality other than OK are not summarised, only counted
 sentinel -9999 or an out-of-range spike would otherwise own every min/max/mean above it. Plots of raw
 readings can still show them (``collection.services.query``).
 
-Maintenance: ``ingest_samples`` appends the changed spans to ``RollupBacklog`` in its own transaction and
-sends ``samples_ingested`` on commit; the receiver (``on_samples_ingested``) asks a Celery worker to run
-``refresh_rollups`` (at most about once a second per web process: ``enqueue.enqueue_soon``). A
-refresh locks a channel's ``RollupState`` row (``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite's IMMEDIATE
-transactions serialise writers), recomputes exactly the buckets its backlog spans touch, and deletes
-the backlog rows in the same transaction; channels whose backlog is one short span are recomputed
-together, many per transaction, in statements that do not grow with their number (``recompute_many``).
-The finest tier is computed from raw readings, every other
-tier from the whole buckets of the tier below it (widths divide each other), so a late reading costs
-one 10 s bucket of raw rows plus a few dozen buckets per tier, whatever the tier. Recomputing is
-idempotent; work per transaction is bounded (``max_rows``) and the rest of a span goes back to the
-backlog. A periodic sweep picks up spans whose task was lost.
+Maintenance: ``ingest_samples`` appends the changed spans to ``RollupBacklog`` in its own transaction (on
+SQLite and MariaDB it notes most of them on the channel rows, which ``refresh_rollups`` first moves into the
+backlog: ``collection.services.pending``) and sends ``samples_ingested`` on commit; the receiver
+(``on_samples_ingested``) asks a Celery worker to run ``refresh_rollups`` (at most about once a second per
+web process: ``enqueue.enqueue_soon``). A refresh locks a channel's ``RollupState`` row (``SELECT ... FOR
+UPDATE SKIP LOCKED``; SQLite's IMMEDIATE transactions serialise writers), recomputes exactly the buckets its
+backlog spans touch, and deletes the backlog rows in the same transaction; channels whose backlog is one
+short span are recomputed together, many per transaction, in statements that do not grow with their number
+(``recompute_many``). The finest tier is computed from raw readings, every other tier from the whole buckets
+of the tier below it (widths divide each other), so a late reading costs one 10 s bucket of raw rows plus a
+few dozen buckets per tier, whatever the tier. Recomputing is idempotent; work per transaction is bounded
+(``max_rows``) and the rest of a span goes back to the backlog. A periodic sweep picks up spans whose task
+was lost.
 
 Retention (``collection.services.retention``) removes old raw readings and sets ``raw_kept_from``:
 buckets before it are never recomputed from the (now missing) raw rows, so the tiers keep the history.
