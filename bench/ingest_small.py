@@ -21,11 +21,11 @@ owning the instrument, with a personal read-write token.
 engine and tree, N posts per case through Django's test client, one after the other in one thread (the
 same settings, middleware, Redis broker and bodies), printing wall and CPU time per request (the CPU of
 this process only: a database server's is not in it) and statements per request; --rounds times, the trees
-alternating. Engines may include mysql there (BENCH_MYSQL_URL).
+alternating. Engines may include mariadb there (BENCH_MARIADB_URL).
 
     .venv/bin/python bench/ingest_small.py --engines postgresql,sqlite --clients 50 --seconds 15
     .venv/bin/python bench/ingest_small.py --trees before=/tmp/before,after=. --seconds 10
-    .venv/bin/python bench/ingest_small.py --trees before=/tmp/before,after=. --in-process 1000 --engines sqlite,mysql
+    .venv/bin/python bench/ingest_small.py --trees before=/tmp/before,after=. --in-process 1000 --engines sqlite,mariadb
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from _common import gunicorn, recreate_database, server_env
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 PG_URL = os.environ.get("BENCH_POSTGRESQL_URL", "postgres://postgres@127.0.0.1:5432/daqbroker_bench_small")
-MYSQL_URL = os.environ.get("BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/daqbroker_bench_small")
+MARIADB_URL = os.environ.get("BENCH_MARIADB_URL", "mysql://root@127.0.0.1:3306/daqbroker_bench_small")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", os.environ.get("DAQBROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
 CHANNELS_PER_CLIENT = 10
 T0_US = 1_600_000_000_000_000
@@ -126,7 +126,7 @@ def in_process(trees: list[tuple[str, Path]], sizes: list[int], args) -> None:
         f"thread, {args.rounds} round(s); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start"
     )
     print(f"{'engine':<11} {'round':>5} {'tree':<8} {'body':<10} {'wall ms':>8} {'CPU ms':>7} {'stmts/req':>9}")
-    urls = {"postgresql": PG_URL, "mysql": MYSQL_URL, "sqlite": None}
+    urls = {"postgresql": PG_URL, "mariadb": MARIADB_URL, "sqlite": None}
     for engine in args.engines.split(","):
         for round_ in range(1, args.rounds + 1):
             for label, tree in trees if round_ % 2 else trees[::-1]:
