@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -250,7 +250,7 @@ class _ChannelTable:
     sentinels: dict[int, np.ndarray]
     instrument_of: dict[int, int]  # channel id -> instrument id (the instruments' freshness, after commit)
     compacted: set[int]  # the channels holding compressed blocks (blocks.expand_for_ingest)
-    last_ts: dict[int, int | None]  # each channel's latest reading when looked up (``_near_the_present``)
+    last_ts: dict[int, int | None]  # each channel's latest reading when looked up (``_pending``)
 
     @classmethod
     def load(
@@ -370,8 +370,7 @@ def ingest_samples(
         if spans:
             if numeric is None:
                 assert table is not None  # spans come from stored readings, which had a table
-                noted = _pending(spans, alarm_spans, table, origin, using)
-                after.write(spans, alarm_spans, origin, using, pending=noted)
+                after.write(spans, alarm_spans, origin, using, noted=_pending(spans, alarm_spans, table, origin, using))
             rollups = bool(after.rollup_spans)
             transaction.on_commit(
                 lambda: samples_ingested.send(
@@ -797,7 +796,7 @@ class _AfterWrite:
     keep the spans for the follow-up work (spike checks, derived channels, alarm rules: ``FollowUpBacklog``,
     done by a worker woken after commit, at most about once a second per web process). All of it in the
     ingest transaction: committed with the readings, or not at all. On PostgreSQL in one statement; on
-    SQLite and MariaDB the spans of the ``pending`` channels are noted on their rows by the statement that
+    SQLite and MariaDB the spans of the ``noted`` channels are noted on their rows by the statement that
     moves their last values (``collection.services.pending``), the others in backlog rows."""
 
     last_numeric: list[tuple] = field(default_factory=list)  # (ts, value, quality, channel id, ts)
@@ -811,29 +810,29 @@ class _AfterWrite:
         origin: str,
         using: str,
         samples: tuple | None = None,
-        pending: set[int] = frozenset(),  # type: ignore[assignment]  # read only
+        noted: Collection[int] = (),
     ) -> int:
         """``spans`` and ``alarm_spans``: the batch's, as ``ingest_samples`` has them. ``samples`` (PostgreSQL,
         a small batch of numbers: channel, ts, value and quality arrays) are inserted by the same statement;
-        returns how many of them it inserted. ``pending``: the channels whose spans go to their rows."""
+        returns how many of them it inserted. ``noted``: the channels whose spans go to their rows."""
         connection = connections[using]
         if connection.vendor == "postgresql":
-            assert not pending
+            assert not noted
             return self._write_postgresql(connection, follow_up_payload(spans, alarm_spans), origin, samples)
         assert samples is None
-        noted = {channel_id: spans[channel_id] for channel_id in pending}
+        on_rows = {channel_id: spans[channel_id] for channel_id in noted}
         if self.last_numeric:
-            _advance_last_values("last_value", self.last_numeric, using, noted)
+            _advance_last_values("last_value", self.last_numeric, using, on_rows)
         if self.last_text:
-            _advance_last_values("last_text", self.last_text, using, noted)
+            _advance_last_values("last_text", self.last_text, using, on_rows)
         # Written out, not through the ORM: as rollups.mark_changed and FollowUpBacklog.objects.create would
         # write them, at a fraction of the cost for one small request.
         quote = connection.ops.quote_name
         now = connection.ops.adapt_datetimefield_value(timezone.now())
-        rollup = [(channel_id, first, last, now) for channel_id, (first, last) in self.rollup_spans.items()]
-        follow_up = {channel_id: span for channel_id, span in spans.items() if channel_id not in pending}
+        rollup = [(pk, first, last, now) for pk, (first, last) in self.rollup_spans.items() if pk not in on_rows]
+        follow_up = {pk: span for pk, span in spans.items() if pk not in on_rows}
         with connection.cursor() as cursor:
-            if rollup := [row for row in rollup if row[0] not in pending]:
+            if rollup:
                 cursor.executemany(
                     f"INSERT INTO {quote(RollupBacklog._meta.db_table)} (channel_id, start_ts, end_ts, created) "
                     "VALUES (%s, %s, %s, %s)",
