@@ -62,13 +62,15 @@ def test_a_late_reading_far_in_the_past_keeps_backlog_rows_of_its_own(django_cap
     take_pending()
     RollupBacklog.objects.all().delete()
     FollowUpBacklog.objects.all().delete()
-    ingest(django_capture_on_commit_callbacks, channel.pk, [latest - PENDING_REACH_US], [2.0])  # near enough
+    near, beyond = latest - PENDING_REACH_US, latest - PENDING_REACH_US - 1
+    ingest(django_capture_on_commit_callbacks, channel.pk, [near], [2.0])  # as far back as a pending span reaches
+    ingest(django_capture_on_commit_callbacks, channel.pk, [beyond], [2.5])  # one µs further back
     ingest(django_capture_on_commit_callbacks, channel.pk, [T0], [3.0])  # a day late
     if POSTGRESQL:
-        assert backlog() == [(channel.pk, T0, T0), (channel.pk, latest - PENDING_REACH_US, latest - PENDING_REACH_US)]
+        assert backlog() == [(channel.pk, T0, T0), (channel.pk, beyond, beyond), (channel.pk, near, near)]
     else:
-        assert backlog() == [(channel.pk, T0, T0)]  # not a pending span stretched over the day
-        assert pending_spans([channel.pk]) == {channel.pk: (latest - PENDING_REACH_US,) * 2}
+        assert backlog() == [(channel.pk, T0, T0), (channel.pk, beyond, beyond)]  # no span stretched over the day
+        assert pending_spans([channel.pk]) == {channel.pk: (near, near)}
     assert follow_ups()[-1] == ({str(channel.pk): [T0, T0]}, "internal")
 
 
