@@ -17,8 +17,15 @@ included), and requests/s as a share of the floor's.
 bench against the code before and after a change, in one invocation. The sender is a non-administrator
 owning the instrument, with a personal read-write token.
 
+--in-process N measures without HTTP, for a figure a loaded machine moves less: in a child process per
+engine and tree, N posts per case through Django's test client, one after the other in one thread (the
+same settings, middleware, Redis broker and bodies), printing wall and CPU time per request (the CPU of
+this process only: a database server's is not in it) and statements per request; --rounds times, the trees
+alternating. Engines may include mariadb there (BENCH_MARIADB_URL).
+
     .venv/bin/python bench/ingest_small.py --engines postgresql,sqlite --clients 50 --seconds 15
     .venv/bin/python bench/ingest_small.py --trees before=/tmp/before,after=. --seconds 10
+    .venv/bin/python bench/ingest_small.py --trees before=/tmp/before,after=. --in-process 1000 --engines sqlite,mariadb
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from _common import gunicorn, recreate_database, server_env
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 PG_URL = os.environ.get("BENCH_POSTGRESQL_URL", "postgres://postgres@127.0.0.1:5432/daqbroker_bench_small")
+MARIADB_URL = os.environ.get("BENCH_MARIADB_URL", "mysql://root@127.0.0.1:3306/daqbroker_bench_small")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", os.environ.get("DAQBROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
 CHANNELS_PER_CLIENT = 10
 T0_US = 1_600_000_000_000_000
@@ -54,15 +62,24 @@ def main() -> None:
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--trees", default=f"this={REPO}", help="label=path of each source tree to serve")
+    parser.add_argument("--in-process", type=int, default=0, metavar="N", help="N posts per case, no HTTP")
+    parser.add_argument("--rounds", type=int, default=2, help="with --in-process: rounds over the trees")
     parser.add_argument("--setup", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.setup:
         print(json.dumps(setup_database(int(args.setup))))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.measure:
+        print(json.dumps(measure_in_process(int(args.measure), sizes)))
+        return
     if max(sizes) > CHANNELS_PER_CLIENT:
         sys.exit(f"--sizes: at most {CHANNELS_PER_CLIENT} readings per request (one per channel of a client)")
     trees = [(label, Path(path).resolve()) for label, path in (t.split("=", 1) for t in args.trees.split(","))]
+    if args.in_process:
+        in_process(trees, sizes, args)
+        return
     print(
         f"small ingest bodies over HTTP: {args.clients} keep-alive clients, {args.seconds:g} s per case, gunicorn "
         f"{args.workers} workers ({args.worker_class}, {args.threads} threads), broker {REDIS_URL}; load average "
@@ -101,6 +118,61 @@ def setup_database(clients: int) -> dict:
     )
     _, token = create_personal_token(user=user, name="bench", scope=TokenScope.READ_WRITE)
     return {"token": token}
+
+
+def in_process(trees: list[tuple[str, Path]], sizes: list[int], args) -> None:
+    print(
+        f"small ingest bodies in process: {args.in_process} posts per case through Django's test client, one "
+        f"thread, {args.rounds} round(s); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start"
+    )
+    print(f"{'engine':<11} {'round':>5} {'tree':<8} {'body':<10} {'wall ms':>8} {'CPU ms':>7} {'stmts/req':>9}")
+    urls = {"postgresql": PG_URL, "mariadb": MARIADB_URL, "sqlite": None}
+    for engine in args.engines.split(","):
+        for round_ in range(1, args.rounds + 1):
+            for label, tree in trees if round_ % 2 else trees[::-1]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    env = server_env(Path(tmp), urls[engine], REDIS_URL=REDIS_URL, DAQBROKER_CELERY_QUEUE="bench-small")
+                    env["DJANGO_SETTINGS_MODULE"] = "bench_settings"
+                    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(tree / "client_agent"), str(tree)])
+                    child = subprocess.run(
+                        [sys.executable, __file__, "--measure", str(args.in_process), "--sizes", args.sizes],
+                        env=env, cwd=tree, capture_output=True, text=True, check=False,
+                    )  # fmt: skip
+                if child.returncode != 0:
+                    sys.exit(f"{engine} {label} failed:\n{child.stderr[-3000:]}")
+                for name, wall, cpu, statements in json.loads(child.stdout.strip().splitlines()[-1]):
+                    print(f"{engine:<11} {round_:>5} {label:<8} {name:<10} {wall:>8.2f} {cpu:>7.2f} {statements:>9.1f}")
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).delete("bench-small")  # the tasks no worker took
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def measure_in_process(n: int, sizes: list[int]) -> list[tuple[str, float, float, float]]:
+    """(In a child process with the engine's environment and the tree's code.) ``n`` posts per case, timed."""
+    token = setup_database(1)["token"]
+    from django.test import Client
+
+    client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {token}")
+    results = []
+    seq = 0
+    for phase, (name, size) in enumerate([("floor", 0), *((f"{k} reading" + "s" * (k > 1), k) for k in sizes)]):
+        path = "/bench/floor/" if size == 0 else "/api/v1/ingest/"
+        statements = 0
+        for timed in (False, True):  # a warm-up, then the measured posts
+            count = n if timed else max(20, n // 10)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                seq += 1
+                t = T0_US + phase * 10**11 + seq * 1000
+                rows = [{"channel": f"bench/c{j}", "t": t, "v": seq % 97 + j / 10} for j in range(max(size, 1))]
+                response = client.post(path, json.dumps(rows), content_type="application/json")
+                if response.status_code != 200 or (size and response.json()["accepted"] != size):
+                    raise SystemExit(f"{name}: {response.status_code} {response.content[:300]!r}")
+                statements += int(response.headers.get("x-bench-statements", "0")) if timed else 0
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        results.append((name, wall / n * 1000, cpu / n * 1000, statements / n))
+    return results
 
 
 @dataclass

@@ -123,7 +123,8 @@ def load_readings(n: int):
         instrument=instrument, slug="signal", defaults={"name": "Signal", "units": "V"}
     )
     stored = Sample.objects.filter(channel=channel).count()
-    if stored == n and not RollupBacklog.objects.filter(channel_id=channel.pk).exists():
+    waiting = RollupBacklog.objects.filter(channel_id=channel.pk).exists() or channel.pending_from is not None
+    if stored == n and not waiting:
         print(f"reusing {n:,} stored readings")
     else:
         Sample.objects.filter(channel=channel).delete()
@@ -144,6 +145,7 @@ def load_readings(n: int):
         loaded = time.perf_counter() - started
         started = time.perf_counter()
         RollupBacklog.objects.filter(channel_id=channel.pk).delete()
+        Channel.objects.filter(pk=channel.pk).update(pending_from=None, pending_to=None)  # rebuilt below
         rebuild_rollups([channel.pk])
         built = time.perf_counter() - started
         print(f"loaded {n:,} readings in {loaded:.0f} s ({n / loaded:,.0f}/s); tiers built in {built:.0f} s")

@@ -291,7 +291,9 @@ class Rollup(models.Model):
 class RollupBacklog(models.Model):
     """A span of a channel's readings that changed and whose rollup buckets are not recomputed yet.
 
-    Appended after every ingest (and by deletions); consumed by ``refresh_rollups`` in the transaction
+    Appended after every ingest (on SQLite and MariaDB mostly by way of the channels' pending spans, which
+    the workers move here: ``collection.services.pending``) and by deletions; consumed by
+    ``refresh_rollups`` in the transaction
     that writes the recomputed buckets, so a reader sees either stale buckets plus their backlog row or
     fresh buckets and no row. The query service treats pending spans as holes and reads raw there.
     """
@@ -309,8 +311,10 @@ class RollupBacklog(models.Model):
 
 
 class FollowUpBacklog(models.Model):
-    """After-ingest work (spike checks, derived channels, alarm rules) whose task could not be queued (the
-    broker was down): kept here, and done by the periodic ``replay_follow_ups`` task once a worker runs."""
+    """After-ingest work (spike checks, derived channels, alarm rules), kept by every ingest (on SQLite and
+    MariaDB mostly by way of the channels' pending spans, which the workers move here:
+    ``collection.services.pending``) and done by ``replay_follow_ups``, woken after the ingest or run
+    periodically (the broker down)."""
 
     spans = models.JSONField(help_text='{"channel id": [first µs, last µs]} of the readings just stored')
     origin = models.CharField(max_length=20)

@@ -291,6 +291,9 @@ class DataSource(models.Model):
             raise ValidationError({"config": f"{exc.field}: {exc.message}" if exc.field else exc.message}) from None
 
 
+PENDING_FIELDS = ("pending_from", "pending_to")
+
+
 class Channel(models.Model):
     instrument = models.ForeignKey(Instrument, on_delete=models.CASCADE, related_name="channels")
     source = models.ForeignKey(
@@ -330,6 +333,11 @@ class Channel(models.Model):
     last_value = models.FloatField(null=True, blank=True, editable=False)
     last_quality = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
     last_text = models.TextField(blank=True, editable=False)
+    # Readings stored in [pending_from, pending_to] whose follow-up work (rollups, spike checks, derived
+    # channels, alarm rules) a worker has not taken up yet: extended by ingest in the statement that moves the
+    # last values, moved into the backlogs by the workers (collection.services.pending; docs/performance.md).
+    pending_from = models.BigIntegerField(null=True, blank=True, editable=False, help_text="µs since the epoch.")
+    pending_to = models.BigIntegerField(null=True, blank=True, editable=False, help_text="µs since the epoch.")
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -348,6 +356,16 @@ class Channel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instrument.slug}/{self.slug}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The pending span is written only by statements of its own (ingest extends it, a worker clears it):
+        # saving a whole channel read earlier (an edit in the admin) must not write back what it read, which
+        # would lose a span added since, or bring back one a worker already took up.
+        if not self._state.adding and kwargs.get("update_fields") is None and not kwargs.get("force_insert"):
+            kwargs["update_fields"] = [
+                f.name for f in self._meta.concrete_fields if not f.primary_key and f.name not in PENDING_FIELDS
+            ]
+        super().save(*args, **kwargs)
 
     # The instrument it was read with (not a field): a channel moved to another instrument refreshes both.
     _loaded_instrument_id: int | None = None

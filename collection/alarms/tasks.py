@@ -13,7 +13,7 @@ from django.db import transaction
 from collection.alarms import evaluate, notify
 from collection.choices import Origin
 from collection.models import FollowUpBacklog
-from collection.services import derived, validation
+from collection.services import derived, pending, validation
 from collection.services.enqueue import enqueue_soon, try_enqueue
 from collection.services.retention import AFTER_DELETION
 from daqbroker_agent.parsing import now_us
@@ -68,7 +68,11 @@ def process_new_readings(spans: dict, origin: str) -> dict:
 def replay_follow_ups(limit: int = 500) -> int:
     """Do the after-ingest work kept by ``ingest_samples`` (``FollowUpBacklog``), oldest first, spans
     merged per channel; the rows go in the transaction that did their work (a worker killed meanwhile leaves
-    them for the next pass; rows another worker is doing are skipped). Returns how many rows were done."""
+    them for the next pass; rows another worker is doing are skipped). The channels' pending spans are
+    taken up first (``collection.services.pending``). Returns how many rows were done."""
+    rollup_rows, _ = pending.take_pending()
+    if rollup_rows:  # the rollup refresh's share of them is in its backlog now
+        enqueue_soon(pending.REFRESH_ROLLUPS_TASK, what="rollup refreshes", expires=300)
     with transaction.atomic():
         rows = list(
             FollowUpBacklog.objects.select_for_update(skip_locked=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -49,7 +49,7 @@ from collection import storage
 from collection.choices import Origin, Quality, RejectionKind
 from collection.models import FollowUpBacklog, RejectedSample, RollupBacklog, SourceConfigSnapshot
 from collection.reasons import classify_reason
-from collection.services import blocks
+from collection.services import blocks, pending
 from daqbroker_agent.parsing import datetime_to_us, us_to_datetime
 from instruments.choices import ChannelKind
 from instruments.models import Channel, DataSource, Instrument
@@ -236,7 +236,7 @@ class IngestResult:
 # server-side callers.
 Writable = set[int] | QuerySet | RawSQL | None
 # A channel's columns ingest needs, in this order (``known_channels``), then whether it has compressed blocks.
-CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values", "instrument_id")
+CHANNEL_COLUMNS = ("id", "kind", "valid_min", "valid_max", "missing_values", "instrument_id", "last_ts")
 
 
 @dataclass
@@ -250,6 +250,7 @@ class _ChannelTable:
     sentinels: dict[int, np.ndarray]
     instrument_of: dict[int, int]  # channel id -> instrument id (the instruments' freshness, after commit)
     compacted: set[int]  # the channels holding compressed blocks (blocks.expand_for_ingest)
+    last_ts: dict[int, int | None]  # each channel's latest reading when looked up (``_pending``)
 
     @classmethod
     def load(
@@ -276,7 +277,8 @@ class _ChannelTable:
             vmax=np.array([np.nan if r[3] is None else r[3] for r in rows], dtype=np.float64),
             sentinels={r[0]: np.array(r[4], dtype=np.float64) for r in rows if r[4]},
             instrument_of={r[0]: r[5] for r in rows},
-            compacted={r[0] for r in rows if r[6]},
+            compacted={r[0] for r in rows if r[7]},
+            last_ts={r[0]: r[6] for r in rows},
         )
 
     def locate(self, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +358,7 @@ def ingest_samples(
         if numeric is not None:  # the fused write (no replacing there: nothing to audit, no replaced spans)
             spans = dict(result.spans)
             alarm_spans = _alarm_spans(spans, [], old_until)
-            inserted = after.write(follow_up_payload(spans, alarm_spans), origin, using, samples=numeric.columns)
+            inserted = after.write(spans, alarm_spans, origin, using, samples=numeric.columns)
             ch, t, v, _ = numeric.columns
             written = storage.small_insert_written(connections[using], inserted, ch, t, v)
             numeric.written(result, batch, numeric_value, written, False, using)
@@ -367,7 +369,8 @@ def ingest_samples(
         alarm_spans = _alarm_spans(spans, result.replaced, old_until)
         if spans:
             if numeric is None:
-                after.write(follow_up_payload(spans, alarm_spans), origin, using)
+                assert table is not None  # spans come from stored readings, which had a table
+                after.write(spans, alarm_spans, origin, using, noted=_pending(spans, alarm_spans, table, origin, using))
             rollups = bool(after.rollup_spans)
             transaction.on_commit(
                 lambda: samples_ingested.send(
@@ -382,6 +385,28 @@ def ingest_samples(
                 # committed): no ingest transaction ever holds an instrument's row.
                 transaction.on_commit(lambda: advance_instruments(latest, using), using=using, robust=True)
     return result
+
+
+def _pending(
+    spans: dict[int, tuple[int, int]],
+    alarm_spans: dict[int, tuple[int, int]],
+    table: _ChannelTable,
+    origin: str,
+    using: str,
+) -> set[int]:
+    """The channels of ``spans`` whose follow-up work is noted on the channel row (its pending span, moved
+    with its last values) rather than in backlog rows (``collection.services.pending``): on SQLite and
+    MariaDB, for readings near the channel's latest (a late reading far in the past gets rows of its own,
+    so that a pending span never stretches over days), whose alarm span is the whole span, not derived."""
+    if origin == Origin.DERIVED or connections[using].vendor == "postgresql":
+        return set()
+    reach = pending.PENDING_REACH_US
+    chosen = set()
+    for channel_id, (first, last) in spans.items():
+        latest = table.last_ts.get(channel_id)
+        if alarm_spans.get(channel_id) == (first, last) and (latest is None or first >= latest - reach):
+            chosen.add(channel_id)
+    return chosen
 
 
 def _alarm_spans(
@@ -770,39 +795,54 @@ class _AfterWrite:
     last values forward, note the numeric channels' changed spans for the rollups (``RollupBacklog``), and
     keep the spans for the follow-up work (spike checks, derived channels, alarm rules: ``FollowUpBacklog``,
     done by a worker woken after commit, at most about once a second per web process). All of it in the
-    ingest transaction: committed with the readings, or not at all. On PostgreSQL in one statement."""
+    ingest transaction: committed with the readings, or not at all. On PostgreSQL in one statement; on
+    SQLite and MariaDB the spans of the ``noted`` channels are noted on their rows by the statement that
+    moves their last values (``collection.services.pending``), the others in backlog rows."""
 
     last_numeric: list[tuple] = field(default_factory=list)  # (ts, value, quality, channel id, ts)
     last_text: list[tuple] = field(default_factory=list)
     rollup_spans: dict[int, tuple[int, int]] = field(default_factory=dict)
 
-    def write(self, follow_up: dict[str, list], origin: str, using: str, samples: tuple | None = None) -> int:
-        """``follow_up``: the batch's spans as ``follow_up_payload`` gives them. ``samples`` (PostgreSQL, a
-        small batch of numbers: channel, ts, value and quality arrays) are inserted by the same statement;
-        returns how many of them it inserted."""
+    def write(
+        self,
+        spans: dict[int, tuple[int, int]],
+        alarm_spans: dict[int, tuple[int, int]],
+        origin: str,
+        using: str,
+        samples: tuple | None = None,
+        noted: Collection[int] = (),
+    ) -> int:
+        """``spans`` and ``alarm_spans``: the batch's, as ``ingest_samples`` has them. ``samples`` (PostgreSQL,
+        a small batch of numbers: channel, ts, value and quality arrays) are inserted by the same statement;
+        returns how many of them it inserted. ``noted``: the channels whose spans go to their rows."""
         connection = connections[using]
         if connection.vendor == "postgresql":
-            return self._write_postgresql(connection, follow_up, origin, samples)
+            assert not noted
+            return self._write_postgresql(connection, follow_up_payload(spans, alarm_spans), origin, samples)
         assert samples is None
+        on_rows = {channel_id: spans[channel_id] for channel_id in noted}
         if self.last_numeric:
-            _advance_last_values("last_value", self.last_numeric, using)
+            _advance_last_values("last_value", self.last_numeric, using, on_rows)
         if self.last_text:
-            _advance_last_values("last_text", self.last_text, using)
+            _advance_last_values("last_text", self.last_text, using, on_rows)
         # Written out, not through the ORM: as rollups.mark_changed and FollowUpBacklog.objects.create would
         # write them, at a fraction of the cost for one small request.
         quote = connection.ops.quote_name
         now = connection.ops.adapt_datetimefield_value(timezone.now())
+        rollup = [(pk, first, last, now) for pk, (first, last) in self.rollup_spans.items() if pk not in on_rows]
+        follow_up = {pk: span for pk, span in spans.items() if pk not in on_rows}
         with connection.cursor() as cursor:
-            if self.rollup_spans:
+            if rollup:
                 cursor.executemany(
                     f"INSERT INTO {quote(RollupBacklog._meta.db_table)} (channel_id, start_ts, end_ts, created) "
                     "VALUES (%s, %s, %s, %s)",
-                    [(channel_id, first, last, now) for channel_id, (first, last) in self.rollup_spans.items()],
+                    rollup,
                 )
-            cursor.execute(
-                f"INSERT INTO {quote(FollowUpBacklog._meta.db_table)} (spans, origin, created) VALUES (%s, %s, %s)",
-                [orjson.dumps(follow_up).decode(), origin, now],
-            )
+            if follow_up:
+                cursor.execute(
+                    f"INSERT INTO {quote(FollowUpBacklog._meta.db_table)} (spans, origin, created) VALUES (%s, %s, %s)",
+                    [orjson.dumps(follow_up_payload(follow_up, alarm_spans)).decode(), origin, now],
+                )
         return 0
 
     def _write_postgresql(self, connection, follow_up: dict, origin: str, samples: tuple | None) -> int:
@@ -867,31 +907,63 @@ def _replace(text: bool, rows: list[tuple], using: str) -> None:
         cursor.executemany(f"UPDATE {table} SET {column} = %s, last_quality = %s WHERE id = %s AND last_ts = %s", rows)
 
 
-def _advance_last_values(value_column: str, rows: list[tuple], using: str) -> None:
-    """Move each channel's last reading forward, never backward (late data and concurrent writers)."""
+def _advance_last_values(
+    value_column: str, rows: list[tuple], using: str, pending: Mapping[int, tuple[int, int]] | None = None
+) -> None:
+    """Move each channel's last reading forward, never backward (late data and concurrent writers), and widen
+    the pending span of the channels of ``pending`` {channel id: (first, last)} to cover it, in one statement
+    (SQLite and MariaDB; ``collection.services.pending``)."""
     connection = connections[using]
     table = connection.ops.quote_name(Channel._meta.db_table)
+    pending = pending or {}
+    spans = [pending.get(pk, (None, None)) for _, _, _, pk, _ in rows]
     if connection.vendor == "mysql":
         # mysqlclient sends an executemany of UPDATEs one statement at a time: one join instead. Numbers are
         # made doubles in every row (``+ 0e0``): a union of literals would otherwise be typed DECIMAL.
+        # MariaDB assigns from left to right, each expression seeing the columns assigned before it: last_ts
+        # is assigned last, so the tests on it see the stored one.
         value = "%s + 0e0" if value_column == "last_value" else "%s"
+        newer = "c.last_ts IS NULL OR c.last_ts < v.ts"
         with connection.cursor() as cursor:
             for start in range(0, len(rows), 1000):
                 part = rows[start : start + 1000]
-                row = f"SELECT %s AS id, %s AS ts, {value} AS val, %s AS q"
+                row = (
+                    f"SELECT %s AS id, %s AS ts, {value} AS val, %s AS q, "
+                    "CAST(%s AS SIGNED) AS pf, CAST(%s AS SIGNED) AS pt"
+                )
                 values = " UNION ALL ".join([row] * len(part))
                 cursor.execute(
-                    f"UPDATE {table} c JOIN ({values}) v ON c.id = v.id SET c.last_ts = v.ts, "
-                    f"c.{value_column} = v.val, c.last_quality = v.q WHERE c.last_ts IS NULL OR c.last_ts < v.ts",
-                    [x for ts, value, quality, pk, _ in part for x in (pk, ts, value, quality)],
+                    f"UPDATE {table} c JOIN ({values}) v ON c.id = v.id SET "
+                    "c.pending_from = COALESCE(LEAST(COALESCE(c.pending_from, v.pf), v.pf), c.pending_from), "
+                    "c.pending_to = COALESCE(GREATEST(COALESCE(c.pending_to, v.pt), v.pt), c.pending_to), "
+                    f"c.{value_column} = IF({newer}, v.val, c.{value_column}), "
+                    f"c.last_quality = IF({newer}, v.q, c.last_quality), c.last_ts = IF({newer}, v.ts, c.last_ts) "
+                    f"WHERE {newer} OR v.pf IS NOT NULL",
+                    [
+                        x
+                        for (ts, value, quality, pk, _), (first, last) in zip(part, spans[start:], strict=False)
+                        for x in (pk, ts, value, quality, first, last)
+                    ],
                 )
         return
+    # SQLite: every expression sees the row as it was.
+    newer = "last_ts IS NULL OR last_ts < %s"
     sql = (
-        f"UPDATE {table} SET last_ts = %s, {value_column} = %s, last_quality = %s "
-        "WHERE id = %s AND (last_ts IS NULL OR last_ts < %s)"
+        f"UPDATE {table} SET {value_column} = CASE WHEN {newer} THEN %s ELSE {value_column} END, "
+        f"last_quality = CASE WHEN {newer} THEN %s ELSE last_quality END, "
+        f"last_ts = CASE WHEN {newer} THEN %s ELSE last_ts END, "
+        "pending_from = COALESCE(MIN(COALESCE(pending_from, %s), %s), pending_from), "
+        "pending_to = COALESCE(MAX(COALESCE(pending_to, %s), %s), pending_to) "
+        f"WHERE id = %s AND ({newer} OR %s IS NOT NULL)"
     )
     with connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
+        cursor.executemany(
+            sql,
+            [
+                (ts, value, ts, quality, ts, ts, first, first, last, last, pk, ts, first)
+                for (ts, value, quality, pk, _), (first, last) in zip(rows, spans, strict=True)
+            ],
+        )
 
 
 # The latest reading time this process wrote to each instrument's ``last_reading_ts`` ({(using, id): µs}):

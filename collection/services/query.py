@@ -115,6 +115,14 @@ def _contexts(channel_ids: Sequence[int], start: int, end: int, using: str) -> d
         .annotate(is_watermark=Value(0))
         .values_list("channel_id", "start_ts", "end_ts", "is_watermark")
     )
+    # Spans noted on the channel rows that no worker has taken up yet (collection.services.pending).
+    noted_spans = (
+        Channel.objects.using(using)
+        .filter(pk__in=channel_ids, pending_from__lt=end + margin, pending_to__gte=start - margin)
+        .order_by()
+        .annotate(is_watermark=Value(0))
+        .values_list("pk", "pending_from", "pending_to", "is_watermark")
+    )
     watermarks = (
         RollupState.objects.using(using)
         .filter(channel_id__in=channel_ids, raw_kept_from__isnull=False)
@@ -123,7 +131,7 @@ def _contexts(channel_ids: Sequence[int], start: int, end: int, using: str) -> d
     )
     kept: dict[int, int] = {}
     pending: dict[int, list[tuple[int, int]]] = {}
-    for channel_id, a, b, is_watermark in pending_spans.union(watermarks, all=True):
+    for channel_id, a, b, is_watermark in pending_spans.union(noted_spans, watermarks, all=True):
         if is_watermark:
             kept[channel_id] = a
         else:

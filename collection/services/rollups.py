@@ -7,18 +7,19 @@ Readings flagged with any quality other than OK are not summarised, only counted
 sentinel -9999 or an out-of-range spike would otherwise own every min/max/mean above it. Plots of raw
 readings can still show them (``collection.services.query``).
 
-Maintenance: ``ingest_samples`` appends the changed spans to ``RollupBacklog`` in its own transaction and
-sends ``samples_ingested`` on commit; the receiver (``on_samples_ingested``) asks a Celery worker to run
-``refresh_rollups`` (at most about once a second per web process: ``enqueue.enqueue_soon``). A
-refresh locks a channel's ``RollupState`` row (``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite's IMMEDIATE
-transactions serialise writers), recomputes exactly the buckets its backlog spans touch, and deletes
-the backlog rows in the same transaction; channels whose backlog is one short span are recomputed
-together, many per transaction, in statements that do not grow with their number (``recompute_many``).
-The finest tier is computed from raw readings, every other
-tier from the whole buckets of the tier below it (widths divide each other), so a late reading costs
-one 10 s bucket of raw rows plus a few dozen buckets per tier, whatever the tier. Recomputing is
-idempotent; work per transaction is bounded (``max_rows``) and the rest of a span goes back to the
-backlog. A periodic sweep picks up spans whose task was lost.
+Maintenance: ``ingest_samples`` appends the changed spans to ``RollupBacklog`` in its own transaction (on
+SQLite and MariaDB it notes most of them on the channel rows, which ``refresh_rollups`` first moves into the
+backlog: ``collection.services.pending``) and sends ``samples_ingested`` on commit; the receiver
+(``on_samples_ingested``) asks a Celery worker to run ``refresh_rollups`` (at most about once a second per
+web process: ``enqueue.enqueue_soon``). A refresh locks a channel's ``RollupState`` row (``SELECT ... FOR
+UPDATE SKIP LOCKED``; SQLite's IMMEDIATE transactions serialise writers), recomputes exactly the buckets its
+backlog spans touch, and deletes the backlog rows in the same transaction; channels whose backlog is one
+short span are recomputed together, many per transaction, in statements that do not grow with their number
+(``recompute_many``). The finest tier is computed from raw readings, every other tier from the whole buckets
+of the tier below it (widths divide each other), so a late reading costs one 10 s bucket of raw rows plus a
+few dozen buckets per tier, whatever the tier. Recomputing is idempotent; work per transaction is bounded
+(``max_rows``) and the rest of a span goes back to the backlog. A periodic sweep picks up spans whose task
+was lost.
 
 Retention (``collection.services.retention``) removes old raw readings and sets ``raw_kept_from``:
 buckets before it are never recomputed from the (now missing) raw rows, so the tiers keep the history.
@@ -36,7 +37,7 @@ from django.utils import timezone
 
 from collection.choices import Quality, RollupTier
 from collection.models import Rollup, RollupBacklog, RollupState, Sample
-from collection.services import blocks
+from collection.services import blocks, pending
 from collection.services.enqueue import enqueue_soon, try_enqueue
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
 
@@ -545,10 +546,14 @@ def refresh_channel(
     max_rows: int = MAX_ROWS_PER_TRANSACTION,
     max_spans: int = 1000,
     wait: bool = False,
+    take: bool = True,
     using: str = "default",
 ) -> RefreshResult | None:
     """Recompute the buckets of one channel's backlog, in one transaction, reading at most about ``max_rows``
-    raw readings. Returns None when another worker is refreshing the channel right now (unless ``wait``)."""
+    raw readings. Returns None when another worker is refreshing the channel right now (unless ``wait``).
+    ``take``: take up the channel's pending span first (``collection.services.pending``)."""
+    if take:
+        pending.take_pending(channel_ids=[channel_id], using=using)
     ensure_state(channel_id, using)
     result = RefreshResult(channels=1)
     with transaction.atomic(using=using):
@@ -599,6 +604,9 @@ def refresh_rollups(
     ``max_rows``) each in a bounded transaction of their own (``refresh_channel``). ``remaining`` says whether
     work is left (spans cut short, channels locked elsewhere or beyond the limit)."""
     total = RefreshResult()
+    _, taken = pending.take_pending(using=using)
+    if taken:  # their follow-up work too is in its backlog now
+        enqueue_soon(pending.REPLAY_FOLLOW_UPS_TASK, what="spike checks, derived channels and alarms", expires=300)
     channel_ids = list(
         RollupBacklog.objects.using(using)
         .order_by("channel_id")
@@ -611,7 +619,7 @@ def refresh_rollups(
     ensure_states(channel_ids, using)
     alone = _refresh_together(channel_ids, max_rows, total, using)
     for channel_id in alone:
-        result = refresh_channel(channel_id, max_rows=max_rows, using=using)
+        result = refresh_channel(channel_id, max_rows=max_rows, take=False, using=using)  # taken above
         if result is None:
             total.remaining = True
             continue

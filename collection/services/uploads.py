@@ -93,10 +93,10 @@ class ChannelResolver:
         found = {}
         with storage.prepared_cursor(connection) as cursor:
             cursor.execute(sql, params)
-            for inst, chan, pk, kind, vmin, vmax, sentinels, instrument_id, compacted in cursor.fetchall():
+            for inst, chan, pk, kind, vmin, vmax, sentinels, instrument_id, last_ts, compacted in cursor.fetchall():
                 found[f"{inst}/{chan}"] = pk
                 sentinel_list = missing_values.from_db_value(sentinels, None, connection)  # type: ignore[arg-type]  # the expression is unused
-                self.rows[pk] = (pk, kind, vmin, vmax, sentinel_list, instrument_id, bool(compacted))
+                self.rows[pk] = (pk, kind, vmin, vmax, sentinel_list, instrument_id, last_ts, bool(compacted))
         return {ref: found[ref] for ref in refs if ref in found}
 
 

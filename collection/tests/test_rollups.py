@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from collection.choices import Quality, RollupTier
 from collection.models import Rollup, RollupBacklog, RollupState
+from collection.services import pending
 from collection.services.retention import delete_readings
 from collection.services.rollups import (
     aggregate_raw,
@@ -186,7 +187,9 @@ def test_refreshing_many_channels_costs_the_statements_of_a_few(django_capture_o
         for channel in channels:
             ts, value, quality = stored_raw(channel.pk)
             assert_tiers_equal(stored_tiers(channel.pk), reference_tiers(ts, value, quality))
-    assert statements[40] == statements[5] <= 30, statements
+    # At most 30 for the refresh, and 6 for taking up the channels' pending spans first (SQLite, MariaDB:
+    # BEGIN, their read, their clearing, the two backlogs' inserts, COMMIT).
+    assert statements[40] == statements[5] <= 36, statements
 
 
 # --- pieces ---------------------------------------------------------------------------------------
@@ -223,6 +226,7 @@ def test_ingest_queues_numeric_channels_only(django_capture_on_commit_callbacks)
 
     with django_capture_on_commit_callbacks(execute=True):
         ingest_samples(SampleBatch.from_rows([(numeric.pk, T0, 1.0), (numeric.pk, T0 + 5, 2.0), (text.pk, T0, "on")]))
+    pending.take_pending()  # on SQLite and MariaDB the spans wait on the channel rows until then
     assert list(RollupBacklog.objects.values_list("channel_id", "start_ts", "end_ts")) == [(numeric.pk, T0, T0 + 5)]
 
 
