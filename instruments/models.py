@@ -343,6 +343,11 @@ class Channel(models.Model):
 
     class Meta:
         ordering = ["instrument__name", "name"]
+        indexes = [
+            # The channels with a pending span, found without reading all of them (a worker looks every few
+            # seconds; a site may hold 100,000 channels, few of them pending at once).
+            models.Index(fields=["pending_from"], name="channel_pending"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["instrument", "slug"], name="channel_unique_slug_per_instrument"),
             models.UniqueConstraint(fields=["instrument", "name"], name="channel_unique_name_per_instrument"),
