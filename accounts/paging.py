@@ -145,11 +145,20 @@ class BoundedPaginator(Paginator):
 
 
 class BoundedPaginationMixin:
-    """For a ``ListView``: its pages counted by ``BoundedPaginator``."""
+    """For a ``ListView``: its pages counted by ``BoundedPaginator``. A view that has already counted the same
+    rows (a status button's count) returns it from ``counted_rows``: the pager then takes it instead of
+    counting again, when it reaches as far as the pager needs."""
 
     request: Any
     page_kwarg: str
 
+    def counted_rows(self) -> BoundedCount | None:
+        return None
+
     def get_paginator(self, queryset, per_page, orphans=0, allow_empty_first_page=True, **kwargs):
         page = self.request.GET.get(self.page_kwarg, 1)
-        return BoundedPaginator(queryset, per_page, orphans, allow_empty_first_page, page=page, **kwargs)
+        paginator = BoundedPaginator(queryset, per_page, orphans, allow_empty_first_page, page=page, **kwargs)
+        known = self.counted_rows()
+        if known is not None and (known.exact or known.limit == paginator.bound):
+            paginator.bounded = known
+        return paginator

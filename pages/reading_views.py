@@ -241,11 +241,8 @@ class AlarmListView(PageMixin, BoundedPaginationMixin, ListView):
             channel__instrument__name__icontains=self.instrument_slug
         )
 
-    def get_paginator(self, queryset, per_page, *args, **kwargs):
-        paginator = super().get_paginator(queryset, per_page, *args, **kwargs)
-        if self.state == "active" and (self.active_count.exact or paginator.bound == self.active_count.limit):
-            paginator.bounded = self.active_count  # the same rows, counted as far: once
-        return paginator
+    def counted_rows(self):
+        return self.active_count if self.state == "active" else None  # the page lists the active ones counted
 
     def get_context_data(self, **kwargs):
         counts = super().get_queryset()

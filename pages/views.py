@@ -83,12 +83,8 @@ class HomeView(PageMixin, BoundedPaginationMixin, ListView):
             self.state = ""
         return queryset.select_related("owner").order_by("name", "pk")
 
-    def get_paginator(self, queryset, per_page, *args, **kwargs):
-        paginator = super().get_paginator(queryset, per_page, *args, **kwargs)
-        everything = self.counts["all"]
-        if not self.state and (everything.exact or paginator.bound == everything.limit):
-            paginator.bounded = everything  # the same rows, counted as far: once
-        return paginator
+    def counted_rows(self):
+        return None if self.state else self.counts["all"]  # unfiltered, the page lists what "all" counted
 
     def get_context_data(self, **kwargs):
         self.counts = status_counts(self.visible, self.now)
