@@ -274,7 +274,12 @@ class AlarmListView(PageMixin, BoundedPaginationMixin, ListView):
             else "",
             changeable=changeable,
             active_count=self.active_count,
-            **({} if self.instrument_slug else {"nav_active_alarms": self.active_count.within(BADGE_LIMIT)}),
+            # The badge's count, when this one says as much (all alarms, counted at least as far as the badge).
+            **(
+                {"nav_active_alarms": self.active_count.within(BADGE_LIMIT)}
+                if not self.instrument_slug and self.active_count.limit >= BADGE_LIMIT
+                else {}
+            ),
             query=self.request.GET.urlencode(),
         )
         return context
