@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from collection.tests.faults import (
     REPO,
@@ -130,8 +131,12 @@ def test_a_frozen_peer_stops_neither_the_dispatcher_nor_other_sources_and_its_so
         assert process_state(peer.process.pid) == "T"
 
         # Healing with the peer still frozen: the database ends its idle transaction, the lease runs out,
-        # and a later run collects the source.
+        # and a later run collects the source. Until the lease (committed apart from the run) has run out a
+        # run is refused whatever else holds: that is read here, not by starting a process a second.
         def collected() -> dict | None:
+            frozen.refresh_from_db(fields=["lease_expires"])
+            if frozen.lease_expires is not None and frozen.lease_expires > timezone.now():
+                return None
             outcome = run_driver(env, "collect", str(frozen.pk), timeout=60)
             return outcome if outcome.get("status") == "success" else None
 
