@@ -18,6 +18,7 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from accounts import permissions
 from collection.alarms.models import AlarmEvent
 from instruments.models import Channel, Instrument
 from instruments.tests.factories import make_user
@@ -128,6 +129,36 @@ def test_the_home_page_counts_and_filters_agree_with_each_instruments_status():
         assert _count(body, state) == len(slugs), state
         shown = set(re.findall(r'data-instrument="([^"]+)"', _home(client, status=state)))
         assert shown == slugs, state
+
+
+@pytest.mark.parametrize("listed_up_to", [100, 5], ids=["gate as ids", "gate through the grant tables"])
+def test_a_collaborators_counts_are_those_of_what_she_sees_with_and_without_a_search(listed_up_to, monkeypatch):
+    """Her counts are those of her own instruments' statuses, in either shape of the gate, and within a search."""
+    monkeypatch.setattr(permissions, "LISTED_UP_TO", listed_up_to)
+    ids = build_things(40, make_user(), channels=3)
+    carol, lab = make_user(), Group.objects.create(name="carol's lab")
+    carol.groups.add(lab)
+    grant_view(ids[0:30:2], user=carol)
+    grant_view(ids[1:30:2], group=lab)  # she sees the first 30 of 40, half through her group
+    client = _client(carol)
+    for query in ("", "building 1"):
+        seen = Instrument.objects.filter(pk__in=ids[:30]).order_by("name")
+        if query:
+            seen = seen.filter(location__icontains=query)
+        statuses = status.instrument_statuses(seen)
+        expected = {
+            "all": len(statuses),
+            status.COLLECTING: sum(s.state in (status.OK, status.LATE) for s in statuses),
+            status.SILENT: sum(s.state == status.STALE for s in statuses),
+            status.FAILING: sum(any("failing" in h.words for h in s.sources) for s in statuses),
+            status.ALARMS: sum(bool(s.active_alarms) for s in statuses),
+        }
+        assert expected[status.FAILING] and expected[status.ALARMS], "her instruments should be in every state"
+        body = _home(client, q=query) if query else _home(client)
+        assert {state: _count(body, state) for state in expected} == expected, query
+    # A grant made since shows on the next request.
+    grant_view(ids[30:31], user=carol)
+    assert _count(_home(client), "all") == 31
 
 
 def test_the_home_page_shows_a_page_at_a_time_and_keeps_the_filter_in_its_links():
