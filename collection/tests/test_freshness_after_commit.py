@@ -13,14 +13,14 @@ database (a second writer waits for the first whatever rows they touch): nothing
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from collection.services import SampleBatch, collect, ingest_samples
+from collection.tests.held import DEADLINE, HeldTransaction
 from instruments.models import Instrument
 from instruments.tests.factories import make_channel, make_instrument, make_source
 
@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.engine_depend
 
 SECOND = 1_000_000
 T0 = 1_767_323_045_000_000
-DEADLINE = 30  # seconds a held transaction waits for the test to finish with it (never reached when all is well)
 
 
 @pytest.fixture(autouse=True)
@@ -48,40 +47,6 @@ def bound_waits(seconds: int) -> None:
             cursor.execute("SET lock_timeout = %s", [f"{seconds}s"])
         else:
             cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", [seconds])
-
-
-class HeldTransaction:
-    """Another connection (a thread) that runs ``work`` in a transaction and holds it open, uncommitted,
-    until ``commit()`` (or DEADLINE)."""
-
-    def __init__(self, work):
-        self.work = work
-        self.ready, self.release = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(DEADLINE), "the other connection never got its transaction open"
-        if self.error:
-            raise self.error
-
-    def _run(self) -> None:
-        try:
-            with transaction.atomic():
-                self.work()
-                self.ready.set()
-                self.release.wait(DEADLINE)
-        except BaseException as error:  # reported to the test
-            self.error = error
-            self.ready.set()
-        finally:
-            connections.close_all()
-
-    def commit(self) -> None:
-        self.release.set()
-        self.thread.join(DEADLINE)
-        assert not self.thread.is_alive(), "the held transaction did not end"
-        if self.error:
-            raise self.error
 
 
 @pytest.fixture

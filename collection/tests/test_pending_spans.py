@@ -6,11 +6,9 @@ there too."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection
 
 from collection.alarms.choices import RuleKind
 from collection.alarms.models import AlarmEvent, AlarmRule
@@ -19,6 +17,7 @@ from collection.models import FollowUpBacklog, RollupBacklog
 from collection.services import SampleBatch, ingest_samples
 from collection.services.pending import INGESTED, PENDING_REACH_US, pending_spans, take_pending
 from collection.services.query import TIER, query_series
+from collection.tests.held import HeldTransaction
 from collection.tests.readings import SECOND, T0, ingest, refresh_all
 from daqbroker_agent.parsing import now_us
 from instruments.choices import ChannelKind
@@ -141,24 +140,10 @@ def test_a_conflict_at_the_latest_time_leaves_the_last_value(django_capture_on_c
 @pytest.mark.django_db(transaction=True)
 def test_an_ingest_holding_a_channel_is_skipped_and_its_span_taken_next_time():
     channel = make_channel()
-    written, release = threading.Event(), threading.Event()
-
-    def ingest_and_wait():
-        try:
-            with transaction.atomic():
-                ingest_samples(SampleBatch.from_rows([(channel.pk, T0, 1.0)]))
-                written.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    writer = threading.Thread(target=ingest_and_wait)
-    writer.start()
+    writer = HeldTransaction(lambda: ingest_samples(SampleBatch.from_rows([(channel.pk, T0, 1.0)])))
     try:
-        assert written.wait(30)
         assert take_pending() == (0, 0)  # not waited for: the row is locked by the ingest
     finally:
-        release.set()
-        writer.join(30)
+        writer.commit()
     assert take_pending() == (1, 1)
     assert backlog() == [(channel.pk, T0, T0)]

@@ -24,6 +24,7 @@ from collection.services.rollups import (
     refresh_channel,
     refresh_rollups,
 )
+from collection.tests.held import HeldTransaction
 from collection.tests.readings import SECOND, T0, ingest, refresh_all, stored_raw, stored_tiers
 from conftest import celery_argv, wait_for
 from instruments.choices import ChannelKind
@@ -304,33 +305,15 @@ def test_combining_partial_summaries_equals_summarising_at_once():
 @pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite serialises writers: there is no row lock to skip")
 @pytest.mark.django_db(transaction=True)
 def test_a_channel_being_refreshed_elsewhere_is_skipped_not_waited_for():
-    import threading
-
-    from django.db import connections, transaction
-
     channel = make_channel()
     mark_changed({channel.pk: (T0, T0)})
     RollupState.objects.create(channel=channel)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_lock():
-        try:
-            with transaction.atomic():
-                list(RollupState.objects.select_for_update().filter(channel=channel))
-                locked.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
+    holder = HeldTransaction(lambda: list(RollupState.objects.select_for_update().filter(channel=channel)))
     try:
-        assert locked.wait(30)
         assert refresh_channel(channel.pk) is None
         assert refresh_rollups().remaining
     finally:
-        release.set()
-        holder.join(30)
+        holder.commit()
     assert refresh_channel(channel.pk).spans == 1
 
 
