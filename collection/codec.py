@@ -17,6 +17,9 @@ measurement (``bench/storage.py``, docs/performance.md#storage):
 * **quality** (ints 0 to 32767): run-length (value, length) pairs, zstd.
 * **text**: a dictionary of the distinct strings (UTF-8, length-prefixed) and one uint32 index per
   reading, zstd.
+* **tables** (several columns of one length: the rollup buckets of a packed hour): each int64 column as
+  timestamps, each float64 column as values, then one zstd frame over them all (one decompression to
+  read a table back, not one per column).
 
 zstd comes from pyarrow (already a dependency for Parquet exports), through its ``Codec``.
 """
@@ -41,6 +44,9 @@ VALUE_XOR = 3
 VALUE_SHUFFLE = 4  # measured only (bench); decoded for completeness
 QUALITY_RLE = 5
 TEXT_DICT = 6
+TABLE = 7
+
+_COLUMN_HEAD = struct.Struct("<BI")  # a table column's method and payload length
 
 _U8, _I8 = np.dtype("<u8"), np.dtype("<i8")
 
@@ -107,16 +113,22 @@ def _undelta(d: np.ndarray) -> np.ndarray:
 # --- timestamps ---------------------------------------------------------------------------------------
 
 
-def encode_timestamps(ts: np.ndarray) -> bytes:
+def _dod_payload(ts: np.ndarray) -> bytes:
     u = np.ascontiguousarray(ts, dtype=_I8).view(_U8)
-    dod = _delta(_delta(u))
-    return _frame(TS_DOD, len(u), _shuffle(_zigzag(dod.view(_I8))))
+    return _shuffle(_zigzag(_delta(_delta(u)).view(_I8)))
+
+
+def _undod(payload: bytes, count: int) -> np.ndarray:
+    return _undelta(_undelta(_unzigzag(_unshuffle(payload, count)))).view(_I8)
+
+
+def encode_timestamps(ts: np.ndarray) -> bytes:
+    return _frame(TS_DOD, len(ts), _dod_payload(ts))
 
 
 def decode_timestamps(data: bytes) -> np.ndarray:
     _, count, payload = _unframe(data, (TS_DOD,))
-    dod = _unzigzag(_unshuffle(payload, count))
-    return _undelta(_undelta(dod)).view(_I8)
+    return _undod(payload, count)
 
 
 # --- values -------------------------------------------------------------------------------------------
@@ -142,27 +154,38 @@ def decimal_scale(values: np.ndarray) -> int | None:
     return None
 
 
-def encode_values(values: np.ndarray, method: int | None = None) -> bytes:
-    """Float64 values, by ``method`` (VALUE_DECIMAL when exact, else VALUE_XOR, if None)."""
+def _value_payload(values: np.ndarray, method: int | None = None) -> tuple[int, bytes]:
     v = np.ascontiguousarray(values, dtype="<f8")
     if method in (None, VALUE_DECIMAL):
         k = decimal_scale(v)
         if k is not None:
             ints = np.rint(v * 10.0**k).astype(_I8)
-            return _frame(VALUE_DECIMAL, len(v), bytes([k]) + _shuffle(_zigzag(_delta(ints.view(_U8)).view(_I8))))
+            return VALUE_DECIMAL, bytes([k]) + _shuffle(_zigzag(_delta(ints.view(_U8)).view(_I8)))
         if method == VALUE_DECIMAL:
             raise ValueError("values are not all short decimals")
     u = v.view(_U8)
     if method == VALUE_SHUFFLE:
-        return _frame(VALUE_SHUFFLE, len(v), _shuffle(u))
+        return VALUE_SHUFFLE, _shuffle(u)
     xored = u.copy()
     xored[1:] ^= u[:-1]
-    return _frame(VALUE_XOR, len(v), _shuffle(xored))
+    return VALUE_XOR, _shuffle(xored)
+
+
+def encode_values(values: np.ndarray, method: int | None = None) -> bytes:
+    """Float64 values, by ``method`` (VALUE_DECIMAL when exact, else VALUE_XOR, if None)."""
+    chosen, payload = _value_payload(values, method)
+    return _frame(chosen, len(values), payload)
 
 
 def decode_values(data: bytes) -> np.ndarray:
     method, count, payload = _unframe(data, (VALUE_DECIMAL, VALUE_XOR, VALUE_SHUFFLE))
+    return _unvalue(method, payload, count)
+
+
+def _unvalue(method: int, payload: bytes, count: int) -> np.ndarray:
     if method == VALUE_DECIMAL:
+        if not payload:
+            raise CodecError("decimal values without their scale")
         k = payload[0]
         ints = _undelta(_unzigzag(_unshuffle(payload[1:], count))).view(_I8)
         return ints.astype("<f8") / 10.0**k
@@ -224,6 +247,58 @@ def decode_text(data: bytes) -> list[str]:
     if count and int(index.max()) >= n:
         raise CodecError("text index outside the dictionary")
     return [words[i] for i in index.tolist()]
+
+
+# --- tables -------------------------------------------------------------------------------------------
+
+
+def encode_table(columns: Sequence[np.ndarray]) -> bytes:
+    """Columns of one length in one byte string: int64 columns as timestamps (delta-of-delta), float64
+    columns as values (decimal when exact, else xor); each column's method and payload length up front,
+    one zstd frame over everything."""
+    count = len(columns[0]) if len(columns) else 0
+    if len(columns) > 255:
+        raise ValueError("a table holds at most 255 columns")
+    heads, payloads = [], []
+    for column in columns:
+        if len(column) != count:
+            raise ValueError("table columns must have one length")
+        if column.dtype.kind == "f":
+            method, payload = _value_payload(column)
+        elif column.dtype.kind in "iu":
+            method, payload = TS_DOD, _dod_payload(column)
+        else:
+            raise TypeError(f"no table encoding for {column.dtype}")
+        heads.append(_COLUMN_HEAD.pack(method, len(payload)))
+        payloads.append(payload)
+    return _frame(TABLE, count, bytes([len(columns)]) + b"".join(heads) + b"".join(payloads))
+
+
+def decode_table(data: bytes) -> list[np.ndarray]:
+    """The columns of ``encode_table`` (int64 and float64), in their order."""
+    _, count, payload = _unframe(data, (TABLE,))
+    if not payload:
+        raise CodecError("table without its column count")
+    n = payload[0]
+    position = 1 + n * _COLUMN_HEAD.size
+    if len(payload) < position:
+        raise CodecError("table shorter than its column heads")
+    columns = []
+    for i in range(n):
+        method, length = _COLUMN_HEAD.unpack_from(payload, 1 + i * _COLUMN_HEAD.size)
+        body = payload[position : position + length]
+        if len(body) != length:
+            raise CodecError("table column shorter than its head says")
+        position += length
+        if method == TS_DOD:
+            columns.append(_undod(body, count))
+        elif method in (VALUE_DECIMAL, VALUE_XOR, VALUE_SHUFFLE):
+            columns.append(_unvalue(method, body, count))
+        else:
+            raise CodecError(f"unexpected table column method {method}")
+    if position != len(payload):
+        raise CodecError("table longer than its columns")
+    return columns
 
 
 def encode_lz4_shuffled(values: np.ndarray) -> bytes:

@@ -288,6 +288,34 @@ class Rollup(models.Model):
         return self.sum_value / self.count if self.count else None
 
 
+class RollupBlock(models.Model):
+    """One channel's buckets of one packed tier (finer than a block window) in one closed window, compressed.
+
+    Compaction packs the 10 s, 1 min and 10 min buckets of an hour it has made a block of
+    (``collection.services.rollups.pack_window``); a packed window's buckets of that tier live here and not
+    in ``Rollup``, never in both. ``data`` is a ``collection.codec`` table of the bucket columns
+    (``rollups.BUCKET_COLUMNS``); ``count`` is how many buckets it holds. Read and written only by
+    ``collection.services.rollups``: every writer of buckets turns the packed windows it touches back into
+    rows first (docs/storage.md).
+    """
+
+    pk = models.CompositePrimaryKey("channel_id", "tier", "window_start")
+    channel = models.ForeignKey(
+        "instruments.Channel", on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    tier = models.PositiveIntegerField(choices=RollupTier.choices, help_text="bucket width in seconds")
+    window_start = models.BigIntegerField(help_text="window start, µs since the Unix epoch, UTC")
+    count = models.PositiveIntegerField(help_text="buckets in the block")
+    data = models.BinaryField()
+
+    class Meta:
+        verbose_name = "packed rollup buckets"
+        verbose_name_plural = "packed rollup buckets"
+
+    def __str__(self) -> str:
+        return f"{self.channel_id} {self.get_tier_display()}@{self.window_start} n={self.count}"
+
+
 class RollupBacklog(models.Model):
     """A span of a channel's readings that changed and whose rollup buckets are not recomputed yet.
 

@@ -18,7 +18,7 @@ from collection.services.blocks import compact
 from collection.services.planner import refresh_planner_statistics
 from collection.services.raw_files import clean_archive
 from collection.services.retention import enforce_retention
-from collection.services.rollups import refresh_rollups
+from collection.services.rollups import pack, refresh_rollups
 from instruments.models import catch_up_instrument_freshness
 
 
@@ -105,13 +105,16 @@ COMPACT_WINDOWS_PER_TASK = 500
 
 @shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
 def compact_blocks_task() -> int:
-    """Compact closed windows older than ``DAQBROKER_COMPACT_AFTER`` into blocks, a bounded number per
-    run; queues itself again while more is due (a first run over existing readings, say). Off when 0."""
+    """Compact closed windows older than ``DAQBROKER_COMPACT_AFTER`` into blocks and pack their fine
+    rollup tiers, a bounded number of each per run; queues itself again while more is due (a first run
+    over existing readings, say). Off when 0."""
     after = settings.DAQBROKER_COMPACT_AFTER
     if after <= 0:
         return 0
-    result = compact(time.time_ns() // 1000 - after * 1_000_000, max_windows=COMPACT_WINDOWS_PER_TASK)
-    if result.windows >= COMPACT_WINDOWS_PER_TASK:
+    before = time.time_ns() // 1000 - after * 1_000_000
+    result = compact(before, max_windows=COMPACT_WINDOWS_PER_TASK)
+    packed = pack(before, max_windows=COMPACT_WINDOWS_PER_TASK)
+    if result.windows >= COMPACT_WINDOWS_PER_TASK or packed >= COMPACT_WINDOWS_PER_TASK:
         compact_blocks_task.apply_async(expires=240)
     return result.readings
 

@@ -23,20 +23,30 @@ was lost.
 
 Retention (``collection.services.retention``) removes old raw readings and sets ``raw_kept_from``:
 buckets before it are never recomputed from the (now missing) raw rows, so the tiers keep the history.
+
+Packed tiers (docs/storage.md): with compressed storage on, compaction also packs each closed hour's
+buckets of the tiers finer than an hour (``PACKED_TIERS``) into one ``RollupBlock`` per channel and tier
+(``pack_window``). A packed hour's buckets of a tier are in its block and not in ``Rollup``, never both:
+``fetch_buckets`` reads both, and every writer turns the packed hours it is about to change back into rows
+first (``_delete_buckets`` → ``_unpack``), under the channel's lock like any refresh. Ranges younger than
+``blocks.FRESH_US`` cannot reach a packed hour and skip both look-ups.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 from django.db import connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from collection import codec
 from collection.choices import Quality, RollupTier
-from collection.models import Rollup, RollupBacklog, RollupState, Sample
+from collection.models import Rollup, RollupBacklog, RollupBlock, RollupState, Sample
 from collection.services import blocks, pending
 from collection.services.enqueue import enqueue_soon, try_enqueue
 from collection.services.fetch import F8, I8, fetch_columns, iter_chunks
@@ -50,6 +60,8 @@ TIERS: tuple[int, ...] = tuple(sorted(RollupTier.values))  # bucket widths in se
 WIDTHS: tuple[int, ...] = tuple(t * SECOND for t in TIERS)  # in µs
 TIER_NAMES: dict[int, str] = {t.value: t.label for t in RollupTier}
 FINEST = TIERS[0]
+# Tiers whose buckets of a closed hour are packed into one RollupBlock with it: those finer than a block.
+PACKED_TIERS: tuple[int, ...] = tuple(t for t in TIERS if t * SECOND < blocks.BLOCK_WIDTH_US)
 
 RAW_CHUNK_ROWS = 200_000
 MAX_ROWS_PER_TRANSACTION = 1_000_000
@@ -207,7 +219,7 @@ def _table(model, using: str) -> str:
 def fetch_buckets(
     channel_id: int, tier: int, lo: int, hi: int, *, using: str = "default", only_counted: bool = False
 ) -> Buckets:
-    """A channel's stored buckets of ``tier`` (seconds) starting in [lo, hi) µs."""
+    """A channel's stored buckets of ``tier`` (seconds) starting in [lo, hi) µs, packed or not."""
     sql = (
         "SELECT bucket, count, flagged, min_value, max_value, sum_value, m2, "
         "COALESCE(first_ts, 0) AS first_ts, COALESCE(last_ts, 0) AS last_ts "
@@ -215,7 +227,121 @@ def fetch_buckets(
         + (" AND count > 0" if only_counted else "")
         + " ORDER BY bucket"
     )
-    return Buckets.from_columns(fetch_columns(sql, [channel_id, tier, lo, hi], BUCKET_COLUMNS, using=using))
+    rows = Buckets.from_columns(fetch_columns(sql, [channel_id, tier, lo, hi], BUCKET_COLUMNS, using=using))
+    ranges = {channel_id: (lo, hi)}
+    if not _may_be_packed(tier, ranges):
+        return rows
+    packed = [buckets for _, buckets in _packed(tier, ranges, using)]
+    if not packed:
+        return rows
+    merged = Buckets.concat([rows, *packed])
+    keep = (merged.bucket >= lo) & (merged.bucket < hi)
+    if only_counted:
+        keep &= merged.count > 0
+    merged = merged.select(keep)
+    return merged.select(np.argsort(merged.bucket, kind="stable"))
+
+
+# --- packed tiers -----------------------------------------------------------------------------------
+
+
+def _may_be_packed(tier: int, ranges: dict[int, tuple[int, int]]) -> bool:
+    """Whether any range of ``tier`` could reach a packed hour: only hours closed at least
+    ``blocks.MIN_AGE_US`` ago are packed, so a range starting less than ``FRESH_US`` ago cannot."""
+    if tier not in PACKED_TIERS or not ranges:
+        return False
+    return min(lo for lo, _ in ranges.values()) < time.time_ns() // 1000 - blocks.FRESH_US
+
+
+def _packed_where(tier: int, ranges: dict[int, tuple[int, int]]) -> Q:
+    width = blocks.BLOCK_WIDTH_US
+    where = Q()
+    for channel_id, (lo, hi) in ranges.items():
+        where |= Q(channel_id=channel_id, window_start__gt=lo - width, window_start__lt=hi)
+    return Q(tier=tier) & where
+
+
+def _decode_packed(block: RollupBlock) -> Buckets:
+    columns = codec.decode_table(bytes(block.data))
+    if len(columns) != len(BUCKET_COLUMNS) or any(len(c) != block.count for c in columns):
+        raise codec.CodecError(f"packed buckets {block} hold the wrong columns")
+    return Buckets.from_columns({name: column for (name, _), column in zip(BUCKET_COLUMNS, columns, strict=True)})
+
+
+def _packed(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> list[tuple[int, Buckets]]:
+    """(channel, buckets) of each packed hour of ``tier`` overlapping ``ranges`` (whole hours), in order."""
+    found = RollupBlock.objects.using(using).filter(_packed_where(tier, ranges)).order_by("channel_id", "window_start")
+    return [(block.channel_id, _decode_packed(block)) for block in found]
+
+
+def _unpack(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
+    """Turn the packed hours of ``tier`` overlapping ``ranges`` back into ``Rollup`` rows (whole hours),
+    before a writer changes buckets there; compaction packs them again. The caller holds the channels'
+    locks inside a transaction."""
+    if not _may_be_packed(tier, ranges):
+        return
+    found = _packed(tier, ranges, using)
+    if not found:
+        return
+    RollupBlock.objects.using(using).filter(_packed_where(tier, ranges)).delete()
+    ids = np.concatenate([np.full(len(b), c, dtype=np.int64) for c, b in found])
+    _insert_buckets(tier, ids, Buckets.concat([b for _, b in found]), using)
+
+
+def pack_window(channel_id: int, window_start: int, *, using: str = "default") -> int:
+    """Pack the channel's buckets of every ``PACKED_TIERS`` tier in the hour starting at ``window_start``
+    into one ``RollupBlock`` per tier, in one transaction under the channel's lock, and delete their rows.
+    Returns how many buckets were packed (0: nothing to pack, or another worker holds the channel)."""
+    width = blocks.BLOCK_WIDTH_US
+    if window_start % width:
+        raise ValueError("window_start must be a multiple of BLOCK_WIDTH_US")
+    ensure_state(channel_id, using)
+    packed = 0
+    with transaction.atomic(using=using):
+        if _locked_state(channel_id, using) is None:
+            return 0
+        span = {channel_id: (window_start, window_start + width)}
+        for tier in PACKED_TIERS:
+            rows = fetch_buckets(channel_id, tier, window_start, window_start + width, using=using)
+            if not len(rows):
+                continue
+            fields_ = {"count": len(rows), "data": codec.encode_table([getattr(rows, n) for n, _ in BUCKET_COLUMNS])}
+            # fetch_buckets read a block of this hour too, should one be there: rewrite it with the rows merged.
+            RollupBlock.objects.using(using).update_or_create(
+                channel_id=channel_id, tier=tier, window_start=window_start, defaults=fields_
+            )
+            _delete_rows(tier, span, using)
+            packed += len(rows)
+    return packed
+
+
+def pack(before: int, *, max_windows: int = 100, using: str = "default") -> int:
+    """One bounded step: pack at most ``max_windows`` (channel, hour)s that end at or before ``before`` (µs)
+    and still hold buckets of a packed tier as rows, oldest first per channel (``blocks.compact``'s
+    companion; call again until it returns 0). Returns how many hours were packed."""
+    before = blocks.window_of(min(before, time.time_ns() // 1000 - blocks.MIN_AGE_US))
+    table = _table(Rollup, using)
+    done = 0
+    connection = connections[using]
+    for channel_id in RollupState.objects.using(using).order_by("channel_id").values_list("channel_id", flat=True):
+        while done < max_windows:
+            oldest = []
+            with connection.cursor() as cursor:
+                for tier in PACKED_TIERS:  # one index range each: (channel, tier, bucket) is the key
+                    cursor.execute(
+                        f"SELECT bucket FROM {table} WHERE channel_id = %s AND tier = %s AND bucket < %s "
+                        "ORDER BY bucket LIMIT 1",
+                        [channel_id, tier, before],
+                    )
+                    oldest += [int(row[0]) for row in cursor.fetchall()]
+            if not oldest:
+                break
+            if not pack_window(channel_id, blocks.window_of(min(oldest)), using=using):
+                break  # another worker holds the channel
+            done += 1
+        if done >= max_windows:
+            break
+    return done
 
 
 def _replace_buckets(channel_id: int, tier: int, lo: int, hi: int, buckets: Buckets, using: str) -> None:
@@ -234,9 +360,16 @@ def _ranges_sql(column: str, ranges: dict[int, tuple[int, int]]) -> tuple[str, l
 
 
 def _delete_buckets(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
-    """Delete the stored buckets of ``tier`` in [lo, hi) of each channel of ``ranges``, in one statement."""
+    """Delete the stored buckets of ``tier`` in [lo, hi) of each channel of ``ranges`` (packed hours there
+    are turned back into rows first, so the buckets of those hours outside the ranges stay)."""
     if not ranges:
         return
+    _unpack(tier, ranges, using)
+    _delete_rows(tier, ranges, using)
+
+
+def _delete_rows(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
+    """Delete the ``Rollup`` rows of ``tier`` in [lo, hi) of each channel of ``ranges``, in one statement."""
     where, params = _ranges_sql("bucket", ranges)
     with connections[using].cursor() as cursor:
         cursor.execute(f"DELETE FROM {_table(Rollup, using)} WHERE tier = %s AND {where}", [tier, *params])
@@ -698,6 +831,7 @@ def rebuild_rollups(channel_ids: Iterable[int], *, using: str = "default") -> in
         with transaction.atomic(using=using):
             RollupState.objects.using(using).select_for_update().get(channel_id=channel_id)
             Rollup.objects.using(using).filter(channel_id=channel_id).delete()
+            RollupBlock.objects.using(using).filter(channel_id=channel_id).delete()
         if first is None or last is None:
             continue
         done_until = first

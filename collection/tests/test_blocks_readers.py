@@ -14,7 +14,7 @@ from collection.services import SampleBatch, ingest_samples
 from collection.services.blocks import compact
 from collection.services.export import ExportRequest, export
 from collection.services.query import fetch_raw, iter_raw, query_series
-from collection.services.rollups import rebuild_rollups
+from collection.services.rollups import pack, rebuild_rollups
 from collection.services.series import read_series
 from collection.services.statistics import range_statistics
 from collection.tests.readings import SECOND, T0, ingest, refresh_all, stored_tiers
@@ -47,7 +47,12 @@ def station(django_capture_on_commit_callbacks):
 def answers(numeric, text) -> dict:
     """What the readers answer, in comparable form."""
     out: dict = {}
-    for lo, hi, points in [(T0, END, 2000), (T0 + 10 * SECOND, T0 + 40 * SECOND, 100), (T0, END, 20000)]:
+    for lo, hi, points in [
+        (T0, END, 2000),
+        (T0, END, 200),
+        (T0 + 10 * SECOND, T0 + 40 * SECOND, 100),
+        (T0, END, 20000),
+    ]:
         for flagged in (False, True):
             series = query_series([numeric.pk], lo, hi, points, include_flagged=flagged)[0]
             out[("series", lo, hi, points, flagged)] = {
@@ -84,6 +89,8 @@ def test_every_reader_answers_the_same_from_blocks(station):
     tiers = stored_tiers(numeric.pk)
     assert compact(END).windows == 6  # three windows of each channel
     assert not Sample.objects.filter(channel=numeric).exists()
+    assert pack(END) == 3  # and the numeric channel's fine tiers of those hours
+    assert not Rollup.objects.filter(channel=numeric, tier=10).exists()
     after = answers(numeric, text)
     assert after.keys() == before.keys()
     for key in before:

@@ -113,3 +113,49 @@ def test_corrupt_columns_raise_a_codec_error(data):
 def test_a_column_of_another_kind_is_refused():
     with pytest.raises(codec.CodecError, match="unexpected"):
         codec.decode_timestamps(codec.encode_values(np.arange(3.0)))
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(0, 200).flatmap(
+        lambda n: st.lists(
+            st.one_of(hnp.arrays(np.int64, n, elements=INT64), hnp.arrays(np.float64, n, elements=FLOATS)),
+            min_size=1,
+            max_size=12,
+        )
+    )
+)
+def test_tables_of_int_and_float_columns_round_trip(columns):
+    decoded = codec.decode_table(codec.encode_table(columns))
+    assert len(decoded) == len(columns)
+    for got, column in zip(decoded, columns, strict=True):
+        assert same_bits(got, column.astype(column.dtype.newbyteorder("<")))
+
+
+def test_a_table_of_short_decimals_keeps_their_method():
+    buckets = np.arange(0, 3600, 10, dtype=np.int64) * 1_000_000
+    minima = np.round(np.random.default_rng(1).normal(20, 0.5, len(buckets)), 3)
+    data = codec.encode_table([buckets, minima])
+    assert same_bits(codec.decode_table(data)[1], minima)
+    # 360 regular buckets and 360 noisy 3-decimal minima: the minima as decimals (~1.5 B each), not xor (~6).
+    assert len(data) < 360 * 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        codec.encode_table([np.arange(10), np.arange(10.0)])[:-3],
+        codec.encode_values(np.arange(3.0)),
+        codec._frame(codec.TABLE, 3, b"\x02" + bytes(5)),  # two column heads promised, half of one there
+        codec._frame(codec.TABLE, 3, b"\x01" + bytes([codec.TS_DOD]) + (99).to_bytes(4, "little")),
+    ],
+)
+def test_corrupt_tables_raise_a_codec_error(data):
+    with pytest.raises(codec.CodecError):
+        codec.decode_table(data)
+
+
+def test_table_columns_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="one length"):
+        codec.encode_table([np.arange(3), np.arange(4.0)])
