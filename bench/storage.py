@@ -11,8 +11,10 @@ date; then, in the same run:
   tiers' size;
 * the raw fetch of every reading from the narrow table through ``fetch_columns`` (binary COPY on
   PostgreSQL, the baseline);
-* compaction of everything (``blocks.compact``, bounded steps), its rate;
-* the block table's size, and the raw fetch of every reading through ``blocks.read_readings``.
+* compaction of everything (``blocks.compact``, bounded steps), its rate, then the packing of the fine
+  tiers (``rollups.pack``), its rate;
+* the block tables' sizes (readings, packed tiers beside the coarse tiers' rows), and the raw fetch of
+  every reading through ``blocks.read_readings``.
 
 Beside them, the column codec candidates measured on the same values (bytes a reading, pure codec).
 
@@ -106,7 +108,7 @@ def run(args) -> None:
     from collection.services import SampleBatch, ingest_samples
     from collection.services.blocks import compact, read_readings
     from collection.services.fetch import F8, I8, fetch_columns
-    from collection.services.rollups import refresh_rollups
+    from collection.services.rollups import pack, refresh_rollups
     from instruments.choices import ChannelKind
     from instruments.models import Channel, Instrument
 
@@ -151,6 +153,15 @@ def run(args) -> None:
         compact_rate = moved / (time.perf_counter() - started)
         assert moved == readings, (moved, readings)
         blocks = table_bytes(connection, ["collection_readingblock"])
+        started = time.perf_counter()
+        hours = 0
+        while step := pack(T0 + 10 * 365 * 86400 * SECOND, max_windows=200):
+            hours += step
+        pack_seconds = time.perf_counter() - started
+        # The rows packing deleted leave free space the engine reuses for new rows (PostgreSQL's autovacuum,
+        # InnoDB's free pages): a table at steady state does not keep it, so give it back before measuring.
+        reclaim(connection, "collection_rollup")
+        packed_tiers = table_bytes(connection, ["collection_rollup", "collection_rollupblock"])
 
         started = time.perf_counter()
         fetched_blocks = sum(len(read_readings(c.pk, T0, T0 + 10**15)["ts"]) for c in numeric)
@@ -159,12 +170,17 @@ def run(args) -> None:
 
         print(f"\n{shape}: {readings:,} readings")
         print(f"  narrow table     {narrow / readings:7.2f} B/reading")
-        print(f"  rollup tiers     {tiers / readings:7.2f} B/reading (unchanged by blocks)")
+        print(f"  rollup tiers     {tiers / readings:7.2f} B/reading as rows")
+        print(f"  narrow + tiers   {(narrow + tiers) / readings:7.2f} B/reading (today, compaction off)")
+        print(f"  blocks           {blocks / readings:7.2f} B/reading   ({narrow / blocks:.1f}x smaller than rows)")
+        print(f"  packed tiers     {packed_tiers / readings:7.2f} B/reading (fine tiers packed, 1 h and 1 day as rows)")
+        total = (blocks + packed_tiers) / readings
         print(
-            f"  blocks           {blocks / readings:7.2f} B/reading   ({narrow / blocks:.1f}x smaller; "
-            f"with tiers {(blocks + tiers) / readings:.2f} B/reading)"
+            f"  blocks + tiers   {total:7.2f} B/reading   ({(narrow + tiers) / (blocks + packed_tiers):.1f}x smaller)"
         )
         print(f"  compaction       {compact_rate:12,.0f} readings/s")
+        covered = fetched / pack_seconds  # the numeric channels' readings whose tiers were packed
+        print(f"  tier packing     {covered:12,.0f} readings/s ({hours / pack_seconds:,.0f} channel-hours/s)")
         print(
             f"  raw fetch        narrow {narrow_rate:12,.0f} readings/s, blocks {block_rate:12,.0f} readings/s "
             f"= {block_rate / narrow_rate:.2f}x"
@@ -193,6 +209,7 @@ def truncate(connection) -> None:
         "collection_textsample",
         "collection_readingblock",
         "collection_rollup",
+        "collection_rollupblock",
         "collection_rollupbacklog",
         "collection_followupbacklog",
     ]
@@ -203,6 +220,18 @@ def truncate(connection) -> None:
             else:
                 cursor.execute(f"TRUNCATE TABLE {connection.ops.quote_name(table)}")
         if connection.vendor == "sqlite":
+            cursor.execute("VACUUM")
+
+
+def reclaim(connection, table: str) -> None:
+    """Give the space of deleted rows back to the file system, so the size measured is what is kept."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f'VACUUM FULL "{table}"')
+        elif connection.vendor == "mysql":
+            cursor.execute(f"OPTIMIZE TABLE `{table}`")
+            cursor.fetchall()
+        else:
             cursor.execute("VACUUM")
 
 

@@ -19,7 +19,10 @@ measurement (``bench/storage.py``, docs/performance.md#storage):
   reading, zstd.
 * **tables** (several columns of one length: the rollup buckets of a packed hour): each int64 column as
   timestamps, each float64 column as values, then one zstd frame over them all (one decompression to
-  read a table back, not one per column).
+  read a table back, not one per column). A float column that is not exactly decimal may also take
+  *residual*: the values rounded to k decimals as integers, plus each value's bits XOR its rounded
+  value's — a bucket's sum or M2 of short decimals is one but for its last bits' rounding. The smallest
+  of xor and residual at every k is kept (a trial compression each: a table column is a few hundred values).
 
 zstd comes from pyarrow (already a dependency for Parquet exports), through its ``Codec``.
 """
@@ -45,6 +48,7 @@ VALUE_SHUFFLE = 4  # measured only (bench); decoded for completeness
 QUALITY_RLE = 5
 TEXT_DICT = 6
 TABLE = 7
+VALUE_RESIDUAL = 8
 
 _COLUMN_HEAD = struct.Struct("<BI")  # a table column's method and payload length
 
@@ -171,6 +175,35 @@ def _value_payload(values: np.ndarray, method: int | None = None) -> tuple[int, 
     return VALUE_XOR, _shuffle(xored)
 
 
+def _residual_payload(values: np.ndarray, k: int) -> bytes | None:
+    """The values rounded to k decimals as integers (delta, zigzag, shuffled), then each value's bits
+    XOR the rounded value's (shuffled): a sum or M2 of short decimals is a short decimal but for the
+    rounding of its last bits, which is all the XOR keeps. None when a value has no such integer."""
+    scale = 10.0**k
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.rint(values * scale)
+    if len(values) and (not np.all(np.isfinite(scaled)) or np.max(np.abs(scaled)) >= 2.0**53):
+        return None
+    ints = scaled.astype(_I8)
+    residual = values.view(_U8) ^ (ints.astype("<f8") / scale).view(_U8)
+    return bytes([k]) + _shuffle(_zigzag(_delta(ints.view(_U8)).view(_I8))) + _shuffle(residual)
+
+
+def _smallest_value_payload(values: np.ndarray) -> tuple[int, bytes]:
+    """Of *decimal* (when exact), *xor* and *residual* at every scale, the payload zstd makes smallest:
+    a trial compression each, worth it for the few hundred values of a table column."""
+    method, payload = _value_payload(values)
+    if method == VALUE_DECIMAL:
+        return method, payload
+    v = np.ascontiguousarray(values, dtype="<f8")
+    best, size = (method, payload), len(_ZSTD.compress(payload, asbytes=True))
+    for k in range(MAX_DECIMALS + 1):
+        candidate = _residual_payload(v, k)
+        if candidate is not None and (n := len(_ZSTD.compress(candidate, asbytes=True))) < size:
+            best, size = (VALUE_RESIDUAL, candidate), n
+    return best
+
+
 def encode_values(values: np.ndarray, method: int | None = None) -> bytes:
     """Float64 values, by ``method`` (VALUE_DECIMAL when exact, else VALUE_XOR, if None)."""
     chosen, payload = _value_payload(values, method)
@@ -178,7 +211,7 @@ def encode_values(values: np.ndarray, method: int | None = None) -> bytes:
 
 
 def decode_values(data: bytes) -> np.ndarray:
-    method, count, payload = _unframe(data, (VALUE_DECIMAL, VALUE_XOR, VALUE_SHUFFLE))
+    method, count, payload = _unframe(data, (VALUE_DECIMAL, VALUE_XOR, VALUE_SHUFFLE, VALUE_RESIDUAL))
     return _unvalue(method, payload, count)
 
 
@@ -189,6 +222,13 @@ def _unvalue(method: int, payload: bytes, count: int) -> np.ndarray:
         k = payload[0]
         ints = _undelta(_unzigzag(_unshuffle(payload[1:], count))).view(_I8)
         return ints.astype("<f8") / 10.0**k
+    if method == VALUE_RESIDUAL:
+        if len(payload) != 1 + 16 * count:
+            raise CodecError("residual values of the wrong length")
+        k = payload[0]
+        ints = _undelta(_unzigzag(_unshuffle(payload[1 : 1 + 8 * count], count))).view(_I8)
+        residual = _unshuffle(payload[1 + 8 * count :], count)
+        return ((ints.astype("<f8") / 10.0**k).view(_U8) ^ residual).view("<f8")
     words = _unshuffle(payload, count)
     if method == VALUE_XOR:
         words = np.bitwise_xor.accumulate(words) if count else words
@@ -264,7 +304,7 @@ def encode_table(columns: Sequence[np.ndarray]) -> bytes:
         if len(column) != count:
             raise ValueError("table columns must have one length")
         if column.dtype.kind == "f":
-            method, payload = _value_payload(column)
+            method, payload = _smallest_value_payload(column)
         elif column.dtype.kind in "iu":
             method, payload = TS_DOD, _dod_payload(column)
         else:
@@ -292,7 +332,7 @@ def decode_table(data: bytes) -> list[np.ndarray]:
         position += length
         if method == TS_DOD:
             columns.append(_undod(body, count))
-        elif method in (VALUE_DECIMAL, VALUE_XOR, VALUE_SHUFFLE):
+        elif method in (VALUE_DECIMAL, VALUE_XOR, VALUE_SHUFFLE, VALUE_RESIDUAL):
             columns.append(_unvalue(method, body, count))
         else:
             raise CodecError(f"unexpected table column method {method}")
