@@ -9,11 +9,12 @@ import pytest
 
 from collection import storage
 from collection.choices import RejectionKind
-from collection.models import ReadingBlock, RejectedSample, Sample, TextSample
+from collection.models import ReadingBlock, RejectedSample, Rollup, RollupBlock, Sample, TextSample
 from collection.services import SampleBatch, ingest_samples
 from collection.services.blocks import BLOCK_WIDTH_US, MIN_AGE_US, compact, compact_window, read_readings, window_of
+from collection.services.rollups import PACKED_TIERS
 from collection.tasks import compact_blocks_task
-from collection.tests.readings import SECOND, T0, ingest
+from collection.tests.readings import SECOND, T0, ingest, refresh_all
 from instruments.choices import ChannelKind
 from instruments.tests.factories import make_channel, make_instrument
 
@@ -190,8 +191,12 @@ def test_the_periodic_task_does_nothing_while_compaction_is_off(channel, three_h
 
 def test_the_periodic_task_compacts_windows_older_than_the_setting(channel, three_hours, settings):
     settings.DAQBROKER_COMPACT_AFTER = 3600
+    refresh_all()
     assert compact_blocks_task() == 3 * 3600  # T0 is long past
     assert ReadingBlock.objects.filter(channel=channel).count() == 3
+    # and the fine tiers of those hours are packed: 10 s, 1 min and 10 min, a block each per hour
+    assert RollupBlock.objects.filter(channel=channel).count() == 9
+    assert not Rollup.objects.filter(channel=channel, tier__in=PACKED_TIERS).exists()
     assert compact_blocks_task() == 0
 
 
