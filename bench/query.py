@@ -10,6 +10,11 @@ baseline: ``COPY (SELECT ts, value ...) TO STDOUT (FORMAT BINARY)`` of the same 
 
     .venv/bin/python bench/query.py                      # 1 M then 10 M
     .venv/bin/python bench/query.py --first 200000 --total 1000000   # a quick run
+    .venv/bin/python bench/query.py --compact            # the same, every hour compacted and its tiers packed
+
+With ``--compact`` (docs/storage.md) each load is followed by compaction and tier packing of every hour
+(their rates printed); the raw-fetch baseline is measured on the narrow table before that, in the same run,
+so the second size goes to a channel of its own (``--total`` readings in it, not ``--total`` - ``--first``).
 
 The database (default postgres://postgres@127.0.0.1:5432/daqbroker_bench_q, or BENCH_POSTGRESQL_URL)
 is dropped and created again.
@@ -39,6 +44,7 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=1_000_000, help="readings stored for the first measurement")
     parser.add_argument("--total", type=int, default=10_000_000, help="readings stored for the second")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--compact", action="store_true", help="compact and pack every hour before querying")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -54,7 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env["DAQBROKER_DATA_DIR"] = tmp
         argv = [sys.executable, __file__, "--child", "--first", str(args.first), "--total", str(args.total)]
-        subprocess.run([*argv, "--repeat", str(args.repeat)], env=env, cwd=REPO, check=True)
+        argv += ["--repeat", str(args.repeat)] + (["--compact"] if args.compact else [])
+        subprocess.run(argv, env=env, cwd=REPO, check=True)
 
 
 def run(args) -> None:
@@ -83,7 +90,10 @@ def run(args) -> None:
     client = Client()
     client.force_login(owner)
 
-    print(f"Plot queries at max_points={MAX_POINTS}, one channel at 1 Hz, PostgreSQL; median of {args.repeat}")
+    storage = "compacted blocks and packed tiers" if args.compact else "rows"
+    print(
+        f"Plot queries at max_points={MAX_POINTS}, one channel at 1 Hz, PostgreSQL, {storage}; median of {args.repeat}"
+    )
     print(
         f"{'stored':>7} {'range':<11} {'readings':>10} {'source':<12} {'points':>6} "
         f"{'service ms':>10} {'API ms':>7} {'raw fetch ms':>12} {'speed-up':>8}"
@@ -91,13 +101,19 @@ def run(args) -> None:
     stored = 0
     results = {}
     for target in (args.first, args.total):
+        if args.compact and stored:  # compacted readings leave the narrow table: a channel of its own each
+            channel = Channel.objects.create(instrument=instrument, name=f"signal {target}", slug=f"s{target}")
+            stored = 0
         load = load_readings(channel.pk, stored, target - stored)
         stored = target
+        end = T0 + stored * SECOND
+        spans = {name: (T0 if seconds is None else end - seconds * SECOND, end) for name, seconds in RANGES}
+        baseline = {name: raw_baseline(channel.pk, *span, args.repeat) for name, span in spans.items()}
+        if args.compact:
+            load.update(compact_all())
         rows = []
-        for name, seconds in RANGES:
-            end = T0 + stored * SECOND
-            start = T0 if seconds is None else end - seconds * SECOND
-            figures = measure(channel.pk, start, end, client, args.repeat)
+        for name, (start, end) in spans.items():
+            figures = measure(channel.pk, start, end, client, args.repeat, baseline[name])
             rows.append({"range": name, **figures})
             print(
                 f"{human(stored):>7} {name:<11} {figures['readings']:>10,} {figures['source']:<12} "
@@ -108,6 +124,11 @@ def run(args) -> None:
         print(
             f"{'':>7} loading {human(load['readings'])} readings: ingest_samples {load['ingest_per_s']:,.0f}/s, "
             f"rollup refresh {load['rollup_per_s']:,.0f} readings/s"
+            + (
+                f", compaction {load['compact_per_s']:,.0f} readings/s, packing {load['pack_per_s']:,.0f} readings/s"
+                if args.compact
+                else ""
+            )
         )
     if len(results) == 2:
         small, large = (results[k]["queries"] for k in sorted(results))
@@ -154,25 +175,33 @@ def load_readings(channel_id: int, already: int, count: int) -> dict:
     }
 
 
-def measure(channel_id: int, start: int, end: int, client, repeat: int) -> dict:
-    import numpy as np
-    import orjson
+def compact_all() -> dict:
+    """Compact every hour stored and pack its fine tiers, in the task's bounded steps; their rates."""
     from django.db import connection
 
-    from collection.api.readings import JSON_OPTIONS
-    from collection.services.query import query_series
+    from collection.services.blocks import compact
+    from collection.services.rollups import pack
 
-    def service():
-        (series,) = query_series([channel_id], start, end, MAX_POINTS)
-        orjson.dumps(series.as_dict(), option=JSON_OPTIONS)
-        return series
+    far = T0 + 100 * 365 * 86400 * SECOND
+    started = time.perf_counter()
+    moved = 0
+    while step := compact(far, max_windows=500):
+        if not step.windows:
+            break
+        moved += step.readings
+    compacted = time.perf_counter()
+    while pack(far, max_windows=500):
+        pass
+    packed = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+    return {"compact_per_s": moved / (compacted - started), "pack_per_s": moved / (packed - compacted)}
 
-    def api():
-        response = client.get(
-            "/api/v1/samples/", {"channels": channel_id, "start": start, "end": end, "max_points": MAX_POINTS}
-        )
-        assert response.status_code == 200, response.content[:300]
-        return response
+
+def raw_baseline(channel_id: int, start: int, end: int, repeat: int) -> dict:
+    """The raw-fetch baseline over the narrow table: ``COPY … TO STDOUT (FORMAT BINARY)`` into numpy."""
+    import numpy as np
+    from django.db import connection
 
     def raw_fetch():
         buffer = bytearray()
@@ -190,22 +219,43 @@ def measure(channel_id: int, start: int, end: int, client, repeat: int) -> dict:
         rows = np.frombuffer(buffer, dtype=dtype, count=(len(buffer) - 21) // dtype.itemsize, offset=19)
         return rows["ts"].astype(np.int64), rows["value"].astype(np.float64)
 
+    raw_ts, raw_values = raw_fetch()
+    raw_ms = statistics.median(timed(raw_fetch) for _ in range(min(repeat, 3)))
+    return {"readings": len(raw_ts), "max": raw_values.max(), "raw_ms": raw_ms}
+
+
+def measure(channel_id: int, start: int, end: int, client, repeat: int, baseline: dict) -> dict:
+    import orjson
+
+    from collection.api.readings import JSON_OPTIONS
+    from collection.services.query import query_series
+
+    def service():
+        (series,) = query_series([channel_id], start, end, MAX_POINTS)
+        orjson.dumps(series.as_dict(), option=JSON_OPTIONS)
+        return series
+
+    def api():
+        response = client.get(
+            "/api/v1/samples/", {"channels": channel_id, "start": start, "end": end, "max_points": MAX_POINTS}
+        )
+        assert response.status_code == 200, response.content[:300]
+        return response
+
     series = service()
     api()  # warm: connection, caches
     service_ms = statistics.median(timed(service) for _ in range(repeat))
     api_ms = statistics.median(timed(api) for _ in range(repeat))
-    raw_ts, raw_values = raw_fetch()
-    raw_ms = statistics.median(timed(raw_fetch) for _ in range(min(repeat, 3)))
     if series.source != "lttb":  # raw and tier answers keep the extremes exactly (LTTB keeps shapes)
         peak = series.max if series.source == "tier" else series.value
-        assert peak.max() == raw_values.max(), f"the {series.source} answer lost the range's maximum"
+        assert peak.max() == baseline["max"], f"the {series.source} answer lost the range's maximum"
     return {
-        "readings": len(raw_ts),
+        "readings": baseline["readings"],
         "source": series.source + (f" {series.as_dict()['tier']}" if series.source == "tier" else ""),
         "points": len(series),
         "service_ms": service_ms,
         "api_ms": api_ms,
-        "raw_ms": raw_ms,
+        "raw_ms": baseline["raw_ms"],
     }
 
 

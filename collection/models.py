@@ -289,9 +289,9 @@ class Rollup(models.Model):
 
 
 class RollupBlock(models.Model):
-    """One channel's buckets of one packed tier (finer than a block window) in one closed window, compressed.
+    """One channel's buckets of one packed tier (10 s or 1 min) in one closed window, compressed.
 
-    Compaction packs the 10 s, 1 min and 10 min buckets of an hour it has made a block of
+    Compaction packs the 10 s and 1 min buckets of closed hours
     (``collection.services.rollups.pack_window``); a packed window's buckets of that tier live here and not
     in ``Rollup``, never in both. ``data`` is a ``collection.codec`` table of the bucket columns
     (``rollups.BUCKET_COLUMNS``); ``count`` is how many buckets it holds. Read and written only by

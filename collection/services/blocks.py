@@ -242,18 +242,24 @@ def compact(before: int, *, max_windows: int = 100, using: str = "default") -> C
     for channel_id, kind in Channel.objects.using(using).order_by("pk").values_list("pk", "kind"):
         model = TextSample if kind == ChannelKind.TEXT else Sample
         table = connection.ops.quote_name(model._meta.db_table)
+        # From the end of the window just compacted on: the rows it deleted stay in the index until a
+        # vacuum, and looking from the channel's start again would step over all of them every time
+        # (late rows before it are the next run's).
+        lower = -(2**63)
         while total.windows < max_windows:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    f"SELECT ts FROM {table} WHERE channel_id = %s AND ts < %s ORDER BY ts LIMIT 1",
-                    [channel_id, window_of(before)],
+                    f"SELECT ts FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s ORDER BY ts LIMIT 1",
+                    [channel_id, lower, window_of(before)],
                 )
                 row = cursor.fetchone()
             if row is None:
                 break
-            step = compact_window(channel_id, window_of(int(row[0])), using=using)
+            window = window_of(int(row[0]))
+            step = compact_window(channel_id, window, using=using)
             if not step.windows:
                 break  # another worker holds the channel
+            lower = window + BLOCK_WIDTH_US
             total.windows += 1
             total.readings += step.readings
             total.duplicates += step.duplicates

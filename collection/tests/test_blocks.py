@@ -194,8 +194,8 @@ def test_the_periodic_task_compacts_windows_older_than_the_setting(channel, thre
     refresh_all()
     assert compact_blocks_task() == 3 * 3600  # T0 is long past
     assert ReadingBlock.objects.filter(channel=channel).count() == 3
-    # and the fine tiers of those hours are packed: 10 s, 1 min and 10 min, a block each per hour
-    assert RollupBlock.objects.filter(channel=channel).count() == 9
+    # and the fine tiers of those hours are packed: 10 s and 1 min, a block each per hour
+    assert RollupBlock.objects.filter(channel=channel).count() == 6
     assert not Rollup.objects.filter(channel=channel, tier__in=PACKED_TIERS).exists()
     assert compact_blocks_task() == 0
 
