@@ -15,6 +15,8 @@ baseline: ``COPY (SELECT ts, value ...) TO STDOUT (FORMAT BINARY)`` of the same 
 With ``--compact`` (docs/storage.md) each load is followed by compaction and tier packing of every hour
 (their rates printed); the raw-fetch baseline is measured on the narrow table before that, in the same run,
 so the second size goes to a channel of its own (``--total`` readings in it, not ``--total`` - ``--first``).
+``--channels N`` stores ``--total`` readings in each of N channels at the second size (the storage
+issue's 100 M: ``--compact --channels 10``); the queries ask for one of them.
 
 The database (default postgres://postgres@127.0.0.1:5432/daqbroker_bench_q, or BENCH_POSTGRESQL_URL)
 is dropped and created again.
@@ -23,6 +25,7 @@ is dropped and created again.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -45,6 +48,9 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=10_000_000, help="readings stored for the second")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--compact", action="store_true", help="compact and pack every hour before querying")
+    parser.add_argument(
+        "--channels", type=int, default=1, help="channels holding --total readings each at the second size"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -60,7 +66,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env["DAQBROKER_DATA_DIR"] = tmp
         argv = [sys.executable, __file__, "--child", "--first", str(args.first), "--total", str(args.total)]
-        argv += ["--repeat", str(args.repeat)] + (["--compact"] if args.compact else [])
+        argv += ["--repeat", str(args.repeat), "--channels", str(args.channels)]
+        argv += ["--compact"] if args.compact else []
         subprocess.run(argv, env=env, cwd=REPO, check=True)
 
 
@@ -98,13 +105,24 @@ def run(args) -> None:
         f"{'stored':>7} {'range':<11} {'readings':>10} {'source':<12} {'points':>6} "
         f"{'service ms':>10} {'API ms':>7} {'raw fetch ms':>12} {'speed-up':>8}"
     )
-    stored = 0
+    stored = in_db = 0  # readings of the queried channel, readings in the database
     results = {}
-    for target in (args.first, args.total):
+    for step, target in enumerate((args.first, args.total)):
         if args.compact and stored:  # compacted readings leave the narrow table: a channel of its own each
             channel = Channel.objects.create(instrument=instrument, name=f"signal {target}", slug=f"s{target}")
             stored = 0
-        load = load_readings(channel.pk, stored, target - stored)
+        others = [
+            Channel.objects.create(instrument=instrument, name=f"other {i}", slug=f"other-{i}").pk
+            for i in range(args.channels - 1 if step else 0)
+        ]
+        started = time.perf_counter()
+        load_readings(channel.pk, stored, target - stored)
+        for other in others:
+            load_readings(other, 0, target)
+        readings = target - stored + target * len(others)
+        in_db += readings
+        load = {"readings": readings, "ingest_per_s": readings / (time.perf_counter() - started)}
+        load.update(refresh_tiers(readings))
         stored = target
         end = T0 + stored * SECOND
         spans = {name: (T0 if seconds is None else end - seconds * SECOND, end) for name, seconds in RANGES}
@@ -116,11 +134,19 @@ def run(args) -> None:
             figures = measure(channel.pk, start, end, client, args.repeat, baseline[name])
             rows.append({"range": name, **figures})
             print(
-                f"{human(stored):>7} {name:<11} {figures['readings']:>10,} {figures['source']:<12} "
+                f"{human(in_db):>7} {name:<11} {figures['readings']:>10,} {figures['source']:<12} "
                 f"{figures['points']:>6} {figures['service_ms']:>10.1f} {figures['api_ms']:>7.1f} "
                 f"{figures['raw_ms']:>12.1f} {figures['raw_ms'] / figures['api_ms']:>7.1f}x"
             )
-        results[stored] = {"load": load, "queries": rows}
+        if args.compact:  # the whole range's raw readings from the blocks, against the COPY baseline
+            full = baseline[RANGES[0][0]]
+            blocks_ms = statistics.median(timed(functools.partial(read_blocks, channel.pk)) for _ in range(3))
+            load["raw_blocks_ms"] = blocks_ms
+            print(
+                f"{'':>7} raw fetch of all {human(full['readings'])} readings: from blocks {blocks_ms:,.0f} ms, "
+                f"binary COPY of the narrow table {full['raw_ms']:,.0f} ms = {full['raw_ms'] / blocks_ms:.1f}x"
+            )
+        results[in_db] = {"load": load, "queries": rows}
         print(
             f"{'':>7} loading {human(load['readings'])} readings: ingest_samples {load['ingest_per_s']:,.0f}/s, "
             f"rollup refresh {load['rollup_per_s']:,.0f} readings/s"
@@ -132,7 +158,7 @@ def run(args) -> None:
         )
     if len(results) == 2:
         small, large = (results[k]["queries"] for k in sorted(results))
-        print(f"Flatness, API time at {human(args.total)} / at {human(args.first)}:")
+        print(f"Flatness, API time at {human(max(results))} / at {human(min(results))} stored:")
         for a, b in zip(small, large, strict=True):
             print(f"  {a['range']:<11} {b['api_ms']:.1f} ms / {a['api_ms']:.1f} ms = {b['api_ms'] / a['api_ms']:.2f}")
     print(json.dumps(results))
@@ -145,34 +171,36 @@ def human(n: int) -> str:
     return f"{n / 1e6:g} M" if n >= 1_000_000 else f"{n / 1e3:g} k"
 
 
-def load_readings(channel_id: int, already: int, count: int) -> dict:
-    import numpy as np
+def refresh_tiers(readings: int) -> dict:
+    """Bring every tier up to date from the backlog, as the worker does; its rate."""
     from django.db import connection
 
     from collection.models import RollupBacklog
-    from collection.services import SampleBatch, ingest_samples
     from collection.services.rollups import refresh_rollups
 
-    rng = np.random.default_rng(already)
     started = time.perf_counter()
+    while refresh_rollups(max_rows=2_000_000).remaining:
+        pass
+    assert not RollupBacklog.objects.exists()
+    seconds = time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+    return {"rollup_per_s": readings / seconds}
+
+
+def load_readings(channel_id: int, already: int, count: int) -> None:
+    """``count`` readings at 1 Hz after the ``already`` stored, through ``ingest_samples``."""
+    import numpy as np
+
+    from collection.services import SampleBatch, ingest_samples
+
+    rng = np.random.default_rng(already)
     for offset in range(already, already + count, 1_000_000):
         n = min(1_000_000, already + count - offset)
         ts = T0 + (offset + np.arange(n, dtype=np.int64)) * SECOND
         value = 20 + 5 * np.sin((offset + np.arange(n)) / 3600) + rng.normal(0, 0.2, n)
         value[rng.integers(0, n, 3)] = 80.0  # spikes the plots must keep
         ingest_samples(SampleBatch(np.full(n, channel_id, dtype=np.int64), ts, value))
-    ingested = time.perf_counter()
-    while refresh_rollups(max_rows=2_000_000).remaining:
-        pass
-    refreshed = time.perf_counter()
-    assert not RollupBacklog.objects.exists()
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE")
-    return {
-        "readings": count,
-        "ingest_per_s": count / (ingested - started),
-        "rollup_per_s": count / (refreshed - ingested),
-    }
 
 
 def compact_all() -> dict:
@@ -196,6 +224,13 @@ def compact_all() -> dict:
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
     return {"compact_per_s": moved / (compacted - started), "pack_per_s": moved / (packed - compacted)}
+
+
+def read_blocks(channel_id: int) -> int:
+    """Every reading of the channel through the merged read (blocks and hot rows), as numpy columns."""
+    from collection.services.blocks import iter_readings
+
+    return sum(len(chunk["ts"]) for chunk in iter_readings(channel_id, T0, T0 + 10**15, text=False))
 
 
 def raw_baseline(channel_id: int, start: int, end: int, repeat: int) -> dict:
