@@ -577,8 +577,16 @@ def _expand(block: ReadingBlock, using: str) -> int:
 def expand_blocks(channel_id: int, start: int, end: int, *, using: str = "default") -> int:
     """Turn the channel's blocks that may hold readings in [start, end) back into hot rows, in the
     caller's transaction, so that a change (deletion, quality flags, replacement) works on hot rows as
-    always; compaction packs them again later. Returns the readings expanded."""
+    always; compaction packs them again later. Returns the readings expanded.
+
+    While compaction is on, a range older than ``FRESH_US`` takes the channel's block lock first, whether
+    or not a block is there yet, and the caller's transaction keeps it until its change commits: a
+    compactor moving these hot rows into a block right now (its block not yet visible here) is waited
+    for, and none can move them before the change is done. Without it a deletion or a quality flag could
+    act on rows a compactor had just copied, and the block would bring the old readings back."""
     with transaction.atomic(using=using):
+        if _compactor_may_hold(start) and channel_id not in _lock_channels([channel_id], using):
+            return 0
         if not has_blocks(channel_id, start, end, using=using):
             return 0
         if channel_id not in _lock_channels([channel_id], using):
@@ -590,6 +598,11 @@ def expand_blocks(channel_id: int, start: int, end: int, *, using: str = "defaul
             .order_by("window_start")
         )
         return sum(_expand(block, using) for block in found)
+
+
+def _compactor_may_hold(start: int) -> bool:
+    """Whether a compactor may be moving hot rows at or after ``start`` µs into a block right now."""
+    return bool(settings.DAQBROKER_COMPACT_AFTER) and start < time.time_ns() // 1000 - FRESH_US
 
 
 def has_any_block() -> Exists:
@@ -662,6 +675,8 @@ def drop_blocks_before(channel_id: int, cutoff: int, *, using: str = "default") 
     """Retention: delete the channel's blocks wholly before ``cutoff`` and expand the one straddling it
     (its readings before ``cutoff`` then go with the hot rows). Returns the readings dropped."""
     with transaction.atomic(using=using):
+        if _compactor_may_hold(cutoff - 1):  # as in expand_blocks: a block being written now is waited for
+            _lock_channels([channel_id], using)
         whole = ReadingBlock.objects.using(using).filter(channel_id=channel_id, last_ts__lt=cutoff)
         dropped = sum(whole.values_list("count", flat=True))
         whole.delete()

@@ -42,3 +42,21 @@ class HeldTransaction:
         assert not self.thread.is_alive(), "the held transaction did not end"
         if self.error:
             raise self.error
+
+
+def someone_waits_on_a_lock() -> bool:
+    """Whether a connection to this database is waiting for a lock another transaction holds (PostgreSQL
+    and MariaDB), asked on a connection of its own."""
+    connection = connections.create_connection("default")
+    try:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            else:
+                cursor.execute("SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")
+            return cursor.fetchone()[0] > 0
+    finally:
+        connection.close()

@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 from django.db import connection, connections
 
+from collection.choices import Quality
 from collection.models import ReadingBlock, RejectedSample, Sample
 from collection.services import SampleBatch, ingest_samples
-from collection.services.blocks import compact, read_readings
+from collection.services.blocks import compact, compact_window, read_readings
+from collection.services.retention import delete_readings
+from collection.services.validation import _set_quality
+from collection.tests.held import HeldTransaction, someone_waits_on_a_lock
 from collection.tests.readings import SECOND, T0
+from conftest import wait_for
 from instruments.tests.factories import make_channel, make_instrument
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -83,3 +88,44 @@ def test_two_compactors_and_late_data_at_once_keep_every_reading_once(settings):
     assert (totals["accepted"], totals["duplicates"]) == (300, 300)
     assert totals["conflicts"] == 0
     assert not RejectedSample.objects.exists()
+
+
+@pytest.mark.parametrize("change", ["delete", "flag"])
+def test_a_change_to_readings_a_compactor_is_moving_waits_for_it_and_is_kept(settings, change):
+    """A compactor has copied an hour's hot rows into its block and deleted them, not yet committed; a
+    deletion (or a quality flag) of some of those readings must wait for it and then act on the block, not
+    on the hot rows it can no longer see: else the readings come back from the block."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer at a time: there is no concurrency to test")
+    settings.DAQBROKER_COMPACT_AFTER = 3600
+    channel = make_channel(make_instrument(), slug="temp")
+    ts = T0 + np.arange(0, 3600) * SECOND
+    ingest_samples(SampleBatch(np.full(len(ts), channel.pk), ts, np.arange(3600.0)))
+    compactor = HeldTransaction(lambda: compact_window(channel.pk, T0))
+    outcome: list = []
+
+    def act():
+        try:
+            if change == "delete":
+                outcome.append(delete_readings([channel], T0 + 100 * SECOND, T0 + 200 * SECOND)[channel.pk])
+            else:
+                outcome.append(_set_quality(channel.pk, ts[100:200], Quality.SUSPECT, only_from=Quality.OK))
+        except BaseException as error:  # reported below
+            outcome.append(error)
+        finally:
+            connections.close_all()
+
+    actor = threading.Thread(target=act)
+    actor.start()
+    try:
+        wait_for(someone_waits_on_a_lock, timeout=30, message="the change to wait for the compactor's lock")
+    finally:
+        compactor.commit()
+    actor.join(timeout=60)
+    assert not actor.is_alive()
+    assert outcome == [100], outcome
+    got = read_readings(channel.pk, T0, T0 + HOUR)
+    if change == "delete":
+        assert got["ts"].tolist() == [t for t in ts.tolist() if not T0 + 100 * SECOND <= t < T0 + 200 * SECOND]
+    else:
+        assert got["quality"].tolist() == [Quality.SUSPECT if 100 <= i < 200 else Quality.OK for i in range(3600)]
