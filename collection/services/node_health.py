@@ -165,13 +165,14 @@ def _read_channels(instrument_id: int) -> list[tuple]:
             f"WHERE c.{quote('instrument_id')} = %s"
         )
     missing_values = Channel._meta.get_field("missing_values")
+    sentinels = 2 + CHANNEL_COLUMNS.index("missing_values")
     with storage.prepared_cursor(connection) as cursor:
         cursor.execute(sql, [instrument_id])
-        return [
-            # The sentinels as the ORM reads them (a list from the JSON column), blocks as a bool on every engine.
-            (*row[:6], missing_values.from_db_value(row[6], None, connection), *row[7:9], bool(row[9]))  # type: ignore[arg-type]  # the expression is unused
-            for row in cursor.fetchall()
-        ]
+        rows = [list(row) for row in cursor.fetchall()]
+    for row in rows:  # as the ORM reads them: the sentinels a list (a JSON column), blocks a bool on every engine
+        row[sentinels] = missing_values.from_db_value(row[sentinels], None, connection)  # type: ignore[arg-type]  # the expression is unused
+        row[-1] = bool(row[-1])
+    return [tuple(row) for row in rows]
 
 
 _channels_sql: dict[str, str] = {}
