@@ -16,6 +16,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from django.db import connections, models
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts import agent_samples, permissions
@@ -104,12 +106,13 @@ def record_heartbeat(who, data: dict, *, address: str | None = None) -> AgentHea
     now = timezone.now()
     offset = data.get("clock_offset")
     reported = {item["id"]: item for item in data.get("refused_sources") or []}
-    # Kept only for the agent's own sources, whatever ids it sends.
-    own = DataSource.objects.filter(agent=user.agent, kind=SourceKind.AGENT, pk__in=list(reported))
-    refused = [
-        {"id": pk, "name": reported[pk].get("name", ""), "reason": reported[pk]["reason"]}
-        for pk in sorted(own.values_list("pk", flat=True))
-    ]
+    refused: list[dict] = []
+    if reported:  # kept only for the agent's own sources, whatever ids it sends
+        own = DataSource.objects.filter(agent=user.agent, kind=SourceKind.AGENT, pk__in=list(reported))
+        refused = [
+            {"id": pk, "name": reported[pk].get("name", ""), "reason": reported[pk]["reason"]}
+            for pk in sorted(own.values_list("pk", flat=True))
+        ]
     if offset is None and data.get("agent_time") is not None:
         offset = data["agent_time"] - now.timestamp()
     if offset is not None and not math.isfinite(offset):
@@ -130,7 +133,10 @@ def record_heartbeat(who, data: dict, *, address: str | None = None) -> AgentHea
     }
     # Every heartbeat but an agent's first is one UPDATE (no read, no transaction of its own): a thousand
     # agents beating every ten seconds are a hundred of these a second (docs/performance.md#many-agents).
-    if AgentHealth.objects.filter(agent=user.agent).update(**said):
+    # When the agent refuses nothing, the same statement checks that none of its sources is still marked
+    # refused; only if one is (or the row is missing) does it write nothing and the longer way below runs.
+    clean = not refused and _update_health_row(user.agent, said, unless_marked=True)
+    if clean or _update_health_row(user.agent, said, unless_marked=False):
         # The row as just written; a field this heartbeat did not send (serial_ports) is deferred and read
         # from the database only if asked for.
         names = ["agent_id", *said]
@@ -138,11 +144,63 @@ def record_heartbeat(who, data: dict, *, address: str | None = None) -> AgentHea
         health.agent = user.agent
     else:
         health, _ = AgentHealth.objects.update_or_create(agent=user.agent, defaults=said)  # the first (races safe)
-    _mark_refused_sources(user.agent, refused)
+    if not clean:
+        _mark_refused_sources(user.agent, refused)
     return health
 
 
 REFUSED_PREFIX = "refused by the agent: "
+
+
+def _update_health_row(agent: Agent, said: dict, *, unless_marked: bool) -> bool:
+    """UPDATE the agent's health row with ``said``; with ``unless_marked`` only if none of its sources is
+    marked refused (``_refusal_marks``). Whether a row was written. Written out once per engine and set of
+    fields rather than built by the ORM at every heartbeat (building it cost more than running it); the
+    values prepared for the database as the ORM's UPDATE prepares them (``get_db_prep_save``)."""
+    connection = connections["default"]
+    key = (connection.vendor, tuple(said), unless_marked)
+    if key not in _health_updates:
+        quote = connection.ops.quote_name
+        fields = [_field(AgentHealth, name) for name in said]
+        sql = (
+            f"UPDATE {quote(AgentHealth._meta.db_table)} SET {', '.join(f'{quote(_column(f))} = %s' for f in fields)} "
+            f"WHERE {quote(_column(_field(AgentHealth, 'agent')))} = %s"
+        )
+        if unless_marked:  # the same test as _refusal_marks, written as the ORM writes it for the engine
+            like = connection.operators["startswith"] % "%s"  # type: ignore[attr-defined]  # every backend has them
+            sql += (
+                f" AND NOT EXISTS (SELECT 1 FROM {quote(DataSource._meta.db_table)} s "
+                f"WHERE s.{quote(_column(_field(DataSource, 'agent')))} = %s AND s.{quote('kind')} = %s "
+                f"AND s.{quote('last_error')} {like})"
+            )
+        _health_updates[key] = (sql, fields)
+    sql, fields = _health_updates[key]
+    params = [field.get_db_prep_save(value, connection) for field, value in zip(fields, said.values(), strict=True)]
+    params.append(agent.pk)
+    if unless_marked:
+        params += [agent.pk, SourceKind.AGENT.value, connection.ops.prep_for_like_query(REFUSED_PREFIX) + "%"]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount > 0
+
+
+def _field(model: type[models.Model], name: str) -> models.Field:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field
+
+
+def _column(field: models.Field) -> str:
+    assert field.column
+    return field.column
+
+
+_health_updates: dict[tuple, tuple[str, list[models.Field]]] = {}
+
+
+def _refusal_marks(agent: Agent) -> QuerySet[DataSource]:
+    """The agent's sources marked as refused by it."""
+    return DataSource.objects.filter(agent=agent, kind=SourceKind.AGENT, last_error__startswith=REFUSED_PREFIX)
 
 
 def _mark_refused_sources(agent: Agent, refused: list[dict]) -> None:
@@ -153,4 +211,4 @@ def _mark_refused_sources(agent: Agent, refused: list[dict]) -> None:
         mine.filter(pk=source_id).exclude(last_error=REFUSED_PREFIX + reason).update(
             last_error=(REFUSED_PREFIX + reason)[:2000]
         )
-    mine.filter(last_error__startswith=REFUSED_PREFIX).exclude(pk__in=list(reasons)).update(last_error="")
+    _refusal_marks(agent).exclude(pk__in=list(reasons)).update(last_error="")

@@ -21,7 +21,9 @@ owning the instrument, with a personal read-write token.
 engine and tree, N posts per case through Django's test client, one after the other in one thread (the
 same settings, middleware, Redis broker and bodies), printing wall and CPU time per request (the CPU of
 this process only: a database server's is not in it) and statements per request; --rounds times, the trees
-alternating. Engines may include mariadb there (BENCH_MARIADB_URL).
+alternating. Engines may include mariadb there (BENCH_MARIADB_URL). It also times an agent's later
+heartbeats (``--heartbeats``, the body ``daqbroker-agent`` sends, its node-health figures included; the
+first, which makes the health instrument, not timed). Times are medians of the requests.
 
     .venv/bin/python bench/ingest_small.py --engines postgresql,sqlite --clients 50 --seconds 15
     .venv/bin/python bench/ingest_small.py --trees before=/tmp/before,after=. --seconds 10
@@ -64,6 +66,9 @@ def main() -> None:
     parser.add_argument("--trees", default=f"this={REPO}", help="label=path of each source tree to serve")
     parser.add_argument("--in-process", type=int, default=0, metavar="N", help="N posts per case, no HTTP")
     parser.add_argument("--rounds", type=int, default=2, help="with --in-process: rounds over the trees")
+    parser.add_argument(
+        "--heartbeats", action=argparse.BooleanOptionalAction, default=True, help="with --in-process: time heartbeats"
+    )
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -72,7 +77,7 @@ def main() -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.measure:
-        print(json.dumps(measure_in_process(int(args.measure), sizes)))
+        print(json.dumps(measure_in_process(int(args.measure), sizes, heartbeats=args.heartbeats)))
         return
     if max(sizes) > CHANNELS_PER_CLIENT:
         sys.exit(f"--sizes: at most {CHANNELS_PER_CLIENT} readings per request (one per channel of a client)")
@@ -135,7 +140,8 @@ def in_process(trees: list[tuple[str, Path]], sizes: list[int], args) -> None:
                     env["DJANGO_SETTINGS_MODULE"] = "bench_settings"
                     env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(tree / "client_agent"), str(tree)])
                     child = subprocess.run(
-                        [sys.executable, __file__, "--measure", str(args.in_process), "--sizes", args.sizes],
+                        [sys.executable, __file__, "--measure", str(args.in_process), "--sizes", args.sizes,
+                         "--heartbeats" if args.heartbeats else "--no-heartbeats"],
                         env=env, cwd=tree, capture_output=True, text=True, check=False,
                     )  # fmt: skip
                 if child.returncode != 0:
@@ -148,31 +154,85 @@ def in_process(trees: list[tuple[str, Path]], sizes: list[int], args) -> None:
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
-def measure_in_process(n: int, sizes: list[int]) -> list[tuple[str, float, float, float]]:
-    """(In a child process with the engine's environment and the tree's code.) ``n`` posts per case, timed."""
+def measure_in_process(n: int, sizes: list[int], *, heartbeats: bool) -> list[tuple[str, float, float, float]]:
+    """(In a child process with the engine's environment and the tree's code.) ``n`` posts per case, timed:
+    the median wall and CPU time of a request (ms) and its mean statements."""
+    import statistics
+
     token = setup_database(1)["token"]
     from django.test import Client
 
     client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {token}")
-    results = []
     seq = 0
-    for phase, (name, size) in enumerate([("floor", 0), *((f"{k} reading" + "s" * (k > 1), k) for k in sizes)]):
-        path = "/bench/floor/" if size == 0 else "/api/v1/ingest/"
+
+    def ingest_body(phase: int, size: int) -> str:
+        t = T0_US + phase * 10**11 + seq * 1000
+        return json.dumps([{"channel": f"bench/c{j}", "t": t, "v": seq % 97 + j / 10} for j in range(max(size, 1))])
+
+    def heartbeat_body(phase: int, size: int) -> str:
+        return json.dumps({**HEARTBEAT, "spool_depth": seq % 7, "agent_time": time.time()})
+
+    cases = [("floor", 0, "/bench/floor/", ingest_body)]
+    cases += [(f"{k} reading" + "s" * (k > 1), k, "/api/v1/ingest/", ingest_body) for k in sizes]
+    if heartbeats:
+        agent_token = setup_agent()
+        cases.append(("heartbeat", 0, "/api/v1/agent/heartbeat/", heartbeat_body))
+    results = []
+    for phase, (name, size, path, body) in enumerate(cases):
+        if name == "heartbeat":
+            client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {agent_token}")
         statements = 0
-        for timed in (False, True):  # a warm-up, then the measured posts
-            count = n if timed else max(20, n // 10)
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(count):
+        walls, cpus = [], []
+        for timed in (False, True):  # a warm-up (for a heartbeat: the first makes the health instrument)
+            for _ in range(n if timed else max(20, n // 10)):
                 seq += 1
-                t = T0_US + phase * 10**11 + seq * 1000
-                rows = [{"channel": f"bench/c{j}", "t": t, "v": seq % 97 + j / 10} for j in range(max(size, 1))]
-                response = client.post(path, json.dumps(rows), content_type="application/json")
+                data = body(phase, size)
+                wall, cpu = time.perf_counter(), time.process_time()
+                response = client.post(path, data, content_type="application/json")
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 if response.status_code != 200 or (size and response.json()["accepted"] != size):
                     raise SystemExit(f"{name}: {response.status_code} {response.content[:300]!r}")
-                statements += int(response.headers.get("x-bench-statements", "0")) if timed else 0
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        results.append((name, wall / n * 1000, cpu / n * 1000, statements / n))
+                if timed:
+                    walls.append(wall)
+                    cpus.append(cpu)
+                    statements += int(response.headers.get("x-bench-statements", "0"))
+        results.append((name, statistics.median(walls) * 1000, statistics.median(cpus) * 1000, statements / n))
     return results
+
+
+# What daqbroker-agent sends every heartbeat (daqbroker_agent.runtime.send_heartbeat), nothing refused.
+HEARTBEAT = {
+    "version": "bench",
+    "hostname": "bench-agent",
+    "spool_capacity": 1_000_000,
+    "last_error": "",
+    "last_upload": "2026-12-07T12:00:00+00:00",
+    "clock_offset": 0.004,
+    "heartbeat_seconds": 10,
+    "refused_sources": [],
+    "serial_ports": [],
+    "health": {
+        "cpu_load": 0.25,
+        "memory_available_bytes": 4_000_000_000,
+        "memory_used_percent": 61.5,
+        "spool_disk_free_bytes": 10_000_000_000,
+        "spool_disk_used_percent": 40.0,
+        "spool_depth": 0,
+        "spool_oldest_age_seconds": None,
+    },
+}
+
+
+def setup_agent() -> str:
+    """An agent of the bench's sender, allowed to push to its instrument; returns its token."""
+    from django.contrib.auth.models import User
+
+    from accounts.services import create_agent
+    from instruments.models import Instrument
+
+    owner = User.objects.get(username="bench-sender")
+    _, token = create_agent(owner=owner, name="bench-agent", instruments=[Instrument.objects.get(slug="bench")])
+    return token
 
 
 @dataclass

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts import roles, services
+from accounts import agents, roles, services
 from accounts.models import Agent, AgentHealth, ApiToken
 from collection.choices import Origin
 from collection.models import RejectedSample
@@ -171,6 +171,34 @@ def test_heartbeat_is_stored_and_answered_with_the_server_time(station):
     bearer(token).post("/api/v1/agent/heartbeat/", {"clock_offset": 0.25, "spool_depth": 0}, format="json")
     health.refresh_from_db()
     assert (health.clock_offset_seconds, health.spool_depth, health.last_error) == (0.25, 0, "")
+
+
+def test_a_heartbeat_refusing_nothing_clears_a_refusal_mark_whatever_the_heartbeat_before_said(station):
+    """The usual heartbeat skips clearing refusal marks when none of the agent's sources carries one; the
+    database is asked, not the last heartbeat's list (a mark may outlive it: two heartbeats racing)."""
+    _, instrument, agent, token, source, _ = station
+    failing = DataSource.objects.create(
+        instrument=instrument, name="other", kind=SourceKind.AGENT, agent=agent, config=SERIAL
+    )
+    assert bearer(token).post("/api/v1/agent/heartbeat/", {"spool_depth": 1}, format="json").status_code == 200
+    assert AgentHealth.objects.get(agent=agent).refused_sources == []
+    DataSource.objects.filter(pk=source.pk).update(last_error=agents.REFUSED_PREFIX + "commands are not enabled")
+    DataSource.objects.filter(pk=failing.pk).update(last_error="serial port /dev/ttyUSB0 not found")
+
+    assert bearer(token).post("/api/v1/agent/heartbeat/", {"spool_depth": 2}, format="json").status_code == 200
+    source.refresh_from_db()
+    failing.refresh_from_db()
+    assert source.last_error == ""
+    assert failing.last_error == "serial port /dev/ttyUSB0 not found"  # not a refusal: left alone
+    assert AgentHealth.objects.get(agent=agent).spool_depth == 2
+
+    # Refused again: marked again, and kept while the agent keeps refusing it.
+    refusal = {"refused_sources": [{"id": source.pk, "name": "logger", "reason": "no such port"}], "spool_depth": 3}
+    for _ in range(2):
+        assert bearer(token).post("/api/v1/agent/heartbeat/", refusal, format="json").status_code == 200
+        source.refresh_from_db()
+        assert source.last_error == agents.REFUSED_PREFIX + "no such port"
+    assert [item["id"] for item in AgentHealth.objects.get(agent=agent).refused_sources] == [source.pk]
 
 
 @pytest.mark.parametrize(

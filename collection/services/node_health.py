@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import Agent, AgentHealth
+from collection import storage
 from collection.alarms.choices import RuleKind, Severity
 from collection.alarms.models import AlarmRule
 from collection.choices import Origin
@@ -138,25 +139,43 @@ def _health_channels(agent: Agent, heartbeat_seconds: int) -> dict[str, tuple]:
     ``ingest_samples`` would look up (CHANNEL_COLUMNS and whether it holds blocks: handed to it, so not read
     twice), their expected interval following the agent's own heartbeat interval so that the silence rule
     does. One query per heartbeat once the instrument exists; one more when the interval changed."""
-
-    def read(instrument_id: int) -> list[tuple]:
-        return list(
-            Channel.objects.filter(instrument_id=instrument_id)
-            .order_by()
-            .annotate(compacted=blocks.has_any_block())
-            .values_list("slug", "expected_interval_seconds", *CHANNEL_COLUMNS, "compacted")
-        )
-
     rows: list[tuple] = []
     if agent.health_instrument_id is not None:
-        rows = read(agent.health_instrument_id)
+        rows = _read_channels(agent.health_instrument_id)
     if not rows:  # the first heartbeat; or the instrument, or all its channels, deleted by the owner
-        rows = read(health_instrument(agent, heartbeat_seconds).pk)
+        rows = _read_channels(health_instrument(agent, heartbeat_seconds).pk)
     ours = {h.slug for h in HEALTH_CHANNELS.values()}
     behind = [row[0] for slug, interval, *row in rows if slug in ours and interval != heartbeat_seconds]
     if behind:
         Channel.objects.filter(pk__in=behind).update(expected_interval_seconds=heartbeat_seconds)
     return {slug: tuple(row) for slug, _, *row in rows}
+
+
+def _read_channels(instrument_id: int) -> list[tuple]:
+    """(slug, expected interval, *CHANNEL_COLUMNS, has blocks) of an instrument's channels. Written out once
+    per engine rather than built by the ORM for every heartbeat (building it cost more than running it), and
+    prepared once per connection on PostgreSQL, as the ingest endpoint's channel look-up."""
+    connection = connections["default"]
+    sql = _channels_sql.get(connection.vendor)
+    if sql is None:
+        quote = connection.ops.quote_name
+        columns = ", ".join(f"c.{quote(column)}" for column in ("slug", "expected_interval_seconds", *CHANNEL_COLUMNS))
+        sql = _channels_sql[connection.vendor] = (
+            f"SELECT {columns}, {blocks.has_any_block_sql('c', connection)} FROM {quote(Channel._meta.db_table)} c "
+            f"WHERE c.{quote('instrument_id')} = %s"
+        )
+    missing_values = Channel._meta.get_field("missing_values")
+    sentinels = 2 + CHANNEL_COLUMNS.index("missing_values")
+    with storage.prepared_cursor(connection) as cursor:
+        cursor.execute(sql, [instrument_id])
+        rows = [list(row) for row in cursor.fetchall()]
+    for row in rows:  # as the ORM reads them: the sentinels a list (a JSON column), blocks a bool on every engine
+        row[sentinels] = missing_values.from_db_value(row[sentinels], None, connection)  # type: ignore[arg-type]  # the expression is unused
+        row[-1] = bool(row[-1])
+    return [tuple(row) for row in rows]
+
+
+_channels_sql: dict[str, str] = {}
 
 
 def record_health(agent: Agent, health: AgentHealth, figures: dict | None) -> IngestResult | None:
