@@ -409,9 +409,10 @@ DAQBROKER_INGEST_MAX_READINGS = env_int("DAQBROKER_INGEST_MAX_READINGS", 100_000
 # Readings one correction may delete or replace (docs/reading-data.md): a larger range is refused with its size.
 DAQBROKER_CORRECTION_MAX_READINGS = env_int("DAQBROKER_CORRECTION_MAX_READINGS", 1_000_000, minimum=1)
 # Compressed storage (docs/storage.md): readings in hourly windows that closed more than this many seconds
-# ago are compacted into blocks by a periodic task. 0 (the default) leaves every reading in the narrow
-# tables. At least 600 s when on: ingest of readings older than that takes the slow, block-aware path.
-DAQBROKER_COMPACT_AFTER = env_int("DAQBROKER_COMPACT_AFTER", 0, minimum=0)
+# ago (an hour by default) are compacted into blocks, and their fine rollup tiers packed, by a periodic
+# task. 0 leaves every reading in the narrow tables. At least 600 s when on: ingest of readings older than
+# that takes the block-aware path.
+DAQBROKER_COMPACT_AFTER = env_int("DAQBROKER_COMPACT_AFTER", 3600, minimum=0)
 if 0 < DAQBROKER_COMPACT_AFTER < 600:
     raise ImproperlyConfigured(
         f"DAQBROKER_COMPACT_AFTER={DAQBROKER_COMPACT_AFTER} is below the minimum of 600 (or 0: off)"

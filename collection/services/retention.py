@@ -61,7 +61,8 @@ def delete_readings(
     deleted: dict[int, int] = {}
     changed: dict[int, tuple[int, int]] = {}
     with transaction.atomic(using=using):
-        for channel in channels:
+        # In key order: expand_blocks takes each channel's block lock, which ingest takes in key order too.
+        for channel in sorted(channels, key=lambda c: c.pk):
             model = TextSample if channel.kind == ChannelKind.TEXT else Sample
             blocks.expand_blocks(channel.pk, start, end, using=using)  # compacted readings become rows again
             rows = model.objects.using(using).filter(channel_id=channel.pk, ts__gte=start, ts__lt=end)

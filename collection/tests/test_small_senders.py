@@ -7,6 +7,9 @@ transaction every ``atomic`` would add savepoints a production request does not 
 
 from __future__ import annotations
 
+import sys
+import time
+
 import orjson
 import pytest
 from django.core.cache import cache
@@ -24,7 +27,7 @@ from instruments.tests.factories import make_channel, make_instrument, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 URL = "/api/v1/ingest/"
-T0 = 1_767_323_045_000_000  # µs
+T0 = 1_767_323_045_000_000  # µs; each test moves it to a minute ago (live_readings)
 
 # Statements of a small request once its token is remembered, BEGIN not counted (on PostgreSQL it goes
 # out with the first statement): the channel look-up (which carries the permission check as a subquery),
@@ -37,6 +40,14 @@ T0 = 1_767_323_045_000_000  # µs
 # test_the_instruments_freshness_costs_one_statement_after_commit).
 BUDGET = {"postgresql": 3, "sqlite": 4, "mysql": 4}
 FRESHNESS_UPDATE = 1
+
+
+@pytest.fixture(autouse=True)
+def live_readings(monkeypatch):
+    """Readings stamped a minute ago, as a live sender's are. Older ones may fall in an hour compressed
+    storage has compacted (on by default): they take the block-aware path, a lock and a look-up more
+    (test_an_old_reading_costs_the_block_aware_path_more; docs/storage.md)."""
+    monkeypatch.setattr(sys.modules[__name__], "T0", (time.time_ns() // 1000 // 1_000_000 - 60) * 1_000_000)
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +84,28 @@ def body(channels, n: int, step: int, value: float = 1.5) -> bytes:
 
 def counted(queries) -> list[str]:
     return [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("BEGIN")]
+
+
+@pytest.mark.parametrize("compaction", [3600, 0])
+def test_an_old_reading_costs_the_block_aware_path_more(plc, settings, compaction):
+    """A reading older than five minutes may belong in an hour compressed storage has compacted: while
+    compaction is on, the request takes its channels' block locks (the compactor's) and looks for a block,
+    two statements more once the channels have their lock rows; off, and no block ever made, none more."""
+    settings.DAQBROKER_COMPACT_AFTER = compaction
+    client = client_for(plc["agent"])
+    day = 86_400_000_000
+    assert client.post(URL, body(plc["channels"], 10, -day), content_type="application/json").json()["accepted"] == 10
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(URL, body(plc["channels"], 10, 1 - day), content_type="application/json")
+    assert response.status_code == 200 and response.json()["accepted"] == 10
+    statements = counted(queries)
+    assert len(statements) == BUDGET[connection.vendor] + (2 if compaction else 0), "\n".join(statements)
+    quoted = [s.replace("`", '"') for s in statements]
+    block_aware = [
+        s for s in quoted if s.startswith(('SELECT "collection_rollupstate"', 'SELECT "collection_readingblock"'))
+    ]
+    assert len(block_aware) == (2 if compaction else 0), statements
 
 
 @pytest.mark.parametrize("who", ["user", "agent"])
