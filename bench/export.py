@@ -12,6 +12,10 @@ CSV)`` read by psycopg in this process: the database writing CSV itself, with no
     .venv/bin/python bench/export.py                   # 10 M readings
     .venv/bin/python bench/export.py --readings 1000000
     .venv/bin/python bench/export.py --only CSV,NetCDF,HDF5   # cases whose name contains one of these
+    .venv/bin/python bench/export.py --compact         # the readings compacted into blocks (docs/storage.md)
+
+With ``--compact`` the readings are compacted into blocks after the ``COPY`` baseline is measured on the
+narrow table (same run), and every export reads them from the blocks.
 
 The database (default postgres://postgres@127.0.0.1:5432/daqbroker_bench_x, or BENCH_POSTGRESQL_URL)
 is dropped and created again.
@@ -54,7 +58,9 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=1, help="downloads per case (median)")
     parser.add_argument("--only", default="", help="comma-separated parts of case names (the CSV default always runs)")
+    parser.add_argument("--compact", action="store_true", help="export from compressed blocks")
     parser.add_argument("--setup", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compact-stored", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     env = dict(os.environ, DAQBROKER_DEBUG="false", DAQBROKER_SECRET_KEY="bench-" + "x" * 60)
     env.update(
@@ -66,6 +72,9 @@ def main() -> None:
     )
     if args.setup:
         print(json.dumps(setup(args.readings)))
+        return
+    if args.compact_stored:
+        print(json.dumps(compact_stored()))
         return
     with tempfile.TemporaryDirectory() as tmp:
         env["DAQBROKER_DATA_DIR"] = tmp
@@ -84,6 +93,13 @@ def main() -> None:
             f"loaded by ingest_samples at {info['ingest_per_s']:,.0f}/s"
         )
         baseline = statistics.median(copy_csv_rate(env["DATABASE_URL"], info["channel"]) for _ in range(args.repeat))
+        if args.compact:
+            argv = [sys.executable, __file__, "--compact-stored"]
+            out = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(out.stderr)
+            done = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"Compacted into blocks at {done['per_s']:,.0f} readings/s; every export below reads the blocks")
         wanted = [part.strip() for part in args.only.split(",") if part.strip()]
         cases = [c for i, c in enumerate(CASES) if i == 0 or not wanted or any(w in c[0] for w in wanted)]
         print(
@@ -141,6 +157,30 @@ def setup(readings: int) -> dict:
         cursor.execute("VACUUM ANALYZE")
     _, token = create_personal_token(user=owner, name="bench", scope=TokenScope.READ)
     return {"channel": channel.pk, "token": token, "ingest_per_s": readings / elapsed}
+
+
+def compact_stored() -> dict:
+    """Compact every stored hour into blocks, in the task's bounded steps; the rate."""
+    import django
+
+    django.setup()
+    import logging
+
+    from django.db import connection
+
+    from collection.models import Sample
+    from collection.services.blocks import compact
+
+    logging.disable(logging.WARNING)
+    started = time.perf_counter()
+    moved = 0
+    while (step := compact(T0 + 100 * 365 * 86400 * SECOND, max_windows=500)).windows:
+        moved += step.readings
+    elapsed = time.perf_counter() - started
+    assert not Sample.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+    return {"readings": moved, "per_s": moved / elapsed}
 
 
 def copy_csv_rate(url: str, channel_id: int) -> float:
