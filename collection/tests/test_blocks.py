@@ -10,7 +10,7 @@ import pytest
 from collection import storage
 from collection.choices import RejectionKind
 from collection.models import ReadingBlock, RejectedSample, Rollup, RollupBlock, Sample, TextSample
-from collection.services import SampleBatch, ingest_samples
+from collection.services import SampleBatch, blocks, ingest_samples
 from collection.services.blocks import BLOCK_WIDTH_US, MIN_AGE_US, compact, compact_window, read_readings, window_of
 from collection.services.rollups import PACKED_TIERS
 from collection.tasks import compact_blocks_task
@@ -225,3 +225,24 @@ def test_a_channel_whose_kind_changed_keeps_its_compacted_readings_aside(channel
     channel.kind = ChannelKind.NUMERIC
     channel.save()
     same(read_readings(channel.pk, T0, T0 + HOUR), before)  # ...and the numeric block is intact
+
+
+def test_a_row_the_compactor_did_not_read_is_never_deleted_with_the_window(channel, three_hours, monkeypatch):
+    """The window's hot rows go by one range delete, checked against the rows read: should a row have come
+    in between (a writer not holding the channel's block lock), the transaction is undone and the window
+    done again deleting exactly the keys read. The read is made to miss the window's last row, as if it
+    had been committed just after it."""
+    real = blocks._hot_rows
+    calls = []
+
+    def late_row_unseen(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        calls.append(len(rows["ts"]))
+        return {name: column[:-1] for name, column in rows.items()} if len(calls) == 1 else rows
+
+    monkeypatch.setattr(blocks, "_hot_rows", late_row_unseen)
+    step = compact_window(channel.pk, T0)
+    assert calls == [3600, 3600]  # read, undone, read again
+    assert (step.windows, step.readings) == (1, 3600)
+    assert not Sample.objects.filter(channel=channel, ts__lt=T0 + HOUR).exists()
+    assert read_readings(channel.pk, T0, T0 + HOUR)["ts"].tolist() == three_hours[:3600].tolist()
