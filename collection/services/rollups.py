@@ -303,23 +303,54 @@ def pack_window(channel_id: int, window_start: int, *, using: str = "default") -
     if window_start % width:
         raise ValueError("window_start must be a multiple of BLOCK_WIDTH_US")
     ensure_state(channel_id, using)
-    packed = 0
+    end = window_start + width
     with transaction.atomic(using=using):
         if _locked_state(channel_id, using) is None:
             return 0
-        span = {channel_id: (window_start, window_start + width)}
+        tiers = ", ".join(["%s"] * len(PACKED_TIERS))
+        rows = fetch_columns(  # every packed tier's rows of the hour, in one read
+            "SELECT tier, bucket, count, flagged, min_value, max_value, sum_value, m2, "
+            "COALESCE(first_ts, 0) AS first_ts, COALESCE(last_ts, 0) AS last_ts "
+            f"FROM {_table(Rollup, using)} WHERE channel_id = %s AND tier IN ({tiers}) AND bucket >= %s "
+            "AND bucket < %s ORDER BY tier, bucket",
+            [channel_id, *PACKED_TIERS, window_start, end],
+            (("tier", I8), *BUCKET_COLUMNS),
+            using=using,
+        )
+        if not len(rows["tier"]):
+            return 0
+        here = RollupBlock.objects.using(using).filter(channel_id=channel_id, window_start=window_start)
+        # Never both rows and a block of one tier's hour (writers unpack first); should there be, the rows
+        # are the newer: they win, and the block's other buckets are kept.
+        held = {
+            tier: _decode_packed(channel_id, tier, window_start, count, data)
+            for tier, count, data in here.values_list("tier", "count", "data")
+        }
+        had_blocks, made = bool(held), []
         for tier in PACKED_TIERS:
-            rows = fetch_buckets(channel_id, tier, window_start, window_start + width, using=using)
-            if not len(rows):
-                continue
-            fields_ = {"count": len(rows), "data": codec.encode_table([getattr(rows, n) for n, _ in BUCKET_COLUMNS])}
-            # fetch_buckets read a block of this hour too, should one be there: rewrite it with the rows merged.
-            RollupBlock.objects.using(using).update_or_create(
-                channel_id=channel_id, tier=tier, window_start=window_start, defaults=fields_
+            mine = rows["tier"] == tier
+            buckets = Buckets.from_columns({name: rows[name][mine] for name, _ in BUCKET_COLUMNS})
+            if tier in held:
+                older = held.pop(tier)
+                buckets = Buckets.concat([older.select(~np.isin(older.bucket, buckets.bucket)), buckets])
+                buckets = buckets.select(np.argsort(buckets.bucket, kind="stable"))
+            if len(buckets):
+                data = codec.encode_table([getattr(buckets, name) for name, _ in BUCKET_COLUMNS])
+                made.append(
+                    RollupBlock(
+                        channel_id=channel_id, tier=tier, window_start=window_start, count=len(buckets), data=data
+                    )
+                )
+        if had_blocks:
+            here.delete()
+        RollupBlock.objects.using(using).bulk_create(made)
+        with connections[using].cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {_table(Rollup, using)} WHERE channel_id = %s AND tier IN ({tiers}) "
+                "AND bucket >= %s AND bucket < %s",
+                [channel_id, *PACKED_TIERS, window_start, end],
             )
-            _delete_rows(tier, span, using)
-            packed += len(rows)
-    return packed
+    return len(rows["tier"])
 
 
 def pack(before: int, *, max_windows: int = 100, using: str = "default") -> int:
