@@ -666,9 +666,8 @@ def expand_for_ingest(
             return 0
         channel, ts = channel[mask], ts[mask]
     windows = ts - ts % BLOCK_WIDTH_US
-    wanted = set(zip(channel.tolist(), windows.tolist(), strict=True))
     candidates = ReadingBlock.objects.using(using).filter(
-        channel_id__in=sorted({c for c, _ in wanted}),
+        channel_id__in=np.unique(channel).tolist(),
         window_start__gte=int(windows.min()),
         window_start__lte=int(windows.max()),
     )
@@ -681,7 +680,12 @@ def expand_for_ingest(
         old = channel[ts < time.time_ns() // 1000 - FRESH_US]
         locked = _lock_channels(np.unique(old).tolist(), using)
         candidates = candidates.select_for_update()
-    hits = [pair for pair in candidates.values_list("channel_id", "window_start") if pair in wanted]
+    found = list(candidates.values_list("channel_id", "window_start"))
+    if not found:
+        return 0  # the usual case, even for a backfill of a million old readings: no (channel, window) set built
+    near = np.isin(channel, [c for c, _ in found]) & np.isin(windows, [w for _, w in found])
+    wanted = set(zip(channel[near].tolist(), windows[near].tolist(), strict=True))
+    hits = [pair for pair in found if pair in wanted]
     if not hits:
         return 0
     expanded = 0
