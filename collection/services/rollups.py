@@ -263,7 +263,7 @@ def _packed_where(tier: int, ranges: dict[int, tuple[int, int]]) -> Q:
     return Q(tier=tier) & where
 
 
-def _decode_packed(channel_id: int, tier: int, window_start: int, count: int, data: bytes) -> Buckets:
+def _decode_packed(channel_id: int, tier: int, window_start: int, count: int, data: bytes | memoryview) -> Buckets:
     columns = codec.decode_table(bytes(data))
     if len(columns) != len(BUCKET_COLUMNS) or any(len(c) != count for c in columns):
         raise codec.CodecError(f"packed buckets of channel {channel_id}, tier {tier}, at {window_start} are corrupt")
@@ -278,7 +278,10 @@ def _packed(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> list[t
         .order_by("channel_id", "window_start")
         .values_list("channel_id", "window_start", "count", "data")
     )
-    return [(channel_id, _decode_packed(channel_id, tier, *rest)) for channel_id, *rest in found]
+    return [
+        (channel_id, _decode_packed(channel_id, tier, window_start, count, data))
+        for channel_id, window_start, count, data in found
+    ]
 
 
 def _unpack(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
