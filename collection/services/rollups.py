@@ -362,20 +362,21 @@ def pack(before: int, *, max_windows: int = 100, using: str = "default") -> int:
     companion; call again until it returns 0). Returns how many hours were packed."""
     before = blocks.window_of(min(before, time.time_ns() // 1000 - blocks.MIN_AGE_US))
     table = _table(Rollup, using)
+    # Each tier's oldest row of the channel in range, one index range each ((channel, tier, bucket) is the
+    # key), in one statement.
+    oldest_sql = "SELECT " + ", ".join(
+        f"(SELECT bucket FROM {table} WHERE channel_id = %s AND tier = {int(tier)} AND bucket >= %s "
+        "AND bucket < %s ORDER BY bucket LIMIT 1)"
+        for tier in PACKED_TIERS
+    )
     done = 0
     connection = connections[using]
     for channel_id in RollupState.objects.using(using).order_by("channel_id").values_list("channel_id", flat=True):
         lower = -(2**63)  # from the hour just packed on, as blocks.compact does
         while done < max_windows:
-            oldest = []
             with connection.cursor() as cursor:
-                for tier in PACKED_TIERS:  # one index range each: (channel, tier, bucket) is the key
-                    cursor.execute(
-                        f"SELECT bucket FROM {table} WHERE channel_id = %s AND tier = %s AND bucket >= %s "
-                        "AND bucket < %s ORDER BY bucket LIMIT 1",
-                        [channel_id, tier, lower, before],
-                    )
-                    oldest += [int(row[0]) for row in cursor.fetchall()]
+                cursor.execute(oldest_sql, [p for _ in PACKED_TIERS for p in (channel_id, lower, before)])
+                oldest = [int(b) for b in cursor.fetchone() if b is not None]
             if not oldest:
                 break
             window = blocks.window_of(min(oldest))
@@ -409,11 +410,6 @@ def _delete_buckets(tier: int, ranges: dict[int, tuple[int, int]], using: str) -
     if not ranges:
         return
     _unpack(tier, ranges, using)
-    _delete_rows(tier, ranges, using)
-
-
-def _delete_rows(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
-    """Delete the ``Rollup`` rows of ``tier`` in [lo, hi) of each channel of ``ranges``, in one statement."""
     where, params = _ranges_sql("bucket", ranges)
     with connections[using].cursor() as cursor:
         cursor.execute(f"DELETE FROM {_table(Rollup, using)} WHERE tier = %s AND {where}", [tier, *params])
