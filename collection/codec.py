@@ -298,8 +298,8 @@ def decode_text(data: bytes) -> list[str]:
 
 def encode_table(columns: Sequence[np.ndarray]) -> bytes:
     """Columns of one length in one byte string: int64 columns as timestamps (delta-of-delta), float64
-    columns as values (decimal when exact, else xor); each column's method and payload length up front,
-    one zstd frame over everything."""
+    columns as values (decimal when exact, else the smaller of xor and residual); each column's method and
+    payload length up front, one zstd frame over everything."""
     count = len(columns[0]) if len(columns) else 0
     if len(columns) > 255:
         raise ValueError("a table holds at most 255 columns")
