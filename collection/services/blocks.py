@@ -137,6 +137,11 @@ def _encode(columns: dict[str, np.ndarray], text: bool) -> dict[str, bytes]:
     }
 
 
+# Hot rows one compaction transaction reads at most: adjacent windows of a channel go together up to it (a
+# window holding more goes alone, whole).
+RUN_ROWS = 200_000
+
+
 class _Moved(Exception):
     """The window's hot rows changed between the compactor's read and its delete: start again."""
 
@@ -147,74 +152,112 @@ def compact_window(channel_id: int, window_start: int, *, using: str = "default"
     is gone or another worker holds it. Safe to run twice: a second run finds no hot rows."""
     if window_start % BLOCK_WIDTH_US:
         raise ValueError("window_start must be a multiple of BLOCK_WIDTH_US")
+    return compact_run(channel_id, window_start, window_start + BLOCK_WIDTH_US, using=using)[0]
+
+
+def compact_run(channel_id: int, start: int, end: int, *, using: str = "default") -> tuple[Compacted, int]:
+    """``compact_window`` for every window in [start, end) (window edges) holding hot rows, in one
+    transaction reading at most about ``RUN_ROWS`` hot rows. Returns what it did and where it stopped (the
+    windows from there on are left for the next call)."""
+    if start % BLOCK_WIDTH_US or end % BLOCK_WIDTH_US:
+        raise ValueError("a run must start and end on window edges")
     try:
-        return _compact_window(channel_id, window_start, by_key=False, using=using)
+        return _compact_run(channel_id, start, end, by_key=False, using=using)
     except _Moved:  # rolled back; deleting exactly the keys read is safe whatever happens meanwhile
-        return _compact_window(channel_id, window_start, by_key=True, using=using)
+        return _compact_run(channel_id, start, end, by_key=True, using=using)
 
 
-def _compact_window(channel_id: int, window_start: int, *, by_key: bool, using: str) -> Compacted:
+def _compact_run(channel_id: int, start: int, end: int, *, by_key: bool, using: str) -> tuple[Compacted, int]:
     done = Compacted()
     connection = connections[using]
     text = _is_text(channel_id, using)
     if text is None:
-        return done
+        return done, start
     ensure_state(channel_id, using)
     with transaction.atomic(using=using):
         skip = connection.features.has_select_for_update_skip_locked
         locked = RollupState.objects.using(using).select_for_update(skip_locked=skip).filter(channel_id=channel_id)
         if not locked.values_list("channel_id", flat=True):
-            return done
-        hot = _hot_rows(channel_id, window_start, window_start + BLOCK_WIDTH_US, text, using)
+            return done, start
+        hot = _hot_rows(channel_id, start, end, text, using, limit=RUN_ROWS + 1)
         if not len(hot["ts"]):
-            return done
-        block = (
-            ReadingBlock.objects.using(using)
+            return done, end
+        if len(hot["ts"]) > RUN_ROWS:  # stop before the window the bound fell in (it may be incomplete)
+            cut = window_of(int(hot["ts"][RUN_ROWS]))
+            if cut == window_of(int(hot["ts"][0])):  # one window alone holds more: that window, whole
+                end = cut + BLOCK_WIDTH_US
+                hot = _hot_rows(channel_id, cut, end, text, using)
+            else:
+                end = cut
+                hot = {name: column[hot["ts"] < cut] for name, column in hot.items()}
+        windows = hot["ts"] - hot["ts"] % BLOCK_WIDTH_US
+        firsts = np.flatnonzero(np.r_[True, windows[1:] != windows[:-1]])
+        lasts = np.r_[firsts[1:], len(windows)]
+        found = {
+            block.window_start: block
+            for block in ReadingBlock.objects.using(using)
             .select_for_update()
-            .filter(channel_id=channel_id, window_start=window_start)
-            .first()
-        )
-        if block is not None and block_is_text(block) != text:
-            return done  # the channel's kind changed since: leave the rows where they are
-        merged = hot
-        if block is not None:
-            old = decode_block(block, text)
-            in_block = np.isin(hot["ts"], old["ts"])
-            if in_block.any():
-                where = np.searchsorted(old["ts"], hot["ts"][in_block])
-                hot_values, old_values = hot["value"][in_block], old["value"][where]
-                if text:
-                    same = np.array([a == b for a, b in zip(hot_values, old_values, strict=True)], dtype=bool)
-                else:  # the same value: equal, or both NaN with the same bits
-                    same = hot_values.view(np.uint64) == old_values.view(np.uint64)
-                done.duplicates = int(same.sum())
-                _quarantine_conflicts(
-                    channel_id, hot["ts"][in_block][~same], hot_values[~same], old_values[~same], using
-                )
-                done.conflicts = int((~same).sum())
-            fresh = {name: column[~in_block] for name, column in hot.items()}
-            merged = {name: np.concatenate([old[name], fresh[name]]) for name in old}
-            order = np.argsort(merged["ts"], kind="stable")
-            merged = {name: column[order] for name, column in merged.items()}
-        fields = {
-            "count": len(merged["ts"]),
-            "first_ts": int(merged["ts"][0]),
-            "last_ts": int(merged["ts"][-1]),
-            **_encode(merged, text),
+            .filter(channel_id=channel_id, window_start__gte=start, window_start__lt=end)
         }
-        if block is None:
-            ReadingBlock.objects.using(using).create(channel_id=channel_id, window_start=window_start, **fields)
-        else:
-            ReadingBlock.objects.using(using).filter(channel_id=channel_id, window_start=window_start).update(**fields)
-        if by_key:
-            _delete_keys(channel_id, hot["ts"], text, using)
-        elif _delete_window(channel_id, window_start, text, using) != len(hot["ts"]):
+        made, moved = [], []
+        for a, b in zip(firsts.tolist(), lasts.tolist(), strict=True):
+            window = int(windows[a])
+            part = {name: column[a:b] for name, column in hot.items()}
+            block = found.get(window)
+            if block is not None and block_is_text(block) != text:
+                continue  # the channel's kind changed since: leave these rows where they are
+            merged, duplicates, conflicts = _merge_into(channel_id, block, part, text, using)
+            fields = {
+                "count": len(merged["ts"]),
+                "first_ts": int(merged["ts"][0]),
+                "last_ts": int(merged["ts"][-1]),
+                **_encode(merged, text),
+            }
+            if block is None:
+                made.append(ReadingBlock(channel_id=channel_id, window_start=window, **fields))
+            else:
+                ReadingBlock.objects.using(using).filter(channel_id=channel_id, window_start=window).update(**fields)
+            moved.append(part["ts"])
+            done.windows += 1
+            done.duplicates += duplicates
+            done.conflicts += conflicts
+            done.readings += len(part["ts"]) - duplicates - conflicts
+        ReadingBlock.objects.using(using).bulk_create(made)
+        keys = np.concatenate(moved) if moved else np.empty(0, np.int64)
+        if by_key or len(keys) < len(hot["ts"]):  # some rows stay (their window was skipped): by their keys
+            if len(keys):
+                _delete_keys(channel_id, keys, text, using)
+        elif _delete_range(channel_id, start, end, text, using) != len(hot["ts"]):
             # A row came or went since the read (another writer not holding the channel's block lock):
-            # this transaction is undone, and the window done again deleting exactly the keys it reads.
+            # this transaction is undone, and the run done again deleting exactly the keys it reads.
             raise _Moved
-        done.windows = 1
-        done.readings = len(hot["ts"]) - done.duplicates - done.conflicts
-    return done
+    return done, end
+
+
+def _merge_into(
+    channel_id: int, block: ReadingBlock | None, hot: dict[str, np.ndarray], text: bool, using: str
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """A window's hot rows merged into its block's readings (if any): (the merged columns, duplicates,
+    conflicts). A key in both is kept once, the block's value winning; a differing hot value is quarantined."""
+    if block is None:
+        return hot, 0, 0
+    old = decode_block(block, text)
+    in_block = np.isin(hot["ts"], old["ts"])
+    duplicates = conflicts = 0
+    if in_block.any():
+        where = np.searchsorted(old["ts"], hot["ts"][in_block])
+        hot_values, old_values = hot["value"][in_block], old["value"][where]
+        if text:
+            same = np.array([a == b for a, b in zip(hot_values, old_values, strict=True)], dtype=bool)
+        else:  # the same value: equal, or both NaN with the same bits
+            same = hot_values.view(np.uint64) == old_values.view(np.uint64)
+        duplicates = int(same.sum())
+        _quarantine_conflicts(channel_id, hot["ts"][in_block][~same], hot_values[~same], old_values[~same], using)
+        conflicts = int((~same).sum())
+    fresh = {name: column[~in_block] for name, column in hot.items()}
+    merged = {name: np.concatenate([old[name], fresh[name]]) for name in old}
+    order = np.argsort(merged["ts"], kind="stable")
+    return {name: column[order] for name, column in merged.items()}, duplicates, conflicts
 
 
 def _quarantine_conflicts(channel_id: int, ts: np.ndarray, values: np.ndarray, stored: np.ndarray, using: str) -> None:
@@ -233,16 +276,13 @@ def _quarantine_conflicts(channel_id: int, ts: np.ndarray, values: np.ndarray, s
     )
 
 
-def _delete_window(channel_id: int, window_start: int, text: bool, using: str) -> int:
-    """Delete the window's hot rows by its range, one index range scan (far cheaper than its keys one by
-    one); the rows deleted, for the caller to check against the rows it read."""
+def _delete_range(channel_id: int, start: int, end: int, text: bool, using: str) -> int:
+    """Delete the channel's hot rows in [start, end), one index range scan (far cheaper than their keys one
+    by one); the rows deleted, for the caller to check against the rows it read."""
     connection = connections[using]
     table = connection.ops.quote_name((TextSample if text else Sample)._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s",
-            [channel_id, window_start, window_start + BLOCK_WIDTH_US],
-        )
+        cursor.execute(f"DELETE FROM {table} WHERE channel_id = %s AND ts >= %s AND ts < %s", [channel_id, start, end])
         return cursor.rowcount
 
 
@@ -285,11 +325,12 @@ def compact(before: int, *, max_windows: int = 100, using: str = "default") -> C
             if row is None:
                 break
             window = window_of(int(row[0]))
-            step = compact_window(channel_id, window, using=using)
+            # Adjacent windows together, as many as are left to do (compact_run stops at RUN_ROWS rows).
+            last = min(window + (max_windows - total.windows) * BLOCK_WIDTH_US, window_of(before))
+            step, lower = compact_run(channel_id, window, last, using=using)
             if not step.windows:
                 break  # another worker holds the channel
-            lower = window + BLOCK_WIDTH_US
-            total.windows += 1
+            total.windows += step.windows
             total.readings += step.readings
             total.duplicates += step.duplicates
             total.conflicts += step.conflicts

@@ -298,6 +298,10 @@ def _unpack(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
     _insert_buckets(tier, ids, Buckets.concat([b for _, b in found]), using)
 
 
+# Bucket rows one packing transaction reads at most: adjacent hours of a channel go together up to it.
+PACK_ROWS = 100_000
+
+
 def pack_window(channel_id: int, window_start: int, *, using: str = "default") -> int:
     """Pack the channel's buckets of every ``PACKED_TIERS`` tier in the hour starting at ``window_start``
     into one ``RollupBlock`` per tier, in one transaction under the channel's lock, and delete their rows.
@@ -305,61 +309,80 @@ def pack_window(channel_id: int, window_start: int, *, using: str = "default") -
     width = blocks.BLOCK_WIDTH_US
     if window_start % width:
         raise ValueError("window_start must be a multiple of BLOCK_WIDTH_US")
+    return pack_run(channel_id, window_start, window_start + width, using=using)[0]
+
+
+def pack_run(channel_id: int, start: int, end: int, *, using: str = "default") -> tuple[int, int, int]:
+    """``pack_window`` for every hour in [start, end) (window edges) holding bucket rows of a packed tier,
+    in one transaction reading at most about ``PACK_ROWS`` rows. Returns (buckets packed, hours packed,
+    where it stopped: the hours from there on are left for the next call)."""
+    width = blocks.BLOCK_WIDTH_US
+    if start % width or end % width:
+        raise ValueError("a run must start and end on window edges")
     ensure_state(channel_id, using)
-    end = window_start + width
+    tiers = ", ".join(["%s"] * len(PACKED_TIERS))
+    where = f"channel_id = %s AND tier IN ({tiers}) AND bucket >= %s AND bucket < %s"
     with transaction.atomic(using=using):
         if _locked_state(channel_id, using) is None:
-            return 0
-        tiers = ", ".join(["%s"] * len(PACKED_TIERS))
-        rows = fetch_columns(  # every packed tier's rows of the hour, in one read
+            return 0, 0, start
+        columns = (("tier", I8), *BUCKET_COLUMNS)
+        select = (
             "SELECT tier, bucket, count, flagged, min_value, max_value, sum_value, m2, "
             "COALESCE(first_ts, 0) AS first_ts, COALESCE(last_ts, 0) AS last_ts "
-            f"FROM {_table(Rollup, using)} WHERE channel_id = %s AND tier IN ({tiers}) AND bucket >= %s "
-            "AND bucket < %s ORDER BY tier, bucket",
-            [channel_id, *PACKED_TIERS, window_start, end],
-            (("tier", I8), *BUCKET_COLUMNS),
-            using=using,
+            f"FROM {_table(Rollup, using)} WHERE {where} ORDER BY bucket, tier"
+        )
+        rows = fetch_columns(
+            select + f" LIMIT {PACK_ROWS + 1}", [channel_id, *PACKED_TIERS, start, end], columns, using=using
         )
         if not len(rows["tier"]):
-            return 0
-        here = RollupBlock.objects.using(using).filter(channel_id=channel_id, window_start=window_start)
+            return 0, 0, end
+        if len(rows["tier"]) > PACK_ROWS:  # stop before the hour the bound fell in (it may be incomplete)
+            cut = blocks.window_of(int(rows["bucket"][PACK_ROWS]))
+            if cut == blocks.window_of(int(rows["bucket"][0])):  # one hour alone holds more: that hour, whole
+                start, end = cut, cut + width
+                rows = fetch_columns(select, [channel_id, *PACKED_TIERS, start, end], columns, using=using)
+            else:
+                end = cut
+                rows = {name: column[rows["bucket"] < cut] for name, column in rows.items()}
+        hours = rows["bucket"] - rows["bucket"] % width
+        packed_hours = np.unique(hours).tolist()
+        here = RollupBlock.objects.using(using).filter(
+            channel_id=channel_id, tier__in=PACKED_TIERS, window_start__in=packed_hours
+        )
         # Never both rows and a block of one tier's hour (writers unpack first); should there be, the rows
         # are the newer: they win, and the block's other buckets are kept.
         held = {
-            tier: _decode_packed(channel_id, tier, window_start, count, data)
-            for tier, count, data in here.values_list("tier", "count", "data")
+            (tier, window): _decode_packed(channel_id, tier, window, count, data)
+            for tier, window, count, data in here.values_list("tier", "window_start", "count", "data")
         }
         had_blocks, made = bool(held), []
-        for tier in PACKED_TIERS:
-            mine = rows["tier"] == tier
-            buckets = Buckets.from_columns({name: rows[name][mine] for name, _ in BUCKET_COLUMNS})
-            if tier in held:
-                older = held.pop(tier)
-                buckets = Buckets.concat([older.select(~np.isin(older.bucket, buckets.bucket)), buckets])
-                buckets = buckets.select(np.argsort(buckets.bucket, kind="stable"))
-            if len(buckets):
-                data = codec.encode_table([getattr(buckets, name) for name, _ in BUCKET_COLUMNS])
-                made.append(
-                    RollupBlock(
-                        channel_id=channel_id, tier=tier, window_start=window_start, count=len(buckets), data=data
+        for hour in packed_hours:
+            for tier in PACKED_TIERS:
+                mine = (hours == hour) & (rows["tier"] == tier)
+                buckets = Buckets.from_columns({name: rows[name][mine] for name, _ in BUCKET_COLUMNS})
+                older = held.pop((tier, hour), None)
+                if older is not None:
+                    buckets = Buckets.concat([older.select(~np.isin(older.bucket, buckets.bucket)), buckets])
+                    buckets = buckets.select(np.argsort(buckets.bucket, kind="stable"))
+                if len(buckets):
+                    data = codec.encode_table([getattr(buckets, name) for name, _ in BUCKET_COLUMNS])
+                    made.append(
+                        RollupBlock(channel_id=channel_id, tier=tier, window_start=hour, count=len(buckets), data=data)
                     )
-                )
         if had_blocks:
             here.delete()
         RollupBlock.objects.using(using).bulk_create(made)
         with connections[using].cursor() as cursor:
             cursor.execute(
-                f"DELETE FROM {_table(Rollup, using)} WHERE channel_id = %s AND tier IN ({tiers}) "
-                "AND bucket >= %s AND bucket < %s",
-                [channel_id, *PACKED_TIERS, window_start, end],
+                f"DELETE FROM {_table(Rollup, using)} WHERE {where}", [channel_id, *PACKED_TIERS, start, end]
             )
-    return len(rows["tier"])
+    return len(rows["tier"]), len(packed_hours), end
 
 
 def pack(before: int, *, max_windows: int = 100, using: str = "default") -> int:
     """One bounded step: pack at most ``max_windows`` (channel, hour)s that end at or before ``before`` (µs)
-    and still hold buckets of a packed tier as rows, oldest first per channel (``blocks.compact``'s
-    companion; call again until it returns 0). Returns how many hours were packed."""
+    and still hold buckets of a packed tier as rows, oldest first per channel, adjacent hours together
+    (``blocks.compact``'s companion; call again until it returns 0). Returns how many hours were packed."""
     before = blocks.window_of(min(before, time.time_ns() // 1000 - blocks.MIN_AGE_US))
     table = _table(Rollup, using)
     # Each tier's oldest row of the channel in range, one index range each ((channel, tier, bucket) is the
@@ -372,7 +395,7 @@ def pack(before: int, *, max_windows: int = 100, using: str = "default") -> int:
     done = 0
     connection = connections[using]
     for channel_id in RollupState.objects.using(using).order_by("channel_id").values_list("channel_id", flat=True):
-        lower = -(2**63)  # from the hour just packed on, as blocks.compact does
+        lower = -(2**63)  # from the hours just packed on, as blocks.compact does
         while done < max_windows:
             with connection.cursor() as cursor:
                 cursor.execute(oldest_sql, [p for _ in PACKED_TIERS for p in (channel_id, lower, before)])
@@ -380,10 +403,11 @@ def pack(before: int, *, max_windows: int = 100, using: str = "default") -> int:
             if not oldest:
                 break
             window = blocks.window_of(min(oldest))
-            if not pack_window(channel_id, window, using=using):
+            last = min(window + (max_windows - done) * blocks.BLOCK_WIDTH_US, before)
+            _, hours, lower = pack_run(channel_id, window, last, using=using)
+            if not hours:
                 break  # another worker holds the channel
-            done += 1
-            lower = window + blocks.BLOCK_WIDTH_US
+            done += hours
         if done >= max_windows:
             break
     return done

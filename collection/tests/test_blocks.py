@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from collection import storage
 from collection.choices import RejectionKind
@@ -246,3 +248,26 @@ def test_a_row_the_compactor_did_not_read_is_never_deleted_with_the_window(chann
     assert (step.windows, step.readings) == (1, 3600)
     assert not Sample.objects.filter(channel=channel, ts__lt=T0 + HOUR).exists()
     assert read_readings(channel.pk, T0, T0 + HOUR)["ts"].tolist() == three_hours[:3600].tolist()
+
+
+def test_adjacent_windows_are_compacted_together_up_to_a_bound(channel, three_hours, monkeypatch):
+    """Adjacent hours of a channel go in one transaction (one insert of their blocks, one delete of their
+    rows), as many as fit in RUN_ROWS hot rows; a window holding more than that goes alone, whole."""
+    with CaptureQueriesContext(connection) as queries:
+        assert compact(T0 + 3 * HOUR).windows == 3
+    statements = [q["sql"].replace("`", '"') for q in queries.captured_queries]
+    assert len([s for s in statements if s.startswith('INSERT INTO "collection_readingblock"')]) == 1
+    assert len([s for s in statements if s.startswith('DELETE FROM "collection_sample"')]) == 1
+    assert read_readings(channel.pk, T0, T0 + 3 * HOUR)["ts"].tolist() == three_hours.tolist()
+
+    blocks.ReadingBlock.objects.all().delete()
+    hot_insert(channel.pk, three_hours, np.ones(len(three_hours)))
+    monkeypatch.setattr(blocks, "RUN_ROWS", 5000)  # an hour and a part: the run stops after the first hour
+    step, stopped = blocks.compact_run(channel.pk, T0, T0 + 3 * HOUR)
+    assert (step.windows, stopped) == (1, T0 + HOUR)
+    monkeypatch.setattr(blocks, "RUN_ROWS", 1000)  # less than an hour: the hour goes alone, whole
+    step, stopped = blocks.compact_run(channel.pk, T0 + HOUR, T0 + 3 * HOUR)
+    assert (step.windows, step.readings, stopped) == (1, 3600, T0 + 2 * HOUR)
+    assert compact(T0 + 3 * HOUR).windows == 1
+    assert not Sample.objects.filter(channel=channel).exists()
+    assert read_readings(channel.pk, T0, T0 + 3 * HOUR)["ts"].tolist() == three_hours.tolist()

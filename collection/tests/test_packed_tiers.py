@@ -130,3 +130,24 @@ def test_a_channel_held_by_another_worker_is_skipped_and_packed_later(django_cap
     assert rows_of(channel.pk, 10) == 360
     assert pack(END) == 1
     assert rows_of(channel.pk, 10) == 0
+
+
+def test_adjacent_hours_are_packed_together_up_to_a_bound(channel, monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from collection.services import rollups
+
+    before = tiers(channel.pk)
+    with CaptureQueriesContext(connection) as queries:
+        assert pack(END) == 3
+    statements = [q["sql"].replace("`", '"') for q in queries.captured_queries]
+    assert len([s for s in statements if s.startswith('INSERT INTO "collection_rollupblock"')]) == 1
+    assert len([s for s in statements if s.startswith('DELETE FROM "collection_rollup"')]) == 1
+    assert tiers(channel.pk) == before
+
+    rebuild_rollups([channel.pk])  # rows again
+    monkeypatch.setattr(rollups, "PACK_ROWS", 500)  # an hour is 420 rows (360 + 60): one hour a run
+    assert rollups.pack_run(channel.pk, T0, END) == (420, 1, T0 + HOUR)
+    assert pack(END) == 2
+    assert rows_of(channel.pk, 10) == 0
+    assert tiers(channel.pk) == before
