@@ -10,13 +10,14 @@ touches back into hot rows (``expand_blocks``, ``expand_for_ingest``, ``drop_blo
 
 Safety of ``compact_window``:
 
-* One transaction per (channel, window): the merged block is written and exactly the hot rows it took
-  are deleted, or nothing happens.
+* One transaction per run of a channel's adjacent windows (``compact_run``, at most ``RUN_ROWS`` hot rows):
+  the merged blocks are written and exactly the hot rows they took are deleted, or nothing happens.
 * Two compactors: each holds the channel's ``RollupState`` row lock (``SELECT … FOR UPDATE``, ``SKIP
   LOCKED`` where the engine has it, so a second worker moves on to other channels; SQLite serialises
   writers anyway). Not the ``Channel`` row: see ``_lock_channels``.
-* Concurrent ingest: only the keys read are deleted, so a reading committed into the window meanwhile
-  stays a hot row and is merged by the next pass (``read_readings`` reads both in the meantime).
+* Concurrent ingest: only the rows read are deleted (one range delete whose count must equal the rows
+  read, else the run is undone and done again by their keys), so a reading committed into the window
+  meanwhile stays a hot row and is merged by the next pass (``read_readings`` reads both meanwhile).
 * Late data: a hot row in an already compacted window is merged into its block (decode, merge, encode);
   a key present in both is kept once, the block's value winning (the first stored, as at ingest) and a
   differing hot value quarantined as a conflict.
