@@ -124,7 +124,7 @@ class Buckets:
             return cls.empty()
         return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
-    def select(self, mask: np.ndarray) -> Buckets:
+    def select(self, mask: np.ndarray | slice) -> Buckets:
         return Buckets(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
 
     @property
@@ -356,10 +356,13 @@ def pack_run(channel_id: int, start: int, end: int, *, using: str = "default") -
             for tier, window, count, data in here.values_list("tier", "window_start", "count", "data")
         }
         had_blocks, made = bool(held), []
-        for hour in packed_hours:
-            for tier in PACKED_TIERS:
-                mine = (hours == hour) & (rows["tier"] == tier)
-                buckets = Buckets.from_columns({name: rows[name][mine] for name, _ in BUCKET_COLUMNS})
+        for tier in PACKED_TIERS:
+            mine = rows["tier"] == tier
+            of_tier = Buckets.from_columns({name: rows[name][mine] for name, _ in BUCKET_COLUMNS})
+            # Ordered by bucket: each hour's buckets are one slice.
+            edges = np.searchsorted(hours[mine], [*packed_hours, end]).tolist()
+            for i, hour in enumerate(packed_hours):
+                buckets = of_tier.select(slice(edges[i], edges[i + 1]))
                 older = held.pop((tier, hour), None)
                 if older is not None:
                     buckets = Buckets.concat([older.select(~np.isin(older.bucket, buckets.bucket)), buckets])
