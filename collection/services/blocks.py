@@ -656,11 +656,12 @@ def expand_blocks(channel_id: int, start: int, end: int, *, using: str = "defaul
     for, and none can move them before the change is done. Without it a deletion or a quality flag could
     act on rows a compactor had just copied, and the block would bring the old readings back."""
     with transaction.atomic(using=using):
-        if _compactor_may_hold(start) and channel_id not in _lock_channels([channel_id], using):
+        locked_first = _compactor_may_hold(start)
+        if locked_first and channel_id not in _lock_channels([channel_id], using):
             return 0
         if not has_blocks(channel_id, start, end, using=using):
             return 0
-        if channel_id not in _lock_channels([channel_id], using):
+        if not locked_first and channel_id not in _lock_channels([channel_id], using):
             return 0
         found = (
             ReadingBlock.objects.using(using)
