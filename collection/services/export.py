@@ -20,9 +20,11 @@ date), an exact decimal (6 decimals); ``matlab`` is a MATLAB datenum (days since
 Parquet keeps time as a native timestamp (µs, with the time zone) and units in the field metadata.
 Values are written in their shortest exact form, so a CSV parsed back gives the stored floats bit for bit.
 
-Fast path: on PostgreSQL a long CSV is produced by the server itself, ``COPY (SELECT ...) TO STDOUT
-(FORMAT CSV)`` per channel, streamed to the client as it arrives. Elsewhere (and for Parquet and wide
-tables) rows are read by keyset pagination on (channel_id, ts) in chunks and formatted here.
+A long CSV is the same bytes on every engine. On PostgreSQL the hot rows of a channel are written by the
+server itself, ``COPY (SELECT ...) TO STDOUT (FORMAT CSV)``, streamed to the client as it arrives; a
+channel with compressed blocks in the range, and every channel on the other engines, is read in chunks
+(keyset pagination on (channel_id, ts), or decoded blocks) and formatted column-wise by ``csv_text``,
+which writes what PostgreSQL writes. Parquet and wide tables are read in chunks too.
 """
 
 from __future__ import annotations
@@ -39,9 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from django.db import DatabaseError, connections, transaction
 
-from collection import storage
 from collection.models import Sample, TextSample
-from collection.services import blocks
+from collection.services import blocks, csv_text
 from collection.services.export_netcdf import netcdf_export
 from collection.services.export_read import (  # the request and the readers, shared with export_netcdf
     DAY_US,
@@ -49,8 +50,6 @@ from collection.services.export_read import (  # the request and the readers, sh
     IGOR_EPOCH_US,
     MATLAB_DECIMALS,
     MATLAB_EPOCH_DAYS,
-    UTC,
-    WRITE_ROWS,
     ExportRequest,
     _chunks,
     _only_ok,
@@ -79,13 +78,18 @@ def export(request: ExportRequest, *, using: str = "default") -> Iterator[bytes]
 
 
 def _flushed(pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """Pieces regrouped into chunks of about FLUSH_BYTES: fewer, larger writes to the socket."""
+    """Pieces regrouped into chunks of about FLUSH_BYTES: fewer, larger writes to the socket (and a large
+    piece, a formatted chunk of readings, cut to that size)."""
     pending = bytearray()
     for piece in pieces:
         pending += piece
         if len(pending) >= FLUSH_BYTES:
-            yield bytes(pending)
-            pending.clear()
+            view = memoryview(pending)
+            cut = len(pending) - len(pending) % FLUSH_BYTES
+            for start in range(0, cut, FLUSH_BYTES):
+                yield bytes(view[start : start + FLUSH_BYTES])
+            view.release()
+            del pending[:cut]
     if pending:
         yield bytes(pending)
 
@@ -95,56 +99,7 @@ def _flushed(pieces: Iterable[bytes]) -> Iterator[bytes]:
 
 def format_times(ts: np.ndarray, time_format: str, zone: zoneinfo.ZoneInfo) -> list[str]:
     """Timestamps (µs) as text, identical to what the PostgreSQL path writes."""
-    if time_format == "epoch_us":
-        return [str(t) for t in ts.tolist()]
-    if time_format in ("epoch_s", "epoch_ms", "igor"):
-        unit, digits = (1_000, 3) if time_format == "epoch_ms" else (1_000_000, 6)
-        shift = IGOR_EPOCH_US if time_format == "igor" else 0
-        out = []
-        for t in ts.tolist():
-            q, r = divmod(abs(t + shift), unit)
-            out.append(f"{'-' if t + shift < 0 else ''}{q}.{r:0{digits}d}")
-        return out
-    if time_format == "matlab":
-        scale = 10**MATLAB_DECIMALS
-        # Exact integers: units of 1e-11 day, rounded half up (as PostgreSQL's numeric rounds a positive value).
-        offset = MATLAB_EPOCH_DAYS * DAY_US
-        out = []
-        for t in ts.tolist():
-            q, r = divmod(((t + offset) * scale * 2 + DAY_US) // (2 * DAY_US), scale)
-            out.append(f"{q}.{r:0{MATLAB_DECIMALS}d}")
-        return out
-    return iso_times(ts, zone)
-
-
-def iso_times(ts: np.ndarray, zone: zoneinfo.ZoneInfo) -> list[str]:
-    if len(ts) == 0:
-        return []
-    if zone is UTC or zone.key == "UTC":
-        local = ts
-    else:
-        converted = pd.to_datetime(ts, unit="us", utc=True).tz_convert(zone).tz_localize(None)
-        local = converted.to_numpy().astype("datetime64[us]").astype(np.int64)
-    offsets = (local - ts) // 1_000_000
-    seconds = np.datetime_as_string((local - local % 1_000_000).astype("datetime64[us]"), unit="s")
-    fractions = (local % 1_000_000).tolist()
-    offset_text = {int(o): _offset(int(o)) for o in np.unique(offsets)}
-    return [
-        f"{base}{'.' + f'{frac:06d}'.rstrip('0') if frac else ''}{offset_text[off]}"
-        for base, frac, off in zip(seconds.tolist(), fractions, offsets.tolist(), strict=True)
-    ]
-
-
-def _offset(seconds: int) -> str:
-    sign = "-" if seconds < 0 else "+"
-    hours, rest = divmod(abs(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    text = f"{sign}{hours:02d}"
-    if minutes or secs:
-        text += f":{minutes:02d}"
-    if secs:
-        text += f":{secs:02d}"
-    return text
+    return csv_text.lines(csv_text.times(ts, time_format, zone))
 
 
 def _pg_time_sql(time_format: str) -> str:
@@ -165,21 +120,11 @@ def _pg_time_sql(time_format: str) -> str:
     return "replace((to_timestamp(ts / 1000000) + (ts %% 1000000) * interval '1 microsecond')::text, ' ', 'T')"
 
 
-# --- reading chunks -------------------------------------------------------------------------------
-
-
-def _value_text(values: np.ndarray) -> list:
-    """Floats in their shortest exact form (repr), text as is."""
-    if values.dtype == object:
-        return values.tolist()
-    return [repr(v) for v in values.tolist()]
-
-
 # --- long CSV -------------------------------------------------------------------------------------
 
 
 def _csv_header(request: ExportRequest) -> bytes:
-    return ("time,channel,value" + (",quality" if request.quality else "") + "\r\n").encode()
+    return ("time,channel,value" + (",quality" if request.quality else "") + "\n").encode()
 
 
 def _pg_check_time_zone(name: str, using: str) -> None:
@@ -203,7 +148,7 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
         )
         for channel in request.channels:
             if blocks.has_blocks(channel.pk, request.start, request.end, using=using):
-                yield from _pg_compacted_csv(cursor, channel, request, time_sql, quality, using)
+                yield from _compacted_csv(channel, request, using)
                 continue
             table = connection.ops.quote_name(
                 (TextSample if channel.kind == ChannelKind.TEXT else Sample)._meta.db_table
@@ -219,62 +164,32 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
                     yield bytes(data)
 
 
-def _pg_compacted_csv(cursor, channel: Channel, request: ExportRequest, time_sql: str, quality: str, using: str):
-    """A channel with compressed blocks in the range: its merged readings go, chunk by chunk, through a
-    temporary table and the same ``COPY ... TO CSV`` as the hot rows, so PostgreSQL formats them alike."""
-    text = channel.kind == ChannelKind.TEXT
-    stage = "daqbroker_export_stage_text" if text else "daqbroker_export_stage"
-    cursor.execute(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (channel_id bigint, ts bigint, "
-        f"value {'text' if text else 'double precision'}, quality smallint) ON COMMIT DROP"
-    )
-    statement = f"COPY (SELECT {time_sql}, %s::text, value{quality} FROM {stage} ORDER BY ts) TO STDOUT (FORMAT CSV)"
+def _compacted_csv(channel: Channel, request: ExportRequest, using: str) -> Iterator[bytes]:
+    """A channel with compressed blocks in the range: its merged readings, decoded in chunks, formatted
+    here as PostgreSQL's ``COPY ... TO CSV`` writes the hot rows (``csv_text``), byte for byte."""
     for chunk in blocks.iter_readings(
-        channel.pk, request.start, request.end, text=text, include_flagged=request.include_flagged, using=using
+        channel.pk,
+        request.start,
+        request.end,
+        text=channel.kind == ChannelKind.TEXT,
+        include_flagged=request.include_flagged,
+        using=using,
     ):
-        cursor.execute(f"TRUNCATE {stage}")
-        n = len(chunk["ts"])
-        if text:
-            with cursor.cursor.copy(f"COPY {stage} (channel_id, ts, value, quality) FROM STDIN") as copy:
-                for row in zip(
-                    [channel.pk] * n,
-                    chunk["ts"].tolist(),
-                    chunk["value"].tolist(),
-                    chunk["quality"].tolist(),
-                    strict=True,
-                ):
-                    copy.write_row(row)
-        else:
-            payload = storage.pg_binary_copy_payload(
-                np.full(n, channel.pk, np.int64), chunk["ts"], chunk["value"], chunk["quality"].astype(np.int16)
-            )
-            with cursor.cursor.copy(
-                f"COPY {stage} (channel_id, ts, value, quality) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.write(payload)
-        with cursor.cursor.copy(statement, [channel_label(channel)]) as copy:
-            for data in copy:
-                yield bytes(data)
+        yield _rows(channel, chunk, request)
+
+
+def _rows(channel: Channel, chunk: dict[str, np.ndarray], request: ExportRequest) -> bytes:
+    quality = chunk["quality"] if request.quality else None
+    label = channel_label(channel)
+    return csv_text.rows(chunk["ts"], label, chunk["value"], quality, request.time_format, request.zone)
 
 
 def _long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
+    """The other engines' long CSV: the same bytes as PostgreSQL's (``csv_text``)."""
     yield _csv_header(request)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
     for channel in request.channels:
-        label = channel_label(channel)
         for chunk in _chunks(channel, request.start, request.end, using, include_flagged=request.include_flagged):
-            times = format_times(chunk["ts"], request.time_format, request.zone)
-            labels = [label] * len(times)
-            columns = [times, labels, _value_text(chunk["value"])]
-            if request.quality:
-                columns.append(chunk["quality"].tolist())
-            rows = list(zip(*columns, strict=True))
-            for start in range(0, len(rows), WRITE_ROWS):
-                writer.writerows(rows[start : start + WRITE_ROWS])
-                yield buffer.getvalue().encode()
-                buffer.seek(0)
-                buffer.truncate()
+            yield _rows(channel, chunk, request)
 
 
 # --- wide tables ----------------------------------------------------------------------------------
@@ -304,7 +219,9 @@ def _wide_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
                     ["" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v for v in column]
                 )
             else:
-                cells.append(["" if v != v else repr(v) for v in column.tolist()])
+                values = column.to_numpy(dtype=np.float64)
+                texts = csv_text.lines(csv_text.floats(values))
+                cells.append(["" if missing else text for missing, text in zip(np.isnan(values), texts, strict=True)])
         writer.writerows(zip(*cells, strict=True))
         yield buffer.getvalue().encode()
 

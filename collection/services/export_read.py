@@ -37,7 +37,6 @@ MIN_TS = -(2**62)
 MAX_TS = 2**62
 CHUNK_ROWS = 100_000
 FLUSH_BYTES = 256 * 1024
-WRITE_ROWS = 5_000  # rows formatted per piece on the Python paths
 UTC = zoneinfo.ZoneInfo("UTC")
 
 
