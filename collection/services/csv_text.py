@@ -1,18 +1,16 @@
 """Readings as CSV text, byte for byte what PostgreSQL's ``COPY ... TO STDOUT (FORMAT CSV)`` writes for the
 same rows, built column-wise in numpy.
 
-Every text is first a matrix of bytes, one row per reading and a fixed width per column, where a byte 0 is
+Every text is a matrix of 64-bit words, a row per reading, fields in words of their own; a 0 byte is
 "nothing here" (a leading zero of a number, a trailing zero of a fraction, a sign a positive number has
-not); the rows are joined by dropping every 0 byte at once (CSV text of readings never holds one: times and
+not), and rows are joined by dropping every 0 byte at once (CSV text of readings never holds one: times and
 numbers are digits, labels are slugs, text values are formatted apart). So a million rows cost a few array
-operations, not a million Python calls.
+operations (table look-ups, shifts), not a million Python calls.
 
 * Floats: PostgreSQL's shortest exact text (``float8out``, extra_float_digits = 1): the fewest digits that
   read back to the same double, fixed notation for a decimal exponent from -4 to 14, else ``1.5e-05`` /
-  ``1e+15``; ``NaN``, ``Infinity``, ``-Infinity``; ``-0``. A value that is a decimal of at most 15 digits
-  (what instruments write: ``20.125``) is exactly that decimal: its shortest form, since two different
-  decimals of 15 digits or fewer never read back to the same double. Those are formatted here, by integer
-  arithmetic; any other value (``0.1 + 0.2``, 1e-300) one at a time from Python's shortest ``repr``.
+  ``1e+15``; ``NaN``, ``Infinity``, ``-Infinity``; ``-0``. orjson writes the digits of the whole column in
+  one call (``floats``); the exponent forms one at a time (``pg_float``).
 * Times, in the export's formats (``export_read``): ISO 8601 in a time zone as PostgreSQL's ISO ``DateStyle``
   with a "T" (``2024-05-06T09:00:00.25+02``), exact decimal seconds or milliseconds, microseconds, Igor
   Pro's seconds since 1904, MATLAB datenums rounded half up to 11 decimals.
@@ -28,7 +26,9 @@ import zoneinfo
 from fractions import Fraction
 
 import numpy as np
+import orjson
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 
 from collection.services.export_read import DAY_US, IGOR_EPOCH_US, MATLAB_DECIMALS, MATLAB_EPOCH_DAYS, UTC
 
@@ -37,11 +37,9 @@ POW10 = 10 ** np.arange(19, dtype=np.int64)
 U64 = np.uint64
 MINUTE_US = 60_000_000
 
-FRACTION_DIGITS = 8
-# A value below the first bound with at most FRACTION_DIGITS decimals, below the second with 3, below 1e15
-# with none: at most 15 significant digits, and the scaled integer exact in a double.
-FLOAT_SCALES = ((FRACTION_DIGITS, 1e7), (3, 1e12), (0, 1e15))
-FLOAT_WORDS = 4  # 32 bytes: sign and 15 digits, "." and 8 decimals; the slow path's longest text is 24
+COMMA, DOT = ord(","), ord(".")
+TOKEN_BYTES = 24  # the longest text of a double: "-1.7976931348623157e+308"; "-0.00012345678901234567" is 23
+FLOAT_WORDS = 4  # the text, and a last byte free for the row's end
 
 
 # Texts are matrices of 64-bit words, 8 bytes of text each (little-endian: the first character is the low
@@ -144,17 +142,6 @@ def _signed(words: np.ndarray, negative: np.ndarray) -> np.ndarray:
     return words
 
 
-def _fraction(n: np.ndarray, width: int) -> np.ndarray:
-    """ "." and the ``width`` (6 or 8) digits of n / 10**width without trailing zeros; nothing for 0."""
-    half = width // 2
-    high, low = np.divmod(n, POW10[half])
-    first = np.where(low == 0, _table(half, dot=True, stripped=True)[high], _table(half, dot=True)[high])
-    second = _table(half, stripped=True)[low]
-    if 2 * half + 1 <= 8:
-        return (first | _shifted(second, half + 1))[:, None]
-    return np.stack([first, second], axis=1)
-
-
 def integers(n: np.ndarray) -> np.ndarray:
     """Integers (|n| < 10**19) as PostgreSQL writes them (three words)."""
     n = np.asarray(n, dtype=np.int64)
@@ -227,27 +214,30 @@ def _digits_of(text: str) -> tuple[str, int]:
 
 
 def floats(values: np.ndarray) -> np.ndarray:
-    """Doubles as PostgreSQL writes them: a word matrix of FLOAT_WORDS words."""
-    values = np.asarray(values, dtype=np.float64)
+    """Doubles as PostgreSQL writes them: a word matrix of FLOAT_WORDS words.
+
+    orjson writes the shortest text of every double at once (Ryu, as PostgreSQL); between 1e-4 and 1e15
+    the two differ only by orjson's ".0" after a whole number. Each text is picked out of orjson's array by
+    a window on its bytes. The rest (tiny, huge, infinite, NaN: exponents written otherwise) are formatted
+    one by one, which also keeps PostgreSQL's halfway cases (``_shortest``) out of the fast path."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
     rows = len(values)
     out = np.zeros((rows, FLOAT_WORDS), U64)
+    if not rows:
+        return out
+    raw = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
+    data = np.frombuffer(raw + bytes(TOKEN_BYTES), np.uint8)
+    commas = np.flatnonzero(data[: len(raw)] == COMMA)
+    starts = np.concatenate([[1], commas + 1])
+    ends = np.concatenate([commas, [len(raw) - 1]])
+    whole = (data[ends - 2] == DOT) & (data[ends - 1] == DIGIT)
+    lengths = ends - starts - 2 * whole
+    text = _bytes(out)[:, :TOKEN_BYTES]
+    text[:] = sliding_window_view(data, TOKEN_BYTES)[starts]
+    text[np.arange(TOKEN_BYTES)[None, :] >= lengths[:, None]] = ZERO
     magnitude = np.abs(values)
-    # Fixed notation (decimal exponent -4 to 14) and finite; the rest goes the slow way.
-    left = np.isfinite(values) & ((magnitude >= 1e-4) | (magnitude == 0))
-    done = np.zeros(rows, bool)
-    for digits, bound in FLOAT_SCALES:
-        candidates = np.flatnonzero(left & (magnitude < bound))
-        if not len(candidates):
-            continue
-        scaled = np.rint(magnitude[candidates] * 10.0**digits)
-        exact = (scaled / 10.0**digits) == magnitude[candidates]
-        found = candidates[exact]
-        q, r = np.divmod(scaled[exact].astype(np.int64), POW10[digits])
-        out[found, :2] = _signed(_natural(q, 2), np.signbit(values[found]))
-        out[found, 2:] = _fraction(r * POW10[FRACTION_DIGITS - digits], FRACTION_DIGITS)
-        left[found] = False
-        done[found] = True
-    slow = np.flatnonzero(~done)
+    fixed = ((magnitude >= 1e-4) & (magnitude < 1e15)) | (magnitude == 0)
+    slow = np.flatnonzero(~fixed)  # NaN compares false: slow too
     if len(slow):
         out[slow] = _pack([pg_float(v).encode() for v in values[slow].tolist()], FLOAT_WORDS)
     return out
@@ -387,7 +377,7 @@ def rows(
     value_text = floats(values)
     columns = [time_text, constant(("," + field(label) + ",").encode(), count), value_text]
     if quality is None:
-        value_text[:, -1] |= _byte("\n", 4)  # the last word's decimals take 4 bytes at most
+        value_text[:, -1] |= _byte("\n", 7)  # a double's text leaves the last byte free
     else:
         quality_text = integers(quality)
         quality_text[:, 0] |= _byte(",", 0)  # a quality is never negative: its sign byte is free
