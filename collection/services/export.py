@@ -148,7 +148,7 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
         )
         for channel in request.channels:
             if blocks.has_blocks(channel.pk, request.start, request.end, using=using):
-                yield from _compacted_csv(channel, request, using)
+                yield from _channel_csv(channel, request, using)
                 continue
             table = connection.ops.quote_name(
                 (TextSample if channel.kind == ChannelKind.TEXT else Sample)._meta.db_table
@@ -164,17 +164,10 @@ def _pg_long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
                     yield bytes(data)
 
 
-def _compacted_csv(channel: Channel, request: ExportRequest, using: str) -> Iterator[bytes]:
-    """A channel with compressed blocks in the range: its merged readings, decoded in chunks, formatted
-    here as PostgreSQL's ``COPY ... TO CSV`` writes the hot rows (``csv_text``), byte for byte."""
-    for chunk in blocks.iter_readings(
-        channel.pk,
-        request.start,
-        request.end,
-        text=channel.kind == ChannelKind.TEXT,
-        include_flagged=request.include_flagged,
-        using=using,
-    ):
+def _channel_csv(channel: Channel, request: ExportRequest, using: str) -> Iterator[bytes]:
+    """A channel's rows read in chunks (hot rows, or blocks and hot rows merged) and formatted here as
+    PostgreSQL's ``COPY ... TO CSV`` writes them (``csv_text``), byte for byte."""
+    for chunk in _chunks(channel, request.start, request.end, using, include_flagged=request.include_flagged):
         yield _rows(channel, chunk, request)
 
 
@@ -185,11 +178,10 @@ def _rows(channel: Channel, chunk: dict[str, np.ndarray], request: ExportRequest
 
 
 def _long_csv(request: ExportRequest, using: str) -> Iterator[bytes]:
-    """The other engines' long CSV: the same bytes as PostgreSQL's (``csv_text``)."""
+    """The other engines' long CSV: the same bytes as PostgreSQL's."""
     yield _csv_header(request)
     for channel in request.channels:
-        for chunk in _chunks(channel, request.start, request.end, using, include_flagged=request.include_flagged):
-            yield _rows(channel, chunk, request)
+        yield from _channel_csv(channel, request, using)
 
 
 # --- wide tables ----------------------------------------------------------------------------------
