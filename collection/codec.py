@@ -122,6 +122,19 @@ def _dod_payload(ts: np.ndarray) -> bytes:
     return _shuffle(_zigzag(_delta(_delta(u)).view(_I8)))
 
 
+def _dod_rows(ints: np.ndarray) -> list[bytes]:
+    """``_dod_payload`` of each row of a 2-D int64 array, all rows at once."""
+    if ints.shape[1] == 0:
+        return [b""] * len(ints)
+    u = ints.view(_U8)
+    d = u.copy()
+    d[:, 1:] = u[:, 1:] - u[:, :-1]
+    dd = d.copy()
+    dd[:, 1:] = d[:, 1:] - d[:, :-1]
+    zigzagged = (dd << np.uint64(1)) ^ (np.uint64(0) - (dd >> np.uint64(63)))
+    return [row.tobytes() for row in _shuffle_rows(zigzagged)]
+
+
 def _undod(payload: bytes, count: int) -> np.ndarray:
     return _undelta(_undelta(_unzigzag(_unshuffle(payload, count)))).view(_I8)
 
@@ -138,23 +151,51 @@ def decode_timestamps(data: bytes) -> np.ndarray:
 # --- values -------------------------------------------------------------------------------------------
 
 
+_SCALES = 10.0 ** np.arange(MAX_DECIMALS + 1)  # 10**k for every k, as a column for broadcasting
+_HEAD = 64  # values a method is judged on (a column of one kind: its first values tell as well as all)
+
+
+def _round_trips(values: np.ndarray, k: int) -> bool | None:
+    """Whether every value is bit-for-bit ``round(v * 10**k) / 10**k`` (None: an integer reaches 2**53,
+    as it then does at every larger k)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.rint(values * _SCALES[k])
+        if np.max(np.abs(scaled)) >= 2.0**53:
+            return None
+        # Through int64, as decoding goes: -0.0 becomes 0 and fails the comparison, as it must.
+        return np.array_equal((scaled.astype(_I8).astype("<f8") / _SCALES[k]).view(_U8), values.view(_U8))
+
+
+def _head_scale(head: np.ndarray) -> int | None:
+    """``decimal_scale`` of a few finite values, every k at once (one pass of numpy calls, not ten)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.rint(head * _SCALES[:, None])
+        fits = np.max(np.abs(scaled), axis=1) < 2.0**53  # once false, false for every larger k
+        back = (np.where(fits[:, None], scaled, 0.0).astype(_I8).astype("<f8") / _SCALES[:, None]).view(_U8)
+    exact = fits & np.all(back == head.view(_U8), axis=1)
+    return int(np.argmax(exact)) if exact.any() else None
+
+
 def decimal_scale(values: np.ndarray) -> int | None:
     """The least k ≤ ``MAX_DECIMALS`` for which every value is bit-for-bit ``round(v * 10**k) / 10**k``
-    with the integer below 2**53, or None."""
+    with the integer below 2**53, or None.
+
+    The first values' least k, every k at once, then the whole column from there up (usually one check):
+    no k below the first values' can hold for all of them."""
     if len(values) == 0:
         return 0
+    values = np.ascontiguousarray(values, dtype="<f8")
     if not np.all(np.isfinite(values)):
         return None
-    bits = values.view(_U8)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for k in range(MAX_DECIMALS + 1):
-            scale = 10.0**k
-            scaled = np.rint(values * scale)
-            if np.max(np.abs(scaled)) >= 2.0**53:
-                return None
-            # Through int64, as decoding goes: -0.0 becomes 0 and fails the comparison, as it must.
-            if np.array_equal((scaled.astype(_I8).astype("<f8") / scale).view(_U8), bits):
-                return k
+    start = _head_scale(values[:_HEAD])
+    if start is None or len(values) <= _HEAD:
+        return start
+    for k in range(start, MAX_DECIMALS + 1):
+        exact = _round_trips(values, k)
+        if exact is None:
+            return None
+        if exact:
+            return k
     return None
 
 
@@ -189,23 +230,75 @@ def _residual_payload(values: np.ndarray, k: int) -> bytes | None:
     return bytes([k]) + _shuffle(_zigzag(_delta(ints.view(_U8)).view(_I8))) + _shuffle(residual)
 
 
-def _smallest_value_payload(values: np.ndarray, sample: int = 64) -> tuple[int, bytes]:
-    """Of *decimal* (when exact), *xor* and *residual* at every scale, the payload zstd makes smallest,
-    judged by a trial compression of each on the first ``sample`` values (a table column is a few hundred
-    values of one kind: the first ones tell the scale as well as all of them, at a fraction of the cost)."""
-    method, payload = _value_payload(values)
-    if method == VALUE_DECIMAL:
-        return method, payload
-    v = np.ascontiguousarray(values, dtype="<f8")
-    head = v[:sample]
-    best_k, size = None, len(_ZSTD.compress(_value_payload(head, VALUE_XOR)[1], asbytes=True))
-    for k in range(MAX_DECIMALS + 1):
-        candidate = _residual_payload(head, k)
-        if candidate is not None and (n := len(_ZSTD.compress(candidate, asbytes=True))) < size:
-            best_k, size = k, n
-    if best_k is not None and (whole := _residual_payload(v, best_k)) is not None:
-        return VALUE_RESIDUAL, whole
-    return method, payload
+def _shuffle_rows(words: np.ndarray) -> np.ndarray:
+    """``_shuffle`` of each row of a 2-D array of 8-byte words at once: row i's bytes are ``out[i]``."""
+    rows, count = words.shape
+    return np.ascontiguousarray(words.view(np.uint8).reshape(rows, count, 8).transpose(0, 2, 1)).reshape(rows, -1)
+
+
+def _bytes_needed(words: np.ndarray) -> np.ndarray:
+    """Bytes of each unsigned word up to its highest set bit (0 for 0): what its byte-shuffled planes cost
+    zstd, roughly (all-zero planes compress to almost nothing)."""
+    _, exponent = np.frexp(words.astype(np.float64))  # 2**64 - 1 rounds up to 2**64: capped below
+    return np.minimum((exponent + 7) // 8, 8)
+
+
+def _float_payloads(values: np.ndarray) -> list[tuple[int, bytes]]:
+    """(method, payload) of each row of ``values`` (float64 columns of one length, as rows): *decimal* at
+    its least k when exact, else the smaller of *xor* and *residual* at the best k.
+
+    Every row and every k at once (a table's columns are a few hundred values each: numpy's cost per call,
+    not per value, is what counts), and without trial compressions: each candidate is judged by the bytes
+    its words need up to their highest set bit, which is what zstd makes of byte-shuffled planes (within
+    1% of trial compressions in bytes, at a fraction of the time; docs/performance.md)."""
+    count = values.shape[1]
+    if count == 0:
+        return [_value_payload(row) for row in values]
+    bits = values.view(_U8)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.rint(values[:, None, :] * _SCALES[None, :, None])  # (row, k, value)
+        # NaN compares false: a row holding NaN or infinities fits no k. Once false, false for larger k.
+        fits = np.max(np.abs(scaled), axis=2) < 2.0**53
+        ints = np.where(fits[:, :, None], scaled, 0.0).astype(_I8)
+        back = (ints.astype("<f8") / _SCALES[None, :, None]).view(_U8)
+    residual = bits[:, None, :] ^ back
+    exact = fits & ~residual.any(axis=2)  # through int64, as decoding goes: -0.0 fails, as it must
+    deltas = _zigzag_rows(ints)
+    decimal = exact.any(axis=1)
+    scale = np.argmax(exact, axis=1).tolist()
+    others = np.flatnonzero(~decimal)
+    if len(others):  # judged only where no k is exact (usually a bucket's sum and M2)
+        xored = bits[others].copy()
+        xored[:, 1:] ^= bits[others, :-1]
+        xor_cost = _bytes_needed(xored).sum(axis=1)
+        needed = _bytes_needed(deltas[others]).sum(axis=2) + _bytes_needed(residual[others]).sum(axis=2)
+        cost = np.where(fits[others], needed, np.inf)
+        best = np.argmin(cost, axis=1)
+        residual_wins = cost[np.arange(len(others)), best] < xor_cost
+        for i, row in enumerate(others.tolist()):
+            scale[row] = int(best[i]) if residual_wins[i] else None
+    out: list[tuple[int, bytes]] = []
+    for row, k in enumerate(scale):
+        if decimal[row]:
+            out.append((VALUE_DECIMAL, bytes([k]) + _shuffle(deltas[row, k])))
+        elif k is not None:
+            out.append((VALUE_RESIDUAL, bytes([k]) + _shuffle(deltas[row, k]) + _shuffle(residual[row, k])))
+        else:
+            out.append((VALUE_XOR, _shuffle(xored[int(np.searchsorted(others, row))])))
+    return out
+
+
+def _zigzag_rows(ints: np.ndarray) -> np.ndarray:
+    """zigzag(delta) along the last axis, modulo 2**64 (``_delta`` and ``_zigzag`` of every row)."""
+    u = ints.view(_U8)
+    d = u.copy()
+    d[..., 1:] = u[..., 1:] - u[..., :-1]
+    return (d << np.uint64(1)) ^ (np.uint64(0) - (d >> np.uint64(63)))
+
+
+def _smallest_value_payload(values: np.ndarray) -> tuple[int, bytes]:
+    """``_float_payloads`` of one column."""
+    return _float_payloads(np.ascontiguousarray(values, dtype="<f8")[None, :])[0]
 
 
 def encode_values(values: np.ndarray, method: int | None = None) -> bytes:
@@ -299,20 +392,24 @@ def decode_text(data: bytes) -> list[str]:
 def encode_table(columns: Sequence[np.ndarray]) -> bytes:
     """Columns of one length in one byte string: int64 columns as timestamps (delta-of-delta), float64
     columns as values (decimal when exact, else the smaller of xor and residual); each column's method and
-    payload length up front, one zstd frame over everything."""
+    payload length up front, one zstd frame over everything. The float columns are judged together."""
     count = len(columns[0]) if len(columns) else 0
     if len(columns) > 255:
         raise ValueError("a table holds at most 255 columns")
-    heads, payloads = [], []
+    floats = []
     for column in columns:
         if len(column) != count:
             raise ValueError("table columns must have one length")
         if column.dtype.kind == "f":
-            method, payload = _smallest_value_payload(column)
-        elif column.dtype.kind in "iu":
-            method, payload = TS_DOD, _dod_payload(column)
-        else:
+            floats.append(np.ascontiguousarray(column, dtype="<f8"))
+        elif column.dtype.kind not in "iu":
             raise TypeError(f"no table encoding for {column.dtype}")
+    float_payloads = iter(_float_payloads(np.stack(floats)) if floats else [])
+    ints = [np.ascontiguousarray(c, dtype=_I8) for c in columns if c.dtype.kind != "f"]
+    int_payloads = iter(_dod_rows(np.stack(ints)) if ints else [])
+    heads, payloads = [], []
+    for column in columns:
+        method, payload = next(float_payloads) if column.dtype.kind == "f" else (TS_DOD, next(int_payloads))
         heads.append(_COLUMN_HEAD.pack(method, len(payload)))
         payloads.append(payload)
     return _frame(TABLE, count, bytes([len(columns)]) + b"".join(heads) + b"".join(payloads))
