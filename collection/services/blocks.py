@@ -37,7 +37,7 @@ from django.db.models import Exists, Max, Min, OuterRef, Q
 from collection import codec, storage
 from collection.choices import Origin, RejectionKind
 from collection.models import ReadingBlock, RejectedSample, RollupState, Sample, TextSample
-from collection.services.fetch import F8, I8, fetch_columns
+from collection.services.fetch import fetch_readings
 from instruments.choices import ChannelKind
 from instruments.models import Channel
 
@@ -50,7 +50,6 @@ BLOCK_WIDTH_US = 3600 * SECOND
 MIN_AGE_US = 600 * SECOND
 FRESH_US = MIN_AGE_US // 2
 _IN_LIST = 1000  # keys per DELETE ... IN (...)
-_COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
 
 
 @dataclass
@@ -101,9 +100,9 @@ def _hot_rows(
 
 
 def _select(sql: str, params: list, text: bool, using: str) -> dict[str, np.ndarray]:
-    """(ts, value, quality) rows into columns: numeric ones through ``fetch_columns``, text as objects."""
+    """(ts, value, quality) rows into columns: numeric ones through ``fetch_readings``, text as objects."""
     if not text:
-        return fetch_columns(sql, params, _COLUMNS, using=using)
+        return fetch_readings(sql, params, using=using)
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -191,11 +190,6 @@ def _compact_run(
         locked = RollupState.objects.using(using).select_for_update(skip_locked=skip).filter(channel_id=channel_id)
         if not locked.values_list("channel_id", flat=True):
             return done, start
-        if connection.vendor == "postgresql":
-            # A run reads most of its range: PostgreSQL then plans a bitmap scan and a sort (spilling to disk
-            # past work_mem) where the primary key's index gives the rows in order already, ~40% faster.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL enable_bitmapscan = off")
         hot = _hot_rows(channel_id, start, end, text, using, limit=RUN_ROWS + 1)
         if not len(hot["ts"]):
             return done, end
