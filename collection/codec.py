@@ -243,48 +243,69 @@ def _bytes_needed(words: np.ndarray) -> np.ndarray:
     return np.minimum((exponent + 7) // 8, 8)
 
 
+def _at_scales(values: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each value rounded at its row's scale(s) (``scales`` broadcast against ``values``): (fits: no integer
+    reaches 2**53 and none is NaN or infinite, along the last axis; the integers, 0 where they do not fit;
+    each value's bits XOR the bits of its integer over the scale — all zero where the value is exact)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.rint(values * scales)
+        fits = np.max(np.abs(scaled), axis=-1) < 2.0**53  # NaN compares false
+        ints = np.where(fits[..., None], scaled, 0.0).astype(_I8)
+        back = (ints.astype("<f8") / scales).view(_U8)
+    return fits, ints, values.view(_U8) ^ back
+
+
 def _float_payloads(values: np.ndarray) -> list[tuple[int, bytes]]:
     """(method, payload) of each row of ``values`` (float64 columns of one length, as rows): *decimal* at
     its least k when exact, else the smaller of *xor* and *residual* at the best k.
 
-    Every row and every k at once (a table's columns are a few hundred values each: numpy's cost per call,
-    not per value, is what counts), and without trial compressions: each candidate is judged by the bytes
-    its words need up to their highest set bit, which is what zstd makes of byte-shuffled planes (within
-    1% of trial compressions in bytes, at a fraction of the time; docs/performance.md)."""
-    count = values.shape[1]
+    Judged on each row's first ``_HEAD`` values at every k at once (a table's columns are a few hundred
+    values of one kind: the first ones tell the scale as well as all of them), then each row's choice made
+    on all its values; and without trial compressions: each candidate is judged by the bytes its words
+    need up to their highest set bit, which is what zstd makes of byte-shuffled planes (within 1% of
+    trial compressions in bytes, at a fraction of the time; docs/performance.md)."""
+    rows, count = values.shape
     if count == 0:
         return [_value_payload(row) for row in values]
-    bits = values.view(_U8)
-    with np.errstate(over="ignore", invalid="ignore"):
-        scaled = np.rint(values[:, None, :] * _SCALES[None, :, None])  # (row, k, value)
-        # NaN compares false: a row holding NaN or infinities fits no k. Once false, false for larger k.
-        fits = np.max(np.abs(scaled), axis=2) < 2.0**53
-        ints = np.where(fits[:, :, None], scaled, 0.0).astype(_I8)
-        back = (ints.astype("<f8") / _SCALES[None, :, None]).view(_U8)
-    residual = bits[:, None, :] ^ back
+    head = values[:, :_HEAD]
+    fits, ints, residual = _at_scales(head[:, None, :], _SCALES[None, :, None])  # (row, k, value)
     exact = fits & ~residual.any(axis=2)  # through int64, as decoding goes: -0.0 fails, as it must
-    deltas = _zigzag_rows(ints)
-    decimal = exact.any(axis=1)
-    scale = np.argmax(exact, axis=1).tolist()
-    others = np.flatnonzero(~decimal)
-    if len(others):  # judged only where no k is exact (usually a bucket's sum and M2)
-        xored = bits[others].copy()
-        xored[:, 1:] ^= bits[others, :-1]
+    # Decimal: no k below the first values' least can hold for all; check that one on every value.
+    scale = np.where(exact.any(axis=1), np.argmax(exact, axis=1), -1)
+    decimal = scale >= 0
+    if decimal.any():
+        whole, _, wrong = _at_scales(values[decimal], _SCALES[scale[decimal]][:, None])
+        late = np.flatnonzero(decimal)[~(whole & ~wrong.any(axis=1))]
+        for row in late.tolist():  # exact in the first values only: from there up, one k at a time
+            k = decimal_scale(values[row])
+            scale[row] = -1 if k is None else k
+        decimal = scale >= 0
+    # The others: residual at the k whose words need fewest bytes, or xor if that needs fewer.
+    xor_rows = np.zeros(rows, dtype=bool)
+    if not decimal.all():
+        others = np.flatnonzero(~decimal)
+        xored = head[others].view(_U8).copy()
+        xored[:, 1:] ^= head[others, :-1].view(_U8)
         xor_cost = _bytes_needed(xored).sum(axis=1)
-        needed = _bytes_needed(deltas[others]).sum(axis=2) + _bytes_needed(residual[others]).sum(axis=2)
+        needed = _bytes_needed(_zigzag_rows(ints[others])).sum(axis=2) + _bytes_needed(residual[others]).sum(axis=2)
         cost = np.where(fits[others], needed, np.inf)
         best = np.argmin(cost, axis=1)
-        residual_wins = cost[np.arange(len(others)), best] < xor_cost
-        for i, row in enumerate(others.tolist()):
-            scale[row] = int(best[i]) if residual_wins[i] else None
+        scale[others] = best
+        xor_rows[others] = ~(cost[np.arange(len(others)), best] < xor_cost)
+    at = ~xor_rows
+    fits_all, ints_all, residual_all = _at_scales(values[at], _SCALES[scale[at]][:, None])
+    xor_rows[np.flatnonzero(at)[~fits_all]] = True  # a later value too large at that scale: xor
+    deltas = _zigzag_rows(ints_all)
     out: list[tuple[int, bytes]] = []
-    for row, k in enumerate(scale):
-        if decimal[row]:
-            out.append((VALUE_DECIMAL, bytes([k]) + _shuffle(deltas[row, k])))
-        elif k is not None:
-            out.append((VALUE_RESIDUAL, bytes([k]) + _shuffle(deltas[row, k]) + _shuffle(residual[row, k])))
+    where = np.cumsum(at) - 1  # each row's place among those at a scale
+    for row in range(rows):
+        if xor_rows[row]:
+            out.append(_value_payload(values[row], VALUE_XOR))
+        elif decimal[row]:
+            out.append((VALUE_DECIMAL, bytes([int(scale[row])]) + _shuffle(deltas[where[row]])))
         else:
-            out.append((VALUE_XOR, _shuffle(xored[int(np.searchsorted(others, row))])))
+            i = where[row]
+            out.append((VALUE_RESIDUAL, bytes([int(scale[row])]) + _shuffle(deltas[i]) + _shuffle(residual_all[i])))
     return out
 
 
@@ -392,27 +413,52 @@ def decode_text(data: bytes) -> list[str]:
 def encode_table(columns: Sequence[np.ndarray]) -> bytes:
     """Columns of one length in one byte string: int64 columns as timestamps (delta-of-delta), float64
     columns as values (decimal when exact, else the smaller of xor and residual); each column's method and
-    payload length up front, one zstd frame over everything. The float columns are judged together."""
-    count = len(columns[0]) if len(columns) else 0
-    if len(columns) > 255:
-        raise ValueError("a table holds at most 255 columns")
-    floats = []
-    for column in columns:
-        if len(column) != count:
-            raise ValueError("table columns must have one length")
-        if column.dtype.kind == "f":
-            floats.append(np.ascontiguousarray(column, dtype="<f8"))
-        elif column.dtype.kind not in "iu":
-            raise TypeError(f"no table encoding for {column.dtype}")
-    float_payloads = iter(_float_payloads(np.stack(floats)) if floats else [])
-    ints = [np.ascontiguousarray(c, dtype=_I8) for c in columns if c.dtype.kind != "f"]
-    int_payloads = iter(_dod_rows(np.stack(ints)) if ints else [])
-    heads, payloads = [], []
-    for column in columns:
-        method, payload = next(float_payloads) if column.dtype.kind == "f" else (TS_DOD, next(int_payloads))
-        heads.append(_COLUMN_HEAD.pack(method, len(payload)))
-        payloads.append(payload)
-    return _frame(TABLE, count, bytes([len(columns)]) + b"".join(heads) + b"".join(payloads))
+    payload length up front, one zstd frame over everything."""
+    return encode_tables([columns])[0]
+
+
+_BATCH_VALUES = 1 << 16  # values judged in one call of _float_payloads (x11 scales: a few MB at most)
+
+
+def encode_tables(tables: Sequence[Sequence[np.ndarray]]) -> list[bytes]:
+    """``encode_table`` of each of ``tables``, the same bytes: the float columns of every table of one
+    length judged together, and their int columns encoded together (numpy costs per call, not per value:
+    a run of packed hours pays it once a length and batch, not once a table)."""
+    floats: dict[int, list[np.ndarray]] = {}
+    ints: dict[int, list[np.ndarray]] = {}
+    for columns in tables:
+        count = len(columns[0]) if len(columns) else 0
+        if len(columns) > 255:
+            raise ValueError("a table holds at most 255 columns")
+        for column in columns:
+            if len(column) != count:
+                raise ValueError("table columns must have one length")
+            if column.dtype.kind == "f":
+                floats.setdefault(count, []).append(np.ascontiguousarray(column, dtype="<f8"))
+            elif column.dtype.kind in "iu":
+                ints.setdefault(count, []).append(np.ascontiguousarray(column, dtype=_I8))
+            else:
+                raise TypeError(f"no table encoding for {column.dtype}")
+    float_payloads = {}
+    for count, found in floats.items():
+        step = max(1, _BATCH_VALUES // max(count, 1))
+        float_payloads[count] = iter(
+            [p for i in range(0, len(found), step) for p in _float_payloads(np.stack(found[i : i + step]))]
+        )
+    int_payloads = {count: iter(_dod_rows(np.stack(found))) for count, found in ints.items()}
+    out = []
+    for columns in tables:
+        count = len(columns[0]) if len(columns) else 0
+        heads, payloads = [], []
+        for column in columns:
+            if column.dtype.kind == "f":
+                method, payload = next(float_payloads[count])
+            else:
+                method, payload = TS_DOD, next(int_payloads[count])
+            heads.append(_COLUMN_HEAD.pack(method, len(payload)))
+            payloads.append(payload)
+        out.append(_frame(TABLE, count, bytes([len(columns)]) + b"".join(heads) + b"".join(payloads)))
+    return out
 
 
 def decode_table(data: bytes) -> list[np.ndarray]:

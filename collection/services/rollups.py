@@ -362,7 +362,7 @@ def pack_locked(channel_id: int, start: int, end: int, *, using: str = "default"
         (tier, window): _decode_packed(channel_id, tier, window, count, data)
         for tier, window, count, data in here.values_list("tier", "window_start", "count", "data")
     }
-    had_blocks, made = bool(held), []
+    had_blocks, packed = bool(held), []
     for tier in PACKED_TIERS:
         mine = rows["tier"] == tier
         of_tier = Buckets.from_columns({name: rows[name][mine] for name, _ in BUCKET_COLUMNS})
@@ -375,10 +375,12 @@ def pack_locked(channel_id: int, start: int, end: int, *, using: str = "default"
                 buckets = Buckets.concat([older.select(~np.isin(older.bucket, buckets.bucket)), buckets])
                 buckets = buckets.select(np.argsort(buckets.bucket, kind="stable"))
             if len(buckets):
-                data = codec.encode_table([getattr(buckets, name) for name, _ in BUCKET_COLUMNS])
-                made.append(
-                    RollupBlock(channel_id=channel_id, tier=tier, window_start=hour, count=len(buckets), data=data)
-                )
+                packed.append((tier, hour, buckets))
+    tables = codec.encode_tables([[getattr(b, name) for name, _ in BUCKET_COLUMNS] for _, _, b in packed])
+    made = [
+        RollupBlock(channel_id=channel_id, tier=tier, window_start=hour, count=len(buckets), data=data)
+        for (tier, hour, buckets), data in zip(packed, tables, strict=True)
+    ]
     if had_blocks:
         here.delete()
     RollupBlock.objects.using(using).bulk_create(made)

@@ -237,3 +237,36 @@ def test_table_float_columns_judged_together_take_decimal_at_their_least_scale(c
 )
 def test_int_columns_of_a_table_encode_as_one_at_a_time(rows):
     assert codec._dod_rows(rows) == [codec._dod_payload(row) for row in rows]
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(
+        st.integers(0, 80).flatmap(
+            lambda n: st.lists(
+                st.one_of(SHORT_DECIMALS.map(lambda v: np.resize(v, n)), hnp.arrays(np.int64, n, elements=INT64)),
+                min_size=1,
+                max_size=4,
+            )
+        ),
+        max_size=6,
+    )
+)
+def test_tables_encoded_together_are_the_bytes_of_each_alone(tables):
+    together = codec.encode_tables(tables)
+    assert together == [codec.encode_table(columns) for columns in tables]
+    for data, columns in zip(together, tables, strict=True):
+        for got, column in zip(codec.decode_table(data), columns, strict=True):
+            assert same_bits(got, column)
+
+
+def test_a_column_decimal_in_its_first_values_only_takes_its_least_scale_over_all():
+    column = np.round(np.random.default_rng(5).normal(20, 1, 300), 2)
+    column[200] = 20.125  # three decimals, past the first values the scale is judged on
+    (method, payload), *_ = codec._float_payloads(column[None, :])
+    assert (method, payload[0]) == (codec.VALUE_DECIMAL, 3)
+    assert same_bits(codec._unvalue(method, payload, len(column)), column)
+    column[250] = 0.1 + 0.2  # no short decimal at all now
+    (method, payload), *_ = codec._float_payloads(column[None, :])
+    assert method in (codec.VALUE_RESIDUAL, codec.VALUE_XOR)
+    assert same_bits(codec._unvalue(method, payload, len(column)), column)
