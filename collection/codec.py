@@ -21,10 +21,10 @@ measurement (``bench/storage.py``, docs/performance.md#storage):
   timestamps, each float64 column as values, then one zstd frame over them all (one decompression to
   read a table back, not one per column). A float column that is not exactly decimal may also take
   *residual*: the values rounded to k decimals as integers, plus each value's bits XOR its rounded
-  value's — a bucket's sum or M2 of short decimals is one but for its last bits' rounding. Of xor and
-  residual at every k, the one whose words need the fewest bytes up to their highest set bit on the
-  column's first 64 values is kept (no trial compression: within 1% of the bytes trial compressions
-  chose, at a fraction of the time). ``encode_tables`` encodes many tables at once (the same bytes).
+  value's — a bucket's sum or M2 of short decimals is one but for its last bits' rounding. On the
+  column's first 64 values, residual is judged at every k by the bytes its words need up to their
+  highest set bit, and of xor and the two best k the one zstd makes smallest is kept (three trial
+  compressions, not eleven). ``encode_tables`` encodes many tables at once (the same bytes).
 
 zstd comes from pyarrow (already a dependency for Parquet exports), through its ``Codec``.
 """
@@ -155,6 +155,7 @@ def decode_timestamps(data: bytes) -> np.ndarray:
 
 _SCALES = 10.0 ** np.arange(MAX_DECIMALS + 1)  # 10**k for every k, as a column for broadcasting
 _HEAD = 64  # values a method is judged on (a column of one kind: its first values tell as well as all)
+_SHORTLIST = 2  # residual scales tried by compression, of those whose words need the fewest bytes
 
 
 def _round_trips(values: np.ndarray, k: int) -> bool | None:
@@ -263,9 +264,9 @@ def _float_payloads(values: np.ndarray) -> list[tuple[int, bytes]]:
 
     Judged on each row's first ``_HEAD`` values at every k at once (a table's columns are a few hundred
     values of one kind: the first ones tell the scale as well as all of them), then each row's choice made
-    on all its values; and without trial compressions: each candidate is judged by the bytes its words
-    need up to their highest set bit, which is what zstd makes of byte-shuffled planes (within 1% of
-    trial compressions in bytes, at a fraction of the time; docs/performance.md)."""
+    on all its values. Residual's k is shortlisted by the bytes its words need up to their highest set
+    bit (what zstd makes of byte-shuffled planes, roughly), and only xor and the two best k are compressed
+    on trial: the bytes of eleven trials (within 0.1%) at a fraction of the time (docs/performance.md)."""
     rows, count = values.shape
     if count == 0:
         return [_value_payload(row) for row in values]
@@ -282,18 +283,27 @@ def _float_payloads(values: np.ndarray) -> list[tuple[int, bytes]]:
             k = decimal_scale(values[row])
             scale[row] = -1 if k is None else k
         decimal = scale >= 0
-    # The others: residual at the k whose words need fewest bytes, or xor if that needs fewer.
+    # The others: xor, or residual at one of the two k whose words need the fewest bytes: whichever zstd
+    # makes smallest of the first values (three trial compressions, not eleven).
     xor_rows = np.zeros(rows, dtype=bool)
     if not decimal.all():
         others = np.flatnonzero(~decimal)
         xored = head[others].view(_U8).copy()
         xored[:, 1:] ^= head[others, :-1].view(_U8)
-        xor_cost = _bytes_needed(xored).sum(axis=1)
-        needed = _bytes_needed(_zigzag_rows(ints[others])).sum(axis=2) + _bytes_needed(residual[others]).sum(axis=2)
+        deltas_head = _zigzag_rows(ints[others])
+        needed = _bytes_needed(deltas_head).sum(axis=2) + _bytes_needed(residual[others]).sum(axis=2)
         cost = np.where(fits[others], needed, np.inf)
-        best = np.argmin(cost, axis=1)
-        scale[others] = best
-        xor_rows[others] = ~(cost[np.arange(len(others)), best] < xor_cost)
+        shortlist = np.argsort(cost, axis=1, kind="stable")[:, :_SHORTLIST]
+        for i, row in enumerate(others.tolist()):
+            best_k, size = None, len(_ZSTD.compress(_shuffle(xored[i]), asbytes=True))
+            for k in shortlist[i].tolist():
+                if not np.isfinite(cost[i, k]):
+                    break
+                trial = bytes([k]) + _shuffle(deltas_head[i, k]) + _shuffle(residual[row, k])
+                if (n := len(_ZSTD.compress(trial, asbytes=True))) < size:
+                    best_k, size = k, n
+            scale[row] = best_k if best_k is not None else 0
+            xor_rows[row] = best_k is None
     at = ~xor_rows
     fits_all, ints_all, residual_all = _at_scales(values[at], _SCALES[scale[at]][:, None])
     xor_rows[np.flatnonzero(at)[~fits_all]] = True  # a later value too large at that scale: xor
