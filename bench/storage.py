@@ -12,7 +12,8 @@ date; then, in the same run:
 * the raw fetch of every reading from the narrow table through ``fetch_columns`` (binary COPY on
   PostgreSQL, the baseline);
 * compaction of everything (``blocks.compact``, bounded steps), its rate, then the packing of the fine
-  tiers (``rollups.pack``), its rate;
+  tiers (``rollups.pack``), its rate; or, with ``--together``, both as the compaction task does them
+  (``rollups.compact_and_pack``: each run's tiers packed in its own transaction), one rate;
 * the block tables' sizes (readings, packed tiers beside the coarse tiers' rows), and the raw fetch of
   every reading through ``blocks.read_readings``.
 
@@ -21,6 +22,7 @@ Beside them, the column codec candidates measured on the same values (bytes a re
     .venv/bin/python bench/storage.py --database-url postgres://postgres@127.0.0.1:5432/bench_storage
     .venv/bin/python bench/storage.py                        # SQLite in a temporary directory
     .venv/bin/python bench/storage.py --per-channel 20000    # a quick run
+    .venv/bin/python bench/storage.py --together             # compaction and packing as the task does them
 
 The database of a PostgreSQL or MariaDB URL is dropped and created again.
 """
@@ -48,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default="", help="PostgreSQL or MariaDB URL; default SQLite")
     parser.add_argument("--per-channel", type=int, default=100_000, help="readings per channel and shape")
+    parser.add_argument("--together", action="store_true", help="compact and pack as the compaction task does")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -62,6 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env["DAQBROKER_DATA_DIR"] = tmp
         argv = [sys.executable, __file__, "--child", "--per-channel", str(args.per_channel)]
+        argv += ["--together"] if args.together else []
         subprocess.run(argv, env=env, cwd=REPO, check=True)
 
 
@@ -108,7 +112,7 @@ def run(args) -> None:
     from collection.services import SampleBatch, ingest_samples
     from collection.services.blocks import compact, read_readings
     from collection.services.fetch import F8, I8, fetch_columns
-    from collection.services.rollups import pack, refresh_rollups
+    from collection.services.rollups import compact_and_pack, pack, refresh_rollups
     from instruments.choices import ChannelKind
     from instruments.models import Channel, Instrument
 
@@ -143,21 +147,23 @@ def run(args) -> None:
         )
         narrow_rate = fetched / (time.perf_counter() - started)
 
+        far = T0 + 10 * 365 * 86400 * SECOND
         started = time.perf_counter()
-        moved = 0
-        while True:
-            step = compact(T0 + 10 * 365 * 86400 * SECOND, max_windows=200)
+        moved = hours = 0
+        while True:  # as collection.tasks.compact_blocks_task, a step after another
+            step = (compact_and_pack if args.together else compact)(far, max_windows=200)
             moved += step.readings
+            hours += step.packed_hours
             if not step.windows:
                 break
-        compact_rate = moved / (time.perf_counter() - started)
+        compact_seconds = time.perf_counter() - started
+        compact_rate = moved / compact_seconds
         assert moved == readings, (moved, readings)
-        blocks = table_bytes(connection, ["collection_readingblock"])
         started = time.perf_counter()
-        hours = 0
-        while step := pack(T0 + 10 * 365 * 86400 * SECOND, max_windows=200):
+        while step := pack(far, max_windows=200):  # with --together, what is left (nothing here)
             hours += step
         pack_seconds = time.perf_counter() - started
+        blocks = table_bytes(connection, ["collection_readingblock"])
         # The rows packing deleted leave free space the engine reuses for new rows (PostgreSQL's autovacuum,
         # InnoDB's free pages): a table at steady state does not keep it, so give it back before measuring.
         reclaim(connection, "collection_rollup")
@@ -178,9 +184,15 @@ def run(args) -> None:
         print(
             f"  blocks + tiers   {total:7.2f} B/reading   ({(narrow + tiers) / (blocks + packed_tiers):.1f}x smaller)"
         )
-        print(f"  compaction       {compact_rate:12,.0f} readings/s")
-        covered = fetched / pack_seconds  # the numeric channels' readings whose tiers were packed
-        print(f"  tier packing     {covered:12,.0f} readings/s ({hours / pack_seconds:,.0f} channel-hours/s)")
+        if args.together:
+            rate = readings / (compact_seconds + pack_seconds)
+            print(f"  compaction + tier packing (the task) {rate:12,.0f} readings/s")
+        else:
+            print(f"  compaction       {compact_rate:12,.0f} readings/s")
+            covered = fetched / pack_seconds  # the numeric channels' readings whose tiers were packed
+            print(f"  tier packing     {covered:12,.0f} readings/s ({hours / pack_seconds:,.0f} channel-hours/s)")
+            both = readings / (compact_seconds + pack_seconds)  # one worker doing both, one after the other
+            print(f"  both, one after the other {both:12,.0f} readings/s")
         print(
             f"  raw fetch        narrow {narrow_rate:12,.0f} readings/s, blocks {block_rate:12,.0f} readings/s "
             f"= {block_rate / narrow_rate:.2f}x"

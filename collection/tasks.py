@@ -14,11 +14,10 @@ from django.db.models import Max
 from accounts import permissions
 from collection.choices import RunStatus
 from collection.services import collect, quarantine
-from collection.services.blocks import compact
 from collection.services.planner import refresh_planner_statistics
 from collection.services.raw_files import clean_archive
 from collection.services.retention import enforce_retention
-from collection.services.rollups import pack, refresh_rollups
+from collection.services.rollups import compact_and_pack, pack, refresh_rollups
 from instruments.models import catch_up_instrument_freshness
 
 
@@ -112,8 +111,10 @@ def compact_blocks_task() -> int:
     if after <= 0:
         return 0
     before = time.time_ns() // 1000 - after * 1_000_000
-    result = compact(before, max_windows=COMPACT_WINDOWS_PER_TASK)
-    packed = pack(before, max_windows=COMPACT_WINDOWS_PER_TASK)
+    result = compact_and_pack(before, max_windows=COMPACT_WINDOWS_PER_TASK)
+    packed = 0
+    if result.windows < COMPACT_WINDOWS_PER_TASK:  # hours compacted before whose tiers are rows (rebuilt, say)
+        packed = pack(before, max_windows=COMPACT_WINDOWS_PER_TASK)
     if result.windows >= COMPACT_WINDOWS_PER_TASK or packed >= COMPACT_WINDOWS_PER_TASK:
         compact_blocks_task.apply_async(expires=240)
     return result.readings

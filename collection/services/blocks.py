@@ -26,7 +26,7 @@ Safety of ``compact_window``:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +37,7 @@ from django.db.models import Exists, Max, Min, OuterRef, Q
 from collection import codec, storage
 from collection.choices import Origin, RejectionKind
 from collection.models import ReadingBlock, RejectedSample, RollupState, Sample, TextSample
-from collection.services.fetch import F8, I8, fetch_columns
+from collection.services.fetch import fetch_readings
 from instruments.choices import ChannelKind
 from instruments.models import Channel
 
@@ -50,7 +50,6 @@ BLOCK_WIDTH_US = 3600 * SECOND
 MIN_AGE_US = 600 * SECOND
 FRESH_US = MIN_AGE_US // 2
 _IN_LIST = 1000  # keys per DELETE ... IN (...)
-_COLUMNS = (("ts", I8), ("value", F8), ("quality", I8))
 
 
 @dataclass
@@ -61,6 +60,12 @@ class Compacted:
     readings: int = 0  # hot rows moved into blocks
     duplicates: int = 0  # hot rows whose key and value the block already held
     conflicts: int = 0  # hot rows whose key the block held with another value: quarantined
+    packed_hours: int = 0  # hours whose fine tiers were packed in the same transactions (``then``)
+
+
+# Called in a compaction run's transaction, under the channel's lock, once its hot rows are gone: (channel,
+# run start, run end) -> the hours it packed (``rollups.compact_and_pack``: the run's fine tiers).
+AfterRun = Callable[[int, int, int], int]
 
 
 def window_of(ts: int) -> int:
@@ -95,9 +100,9 @@ def _hot_rows(
 
 
 def _select(sql: str, params: list, text: bool, using: str) -> dict[str, np.ndarray]:
-    """(ts, value, quality) rows into columns: numeric ones through ``fetch_columns``, text as objects."""
+    """(ts, value, quality) rows into columns: numeric ones through ``fetch_readings``, text as objects."""
     if not text:
-        return fetch_columns(sql, params, _COLUMNS, using=using)
+        return fetch_readings(sql, params, using=using)
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -156,19 +161,24 @@ def compact_window(channel_id: int, window_start: int, *, using: str = "default"
     return compact_run(channel_id, window_start, window_start + BLOCK_WIDTH_US, using=using)[0]
 
 
-def compact_run(channel_id: int, start: int, end: int, *, using: str = "default") -> tuple[Compacted, int]:
+def compact_run(
+    channel_id: int, start: int, end: int, *, then: AfterRun | None = None, using: str = "default"
+) -> tuple[Compacted, int]:
     """``compact_window`` for every window in [start, end) (window edges) holding hot rows, in one
     transaction reading at most about ``RUN_ROWS`` hot rows. Returns what it did and where it stopped (the
-    windows from there on are left for the next call)."""
+    windows from there on are left for the next call). ``then``: more work on the run's windows in the same
+    transaction, for numeric channels (``AfterRun``)."""
     if start % BLOCK_WIDTH_US or end % BLOCK_WIDTH_US:
         raise ValueError("a run must start and end on window edges")
     try:
-        return _compact_run(channel_id, start, end, by_key=False, using=using)
+        return _compact_run(channel_id, start, end, by_key=False, then=then, using=using)
     except _Moved:  # rolled back; deleting exactly the keys read is safe whatever happens meanwhile
-        return _compact_run(channel_id, start, end, by_key=True, using=using)
+        return _compact_run(channel_id, start, end, by_key=True, then=then, using=using)
 
 
-def _compact_run(channel_id: int, start: int, end: int, *, by_key: bool, using: str) -> tuple[Compacted, int]:
+def _compact_run(
+    channel_id: int, start: int, end: int, *, by_key: bool, then: AfterRun | None, using: str
+) -> tuple[Compacted, int]:
     done = Compacted()
     connection = connections[using]
     text = _is_text(channel_id, using)
@@ -232,6 +242,8 @@ def _compact_run(channel_id: int, start: int, end: int, *, by_key: bool, using: 
             # A row came or went since the read (another writer not holding the channel's block lock):
             # this transaction is undone, and the run done again deleting exactly the keys it reads.
             raise _Moved
+        if then is not None and not text:
+            done.packed_hours = then(channel_id, start, end)
     return done, end
 
 
@@ -302,10 +314,10 @@ def _delete_keys(channel_id: int, ts: np.ndarray, text: bool, using: str) -> Non
             cursor.execute(where + f"IN ({marks})", [channel_id, part[0], part[-1], *part])
 
 
-def compact(before: int, *, max_windows: int = 100, using: str = "default") -> Compacted:
+def compact(before: int, *, max_windows: int = 100, then: AfterRun | None = None, using: str = "default") -> Compacted:
     """One bounded step: compact at most ``max_windows`` windows that end at or before ``before`` (µs),
     oldest first per channel. Call again until it returns ``windows == 0`` (existing readings are
-    compacted the same way, step by step)."""
+    compacted the same way, step by step). ``then``: see ``compact_run``."""
     total = Compacted()
     before = min(before, time.time_ns() // 1000 - MIN_AGE_US)  # see FRESH_US
     connection = connections[using]
@@ -328,13 +340,14 @@ def compact(before: int, *, max_windows: int = 100, using: str = "default") -> C
             window = window_of(int(row[0]))
             # Adjacent windows together, as many as are left to do (compact_run stops at RUN_ROWS rows).
             last = min(window + (max_windows - total.windows) * BLOCK_WIDTH_US, window_of(before))
-            step, lower = compact_run(channel_id, window, last, using=using)
+            step, lower = compact_run(channel_id, window, last, then=then, using=using)
             if not step.windows:
                 break  # another worker holds the channel
             total.windows += step.windows
             total.readings += step.readings
             total.duplicates += step.duplicates
             total.conflicts += step.conflicts
+            total.packed_hours += step.packed_hours
         if total.windows >= max_windows:
             break
     return total

@@ -320,66 +320,85 @@ def pack_run(channel_id: int, start: int, end: int, *, using: str = "default") -
     if start % width or end % width:
         raise ValueError("a run must start and end on window edges")
     ensure_state(channel_id, using)
-    tiers = ", ".join(["%s"] * len(PACKED_TIERS))
-    where = f"channel_id = %s AND tier IN ({tiers}) AND bucket >= %s AND bucket < %s"
     with transaction.atomic(using=using):
         if _locked_state(channel_id, using) is None:
             return 0, 0, start
-        columns = (("tier", I8), *BUCKET_COLUMNS)
-        select = (
-            "SELECT tier, bucket, count, flagged, min_value, max_value, sum_value, m2, "
-            "COALESCE(first_ts, 0) AS first_ts, COALESCE(last_ts, 0) AS last_ts "
-            f"FROM {_table(Rollup, using)} WHERE {where} ORDER BY bucket, tier"
-        )
-        rows = fetch_columns(
-            select + f" LIMIT {PACK_ROWS + 1}", [channel_id, *PACKED_TIERS, start, end], columns, using=using
-        )
-        if not len(rows["tier"]):
-            return 0, 0, end
-        if len(rows["tier"]) > PACK_ROWS:  # stop before the hour the bound fell in (it may be incomplete)
-            cut = blocks.window_of(int(rows["bucket"][PACK_ROWS]))
-            if cut == blocks.window_of(int(rows["bucket"][0])):  # one hour alone holds more: that hour, whole
-                start, end = cut, cut + width
-                rows = fetch_columns(select, [channel_id, *PACKED_TIERS, start, end], columns, using=using)
-            else:
-                end = cut
-                rows = {name: column[rows["bucket"] < cut] for name, column in rows.items()}
-        hours = rows["bucket"] - rows["bucket"] % width
-        packed_hours = np.unique(hours).tolist()
-        here = RollupBlock.objects.using(using).filter(
-            channel_id=channel_id, tier__in=PACKED_TIERS, window_start__in=packed_hours
-        )
-        # Never both rows and a block of one tier's hour (writers unpack first); should there be, the rows
-        # are the newer: they win, and the block's other buckets are kept.
-        held = {
-            (tier, window): _decode_packed(channel_id, tier, window, count, data)
-            for tier, window, count, data in here.values_list("tier", "window_start", "count", "data")
-        }
-        had_blocks, made = bool(held), []
-        for tier in PACKED_TIERS:
-            mine = rows["tier"] == tier
-            of_tier = Buckets.from_columns({name: rows[name][mine] for name, _ in BUCKET_COLUMNS})
-            # Ordered by bucket: each hour's buckets are one slice.
-            edges = np.searchsorted(hours[mine], [*packed_hours, end]).tolist()
-            for i, hour in enumerate(packed_hours):
-                buckets = of_tier.select(slice(edges[i], edges[i + 1]))
-                older = held.pop((tier, hour), None)
-                if older is not None:
-                    buckets = Buckets.concat([older.select(~np.isin(older.bucket, buckets.bucket)), buckets])
-                    buckets = buckets.select(np.argsort(buckets.bucket, kind="stable"))
-                if len(buckets):
-                    data = codec.encode_table([getattr(buckets, name) for name, _ in BUCKET_COLUMNS])
-                    made.append(
-                        RollupBlock(channel_id=channel_id, tier=tier, window_start=hour, count=len(buckets), data=data)
-                    )
-        if had_blocks:
-            here.delete()
-        RollupBlock.objects.using(using).bulk_create(made)
-        with connections[using].cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {_table(Rollup, using)} WHERE {where}", [channel_id, *PACKED_TIERS, start, end]
-            )
+        return pack_locked(channel_id, start, end, using=using)
+
+
+def pack_locked(channel_id: int, start: int, end: int, *, using: str = "default") -> tuple[int, int, int]:
+    """``pack_run``'s work, in the caller's transaction, which holds the channel's lock (``pack_run``, or
+    ``blocks.compact`` packing the hours it has just compacted: ``compact_and_pack``)."""
+    width = blocks.BLOCK_WIDTH_US
+    tiers = ", ".join(["%s"] * len(PACKED_TIERS))
+    where = f"channel_id = %s AND tier IN ({tiers}) AND bucket >= %s AND bucket < %s"
+    columns = (("tier", I8), *BUCKET_COLUMNS)
+    select = (
+        "SELECT tier, bucket, count, flagged, min_value, max_value, sum_value, m2, "
+        "COALESCE(first_ts, 0) AS first_ts, COALESCE(last_ts, 0) AS last_ts "
+        f"FROM {_table(Rollup, using)} WHERE {where} ORDER BY bucket, tier"
+    )
+    rows = fetch_columns(
+        select + f" LIMIT {PACK_ROWS + 1}", [channel_id, *PACKED_TIERS, start, end], columns, using=using
+    )
+    if not len(rows["tier"]):
+        return 0, 0, end
+    if len(rows["tier"]) > PACK_ROWS:  # stop before the hour the bound fell in (it may be incomplete)
+        cut = blocks.window_of(int(rows["bucket"][PACK_ROWS]))
+        if cut == blocks.window_of(int(rows["bucket"][0])):  # one hour alone holds more: that hour, whole
+            start, end = cut, cut + width
+            rows = fetch_columns(select, [channel_id, *PACKED_TIERS, start, end], columns, using=using)
+        else:
+            end = cut
+            rows = {name: column[rows["bucket"] < cut] for name, column in rows.items()}
+    hours = rows["bucket"] - rows["bucket"] % width
+    packed_hours = np.unique(hours).tolist()
+    here = RollupBlock.objects.using(using).filter(
+        channel_id=channel_id, tier__in=PACKED_TIERS, window_start__in=packed_hours
+    )
+    # Never both rows and a block of one tier's hour (writers unpack first); should there be, the rows
+    # are the newer: they win, and the block's other buckets are kept.
+    held = {
+        (tier, window): _decode_packed(channel_id, tier, window, count, data)
+        for tier, window, count, data in here.values_list("tier", "window_start", "count", "data")
+    }
+    had_blocks, packed = bool(held), []
+    for tier in PACKED_TIERS:
+        mine = rows["tier"] == tier
+        of_tier = Buckets.from_columns({name: rows[name][mine] for name, _ in BUCKET_COLUMNS})
+        # Ordered by bucket: each hour's buckets are one slice.
+        edges = np.searchsorted(hours[mine], [*packed_hours, end]).tolist()
+        for i, hour in enumerate(packed_hours):
+            buckets = of_tier.select(slice(edges[i], edges[i + 1]))
+            older = held.pop((tier, hour), None)
+            if older is not None:
+                buckets = Buckets.concat([older.select(~np.isin(older.bucket, buckets.bucket)), buckets])
+                buckets = buckets.select(np.argsort(buckets.bucket, kind="stable"))
+            if len(buckets):
+                packed.append((tier, hour, buckets))
+    tables = codec.encode_tables([[getattr(b, name) for name, _ in BUCKET_COLUMNS] for _, _, b in packed])
+    made = [
+        RollupBlock(channel_id=channel_id, tier=tier, window_start=hour, count=len(buckets), data=data)
+        for (tier, hour, buckets), data in zip(packed, tables, strict=True)
+    ]
+    if had_blocks:
+        here.delete()
+    RollupBlock.objects.using(using).bulk_create(made)
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"DELETE FROM {_table(Rollup, using)} WHERE {where}", [channel_id, *PACKED_TIERS, start, end])
     return len(rows["tier"]), len(packed_hours), end
+
+
+def compact_and_pack(before: int, *, max_windows: int = 100, using: str = "default") -> blocks.Compacted:
+    """``blocks.compact``, each run's fine tiers packed in its own transaction (``pack_locked``, under the
+    lock it holds already): one lock, one commit and no look-up of its own for the packing of hours just
+    compacted. Hours whose tiers are rows again without hot rows (rebuilt, or compacted before) are left
+    to ``pack``."""
+
+    def pack_hours(channel_id: int, start: int, end: int) -> int:
+        return pack_locked(channel_id, start, end, using=using)[1]
+
+    return blocks.compact(before, max_windows=max_windows, then=pack_hours, using=using)
 
 
 def pack(before: int, *, max_windows: int = 100, using: str = "default") -> int:

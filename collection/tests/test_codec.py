@@ -183,3 +183,90 @@ def test_sums_of_short_decimals_take_the_residual_method_in_a_table():
     table = codec.encode_table([sums])
     assert same_bits(codec.decode_table(table)[0], sums)
     assert len(table) < 0.6 * len(codec.encode_values(sums, codec.VALUE_XOR))
+
+
+def _least_scale_one_k_at_a_time(values: np.ndarray) -> int | None:
+    """``decimal_scale`` as it was first written (every k in turn over every value): the reference."""
+    if len(values) == 0:
+        return 0
+    if not np.all(np.isfinite(values)):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(codec.MAX_DECIMALS + 1):
+            scaled = np.rint(values * 10.0**k)
+            if np.max(np.abs(scaled)) >= 2.0**53:
+                return None
+            if np.array_equal((scaled.astype("<i8").astype("<f8") / 10.0**k).view("<u8"), values.view("<u8")):
+                return k
+    return None
+
+
+SHORT_DECIMALS = st.builds(
+    lambda ints, k, tail: np.concatenate([np.array(ints, dtype=np.int64) / 10.0**k, np.array(tail, dtype=np.float64)]),
+    st.lists(st.integers(-(10**12), 10**12), max_size=150),
+    st.integers(0, codec.MAX_DECIMALS + 1),
+    st.lists(FLOATS, max_size=3),
+)
+
+
+@settings(max_examples=300)
+@given(st.one_of(SHORT_DECIMALS, hnp.arrays(np.float64, st.integers(0, 150), elements=FLOATS)))
+def test_decimal_scale_is_the_least_exact_scale(values):
+    assert codec.decimal_scale(values) == _least_scale_one_k_at_a_time(values)
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(0, 150).flatmap(
+        lambda n: st.lists(SHORT_DECIMALS.map(lambda v: np.resize(v, n)), min_size=1, max_size=5)
+    )
+)
+def test_table_float_columns_judged_together_take_decimal_at_their_least_scale(columns):
+    payloads = codec._float_payloads(np.stack(columns).astype("<f8"))
+    for (method, payload), column in zip(payloads, columns, strict=True):
+        k = _least_scale_one_k_at_a_time(column)
+        assert (method == codec.VALUE_DECIMAL) == (k is not None)
+        if k is not None:
+            assert payload == codec._value_payload(column)[1]
+        assert same_bits(codec._unvalue(method, payload, len(column)), column)
+
+
+@settings(max_examples=100)
+@given(
+    st.tuples(st.integers(1, 6), st.integers(0, 100)).flatmap(lambda shape: hnp.arrays(np.int64, shape, elements=INT64))
+)
+def test_int_columns_of_a_table_encode_as_one_at_a_time(rows):
+    assert codec._dod_rows(rows) == [codec._dod_payload(row) for row in rows]
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(
+        st.integers(0, 80).flatmap(
+            lambda n: st.lists(
+                st.one_of(SHORT_DECIMALS.map(lambda v: np.resize(v, n)), hnp.arrays(np.int64, n, elements=INT64)),
+                min_size=1,
+                max_size=4,
+            )
+        ),
+        max_size=6,
+    )
+)
+def test_tables_encoded_together_are_the_bytes_of_each_alone(tables):
+    together = codec.encode_tables(tables)
+    assert together == [codec.encode_table(columns) for columns in tables]
+    for data, columns in zip(together, tables, strict=True):
+        for got, column in zip(codec.decode_table(data), columns, strict=True):
+            assert same_bits(got, column)
+
+
+def test_a_column_decimal_in_its_first_values_only_takes_its_least_scale_over_all():
+    column = np.round(np.random.default_rng(5).normal(20, 1, 300), 2)
+    column[200] = 20.125  # three decimals, past the first values the scale is judged on
+    (method, payload), *_ = codec._float_payloads(column[None, :])
+    assert (method, payload[0]) == (codec.VALUE_DECIMAL, 3)
+    assert same_bits(codec._unvalue(method, payload, len(column)), column)
+    column[250] = 0.1 + 0.2  # no short decimal at all now
+    (method, payload), *_ = codec._float_payloads(column[None, :])
+    assert method in (codec.VALUE_RESIDUAL, codec.VALUE_XOR)
+    assert same_bits(codec._unvalue(method, payload, len(column)), column)

@@ -151,3 +151,27 @@ def test_adjacent_hours_are_packed_together_up_to_a_bound(channel, monkeypatch):
     assert pack(END) == 2
     assert rows_of(channel.pk, 10) == 0
     assert tiers(channel.pk) == before
+
+
+def test_the_compaction_task_packs_each_run_s_hours_in_the_run_s_own_transaction(channel):
+    """``compact_and_pack`` (the task's step): the hours a compaction run moves into blocks have their fine
+    tiers packed in the same transaction, under the one lock it takes; nothing is left for ``pack``."""
+    from django.test.utils import CaptureQueriesContext
+
+    from collection.services.rollups import compact_and_pack
+
+    before, said = tiers(channel.pk), answers(channel.pk)
+    with CaptureQueriesContext(connection) as queries:
+        step = compact_and_pack(END)
+    assert (step.windows, step.readings, step.packed_hours) == (3, 3 * 3600, 3)
+    statements = [q["sql"].replace("`", '"') for q in queries.captured_queries]
+    assert len([s for s in statements if s.startswith('INSERT INTO "collection_readingblock"')]) == 1
+    assert len([s for s in statements if s.startswith('INSERT INTO "collection_rollupblock"')]) == 1
+    assert len([s for s in statements if s.startswith('DELETE FROM "collection_rollup"')]) == 1
+    if connection.features.has_select_for_update:  # the channel's lock, taken once for both
+        locks = [s for s in statements if "FOR UPDATE" in s and '"collection_rollupstate"' in s]
+        assert len(locks) == 1
+    assert sum(rows_of(channel.pk, tier) for tier in PACKED_TIERS) == 0
+    assert pack(END) == 0
+    assert tiers(channel.pk) == before
+    assert answers(channel.pk) == said
