@@ -123,15 +123,21 @@ def test_a_subscription_delivers_source_times_and_statuses_and_survives_a_server
 
 
 def make_certificate(directory, name: str, uri: str):
-    """A self-signed application certificate (DER) and its key (PEM), as an administrator would make them."""
+    """A self-signed application certificate (DER) and its key (PEM), as an administrator would make them.
+
+    asyncua's generator is a coroutine: it runs on a thread of its own, since the test's thread may already
+    run an event loop (a browser test's Playwright, still open in the same test worker)."""
     import asyncio
+    import concurrent.futures
 
     from asyncua.crypto.cert_gen import setup_self_signed_certificate
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
     certificate, key = directory / f"{name}.der", directory / f"{name}-key.pem"
     use = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-    asyncio.run(setup_self_signed_certificate(key, certificate, uri, "localhost", use, {"commonName": name}))
+    made = setup_self_signed_certificate(key, certificate, uri, "localhost", use, {"commonName": name})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, made).result(timeout=120)
     return certificate, key
 
 
