@@ -8,7 +8,9 @@ with the bench's own URL conf (``bench/bench_urls.py``), which adds ``/bench/flo
 behind the same token authentication, scope checks and throttle as ingest, answering ``{}``. Then
 --clients concurrent keep-alive clients (asyncio coroutines in this process) post for --seconds each:
 to the floor, then bodies of each of --sizes readings (JSON rows naming ``instrument/channel``, as a
-shell script or a PLC gateway would; client i writes its own channels, a new time each request). Each
+shell script or a PLC gateway would; client i writes its own channels, each request's readings at the
+time it is made: readings posted as they are taken; ``--backfill`` posts old times instead, as a logger
+uploading what it took long ago, which takes ingest's path for readings that may lie in a compacted hour). Each
 answer is checked (200, every reading accepted). Printed per engine: requests/s, readings/s, p50/p99
 latency, database statements per request (counted by the bench's middleware, BEGIN/COMMIT not
 included), and requests/s as a share of the floor's.
@@ -69,6 +71,12 @@ def main() -> None:
     parser.add_argument(
         "--heartbeats", action=argparse.BooleanOptionalAction, default=True, help="with --in-process: time heartbeats"
     )
+    parser.add_argument(
+        "--backfill",
+        action="store_true",
+        help="old reading times (2020), as a logger uploading what it took long ago, instead of the time of each "
+        "request (readings posted as they are taken)",
+    )
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -77,7 +85,9 @@ def main() -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.measure:
-        print(json.dumps(measure_in_process(int(args.measure), sizes, heartbeats=args.heartbeats)))
+        print(
+            json.dumps(measure_in_process(int(args.measure), sizes, heartbeats=args.heartbeats, backfill=args.backfill))
+        )
         return
     if max(sizes) > CHANNELS_PER_CLIENT:
         sys.exit(f"--sizes: at most {CHANNELS_PER_CLIENT} readings per request (one per channel of a client)")
@@ -86,7 +96,8 @@ def main() -> None:
         in_process(trees, sizes, args)
         return
     print(
-        f"small ingest bodies over HTTP: {args.clients} keep-alive clients, {args.seconds:g} s per case, gunicorn "
+        f"small ingest bodies over HTTP ({'old times' if args.backfill else 'readings as they are taken'}): "
+        f"{args.clients} keep-alive clients, {args.seconds:g} s per case, gunicorn "
         f"{args.workers} workers ({args.worker_class}, {args.threads} threads), broker {REDIS_URL}; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start"
     )
@@ -127,7 +138,8 @@ def setup_database(clients: int) -> dict:
 
 def in_process(trees: list[tuple[str, Path]], sizes: list[int], args) -> None:
     print(
-        f"small ingest bodies in process: {args.in_process} posts per case through Django's test client, one "
+        f"small ingest bodies in process ({'old times' if args.backfill else 'readings as they are taken'}): "
+        f"{args.in_process} posts per case through Django's test client, one "
         f"thread, {args.rounds} round(s); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start"
     )
     print(f"{'engine':<11} {'round':>5} {'tree':<8} {'body':<10} {'wall ms':>8} {'CPU ms':>7} {'stmts/req':>9}")
@@ -141,7 +153,8 @@ def in_process(trees: list[tuple[str, Path]], sizes: list[int], args) -> None:
                     env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(tree / "client_agent"), str(tree)])
                     child = subprocess.run(
                         [sys.executable, __file__, "--measure", str(args.in_process), "--sizes", args.sizes,
-                         "--heartbeats" if args.heartbeats else "--no-heartbeats"],
+                         "--heartbeats" if args.heartbeats else "--no-heartbeats",
+                         *(["--backfill"] if args.backfill else [])],
                         env=env, cwd=tree, capture_output=True, text=True, check=False,
                     )  # fmt: skip
                 if child.returncode != 0:
@@ -154,7 +167,9 @@ def in_process(trees: list[tuple[str, Path]], sizes: list[int], args) -> None:
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
-def measure_in_process(n: int, sizes: list[int], *, heartbeats: bool) -> list[tuple[str, float, float, float]]:
+def measure_in_process(
+    n: int, sizes: list[int], *, heartbeats: bool, backfill: bool = False
+) -> list[tuple[str, float, float, float]]:
     """(In a child process with the engine's environment and the tree's code.) ``n`` posts per case, timed:
     the median wall and CPU time of a request (ms) and its mean statements."""
     import statistics
@@ -164,9 +179,10 @@ def measure_in_process(n: int, sizes: list[int], *, heartbeats: bool) -> list[tu
 
     client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {token}")
     seq = 0
+    stamps: dict[int, Stamps] = {}
 
     def ingest_body(phase: int, size: int) -> str:
-        t = T0_US + phase * 10**11 + seq * 1000
+        t = stamps.setdefault(phase, Stamps(phase, backfill=backfill)).next()
         return json.dumps([{"channel": f"bench/c{j}", "t": t, "v": seq % 97 + j / 10} for j in range(max(size, 1))])
 
     def heartbeat_body(phase: int, size: int) -> str:
@@ -271,7 +287,9 @@ def run_engine(engine: str, label: str, tree: Path, sizes: list[int], args, tmp:
             asyncio.run(load(server.port, token, 0, 1, 2, args.clients, "warm-up"))
             floor_rate = None
             for phase, (name, size) in enumerate(cases, start=1):
-                case = asyncio.run(load(server.port, token, size, phase, args.seconds, args.clients, name))
+                case = asyncio.run(
+                    load(server.port, token, size, phase, args.seconds, args.clients, name, backfill=args.backfill)
+                )
                 if case.errors:
                     sys.exit(f"{engine} {label} {name}: {len(case.errors)} failed requests, first: {case.errors[0]}")
                 rate = case.requests / case.elapsed
@@ -289,7 +307,28 @@ def run_engine(engine: str, label: str, tree: Path, sizes: list[int], args, tmp:
         redis.Redis.from_url(REDIS_URL).delete(queue)  # the tasks no worker took
 
 
-async def load(port: int, token: str, size: int, phase: int, seconds: float, clients: int, name: str) -> Case:
+class Stamps:
+    """The reading time of each request of one sender. By default the time the request is made, as a sender
+    posting readings as they are taken does (strictly increasing, so each is a new reading). With
+    ``backfill``, times in 2020, as a logger uploading readings taken long ago does: those take ingest's
+    path for readings old enough to lie in a compacted hour (a look for blocks under the channels' block
+    locks, docs/storage.md), which a live sender's never do."""
+
+    def __init__(self, phase: int, *, backfill: bool) -> None:
+        self.phase, self.backfill, self.seq, self.last = phase, backfill, 0, 0
+
+    def next(self) -> int:
+        self.seq += 1
+        if self.backfill:
+            self.last = T0_US + self.phase * 10**11 + self.seq * 1000
+        else:
+            self.last = max(time.time_ns() // 1000, self.last + 1)
+        return self.last
+
+
+async def load(
+    port: int, token: str, size: int, phase: int, seconds: float, clients: int, name: str, *, backfill: bool = False
+) -> Case:
     """``clients`` keep-alive connections posting ``size``-reading bodies (0: the floor) for ``seconds``."""
     case = Case()
     path = "/bench/floor/" if size == 0 else "/api/v1/ingest/"
@@ -302,9 +341,10 @@ async def load(port: int, token: str, size: int, phase: int, seconds: float, cli
     async def client(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         seq = 0
+        stamps = Stamps(phase, backfill=backfill)
         try:
             while time.perf_counter() < deadline:
-                t = T0_US + phase * 10**11 + seq * 1000
+                t = stamps.next()
                 seq += 1
                 rows = [
                     {"channel": f"bench/c{i * CHANNELS_PER_CLIENT + j}", "t": t, "v": seq % 97 + j / 10}
