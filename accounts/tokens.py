@@ -28,7 +28,8 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import Exists, Model, OuterRef, Q
+from django.db import connections
+from django.db.models import Model, Q
 from django.utils import timezone
 
 from accounts.models import TOKEN_PREFIX, Agent, ApiToken
@@ -72,21 +73,95 @@ def find_token(raw: str) -> ApiToken:
     if cached is not None:
         _check_usable(cached)  # expiry, against the clock now
         return cached
-    # The user's administrator flag comes with the token (one query, not two): remembered with it.
-    administrators = User.groups.through.objects.filter(user_id=OuterRef("user_id"), group__name=ADMINISTRATORS)
-    token = (
-        ApiToken.objects.select_related("user", "agent")
-        .annotate(user_in_administrators=Exists(administrators))
-        .filter(key_id=match["key_id"])
-        .first()
-    )
-    if not hmac.compare_digest(presented, token.digest if token else _NO_DIGEST) or token is None:
+    found = _read_token(match["key_id"])
+    if not hmac.compare_digest(presented, found.token["digest"] if found else _NO_DIGEST) or found is None:
         raise TokenRejected("Invalid token.")
+    token = _built(found)
     _check_usable(token)
-    administrator = token.user.is_superuser or token.user_in_administrators
-    setattr(token.user, "_daqbroker_is_administrator", administrator)  # noqa: B010 -- see permissions
-    _remember(presented, token, administrator)
+    _remember(presented, found)
     return token
+
+
+# --- the verification read: one statement, its SQL text built once per database -------------------------
+#
+# A token is verified when a process has not remembered it (its first request there, then every
+# DAQBROKER_TOKEN_CACHE_SECONDS): with many agents, a fifth of a web worker's time went there, three quarters
+# of it Django building the same query again (1.0 ms of CPU a verification on SQLite, 1.3-1.7 on PostgreSQL).
+# The text is written out from the models' own columns and the values go through the same converters as the
+# ORM's (backend, then field); ``accounts/tests/test_tokens.py`` compares what it reads with the ORM's.
+
+
+@dataclass(frozen=True)
+class _Found:
+    token: dict
+    user: dict
+    agent: dict | None
+    administrator: bool
+
+
+_verification_sql: dict[str, tuple[str, list[tuple]]] = {}
+
+
+def _columns(model: type[Model], alias: str, connection) -> list[tuple]:
+    """(model, attname, SQL column, column expression, converters) of each concrete field of ``model``."""
+    quote = connection.ops.quote_name
+    out = []
+    for field in model._meta.concrete_fields:
+        column = field.get_col(alias)
+        converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        out.append((model, field.attname, f"{alias}.{quote(field.column)}", column, converters))
+    return out
+
+
+def _verification(connection) -> tuple[str, list[tuple]]:
+    """The verification's SQL (parameters: the administrators' group name, the key id) and its columns."""
+    cached = _verification_sql.get(connection.alias)
+    if cached is not None:
+        return cached
+    quote = connection.ops.quote_name
+    columns = [
+        *_columns(ApiToken, "t", connection),
+        *_columns(User, "u", connection),
+        *_columns(Agent, "a", connection),
+    ]
+    groups = User.groups.through
+    group_table = groups._meta.get_field("group").related_model._meta.db_table
+    sql = (
+        f"SELECT {', '.join(column for _, _, column, _, _ in columns)}, "
+        f"EXISTS (SELECT 1 FROM {quote(groups._meta.db_table)} ug JOIN {quote(group_table)} g "
+        f"ON g.{quote('id')} = ug.{quote('group_id')} WHERE ug.{quote('user_id')} = t.{quote('user_id')} "
+        f"AND g.{quote('name')} = %s) "
+        f"FROM {quote(ApiToken._meta.db_table)} t "
+        f"JOIN {quote(User._meta.db_table)} u ON u.{quote('id')} = t.{quote('user_id')} "
+        f"LEFT JOIN {quote(Agent._meta.db_table)} a ON a.{quote('id')} = t.{quote('agent_id')} "
+        f"WHERE t.{quote('key_id')} = %s"
+    )
+    _verification_sql[connection.alias] = (sql, columns)
+    return sql, columns
+
+
+def _read_token(key_id: str, using: str = "default") -> _Found | None:
+    """The token of ``key_id`` with its user, its agent (if any) and whether that user is an administrator
+    (a superuser or in the Administrators group), as field dicts; None if there is no such token."""
+    connection = connections[using]
+    sql, columns = _verification(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [ADMINISTRATORS, key_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    fields: dict[type[Model], dict] = {ApiToken: {}, User: {}, Agent: {}}
+    for (model, attname, _, column, converters), value in zip(columns, row, strict=False):
+        for converter in converters:
+            value = converter(value, column, connection)
+        fields[model][attname] = value
+    user = fields[User]
+    return _Found(
+        token=fields[ApiToken],
+        user=user,
+        agent=fields[Agent] if fields[ApiToken]["agent_id"] is not None else None,
+        administrator=bool(user["is_superuser"] or row[-1]),
+    )
 
 
 def _check_usable(token: ApiToken) -> None:
@@ -132,15 +207,11 @@ _cache: dict[str, _Remembered] = {}
 _cache_lock = threading.Lock()
 
 
-def _fields(instance: Model) -> dict:
-    return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
-
-
 def _instance(model: type[M], fields: dict, using: str) -> M:
     return model.from_db(using, list(fields), list(fields.values()))
 
 
-def _remember(presented: str, token: ApiToken, administrator: bool) -> None:
+def _remember(presented: str, found: _Found) -> None:
     lifetime = settings.DAQBROKER_TOKEN_CACHE_SECONDS
     if lifetime <= 0:
         return
@@ -148,10 +219,10 @@ def _remember(presented: str, token: ApiToken, administrator: bool) -> None:
     # the principal too (accounts.permissions.is_administrator).
     entry = _Remembered(
         until=time.monotonic() + lifetime,
-        token=_fields(token),
-        user=_fields(token.user),
-        agent=_fields(token.agent) if token.agent is not None else None,
-        administrator=administrator,
+        token=dict(found.token),
+        user=dict(found.user),
+        agent=dict(found.agent) if found.agent is not None else None,
+        administrator=found.administrator,
     )
     with _cache_lock:
         if len(_cache) >= _CACHE_MAX:
@@ -164,12 +235,17 @@ def _remembered(presented: str) -> ApiToken | None:
     entry = _cache.get(presented)
     if entry is None or entry.until <= time.monotonic():
         return None
+    return _built(entry)
+
+
+def _built(found: _Found | _Remembered) -> ApiToken:
+    """An ``ApiToken`` with its user (carrying the administrator flag) and agent, fresh instances."""
     using = "default"
-    token = _instance(ApiToken, entry.token, using)
-    user = _instance(User, entry.user, using)
-    setattr(user, "_daqbroker_is_administrator", entry.administrator)  # noqa: B010 -- see permissions
+    token = _instance(ApiToken, found.token, using)
+    user = _instance(User, found.user, using)
+    setattr(user, "_daqbroker_is_administrator", found.administrator)  # noqa: B010 -- see permissions
     token.user = user
-    token.agent = _instance(Agent, entry.agent, using) if entry.agent is not None else None
+    token.agent = _instance(Agent, found.agent, using) if found.agent is not None else None
     return token
 
 

@@ -170,6 +170,39 @@ def test_verifying_a_token_reads_its_users_administrator_flag_in_the_same_query(
     assert len(queries) == 0
 
 
+@pytest.mark.parametrize("who", ["personal", "agent", "superuser", "in the Administrators group", "used"])
+def test_the_verification_reads_what_the_orm_reads(who):
+    """The verification is one statement written out once per database (``tokens._read_token``): every
+    column of the token, its user and its agent, after the engine's converters (dates, booleans, the
+    address), and the administrator flag, as the ORM reads them; an unknown key id reads nothing."""
+    user = make_user("ada", is_superuser=who == "superuser")
+    if who == "in the Administrators group":
+        user.groups.add(Group.objects.get_or_create(name=ADMINISTRATORS)[0])
+    if who == "agent":
+        agent, _ = services.create_agent(owner=user, name="logger", instruments=[make_instrument(user, slug="site")])
+        token = agent.token
+    else:
+        token, _ = services.create_personal_token(
+            user=user, name="s", scope=TokenScope.READ, expires=timezone.now() + timedelta(days=3)
+        )
+    if who == "used":
+        ApiToken.objects.filter(pk=token.pk).update(last_used=timezone.now(), last_address="2001:db8::7")
+    stored = ApiToken.objects.select_related("user", "agent").get(pk=token.pk)
+
+    def columns(instance):
+        return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+    with CaptureQueriesContext(connection) as queries:
+        found = tokens._read_token(stored.key_id)
+    assert len(queries) == 1
+    assert found is not None
+    assert found.token == columns(stored)
+    assert found.user == columns(stored.user)
+    assert found.agent == (columns(stored.agent) if who == "agent" else None)
+    assert found.administrator is (who in ("superuser", "in the Administrators group"))
+    assert tokens._read_token("nosuchkey123") is None
+
+
 def test_a_token_cannot_be_created_already_expired(olivia):
     with pytest.raises(ValidationError):
         services.create_personal_token(user=olivia, name="late", expires=timezone.now() - timedelta(seconds=1))
