@@ -201,12 +201,14 @@ def fast_password_hashing(settings):
 def forget_process_caches():
     """What a process remembers between requests, forgotten before each test, whose database starts afresh
     (ids reused; a module's shared world rolled back to its first state): the latest reading ingest wrote to
-    each instrument's freshness, and the tokens found usable (accounts.tokens)."""
+    each instrument's freshness, the tokens found usable (accounts.tokens) and the alarm rules loaded."""
     from accounts import tokens
+    from collection.alarms.evaluate import forget_rules
     from collection.services.ingest import forget_written_freshness
 
     forget_written_freshness()
     tokens.forget_all()
+    forget_rules()
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -57,8 +57,47 @@ class Outcome:
 
 
 def _rules() -> list[tuple[AlarmRule, set[int]]]:
+    """The enabled rules and the ids of the channels each lists, loaded again only when the rules changed.
+
+    A worker evaluates after every ingest it takes up (about once a second under load), and a site with
+    many agents has two rules per health instrument: loading and building them every time was a fifth of a
+    busy worker's time with 300 agents (docs/performance.md#many-agents). What they are is read from the
+    database each time in one statement, ``_rules_version``, whatever process changed them."""
+    global _cached_rules
+    version = _rules_version()
+    cached = _cached_rules
+    if cached is not None and cached[0] == version:
+        return cached[1]
     rules = AlarmRule.objects.filter(enabled=True).select_related("instrument").prefetch_related("channels")
-    return [(rule, {c.pk for c in rule.channels.all()}) for rule in rules]
+    loaded = [(rule, {c.pk for c in rule.channels.all()}) for rule in rules]
+    _cached_rules = (version, loaded)
+    return loaded
+
+
+_cached_rules: tuple[tuple, list[tuple[AlarmRule, set[int]]]] | None = None
+
+
+def _rules_version() -> tuple:
+    """What changes whenever a rule or the channels a rule lists change: the rules' count, newest id and
+    latest save (``updated`` is set by every save), and the count and newest id of the rules' channel list
+    (a row removed lowers the count, a row added raises the newest id). One statement."""
+    connection = connections[AlarmRule.objects.db]
+    quote = connection.ops.quote_name
+    rules = quote(AlarmRule._meta.db_table)
+    listed = quote(AlarmRule.channels.through._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT COUNT(*) FROM {rules}), (SELECT MAX({quote('id')}) FROM {rules}), "
+            f"(SELECT MAX({quote('updated')}) FROM {rules}), (SELECT COUNT(*) FROM {listed}), "
+            f"(SELECT MAX({quote('id')}) FROM {listed})"
+        )
+        return tuple(cursor.fetchone())
+
+
+def forget_rules() -> None:
+    """Forget the loaded rules (tests: each starts on a database whose ids may be reused)."""
+    global _cached_rules
+    _cached_rules = None
 
 
 class _RuleIndex:

@@ -3,10 +3,13 @@ incrementally and never raising the same alarm twice."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from collection.alarms import evaluate
@@ -250,10 +253,48 @@ def test_evaluating_costs_statements_per_rule_that_can_change_not_per_rule_on_th
             outcome = evaluate.check_periodic(now=t0 + 2 * S)
         assert (outcome.raised, outcome.cleared) == (0, 0)
         periodic[n] = len(queries.captured_queries)
-    # The rules, their channel lists, the channels they may select, the active stale alarms, the value
-    # rules' progress.
-    assert periodic[12] == periodic[2] <= 5, periodic
-    # The rules and their channel lists (2), the channels (1), the active stale pairs (1), the value rule: its
-    # locked state (2), its readings (2: the block probe, the rows), its state saved (1), and the savepoint
-    # around it (2: the test runs in a transaction).
-    assert statements[12] == statements[2] <= 11, statements
+    # The rules unchanged since they were loaded (1: their version), the channels they may select, the active
+    # stale alarms, the value rules' progress.
+    assert periodic[12] == periodic[2] <= 4, periodic
+    # The rules unchanged (1: their version), the channels (1), the active stale pairs (1), the value rule:
+    # its locked state (2), its readings (2: the block probe, the rows), its state saved (1), and the
+    # savepoint around it (2: the test runs in a transaction).
+    assert statements[12] == statements[2] <= 10, statements
+
+
+def test_rules_are_loaded_again_only_when_they_change_and_every_change_applies_at_the_next_evaluation(temp, t0):
+    """Evaluation keeps the enabled rules it loaded while one statement says they are the same
+    (``evaluate._rules_version``); a saved threshold, a channel added to or removed from a rule's list, a
+    rule disabled, deleted or created each apply to the next batch, whichever process made the change."""
+    other = make_channel(temp.instrument, slug="other", units="hPa")
+    hot = AlarmRule.objects.create(name="hot", instrument=temp.instrument, kind=RuleKind.ABOVE, threshold=30)
+    loading = re.compile(r"collection_alarmrule\W{1,3}enabled")
+
+    def fed(channel, second, value) -> int:
+        """Feed one reading; how many times the enabled rules were read for it."""
+        with CaptureQueriesContext(connection) as queries:
+            feed(channel, t0, [(second, value)])
+        return sum(1 for query in queries if loading.search(query["sql"]))
+
+    assert fed(temp, 0, 20) == 1
+    assert fed(temp, 1, 21) == 0  # unchanged: not loaded again
+    hot.threshold = 10
+    hot.save()  # a saved rule: its new threshold applies to the next reading
+    assert fed(temp, 2, 15) == 1
+    assert events(temp) == [(at(t0, 2), 15.0, None, None)]
+    listed = AlarmRule.objects.create(name="listed", kind=RuleKind.BELOW, threshold=0)
+    assert fed(other, 3, -1) == 1  # a new rule, still listing no channel: selects nothing
+    assert events(other) == []
+    listed.channels.add(other)  # a channel added to its list
+    assert fed(other, 4, -2) == 1
+    assert events(other) == [(at(t0, 4), -2.0, None, None)]
+    listed.channels.remove(other)  # and removed: the next reading is not evaluated by it
+    assert fed(other, 5, 5) == 1
+    assert events(other) == [(at(t0, 4), -2.0, None, None)]
+    hot.enabled = False
+    hot.save()
+    assert fed(temp, 6, 5) == 1  # disabled: the active event is not cleared by it any more
+    assert events(temp) == [(at(t0, 2), 15.0, None, None)]
+    AlarmRule.objects.filter(pk=hot.pk).delete()
+    assert fed(temp, 7, 50) == 1
+    assert fed(temp, 8, 50) == 0
