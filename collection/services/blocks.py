@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Exists, Max, Min, OuterRef, Q
+from django.db.models import Exists, Max, Min, OuterRef
 
 from collection import codec, storage
 from collection.choices import Origin, RejectionKind
@@ -365,12 +365,29 @@ def has_blocks(channel_id: int, start: int, end: int, *, using: str = "default")
 def channels_with_blocks(spans: dict[int, tuple[int, int]], *, using: str = "default") -> set[int]:
     """Of the channels of ``spans`` ({channel: (start, end)} µs, end excluded), those with a block that may
     hold readings in their span: ``has_blocks`` for many channels, in one query."""
-    if not spans:
-        return set()
-    where = Q()
-    for channel_id, (start, end) in spans.items():
-        where |= Q(channel_id=channel_id, window_start__gt=start - BLOCK_WIDTH_US, window_start__lt=end)
-    return set(ReadingBlock.objects.using(using).filter(where).values_list("channel_id", flat=True).distinct())
+    # The spans as a table of their own joined to the blocks' key, in parts: not one OR of a condition per
+    # channel, which Django built in time growing with the square of the channels (a fifth of a busy
+    # worker's time with 300 agents' 2,000 channels) and the planners then read as that many index scans.
+    found: set[int] = set()
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    table, items = quote(ReadingBlock._meta.db_table), list(spans.items())
+    for start in range(0, len(items), _SPANS_PER_STATEMENT):
+        part = items[start : start + _SPANS_PER_STATEMENT]
+        rows = ", ".join(["(%s, %s, %s)"] * len(part))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH spans (channel_id, lo, hi) AS (VALUES {rows}) "
+                f"SELECT DISTINCT b.{quote('channel_id')} FROM {table} b JOIN spans s "
+                f"ON b.{quote('channel_id')} = s.channel_id AND b.{quote('window_start')} > s.lo "
+                f"AND b.{quote('window_start')} < s.hi",
+                [x for channel_id, (lo, hi) in part for x in (channel_id, lo - BLOCK_WIDTH_US, hi)],
+            )
+            found.update(channel_id for (channel_id,) in cursor.fetchall())
+    return found
+
+
+_SPANS_PER_STATEMENT = 500
 
 
 def _only_ok(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

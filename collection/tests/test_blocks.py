@@ -271,3 +271,39 @@ def test_adjacent_windows_are_compacted_together_up_to_a_bound(channel, three_ho
     assert compact(T0 + 3 * HOUR).windows == 1
     assert not Sample.objects.filter(channel=channel).exists()
     assert read_readings(channel.pk, T0, T0 + 3 * HOUR)["ts"].tolist() == three_hours.tolist()
+
+
+def test_channels_with_blocks_answers_as_has_blocks_for_each_channel_across_statements(monkeypatch):
+    """The rollup refresh asks, for many channels at once, which hold a block that may cover their span: the
+    same answer as ``has_blocks`` per channel, at every edge (a block ending where the span starts, one
+    starting where it ends), also when the channels need several statements."""
+    monkeypatch.setattr(blocks, "_SPANS_PER_STATEMENT", 7)  # 30 channels: five statements
+    instrument = make_instrument()
+    channels = [make_channel(instrument, slug=f"c{i}") for i in range(30)]
+    windows = [T0 - T0 % BLOCK_WIDTH_US + k * BLOCK_WIDTH_US for k in range(4)]
+    ReadingBlock.objects.bulk_create(
+        ReadingBlock(
+            channel=channel,
+            window_start=windows[i % 3],
+            count=1,
+            first_ts=windows[i % 3],
+            last_ts=windows[i % 3],
+            ts_data=b"",
+            value_data=b"",
+            quality_data=b"",
+        )
+        for i, channel in enumerate(channels)
+        if i % 5  # every fifth channel holds no block
+    )
+    rng = np.random.default_rng(1)
+    edges = [windows[0] - 1, *windows, windows[1] + 1, windows[2] + BLOCK_WIDTH_US, windows[3] + BLOCK_WIDTH_US]
+    spans = {}
+    for channel in channels:
+        lo, hi = sorted(rng.choice(edges, 2, replace=False).tolist())
+        spans[channel.pk] = (int(lo), int(hi))
+    expected = {pk for pk, (lo, hi) in spans.items() if blocks.has_blocks(pk, lo, hi)}
+    assert 0 < len(expected) < len(channels)
+    with CaptureQueriesContext(connection) as queries:
+        assert blocks.channels_with_blocks(spans) == expected
+    assert len(queries) == 5
+    assert blocks.channels_with_blocks({}) == set()
