@@ -41,7 +41,6 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 from django.db import connections, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from collection import codec
@@ -255,14 +254,6 @@ def _may_be_packed(tier: int, ranges: dict[int, tuple[int, int]]) -> bool:
     return min(lo for lo, _ in ranges.values()) < time.time_ns() // 1000 - blocks.FRESH_US
 
 
-def _packed_where(tier: int, ranges: dict[int, tuple[int, int]]) -> Q:
-    width = blocks.BLOCK_WIDTH_US
-    where = Q()
-    for channel_id, (lo, hi) in ranges.items():
-        where |= Q(channel_id=channel_id, window_start__gt=lo - width, window_start__lt=hi)
-    return Q(tier=tier) & where
-
-
 def _decode_packed(channel_id: int, tier: int, window_start: int, count: int, data: bytes | memoryview) -> Buckets:
     columns = codec.decode_table(bytes(data))
     if len(columns) != len(BUCKET_COLUMNS) or any(len(c) != count for c in columns):
@@ -272,16 +263,31 @@ def _decode_packed(channel_id: int, tier: int, window_start: int, count: int, da
 
 def _packed(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> list[tuple[int, Buckets]]:
     """(channel, buckets) of each packed hour of ``tier`` overlapping ``ranges`` (whole hours), in order."""
-    found = (
-        RollupBlock.objects.using(using)
-        .filter(_packed_where(tier, ranges))
-        .order_by("channel_id", "window_start")
-        .values_list("channel_id", "window_start", "count", "data")
-    )
     return [
         (channel_id, _decode_packed(channel_id, tier, window_start, count, data))
-        for channel_id, window_start, count, data in found
+        for channel_id, window_start, count, data in _packed_rows(tier, ranges, using)
     ]
+
+
+def _packed_rows(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> list[tuple]:
+    """(channel, window start, count, data) of each packed hour of ``tier`` overlapping ``ranges``, ordered by
+    channel and hour: the ranges as a table joined to the packed hours' key (``blocks.spans_table``)."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    width = blocks.BLOCK_WIDTH_US
+    rows: list[tuple] = []
+    for head, params in blocks.spans_table({pk: (lo - width, hi) for pk, (lo, hi) in ranges.items()}):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"{head}SELECT r.{quote('channel_id')}, r.{quote('window_start')}, r.{quote('count')}, "
+                f"r.{quote('data')} FROM {_table(RollupBlock, using)} r JOIN spans s "
+                f"ON r.{quote('channel_id')} = s.channel_id AND r.{quote('window_start')} > s.lo "
+                f"AND r.{quote('window_start')} < s.hi WHERE r.{quote('tier')} = %s "
+                f"ORDER BY r.{quote('channel_id')}, r.{quote('window_start')}",
+                [*params, tier],
+            )
+            rows.extend(cursor.fetchall())
+    return rows
 
 
 def _unpack(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
@@ -290,10 +296,27 @@ def _unpack(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
     locks inside a transaction."""
     if not _may_be_packed(tier, ranges):
         return
-    found = _packed(tier, ranges, using)
-    if not found:
+    rows = _packed_rows(tier, ranges, using)
+    if not rows:
         return
-    RollupBlock.objects.using(using).filter(_packed_where(tier, ranges)).delete()
+    # Each channel's packed hours found lie between its first and last found: those are the rows to go (an OR
+    # of a condition per channel found, written out: this runs only where packed hours are there to unpack).
+    hours: dict[int, tuple[int, int]] = {}
+    for channel_id, window_start, _, _ in rows:
+        first, last = hours.get(channel_id, (window_start, window_start))
+        hours[channel_id] = (min(first, window_start), max(last, window_start))
+    quote = connections[using].ops.quote_name
+    one = f"({quote('channel_id')} = %s AND {quote('window_start')} BETWEEN %s AND %s)"
+    spans = sorted(hours.items())
+    with connections[using].cursor() as cursor:
+        for start in range(0, len(spans), blocks.SPANS_PER_STATEMENT):
+            part = spans[start : start + blocks.SPANS_PER_STATEMENT]
+            cursor.execute(
+                f"DELETE FROM {_table(RollupBlock, using)} WHERE {quote('tier')} = %s "
+                f"AND ({' OR '.join([one] * len(part))})",
+                [tier, *(x for channel_id, (first, last) in part for x in (channel_id, first, last))],
+            )
+    found = [(c, _decode_packed(c, tier, w, n, d)) for c, w, n, d in rows]
     ids = np.concatenate([np.full(len(b), c, dtype=np.int64) for c, b in found])
     _insert_buckets(tier, ids, Buckets.concat([b for _, b in found]), using)
 

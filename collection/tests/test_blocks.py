@@ -277,7 +277,7 @@ def test_channels_with_blocks_answers_as_has_blocks_for_each_channel_across_stat
     """The rollup refresh asks, for many channels at once, which hold a block that may cover their span: the
     same answer as ``has_blocks`` per channel, at every edge (a block ending where the span starts, one
     starting where it ends), also when the channels need several statements."""
-    monkeypatch.setattr(blocks, "_SPANS_PER_STATEMENT", 7)  # 30 channels: five statements
+    monkeypatch.setattr(blocks, "SPANS_PER_STATEMENT", 7)  # 30 channels: five statements
     instrument = make_instrument()
     channels = [make_channel(instrument, slug=f"c{i}") for i in range(30)]
     windows = [T0 - T0 % BLOCK_WIDTH_US + k * BLOCK_WIDTH_US for k in range(4)]

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from collection.models import Rollup, RollupBlock, RollupState
 from collection.services.blocks import compact
@@ -100,6 +100,48 @@ def test_late_data_unpacks_its_hour_only_and_the_tiers_stay_exact(channel, djang
     assert not RollupBlock.objects.filter(channel=channel).exists()  # a rebuild leaves rows
     assert pack(END) == 3
     assert tiers(channel.pk) == refreshed
+
+
+def test_unpacking_several_channels_at_once_takes_each_one_s_hours_only(
+    channel, django_capture_on_commit_callbacks, monkeypatch
+):
+    """``_unpack`` over several channels' ranges (a writer changing many channels' buckets at once) turns
+    exactly the packed hours each range reaches back into rows, also when the channels take several
+    statements (``blocks.SPANS_PER_STATEMENT``), and every answer stays the same."""
+    from collection.services import blocks, rollups
+
+    monkeypatch.setattr(blocks, "SPANS_PER_STATEMENT", 1)  # a statement per channel, each way
+    others = [make_channel(channel.instrument, slug=f"other-{i}") for i in range(3)]
+    ts = T0 + np.arange(0, 3 * 3600) * SECOND
+    for i, other in enumerate(others):
+        ingest(django_capture_on_commit_callbacks, other.pk, ts, np.round(10 + i + np.sin(ts / 1e9), 3))
+    refresh_all()
+    everyone = [channel, *others]
+    compact(END)
+    pack(END)
+    before = {c.pk: tiers(c.pk) for c in everyone}
+    ranges = {
+        channel.pk: (T0 + HOUR + 600 * SECOND, T0 + HOUR + 700 * SECOND),  # inside the second hour
+        others[0].pk: (T0 + 10 * SECOND, T0 + 2 * HOUR + 10 * SECOND),  # the first hour to the third
+        others[2].pk: (T0 + 2 * HOUR, T0 + 3 * HOUR),  # the third hour, whole
+    }  # others[1]: not named, nothing of it unpacked
+    with transaction.atomic():
+        for tier in PACKED_TIERS:
+            rollups._unpack(tier, ranges, "default")
+
+    def packed(c):
+        return {(w, t) for w, t in RollupBlock.objects.filter(channel=c).values_list("window_start", "tier")}
+
+    hours = {T0, T0 + HOUR, T0 + 2 * HOUR}
+    assert {c.pk: {w for w, _ in packed(c)} for c in everyone} == {
+        channel.pk: hours - {T0 + HOUR},
+        others[0].pk: set(),
+        others[1].pk: hours,
+        others[2].pk: hours - {T0 + 2 * HOUR},
+    }
+    assert all(len(packed(c)) == len({w for w, _ in packed(c)}) * len(PACKED_TIERS) for c in everyone)
+    assert {c.pk: tiers(c.pk) for c in everyone} == before  # rows or packed, the same buckets
+    assert rows_of(others[0].pk, 10) == 3 * 360
 
 
 def test_deleting_readings_of_a_packed_hour_updates_its_buckets(channel):
