@@ -197,10 +197,7 @@ _CACHE_MAX = 10_000  # tokens remembered per process; past it the cache starts o
 @dataclass
 class _Remembered:
     until: float  # time.monotonic() after which the database is asked again
-    token: dict
-    user: dict
-    agent: dict | None
-    administrator: bool
+    found: _Found  # what the verification read (its dicts are this entry's own)
 
 
 _cache: dict[str, _Remembered] = {}
@@ -217,13 +214,7 @@ def _remember(presented: str, found: _Found) -> None:
         return
     # The administrator flag of the token's user (an agent's owner) is remembered with it: a property of
     # the principal too (accounts.permissions.is_administrator).
-    entry = _Remembered(
-        until=time.monotonic() + lifetime,
-        token=dict(found.token),
-        user=dict(found.user),
-        agent=dict(found.agent) if found.agent is not None else None,
-        administrator=found.administrator,
-    )
+    entry = _Remembered(until=time.monotonic() + lifetime, found=found)
     with _cache_lock:
         if len(_cache) >= _CACHE_MAX:
             _cache.clear()
@@ -235,10 +226,10 @@ def _remembered(presented: str) -> ApiToken | None:
     entry = _cache.get(presented)
     if entry is None or entry.until <= time.monotonic():
         return None
-    return _built(entry)
+    return _built(entry.found)
 
 
-def _built(found: _Found | _Remembered) -> ApiToken:
+def _built(found: _Found) -> ApiToken:
     """An ``ApiToken`` with its user (carrying the administrator flag) and agent, fresh instances."""
     using = "default"
     token = _instance(ApiToken, found.token, using)
@@ -252,10 +243,10 @@ def _built(found: _Found | _Remembered) -> ApiToken:
 def _note_use(token: ApiToken, now, address: str | None) -> None:
     with _cache_lock:
         for entry in _cache.values():
-            if entry.token["id"] == token.pk:
-                entry.token["last_used"] = now
+            if entry.found.token["id"] == token.pk:
+                entry.found.token["last_used"] = now
                 if address is not None:
-                    entry.token["last_address"] = address
+                    entry.found.token["last_address"] = address
 
 
 def forget_all(**kwargs) -> None:
