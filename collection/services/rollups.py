@@ -263,9 +263,14 @@ def _decode_packed(channel_id: int, tier: int, window_start: int, count: int, da
 
 def _packed(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> list[tuple[int, Buckets]]:
     """(channel, buckets) of each packed hour of ``tier`` overlapping ``ranges`` (whole hours), in order."""
+    return _decoded(tier, _packed_rows(tier, ranges, using))
+
+
+def _decoded(tier: int, rows: list[tuple]) -> list[tuple[int, Buckets]]:
+    """(channel, buckets) of ``_packed_rows``' rows."""
     return [
         (channel_id, _decode_packed(channel_id, tier, window_start, count, data))
-        for channel_id, window_start, count, data in _packed_rows(tier, ranges, using)
+        for channel_id, window_start, count, data in rows
     ]
 
 
@@ -316,7 +321,7 @@ def _unpack(tier: int, ranges: dict[int, tuple[int, int]], using: str) -> None:
                 f"AND ({' OR '.join([one] * len(part))})",
                 [tier, *(x for channel_id, (first, last) in part for x in (channel_id, first, last))],
             )
-    found = [(c, _decode_packed(c, tier, w, n, d)) for c, w, n, d in rows]
+    found = _decoded(tier, rows)
     ids = np.concatenate([np.full(len(b), c, dtype=np.int64) for c, b in found])
     _insert_buckets(tier, ids, Buckets.concat([b for _, b in found]), using)
 
