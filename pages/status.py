@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from django.db.models import Count, F, Q, Value
+from django.db import connection
+from django.db.models import Case, Count, F, Max, Min, Q, Value, When
+from django.db.models.functions import Coalesce, NullIf
 
 from accounts.paging import BoundedCount, bounded_counts
 from collection.alarms.models import AlarmEvent
@@ -74,12 +76,52 @@ class SourceHealth:
         return STATE_CLASS.get(self.state, "idle")
 
 
-def source_health(source: DataSource, channels: Iterable[Channel], now: int | None = None) -> SourceHealth:
+@dataclass(frozen=True)
+class ChannelsSummary:
+    """What a status needs to know of a set of channels (an instrument's, or a source's): counted by the
+    database for the pages (``instrument_statuses``, whatever the number of channels), or from the channels
+    themselves (``of``)."""
+
+    count: int = 0
+    collected: int = 0  # not derived: channels taking a value the source reads
+    latest: int | None = None  # the latest reading's time
+    interval: int | None = None  # the shortest expected interval (``expected_interval``)
+    own_interval: int | None = None  # the shortest of the channels' own expected intervals
+
+    @classmethod
+    def of(cls, channels: Iterable[Channel]) -> ChannelsSummary:
+        channels = list(channels)
+        intervals = [i for i in (expected_interval(c) for c in channels) if i]
+        own = [c.expected_interval_seconds for c in channels if c.expected_interval_seconds]
+        return cls(
+            count=len(channels),
+            collected=sum(1 for c in channels if c.kind != ChannelKind.DERIVED),
+            latest=max((c.last_ts for c in channels if c.last_ts is not None), default=None),
+            interval=min(intervals, default=None),
+            own_interval=min(own, default=None),
+        )
+
+    def __add__(self, other: ChannelsSummary) -> ChannelsSummary:
+        return ChannelsSummary(
+            count=self.count + other.count,
+            collected=self.collected + other.collected,
+            latest=_either(max, self.latest, other.latest),
+            interval=_either(min, self.interval, other.interval),
+            own_interval=_either(min, self.own_interval, other.own_interval),
+        )
+
+
+def _either(pick, a: int | None, b: int | None) -> int | None:
+    """``pick(a, b)`` of the two that are known."""
+    return b if a is None else a if b is None else pick(a, b)
+
+
+def source_health(source: DataSource, channels: ChannelsSummary, now: int | None = None) -> SourceHealth:
     """A collected source is judged by its runs; an agent's source by the readings its channels got."""
-    latest = max((c.last_ts for c in channels if c.last_ts is not None), default=None)
+    latest = channels.latest
     if not source.enabled:
         return SourceHealth(source, "disabled", "disabled", latest)
-    if not any(c.kind != ChannelKind.DERIVED for c in channels):
+    if not channels.collected:
         # Nothing it reads could be stored: it is not read until a channel takes one of its fields.
         return SourceHealth(source, WAITING, WAITING_FOR_CHANNELS, latest)
     if source.kind == SourceKind.AGENT:
@@ -90,8 +132,7 @@ def source_health(source: DataSource, channels: Iterable[Channel], now: int | No
             return SourceHealth(source, STALE, "agent silent", latest)
         if health is not None and health.last_error:
             return SourceHealth(source, LATE, "agent reports an error", latest)
-        intervals = [c.expected_interval_seconds for c in channels if c.expected_interval_seconds]
-        state = freshness(latest, min(intervals) if intervals else None, now)
+        state = freshness(latest, channels.own_interval, now)
         words = {
             OK: "receiving",
             LATE: "late",
@@ -146,7 +187,8 @@ def agent_status(agent) -> AgentStatus:
 @dataclass
 class InstrumentStatus:
     instrument: Instrument
-    channels: list[Channel] = field(default_factory=list)
+    channel_count: int = 0
+    plottable: list[int] = field(default_factory=list)  # the first channels with numbers, by name: their ids
     sources: list[SourceHealth] = field(default_factory=list)
     active_alarms: int = 0
     last_reading: int | None = None
@@ -162,11 +204,6 @@ class InstrumentStatus:
         return [s for s in self.sources if s.state in (LATE, STALE, WAITING)]
 
     @property
-    def plottable(self) -> list[Channel]:
-        """The channels with numbers (text channels have nothing to plot)."""
-        return [c for c in self.channels if c.kind != ChannelKind.TEXT]
-
-    @property
     def healthy_sources(self) -> list[SourceHealth]:
         return [s for s in self.sources if s.state == OK]
 
@@ -180,28 +217,90 @@ def active_alarm_counts(instrument_ids: Iterable[int]) -> dict[int, int]:
     return {row["channel__instrument_id"]: row["n"] for row in rows}
 
 
-def instrument_statuses(instruments: Iterable[Instrument], now: int | None = None) -> list[InstrumentStatus]:
-    """The status of each instrument, in the order given: three queries in all."""
+def channel_summaries(instrument_ids: list[int]) -> dict[tuple[int, int | None], ChannelsSummary]:
+    """(instrument id, source id or None) -> the summary of those channels: one grouped statement, rows of
+    counts, not every channel (an instrument may have thousands)."""
+    interval = Coalesce(
+        NullIf("expected_interval_seconds", 0),
+        Case(When(~Q(source__kind=SourceKind.AGENT), then=F("source__interval_seconds")), default=None),
+    )
+    rows = (
+        Channel.objects.filter(instrument_id__in=instrument_ids)
+        .order_by()
+        .values("instrument_id", "source_id")
+        .annotate(
+            count=Count("pk"),
+            collected=Count("pk", filter=~Q(kind=ChannelKind.DERIVED)),
+            latest=Max("last_ts"),
+            interval=Min(interval),
+            own_interval=Min(NullIf("expected_interval_seconds", 0)),
+        )
+    )
+    return {
+        (row["instrument_id"], row["source_id"]): ChannelsSummary(
+            count=row["count"],
+            collected=row["collected"],
+            latest=row["latest"],
+            interval=row["interval"],
+            own_interval=row["own_interval"],
+        )
+        for row in rows
+    }
+
+
+def first_plottable(instrument_ids: list[int], k: int) -> dict[int, list[int]]:
+    """instrument id -> the ids of its first ``k`` channels with numbers, by name: one statement reading ``k``
+    rows of each instrument through the (instrument, name) index, whatever the number of channels."""
+    if not instrument_ids or k < 1:
+        return {}
+    q = connection.ops.quote_name
+    one = (
+        f"SELECT {q('instrument_id')}, {q('id')}, {q('name')} FROM {q(Channel._meta.db_table)} "
+        f"WHERE {q('instrument_id')} = %s AND {q('kind')} <> %s ORDER BY {q('name')} LIMIT {int(k)}"
+    )
+    parts = " UNION ALL ".join(f"SELECT * FROM ({one}) first_{i}" for i in range(len(instrument_ids)))
+    sql = f"{parts} ORDER BY 1, 3"  # by name in the database's collation, as the channel lists
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for pk in instrument_ids for value in (pk, ChannelKind.TEXT)])
+        rows = cursor.fetchall()
+    found: dict[int, list[int]] = defaultdict(list)
+    for instrument_id, channel_id, _ in rows:
+        found[instrument_id].append(channel_id)
+    return found
+
+
+def instrument_statuses(
+    instruments: Iterable[Instrument], now: int | None = None, *, plottable: int = 4
+) -> list[InstrumentStatus]:
+    """The status of each instrument, in the order given: four queries in all, whatever the number of
+    channels (their counts and latest times grouped by the database, not read one by one)."""
     instruments = list(instruments)
     ids = [i.pk for i in instruments]
     now = now if now is not None else now_us()
-    channels: dict[int, list[Channel]] = defaultdict(list)
-    by_source: dict[int, list[Channel]] = defaultdict(list)
-    for channel in Channel.objects.filter(instrument_id__in=ids).select_related("source").order_by("name"):
-        channels[channel.instrument_id].append(channel)
-        if channel.source_id:
-            by_source[channel.source_id].append(channel)
+    summaries = channel_summaries(ids)
+    of_instrument: dict[int, ChannelsSummary] = defaultdict(ChannelsSummary)
+    for (instrument_id, _), summary in summaries.items():
+        of_instrument[instrument_id] += summary
     sources: dict[int, list[DataSource]] = defaultdict(list)
     for source in DataSource.objects.filter(instrument_id__in=ids).select_related("agent__health").order_by("name"):
         sources[source.instrument_id].append(source)
     alarms = active_alarm_counts(ids)
+    first = first_plottable(ids, plottable)
     statuses = []
     for instrument in instruments:
-        status = InstrumentStatus(instrument, channels[instrument.pk], active_alarms=alarms.get(instrument.pk, 0))
-        status.sources = [source_health(s, by_source[s.pk], now) for s in sources[instrument.pk]]
-        status.last_reading = max((c.last_ts for c in status.channels if c.last_ts is not None), default=None)
-        intervals = [i for i in (expected_interval(c) for c in status.channels) if i]
-        status.interval = min(intervals) if intervals else None
+        summary = of_instrument[instrument.pk]
+        status = InstrumentStatus(
+            instrument,
+            channel_count=summary.count,
+            plottable=first.get(instrument.pk, []),
+            active_alarms=alarms.get(instrument.pk, 0),
+            last_reading=summary.latest,
+            interval=summary.interval,
+        )
+        status.sources = [
+            source_health(s, summaries.get((instrument.pk, s.pk), ChannelsSummary()), now)
+            for s in sources[instrument.pk]
+        ]
         status.state = freshness(status.last_reading, status.interval, now)
         statuses.append(status)
     return statuses

@@ -14,8 +14,8 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
-from django.db.models import Model
+from django.core.paginator import Page, Paginator
+from django.db.models import Model, Q
 from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse, reverse_lazy
@@ -24,7 +24,7 @@ from django.views.generic import CreateView, DetailView, FormView, ListView, Tem
 from accounts import audit, permissions, services
 from accounts.mixins import AuditedFormMixin, InstrumentAccessMixin, local_next
 from accounts.models import Agent
-from accounts.paging import BoundedPaginationMixin
+from accounts.paging import BoundedCount, BoundedPaginationMixin, BoundedPaginator, requested_page
 from collection.alarms.models import AlarmEvent
 from collection.services import corrections, quarantine, raw_files
 from instruments import dashboards, runs
@@ -41,6 +41,9 @@ from pages.status import (
     now_us,
     status_counts,
 )
+
+# An instrument's page lists its channels a page at a time (docs/pages.md#instrument).
+CHANNELS_PER_PAGE = 50
 
 
 class PageMixin(InstrumentAccessMixin):
@@ -108,10 +111,26 @@ class InstrumentDetailView(PageMixin, DetailView):
     template_name = "instruments/detail.html"
     context_object_name = "instrument"
 
+    def channel_page(self, instrument: Instrument, count: int) -> tuple[Page, str]:
+        """A page of the instrument's channels by name (CHANNELS_PER_PAGE, with their sparklines), those whose
+        name, units or description hold every word of ``?channels=``: an instrument may have thousands."""
+        query = self.request.GET.get("channels", "").strip()[:100]
+        channels = instrument.channels.order_by("name")
+        for word in query.split()[:5]:
+            channels = channels.filter(
+                Q(name__icontains=word) | Q(units__icontains=word) | Q(description__icontains=word)
+            )
+        number = self.request.GET.get("channel_page", 1)
+        paginator = BoundedPaginator(channels, CHANNELS_PER_PAGE, page=number)
+        if not query:  # the status counted them already
+            paginator.bounded = BoundedCount(value=count, exact=True, limit=paginator.bound)
+        return paginator.get_page(requested_page(number)), query
+
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         instrument, user = self.object, self.request.user
-        status = instrument_statuses([instrument])[0]
+        status = instrument_statuses([instrument], plottable=6)[0]
+        channels, channel_query = self.channel_page(instrument, status.channel_count)
         agents = {s.source.agent_id for s in status.sources if s.source.agent_id}
         # Agents pushing to the instrument through the API without one of its data sources: shown too.
         pushing = (
@@ -130,7 +149,10 @@ class InstrumentDetailView(PageMixin, DetailView):
             level=permissions.level_on(user, instrument),
             can_change=permissions.has_instrument_perm(user, permissions.CHANGE, instrument),
             can_share=permissions.has_instrument_perm(user, permissions.SHARE, instrument),
-            sparklines=sparklines(status.channels),
+            channels=channels,
+            channel_query=channel_query,
+            channels_per_page=CHANNELS_PER_PAGE,
+            sparklines=sparklines(list(channels)),
             may_see_agents=may_see_agents,
             agent_rows=agent_rows,
             logbook=instrument.logbook.select_related("author", "edited_by")[:50],

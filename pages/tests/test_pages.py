@@ -221,8 +221,8 @@ def test_freshness_without_readings_or_interval():
 
 def test_source_health_from_failures(world):
     source = world.alpha_source
-    channels = list(source.channels.all())
-    assert channels
+    channels = status.ChannelsSummary.of(source.channels.all())
+    assert channels.count
     source.consecutive_failures = 4
     assert status.source_health(source, channels).state == status.STALE
     source.consecutive_failures = 1
@@ -235,7 +235,7 @@ def test_source_health_from_failures(world):
 
 def test_a_source_without_channels_is_waiting_for_channels(world):
     source = world.alpha_source
-    health = status.source_health(source, [])
+    health = status.source_health(source, status.ChannelsSummary())
     assert (health.state, health.words, health.css) == (status.WAITING, "waiting for channels", "warn")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 from django.contrib.auth.models import Group
@@ -19,12 +20,15 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts import permissions
+from accounts.services import create_agent
 from collection.alarms.models import AlarmEvent
+from instruments.choices import ChannelKind, SourceKind
 from instruments.models import Channel, Instrument
-from instruments.tests.factories import make_user
+from instruments.tests.factories import make_channel, make_instrument, make_source, make_user
 from instruments.tests.many_things import build_things, grant_view
 from pages import status
 from pages.reading_views import SEARCH_LIMIT
+from pages.views import CHANNELS_PER_PAGE
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
@@ -95,6 +99,125 @@ def test_every_page_and_list_costs_the_same_queries_at_4_and_40_instruments(who)
     large = _site_queries(user, "large", LARGE, owner)
     grown = {name: (small[name], large[name]) for name in small if large[name] != small[name]}
     assert not grown, f"queries grew with the number of instruments (at {SMALL}, at {SMALL + LARGE}): {grown}"
+
+
+# --- instruments with many channels ----------------------------------------------------------------------
+
+
+def _add_channels(instrument, n: int, *, start: int = 0) -> None:
+    now = time.time_ns() // 1000
+    Channel.objects.bulk_create(
+        Channel(
+            instrument=instrument,
+            source=instrument.sources.first(),
+            name=f"wide {i:04d}",
+            slug=f"wide-{i:04d}",
+            units="degC" if i % 2 else "hPa",
+            kind=ChannelKind.TEXT if i % 5 == 0 else ChannelKind.NUMERIC,
+            last_ts=now - i * 1_000_000,
+            last_value=float(i),
+        )
+        for i in range(start, start + n)
+    )
+
+
+def test_the_home_and_instrument_pages_cost_the_same_whatever_an_instruments_channels():
+    """An instrument of thousands of channels (a detector, a lab's rig) costs its pages what one of a page of
+    channels does: the home page counts them in the database, the instrument page lists a page of them."""
+    admin = make_user(is_superuser=True, is_staff=True)
+    [pk] = build_things(1, make_user(), prefix="wide", channels=3)
+    instrument = Instrument.objects.get(pk=pk)
+    client = _client(admin)
+    page_url = reverse("instruments:detail", args=[instrument.slug])
+    urls = {"home": reverse("instruments:home"), "instrument": page_url, "page 2": f"{page_url}?channel_page=2"}
+    _add_channels(instrument, CHANNELS_PER_PAGE * 2)
+    before = {name: _queries(client, url) for name, url in urls.items()}
+    _add_channels(instrument, 400, start=CHANNELS_PER_PAGE * 2)
+    after = {name: _queries(client, url) for name, url in urls.items()}
+    assert after == before, "queries grew with the instrument's channels"
+
+    body = client.get(page_url).content.decode()
+    shown = re.findall(r'data-channel="([^"]+)"', body)
+    assert len(shown) == CHANNELS_PER_PAGE
+    names = list(instrument.channels.order_by("name").values_list("slug", flat=True))
+    assert shown == names[:CHANNELS_PER_PAGE]
+    assert f"Channels 1\N{EN DASH}{CHANNELS_PER_PAGE} of {len(names)}" in body
+    assert "channel_page=2" in body
+    last = client.get(page_url, {"channel_page": 99}).content.decode()  # past the end: the last page
+    assert (
+        re.findall(r'data-channel="([^"]+)"', last)
+        == names[(len(names) - 1) // CHANNELS_PER_PAGE * CHANNELS_PER_PAGE :]
+    )
+    home = client.get(reverse("instruments:home"), {"q": "wide"}).content.decode()
+    assert f"{len(names)} channels" in home
+
+
+def test_the_instrument_page_finds_a_channel_by_name_units_or_description():
+    owner = make_user()
+    [pk] = build_things(1, owner, prefix="finder", channels=0)
+    instrument = Instrument.objects.get(pk=pk)
+    _add_channels(instrument, 120)
+    Channel.objects.filter(instrument=instrument, slug="wide-0077").update(description="the dew point sensor")
+    client = _client(owner)
+    url = reverse("instruments:detail", args=[instrument.slug])
+    found = lambda query: re.findall(r'data-channel="([^"]+)"', client.get(url, {"channels": query}).content.decode())  # noqa: E731
+    assert found("dew point") == ["wide-0077"]
+    assert found("011") == ["wide-0011", *[f"wide-011{i}" for i in range(10)]]
+    assert found("0003 degC") == ["wide-0003"]  # every word, each in the name, the units or the description
+    assert found("hPa 0003") == []
+    body = client.get(url, {"channels": "no such thing"}).content.decode()
+    assert "No channel of this instrument matches" in body
+
+
+def test_statuses_summed_by_the_database_are_those_of_the_channels_themselves():
+    """``instrument_statuses`` groups the channels in SQL (counts, latest reading, shortest interval, per
+    instrument and per source): the same as ``ChannelsSummary.of`` over the channels, and the same states."""
+    owner = make_user()
+    now = time.time_ns() // 1000
+    instruments = [make_instrument(owner) for _ in range(4)]
+    agent, _ = create_agent(owner=owner, name="roof pc", instruments=[instruments[0]])
+    collect = {"collect": {"kind": "serial", "url": "loop://", "columns": ["time", "v"]}}
+    agent_source = make_source(instruments[0], kind=SourceKind.AGENT, agent=agent, config=collect, interval_seconds=30)
+    file_source = make_source(instruments[0], interval_seconds=120)
+    idle_source = make_source(instruments[1], interval_seconds=60)
+    make_source(instruments[2], interval_seconds=60)  # no channels: waiting for them
+    shapes = [
+        (instruments[0], agent_source, ChannelKind.NUMERIC, 20, now - 5_000_000),
+        (instruments[0], agent_source, ChannelKind.DERIVED, None, now - 1_000_000),
+        (instruments[0], file_source, ChannelKind.NUMERIC, 0, now - 400_000_000),
+        (instruments[0], file_source, ChannelKind.TEXT, None, None),
+        (instruments[0], None, ChannelKind.NUMERIC, 600, -86_400_000_000),  # before 1970
+        (instruments[1], idle_source, ChannelKind.DERIVED, None, now),
+        (instruments[1], None, ChannelKind.NUMERIC, None, None),
+        (instruments[3], None, ChannelKind.TEXT, 5, now - 60_000_000),
+    ]
+    for instrument, source, kind, interval, last in shapes:
+        make_channel(instrument, kind=kind, source=source, expected_interval_seconds=interval, last_ts=last)
+    ids = [i.pk for i in instruments]
+    summed = status.channel_summaries(ids)
+    for instrument in instruments:
+        channels = list(Channel.objects.filter(instrument=instrument).select_related("source"))
+        for source_id in {c.source_id for c in channels}:
+            of_source = [c for c in channels if c.source_id == source_id]
+            assert summed[(instrument.pk, source_id)] == status.ChannelsSummary.of(of_source)
+    statuses = {s.instrument.pk: s for s in status.instrument_statuses(instruments, now, plottable=2)}
+    for instrument in instruments:
+        channels = list(Channel.objects.filter(instrument=instrument).select_related("source").order_by("name"))
+        whole = status.ChannelsSummary.of(channels)
+        got = statuses[instrument.pk]
+        assert (got.channel_count, got.last_reading, got.interval) == (whole.count, whole.latest, whole.interval)
+        assert got.state == status.freshness(whole.latest, whole.interval, now)
+        assert got.plottable == [c.pk for c in channels if c.kind != ChannelKind.TEXT][:2]
+        for health in got.sources:
+            of_source = [c for c in channels if c.source_id == health.source.pk]
+            expected = status.source_health(health.source, status.ChannelsSummary.of(of_source), now)
+            assert (health.state, health.words, health.last_reading) == (
+                expected.state,
+                expected.words,
+                expected.last_reading,
+            )
+    assert [h.state for h in statuses[instruments[2].pk].sources] == [status.WAITING]
+    assert statuses[instruments[0].pk].last_reading == now - 1_000_000
 
 
 # --- the home page's filters and counts ------------------------------------------------------------------
