@@ -31,11 +31,12 @@ if TYPE_CHECKING:
     from guardian.admin import GuardedModelAdminMixin
 
     _ScopedBase = admin.ModelAdmin
+    _InlineBase = admin.options.InlineModelAdmin
 
     # The two stubs type change_form_template differently (a str, a str or list); guardian's wins at run time.
     class _SharingBase(GuardedModelAdminMixin, admin.ModelAdmin): ...  # type: ignore[misc]
 else:
-    _ScopedBase = _SharingBase = object
+    _ScopedBase = _SharingBase = _InlineBase = object
 
 
 def _is_scoped(model) -> bool:
@@ -225,3 +226,40 @@ class SharingAdminMixin(_SharingBase):
 # RelatedOnlyFieldListFilter offers only values present in the (restricted) changelist, so the sidebar
 # does not list instruments or owners the staff user may not see.
 RelatedOnly = admin.RelatedOnlyFieldListFilter
+
+
+class FirstRowsInline(_InlineBase):
+    """An inline that holds at most ``shown`` related rows, in its ``ordering``, never all of them: an instrument
+    may have thousands of channels and years of logbook, a run list thousands of runs, and an inline of all of
+    them is a form of all of them (a page of megabytes, queries per row). The rows beyond are edited in their
+    own list, which a line under the inline links to, filtered to the object (``more_url``)."""
+
+    shown = 50
+    template = "admin/edit_inline/first_rows.html"
+    rows_template = "admin/edit_inline/tabular.html"  # the inline's own template, which first_rows.html includes
+
+    def more_url(self, parent) -> str:
+        """The admin list of every related row of ``parent``."""
+        raise NotImplementedError
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        inline = self
+
+        class FirstRows(formset):  # type: ignore[valid-type,misc]
+            def get_queryset(self):
+                if not hasattr(self, "_queryset"):
+                    self._queryset = super().get_queryset()[: inline.shown]
+                return self._queryset
+
+            def more(self) -> dict | None:
+                """How many rows there are and where they all are, when the inline does not hold them all."""
+                shown = len(self.get_queryset())
+                if self.instance.pk is None or shown < inline.shown:
+                    return None
+                total = self.queryset.count()  # the rows of the object, before the slice
+                return (
+                    None if total <= shown else {"shown": shown, "total": total, "url": inline.more_url(self.instance)}
+                )
+
+        return FirstRows

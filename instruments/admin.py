@@ -1,4 +1,5 @@
 from typing import Any, ClassVar
+from urllib.parse import quote_plus
 
 from django import forms
 from django.contrib import admin, messages
@@ -14,7 +15,7 @@ from django.utils.text import smart_split, unescape_string_literal
 from guardian.admin import GuardedModelAdmin
 
 from accounts import audit, permissions
-from accounts.admin_mixins import InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
+from accounts.admin_mixins import FirstRowsInline, InstrumentScopedAdminMixin, RelatedOnly, SharingAdminMixin
 from accounts.choices import AuditAction
 from accounts.models import Agent
 from instruments import runs, search
@@ -43,9 +44,11 @@ def agents_offered_to(user):
     return Agent.objects.filter(Q(pk__in=own.values("pk")) | Q(instruments__in=changeable)).distinct()
 
 
-class DataSourceInline(admin.StackedInline):
+class DataSourceInline(FirstRowsInline, admin.StackedInline):
     model = DataSource
     extra = 0
+    ordering = ("name",)
+    rows_template = "admin/edit_inline/stacked.html"
     fields = (
         "name",
         "kind",
@@ -60,6 +63,9 @@ class DataSourceInline(admin.StackedInline):
     show_change_link = True
     form = DataSourceForm
 
+    def more_url(self, parent) -> str:
+        return f"{reverse('admin:instruments_datasource_changelist')}?instrument_q={quote_plus(parent.slug)}"
+
     def get_formset(self, request, obj=None, **kwargs):
         # Each source is checked by the one target check, for the person editing (accounts.targets).
         kwargs["form"] = DataSourceForm.for_principal(request.user, kwargs.get("form", self.form))
@@ -71,9 +77,11 @@ class DataSourceInline(admin.StackedInline):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
-class ChannelInline(admin.TabularInline):
+class ChannelInline(FirstRowsInline, admin.TabularInline):
     model = Channel
     extra = 0
+    ordering = ("name",)
+    shown = 25  # a row is a form of 4 KB here; the channel list shows 100 to a page
     fields = ("name", "slug", "kind", "units", "source", "source_field", "valid_min", "valid_max", "last_reading")
     readonly_fields = ("last_reading",)
     prepopulated_fields = {"slug": ("name",)}
@@ -83,19 +91,32 @@ class ChannelInline(admin.TabularInline):
     def last_reading(self, channel: Channel) -> str:
         return last_reading_text(channel)
 
+    def more_url(self, parent) -> str:
+        return f"{reverse('admin:instruments_channel_changelist')}?instrument_q={quote_plus(parent.slug)}"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("instrument")  # each row's permission check reads it
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        # Offer only the sources of the instrument being edited.
+        # Offer only the sources of the instrument being edited, read once for every row (a field's queryset
+        # is otherwise read again by each row's form).
         if db_field.name == "source":
             instrument_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
             kwargs["queryset"] = DataSource.objects.filter(instrument=instrument_id).select_related("instrument")
+            field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+            field.choices = list(field.choices)
+            return field
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
-class LogbookInline(admin.TabularInline):
+class LogbookInline(FirstRowsInline, admin.TabularInline):
     model = LogbookEntry
     extra = 0
     fields = ("occurred_at", "author", "text")
-    ordering = ("-occurred_at",)
+    ordering = ("-occurred_at", "-id")  # the newest
+
+    def more_url(self, parent) -> str:
+        return f"{reverse('admin:instruments_logbookentry_changelist')}?instrument_q={quote_plus(parent.slug)}"
 
 
 def last_reading_text(channel: Channel) -> str:
@@ -402,7 +423,7 @@ class RunColumnInline(admin.TabularInline):
     fields = ("position", "name", "kind", "units", "choices", "required")
 
 
-class RunInline(admin.TabularInline):
+class RunInline(FirstRowsInline, admin.TabularInline):
     """The latest runs, read-only: runs start and stop through the actions (and the page, API, agent)."""
 
     model = Run
@@ -415,6 +436,9 @@ class RunInline(admin.TabularInline):
 
     def get_queryset(self, request):
         return super().get_queryset(request).order_by("-number", "-stage")
+
+    def more_url(self, parent) -> str:
+        return f"{reverse('admin:instruments_run_changelist')}?run_list__id__exact={parent.pk}"
 
 
 class RunListAdmin(InstrumentScopedAdminMixin, admin.ModelAdmin):
