@@ -104,7 +104,8 @@ class ChannelInline(FirstRowsInline, admin.TabularInline):
             instrument_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
             kwargs["queryset"] = DataSource.objects.filter(instrument=instrument_id).select_related("instrument")
             field = super().formfield_for_foreignkey(db_field, request, **kwargs)
-            field.choices = list(field.choices)
+            if field is not None:
+                field.choices = list(field.iterator(field))
             return field
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
