@@ -116,3 +116,36 @@ def gunicorn(
         finally:
             process.terminate()
             process.wait(timeout=60)
+
+
+def page_figures(client, url: str, repeat: int) -> dict:
+    """``url`` through Django's test ``client``: the median time (ms) of ``repeat`` requests after one warm-up,
+    the last one's number of queries, its size (KB) and HTTP status."""
+    import statistics
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.get(url)
+    times, queries, size, status = [], 0, 0, 0
+    for _ in range(repeat):
+        with CaptureQueriesContext(connection) as captured:
+            started = time.perf_counter()
+            response = client.get(url)
+            times.append((time.perf_counter() - started) * 1000)
+        queries, size, status = len(captured), len(response.content), response.status_code
+    return {"ms": statistics.median(times), "queries": queries, "kb": size / 1024, "status": status}
+
+
+def print_ratios(row: dict[str, dict], base: dict[str, dict], first: int, *, width: int, note=None) -> None:
+    """One line per figure of ``row`` (``page_figures``' keys): time, queries, size, and the ratio of each to
+    ``base``, the same figure at the first size ``first``; ``note(name, figures)`` adds words at the end."""
+    print(f"{'':<{width}} {'ms':>8} {'queries':>7} {'KB':>8}   ratio to {first:,}: time  queries     KB")
+    for name, figures in row.items():
+        b = base[name]
+        print(
+            f"{name:<{width}} {figures['ms']:>8.1f} {figures['queries']:>7} {figures['kb']:>8.1f}   "
+            f"{figures['ms'] / max(b['ms'], 0.001):>20.2f}x {figures['queries'] / max(b['queries'], 1):>7.2f}x "
+            + (f"{figures['kb'] / b['kb']:>6.2f}x" if b["kb"] else f"{'':>7}")
+            + (note(name, figures) if note else "")
+        )

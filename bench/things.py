@@ -69,6 +69,7 @@ def run(sizes: list[int], repeat: int, *, planner_statistics: bool = True) -> No
 
     django.setup()
     logging.disable(logging.WARNING)
+    from _common import page_figures, print_ratios
     from django.contrib.auth.models import Group, User
     from django.core.management import call_command
     from django.db import connection
@@ -93,17 +94,6 @@ def run(sizes: list[int], repeat: int, *, planner_statistics: bool = True) -> No
     for name, user in (("superuser", superuser), ("collaborator", collaborator), ("guest", guest)):
         clients[name] = Client()
         clients[name].force_login(user)
-
-    def measure(client, url: str) -> dict:
-        client.get(url)
-        times, queries, size, status = [], 0, 0, 0
-        for _ in range(repeat):
-            with CaptureQueriesContext(connection) as captured:
-                started = time.perf_counter()
-                response = client.get(url)
-                times.append((time.perf_counter() - started) * 1000)
-            queries, size, status = len(captured), len(response.content), response.status_code
-        return {"ms": statistics.median(times), "queries": queries, "kb": size / 1024, "status": status}
 
     def dispatcher() -> dict:
         times, queries = [], 0
@@ -170,21 +160,19 @@ def run(sizes: list[int], repeat: int, *, planner_statistics: bool = True) -> No
             for name, url in urls.items():
                 if who == "guest":  # her own instrument where a page names one
                     url = url.replace(slug, guest_slug)
-                row[f"{who}: {name}"] = measure(client, url)
+                row[f"{who}: {name}"] = page_figures(client, url, repeat)
         for name, url in admin_urls.items():
-            row[f"superuser: {name}"] = measure(clients["superuser"], url)
+            row[f"superuser: {name}"] = page_figures(clients["superuser"], url, repeat)
         row["dispatcher pass"] = dispatcher()
         results[size] = row
         base = results[sizes[0]]
-        print(f"{'':<44} {'ms':>8} {'queries':>7} {'KB':>8}   ratio to {sizes[0]:,}: time  queries")
-        for name, figures in row.items():
-            b = base[name]
-            print(
-                f"{name:<44} {figures['ms']:>8.1f} {figures['queries']:>7} {figures['kb']:>8.1f}   "
-                f"{figures['ms'] / max(b['ms'], 0.001):>20.2f}x {figures['queries'] / max(b['queries'], 1):>7.2f}x"
-                + (f"  (HTTP {figures['status']})" if name != "dispatcher pass" and figures["status"] != 200 else "")
-                + (f"  ({figures['status']:,} claimed of {size:,} due)" if name == "dispatcher pass" else "")
-            )
+
+        def note(name: str, figures: dict, size: int = size) -> str:
+            if name == "dispatcher pass":
+                return f"  ({figures['status']:,} claimed of {size:,} due)"
+            return f"  (HTTP {figures['status']})" if figures["status"] != 200 else ""
+
+        print_ratios(row, base, sizes[0], width=44, note=note)
     worst = max(sizes)
     slow = {k: v["ms"] for k, v in results[worst].items() if v["ms"] > 300}
     big = {k: round(v["kb"]) for k, v in results[worst].items() if v["kb"] > 300}

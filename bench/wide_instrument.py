@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -60,11 +59,11 @@ def run(sizes: list[int], repeat: int) -> None:
     django.setup()
     logging.disable(logging.WARNING)
     import numpy as np
+    from _common import page_figures, print_ratios
     from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
 
     from collection.services.ingest import SampleBatch, ingest_samples
     from collection.services.rollups import refresh_rollups
@@ -105,16 +104,9 @@ def run(sizes: list[int], repeat: int) -> None:
             pass
 
     def measure(url: str) -> dict:
-        client.get(url)
-        times_ms, queries, size = [], 0, 0
-        for _ in range(repeat):
-            with CaptureQueriesContext(connection) as captured:
-                started = time.perf_counter()
-                response = client.get(url)
-                times_ms.append((time.perf_counter() - started) * 1000)
-            assert response.status_code == 200, (url, response.status_code)
-            queries, size = len(captured), len(response.content)
-        return {"ms": statistics.median(times_ms), "queries": queries, "kb": size / 1024}
+        figures = page_figures(client, url, repeat)
+        assert figures["status"] == 200, (url, figures["status"])
+        return figures
 
     page = f"/instruments/{wide.slug}/"
     urls = {
@@ -135,14 +127,7 @@ def run(sizes: list[int], repeat: int) -> None:
         row = {name: measure(url) for name, url in urls.items()}
         results[size] = row
         base = results[sizes[0]]
-        print(f"{'':<24} {'ms':>8} {'queries':>7} {'KB':>8}   ratio to {sizes[0]:,}: time  queries     KB")
-        for name, figures in row.items():
-            b = base[name]
-            print(
-                f"{name:<24} {figures['ms']:>8.1f} {figures['queries']:>7} {figures['kb']:>8.1f}   "
-                f"{figures['ms'] / max(b['ms'], 0.001):>20.2f}x {figures['queries'] / max(b['queries'], 1):>7.2f}x "
-                f"{figures['kb'] / max(b['kb'], 0.001):>6.2f}x"
-            )
+        print_ratios(row, base, sizes[0], width=24)
 
 
 if __name__ == "__main__":
