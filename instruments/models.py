@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any, Self
 
 from django.conf import settings
@@ -264,9 +264,12 @@ class DataSource(models.Model):
     def channels_added_since_read(self) -> list[Channel]:
         """Channels taking this source's fields that were added after it started reading from where it is
         (they missed the lines read before): the admin and the pages offer a re-read for them."""
-        if not self.rereadable or self.cursor_started_at is None or self.reread_requested_at is not None:
-            return []
-        return list(self.collected_channels().filter(created__gt=self.cursor_started_at))
+        return channels_added_since_read([self]).get(self.pk, [])
+
+    @property
+    def offers_reread(self) -> bool:
+        """Whether channels added since it started reading could be offered a re-read (before looking)."""
+        return self.rereadable and self.cursor_started_at is not None and self.reread_requested_at is None
 
     @property
     def collection_state(self) -> str:
@@ -717,6 +720,23 @@ class RunComment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run} {self.at:%Y-%m-%d %H:%M}"
+
+
+def channels_added_since_read(sources: Iterable[DataSource]) -> dict[int, list[Channel]]:
+    """Source id -> the channels taking its fields added after it started reading, for each of ``sources``
+    that offers a re-read and has such channels (``DataSource.channels_added_since_read``): one query."""
+    offering = [source for source in sources if source.offers_reread]
+    if not offering:
+        return {}
+    found: dict[int, list[Channel]] = {}
+    channels = (
+        Channel.objects.filter(source__in=offering, created__gt=models.F("source__cursor_started_at"))
+        .exclude(kind=ChannelKind.DERIVED)
+        .order_by("source_id", "name")
+    )
+    for channel in channels:
+        found.setdefault(channel.source_id, []).append(channel)  # type: ignore[arg-type]  # never None here
+    return found
 
 
 def channel_interval_expression():

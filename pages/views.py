@@ -29,7 +29,7 @@ from collection.alarms.models import AlarmEvent
 from collection.services import corrections, quarantine, raw_files
 from instruments import dashboards, runs
 from instruments.forms import DashboardForm, LogbookEntryForm, PanelForm, PanelOptionsForm, ShareForm
-from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange
+from instruments.models import Channel, Dashboard, DashboardPanel, Instrument, PlotRange, channels_added_since_read
 from instruments.search import instruments_matching
 from pages.plotly_bundle import plotly_context
 from pages.readings import channel_facts, first_reading_times, sparklines
@@ -42,8 +42,8 @@ from pages.status import (
     status_counts,
 )
 
-# An instrument's page lists its channels a page at a time (docs/pages.md#instrument).
-CHANNELS_PER_PAGE = 50
+# An instrument's page lists its channels and its data sources a page at a time (docs/pages.md#instrument).
+CHANNELS_PER_PAGE = SOURCES_PER_PAGE = 50
 
 
 class PageMixin(InstrumentAccessMixin):
@@ -131,6 +131,8 @@ class InstrumentDetailView(PageMixin, DetailView):
         instrument, user = self.object, self.request.user
         status = instrument_statuses([instrument], plottable=6)[0]
         channels, channel_query = self.channel_page(instrument, status.channel_count)
+        number = self.request.GET.get("source_page", 1)
+        sources = Paginator(status.sources, SOURCES_PER_PAGE).get_page(requested_page(number))
         agents = {s.source.agent_id for s in status.sources if s.source.agent_id}
         # Agents pushing to the instrument through the API without one of its data sources: shown too.
         pushing = (
@@ -152,6 +154,7 @@ class InstrumentDetailView(PageMixin, DetailView):
             channels=channels,
             channel_query=channel_query,
             channels_per_page=CHANNELS_PER_PAGE,
+            sources=sources,
             sparklines=sparklines(list(channels)),
             may_see_agents=may_see_agents,
             agent_rows=agent_rows,
@@ -165,9 +168,7 @@ class InstrumentDetailView(PageMixin, DetailView):
         if context["can_change"]:
             context["logbook_form"] = LogbookEntryForm()
             # Sources whose channels were added after they started reading: a re-read in one click.
-            context["reread_offers"] = {
-                h.source.pk: added for h in status.sources if (added := h.source.channels_added_since_read())
-            }
+            context["reread_offers"] = channels_added_since_read(h.source for h in sources)
         return context
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
@@ -18,17 +19,18 @@ from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts import permissions
 from accounts.services import create_agent
 from collection.alarms.models import AlarmEvent
 from instruments.choices import ChannelKind, SourceKind
-from instruments.models import Channel, Instrument
+from instruments.models import Channel, DataSource, Instrument
 from instruments.tests.factories import make_channel, make_instrument, make_source, make_user
 from instruments.tests.many_things import build_things, grant_view
 from pages import status
 from pages.reading_views import SEARCH_LIMIT
-from pages.views import CHANNELS_PER_PAGE
+from pages.views import CHANNELS_PER_PAGE, SOURCES_PER_PAGE
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]  # one world for the module's tests
 
@@ -167,6 +169,54 @@ def test_the_instrument_page_finds_a_channel_by_name_units_or_description():
     assert found("hPa 0003") == []
     body = client.get(url, {"channels": "no such thing"}).content.decode()
     assert "No channel of this instrument matches" in body
+
+
+def _add_sources(instrument, n: int, *, start: int = 0) -> None:
+    """``n`` file sources that started reading an hour ago, each with a channel added since (a re-read offer)."""
+    started = timezone.now() - timedelta(hours=1)
+    sources = DataSource.objects.bulk_create(
+        DataSource(
+            instrument=instrument,
+            name=f"node {i:04d}",
+            kind=SourceKind.FILE,
+            config={"path": "/tmp", "pattern": "*.csv", "columns": ["time", "v"]},
+            interval_seconds=60,
+            cursor_started_at=started,
+            consecutive_failures=3 if i % 4 == 0 else 0,
+        )
+        for i in range(start, start + n)
+    )
+    Channel.objects.bulk_create(
+        Channel(instrument=instrument, source=source, name=f"{source.name} v", slug=f"node-{i}-v", source_field="v")
+        for i, source in enumerate(sources, start)
+    )
+
+
+def test_an_instruments_page_lists_its_data_sources_a_page_at_a_time():
+    """An instrument of hundreds of data sources (a node per sensor): its page holds 50 of them, their re-read
+    offers found in one query, and costs the same at 60 and 600 sources."""
+    owner = make_user()
+    [pk] = build_things(1, owner, prefix="nodes", channels=0)
+    instrument = Instrument.objects.get(pk=pk)
+    create_agent(owner=owner, name="pusher", instruments=[instrument])  # pushes without a source
+    client = _client(owner)
+    url = reverse("instruments:detail", args=[instrument.slug])
+    _add_sources(instrument, 60)
+    before = {page: _queries(client, f"{url}?source_page={page}") for page in (1, 2)}
+    _add_sources(instrument, 540, start=60)
+    after = {page: _queries(client, f"{url}?source_page={page}") for page in (1, 2)}
+    assert after == before, "the page's queries grew with the instrument's data sources"
+
+    names = list(instrument.sources.order_by("name").values_list("name", flat=True))
+    first = client.get(url).content.decode()
+    assert re.findall(r'data-source="([^"]+)"', first) == names[:SOURCES_PER_PAGE]
+    assert first.count('class="reread-offer"') == SOURCES_PER_PAGE - 1  # the build's own source never read
+    assert "node 0000 v" in first and "pusher" in first  # an offer names its channel; agents on the first page
+    # Unhealthy: the 150 failing nodes, and the build's own source, waiting for a channel.
+    assert f"Sources 1\N{EN DASH}{SOURCES_PER_PAGE} of {len(names)} \N{MIDDLE DOT} 151 unhealthy" in first
+    last = client.get(url, {"source_page": 13}).content.decode()
+    assert re.findall(r'data-source="([^"]+)"', last) == names[12 * SOURCES_PER_PAGE :]
+    assert "node 0599 v" in last and "pusher" not in last
 
 
 def test_statuses_summed_by_the_database_are_those_of_the_channels_themselves():
