@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from django.db import connection
-from django.db.models import Case, Count, F, Max, Min, Q, Value, When
+from django.db.models import Case, Count, Exists, F, Max, Min, OuterRef, Q, Value, When
 from django.db.models.functions import Coalesce, NullIf
 
 from accounts.paging import BoundedCount, bounded_counts
@@ -345,20 +345,27 @@ def alarm_ids():
     return AlarmEvent.objects.filter(cleared_at__isnull=True).values("channel__instrument_id")
 
 
-def filter_by_status(instruments, state: str, now: int | None = None):
-    """``instruments`` (a queryset the gate already narrowed) in the state ``state`` (STATUS_FILTERS)."""
+def filter_by_status(instruments, state: str, now: int | None = None, *, few: bool = False):
+    """``instruments`` (a queryset the gate already narrowed) in the state ``state`` (STATUS_FILTERS). ``few``:
+    they are a short list of ids (a search that found few), tested one by one for a failing source or an
+    active alarm instead of against every failing source's and every alarm's instrument."""
     now = now if now is not None else now_us()
     if state in (COLLECTING, SILENT):
         return instruments.filter(_freshness_q(state, now))
     if state == FAILING:
+        if few:
+            return instruments.filter(Exists(failing_ids().filter(instrument=OuterRef("pk"))))
         return instruments.filter(pk__in=failing_ids())
     if state == ALARMS:
+        if few:
+            return instruments.filter(Exists(alarm_ids().filter(channel__instrument=OuterRef("pk"))))
         return instruments.filter(pk__in=alarm_ids())
     raise ValueError(f"unknown state {state!r}")
 
 
-def status_counts(instruments, now: int | None = None) -> dict[str, BoundedCount]:
+def status_counts(instruments, now: int | None = None, *, few: bool = False) -> dict[str, BoundedCount]:
     """How many of ``instruments`` are in each state, and in all: one statement, each count stopping at the
     bound (``accounts.paging``: "1,000+"), so its work does not grow with what the user may see."""
     now = now if now is not None else now_us()
-    return bounded_counts({"all": instruments, **{s: filter_by_status(instruments, s, now) for s, _ in STATUS_FILTERS}})
+    states = {s: filter_by_status(instruments, s, now, few=few) for s, _ in STATUS_FILTERS}
+    return bounded_counts({"all": instruments, **states})

@@ -73,15 +73,21 @@ class HomeView(PageMixin, BoundedPaginationMixin, ListView):
 
     def get_queryset(self):
         self.visible = super().get_queryset()
+        self.few = False
         query = self.request.GET.get("q", "").strip()
         if query:
-            # The whole text as one substring, through the engine's index (instruments.search).
-            self.visible = self.visible.filter(instruments_matching([query], ("name", "location", "description")))
+            # The whole text as one substring, through the engine's index (instruments.search). A search that
+            # finds few is read once as their ids: the five counts and the page then test those, instead of
+            # each evaluating the search and the permission gate again (docs/performance.md#searches-read-once).
+            matching = self.visible.filter(instruments_matching([query], ("name", "location", "description")))
+            found = list(matching.order_by().values_list("pk", flat=True)[: permissions.LISTED_UP_TO + 1])
+            self.few = len(found) <= permissions.LISTED_UP_TO
+            self.visible = Instrument.objects.filter(pk__in=found) if self.few else matching
         self.now = now_us()
         self.state = self.request.GET.get("status", "")
         queryset = self.visible
         if self.state in dict(STATUS_FILTERS):
-            queryset = filter_by_status(queryset, self.state, self.now)
+            queryset = filter_by_status(queryset, self.state, self.now, few=self.few)
         else:
             self.state = ""
         return queryset.select_related("owner").order_by("name", "pk")
@@ -90,7 +96,7 @@ class HomeView(PageMixin, BoundedPaginationMixin, ListView):
         return None if self.state else self.counts["all"]  # unfiltered, the page lists what "all" counted
 
     def get_context_data(self, **kwargs):
-        self.counts = status_counts(self.visible, self.now)
+        self.counts = status_counts(self.visible, self.now, few=self.few)
         context = super().get_context_data(**kwargs)
         query = self.request.GET.get("q", "").strip()
         keep = {k: v for k, v in (("q", query), ("status", self.state)) if v}

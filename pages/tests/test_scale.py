@@ -283,7 +283,7 @@ def _count(body: str, state: str) -> int:
     return int(re.search(rf'data-count="{state}">(\d+)<', body).group(1))
 
 
-def test_the_home_page_counts_and_filters_agree_with_each_instruments_status():
+def test_the_home_page_counts_and_filters_agree_with_each_instruments_status(monkeypatch):
     admin = make_user(is_superuser=True, is_staff=True)
     build_things(30, make_user(), channels=3)
     instruments = list(Instrument.objects.order_by("name"))  # the module's world's two as well
@@ -302,6 +302,17 @@ def test_the_home_page_counts_and_filters_agree_with_each_instruments_status():
         assert _count(body, state) == len(slugs), state
         shown = set(re.findall(r'data-instrument="([^"]+)"', _home(client, status=state)))
         assert shown == slugs, state
+    # Within a search, read once as ids when it finds few (up to LISTED_UP_TO) and as a filter beyond.
+    monkeypatch.setattr(permissions, "LISTED_UP_TO", 20)
+    for query, found in (("site 0001", 10), ("site 0002", 10), ("site", 30)):
+        matching = {i.slug for i in instruments if query in i.name}
+        assert len(matching) == found
+        searched = _home(client, q=query)
+        assert _count(searched, "all") == found, query
+        for state, slugs in expected.items():
+            assert _count(searched, state) == len(slugs & matching), (query, state)
+            shown = set(re.findall(r'data-instrument="([^"]+)"', _home(client, q=query, status=state)))
+            assert shown == slugs & matching, (query, state)
 
 
 @pytest.mark.parametrize("listed_up_to", [100, 5], ids=["gate as ids", "gate through the grant tables"])
