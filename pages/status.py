@@ -258,15 +258,19 @@ def first_plottable(instrument_ids: list[int], k: int) -> dict[int, list[int]]:
         f"SELECT {q('instrument_id')}, {q('id')}, {q('name')} FROM {q(Channel._meta.db_table)} "
         f"WHERE {q('instrument_id')} = %s AND {q('kind')} <> %s ORDER BY {q('name')} LIMIT {int(k)}"
     )
-    parts = " UNION ALL ".join(f"SELECT * FROM ({one}) first_{i}" for i in range(len(instrument_ids)))
-    sql = f"{parts} ORDER BY 1, 3"  # by name in the database's collation, as the channel lists
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for pk in instrument_ids for value in (pk, ChannelKind.TEXT)])
-        rows = cursor.fetchall()
     found: dict[int, list[int]] = defaultdict(list)
-    for instrument_id, channel_id, _ in rows:
-        found[instrument_id].append(channel_id)
+    for start in range(0, len(instrument_ids), PARTS_PER_STATEMENT):
+        part = instrument_ids[start : start + PARTS_PER_STATEMENT]
+        parts = " UNION ALL ".join(f"SELECT * FROM ({one}) first_{i}" for i in range(len(part)))
+        sql = f"{parts} ORDER BY 1, 3"  # by name in the database's collation, as the channel lists
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [value for pk in part for value in (pk, ChannelKind.TEXT)])
+            for instrument_id, channel_id, _ in cursor.fetchall():
+                found[instrument_id].append(channel_id)
     return found
+
+
+PARTS_PER_STATEMENT = 200  # SQLite takes at most 500 SELECTs in one compound statement
 
 
 def instrument_statuses(
