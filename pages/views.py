@@ -132,6 +132,11 @@ class InstrumentDetailView(PageMixin, DetailView):
             paginator.bounded = BoundedCount(value=count, exact=True, limit=paginator.bound)
         return paginator.get_page(requested_page(number)), query
 
+    def query_without(self, name: str) -> str:
+        kept = self.request.GET.copy()
+        kept.pop(name, None)
+        return kept.urlencode()
+
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         instrument, user = self.object, self.request.user
@@ -159,6 +164,9 @@ class InstrumentDetailView(PageMixin, DetailView):
             can_share=permissions.has_instrument_perm(user, permissions.SHARE, instrument),
             channels=channels,
             channel_query=channel_query,
+            # Each pager's links keep the rest of the address (the other pager's page, the channel search).
+            channels_pager_query=self.query_without("channel_page"),
+            sources_pager_query=self.query_without("source_page"),
             channels_per_page=CHANNELS_PER_PAGE,
             sources=sources,
             sparklines=sparklines(list(channels)),

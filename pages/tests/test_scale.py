@@ -217,6 +217,11 @@ def test_an_instruments_page_lists_its_data_sources_a_page_at_a_time():
     last = client.get(url, {"source_page": 13}).content.decode()
     assert re.findall(r'data-source="([^"]+)"', last) == names[12 * SOURCES_PER_PAGE :]
     assert "node 0599 v" in last and "pusher" not in last
+    # Each pager keeps the other's page and the channel search in its links.
+    both = client.get(url, {"source_page": 2, "channels": "node"}).content.decode()
+    assert "?source_page=2&amp;channels=node&amp;channel_page=2#channels-title" in both
+    assert "?channels=node&amp;source_page=3#sources-title" in both
+    assert '<input type="hidden" name="source_page" value="2">' in both
 
 
 def test_statuses_summed_by_the_database_are_those_of_the_channels_themselves(monkeypatch):
