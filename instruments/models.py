@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, NullIf
 from django.urls import reverse
 from django.utils import timezone
 
@@ -740,10 +740,10 @@ def channels_added_since_read(sources: Iterable[DataSource]) -> dict[int, list[C
 
 
 def channel_interval_expression():
-    """A channel's expected interval between readings in SQL: its own, else its (collected) source's
-    collection interval; empty when nothing says (``pages.status.expected_interval`` in Python)."""
+    """A channel's expected interval between readings in SQL: its own (0 is none, as in Python), else its
+    (collected) source's collection interval; empty when nothing says (``pages.status.expected_interval``)."""
     return Coalesce(
-        "expected_interval_seconds",
+        NullIf("expected_interval_seconds", 0),
         models.Case(
             models.When(~models.Q(source__kind=SourceKind.AGENT), then=models.F("source__interval_seconds")),
             default=None,

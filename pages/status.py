@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from django.db import connection
-from django.db.models import Case, Count, Exists, F, Max, Min, OuterRef, Q, Value, When
-from django.db.models.functions import Coalesce, NullIf
+from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, Value
+from django.db.models.functions import NullIf
 
 from accounts.paging import BoundedCount, bounded_counts
 from collection.alarms.models import AlarmEvent
 from instruments.choices import ChannelKind, SourceKind
-from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource, Instrument
+from instruments.models import WAITING_FOR_CHANNELS, Channel, DataSource, Instrument, channel_interval_expression
 
 if TYPE_CHECKING:
     from accounts.models import Agent
@@ -220,10 +220,6 @@ def active_alarm_counts(instrument_ids: Iterable[int]) -> dict[int, int]:
 def channel_summaries(instrument_ids: list[int]) -> dict[tuple[int, int | None], ChannelsSummary]:
     """(instrument id, source id or None) -> the summary of those channels: one grouped statement, rows of
     counts, not every channel (an instrument may have thousands)."""
-    interval = Coalesce(
-        NullIf("expected_interval_seconds", 0),
-        Case(When(~Q(source__kind=SourceKind.AGENT), then=F("source__interval_seconds")), default=None),
-    )
     rows = (
         Channel.objects.filter(instrument_id__in=instrument_ids)
         .order_by()
@@ -232,7 +228,7 @@ def channel_summaries(instrument_ids: list[int]) -> dict[tuple[int, int | None],
             count=Count("pk"),
             collected=Count("pk", filter=~Q(kind=ChannelKind.DERIVED)),
             latest=Max("last_ts"),
-            interval=Min(interval),
+            interval=Min(channel_interval_expression()),
             own_interval=Min(NullIf("expected_interval_seconds", 0)),
         )
     )

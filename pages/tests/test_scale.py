@@ -321,6 +321,19 @@ def test_the_home_page_counts_and_filters_agree_with_each_instruments_status(mon
             assert shown == slugs & matching, (query, state)
 
 
+def test_an_expected_interval_of_zero_means_none_to_the_status_and_to_the_filters_alike():
+    """0 is no interval of the channel's own (the source's is used), for the status shown and for the
+    instrument's freshness kept for the filters and counts: the two agree."""
+    admin = make_user(is_superuser=True, is_staff=True)
+    instrument = make_instrument(admin, name="zero interval", slug="zero-interval")
+    source = make_source(instrument, interval_seconds=60)
+    make_channel(instrument, source=source, expected_interval_seconds=0, last_ts=time.time_ns() // 1000 - 30_000_000)
+    [shown] = status.instrument_statuses([instrument])
+    assert (shown.interval, shown.state) == (60, status.OK)
+    collecting = _home(_client(admin), q="zero interval", status=status.COLLECTING)
+    assert re.findall(r'data-instrument="([^"]+)"', collecting) == ["zero-interval"]
+
+
 @pytest.mark.parametrize("listed_up_to", [100, 5], ids=["gate as ids", "gate through the grant tables"])
 def test_a_collaborators_counts_are_those_of_what_she_sees_with_and_without_a_search(listed_up_to, monkeypatch):
     """Her counts are those of her own instruments' statuses, in either shape of the gate, and within a search."""
